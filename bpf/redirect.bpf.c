@@ -1,0 +1,258 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Redirect: send bound workloads' connections to the local proxy.
+ *
+ * cgroup/connect4 and connect6 decide, per connect(), whether the caller is a
+ * bound workload going to a bound port; if so the original destination and
+ * the caller's identity are stored against the socket and the destination is
+ * rewritten to the proxy. getpeername4/6 put the original destination back so
+ * the redirect is invisible. sockops copies the stored entry into wk_conn,
+ * keyed by the socket's local address, which is what the proxy sees as the
+ * peer of the connection it accepts.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "wirekey.h"
+
+#define AF_INET		2
+#define AF_INET6	10
+#define SOCK_STREAM	1
+#define IPPROTO_TCP	6
+
+#define SYS_PROCEED	1
+#define SYS_REJECT	0
+
+/* Set by the controller between open and load. */
+const volatile __u32 agent_tgid = 0;
+const volatile __u64 host_netns_cookie = 0;
+const volatile __u16 proxy_port = 0;	/* host byte order */
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WK_MAX_CGROUPS);
+	__type(key, __u64);		/* cgroup id */
+	__type(value, __u32);		/* workload id */
+} wk_cgroup_workload SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WK_MAX_BINDINGS);
+	__type(key, struct wk_bind_key);
+	__type(value, struct wk_bind_val);
+} wk_bind_port SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct wk_orig_dst);
+} wk_sock_orig SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, WK_MAX_CONNS);
+	__type(key, struct wk_conn_key);
+	__type(value, struct wk_orig_dst);
+} wk_conn SEC(".maps");
+
+/*
+ * The workload of the calling task: the deepest cgroup ancestor (including
+ * its own cgroup) that a workload selects. Deeper wins, so a workload on
+ * /app/worker takes precedence over one on /app.
+ */
+static __always_inline __u32 current_workload(void)
+{
+	__u32 found = 0;
+
+	for (int level = 0; level < WK_MAX_CGROUP_DEPTH; level++) {
+		__u64 id = bpf_get_current_ancestor_cgroup_id(level);
+		__u32 *wid;
+
+		if (!id)
+			break;
+		wid = bpf_map_lookup_elem(&wk_cgroup_workload, &id);
+		if (wid)
+			found = *wid;
+	}
+	return found;
+}
+
+/*
+ * Common part of connect4/6: returns the socket storage to fill when this
+ * connect() must go to the proxy, NULL when it is none of our business.
+ */
+static __always_inline struct wk_orig_dst *
+redirect_target(struct bpf_sock_addr *ctx, __u16 port_be, __u32 *wid_out)
+{
+	struct wk_bind_key key = {};
+	struct wk_bind_val *bind;
+	__u32 wid;
+
+	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
+		return NULL;
+	/* The agent's own upstream connections must reach the real server. */
+	if ((bpf_get_current_pid_tgid() >> 32) == agent_tgid)
+		return NULL;
+	/* Containers' network namespaces cannot reach the host's proxy. */
+	if (bpf_get_netns_cookie(ctx) != host_netns_cookie)
+		return NULL;
+
+	wid = current_workload();
+	if (!wid)
+		return NULL;
+	key.workload_id = wid;
+	key.port = bpf_ntohs(port_be);
+	bind = bpf_map_lookup_elem(&wk_bind_port, &key);
+	if (!bind || bind->action != WK_ACTION_PROXY)
+		return NULL;
+
+	*wid_out = wid;
+	return bpf_sk_storage_get(&wk_sock_orig, ctx->sk, NULL,
+				  BPF_SK_STORAGE_GET_F_CREATE);
+}
+
+static __always_inline void fill_identity(struct wk_orig_dst *orig, __u32 wid,
+					  __u16 port_be, __u16 family)
+{
+	orig->port = port_be;
+	orig->family = family;
+	orig->workload_id = wid;
+	orig->pid = bpf_get_current_pid_tgid() >> 32;
+	orig->uid = (__u32)bpf_get_current_uid_gid();
+	orig->cgroup_id = bpf_get_current_cgroup_id();
+}
+
+SEC("cgroup/connect4")
+int wk_connect4(struct bpf_sock_addr *ctx)
+{
+	__u16 port_be = (__u16)ctx->user_port;
+	struct wk_orig_dst *orig;
+	__u32 wid = 0;
+
+	orig = redirect_target(ctx, port_be, &wid);
+	if (!orig) {
+		/*
+		 * A bound workload whose identity cannot be recorded must not
+		 * reach the service without its credential being accounted for.
+		 */
+		return wid ? SYS_REJECT : SYS_PROCEED;
+	}
+
+	orig->addr[0] = 0;
+	orig->addr[1] = 0;
+	orig->addr[2] = bpf_htonl(0xffff);
+	orig->addr[3] = ctx->user_ip4;
+	fill_identity(orig, wid, port_be, AF_INET);
+
+	ctx->user_ip4 = bpf_htonl(0x7f000001);
+	ctx->user_port = bpf_htons(proxy_port);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/connect6")
+int wk_connect6(struct bpf_sock_addr *ctx)
+{
+	__u16 port_be = (__u16)ctx->user_port;
+	struct wk_orig_dst *orig;
+	__u32 wid = 0;
+	__u32 a0, a1, a2, a3;
+	bool mapped;
+
+	orig = redirect_target(ctx, port_be, &wid);
+	if (!orig)
+		return wid ? SYS_REJECT : SYS_PROCEED;
+
+	a0 = ctx->user_ip6[0];
+	a1 = ctx->user_ip6[1];
+	a2 = ctx->user_ip6[2];
+	a3 = ctx->user_ip6[3];
+	orig->addr[0] = a0;
+	orig->addr[1] = a1;
+	orig->addr[2] = a2;
+	orig->addr[3] = a3;
+	fill_identity(orig, wid, port_be, AF_INET6);
+
+	/* An IPv4-mapped destination must stay IPv4: the proxy's 127.0.0.1. */
+	mapped = !a0 && !a1 && a2 == bpf_htonl(0xffff);
+	ctx->user_ip6[0] = 0;
+	ctx->user_ip6[1] = 0;
+	ctx->user_ip6[2] = mapped ? bpf_htonl(0xffff) : 0;
+	ctx->user_ip6[3] = mapped ? bpf_htonl(0x7f000001) : bpf_htonl(1);
+	ctx->user_port = bpf_htons(proxy_port);
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername4")
+int wk_getpeername4(struct bpf_sock_addr *ctx)
+{
+	struct wk_orig_dst *orig;
+
+	orig = bpf_sk_storage_get(&wk_sock_orig, ctx->sk, NULL, 0);
+	if (orig) {
+		ctx->user_ip4 = orig->addr[3];
+		ctx->user_port = orig->port;
+	}
+	return SYS_PROCEED;
+}
+
+SEC("cgroup/getpeername6")
+int wk_getpeername6(struct bpf_sock_addr *ctx)
+{
+	struct wk_orig_dst *orig;
+
+	orig = bpf_sk_storage_get(&wk_sock_orig, ctx->sk, NULL, 0);
+	if (orig) {
+		ctx->user_ip6[0] = orig->addr[0];
+		ctx->user_ip6[1] = orig->addr[1];
+		ctx->user_ip6[2] = orig->addr[2];
+		ctx->user_ip6[3] = orig->addr[3];
+		ctx->user_port = orig->port;
+	}
+	return SYS_PROCEED;
+}
+
+SEC("sockops")
+int wk_sockops(struct bpf_sock_ops *skops)
+{
+	struct wk_conn_key key = {};
+	struct wk_orig_dst *orig;
+	struct bpf_sock *sk;
+
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+		return 1;
+	sk = skops->sk;
+	if (!sk)
+		return 1;
+
+	if (skops->family == AF_INET) {
+		key.addr[2] = bpf_htonl(0xffff);
+		key.addr[3] = skops->local_ip4;
+		/* Keep clang from merging the two ctx loads: the verifier
+		 * refuses ctx accesses at a computed offset. */
+		asm volatile("" ::: "memory");
+	} else if (skops->family == AF_INET6) {
+		key.addr[0] = skops->local_ip6[0];
+		key.addr[1] = skops->local_ip6[1];
+		key.addr[2] = skops->local_ip6[2];
+		key.addr[3] = skops->local_ip6[3];
+		asm volatile("" ::: "memory");
+	} else {
+		return 1;
+	}
+	key.port = (__u16)skops->local_port;
+
+	orig = bpf_sk_storage_get(&wk_sock_orig, sk, NULL, 0);
+	if (orig) {
+		bpf_map_update_elem(&wk_conn, &key, orig, BPF_ANY);
+	} else if (bpf_ntohl(skops->remote_port) == proxy_port) {
+		/*
+		 * A connection made straight to the proxy port must never find
+		 * an entry left behind by an earlier socket on the same port.
+		 */
+		bpf_map_delete_elem(&wk_conn, &key);
+	}
+	return 1;
+}
+
+char LICENSE[] SEC("license") = "GPL";

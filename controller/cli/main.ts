@@ -1,0 +1,113 @@
+#!/usr/bin/env node
+/**
+ * wirekey's command line: `run`, `validate`, `ca cert`.
+ */
+import { Command, InvalidArgumentError } from 'commander';
+import path from 'node:path';
+import { Agent } from '../agent/agent.js';
+import { validatePolicyPath } from '../policy/load.js';
+import { LocalCa } from '../tls/local-ca.js';
+import { createLogger, isLogLevel, type LogLevel } from '../log.js';
+import { WirekeyError, PolicyError, BpfError } from '../errors.js';
+
+const DEFAULTS = {
+  stateDir: '/var/lib/wirekey',
+  pinDir: '/sys/fs/bpf/wirekey',
+  proxyPort: 15443,
+  audit: '-',
+};
+
+function port(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('must be a port number (1-65535)');
+  return n;
+}
+
+function level(value: string): LogLevel {
+  if (!isLogLevel(value)) throw new InvalidArgumentError('must be debug, info, warn or error');
+  return value;
+}
+
+const program = new Command()
+  .name('wirekey')
+  .description('Puts Vault-sourced credentials on the wire for Linux workloads that never hold them')
+  .showHelpAfterError();
+
+program
+  .command('run')
+  .description('run the agent in the foreground until SIGINT or SIGTERM')
+  .requiredOption('--policy <path>', 'policy file, or directory of *.yaml files')
+  .option('--state-dir <dir>', 'where the local CA is kept (root-only)', DEFAULTS.stateDir)
+  .option('--pin-dir <dir>', 'bpffs directory for the agent\'s pinned maps', DEFAULTS.pinDir)
+  .option('--proxy-port <port>', 'port of the local proxy on 127.0.0.1 and ::1', port, DEFAULTS.proxyPort)
+  .option('--audit <file>', "audit log: a file, or '-' for stdout", DEFAULTS.audit)
+  .option('--upstream-ca <file>', 'PEM bundle trusted for upstream servers, besides the system store')
+  .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
+  .action(async (opts: { policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; logLevel: LogLevel }) => {
+    const log = createLogger(opts.logLevel);
+    let agent: Agent;
+    try {
+      agent = await Agent.start({
+        policyPath: path.resolve(opts.policy),
+        stateDir: opts.stateDir,
+        pinDir: opts.pinDir,
+        proxyPort: opts.proxyPort,
+        auditPath: opts.audit,
+        upstreamCaFile: opts.upstreamCa,
+        log,
+      });
+    } catch (err) {
+      fail(err);
+      return;
+    }
+    let stopping = false;
+    const stop = (signal: string) => {
+      if (stopping) return;
+      stopping = true;
+      log.info('%s: detaching and stopping', signal);
+      void agent.stop().then(() => {
+        log.info('stopped');
+        process.exit(0);
+      });
+    };
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
+  });
+
+program
+  .command('validate')
+  .description('check a policy file or directory; prints file:line:column: message per problem')
+  .argument('<path>', 'policy file, or directory of *.yaml files')
+  .action(async (target: string) => {
+    const problems = await validatePolicyPath(target);
+    for (const d of problems) process.stdout.write(`${d.file}:${d.line}:${d.column}: ${d.message}\n`);
+    if (problems.length) {
+      process.stderr.write(`${problems.length} problem(s) found\n`);
+      process.exitCode = 1;
+    } else {
+      process.stderr.write(`${target}: valid\n`);
+    }
+  });
+
+const ca = program.command('ca').description('the local CA that workloads trust for intercepted hosts');
+ca.command('cert')
+  .description('print the local CA certificate (PEM), creating the CA if needed')
+  .option('--state-dir <dir>', 'where the local CA is kept (root-only)', DEFAULTS.stateDir)
+  .action(async (opts: { stateDir: string }) => {
+    const local = await LocalCa.loadOrCreate(path.join(opts.stateDir, 'ca'));
+    process.stdout.write(local.certificatePem());
+  });
+
+function fail(err: unknown): void {
+  if (err instanceof PolicyError) {
+    for (const d of err.diagnostics) process.stderr.write(`${d.file}:${d.line}:${d.column}: ${d.message}\n`);
+  } else if (err instanceof WirekeyError) {
+    process.stderr.write(`wirekey: ${err.message}\n`);
+    if (err instanceof BpfError && err.verifierLog) process.stderr.write(`verifier log:\n${err.verifierLog}\n`);
+  } else {
+    process.stderr.write(`wirekey: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
+  }
+  process.exitCode = 1;
+}
+
+program.parseAsync().catch(fail);

@@ -1,0 +1,139 @@
+/**
+ * The controller's view of the structs in bpf/wirekey.h. Each layout is
+ * checked against the compiled object's BTF when the object is opened
+ * (verifyLayouts), so a change on one side only fails loudly at start-up
+ * instead of corrupting map entries.
+ */
+import ipaddr from 'ipaddr.js';
+import { BpfError } from '../errors.js';
+import type { BtfStruct } from './native.js';
+
+interface Field {
+  offset: number;
+  size: number;
+}
+
+type Layout = { size: number; fields: Record<string, Field> };
+
+export const LAYOUTS = {
+  wk_bind_key: { size: 8, fields: { workload_id: { offset: 0, size: 4 }, port: { offset: 4, size: 2 }, _pad: { offset: 6, size: 2 } } },
+  wk_bind_val: { size: 8, fields: { action: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
+  wk_orig_dst: {
+    size: 40,
+    fields: {
+      addr: { offset: 0, size: 16 },
+      port: { offset: 16, size: 2 },
+      family: { offset: 18, size: 2 },
+      workload_id: { offset: 20, size: 4 },
+      pid: { offset: 24, size: 4 },
+      uid: { offset: 28, size: 4 },
+      cgroup_id: { offset: 32, size: 8 },
+    },
+  },
+  wk_conn_key: { size: 20, fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, _pad: { offset: 18, size: 2 } } },
+} as const satisfies Record<string, Layout>;
+
+export const WK_ACTION_PROXY = 1;
+export const AF_INET = 2;
+export const AF_INET6 = 10;
+
+/**
+ * Compares every layout with the object's BTF.
+ * @throws BpfError naming the first struct and member that differ.
+ */
+export function verifyLayouts(btfStruct: (name: string) => BtfStruct | null): void {
+  for (const [name, layout] of Object.entries(LAYOUTS) as [string, Layout][]) {
+    const btf = btfStruct(name);
+    if (!btf) throw new BpfError(`struct ${name} is missing from the BPF object's BTF`);
+    if (btf.size !== layout.size) {
+      throw new BpfError(`struct ${name}: BTF size ${btf.size}, controller expects ${layout.size}`);
+    }
+    const names = new Set(btf.members.map((m) => m.name));
+    for (const [field, want] of Object.entries(layout.fields)) {
+      const got = btf.members.find((m) => m.name === field);
+      if (!got || got.offset !== want.offset || got.size !== want.size) {
+        throw new BpfError(
+          `struct ${name}.${field}: BTF has ${got ? `offset ${got.offset} size ${got.size}` : 'no such member'}, ` +
+            `controller expects offset ${want.offset} size ${want.size}`,
+        );
+      }
+      names.delete(field);
+    }
+    if (names.size) throw new BpfError(`struct ${name}: members unknown to the controller: ${[...names].join(', ')}`);
+  }
+}
+
+/** A 16-byte address in the kernel's form: IPv4 as ::ffff:a.b.c.d. */
+export function encodeAddress(ip: string): Buffer {
+  const parsed = ipaddr.parse(ip);
+  const v6 = parsed.kind() === 'ipv4' ? (parsed as ipaddr.IPv4).toIPv4MappedAddress() : (parsed as ipaddr.IPv6);
+  return Buffer.from(v6.toByteArray());
+}
+
+/** The text form of a 16-byte kernel address; mapped IPv4 comes back as a.b.c.d. */
+export function decodeAddress(buf: Buffer): string {
+  const v6 = ipaddr.fromByteArray([...buf]) as ipaddr.IPv6;
+  return v6.isIPv4MappedAddress() ? v6.toIPv4Address().toString() : v6.toString();
+}
+
+export function encodeBindKey(workloadId: number, port: number): Buffer {
+  const b = Buffer.alloc(LAYOUTS.wk_bind_key.size);
+  b.writeUInt32LE(workloadId, LAYOUTS.wk_bind_key.fields.workload_id.offset);
+  b.writeUInt16LE(port, LAYOUTS.wk_bind_key.fields.port.offset);
+  return b;
+}
+
+export function encodeBindVal(action: number): Buffer {
+  const b = Buffer.alloc(LAYOUTS.wk_bind_val.size);
+  b.writeUInt32LE(action, LAYOUTS.wk_bind_val.fields.action.offset);
+  return b;
+}
+
+export function encodeConnKey(ip: string, port: number): Buffer {
+  const b = Buffer.alloc(LAYOUTS.wk_conn_key.size);
+  encodeAddress(ip).copy(b, LAYOUTS.wk_conn_key.fields.addr.offset);
+  b.writeUInt16LE(port, LAYOUTS.wk_conn_key.fields.port.offset);
+  return b;
+}
+
+/** What the kernel recorded for a redirected connection. */
+export interface OrigDst {
+  address: string;
+  port: number;
+  family: 'ipv4' | 'ipv6';
+  workloadId: number;
+  pid: number;
+  uid: number;
+  cgroupId: bigint;
+}
+
+export function decodeOrigDst(b: Buffer): OrigDst {
+  const f = LAYOUTS.wk_orig_dst.fields;
+  return {
+    address: decodeAddress(b.subarray(f.addr.offset, f.addr.offset + f.addr.size)),
+    port: b.readUInt16BE(f.port.offset),
+    family: b.readUInt16LE(f.family.offset) === AF_INET ? 'ipv4' : 'ipv6',
+    workloadId: b.readUInt32LE(f.workload_id.offset),
+    pid: b.readUInt32LE(f.pid.offset),
+    uid: b.readUInt32LE(f.uid.offset),
+    cgroupId: b.readBigUInt64LE(f.cgroup_id.offset),
+  };
+}
+
+export function encodeU64(v: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(v);
+  return b;
+}
+
+export function encodeU32(v: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(v);
+  return b;
+}
+
+export function encodeU16(v: number): Buffer {
+  const b = Buffer.alloc(2);
+  b.writeUInt16LE(v);
+  return b;
+}

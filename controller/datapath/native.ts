@@ -1,0 +1,104 @@
+/**
+ * The typed face of the native addon. Only the datapath module imports this
+ * file; everything else talks to Datapath.
+ */
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { BpfError } from '../errors.js';
+
+export interface ProgramInfo {
+  name: string;
+  section: string;
+  id?: number;
+}
+
+export interface BtfStruct {
+  size: number;
+  members: { name: string; offset: number; size: number }[];
+}
+
+export interface MapInfo {
+  name: string;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  fd: number;
+}
+
+export interface NativeMap {
+  info(): MapInfo;
+  lookup(key: Buffer): Buffer | null;
+  update(key: Buffer, value: Buffer, flags?: number): void;
+  delete(key: Buffer): boolean;
+  keys(): Buffer[];
+  pin(path: string): void;
+  unpin(): void;
+}
+
+export interface NativeLink {
+  info(): { fd: number; id?: number; progId?: number; pinPath?: string } | null;
+  pin(path: string): void;
+  unpin(): void;
+  destroy(): void;
+}
+
+export interface NativeObject {
+  setGlobal(name: string, value: Buffer): void;
+  load(): void;
+  programs(): ProgramInfo[];
+  attachCgroup(program: string, cgroupPath: string): NativeLink;
+  map(name: string): NativeMap;
+  btfStruct(name: string): BtfStruct | null;
+  close(): void;
+}
+
+interface Addon {
+  BpfObject: new (path: string) => NativeObject;
+  netnsCookie(): bigint;
+  libbpfVersion(): string;
+}
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+/** Repository root, from either controller/ (vitest) or dist/controller/ (built). */
+export const repoRoot = here.includes(`${path.sep}dist${path.sep}`)
+  ? path.resolve(here, '../../..')
+  : path.resolve(here, '../..');
+
+let addon: Addon | undefined;
+
+/**
+ * Loads the addon built by scripts/setup.
+ * @throws BpfError when it has not been built.
+ */
+export function native(): Addon {
+  if (!addon) {
+    const file = path.join(repoRoot, 'native/build/Release/wirekey_native.node');
+    try {
+      addon = createRequire(import.meta.url)(file) as Addon;
+    } catch (cause) {
+      throw new BpfError(`cannot load the native addon ${file}; run scripts/setup`, { cause });
+    }
+  }
+  return addon;
+}
+
+/** Runs a native call, turning the addon's errors into BpfError. */
+export function bpfCall<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof Error && !(err instanceof BpfError)) {
+      const e = err as Error & { errno?: number; libbpfLog?: string; verifierLog?: string };
+      throw new BpfError(e.message, {
+        errno: e.errno,
+        libbpfLog: e.libbpfLog,
+        verifierLog: e.verifierLog,
+        cause: err,
+      });
+    }
+    throw err;
+  }
+}

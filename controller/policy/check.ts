@@ -1,0 +1,107 @@
+/**
+ * Checks that need every document at once: names, references and conflicts.
+ * Pure; positions come from parse.ts.
+ */
+import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
+import { normalizeHost } from './compile.js';
+import { positionOf, type PolicyPath } from './parse.js';
+import type { BindingDoc, Kind, Policy, PolicyDoc, ServiceDoc } from './types.js';
+
+/**
+ * Cross-document problems in `policy`, in document order; empty when there
+ * are none. Expects documents that each passed parsePolicyText. Never throws.
+ */
+export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
+  const docs = policy.documents;
+  const bindings = docs.filter((d): d is BindingDoc => d.kind === 'Binding');
+  const services = docs.filter((d): d is ServiceDoc => d.kind === 'Service');
+  return [
+    ...duplicateNames(docs),
+    ...danglingReferences(docs, bindings),
+    ...ambiguousBindings(bindings),
+    ...sharedEndpoints(services),
+  ];
+}
+
+function duplicateNames(docs: PolicyDoc[]): PolicyDiagnostic[] {
+  return repeats(docs, (d) => `${d.kind}/${d.metadata.name}`).map(([doc, earlier]) => ({
+    ...positionOf(doc, ['metadata', 'name']),
+    message: `duplicate ${label(doc)}: already defined at ${where(positionOf(earlier, ['metadata', 'name']))}`,
+  }));
+}
+
+/** Each item whose key an earlier item already had, paired with that first item. */
+function repeats<T>(items: T[], keyOf: (item: T) => string): [T, T][] {
+  const first = new Map<string, T>();
+  const found: [T, T][] = [];
+  for (const item of items) {
+    const key = keyOf(item);
+    const earlier = first.get(key);
+    if (earlier === undefined) first.set(key, item);
+    else found.push([item, earlier]);
+  }
+  return found;
+}
+
+interface Reference {
+  path: PolicyPath;
+  kind: Kind;
+  name: string;
+}
+
+/** Every name a binding refers to, with where it is written. */
+function bindingReferences(binding: BindingDoc): Reference[] {
+  const { spec } = binding;
+  return [
+    { path: ['spec', 'workload'], kind: 'Workload', name: spec.workload },
+    { path: ['spec', 'service'], kind: 'Service', name: spec.service },
+    { path: ['spec', 'inject', 'bearer', 'credential'], kind: 'CredentialSource', name: spec.inject.bearer.credential },
+  ];
+}
+
+function danglingReferences(docs: PolicyDoc[], bindings: BindingDoc[]): PolicyDiagnostic[] {
+  const defined = new Set(docs.map((d) => `${d.kind}/${d.metadata.name}`));
+  return bindings.flatMap((binding) =>
+    bindingReferences(binding)
+      .filter((ref) => !defined.has(`${ref.kind}/${ref.name}`))
+      .map((ref) => ({
+        ...positionOf(binding, ref.path),
+        message: `${label(binding)}: ${ref.path.join('.')}: no ${ref.kind} named ${JSON.stringify(ref.name)}`,
+      })),
+  );
+}
+
+function ambiguousBindings(bindings: BindingDoc[]): PolicyDiagnostic[] {
+  const pair = (b: BindingDoc) => JSON.stringify([b.spec.workload, b.spec.service]);
+  return repeats(bindings, pair).map(([binding, earlier]) => ({
+    ...positionOf(binding, ['metadata', 'name']),
+    message:
+      `${label(binding)}: workload ${JSON.stringify(binding.spec.workload)} and service ` +
+      `${JSON.stringify(binding.spec.service)} are already bound by ${label(earlier)} at ` +
+      `${where(positionOf(earlier, ['metadata', 'name']))}; two bindings for one workload and service are ambiguous`,
+  }));
+}
+
+function sharedEndpoints(services: ServiceDoc[]): PolicyDiagnostic[] {
+  const claims = services.flatMap((service) =>
+    service.spec.hosts.map((host, i) => ({ service, i, endpoint: `${normalizeHost(host)}:${service.spec.port}` })),
+  );
+  // The proxy picks a service by host and port; two owners would make that a guess.
+  // One service naming a host twice (in different case) is harmless.
+  return repeats(claims, (c) => c.endpoint)
+    .filter(([claim, earlier]) => claim.service !== earlier.service)
+    .map(([claim, earlier]) => ({
+      ...positionOf(claim.service, ['spec', 'hosts', claim.i]),
+      message:
+        `${label(claim.service)}: ${claim.endpoint} is already claimed by ${label(earlier.service)} ` +
+        `at ${where(positionOf(earlier.service, ['spec', 'hosts', earlier.i]))}`,
+    }));
+}
+
+function label(doc: PolicyDoc): string {
+  return `${doc.kind} ${JSON.stringify(doc.metadata.name)}`;
+}
+
+function where(position: SourcePosition): string {
+  return `${position.file}:${position.line}`;
+}

@@ -1,0 +1,304 @@
+/**
+ * Text to validated policy documents, with a file:line:column for every
+ * problem. Pure: the caller reads the files.
+ */
+import { Ajv2020, type ErrorObject, type ValidateFunction } from 'ajv/dist/2020.js';
+import {
+  isAlias,
+  isMap,
+  isScalar,
+  isSeq,
+  LineCounter,
+  parseAllDocuments,
+  type Document,
+  type YAMLError,
+} from 'yaml';
+import schema from '../../policies/wirekey.schema.json' with { type: 'json' };
+import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
+import type { Kind, PolicyDoc } from './types.js';
+
+/** A path into a document's data, as in `['spec', 'hosts', 0]`. */
+export type PolicyPath = readonly (string | number)[];
+
+export interface ParseResult {
+  documents: PolicyDoc[];
+  diagnostics: PolicyDiagnostic[];
+}
+
+type Locator = (path: PolicyPath, at?: 'value' | 'key') => SourcePosition;
+
+// A Record, not an array, so that adding a kind to types.ts fails to compile
+// until it is listed here too.
+const KIND_SET: Record<Kind, true> = { CredentialSource: true, Service: true, Workload: true, Binding: true };
+const KINDS = Object.keys(KIND_SET) as Kind[];
+
+const validators = compileValidators();
+
+// Positions stay with the YAML they came from, keyed weakly by document, so
+// that types.ts stays plain data and cross-document checks can still point
+// at the exact value they complain about.
+const locators = new WeakMap<PolicyDoc, Locator>();
+
+/**
+ * Parses every YAML document in `text` and validates each against
+ * policies/wirekey.schema.json. Empty documents are skipped. Never throws:
+ * YAML and schema problems come back as diagnostics, with `file` as given.
+ */
+export function parsePolicyText(text: string, file: string): ParseResult {
+  const lineCounter = new LineCounter();
+  const stream = parseAllDocuments(text, { lineCounter, prettyErrors: false });
+  const position = (offset: number): SourcePosition => {
+    const { line, col } = lineCounter.linePos(offset);
+    return { file, line, column: col };
+  };
+  const result: ParseResult = { documents: [], diagnostics: [] };
+  if ('empty' in stream) {
+    result.diagnostics.push(...yamlDiagnostics([...stream.errors, ...stream.warnings], position));
+    return result;
+  }
+  for (const doc of stream) {
+    const yamlProblems = yamlDiagnostics([...doc.errors, ...doc.warnings], position);
+    if (yamlProblems.length > 0) {
+      // The data of a broken document is a guess; schema errors on it would only add noise.
+      result.diagnostics.push(...yamlProblems);
+      continue;
+    }
+    const parsed = validateDocument(doc, position);
+    if (parsed === undefined) continue;
+    if ('diagnostics' in parsed) result.diagnostics.push(...parsed.diagnostics);
+    else result.documents.push(parsed.document);
+  }
+  return result;
+}
+
+/**
+ * Where the value at `path` of a document returned by parsePolicyText was
+ * written. Falls back to the nearest enclosing node that exists, and to
+ * `doc.source` for documents that did not come from parsePolicyText.
+ */
+export function positionOf(doc: PolicyDoc, path: PolicyPath): SourcePosition {
+  return locators.get(doc)?.(path) ?? doc.source;
+}
+
+function compileValidators(): Map<Kind, ValidateFunction> {
+  // verbose: the error's parentSchema carries the allowed property names and
+  // the human wording of patterns.
+  const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true });
+  // Understood by editors (VS Code, yaml-language-server); here it only words errors.
+  ajv.addKeyword({ keyword: 'patternErrorMessage', schemaType: 'string' });
+  ajv.addSchema(schema);
+  return new Map(
+    KINDS.map((kind) => {
+      const validate = ajv.getSchema(`${schema.$id}#/$defs/${kind}`);
+      if (validate === undefined) throw new Error(`wirekey.schema.json has no $defs/${kind}`);
+      return [kind, validate];
+    }),
+  );
+}
+
+function yamlDiagnostics(
+  problems: YAMLError[],
+  position: (offset: number) => SourcePosition,
+): PolicyDiagnostic[] {
+  return problems.map((p) => ({ ...position(p.pos[0]), message: `invalid YAML: ${p.message}` }));
+}
+
+type DocumentOutcome = { document: PolicyDoc } | { diagnostics: PolicyDiagnostic[] };
+
+function validateDocument(
+  doc: Document.Parsed,
+  position: (offset: number) => SourcePosition,
+): DocumentOutcome | undefined {
+  const root = doc.contents;
+  if (root === null || (isScalar(root) && root.value === null)) return undefined;
+  const source = position(root.range[0]);
+  const fail = (at: SourcePosition, message: string): DocumentOutcome => ({
+    diagnostics: [{ ...at, message }],
+  });
+  if (!isMap(root)) {
+    return fail(source, 'a policy document must be a mapping with apiVersion, kind, metadata and spec');
+  }
+  let data: Record<string, unknown>;
+  try {
+    data = doc.toJS() as Record<string, unknown>;
+  } catch (err) {
+    // e.g. an alias to an anchor that does not exist, or too many aliases.
+    return fail(source, `invalid YAML: ${(err as Error).message}`);
+  }
+  const locate: Locator = (path, at = 'value') => position(offsetOf(doc, path, at));
+  const kind = data['kind'];
+  if (kind === undefined) return fail(source, 'missing required field "kind"');
+  if (!isKind(kind)) {
+    return fail(
+      locate(['kind']),
+      `unknown kind ${JSON.stringify(kind)} (expected one of ${KINDS.join(', ')})`,
+    );
+  }
+  const validate = validators.get(kind)!;
+  if (!validate(data)) {
+    const label = documentLabel(kind, data);
+    return { diagnostics: schemaDiagnostics(validate.errors ?? [], data, locate, label) };
+  }
+  const document = { ...data, source } as unknown as PolicyDoc;
+  locators.set(document, (path) => locate(path));
+  return { document };
+}
+
+function isKind(value: unknown): value is Kind {
+  return typeof value === 'string' && Object.hasOwn(KIND_SET, value);
+}
+
+function documentLabel(kind: Kind, data: Record<string, unknown>): string {
+  const metadata = data['metadata'];
+  const name =
+    typeof metadata === 'object' && metadata !== null ? (metadata as Record<string, unknown>)['name'] : undefined;
+  return typeof name === 'string' ? `${kind} ${JSON.stringify(name)}` : kind;
+}
+
+/**
+ * Source offset of the node at `path`: its value, or with `at: 'key'` the key
+ * it is stored under. Stops at the deepest node that exists.
+ */
+function offsetOf(doc: Document.Parsed, path: PolicyPath, at: 'value' | 'key'): number {
+  let node: unknown = doc.contents;
+  let offset = doc.contents?.range[0] ?? 0;
+  for (const [i, segment] of path.entries()) {
+    if (isAlias(node)) node = node.resolve(doc);
+    if (isMap(node)) {
+      const pair = node.items.find((p) => isScalar(p.key) && String(p.key.value) === String(segment));
+      if (pair === undefined) break;
+      const keyOffset = isScalar(pair.key) ? (pair.key.range?.[0] ?? offset) : offset;
+      if (at === 'key' && i === path.length - 1) return keyOffset;
+      node = pair.value;
+      // `key:` with nothing after it has an empty value node; the key is the useful place.
+      offset = hasText(node) ? node.range[0] : keyOffset;
+    } else if (isSeq(node)) {
+      const item: unknown = node.items[Number(segment)];
+      if (!hasText(item)) break;
+      node = item;
+      offset = item.range[0];
+    } else {
+      break;
+    }
+  }
+  return offset;
+}
+
+function hasText(node: unknown): node is { range: [number, number, number] } {
+  if (node === null || typeof node !== 'object' || !('range' in node)) return false;
+  const range = (node as { range?: [number, number, number] }).range;
+  return range !== undefined && range[1] > range[0];
+}
+
+function schemaDiagnostics(
+  errors: ErrorObject[],
+  data: unknown,
+  locate: Locator,
+  label: string,
+): PolicyDiagnostic[] {
+  const onSameValue = (e: ErrorObject, keyword: string) =>
+    errors.some((o) => o.keyword === keyword && o.instancePath === e.instancePath);
+  return errors
+    .filter((e) => !supersededBy(e).some((keyword) => onSameValue(e, keyword)))
+    .map((e) => {
+      const { at, message } = describeError(e, dataPath(data, e.instancePath));
+      return { ...locate(at.path, at.kind), message: `${label}: ${message}` };
+    });
+}
+
+/** Errors on the same value that make `e` noise: fixing them fixes or changes it. */
+function supersededBy(e: ErrorObject): string[] {
+  // A value of the wrong type fails every other keyword on it too.
+  if (e.keyword === 'type') return [];
+  // `inject: {bearer: .., baerer: ..}` is one unknown field, not also "only one of".
+  if (e.keyword === 'maxProperties') return ['type', 'additionalProperties'];
+  return ['type'];
+}
+
+interface ErrorSite {
+  path: PolicyPath;
+  kind: 'value' | 'key';
+}
+
+function describeError(e: ErrorObject, path: PolicyPath): { at: ErrorSite; message: string } {
+  const parent = (e.parentSchema ?? {}) as { properties?: object; patternErrorMessage?: string };
+  const allowed = Object.keys(parent.properties ?? {});
+  const here: ErrorSite = { path, kind: 'value' };
+  const params = e.params as Record<string, unknown>;
+  switch (e.keyword) {
+    case 'additionalProperties': {
+      const field = [...path, String(params['additionalProperty'])];
+      return {
+        at: { path: field, kind: 'key' },
+        message: `unknown field ${JSON.stringify(formatPath(field))} (expected ${orList(allowed)})`,
+      };
+    }
+    case 'required':
+      return {
+        at: here,
+        message: `missing required field ${JSON.stringify(formatPath([...path, String(params['missingProperty'])]))}`,
+      };
+    case 'minProperties': {
+      const choice = allowed.length === 1 ? allowed.join('') : `at least one of ${allowed.join(', ')}`;
+      return { at: here, message: `${formatPath(path)}: must set ${choice}` };
+    }
+    case 'maxProperties':
+      return { at: here, message: `${formatPath(path)}: must set only one of ${allowed.join(', ')}` };
+    case 'minItems': {
+      const limit = Number(params['limit']);
+      const rule = limit === 1 ? 'must not be empty' : `must have at least ${limit} items`;
+      return { at: here, message: `${formatPath(path)}: ${rule}` };
+    }
+    case 'uniqueItems': {
+      const later = [...path, Number(params['i'])];
+      return {
+        at: { path: later, kind: 'value' },
+        message: `${formatPath(later)}: duplicate of ${formatPath([...path, Number(params['j'])])}`,
+      };
+    }
+    case 'const':
+      return { at: here, message: `${formatPath(path)}: must be ${JSON.stringify(params['allowedValue'])}` };
+    case 'type':
+      return { at: here, message: `${formatPath(path)}: must be ${typeWord(String(params['type']))}` };
+    case 'pattern':
+      return { at: here, message: `${formatPath(path)}: ${parent.patternErrorMessage ?? e.message}` };
+    default:
+      return { at: here, message: `${formatPath(path)}: ${e.message ?? e.keyword}` };
+  }
+}
+
+/** Decodes a JSON pointer, turning segments that index an array into numbers. */
+function dataPath(data: unknown, pointer: string): PolicyPath {
+  if (pointer === '') return [];
+  const path: (string | number)[] = [];
+  let value = data;
+  for (const raw of pointer.slice(1).split('/')) {
+    const segment = raw.replaceAll('~1', '/').replaceAll('~0', '~');
+    const key = Array.isArray(value) ? Number(segment) : segment;
+    path.push(key);
+    value = typeof value === 'object' && value !== null ? (value as Record<string | number, unknown>)[key] : undefined;
+  }
+  return path;
+}
+
+function formatPath(path: PolicyPath): string {
+  if (path.length === 0) return 'document';
+  return path.map((s, i) => (typeof s === 'number' ? `[${s}]` : i === 0 ? s : `.${s}`)).join('');
+}
+
+function orList(items: string[]): string {
+  if (items.length <= 1) return items.join('');
+  return `${items.slice(0, -1).join(', ')} or ${items.at(-1)}`;
+}
+
+function typeWord(type: string): string {
+  const words: Record<string, string> = {
+    object: 'a mapping',
+    array: 'a list',
+    string: 'a string',
+    integer: 'an integer',
+    number: 'a number',
+    boolean: 'true or false',
+  };
+  return words[type] ?? type;
+}

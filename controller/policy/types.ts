@@ -1,0 +1,106 @@
+/**
+ * The user-facing policy documents (as validated against
+ * policies/wirekey.schema.json) and the compiled plan the agent applies.
+ */
+import type { SourcePosition } from '../errors.js';
+
+export const API_VERSION = 'wirekey.dev/v1alpha1';
+
+export interface Metadata {
+  name: string;
+}
+
+export interface FileCredentialSpec {
+  path: string;
+  field?: string;
+}
+
+export interface CredentialSourceSpec {
+  file: FileCredentialSpec;
+}
+
+export interface ServiceSpec {
+  hosts: string[];
+  port: number;
+  tls: true;
+}
+
+export interface WorkloadSelector {
+  cgroup: string;
+}
+
+export interface WorkloadSpec {
+  selector: WorkloadSelector;
+}
+
+export interface BearerInjection {
+  credential: string;
+}
+
+export interface Injection {
+  bearer: BearerInjection;
+}
+
+export interface BindingSpec {
+  workload: string;
+  service: string;
+  inject: Injection;
+}
+
+interface DocumentBase<K extends string, S> {
+  apiVersion: typeof API_VERSION;
+  kind: K;
+  metadata: Metadata;
+  spec: S;
+  /** Where the document starts, for messages about the document as a whole. */
+  source: SourcePosition;
+}
+
+export type CredentialSourceDoc = DocumentBase<'CredentialSource', CredentialSourceSpec>;
+export type ServiceDoc = DocumentBase<'Service', ServiceSpec>;
+export type WorkloadDoc = DocumentBase<'Workload', WorkloadSpec>;
+export type BindingDoc = DocumentBase<'Binding', BindingSpec>;
+export type PolicyDoc = CredentialSourceDoc | ServiceDoc | WorkloadDoc | BindingDoc;
+export type Kind = PolicyDoc['kind'];
+
+/** A validated set of documents, ready for compile(). */
+export interface Policy {
+  documents: PolicyDoc[];
+}
+
+export interface PlanCredential {
+  name: string;
+  file: FileCredentialSpec;
+  source: SourcePosition;
+}
+
+export interface PlanService {
+  name: string;
+  /** Lower-case host names, no trailing dot. */
+  hosts: string[];
+  port: number;
+  tls: true;
+}
+
+export interface PlanWorkload {
+  name: string;
+  /** Small positive integer that names the workload in the kernel maps. Stable for a given policy. */
+  id: number;
+  /** cgroup v2 path relative to the cgroup v2 root, normalised: leading '/', no trailing '/'. */
+  cgroup: string;
+}
+
+export interface PlanBinding {
+  name: string;
+  workload: string;
+  service: string;
+  inject: { kind: 'bearer'; credential: string };
+}
+
+/** The compiled plan: everything the agent needs, all references resolved. */
+export interface Plan {
+  credentials: Map<string, PlanCredential>;
+  services: Map<string, PlanService>;
+  workloads: Map<string, PlanWorkload>;
+  bindings: PlanBinding[];
+}

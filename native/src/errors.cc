@@ -1,0 +1,54 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "errors.h"
+
+#include <bpf/libbpf.h>
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+
+namespace wirekey {
+namespace {
+
+// libbpf calls happen on the JavaScript thread only, so one buffer will do.
+std::string g_log;
+constexpr size_t kMaxLog = 1 << 20;
+
+int PrintCallback(enum libbpf_print_level level, const char* fmt, va_list args) {
+  if (level == LIBBPF_DEBUG) return 0;
+  char line[4096];
+  int n = vsnprintf(line, sizeof(line), fmt, args);
+  if (n > 0 && g_log.size() < kMaxLog) g_log.append(line, std::min<size_t>(n, sizeof(line) - 1));
+  return n;
+}
+
+std::string VerifierLog(const std::string& log) {
+  const std::string begin = "-- BEGIN PROG LOAD LOG --";
+  const std::string end = "-- END PROG LOAD LOG --";
+  auto b = log.find(begin);
+  if (b == std::string::npos) return "";
+  auto e = log.find(end, b);
+  b += begin.size();
+  return log.substr(b, e == std::string::npos ? std::string::npos : e - b);
+}
+
+}  // namespace
+
+void InstallLibbpfLog() { libbpf_set_print(PrintCallback); }
+
+void ResetLibbpfLog() { g_log.clear(); }
+
+Napi::Error MakeError(Napi::Env env, const std::string& what, int err) {
+  if (err < 0) err = -err;
+  std::string message = what + ": " + strerror(err);
+  Napi::Error error = Napi::Error::New(env, message);
+  error.Set("errno", Napi::Number::New(env, err));
+  if (!g_log.empty()) {
+    error.Set("libbpfLog", Napi::String::New(env, g_log));
+    std::string verifier = VerifierLog(g_log);
+    if (!verifier.empty()) error.Set("verifierLog", Napi::String::New(env, verifier));
+  }
+  return error;
+}
+
+}  // namespace wirekey

@@ -1,0 +1,273 @@
+/**
+ * The core promise, end to end on the real kernel: a process in a bound
+ * cgroup calls an HTTPS API with no key anywhere, and the API receives
+ * `Authorization: Bearer <token>`. Everything else is left alone.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash, randomBytes } from 'node:crypto';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createTestHost, type TestHost } from '../support/netns.js';
+import { createTestPki, type TestPki } from '../support/test-pki.js';
+import { startUpstream, type Upstream } from '../support/upstream.js';
+import { createCgroup, removeCgroupTree, runInCgroup } from '../support/cgroup.js';
+import { freePort, repoRoot, startAgent, wirekeyBin, type RunningAgent } from '../support/agent.js';
+import { kernelSkipReason } from '../support/requirements.js';
+import { must, run } from '../support/shell.js';
+import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
+
+const skip = kernelSkipReason();
+const HOST = 'api.wirekey.test';
+const OTHER = 'other.wirekey.test';
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+
+describe.skipIf(skip)(`bearer injection over TLS${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const tag = randomBytes(3).toString('hex');
+  const token = `wk-canary-${randomBytes(16).toString('hex')}`;
+  const expectedAuth = sha256(`Bearer ${token}`);
+  let dir: string;
+  let cgRoot: string;
+  let cgTest: string;
+  let bound: string;
+  let unbound: string;
+  let host: TestHost;
+  let pki: TestPki;
+  let upstream: Upstream;
+  let agent: RunningAgent;
+  let agentStopped = false;
+  let proxyPort: number;
+  let wirekeyCa: string;
+  const pinDir = `/sys/fs/bpf/wirekey-test-${tag}`;
+  const auditPath = () => path.join(dir, 'audit.log');
+
+  const curl = (cg: string, args: string[]) =>
+    runInCgroup(cg, 'curl', ['-sS', '--max-time', '10', '--resolve', `${HOST}:443:${host.ipv4}`, '--resolve', `${OTHER}:443:${host.ipv4}`, ...args]);
+  const newRecords = async (before: number, settleMs = 200) => {
+    await new Promise((r) => setTimeout(r, settleMs));
+    return upstream.records.slice(before);
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'wirekey-e2e-'));
+    cgRoot = findCgroup2Root();
+    cgTest = createCgroup(cgRoot, `wirekey-test-${tag}`);
+    bound = createCgroup(cgRoot, `wirekey-test-${tag}/bound`);
+    unbound = createCgroup(cgRoot, `wirekey-test-${tag}/unbound`);
+    host = await createTestHost(tag.slice(0, 4));
+    pki = await createTestPki(dir, [HOST, OTHER]);
+    upstream = await startUpstream(host, pki.serverCert, pki.serverKey);
+
+    const tokenFile = path.join(dir, 'token');
+    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+    chmodSync(tokenFile, 0o600);
+    const policyDir = path.join(dir, 'policy');
+    await must('mkdir', ['-p', policyDir]);
+    writeFileSync(
+      path.join(policyDir, 'policy.yaml'),
+      `apiVersion: wirekey.dev/v1alpha1
+kind: CredentialSource
+metadata: {name: api-token}
+spec: {file: {path: ${tokenFile}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: api}
+spec: {hosts: [${HOST}], port: 443, tls: true}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: app}
+spec: {selector: {cgroup: /wirekey-test-${tag}/bound}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: app-api}
+spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
+`,
+    );
+    proxyPort = await freePort();
+    const stateDir = path.join(dir, 'state');
+    agent = await startAgent({ policy: policyDir, stateDir, pinDir, proxyPort, audit: auditPath(), upstreamCa: pki.caCert });
+    wirekeyCa = path.join(dir, 'wirekey-ca.pem');
+    writeFileSync(wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', stateDir]));
+  });
+
+  afterAll(async () => {
+    if (agent && !agentStopped) await agent.stop();
+    await upstream?.stop();
+    await host?.destroy();
+    if (cgTest) removeCgroupTree(cgRoot, cgTest);
+    rmSync(pinDir, { recursive: true, force: true });
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('curl in the bound cgroup gets the bearer token injected, with no key anywhere', async () => {
+    const before = upstream.records.length;
+    const r = await curl(bound, ['--cacert', wirekeyCa, `https://${HOST}/v1/models?api_key=nothing`]);
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, path: '/v1/models?api_key=nothing' });
+    const [rec] = await newRecords(before);
+    expect(rec?.authorization).toEqual([expectedAuth]);
+    expect(rec?.servername).toBe(HOST);
+    expect(rec?.host).toBe(HOST);
+  });
+
+  it('every request on a keep-alive connection carries the header', async () => {
+    const before = upstream.records.length;
+    const urls = ['/a', '/b', '/c'].map((p) => `https://${HOST}${p}`);
+    const r = await curl(bound, ['--cacert', wirekeyCa, '-w', ' connects=%{num_connects}\n', ...urls]);
+    expect(r.stderr).toBe('');
+    // One TCP connection from curl for all three requests.
+    expect(r.stdout.match(/connects=(\d)/g)).toEqual(['connects=1', 'connects=0', 'connects=0']);
+    const recs = await newRecords(before);
+    expect(recs.map((x) => x.url)).toEqual(['/a', '/b', '/c']);
+    for (const rec of recs) expect(rec.authorization).toEqual([expectedAuth]);
+  });
+
+  it("Node's fetch in the bound cgroup gets the header on each request", async () => {
+    const before = upstream.records.length;
+    const hosts = path.join(dir, 'hosts');
+    writeFileSync(hosts, `127.0.0.1 localhost\n${host.ipv4} ${HOST}\n`);
+    const script = path.join(repoRoot, 'test/support/clients/node-fetch.mjs');
+    // A private mount namespace gives this process its own /etc/hosts; cgroup and network stay the host's.
+    const r = await runInCgroup(bound, 'unshare', ['-m', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hosts,
+      process.execPath, script, `https://${HOST}/one`, `https://${HOST}/two`], { env: { ...process.env, NODE_EXTRA_CA_CERTS: wirekeyCa } });
+    expect(r.stderr).toBe('');
+    expect(r.stdout.split('\n').filter(Boolean).map((l) => l.split(' ')[0])).toEqual(['200', '200']);
+    const recs = await newRecords(before);
+    expect(recs.map((x) => x.url)).toEqual(['/one', '/two']);
+    for (const rec of recs) expect(rec.authorization).toEqual([expectedAuth]);
+  });
+
+  it('Python sees the original peer through getpeername, over IPv4, IPv6 and IPv4-mapped IPv6', async () => {
+    const script = path.join(repoRoot, 'test/support/clients/peername.py');
+    const cases: [string, string, string][] = [
+      [host.ipv4, '4', host.ipv4],
+      [host.ipv6, '6', host.ipv6],
+      [`::ffff:${host.ipv4}`, '6', `::ffff:${host.ipv4}`],
+    ];
+    for (const [ip, family, peer] of cases) {
+      const before = upstream.records.length;
+      const r = await runInCgroup(bound, 'python3', [script, HOST, ip, family, wirekeyCa]);
+      expect(r.stderr).toBe('');
+      expect(r.stdout).toContain(`peer ${peer} 443\n`);
+      expect(r.stdout).toContain('status 200');
+      const [rec] = await newRecords(before);
+      expect(rec?.url).toBe('/python');
+      expect(rec?.authorization).toEqual([expectedAuth]);
+    }
+  });
+
+  it('a credential sent by the workload is replaced, never forwarded', async () => {
+    const before = upstream.records.length;
+    const r = await curl(bound, ['--cacert', wirekeyCa, '-H', 'Authorization: Bearer workload-supplied', `https://${HOST}/replace`]);
+    expect(r.stderr).toBe('');
+    const [rec] = await newRecords(before);
+    expect(rec?.authorization).toEqual([expectedAuth]);
+  });
+
+  it('a process outside the bound cgroup is not redirected and gets no token', async () => {
+    const before = upstream.records.length;
+    // It trusts only the upstream's own CA: an intercepted connection would fail verification.
+    const r = await curl(unbound, ['--cacert', pki.caCert, `https://${HOST}/unbound`]);
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true });
+    const [rec] = await newRecords(before);
+    expect(rec?.authorization).toEqual([]);
+  });
+
+  it('a Host header naming another host is refused and nothing is sent upstream', async () => {
+    const before = upstream.records.length;
+    const r = await curl(bound, ['--cacert', wirekeyCa, '-H', `Host: ${OTHER}`, '-w', '%{http_code}', '-o', '/dev/null', `https://${HOST}/wrong-host`]);
+    expect(r.stdout).toBe('421');
+    expect(await newRecords(before)).toEqual([]);
+  });
+
+  it('an unbound SNI is relayed untouched: the upstream certificate, no token', async () => {
+    const before = upstream.records.length;
+    const r = await curl(bound, ['--cacert', pki.caCert, `https://${OTHER}/relayed`]);
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, path: '/relayed' });
+    const [rec] = await newRecords(before);
+    expect(rec?.servername).toBe(OTHER);
+    expect(rec?.authorization).toEqual([]);
+  });
+
+  it('malformed or ambiguous requests are refused and nothing reaches the upstream', async () => {
+    const before = upstream.records.length;
+    const h = `Host: ${HOST}\r\n`;
+    const requests = [
+      `POST /dup-cl HTTP/1.1\r\n${h}Content-Length: 1\r\nContent-Length: 1\r\n\r\nA`,
+      `POST /cl-te HTTP/1.1\r\n${h}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
+      `GET /obs-fold HTTP/1.1\r\n${h}X-Folded: a\r\n  b\r\n\r\n`,
+      `GET /bare-lf HTTP/1.1\n${h}\r\n`,
+      `GET /bare-cr HTTP/1.1\r\n${h}X-A: a\rb\r\n\r\n`,
+      `GET /two-hosts HTTP/1.1\r\n${h}${h}\r\n`,
+      `GET https://${OTHER}/absolute HTTP/1.1\r\n${h}\r\n`,
+    ];
+    const script = path.join(repoRoot, 'test/support/clients/raw-tls.mjs');
+    const r = await runInCgroup(bound, process.execPath, [script, HOST, host.ipv4, '443', wirekeyCa], { input: JSON.stringify(requests) });
+    expect(r.stderr).toBe('');
+    const lines = r.stdout.trim().split('\n');
+    expect(lines).toHaveLength(requests.length);
+    for (const line of lines) expect(line).toMatch(/^HTTP\/1\.1 4(00|21) /);
+    expect(await newRecords(before, 500)).toEqual([]);
+  });
+
+  it('a connection made straight to the proxy port gets nothing', async () => {
+    const before = upstream.records.length;
+    for (const target of [`https://127.0.0.1:${proxyPort}/direct`, `https://[::1]:${proxyPort}/direct`]) {
+      const r = await runInCgroup(unbound, 'curl', ['-sS', '--max-time', '5', '-k', '-H', `Host: ${HOST}`, target]);
+      expect(r.code).not.toBe(0);
+    }
+    // The same from the bound cgroup: the proxy's port is not a bound service port.
+    const r = await runInCgroup(bound, 'curl', ['-sS', '--max-time', '5', '-k', '-H', `Host: ${HOST}`, `https://127.0.0.1:${proxyPort}/direct`]);
+    expect(r.code).not.toBe(0);
+    expect(await newRecords(before)).toEqual([]);
+  });
+
+  it('audit lines record each decision without the secret or the query string', () => {
+    const lines = readFileSync(auditPath(), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    const inject = lines.find((l) => l.path === '/v1/models');
+    expect(inject).toMatchObject({ decision: 'inject', workload: 'app', service: 'api', method: 'GET', status: 200, credential: 'api-token' });
+    expect(typeof inject?.pid).toBe('number');
+    expect(typeof inject?.time).toBe('string');
+    expect(lines.find((l) => l.path === '/wrong-host')).toMatchObject({ decision: 'deny', status: 421 });
+    expect(lines.find((l) => l.decision === 'pass')).toMatchObject({ host: OTHER, workload: 'app' });
+    expect(lines.some((l) => l.reason?.toString().startsWith('malformed-request'))).toBe(true);
+  });
+
+  it('the token appears in no workload environment or argv, audit line or agent log', async () => {
+    const r = await runInCgroup(bound, 'sh', ['-c', 'tr "\\0" "\\n" < /proc/$$/environ; tr "\\0" " " < /proc/$$/cmdline']);
+    expect(r.code).toBe(0);
+    expect(r.stdout).not.toContain(token);
+    expect(readFileSync(auditPath(), 'utf8')).not.toContain(token);
+    expect(agent.output()).not.toContain(token);
+    expect(agent.output()).toContain('ready');
+  });
+
+  it('after wirekey run exits, no program stays attached and no pin remains', async () => {
+    expect(existsSync(pinDir)).toBe(true);
+    const code = await agent.stop();
+    agentStopped = true;
+    expect(code).toBe(0);
+    expect(existsSync(pinDir)).toBe(false);
+    expect(agent.programIds.length).toBe(5);
+    for (const id of agent.programIds) {
+      const r = await run('bpftool', ['prog', 'show', 'id', String(id)]);
+      expect(r.code, `program ${id} still loaded`).not.toBe(0);
+    }
+    // bpftool prints nothing at all when no program is attached.
+    const cgJson = (await must('bpftool', ['-j', 'cgroup', 'show', cgRoot])).trim();
+    const cg = (cgJson ? JSON.parse(cgJson) : []) as { id: number }[];
+    expect(cg.filter((p) => agent.programIds.includes(p.id))).toEqual([]);
+    // And the bound workload now goes straight to the upstream, with no token.
+    const before = upstream.records.length;
+    const after = await curl(bound, ['--cacert', pki.caCert, `https://${HOST}/after`]);
+    expect(after.stderr).toBe('');
+    const [rec] = await newRecords(before);
+    expect(rec?.authorization).toEqual([]);
+    expect(agent.output()).not.toContain(token);
+  });
+});

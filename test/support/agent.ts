@@ -1,0 +1,83 @@
+/** Runs `wirekey run` as its own process, as a user would, for the kernel and e2e tests. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const wirekeyBin = path.join(repoRoot, 'bin/wirekey.js');
+
+export interface AgentOptions {
+  policy: string;
+  stateDir: string;
+  pinDir: string;
+  proxyPort: number;
+  audit: string;
+  upstreamCa?: string;
+  logLevel?: string;
+}
+
+export interface RunningAgent {
+  /** Everything the agent wrote to stderr and stdout so far. */
+  output(): string;
+  /** Kernel ids of its programs, from its ready line. */
+  programIds: number[];
+  /** SIGTERM, then wait for exit; resolves to the exit code. */
+  stop(): Promise<number | null>;
+}
+
+export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
+  const args = [wirekeyBin, 'run', '--policy', opts.policy, '--state-dir', opts.stateDir, '--pin-dir', opts.pinDir,
+    '--proxy-port', String(opts.proxyPort), '--audit', opts.audit, '--log-level', opts.logLevel ?? 'debug'];
+  if (opts.upstreamCa) args.push('--upstream-ca', opts.upstreamCa);
+  const child: ChildProcess = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const ready = new Promise<string>((resolve, reject) => {
+    const onData = (d: Buffer) => {
+      out += d.toString();
+      const m = /ready: .*programs ([\d,]+) attached/.exec(out);
+      if (m) resolve(m[1] as string);
+    };
+    child.stdout?.on('data', onData);
+    child.stderr?.on('data', onData);
+    child.once('exit', (code) => reject(new Error(`wirekey run exited ${code} before ready:\n${out}`)));
+    setTimeout(() => reject(new Error(`wirekey run not ready after 30s:\n${out}`)), 30_000).unref();
+  });
+  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  let ids: string;
+  try {
+    ids = await ready;
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
+  return {
+    output: () => out,
+    programIds: ids.split(',').map(Number),
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      const code = await exited;
+      clearTimeout(timer);
+      return code;
+    },
+  };
+}
+
+/** A TCP port free on both 127.0.0.1 and ::1. */
+export async function freePort(): Promise<number> {
+  for (;;) {
+    const port = await new Promise<number>((resolve, reject) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+      s.on('error', reject);
+    });
+    const v6ok = await new Promise<boolean>((resolve) => {
+      const s = net.createServer().listen({ port, host: '::1', ipv6Only: true }, () => s.close(() => resolve(true)));
+      s.on('error', () => resolve(false));
+    });
+    if (v6ok) return port;
+  }
+}

@@ -1,0 +1,60 @@
+// A test upstream: an HTTPS server (run inside a test network namespace)
+// that records what it received, one JSON line per request on stdout.
+// It records a SHA-256 of the Authorization header, never the header, so a
+// token cannot reach the test's output through it.
+//
+// usage: node upstream-server.mjs --cert FILE --key FILE [--port 443] [--host 0.0.0.0]
+import https from 'node:https';
+import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+
+const { values } = parseArgs({
+  options: {
+    cert: { type: 'string' },
+    key: { type: 'string' },
+    port: { type: 'string', default: '443' },
+    host: { type: 'string', default: '0.0.0.0' },
+  },
+});
+
+const sha256 = (data) => createHash('sha256').update(data).digest('hex');
+let n = 0;
+
+const server = https.createServer(
+  { cert: readFileSync(values.cert), key: readFileSync(values.key), keepAlive: true },
+  (req, res) => {
+    const hash = createHash('sha256');
+    let bodyLength = 0;
+    req.on('data', (chunk) => {
+      hash.update(chunk);
+      bodyLength += chunk.length;
+    });
+    req.on('end', () => {
+      const auth = [];
+      for (let i = 0; i < req.rawHeaders.length; i += 2) {
+        if (req.rawHeaders[i].toLowerCase() === 'authorization') auth.push(sha256(req.rawHeaders[i + 1]));
+      }
+      n += 1;
+      const record = {
+        n,
+        method: req.method,
+        url: req.url,
+        host: req.headers.host,
+        servername: req.socket.servername,
+        authorization: auth,
+        headerNames: req.rawHeaders.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase()),
+        remoteAddress: req.socket.remoteAddress,
+        remotePort: req.socket.remotePort,
+        bodyLength,
+        bodySha256: hash.digest('hex'),
+      };
+      process.stdout.write(`${JSON.stringify(record)}\n`);
+      const body = JSON.stringify({ ok: true, n, path: req.url });
+      res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+      res.end(body);
+    });
+  },
+);
+server.listen(Number(values.port), values.host, () => process.stdout.write(`${JSON.stringify({ listening: true })}\n`));
+process.on('SIGTERM', () => process.exit(0));

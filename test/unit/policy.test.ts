@@ -1,0 +1,326 @@
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, relative } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Ajv2020 } from 'ajv/dist/2020.js';
+import { afterEach, describe, expect, it } from 'vitest';
+import { parseAllDocuments } from 'yaml';
+import { PolicyError, type PolicyDiagnostic } from '../../controller/errors.js';
+import { compilePolicy } from '../../controller/policy/compile.js';
+import { loadPolicy, validatePolicyPath } from '../../controller/policy/load.js';
+import { parsePolicyText } from '../../controller/policy/parse.js';
+
+const EXAMPLE = fileURLToPath(new URL('../../policies/examples/openai-bearer.yaml', import.meta.url));
+const SCHEMA = fileURLToPath(new URL('../../policies/wirekey.schema.json', import.meta.url));
+
+const HEADER = 'apiVersion: wirekey.dev/v1alpha1\n';
+
+const VALID = `${HEADER}kind: CredentialSource
+metadata: {name: openai-key}
+spec: {file: {path: /etc/wirekey/openai-key}}
+---
+${HEADER}kind: Service
+metadata: {name: openai}
+spec:
+  hosts: [API.OpenAI.com., api.openai.com]
+  port: 443
+  tls: true
+---
+${HEADER}kind: Workload
+metadata: {name: zeta}
+spec: {selector: {cgroup: "wirekey-demo//app/"}}
+---
+${HEADER}kind: Workload
+metadata: {name: alpha}
+spec: {selector: {cgroup: /system.slice/billing.service}}
+---
+${HEADER}kind: Binding
+metadata: {name: zeta-openai}
+spec:
+  workload: zeta
+  service: openai
+  inject: {bearer: {credential: openai-key}}
+---
+`;
+
+const dirs: string[] = [];
+
+afterEach(async () => {
+  await Promise.all(dirs.splice(0).map((dir) => rm(dir, { recursive: true, force: true })));
+});
+
+/** A temporary policy directory holding `files` (name -> text). */
+async function policyDir(files: Record<string, string>): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'wirekey-policy-'));
+  dirs.push(dir);
+  await Promise.all(Object.entries(files).map(([name, text]) => writeFile(join(dir, name), text)));
+  return dir;
+}
+
+/** Diagnostics as `file:line:column: message`, with file names relative to `dir`. */
+function render(dir: string, diagnostics: PolicyDiagnostic[]): string[] {
+  return diagnostics.map((d) => `${relative(dir, d.file)}:${d.line}:${d.column}: ${d.message}`);
+}
+
+async function problems(files: Record<string, string>): Promise<string[]> {
+  const dir = await policyDir(files);
+  return render(dir, await validatePolicyPath(dir));
+}
+
+describe('loadPolicy', () => {
+  it('loads and compiles a valid multi-document file', async () => {
+    const dir = await policyDir({ 'policy.yaml': VALID });
+    const { policy, files } = await loadPolicy(dir);
+    expect(files).toEqual([join(dir, 'policy.yaml')]);
+    expect(policy.documents.map((d) => d.kind)).toEqual([
+      'CredentialSource',
+      'Service',
+      'Workload',
+      'Workload',
+      'Binding',
+    ]);
+    expect(policy.documents[1]?.source).toEqual({ file: join(dir, 'policy.yaml'), line: 6, column: 1 });
+
+    const plan = compilePolicy(policy);
+    expect(plan.credentials.get('openai-key')).toEqual({
+      name: 'openai-key',
+      file: { path: '/etc/wirekey/openai-key' },
+      source: { file: join(dir, 'policy.yaml'), line: 1, column: 1 },
+    });
+    expect(plan.services.get('openai')).toEqual({ name: 'openai', hosts: ['api.openai.com'], port: 443, tls: true });
+    expect([...plan.workloads.values()]).toEqual([
+      { name: 'alpha', id: 1, cgroup: '/system.slice/billing.service' },
+      { name: 'zeta', id: 2, cgroup: '/wirekey-demo/app' },
+    ]);
+    expect(plan.bindings).toEqual([
+      { name: 'zeta-openai', workload: 'zeta', service: 'openai', inject: { kind: 'bearer', credential: 'openai-key' } },
+    ]);
+  });
+
+  it('reads *.yaml and *.yml files of a directory in name order and ignores others', async () => {
+    const [credential, service] = VALID.split('---\n');
+    const dir = await policyDir({
+      'b.yml': service!,
+      'a.yaml': credential!,
+      'notes.txt': 'not: [yaml',
+      '.#a.yaml': 'editor: lock file',
+    });
+    await mkdir(join(dir, 'sub.yaml'));
+    const { policy, files } = await loadPolicy(dir);
+    expect(files).toEqual([join(dir, 'a.yaml'), join(dir, 'b.yml')]);
+    expect(policy.documents.map((d) => d.metadata.name)).toEqual(['openai-key', 'openai']);
+  });
+
+  it('throws a PolicyError carrying the problems of every file', async () => {
+    const dir = await policyDir({
+      'a.yaml': `${HEADER}kind: Servise\n`,
+      'b.yaml': `${HEADER}kind: Workload\nmetadata: {name: w}\nspce: {}\n`,
+    });
+    const error = await loadPolicy(dir).catch((e: unknown) => e);
+    expect(error).toBeInstanceOf(PolicyError);
+    const policyError = error as PolicyError;
+    expect(policyError.code).toBe('WK_POLICY_INVALID');
+    expect(render(dir, policyError.diagnostics)).toEqual([
+      'a.yaml:2:7: unknown kind "Servise" (expected one of CredentialSource, Service, Workload, Binding)',
+      'b.yaml:1:1: Workload "w": missing required field "spec"',
+      'b.yaml:4:1: Workload "w": unknown field "spce" (expected apiVersion, kind, metadata or spec)',
+    ]);
+    expect(policyError.message).toContain(`${join(dir, 'a.yaml')}:2:7: unknown kind "Servise"`);
+  });
+
+  it('reports an empty directory', async () => {
+    const dir = await policyDir({});
+    expect(render(dir, await validatePolicyPath(dir))).toEqual([
+      ':1:1: no policy files (*.yaml or *.yml) in this directory',
+    ]);
+    await expect(loadPolicy(dir)).rejects.toBeInstanceOf(PolicyError);
+  });
+
+  it('reports a path that does not exist', async () => {
+    const dir = await policyDir({});
+    const missing = join(dir, 'nope.yaml');
+    expect(await validatePolicyPath(missing)).toEqual([
+      { file: missing, line: 1, column: 1, message: 'cannot read policy: no such file or directory' },
+    ]);
+  });
+
+  it('ignores empty documents', async () => {
+    expect(await problems({ 'p.yaml': '---\n# nothing here\n---\n' + VALID + '---\n' })).toEqual([]);
+  });
+});
+
+describe('document diagnostics', () => {
+  it('reports a YAML syntax error at its position, without echoing the text', async () => {
+    const text = `${HEADER}kind: Service\nmetadata: {name: openai\nspec: {port: "sk-SECRET}\n`;
+    const found = await problems({ 'p.yaml': text });
+    expect(found[0]).toBe('p.yaml:4:1: invalid YAML: Flow map in block collection must be sufficiently indented and end with a }');
+    expect(found.join('\n')).not.toContain('sk-SECRET');
+  });
+
+  it('reports an unknown kind at the kind value', async () => {
+    expect(await problems({ 'p.yaml': `${HEADER}kind: Servise\nmetadata: {name: x}\nspec: {}\n` })).toEqual([
+      'p.yaml:2:7: unknown kind "Servise" (expected one of CredentialSource, Service, Workload, Binding)',
+    ]);
+  });
+
+  it('reports a missing kind at the document start', async () => {
+    expect(await problems({ 'p.yaml': `# comment\n---\n${HEADER}metadata: {name: x}\n` })).toEqual([
+      'p.yaml:3:1: missing required field "kind"',
+    ]);
+  });
+
+  it('reports an unknown field at its key', async () => {
+    const text = `${HEADER}kind: Service\nmetadata: {name: openai}\nspec:\n  hosts: [a.example]\n  port: 443\n  tls: true\n  prot: 80\n`;
+    expect(await problems({ 'p.yaml': text })).toEqual([
+      'p.yaml:8:3: Service "openai": unknown field "spec.prot" (expected hosts, port or tls)',
+    ]);
+  });
+
+  it('reports a value of the wrong type once, at the value', async () => {
+    const text = `${HEADER}kind: Service\nmetadata: {name: openai}\nspec: {hosts: [a.example], port: "443", tls: yes}\n`;
+    expect(await problems({ 'p.yaml': text })).toEqual([
+      'p.yaml:4:34: Service "openai": spec.port: must be an integer',
+      'p.yaml:4:46: Service "openai": spec.tls: must be true or false',
+    ]);
+  });
+
+  it('reports an out-of-range port', async () => {
+    const text = `${HEADER}kind: Service\nmetadata:\n  name: openai\nspec:\n  hosts: [api.openai.com]\n  port: 65536\n  tls: true\n`;
+    expect(await problems({ 'p.yaml': text })).toEqual(['p.yaml:7:9: Service "openai": spec.port: must be <= 65535']);
+  });
+
+  it('reports a missing required field at the mapping that lacks it', async () => {
+    const text = `${HEADER}kind: Service\nmetadata: {name: openai}\nspec:\n  port: 443\n  tls: true\n`;
+    expect(await problems({ 'p.yaml': text })).toEqual([
+      'p.yaml:5:3: Service "openai": missing required field "spec.hosts"',
+    ]);
+  });
+
+  it('reports a bad apiVersion', async () => {
+    const text = `apiVersion: wirekey.dev/v1\nkind: Workload\nmetadata: {name: w}\nspec: {selector: {cgroup: /a}}\n`;
+    expect(await problems({ 'p.yaml': text })).toEqual([
+      'p.yaml:1:13: Workload "w": apiVersion: must be "wirekey.dev/v1alpha1"',
+    ]);
+  });
+
+  it('words pattern and shape errors for people', () => {
+    const text = `${HEADER}kind: Binding
+metadata: {name: Billing_OpenAI}
+spec:
+  workload: billing
+  service: openai
+  inject: {}
+---
+${HEADER}kind: Service
+metadata: {name: s}
+spec: {hosts: ["https://api.openai.com", a.example, a.example], port: 443, tls: false}
+---
+${HEADER}kind: Workload
+metadata: {name: w}
+spec: {selector: {cgroup: "/a/../b"}}
+---
+${HEADER}kind: Workload
+metadata: {name: v}
+spec: {selector: {}}
+---
+${HEADER}kind: CredentialSource
+metadata: {name: c}
+spec: {file: {path: relative/path}}
+---
+${HEADER}kind: Binding
+metadata: {name: b}
+spec: {workload: w, service: s, inject: {bearer: {credential: c}, header: {}}}
+---
+${HEADER}kind: Service
+metadata: {}
+spec: {hosts: [], port: 443, tls: true}
+`;
+    const messages = parsePolicyText(text, 'p.yaml').diagnostics.map((d) => `${d.line}:${d.column}: ${d.message}`);
+    expect(messages).toEqual([
+      "3:18: Binding \"Billing_OpenAI\": metadata.name: must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
+      '7:11: Binding "Billing_OpenAI": spec.inject: must set bearer',
+      '12:16: Service "s": spec.hosts[0]: must be a plain DNS host name such as api.example.com (no wildcard, scheme, port or path)',
+      '12:53: Service "s": spec.hosts[2]: duplicate of spec.hosts[1]',
+      '12:81: Service "s": spec.tls: must be true',
+      `17:27: Workload "w": spec.selector.cgroup: must be a cgroup v2 path relative to the cgroup root, without '..' segments or control characters`,
+      '22:18: Workload "v": spec.selector: must set cgroup',
+      '27:21: CredentialSource "c": spec.file.path: must be an absolute path',
+      '32:67: Binding "b": unknown field "spec.inject.header" (expected bearer)',
+      '36:11: Service: missing required field "metadata.name"',
+      '37:15: Service: spec.hosts: must not be empty',
+    ]);
+  });
+});
+
+describe('cross-document checks', () => {
+  it('reports a duplicate name across two files at the second one, naming the first', async () => {
+    const workload = `${HEADER}kind: Workload\nmetadata:\n  name: billing\nspec: {selector: {cgroup: /a}}\n`;
+    const dir = await policyDir({ 'a.yaml': workload, 'b.yaml': `# second\n${workload}` });
+    expect(render(dir, await validatePolicyPath(dir))).toEqual([
+      `b.yaml:5:9: duplicate Workload "billing": already defined at ${join(dir, 'a.yaml')}:4`,
+    ]);
+  });
+
+  it('allows the same name in different kinds', async () => {
+    const text = VALID.replace('name: zeta}', 'name: openai}').replace('workload: zeta', 'workload: openai');
+    expect(await problems({ 'p.yaml': text })).toEqual([]);
+  });
+
+  it('reports a dangling reference at the referencing value', async () => {
+    const text = VALID.replace('workload: zeta', 'workload: billing').replace(
+      'credential: openai-key',
+      'credential: openai-token',
+    );
+    expect(await problems({ 'p.yaml': text })).toEqual([
+      'p.yaml:28:13: Binding "zeta-openai": spec.workload: no Workload named "billing"',
+      'p.yaml:30:33: Binding "zeta-openai": spec.inject.bearer.credential: no CredentialSource named "openai-token"',
+    ]);
+  });
+
+  it('reports two bindings for one workload and service', async () => {
+    const second = `---\n${HEADER}kind: Binding\nmetadata: {name: again}\nspec: {workload: zeta, service: openai, inject: {bearer: {credential: openai-key}}}\n`;
+    const dir = await policyDir({ 'p.yaml': VALID, 'q.yaml': second });
+    expect(render(dir, await validatePolicyPath(dir))).toEqual([
+      `q.yaml:4:18: Binding "again": workload "zeta" and service "openai" are already bound by ` +
+        `Binding "zeta-openai" at ${join(dir, 'p.yaml')}:26; two bindings for one workload and service are ambiguous`,
+    ]);
+  });
+
+  it('reports two services that share a host and port', async () => {
+    const other = `${HEADER}kind: Service\nmetadata: {name: other}\nspec: {hosts: [x.example, api.openai.COM], port: 443, tls: true}\n`;
+    const dir = await policyDir({ 'p.yaml': VALID, 'q.yaml': other });
+    expect(render(dir, await validatePolicyPath(dir))).toEqual([
+      `q.yaml:4:27: Service "other": api.openai.com:443 is already claimed by Service "openai" at ${join(dir, 'p.yaml')}:10`,
+    ]);
+    const otherPort = other.replace('port: 443', 'port: 8443');
+    expect(await problems({ 'p.yaml': VALID, 'q.yaml': otherPort })).toEqual([]);
+  });
+});
+
+describe('policies/', () => {
+  it('the example validates', async () => {
+    expect(await validatePolicyPath(EXAMPLE)).toEqual([]);
+    const plan = compilePolicy((await loadPolicy(EXAMPLE)).policy);
+    expect(plan.bindings).toEqual([
+      {
+        name: 'billing-openai',
+        workload: 'billing',
+        service: 'openai',
+        inject: { kind: 'bearer', credential: 'openai-key' },
+      },
+    ]);
+  });
+
+  it('the schema root (as editors use it) accepts the example and rejects unknown kinds', async () => {
+    const schema = JSON.parse(await readFile(SCHEMA, 'utf8')) as object;
+    const ajv = new Ajv2020({ strict: true, allErrors: true });
+    ajv.addKeyword({ keyword: 'patternErrorMessage', schemaType: 'string' });
+    const validate = ajv.compile(schema);
+    for (const doc of parseAllDocuments(await readFile(EXAMPLE, 'utf8'))) {
+      expect(validate(doc.toJS()), JSON.stringify(validate.errors)).toBe(true);
+    }
+    expect(validate({ apiVersion: 'wirekey.dev/v1alpha1', kind: 'Servise', metadata: { name: 'x' }, spec: {} })).toBe(
+      false,
+    );
+  });
+});
