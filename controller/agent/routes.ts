@@ -3,6 +3,7 @@
  * the datapath and the proxy ask for them.
  */
 import type { Plan, PlanBinding, PlanService, PlanWorkload } from '../policy/types.js';
+import { normalizeHost } from '../policy/compile.js';
 
 export interface Route {
   workload: PlanWorkload;
@@ -43,10 +44,4 @@ export class RouteTable {
   portBindings(): { workloadId: number; port: number }[] {
     return [...this.#ports.values()];
   }
-}
-
-/** Lower-case, without a trailing dot: the form hosts take in the plan. */
-export function normalizeHost(host: string): string {
-  const h = host.toLowerCase();
-  return h.endsWith('.') ? h.slice(0, -1) : h;
 }

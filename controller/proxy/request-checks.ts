@@ -7,7 +7,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import { countHeader } from './headers.js';
-import { normalizeHost } from '../agent/routes.js';
+import { normalizeHost } from '../policy/compile.js';
 
 export interface Refusal {
   status: number;

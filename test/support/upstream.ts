@@ -1,7 +1,7 @@
 /** Starts test/support/upstream-server.mjs inside a test host and collects its records. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { repoRoot } from './paths.js';
 import type { TestHost } from './netns.js';
 
 export interface UpstreamRecord {
@@ -23,7 +23,7 @@ export interface Upstream {
   stop(): Promise<void>;
 }
 
-const script = path.join(path.dirname(fileURLToPath(import.meta.url)), 'upstream-server.mjs');
+const script = path.join(repoRoot, 'test/support/upstream-server.mjs');
 
 export async function startUpstream(host: TestHost, cert: string, key: string, port = 443): Promise<Upstream> {
   const child: ChildProcess = spawn(

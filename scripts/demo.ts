@@ -1,0 +1,95 @@
+/**
+ * The demo behind `npm run demo`: runs policies/demo.yaml for real on this
+ * host. An upstream HTTPS API lives in a network namespace of its own; a
+ * process in the cgroup /wirekey-demo/app calls it with curl and no key;
+ * wirekey injects the token from /run/wirekey-demo/api-token. Everything the
+ * demo creates is removed when it ends.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { createTestHost, type TestHost } from '../test/support/netns.js';
+import { createTestPki } from '../test/support/test-pki.js';
+import { startUpstream, type Upstream } from '../test/support/upstream.js';
+import { createCgroup, removeCgroupTree, runInCgroup } from '../test/support/cgroup.js';
+import { freePort, startAgent, wirekeyBin, type RunningAgent } from '../test/support/agent.js';
+import { kernelSkipReason } from '../test/support/requirements.js';
+import { repoRoot } from '../test/support/paths.js';
+import { must } from '../test/support/shell.js';
+import { findCgroup2Root } from '../controller/datapath/cgroup.js';
+
+const HOST = 'api.wirekey.demo';
+const say = (s: string) => process.stdout.write(`${s}\n`);
+const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+
+async function main(): Promise<void> {
+  const unmet = kernelSkipReason();
+  if (unmet) throw new Error(`the demo ${unmet}`);
+
+  const work = mkdtempSync(path.join(tmpdir(), 'wirekey-demo-'));
+  const cgRoot = findCgroup2Root();
+  const cgDemo = path.join(cgRoot, 'wirekey-demo');
+  let host: TestHost | undefined;
+  let upstream: Upstream | undefined;
+  let agent: RunningAgent | undefined;
+  try {
+    say('== setting up: an HTTPS API in its own network namespace, a token file, a workload cgroup');
+    host = await createTestHost('demo');
+    const pki = await createTestPki(work, [HOST]);
+    upstream = await startUpstream(host, pki.serverCert, pki.serverKey);
+    const token = `demo-${randomBytes(12).toString('hex')}`;
+    mkdirSync('/run/wirekey-demo', { recursive: true, mode: 0o700 });
+    writeFileSync('/run/wirekey-demo/api-token', `${token}\n`, { mode: 0o600 });
+    const app = createCgroup(cgRoot, 'wirekey-demo/app');
+    const other = createCgroup(cgRoot, 'wirekey-demo/other');
+    say(`   api ${HOST} at ${host.ipv4} (namespace ${host.ns}); token in /run/wirekey-demo/api-token (0600)`);
+
+    say('\n== starting wirekey run --policy policies/demo.yaml');
+    const stateDir = path.join(work, 'state');
+    const audit = path.join(work, 'audit.log');
+    agent = await startAgent({
+      policy: path.join(repoRoot, 'policies/demo.yaml'),
+      stateDir,
+      pinDir: '/sys/fs/bpf/wirekey-demo',
+      proxyPort: await freePort(),
+      audit,
+      upstreamCa: pki.caCert,
+      logLevel: 'info',
+    });
+    for (const line of agent.output().trim().split('\n')) say(`   ${line}`);
+    const wirekeyCa = path.join(work, 'wirekey-ca.pem');
+    writeFileSync(wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', stateDir]));
+
+    const curl = ['curl', '-sS', '--resolve', `${HOST}:443:${host.ipv4}`, '--cacert', wirekeyCa, `https://${HOST}/v1/hello`];
+    say(`\n== a process in /wirekey-demo/app runs, with no token anywhere:\n   ${curl.join(' ')}`);
+    const r = await runInCgroup(app, curl[0] as string, curl.slice(1));
+    say(`   -> ${r.stdout.trim() || r.stderr.trim()}`);
+    const seen = upstream.records.at(-1);
+    const injected = seen?.authorization[0] === sha256(`Bearer ${token}`);
+    say(`   the API received Authorization: Bearer <token from the file>: ${injected ? 'yes' : 'NO'}`);
+
+    say('\n== the same request from a process outside the bound cgroup (it trusts the API\'s own CA):');
+    const before = upstream.records.length;
+    await runInCgroup(other, 'curl', ['-sS', '--resolve', `${HOST}:443:${host.ipv4}`, '--cacert', pki.caCert, `https://${HOST}/v1/hello`]);
+    const plain = upstream.records.slice(before)[0];
+    say(`   the API received an Authorization header: ${plain?.authorization.length ? 'yes' : 'no'}`);
+
+    say('\n== audit log:');
+    for (const line of readFileSync(audit, 'utf8').trim().split('\n')) say(`   ${line}`);
+    if (!injected || r.code !== 0) throw new Error('the token was not injected');
+    say('\ndemo: ok');
+  } finally {
+    await agent?.stop();
+    await upstream?.stop();
+    await host?.destroy();
+    removeCgroupTree(cgRoot, cgDemo);
+    rmSync('/run/wirekey-demo', { recursive: true, force: true });
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+main().catch((err: unknown) => {
+  process.stderr.write(`demo failed: ${err instanceof Error ? err.message : String(err)}\n`);
+  process.exitCode = 1;
+});
