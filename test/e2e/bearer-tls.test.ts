@@ -159,6 +159,26 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
     }
   });
 
+  it('request and response bodies stream through intact: a 24 MiB download, and uploads with Content-Length and chunked', async () => {
+    const out = path.join(dir, 'download.bin');
+    const r = await curl(bound, ['--cacert', wirekeyCa, '-D', '-', '-o', out, `https://${HOST}/bytes/${24 * 1024 * 1024}`]);
+    expect(r.stderr).toBe('');
+    const want = /x-body-sha256: ([0-9a-f]+)/i.exec(r.stdout)?.[1];
+    expect(createHash('sha256').update(readFileSync(out)).digest('hex')).toBe(want);
+
+    const upload = path.join(dir, 'upload.bin');
+    writeFileSync(upload, randomBytes(3 * 1024 * 1024 + 17));
+    const uploadHash = createHash('sha256').update(readFileSync(upload)).digest('hex');
+    for (const extra of [[], ['-H', 'Transfer-Encoding: chunked']]) {
+      const before = upstream.records.length;
+      const u = await curl(bound, ['--cacert', wirekeyCa, ...extra, '--data-binary', `@${upload}`, `https://${HOST}/upload`]);
+      expect(u.stderr).toBe('');
+      const [rec] = await newRecords(before);
+      expect(rec).toMatchObject({ method: 'POST', url: '/upload', bodyLength: 3 * 1024 * 1024 + 17, bodySha256: uploadHash });
+      expect(rec?.authorization).toEqual([expectedAuth]);
+    }
+  });
+
   it('a credential sent by the workload is replaced, never forwarded', async () => {
     const before = upstream.records.length;
     const r = await curl(bound, ['--cacert', wirekeyCa, '-H', 'Authorization: Bearer workload-supplied', `https://${HOST}/replace`]);

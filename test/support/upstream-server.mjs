@@ -50,11 +50,33 @@ const server = https.createServer(
         bodySha256: hash.digest('hex'),
       };
       process.stdout.write(`${JSON.stringify(record)}\n`);
+      const bytes = /^\/bytes\/(\d+)$/.exec(req.url);
+      if (bytes) return sendBytes(res, Number(bytes[1]));
       const body = JSON.stringify({ ok: true, n, path: req.url });
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
       res.end(body);
     });
   },
 );
+// GET /bytes/N: N pseudo-random bytes, streamed, with their SHA-256 in a header.
+function sendBytes(res, total) {
+  const block = createHash('sha256').update('wirekey').digest();
+  const chunk = Buffer.alloc(64 * 1024);
+  for (let i = 0; i < chunk.length; i += block.length) block.copy(chunk, i);
+  const digest = createHash('sha256');
+  for (let sent = 0; sent < total; sent += chunk.length) digest.update(chunk.subarray(0, Math.min(chunk.length, total - sent)));
+  res.writeHead(200, { 'content-type': 'application/octet-stream', 'x-body-sha256': digest.digest('hex') });
+  let sent = 0;
+  const pump = () => {
+    while (sent < total) {
+      const part = chunk.subarray(0, Math.min(chunk.length, total - sent));
+      sent += part.length;
+      if (!res.write(part)) return res.once('drain', pump);
+    }
+    res.end();
+  };
+  pump();
+}
+
 server.listen(Number(values.port), values.host, () => process.stdout.write(`${JSON.stringify({ listening: true })}\n`));
 process.on('SIGTERM', () => process.exit(0));

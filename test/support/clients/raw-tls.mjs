@@ -10,16 +10,18 @@ const requests = JSON.parse(readFileSync(0, 'utf8'));
 const ca = readFileSync(caFile);
 
 for (const raw of requests) {
+  let timer;
   const line = await new Promise((resolve) => {
     const sock = tls.connect({ host: ip, port: Number(port), servername: host, ca }, () => sock.write(raw));
     let data = '';
     sock.on('data', (d) => (data += d.toString('latin1')));
     sock.on('end', () => resolve(data.split('\r\n')[0] || 'closed'));
     sock.on('error', (e) => resolve(`error ${e.code ?? e.message}`));
-    setTimeout(() => {
+    timer = setTimeout(() => {
       sock.destroy();
       resolve(data.split('\r\n')[0] || 'timeout');
     }, 3000);
   });
+  clearTimeout(timer);
   process.stdout.write(`${line}\n`);
 }

@@ -1,0 +1,93 @@
+/** The command line as a user runs it: exit codes and what it prints. */
+import { describe, expect, it } from 'vitest';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { X509Certificate } from 'node:crypto';
+import { repoRoot, wirekeyBin } from '../support/agent.js';
+import { run } from '../support/shell.js';
+
+const wirekey = (...args: string[]) => run(process.execPath, [wirekeyBin, ...args]);
+
+describe('wirekey validate', () => {
+  it('exits 0 for the shipped policies', async () => {
+    for (const file of ['policies/demo.yaml', 'policies/examples']) {
+      const r = await wirekey('validate', path.join(repoRoot, file));
+      expect(r.stdout).toBe('');
+      expect(r.code).toBe(0);
+    }
+  });
+
+  it('prints file:line:column: message for each problem and exits non-zero', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-cli-'));
+    try {
+      const file = path.join(dir, 'bad.yaml');
+      writeFileSync(
+        file,
+        [
+          'apiVersion: wirekey.dev/v1alpha1',
+          'kind: Service',
+          'metadata: {name: api}',
+          'spec: {hosts: [api.example.com], port: 70000, tls: true}',
+          '---',
+          'apiVersion: wirekey.dev/v1alpha1',
+          'kind: Binding',
+          'metadata: {name: b}',
+          'spec: {workload: nobody, service: api, inject: {bearer: {credential: k}}, extra: 1}',
+          '',
+        ].join('\n'),
+      );
+      const r = await wirekey('validate', file);
+      expect(r.code).toBe(1);
+      const lines = r.stdout.trim().split('\n');
+      expect(lines.length).toBeGreaterThanOrEqual(2);
+      for (const line of lines) expect(line).toMatch(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:\\d+:\\d+: `));
+      expect(r.stdout).toContain(`${file}:4:`);
+      expect(r.stdout).toContain(`${file}:9:`);
+      expect(r.stdout).toMatch(/port/);
+      expect(r.stdout).toMatch(/extra/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('names a missing path', async () => {
+    const r = await wirekey('validate', '/nonexistent/wirekey.yaml');
+    expect(r.code).toBe(1);
+    expect(r.stdout).toContain('/nonexistent/wirekey.yaml:1:1: ');
+  });
+});
+
+describe('wirekey run', () => {
+  it('refuses an invalid policy before touching the kernel, with positions', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-cli-'));
+    try {
+      const file = path.join(dir, 'p.yaml');
+      writeFileSync(file, 'apiVersion: wirekey.dev/v1alpha1\nkind: Servise\nmetadata: {name: x}\nspec: {}\n');
+      const r = await wirekey('run', '--policy', file, '--state-dir', path.join(dir, 'state'), '--pin-dir', path.join(dir, 'pins'));
+      expect(r.code).toBe(1);
+      expect(r.stderr).toContain(`${file}:2:7: `);
+      expect(r.stderr).not.toContain('ready');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('wirekey ca cert', () => {
+  it('prints the local CA certificate, the same on every call, with the key kept private', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-cli-'));
+    try {
+      const first = await wirekey('ca', 'cert', '--state-dir', dir);
+      const second = await wirekey('ca', 'cert', '--state-dir', dir);
+      expect(first.code).toBe(0);
+      expect(second.stdout).toBe(first.stdout);
+      const cert = new X509Certificate(first.stdout);
+      expect(cert.ca).toBe(true);
+      expect(readFileSync(path.join(dir, 'ca/ca.crt'), 'utf8')).toBe(first.stdout);
+      expect(statSync(path.join(dir, 'ca/ca.key')).mode & 0o077).toBe(0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
