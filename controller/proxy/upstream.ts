@@ -15,7 +15,9 @@ export interface UpstreamOptions {
 /**
  * The https.Agent for upstream requests. Passing `ca` replaces Node's
  * default store, so when an extra bundle is configured the default roots and
- * NODE_EXTRA_CA_CERTS are added back explicitly.
+ * NODE_EXTRA_CA_CERTS are added back explicitly. The store goes in one
+ * SecureContext built here: a `ca` option would be re-joined into the
+ * agent's pool key and re-parsed into a new context on every request.
  */
 export function createUpstreamAgent(opts: UpstreamOptions = {}): https.Agent {
   const base = { keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo' as const };
@@ -24,5 +26,5 @@ export function createUpstreamAgent(opts: UpstreamOptions = {}): https.Agent {
   const extra = process.env.NODE_EXTRA_CA_CERTS;
   if (extra) ca.push(readFileSync(extra, 'utf8'));
   ca.push(readFileSync(opts.caFile, 'utf8'));
-  return new https.Agent({ ...base, ca });
+  return new https.Agent({ ...base, secureContext: tls.createSecureContext({ ca }) });
 }
