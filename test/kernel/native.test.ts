@@ -1,0 +1,167 @@
+/**
+ * The native addon against the real kernel: libbpf's object, map and link,
+ * the error contract (errno, libbpf's message, the verifier log), and the
+ * struct layouts the controller shares with the BPF programs.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { randomBytes } from 'node:crypto';
+import { bpfCall, native, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
+import { LAYOUTS, verifyLayouts } from '../../controller/datapath/layout.js';
+import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { BpfError } from '../../controller/errors.js';
+import { kernelSkipReason } from '../support/requirements.js';
+import { createCgroup, removeCgroupTree } from '../support/cgroup.js';
+import { must, run } from '../support/shell.js';
+
+const skip = kernelSkipReason();
+const objectPath = path.join(repoRoot, 'build/bpf/wirekey.bpf.o');
+
+describe.skipIf(skip)(`native addon on the real kernel${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  let obj: NativeObject;
+  let dir: string;
+  let cgRoot: string;
+  let cg: string;
+
+  beforeAll(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'wirekey-native-'));
+    cgRoot = findCgroup2Root();
+    cg = createCgroup(cgRoot, `wirekey-test-native-${randomBytes(3).toString('hex')}`);
+    obj = new (native().BpfObject)(objectPath);
+  });
+
+  afterAll(() => {
+    obj?.close();
+    if (cg) removeCgroupTree(cgRoot, cg);
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it("the controller's struct layouts match the object's BTF", () => {
+    expect(() => verifyLayouts((name) => obj.btfStruct(name))).not.toThrow();
+    expect(obj.btfStruct('wk_orig_dst')?.size).toBe(LAYOUTS.wk_orig_dst.size);
+  });
+
+  it('a layout that disagrees with BTF is refused, naming the member', () => {
+    const lying = (name: string) => {
+      const s = obj.btfStruct(name);
+      if (s && name === 'wk_conn_key') s.members = s.members.map((m) => (m.name === 'port' ? { ...m, offset: 18 } : m));
+      return s;
+    };
+    expect(() => verifyLayouts(lying)).toThrow(/wk_conn_key\.port: BTF has offset 18/);
+  });
+
+  it('globals are checked by name and size before load', () => {
+    expect(() => obj.setGlobal('proxy_port', Buffer.alloc(4))).toThrow(/expected 2 bytes, got 4/);
+    expect(() => obj.setGlobal('no_such_global', Buffer.alloc(4))).toThrow(/no global named no_such_global/);
+    obj.setGlobal('proxy_port', Buffer.from([0x01, 0x02]));
+  });
+
+  it('loads, and maps take exactly their key and value sizes', () => {
+    bpfCall(() => obj.load());
+    const map = obj.map('wk_cgroup_workload');
+    expect(map.info()).toMatchObject({ keySize: 8, valueSize: 4, maxEntries: 4096 });
+    const key = Buffer.alloc(8, 7);
+    expect(map.lookup(key)).toBeNull();
+    map.update(key, Buffer.from([1, 0, 0, 0]));
+    expect(map.lookup(key)).toEqual(Buffer.from([1, 0, 0, 0]));
+    expect(map.keys()).toEqual([key]);
+    expect(map.delete(key)).toBe(true);
+    expect(map.delete(key)).toBe(false);
+    expect(() => map.lookup(Buffer.alloc(4))).toThrow(/wk_cgroup_workload: key must be 8 bytes, got 4/);
+    expect(() => map.update(key, Buffer.alloc(8))).toThrow(/value must be 4 bytes/);
+  });
+
+  it('a full map reports E2BIG with errno', () => {
+    const map = obj.map('wk_bind_port');
+    const max = map.info().maxEntries;
+    const key = (i: number) => {
+      const b = Buffer.alloc(8);
+      b.writeUInt32LE(i + 1, 0);
+      return b;
+    };
+    try {
+      for (let i = 0; i < max; i++) map.update(key(i), Buffer.alloc(8));
+      let err: unknown;
+      try {
+        bpfCall(() => map.update(key(max), Buffer.alloc(8)));
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(BpfError);
+      expect((err as BpfError).errno).toBe(7); // E2BIG
+    } finally {
+      for (const k of map.keys()) map.delete(k);
+    }
+  });
+
+  it('a link attaches to a cgroup, and destroying it detaches the program', async () => {
+    const link = obj.attachCgroup('wk_connect4', cg);
+    const info = link.info();
+    expect(info?.progId).toBeGreaterThan(0);
+    const attached = JSON.parse(await must('bpftool', ['-j', 'cgroup', 'show', cg])) as { id: number; name: string }[];
+    expect(attached.map((p) => p.id)).toContain(info?.progId);
+    link.destroy();
+    const after = (await must('bpftool', ['-j', 'cgroup', 'show', cg])).trim();
+    expect(after ? (JSON.parse(after) as { id: number }[]).map((p) => p.id) : []).not.toContain(info?.progId);
+  });
+
+  it('a program the verifier refuses fails load with errno and the verifier log', async () => {
+    const src = path.join(dir, 'bad.bpf.c');
+    const out = path.join(dir, 'bad.bpf.o');
+    // Reads past the end of the stack: the verifier must refuse it.
+    writeFileSync(
+      src,
+      `#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+SEC("cgroup/connect4")
+int bad(struct bpf_sock_addr *ctx)
+{
+	volatile char buf[8];
+	return buf[ctx->user_port];
+}
+char LICENSE[] SEC("license") = "GPL";
+`,
+    );
+    const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', '-I', path.join(repoRoot, 'build/bpf'), '-c', src, '-o', out]);
+    expect(cc.stderr).not.toMatch(/error/);
+    const bad = new (native().BpfObject)(out);
+    try {
+      let err: unknown;
+      try {
+        bpfCall(() => bad.load());
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(BpfError);
+      const e = err as BpfError;
+      expect(e.errno).toBe(13); // EACCES: refused by the verifier
+      expect(e.message).toMatch(/load BPF object/);
+      expect(e.verifierLog).toMatch(/invalid|unbounded|min value|variable stack/i);
+      expect(e.libbpfLog).toContain("prog 'bad'");
+    } finally {
+      bad.close();
+    }
+  });
+
+  it('operations on a closed object fail cleanly', () => {
+    const o = new (native().BpfObject)(objectPath);
+    const map = o.map('wk_conn');
+    o.close();
+    expect(() => map.info()).toThrow(/closed/);
+    expect(() => o.load()).toThrow(/closed/);
+  });
+
+  it('an object path that does not exist names the path and errno', () => {
+    let err: unknown;
+    try {
+      bpfCall(() => new (native().BpfObject)('/nonexistent/x.bpf.o'));
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(BpfError);
+    expect((err as BpfError).message).toContain('/nonexistent/x.bpf.o');
+    expect((err as BpfError).errno).toBe(2);
+  });
+});
