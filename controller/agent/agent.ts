@@ -11,7 +11,7 @@ import type { Plan } from '../policy/types.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { FileCredentialSource } from '../credentials/file-source.js';
 import type { Secret } from '../credentials/secret.js';
-import { Datapath } from '../datapath/datapath.js';
+import { Datapath, type WorkloadCgroup } from '../datapath/datapath.js';
 import { cgroupDir, cgroupId, findCgroup2Root } from '../datapath/cgroup.js';
 import { ProxyServer } from '../proxy/proxy-server.js';
 import { createUpstreamAgent } from '../proxy/upstream.js';
@@ -33,6 +33,12 @@ export interface AgentOptions {
   /** How often cgroup selectors are resolved again (cgroups come and go). */
   resyncIntervalMs?: number;
   log: Logger;
+}
+
+interface LoadedPlan {
+  plan: Plan;
+  routes: RouteTable;
+  credentials: Map<string, FileCredentialSource>;
 }
 
 export class Agent {
@@ -75,17 +81,13 @@ export class Agent {
   }
 
   async #start(): Promise<void> {
-    const { policy, files } = await loadPolicy(this.#opts.policyPath);
-    this.#plan = compilePolicy(policy);
-    this.#routes = new RouteTable(this.#plan);
-    this.#log.info('policy: %d file(s), %d workload(s), %d service(s), %d binding(s)', files.length,
-      this.#plan.workloads.size, this.#plan.services.size, this.#plan.bindings.length);
+    const next = await this.#loadPlan();
+    this.#plan = next.plan;
+    this.#routes = next.routes;
+    this.#credentials = next.credentials;
 
     mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     const ca = await LocalCa.loadOrCreate(path.join(this.#opts.stateDir, 'ca'));
-    for (const c of this.#plan.credentials.values()) {
-      this.#credentials.set(c.name, new FileCredentialSource({ name: c.name, path: c.file.path, field: c.file.field }));
-    }
     await this.#checkCredentials();
 
     this.#cgroupRoot = findCgroup2Root();
@@ -105,6 +107,9 @@ export class Agent {
 
     this.#datapath = Datapath.open({ cgroupRoot: this.#cgroupRoot, pinDir: this.#opts.pinDir, proxyPort: this.#opts.proxyPort });
     this.#datapath.setPortBindings(this.#routes.portBindings());
+    // Strict here (a policy the maps cannot hold fails the start); the
+    // periodic resync after it only logs.
+    this.#datapath.setWorkloadCgroups(this.#resolveCgroups().entries);
     this.#syncCgroups();
     this.#resync = setInterval(() => this.#syncCgroups(), this.#opts.resyncIntervalMs ?? 2000);
     this.#resync.unref();
@@ -113,6 +118,42 @@ export class Agent {
       'ready: proxy on 127.0.0.1:%d and [::1]:%d, programs %s attached to %s, pins in %s',
       this.#opts.proxyPort, this.#opts.proxyPort, this.#datapath.programIds().join(','), this.#cgroupRoot, this.#opts.pinDir,
     );
+  }
+
+  /**
+   * Loads the policy again and applies it whole, or not at all: a policy
+   * that does not load, or that the kernel maps cannot hold, leaves the
+   * running one in force. Returns whether the new policy was applied.
+   */
+  async reload(): Promise<boolean> {
+    let next: LoadedPlan;
+    try {
+      next = await this.#loadPlan();
+    } catch (err) {
+      this.#log.error('policy reload failed, keeping the running policy:\n%s', (err as Error).message);
+      return false;
+    }
+    const datapath = this.#datapath;
+    if (!datapath) return false;
+    const previous = { ports: this.#routes.portBindings(), cgroups: this.#resolveCgroups().entries };
+    try {
+      datapath.setPortBindings(next.routes.portBindings());
+      datapath.setWorkloadCgroups(this.#resolveCgroups(next.plan).entries);
+    } catch (err) {
+      // Put the kernel back as it was; the proxy has not seen the new plan yet.
+      datapath.setPortBindings(previous.ports);
+      datapath.setWorkloadCgroups(previous.cgroups);
+      this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
+      return false;
+    }
+    this.#plan = next.plan;
+    this.#routes = next.routes;
+    this.#credentials = next.credentials;
+    this.#resolved = '';
+    this.#syncCgroups();
+    await this.#checkCredentials();
+    this.#log.info('policy reloaded');
+    return true;
   }
 
   /** Stops everything that was started, in reverse order. Idempotent. */
@@ -127,6 +168,25 @@ export class Agent {
     this.#upstreamAgent?.destroy();
     this.#audit?.close();
     this.#audit = undefined;
+  }
+
+  /**
+   * Loads and compiles the policy. Credential sources whose definition did
+   * not change are kept, with what they have cached.
+   * @throws PolicyError
+   */
+  async #loadPlan(): Promise<LoadedPlan> {
+    const { policy, files } = await loadPolicy(this.#opts.policyPath);
+    const plan = compilePolicy(policy);
+    const credentials = new Map<string, FileCredentialSource>();
+    for (const c of plan.credentials.values()) {
+      const old = this.#credentials.get(c.name);
+      const same = old && old.path === c.file.path && old.field === c.file.field;
+      credentials.set(c.name, same ? old : new FileCredentialSource({ name: c.name, path: c.file.path, field: c.file.field }));
+    }
+    this.#log.info('policy: %d file(s), %d workload(s), %d service(s), %d binding(s)', files.length,
+      plan.workloads.size, plan.services.size, plan.bindings.length);
+    return { plan, routes: new RouteTable(plan), credentials };
   }
 
   async #credential(name: string): Promise<Secret> {
@@ -146,16 +206,22 @@ export class Agent {
     }
   }
 
-  /** Resolves cgroup selectors to cgroup ids and pushes them into the kernel. */
-  #syncCgroups(): void {
-    if (!this.#datapath) return;
-    const entries: { cgroupId: bigint; workloadId: number }[] = [];
+  /** The cgroup ids of a plan's workloads, and the workloads whose cgroup does not exist. */
+  #resolveCgroups(plan: Plan = this.#plan): { entries: WorkloadCgroup[]; missing: string[] } {
+    const entries: WorkloadCgroup[] = [];
     const missing: string[] = [];
-    for (const w of this.#plan.workloads.values()) {
+    for (const w of plan.workloads.values()) {
       const id = cgroupId(cgroupDir(this.#cgroupRoot, w.cgroup));
       if (id === undefined) missing.push(`${w.name} (${w.cgroup})`);
       else entries.push({ cgroupId: id, workloadId: w.id });
     }
+    return { entries, missing };
+  }
+
+  /** Resolves cgroup selectors again and pushes changes into the kernel. */
+  #syncCgroups(): void {
+    if (!this.#datapath) return;
+    const { entries, missing } = this.#resolveCgroups();
     const summary = JSON.stringify([entries.map((e) => `${e.workloadId}:${e.cgroupId}`), missing]);
     if (summary === this.#resolved) return;
     this.#resolved = summary;

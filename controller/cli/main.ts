@@ -70,6 +70,10 @@ program
         process.exit(0);
       });
     };
+    process.on('SIGHUP', () => {
+      log.info('SIGHUP: reloading the policy');
+      void agent.reload();
+    });
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
   });

@@ -157,7 +157,12 @@ export class Datapath {
     return this.#maps.get(name) as NativeMap;
   }
 
+  /** @throws BpfError, before changing anything, when `want` does not fit the map. */
   #replace(map: NativeMap, want: Map<string, Buffer>): void {
+    const { name, maxEntries } = map.info();
+    if (want.size > maxEntries) {
+      throw new BpfError(`${name} holds at most ${maxEntries} entries; the policy needs ${want.size}`);
+    }
     bpfCall(() => {
       for (const [key, value] of want) map.update(Buffer.from(key, 'hex'), value);
       for (const key of map.keys()) if (!want.has(key.toString('hex'))) map.delete(key);

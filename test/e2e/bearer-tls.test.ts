@@ -40,29 +40,8 @@ describe.skipIf(skip)(`bearer injection over TLS${skip ? ` (skipped: ${skip})` :
   let wirekeyCa: string;
   const pinDir = `/sys/fs/bpf/wirekey-test-${tag}`;
   const auditPath = () => path.join(dir, 'audit.log');
-
-  const curl = (cg: string, args: string[]) =>
-    runInCgroup(cg, 'curl', ['-sS', '--max-time', '10', '--resolve', `${HOST}:443:${host.ipv4}`, '--resolve', `${OTHER}:443:${host.ipv4}`, ...args]);
-  const newRecords = async (before: number, settleMs = 200) => {
-    await new Promise((r) => setTimeout(r, settleMs));
-    return upstream.records.slice(before);
-  };
-
-  beforeAll(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), 'wirekey-e2e-'));
-    cgRoot = findCgroup2Root();
-    cgTest = createCgroup(cgRoot, `wirekey-test-${tag}`);
-    bound = createCgroup(cgRoot, `wirekey-test-${tag}/bound`);
-    unbound = createCgroup(cgRoot, `wirekey-test-${tag}/unbound`);
-    host = await createTestHost(tag.slice(0, 4));
-    pki = await createTestPki(dir, [HOST, OTHER]);
-    upstream = await startUpstream(host, pki.serverCert, pki.serverKey);
-
-    const tokenFile = path.join(dir, 'token');
-    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
-    chmodSync(tokenFile, 0o600);
-    const policyDir = path.join(dir, 'policy');
-    await must('mkdir', ['-p', policyDir]);
+  let policyDir: string;
+  const writePolicy = (tokenFile: string) =>
     writeFileSync(
       path.join(policyDir, 'policy.yaml'),
       `apiVersion: wirekey.dev/v1alpha1
@@ -86,6 +65,30 @@ metadata: {name: app-api}
 spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
 `,
     );
+
+  const curl = (cg: string, args: string[]) =>
+    runInCgroup(cg, 'curl', ['-sS', '--max-time', '10', '--resolve', `${HOST}:443:${host.ipv4}`, '--resolve', `${OTHER}:443:${host.ipv4}`, ...args]);
+  const newRecords = async (before: number, settleMs = 200) => {
+    await new Promise((r) => setTimeout(r, settleMs));
+    return upstream.records.slice(before);
+  };
+
+  beforeAll(async () => {
+    dir = mkdtempSync(path.join(tmpdir(), 'wirekey-e2e-'));
+    cgRoot = findCgroup2Root();
+    cgTest = createCgroup(cgRoot, `wirekey-test-${tag}`);
+    bound = createCgroup(cgRoot, `wirekey-test-${tag}/bound`);
+    unbound = createCgroup(cgRoot, `wirekey-test-${tag}/unbound`);
+    host = await createTestHost(tag.slice(0, 4));
+    pki = await createTestPki(dir, [HOST, OTHER]);
+    upstream = await startUpstream(host, pki.serverCert, pki.serverKey);
+
+    const tokenFile = path.join(dir, 'token');
+    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
+    chmodSync(tokenFile, 0o600);
+    policyDir = path.join(dir, 'policy');
+    await must('mkdir', ['-p', policyDir]);
+    writePolicy(tokenFile);
     proxyPort = await freePort();
     const stateDir = path.join(dir, 'state');
     agent = await startAgent({ policy: policyDir, stateDir, pinDir, proxyPort, audit: auditPath(), upstreamCa: pki.caCert });
@@ -265,6 +268,32 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
     expect(readFileSync(auditPath(), 'utf8')).not.toContain(token);
     expect(agent.output()).not.toContain(token);
     expect(agent.output()).toContain('ready');
+  });
+
+  it('SIGHUP applies a valid policy whole, and a bad one leaves the running policy in force', async () => {
+    const bad = path.join(policyDir, 'zz-bad.yaml');
+    writeFileSync(bad, 'apiVersion: wirekey.dev/v1alpha1\nkind: Binding\nmetadata: {name: broken}\nspec: {workload: nobody}\n');
+    expect(await agent.reload()).toBe('failed');
+    expect(agent.output()).toMatch(new RegExp(`${bad}:\\d+:\\d+: `));
+    let before = upstream.records.length;
+    expect((await curl(bound, ['--cacert', wirekeyCa, `https://${HOST}/after-bad-reload`])).stderr).toBe('');
+    expect((await newRecords(before))[0]?.authorization).toEqual([expectedAuth]);
+
+    rmSync(bad);
+    const rotated = `wk-canary-${randomBytes(16).toString('hex')}`;
+    const rotatedFile = path.join(dir, 'token-2');
+    writeFileSync(rotatedFile, rotated, { mode: 0o600 });
+    writePolicy(rotatedFile);
+    try {
+      expect(await agent.reload()).toBe('reloaded');
+      before = upstream.records.length;
+      expect((await curl(bound, ['--cacert', wirekeyCa, `https://${HOST}/after-reload`])).stderr).toBe('');
+      expect((await newRecords(before))[0]?.authorization).toEqual([sha256(`Bearer ${rotated}`)]);
+      expect(agent.output()).not.toContain(rotated);
+    } finally {
+      writePolicy(path.join(dir, 'token'));
+      expect(await agent.reload()).toBe('reloaded');
+    }
   });
 
   it('after wirekey run exits, no program stays attached and no pin remains', async () => {

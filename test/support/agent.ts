@@ -22,6 +22,8 @@ export interface RunningAgent {
   output(): string;
   /** Kernel ids of its programs, from its ready line. */
   programIds: number[];
+  /** SIGHUP, then wait for the agent to say whether the policy was reloaded. */
+  reload(): Promise<'reloaded' | 'failed'>;
   /** SIGTERM, then wait for exit; resolves to the exit code. */
   stop(): Promise<number | null>;
 }
@@ -51,8 +53,20 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     child.kill('SIGKILL');
     throw err;
   }
+  let reloads = 0;
   return {
     output: () => out,
+    reload: async () => {
+      const seen = (out.match(/policy reload(ed| failed)/g) ?? []).length;
+      reloads += 1;
+      child.kill('SIGHUP');
+      for (let i = 0; i < 200; i++) {
+        const results = out.match(/policy reload(ed| failed)/g) ?? [];
+        if (results.length > seen) return results.at(-1) === 'policy reloaded' ? 'reloaded' : 'failed';
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      throw new Error(`no reload result after SIGHUP #${reloads}:\n${out}`);
+    },
     programIds: ids.split(',').map(Number),
     stop: async () => {
       if (child.exitCode === null) child.kill('SIGTERM');
