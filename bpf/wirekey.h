@@ -16,14 +16,52 @@
 
 /* Map capacities; the README states them. */
 #define WK_MAX_CGROUPS		4096
+#define WK_MAX_EXES		4096
+#define WK_MAX_UIDS		4096
 #define WK_MAX_BINDINGS		4096
 #define WK_MAX_CONNS		65536
+#define WK_MAX_TASKS		131072
+
+/*
+ * Workloads are numbered 1..WK_MAX_WORKLOADS in precedence order; workload
+ * n is bit n-1 of a wk_mask. When several workloads match a process, the
+ * lowest number (the most specific workload) wins.
+ */
+#define WK_MASK_WORDS		4
+#define WK_MAX_WORKLOADS	(WK_MASK_WORDS * 64)
 
 /* Deepest cgroup level searched for a bound ancestor. */
 #define WK_MAX_CGROUP_DEPTH	32
 
 /* wk_bind_port values: what connect() does for (workload, port). */
 #define WK_ACTION_PROXY		1
+
+/* A set of workloads. */
+struct wk_mask {
+	__u64 bits[WK_MASK_WORDS];
+};
+
+/* An executable file, as the kernel names it: inode and device. */
+struct wk_exe_key {
+	__u64 ino;
+	__u32 dev;		/* kernel dev_t (MKDEV(major, minor)) of the file system */
+	__u32 _pad;
+};
+
+/*
+ * The workloads that place no constraint of a kind: a workload without an
+ * executable selector matches any executable, and so on.
+ */
+struct wk_any {
+	struct wk_mask cgroup;
+	struct wk_mask exe;
+	struct wk_mask uid;
+};
+
+/* Indexes of wk_stats counters. */
+#define WK_STAT_TASKS_FULL	0	/* a process could not be recorded: wk_task_exe is full */
+#define WK_STAT_STORAGE_FAIL	1	/* a redirect was refused: no socket storage */
+#define WK_STAT_MAX		8
 
 /* Key of wk_bind_port. */
 struct wk_bind_key {
@@ -65,6 +103,9 @@ struct wk_conn_key {
 #define WK_ASSERT_SIZE(type, size) \
 	_Static_assert(sizeof(struct type) == (size), "struct " #type " layout changed")
 
+WK_ASSERT_SIZE(wk_mask, 32);
+WK_ASSERT_SIZE(wk_exe_key, 16);
+WK_ASSERT_SIZE(wk_any, 96);
 WK_ASSERT_SIZE(wk_bind_key, 8);
 WK_ASSERT_SIZE(wk_bind_val, 8);
 WK_ASSERT_SIZE(wk_orig_dst, 40);

@@ -3,7 +3,7 @@
  * proxy, started in that order and stopped in reverse.
  */
 import path from 'node:path';
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import type https from 'node:https';
 import { loadPolicy } from '../policy/load.js';
 import { compilePolicy } from '../policy/compile.js';
@@ -11,8 +11,12 @@ import type { Plan } from '../policy/types.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { FileCredentialSource } from '../credentials/file-source.js';
 import type { Secret } from '../credentials/secret.js';
-import { Datapath, type WorkloadCgroup } from '../datapath/datapath.js';
-import { cgroupDir, cgroupId, findCgroup2Root } from '../datapath/cgroup.js';
+import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/datapath.js';
+import { findCgroup2Root } from '../datapath/cgroup.js';
+import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
+import { identityTables } from '../identity/tables.js';
+import { runningTasks } from '../identity/backfill.js';
+import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
 import { ProxyServer } from '../proxy/proxy-server.js';
 import { createUpstreamAgent } from '../proxy/upstream.js';
 import { AuditLog } from '../audit/audit-log.js';
@@ -53,7 +57,11 @@ export class Agent {
   #audit: AuditLog | undefined;
   #upstreamAgent: https.Agent | undefined;
   #resync: NodeJS.Timeout | undefined;
-  #resolved = '';
+  #resolver: IdentityResolver | undefined;
+  #resolved: ResolvedWorkload[] = [];
+  #reported = new Set<string>();
+  #syncing = false;
+  #lastStats: DatapathStats = { tasksFull: 0n, storageFailures: 0n };
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -106,17 +114,25 @@ export class Agent {
     await this.#proxy.listen(this.#opts.proxyPort);
 
     this.#datapath = Datapath.open({ cgroupRoot: this.#cgroupRoot, pinDir: this.#opts.pinDir, proxyPort: this.#opts.proxyPort });
+    this.#resolver = new IdentityResolver(this.#cgroupRoot);
     this.#datapath.setPortBindings(this.#routes.portBindings());
-    // Strict here (a policy the maps cannot hold fails the start); the
+    // Strict here: a policy the maps cannot hold fails the start. The
     // periodic resync after it only logs.
-    this.#datapath.setWorkloadCgroups(this.#resolveCgroups().entries);
-    this.#syncCgroups();
-    this.#resync = setInterval(() => this.#syncCgroups(), this.#opts.resyncIntervalMs ?? 2000);
+    this.#resolved = await this.#resolver.resolve(this.#plan.workloads.values());
+    this.#datapath.setIdentity(identityTables(this.#resolved));
+    this.#reportProblems();
+    // Twice: a process forked during the first pass by a parent the pass had
+    // not reached yet is caught by the second; after that, every process's
+    // parent is known and the fork program covers its children.
+    const added = this.#datapath.backfill(runningTasks()) + this.#datapath.backfill(runningTasks());
+    this.#datapath.attachRedirect(this.#cgroupRoot);
+    this.#writeRuntimeState();
+    this.#resync = setInterval(() => void this.#syncIdentity(), this.#opts.resyncIntervalMs ?? 2000);
     this.#resync.unref();
 
     this.#log.info(
-      'ready: proxy on 127.0.0.1:%d and [::1]:%d, programs %s attached to %s, pins in %s',
-      this.#opts.proxyPort, this.#opts.proxyPort, this.#datapath.programIds().join(','), this.#cgroupRoot, this.#opts.pinDir,
+      'ready: proxy on 127.0.0.1:%d and [::1]:%d, programs %s attached to %s, %d running processes backfilled, pins in %s',
+      this.#opts.proxyPort, this.#opts.proxyPort, this.#datapath.programIds().join(','), this.#cgroupRoot, added, this.#opts.pinDir,
     );
   }
 
@@ -134,23 +150,26 @@ export class Agent {
       return false;
     }
     const datapath = this.#datapath;
-    if (!datapath) return false;
-    const previous = { ports: this.#routes.portBindings(), cgroups: this.#resolveCgroups().entries };
+    if (!datapath || !this.#resolver) return false;
+    const resolved = await this.#resolver.resolve(next.plan.workloads.values());
+    const previous = { ports: this.#routes.portBindings(), identity: identityTables(this.#resolved) };
     try {
       datapath.setPortBindings(next.routes.portBindings());
-      datapath.setWorkloadCgroups(this.#resolveCgroups(next.plan).entries);
+      datapath.setIdentity(identityTables(resolved));
     } catch (err) {
       // Put the kernel back as it was; the proxy has not seen the new plan yet.
       datapath.setPortBindings(previous.ports);
-      datapath.setWorkloadCgroups(previous.cgroups);
+      datapath.setIdentity(previous.identity);
       this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
       return false;
     }
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
-    this.#resolved = '';
-    this.#syncCgroups();
+    this.#resolved = resolved;
+    this.#reported.clear();
+    this.#reportProblems();
+    this.#writeRuntimeState();
     await this.#checkCredentials();
     this.#log.info('policy reloaded');
     return true;
@@ -206,33 +225,96 @@ export class Agent {
     }
   }
 
-  /** The cgroup ids of a plan's workloads, and the workloads whose cgroup does not exist. */
-  #resolveCgroups(plan: Plan = this.#plan): { entries: WorkloadCgroup[]; missing: string[] } {
-    const entries: WorkloadCgroup[] = [];
-    const missing: string[] = [];
-    for (const w of plan.workloads.values()) {
-      const id = cgroupId(cgroupDir(this.#cgroupRoot, w.cgroup));
-      if (id === undefined) missing.push(`${w.name} (${w.cgroup})`);
-      else entries.push({ cgroupId: id, workloadId: w.id });
+  /** Resolves selectors again (cgroups, units, binaries, users change) and pushes changes into the kernel. */
+  async #syncIdentity(): Promise<void> {
+    if (!this.#datapath || !this.#resolver || this.#syncing) return;
+    this.#syncing = true;
+    try {
+      const plan = this.#plan;
+      const resolved = await this.#resolver.resolve(plan.workloads.values());
+      if (plan !== this.#plan || !this.#datapath) return; // reloaded meanwhile: the reload applied its own
+      if (tablesKey(identityTables(resolved)) !== tablesKey(identityTables(this.#resolved))) {
+        this.#datapath.setIdentity(identityTables(resolved));
+        this.#resolved = resolved;
+        this.#writeRuntimeState();
+        this.#log.debug('workload identity updated');
+      }
+      this.#resolved = resolved;
+      this.#reportProblems();
+      this.#reportStats();
+    } catch (err) {
+      this.#log.error('cannot update workload identity: %s', (err as Error).message);
+    } finally {
+      this.#syncing = false;
     }
-    return { entries, missing };
   }
 
-  /** Resolves cgroup selectors again and pushes changes into the kernel. */
-  #syncCgroups(): void {
-    if (!this.#datapath) return;
-    const { entries, missing } = this.#resolveCgroups();
-    const summary = JSON.stringify([entries.map((e) => `${e.workloadId}:${e.cgroupId}`), missing]);
-    if (summary === this.#resolved) return;
-    this.#resolved = summary;
-    try {
-      this.#datapath.setWorkloadCgroups(entries);
-    } catch (err) {
-      this.#log.error('cannot update workload cgroups: %s', (err as Error).message);
-      this.#resolved = '';
-      return;
+  /** Logs each selector problem once, until it goes away and comes back. */
+  #reportProblems(): void {
+    const now = new Set<string>();
+    for (const w of this.#resolved) {
+      for (const p of w.problems) {
+        const line = `workload ${w.name}: ${p}`;
+        now.add(line);
+        if (!this.#reported.has(line)) this.#log.warn('%s', line);
+      }
     }
-    for (const m of missing) this.#log.warn('workload %s: cgroup does not exist (yet); it is bound when it appears', m);
-    this.#log.debug('workload cgroups: %s', entries.map((e) => `${e.workloadId}=${e.cgroupId}`).join(' ') || 'none');
+    this.#reported = now;
   }
+
+  #reportStats(): void {
+    if (!this.#datapath) return;
+    const stats = this.#datapath.stats();
+    if (stats.tasksFull > this.#lastStats.tasksFull) {
+      const { capacity } = this.#datapath.taskCount();
+      this.#log.error(
+        'wk_task_exe is full (%d entries): %d process(es) could not be identified; they match only workloads without an executable selector',
+        capacity, Number(stats.tasksFull - this.#lastStats.tasksFull),
+      );
+    }
+    if (stats.storageFailures > this.#lastStats.storageFailures) {
+      this.#log.error('%d redirect(s) refused: socket storage could not be allocated', Number(stats.storageFailures - this.#lastStats.storageFailures));
+    }
+    this.#lastStats = stats;
+  }
+
+  /** What `wirekey explain` and `wirekey status` read: the plan as applied, with resolved selectors. Root-only. */
+  #writeRuntimeState(): void {
+    const state: RuntimeState = {
+      pid: process.pid,
+      pinDir: this.#opts.pinDir,
+      cgroupRoot: this.#cgroupRoot,
+      workloads: this.#resolved.map((r) => ({
+        id: r.id,
+        name: r.name,
+        selector: this.#plan.workloads.get(r.name)?.selector ?? {},
+        cgroupPath: r.cgroupPath,
+        cgroupId: r.cgroupId === undefined || r.cgroupId === null ? r.cgroupId : r.cgroupId.toString(),
+        exe: r.exe ? { dev: r.exe.dev, ino: r.exe.ino.toString() } : r.exe,
+        uid: r.uid,
+        problems: r.problems,
+      })),
+      bindings: this.#plan.bindings.map((b) => {
+        const service = this.#plan.services.get(b.service);
+        return { name: b.name, workload: b.workload, service: b.service, hosts: service?.hosts ?? [], port: service?.port ?? 0, inject: b.inject };
+      }),
+    };
+    writeFileAtomic(runtimeStatePath(this.#opts.stateDir), `${JSON.stringify(state, null, 2)}\n`);
+  }
+}
+
+/** A stable text form of identity tables, to tell whether anything changed. */
+function tablesKey(t: IdentityTables): string {
+  return JSON.stringify({
+    cgroups: [...t.cgroups].map(([k, v]) => [k.toString(), v]).sort(),
+    exes: t.exes.map((e) => [`${e.key.dev}:${e.key.ino}`, e.workloads]).sort(),
+    uids: [...t.uids].sort(),
+    any: t.any,
+  });
+}
+
+function writeFileAtomic(file: string, data: string): void {
+  const tmp = `${file}.${process.pid}.tmp`;
+  writeFileSync(tmp, data, { mode: 0o600 });
+  renameSync(tmp, file);
 }

@@ -9,7 +9,15 @@ import { execFileSync } from 'node:child_process';
 import { BpfError, NotSupportedError } from '../errors.js';
 import { bpfCall, native, repoRoot, type NativeLink, type NativeMap, type NativeObject } from './native.js';
 import {
+  BPF_NOEXIST,
   WK_ACTION_PROXY,
+  WK_STAT_STORAGE_FAIL,
+  WK_STAT_TASKS_FULL,
+  decodeExeKey,
+  encodeAny,
+  encodeExeKey,
+  encodeMask,
+  type ExeKey,
   decodeOrigDst,
   encodeBindKey,
   encodeBindVal,
@@ -21,7 +29,7 @@ import {
   type OrigDst,
 } from './layout.js';
 
-export type { OrigDst } from './layout.js';
+export type { OrigDst, ExeKey } from './layout.js';
 
 export interface DatapathOptions {
   /** cgroup v2 mount point; programs attach here and so see every process. */
@@ -34,9 +42,29 @@ export interface DatapathOptions {
   objectPath?: string;
 }
 
-export interface WorkloadCgroup {
-  cgroupId: bigint;
-  workloadId: number;
+/**
+ * The kernel's view of the workloads' selectors: for each cgroup id,
+ * executable and uid, the workloads that name it; and, per kind, the
+ * workloads that place no constraint of that kind.
+ */
+export interface IdentityTables {
+  cgroups: Map<bigint, number[]>;
+  exes: { key: ExeKey; workloads: number[] }[];
+  uids: Map<number, number[]>;
+  any: { cgroup: number[]; exe: number[]; uid: number[] };
+}
+
+/** A process's executable, for backfilling processes that predate the agent. */
+export interface TaskExe {
+  tgid: number;
+  exe: ExeKey;
+}
+
+export interface DatapathStats {
+  /** Processes the kernel could not record because wk_task_exe was full. */
+  tasksFull: bigint;
+  /** Redirects refused because socket storage could not be allocated. */
+  storageFailures: bigint;
 }
 
 export interface PortBinding {
@@ -44,10 +72,14 @@ export interface PortBinding {
   port: number;
 }
 
+/* Identity programs first: processes are tracked from here on, and
+ * backfill() covers the ones that started before. */
+const IDENTITY_PROGRAMS = ['wk_exit', 'wk_fork', 'wk_exec'] as const;
 /* Attach order matters: bookkeeping first, so that by the time connect()
  * redirects anything, sockops and getpeername are already in place. */
-const PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6'] as const;
-const MAPS = ['wk_cgroup_workload', 'wk_bind_port', 'wk_conn'] as const;
+const CGROUP_PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6'] as const;
+export const MAPS = ['wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_any', 'wk_task_exe', 'wk_bind_port', 'wk_conn', 'wk_stats'] as const;
+export type MapName = (typeof MAPS)[number];
 
 export class Datapath {
   readonly #object: NativeObject;
@@ -89,14 +121,29 @@ export class Datapath {
       });
       for (const name of MAPS) dp.#maps.set(name, bpfCall(() => object.map(name)));
       dp.#pin();
-      for (const prog of PROGRAMS) {
-        dp.#links.push(bpfCall(() => object.attachCgroup(prog, opts.cgroupRoot)));
-      }
+      for (const prog of IDENTITY_PROGRAMS) dp.#links.push(bpfCall(() => object.attach(prog)));
     } catch (err) {
       dp.close();
       throw err;
     }
     return dp;
+  }
+
+  /**
+   * Attaches the connect() programs: from here on, bound workloads'
+   * connections are redirected. Call after backfill() and the first
+   * setIdentity(), so no process is judged on partial state.
+   * @throws BpfError
+   */
+  attachRedirect(cgroupRoot: string): void {
+    try {
+      for (const prog of CGROUP_PROGRAMS) {
+        this.#links.push(bpfCall(() => this.#object.attachCgroup(prog, cgroupRoot)));
+      }
+    } catch (err) {
+      this.close();
+      throw err;
+    }
   }
 
   /** Kernel ids of the loaded programs, for status and for tests that check detachment. */
@@ -108,11 +155,51 @@ export class Datapath {
     return this.#pinDir;
   }
 
-  /** Makes wk_cgroup_workload hold exactly `entries` (adds first, then removes stale keys). */
-  setWorkloadCgroups(entries: WorkloadCgroup[]): void {
-    const map = this.#map('wk_cgroup_workload');
-    const want = new Map(entries.map((e) => [encodeU64(e.cgroupId).toString('hex'), encodeU32(e.workloadId)]));
-    this.#replace(map, want);
+  /** Makes the identity maps hold exactly `tables`; `wk_any` last, so a workload's entries exist before it can match. */
+  setIdentity(tables: IdentityTables): void {
+    this.#replace(this.#map('wk_cgroup_mask'), new Map([...tables.cgroups].map(([id, ws]) => [encodeU64(id).toString('hex'), encodeMask(ws)])));
+    this.#replace(this.#map('wk_exe_mask'), new Map(tables.exes.map((e) => [encodeExeKey(e.key).toString('hex'), encodeMask(e.workloads)])));
+    this.#replace(this.#map('wk_uid_mask'), new Map([...tables.uids].map(([uid, ws]) => [encodeU32(uid).toString('hex'), encodeMask(ws)])));
+    this.#replace(this.#map('wk_any'), new Map([[encodeU32(0).toString('hex'), encodeAny(tables.any)]]));
+  }
+
+  /**
+   * Records processes that predate the programs. Never overwrites what the
+   * exec/fork programs already wrote, which is newer than any /proc read.
+   * Returns how many were added.
+   */
+  backfill(tasks: Iterable<TaskExe>): number {
+    const map = this.#map('wk_task_exe');
+    let added = 0;
+    for (const t of tasks) {
+      try {
+        map.update(encodeU32(t.tgid), encodeExeKey(t.exe), BPF_NOEXIST);
+        added++;
+      } catch (err) {
+        const errno = (err as { errno?: number }).errno;
+        if (errno === 17 /* EEXIST */) continue;
+        throw new BpfError(`backfill of process ${t.tgid} failed: ${(err as Error).message}`, { errno, cause: err });
+      }
+    }
+    return added;
+  }
+
+  /** The executable the kernel recorded for a process, or null. */
+  taskExe(tgid: number): ExeKey | null {
+    const v = this.#map('wk_task_exe').lookup(encodeU32(tgid));
+    return v ? decodeExeKey(v) : null;
+  }
+
+  /** How many processes the kernel currently tracks, and the map's capacity. */
+  taskCount(): { entries: number; capacity: number } {
+    const map = this.#map('wk_task_exe');
+    return { entries: map.keys().length, capacity: map.info().maxEntries };
+  }
+
+  stats(): DatapathStats {
+    const map = this.#map('wk_stats');
+    const read = (i: number) => map.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n;
+    return { tasksFull: read(WK_STAT_TASKS_FULL), storageFailures: read(WK_STAT_STORAGE_FAIL) };
   }
 
   /** Makes wk_bind_port hold exactly `entries`. */
@@ -152,7 +239,7 @@ export class Datapath {
     this.#object.close();
   }
 
-  #map(name: (typeof MAPS)[number]): NativeMap {
+  #map(name: MapName): NativeMap {
     if (this.#closed) throw new BpfError('datapath is closed');
     return this.#maps.get(name) as NativeMap;
   }

@@ -16,6 +16,9 @@ interface Field {
 type Layout = { size: number; fields: Record<string, Field> };
 
 export const LAYOUTS = {
+  wk_mask: { size: 32, fields: { bits: { offset: 0, size: 32 } } },
+  wk_exe_key: { size: 16, fields: { ino: { offset: 0, size: 8 }, dev: { offset: 8, size: 4 }, _pad: { offset: 12, size: 4 } } },
+  wk_any: { size: 96, fields: { cgroup: { offset: 0, size: 32 }, exe: { offset: 32, size: 32 }, uid: { offset: 64, size: 32 } } },
   wk_bind_key: { size: 8, fields: { workload_id: { offset: 0, size: 4 }, port: { offset: 4, size: 2 }, _pad: { offset: 6, size: 2 } } },
   wk_bind_val: { size: 8, fields: { action: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
   wk_orig_dst: {
@@ -34,6 +37,10 @@ export const LAYOUTS = {
 } as const satisfies Record<string, Layout>;
 
 export const WK_ACTION_PROXY = 1;
+export const WK_MAX_WORKLOADS = 256;
+export const WK_STAT_TASKS_FULL = 0;
+export const WK_STAT_STORAGE_FAIL = 1;
+export const BPF_NOEXIST = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
 
@@ -136,4 +143,62 @@ export function encodeU16(v: number): Buffer {
   const b = Buffer.alloc(2);
   b.writeUInt16LE(v);
   return b;
+}
+
+/** A set of workload ids (1..WK_MAX_WORKLOADS) as the kernel's struct wk_mask. */
+export function encodeMask(ids: Iterable<number>): Buffer {
+  const b = Buffer.alloc(LAYOUTS.wk_mask.size);
+  for (const id of ids) {
+    if (id < 1 || id > WK_MAX_WORKLOADS) throw new RangeError(`workload id ${id} is outside 1..${WK_MAX_WORKLOADS}`);
+    const bit = id - 1;
+    b[bit >> 3] = (b[bit >> 3] as number) | (1 << (bit & 7));
+  }
+  return b;
+}
+
+/** The workload ids in a struct wk_mask, ascending. */
+export function decodeMask(b: Buffer): number[] {
+  const ids: number[] = [];
+  for (let bit = 0; bit < WK_MAX_WORKLOADS; bit++) if (((b[bit >> 3] as number) >> (bit & 7)) & 1) ids.push(bit + 1);
+  return ids;
+}
+
+export interface ExeKey {
+  ino: bigint;
+  /** Kernel dev_t: (major << 20) | minor. */
+  dev: number;
+}
+
+/** stat()'s st_dev (the C library's encoding) as the kernel's dev_t, which BPF reads from the inode. */
+export function kernelDev(statDev: number | bigint): number {
+  const d = BigInt(statDev);
+  const major = Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & 0xfffff000n));
+  const minor = Number((d & 0xffn) | ((d >> 12n) & 0xffffff00n));
+  return ((major << 20) | minor) >>> 0;
+}
+
+export function encodeExeKey(k: ExeKey): Buffer {
+  const b = Buffer.alloc(LAYOUTS.wk_exe_key.size);
+  b.writeBigUInt64LE(k.ino, LAYOUTS.wk_exe_key.fields.ino.offset);
+  b.writeUInt32LE(k.dev, LAYOUTS.wk_exe_key.fields.dev.offset);
+  return b;
+}
+
+export function decodeExeKey(b: Buffer): ExeKey {
+  return { ino: b.readBigUInt64LE(LAYOUTS.wk_exe_key.fields.ino.offset), dev: b.readUInt32LE(LAYOUTS.wk_exe_key.fields.dev.offset) };
+}
+
+export function encodeAny(any: { cgroup: Iterable<number>; exe: Iterable<number>; uid: Iterable<number> }): Buffer {
+  const f = LAYOUTS.wk_any.fields;
+  const b = Buffer.alloc(LAYOUTS.wk_any.size);
+  encodeMask(any.cgroup).copy(b, f.cgroup.offset);
+  encodeMask(any.exe).copy(b, f.exe.offset);
+  encodeMask(any.uid).copy(b, f.uid.offset);
+  return b;
+}
+
+export function decodeAny(b: Buffer): { cgroup: number[]; exe: number[]; uid: number[] } {
+  const f = LAYOUTS.wk_any.fields;
+  const part = (o: { offset: number; size: number }) => decodeMask(b.subarray(o.offset, o.offset + o.size));
+  return { cgroup: part(f.cgroup), exe: part(f.exe), uid: part(f.uid) };
 }

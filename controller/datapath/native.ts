@@ -49,6 +49,8 @@ export interface NativeObject {
   load(): void;
   programs(): ProgramInfo[];
   attachCgroup(program: string, cgroupPath: string): NativeLink;
+  /** Attaches as the program's section says (tp_btf/..., ...). */
+  attach(program: string): NativeLink;
   map(name: string): NativeMap;
   btfStruct(name: string): BtfStruct | null;
   close(): void;
@@ -57,6 +59,8 @@ export interface NativeObject {
 interface Addon {
   BpfObject: new (path: string) => NativeObject;
   netnsCookie(): bigint;
+  /** A map pinned by a running agent (read by `wirekey explain` and `status`). */
+  openPinnedMap(path: string): NativeMap;
   libbpfVersion(): string;
 }
 

@@ -5,7 +5,8 @@
 import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
 import { normalizeHost } from './compile.js';
 import { positionOf, type PolicyPath } from './parse.js';
-import type { BindingDoc, Kind, Policy, PolicyDoc, ServiceDoc } from './types.js';
+import type { BindingDoc, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
+import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
 
 /**
  * Cross-document problems in `policy`, in document order; empty when there
@@ -15,12 +16,55 @@ export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
   const docs = policy.documents;
   const bindings = docs.filter((d): d is BindingDoc => d.kind === 'Binding');
   const services = docs.filter((d): d is ServiceDoc => d.kind === 'Service');
+  const workloads = docs.filter((d): d is WorkloadDoc => d.kind === 'Workload');
   return [
     ...duplicateNames(docs),
     ...danglingReferences(docs, bindings),
     ...ambiguousBindings(bindings),
     ...sharedEndpoints(services),
+    ...userAndUid(workloads),
+    ...ambiguousWorkloads(workloads),
+    ...tooManyWorkloads(workloads),
   ];
+}
+
+function userAndUid(workloads: WorkloadDoc[]): PolicyDiagnostic[] {
+  return workloads
+    .filter((w) => w.spec.selector.user !== undefined && w.spec.selector.uid !== undefined)
+    .map((w) => ({
+      ...positionOf(w, ['spec', 'selector', 'uid']),
+      message: `${label(w)}: spec.selector: give user or uid, not both`,
+    }));
+}
+
+/**
+ * Two workloads that could match the same process and that precedence
+ * (controller/policy/precedence.ts) cannot order: which one a process
+ * belongs to would be arbitrary, so the policy must say.
+ */
+function ambiguousWorkloads(workloads: WorkloadDoc[]): PolicyDiagnostic[] {
+  const out: PolicyDiagnostic[] = [];
+  for (let i = 0; i < workloads.length; i++) {
+    for (let j = 0; j < i; j++) {
+      const [a, b] = [workloads[i] as WorkloadDoc, workloads[j] as WorkloadDoc];
+      if (a.metadata.name === b.metadata.name) continue; // reported as a duplicate name
+      if (comparePrecedence(a.spec.selector, b.spec.selector) !== 0) continue;
+      if (!couldOverlap(a.spec.selector, b.spec.selector)) continue;
+      out.push({
+        ...positionOf(a, ['spec', 'selector']),
+        message:
+          `${label(a)} and ${label(b)} (${where(positionOf(b, ['spec', 'selector']))}) could both match one process ` +
+          'and neither is more specific; add a selector to one of them or make them disjoint',
+      });
+    }
+  }
+  return out;
+}
+
+function tooManyWorkloads(workloads: WorkloadDoc[]): PolicyDiagnostic[] {
+  const extra = workloads[MAX_WORKLOADS];
+  if (!extra) return [];
+  return [{ ...positionOf(extra, ['metadata', 'name']), message: `at most ${MAX_WORKLOADS} workloads are supported; this is number ${MAX_WORKLOADS + 1}` }];
 }
 
 function duplicateNames(docs: PolicyDoc[]): PolicyDiagnostic[] {

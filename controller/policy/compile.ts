@@ -15,6 +15,7 @@ import type {
   ServiceDoc,
   WorkloadDoc,
 } from './types.js';
+import { comparePrecedence } from './precedence.js';
 
 /**
  * Compiles `policy` into a plan. Expects a policy that loadPolicy returned
@@ -28,11 +29,12 @@ export function compilePolicy(policy: Policy): Plan {
       .filter((d): d is D => d.kind === kind)
       .sort((a, b) => compareNames(a.metadata.name, b.metadata.name));
 
-  const workloads = byName<WorkloadDoc>('Workload');
+  // Ids follow precedence, then name, so that the same policy always gets
+  // the same ids and the kernel's lowest-id-wins rule is the documented one.
+  const workloads = byName<WorkloadDoc>('Workload').sort((a, b) => comparePrecedence(a.spec.selector, b.spec.selector));
   return {
     credentials: new Map(byName<CredentialSourceDoc>('CredentialSource').map((d) => [d.metadata.name, credential(d)])),
     services: new Map(byName<ServiceDoc>('Service').map((d) => [d.metadata.name, service(d)])),
-    // Ids follow name order so that the same policy always gets the same ids.
     workloads: new Map(workloads.map((d, i) => [d.metadata.name, workload(d, i + 1)])),
     bindings: byName<BindingDoc>('Binding').map(binding),
   };
@@ -64,7 +66,17 @@ function service(doc: ServiceDoc): PlanService {
 }
 
 function workload(doc: WorkloadDoc, id: number): PlanWorkload {
-  return { name: doc.metadata.name, id, cgroup: normalizeCgroup(doc.spec.selector.cgroup) };
+  const { cgroup, systemdUnit, executable, user, uid } = doc.spec.selector;
+  const selector: PlanWorkload['selector'] = {};
+  if (cgroup !== undefined) selector.cgroup = normalizeCgroup(cgroup);
+  if (systemdUnit !== undefined) selector.systemdUnit = systemdUnit;
+  if (executable !== undefined) {
+    selector.executable = typeof executable === 'string' ? { path: executable } : { path: executable.path };
+    if (typeof executable !== 'string' && executable.sha256) selector.executable.sha256 = executable.sha256.toLowerCase();
+  }
+  if (user !== undefined) selector.user = user;
+  if (uid !== undefined) selector.uid = uid;
+  return { name: doc.metadata.name, id, selector };
 }
 
 function binding(doc: BindingDoc): PlanBinding {

@@ -25,8 +25,18 @@ export interface ServiceSpec {
   tls: true;
 }
 
+export interface ExecutableSelector {
+  path: string;
+  sha256?: string;
+}
+
+/** Every selector given must match. */
 export interface WorkloadSelector {
-  cgroup: string;
+  cgroup?: string;
+  systemdUnit?: string;
+  executable?: string | ExecutableSelector;
+  user?: string;
+  uid?: number;
 }
 
 export interface WorkloadSpec {
@@ -84,10 +94,19 @@ export interface PlanService {
 
 export interface PlanWorkload {
   name: string;
-  /** Small positive integer that names the workload in the kernel maps. Stable for a given policy. */
+  /**
+   * 1..256, in precedence order: when several workloads match a process,
+   * the lowest id wins (see controller/policy/precedence.ts).
+   */
   id: number;
-  /** cgroup v2 path relative to the cgroup v2 root, normalised: leading '/', no trailing '/'. */
-  cgroup: string;
+  selector: {
+    /** cgroup v2 path relative to the cgroup v2 root, normalised: leading '/', no trailing '/'. */
+    cgroup?: string;
+    systemdUnit?: string;
+    executable?: ExecutableSelector;
+    user?: string;
+    uid?: number;
+  };
 }
 
 export interface PlanBinding {

@@ -47,6 +47,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Object::Init(env, exports);
   Map::Init(env, exports);
   Link::Init(env, exports);
+  exports.Set("openPinnedMap", Napi::Function::New(env, Map::OpenPinned));
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
   return exports;

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "map.h"
 
+#include <bpf/bpf.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <string>
 #include <vector>
@@ -31,10 +34,42 @@ Napi::Object Map::NewInstance(Napi::Env env, bpf_map* map, Napi::Value owner) {
   Napi::Object obj = constructor_.New({owner});
   Map* self = Map::Unwrap(obj);
   self->map_ = map;
+  self->name_ = bpf_map__name(map);
+  self->type_ = bpf_map__type(map);
+  self->key_size_ = bpf_map__key_size(map);
+  self->value_size_ = bpf_map__value_size(map);
+  self->max_entries_ = bpf_map__max_entries(map);
   return obj;
 }
 
-// Only NewInstance makes usable maps; the owner reference keeps the object open.
+// openPinnedMap(path): a map pinned by a running agent, for read-mostly tools.
+Napi::Value Map::OpenPinned(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "openPinnedMap(path)");
+  std::string path = info[0].As<Napi::String>();
+  ResetLibbpfLog();
+  int fd = bpf_obj_get(path.c_str());
+  if (fd < 0) throw MakeError(env, "open pinned map " + path, errno);
+  bpf_map_info minfo = {};
+  __u32 len = sizeof(minfo);
+  if (bpf_obj_get_info_by_fd(fd, &minfo, &len)) {
+    int err = errno;
+    close(fd);
+    throw MakeError(env, "map info of " + path, err);
+  }
+  Napi::Object obj = constructor_.New({Napi::Object::New(env)});
+  Map* self = Map::Unwrap(obj);
+  self->pinned_fd_ = fd;
+  self->name_ = minfo.name;
+  self->type_ = minfo.type;
+  self->key_size_ = minfo.key_size;
+  self->value_size_ = minfo.value_size;
+  self->max_entries_ = minfo.max_entries;
+  return obj;
+}
+
+// Only NewInstance and OpenPinned make usable maps; the owner reference keeps
+// a BpfObject open while its maps are reachable.
 Map::Map(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Map>(info) {
   if (info.Length() < 1 || !info[0].IsObject()) {
     throw Napi::TypeError::New(info.Env(), "BpfMap cannot be constructed directly; use BpfObject.map()");
@@ -42,95 +77,98 @@ Map::Map(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Map>(info) {
   owner_ = Napi::Persistent(info[0].As<Napi::Object>());
 }
 
-bpf_map* Map::Checked(Napi::Env env, bool needLoaded) const {
+Map::~Map() {
+  if (pinned_fd_ >= 0) close(pinned_fd_);
+}
+
+int Map::Fd(Napi::Env env) const {
+  if (pinned_fd_ >= 0) return pinned_fd_;
   Object* owner = Object::Unwrap(owner_.Value());
   if (!map_ || !owner->raw()) throw Napi::Error::New(env, "BpfMap: its object is closed");
-  if (needLoaded && !owner->loaded()) throw Napi::Error::New(env, "BpfMap: object is not loaded");
-  return map_;
+  if (!owner->loaded()) throw Napi::Error::New(env, "BpfMap: object is not loaded");
+  return bpf_map__fd(map_);
 }
 
 void Map::CheckKey(Napi::Env env, const Napi::Value& key) const {
   if (!key.IsBuffer()) throw Napi::TypeError::New(env, "key must be a Buffer");
-  size_t want = bpf_map__key_size(map_);
   size_t got = key.As<Napi::Buffer<uint8_t>>().Length();
-  if (want != got) {
-    throw Napi::RangeError::New(env, std::string(bpf_map__name(map_)) + ": key must be " + std::to_string(want) +
-                                         " bytes, got " + std::to_string(got));
+  if (key_size_ != got) {
+    throw Napi::RangeError::New(env, name_ + ": key must be " + std::to_string(key_size_) + " bytes, got " +
+                                         std::to_string(got));
   }
 }
 
 Napi::Value Map::Info(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  bpf_map* map = Checked(env, false);
+  if (pinned_fd_ < 0) {
+    Object* owner = Object::Unwrap(owner_.Value());
+    if (!map_ || !owner->raw()) throw Napi::Error::New(env, "BpfMap: its object is closed");
+  }
   Napi::Object out = Napi::Object::New(env);
-  out.Set("name", bpf_map__name(map));
-  out.Set("type", static_cast<double>(bpf_map__type(map)));
-  out.Set("keySize", bpf_map__key_size(map));
-  out.Set("valueSize", bpf_map__value_size(map));
-  out.Set("maxEntries", bpf_map__max_entries(map));
-  out.Set("fd", bpf_map__fd(map));
+  out.Set("name", name_);
+  out.Set("type", static_cast<double>(type_));
+  out.Set("keySize", key_size_);
+  out.Set("valueSize", value_size_);
+  out.Set("maxEntries", max_entries_);
+  out.Set("fd", pinned_fd_ >= 0 ? pinned_fd_ : bpf_map__fd(map_));
   return out;
 }
 
 // lookup(key): Buffer, or null when the key is absent.
 Napi::Value Map::Lookup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  bpf_map* map = Checked(env, true);
+  int fd = Fd(env);
   CheckKey(env, info[0]);
   auto key = info[0].As<Napi::Buffer<uint8_t>>();
-  std::vector<uint8_t> value(bpf_map__value_size(map));
-  ResetLibbpfLog();
-  int err = bpf_map__lookup_elem(map, key.Data(), key.Length(), value.data(), value.size(), 0);
+  std::vector<uint8_t> value(value_size_);
+  int err = bpf_map_lookup_elem(fd, key.Data(), value.data()) ? -errno : 0;
   if (err == -ENOENT) return env.Null();
-  if (err) throw MakeError(env, std::string("lookup in ") + bpf_map__name(map), err);
+  if (err) throw MakeError(env, "lookup in " + name_, err);
   return Napi::Buffer<uint8_t>::Copy(env, value.data(), value.size());
 }
 
 // update(key, value, flags = BPF_ANY)
 Napi::Value Map::Update(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  bpf_map* map = Checked(env, true);
+  int fd = Fd(env);
   CheckKey(env, info[0]);
   if (info.Length() < 2 || !info[1].IsBuffer()) throw Napi::TypeError::New(env, "value must be a Buffer");
   auto key = info[0].As<Napi::Buffer<uint8_t>>();
   auto value = info[1].As<Napi::Buffer<uint8_t>>();
-  if (value.Length() != bpf_map__value_size(map)) {
-    throw Napi::RangeError::New(env, std::string(bpf_map__name(map)) + ": value must be " +
-                                         std::to_string(bpf_map__value_size(map)) + " bytes");
+  if (value.Length() != value_size_) {
+    throw Napi::RangeError::New(env, name_ + ": value must be " + std::to_string(value_size_) + " bytes");
   }
   uint64_t flags = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int64Value() : static_cast<uint64_t>(BPF_ANY);
-  ResetLibbpfLog();
-  int err = bpf_map__update_elem(map, key.Data(), key.Length(), value.Data(), value.Length(), flags);
-  if (err) throw MakeError(env, std::string("update in ") + bpf_map__name(map), err);
+  int err = bpf_map_update_elem(fd, key.Data(), value.Data(), flags) ? -errno : 0;
+  if (err) throw MakeError(env, "update in " + name_, err);
   return env.Undefined();
 }
 
 // delete(key): true if the key was present.
 Napi::Value Map::Delete(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  bpf_map* map = Checked(env, true);
+  int fd = Fd(env);
   CheckKey(env, info[0]);
   auto key = info[0].As<Napi::Buffer<uint8_t>>();
-  ResetLibbpfLog();
-  int err = bpf_map__delete_elem(map, key.Data(), key.Length(), 0);
+  int err = bpf_map_delete_elem(fd, key.Data()) ? -errno : 0;
   if (err == -ENOENT) return Napi::Boolean::New(env, false);
-  if (err) throw MakeError(env, std::string("delete in ") + bpf_map__name(map), err);
+  if (err) throw MakeError(env, "delete in " + name_, err);
   return Napi::Boolean::New(env, true);
 }
 
 // keys(): every key currently in the map (a snapshot; concurrent updates may be missed).
 Napi::Value Map::Keys(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  bpf_map* map = Checked(env, true);
-  size_t ks = bpf_map__key_size(map);
+  int fd = Fd(env);
+  size_t ks = key_size_;
   std::vector<uint8_t> cur(ks), next(ks);
   Napi::Array out = Napi::Array::New(env);
   uint32_t n = 0;
   const void* prev = nullptr;
   for (;;) {
-    int err = bpf_map__get_next_key(map, prev, next.data(), ks);
+    int err = bpf_map_get_next_key(fd, prev, next.data()) ? -errno : 0;
     if (err == -ENOENT) break;
-    if (err) throw MakeError(env, std::string("iterate ") + bpf_map__name(map), err);
+    if (err) throw MakeError(env, "iterate " + name_, err);
     out.Set(n++, Napi::Buffer<uint8_t>::Copy(env, next.data(), ks));
     cur.swap(next);
     prev = cur.data();
@@ -140,7 +178,9 @@ Napi::Value Map::Keys(const Napi::CallbackInfo& info) {
 
 Napi::Value Map::Pin(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  bpf_map* map = Checked(env, true);
+  Fd(env);
+  bpf_map* map = map_;
+  if (!map) throw Napi::Error::New(env, "pin: " + name_ + " was opened from a pin");
   if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "pin(path)");
   std::string path = info[0].As<Napi::String>();
   ResetLibbpfLog();
@@ -151,8 +191,10 @@ Napi::Value Map::Pin(const Napi::CallbackInfo& info) {
 
 Napi::Value Map::Unpin(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  bpf_map* map = Checked(env, false);
-  if (!bpf_map__is_pinned(map)) return env.Undefined();
+  bpf_map* map = map_;
+  if (!map || !bpf_map__is_pinned(map)) return env.Undefined();
+  Object* owner = Object::Unwrap(owner_.Value());
+  if (!owner->raw()) throw Napi::Error::New(env, "BpfMap: its object is closed");
   ResetLibbpfLog();
   int err = bpf_map__unpin(map, nullptr);
   if (err) throw MakeError(env, "unpin " + std::string(bpf_map__name(map)), err);

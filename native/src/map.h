@@ -5,6 +5,8 @@
 #include <bpf/libbpf.h>
 #include <napi.h>
 
+#include <string>
+
 namespace wirekey {
 
 class Object;
@@ -13,7 +15,10 @@ class Map : public Napi::ObjectWrap<Map> {
  public:
   static void Init(Napi::Env env, Napi::Object exports);
   static Napi::Object NewInstance(Napi::Env env, bpf_map* map, Napi::Value owner);
+  // A map opened from its bpffs pin by another process (no libbpf object).
+  static Napi::Value OpenPinned(const Napi::CallbackInfo& info);
   explicit Map(const Napi::CallbackInfo& info);
+  ~Map() override;
 
  private:
   Napi::Value Info(const Napi::CallbackInfo& info);
@@ -24,12 +29,16 @@ class Map : public Napi::ObjectWrap<Map> {
   Napi::Value Pin(const Napi::CallbackInfo& info);
   Napi::Value Unpin(const Napi::CallbackInfo& info);
 
-  bpf_map* Checked(Napi::Env env, bool needLoaded) const;
+  // The map's fd, after checking that it is usable.
+  int Fd(Napi::Env env) const;
   void CheckKey(Napi::Env env, const Napi::Value& key) const;
 
   static Napi::FunctionReference constructor_;
-  bpf_map* map_ = nullptr;
+  bpf_map* map_ = nullptr;     // set for maps of a BpfObject
   Napi::ObjectReference owner_;
+  int pinned_fd_ = -1;         // set for maps opened from a pin
+  std::string name_;
+  uint32_t type_ = 0, key_size_ = 0, value_size_ = 0, max_entries_ = 0;
 };
 
 }  // namespace wirekey

@@ -23,6 +23,7 @@ void Object::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod("load", &Object::Load),
                                         InstanceMethod("programs", &Object::Programs),
                                         InstanceMethod("attachCgroup", &Object::AttachCgroup),
+                                        InstanceMethod("attach", &Object::Attach),
                                         InstanceMethod("map", &Object::Map),
                                         InstanceMethod("btfStruct", &Object::BtfStruct),
                                         InstanceMethod("close", &Object::Close),
@@ -150,6 +151,22 @@ Napi::Value Object::AttachCgroup(const Napi::CallbackInfo& info) {
   int err = libbpf_get_error(link);
   close(cg);
   if (err) throw MakeError(env, "attach " + name + " to " + path, err);
+  return Link::NewInstance(env, link);
+}
+
+// attach(programName): attaches as the program's section says (tp_btf, ...).
+Napi::Value Object::Attach(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_object* obj = Checked(env);
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "attach(programName)");
+  if (!loaded_) throw Napi::Error::New(env, "attach: object is not loaded");
+  std::string name = info[0].As<Napi::String>();
+  bpf_program* prog = bpf_object__find_program_by_name(obj, name.c_str());
+  if (!prog) throw Napi::Error::New(env, "attach: no program named " + name);
+  ResetLibbpfLog();
+  bpf_link* link = bpf_program__attach(prog);
+  int err = libbpf_get_error(link);
+  if (err) throw MakeError(env, "attach " + name, err);
   return Link::NewInstance(env, link);
 }
 

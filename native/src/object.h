@@ -21,6 +21,7 @@ class Object : public Napi::ObjectWrap<Object> {
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value Programs(const Napi::CallbackInfo& info);
   Napi::Value AttachCgroup(const Napi::CallbackInfo& info);
+  Napi::Value Attach(const Napi::CallbackInfo& info);
   Napi::Value Map(const Napi::CallbackInfo& info);
   Napi::Value BtfStruct(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);

@@ -60,17 +60,18 @@ describe.skipIf(skip)(`native addon on the real kernel${skip ? ` (skipped: ${ski
 
   it('loads, and maps take exactly their key and value sizes', () => {
     bpfCall(() => obj.load());
-    const map = obj.map('wk_cgroup_workload');
-    expect(map.info()).toMatchObject({ keySize: 8, valueSize: 4, maxEntries: 4096 });
+    const map = obj.map('wk_cgroup_mask');
+    expect(map.info()).toMatchObject({ keySize: 8, valueSize: 32, maxEntries: 4096 });
     const key = Buffer.alloc(8, 7);
+    const value = Buffer.alloc(32, 1);
     expect(map.lookup(key)).toBeNull();
-    map.update(key, Buffer.from([1, 0, 0, 0]));
-    expect(map.lookup(key)).toEqual(Buffer.from([1, 0, 0, 0]));
+    map.update(key, value);
+    expect(map.lookup(key)).toEqual(value);
     expect(map.keys()).toEqual([key]);
     expect(map.delete(key)).toBe(true);
     expect(map.delete(key)).toBe(false);
-    expect(() => map.lookup(Buffer.alloc(4))).toThrow(/wk_cgroup_workload: key must be 8 bytes, got 4/);
-    expect(() => map.update(key, Buffer.alloc(8))).toThrow(/value must be 4 bytes/);
+    expect(() => map.lookup(Buffer.alloc(4))).toThrow(/wk_cgroup_mask: key must be 8 bytes, got 4/);
+    expect(() => map.update(key, Buffer.alloc(8))).toThrow(/value must be 32 bytes/);
   });
 
   it('a full map reports E2BIG with errno', () => {

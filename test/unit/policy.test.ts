@@ -89,8 +89,8 @@ describe('loadPolicy', () => {
     });
     expect(plan.services.get('openai')).toEqual({ name: 'openai', hosts: ['api.openai.com'], port: 443, tls: true });
     expect([...plan.workloads.values()]).toEqual([
-      { name: 'alpha', id: 1, cgroup: '/system.slice/billing.service' },
-      { name: 'zeta', id: 2, cgroup: '/wirekey-demo/app' },
+      { name: 'alpha', id: 1, selector: { cgroup: '/system.slice/billing.service' } },
+      { name: 'zeta', id: 2, selector: { cgroup: '/wirekey-demo/app' } },
     ]);
     expect(plan.bindings).toEqual([
       { name: 'zeta-openai', workload: 'zeta', service: 'openai', inject: { kind: 'bearer', credential: 'openai-key' } },
@@ -243,7 +243,7 @@ spec: {hosts: [], port: 443, tls: true}
       '12:53: Service "s": spec.hosts[2]: duplicate of spec.hosts[1]',
       '12:81: Service "s": spec.tls: must be true',
       `17:27: Workload "w": spec.selector.cgroup: must be a cgroup v2 path relative to the cgroup root, without '..' segments or control characters`,
-      '22:18: Workload "v": spec.selector: must set cgroup',
+      '22:18: Workload "v": spec.selector: must set at least one of cgroup, systemdUnit, executable, user, uid',
       '27:21: CredentialSource "c": spec.file.path: must be an absolute path',
       '32:67: Binding "b": unknown field "spec.inject.header" (expected bearer)',
       '36:11: Service: missing required field "metadata.name"',

@@ -1,0 +1,29 @@
+/**
+ * The plan as the running agent applied it, with every selector resolved:
+ * written by the agent (root-only) for `wirekey explain` and `status`,
+ * which also read the kernel's own maps from their pins.
+ */
+import path from 'node:path';
+import type { PlanWorkload } from '../policy/types.js';
+
+export interface RuntimeState {
+  pid: number;
+  pinDir: string;
+  cgroupRoot: string;
+  workloads: {
+    id: number;
+    name: string;
+    selector: PlanWorkload['selector'];
+    cgroupPath?: string;
+    /** Decimal string; null: the selector could not be resolved; absent: no cgroup selector. */
+    cgroupId?: string | null;
+    exe?: { dev: number; ino: string } | null;
+    uid?: number | null;
+    problems: string[];
+  }[];
+  bindings: { name: string; workload: string; service: string; hosts: string[]; port: number; inject: { kind: string; credential: string } }[];
+}
+
+export function runtimeStatePath(stateDir: string): string {
+  return path.join(stateDir, 'runtime.json');
+}
