@@ -7,6 +7,8 @@ import path from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { validatePolicyPath } from '../policy/load.js';
 import { LocalCa } from '../tls/local-ca.js';
+import { explainPid, formatExplanation } from '../identity/explain.js';
+import { agentStatus, formatStatus } from '../identity/status.js';
 import { createLogger, isLogLevel, type LogLevel } from '../log.js';
 import { WirekeyError, PolicyError, BpfError } from '../errors.js';
 
@@ -90,6 +92,36 @@ program
       process.exitCode = 1;
     } else {
       process.stderr.write(`${target}: valid\n`);
+    }
+  });
+
+program
+  .command('explain')
+  .description('show the workload the kernel assigns to a process, selector by selector, and its bindings')
+  .argument('<pid>', 'process id', (v) => {
+    if (!/^\d+$/.test(v)) throw new InvalidArgumentError('must be a process id');
+    return Number(v);
+  })
+  .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
+  .option('--json', 'print JSON')
+  .action((pid: number, opts: { stateDir: string; json?: boolean }) => {
+    try {
+      const e = explainPid(pid, opts.stateDir);
+      process.stdout.write(opts.json ? `${JSON.stringify(e, (_k, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n` : formatExplanation(e));
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+program
+  .command('status')
+  .description('map usage and kernel drop counters of the running agent')
+  .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
+  .action((opts: { stateDir: string }) => {
+    try {
+      process.stdout.write(formatStatus(agentStatus(opts.stateDir)));
+    } catch (err) {
+      fail(err);
     }
   });
 

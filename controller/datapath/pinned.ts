@@ -1,0 +1,92 @@
+/**
+ * Read access to a running agent's maps through their bpffs pins, for
+ * `wirekey explain` and `wirekey status` (separate processes).
+ */
+import path from 'node:path';
+import { BpfError } from '../errors.js';
+import { bpfCall, native, type NativeMap } from './native.js';
+import type { MapName } from './datapath.js';
+import {
+  WK_STAT_STORAGE_FAIL,
+  WK_STAT_TASKS_FULL,
+  decodeAny,
+  decodeExeKey,
+  decodeMask,
+  encodeExeKey,
+  encodeU32,
+  encodeU64,
+  type ExeKey,
+} from './layout.js';
+
+export class PinnedMaps {
+  readonly #dir: string;
+  readonly #open = new Map<MapName, NativeMap>();
+
+  /** @throws BpfError when `pinDir` holds no wirekey pins. */
+  constructor(pinDir: string) {
+    this.#dir = pinDir;
+    this.#get('wk_any');
+  }
+
+  #get(name: MapName): NativeMap {
+    let map = this.#open.get(name);
+    if (!map) {
+      const file = path.join(this.#dir, name);
+      try {
+        map = bpfCall(() => native().openPinnedMap(file));
+      } catch (err) {
+        throw new BpfError(`cannot open ${file}: is wirekey run running with --pin-dir ${this.#dir}?`, { cause: err });
+      }
+      this.#open.set(name, map);
+    }
+    return map;
+  }
+
+  taskExe(tgid: number): ExeKey | null {
+    const v = this.#get('wk_task_exe').lookup(encodeU32(tgid));
+    return v ? decodeExeKey(v) : null;
+  }
+
+  /** Every process the kernel tracks, with its recorded executable (a snapshot). */
+  trackedTasks(): { tgid: number; exe: ExeKey }[] {
+    const map = this.#get('wk_task_exe');
+    const out: { tgid: number; exe: ExeKey }[] = [];
+    for (const key of map.keys()) {
+      const v = map.lookup(key);
+      if (v) out.push({ tgid: key.readUInt32LE(0), exe: decodeExeKey(v) });
+    }
+    return out;
+  }
+
+  any(): { cgroup: number[]; exe: number[]; uid: number[] } {
+    const v = this.#get('wk_any').lookup(encodeU32(0));
+    return v ? decodeAny(v) : { cgroup: [], exe: [], uid: [] };
+  }
+
+  cgroupWorkloads(cgroupId: bigint): number[] {
+    const v = this.#get('wk_cgroup_mask').lookup(encodeU64(cgroupId));
+    return v ? decodeMask(v) : [];
+  }
+
+  exeWorkloads(exe: ExeKey): number[] {
+    const v = this.#get('wk_exe_mask').lookup(encodeExeKey(exe));
+    return v ? decodeMask(v) : [];
+  }
+
+  uidWorkloads(uid: number): number[] {
+    const v = this.#get('wk_uid_mask').lookup(encodeU32(uid));
+    return v ? decodeMask(v) : [];
+  }
+
+  /** Entries and capacity of each map, and the kernel's drop counters. */
+  usage(): { maps: { name: string; entries: number; capacity: number }[]; tasksFull: bigint; storageFailures: bigint } {
+    const counted: MapName[] = ['wk_task_exe', 'wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_bind_port', 'wk_conn'];
+    const maps = counted.map((name) => {
+      const m = this.#get(name);
+      return { name, entries: m.keys().length, capacity: m.info().maxEntries };
+    });
+    const stats = this.#get('wk_stats');
+    const read = (i: number) => stats.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n;
+    return { maps, tasksFull: read(WK_STAT_TASKS_FULL), storageFailures: read(WK_STAT_STORAGE_FAIL) };
+  }
+}

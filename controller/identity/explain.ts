@@ -1,0 +1,129 @@
+/**
+ * `wirekey explain PID`: which workload the kernel assigns to a process,
+ * computed from the running agent's own maps the way bpf/redirect.bpf.c
+ * computes it at connect(), with each selector's verdict.
+ */
+import { readFileSync, readlinkSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { WirekeyError } from '../errors.js';
+import { PinnedMaps } from '../datapath/pinned.js';
+import { kernelDev, type ExeKey } from '../datapath/layout.js';
+import { runtimeStatePath, type RuntimeState } from './runtime-state.js';
+
+export interface SelectorVerdict {
+  selector: string;
+  matched: boolean;
+  detail: string;
+}
+
+export interface Explanation {
+  pid: number;
+  tgid: number;
+  uid: number;
+  cgroup: string;
+  executable: string | null;
+  /** What the kernel recorded at exec (or backfill) for this process. */
+  kernelExe: ExeKey | null;
+  workload: { id: number; name: string } | null;
+  candidates: { id: number; name: string; matched: boolean; selectors: SelectorVerdict[] }[];
+  bindings: RuntimeState['bindings'];
+}
+
+/**
+ * @throws WirekeyError (WK_NO_PROCESS) for an unknown pid, (WK_NO_AGENT)
+ *   when no agent state is found; BpfError when the pins cannot be read.
+ */
+export function explainPid(pid: number, stateDir: string): Explanation {
+  let status: string;
+  try {
+    status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  } catch {
+    throw new WirekeyError('WK_NO_PROCESS', `no process with pid ${pid}`);
+  }
+  let state: RuntimeState;
+  try {
+    state = JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState;
+  } catch {
+    throw new WirekeyError('WK_NO_AGENT', `no agent state in ${stateDir}: is wirekey run running with --state-dir ${stateDir}?`);
+  }
+  const field = (name: string) => new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(status)?.[1];
+  const tgid = Number(field('Tgid'));
+  const uid = Number(field('Uid'));
+  const cgroup = /^0::(.*)$/m.exec(readFileSync(`/proc/${pid}/cgroup`, 'utf8'))?.[1] ?? '/';
+  let executable: string | null = null;
+  try {
+    executable = readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    /* kernel thread, or not permitted */
+  }
+
+  const maps = new PinnedMaps(state.pinDir);
+  const kernelExe = maps.taskExe(tgid);
+
+  // Ancestors from the root down, as bpf_get_current_ancestor_cgroup_id walks them.
+  const segments = cgroup.split('/').filter(Boolean);
+  const ancestorIds: bigint[] = [];
+  for (let i = 0; i <= segments.length; i++) {
+    try {
+      ancestorIds.push(statSync(path.join(state.cgroupRoot, ...segments.slice(0, i)), { bigint: true }).ino);
+    } catch {
+      /* moved or removed meanwhile */
+    }
+  }
+  const any = maps.any();
+  const cgroupSet = new Set([...any.cgroup, ...ancestorIds.flatMap((id) => maps.cgroupWorkloads(id))]);
+  const exeSet = new Set([...any.exe, ...(kernelExe ? maps.exeWorkloads(kernelExe) : [])]);
+  const uidSet = new Set([...any.uid, ...maps.uidWorkloads(uid)]);
+  const matching = [...cgroupSet].filter((id) => exeSet.has(id) && uidSet.has(id)).sort((a, b) => a - b);
+  const winner = state.workloads.find((w) => w.id === matching[0]);
+
+  const candidates = state.workloads.map((w) => {
+    const selectors: SelectorVerdict[] = [];
+    const s = w.selector;
+    if (s.cgroup !== undefined || s.systemdUnit !== undefined) {
+      const label = [s.cgroup && `cgroup ${s.cgroup}`, s.systemdUnit && `systemdUnit ${s.systemdUnit}`].filter(Boolean).join(', ');
+      const ok = w.cgroupId != null && ancestorIds.includes(BigInt(w.cgroupId));
+      selectors.push({ selector: label, matched: ok, detail: w.cgroupId == null ? 'not resolved' : ok ? `in ${w.cgroupPath}` : `process is in ${cgroup}` });
+    }
+    if (s.executable !== undefined) {
+      const ok = !!(w.exe && kernelExe && kernelExe.dev === w.exe.dev && kernelExe.ino === BigInt(w.exe.ino));
+      const detail = w.exe == null ? 'not resolved (missing file or digest mismatch)' : ok ? 'same file' : `process runs ${executable ?? 'an unknown file'}`;
+      selectors.push({ selector: `executable ${s.executable.path}${s.executable.sha256 ? ' (sha256)' : ''}`, matched: ok, detail });
+    }
+    if (s.user !== undefined || s.uid !== undefined) {
+      const ok = w.uid != null && w.uid === uid;
+      selectors.push({ selector: s.user !== undefined ? `user ${s.user}` : `uid ${s.uid}`, matched: ok, detail: w.uid == null ? 'not resolved' : `process uid ${uid}, selector uid ${w.uid}` });
+    }
+    return { id: w.id, name: w.name, matched: matching.includes(w.id), selectors };
+  });
+
+  return {
+    pid,
+    tgid,
+    uid,
+    cgroup,
+    executable,
+    kernelExe,
+    workload: winner ? { id: winner.id, name: winner.name } : null,
+    candidates,
+    bindings: winner ? state.bindings.filter((b) => b.workload === winner.name) : [],
+  };
+}
+
+/** The explanation as people read it. */
+export function formatExplanation(e: Explanation): string {
+  const lines = [
+    `pid ${e.pid}${e.tgid !== e.pid ? ` (thread of ${e.tgid})` : ''}: ${e.executable ?? '(no executable)'}, uid ${e.uid}, cgroup ${e.cgroup}`,
+    `kernel record: ${e.kernelExe ? `executable dev ${e.kernelExe.dev} inode ${e.kernelExe.ino}` : 'none (matches only workloads without an executable selector)'}`,
+    `workload: ${e.workload ? `${e.workload.name} (precedence ${e.workload.id})` : 'none'}`,
+  ];
+  for (const c of e.candidates) {
+    lines.push(`  ${c.matched ? '+' : '-'} ${c.name} (precedence ${c.id})${c.matched && c.id !== e.workload?.id ? ', matches but a more specific workload wins' : ''}`);
+    for (const s of c.selectors) lines.push(`      ${s.matched ? 'match' : 'no match'}: ${s.selector}: ${s.detail}`);
+  }
+  if (e.workload) {
+    lines.push(e.bindings.length ? 'bindings:' : 'bindings: none');
+    for (const b of e.bindings) lines.push(`  ${b.name}: ${b.service} (${b.hosts.join(', ')} port ${b.port}), ${b.inject.kind} from ${b.inject.credential}`);
+  }
+  return `${lines.join('\n')}\n`;
+}

@@ -1,0 +1,35 @@
+/** `wirekey status`: what the running agent applied, how full its maps are, and what the kernel dropped. */
+import { readFileSync } from 'node:fs';
+import { WirekeyError } from '../errors.js';
+import { PinnedMaps } from '../datapath/pinned.js';
+import { runtimeStatePath, type RuntimeState } from './runtime-state.js';
+
+export interface AgentStatus {
+  pid: number;
+  workloads: { name: string; id: number; problems: string[] }[];
+  maps: { name: string; entries: number; capacity: number }[];
+  tasksFull: bigint;
+  storageFailures: bigint;
+}
+
+/** @throws WirekeyError (WK_NO_AGENT), BpfError */
+export function agentStatus(stateDir: string): AgentStatus {
+  let state: RuntimeState;
+  try {
+    state = JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState;
+  } catch {
+    throw new WirekeyError('WK_NO_AGENT', `no agent state in ${stateDir}: is wirekey run running with --state-dir ${stateDir}?`);
+  }
+  const usage = new PinnedMaps(state.pinDir).usage();
+  return { pid: state.pid, workloads: state.workloads.map((w) => ({ name: w.name, id: w.id, problems: w.problems })), ...usage };
+}
+
+export function formatStatus(s: AgentStatus): string {
+  const lines = [`agent pid ${s.pid}`, 'workloads:'];
+  for (const w of s.workloads) lines.push(`  ${w.name} (precedence ${w.id}): ${w.problems.length ? w.problems.join('; ') : 'resolved'}`);
+  lines.push('maps:');
+  for (const m of s.maps) lines.push(`  ${m.name.padEnd(15)} ${String(m.entries).padStart(7)} / ${m.capacity}${m.entries >= m.capacity ? '  FULL' : ''}`);
+  lines.push(`processes not recorded (wk_task_exe full): ${s.tasksFull}`);
+  lines.push(`redirects refused (no socket storage): ${s.storageFailures}`);
+  return `${lines.join('\n')}\n`;
+}
