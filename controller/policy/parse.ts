@@ -83,7 +83,7 @@ export function positionOf(doc: PolicyDoc, path: PolicyPath): SourcePosition {
 function compileValidators(): Map<Kind, ValidateFunction> {
   // verbose: the error's parentSchema carries the allowed property names and
   // the human wording of patterns.
-  const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true });
+  const ajv = new Ajv2020({ allErrors: true, strict: true, verbose: true, allowUnionTypes: true });
   // Understood by editors (VS Code, yaml-language-server); here it only words errors.
   ajv.addKeyword({ keyword: 'patternErrorMessage', schemaType: 'string' });
   ajv.addSchema(schema);
@@ -199,6 +199,10 @@ function schemaDiagnostics(
   const onSameValue = (e: ErrorObject, keyword: string) =>
     errors.some((o) => o.keyword === keyword && o.instancePath === e.instancePath);
   return errors
+    // `if` only says which branch failed; the branch's own errors say why.
+    .filter((e) => e.keyword !== 'if')
+    // "must be a string or a mapping" already covers the branch's "must be a mapping".
+    .filter((e) => !(e.keyword === 'type' && !Array.isArray(e.schema) && errors.some((o) => o.keyword === 'type' && Array.isArray(o.schema) && o.instancePath === e.instancePath)))
     .filter((e) => !supersededBy(e).some((keyword) => onSameValue(e, keyword)))
     .map((e) => {
       const { at, message } = describeError(e, dataPath(data, e.instancePath));
@@ -259,7 +263,7 @@ function describeError(e: ErrorObject, path: PolicyPath): { at: ErrorSite; messa
     case 'const':
       return { at: here, message: `${formatPath(path)}: must be ${JSON.stringify(params['allowedValue'])}` };
     case 'type':
-      return { at: here, message: `${formatPath(path)}: must be ${typeWord(String(params['type']))}` };
+      return { at: here, message: `${formatPath(path)}: must be ${String(params['type']).split(',').map(typeWord).join(' or ')}` };
     case 'pattern':
       return { at: here, message: `${formatPath(path)}: ${parent.patternErrorMessage ?? e.message}` };
     default:
