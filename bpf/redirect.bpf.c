@@ -68,6 +68,15 @@ struct {
 	__type(value, struct wk_bind_val);
 } wk_bind_port SEC(".maps");
 
+/* Destination ports (host byte order) that some binding names: connect()s
+ * to any other port skip the workload lookup entirely. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WK_MAX_BINDINGS);
+	__type(key, __u16);
+	__type(value, __u32);
+} wk_ports SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -180,11 +189,13 @@ redirect_target(struct bpf_sock_addr *ctx, __u16 port_be, __u32 *wid_out)
 	if (bpf_get_netns_cookie(ctx) != host_netns_cookie)
 		return NULL;
 
+	key.port = bpf_ntohs(port_be);
+	if (!bpf_map_lookup_elem(&wk_ports, &key.port))
+		return NULL;
 	wid = current_workload();
 	if (!wid)
 		return NULL;
 	key.workload_id = wid;
-	key.port = bpf_ntohs(port_be);
 	bind = bpf_map_lookup_elem(&wk_bind_port, &key);
 	if (!bind || bind->action != WK_ACTION_PROXY)
 		return NULL;

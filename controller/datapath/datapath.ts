@@ -78,7 +78,7 @@ const IDENTITY_PROGRAMS = ['wk_exit', 'wk_fork', 'wk_exec'] as const;
 /* Attach order matters: bookkeeping first, so that by the time connect()
  * redirects anything, sockops and getpeername are already in place. */
 const CGROUP_PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6'] as const;
-export const MAPS = ['wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_any', 'wk_task_exe', 'wk_bind_port', 'wk_conn', 'wk_stats'] as const;
+export const MAPS = ['wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_any', 'wk_task_exe', 'wk_bind_port', 'wk_ports', 'wk_conn', 'wk_stats'] as const;
 export type MapName = (typeof MAPS)[number];
 
 export class Datapath {
@@ -202,11 +202,15 @@ export class Datapath {
     return { tasksFull: read(WK_STAT_TASKS_FULL), storageFailures: read(WK_STAT_STORAGE_FAIL) };
   }
 
-  /** Makes wk_bind_port hold exactly `entries`. */
+  /** Makes wk_bind_port hold exactly `entries`, and wk_ports their ports (added first, removed last). */
   setPortBindings(entries: PortBinding[]): void {
-    const map = this.#map('wk_bind_port');
-    const want = new Map(entries.map((e) => [encodeBindKey(e.workloadId, e.port).toString('hex'), encodeBindVal(WK_ACTION_PROXY)]));
-    this.#replace(map, want);
+    const ports = new Map(entries.map((e) => [encodeU16(e.port).toString('hex'), encodeU32(1)]));
+    const bindings = new Map(entries.map((e) => [encodeBindKey(e.workloadId, e.port).toString('hex'), encodeBindVal(WK_ACTION_PROXY)]));
+    const portMap = this.#map('wk_ports');
+    const current = new Set(portMap.keys().map((k) => k.toString('hex')));
+    this.#replace(portMap, new Map([...ports, ...[...current].map((k) => [k, encodeU32(1)] as [string, Buffer])]));
+    this.#replace(this.#map('wk_bind_port'), bindings);
+    this.#replace(portMap, ports);
   }
 
   /**
