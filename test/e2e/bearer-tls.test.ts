@@ -5,105 +5,59 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { createTestHost, type TestHost } from '../support/netns.js';
-import { createTestPki, type TestPki } from '../support/test-pki.js';
-import { startUpstream, type Upstream } from '../support/upstream.js';
-import { createCgroup, removeCgroupTree, runInCgroup } from '../support/cgroup.js';
-import { freePort, repoRoot, startAgent, wirekeyBin, type RunningAgent } from '../support/agent.js';
+import type { TestHost } from '../support/netns.js';
+import type { TestPki } from '../support/test-pki.js';
+import type { Upstream } from '../support/upstream.js';
+import { runInCgroup } from '../support/cgroup.js';
+import { repoRoot, type RunningAgent } from '../support/agent.js';
 import { kernelSkipReason } from '../support/requirements.js';
 import { must, run } from '../support/shell.js';
-import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { E2eFixture, HOST, OTHER, sha256 } from '../support/e2e-fixture.js';
 
 const skip = kernelSkipReason();
-const HOST = 'api.wirekey.test';
-const OTHER = 'other.wirekey.test';
-const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
 describe.skipIf(skip)(`bearer injection over TLS${skip ? ` (skipped: ${skip})` : ''}`, () => {
-  const tag = randomBytes(3).toString('hex');
-  const token = `wk-canary-${randomBytes(16).toString('hex')}`;
-  const expectedAuth = sha256(`Bearer ${token}`);
-  let dir: string;
-  let cgRoot: string;
-  let cgTest: string;
+  const f = new E2eFixture();
+  const { token, expectedAuth, pinDir, dir, policyDir, cgRoot } = f;
+  const auditPath = () => f.auditPath;
   let bound: string;
   let unbound: string;
   let host: TestHost;
   let pki: TestPki;
   let upstream: Upstream;
   let agent: RunningAgent;
-  let agentStopped = false;
   let proxyPort: number;
   let wirekeyCa: string;
-  const pinDir = `/sys/fs/bpf/wirekey-test-${tag}`;
-  const auditPath = () => path.join(dir, 'audit.log');
-  let policyDir: string;
   const writePolicy = (tokenFile: string) =>
-    writeFileSync(
-      path.join(policyDir, 'policy.yaml'),
+    f.writePolicy(
       `apiVersion: wirekey.dev/v1alpha1
-kind: CredentialSource
-metadata: {name: api-token}
-spec: {file: {path: ${tokenFile}}}
----
-apiVersion: wirekey.dev/v1alpha1
-kind: Service
-metadata: {name: api}
-spec: {hosts: [${HOST}], port: 443, tls: true}
----
-apiVersion: wirekey.dev/v1alpha1
 kind: Workload
 metadata: {name: app}
-spec: {selector: {cgroup: /wirekey-test-${tag}/bound}}
+spec: {selector: {cgroup: ${f.cgBase}/bound}}
 ---
 apiVersion: wirekey.dev/v1alpha1
 kind: Binding
 metadata: {name: app-api}
 spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
 `,
+      tokenFile,
     );
-
-  const curl = (cg: string, args: string[]) =>
-    runInCgroup(cg, 'curl', ['-sS', '--max-time', '10', '--resolve', `${HOST}:443:${host.ipv4}`, '--resolve', `${OTHER}:443:${host.ipv4}`, ...args]);
-  const newRecords = async (before: number, settleMs = 200) => {
-    await new Promise((r) => setTimeout(r, settleMs));
-    return upstream.records.slice(before);
-  };
+  const curl = (cg: string, args: string[]) => f.curl(cg, args);
+  const newRecords = (before: number, settleMs?: number) => f.recordsSince(before, settleMs);
 
   beforeAll(async () => {
-    dir = mkdtempSync(path.join(tmpdir(), 'wirekey-e2e-'));
-    cgRoot = findCgroup2Root();
-    cgTest = createCgroup(cgRoot, `wirekey-test-${tag}`);
-    bound = createCgroup(cgRoot, `wirekey-test-${tag}/bound`);
-    unbound = createCgroup(cgRoot, `wirekey-test-${tag}/unbound`);
-    host = await createTestHost(tag.slice(0, 4));
-    pki = await createTestPki(dir, [HOST, OTHER]);
-    upstream = await startUpstream(host, pki.serverCert, pki.serverKey);
-
-    const tokenFile = path.join(dir, 'token');
-    writeFileSync(tokenFile, `${token}\n`, { mode: 0o600 });
-    chmodSync(tokenFile, 0o600);
-    policyDir = path.join(dir, 'policy');
-    await must('mkdir', ['-p', policyDir]);
-    writePolicy(tokenFile);
-    proxyPort = await freePort();
-    const stateDir = path.join(dir, 'state');
-    agent = await startAgent({ policy: policyDir, stateDir, pinDir, proxyPort, audit: auditPath(), upstreamCa: pki.caCert });
-    wirekeyCa = path.join(dir, 'wirekey-ca.pem');
-    writeFileSync(wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', stateDir]));
+    await f.setUp();
+    bound = f.cgroup('bound');
+    unbound = f.cgroup('unbound');
+    ({ host, pki, upstream } = f);
+    writePolicy(f.tokenFile);
+    agent = await f.startAgent();
+    ({ wirekeyCa, proxyPort } = f);
   });
 
-  afterAll(async () => {
-    if (agent && !agentStopped) await agent.stop();
-    await upstream?.stop();
-    await host?.destroy();
-    if (cgTest) removeCgroupTree(cgRoot, cgTest);
-    rmSync(pinDir, { recursive: true, force: true });
-    if (dir) rmSync(dir, { recursive: true, force: true });
-  });
+  afterAll(() => f.close());
 
   it('curl in the bound cgroup gets the bearer token injected, with no key anywhere', async () => {
     const before = upstream.records.length;
@@ -291,7 +245,7 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
       expect((await newRecords(before))[0]?.authorization).toEqual([sha256(`Bearer ${rotated}`)]);
       expect(agent.output()).not.toContain(rotated);
     } finally {
-      writePolicy(path.join(dir, 'token'));
+      writePolicy(f.tokenFile);
       expect(await agent.reload()).toBe('reloaded');
     }
   });
@@ -299,7 +253,7 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
   it('after wirekey run exits, no program stays attached and no pin remains', async () => {
     expect(existsSync(pinDir)).toBe(true);
     const code = await agent.stop();
-    agentStopped = true;
+    f.agentStopped = true;
     expect(code).toBe(0);
     expect(existsSync(pinDir)).toBe(false);
     expect(agent.programIds.length).toBe(8);

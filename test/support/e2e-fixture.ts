@@ -71,14 +71,14 @@ export class E2eFixture {
     return createCgroup(this.cgRoot, `${this.cgBase}/${name}`);
   }
 
-  /** Writes policy.yaml: the api service and token credential, plus `docs` (YAML documents). */
-  writePolicy(docs: string): void {
+  /** Writes policy.yaml: the api service and its credential (from `tokenFile`), plus `docs` (YAML documents). */
+  writePolicy(docs: string, tokenFile = this.tokenFile): void {
     writeFileSync(
       path.join(this.policyDir, 'policy.yaml'),
       `apiVersion: wirekey.dev/v1alpha1
 kind: CredentialSource
 metadata: {name: api-token}
-spec: {file: {path: ${this.tokenFile}}}
+spec: {file: {path: ${tokenFile}}}
 ---
 apiVersion: wirekey.dev/v1alpha1
 kind: Service
