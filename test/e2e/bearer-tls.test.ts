@@ -53,7 +53,9 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
     unbound = f.cgroup('unbound');
     ({ host, pki, upstream } = f);
     writePolicy(f.tokenFile);
-    agent = await f.startAgent();
+    // The agent runs in the bound cgroup itself: its own upstream connections
+    // must never be redirected (they would loop back into the proxy).
+    agent = await f.startAgent({ cgroup: bound });
     ({ wirekeyCa, proxyPort } = f);
   });
 
@@ -150,6 +152,17 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
     const r = await curl(unbound, ['--cacert', pki.caCert, `https://${HOST}/unbound`]);
     expect(r.stderr).toBe('');
     expect(JSON.parse(r.stdout)).toMatchObject({ ok: true });
+    const [rec] = await newRecords(before);
+    expect(rec?.authorization).toEqual([]);
+  });
+
+  it('only the host network namespace is redirected', async () => {
+    const before = upstream.records.length;
+    // A bound process inside another network namespace (the test host's own).
+    const r = await runInCgroup(bound, 'ip', ['netns', 'exec', host.ns, 'curl', '-sS', '--max-time', '10', '--resolve',
+      `${HOST}:443:${host.ipv4}`, '--cacert', pki.caCert, `https://${HOST}/other-netns`]);
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toMatchObject({ ok: true, path: '/other-netns' });
     const [rec] = await newRecords(before);
     expect(rec?.authorization).toEqual([]);
   });

@@ -15,6 +15,8 @@ export interface AgentOptions {
   audit: string;
   upstreamCa?: string;
   logLevel?: string;
+  /** A cgroup directory to run the agent in (it joins before exec). */
+  cgroup?: string;
 }
 
 export interface RunningAgent {
@@ -32,7 +34,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const args = [wirekeyBin, 'run', '--policy', opts.policy, '--state-dir', opts.stateDir, '--pin-dir', opts.pinDir,
     '--proxy-port', String(opts.proxyPort), '--audit', opts.audit, '--log-level', opts.logLevel ?? 'debug'];
   if (opts.upstreamCa) args.push('--upstream-ca', opts.upstreamCa);
-  const child: ChildProcess = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child: ChildProcess = opts.cgroup
+    ? spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const ready = new Promise<string>((resolve, reject) => {
     const onData = (d: Buffer) => {

@@ -89,7 +89,8 @@ ${docs}`,
     );
   }
 
-  async startAgent(): Promise<RunningAgent> {
+  /** Starts `wirekey run`; with `cgroup`, the agent itself runs in that cgroup. */
+  async startAgent(opts: { cgroup?: string } = {}): Promise<RunningAgent> {
     this.proxyPort = await freePort();
     this.agent = await startAgent({
       policy: this.policyDir,
@@ -98,6 +99,7 @@ ${docs}`,
       proxyPort: this.proxyPort,
       audit: this.auditPath,
       upstreamCa: this.pki.caCert,
+      cgroup: opts.cgroup,
     });
     return this.agent;
   }
