@@ -10,7 +10,7 @@ import { compilePolicy } from '../policy/compile.js';
 import type { Plan } from '../policy/types.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { FileCredentialSource } from '../credentials/file-source.js';
-import type { Secret } from '../credentials/secret.js';
+import type { Credential } from '../credentials/credential.js';
 import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/datapath.js';
 import { findCgroup2Root } from '../datapath/cgroup.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
@@ -208,7 +208,7 @@ export class Agent {
     return { plan, routes: new RouteTable(plan), credentials };
   }
 
-  async #credential(name: string): Promise<Secret> {
+  async #credential(name: string): Promise<Credential> {
     const source = this.#credentials.get(name);
     if (!source) throw new CredentialError(name, 'is not defined in the policy');
     return source.get();

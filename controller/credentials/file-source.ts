@@ -3,6 +3,7 @@ import { open, stat } from 'node:fs/promises';
 import YAML from 'yaml';
 import { CredentialError } from '../errors.js';
 import { Secret } from './secret.js';
+import type { Credential, CredentialSource } from './credential.js';
 
 export interface FileCredentialSourceOptions {
   /** The credential's name in policy; used in every error message. */
@@ -54,16 +55,16 @@ function errnoOf(err: unknown): string {
  * one interval, without a read per request. ctime is part of the identity so
  * that a chmod making the file readable by others is noticed and refused.
  */
-export class FileCredentialSource {
+export class FileCredentialSource implements CredentialSource {
   readonly name: string;
   readonly path: string;
   readonly field: string | undefined;
   private readonly recheckIntervalMs: number;
 
-  private cached: { identity: FileIdentity; secret: Secret } | undefined;
+  private cached: { identity: FileIdentity; credential: Credential } | undefined;
   /** The outcome of the last check, reused until the interval has passed. */
   private lastCheck: { at: number; error: CredentialError | undefined } | undefined;
-  private inFlight: Promise<Secret> | undefined;
+  private inFlight: Promise<Credential> | undefined;
 
   constructor(options: FileCredentialSourceOptions) {
     this.name = options.name;
@@ -82,11 +83,11 @@ export class FileCredentialSource {
    *   YAML/JSON map holding that field as a non-empty string. A failed check
    *   is reported again without touching the file until the interval passes.
    */
-  async get(): Promise<Secret> {
+  async get(): Promise<Credential> {
     const now = performance.now();
     if (this.lastCheck && now - this.lastCheck.at < this.recheckIntervalMs) {
       if (this.lastCheck.error) throw this.lastCheck.error;
-      if (this.cached) return this.cached.secret;
+      if (this.cached) return this.cached.credential;
     }
     // Single flight: a burst of requests at the interval boundary costs one
     // stat, not one each.
@@ -96,7 +97,7 @@ export class FileCredentialSource {
     return this.inFlight;
   }
 
-  private async refresh(): Promise<Secret> {
+  private async refresh(): Promise<Credential> {
     try {
       const secret = await this.check();
       this.lastCheck = { at: performance.now(), error: undefined };
@@ -110,7 +111,7 @@ export class FileCredentialSource {
     }
   }
 
-  private async check(): Promise<Secret> {
+  private async check(): Promise<Credential> {
     let st: BigIntStats;
     try {
       st = await stat(this.path, { bigint: true });
@@ -118,7 +119,7 @@ export class FileCredentialSource {
       throw this.fail(`cannot stat ${this.path} (${errnoOf(err)})`);
     }
     if (this.cached && sameIdentity(this.cached.identity, identityOf(st))) {
-      return this.cached.secret;
+      return this.cached.credential;
     }
     // Checked before open(): opening a FIFO would block until a writer comes.
     this.checkFile(st);
@@ -143,7 +144,7 @@ export class FileCredentialSource {
     }
   }
 
-  private async read(): Promise<Secret> {
+  private async read(): Promise<Credential> {
     let handle;
     try {
       // O_NONBLOCK: the path may have been swapped for a FIFO since stat().
@@ -162,9 +163,9 @@ export class FileCredentialSource {
         // Written to while we read: report nothing cached, retry next time.
         throw this.fail(`${this.path} changed while being read`);
       }
-      const secret = new Secret(this.extract(content.toString('utf8')));
-      this.cached = { identity: identityOf(st), secret };
-      return secret;
+      const credential = this.extract(content.toString('utf8'));
+      this.cached = { identity: identityOf(st), credential };
+      return credential;
     } catch (err) {
       if (err instanceof CredentialError) throw err;
       throw this.fail(`cannot read ${this.path} (${errnoOf(err)})`);
@@ -173,22 +174,51 @@ export class FileCredentialSource {
     }
   }
 
-  private extract(text: string): string {
+  /** Nothing to release: the value lives only in this process's memory. */
+  async close(): Promise<void> {
+    this.cached = undefined;
+  }
+
+  private extract(text: string): Credential {
     if (this.field === undefined) {
       const value = text.trim();
       if (value === '') throw this.fail(`${this.path} is empty`);
-      return value;
+      return { name: this.name, secret: new Secret(value), fields: this.stringFields(text) };
     }
+    return { name: this.name, secret: new Secret(this.extractField(text)), fields: new Map() };
+  }
+
+  /**
+   * The string fields of a file that is a YAML/JSON map (AWS keys for
+   * SigV4); empty for a file that is one plain secret.
+   */
+  private stringFields(text: string): Map<string, Secret> {
+    const fields = new Map<string, Secret>();
+    let data: unknown;
+    try {
+      data = YAML.parse(text, { uniqueKeys: true, maxAliasCount: 100 });
+    } catch {
+      return fields;
+    }
+    if (data === null || typeof data !== 'object' || Array.isArray(data)) return fields;
+    for (const [k, v] of Object.entries(data as Record<string, unknown>)) {
+      if (typeof v === 'string' && v.trim() !== '') fields.set(k, new Secret(v.trim()));
+    }
+    return fields;
+  }
+
+  private extractField(text: string): string {
+    const field = this.field as string;
     const data = this.parseMap(text);
-    if (!Object.prototype.hasOwnProperty.call(data, this.field)) {
-      throw this.fail(`${this.path} has no field "${this.field}"`);
+    if (!Object.prototype.hasOwnProperty.call(data, field)) {
+      throw this.fail(`${this.path} has no field "${field}"`);
     }
-    const value: unknown = data[this.field];
+    const value: unknown = data[field];
     if (typeof value !== 'string') {
-      throw this.fail(`field "${this.field}" in ${this.path} is not a string`);
+      throw this.fail(`field "${field}" in ${this.path} is not a string`);
     }
     const trimmed = value.trim();
-    if (trimmed === '') throw this.fail(`field "${this.field}" in ${this.path} is empty`);
+    if (trimmed === '') throw this.fail(`field "${field}" in ${this.path} is empty`);
     return trimmed;
   }
 

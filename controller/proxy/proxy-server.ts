@@ -11,7 +11,7 @@ import type { Logger } from '../log.js';
 import type { AuditEvent, AuditLog } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from '../agent/routes.js';
-import type { Secret } from '../credentials/secret.js';
+import type { Credential } from '../credentials/credential.js';
 import { parseClientHello, MAX_CLIENT_HELLO_BYTES } from '../tls/client-hello.js';
 import { CREDENTIAL_HEADERS, injectionHeaders } from '../inject/inject.js';
 import { forwardableHeaders } from './headers.js';
@@ -26,7 +26,7 @@ export interface ProxyDeps {
   routes(): RouteTable;
   /** A TLS context presenting a leaf certificate for `host`, minted by the local CA. */
   secureContextFor(host: string): Promise<tls.SecureContext>;
-  credential(name: string): Promise<Secret>;
+  credential(name: string): Promise<Credential>;
   upstreamAgent: https.Agent;
   audit: AuditLog;
   log: Logger;
@@ -171,9 +171,9 @@ export class ProxyServer {
     const refusal = checkRequest(req, sni, orig.port);
     if (refusal) return this.#refuse(req, res, session, refusal);
 
-    let secret: Secret;
+    let credential: Credential;
     try {
-      secret = await this.#deps.credential(route.binding.inject.credential);
+      credential = await this.#deps.credential(route.binding.inject.credential);
     } catch (err) {
       const message = err instanceof WirekeyError ? err.message : `credential "${route.binding.inject.credential}" is unavailable`;
       this.#deps.log.error('%s', message);
@@ -181,7 +181,7 @@ export class ProxyServer {
     }
 
     const headers = forwardableHeaders(req.rawHeaders, CREDENTIAL_HEADERS);
-    for (const [name, value] of injectionHeaders(route.binding.inject, secret)) headers.push(name, value);
+    for (const [name, value] of injectionHeaders(route.binding.inject, credential)) headers.push(name, value);
     if (req.headers['transfer-encoding']) headers.push('Transfer-Encoding', 'chunked');
 
     const upstreamReq = https.request({

@@ -61,23 +61,24 @@ async function expectRefusal(source: FileCredentialSource, message: RegExp, leak
 describe('FileCredentialSource', () => {
   it('uses the whole file, trimmed, without a field', async () => {
     const file = await secretFile('token', `\n  ${SECRET}\n\n`);
-    const secret = await new FileCredentialSource({ name: 'demo', path: file }).get();
+    const { secret, fields } = await new FileCredentialSource({ name: 'demo', path: file }).get();
     expect(secret).toBeInstanceOf(Secret);
-    expect(secret.reveal()).toBe(SECRET);
+    expect(secret?.reveal()).toBe(SECRET);
+    expect(fields.size).toBe(0);
   });
 
   it('reads a field from YAML and from JSON', async () => {
     const yamlFile = await secretFile('creds.yaml', `other: x\napi_key: ${SECRET}\n`);
-    expect((await new FileCredentialSource({ name: 'y', path: yamlFile, field: 'api_key' }).get()).reveal()).toBe(SECRET);
+    expect((await new FileCredentialSource({ name: 'y', path: yamlFile, field: 'api_key' }).get()).secret?.reveal()).toBe(SECRET);
     const jsonFile = await secretFile('creds.json', JSON.stringify({ api_key: `${SECRET}\n` }));
-    expect((await new FileCredentialSource({ name: 'j', path: jsonFile, field: 'api_key' }).get()).reveal()).toBe(SECRET);
+    expect((await new FileCredentialSource({ name: 'j', path: jsonFile, field: 'api_key' }).get()).secret?.reveal()).toBe(SECRET);
   });
 
   it('follows symlinks, as secret mounts use them', async () => {
     const file = await secretFile('real', SECRET);
     const link = path.join(dir, 'link');
     await symlink(file, link);
-    expect((await new FileCredentialSource({ name: 'l', path: link }).get()).reveal()).toBe(SECRET);
+    expect((await new FileCredentialSource({ name: 'l', path: link }).get()).secret?.reveal()).toBe(SECRET);
   });
 
   it.each([0o644, 0o640, 0o604, 0o620, 0o602, 0o660])('refuses a file with mode 0%s', async (mode) => {
@@ -142,35 +143,35 @@ describe('FileCredentialSource', () => {
   it('picks up an in-place rewrite with a changed mtime', async () => {
     const file = await secretFile('token', 'old-value-aaaa');
     const source = new FileCredentialSource({ name: 'rot', path: file, recheckIntervalMs: 0 });
-    expect((await source.get()).reveal()).toBe('old-value-aaaa');
+    expect((await source.get()).secret?.reveal()).toBe('old-value-aaaa');
     // Same length on purpose: only the timestamps tell the versions apart.
     await writeFile(file, 'new-value-bbbb');
     await utimes(file, new Date(), new Date(Date.now() + 5000));
-    expect((await source.get()).reveal()).toBe('new-value-bbbb');
+    expect((await source.get()).secret?.reveal()).toBe('new-value-bbbb');
   });
 
   it('picks up a file replaced by rename', async () => {
     const file = await secretFile('token', 'first');
     const source = new FileCredentialSource({ name: 'rot', path: file, recheckIntervalMs: 0 });
-    expect((await source.get()).reveal()).toBe('first');
+    expect((await source.get()).secret?.reveal()).toBe('first');
     const next = await secretFile('token.new', 'second');
     await rename(next, file);
-    expect((await source.get()).reveal()).toBe('second');
+    expect((await source.get()).secret?.reveal()).toBe('second');
   });
 
   it('serves from memory between re-stats and picks up rotation after the interval', async () => {
     const file = await secretFile('token', 'version-1');
     const source = new FileCredentialSource({ name: 'rot', path: file, recheckIntervalMs: 200 });
-    expect((await source.get()).reveal()).toBe('version-1');
+    expect((await source.get()).secret?.reveal()).toBe('version-1');
     expect(vi.mocked(fsp.stat)).toHaveBeenCalledTimes(1);
     expect(vi.mocked(fsp.open)).toHaveBeenCalledTimes(1);
 
     await writeFile(file, 'version-2 longer');
-    for (let i = 0; i < 50; i++) expect((await source.get()).reveal()).toBe('version-1');
+    for (let i = 0; i < 50; i++) expect((await source.get()).secret?.reveal()).toBe('version-1');
     expect(vi.mocked(fsp.stat)).toHaveBeenCalledTimes(1);
 
     await new Promise((resolve) => setTimeout(resolve, 250));
-    expect((await source.get()).reveal()).toBe('version-2 longer');
+    expect((await source.get()).secret?.reveal()).toBe('version-2 longer');
     expect(vi.mocked(fsp.stat)).toHaveBeenCalledTimes(2);
     expect(vi.mocked(fsp.open)).toHaveBeenCalledTimes(2);
   });
@@ -178,7 +179,7 @@ describe('FileCredentialSource', () => {
   it('re-stats but does not re-read an unchanged file', async () => {
     const file = await secretFile('token', SECRET);
     const source = new FileCredentialSource({ name: 'same', path: file, recheckIntervalMs: 0 });
-    for (let i = 0; i < 10; i++) expect((await source.get()).reveal()).toBe(SECRET);
+    for (let i = 0; i < 10; i++) expect((await source.get()).secret?.reveal()).toBe(SECRET);
     expect(vi.mocked(fsp.stat)).toHaveBeenCalledTimes(10);
     expect(vi.mocked(fsp.open)).toHaveBeenCalledTimes(1);
   });
@@ -195,11 +196,11 @@ describe('FileCredentialSource', () => {
   it('notices a chmod that exposes the file, and recovers once fixed', async () => {
     const file = await secretFile('token', SECRET);
     const source = new FileCredentialSource({ name: 'chmod', path: file, recheckIntervalMs: 0 });
-    expect((await source.get()).reveal()).toBe(SECRET);
+    expect((await source.get()).secret?.reveal()).toBe(SECRET);
     await chmod(file, 0o644);
     await expectRefusal(source, /mode 0644/);
     await chmod(file, 0o600);
-    expect((await source.get()).reveal()).toBe(SECRET);
+    expect((await source.get()).secret?.reveal()).toBe(SECRET);
   });
 
   it('stops serving a deleted file after the interval', async () => {

@@ -1,0 +1,35 @@
+/**
+ * The contract between credential sources (file, Vault) and injections:
+ * what a source yields, and what it must do when the agent stops.
+ */
+import type { Secret } from './secret.js';
+
+export interface Credential {
+  /** The CredentialSource's name in the policy. */
+  name: string;
+  /** The single secret, for bearer and header injections; absent when the source yields only fields. */
+  secret?: Secret;
+  /**
+   * Named values, for injections that need several: SigV4 reads the access
+   * key id, secret key and session token from here (`access_key` /
+   * `access_key_id`, `secret_key` / `secret_access_key`, `security_token` /
+   * `session_token`).
+   */
+  fields: ReadonlyMap<string, Secret>;
+  /** Which version of the secret this is, for audit (a KV version); never the value. */
+  version?: string;
+  /** The Vault lease it comes from, for audit. */
+  leaseId?: string;
+}
+
+export interface CredentialSource {
+  readonly name: string;
+  /**
+   * The current credential. Sources cache: this is called per request and
+   * must not reach the backing store per request.
+   * @throws CredentialError naming the credential (never its value) when it is unavailable.
+   */
+  get(): Promise<Credential>;
+  /** Releases what the source holds (Vault leases are revoked). Idempotent. */
+  close(): Promise<void>;
+}
