@@ -34,6 +34,8 @@ export interface AgentOptions {
   /** Audit destination: a file, or '-' for stdout. */
   auditPath: string;
   upstreamCaFile?: string;
+  /** Largest request body read into memory to compute a SigV4 payload hash (default 16 MiB). */
+  sigv4BodyLimit?: number;
   /** How often cgroup selectors are resolved again (cgroups come and go). */
   resyncIntervalMs?: number;
   log: Logger;
@@ -107,6 +109,7 @@ export class Agent {
       secureContextFor: (host) => ca.secureContextFor(host),
       credential: (name) => this.#credential(name),
       upstreamAgent: this.#upstreamAgent,
+      sigv4BodyLimit: this.#opts.sigv4BodyLimit ?? 16 * 1024 * 1024,
       audit: this.#audit,
       log: this.#log,
     });

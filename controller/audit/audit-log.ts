@@ -18,6 +18,8 @@ export interface AuditEvent {
   path?: string;
   status?: number;
   credential?: string;
+  /** The AWS access key id a SigV4 signature used (an identifier, not a secret). */
+  accessKeyId?: string;
   reason?: string;
 }
 

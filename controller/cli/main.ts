@@ -25,6 +25,12 @@ function port(value: string): number {
   return n;
 }
 
+function bytes(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError('must be a number of bytes');
+  return n;
+}
+
 function level(value: string): LogLevel {
   if (!isLogLevel(value)) throw new InvalidArgumentError('must be debug, info, warn or error');
   return value;
@@ -44,8 +50,9 @@ program
   .option('--proxy-port <port>', 'port of the local proxy on 127.0.0.1 and ::1', port, DEFAULTS.proxyPort)
   .option('--audit <file>', "audit log: a file, or '-' for stdout", DEFAULTS.audit)
   .option('--upstream-ca <file>', 'PEM bundle trusted for upstream servers, besides the system store')
+  .option('--sigv4-body-limit <bytes>', 'largest request body buffered to compute a SigV4 payload hash', bytes, 16 * 1024 * 1024)
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
-  .action(async (opts: { policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; logLevel: LogLevel }) => {
+  .action(async (opts: { policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number; logLevel: LogLevel }) => {
     const log = createLogger(opts.logLevel);
     let agent: Agent;
     try {
@@ -56,6 +63,7 @@ program
         proxyPort: opts.proxyPort,
         auditPath: opts.audit,
         upstreamCaFile: opts.upstreamCa,
+        sigv4BodyLimit: opts.sigv4BodyLimit,
         log,
       });
     } catch (err) {

@@ -1,21 +1,155 @@
 /**
- * Turns a binding's injection and its credential into request headers.
- * The only place a secret value becomes header bytes.
+ * Turns a binding's injection and its credential into the request that goes
+ * upstream. The only place a secret value becomes header bytes.
  */
+import type { IncomingMessage } from 'node:http';
 import type { Credential } from '../credentials/credential.js';
-import { CredentialError } from '../errors.js';
-import type { PlanBinding } from '../policy/types.js';
+import type { Secret } from '../credentials/secret.js';
+import type { PlanInjection } from '../policy/types.js';
+import { CredentialError, WirekeyError } from '../errors.js';
+import { forwardableHeaders } from '../proxy/headers.js';
+import { inferAwsScope, signSigV4, stripQuerySignature, type AwsCredentials } from './sigv4.js';
+import { createHash } from 'node:crypto';
 
 /** Request headers a workload sends that never reach the upstream: it holds no credential, so any it sends is replaced. */
 export const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization']);
 
-/** The header lines to add for `inject`, as [name, value] pairs. */
-/** @throws CredentialError when the credential has no single value to inject. */
-export function injectionHeaders(inject: PlanBinding['inject'], credential: Credential): [string, string][] {
-  const secret = credential.secret;
-  if (!secret) throw new CredentialError(credential.name, 'has no single value to inject (it holds named fields only)');
-  switch (inject.kind) {
-    case 'bearer':
-      return [['Authorization', `Bearer ${secret.reveal()}`]];
+/** A request the injection cannot be applied to, with the HTTP status to answer. */
+export class InjectionRefusal extends WirekeyError {
+  readonly status: number;
+  readonly reason: string;
+
+  constructor(status: number, reason: string, message: string) {
+    super('WK_INJECT_REFUSED', message);
+    this.status = status;
+    this.reason = reason;
   }
+}
+
+export interface UpstreamRequest {
+  /** Raw [name, value, ...] headers to send. */
+  headers: string[];
+  /** The request target to send. */
+  path: string;
+  /** The whole body, when it had to be read to be signed; otherwise the body streams from the client. */
+  body?: Buffer;
+  /** For audit: the AWS access key id that signed it. */
+  accessKeyId?: string;
+}
+
+export interface InjectOptions {
+  /** The TLS server name the request is for. */
+  host: string;
+  /** Largest body read into memory to compute a SigV4 payload hash. */
+  sigv4BodyLimit: number;
+}
+
+const EMPTY_SHA256 = createHash('sha256').digest('hex');
+const STREAMED_HASHES = new Set(['UNSIGNED-PAYLOAD', 'STREAMING-UNSIGNED-PAYLOAD-TRAILER']);
+
+/**
+ * The upstream request for `req` with `inject` applied.
+ * @throws CredentialError when the credential lacks what the injection
+ *   needs; InjectionRefusal when the request cannot be injected safely.
+ */
+export async function prepareUpstreamRequest(
+  req: IncomingMessage,
+  inject: PlanInjection,
+  credential: Credential,
+  opts: InjectOptions,
+): Promise<UpstreamRequest> {
+  const headers = forwardableHeaders(req.rawHeaders, CREDENTIAL_HEADERS);
+  const chunked = req.headers['transfer-encoding'] !== undefined;
+  switch (inject.kind) {
+    case 'bearer': {
+      headers.push('Authorization', `Bearer ${single(credential).reveal()}`);
+      if (chunked) headers.push('Transfer-Encoding', 'chunked');
+      return { headers, path: req.url ?? '/' };
+    }
+    case 'sigv4': {
+      const scope = inject.service && inject.region ? { service: inject.service, region: inject.region } : inferAwsScope(opts.host);
+      // validate refuses such a binding; this guards a policy loaded some other way.
+      if (!scope) throw new InjectionRefusal(502, 'sigv4-scope', `cannot tell the AWS service and region of ${opts.host}`);
+      const creds = awsCredentials(credential);
+      const declared = headerValue(req, 'x-amz-content-sha256');
+      let payloadHash: string;
+      let body: Buffer | undefined;
+      if (declared !== undefined) {
+        payloadHash = declared;
+        if (declared.startsWith('STREAMING-') && !STREAMED_HASHES.has(declared)) {
+          throw new InjectionRefusal(400, 'sigv4-signed-chunks',
+            `payloads signed chunk by chunk (${declared}) cannot be re-signed; configure the client for unsigned payloads ` +
+            '(AWS CLI and SDKs do this by default over HTTPS)');
+        }
+      } else if (!chunked && Number(req.headers['content-length'] ?? 0) === 0) {
+        payloadHash = EMPTY_SHA256;
+      } else {
+        body = await readBody(req, opts.sigv4BodyLimit);
+        payloadHash = createHash('sha256').update(body).digest('hex');
+      }
+      const rawHeaders = body ? withoutHeaders(headers, ['content-length']) : headers;
+      const signed = await signSigV4({ method: req.method ?? 'GET', host: opts.host, path: req.url ?? '/', rawHeaders, payloadHash }, creds, scope, new Date());
+      if (body) signed.push('Content-Length', String(body.length));
+      else if (chunked) signed.push('Transfer-Encoding', 'chunked');
+      return { headers: signed, path: stripQuerySignature(req.url ?? '/'), body, accessKeyId: creds.accessKeyId };
+    }
+  }
+}
+
+function single(credential: Credential): Secret {
+  if (!credential.secret) throw new CredentialError(credential.name, 'has no single value to inject (it holds named fields only)');
+  return credential.secret;
+}
+
+function field(credential: Credential, names: string[]): Secret | undefined {
+  for (const n of names) {
+    const v = credential.fields.get(n);
+    if (v) return v;
+  }
+  return undefined;
+}
+
+/** AWS keys from a credential's fields, under Vault's names or the AWS CLI's. */
+function awsCredentials(credential: Credential): AwsCredentials {
+  const id = field(credential, ['access_key', 'access_key_id', 'aws_access_key_id', 'AccessKeyId']);
+  const secret = field(credential, ['secret_key', 'secret_access_key', 'aws_secret_access_key', 'SecretAccessKey']);
+  const token = field(credential, ['security_token', 'session_token', 'aws_session_token', 'SessionToken']);
+  if (!id || !secret) throw new CredentialError(credential.name, 'has no AWS access key id and secret access key fields');
+  return { accessKeyId: id.reveal(), secretAccessKey: secret, ...(token ? { sessionToken: token } : {}) };
+}
+
+function headerValue(req: IncomingMessage, name: string): string | undefined {
+  const v = req.headers[name];
+  return Array.isArray(v) ? v[0] : v;
+}
+
+function withoutHeaders(raw: string[], names: string[]): string[] {
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    if (!names.includes((raw[i] as string).toLowerCase())) out.push(raw[i] as string, raw[i + 1] as string);
+  }
+  return out;
+}
+
+/** Reads the whole body, refusing (413) one larger than `limit`. */
+function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const onData = (chunk: Buffer) => {
+      size += chunk.length;
+      if (size > limit) {
+        req.off('data', onData);
+        req.pause();
+        reject(new InjectionRefusal(413, 'sigv4-body-too-large',
+          `the request body must be read to be signed and is larger than ${limit} bytes; send x-amz-content-sha256 ` +
+          '(a payload hash or UNSIGNED-PAYLOAD) to stream it'));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    req.on('data', onData);
+    req.once('end', () => resolve(Buffer.concat(chunks)));
+    req.once('error', reject);
+  });
 }

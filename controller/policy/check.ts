@@ -6,6 +6,7 @@ import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
 import { normalizeHost } from './compile.js';
 import { positionOf, type PolicyPath } from './parse.js';
 import type { BindingDoc, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
+import { inferAwsScope } from '../inject/sigv4.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
 
 /**
@@ -21,6 +22,7 @@ export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
     ...duplicateNames(docs),
     ...danglingReferences(docs, bindings),
     ...ambiguousBindings(bindings),
+    ...sigv4Scopes(bindings, services),
     ...sharedEndpoints(services),
     ...userAndUid(workloads),
     ...ambiguousWorkloads(workloads),
@@ -99,8 +101,38 @@ function bindingReferences(binding: BindingDoc): Reference[] {
   return [
     { path: ['spec', 'workload'], kind: 'Workload', name: spec.workload },
     { path: ['spec', 'service'], kind: 'Service', name: spec.service },
-    { path: ['spec', 'inject', 'bearer', 'credential'], kind: 'CredentialSource', name: spec.inject.bearer.credential },
+    { path: ['spec', 'inject', injectionKind(binding), 'credential'], kind: 'CredentialSource', name: injectionOf(binding).credential },
   ];
+}
+
+/** The one injection key a binding sets (the schema guarantees exactly one). */
+function injectionKind(binding: BindingDoc): 'bearer' | 'sigv4' {
+  return binding.spec.inject.sigv4 ? 'sigv4' : 'bearer';
+}
+
+function injectionOf(binding: BindingDoc): { credential: string } {
+  return (binding.spec.inject.sigv4 ?? binding.spec.inject.bearer) as { credential: string };
+}
+
+/**
+ * SigV4 needs a signing name and region: given, or inferred from every host
+ * of the service (an AWS host name).
+ */
+function sigv4Scopes(bindings: BindingDoc[], services: ServiceDoc[]): PolicyDiagnostic[] {
+  const out: PolicyDiagnostic[] = [];
+  for (const b of bindings) {
+    const sig = b.spec.inject.sigv4;
+    if (!sig || (sig.service && sig.region)) continue;
+    const service = services.find((s) => s.metadata.name === b.spec.service);
+    const unknown = (service?.spec.hosts ?? []).filter((h) => !inferAwsScope(normalizeHost(h)));
+    if (unknown.length) {
+      out.push({
+        ...positionOf(b, ['spec', 'inject', 'sigv4']),
+        message: `${label(b)}: spec.inject.sigv4: set service and region: they cannot be inferred from ${unknown.join(', ')}`,
+      });
+    }
+  }
+  return out;
 }
 
 function danglingReferences(docs: PolicyDoc[], bindings: BindingDoc[]): PolicyDiagnostic[] {

@@ -85,6 +85,8 @@ function binding(doc: BindingDoc): PlanBinding {
     name: doc.metadata.name,
     workload,
     service,
-    inject: { kind: 'bearer', credential: inject.bearer.credential },
+    inject: inject.sigv4
+      ? { kind: 'sigv4', credential: inject.sigv4.credential, service: inject.sigv4.service, region: inject.sigv4.region }
+      : { kind: 'bearer', credential: (inject.bearer as { credential: string }).credential },
   };
 }

@@ -47,8 +47,16 @@ export interface BearerInjection {
   credential: string;
 }
 
+export interface SigV4Injection {
+  credential: string;
+  service?: string;
+  region?: string;
+}
+
+/** Exactly one of these is set. */
 export interface Injection {
-  bearer: BearerInjection;
+  bearer?: BearerInjection;
+  sigv4?: SigV4Injection;
 }
 
 export interface BindingSpec {
@@ -113,8 +121,12 @@ export interface PlanBinding {
   name: string;
   workload: string;
   service: string;
-  inject: { kind: 'bearer'; credential: string };
+  inject: PlanInjection;
 }
+
+export type PlanInjection =
+  | { kind: 'bearer'; credential: string }
+  | { kind: 'sigv4'; credential: string; service?: string; region?: string };
 
 /** The compiled plan: everything the agent needs, all references resolved. */
 export interface Plan {

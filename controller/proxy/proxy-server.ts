@@ -13,7 +13,7 @@ import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from '../agent/routes.js';
 import type { Credential } from '../credentials/credential.js';
 import { parseClientHello, MAX_CLIENT_HELLO_BYTES } from '../tls/client-hello.js';
-import { CREDENTIAL_HEADERS, injectionHeaders } from '../inject/inject.js';
+import { InjectionRefusal, prepareUpstreamRequest, type UpstreamRequest } from '../inject/inject.js';
 import { forwardableHeaders } from './headers.js';
 import { checkRequest, type Refusal } from './request-checks.js';
 import { relay } from './relay.js';
@@ -28,6 +28,8 @@ export interface ProxyDeps {
   secureContextFor(host: string): Promise<tls.SecureContext>;
   credential(name: string): Promise<Credential>;
   upstreamAgent: https.Agent;
+  /** Largest request body read into memory to compute a SigV4 payload hash. */
+  sigv4BodyLimit: number;
   audit: AuditLog;
   log: Logger;
 }
@@ -171,18 +173,16 @@ export class ProxyServer {
     const refusal = checkRequest(req, sni, orig.port);
     if (refusal) return this.#refuse(req, res, session, refusal);
 
-    let credential: Credential;
+    let upstream: UpstreamRequest;
     try {
-      credential = await this.#deps.credential(route.binding.inject.credential);
+      const credential = await this.#deps.credential(route.binding.inject.credential);
+      upstream = await prepareUpstreamRequest(req, route.binding.inject, credential, { host: sni, sigv4BodyLimit: this.#deps.sigv4BodyLimit });
     } catch (err) {
+      if (err instanceof InjectionRefusal) return this.#refuse(req, res, session, { status: err.status, code: err.reason, message: err.message });
       const message = err instanceof WirekeyError ? err.message : `credential "${route.binding.inject.credential}" is unavailable`;
       this.#deps.log.error('%s', message);
       return this.#refuse(req, res, session, { status: 503, code: 'credential-unavailable', message });
     }
-
-    const headers = forwardableHeaders(req.rawHeaders, CREDENTIAL_HEADERS);
-    for (const [name, value] of injectionHeaders(route.binding.inject, credential)) headers.push(name, value);
-    if (req.headers['transfer-encoding']) headers.push('Transfer-Encoding', 'chunked');
 
     const upstreamReq = https.request({
       agent: this.#deps.upstreamAgent,
@@ -190,8 +190,8 @@ export class ProxyServer {
       port: orig.port,
       servername: sni,
       method: req.method,
-      path: req.url,
-      headers: headers as unknown as http.OutgoingHttpHeaders,
+      path: upstream.path,
+      headers: upstream.headers as unknown as http.OutgoingHttpHeaders,
       setHost: false,
     });
     upstreamReq.on('response', (upstreamRes) => {
@@ -204,7 +204,9 @@ export class ProxyServer {
         this.#deps.log.debug('response stream from %s ended early: %s', sni, err.message);
         res.destroy(err);
       });
-      res.once('finish', () => this.#audit(session, req, { decision: 'inject', status, credential: route.binding.inject.credential }));
+      res.once('finish', () =>
+        this.#audit(session, req, { decision: 'inject', status, credential: route.binding.inject.credential, accessKeyId: upstream.accessKeyId }),
+      );
     });
     upstreamReq.on('error', (err) => {
       if (res.headersSent) {
@@ -213,7 +215,8 @@ export class ProxyServer {
       }
       this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` });
     });
-    req.pipe(upstreamReq);
+    if (upstream.body) upstreamReq.end(upstream.body);
+    else req.pipe(upstreamReq);
     // A workload that goes away mid-request must not leave a half-sent request upstream.
     req.once('error', (err) => upstreamReq.destroy(err));
     res.once('close', () => {
@@ -265,7 +268,7 @@ export class ProxyServer {
     );
   }
 
-  #audit(session: Session, req: http.IncomingMessage, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'reason'>): void {
+  #audit(session: Session, req: http.IncomingMessage, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'reason' | 'accessKeyId'>): void {
     this.#deps.audit.record({
       workload: session.route.workload.name,
       pid: session.orig.pid,
