@@ -46,16 +46,19 @@ export class E2eFixture {
   bothCas = '';
   readonly #cleanups: (() => void | Promise<void>)[] = [];
 
-  /** Everything but the agent. */
-  async setUp(): Promise<void> {
+  /**
+   * Everything but the agent. `hosts` names the certificate's hosts; with
+   * `upstream: false` the test runs its own server on the test host's 443.
+   */
+  async setUp(opts: { hosts?: string[]; upstream?: boolean } = {}): Promise<void> {
     chmodSync(this.dir, 0o755);
     mkdirSync(this.shared, { mode: 0o755 });
     mkdirSync(this.policyDir);
     createCgroup(this.cgRoot, this.cgBase);
     this.host = await createTestHost(this.tag.slice(0, 4));
-    this.pki = await createTestPki(this.dir, [HOST, OTHER]);
+    this.pki = await createTestPki(this.dir, opts.hosts ?? [HOST, OTHER]);
     chmodSync(this.pki.caCert, 0o644);
-    this.upstream = await startUpstream(this.host, this.pki.serverCert, this.pki.serverKey);
+    if (opts.upstream !== false) this.upstream = await startUpstream(this.host, this.pki.serverCert, this.pki.serverKey);
     writeFileSync(this.tokenFile, `${this.token}\n`, { mode: 0o600 });
     // The local CA exists before the agent starts (as after `wirekey ca cert`),
     // so processes started before the agent can trust it too.
@@ -73,9 +76,7 @@ export class E2eFixture {
 
   /** Writes policy.yaml: the api service and its credential (from `tokenFile`), plus `docs` (YAML documents). */
   writePolicy(docs: string, tokenFile = this.tokenFile): void {
-    writeFileSync(
-      path.join(this.policyDir, 'policy.yaml'),
-      `apiVersion: wirekey.dev/v1alpha1
+    this.writeRawPolicy(`apiVersion: wirekey.dev/v1alpha1
 kind: CredentialSource
 metadata: {name: api-token}
 spec: {file: {path: ${tokenFile}}}
@@ -85,8 +86,12 @@ kind: Service
 metadata: {name: api}
 spec: {hosts: [${HOST}], port: 443, tls: true}
 ---
-${docs}`,
-    );
+${docs}`);
+  }
+
+  /** Writes policy.yaml exactly as given. */
+  writeRawPolicy(yaml: string): void {
+    writeFileSync(path.join(this.policyDir, 'policy.yaml'), yaml);
   }
 
   /** Starts `wirekey run`; with `cgroup`, the agent itself runs in that cgroup. */

@@ -1,0 +1,155 @@
+/**
+ * SigV4 end to end: the AWS CLI runs as a bound workload with placeholder
+ * credentials, and moto (request authentication on, behind TLS in a test
+ * network namespace) accepts its requests because wirekey re-signs them with
+ * keys the CLI never sees. Without wirekey, moto rejects the same calls.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createHash, randomBytes } from 'node:crypto';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { E2eFixture } from '../support/e2e-fixture.js';
+import { AWS_HOSTS, pythonTools, startAwsUpstream, type AwsUpstream } from '../support/aws-upstream.js';
+import { kernelSkipReason } from '../support/requirements.js';
+import { runInCgroup } from '../support/cgroup.js';
+import type { RunResult } from '../support/shell.js';
+
+const skip = kernelSkipReason();
+const BUCKET = 'wirekey-test-bucket';
+
+describe.skipIf(skip)(`SigV4 signing for AWS clients${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const f = new E2eFixture();
+  let aws: AwsUpstream;
+  let venv: string;
+  let bound: string;
+  let unbound: string;
+  let hostsFile: string;
+  let configFile: string;
+  const hashOf = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
+
+  /** The AWS CLI as users run it, in cgroup `cg`, with AWS host names resolved to the test host. */
+  const cli = (cg: string, ca: string, args: string[]): Promise<RunResult> =>
+    runInCgroup(cg, 'unshare', ['-m', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hostsFile, path.join(venv, 'bin/aws'), ...args], {
+      timeoutMs: 120_000,
+      env: {
+        PATH: process.env.PATH,
+        HOME: f.dir,
+        // Placeholders: the CLI must sign with something; wirekey replaces it.
+        AWS_ACCESS_KEY_ID: 'AKIAPLACEHOLDER00000',
+        AWS_SECRET_ACCESS_KEY: 'placeholder-secret-key',
+        AWS_DEFAULT_REGION: 'us-east-1',
+        AWS_CA_BUNDLE: ca,
+        AWS_CONFIG_FILE: configFile,
+        AWS_SHARED_CREDENTIALS_FILE: '/dev/null',
+        AWS_EC2_METADATA_DISABLED: 'true',
+      },
+    });
+
+  beforeAll(async () => {
+    venv = await pythonTools();
+    await f.setUp({ hosts: AWS_HOSTS, upstream: false });
+    aws = await startAwsUpstream(f.host, venv, f.pki.serverCert, f.pki.serverKey, 'wirekey-agent');
+    f.onClose(() => aws.stop());
+    bound = f.cgroup('aws-cli');
+    unbound = f.cgroup('elsewhere');
+    hostsFile = path.join(f.shared, 'hosts');
+    writeFileSync(hostsFile, `127.0.0.1 localhost\n${AWS_HOSTS.map((h) => `${f.host.ipv4} ${h}`).join('\n')}\n`);
+    configFile = path.join(f.shared, 'aws-config');
+    writeFileSync(configFile, '[default]\ns3 =\n  addressing_style = path\n');
+    const keys = path.join(f.dir, 'aws-keys.yaml');
+    writeFileSync(keys, `access_key_id: ${aws.accessKeyId}\nsecret_access_key: ${aws.secretAccessKey}\n`, { mode: 0o600 });
+    f.writeRawPolicy(`apiVersion: wirekey.dev/v1alpha1
+kind: CredentialSource
+metadata: {name: aws-keys}
+spec: {file: {path: ${keys}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: aws}
+spec: {hosts: [${AWS_HOSTS.join(', ')}], port: 443, tls: true}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: cli}
+spec: {selector: {cgroup: ${f.cgBase}/aws-cli}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: cli-aws}
+spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-keys}}}
+`);
+    await f.startAgent();
+  }, 300_000);
+
+  afterAll(() => f.close());
+
+  it('sts get-caller-identity answers with the identity of the keys wirekey holds', async () => {
+    const r = await cli(bound, f.wirekeyCa, ['sts', 'get-caller-identity', '--output', 'json']);
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toMatchObject({ Arn: aws.userArn });
+  });
+
+  it('s3 mb, cp of a small and of a multi-part 24 MiB file, ls, and byte-identical downloads', async () => {
+    const small = path.join(f.dir, 'small.txt');
+    const large = path.join(f.dir, 'large.bin');
+    writeFileSync(small, 'hello from a workload with no keys\n');
+    writeFileSync(large, randomBytes(24 * 1024 * 1024 + 123));
+    const ok = async (args: string[]) => {
+      const r = await cli(bound, f.wirekeyCa, args);
+      expect(r.stderr, args.join(' ')).toBe('');
+      expect(r.code, args.join(' ')).toBe(0);
+      return r.stdout;
+    };
+    await ok(['s3', 'mb', `s3://${BUCKET}`]);
+    await ok(['s3', 'cp', small, `s3://${BUCKET}/small.txt`, '--only-show-errors']);
+    await ok(['s3', 'cp', large, `s3://${BUCKET}/large.bin`, '--only-show-errors']);
+    const listing = await ok(['s3', 'ls', `s3://${BUCKET}/`]);
+    expect(listing).toContain('small.txt');
+    expect(listing).toContain(String(24 * 1024 * 1024 + 123));
+    for (const name of ['small.txt', 'large.bin']) {
+      const back = path.join(f.dir, `back-${name}`);
+      await ok(['s3', 'cp', `s3://${BUCKET}/${name}`, back, '--only-show-errors']);
+      expect(hashOf(back)).toBe(hashOf(path.join(f.dir, name === 'small.txt' ? 'small.txt' : 'large.bin')));
+    }
+  });
+
+  it('a JSON-protocol service (DynamoDB) works too', async () => {
+    const create = await cli(bound, f.wirekeyCa, ['dynamodb', 'create-table', '--table-name', 'wk', '--attribute-definitions',
+      'AttributeName=id,AttributeType=S', '--key-schema', 'AttributeName=id,KeyType=HASH', '--billing-mode', 'PAY_PER_REQUEST']);
+    expect(create.stderr).toBe('');
+    const list = await cli(bound, f.wirekeyCa, ['dynamodb', 'list-tables', '--output', 'json']);
+    expect(JSON.parse(list.stdout)).toMatchObject({ TableNames: ['wk'] });
+  });
+
+  it('without wirekey, moto rejects the same calls', async () => {
+    const r = await cli(unbound, f.pki.caCert, ['sts', 'get-caller-identity']);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/InvalidClientTokenId|SignatureDoesNotMatch|security token/i);
+    const ls = await cli(unbound, f.pki.caCert, ['s3', 'ls', `s3://${BUCKET}/`]);
+    expect(ls.code).not.toBe(0);
+    expect(ls.stderr).toMatch(/InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied/);
+  });
+
+  it('refuses what it cannot sign safely: signed chunks, and unhashed bodies over the limit', async () => {
+    const s3 = 's3.us-east-1.amazonaws.com';
+    const curl = (args: string[]) =>
+      runInCgroup(bound, 'curl', ['-sS', '--resolve', `${s3}:443:${f.host.ipv4}`, '--cacert', f.wirekeyCa, '-o', '/dev/null', '-w', '%{http_code}', ...args]);
+    const chunks = await curl(['-X', 'PUT', '-H', 'x-amz-content-sha256: STREAMING-AWS4-HMAC-SHA256-PAYLOAD', '--data-binary', 'x', `https://${s3}/${BUCKET}/c`]);
+    expect(chunks.stdout).toBe('400');
+    const big = path.join(f.dir, 'big.bin');
+    writeFileSync(big, Buffer.alloc(17 * 1024 * 1024, 1));
+    const tooBig = await curl(['-X', 'PUT', '--data-binary', `@${big}`, `https://${s3}/${BUCKET}/big`]);
+    expect(tooBig.stdout).toBe('413');
+    const audit = readFileSync(f.auditPath, 'utf8');
+    expect(audit).toContain('"reason":"sigv4-signed-chunks"');
+    expect(audit).toContain('"reason":"sigv4-body-too-large"');
+  });
+
+  it('audit lines name the credential and the access key id; the secret key is nowhere', () => {
+    const audit = readFileSync(f.auditPath, 'utf8');
+    const lines = audit.trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
+    expect(lines.find((l) => l.decision === 'inject')).toMatchObject({ workload: 'cli', credential: 'aws-keys', accessKeyId: aws.accessKeyId });
+    expect(audit).not.toContain(aws.secretAccessKey);
+    expect(f.agent?.output()).not.toContain(aws.secretAccessKey);
+  });
+});
