@@ -9,7 +9,7 @@ import { loadPolicy } from '../policy/load.js';
 import { compilePolicy } from '../policy/compile.js';
 import type { Plan } from '../policy/types.js';
 import { LocalCa } from '../tls/local-ca.js';
-import { FileCredentialSource } from '../credentials/file-source.js';
+import { CredentialSources } from '../credentials/sources.js';
 import type { Credential } from '../credentials/credential.js';
 import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/datapath.js';
 import { findCgroup2Root } from '../datapath/cgroup.js';
@@ -44,7 +44,7 @@ export interface AgentOptions {
 interface LoadedPlan {
   plan: Plan;
   routes: RouteTable;
-  credentials: Map<string, FileCredentialSource>;
+  credentials: CredentialSources;
 }
 
 export class Agent {
@@ -52,7 +52,7 @@ export class Agent {
   readonly #log: Logger;
   #plan!: Plan;
   #routes!: RouteTable;
-  #credentials = new Map<string, FileCredentialSource>();
+  #credentials = CredentialSources.empty();
   #cgroupRoot!: string;
   #datapath: Datapath | undefined;
   #proxy: ProxyServer | undefined;
@@ -153,7 +153,10 @@ export class Agent {
       return false;
     }
     const datapath = this.#datapath;
-    if (!datapath || !this.#resolver) return false;
+    if (!datapath || !this.#resolver) {
+      await next.credentials.retire(this.#credentials);
+      return false;
+    }
     const resolved = await this.#resolver.resolve(next.plan.workloads.values());
     const previous = { ports: this.#routes.portBindings(), identity: identityTables(this.#resolved) };
     try {
@@ -164,11 +167,15 @@ export class Agent {
       datapath.setPortBindings(previous.ports);
       datapath.setIdentity(previous.identity);
       this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
+      await next.credentials.retire(this.#credentials);
       return false;
     }
+    const retired = this.#credentials;
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
+    // Requests in flight hold their credential already; new ones use the new set.
+    await retired.retire(next.credentials);
     this.#resolved = resolved;
     this.#reported.clear();
     this.#reportProblems();
@@ -188,6 +195,9 @@ export class Agent {
     await this.#proxy?.close();
     this.#proxy = undefined;
     this.#upstreamAgent?.destroy();
+    // Revokes what Vault leased to this agent.
+    await this.#credentials.close();
+    this.#credentials = CredentialSources.empty();
     this.#audit?.close();
     this.#audit = undefined;
   }
@@ -200,12 +210,7 @@ export class Agent {
   async #loadPlan(): Promise<LoadedPlan> {
     const { policy, files } = await loadPolicy(this.#opts.policyPath);
     const plan = compilePolicy(policy);
-    const credentials = new Map<string, FileCredentialSource>();
-    for (const c of plan.credentials.values()) {
-      const old = this.#credentials.get(c.name);
-      const same = old && old.path === c.file.path && old.field === c.file.field;
-      credentials.set(c.name, same ? old : new FileCredentialSource({ name: c.name, path: c.file.path, field: c.file.field }));
-    }
+    const credentials = await CredentialSources.build(plan, this.#credentials, this.#log);
     this.#log.info('policy: %d file(s), %d workload(s), %d service(s), %d binding(s)', files.length,
       plan.workloads.size, plan.services.size, plan.bindings.length);
     return { plan, routes: new RouteTable(plan), credentials };

@@ -5,7 +5,7 @@
 import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
 import { normalizeHost } from './compile.js';
 import { positionOf, type PolicyPath } from './parse.js';
-import type { BindingDoc, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
+import type { BindingDoc, CredentialSourceDoc, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
 import { inferAwsScope } from '../inject/sigv4.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
 
@@ -20,7 +20,8 @@ export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
   const workloads = docs.filter((d): d is WorkloadDoc => d.kind === 'Workload');
   return [
     ...duplicateNames(docs),
-    ...danglingReferences(docs, bindings),
+    ...danglingReferences(docs),
+    ...vaultSources(docs.filter((d): d is CredentialSourceDoc => d.kind === 'CredentialSource')),
     ...ambiguousBindings(bindings),
     ...sigv4Scopes(bindings, services),
     ...sharedEndpoints(services),
@@ -135,16 +136,50 @@ function sigv4Scopes(bindings: BindingDoc[], services: ServiceDoc[]): PolicyDiag
   return out;
 }
 
-function danglingReferences(docs: PolicyDoc[], bindings: BindingDoc[]): PolicyDiagnostic[] {
+/** Every name a document refers to, with where it is written. */
+function references(doc: PolicyDoc): Reference[] {
+  if (doc.kind === 'Binding') return bindingReferences(doc);
+  if (doc.kind === 'CredentialSource' && doc.spec.vault) {
+    return [{ path: ['spec', 'vault', 'connection'], kind: 'VaultConnection', name: doc.spec.vault.connection }];
+  }
+  return [];
+}
+
+function danglingReferences(docs: PolicyDoc[]): PolicyDiagnostic[] {
   const defined = new Set(docs.map((d) => `${d.kind}/${d.metadata.name}`));
-  return bindings.flatMap((binding) =>
-    bindingReferences(binding)
+  return docs.flatMap((doc) =>
+    references(doc)
       .filter((ref) => !defined.has(`${ref.kind}/${ref.name}`))
       .map((ref) => ({
-        ...positionOf(binding, ref.path),
-        message: `${label(binding)}: ${ref.path.join('.')}: no ${ref.kind} named ${JSON.stringify(ref.name)}`,
+        ...positionOf(doc, ref.path),
+        message: `${label(doc)}: ${ref.path.join('.')}: no ${ref.kind} named ${JSON.stringify(ref.name)}`,
       })),
   );
+}
+
+/**
+ * A Vault source reads exactly one of kv, aws and path; kv and path need a
+ * field (AWS keys come as a set); version and refresh apply to kv only.
+ */
+function vaultSources(sources: CredentialSourceDoc[]): PolicyDiagnostic[] {
+  const out: PolicyDiagnostic[] = [];
+  for (const doc of sources) {
+    const v = doc.spec.vault;
+    if (!v) continue;
+    const at = (key: string) => positionOf(doc, ['spec', 'vault', key]);
+    const say = (key: string, message: string) => out.push({ ...at(key), message: `${label(doc)}: spec.vault: ${message}` });
+    const reads = (['kv', 'aws', 'path'] as const).filter((k) => v[k] !== undefined);
+    if (reads.length !== 1) {
+      out.push({ ...positionOf(doc, ['spec', 'vault']), message: `${label(doc)}: spec.vault: set exactly one of kv, aws and path` });
+      continue;
+    }
+    const read = reads[0] as 'kv' | 'aws' | 'path';
+    if (read !== 'aws' && v.field === undefined) say(read, `${read} needs a field: the key of the value to inject`);
+    if (read === 'aws' && v.field !== undefined) say('field', 'aws yields access key, secret key and session token together; remove field');
+    if (read !== 'kv' && v.version !== undefined) say('version', 'version applies to kv only');
+    if (read !== 'kv' && v.refresh !== undefined) say('refresh', 'refresh applies to kv only (leased secrets follow their lease)');
+  }
+  return out;
 }
 
 function ambiguousBindings(bindings: BindingDoc[]): PolicyDiagnostic[] {

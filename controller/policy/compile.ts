@@ -5,6 +5,9 @@
 import type {
   BindingDoc,
   CredentialSourceDoc,
+  PlanVaultRead,
+  VaultConnectionDoc,
+  VaultCredentialSpec,
   Plan,
   PlanBinding,
   PlanCredential,
@@ -33,6 +36,7 @@ export function compilePolicy(policy: Policy): Plan {
   // the same ids and the kernel's lowest-id-wins rule is the documented one.
   const workloads = byName<WorkloadDoc>('Workload').sort((a, b) => comparePrecedence(a.spec.selector, b.spec.selector));
   return {
+    vaultConnections: new Map(byName<VaultConnectionDoc>('VaultConnection').map((d) => [d.metadata.name, { name: d.metadata.name, ...d.spec }])),
     credentials: new Map(byName<CredentialSourceDoc>('CredentialSource').map((d) => [d.metadata.name, credential(d)])),
     services: new Map(byName<ServiceDoc>('Service').map((d) => [d.metadata.name, service(d)])),
     workloads: new Map(workloads.map((d, i) => [d.metadata.name, workload(d, i + 1)])),
@@ -57,7 +61,35 @@ function compareNames(a: string, b: string): number {
 }
 
 function credential(doc: CredentialSourceDoc): PlanCredential {
-  return { name: doc.metadata.name, file: { ...doc.spec.file }, source: doc.source };
+  const { file, vault } = doc.spec;
+  if (file) return { name: doc.metadata.name, file: { ...file }, source: doc.source };
+  return { name: doc.metadata.name, vault: vaultRead(vault as VaultCredentialSpec), source: doc.source };
+}
+
+/** check.ts has made sure exactly one of kv, aws and path is set, with the fields each needs. */
+function vaultRead(v: VaultCredentialSpec): PlanVaultRead {
+  if (v.kv !== undefined) {
+    const slash = v.kv.indexOf('/');
+    return {
+      kind: 'kv',
+      connection: v.connection,
+      mount: v.kv.slice(0, slash),
+      path: v.kv.slice(slash + 1),
+      field: v.field as string,
+      ...(v.version !== undefined ? { version: v.version } : {}),
+      refreshMs: parseDuration(v.refresh ?? '5m'),
+    };
+  }
+  if (v.aws !== undefined) return { kind: 'aws', connection: v.connection, path: v.aws };
+  return { kind: 'leased', connection: v.connection, path: v.path as string, field: v.field as string };
+}
+
+/** `30s`, `5m`, `1h`, `500ms` in milliseconds (the schema allows nothing else). */
+export function parseDuration(text: string): number {
+  const m = /^(\d+)(ms|s|m|h)$/.exec(text);
+  if (!m) throw new RangeError(`not a duration: ${text}`);
+  const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 }[m[2] as 'ms' | 's' | 'm' | 'h'];
+  return Number(m[1]) * unit;
 }
 
 function service(doc: ServiceDoc): PlanService {

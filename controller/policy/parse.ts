@@ -29,7 +29,7 @@ type Locator = (path: PolicyPath, at?: 'value' | 'key') => SourcePosition;
 
 // A Record, not an array, so that adding a kind to types.ts fails to compile
 // until it is listed here too.
-const KIND_SET: Record<Kind, true> = { CredentialSource: true, Service: true, Workload: true, Binding: true };
+const KIND_SET: Record<Kind, true> = { VaultConnection: true, CredentialSource: true, Service: true, Workload: true, Binding: true };
 const KINDS = Object.keys(KIND_SET) as Kind[];
 
 const validators = compileValidators();

@@ -15,8 +15,33 @@ export interface FileCredentialSpec {
   field?: string;
 }
 
+export interface VaultCredentialSpec {
+  connection: string;
+  kv?: string;
+  version?: number;
+  aws?: string;
+  path?: string;
+  field?: string;
+  refresh?: string;
+}
+
+/** Exactly one of these is set. */
 export interface CredentialSourceSpec {
-  file: FileCredentialSpec;
+  file?: FileCredentialSpec;
+  vault?: VaultCredentialSpec;
+}
+
+export type VaultAuthSpec =
+  | { token: { file: string } }
+  | { approle: { roleIdFile: string; secretIdFile: string; mount?: string } }
+  | { jwt: { role: string; file: string; mount?: string } }
+  | { kubernetes: { role: string; tokenFile?: string; mount?: string } };
+
+export interface VaultConnectionSpec {
+  address: string;
+  tls?: { caFile?: string; serverName?: string };
+  namespace?: string;
+  auth: VaultAuthSpec;
 }
 
 export interface ServiceSpec {
@@ -74,11 +99,12 @@ interface DocumentBase<K extends string, S> {
   source: SourcePosition;
 }
 
+export type VaultConnectionDoc = DocumentBase<'VaultConnection', VaultConnectionSpec>;
 export type CredentialSourceDoc = DocumentBase<'CredentialSource', CredentialSourceSpec>;
 export type ServiceDoc = DocumentBase<'Service', ServiceSpec>;
 export type WorkloadDoc = DocumentBase<'Workload', WorkloadSpec>;
 export type BindingDoc = DocumentBase<'Binding', BindingSpec>;
-export type PolicyDoc = CredentialSourceDoc | ServiceDoc | WorkloadDoc | BindingDoc;
+export type PolicyDoc = VaultConnectionDoc | CredentialSourceDoc | ServiceDoc | WorkloadDoc | BindingDoc;
 export type Kind = PolicyDoc['kind'];
 
 /** A validated set of documents, ready for compile(). */
@@ -86,10 +112,22 @@ export interface Policy {
   documents: PolicyDoc[];
 }
 
+/** A Vault read, in the shape controller/credentials/vault takes. */
+export type PlanVaultRead =
+  | { kind: 'kv'; connection: string; mount: string; path: string; field: string; version?: number; refreshMs: number }
+  | { kind: 'aws'; connection: string; path: string }
+  | { kind: 'leased'; connection: string; path: string; field: string };
+
+/** Exactly one of file and vault is set. */
 export interface PlanCredential {
   name: string;
-  file: FileCredentialSpec;
+  file?: FileCredentialSpec;
+  vault?: PlanVaultRead;
   source: SourcePosition;
+}
+
+export interface PlanVaultConnection extends VaultConnectionSpec {
+  name: string;
 }
 
 export interface PlanService {
@@ -130,6 +168,7 @@ export type PlanInjection =
 
 /** The compiled plan: everything the agent needs, all references resolved. */
 export interface Plan {
+  vaultConnections: Map<string, PlanVaultConnection>;
   credentials: Map<string, PlanCredential>;
   services: Map<string, PlanService>;
   workloads: Map<string, PlanWorkload>;

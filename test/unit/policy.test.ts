@@ -121,7 +121,7 @@ describe('loadPolicy', () => {
     const policyError = error as PolicyError;
     expect(policyError.code).toBe('WK_POLICY_INVALID');
     expect(render(dir, policyError.diagnostics)).toEqual([
-      'a.yaml:2:7: unknown kind "Servise" (expected one of CredentialSource, Service, Workload, Binding)',
+      'a.yaml:2:7: unknown kind "Servise" (expected one of VaultConnection, CredentialSource, Service, Workload, Binding)',
       'b.yaml:1:1: Workload "w": missing required field "spec"',
       'b.yaml:4:1: Workload "w": unknown field "spce" (expected apiVersion, kind, metadata or spec)',
     ]);
@@ -159,7 +159,7 @@ describe('document diagnostics', () => {
 
   it('reports an unknown kind at the kind value', async () => {
     expect(await problems({ 'p.yaml': `${HEADER}kind: Servise\nmetadata: {name: x}\nspec: {}\n` })).toEqual([
-      'p.yaml:2:7: unknown kind "Servise" (expected one of CredentialSource, Service, Workload, Binding)',
+      'p.yaml:2:7: unknown kind "Servise" (expected one of VaultConnection, CredentialSource, Service, Workload, Binding)',
     ]);
   });
 
@@ -238,14 +238,14 @@ spec: {hosts: [], port: 443, tls: true}
     const messages = parsePolicyText(text, 'p.yaml').diagnostics.map((d) => `${d.line}:${d.column}: ${d.message}`);
     expect(messages).toEqual([
       "3:18: Binding \"Billing_OpenAI\": metadata.name: must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
-      '7:11: Binding "Billing_OpenAI": spec.inject: must set bearer',
+      '7:11: Binding "Billing_OpenAI": spec.inject: must set at least one of bearer, sigv4',
       '12:16: Service "s": spec.hosts[0]: must be a plain DNS host name such as api.example.com (no wildcard, scheme, port or path)',
       '12:53: Service "s": spec.hosts[2]: duplicate of spec.hosts[1]',
       '12:81: Service "s": spec.tls: must be true',
       `17:27: Workload "w": spec.selector.cgroup: must be a cgroup v2 path relative to the cgroup root, without '..' segments or control characters`,
       '22:18: Workload "v": spec.selector: must set at least one of cgroup, systemdUnit, executable, user, uid',
       '27:21: CredentialSource "c": spec.file.path: must be an absolute path',
-      '32:67: Binding "b": unknown field "spec.inject.header" (expected bearer)',
+      '32:67: Binding "b": unknown field "spec.inject.header" (expected bearer or sigv4)',
       '36:11: Service: missing required field "metadata.name"',
       '37:15: Service: spec.hosts: must not be empty',
     ]);

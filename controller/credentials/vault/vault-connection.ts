@@ -1,0 +1,604 @@
+import { readFile } from 'node:fs/promises';
+import util from 'node:util';
+import nodeVault from 'node-vault';
+import type { Logger } from '../../log.js';
+import { Secret } from '../secret.js';
+import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
+import { VaultData } from './vault-data.js';
+import { VaultError } from './vault-error.js';
+
+/** How the agent logs in to Vault: exactly one key. */
+export type VaultAuthSpec =
+  | { token: { file: string } }
+  | { approle: { roleIdFile: string; secretIdFile: string; mount?: string } }
+  | { jwt: { role: string; file: string; mount?: string } }
+  | { kubernetes: { role: string; tokenFile?: string; mount?: string } };
+
+/** A `VaultConnection` policy document's spec, plus its name. */
+export interface VaultConnectionSpec {
+  name: string;
+  /** `http(s)://host:port`, without `/v1`. */
+  address: string;
+  tls?: { caFile?: string; serverName?: string };
+  /** Vault Enterprise / OpenBao namespace, sent as X-Vault-Namespace. */
+  namespace?: string;
+  auth: VaultAuthSpec;
+}
+
+export interface VaultConnectionOptions {
+  log: Logger;
+  /** Timeout of one HTTP call to Vault, ms. Default 10 s. */
+  requestTimeoutMs?: number;
+  /** The token is renewed after this fraction of its TTL (with up to 10% jitter). Default 2/3. */
+  renewFraction?: number;
+  /** Retry delays for renewal and re-login. Default 1 s doubling to 60 s, with jitter. */
+  backoff?: Partial<BackoffOptions>;
+}
+
+/** The parts of a Vault response the sources need. `data` redacts itself. */
+export interface VaultReadResult {
+  /** Empty for responses that carry no lease (KV v2). */
+  leaseId: string;
+  /** Seconds; 0 when there is no lease. */
+  leaseDuration: number;
+  renewable: boolean;
+  /** The response's `data`, secret values included. */
+  data: VaultData;
+}
+
+export interface LeaseRenewal {
+  leaseId: string;
+  /** Seconds the lease now has to live (capped by the max TTL). */
+  leaseDuration: number;
+  renewable: boolean;
+}
+
+/** `sys/leases/lookup`: no secret in it. */
+export interface LeaseInfo {
+  id: string;
+  issueTime: string | undefined;
+  expireTime: string | undefined;
+  lastRenewal: string | undefined;
+  /** Seconds left. */
+  ttl: number;
+  renewable: boolean;
+}
+
+export interface VaultConnectionStatus {
+  name: string;
+  address: string;
+  auth: string;
+  /** Holds a token Vault accepted last time it was asked. */
+  authenticated: boolean;
+  /** When the token expires (epoch ms); undefined for tokens without TTL. */
+  tokenExpiresAt: number | undefined;
+  /** A renewal or re-login is being retried with backoff. */
+  degraded: boolean;
+  /** The last failure, without secrets. */
+  lastError: string | undefined;
+}
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+const DEFAULT_K8S_TOKEN_FILE = '/var/run/secrets/kubernetes.io/serviceaccount/token';
+
+type Method = 'GET' | 'PUT' | 'POST' | 'DELETE' | 'LIST';
+
+/**
+ * One logged-in client of a Vault or OpenBao server, shared by every
+ * credential source that names it.
+ *
+ * Lifecycle: `await start()` logs in (or validates the token file) and fails
+ * with a {@link VaultError} naming the connection, the login path and the
+ * HTTP status. The token is then renewed at about 2/3 of its TTL; when
+ * renewal fails for good (token revoked, max TTL reached, not renewable) the
+ * connection logs in again, retrying with exponential backoff and jitter
+ * until it succeeds, and a request that meets a revoked token triggers a
+ * login and is retried once. `await close()` stops every timer and revokes
+ * the token if it was obtained by logging in (a token file belongs to
+ * whoever wrote it and is left alone).
+ *
+ * node-vault is the HTTP client. Three of its defaults are overridden
+ * because they would be wrong for an agent: its `debug` output (which prints
+ * login bodies: secret ids and JWTs) is replaced by a no-op; VAULT_TOKEN,
+ * VAULT_NAMESPACE, VAULT_PREFIX and VAULT_SKIP_VERIFY from the environment
+ * are ignored (the policy says where and how to connect); and its errors,
+ * which carry the request with the token header, never leave this file:
+ * they are turned into VaultErrors without `cause`. Its automatic
+ * token/lease renewal helpers are not used: they do not re-login, back off,
+ * or fetch a fresh secret near the max TTL.
+ */
+export class VaultConnection {
+  readonly name: string;
+  readonly address: string;
+  readonly #spec: VaultConnectionSpec;
+  readonly #log: Logger;
+  readonly #renewFraction: number;
+  readonly #backoff: BackoffOptions;
+  readonly #timeoutMs: number;
+  #client: nodeVault.client | undefined;
+
+  #token: Secret | undefined;
+  /** Epoch ms; undefined = no expiry. */
+  #tokenExpiresAt: number | undefined;
+  #tokenTtl = 0;
+  #tokenRenewable = false;
+  #timer: NodeJS.Timeout | undefined;
+  #loginInFlight: Promise<void> | undefined;
+  #retryAttempt = 0;
+  #degraded = false;
+  #lastError: string | undefined;
+  #started = false;
+  #closed = false;
+
+  constructor(spec: VaultConnectionSpec, options: VaultConnectionOptions) {
+    this.name = spec.name;
+    this.address = spec.address.replace(/\/+$/, '');
+    this.#spec = spec;
+    this.#log = options.log;
+    this.#renewFraction = options.renewFraction ?? 2 / 3;
+    this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.#timeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  /** The auth method's name, for logs. */
+  get authMethod(): string {
+    return Object.keys(this.#spec.auth)[0] ?? 'unknown';
+  }
+
+  /**
+   * Logs in (or checks the token file). Must be awaited before sources use
+   * the connection. Throws VaultError; the agent should refuse to start.
+   */
+  async start(): Promise<void> {
+    if (this.#closed) throw this.#error('POST', this.#loginPath(), 'connection is closed');
+    if (this.#started) return;
+    this.#client ??= await this.#makeClient();
+    await this.#login();
+    this.#started = true;
+  }
+
+  /** Reads a secret (`GET /v1/PATH`). */
+  async read(path: string): Promise<VaultReadResult> {
+    return this.request('GET', path);
+  }
+
+  /** Any authenticated call; the response body's `data` is wrapped in VaultData. */
+  async request(method: Method, path: string, body?: Record<string, unknown>): Promise<VaultReadResult> {
+    const res = (await this.#authed(method, path, (client, requestOptions) => {
+      const options: nodeVault.RequestOption = { path: `/${path}`, method, ...requestOptions };
+      if (body !== undefined) options.json = body;
+      return client.request(options);
+    })) as Record<string, unknown> | undefined;
+    return toReadResult(res);
+  }
+
+  /** Renews a lease; `increment` in seconds (Vault may grant less, up to the max TTL). */
+  async renewLease(leaseId: string, increment?: number): Promise<LeaseRenewal> {
+    const res = (await this.#authed('PUT', 'sys/leases/renew', (client, requestOptions) =>
+      client.renew({ lease_id: leaseId, ...(increment ? { increment: Math.round(increment) } : {}), requestOptions }),
+    )) as Record<string, unknown> | undefined;
+    return {
+      leaseId: typeof res?.lease_id === 'string' ? res.lease_id : leaseId,
+      leaseDuration: typeof res?.lease_duration === 'number' ? res.lease_duration : 0,
+      renewable: res?.renewable === true,
+    };
+  }
+
+  /** Revokes a lease (the secret becomes invalid at its source, e.g. the IAM key is deleted). */
+  async revokeLease(leaseId: string): Promise<void> {
+    await this.#authed('PUT', 'sys/leases/revoke', (client, requestOptions) =>
+      client.revoke({ lease_id: leaseId, requestOptions }),
+    );
+  }
+
+  /** Looks a lease up; fails with status 400 when Vault no longer knows it (revoked or expired). */
+  async lookupLease(leaseId: string): Promise<LeaseInfo> {
+    const res = (await this.#authed('PUT', 'sys/leases/lookup', (client, requestOptions) =>
+      client.write('sys/leases/lookup', { lease_id: leaseId }, requestOptions),
+    )) as { data?: Record<string, unknown> } | undefined;
+    const d = res?.data ?? {};
+    const str = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined);
+    return {
+      id: str(d.id) ?? leaseId,
+      issueTime: str(d.issue_time),
+      expireTime: str(d.expire_time),
+      lastRenewal: str(d.last_renewal),
+      ttl: typeof d.ttl === 'number' ? d.ttl : 0,
+      renewable: d.renewable === true,
+    };
+  }
+
+  status(): VaultConnectionStatus {
+    return {
+      name: this.name,
+      address: this.address,
+      auth: this.authMethod,
+      authenticated: this.#token !== undefined && !this.#tokenExpired(),
+      tokenExpiresAt: this.#tokenExpiresAt,
+      degraded: this.#degraded,
+      lastError: this.#lastError,
+    };
+  }
+
+  /** Stops timers and revokes a token obtained by login. Idempotent. */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#clearTimer();
+    await this.#loginInFlight?.catch(() => undefined);
+    const token = this.#token;
+    this.#token = undefined;
+    if (token && this.#client && !('token' in this.#spec.auth)) {
+      try {
+        await this.#client.request({
+          path: '/auth/token/revoke-self',
+          method: 'POST',
+          headers: { 'X-Vault-Token': token.reveal() },
+          timeout: Math.min(this.#timeoutMs, 3_000),
+        });
+        this.#log.debug('vault %s: revoked the agent token', this.name);
+      } catch (err) {
+        const e = this.#toError('POST', 'auth/token/revoke-self', err);
+        this.#log.warn('vault %s: could not revoke the agent token at shutdown: %s', this.name, e.message);
+      }
+    }
+  }
+
+  toJSON(): unknown {
+    return { name: this.name, address: this.address, auth: this.authMethod };
+  }
+
+  [util.inspect.custom](): string {
+    return `VaultConnection(${this.name} ${this.address} auth=${this.authMethod})`;
+  }
+
+  // ---- requests -------------------------------------------------------------
+
+  async #authed(
+    method: string,
+    path: string,
+    call: (client: nodeVault.client, requestOptions: { headers: Record<string, string> }) => Promise<unknown>,
+  ): Promise<unknown> {
+    if (this.#closed) throw this.#error(method, path, 'connection is closed');
+    if (!this.#started || !this.#client) throw this.#error(method, path, 'connection not started');
+    const client = this.#client;
+    await this.#ensureToken(method, path);
+    const attempt = async () => {
+      const token = this.#token;
+      if (!token) throw this.#error(method, path, `not logged in (${this.#lastError ?? 'no token'})`);
+      try {
+        return await call(client, { headers: { 'X-Vault-Token': token.reveal() } });
+      } catch (err) {
+        throw this.#toError(method, path, err);
+      }
+    };
+    try {
+      return await attempt();
+    } catch (err) {
+      // 403 is also what a revoked or expired token gets. Ask Vault whether
+      // the token is still good; if not, log in again and retry once.
+      if (!(err instanceof VaultError) || err.status !== 403 || !(await this.#tokenRejected())) throw err;
+      this.#log.info('vault %s: token no longer accepted; logging in again', this.name);
+      await this.#login();
+      return attempt();
+    }
+  }
+
+  /** A dead token (expired) is replaced before the request, by one login attempt. */
+  async #ensureToken(method: string, path: string): Promise<void> {
+    if (this.#loginInFlight) await this.#loginInFlight.catch(() => undefined);
+    if (this.#token && !this.#tokenExpired()) return;
+    try {
+      await this.#login();
+    } catch (err) {
+      this.#scheduleRetry('login', err);
+      throw err instanceof VaultError ? err : this.#error(method, path, 'login failed');
+    }
+  }
+
+  async #tokenRejected(): Promise<boolean> {
+    const token = this.#token;
+    if (!token || !this.#client) return true;
+    try {
+      await this.#client.tokenLookupSelf({ requestOptions: { headers: { 'X-Vault-Token': token.reveal() } } });
+      return false;
+    } catch (err) {
+      const e = this.#toError('GET', 'auth/token/lookup-self', err);
+      return e.status === 403 || e.status === 401;
+    }
+  }
+
+  // ---- login and renewal ---------------------------------------------------
+
+  /** One login attempt, shared by everyone who needs it meanwhile. */
+  #login(): Promise<void> {
+    this.#loginInFlight ??= this.#authenticate().finally(() => {
+      this.#loginInFlight = undefined;
+    });
+    return this.#loginInFlight;
+  }
+
+  async #authenticate(): Promise<void> {
+    const client = this.#client as nodeVault.client;
+    const auth = this.#spec.auth;
+    let token: Secret;
+    let ttl: number;
+    let renewable: boolean;
+    if ('token' in auth) {
+      const path = 'auth/token/lookup-self';
+      token = await this.#readSecretFile(auth.token.file, 'GET', path, 'token');
+      let res: { data?: { ttl?: unknown; renewable?: unknown } };
+      try {
+        res = await client.tokenLookupSelf({ requestOptions: { headers: { 'X-Vault-Token': token.reveal() } } });
+      } catch (err) {
+        throw this.#fail(this.#toError('GET', path, err, `token from ${auth.token.file} was refused`));
+      }
+      ttl = typeof res?.data?.ttl === 'number' ? res.data.ttl : 0;
+      renewable = res?.data?.renewable === true;
+    } else {
+      const path = this.#loginPath();
+      let body: Record<string, unknown>;
+      let login: (args: Record<string, unknown>) => Promise<unknown>;
+      if ('approle' in auth) {
+        const roleId = await this.#readSecretFile(auth.approle.roleIdFile, 'POST', path, 'role id');
+        const secretId = await this.#readSecretFile(auth.approle.secretIdFile, 'POST', path, 'secret id');
+        body = { role_id: roleId.reveal(), secret_id: secretId.reveal() };
+        login = (a) => client.approleLogin(a);
+      } else if ('jwt' in auth) {
+        const jwt = await this.#readSecretFile(auth.jwt.file, 'POST', path, 'JWT');
+        body = { role: auth.jwt.role, jwt: jwt.reveal() };
+        login = (a) => client.jwtLogin(a);
+      } else {
+        const file = auth.kubernetes.tokenFile ?? DEFAULT_K8S_TOKEN_FILE;
+        const jwt = await this.#readSecretFile(file, 'POST', path, 'service account token');
+        body = { role: auth.kubernetes.role, jwt: jwt.reveal() };
+        login = (a) => client.kubernetesLogin(a);
+      }
+      let res: { auth?: { client_token?: unknown; lease_duration?: unknown; renewable?: unknown } };
+      try {
+        // Explicit empty headers: no stale token rides along on a login.
+        res = (await login({ ...body, mount_point: this.#mount(), requestOptions: { headers: {} } })) as typeof res;
+      } catch (err) {
+        throw this.#fail(this.#toError('POST', path, err, 'login refused'));
+      } finally {
+        // Login commands copy the new token into node-vault's own state; we
+        // keep it only as a Secret and send it per request.
+        client.token = '';
+      }
+      const t = res?.auth?.client_token;
+      if (typeof t !== 'string' || t === '') throw this.#fail(this.#error('POST', path, 'login returned no token'));
+      token = new Secret(t);
+      ttl = typeof res.auth?.lease_duration === 'number' ? res.auth.lease_duration : 0;
+      renewable = res.auth?.renewable === true;
+    }
+    this.#setToken(token, ttl, renewable);
+    this.#log.info(
+      'vault %s: logged in to %s with %s (token ttl %s, %s)',
+      this.name,
+      this.address,
+      this.authMethod,
+      ttl > 0 ? `${ttl}s` : 'none',
+      renewable ? 'renewable' : 'not renewable',
+    );
+  }
+
+  #setToken(token: Secret, ttl: number, renewable: boolean): void {
+    this.#token = token;
+    this.#tokenTtl = ttl;
+    this.#tokenRenewable = renewable;
+    this.#tokenExpiresAt = ttl > 0 ? Date.now() + ttl * 1000 : undefined;
+    this.#retryAttempt = 0;
+    if (this.#degraded) this.#log.info('vault %s: authenticated again; connection healthy', this.name);
+    this.#degraded = false;
+    this.#lastError = undefined;
+    this.#scheduleMaintenance(ttl);
+  }
+
+  /** Renew (or replace) the token after renewFraction of `ttl` seconds. */
+  #scheduleMaintenance(ttl: number): void {
+    this.#clearTimer();
+    if (ttl <= 0 || this.#closed) return;
+    this.#setTimer(jittered(ttl * 1000 * this.#renewFraction, 0.1), () => this.#maintain());
+  }
+
+  async #maintain(): Promise<void> {
+    if (this.#closed) return;
+    const fromFile = 'token' in this.#spec.auth;
+    if (!this.#tokenRenewable) {
+      // Nothing to renew: log in again (or re-read the token file, which
+      // whoever issued it may have rotated) before it expires.
+      return this.#relogin();
+    }
+    const token = this.#token as Secret;
+    const asked = this.#tokenTtl;
+    try {
+      const res = (await (this.#client as nodeVault.client).tokenRenewSelf({
+        increment: asked,
+        requestOptions: { headers: { 'X-Vault-Token': token.reveal() } },
+      })) as { auth?: { lease_duration?: unknown; renewable?: unknown } };
+      (this.#client as nodeVault.client).token = '';
+      if (this.#closed) return;
+      const ttl = typeof res?.auth?.lease_duration === 'number' ? res.auth.lease_duration : 0;
+      this.#tokenExpiresAt = ttl > 0 ? Date.now() + ttl * 1000 : undefined;
+      this.#retryAttempt = 0;
+      this.#degraded = false;
+      this.#log.debug('vault %s: token renewed (ttl %ss)', this.name, ttl);
+      if (ttl > 0 && ttl < asked && !fromFile) {
+        // Capped by the max TTL: renewing again gains nothing; log in
+        // again at renewFraction of what is left.
+        this.#log.debug('vault %s: token near its max TTL; will log in again', this.name);
+        this.#tokenRenewable = false;
+      }
+      this.#scheduleMaintenance(ttl);
+    } catch (err) {
+      (this.#client as nodeVault.client).token = '';
+      const e = this.#toError('POST', 'auth/token/renew-self', err);
+      if (e.transient && !this.#tokenExpired()) {
+        // Vault is down or busy: the token is still good; retry renewing.
+        this.#scheduleRetry('renew', e);
+      } else {
+        this.#log.warn('vault %s: token renewal failed (%s); logging in again', this.name, e.message);
+        await this.#relogin();
+      }
+    }
+  }
+
+  async #relogin(): Promise<void> {
+    if (this.#closed) return;
+    try {
+      await this.#login();
+    } catch (err) {
+      this.#scheduleRetry('login', err);
+    }
+  }
+
+  #scheduleRetry(what: 'renew' | 'login', err: unknown): void {
+    if (this.#closed) return;
+    const message = err instanceof Error ? err.message : String(err);
+    // Logged once per outage; retries while it lasts are debug.
+    if (!this.#degraded) this.#log.warn('vault %s: %s failed, retrying with backoff: %s', this.name, what, message);
+    else this.#log.debug('vault %s: %s failed again: %s', this.name, what, message);
+    this.#degraded = true;
+    this.#lastError = message;
+    const delay = backoffDelay(this.#retryAttempt++, this.#backoff);
+    this.#setTimer(delay, () => (what === 'renew' && !this.#tokenExpired() ? this.#maintain() : this.#relogin()));
+  }
+
+  #setTimer(ms: number, fn: () => Promise<void>): void {
+    this.#clearTimer();
+    this.#timer = setTimeout(() => {
+      this.#timer = undefined;
+      fn().catch((err: unknown) => this.#log.error('vault %s: %s', this.name, String(err)));
+    }, ms);
+    this.#timer.unref();
+  }
+
+  #clearTimer(): void {
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = undefined;
+  }
+
+  #tokenExpired(): boolean {
+    return this.#tokenExpiresAt !== undefined && Date.now() >= this.#tokenExpiresAt;
+  }
+
+  // ---- helpers ---------------------------------------------------------------
+
+  async #makeClient(): Promise<nodeVault.client> {
+    const tls = this.#spec.tls;
+    const requestOptions: Record<string, unknown> = {};
+    if (tls?.caFile) {
+      try {
+        requestOptions.ca = await readFile(tls.caFile);
+      } catch (err) {
+        throw this.#error('GET', 'sys/health', `cannot read tls.caFile ${tls.caFile} (${errnoOf(err)})`);
+      }
+    }
+    if (tls?.serverName) requestOptions.agentOptions = { servername: tls.serverName };
+    const client = nodeVault({
+      endpoint: this.address,
+      apiVersion: 'v1',
+      token: '',
+      namespace: this.#spec.namespace ?? '',
+      pathPrefix: '',
+      // node-vault's debug prints request bodies (secret ids, JWTs): never.
+      debug: () => undefined,
+      requestOptions,
+      // Not in node-vault's typings: strictSSL true ignores VAULT_SKIP_VERIFY.
+      ...({ rpDefaults: { strictSSL: true, timeout: this.#timeoutMs } } as object),
+    });
+    // `config.x || process.env.VAULT_X`: an empty value falls through to the
+    // environment, so the environment's say is removed here.
+    client.token = '';
+    (client as unknown as { namespace: string | undefined }).namespace = this.#spec.namespace ?? '';
+    (client as unknown as { pathPrefix: string }).pathPrefix = '';
+    return client;
+  }
+
+  #mount(): string {
+    const auth = this.#spec.auth;
+    const m =
+      'approle' in auth
+        ? (auth.approle.mount ?? 'approle')
+        : 'jwt' in auth
+          ? (auth.jwt.mount ?? 'jwt')
+          : 'kubernetes' in auth
+            ? (auth.kubernetes.mount ?? 'kubernetes')
+            : 'token';
+    return m.replace(/^\/+|\/+$/g, '');
+  }
+
+  #loginPath(): string {
+    return 'token' in this.#spec.auth ? 'auth/token/lookup-self' : `auth/${this.#mount()}/login`;
+  }
+
+  async #readSecretFile(file: string, method: string, path: string, what: string): Promise<Secret> {
+    let text: string;
+    try {
+      text = await readFile(file, 'utf8');
+    } catch (err) {
+      throw this.#fail(this.#error(method, path, `cannot read the ${what} file ${file} (${errnoOf(err)})`));
+    }
+    const value = text.trim();
+    if (value === '') throw this.#fail(this.#error(method, path, `the ${what} file ${file} is empty`));
+    return new Secret(value);
+  }
+
+  #fail(err: VaultError): VaultError {
+    this.#lastError = err.message;
+    return err;
+  }
+
+  #error(method: string, path: string, reason: string, status?: number): VaultError {
+    return new VaultError({ connection: this.name, method, path, reason, ...(status ? { status } : {}) });
+  }
+
+  /**
+   * node-vault rejects with ApiResponseError (`response.statusCode`,
+   * `response.body.errors`) for HTTP errors and with axios errors (whose
+   * `config` holds the token header and the request body) for transport
+   * errors. Only the status, Vault's error text and the errno code are kept.
+   */
+  #toError(method: string, path: string, err: unknown, context?: string): VaultError {
+    if (err instanceof VaultError) return err;
+    const e = err as { response?: { statusCode?: unknown; body?: unknown }; code?: unknown } | null;
+    const prefix = context ? `${context}: ` : '';
+    const status = e?.response?.statusCode;
+    if (typeof status === 'number') {
+      const errors = (e?.response?.body as { errors?: unknown } | undefined)?.errors;
+      const text = Array.isArray(errors)
+        ? errors
+            .filter((x): x is string => typeof x === 'string')
+            .join('; ')
+            .replace(/\s+/g, ' ')
+            .replace(/^\d+ errors? occurred: \* ?/, '')
+            .trim()
+            .slice(0, 300)
+        : '';
+      return this.#error(method, path, prefix + (text || httpText(status)), status);
+    }
+    const code = typeof e?.code === 'string' ? e.code : undefined;
+    return this.#error(method, path, `${prefix}cannot reach ${this.address} (${code ?? 'unknown error'})`);
+  }
+}
+
+function toReadResult(res: Record<string, unknown> | undefined): VaultReadResult {
+  return {
+    leaseId: typeof res?.lease_id === 'string' ? res.lease_id : '',
+    leaseDuration: typeof res?.lease_duration === 'number' ? res.lease_duration : 0,
+    renewable: res?.renewable === true,
+    data: new VaultData(res?.data),
+  };
+}
+
+function httpText(status: number): string {
+  if (status === 404) return 'not found';
+  if (status === 403) return 'permission denied';
+  if (status === 503) return 'sealed or unavailable';
+  return `status ${status}`;
+}
+
+function errnoOf(err: unknown): string {
+  const code = (err as { code?: unknown } | null)?.code;
+  return typeof code === 'string' ? code : 'unknown error';
+}
