@@ -18,6 +18,10 @@ export interface AuditEvent {
   path?: string;
   status?: number;
   credential?: string;
+  /** Which version of the credential: a KV version. */
+  credentialVersion?: string;
+  /** The Vault lease the credential came from. */
+  leaseId?: string;
   /** The AWS access key id a SigV4 signature used (an identifier, not a secret). */
   accessKeyId?: string;
   reason?: string;

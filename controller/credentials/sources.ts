@@ -1,69 +1,104 @@
 /**
- * The credential sources of a plan: built when a policy is applied, reused
- * across reloads when their definition did not change (so caches, Vault
- * logins and leases carry over), and closed when they are dropped.
+ * The credential sources of a plan, and the Vault connections they use:
+ * built when a policy is applied, reused across reloads when their
+ * definition did not change (so caches, Vault logins and leases carry
+ * over), and closed when they are dropped (leases revoked).
  */
-import type { Plan, PlanCredential } from '../policy/types.js';
+import type { Plan, PlanCredential, PlanVaultConnection } from '../policy/types.js';
 import type { Logger } from '../log.js';
 import type { CredentialSource } from './credential.js';
 import { FileCredentialSource } from './file-source.js';
-import { CredentialError } from '../errors.js';
+import { VaultConnection } from './vault/vault-connection.js';
+import { VaultKvSource } from './vault/vault-kv-source.js';
+import { VaultLeaseSource } from './vault/vault-lease-source.js';
+
+interface Held<T> {
+  key: string;
+  value: T;
+}
 
 export class CredentialSources {
-  readonly #sources: Map<string, { key: string; source: CredentialSource }>;
+  readonly #sources: Map<string, Held<CredentialSource>>;
+  readonly #connections: Map<string, Held<VaultConnection>>;
 
-  private constructor(sources: Map<string, { key: string; source: CredentialSource }>) {
+  private constructor(sources: Map<string, Held<CredentialSource>>, connections: Map<string, Held<VaultConnection>>) {
     this.#sources = sources;
+    this.#connections = connections;
   }
 
   static empty(): CredentialSources {
-    return new CredentialSources(new Map());
+    return new CredentialSources(new Map(), new Map());
   }
 
   /**
    * Sources for `plan`, taking over those of `previous` whose definition is
-   * unchanged. Nothing of `previous` is closed here: call retire() once the
-   * new set is in force.
+   * unchanged. New Vault connections log in here. Nothing of `previous` is
+   * closed: call retire() once the new set is in force.
+   * @throws VaultError when a new connection cannot log in (what this call
+   *   started is closed again first).
    */
   static async build(plan: Plan, previous: CredentialSources, log: Logger): Promise<CredentialSources> {
-    void log;
-    const out = new Map<string, { key: string; source: CredentialSource }>();
-    for (const c of plan.credentials.values()) {
-      const key = JSON.stringify([c.file, c.vault]);
-      const old = previous.#sources.get(c.name);
-      out.set(c.name, old && old.key === key ? old : { key, source: create(c) });
+    const connections = new Map<string, Held<VaultConnection>>();
+    const next = new CredentialSources(new Map(), connections);
+    try {
+      for (const spec of plan.vaultConnections.values()) {
+        const key = JSON.stringify(spec);
+        const old = previous.#connections.get(spec.name);
+        connections.set(spec.name, old && old.key === key ? old : { key, value: await startConnection(spec, log) });
+      }
+      for (const c of plan.credentials.values()) {
+        const conn = c.vault ? connections.get(c.vault.connection) : undefined;
+        // A source is reused only with its definition and its very connection.
+        const key = JSON.stringify([c.file, c.vault, conn?.key]);
+        const old = previous.#sources.get(c.name);
+        const reuse = old && old.key === key && (!c.vault || previous.#connections.get(c.vault.connection)?.value === conn?.value);
+        next.#sources.set(c.name, reuse ? old : { key, value: create(c, conn?.value, log) });
+      }
+    } catch (err) {
+      await next.retire(previous);
+      throw err;
     }
-    return new CredentialSources(out);
+    return next;
   }
 
   get(name: string): CredentialSource | undefined {
-    return this.#sources.get(name)?.source;
+    return this.#sources.get(name)?.value;
   }
 
   values(): CredentialSource[] {
-    return [...this.#sources.values()].map((s) => s.source);
+    return [...this.#sources.values()].map((s) => s.value);
   }
 
-  /** Closes the sources of this set that `next` does not use. */
+  /** Closes what this set holds that `next` does not use: sources first (their leases are revoked), then connections. */
   async retire(next: CredentialSources): Promise<void> {
-    const kept = new Set(next.values());
-    await Promise.all(this.values().filter((s) => !kept.has(s)).map((s) => s.close()));
+    const keptSources = new Set(next.values());
+    const keptConnections = new Set([...next.#connections.values()].map((c) => c.value));
+    await Promise.all(this.values().filter((s) => !keptSources.has(s)).map((s) => s.close()));
+    await Promise.all([...this.#connections.values()].map((c) => c.value).filter((c) => !keptConnections.has(c)).map((c) => c.close()));
   }
 
   async close(): Promise<void> {
-    await Promise.all(this.values().map((s) => s.close()));
+    await this.retire(CredentialSources.empty());
   }
 }
 
-function create(c: PlanCredential): CredentialSource {
-  if (c.file) return new FileCredentialSource({ name: c.name, path: c.file.path, field: c.file.field });
-  return unavailable(c.name, 'Vault sources are not available in this build');
+async function startConnection(spec: PlanVaultConnection, log: Logger): Promise<VaultConnection> {
+  const conn = new VaultConnection(spec, { log });
+  await conn.start();
+  return conn;
 }
 
-function unavailable(name: string, why: string): CredentialSource {
-  return {
-    name,
-    get: () => Promise.reject(new CredentialError(name, why)),
-    close: () => Promise.resolve(),
-  };
+function create(c: PlanCredential, connection: VaultConnection | undefined, log: Logger): CredentialSource {
+  if (c.file) return new FileCredentialSource({ name: c.name, path: c.file.path, field: c.file.field });
+  const v = c.vault;
+  // compile() and check() guarantee a Vault read and its connection.
+  if (!v || !connection) throw new Error(`credential ${c.name} has neither a file nor a Vault connection`);
+  switch (v.kind) {
+    case 'kv':
+      return new VaultKvSource({ name: c.name, connection, kv: `${v.mount}/${v.path}`, field: v.field, version: v.version, refreshMs: v.refreshMs, log });
+    case 'aws':
+      return new VaultLeaseSource({ name: c.name, connection, aws: v.path, log });
+    case 'leased':
+      return new VaultLeaseSource({ name: c.name, connection, path: v.path, field: v.field, log });
+  }
 }

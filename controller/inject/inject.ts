@@ -35,6 +35,9 @@ export interface UpstreamRequest {
   body?: Buffer;
   /** For audit: the AWS access key id that signed it. */
   accessKeyId?: string;
+  /** For audit: the credential's version (KV) and lease. */
+  credentialVersion?: string;
+  leaseId?: string;
 }
 
 export interface InjectOptions {
@@ -64,7 +67,7 @@ export async function prepareUpstreamRequest(
     case 'bearer': {
       headers.push('Authorization', `Bearer ${single(credential).reveal()}`);
       if (chunked) headers.push('Transfer-Encoding', 'chunked');
-      return { headers, path: req.url ?? '/' };
+      return { headers, path: req.url ?? '/', ...provenance(credential) };
     }
     case 'sigv4': {
       const scope = inject.service && inject.region ? { service: inject.service, region: inject.region } : inferAwsScope(opts.host);
@@ -91,9 +94,17 @@ export async function prepareUpstreamRequest(
       const signed = await signSigV4({ method: req.method ?? 'GET', host: opts.host, path: req.url ?? '/', rawHeaders, payloadHash }, creds, scope, new Date());
       if (body) signed.push('Content-Length', String(body.length));
       else if (chunked) signed.push('Transfer-Encoding', 'chunked');
-      return { headers: signed, path: stripQuerySignature(req.url ?? '/'), body, accessKeyId: creds.accessKeyId };
+      return { headers: signed, path: stripQuerySignature(req.url ?? '/'), body, accessKeyId: creds.accessKeyId, ...provenance(credential) };
     }
   }
+}
+
+/** Which version of the credential was used: for audit, never the value. */
+function provenance(credential: Credential): Pick<UpstreamRequest, 'credentialVersion' | 'leaseId'> {
+  return {
+    ...(credential.version !== undefined ? { credentialVersion: credential.version } : {}),
+    ...(credential.leaseId !== undefined ? { leaseId: credential.leaseId } : {}),
+  };
 }
 
 function single(credential: Credential): Secret {

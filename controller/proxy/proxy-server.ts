@@ -205,7 +205,14 @@ export class ProxyServer {
         res.destroy(err);
       });
       res.once('finish', () =>
-        this.#audit(session, req, { decision: 'inject', status, credential: route.binding.inject.credential, accessKeyId: upstream.accessKeyId }),
+        this.#audit(session, req, {
+          decision: 'inject',
+          status,
+          credential: route.binding.inject.credential,
+          credentialVersion: upstream.credentialVersion,
+          leaseId: upstream.leaseId,
+          accessKeyId: upstream.accessKeyId,
+        }),
       );
     });
     upstreamReq.on('error', (err) => {
@@ -268,7 +275,7 @@ export class ProxyServer {
     );
   }
 
-  #audit(session: Session, req: http.IncomingMessage, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'reason' | 'accessKeyId'>): void {
+  #audit(session: Session, req: http.IncomingMessage, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId'>): void {
     this.#deps.audit.record({
       workload: session.route.workload.name,
       pid: session.orig.pid,

@@ -16,7 +16,10 @@ export interface TestHost {
 }
 
 export async function createTestHost(tag: string): Promise<TestHost> {
-  const n = randomInt(1, 250);
+  // A subnet no other test host on this machine uses right now.
+  const used = await run('ip', ['-4', '-o', 'addr', 'show']);
+  let n = randomInt(1, 250);
+  while (used.stdout.includes(`198.18.${n}.`)) n = randomInt(1, 250);
   const ns = `wk-${tag}-${n}`;
   const hostIf = `wkh${tag}${n}`.slice(0, 15);
   const nsIf = `wkn${tag}${n}`.slice(0, 15);

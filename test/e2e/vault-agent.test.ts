@@ -1,0 +1,158 @@
+/**
+ * Vault-sourced credentials through the whole agent: a workload's requests
+ * carry a KV v2 value that rotates under a steady request loop with no
+ * failed request, and the AWS CLI succeeds with keys OpenBao's AWS secrets
+ * engine issues (against moto, which checks signatures). Leases are revoked
+ * when the agent stops.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readFileSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { E2eFixture, HOST, sha256 } from '../support/e2e-fixture.js';
+import { AWS_HOSTS, pythonTools, startAwsUpstream, type AwsUpstream } from '../support/aws-upstream.js';
+import { startOpenBao, type OpenBaoServer } from '../support/openbao.js';
+import { kernelSkipReason } from '../support/requirements.js';
+import { runInCgroup } from '../support/cgroup.js';
+import { createTestHost, type TestHost } from '../support/netns.js';
+import { AGENT_POLICY, baoBinary, skipReason as vaultSkip } from '../vault/fixture.js';
+
+const skip = kernelSkipReason() ?? (baoBinary ? undefined : vaultSkip.replace(/^ \(skipped: |\)$/g, ''));
+
+describe.skipIf(skip)(`Vault-sourced credentials through the agent${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const f = new E2eFixture();
+  let bao: OpenBaoServer;
+  let aws: AwsUpstream;
+  let awsHost: TestHost;
+  let venv: string;
+  let app: string;
+  let cli: string;
+  const v1 = `kv-one-${Date.now()}`;
+  const v2 = `kv-two-${Date.now()}`;
+
+  beforeAll(async () => {
+    venv = await pythonTools();
+    await f.setUp({ hosts: [HOST, ...AWS_HOSTS] });
+    bao = await startOpenBao({ binary: baoBinary as string });
+    f.onClose(() => bao.destroy());
+    // moto gets a test host of its own: the first one's port 443 is the API's.
+    awsHost = await createTestHost(`${f.tag.slice(0, 2)}a`);
+    f.onClose(() => awsHost.destroy());
+    aws = await startAwsUpstream(awsHost, venv, f.pki.serverCert, f.pki.serverKey, 'vault-root');
+    f.onClose(() => aws.stop());
+    app = f.cgroup('app');
+    cli = f.cgroup('cli');
+
+    await bao.writeKv('app', { token: v1 });
+    await bao.writePolicy('wirekey-agent', AGENT_POLICY);
+    const { roleId, secretId } = await bao.appRole('wirekey-agent', ['wirekey-agent']);
+    await bao.enableAws({ motoUrl: `http://${awsHost.ipv4}:5000`, accessKey: aws.accessKeyId, secretKey: aws.secretAccessKey, role: 'cli', lease: '1h', leaseMax: '2h' });
+    const roleIdFile = path.join(f.dir, 'role-id');
+    const secretIdFile = path.join(f.dir, 'secret-id');
+    writeFileSync(roleIdFile, roleId, { mode: 0o600 });
+    writeFileSync(secretIdFile, secretId, { mode: 0o600 });
+
+    f.writeRawPolicy(`apiVersion: wirekey.dev/v1alpha1
+kind: VaultConnection
+metadata: {name: main}
+spec:
+  address: ${bao.addr}
+  auth: {approle: {roleIdFile: ${roleIdFile}, secretIdFile: ${secretIdFile}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: CredentialSource
+metadata: {name: app-token}
+spec: {vault: {connection: main, kv: secret/app, field: token, refresh: 1s}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: CredentialSource
+metadata: {name: aws-cli}
+spec: {vault: {connection: main, aws: aws/creds/cli}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: api}
+spec: {hosts: [${HOST}], port: 443, tls: true}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: aws}
+spec: {hosts: [${AWS_HOSTS.join(', ')}], port: 443, tls: true}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: app}
+spec: {selector: {cgroup: ${f.cgBase}/app}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: cli}
+spec: {selector: {cgroup: ${f.cgBase}/cli}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: app-api}
+spec: {workload: app, service: api, inject: {bearer: {credential: app-token}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: cli-aws}
+spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-cli}}}
+`);
+    await f.startAgent();
+  }, 600_000);
+
+  afterAll(() => f.close());
+
+  it('a KV v2 value is injected, and a new version is carried by later requests with no failed request', async () => {
+    const before = f.upstream.records.length;
+    // One curl process, one keep-alive connection, a request every 100 ms for 6 s.
+    const urls = Array.from({ length: 60 }, (_, i) => `https://${HOST}/kv/${i}`);
+    const loop = f.curl(app, ['--cacert', f.wirekeyCa, '--fail', '--rate', '10/s', '-o', '/dev/null', '-w', '%{http_code}\n', ...urls]);
+    await new Promise((r) => setTimeout(r, 2000));
+    const version = await bao.writeKv('app', { token: v2 });
+    const r = await loop;
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim().split('\n')).toEqual(Array(60).fill('200'));
+    const seen = f.upstream.records.slice(before).map((x) => x.authorization[0]);
+    expect(seen).toHaveLength(60);
+    const old = sha256(`Bearer ${v1}`);
+    const next = sha256(`Bearer ${v2}`);
+    expect(seen.every((a) => a === old || a === next)).toBe(true);
+    // The old value until the change is seen, the new one from then on.
+    const firstNew = seen.indexOf(next);
+    expect(firstNew).toBeGreaterThan(0);
+    expect(seen.slice(firstNew).every((a) => a === next)).toBe(true);
+    const audit = readFileSync(f.auditPath, 'utf8');
+    expect(audit).toContain(`"credentialVersion":"${version}"`);
+  });
+
+  it('the AWS CLI succeeds with keys issued by the AWS secrets engine, which it never sees', async () => {
+    const hosts = path.join(f.shared, 'aws-hosts');
+    writeFileSync(hosts, `127.0.0.1 localhost\n${AWS_HOSTS.map((h) => `${awsHost.ipv4} ${h}`).join('\n')}\n`);
+    const r = await runInCgroup(cli, 'unshare', ['-m', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hosts,
+      path.join(venv, 'bin/aws'), 'sts', 'get-caller-identity', '--output', 'json'], {
+      timeoutMs: 60_000,
+      env: { PATH: process.env.PATH, HOME: f.dir, AWS_ACCESS_KEY_ID: 'AKIAPLACEHOLDER00000', AWS_SECRET_ACCESS_KEY: 'placeholder',
+        AWS_DEFAULT_REGION: 'us-east-1', AWS_CA_BUNDLE: f.wirekeyCa, AWS_SHARED_CREDENTIALS_FILE: '/dev/null', AWS_EC2_METADATA_DISABLED: 'true' },
+    });
+    expect(r.stderr).toBe('');
+    const identity = JSON.parse(r.stdout) as { Arn: string };
+    // Vault's AWS engine names the users it creates vault-<...>.
+    expect(identity.Arn).toMatch(/:user\/vault-/);
+    const line = readFileSync(f.auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>)
+      .find((l) => l.credential === 'aws-cli');
+    expect(line?.leaseId).toMatch(/^aws\/creds\/cli\//);
+    expect(line?.accessKeyId).toMatch(/^AKIA/);
+  });
+
+  it('stopping the agent revokes its AWS lease', async () => {
+    const leaseId = readFileSync(f.auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>)
+      .find((l) => l.credential === 'aws-cli')?.leaseId as string;
+    expect((await bao.raw('PUT', '/v1/sys/leases/lookup', { lease_id: leaseId })).status).toBe(200);
+    expect(await f.agent?.stop()).toBe(0);
+    f.agentStopped = true;
+    expect((await bao.raw('PUT', '/v1/sys/leases/lookup', { lease_id: leaseId })).status).toBe(400);
+    expect(f.agent?.output()).not.toContain(v1);
+    expect(f.agent?.output()).not.toContain(v2);
+  });
+});
