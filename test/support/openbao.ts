@@ -123,9 +123,8 @@ export async function startOpenBao(options: { binary: string; storage?: 'file' |
     VAULT_ADDR: addr,
     BAO_TOKEN: ROOT_TOKEN,
     VAULT_TOKEN: ROOT_TOKEN,
+    // The CLI's token helper writes ~/.vault-token: keep it in `dir`.
     HOME: dir,
-    // No telemetry, no update checks, no token helper outside `dir`.
-    VAULT_DISABLE_USER_LOCKOUT: 'true',
   });
 
   if (storage === 'file') {

@@ -1,10 +1,10 @@
 import { readFile } from 'node:fs/promises';
 import util from 'node:util';
-import nodeVault from 'node-vault';
 import type { Logger } from '../../log.js';
 import { Secret } from '../secret.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
 import { VaultData } from './vault-data.js';
+import { createNodeVaultClient, errnoOf, vaultErrorFrom, type NodeVaultClient } from './node-vault-client.js';
 import { VaultError } from './vault-error.js';
 
 /** How the agent logs in to Vault: exactly one key. */
@@ -64,6 +64,15 @@ export interface LeaseInfo {
   renewable: boolean;
 }
 
+/**
+ * Called when the connection replaces its token. Vault revokes every lease
+ * a token created when that token expires or is revoked, so a lease source
+ * holding a lease from `generation` must replace it before `deadline`
+ * (epoch ms; now when the old token is already dead, Infinity when it never
+ * expires).
+ */
+export type TokenChangeListener = (change: { generation: number; deadline: number }) => void;
+
 export interface VaultConnectionStatus {
   name: string;
   address: string;
@@ -97,15 +106,12 @@ type Method = 'GET' | 'PUT' | 'POST' | 'DELETE' | 'LIST';
  * the token if it was obtained by logging in (a token file belongs to
  * whoever wrote it and is left alone).
  *
- * node-vault is the HTTP client. Three of its defaults are overridden
- * because they would be wrong for an agent: its `debug` output (which prints
- * login bodies: secret ids and JWTs) is replaced by a no-op; VAULT_TOKEN,
- * VAULT_NAMESPACE, VAULT_PREFIX and VAULT_SKIP_VERIFY from the environment
- * are ignored (the policy says where and how to connect); and its errors,
- * which carry the request with the token header, never leave this file:
- * they are turned into VaultErrors without `cause`. Its automatic
- * token/lease renewal helpers are not used: they do not re-login, back off,
- * or fetch a fresh secret near the max TTL.
+ * node-vault is the HTTP client (see node-vault-client.ts for the defaults
+ * overridden: its debug output, the VAULT_* environment, timeouts). Its
+ * errors carry the request with the token header and never leave this
+ * module: they become VaultErrors without `cause`. Its own token/lease
+ * renewal helpers are not used: they neither log in again, back off, nor
+ * fetch a fresh secret near the max TTL.
  */
 export class VaultConnection {
   readonly name: string;
@@ -115,7 +121,7 @@ export class VaultConnection {
   readonly #renewFraction: number;
   readonly #backoff: BackoffOptions;
   readonly #timeoutMs: number;
-  #client: nodeVault.client | undefined;
+  #client: NodeVaultClient | undefined;
 
   #token: Secret | undefined;
   /** Epoch ms; undefined = no expiry. */
@@ -129,6 +135,10 @@ export class VaultConnection {
   #lastError: string | undefined;
   #started = false;
   #closed = false;
+  /** Set when the current token is known to be dead (revoked, expired). */
+  #tokenDead = false;
+  #generation = 0;
+  readonly #tokenListeners = new Set<TokenChangeListener>();
 
   constructor(spec: VaultConnectionSpec, options: VaultConnectionOptions) {
     this.name = spec.name;
@@ -152,7 +162,14 @@ export class VaultConnection {
   async start(): Promise<void> {
     if (this.#closed) throw this.#error('POST', this.#loginPath(), 'connection is closed');
     if (this.#started) return;
-    this.#client ??= await this.#makeClient();
+    this.#client ??= await createNodeVaultClient({
+      connection: this.name,
+      address: this.address,
+      ...(this.#spec.namespace ? { namespace: this.#spec.namespace } : {}),
+      ...(this.#spec.tls?.caFile ? { caFile: this.#spec.tls.caFile } : {}),
+      ...(this.#spec.tls?.serverName ? { serverName: this.#spec.tls.serverName } : {}),
+      timeoutMs: this.#timeoutMs,
+    });
     await this.#login();
     this.#started = true;
   }
@@ -165,7 +182,7 @@ export class VaultConnection {
   /** Any authenticated call; the response body's `data` is wrapped in VaultData. */
   async request(method: Method, path: string, body?: Record<string, unknown>): Promise<VaultReadResult> {
     const res = (await this.#authed(method, path, (client, requestOptions) => {
-      const options: nodeVault.RequestOption = { path: `/${path}`, method, ...requestOptions };
+      const options: { path: string; method: string; [k: string]: unknown } = { path: `/${path}`, method, ...requestOptions };
       if (body !== undefined) options.json = body;
       return client.request(options);
     })) as Record<string, unknown> | undefined;
@@ -206,6 +223,20 @@ export class VaultConnection {
       ttl: typeof d.ttl === 'number' ? d.ttl : 0,
       renewable: d.renewable === true,
     };
+  }
+
+  /**
+   * Which token the connection holds: incremented at every login. A lease
+   * belongs to the token (generation) that read it.
+   */
+  get tokenGeneration(): number {
+    return this.#generation;
+  }
+
+  /** See {@link TokenChangeListener}. Returns the unsubscribe function. */
+  onTokenChange(listener: TokenChangeListener): () => void {
+    this.#tokenListeners.add(listener);
+    return () => this.#tokenListeners.delete(listener);
   }
 
   status(): VaultConnectionStatus {
@@ -257,12 +288,13 @@ export class VaultConnection {
   async #authed(
     method: string,
     path: string,
-    call: (client: nodeVault.client, requestOptions: { headers: Record<string, string> }) => Promise<unknown>,
+    call: (client: NodeVaultClient, requestOptions: { headers: Record<string, string> }) => Promise<unknown>,
   ): Promise<unknown> {
     if (this.#closed) throw this.#error(method, path, 'connection is closed');
     if (!this.#started || !this.#client) throw this.#error(method, path, 'connection not started');
     const client = this.#client;
     await this.#ensureToken(method, path);
+    const generation = this.#generation;
     const attempt = async () => {
       const token = this.#token;
       if (!token) throw this.#error(method, path, `not logged in (${this.#lastError ?? 'no token'})`);
@@ -277,9 +309,19 @@ export class VaultConnection {
     } catch (err) {
       // 403 is also what a revoked or expired token gets. Ask Vault whether
       // the token is still good; if not, log in again and retry once.
-      if (!(err instanceof VaultError) || err.status !== 403 || !(await this.#tokenRejected())) throw err;
+      if (!(err instanceof VaultError) || err.status !== 403) throw err;
+      // Someone else logged in again meanwhile: just retry with the new token.
+      if (this.#generation !== generation) return attempt();
+      if (!(await this.#tokenRejected())) throw err;
+      if (this.#generation !== generation) return attempt();
       this.#log.info('vault %s: token no longer accepted; logging in again', this.name);
-      await this.#login();
+      this.#tokenDead = true;
+      try {
+        await this.#login();
+      } catch (loginErr) {
+        this.#scheduleRetry('login', loginErr);
+        throw loginErr;
+      }
       return attempt();
     }
   }
@@ -288,6 +330,7 @@ export class VaultConnection {
   async #ensureToken(method: string, path: string): Promise<void> {
     if (this.#loginInFlight) await this.#loginInFlight.catch(() => undefined);
     if (this.#token && !this.#tokenExpired()) return;
+    if (this.#token) this.#tokenDead = true;
     try {
       await this.#login();
     } catch (err) {
@@ -319,7 +362,7 @@ export class VaultConnection {
   }
 
   async #authenticate(): Promise<void> {
-    const client = this.#client as nodeVault.client;
+    const client = this.#client as NodeVaultClient;
     const auth = this.#spec.auth;
     let token: Secret;
     let ttl: number;
@@ -383,6 +426,12 @@ export class VaultConnection {
   }
 
   #setToken(token: Secret, ttl: number, renewable: boolean): void {
+    // A token file read again may hold the same token: leases stay its own.
+    const same = this.#token !== undefined && this.#token.reveal() === token.reveal();
+    const previous = this.#token !== undefined && !same ? this.#generation : undefined;
+    const deadline = this.#tokenDead || this.#tokenExpired() ? Date.now() : (this.#tokenExpiresAt ?? Infinity);
+    this.#tokenDead = false;
+    if (!same) this.#generation++;
     this.#token = token;
     this.#tokenTtl = ttl;
     this.#tokenRenewable = renewable;
@@ -392,12 +441,22 @@ export class VaultConnection {
     this.#degraded = false;
     this.#lastError = undefined;
     this.#scheduleMaintenance(ttl);
+    if (previous !== undefined) {
+      for (const listener of this.#tokenListeners) {
+        try {
+          listener({ generation: previous, deadline });
+        } catch (err) {
+          this.#log.error('vault %s: token listener failed: %s', this.name, String(err));
+        }
+      }
+    }
   }
 
   /** Renew (or replace) the token after renewFraction of `ttl` seconds. */
   #scheduleMaintenance(ttl: number): void {
     this.#clearTimer();
     if (ttl <= 0 || this.#closed) return;
+    // TTLs are whole seconds, so this is never a tight loop.
     this.#setTimer(jittered(ttl * 1000 * this.#renewFraction, 0.1), () => this.#maintain());
   }
 
@@ -412,11 +471,11 @@ export class VaultConnection {
     const token = this.#token as Secret;
     const asked = this.#tokenTtl;
     try {
-      const res = (await (this.#client as nodeVault.client).tokenRenewSelf({
+      const res = (await (this.#client as NodeVaultClient).tokenRenewSelf({
         increment: asked,
         requestOptions: { headers: { 'X-Vault-Token': token.reveal() } },
       })) as { auth?: { lease_duration?: unknown; renewable?: unknown } };
-      (this.#client as nodeVault.client).token = '';
+      (this.#client as NodeVaultClient).token = '';
       if (this.#closed) return;
       const ttl = typeof res?.auth?.lease_duration === 'number' ? res.auth.lease_duration : 0;
       this.#tokenExpiresAt = ttl > 0 ? Date.now() + ttl * 1000 : undefined;
@@ -431,13 +490,17 @@ export class VaultConnection {
       }
       this.#scheduleMaintenance(ttl);
     } catch (err) {
-      (this.#client as nodeVault.client).token = '';
+      (this.#client as NodeVaultClient).token = '';
       const e = this.#toError('POST', 'auth/token/renew-self', err);
-      if (e.transient && !this.#tokenExpired()) {
-        // Vault is down or busy: the token is still good; retry renewing.
+      // Unreachable, sealed or overloaded: the token is still good; retry
+      // renewing. Any other answer (Vault says 500 "past the max TTL") means
+      // renewing is over for this token: log in again now, while it lives.
+      const unavailable = e.status === undefined || e.status === 503 || e.status === 429 || e.status === 412;
+      if (unavailable && !this.#tokenExpired()) {
         this.#scheduleRetry('renew', e);
       } else {
         this.#log.warn('vault %s: token renewal failed (%s); logging in again', this.name, e.message);
+        this.#tokenDead = e.status === 403 || this.#tokenExpired();
         await this.#relogin();
       }
     }
@@ -484,37 +547,6 @@ export class VaultConnection {
 
   // ---- helpers ---------------------------------------------------------------
 
-  async #makeClient(): Promise<nodeVault.client> {
-    const tls = this.#spec.tls;
-    const requestOptions: Record<string, unknown> = {};
-    if (tls?.caFile) {
-      try {
-        requestOptions.ca = await readFile(tls.caFile);
-      } catch (err) {
-        throw this.#error('GET', 'sys/health', `cannot read tls.caFile ${tls.caFile} (${errnoOf(err)})`);
-      }
-    }
-    if (tls?.serverName) requestOptions.agentOptions = { servername: tls.serverName };
-    const client = nodeVault({
-      endpoint: this.address,
-      apiVersion: 'v1',
-      token: '',
-      namespace: this.#spec.namespace ?? '',
-      pathPrefix: '',
-      // node-vault's debug prints request bodies (secret ids, JWTs): never.
-      debug: () => undefined,
-      requestOptions,
-      // Not in node-vault's typings: strictSSL true ignores VAULT_SKIP_VERIFY.
-      ...({ rpDefaults: { strictSSL: true, timeout: this.#timeoutMs } } as object),
-    });
-    // `config.x || process.env.VAULT_X`: an empty value falls through to the
-    // environment, so the environment's say is removed here.
-    client.token = '';
-    (client as unknown as { namespace: string | undefined }).namespace = this.#spec.namespace ?? '';
-    (client as unknown as { pathPrefix: string }).pathPrefix = '';
-    return client;
-  }
-
   #mount(): string {
     const auth = this.#spec.auth;
     const m =
@@ -553,32 +585,8 @@ export class VaultConnection {
     return new VaultError({ connection: this.name, method, path, reason, ...(status ? { status } : {}) });
   }
 
-  /**
-   * node-vault rejects with ApiResponseError (`response.statusCode`,
-   * `response.body.errors`) for HTTP errors and with axios errors (whose
-   * `config` holds the token header and the request body) for transport
-   * errors. Only the status, Vault's error text and the errno code are kept.
-   */
   #toError(method: string, path: string, err: unknown, context?: string): VaultError {
-    if (err instanceof VaultError) return err;
-    const e = err as { response?: { statusCode?: unknown; body?: unknown }; code?: unknown } | null;
-    const prefix = context ? `${context}: ` : '';
-    const status = e?.response?.statusCode;
-    if (typeof status === 'number') {
-      const errors = (e?.response?.body as { errors?: unknown } | undefined)?.errors;
-      const text = Array.isArray(errors)
-        ? errors
-            .filter((x): x is string => typeof x === 'string')
-            .join('; ')
-            .replace(/\s+/g, ' ')
-            .replace(/^\d+ errors? occurred: \* ?/, '')
-            .trim()
-            .slice(0, 300)
-        : '';
-      return this.#error(method, path, prefix + (text || httpText(status)), status);
-    }
-    const code = typeof e?.code === 'string' ? e.code : undefined;
-    return this.#error(method, path, `${prefix}cannot reach ${this.address} (${code ?? 'unknown error'})`);
+    return vaultErrorFrom({ connection: this.name, address: this.address, method, path, ...(context ? { context } : {}) }, err);
   }
 }
 
@@ -589,16 +597,4 @@ function toReadResult(res: Record<string, unknown> | undefined): VaultReadResult
     renewable: res?.renewable === true,
     data: new VaultData(res?.data),
   };
-}
-
-function httpText(status: number): string {
-  if (status === 404) return 'not found';
-  if (status === 403) return 'permission denied';
-  if (status === 503) return 'sealed or unavailable';
-  return `status ${status}`;
-}
-
-function errnoOf(err: unknown): string {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : 'unknown error';
 }

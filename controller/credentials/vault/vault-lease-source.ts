@@ -51,6 +51,10 @@ interface Held {
   renewable: boolean;
   /** Epoch ms; the local clock, taken before the request so it errs early. */
   expiresAt: number;
+  /** The connection's token generation that read it. */
+  generation: number;
+  /** When the token that read it ends (Vault revokes the lease then); Infinity if not known to. */
+  tokenDeadline: number;
 }
 
 /**
@@ -70,6 +74,11 @@ interface Held {
  * and the lease, without asking Vault more than once per backoff delay; a
  * retry timer and later get()s read a fresh credential once Vault is back,
  * with no restart. close() revokes every lease the source holds.
+ *
+ * Vault revokes a lease when the token that read it ends. When the
+ * connection logs in again (max TTL, revoked token), a lease read with the
+ * old token is replaced at 2/3 of the old token's remaining life, or at
+ * once if that token is already dead.
  */
 export class VaultLeaseSource implements CredentialSource {
   readonly name: string;
@@ -92,6 +101,7 @@ export class VaultLeaseSource implements CredentialSource {
   #attempt = 0;
   #degraded = false;
   #closed = false;
+  readonly #unsubscribe: () => void;
 
   constructor(options: VaultLeaseSourceOptions) {
     this.name = options.name;
@@ -116,6 +126,7 @@ export class VaultLeaseSource implements CredentialSource {
       this.#isAws = false;
       this.#field = options.field;
     }
+    this.#unsubscribe = this.#connection.onTokenChange((c) => this.#onTokenChange(c.generation, c.deadline));
   }
 
   /**
@@ -144,6 +155,7 @@ export class VaultLeaseSource implements CredentialSource {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    this.#unsubscribe();
     this.#clearTimer();
     await this.#inFlight?.catch(() => undefined);
     const leases = [...this.#retiring.keys()];
@@ -174,10 +186,11 @@ export class VaultLeaseSource implements CredentialSource {
 
   async #read(): Promise<Held> {
     const startedAt = Date.now();
+    const generation = this.#connection.tokenGeneration;
     let held: Held;
     try {
       const res = await this.#connection.read(this.path);
-      held = this.#toHeld(res, startedAt);
+      held = this.#toHeld(res, startedAt, generation);
     } catch (err) {
       const error =
         err instanceof CredentialError
@@ -220,7 +233,7 @@ export class VaultLeaseSource implements CredentialSource {
     return held;
   }
 
-  #toHeld(res: VaultReadResult, startedAt: number): Held {
+  #toHeld(res: VaultReadResult, startedAt: number, generation: number): Held {
     if (!res.leaseId || res.leaseDuration <= 0) {
       throw new CredentialError(this.name, `${this.path} returned no lease (use kv for static secrets)`);
     }
@@ -250,6 +263,8 @@ export class VaultLeaseSource implements CredentialSource {
       duration: res.leaseDuration,
       renewable: res.renewable,
       expiresAt: startedAt + res.leaseDuration * 1000,
+      generation,
+      tokenDeadline: Infinity,
     };
   }
 
@@ -267,11 +282,12 @@ export class VaultLeaseSource implements CredentialSource {
     try {
       const r = await this.#connection.renewLease(held.leaseId, held.duration);
       if (this.#closed || this.#current !== held) return;
-      held.expiresAt = startedAt + r.leaseDuration * 1000;
+      held.expiresAt = Math.min(startedAt + r.leaseDuration * 1000, held.tokenDeadline);
       this.#attempt = 0;
       if (this.#degraded) this.#log.info('credential %s: Vault answers again', this.name);
       this.#degraded = false;
       this.#failure = undefined;
+      if (held.tokenDeadline !== Infinity) return; // its token ends first: a replacement is scheduled
       if (r.leaseDuration <= 0) return this.#replace();
       if (r.leaseDuration < held.duration || !r.renewable) {
         // The max TTL caps it: get a fresh one while this one still works.
@@ -290,6 +306,25 @@ export class VaultLeaseSource implements CredentialSource {
         this.#log.warn('credential %s: lease %s could not be renewed (%s); reading a fresh one', this.name, held.leaseId, messageOf(err));
         await this.#replace();
       }
+    }
+  }
+
+  /**
+   * The connection logged in again. Leases read with an older token end
+   * when that token does: replace ours before then (at once if it is dead).
+   */
+  #onTokenChange(generation: number, deadline: number): void {
+    const cur = this.#current;
+    if (!cur || this.#closed || cur.generation > generation) return;
+    cur.tokenDeadline = Math.min(cur.tokenDeadline, deadline);
+    cur.expiresAt = Math.min(cur.expiresAt, deadline);
+    const left = deadline - Date.now();
+    if (left <= 0) {
+      this.#log.info('credential %s: lease %s ended with the token that read it; reading a fresh one', this.name, cur.leaseId);
+      this.#schedule(0, () => this.#replace());
+    } else if (left !== Infinity) {
+      this.#log.debug('credential %s: lease %s ends with its token in %ss; replacing it before', this.name, cur.leaseId, Math.round(left / 1000));
+      this.#schedule(jittered(left * this.#renewFraction, 0.1), () => this.#replace());
     }
   }
 

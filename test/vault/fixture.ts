@@ -1,0 +1,67 @@
+/**
+ * What the Vault tests share: the server binary (built once by
+ * scripts/openbao and cached), a Logger that captures every line at debug
+ * level, root-only files for credentials, and the agent's Vault policy.
+ */
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { createLogger, type Logger } from '../../controller/log.js';
+import { openBaoBinary } from '../support/openbao.js';
+
+const binary = await openBaoBinary();
+/** The OpenBao/Vault binary, or undefined when it cannot be built. */
+export const baoBinary: string | undefined = binary.path;
+/** Appended to a skipped describe's title. */
+export const skipReason = binary.reason ? ` (skipped: ${binary.reason})` : '';
+
+/** What the agent may do in Vault: read its secrets, manage its leases. */
+export const AGENT_POLICY = `
+path "secret/data/*" { capabilities = ["read"] }
+path "aws/creds/*"   { capabilities = ["read"] }
+path "sys/leases/renew"  { capabilities = ["update"] }
+path "sys/leases/lookup" { capabilities = ["update"] }
+path "sys/leases/revoke" { capabilities = ["update"] }
+`;
+
+export interface CapturedLog {
+  log: Logger;
+  lines: string[];
+}
+
+/** A debug-level Logger whose lines are kept (and echoed when WIREKEY_TEST_LOG is set). */
+export function captureLog(): CapturedLog {
+  const lines: string[] = [];
+  const log = createLogger('debug', (line) => {
+    lines.push(line);
+    if (process.env.WIREKEY_TEST_LOG) process.stderr.write(line);
+  });
+  return { log, lines };
+}
+
+/** A temp directory for secret files, removed by the returned function. */
+export async function secretDir(): Promise<{ dir: string; write(name: string, content: string): Promise<string>; remove(): Promise<void> }> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'wirekey-vault-test-'));
+  return {
+    dir,
+    async write(name, content) {
+      const file = path.join(dir, name);
+      await writeFile(file, `${content}\n`, { mode: 0o600 });
+      return file;
+    },
+    remove: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+export const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+
+/** Polls `check` until it returns a truthy value or `timeoutMs` passes. */
+export async function eventually<T>(check: () => Promise<T | undefined | false>, timeoutMs: number, what: string): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check().catch(() => undefined);
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}`);
+    await sleep(100);
+  }
+}
