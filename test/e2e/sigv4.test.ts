@@ -9,7 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture } from '../support/e2e-fixture.js';
-import { AWS_HOSTS, pythonTools, startAwsUpstream, type AwsUpstream } from '../support/aws-upstream.js';
+import { AWS_HOSTS, awsCli, pythonTools, startAwsUpstream, type AwsUpstream } from '../support/aws-upstream.js';
 import { kernelSkipReason } from '../support/requirements.js';
 import { runInCgroup } from '../support/cgroup.js';
 import type { RunResult } from '../support/shell.js';
@@ -27,23 +27,8 @@ describe.skipIf(skip)(`SigV4 signing for AWS clients${skip ? ` (skipped: ${skip}
   let configFile: string;
   const hashOf = (file: string) => createHash('sha256').update(readFileSync(file)).digest('hex');
 
-  /** The AWS CLI as users run it, in cgroup `cg`, with AWS host names resolved to the test host. */
   const cli = (cg: string, ca: string, args: string[]): Promise<RunResult> =>
-    runInCgroup(cg, 'unshare', ['-m', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hostsFile, path.join(venv, 'bin/aws'), ...args], {
-      timeoutMs: 120_000,
-      env: {
-        PATH: process.env.PATH,
-        HOME: f.dir,
-        // Placeholders: the CLI must sign with something; wirekey replaces it.
-        AWS_ACCESS_KEY_ID: 'AKIAPLACEHOLDER00000',
-        AWS_SECRET_ACCESS_KEY: 'placeholder-secret-key',
-        AWS_DEFAULT_REGION: 'us-east-1',
-        AWS_CA_BUNDLE: ca,
-        AWS_CONFIG_FILE: configFile,
-        AWS_SHARED_CREDENTIALS_FILE: '/dev/null',
-        AWS_EC2_METADATA_DISABLED: 'true',
-      },
-    });
+    awsCli(cg, { venv, hostsFile, ca, home: f.dir, configFile }, args);
 
   beforeAll(async () => {
     venv = await pythonTools();

@@ -9,10 +9,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, HOST, sha256 } from '../support/e2e-fixture.js';
-import { AWS_HOSTS, pythonTools, startAwsUpstream, type AwsUpstream } from '../support/aws-upstream.js';
+import { AWS_HOSTS, awsCli, pythonTools, startAwsUpstream, type AwsUpstream } from '../support/aws-upstream.js';
 import { startOpenBao, type OpenBaoServer } from '../support/openbao.js';
 import { kernelSkipReason } from '../support/requirements.js';
-import { runInCgroup } from '../support/cgroup.js';
 import { createTestHost, type TestHost } from '../support/netns.js';
 import { AGENT_POLICY, baoBinary, skipReason as vaultSkip } from '../vault/fixture.js';
 
@@ -129,12 +128,7 @@ spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-cli}}}
   it('the AWS CLI succeeds with keys issued by the AWS secrets engine, which it never sees', async () => {
     const hosts = path.join(f.shared, 'aws-hosts');
     writeFileSync(hosts, `127.0.0.1 localhost\n${AWS_HOSTS.map((h) => `${awsHost.ipv4} ${h}`).join('\n')}\n`);
-    const r = await runInCgroup(cli, 'unshare', ['-m', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hosts,
-      path.join(venv, 'bin/aws'), 'sts', 'get-caller-identity', '--output', 'json'], {
-      timeoutMs: 60_000,
-      env: { PATH: process.env.PATH, HOME: f.dir, AWS_ACCESS_KEY_ID: 'AKIAPLACEHOLDER00000', AWS_SECRET_ACCESS_KEY: 'placeholder',
-        AWS_DEFAULT_REGION: 'us-east-1', AWS_CA_BUNDLE: f.wirekeyCa, AWS_SHARED_CREDENTIALS_FILE: '/dev/null', AWS_EC2_METADATA_DISABLED: 'true' },
-    });
+    const r = await awsCli(cli, { venv, hostsFile: hosts, ca: f.wirekeyCa, home: f.dir }, ['sts', 'get-caller-identity', '--output', 'json']);
     expect(r.stderr).toBe('');
     const identity = JSON.parse(r.stdout) as { Arn: string };
     // Vault's AWS engine names the users it creates vault-<...>.

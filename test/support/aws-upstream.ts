@@ -9,7 +9,8 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { repoRoot } from './paths.js';
-import { must, run } from './shell.js';
+import { must, run, type RunResult } from './shell.js';
+import { runInCgroup } from './cgroup.js';
 import type { TestHost } from './netns.js';
 
 export const AWS_HOSTS = [
@@ -81,4 +82,37 @@ export async function startAwsUpstream(host: TestHost, venv: string, cert: strin
     await stop();
     throw err;
   }
+}
+
+export interface AwsCliOptions {
+  venv: string;
+  /** An /etc/hosts for the CLI's private mount namespace: AWS host names -> the test host. */
+  hostsFile: string;
+  /** The CA bundle the CLI trusts (AWS_CA_BUNDLE). */
+  ca: string;
+  home: string;
+  /** An AWS_CONFIG_FILE, e.g. for S3 path-style addressing. */
+  configFile?: string;
+}
+
+/**
+ * The AWS CLI as users run it, in cgroup `cg`, with placeholder keys (it
+ * must sign with something; wirekey replaces the signature) and AWS host
+ * names resolved to the test host through a private /etc/hosts.
+ */
+export function awsCli(cg: string, opts: AwsCliOptions, args: string[]): Promise<RunResult> {
+  return runInCgroup(cg, 'unshare', ['-m', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', opts.hostsFile, path.join(opts.venv, 'bin/aws'), ...args], {
+    timeoutMs: 120_000,
+    env: {
+      PATH: process.env.PATH,
+      HOME: opts.home,
+      AWS_ACCESS_KEY_ID: 'AKIAPLACEHOLDER00000',
+      AWS_SECRET_ACCESS_KEY: 'placeholder-secret-key',
+      AWS_DEFAULT_REGION: 'us-east-1',
+      AWS_CA_BUNDLE: opts.ca,
+      AWS_CONFIG_FILE: opts.configFile ?? '/dev/null',
+      AWS_SHARED_CREDENTIALS_FILE: '/dev/null',
+      AWS_EC2_METADATA_DISABLED: 'true',
+    },
+  });
 }

@@ -6,24 +6,12 @@ import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './
 import { VaultData } from './vault-data.js';
 import { createNodeVaultClient, errnoOf, vaultErrorFrom, type NodeVaultClient } from './node-vault-client.js';
 import { VaultError } from './vault-error.js';
+import type { PlanVaultConnection, VaultAuthSpec } from '../../policy/types.js';
 
-/** How the agent logs in to Vault: exactly one key. */
-export type VaultAuthSpec =
-  | { token: { file: string } }
-  | { approle: { roleIdFile: string; secretIdFile: string; mount?: string } }
-  | { jwt: { role: string; file: string; mount?: string } }
-  | { kubernetes: { role: string; tokenFile?: string; mount?: string } };
+export type { VaultAuthSpec };
 
-/** A `VaultConnection` policy document's spec, plus its name. */
-export interface VaultConnectionSpec {
-  name: string;
-  /** `http(s)://host:port`, without `/v1`. */
-  address: string;
-  tls?: { caFile?: string; serverName?: string };
-  /** Vault Enterprise / OpenBao namespace, sent as X-Vault-Namespace. */
-  namespace?: string;
-  auth: VaultAuthSpec;
-}
+/** A `VaultConnection` policy document's spec, plus its name (the policy's compiled form). */
+export type VaultConnectionSpec = PlanVaultConnection;
 
 export interface VaultConnectionOptions {
   log: Logger;
