@@ -6,6 +6,7 @@
  * when the agent stops.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { randomBytes } from 'node:crypto';
 import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, HOST, sha256 } from '../support/e2e-fixture.js';
@@ -44,7 +45,7 @@ describe.skipIf(skip)(`Vault-sourced credentials through the agent${skip ? ` (sk
     await bao.writeKv('app', { token: v1 });
     await bao.writePolicy('wirekey-agent', AGENT_POLICY);
     const { roleId, secretId } = await bao.appRole('wirekey-agent', ['wirekey-agent']);
-    await bao.enableAws({ motoUrl: `http://${awsHost.ipv4}:5000`, accessKey: aws.accessKeyId, secretKey: aws.secretAccessKey, role: 'cli', lease: '1h', leaseMax: '2h' });
+    await bao.enableAws({ motoUrl: `http://${awsHost.ipv4}:5000`, accessKey: aws.accessKeyId, secretKey: aws.secretAccessKey, role: 'cli', lease: '1h', leaseMax: '2h', actions: ['s3:*', 'sts:GetCallerIdentity'] });
     const roleIdFile = path.join(f.dir, 'role-id');
     const secretIdFile = path.join(f.dir, 'secret-id');
     writeFileSync(roleIdFile, roleId, { mode: 0o600 });
@@ -125,14 +126,27 @@ spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-cli}}}
     expect(audit).toContain(`"credentialVersion":"${version}"`);
   });
 
-  it('the AWS CLI succeeds with keys issued by the AWS secrets engine, which it never sees', async () => {
+  it('the AWS CLI (sts, s3 mb, a multi-part cp and back) succeeds with keys issued by the AWS secrets engine, which it never sees', async () => {
     const hosts = path.join(f.shared, 'aws-hosts');
     writeFileSync(hosts, `127.0.0.1 localhost\n${AWS_HOSTS.map((h) => `${awsHost.ipv4} ${h}`).join('\n')}\n`);
-    const r = await awsCli(cli, { venv, hostsFile: hosts, ca: f.wirekeyCa, home: f.dir }, ['sts', 'get-caller-identity', '--output', 'json']);
+    const config = path.join(f.shared, 'aws-config');
+    writeFileSync(config, '[default]\ns3 =\n  addressing_style = path\n');
+    const opts = { venv, hostsFile: hosts, ca: f.wirekeyCa, home: f.dir, configFile: config };
+    const r = await awsCli(cli, opts, ['sts', 'get-caller-identity', '--output', 'json']);
     expect(r.stderr).toBe('');
     const identity = JSON.parse(r.stdout) as { Arn: string };
     // Vault's AWS engine names the users it creates vault-<...>.
     expect(identity.Arn).toMatch(/:user\/vault-/);
+    // The same S3 calls as with a file credential, on the leased keys.
+    const file = path.join(f.dir, 'object.bin');
+    writeFileSync(file, randomBytes(21 * 1024 * 1024));
+    for (const args of [['s3', 'mb', 's3://vault-keys'], ['s3', 'cp', file, 's3://vault-keys/object.bin', '--only-show-errors'],
+      ['s3', 'cp', 's3://vault-keys/object.bin', `${file}.back`, '--only-show-errors']]) {
+      const step = await awsCli(cli, opts, args);
+      expect(step.stderr, args.join(' ')).toBe('');
+      expect(step.code, args.join(' ')).toBe(0);
+    }
+    expect(readFileSync(`${file}.back`).equals(readFileSync(file))).toBe(true);
     const line = readFileSync(f.auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>)
       .find((l) => l.credential === 'aws-cli');
     expect(line?.leaseId).toMatch(/^aws\/creds\/cli\//);

@@ -85,6 +85,8 @@ export interface OpenBaoServer {
     role: string;
     lease: string;
     leaseMax: string;
+    /** IAM actions the issued users may take (default s3:ListAllMyBuckets). */
+    actions?: string[];
   }): Promise<void>;
   /** SIGTERM and wait: the server is gone, as in an outage. */
   stop(): Promise<void>;
@@ -316,7 +318,7 @@ export async function startOpenBao(options: { binary: string; storage?: 'file' |
         credential_type: 'iam_user',
         policy_document: JSON.stringify({
           Version: '2012-10-17',
-          Statement: [{ Effect: 'Allow', Action: 's3:ListAllMyBuckets', Resource: '*' }],
+          Statement: [{ Effect: 'Allow', Action: o.actions ?? ['s3:ListAllMyBuckets'], Resource: '*' }],
         }),
       });
     },
