@@ -1,6 +1,7 @@
 /** Runs `wirekey run` as its own process, as a user would, for the kernel and e2e tests. */
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from './paths.js';
 
@@ -54,7 +55,14 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   try {
     ids = await ready;
   } catch (err) {
-    child.kill('SIGKILL');
+    // SIGTERM lets an agent that got half way detach and unpin; then make sure.
+    if (child.exitCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    rmSync(opts.pinDir, { recursive: true, force: true });
     throw err;
   }
   let reloads = 0;
