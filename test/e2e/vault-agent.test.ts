@@ -153,6 +153,21 @@ spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-cli}}}
     expect(line?.accessKeyId).toMatch(/^AKIA/);
   });
 
+  it('Vault down: requests keep their cached credential; Vault back: no restart needed', async () => {
+    const get = async (p: string) => {
+      const before = f.upstream.records.length;
+      const r = await f.curl(app, ['--cacert', f.wirekeyCa, '--fail', '-o', '/dev/null', '-w', '%{http_code}', `https://${HOST}${p}`]);
+      return { code: r.stdout, auth: (await f.recordsSince(before))[0]?.authorization[0] };
+    };
+    await bao.stop();
+    // Past the 1 s KV refresh: the agent has tried Vault and failed at least once.
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(await get('/vault-down')).toEqual({ code: '200', auth: sha256(`Bearer ${v2}`) });
+    await bao.start();
+    await new Promise((r) => setTimeout(r, 2500));
+    expect(await get('/vault-back')).toEqual({ code: '200', auth: sha256(`Bearer ${v2}`) });
+  });
+
   it('stopping the agent revokes its AWS lease', async () => {
     const leaseId = readFileSync(f.auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, string>)
       .find((l) => l.credential === 'aws-cli')?.leaseId as string;
