@@ -1,6 +1,4 @@
-import util from 'node:util';
-
-const REDACTED = '[redacted]';
+import { Redacted } from './redacted.js';
 
 /**
  * A credential value that cannot be logged by accident. Every way Node turns
@@ -12,10 +10,11 @@ const REDACTED = '[redacted]';
  * The value sits in a private field: it is not an own property, so spreading,
  * Object.assign, structuredClone and property enumeration never see it.
  */
-export class Secret {
+export class Secret extends Redacted {
   readonly #value: string;
 
   constructor(value: string) {
+    super('[redacted]');
     this.#value = value;
     // Freezing stops code from swapping toString/toJSON on one instance.
     Object.freeze(this);
@@ -24,21 +23,5 @@ export class Secret {
   /** The secret value. Call only where it goes on the wire. Never throws. */
   reveal(): string {
     return this.#value;
-  }
-
-  toString(): string {
-    return REDACTED;
-  }
-
-  toJSON(): string {
-    return REDACTED;
-  }
-
-  [Symbol.toPrimitive](): string {
-    return REDACTED;
-  }
-
-  [util.inspect.custom](): string {
-    return REDACTED;
   }
 }

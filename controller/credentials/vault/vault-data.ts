@@ -1,7 +1,5 @@
-import util from 'node:util';
 import { Secret } from '../secret.js';
-
-const REDACTED = '[redacted vault data]';
+import { Redacted } from '../redacted.js';
 
 /**
  * The `data` of a Vault response, which may hold secret values. It is kept
@@ -11,10 +9,11 @@ const REDACTED = '[redacted vault data]';
  * through {@link VaultData.metadata} for fields that are not secret (KV
  * version numbers).
  */
-export class VaultData {
+export class VaultData extends Redacted {
   readonly #value: unknown;
 
   constructor(value: unknown) {
+    super('[redacted vault data]');
     this.#value = value;
     Object.freeze(this);
   }
@@ -66,21 +65,5 @@ export class VaultData {
   metadata(...keys: string[]): string | number | boolean | null | undefined {
     const v = this.#at(keys);
     return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' || v === null ? v : undefined;
-  }
-
-  toString(): string {
-    return REDACTED;
-  }
-
-  toJSON(): string {
-    return REDACTED;
-  }
-
-  [Symbol.toPrimitive](): string {
-    return REDACTED;
-  }
-
-  [util.inspect.custom](): string {
-    return REDACTED;
   }
 }
