@@ -111,4 +111,87 @@ WK_ASSERT_SIZE(wk_bind_val, 8);
 WK_ASSERT_SIZE(wk_orig_dst, 40);
 WK_ASSERT_SIZE(wk_conn_key, 20);
 
+/*
+ * Kernel HTTP datapath (http-inject.bpf.c): plaintext HTTP/1.1 to
+ * policy-pinned addresses gets its credential header from an sk_msg
+ * program, with no user-space hop.
+ */
+#ifndef __VMLINUX_H__
+#include <linux/bpf.h>		/* struct bpf_spin_lock */
+#endif
+
+#define WK_HTTP_MAX_DESTS	4096	/* pinned (address, port) pairs */
+#define WK_HTTP_MAX_SOCKS	65536	/* live kernel-path connections */
+#define WK_HTTP_LINE_MAX	512	/* longest injected header line, CRLF included */
+#define WK_HTTP_HEAD_MAX	8192	/* longest request head (request line to CRLFCRLF) */
+
+/* wk_http_hdr.state */
+#define WK_HTTP_UNBOUND		0	/* no binding (a removed one): connections are left alone */
+#define WK_HTTP_INJECT		1	/* bound: line[] is added to every request */
+#define WK_HTTP_WITHHOLD	2	/* bound, but no credential now: requests are refused */
+
+/* Indexes of wk_http_stats counters. */
+#define WK_HTTP_STAT_INJECTED		0	/* requests that got the header */
+#define WK_HTTP_STAT_CORKED		1	/* writes held back until the head was complete */
+#define WK_HTTP_STAT_REFUSED_HEAD_SIZE	2	/* head longer than WK_HTTP_HEAD_MAX */
+#define WK_HTTP_STAT_REFUSED_MALFORMED	3	/* request line, header syntax, bare CR/LF, obs-fold, NUL */
+#define WK_HTTP_STAT_REFUSED_TRANSFER	4	/* Transfer-Encoding (chunked or any other) */
+#define WK_HTTP_STAT_REFUSED_UPGRADE	5	/* Upgrade, Connection: upgrade, CONNECT */
+#define WK_HTTP_STAT_REFUSED_HEADER	6	/* the client sent the injected header itself */
+#define WK_HTTP_STAT_REFUSED_LENGTH	7	/* duplicate, empty or oversized Content-Length */
+#define WK_HTTP_STAT_REFUSED_BINDING	8	/* no credential, binding or pin changed, epoch bumped */
+#define WK_HTTP_STAT_REFUSED_STREAM	9	/* bytes that bypassed the program: TFO, urgent data, desync */
+#define WK_HTTP_STAT_REFUSED_INTERNAL	10	/* a helper failed (memory) */
+#define WK_HTTP_STAT_DROPPED		11	/* writes dropped on a refused connection */
+#define WK_HTTP_STAT_SOCKHASH_FULL	12	/* connection left uninjected: wk_http_socks was full */
+#define WK_HTTP_STAT_STORAGE_FAIL	13	/* connect() refused: no socket storage */
+#define WK_HTTP_STAT_REFUSED_BUSY	14	/* send buffer too full to queue the injected line whole */
+#define WK_HTTP_STAT_REFUSED_FASTOPEN	15	/* connect() refused: TCP Fast Open */
+#define WK_HTTP_STAT_MAX		16
+
+/* Key of wk_http_dest: a pinned plaintext destination. */
+struct wk_http_dest_key {
+	__u32 addr[4];		/* network byte order; IPv4 as ::ffff:a.b.c.d */
+	__u16 port;		/* host byte order */
+	__u16 _pad;
+};
+
+struct wk_http_dest_val {
+	__u32 service_id;
+	__u32 _pad;
+};
+
+/* Key of wk_http_hdr. */
+struct wk_http_hdr_key {
+	__u32 workload_id;
+	__u32 service_id;
+};
+
+/*
+ * The header line a binding injects. The controller replaces it in place
+ * with BPF_F_LOCK and the program copies it under the same lock, so a
+ * request carries the old line or the new one, never a mix.
+ */
+struct wk_http_hdr {
+	struct bpf_spin_lock lock;
+	__u16 state;		/* WK_HTTP_* */
+	__u16 len;		/* bytes of line[] used, CRLF included */
+	__u16 name_len;		/* bytes of the header name, before ':' */
+	__u16 _pad;
+	__u32 version;		/* the controller's counter, for audit and tests */
+	__u8 line[WK_HTTP_LINE_MAX];	/* "Name: value\r\n" */
+};
+
+/* Key 0 of wk_http_config. */
+struct wk_http_config {
+	__u32 epoch;		/* bumped when workload or service ids change meaning */
+	__u32 _pad;
+};
+
+WK_ASSERT_SIZE(wk_http_dest_key, 20);
+WK_ASSERT_SIZE(wk_http_dest_val, 8);
+WK_ASSERT_SIZE(wk_http_hdr_key, 8);
+WK_ASSERT_SIZE(wk_http_hdr, 528);
+WK_ASSERT_SIZE(wk_http_config, 8);
+
 #endif /* WIREKEY_H */

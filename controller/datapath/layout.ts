@@ -34,6 +34,22 @@ export const LAYOUTS = {
     },
   },
   wk_conn_key: { size: 20, fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, _pad: { offset: 18, size: 2 } } },
+  wk_http_dest_key: { size: 20, fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, _pad: { offset: 18, size: 2 } } },
+  wk_http_dest_val: { size: 8, fields: { service_id: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
+  wk_http_hdr_key: { size: 8, fields: { workload_id: { offset: 0, size: 4 }, service_id: { offset: 4, size: 4 } } },
+  wk_http_hdr: {
+    size: 528,
+    fields: {
+      lock: { offset: 0, size: 4 },
+      state: { offset: 4, size: 2 },
+      len: { offset: 6, size: 2 },
+      name_len: { offset: 8, size: 2 },
+      _pad: { offset: 10, size: 2 },
+      version: { offset: 12, size: 4 },
+      line: { offset: 16, size: 512 },
+    },
+  },
+  wk_http_config: { size: 8, fields: { epoch: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
 } as const satisfies Record<string, Layout>;
 
 export const WK_ACTION_PROXY = 1;
@@ -201,4 +217,104 @@ export function decodeAny(b: Buffer): { cgroup: number[]; exe: number[]; uid: nu
   const f = LAYOUTS.wk_any.fields;
   const part = (o: { offset: number; size: number }) => decodeMask(b.subarray(o.offset, o.offset + o.size));
   return { cgroup: part(f.cgroup), exe: part(f.exe), uid: part(f.uid) };
+}
+
+/* ---- kernel HTTP datapath (bpf/http-inject.bpf.c) ---- */
+
+/** Longest header line the kernel injects, CRLF included (WK_HTTP_LINE_MAX). */
+export const WK_HTTP_LINE_MAX = 512;
+/** Longest request head the kernel handles (WK_HTTP_HEAD_MAX). */
+export const WK_HTTP_HEAD_MAX = 8192;
+/** wk_http_hdr.state */
+export const WK_HTTP_UNBOUND = 0;
+export const WK_HTTP_INJECT = 1;
+export const WK_HTTP_WITHHOLD = 2;
+/** bpf(2) map update flag: update a value in place under its bpf_spin_lock. */
+export const BPF_F_LOCK = 4;
+
+/** Indexes of wk_http_stats, as named in bpf/wirekey.h. */
+export const WK_HTTP_STATS = [
+  'injected',
+  'corked',
+  'refusedHeadSize',
+  'refusedMalformed',
+  'refusedTransferEncoding',
+  'refusedUpgrade',
+  'refusedHeaderPresent',
+  'refusedContentLength',
+  'refusedBinding',
+  'refusedStream',
+  'refusedInternal',
+  'dropped',
+  'sockhashFull',
+  'storageFailures',
+  'refusedBusy',
+  'refusedFastOpen',
+] as const;
+export type HttpStatName = (typeof WK_HTTP_STATS)[number];
+
+export function encodeHttpDestKey(ip: string, port: number): Buffer {
+  const f = LAYOUTS.wk_http_dest_key.fields;
+  const b = Buffer.alloc(LAYOUTS.wk_http_dest_key.size);
+  encodeAddress(ip).copy(b, f.addr.offset);
+  b.writeUInt16LE(port, f.port.offset);
+  return b;
+}
+
+export function decodeHttpDestKey(b: Buffer): { address: string; port: number } {
+  const f = LAYOUTS.wk_http_dest_key.fields;
+  return { address: decodeAddress(b.subarray(f.addr.offset, f.addr.offset + f.addr.size)), port: b.readUInt16LE(f.port.offset) };
+}
+
+export function encodeHttpDestVal(serviceId: number): Buffer {
+  const b = Buffer.alloc(LAYOUTS.wk_http_dest_val.size);
+  b.writeUInt32LE(serviceId, LAYOUTS.wk_http_dest_val.fields.service_id.offset);
+  return b;
+}
+
+export function encodeHttpHdrKey(workloadId: number, serviceId: number): Buffer {
+  const f = LAYOUTS.wk_http_hdr_key.fields;
+  const b = Buffer.alloc(LAYOUTS.wk_http_hdr_key.size);
+  b.writeUInt32LE(workloadId, f.workload_id.offset);
+  b.writeUInt32LE(serviceId, f.service_id.offset);
+  return b;
+}
+
+export function decodeHttpHdrKey(b: Buffer): { workloadId: number; serviceId: number } {
+  const f = LAYOUTS.wk_http_hdr_key.fields;
+  return { workloadId: b.readUInt32LE(f.workload_id.offset), serviceId: b.readUInt32LE(f.service_id.offset) };
+}
+
+/**
+ * A wk_http_hdr value. `line` is the whole header line, CRLF included, and
+ * `nameLength` the bytes before its colon; both are checked by the caller
+ * (KernelHttp). The lock word is left zero: the kernel ignores it on
+ * BPF_F_LOCK updates.
+ */
+export function encodeHttpHdr(state: number, version: number, line: Buffer = Buffer.alloc(0), nameLength = 0): Buffer {
+  const f = LAYOUTS.wk_http_hdr.fields;
+  if (line.length > f.line.size) throw new RangeError(`header line is ${line.length} bytes; at most ${f.line.size}`);
+  const b = Buffer.alloc(LAYOUTS.wk_http_hdr.size);
+  b.writeUInt16LE(state, f.state.offset);
+  b.writeUInt16LE(line.length, f.len.offset);
+  b.writeUInt16LE(nameLength, f.name_len.offset);
+  b.writeUInt32LE(version >>> 0, f.version.offset);
+  line.copy(b, f.line.offset);
+  return b;
+}
+
+/** State and version of a wk_http_hdr value; never the line (it holds a secret). */
+export function decodeHttpHdrMeta(b: Buffer): { state: number; version: number; length: number } {
+  const f = LAYOUTS.wk_http_hdr.fields;
+  return { state: b.readUInt16LE(f.state.offset), version: b.readUInt32LE(f.version.offset), length: b.readUInt16LE(f.len.offset) };
+}
+
+export function encodeHttpConfig(epoch: number): Buffer {
+  const b = Buffer.alloc(LAYOUTS.wk_http_config.size);
+  b.writeUInt32LE(epoch >>> 0, LAYOUTS.wk_http_config.fields.epoch.offset);
+  return b;
+}
+
+export function decodeHttpConfig(b: Buffer): { epoch: number } {
+  return { epoch: b.readUInt32LE(LAYOUTS.wk_http_config.fields.epoch.offset) };
 }

@@ -46,11 +46,23 @@ export interface NativeLink {
 
 export interface NativeObject {
   setGlobal(name: string, value: Buffer): void;
+  /** Whether load() loads the program; programs in SEC("?...") sections are off until turned on. Before load only. */
+  setAutoload(program: string, load: boolean): void;
   load(): void;
   programs(): ProgramInfo[];
   attachCgroup(program: string, cgroupPath: string): NativeLink;
   /** Attaches as the program's section says (tp_btf/..., ...). */
   attach(program: string): NativeLink;
+  /**
+   * Attaches an sk_msg/sk_skb program to a sockmap or sockhash
+   * (bpf_prog_attach; no link exists for this before kernel 6.10). The
+   * attachment belongs to the map: it lasts until detachFromMap() or until
+   * the map is destroyed, and a socket keeps the programs it got when it
+   * was added to the map until it leaves the map.
+   */
+  attachToMap(program: string, map: string): void;
+  /** Undoes attachToMap (bpf_prog_detach2); sockets already in the map keep the program. */
+  detachFromMap(program: string, map: string): void;
   map(name: string): NativeMap;
   btfStruct(name: string): BtfStruct | null;
   close(): void;

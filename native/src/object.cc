@@ -20,10 +20,13 @@ void Object::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = DefineClass(env, "BpfObject",
                                     {
                                         InstanceMethod("setGlobal", &Object::SetGlobal),
+                                        InstanceMethod("setAutoload", &Object::SetAutoload),
                                         InstanceMethod("load", &Object::Load),
                                         InstanceMethod("programs", &Object::Programs),
                                         InstanceMethod("attachCgroup", &Object::AttachCgroup),
                                         InstanceMethod("attach", &Object::Attach),
+                                        InstanceMethod("attachToMap", &Object::AttachToMap),
+                                        InstanceMethod("detachFromMap", &Object::DetachFromMap),
                                         InstanceMethod("map", &Object::Map),
                                         InstanceMethod("btfStruct", &Object::BtfStruct),
                                         InstanceMethod("close", &Object::Close),
@@ -100,6 +103,23 @@ Napi::Value Object::SetGlobal(const Napi::CallbackInfo& info) {
   throw Napi::Error::New(env, "setGlobal: no global named " + name);
 }
 
+// setAutoload(programName, bool): whether load() loads the program. Programs in a
+// SEC("?...") section are off unless turned on here, before load.
+Napi::Value Object::SetAutoload(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_object* obj = Checked(env);
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsBoolean()) {
+    throw Napi::TypeError::New(env, "setAutoload(programName, boolean)");
+  }
+  if (loaded_) throw Napi::Error::New(env, "setAutoload: object is already loaded");
+  std::string name = info[0].As<Napi::String>();
+  bpf_program* prog = bpf_object__find_program_by_name(obj, name.c_str());
+  if (!prog) throw Napi::Error::New(env, "setAutoload: no program named " + name);
+  int err = bpf_program__set_autoload(prog, info[1].As<Napi::Boolean>().Value());
+  if (err) throw MakeError(env, "setAutoload " + name, err);
+  return env.Undefined();
+}
+
 // load(): creates maps and loads every program; on refusal the error carries the verifier log.
 Napi::Value Object::Load(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -168,6 +188,64 @@ Napi::Value Object::Attach(const Napi::CallbackInfo& info) {
   int err = libbpf_get_error(link);
   if (err) throw MakeError(env, "attach " + name, err);
   return Link::NewInstance(env, link);
+}
+
+// Resolves (programName, mapName) for attachToMap/detachFromMap.
+static void ProgramAndMap(Napi::Env env, bpf_object* obj, const Napi::CallbackInfo& info, const char* what,
+                          bpf_program** prog, bpf_map** map) {
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) {
+    throw Napi::TypeError::New(env, std::string(what) + "(programName, mapName)");
+  }
+  std::string prog_name = info[0].As<Napi::String>();
+  std::string map_name = info[1].As<Napi::String>();
+  *prog = bpf_object__find_program_by_name(obj, prog_name.c_str());
+  if (!*prog) throw Napi::Error::New(env, std::string(what) + ": no program named " + prog_name);
+  *map = bpf_object__find_map_by_name(obj, map_name.c_str());
+  if (!*map) throw Napi::Error::New(env, std::string(what) + ": no map named " + map_name);
+}
+
+// attachToMap(programName, mapName): attaches an sk_msg (or sk_skb) program to a
+// sockmap/sockhash with bpf_prog_attach, as the program's expected attach
+// type says (BPF_SK_MSG_VERDICT for SEC("sk_msg")). Returns nothing: libbpf
+// 1.1 has no link for this (the kernel has one from 6.10 only).
+//
+// Lifecycle: the attachment belongs to the map, not to this object or to a
+// file descriptor. It lasts until detachFromMap(), or until the map itself
+// is destroyed (its last fd closed and no pin left). A socket takes the
+// map's programs when it is added to the map and keeps them until it leaves
+// the map, so attach before sockets are added, and a detach only affects
+// sockets added afterwards.
+Napi::Value Object::AttachToMap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_object* obj = Checked(env);
+  if (!loaded_) throw Napi::Error::New(env, "attachToMap: object is not loaded");
+  bpf_program* prog;
+  bpf_map* map;
+  ProgramAndMap(env, obj, info, "attachToMap", &prog, &map);
+  ResetLibbpfLog();
+  int err = bpf_prog_attach(bpf_program__fd(prog), bpf_map__fd(map), bpf_program__expected_attach_type(prog), 0);
+  if (err) {
+    throw MakeError(env, std::string("attach ") + bpf_program__name(prog) + " to map " + bpf_map__name(map),
+                    err < 0 ? err : errno);
+  }
+  return env.Undefined();
+}
+
+// detachFromMap(programName, mapName): undoes attachToMap (bpf_prog_detach2).
+Napi::Value Object::DetachFromMap(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_object* obj = Checked(env);
+  if (!loaded_) throw Napi::Error::New(env, "detachFromMap: object is not loaded");
+  bpf_program* prog;
+  bpf_map* map;
+  ProgramAndMap(env, obj, info, "detachFromMap", &prog, &map);
+  ResetLibbpfLog();
+  int err = bpf_prog_detach2(bpf_program__fd(prog), bpf_map__fd(map), bpf_program__expected_attach_type(prog));
+  if (err) {
+    throw MakeError(env, std::string("detach ") + bpf_program__name(prog) + " from map " + bpf_map__name(map),
+                    err < 0 ? err : errno);
+  }
+  return env.Undefined();
 }
 
 Napi::Value Object::Map(const Napi::CallbackInfo& info) {

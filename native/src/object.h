@@ -18,10 +18,13 @@ class Object : public Napi::ObjectWrap<Object> {
 
  private:
   Napi::Value SetGlobal(const Napi::CallbackInfo& info);
+  Napi::Value SetAutoload(const Napi::CallbackInfo& info);
   Napi::Value Load(const Napi::CallbackInfo& info);
   Napi::Value Programs(const Napi::CallbackInfo& info);
   Napi::Value AttachCgroup(const Napi::CallbackInfo& info);
   Napi::Value Attach(const Napi::CallbackInfo& info);
+  Napi::Value AttachToMap(const Napi::CallbackInfo& info);
+  Napi::Value DetachFromMap(const Napi::CallbackInfo& info);
   Napi::Value Map(const Napi::CallbackInfo& info);
   Napi::Value BtfStruct(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);

@@ -1,0 +1,951 @@
+// SPDX-License-Identifier: GPL-2.0-only
+/*
+ * Kernel HTTP datapath: add a binding's credential header to every
+ * plaintext HTTP/1.1 request a bound workload sends to a policy-pinned
+ * address, in the kernel, on the workload's own connection.
+ *
+ *   connect()  wk_http_connect4/6: the caller's workload (workload.bpf.h,
+ *              the same rule as the proxy redirect) and the destination
+ *              (wk_http_dest: pinned address and port -> service) name a
+ *              binding in wk_http_hdr; if so, socket storage records
+ *              (workload, service, destination, epoch).
+ *   sockops    wk_http_sockops, on ACTIVE_ESTABLISHED: a socket whose
+ *              storage says "bound" and that really reached that pinned
+ *              destination goes into the wk_http_socks sockhash, and the
+ *              stream accounting starts (see below).
+ *   sk_msg     wk_http_msg, on every write of a socket in wk_http_socks:
+ *              follows request boundaries and inserts the header line
+ *              right after the request line of every request, once.
+ *
+ * Framing. Per socket, `left` is the number of bytes known to be safe to
+ * pass from the last accounted stream position: the rest of the current
+ * request (head, injected line, Content-Length body). Each run first
+ * brings it up to date from the socket's write_seq, so the program never
+ * trusts its own idea of where the stream is; a byte that reached the
+ * stream without being approved is caught there.
+ *   - left > 0: the rest of a request. Passed untouched, in chunks the
+ *     socket can queue without waiting (see approve(): a push that fails
+ *     part way would let the kernel pass later bytes unseen).
+ *   - left == 0: a request starts here. The head (request line through
+ *     CRLFCRLF, at most WK_HTTP_HEAD_MAX bytes) must be complete before
+ *     anything is decided: an incomplete head is corked
+ *     (bpf_msg_cork_bytes) and the program runs again on the whole head
+ *     when more bytes are written, carrying on where its scan stopped.
+ *     The head is checked byte by byte (bpf_loop), the line is inserted
+ *     after the request line (bpf_msg_push_data, written into the page that
+ *     helper allocated, never into the workload's pages), and `left`
+ *     becomes head + line + Content-Length. A body is never parsed, so text
+ *     in a body that looks like a request is never taken for one.
+ * Only SK_PASS is used to send: a redirect to the socket itself would
+ * release the socket lock around the push (another thread's bytes could
+ * then precede an injected line) and, after a cork, frees the message's
+ * tail on the kernels this targets.
+ *
+ * The refusal rule. A request the program cannot handle with certainty is
+ * refused: its write is dropped whole (SK_DROP: sendmsg fails with EACCES
+ * and none of its bytes is sent) and the connection is marked refused, so
+ * every later write on it is dropped too (the kernel's DROP verdict is
+ * sticky as well). Nothing half-injected or reframed ever leaves: the
+ * upstream sees the requests before the refused one, complete, and then
+ * nothing more on that connection. Refused, each with its own counter in
+ * wk_http_stats:
+ *   - a head longer than WK_HTTP_HEAD_MAX (8 KiB);
+ *   - anything but "TOKEN SP TARGET SP HTTP/1.0|1 CRLF", header lines
+ *     "token: value CRLF": obs-fold, bare CR or LF, NUL and other controls,
+ *     space before the colon, an empty name;
+ *   - Transfer-Encoding of any kind (a chunked body cannot be followed);
+ *   - Upgrade, Connection containing "upgrade", CONNECT (the stream
+ *     stops being HTTP/1.1 requests);
+ *   - the injected header already present (e.g. the client's own
+ *     Authorization);
+ *   - Content-Length duplicated, empty, not all digits or over 15 digits;
+ *   - the binding gone, withheld (no credential), the destination no
+ *     longer pinned to the same service, or the id epoch bumped;
+ *   - bytes that reached the stream without this program seeing them:
+ *     urgent data (MSG_OOB: the receiver takes that byte out of the
+ *     stream), a write that started before the connection was established
+ *     (a non-blocking connect() followed by a blocking write: that write
+ *     goes out untouched, then the connection is refused), or any other
+ *     mismatch between write_seq and what was approved;
+ *   - a request head arriving while the send buffer is too full to queue
+ *     the request line and the injected line in one piece (see approve()).
+ * TCP Fast Open is refused earlier, at connect() (EPERM).
+ *
+ * Header bytes live in wk_http_hdr, keyed by (workload, service). The
+ * controller replaces a value in place under its bpf_spin_lock
+ * (BPF_F_LOCK); the program copies it into socket storage under the same
+ * lock once per request, so a request carries the whole old line or the
+ * whole new one.
+ *
+ * The programs are not loaded unless asked for (SEC("?...")): an agent
+ * without kernel-path bindings loads the object exactly as before, and a
+ * kernel that refuses them cannot stop it from starting. The controller
+ * turns them on between open and load (KernelHttp.enable).
+ *
+ * Minimum kernel: 5.17, for bpf_loop (5.17). Also used: the sockops
+ * header-option callback (5.10, to watch for urgent data), socket storage
+ * and msg->sk in sk_msg (5.8), bpf_skc_to_tcp_sock with BTF reads from
+ * networking programs (5.9), cgroup bpf_link (5.7), bpf_spin_lock and
+ * BPF_F_LOCK (5.1), bpf_msg_push_data and bpf_msg_cork_bytes (4.17-4.20).
+ * Debian 12's 6.1 has them all (verified on 6.18 here; 6.1 is for
+ * vm-tests). The sk_msg program is attached to the sockhash with
+ * bpf_prog_attach (no sk_msg bpf_link before 6.10).
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_core_read.h>
+#include "workload.bpf.h"
+
+#define AF_INET		2
+#define AF_INET6	10
+#define SOCK_STREAM	1
+#define IPPROTO_TCP	6
+
+#define SYS_PROCEED	1
+#define SYS_REJECT	0
+
+#define BPF_ANY		0
+#define BPF_NOEXIST	1
+
+/* wk_http_sock.flags */
+#define SOCK_BOUND	1	/* connect() found a binding for this destination */
+#define SOCK_ARMED	2	/* in wk_http_socks, stream accounting started */
+#define SOCK_REFUSED	4	/* every later write is dropped */
+
+/* pinned (address, port) -> service */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WK_HTTP_MAX_DESTS);
+	__type(key, struct wk_http_dest_key);
+	__type(value, struct wk_http_dest_val);
+} wk_http_dest SEC(".maps");
+
+/* (workload, service) -> header line; updated in place with BPF_F_LOCK */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WK_MAX_BINDINGS);
+	__type(key, struct wk_http_hdr_key);
+	__type(value, struct wk_http_hdr);
+} wk_http_hdr SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct wk_http_config);
+} wk_http_config SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, WK_HTTP_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} wk_http_stats SEC(".maps");
+
+/*
+ * Where the scan of a request head is. It lives in socket storage, not on
+ * the stack: the verifier then treats it as data, so the bpf_loop callback
+ * is verified once instead of once per combination of parser states, and a
+ * corked head is not scanned again from its first byte.
+ */
+struct wk_http_scan {
+	__u64 word[3];			/* lower-cased header name, first 24 bytes */
+	__u64 method;			/* first 8 bytes of the method */
+	__u64 clen;			/* Content-Length */
+	__u32 seq;			/* write_seq where this head starts */
+	__u32 pos;			/* bytes of the head scanned so far */
+	__u32 active;			/* a head is being scanned */
+	__u32 state;			/* enum scan_state */
+	__u32 tok;			/* bytes of the current token */
+	__u32 same_name;		/* the current name is the injected header's so far */
+	__u32 kind;			/* enum hdr_kind of the current line */
+	__u32 seen_length;
+	__u32 cl_state;			/* 0 leading space, 1 digits, 2 trailing space */
+	__u32 digits;
+	__u32 upgrade;			/* bytes of "upgrade" matched in Connection */
+	__u32 rl_end;			/* offset after the request line's CRLF */
+	__u32 head_end;			/* offset after CRLFCRLF; 0 until found */
+	__u32 reason;			/* WK_HTTP_STAT_REFUSED_*; 0 while acceptable */
+};
+
+/* Kernel-only: never read by the controller. */
+struct wk_http_sock {
+	__u32 workload_id;
+	__u32 service_id;
+	__u32 epoch;
+	__u32 flags;			/* SOCK_* */
+	struct wk_http_dest_key dest;	/* where connect() was going */
+	__u32 mark_seq;			/* write_seq when `left` was last brought up to date */
+	__u32 _pad[2];
+	__u64 left;			/* bytes safe to pass from mark_seq on: the rest of this request */
+	struct wk_http_scan scan;
+	/* the header line of the current request, copied under the lock */
+	__u16 hdr_state;
+	__u16 hdr_len;
+	__u16 name_len;
+	__u16 _pad2;
+	__u32 version;
+	__u32 _pad3;
+	__u8 line[WK_HTTP_LINE_MAX];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct wk_http_sock);
+} wk_http_sock SEC(".maps");
+
+/* Established kernel-path connections, keyed by socket cookie. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SOCKHASH);
+	__uint(max_entries, WK_HTTP_MAX_SOCKS);
+	__type(key, __u64);
+	__type(value, __u64);
+} wk_http_socks SEC(".maps");
+
+static __always_inline void http_count(__u32 stat)
+{
+	__u64 *v = bpf_map_lookup_elem(&wk_http_stats, &stat);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+static __always_inline bool same_dest(const struct wk_http_dest_key *a,
+				      const struct wk_http_dest_key *b)
+{
+	return a->addr[0] == b->addr[0] && a->addr[1] == b->addr[1] &&
+	       a->addr[2] == b->addr[2] && a->addr[3] == b->addr[3] &&
+	       a->port == b->port;
+}
+
+/* ---- connect() ---------------------------------------------------------- */
+
+static __always_inline int http_connect(struct bpf_sock_addr *ctx,
+					struct wk_http_dest_key *key)
+{
+	struct wk_http_hdr_key hk = {};
+	struct wk_http_dest_val *dest;
+	struct wk_http_config *cfg;
+	struct wk_http_sock *st;
+	struct wk_http_hdr *hdr;
+	struct tcp_sock *tp;
+	__u32 zero = 0, wid;
+
+	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
+		return SYS_PROCEED;
+	/* A socket connected again must not keep an earlier binding. */
+	st = bpf_sk_storage_get(&wk_http_sock, ctx->sk, NULL, 0);
+	if (st)
+		st->flags = 0;
+	if ((bpf_get_current_pid_tgid() >> 32) == agent_tgid)
+		return SYS_PROCEED;
+	/* Pinned addresses are the host's view of the network. */
+	if (bpf_get_netns_cookie(ctx) != host_netns_cookie)
+		return SYS_PROCEED;
+
+	dest = bpf_map_lookup_elem(&wk_http_dest, key);
+	if (!dest)
+		return SYS_PROCEED;
+	wid = current_workload();
+	if (!wid)
+		return SYS_PROCEED;
+	hk.workload_id = wid;
+	hk.service_id = dest->service_id;
+	hdr = bpf_map_lookup_elem(&wk_http_hdr, &hk);
+	if (!hdr || hdr->state == WK_HTTP_UNBOUND)
+		return SYS_PROCEED;
+
+	/*
+	 * TCP Fast Open writes its data before the connection is established,
+	 * so before sk_msg can see it: the request would leave uninjected and
+	 * the stream position would be unknown. Refused at connect() (EPERM),
+	 * whether asked for with TCP_FASTOPEN_CONNECT or by sendto(MSG_FASTOPEN).
+	 */
+	tp = bpf_skc_to_tcp_sock(ctx->sk);
+	if (!tp || BPF_CORE_READ_BITFIELD(tp, fastopen_connect) || tp->fastopen_req) {
+		http_count(WK_HTTP_STAT_REFUSED_FASTOPEN);
+		return SYS_REJECT;
+	}
+	st = bpf_sk_storage_get(&wk_http_sock, ctx->sk, NULL,
+				BPF_SK_STORAGE_GET_F_CREATE);
+	if (!st) {
+		/* A bound workload must not reach the service unaccounted for. */
+		http_count(WK_HTTP_STAT_STORAGE_FAIL);
+		return SYS_REJECT;
+	}
+	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
+	st->workload_id = wid;
+	st->service_id = hk.service_id;
+	st->epoch = cfg ? cfg->epoch : 0;
+	st->dest = *key;
+	st->left = 0;
+	st->flags = SOCK_BOUND;
+	return SYS_PROCEED;
+}
+
+SEC("?cgroup/connect4")
+int wk_http_connect4(struct bpf_sock_addr *ctx)
+{
+	struct wk_http_dest_key key = {};
+
+	key.addr[2] = bpf_htonl(0xffff);
+	key.addr[3] = ctx->user_ip4;
+	key.port = bpf_ntohs((__u16)ctx->user_port);
+	return http_connect(ctx, &key);
+}
+
+SEC("?cgroup/connect6")
+int wk_http_connect6(struct bpf_sock_addr *ctx)
+{
+	struct wk_http_dest_key key = {};
+
+	key.addr[0] = ctx->user_ip6[0];
+	key.addr[1] = ctx->user_ip6[1];
+	key.addr[2] = ctx->user_ip6[2];
+	key.addr[3] = ctx->user_ip6[3];
+	key.port = bpf_ntohs((__u16)ctx->user_port);
+	return http_connect(ctx, &key);
+}
+
+/* ---- established -------------------------------------------------------- */
+
+/*
+ * Urgent data (send() with MSG_OOB) stays in the byte stream this program
+ * accounts for, but the receiver takes the urgent byte out of its stream
+ * (unless it set SO_OOBINLINE): from then on the upstream's request
+ * boundaries are no longer ours. The sender is in urgent mode, its urgent
+ * pointer ahead of snd_una, from that send until the byte is acknowledged,
+ * and the byte cannot be acknowledged before it is transmitted. So urgent
+ * data is caught either here, when any segment goes out in urgent mode, or
+ * by wk_http_msg, if the next write comes before that; either way before
+ * another header is injected. (Outside urgent mode snd_up trails snd_una,
+ * briefly, while an ACK is processed: only "ahead" counts.)
+ */
+static __always_inline bool urgent_pending(struct tcp_sock *tp)
+{
+	return (__s32)(tp->snd_up - tp->snd_una) > 0;
+}
+
+static __always_inline int watch_urgent(struct bpf_sock_ops *skops)
+{
+	struct wk_http_sock *st;
+	struct tcp_sock *tp;
+	struct bpf_sock *sk = skops->sk;
+
+	if (!sk)
+		return 1;
+	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
+	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)
+		return 1;
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (tp && urgent_pending(tp)) {
+		st->flags |= SOCK_REFUSED;
+		http_count(WK_HTTP_STAT_REFUSED_STREAM);
+	}
+	return 1;
+}
+
+SEC("?sockops")
+int wk_http_sockops(struct bpf_sock_ops *skops)
+{
+	struct wk_http_dest_key remote = {};
+	struct wk_http_sock *st;
+	struct tcp_sock *tp;
+	struct bpf_sock *sk;
+	__u64 cookie;
+
+	if (skops->op == BPF_SOCK_OPS_HDR_OPT_LEN_CB)
+		return watch_urgent(skops);
+	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
+		return 1;
+	sk = skops->sk;
+	if (!sk)
+		return 1;
+	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
+	if (!st || !(st->flags & SOCK_BOUND))
+		return 1;
+
+	if (skops->family == AF_INET) {
+		remote.addr[2] = bpf_htonl(0xffff);
+		remote.addr[3] = skops->remote_ip4;
+		/* Keep clang from merging the two ctx loads: the verifier
+		 * refuses ctx accesses at a computed offset. */
+		asm volatile("" ::: "memory");
+	} else if (skops->family == AF_INET6) {
+		remote.addr[0] = skops->remote_ip6[0];
+		remote.addr[1] = skops->remote_ip6[1];
+		remote.addr[2] = skops->remote_ip6[2];
+		remote.addr[3] = skops->remote_ip6[3];
+		asm volatile("" ::: "memory");
+	} else {
+		return 1;
+	}
+	remote.port = (__u16)bpf_ntohl(skops->remote_port);
+	/*
+	 * Another connect() program (the proxy redirect) may have sent the
+	 * socket elsewhere: only the pinned destination gets the credential.
+	 */
+	if (!same_dest(&remote, &st->dest)) {
+		st->flags = 0;
+		return 1;
+	}
+
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp) {
+		st->flags = 0;
+		return 1;
+	}
+	st->mark_seq = tp->write_seq;
+	st->left = 0;
+	st->flags |= SOCK_ARMED;
+	/* Run on every segment this socket transmits: see watch_urgent(). */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+				  BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+	/*
+	 * Second line behind the connect() check: with TCP Fast Open, data
+	 * went out (or will, from a sendmsg that started before this point)
+	 * without passing through sk_msg, so the stream position is unknown.
+	 */
+	if (BPF_CORE_READ_BITFIELD(tp, syn_data) ||
+	    BPF_CORE_READ_BITFIELD(tp, syn_fastopen) ||
+	    BPF_CORE_READ_BITFIELD(tp, fastopen_connect)) {
+		st->flags |= SOCK_REFUSED;
+		http_count(WK_HTTP_STAT_REFUSED_STREAM);
+	}
+
+	cookie = bpf_get_socket_cookie(skops);
+	if (bpf_sock_hash_update(skops, &wk_http_socks, &cookie, BPF_NOEXIST)) {
+		/* The connection carries no credential: requests fail upstream. */
+		st->flags = 0;
+		http_count(WK_HTTP_STAT_SOCKHASH_FULL);
+	}
+	return 1;
+}
+
+/* ---- the request head --------------------------------------------------- */
+
+#define W8(a, b, c, d, e, f, g, h)					\
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | \
+	 (__u64)(e) << 32 | (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
+
+/* Lower-cased header names, 8 bytes a word, as scan() accumulates them. */
+#define NAME_CONTENT_	W8('c', 'o', 'n', 't', 'e', 'n', 't', '-')
+#define NAME_LENGTH	W8('l', 'e', 'n', 'g', 't', 'h', 0, 0)
+#define NAME_TRANSFER	W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r')
+#define NAME__ENCODIN	W8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n')
+#define NAME_G		W8('g', 0, 0, 0, 0, 0, 0, 0)
+#define NAME_UPGRADE	W8('u', 'p', 'g', 'r', 'a', 'd', 'e', 0)
+#define NAME_CONNECTI	W8('c', 'o', 'n', 'n', 'e', 'c', 't', 'i')
+#define NAME_ON		W8('o', 'n', 0, 0, 0, 0, 0, 0)
+#define METHOD_CONNECT	W8('C', 'O', 'N', 'N', 'E', 'C', 'T', 0)
+#define VERSION_PREFIX	W8('H', 'T', 'T', 'P', '/', '1', '.', 0)
+
+enum scan_state {
+	HS_METHOD, HS_TARGET, HS_VERSION, HS_RL_LF,
+	HS_LINE, HS_NAME, HS_VALUE, HS_LF, HS_END_LF, HS_DONE,
+};
+
+enum hdr_kind { HK_OTHER, HK_LENGTH, HK_CONNECTION };
+
+/* bpf_loop context: only what must be on the stack (packet pointers). */
+struct scan_ctx {
+	void *data;			/* the head, linear after bpf_msg_pull_data */
+	void *data_end;
+	struct wk_http_sock *st;
+};
+
+/* RFC 9110 tchar */
+static __always_inline bool is_tchar(__u8 c)
+{
+	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+		return true;
+	switch (c) {
+	case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
+	case '+': case '-': case '.': case '^': case '_': case '`': case '|':
+	case '~':
+		return true;
+	}
+	return false;
+}
+
+static __always_inline __u8 lower(__u8 c)
+{
+	return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+}
+
+static __always_inline long stop(struct wk_http_scan *s, __u32 reason)
+{
+	s->reason = reason;
+	s->state = HS_DONE;
+	return 1;
+}
+
+/* The header line's name ends at ':'. Decides what the line is. */
+static __always_inline long end_of_name(struct wk_http_sock *st, struct wk_http_scan *s)
+{
+	__u64 w0 = s->word[0], w1 = s->word[1], w2 = s->word[2];
+	__u32 n = s->tok;
+
+	if (s->same_name && n == st->name_len)
+		return stop(s, WK_HTTP_STAT_REFUSED_HEADER);
+	s->kind = HK_OTHER;
+	if (n == 14 && w0 == NAME_CONTENT_ && w1 == NAME_LENGTH) {
+		if (s->seen_length)
+			return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
+		s->seen_length = 1;
+		s->kind = HK_LENGTH;
+		s->cl_state = 0;
+		s->digits = 0;
+		s->clen = 0;
+	} else if (n == 17 && w0 == NAME_TRANSFER && w1 == NAME__ENCODIN && w2 == NAME_G) {
+		return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
+	} else if (n == 7 && w0 == NAME_UPGRADE) {
+		return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
+	} else if (n == 10 && w0 == NAME_CONNECTI && w1 == NAME_ON) {
+		s->kind = HK_CONNECTION;
+		s->upgrade = 0;
+	}
+	s->state = HS_VALUE;
+	return 0;
+}
+
+static __always_inline long value_byte(struct wk_http_scan *s, __u8 c)
+{
+	__u8 lc = lower(c);
+	__u32 k;
+
+	if (s->kind == HK_LENGTH) {
+		if (c == ' ' || c == '\t') {
+			if (s->cl_state == 1)
+				s->cl_state = 2;
+		} else if (c >= '0' && c <= '9' && s->cl_state != 2) {
+			s->cl_state = 1;
+			if (++s->digits > 15)
+				return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
+			s->clen = s->clen * 10 + (c - '0');
+		} else {
+			return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
+		}
+	} else if (s->kind == HK_CONNECTION) {
+		/* "upgrade" has no repeated letter: a mismatch restarts at 'u'. */
+		k = s->upgrade & 7;
+		if (k < 7 && lc == (__u8)(NAME_UPGRADE >> (8 * k))) {
+			if (k + 1 == 7)
+				return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
+			s->upgrade = k + 1;
+		} else {
+			s->upgrade = lc == 'u';
+		}
+	}
+	return 0;
+}
+
+/* One byte of the head, at scan.pos; bpf_loop callback. Returns 1 to stop. */
+static long scan_byte(__u32 i, struct scan_ctx *ctx)
+{
+	struct wk_http_sock *st = ctx->st;
+	struct wk_http_scan *s = &st->scan;
+	__u32 off = s->pos, tok = s->tok;
+	__u8 *p, c, lc;
+
+	if (off >= WK_HTTP_HEAD_MAX)
+		return 1;
+	p = (__u8 *)ctx->data + off;
+	if ((void *)(p + 1) > ctx->data_end)
+		return 1;
+	c = *p;
+	lc = lower(c);
+	s->pos = off + 1;
+
+	switch (s->state) {
+	case HS_METHOD:
+		if (is_tchar(c)) {
+			if (tok < 8)
+				s->method |= (__u64)c << (8 * (tok & 7));
+			else if (tok >= 32)
+				return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+			s->tok = tok + 1;
+		} else if (c == ' ' && tok) {
+			if (tok == 7 && s->method == METHOD_CONNECT)
+				return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
+			s->state = HS_TARGET;
+			s->tok = 0;
+		} else {
+			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		}
+		break;
+	case HS_TARGET:
+		if (c > ' ' && c < 0x7f) {
+			s->tok = tok + 1;
+		} else if (c == ' ' && tok) {
+			s->state = HS_VERSION;
+			s->tok = 0;
+		} else {
+			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		}
+		break;
+	case HS_VERSION:
+		/* exactly HTTP/1.0 or HTTP/1.1 */
+		if (tok < 7) {
+			if (c != (__u8)(VERSION_PREFIX >> (8 * (tok & 7))))
+				return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		} else if (tok == 7) {
+			if (c != '0' && c != '1')
+				return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		} else if (c == '\r') {
+			s->state = HS_RL_LF;
+		} else {
+			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		}
+		s->tok = tok + 1;
+		break;
+	case HS_RL_LF:
+		if (c != '\n')
+			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		s->rl_end = off + 1;
+		s->state = HS_LINE;
+		break;
+	case HS_LINE:
+		if (c == '\r') {
+			s->state = HS_END_LF;
+		} else if (is_tchar(c)) {
+			s->word[0] = lc;
+			s->word[1] = 0;
+			s->word[2] = 0;
+			s->tok = 1;
+			s->same_name = st->name_len && lower(st->line[0]) == lc;
+			s->state = HS_NAME;
+		} else {
+			/* obs-fold (SP/HT), bare LF, an empty name, controls */
+			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		}
+		break;
+	case HS_NAME:
+		if (is_tchar(c)) {
+			if (tok < 8)
+				s->word[0] |= (__u64)lc << (8 * (tok & 7));
+			else if (tok < 16)
+				s->word[1] |= (__u64)lc << (8 * (tok & 7));
+			else if (tok < 24)
+				s->word[2] |= (__u64)lc << (8 * (tok & 7));
+			if (s->same_name &&
+			    (tok >= st->name_len || tok >= WK_HTTP_LINE_MAX ||
+			     lower(st->line[tok & (WK_HTTP_LINE_MAX - 1)]) != lc))
+				s->same_name = 0;
+			s->tok = tok + 1;
+		} else if (c == ':') {
+			return end_of_name(st, s);
+		} else {
+			/* space before the colon, controls, separators */
+			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		}
+		break;
+	case HS_VALUE:
+		if (c == '\r') {
+			if (s->kind == HK_LENGTH && !s->digits)
+				return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
+			s->state = HS_LF;
+		} else if (c == '\t' || c == ' ' || (c > ' ' && c != 0x7f)) {
+			return value_byte(s, c);
+		} else {
+			/* bare LF, NUL, other controls */
+			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		}
+		break;
+	case HS_LF:
+		if (c != '\n')
+			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		s->state = HS_LINE;
+		break;
+	case HS_END_LF:
+		if (c != '\n')
+			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		s->head_end = off + 1;
+		s->state = HS_DONE;
+		return 1;
+	default:
+		return 1;
+	}
+	return 0;
+}
+
+/* ---- sk_msg ------------------------------------------------------------- */
+
+static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
+{
+	st->flags |= SOCK_REFUSED;
+	http_count(why);
+	return SK_DROP;
+}
+
+/*
+ * Why approvals are sized the way they are. When the kernel fails to queue
+ * an approved chunk part way (a non-blocking writer and a full send
+ * buffer, SO_SNDTIMEO, a signal), tcp_bpf_send_verdict frees the rest of
+ * the message but keeps the verdict and the whole approved length: the
+ * writer's retry then passes without this program, and every further
+ * failure under that stale verdict lets more bytes than approved go out
+ * unseen. So a push must not fail part way:
+ *   - an approval is never more than the current message, nor more than
+ *     the socket can queue right now without waiting (queue_room);
+ *   - the chunk holding injected bytes (request line and line) must fit
+ *     whole, or the request is refused: a half-queued line, or the
+ *     workload's bytes passed where the line should be, would be a
+ *     corrupted request;
+ *   - with no room at all, one byte is approved: a one-byte push queues
+ *     that byte or nothing, so it cannot overrun either.
+ * If a push fails part way anyway (global TCP memory pressure), the next
+ * run sees the overrun through write_seq: absorbed into `left` while it
+ * stayed inside this request, refused beyond it, and in both cases no
+ * header is injected anywhere but at a request start this program parsed.
+ */
+static __always_inline __u64 net_notsent_lowat(struct tcp_sock *tp)
+{
+	__u32 lowat = tp->notsent_lowat;
+
+	if (!lowat)
+		lowat = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.__sk_common.skc_net.net,
+				      ipv4.sysctl_tcp_notsent_lowat);
+	return lowat;
+}
+
+/*
+ * Bytes the socket can queue now with tcp_sendmsg_locked never waiting: it
+ * only waits when it needs a new skb while sk_wmem_queued >= sk_sndbuf or
+ * the not-yet-sent bytes reach notsent_lowat. n bytes need at most
+ * n / mss + 2 new skbs, each charged at most 2 KiB beyond its data.
+ */
+static __always_inline __u64 queue_room(struct tcp_sock *tp)
+{
+	__s64 room = (__s64)tp->inet_conn.icsk_inet.sk.sk_sndbuf -
+		     tp->inet_conn.icsk_inet.sk.sk_wmem_queued - 2 * 2048;
+	__u64 notsent = (__u32)(tp->write_seq - tp->snd_nxt);
+	__u64 lowat = net_notsent_lowat(tp);
+	__u64 mss = tp->mss_cache, n;
+
+	if (room <= 0 || notsent >= lowat)
+		return 0;
+	if (mss < 536)
+		mss = 536;
+	n = (__u64)room * mss / (mss + 2048);
+	if (n > lowat - notsent - 1)
+		n = lowat - notsent - 1;
+	return n;
+}
+
+/* Approve the next chunk of `left` safe bytes; see above. */
+static __always_inline int approve(struct sk_msg_md *msg, struct wk_http_sock *st,
+				   struct tcp_sock *tp)
+{
+	__u64 left = st->left, room = queue_room(tp), n;
+	__u32 size = msg->size;
+
+	n = left < size ? left : size;
+	if (n > room)
+		n = room;
+	if (!n)
+		n = 1;
+	bpf_msg_apply_bytes(msg, (__u32)n);
+	return SK_PASS;
+}
+
+/* The binding this connection was made under still holds. */
+static __always_inline bool binding_holds(struct wk_http_sock *st)
+{
+	struct wk_http_dest_val *dest;
+	struct wk_http_config *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
+	if (!cfg || cfg->epoch != st->epoch)
+		return false;
+	/* Still pinned, to the same service? */
+	dest = bpf_map_lookup_elem(&wk_http_dest, &st->dest);
+	return dest && dest->service_id == st->service_id;
+}
+
+/*
+ * Copies the binding's header line into socket storage under the value's
+ * lock, once per request: the request gets the old line or the new one,
+ * never a mix, however the controller rotates it meanwhile.
+ */
+static __always_inline bool snapshot_header(struct wk_http_sock *st)
+{
+	struct wk_http_hdr_key hk = {};
+	struct wk_http_hdr *hdr;
+	__u64 *dst, *src;
+
+	hk.workload_id = st->workload_id;
+	hk.service_id = st->service_id;
+	hdr = bpf_map_lookup_elem(&wk_http_hdr, &hk);
+	if (!hdr)
+		return false;
+
+	dst = (__u64 *)st->line;
+	src = (__u64 *)hdr->line;
+	bpf_spin_lock(&hdr->lock);
+	st->hdr_state = hdr->state;
+	st->hdr_len = hdr->len;
+	st->name_len = hdr->name_len;
+	st->version = hdr->version;
+	for (int i = 0; i < WK_HTTP_LINE_MAX / 8; i++)
+		dst[i] = src[i];
+	bpf_spin_unlock(&hdr->lock);
+
+	return st->hdr_state == WK_HTTP_INJECT &&
+	       st->name_len > 0 && st->hdr_len > st->name_len + 3 &&
+	       st->hdr_len <= WK_HTTP_LINE_MAX;
+}
+
+static __always_inline void scan_reset(struct wk_http_scan *s, __u32 seq)
+{
+	__builtin_memset(s, 0, sizeof(*s));
+	s->seq = seq;
+	s->active = 1;
+}
+
+static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_sock *st,
+					 struct tcp_sock *tp, __u32 now)
+{
+	struct wk_http_scan *s = &st->scan;
+	struct scan_ctx ctx = {};
+	__u32 size = msg->size, n, hlen, off, total;
+	__u64 room;
+	__u8 *data, *end;
+
+	if (!binding_holds(st))
+		return refuse(st, WK_HTTP_STAT_REFUSED_BINDING);
+	/*
+	 * A corked head comes back whole, from its first byte, with nothing
+	 * queued meanwhile (a cork the kernel cannot keep is a drop, and a
+	 * drop is final): carry on from where the scan stopped. Anything
+	 * else is a new head.
+	 */
+	if (!s->active || s->seq != now || s->pos > size) {
+		scan_reset(s, now);
+		if (!snapshot_header(st))
+			return refuse(st, WK_HTTP_STAT_REFUSED_BINDING);
+	}
+
+	n = size < WK_HTTP_HEAD_MAX ? size : WK_HTTP_HEAD_MAX;
+	if (bpf_msg_pull_data(msg, 0, n, 0))
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+	ctx.data = (void *)(long)msg->data;
+	ctx.data_end = (void *)(long)msg->data_end;
+	ctx.st = st;
+	if (s->pos < n)
+		bpf_loop(n - s->pos, scan_byte, &ctx, 0);
+
+	if (s->reason)
+		return refuse(st, s->reason);
+	if (!s->head_end) {
+		if (size >= WK_HTTP_HEAD_MAX)
+			return refuse(st, WK_HTTP_STAT_REFUSED_HEAD_SIZE);
+		/*
+		 * Hold the bytes until at least one more arrives, then look at
+		 * the head again. The verdict given with a cork only applies
+		 * if the kernel cannot cork (its message ring is full): then
+		 * the bytes are dropped, never sent uninjected.
+		 */
+		bpf_msg_cork_bytes(msg, size + 1);
+		http_count(WK_HTTP_STAT_CORKED);
+		return SK_DROP;
+	}
+	s->active = 0;
+
+	hlen = st->hdr_len;
+	off = s->rl_end;
+	if (hlen > WK_HTTP_LINE_MAX || off >= WK_HTTP_HEAD_MAX)
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+	/*
+	 * The request line and the injected line go in one chunk that must
+	 * not fail part way (see queue_room()). With the send buffer that full,
+	 * the request is refused rather than risked. Clients that wait for a
+	 * response before the next request never get here; a client that
+	 * pipelines behind a large body can.
+	 */
+	room = queue_room(tp);
+	if (room < off + hlen)
+		return refuse(st, WK_HTTP_STAT_REFUSED_BUSY);
+	if (bpf_msg_push_data(msg, off, hlen, 0))
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+	/* From here the message holds uninitialised bytes: any failure
+	 * must drop it whole. */
+	if (bpf_msg_pull_data(msg, off, off + hlen, 0))
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+	data = (__u8 *)(long)msg->data;
+	end = (__u8 *)(long)msg->data_end;
+	for (int i = 0; i < WK_HTTP_LINE_MAX; i++) {
+		if (i >= hlen)
+			break;
+		if (data + i + 1 > end)
+			return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+		data[i] = st->line[i];
+	}
+	http_count(WK_HTTP_STAT_INJECTED);
+
+	/* Head, line and body are now this request's safe bytes. */
+	st->left = (__u64)s->head_end + hlen + s->clen;
+	st->mark_seq = now;
+	total = msg->size;
+	if (total > st->left)
+		total = st->left;
+	if (total > room)
+		total = room;
+	bpf_msg_apply_bytes(msg, total);
+	return SK_PASS;
+}
+
+SEC("?sk_msg")
+int wk_http_msg(struct sk_msg_md *msg)
+{
+	struct wk_http_sock *st;
+	struct tcp_sock *tp;
+	struct bpf_sock *sk;
+	__u32 now, consumed;
+
+	/*
+	 * The kernel keeps both in the message between runs: set them every
+	 * time, or a stale cork or apply from an earlier run would apply.
+	 */
+	bpf_msg_cork_bytes(msg, 0);
+	bpf_msg_apply_bytes(msg, 0);
+
+	sk = msg->sk;
+	if (!sk)
+		return SK_DROP;
+	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
+	if (!st) {
+		http_count(WK_HTTP_STAT_REFUSED_INTERNAL);
+		return SK_DROP;
+	}
+	if (st->flags & SOCK_REFUSED) {
+		http_count(WK_HTTP_STAT_DROPPED);
+		return SK_DROP;
+	}
+	if (!(st->flags & SOCK_ARMED))
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+	tp = bpf_skc_to_tcp_sock(sk);
+	if (!tp)
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+
+	/* Urgent data not yet acknowledged: see watch_urgent(). */
+	if (urgent_pending(tp))
+		return refuse(st, WK_HTTP_STAT_REFUSED_STREAM);
+	/* Every byte queued since the last run must be one approved here. */
+	now = tp->write_seq;
+	consumed = now - st->mark_seq;
+	if (consumed > st->left)
+		return refuse(st, WK_HTTP_STAT_REFUSED_STREAM);
+	st->left -= consumed;
+	st->mark_seq = now;
+
+	if (st->left)
+		return approve(msg, st, tp);
+	return start_request(msg, st, tp, now);
+}
+
+char LICENSE[] SEC("license") __weak = "GPL";

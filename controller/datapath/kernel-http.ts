@@ -1,0 +1,335 @@
+/**
+ * The kernel HTTP datapath (bpf/http-inject.bpf.c): plaintext HTTP/1.1 to
+ * policy-pinned addresses gets its credential header from an sk_msg
+ * program, on the workload's own connection, with no user-space hop.
+ *
+ * Given a loaded BPF object, KernelHttp attaches the programs to a cgroup
+ * and keeps three maps in step with the plan: pinned destinations
+ * (address, port -> service), the header line per (workload, service), and
+ * an id epoch. Workload ids are the ones Datapath.setIdentity() gives the
+ * kernel; service ids are the caller's own (any non-zero u32).
+ *
+ * What the kernel refuses, and how (the write fails with EACCES and the
+ * connection takes no more writes), is documented at the top of
+ * bpf/http-inject.bpf.c and counted in stats().
+ */
+import { BpfError, WirekeyError } from '../errors.js';
+import { bpfCall, type NativeLink, type NativeMap, type NativeObject } from './native.js';
+import {
+  BPF_F_LOCK,
+  WK_HTTP_INJECT,
+  WK_HTTP_LINE_MAX,
+  WK_HTTP_STATS,
+  WK_HTTP_UNBOUND,
+  WK_HTTP_WITHHOLD,
+  decodeHttpConfig,
+  decodeHttpHdrKey,
+  decodeHttpHdrMeta,
+  encodeHttpConfig,
+  encodeHttpDestKey,
+  encodeHttpDestVal,
+  encodeHttpHdr,
+  encodeHttpHdrKey,
+  encodeU32,
+  type HttpStatName,
+} from './layout.js';
+
+export { WK_HTTP_HEAD_MAX, WK_HTTP_LINE_MAX } from './layout.js';
+
+/** A plaintext destination the policy pins to a service. */
+export interface PinnedDestination {
+  /** IPv4 or IPv6 address; IPv4 also matches IPv4-mapped IPv6 connects. */
+  address: string;
+  port: number;
+  serviceId: number;
+}
+
+/** The header a binding adds to every request, e.g. {name: 'Authorization', value: 'Bearer ...'}. */
+export interface HeaderLine {
+  name: string;
+  /** The secret part. Never logged, never in an error message. */
+  value: string | Buffer;
+}
+
+export interface HttpBinding {
+  workloadId: number;
+  serviceId: number;
+  /** null: bound, but no credential now (Vault down past expiry): requests are refused, not sent bare. */
+  header: HeaderLine | null;
+}
+
+/** What the kernel holds for a binding; never the header itself. */
+export interface HttpBindingState {
+  workloadId: number;
+  serviceId: number;
+  state: 'inject' | 'withhold' | 'unbound';
+  /** Bumped on every change of this binding's header (starts at 1). */
+  version: number;
+}
+
+export type KernelHttpStats = Record<HttpStatName, bigint>;
+
+const MAPS = ['wk_http_dest', 'wk_http_hdr', 'wk_http_config', 'wk_http_stats', 'wk_http_socks'] as const;
+type MapName = (typeof MAPS)[number];
+
+/* connect() last: by the time a connection is bound, the programs that
+ * follow it (sk_msg on the sockhash, sockops) are in place. */
+const MSG_PROGRAM = 'wk_http_msg';
+const CGROUP_PROGRAMS = ['wk_http_sockops', 'wk_http_connect4', 'wk_http_connect6'] as const;
+/** The kernel HTTP programs; SEC("?...") in the object, so not loaded unless enable()d. */
+export const KERNEL_HTTP_PROGRAMS = [MSG_PROGRAM, ...CGROUP_PROGRAMS] as const;
+
+/*
+ * A removed binding's entry is first turned into a tombstone in place (the
+ * program may be copying it under its lock right now) and only deleted
+ * once no program run can still hold it: a deleted hash element's memory
+ * can be reused at once for another key.
+ */
+const TOMBSTONE_GRACE_MS = 1000;
+
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+export class KernelHttp {
+  readonly #object: NativeObject;
+  readonly #maps = new Map<MapName, NativeMap>();
+  readonly #links: NativeLink[] = [];
+  readonly #versions = new Map<string, number>();
+  readonly #tombstones = new Map<string, number>();
+  #msgAttached = false;
+  #closed = false;
+
+  private constructor(object: NativeObject) {
+    this.#object = object;
+  }
+
+  /**
+   * Has load() load the kernel HTTP programs, which the object leaves out by
+   * default (an agent without kernel-path bindings loads exactly what it
+   * did before, and a kernel that refuses these programs cannot stop it
+   * from starting). Call between open and load.
+   * @throws BpfError when the object is already loaded.
+   */
+  static enable(object: NativeObject): void {
+    for (const prog of KERNEL_HTTP_PROGRAMS) bpfCall(() => object.setAutoload(prog, true));
+  }
+
+  /**
+   * Attaches the kernel HTTP programs to `cgroupDir` (the cgroup v2 root to
+   * cover the host; a test cgroup to cover only its processes). The object
+   * must have been enable()d, then loaded with agent_tgid and
+   * host_netns_cookie set (Datapath.open sets those). Connections made
+   * before this call are never touched.
+   * @throws BpfError when a program was not loaded, a map is missing or the
+   *   kernel refuses an attach; nothing stays attached then.
+   */
+  static attach(object: NativeObject, cgroupDir: string): KernelHttp {
+    const loaded = new Set(object.programs().filter((p) => p.id).map((p) => p.name));
+    const missing = KERNEL_HTTP_PROGRAMS.filter((p) => !loaded.has(p));
+    if (missing.length) throw new BpfError(`kernel HTTP programs not loaded (${missing.join(', ')}): call KernelHttp.enable() before load()`);
+    const kh = new KernelHttp(object);
+    try {
+      for (const name of MAPS) kh.#maps.set(name, bpfCall(() => object.map(name)));
+      const cfg = kh.#map('wk_http_config');
+      if (!cfg.lookup(encodeU32(0))) bpfCall(() => cfg.update(encodeU32(0), encodeHttpConfig(0)));
+      bpfCall(() => object.attachToMap(MSG_PROGRAM, 'wk_http_socks'));
+      kh.#msgAttached = true;
+      for (const prog of CGROUP_PROGRAMS) kh.#links.push(bpfCall(() => object.attachCgroup(prog, cgroupDir)));
+    } catch (err) {
+      kh.close();
+      throw err;
+    }
+    return kh;
+  }
+
+  /**
+   * Makes the pinned destinations exactly `dests`: new ones are added
+   * before stale ones are removed. A connection whose destination stops
+   * being pinned (or moves to another service) has its next request
+   * refused.
+   * @throws BpfError (capacity: before anything changes).
+   */
+  setDestinations(dests: PinnedDestination[]): void {
+    const want = new Map<string, Buffer>();
+    for (const d of dests) {
+      checkId('service', d.serviceId);
+      if (!Number.isInteger(d.port) || d.port < 1 || d.port > 65535) throw new RangeError(`port ${d.port} is outside 1..65535`);
+      want.set(encodeHttpDestKey(d.address, d.port).toString('hex'), encodeHttpDestVal(d.serviceId));
+    }
+    const map = this.#map('wk_http_dest');
+    const { name, maxEntries } = map.info();
+    if (want.size > maxEntries) throw new BpfError(`${name} holds at most ${maxEntries} entries; the policy needs ${want.size}`);
+    bpfCall(() => {
+      for (const [key, value] of want) map.update(Buffer.from(key, 'hex'), value);
+      for (const key of map.keys()) if (!want.has(key.toString('hex'))) map.delete(key);
+    });
+  }
+
+  /**
+   * Sets the header line a binding injects. Replaced in place under the
+   * value's lock: a request carries the whole old line or the whole new
+   * one, and the next request carries the new one.
+   * @throws WirekeyError WK_HTTP_HEADER when the name is not a token, the
+   *   value holds CR, LF or another control byte, or the line is longer
+   *   than WK_HTTP_LINE_MAX (the message never includes the value).
+   * @throws BpfError
+   */
+  setHeader(workloadId: number, serviceId: number, header: HeaderLine): void {
+    const { line, nameLength } = headerLine(header);
+    this.#write(workloadId, serviceId, WK_HTTP_INJECT, line, nameLength);
+  }
+
+  /** Keeps the binding but withholds the credential: its requests are refused (EACCES), never sent without it. */
+  withhold(workloadId: number, serviceId: number): void {
+    this.#write(workloadId, serviceId, WK_HTTP_WITHHOLD);
+  }
+
+  /** Removes a binding: new connections are left alone, existing ones have their next request refused. */
+  unbind(workloadId: number, serviceId: number): void {
+    const key = encodeHttpHdrKey(workloadId, serviceId).toString('hex');
+    if (!this.#map('wk_http_hdr').lookup(Buffer.from(key, 'hex'))) return;
+    this.#write(workloadId, serviceId, WK_HTTP_UNBOUND);
+    this.#tombstones.set(key, Date.now());
+  }
+
+  /**
+   * Makes the bindings exactly `bindings` (headers set or withheld);
+   * every other binding is removed. Also deletes removed bindings' entries
+   * once they are safely unused.
+   * @throws WirekeyError WK_HTTP_HEADER (before anything changes), BpfError
+   */
+  setBindings(bindings: HttpBinding[]): void {
+    const lines = bindings.map((b) => (b.header ? headerLine(b.header) : null));
+    const want = new Set(bindings.map((b) => encodeHttpHdrKey(b.workloadId, b.serviceId).toString('hex')));
+    bindings.forEach((b, i) => {
+      const l = lines[i];
+      if (l) this.#write(b.workloadId, b.serviceId, WK_HTTP_INJECT, l.line, l.nameLength);
+      else this.#write(b.workloadId, b.serviceId, WK_HTTP_WITHHOLD);
+    });
+    for (const key of this.#map('wk_http_hdr').keys()) {
+      const hex = key.toString('hex');
+      if (want.has(hex) || this.#tombstones.has(hex)) continue;
+      const { workloadId, serviceId } = decodeHttpHdrKey(key);
+      this.unbind(workloadId, serviceId);
+    }
+    this.collect();
+  }
+
+  /** Deletes tombstones older than the grace period; setBindings() calls it. */
+  collect(now = Date.now()): void {
+    const map = this.#map('wk_http_hdr');
+    for (const [key, since] of this.#tombstones) {
+      if (now - since < TOMBSTONE_GRACE_MS) continue;
+      const k = Buffer.from(key, 'hex');
+      const v = map.lookup(k);
+      // Re-bound meanwhile: not a tombstone any more.
+      if (v && decodeHttpHdrMeta(v).state === WK_HTTP_UNBOUND) bpfCall(() => map.delete(k));
+      this.#tombstones.delete(key);
+    }
+  }
+
+  /**
+   * Call when workload or service ids change meaning (a new plan numbers
+   * them differently): every existing kernel-path connection has its next
+   * request refused, so none can pick up another binding's header.
+   * Returns the new epoch.
+   */
+  bumpEpoch(): number {
+    const map = this.#map('wk_http_config');
+    const cur = map.lookup(encodeU32(0));
+    const epoch = ((cur ? decodeHttpConfig(cur).epoch : 0) + 1) >>> 0;
+    bpfCall(() => map.update(encodeU32(0), encodeHttpConfig(epoch)));
+    return epoch;
+  }
+
+  /** The bindings the kernel holds (tombstones included, as 'unbound'); never a header. */
+  bindings(): HttpBindingState[] {
+    const map = this.#map('wk_http_hdr');
+    const out: HttpBindingState[] = [];
+    for (const key of map.keys()) {
+      const v = map.lookup(key);
+      if (!v) continue;
+      const meta = decodeHttpHdrMeta(v);
+      const state = meta.state === WK_HTTP_INJECT ? 'inject' : meta.state === WK_HTTP_WITHHOLD ? 'withhold' : 'unbound';
+      out.push({ ...decodeHttpHdrKey(key), state, version: meta.version });
+    }
+    return out.sort((a, b) => a.workloadId - b.workloadId || a.serviceId - b.serviceId);
+  }
+
+  /** The kernel's counters: requests injected, refused by reason, dropped writes. */
+  stats(): KernelHttpStats {
+    const map = this.#map('wk_http_stats');
+    const out = {} as KernelHttpStats;
+    WK_HTTP_STATS.forEach((name, i) => (out[name] = map.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n));
+    return out;
+  }
+
+  /** Kernel-path connections currently established. */
+  connectionCount(): number {
+    return this.#map('wk_http_socks').keys().length;
+  }
+
+  /**
+   * Detaches the programs: connect() first, so no new connection is bound.
+   * Connections already established keep their injection until they close
+   * or the object (and with it the sockhash) is closed: taking a socket out
+   * of the sockhash mid-request could cut a held-back head. Idempotent.
+   */
+  close(): void {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const link of this.#links.splice(0).reverse()) link.destroy();
+    if (this.#msgAttached) {
+      this.#msgAttached = false;
+      try {
+        this.#object.detachFromMap(MSG_PROGRAM, 'wk_http_socks');
+      } catch {
+        /* the object was closed first: the map, and the attachment, are gone */
+      }
+    }
+  }
+
+  #write(workloadId: number, serviceId: number, state: number, line?: Buffer, nameLength?: number): void {
+    checkId('workload', workloadId);
+    checkId('service', serviceId);
+    const key = encodeHttpHdrKey(workloadId, serviceId);
+    const hex = key.toString('hex');
+    const version = ((this.#versions.get(hex) ?? 0) + 1) >>> 0 || 1;
+    const map = this.#map('wk_http_hdr');
+    // BPF_F_LOCK: in place under the value's lock (or a new element), never a reused one.
+    bpfCall(() => map.update(key, encodeHttpHdr(state, version, line, nameLength), BPF_F_LOCK));
+    this.#versions.set(hex, version);
+    if (state !== WK_HTTP_UNBOUND) this.#tombstones.delete(hex);
+  }
+
+  #map(name: MapName): NativeMap {
+    if (this.#closed) throw new BpfError('kernel HTTP datapath is closed');
+    return this.#maps.get(name) as NativeMap;
+  }
+}
+
+function checkId(kind: string, id: number): void {
+  if (!Number.isInteger(id) || id < 1 || id > 0xffffffff) throw new RangeError(`${kind} id ${id} is outside 1..2^32-1`);
+}
+
+/**
+ * "Name: value\r\n", checked so that the kernel can never be made to send
+ * something that is not one header line.
+ * @throws WirekeyError WK_HTTP_HEADER; the message names the header, never its value.
+ */
+export function headerLine(h: HeaderLine): { line: Buffer; nameLength: number } {
+  if (!TOKEN.test(h.name)) throw new WirekeyError('WK_HTTP_HEADER', `header name "${h.name}" is not an HTTP token`);
+  const value = Buffer.isBuffer(h.value) ? h.value : Buffer.from(h.value, 'utf8');
+  for (const byte of value) {
+    if ((byte < 0x20 && byte !== 0x09) || byte === 0x7f) {
+      throw new WirekeyError('WK_HTTP_HEADER', `the value of header ${h.name} contains a control byte (CR, LF, NUL, ...)`);
+    }
+  }
+  if (!value.length || value[0] === 0x20 || value[0] === 0x09 || value[value.length - 1] === 0x20 || value[value.length - 1] === 0x09) {
+    throw new WirekeyError('WK_HTTP_HEADER', `the value of header ${h.name} is empty or has surrounding whitespace`);
+  }
+  const line = Buffer.concat([Buffer.from(`${h.name}: `, 'latin1'), value, Buffer.from('\r\n')]);
+  if (line.length > WK_HTTP_LINE_MAX) {
+    throw new WirekeyError('WK_HTTP_HEADER', `header ${h.name} is ${line.length} bytes with its CRLF; the kernel datapath takes at most ${WK_HTTP_LINE_MAX}`);
+  }
+  return { line, nameLength: Buffer.byteLength(h.name, 'latin1') };
+}

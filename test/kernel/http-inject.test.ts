@@ -1,0 +1,826 @@
+/**
+ * The kernel HTTP datapath on the real kernel: bpf/http-inject.bpf.c,
+ * driven through controller/datapath/kernel-http.ts, attached to a test
+ * cgroup only, against a strict plain-HTTP upstream in a test network
+ * namespace that records (and hashes) exactly what reached it.
+ *
+ * Layout: programs attach to <top>; workload 1 is <top>/bound; processes
+ * in <top>/other run under the same programs but belong to no workload.
+ * Service 7 is the upstream's IPv4 and IPv6 address on port 80; port 8080
+ * is not pinned.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { native, bpfCall, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
+import { encodeAny, encodeMask, encodeU32, encodeU64, verifyLayouts } from '../../controller/datapath/layout.js';
+import { cgroupId, findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { KERNEL_HTTP_PROGRAMS, KernelHttp, headerLine, type KernelHttpStats } from '../../controller/datapath/kernel-http.js';
+import { kernelSkipReason } from '../support/requirements.js';
+import { createCgroup, removeCgroupTree, runInCgroup } from '../support/cgroup.js';
+import { createTestHost, type TestHost } from '../support/netns.js';
+import { run } from '../support/shell.js';
+
+const skip = kernelSkipReason();
+const objectPath = path.join(repoRoot, 'build/bpf/wirekey.bpf.o');
+const WORKLOAD = 1;
+const SERVICE = 7;
+const EACCES = 13;
+
+const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
+const CANARY = `wk-canary-${randomBytes(16).toString('hex')}`;
+const AUTH = `Bearer ${CANARY}`;
+const AUTH_HASH = sha256(AUTH);
+
+/* ---- the upstream -------------------------------------------------------- */
+
+interface RequestRecord {
+  n: number;
+  conn: number;
+  method: string;
+  target: string;
+  version: string;
+  headerNames: string[];
+  authorization: string[];
+  bodyLength: number;
+  bodySha256: string;
+  headSha256: string;
+  rawSha256: string;
+  remoteAddress: string;
+  remotePort: number;
+  localPort: number;
+}
+interface ClosedRecord {
+  conn: number;
+  closed: true;
+  bytes: number;
+  sha256: string;
+  pending: unknown;
+  leftover: number;
+  remotePort: number;
+  localPort: number;
+}
+interface ErrorRecord {
+  conn: number;
+  error: string;
+  remotePort: number;
+}
+
+class PlainUpstream {
+  readonly requests: RequestRecord[] = [];
+  readonly closed: ClosedRecord[] = [];
+  readonly errors: ErrorRecord[] = [];
+  #child: ChildProcess;
+
+  private constructor(child: ChildProcess) {
+    this.#child = child;
+  }
+
+  static async start(host: TestHost): Promise<PlainUpstream> {
+    const script = path.join(repoRoot, 'test/support/plain-upstream.mjs');
+    const child = spawn('ip', ['netns', 'exec', host.ns, process.execPath, script, '--port', '80', '--port', '8080', '--host', '::'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const up = new PlainUpstream(child);
+    let buffered = '';
+    await new Promise<void>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('exit', (code) => reject(new Error(`plain upstream exited early (${code})`)));
+      child.stdout?.on('data', (d: Buffer) => {
+        buffered += d.toString();
+        let nl: number;
+        while ((nl = buffered.indexOf('\n')) >= 0) {
+          const line = JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>;
+          buffered = buffered.slice(nl + 1);
+          if (line.listening) resolve();
+          else if (line.closed) up.closed.push(line as unknown as ClosedRecord);
+          else if (line.error) up.errors.push(line as unknown as ErrorRecord);
+          else up.requests.push(line as unknown as RequestRecord);
+        }
+      });
+    });
+    child.removeAllListeners('exit');
+    return up;
+  }
+
+  byPort(port: number): RequestRecord[] {
+    return this.requests.filter((r) => r.remotePort === port);
+  }
+
+  /** The requests seen from a client port, once there are at least `count` (stdout may lag the client). */
+  async from(port: number, count: number): Promise<RequestRecord[]> {
+    await waitFor(() => this.byPort(port).length >= count, `${count} request(s) from port ${port}`);
+    return this.byPort(port);
+  }
+
+  async closedFor(port: number): Promise<ClosedRecord> {
+    await waitFor(() => this.closed.some((c) => c.remotePort === port), `the upstream to see port ${port} close`);
+    return this.closed.find((c) => c.remotePort === port) as ClosedRecord;
+  }
+
+  stop(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#child.exitCode !== null) return resolve();
+      this.#child.once('exit', () => resolve());
+      this.#child.kill('SIGTERM');
+    });
+  }
+}
+
+async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/* ---- clients ------------------------------------------------------------- */
+
+/**
+ * A raw-socket client: connects, then runs steps (send bytes, whole or one
+ * byte per send(); send a generated body; read N responses; wait for a
+ * file; send urgent data). Prints its local port, the errno that stopped
+ * it, and the statuses it read.
+ */
+const RAW_CLIENT = String.raw`
+import base64, hashlib, json, os, random, socket, sys, time
+spec = json.loads(sys.stdin.read())
+host, port = spec['host'], spec['port']
+s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM)
+s.settimeout(spec.get('timeout', 20))
+if spec.get('blocking'):
+    s.settimeout(None)
+if spec.get('fastopen'):
+    s.setsockopt(socket.IPPROTO_TCP, 30, 1)  # TCP_FASTOPEN_CONNECT
+out = {'localPort': None, 'error': None, 'connectError': None, 'statuses': [], 'bodies': []}
+try:
+    s.connect((host, port))
+except OSError as e:
+    out['connectError'] = e.errno
+    print(json.dumps(out))
+    sys.exit(0)
+out['localPort'] = s.getsockname()[1]
+buf = b''
+def response():
+    global buf
+    while True:
+        while b'\r\n\r\n' not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise EOFError('closed')
+            buf += chunk
+        head, _, rest = buf.partition(b'\r\n\r\n')
+        lines = head.decode('latin1').split('\r\n')
+        status = int(lines[0].split(' ')[1])
+        cl = 0
+        for l in lines[1:]:
+            k, _, v = l.partition(':')
+            if k.strip().lower() == 'content-length':
+                cl = int(v.strip())
+        while len(rest) < cl:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise EOFError('closed in body')
+            rest += chunk
+        buf = rest[cl:]
+        if status != 100:
+            return status
+try:
+    for step in spec['steps']:
+        op = step['op']
+        if op == 'send':
+            data = base64.b64decode(step['data'])
+            if step.get('byByte'):
+                for i in range(len(data)):
+                    s.send(data[i:i + 1])
+            else:
+                s.sendall(data)
+        elif op == 'body':
+            data = random.Random(step['seed']).randbytes(step['size'])
+            out['bodies'].append(hashlib.sha256(data).hexdigest())
+            s.sendall(step.get('prefix', '').encode('latin1') + data)
+        elif op == 'recv':
+            for _ in range(step['count']):
+                out['statuses'].append(response())
+        elif op == 'waitFile':
+            while not os.path.exists(step['path']):
+                time.sleep(0.01)
+        elif op == 'oob':
+            s.send(base64.b64decode(step['data']), socket.MSG_OOB)
+except OSError as e:
+    out['error'] = e.errno
+except EOFError as e:
+    out['error'] = str(e)
+s.close()
+print(json.dumps(out))
+`;
+
+type Step =
+  | { op: 'send'; data: Buffer | string; byByte?: boolean }
+  | { op: 'body'; size: number; seed: number; prefix?: string }
+  | { op: 'recv'; count: number }
+  | { op: 'waitFile'; path: string }
+  | { op: 'oob'; data: string };
+
+interface RawResult {
+  localPort: number;
+  error: number | string | null;
+  connectError: number | null;
+  statuses: number[];
+  bodies: string[];
+}
+
+async function raw(
+  cg: string | null,
+  host: string,
+  port: number,
+  steps: Step[],
+  opts: { blocking?: boolean; fastopen?: boolean } = {},
+): Promise<RawResult> {
+  const spec = JSON.stringify({
+    host,
+    port,
+    blocking: opts.blocking ?? false,
+    fastopen: opts.fastopen ?? false,
+    steps: steps.map((s) => ('data' in s ? { ...s, data: Buffer.from(s.data).toString('base64') } : s)),
+  });
+  const args = ['-c', RAW_CLIENT];
+  const r = cg ? await runInCgroup(cg, 'python3', args, { input: spec, timeoutMs: 60_000 }) : await run('python3', args, { input: spec, timeoutMs: 60_000 });
+  if (r.code !== 0) throw new Error(`raw client failed (${r.code}): ${r.stderr}`);
+  return JSON.parse(r.stdout) as RawResult;
+}
+
+const get = (target: string, extra = '') => `GET ${target} HTTP/1.1\r\nHost: upstream\r\n${extra}\r\n`;
+const post = (target: string, body: string | Buffer, extra = '') =>
+  Buffer.concat([Buffer.from(`POST ${target} HTTP/1.1\r\nHost: upstream\r\nContent-Length: ${Buffer.byteLength(body)}\r\n${extra}\r\n`), Buffer.from(body)]);
+
+function delta(before: KernelHttpStats, after: KernelHttpStats): Partial<Record<keyof KernelHttpStats, number>> {
+  const out: Partial<Record<keyof KernelHttpStats, number>> = {};
+  for (const k of Object.keys(after) as (keyof KernelHttpStats)[]) {
+    const d = Number(after[k] - before[k]);
+    if (d) out[k] = d;
+  }
+  return out;
+}
+
+describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  let cgRoot: string;
+  let top: string;
+  let bound: string;
+  let other: string;
+  let host: TestHost;
+  let upstream: PlainUpstream;
+  let obj: NativeObject;
+  let kh: KernelHttp;
+  let dir: string;
+  let v4: string;
+  let v6: string;
+
+  beforeAll(async () => {
+    cgRoot = findCgroup2Root();
+    top = createCgroup(cgRoot, `wirekey-test-http-${randomBytes(3).toString('hex')}`);
+    bound = createCgroup(cgRoot, path.relative(cgRoot, path.join(top, 'bound')));
+    other = createCgroup(cgRoot, path.relative(cgRoot, path.join(top, 'other')));
+    dir = mkdtempSync(path.join(tmpdir(), 'wirekey-http-'));
+    host = await createTestHost('hi');
+    v4 = host.ipv4;
+    v6 = host.ipv6;
+    upstream = await PlainUpstream.start(host);
+
+    obj = bpfCall(() => new (native().BpfObject)(objectPath));
+    verifyLayouts((name) => obj.btfStruct(name));
+    KernelHttp.enable(obj);
+    bpfCall(() => {
+      obj.setGlobal('agent_tgid', encodeU32(process.pid));
+      obj.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
+      obj.load();
+    });
+    // Workload 1: processes in <top>/bound, any executable, any user.
+    obj.map('wk_cgroup_mask').update(encodeU64(cgroupId(bound) as bigint), encodeMask([WORKLOAD]));
+    obj.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
+
+    kh = KernelHttp.attach(obj, top);
+    kh.setDestinations([
+      { address: v4, port: 80, serviceId: SERVICE },
+      { address: v6, port: 80, serviceId: SERVICE },
+    ]);
+    kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
+  });
+
+  afterAll(async () => {
+    // Every step runs even when an earlier one fails: nothing may outlive the suite.
+    const steps: (() => unknown)[] = [
+      () => kh?.close(),
+      () => obj?.close(),
+      () => upstream?.stop(),
+      () => host?.destroy(),
+      () => top && removeCgroupTree(cgRoot, top),
+      () => dir && rmSync(dir, { recursive: true, force: true }),
+    ];
+    const errors: unknown[] = [];
+    for (const step of steps) {
+      try {
+        await step();
+      } catch (err) {
+        errors.push(err);
+      }
+    }
+    if (errors.length) throw errors[0];
+  });
+
+  it('is left out of a load unless enabled, so the agent loads exactly what it did before', () => {
+    const o = new (native().BpfObject)(objectPath);
+    try {
+      o.setGlobal('agent_tgid', encodeU32(process.pid));
+      o.load();
+      const loaded = o.programs().filter((p) => p.id).map((p) => p.name);
+      for (const p of KERNEL_HTTP_PROGRAMS) expect(loaded).not.toContain(p);
+      expect(() => KernelHttp.attach(o, top)).toThrow(/call KernelHttp.enable\(\) before load/);
+    } finally {
+      o.close();
+    }
+  });
+
+  it('loads on this kernel and attaches only to the test cgroup', async () => {
+    const r = await run('bpftool', ['-j', 'cgroup', 'show', top]);
+    const names = (JSON.parse(r.stdout) as { name: string }[]).map((p) => p.name).sort();
+    expect(names).toEqual(['wk_http_connect4', 'wk_http_connect6', 'wk_http_sockops']);
+    const rootProgs = (await run('bpftool', ['-j', 'cgroup', 'show', cgRoot])).stdout.trim();
+    expect(rootProgs ? (JSON.parse(rootProgs) as { name: string }[]).map((p) => p.name) : []).not.toContain('wk_http_connect4');
+  });
+
+  it('curl: each request carries the header once, on the workload\'s own connection', async () => {
+    const urls = [1, 2, 3].flatMap((i) => ['-o', '/dev/null', `http://${v4}/curl/${i}`]);
+    const r = await runInCgroup(bound, 'curl', ['-sS', '--fail', '-w', '%{local_port}\\n', ...urls]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const ports = r.stdout.trim().split('\n').map(Number);
+    expect(new Set(ports).size).toBe(1); // one keep-alive connection
+    const recs = await upstream.from(ports[0] as number, 3);
+    expect(recs.map((x) => x.target)).toEqual(['/curl/1', '/curl/2', '/curl/3']);
+    for (const rec of recs) {
+      expect(rec.authorization).toEqual([AUTH_HASH]);
+      expect(rec.headerNames.filter((h) => h === 'authorization')).toHaveLength(1);
+      // Injected right after the request line.
+      expect(rec.headerNames[0]).toBe('authorization');
+      // The workload's own connection: its address and port, no proxy hop.
+      expect(rec.remoteAddress).toBe(`::ffff:${v4.replace(/\.2$/, '.1')}`);
+      expect(rec.localPort).toBe(80);
+    }
+  });
+
+  it('curl over IPv6 (connect6) gets the header too', async () => {
+    const r = await runInCgroup(bound, 'curl', ['-sS', '--fail', '-g', '-o', '/dev/null', '-w', '%{local_port}', `http://[${v6}]/curl6`]);
+    expect(r.code).toBe(0);
+    const [rec] = await upstream.from(Number(r.stdout), 1);
+    expect(rec?.target).toBe('/curl6');
+    expect(rec?.authorization).toEqual([AUTH_HASH]);
+  });
+
+  it('Python http.client: several requests on one keep-alive connection, each with the header once', async () => {
+    const script = `
+import http.client, json, sys
+c = http.client.HTTPConnection(sys.argv[1], 80, timeout=20)
+ports, statuses = [], []
+for i in range(5):
+    if i == 2:
+        c.request('POST', '/py/%d' % i, body=b'p' * 3000, headers={'Content-Type': 'application/octet-stream'})
+    else:
+        c.request('GET', '/py/%d' % i)
+    r = c.getresponse()
+    r.read()
+    statuses.append(r.status)
+    ports.append(c.sock.getsockname()[1])
+print(json.dumps({'ports': ports, 'statuses': statuses}))
+`;
+    const r = await runInCgroup(bound, 'python3', ['-c', script, v4]);
+    expect(r.code).toBe(0);
+    const out = JSON.parse(r.stdout) as { ports: number[]; statuses: number[] };
+    expect(out.statuses).toEqual([200, 200, 200, 200, 200]);
+    expect(new Set(out.ports).size).toBe(1);
+    const recs = await upstream.from(out.ports[0] as number, 5);
+    expect(recs).toHaveLength(5);
+    for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
+    expect(recs[2]?.bodySha256).toBe(sha256(Buffer.alloc(3000, 'p')));
+  });
+
+  it('Node fetch: each request carries the header once', async () => {
+    const script = `
+const out = [];
+for (let i = 0; i < 3; i++) {
+  const r = await fetch(process.argv[1] + '/fetch/' + i, i === 1 ? { method: 'POST', body: 'hello '.repeat(200) } : {});
+  out.push(r.status);
+  await r.text();
+}
+console.log(JSON.stringify(out));
+`;
+    const before = upstream.requests.length;
+    const r = await runInCgroup(bound, process.execPath, ['--input-type=module', '-e', script, `http://${v4}`]);
+    expect(r.stderr).toBe('');
+    expect(JSON.parse(r.stdout)).toEqual([200, 200, 200]);
+    await waitFor(() => upstream.requests.slice(before).filter((x) => x.target.startsWith('/fetch/')).length >= 3, 'three fetches');
+    const recs = upstream.requests.slice(before).filter((x) => x.target.startsWith('/fetch/'));
+    expect(recs.map((x) => x.target)).toEqual(['/fetch/0', '/fetch/1', '/fetch/2']);
+    for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
+    expect(recs[1]?.bodySha256).toBe(sha256('hello '.repeat(200)));
+  });
+
+  it('pipelined requests in one write each get the header exactly once', async () => {
+    const body = randomBytes(5000);
+    const burst = Buffer.concat([Buffer.from(get('/pipe/1')), post('/pipe/2', body), Buffer.from(get('/pipe/3')), post('/pipe/4', ''), Buffer.from(get('/pipe/5'))]);
+    const r = await raw(bound, v4, 80, [{ op: 'send', data: burst }, { op: 'recv', count: 5 }]);
+    expect(r.error).toBeNull();
+    expect(r.statuses).toEqual([200, 200, 200, 200, 200]);
+    const recs = await upstream.from(r.localPort, 5);
+    expect(recs.map((x) => x.target)).toEqual(['/pipe/1', '/pipe/2', '/pipe/3', '/pipe/4', '/pipe/5']);
+    for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
+    expect(recs[1]?.bodySha256).toBe(sha256(body));
+    expect(recs[3]?.bodyLength).toBe(0);
+  });
+
+  it('a request written one byte at a time gets the header once', async () => {
+    const before = kh.stats();
+    const req = post('/bytewise', 'body sent byte by byte too', 'X-Slow: yes\r\n');
+    const r = await raw(bound, v4, 80, [{ op: 'send', data: req, byByte: true }, { op: 'send', data: get('/after-bytewise') }, { op: 'recv', count: 2 }]);
+    expect(r.error).toBeNull();
+    const recs = await upstream.from(r.localPort, 2);
+    expect(recs.map((x) => x.target)).toEqual(['/bytewise', '/after-bytewise']);
+    for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
+    expect(recs[0]?.bodySha256).toBe(sha256('body sent byte by byte too'));
+    expect(delta(before, kh.stats()).corked).toBeGreaterThan(10);
+  });
+
+  it('heads up to 8 KiB are injected; a longer head is refused and nothing of it is sent', async () => {
+    const padTo = (total: number, target: string) => {
+      const fixed = get(target, 'X-Pad: \r\n');
+      return get(target, `X-Pad: ${'p'.repeat(total - fixed.length)}\r\n`);
+    };
+    const exact = padTo(8192, '/near-limit');
+    expect(exact.length).toBe(8192);
+    const ok = await raw(bound, v4, 80, [{ op: 'send', data: exact }, { op: 'send', data: padTo(8000, '/near-limit-2'), byByte: false }, { op: 'recv', count: 2 }]);
+    expect(ok.error).toBeNull();
+    const recs = await upstream.from(ok.localPort, 2);
+    expect(recs.map((x) => x.target)).toEqual(['/near-limit', '/near-limit-2']);
+    for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
+
+    const before = kh.stats();
+    const big = await raw(bound, v4, 80, [{ op: 'send', data: padTo(8193, '/too-big') }, { op: 'recv', count: 1 }]);
+    expect(big.error).toBe(EACCES);
+    expect(delta(before, kh.stats())).toMatchObject({ refusedHeadSize: 1 });
+    const closed = await upstream.closedFor(big.localPort);
+    expect(closed.bytes).toBe(0);
+  });
+
+  it('a body that contains a request line is never taken for one', async () => {
+    const evil = 'GET / HTTP/1.1\r\nHost: x\r\n\r\n';
+    const body = `${evil}${evil}tail`;
+    const r = await raw(bound, v4, 80, [{ op: 'send', data: Buffer.concat([post('/carrier', body), Buffer.from(get('/next'))]) }, { op: 'recv', count: 2 }]);
+    expect(r.error).toBeNull();
+    const recs = await upstream.from(r.localPort, 2);
+    expect(recs.map((x) => x.target)).toEqual(['/carrier', '/next']);
+    expect(recs[0]?.bodySha256).toBe(sha256(body));
+    for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
+
+    // The same, with the body written in its own small writes.
+    const r2 = await raw(bound, v4, 80, [
+      { op: 'send', data: post('/carrier2', body).subarray(0, -body.length) },
+      { op: 'send', data: evil, byByte: true },
+      { op: 'send', data: `${evil}tail` },
+      { op: 'send', data: get('/next2') },
+      { op: 'recv', count: 2 },
+    ]);
+    expect(r2.error).toBeNull();
+    const recs2 = await upstream.from(r2.localPort, 2);
+    expect(recs2.map((x) => x.target)).toEqual(['/carrier2', '/next2']);
+    expect(recs2[0]?.bodySha256).toBe(sha256(body));
+    for (const rec of recs2) expect(rec.authorization).toEqual([AUTH_HASH]);
+  });
+
+  it('a chunked upload is refused (EACCES), and the upstream gets only the complete requests before it', async () => {
+    const before = kh.stats();
+    const first = get('/before-chunked');
+    const chunked = 'POST /chunked HTTP/1.1\r\nHost: upstream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n';
+    const r = await raw(bound, v4, 80, [{ op: 'send', data: first }, { op: 'recv', count: 1 }, { op: 'send', data: chunked }, { op: 'send', data: get('/after') }]);
+    expect(r.error).toBe(EACCES);
+    expect(delta(before, kh.stats())).toMatchObject({ injected: 1, refusedTransferEncoding: 1 });
+    const closed = await upstream.closedFor(r.localPort);
+    const recs = upstream.byPort(r.localPort);
+    expect(recs.map((x) => x.target)).toEqual(['/before-chunked']);
+    // Exactly the first request and its injected line: nothing half-sent.
+    expect(closed.bytes).toBe(Buffer.byteLength(first) + headerLine({ name: 'Authorization', value: AUTH }).line.length);
+    expect(closed.pending).toBeNull();
+    expect(closed.leftover).toBe(0);
+  });
+
+  it.each([
+    ['a non-blocking', false],
+    ['a blocking', true],
+  ] as const)('a large upload with Content-Length (9 MiB) from %s socket arrives intact, and the connection stays in step', async (_kind, blocking) => {
+    const size = 9 * 1024 * 1024 + 13;
+    const r = await raw(
+      bound,
+      v4,
+      80,
+      [
+        { op: 'send', data: `POST /large HTTP/1.1\r\nHost: upstream\r\nContent-Length: ${size}\r\n\r\n` },
+        { op: 'body', size, seed: 42 },
+        { op: 'recv', count: 1 },
+        { op: 'send', data: get('/after-large') },
+        { op: 'recv', count: 1 },
+      ],
+      { blocking },
+    );
+    expect(r.error).toBeNull();
+    const recs = await upstream.from(r.localPort, 2);
+    expect(recs.map((x) => x.target)).toEqual(['/large', '/after-large']);
+    expect(recs[0]?.bodyLength).toBe(size);
+    expect(recs[0]?.bodySha256).toBe(r.bodies[0]);
+    for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
+  });
+
+  it('pipelining behind a large body: every request that arrives has its header once, or the rest is refused whole', async () => {
+    const size = 4 * 1024 * 1024;
+    const before = kh.stats();
+    const r = await raw(bound, v4, 80, [
+      { op: 'send', data: `POST /large-pipe HTTP/1.1\r\nHost: upstream\r\nContent-Length: ${size}\r\n\r\n` },
+      { op: 'body', size, seed: 3 },
+      { op: 'send', data: Buffer.concat([Buffer.from(get('/behind/1')), post('/behind/2', 'x'.repeat(100)), Buffer.from(get('/behind/3'))]) },
+      { op: 'recv', count: 4 },
+    ]);
+    const closed = await upstream.closedFor(r.localPort);
+    const recs = upstream.byPort(r.localPort);
+    expect(recs[0]?.target).toBe('/large-pipe');
+    expect(recs[0]?.bodySha256).toBe(r.bodies[0]);
+    for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
+    // Nothing half-sent: the upstream holds complete requests only.
+    expect(closed.pending).toBeNull();
+    expect(closed.leftover).toBe(0);
+    if (r.error === null) {
+      expect(recs.map((x) => x.target)).toEqual(['/large-pipe', '/behind/1', '/behind/2', '/behind/3']);
+    } else {
+      expect(r.error).toBe(EACCES);
+      expect(delta(before, kh.stats()).refusedBusy).toBe(1);
+    }
+  });
+
+  it('a large upload in one write (head and body together) arrives intact', async () => {
+    const size = 8 * 1024 * 1024 + 1;
+    const r = await raw(bound, v4, 80, [
+      { op: 'body', size, seed: 7, prefix: `POST /large-one HTTP/1.1\r\nHost: upstream\r\nContent-Length: ${size}\r\n\r\n` },
+      { op: 'recv', count: 1 },
+    ]);
+    expect(r.error).toBeNull();
+    const [rec] = await upstream.from(r.localPort, 1);
+    expect(rec?.target).toBe('/large-one');
+    expect(rec?.bodySha256).toBe(r.bodies[0]);
+    expect(rec?.authorization).toEqual([AUTH_HASH]);
+  });
+
+  it('TCP Fast Open to a pinned destination is refused at connect() (its data would bypass sk_msg)', async () => {
+    const before = kh.stats();
+    const r = await raw(bound, v4, 80, [{ op: 'send', data: get('/tfo') }, { op: 'recv', count: 1 }], { fastopen: true });
+    expect(r.connectError).toBe(1); // EPERM
+    const c = await runInCgroup(bound, 'curl', ['-sS', '--tcp-fastopen', '-o', '/dev/null', `http://${v4}/tfo-curl`]);
+    expect(c.code).not.toBe(0);
+    expect(delta(before, kh.stats())).toMatchObject({ refusedFastOpen: 2 });
+    expect(upstream.requests.filter((x) => x.target.startsWith('/tfo'))).toEqual([]);
+    // Fast Open to an unpinned destination is none of our business.
+    const other = await raw(bound, v4, 8080, [{ op: 'send', data: get('/tfo-unpinned') }, { op: 'recv', count: 1 }], { fastopen: true });
+    expect(other.connectError).toBeNull();
+    expect(other.statuses).toEqual([200]);
+  });
+
+  it('a client that sends Authorization itself is refused (EACCES): its header is never doubled or replaced', async () => {
+    for (const name of ['Authorization', 'authorization', 'AUTHORIZATION']) {
+      const before = kh.stats();
+      const r = await raw(bound, v4, 80, [{ op: 'send', data: get('/own-auth', `${name}: Bearer client-own\r\n`) }, { op: 'recv', count: 1 }]);
+      expect(r.error).toBe(EACCES);
+      expect(delta(before, kh.stats())).toMatchObject({ refusedHeaderPresent: 1 });
+      expect((await upstream.closedFor(r.localPort)).bytes).toBe(0);
+    }
+    // A header that merely starts like it is fine.
+    const ok = await raw(bound, v4, 80, [{ op: 'send', data: get('/similar', 'Authorization-Hint: x\r\nX-Authorization: y\r\n') }, { op: 'recv', count: 1 }]);
+    expect(ok.error).toBeNull();
+    expect((await upstream.from(ok.localPort, 1))[0]?.authorization).toEqual([AUTH_HASH]);
+  });
+
+  it.each([
+    ['Upgrade', get('/ws', 'Upgrade: websocket\r\nConnection: Upgrade\r\n'), 'refusedUpgrade'],
+    ['Connection: upgrade alone', get('/h2c', 'Connection: keep-alive, UPGRADE\r\n'), 'refusedUpgrade'],
+    ['CONNECT', 'CONNECT upstream:443 HTTP/1.1\r\nHost: upstream:443\r\n\r\n', 'refusedUpgrade'],
+    ['obs-fold', get('/fold', 'X-A: one\r\n two\r\n'), 'refusedMalformed'],
+    ['bare LF', 'GET /lf HTTP/1.1\nHost: upstream\r\n\r\n', 'refusedMalformed'],
+    ['bare CR in a value', get('/cr', 'X-A: a\rb\r\n'), 'refusedMalformed'],
+    ['space before the colon', get('/sp', 'X-A : b\r\n'), 'refusedMalformed'],
+    ['NUL', get('/nul', 'X-A: a\u0000b\r\n'), 'refusedMalformed'],
+    ['HTTP/2 preface', 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'refusedMalformed'],
+    ['duplicate Content-Length', 'POST /dup HTTP/1.1\r\nHost: u\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx', 'refusedContentLength'],
+    ['Content-Length with Transfer-Encoding', 'POST /clte HTTP/1.1\r\nHost: u\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 'refusedTransferEncoding'],
+    ['Content-Length list', 'POST /list HTTP/1.1\r\nHost: u\r\nContent-Length: 1, 1\r\n\r\nx', 'refusedContentLength'],
+    ['negative Content-Length', 'POST /neg HTTP/1.1\r\nHost: u\r\nContent-Length: -1\r\n\r\n', 'refusedContentLength'],
+  ] as const)('%s is refused (EACCES) and nothing of it reaches the upstream', async (_name, request, counter) => {
+    const before = kh.stats();
+    const r = await raw(bound, v4, 80, [{ op: 'send', data: request }, { op: 'send', data: get('/never') }, { op: 'recv', count: 1 }]);
+    expect(r.error).toBe(EACCES);
+    const d = delta(before, kh.stats());
+    expect(d[counter]).toBe(1);
+    expect(d.injected).toBeUndefined();
+    expect((await upstream.closedFor(r.localPort)).bytes).toBe(0);
+  });
+
+  it('rotation under a request loop: every request has exactly one header, entirely old or entirely new', async () => {
+    const values = ['short-1', 'b'.repeat(100), 'c'.repeat(300), `long-${'d'.repeat(480)}`, 'e'.repeat(37)].map((v) => `Bearer ${v}`);
+    const hashes = new Set(values.map(sha256));
+    const requests = 300;
+    const loop = `
+import json, socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=20)
+buf = b''
+port = s.getsockname()[1]
+for i in range(${requests}):
+    # every fourth round: three pipelined requests in one write
+    n = 3 if i % 4 == 0 else 1
+    s.sendall(b''.join(b'GET /rot/%d/%d HTTP/1.1\\r\\nHost: u\\r\\n\\r\\n' % (i, k) for k in range(n)))
+    for _ in range(n):
+        while b'\\r\\n\\r\\n' not in buf:
+            buf += s.recv(65536)
+        head, _, buf = buf.partition(b'\\r\\n\\r\\n')
+        cl = int([l for l in head.split(b'\\r\\n') if l.lower().startswith(b'content-length')][0].split(b':')[1])
+        while len(buf) < cl:
+            buf += s.recv(65536)
+        buf = buf[cl:]
+print(port)
+`;
+    let done = false;
+    let rotations = 0;
+    const rotate = (async () => {
+      while (!done) {
+        kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: values[rotations++ % values.length] as string });
+        await new Promise((r) => setImmediate(r));
+      }
+    })();
+    let ports: number[];
+    try {
+      const results = await Promise.all([1, 2, 3].map(() => runInCgroup(bound, 'python3', ['-c', loop, v4], { timeoutMs: 120_000 })));
+      for (const r of results) expect(r.stderr).toBe('');
+      ports = results.map((r) => Number(r.stdout.trim()));
+    } finally {
+      done = true;
+      await rotate;
+      kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
+    }
+    expect(rotations).toBeGreaterThan(100);
+    const seen = new Set<string>();
+    for (const port of ports) {
+      const recs = await upstream.from(port, requests + Math.ceil(requests / 4) * 2);
+      expect(recs).toHaveLength(requests + Math.ceil(requests / 4) * 2);
+      for (const rec of recs) {
+        expect(rec.authorization).toHaveLength(1);
+        expect(hashes.has(rec.authorization[0] as string)).toBe(true);
+        seen.add(rec.authorization[0] as string);
+      }
+    }
+    expect(seen.size).toBeGreaterThan(1);
+  });
+
+  it('a process in no workload, under the same programs, sends its bytes untouched', async () => {
+    const req = Buffer.concat([post('/unbound', randomBytes(2000), 'Authorization: Bearer its-own\r\n')]);
+    const r = await raw(other, v4, 80, [{ op: 'send', data: req }, { op: 'recv', count: 1 }]);
+    expect(r.error).toBeNull();
+    const [rec] = await upstream.from(r.localPort, 1);
+    expect(rec?.rawSha256).toBe(sha256(req));
+    expect(rec?.authorization).toEqual([sha256('Bearer its-own')]);
+    const closed = await upstream.closedFor(r.localPort);
+    expect(closed.sha256).toBe(sha256(req));
+  });
+
+  it('a bound process going to an unpinned port or address sends its bytes untouched', async () => {
+    const req = Buffer.from(get('/unpinned', 'X-Anything: \u00e9t\u00e9\r\n'), 'latin1');
+    for (const [addr, port] of [
+      [v4, 8080],
+      [v6, 8080],
+    ] as const) {
+      const r = await raw(bound, addr, port, [{ op: 'send', data: req }, { op: 'recv', count: 1 }]);
+      expect(r.error).toBeNull();
+      const [rec] = await upstream.from(r.localPort, 1);
+      expect(rec?.rawSha256).toBe(sha256(req));
+      expect(rec?.authorization).toEqual([]);
+    }
+  });
+
+  it('a withheld credential refuses requests; setting it again serves new connections', async () => {
+    kh.withhold(WORKLOAD, SERVICE);
+    try {
+      const before = kh.stats();
+      const r = await raw(bound, v4, 80, [{ op: 'send', data: get('/withheld') }, { op: 'recv', count: 1 }]);
+      expect(r.error).toBe(EACCES);
+      expect(delta(before, kh.stats())).toMatchObject({ refusedBinding: 1 });
+      expect((await upstream.closedFor(r.localPort)).bytes).toBe(0);
+    } finally {
+      kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
+    }
+    const ok = await raw(bound, v4, 80, [{ op: 'send', data: get('/restored') }, { op: 'recv', count: 1 }]);
+    expect(ok.error).toBeNull();
+    expect((await upstream.from(ok.localPort, 1))[0]?.authorization).toEqual([AUTH_HASH]);
+  });
+
+  it('an epoch bump or an unpinned destination refuses the next request on existing connections', async () => {
+    for (const change of ['epoch', 'unpin'] as const) {
+      const flag = path.join(dir, `go-${change}`);
+      const client = raw(bound, v4, 80, [
+        { op: 'send', data: get(`/${change}/1`) },
+        { op: 'recv', count: 1 },
+        { op: 'waitFile', path: flag },
+        { op: 'send', data: get(`/${change}/2`) },
+        { op: 'recv', count: 1 },
+      ]);
+      await waitFor(() => upstream.requests.some((x) => x.target === `/${change}/1`), `/${change}/1`);
+      const before = kh.stats();
+      if (change === 'epoch') kh.bumpEpoch();
+      else kh.setDestinations([{ address: v6, port: 80, serviceId: SERVICE }]);
+      writeFileSync(flag, '');
+      const r = await client;
+      if (change === 'unpin') {
+        kh.setDestinations([
+          { address: v4, port: 80, serviceId: SERVICE },
+          { address: v6, port: 80, serviceId: SERVICE },
+        ]);
+      }
+      expect(r.error).toBe(EACCES);
+      expect(delta(before, kh.stats())).toMatchObject({ refusedBinding: 1 });
+      await upstream.closedFor(r.localPort);
+      expect(upstream.byPort(r.localPort).map((x) => x.target)).toEqual([`/${change}/1`]);
+    }
+    // New connections are bound under the new epoch.
+    const ok = await raw(bound, v4, 80, [{ op: 'send', data: get('/new-epoch') }, { op: 'recv', count: 1 }]);
+    expect(ok.error).toBeNull();
+    expect((await upstream.from(ok.localPort, 1))[0]?.authorization).toEqual([AUTH_HASH]);
+  });
+
+  it('removing the binding: new connections are left alone, an existing one has its next request refused', async () => {
+    const flag = path.join(dir, 'go-unbind');
+    const client = raw(bound, v4, 80, [
+      { op: 'send', data: get('/unbind/1') },
+      { op: 'recv', count: 1 },
+      { op: 'waitFile', path: flag },
+      { op: 'send', data: get('/unbind/2') },
+      { op: 'recv', count: 1 },
+    ]);
+    await waitFor(() => upstream.requests.some((x) => x.target === '/unbind/1'), '/unbind/1');
+    kh.setBindings([]);
+    expect(kh.bindings()).toEqual([{ workloadId: WORKLOAD, serviceId: SERVICE, state: 'unbound', version: expect.any(Number) }]);
+    writeFileSync(flag, '');
+    try {
+      const r = await client;
+      expect(r.error).toBe(EACCES);
+      const req = Buffer.from(get('/unbound-now'));
+      const fresh = await raw(bound, v4, 80, [{ op: 'send', data: req }, { op: 'recv', count: 1 }]);
+      expect(fresh.error).toBeNull();
+      expect((await upstream.from(fresh.localPort, 1))[0]?.rawSha256).toBe(sha256(req));
+      // The tombstone goes once no program can still be reading it.
+      kh.collect(Date.now() + 60_000);
+      expect(kh.bindings()).toEqual([]);
+    } finally {
+      kh.setBindings([{ workloadId: WORKLOAD, serviceId: SERVICE, header: { name: 'Authorization', value: AUTH } }]);
+    }
+    const ok = await raw(bound, v4, 80, [{ op: 'send', data: get('/rebound') }, { op: 'recv', count: 1 }]);
+    expect((await upstream.from(ok.localPort, 1))[0]?.authorization).toEqual([AUTH_HASH]);
+  });
+
+  it('urgent data (MSG_OOB) on a kernel-path connection refuses its next request', async () => {
+    const before = kh.stats();
+    const r = await raw(bound, v4, 80, [
+      { op: 'send', data: `POST /oob HTTP/1.1\r\nHost: u\r\nContent-Length: 2\r\n\r\nx` },
+      { op: 'oob', data: 'y' },
+      { op: 'send', data: get('/after-oob') },
+      { op: 'recv', count: 1 },
+    ]);
+    expect(r.error).toBe(EACCES);
+    expect(delta(before, kh.stats())).toMatchObject({ injected: 1, refusedStream: 1 });
+    await upstream.closedFor(r.localPort);
+    expect(upstream.byPort(r.localPort).map((x) => x.target)).not.toContain('/after-oob');
+  });
+
+  it('bindings and stats never expose the header', () => {
+    expect(kh.bindings()).toEqual([{ workloadId: WORKLOAD, serviceId: SERVICE, state: 'inject', version: expect.any(Number) }]);
+    expect(JSON.stringify(kh.bindings())).not.toContain(CANARY);
+    expect(kh.stats().injected).toBeGreaterThan(0n);
+  });
+
+  it('header lines are checked before they reach the kernel', () => {
+    expect(() => kh.setHeader(WORKLOAD, SERVICE, { name: 'Bad Name', value: 'x' })).toThrow(/not an HTTP token/);
+    let err: unknown;
+    try {
+      kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: `Bearer ${CANARY}\r\nX-Evil: 1` });
+    } catch (e) {
+      err = e;
+    }
+    expect((err as Error).message).toMatch(/control byte/);
+    expect((err as Error).message).not.toContain(CANARY);
+    expect(() => kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: 'x'.repeat(600) })).toThrow(/at most 512/);
+  });
+});
