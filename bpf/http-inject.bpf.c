@@ -6,7 +6,7 @@
  *
  *   connect()  wk_http_connect4/6: the caller's workload (workload.bpf.h,
  *              the same rule as the proxy redirect) and the destination
- *              (wk_http_dest: pinned address and port -> service) name a
+ *              (wk_http_dest: pinned port and address prefix -> service) name a
  *              binding in wk_http_hdr; if so, socket storage records
  *              (workload, service, destination, epoch).
  *   sockops    wk_http_sockops, on ACTIVE_ESTABLISHED: a socket whose
@@ -113,9 +113,14 @@
 #define SOCK_ARMED	2	/* in wk_http_socks, stream accounting started */
 #define SOCK_REFUSED	4	/* every later write is dropped */
 
-/* pinned (address, port) -> service */
+/*
+ * pinned (port, address prefix) -> service. A longest-prefix-match trie, so
+ * a policy can pin a CIDR; the controller refuses overlapping prefixes on
+ * one port, so there is never more than one candidate.
+ */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, WK_HTTP_MAX_DESTS);
 	__type(key, struct wk_http_dest_key);
 	__type(value, struct wk_http_dest_val);
@@ -291,6 +296,7 @@ int wk_http_connect4(struct bpf_sock_addr *ctx)
 {
 	struct wk_http_dest_key key = {};
 
+	key.prefixlen = WK_HTTP_DEST_EXACT;
 	key.addr[2] = bpf_htonl(0xffff);
 	key.addr[3] = ctx->user_ip4;
 	key.port = bpf_ntohs((__u16)ctx->user_port);
@@ -302,6 +308,7 @@ int wk_http_connect6(struct bpf_sock_addr *ctx)
 {
 	struct wk_http_dest_key key = {};
 
+	key.prefixlen = WK_HTTP_DEST_EXACT;
 	key.addr[0] = ctx->user_ip6[0];
 	key.addr[1] = ctx->user_ip6[1];
 	key.addr[2] = ctx->user_ip6[2];

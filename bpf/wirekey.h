@@ -120,7 +120,9 @@ WK_ASSERT_SIZE(wk_conn_key, 20);
 #include <linux/bpf.h>		/* struct bpf_spin_lock */
 #endif
 
-#define WK_HTTP_MAX_DESTS	4096	/* pinned (address, port) pairs */
+#define WK_HTTP_MAX_DESTS	4096	/* pinned (address prefix, port) pairs */
+/* wk_http_dest_key.prefixlen of one exact address: port, pad and 128 address bits */
+#define WK_HTTP_DEST_EXACT	160
 #define WK_HTTP_MAX_SOCKS	65536	/* live kernel-path connections */
 #define WK_HTTP_LINE_MAX	512	/* longest injected header line, CRLF included */
 #define WK_HTTP_HEAD_MAX	8192	/* longest request head (request line to CRLFCRLF) */
@@ -151,9 +153,10 @@ WK_ASSERT_SIZE(wk_conn_key, 20);
 
 /* Key of wk_http_dest: a pinned plaintext destination. */
 struct wk_http_dest_key {
+	__u32 prefixlen;	/* LPM trie: bits of what follows that must match; 32 + address prefix */
+	__u16 port;		/* host byte order; always matched whole */
+	__u16 _pad;		/* always 0 */
 	__u32 addr[4];		/* network byte order; IPv4 as ::ffff:a.b.c.d */
-	__u16 port;		/* host byte order */
-	__u16 _pad;
 };
 
 struct wk_http_dest_val {
@@ -188,7 +191,7 @@ struct wk_http_config {
 	__u32 _pad;
 };
 
-WK_ASSERT_SIZE(wk_http_dest_key, 20);
+WK_ASSERT_SIZE(wk_http_dest_key, 24);
 WK_ASSERT_SIZE(wk_http_dest_val, 8);
 WK_ASSERT_SIZE(wk_http_hdr_key, 8);
 WK_ASSERT_SIZE(wk_http_hdr, 528);

@@ -38,7 +38,7 @@ export { WK_HTTP_HEAD_MAX, WK_HTTP_LINE_MAX } from './layout.js';
 
 /** A plaintext destination the policy pins to a service. */
 export interface PinnedDestination {
-  /** IPv4 or IPv6 address; IPv4 also matches IPv4-mapped IPv6 connects. */
+  /** IPv4 or IPv6 address, or a CIDR; IPv4 also matches IPv4-mapped IPv6 connects. */
   address: string;
   port: number;
   serviceId: number;
@@ -153,7 +153,11 @@ export class KernelHttp {
     for (const d of dests) {
       checkId('service', d.serviceId);
       if (!Number.isInteger(d.port) || d.port < 1 || d.port > 65535) throw new RangeError(`port ${d.port} is outside 1..65535`);
-      want.set(encodeHttpDestKey(d.address, d.port).toString('hex'), encodeHttpDestVal(d.serviceId));
+      const key = encodeHttpDestKey(d.address, d.port).toString('hex');
+      const value = encodeHttpDestVal(d.serviceId);
+      const earlier = want.get(key);
+      if (earlier && !earlier.equals(value)) throw new RangeError(`${d.address} port ${d.port} is pinned to two services`);
+      want.set(key, value);
     }
     const map = this.#map('wk_http_dest');
     const { name, maxEntries } = map.info();

@@ -34,7 +34,10 @@ export const LAYOUTS = {
     },
   },
   wk_conn_key: { size: 20, fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, _pad: { offset: 18, size: 2 } } },
-  wk_http_dest_key: { size: 20, fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, _pad: { offset: 18, size: 2 } } },
+  wk_http_dest_key: {
+    size: 24,
+    fields: { prefixlen: { offset: 0, size: 4 }, port: { offset: 4, size: 2 }, _pad: { offset: 6, size: 2 }, addr: { offset: 8, size: 16 } },
+  },
   wk_http_dest_val: { size: 8, fields: { service_id: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
   wk_http_hdr_key: { size: 8, fields: { workload_id: { offset: 0, size: 4 }, service_id: { offset: 4, size: 4 } } },
   wk_http_hdr: {
@@ -253,17 +256,40 @@ export const WK_HTTP_STATS = [
 ] as const;
 export type HttpStatName = (typeof WK_HTTP_STATS)[number];
 
-export function encodeHttpDestKey(ip: string, port: number): Buffer {
+/** wk_http_dest_key.prefixlen covers the port and its pad before the address bits. */
+const DEST_PORT_BITS = 32;
+
+/**
+ * A wk_http_dest (LPM trie) key: `port` and an address or CIDR. IPv4 goes in
+ * mapped form, so an IPv4 prefix /n is the IPv6 prefix /96+n.
+ * @throws Error when `address` is neither an IP address nor a CIDR.
+ */
+export function encodeHttpDestKey(address: string, port: number): Buffer {
   const f = LAYOUTS.wk_http_dest_key.fields;
+  const [ip, bits] = address.includes('/') ? ipaddr.parseCIDR(address) : [ipaddr.parse(address), undefined];
+  const v4 = ip.kind() === 'ipv4';
+  const prefix = (v4 ? 96 : 0) + (bits ?? (v4 ? 32 : 128));
   const b = Buffer.alloc(LAYOUTS.wk_http_dest_key.size);
-  encodeAddress(ip).copy(b, f.addr.offset);
+  b.writeUInt32LE(DEST_PORT_BITS + prefix, f.prefixlen.offset);
   b.writeUInt16LE(port, f.port.offset);
+  const bytes = encodeAddress(ip.toString());
+  // Bits beyond the prefix are zero, so one CIDR has one key however it is written.
+  for (let i = 0; i < 16; i++) {
+    const keep = Math.max(0, Math.min(8, prefix - 8 * i));
+    bytes[i] = (bytes[i] as number) & ((0xff << (8 - keep)) & 0xff);
+  }
+  bytes.copy(b, f.addr.offset);
   return b;
 }
 
+/** The port and address (`a.b.c.d`, or `a.b.c.d/n` for a prefix) of a wk_http_dest key. */
 export function decodeHttpDestKey(b: Buffer): { address: string; port: number } {
   const f = LAYOUTS.wk_http_dest_key.fields;
-  return { address: decodeAddress(b.subarray(f.addr.offset, f.addr.offset + f.addr.size)), port: b.readUInt16LE(f.port.offset) };
+  const prefix = b.readUInt32LE(f.prefixlen.offset) - DEST_PORT_BITS;
+  const ip = decodeAddress(b.subarray(f.addr.offset, f.addr.offset + f.addr.size));
+  const bits = ip.includes(':') ? prefix : prefix - 96;
+  const full = ip.includes(':') ? 128 : 32;
+  return { address: bits === full ? ip : `${ip}/${bits}`, port: b.readUInt16LE(f.port.offset) };
 }
 
 export function encodeHttpDestVal(serviceId: number): Buffer {
