@@ -21,7 +21,8 @@ import { ProxyServer } from '../proxy/proxy-server.js';
 import { createUpstreamAgent } from '../proxy/upstream.js';
 import { AuditLog } from '../audit/audit-log.js';
 import { RouteTable } from './routes.js';
-import { CredentialError } from '../errors.js';
+import { KernelBindings } from './kernel-bindings.js';
+import { CredentialError, NotSupportedError } from '../errors.js';
 import type { Logger } from '../log.js';
 
 export interface AgentOptions {
@@ -59,6 +60,9 @@ export class Agent {
   #audit: AuditLog | undefined;
   #upstreamAgent: https.Agent | undefined;
   #resync: NodeJS.Timeout | undefined;
+  #kernelBindings: KernelBindings | undefined;
+  #kernelRefresh: NodeJS.Timeout | undefined;
+  #refreshing = false;
   #resolver: IdentityResolver | undefined;
   #resolved: ResolvedWorkload[] = [];
   #reported = new Set<string>();
@@ -129,6 +133,17 @@ export class Agent {
     // parent is known and the fork program covers its children.
     const added = this.#datapath.backfill(runningTasks()) + this.#datapath.backfill(runningTasks());
     this.#datapath.attachRedirect(this.#cgroupRoot);
+    const kh = this.#datapath.kernelHttp;
+    if (kh) {
+      this.#kernelBindings = new KernelBindings(kh, this.#log);
+      await this.#kernelBindings.apply(this.#plan, this.#credentials);
+      // Rotation: file sources notice a change within a second, Vault ones on their refresh.
+      this.#kernelRefresh = setInterval(() => void this.#refreshKernelBindings(), KERNEL_REFRESH_MS);
+      this.#kernelRefresh.unref();
+    } else {
+      this.#requireKernelHttp(this.#plan);
+      this.#log.warn('kernel HTTP datapath unavailable on this kernel (plaintext services cannot be bound): %s', this.#datapath.kernelHttpUnavailable);
+    }
     this.#writeRuntimeState();
     this.#resync = setInterval(() => void this.#syncIdentity(), this.#opts.resyncIntervalMs ?? 2000);
     this.#resync.unref();
@@ -160,12 +175,16 @@ export class Agent {
     const resolved = await this.#resolver.resolve(next.plan.workloads.values());
     const previous = { ports: this.#routes.portBindings(), identity: identityTables(this.#resolved) };
     try {
+      this.#requireKernelHttp(next.plan);
       datapath.setPortBindings(next.routes.portBindings());
       datapath.setIdentity(identityTables(resolved));
+      await this.#kernelBindings?.apply(next.plan, next.credentials);
     } catch (err) {
       // Put the kernel back as it was; the proxy has not seen the new plan yet.
       datapath.setPortBindings(previous.ports);
       datapath.setIdentity(previous.identity);
+      await this.#kernelBindings?.apply(this.#plan, this.#credentials).catch((e: unknown) =>
+        this.#log.error('cannot restore the kernel datapath bindings: %s', (e as Error).message));
       this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
       await next.credentials.retire(this.#credentials);
       return false;
@@ -189,6 +208,9 @@ export class Agent {
   async stop(): Promise<void> {
     if (this.#resync) clearInterval(this.#resync);
     this.#resync = undefined;
+    if (this.#kernelRefresh) clearInterval(this.#kernelRefresh);
+    this.#kernelRefresh = undefined;
+    this.#kernelBindings = undefined;
     // Detach first so no new connection is sent to a proxy that is closing.
     this.#datapath?.close();
     this.#datapath = undefined;
@@ -220,6 +242,28 @@ export class Agent {
     const source = this.#credentials.get(name);
     if (!source) throw new CredentialError(name, 'is not defined in the policy');
     return source.get();
+  }
+
+  /** @throws NotSupportedError when `plan` has plaintext services and this kernel refused the kernel HTTP programs. */
+  #requireKernelHttp(plan: Plan): void {
+    const reason = this.#datapath?.kernelHttpUnavailable;
+    if (!reason) return;
+    const kernel = [...plan.services.values()].filter((s) => s.datapath === 'kernel').map((s) => s.name);
+    if (kernel.length) {
+      throw new NotSupportedError('kernel HTTP datapath', `plaintext service(s) ${kernel.join(', ')} need the kernel HTTP datapath, which this kernel refused: ${reason}`, '5.17');
+    }
+  }
+
+  async #refreshKernelBindings(): Promise<void> {
+    if (!this.#kernelBindings || this.#refreshing) return;
+    this.#refreshing = true;
+    try {
+      await this.#kernelBindings.refresh(this.#plan, this.#credentials);
+    } catch (err) {
+      this.#log.error('kernel datapath: cannot update header lines: %s', (err as Error).message);
+    } finally {
+      this.#refreshing = false;
+    }
   }
 
   /** A credential that cannot be read now is reported, not fatal: it may appear later. */
@@ -304,7 +348,11 @@ export class Agent {
       })),
       bindings: this.#plan.bindings.map((b) => {
         const service = this.#plan.services.get(b.service);
-        return { name: b.name, workload: b.workload, service: b.service, hosts: service?.hosts ?? [], port: service?.port ?? 0, inject: b.inject };
+        return {
+          name: b.name, workload: b.workload, service: b.service, datapath: service?.datapath ?? 'proxy',
+          hosts: service?.datapath === 'proxy' ? service.hosts : [], addresses: service?.datapath === 'kernel' ? service.addresses : [],
+          port: service?.port ?? 0, inject: b.inject,
+        };
       }),
     };
     writeFileAtomic(runtimeStatePath(this.#opts.stateDir), `${JSON.stringify(state, null, 2)}\n`);
@@ -320,6 +368,9 @@ function tablesKey(t: IdentityTables): string {
     any: t.any,
   });
 }
+
+/** How often the kernel datapath's header lines are checked against their credentials. */
+const KERNEL_REFRESH_MS = 1000;
 
 function writeFileAtomic(file: string, data: string): void {
   const tmp = `${file}.${process.pid}.tmp`;

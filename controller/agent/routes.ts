@@ -1,13 +1,14 @@
 /**
- * Who may use which credential where: the plan's bindings indexed the way
- * the datapath and the proxy ask for them.
+ * Who may use which credential where, on the proxy datapath: the plan's
+ * bindings to TLS services indexed the way the redirect and the proxy ask
+ * for them.
  */
-import type { Plan, PlanBinding, PlanService, PlanWorkload } from '../policy/types.js';
+import type { Plan, PlanBinding, PlanProxyService, PlanWorkload } from '../policy/types.js';
 import { normalizeHost } from '../policy/compile.js';
 
 export interface Route {
   workload: PlanWorkload;
-  service: PlanService;
+  service: PlanProxyService;
   binding: PlanBinding;
 }
 
@@ -24,6 +25,8 @@ export class RouteTable {
       const service = plan.services.get(binding.service);
       // compile() guarantees both exist; a missing one is a bug, not input.
       if (!workload || !service) throw new Error(`binding ${binding.name} refers to a missing workload or service`);
+      // Plaintext services are the kernel's (agent/kernel-bindings.ts): never redirected.
+      if (service.datapath !== 'proxy') continue;
       for (const host of service.hosts) {
         this.#routes.set(`${workload.id}:${service.port}:${host}`, { workload, service, binding });
       }

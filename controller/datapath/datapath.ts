@@ -1,7 +1,7 @@
 /**
- * The kernel half of wirekey: loads bpf/redirect.bpf.c, attaches it to the
- * cgroup v2 root, and keeps its maps in step with the plan. The only module
- * that touches the native addon.
+ * The kernel half of wirekey: loads the BPF object (redirect, identity and,
+ * where the kernel takes it, the kernel HTTP datapath), attaches it to the
+ * cgroup v2 root, and keeps its maps in step with the plan.
  */
 import { mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -28,6 +28,7 @@ import {
   verifyLayouts,
   type OrigDst,
 } from './layout.js';
+import { KernelHttp } from './kernel-http.js';
 
 export type { OrigDst, ExeKey } from './layout.js';
 
@@ -86,6 +87,8 @@ export class Datapath {
   readonly #links: NativeLink[] = [];
   readonly #maps: Map<string, NativeMap> = new Map();
   readonly #pinDir: string;
+  #kernelHttp: KernelHttp | null = null;
+  #kernelHttpUnavailable: string | null = null;
   #closed = false;
 
   private constructor(object: NativeObject, pinDir: string) {
@@ -109,16 +112,37 @@ export class Datapath {
       throw new NotSupportedError('SO_NETNS_COOKIE', `cannot read the host network namespace cookie (${String(cause)})`, '5.14');
     }
 
-    const object = bpfCall(() => new addon.BpfObject(objectPath));
-    const dp = new Datapath(object, opts.pinDir);
+    const load = (withKernelHttp: boolean): NativeObject => {
+      const object = bpfCall(() => new addon.BpfObject(objectPath));
+      try {
+        verifyLayouts((name) => object.btfStruct(name));
+        if (withKernelHttp) KernelHttp.enable(object);
+        bpfCall(() => {
+          object.setGlobal('agent_tgid', encodeU32(process.pid));
+          object.setGlobal('host_netns_cookie', encodeU64(netns));
+          object.setGlobal('proxy_port', encodeU16(opts.proxyPort));
+          object.load();
+        });
+      } catch (err) {
+        object.close();
+        throw err;
+      }
+      return object;
+    };
+    // The kernel HTTP programs need more of the kernel than the rest (5.17):
+    // a kernel that refuses them still gets the proxy datapath, and policies
+    // with plaintext services are refused with this reason.
+    let object: NativeObject;
+    let kernelHttpUnavailable: string | null = null;
     try {
-      verifyLayouts((name) => object.btfStruct(name));
-      bpfCall(() => {
-        object.setGlobal('agent_tgid', encodeU32(process.pid));
-        object.setGlobal('host_netns_cookie', encodeU64(netns));
-        object.setGlobal('proxy_port', encodeU16(opts.proxyPort));
-        object.load();
-      });
+      object = load(true);
+    } catch (err) {
+      kernelHttpUnavailable = (err as Error).message.split('\n')[0] ?? String(err);
+      object = load(false);
+    }
+    const dp = new Datapath(object, opts.pinDir);
+    dp.#kernelHttpUnavailable = kernelHttpUnavailable;
+    try {
       for (const name of MAPS) dp.#maps.set(name, bpfCall(() => object.map(name)));
       dp.#pin();
       for (const prog of IDENTITY_PROGRAMS) dp.#links.push(bpfCall(() => object.attach(prog)));
@@ -137,6 +161,7 @@ export class Datapath {
    */
   attachRedirect(cgroupRoot: string): void {
     try {
+      if (!this.#kernelHttpUnavailable) this.#kernelHttp = KernelHttp.attach(this.#object, cgroupRoot);
       for (const prog of CGROUP_PROGRAMS) {
         this.#links.push(bpfCall(() => this.#object.attachCgroup(prog, cgroupRoot)));
       }
@@ -144,6 +169,16 @@ export class Datapath {
       this.close();
       throw err;
     }
+  }
+
+  /** The kernel HTTP datapath, once attachRedirect() has run; null when this kernel refused its programs. */
+  get kernelHttp(): KernelHttp | null {
+    return this.#kernelHttp;
+  }
+
+  /** Why the kernel HTTP datapath could not be loaded (the first line of the error), or null. */
+  get kernelHttpUnavailable(): string | null {
+    return this.#kernelHttpUnavailable;
   }
 
   /** Kernel ids of the loaded programs, for status and for tests that check detachment. */
@@ -231,6 +266,8 @@ export class Datapath {
   close(): void {
     if (this.#closed) return;
     this.#closed = true;
+    this.#kernelHttp?.close();
+    this.#kernelHttp = null;
     for (const link of this.#links.splice(0).reverse()) link.destroy();
     for (const map of this.#maps.values()) {
       try {

@@ -123,7 +123,11 @@ export function formatExplanation(e: Explanation): string {
   }
   if (e.workload) {
     lines.push(e.bindings.length ? 'bindings:' : 'bindings: none');
-    for (const b of e.bindings) lines.push(`  ${b.name}: ${b.service} (${b.hosts.join(', ')} port ${b.port}), ${b.inject.kind} from ${b.inject.credential}`);
+    for (const b of e.bindings) {
+      // State written by an older agent has no datapath: it was the proxy's.
+      const where = b.datapath === 'kernel' ? `${(b.addresses ?? []).join(', ')} port ${b.port}, kernel` : `${b.hosts.join(', ')} port ${b.port}`;
+      lines.push(`  ${b.name}: ${b.service} (${where}), ${b.inject.kind} from ${b.inject.credential}`);
+    }
   }
   return `${lines.join('\n')}\n`;
 }

@@ -21,7 +21,18 @@ export interface RuntimeState {
     uid?: number | null;
     problems: string[];
   }[];
-  bindings: { name: string; workload: string; service: string; hosts: string[]; port: number; inject: { kind: string; credential: string } }[];
+  bindings: {
+    name: string;
+    workload: string;
+    service: string;
+    datapath: 'proxy' | 'kernel';
+    /** TLS services (proxy datapath). */
+    hosts: string[];
+    /** Plaintext services (kernel datapath). */
+    addresses: string[];
+    port: number;
+    inject: { kind: string; credential: string };
+  }[];
 }
 
 export function runtimeStatePath(stateDir: string): string {

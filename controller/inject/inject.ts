@@ -4,7 +4,7 @@
  */
 import type { IncomingMessage } from 'node:http';
 import type { Credential } from '../credentials/credential.js';
-import type { Secret } from '../credentials/secret.js';
+import { Secret } from '../credentials/secret.js';
 import type { PlanInjection } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import { forwardableHeaders } from '../proxy/headers.js';
@@ -61,11 +61,15 @@ export async function prepareUpstreamRequest(
   credential: Credential,
   opts: InjectOptions,
 ): Promise<UpstreamRequest> {
-  const headers = forwardableHeaders(req.rawHeaders, CREDENTIAL_HEADERS);
+  const drop = inject.kind === 'header' ? new Set([...CREDENTIAL_HEADERS, inject.name.toLowerCase()]) : CREDENTIAL_HEADERS;
+  const headers = forwardableHeaders(req.rawHeaders, drop);
   const chunked = req.headers['transfer-encoding'] !== undefined;
   switch (inject.kind) {
-    case 'bearer': {
-      headers.push('Authorization', `Bearer ${single(credential).reveal()}`);
+    case 'bearer':
+    case 'header':
+    case 'basic': {
+      const line = credentialHeader(inject, credential);
+      headers.push(line.name, line.value.reveal());
       if (chunked) headers.push('Transfer-Encoding', 'chunked');
       return { headers, path: req.url ?? '/', ...provenance(credential) };
     }
@@ -95,6 +99,38 @@ export async function prepareUpstreamRequest(
       if (body) signed.push('Content-Length', String(body.length));
       else if (chunked) signed.push('Transfer-Encoding', 'chunked');
       return { headers: signed, path: stripQuerySignature(req.url ?? '/'), body, accessKeyId: creds.accessKeyId, ...provenance(credential) };
+    }
+  }
+}
+
+/** A header an injection adds; the value stays a Secret until it goes on the wire. */
+export interface CredentialHeader {
+  name: string;
+  value: Secret;
+}
+
+/**
+ * The header a bearer, header or basic injection adds, for the proxy and
+ * the kernel datapath alike.
+ * @throws CredentialError when the credential lacks what the injection needs.
+ */
+export function credentialHeader(
+  inject: Extract<PlanInjection, { kind: 'bearer' | 'header' | 'basic' }>,
+  credential: Credential,
+): CredentialHeader {
+  switch (inject.kind) {
+    case 'bearer':
+      return { name: 'Authorization', value: new Secret(`Bearer ${single(credential).reveal()}`) };
+    case 'header':
+      return { name: inject.name, value: new Secret(inject.format.replace('{secret}', () => single(credential).reveal())) };
+    case 'basic': {
+      const username = inject.username ?? field(credential, ['username', 'user'])?.reveal();
+      const password = inject.username !== undefined ? single(credential) : field(credential, ['password']);
+      if (username === undefined || !password) {
+        throw new CredentialError(credential.name, 'has no username and password fields for basic authentication (or set username in the binding)');
+      }
+      if (username.includes(':')) throw new CredentialError(credential.name, 'has a username with a colon, which basic authentication cannot carry');
+      return { name: 'Authorization', value: new Secret(`Basic ${Buffer.from(`${username}:${password.reveal()}`, 'utf8').toString('base64')}`) };
     }
   }
 }

@@ -5,7 +5,8 @@
 import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
 import { normalizeHost } from './compile.js';
 import { positionOf, type PolicyPath } from './parse.js';
-import type { BindingDoc, CredentialSourceDoc, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
+import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
+import { parseAddressPrefix, prefixesOverlap, type AddressPrefix } from './addresses.js';
 import { inferAwsScope } from '../inject/sigv4.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
 
@@ -23,8 +24,12 @@ export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
     ...danglingReferences(docs),
     ...vaultSources(docs.filter((d): d is CredentialSourceDoc => d.kind === 'CredentialSource')),
     ...ambiguousBindings(bindings),
+    ...serviceShapes(services),
     ...sigv4Scopes(bindings, services),
+    ...kernelBindings(bindings, services),
+    ...headerNames(bindings),
     ...sharedEndpoints(services),
+    ...sharedAddresses(services),
     ...userAndUid(workloads),
     ...ambiguousWorkloads(workloads),
     ...tooManyWorkloads(workloads),
@@ -107,12 +112,90 @@ function bindingReferences(binding: BindingDoc): Reference[] {
 }
 
 /** The one injection key a binding sets (the schema guarantees exactly one). */
-function injectionKind(binding: BindingDoc): 'bearer' | 'sigv4' {
-  return binding.spec.inject.sigv4 ? 'sigv4' : 'bearer';
+function injectionKind(binding: BindingDoc): InjectionKind {
+  return INJECTION_KINDS.find((k) => binding.spec.inject[k] !== undefined) ?? 'bearer';
 }
 
 function injectionOf(binding: BindingDoc): { credential: string } {
-  return (binding.spec.inject.sigv4 ?? binding.spec.inject.bearer) as { credential: string };
+  return binding.spec.inject[injectionKind(binding)] as { credential: string };
+}
+
+const INJECTION_KINDS: InjectionKind[] = ['bearer', 'header', 'basic', 'sigv4'];
+
+/**
+ * TLS services name hosts and go through the proxy; plaintext services are
+ * pinned to addresses and injected by the kernel. Each address must parse.
+ */
+function serviceShapes(services: ServiceDoc[]): PolicyDiagnostic[] {
+  const out: PolicyDiagnostic[] = [];
+  for (const s of services) {
+    const say = (path: PolicyPath, message: string) => out.push({ ...positionOf(s, path), message: `${label(s)}: ${message}` });
+    const { hosts, addresses, tls, datapath } = s.spec;
+    if (tls) {
+      if (!hosts) say(['spec'], 'spec.hosts: a TLS service needs the host names it answers to');
+      if (addresses) say(['spec', 'addresses'], 'spec.addresses: pinned addresses are for plaintext services (tls: false); a TLS service is matched by its hosts');
+      if (datapath === 'kernel') {
+        say(['spec', 'datapath'], 'spec.datapath: the kernel datapath injects into plaintext HTTP only; a TLS service needs datapath: proxy');
+      }
+      continue;
+    }
+    if (!addresses) say(['spec'], 'spec.addresses: a plaintext service (tls: false) needs the IP addresses or CIDRs it is pinned to');
+    if (hosts) say(['spec', 'hosts'], 'spec.hosts: a plaintext service is pinned by addresses, not host names (give addresses)');
+    if (datapath === 'proxy') {
+      say(['spec', 'datapath'], 'spec.datapath: the proxy handles TLS services; a plaintext service (tls: false) uses datapath: kernel');
+    }
+    (addresses ?? []).forEach((a, i) => {
+      if (!parseAddressPrefix(a)) say(['spec', 'addresses', i], `spec.addresses[${i}]: ${JSON.stringify(a)} is not an IP address or CIDR`);
+    });
+  }
+  return out;
+}
+
+/**
+ * What the kernel datapath cannot do: sign (SigV4 reads the whole request),
+ * and reach a plaintext service on a port whose connections the same
+ * workload has redirected to the proxy.
+ */
+function kernelBindings(bindings: BindingDoc[], services: ServiceDoc[]): PolicyDiagnostic[] {
+  const out: PolicyDiagnostic[] = [];
+  const byName = new Map(services.map((s) => [s.metadata.name, s]));
+  const isKernel = (s: ServiceDoc | undefined) => s !== undefined && s.spec.tls === false;
+  for (const b of bindings) {
+    const service = byName.get(b.spec.service);
+    if (!isKernel(service)) continue;
+    if (b.spec.inject.sigv4) {
+      out.push({
+        ...positionOf(b, ['spec', 'inject', 'sigv4']),
+        message: `${label(b)}: spec.inject.sigv4: SigV4 signs the whole request and needs the proxy; ${label(service as ServiceDoc)} is plaintext (kernel datapath), which takes bearer, header or basic`,
+      });
+    }
+    const viaProxy = bindings.find((o) => o.spec.workload === b.spec.workload && !isKernel(byName.get(o.spec.service)) &&
+      byName.get(o.spec.service)?.spec.port === service?.spec.port);
+    if (viaProxy) {
+      out.push({
+        ...positionOf(b, ['spec', 'service']),
+        message:
+          `${label(b)}: workload ${JSON.stringify(b.spec.workload)} has its port ${service?.spec.port} connections sent to the proxy by ` +
+          `${label(viaProxy)} (${where(positionOf(viaProxy, ['spec', 'service']))}), so the kernel datapath would never see them; ` +
+          'use a different port or workload',
+      });
+    }
+  }
+  return out;
+}
+
+/** Headers that frame or route the request: injecting one would change what the request means. */
+const RESERVED_HEADERS = new Set([
+  'host', 'content-length', 'transfer-encoding', 'connection', 'upgrade', 'te', 'trailer', 'keep-alive', 'proxy-connection', 'expect',
+]);
+
+function headerNames(bindings: BindingDoc[]): PolicyDiagnostic[] {
+  return bindings
+    .filter((b) => b.spec.inject.header && RESERVED_HEADERS.has(b.spec.inject.header.name.toLowerCase()))
+    .map((b) => ({
+      ...positionOf(b, ['spec', 'inject', 'header', 'name']),
+      message: `${label(b)}: spec.inject.header.name: ${b.spec.inject.header?.name} frames or routes the request and cannot carry a credential`,
+    }));
 }
 
 /**
@@ -195,7 +278,7 @@ function ambiguousBindings(bindings: BindingDoc[]): PolicyDiagnostic[] {
 
 function sharedEndpoints(services: ServiceDoc[]): PolicyDiagnostic[] {
   const claims = services.flatMap((service) =>
-    service.spec.hosts.map((host, i) => ({ service, i, endpoint: `${normalizeHost(host)}:${service.spec.port}` })),
+    (service.spec.hosts ?? []).map((host, i) => ({ service, i, endpoint: `${normalizeHost(host)}:${service.spec.port}` })),
   );
   // The proxy picks a service by host and port; two owners would make that a guess.
   // One service naming a host twice (in different case) is harmless.
@@ -207,6 +290,30 @@ function sharedEndpoints(services: ServiceDoc[]): PolicyDiagnostic[] {
         `${label(claim.service)}: ${claim.endpoint} is already claimed by ${label(earlier.service)} ` +
         `at ${where(positionOf(earlier.service, ['spec', 'hosts', earlier.i]))}`,
     }));
+}
+
+/** One plaintext destination, one service: the kernel looks a connection up by address and port. */
+function sharedAddresses(services: ServiceDoc[]): PolicyDiagnostic[] {
+  const out: PolicyDiagnostic[] = [];
+  const seen: { service: ServiceDoc; i: number; prefix: AddressPrefix }[] = [];
+  for (const service of services) {
+    if (service.spec.tls !== false) continue;
+    (service.spec.addresses ?? []).forEach((text, i) => {
+      const prefix = parseAddressPrefix(text);
+      if (!prefix) return; // reported by serviceShapes
+      const clash = seen.find((e) => e.service !== service && e.service.spec.port === service.spec.port && prefixesOverlap(e.prefix, prefix));
+      if (clash) {
+        out.push({
+          ...positionOf(service, ['spec', 'addresses', i]),
+          message:
+            `${label(service)}: ${text} port ${service.spec.port} overlaps ${clash.prefix.text} of ${label(clash.service)} ` +
+            `at ${where(positionOf(clash.service, ['spec', 'addresses', clash.i]))}; an address can belong to one service per port`,
+        });
+      }
+      seen.push({ service, i, prefix });
+    });
+  }
+  return out;
 }
 
 function label(doc: PolicyDoc): string {

@@ -5,6 +5,8 @@
 import type {
   BindingDoc,
   CredentialSourceDoc,
+  Injection,
+  PlanInjection,
   PlanVaultRead,
   VaultConnectionDoc,
   VaultCredentialSpec,
@@ -19,6 +21,10 @@ import type {
   WorkloadDoc,
 } from './types.js';
 import { comparePrecedence } from './precedence.js';
+import { parseAddressPrefix } from './addresses.js';
+
+/** A header injection's value when the policy gives no format: the secret alone. */
+export const DEFAULT_HEADER_FORMAT = '{secret}';
 
 /**
  * Compiles `policy` into a plan. Expects a policy that loadPolicy returned
@@ -92,9 +98,15 @@ export function parseDuration(text: string): number {
   return Number(m[1]) * unit;
 }
 
+/** check.ts has made sure a TLS service has hosts and a plaintext one valid addresses. */
 function service(doc: ServiceDoc): PlanService {
-  const hosts = [...new Set(doc.spec.hosts.map(normalizeHost))];
-  return { name: doc.metadata.name, hosts, port: doc.spec.port, tls: true };
+  const { name } = doc.metadata;
+  if (doc.spec.tls) {
+    const hosts = [...new Set((doc.spec.hosts ?? []).map(normalizeHost))];
+    return { name, datapath: 'proxy', hosts, port: doc.spec.port, tls: true };
+  }
+  const addresses = [...new Set((doc.spec.addresses ?? []).map((a) => parseAddressPrefix(a)?.text ?? a))];
+  return { name, datapath: 'kernel', addresses, port: doc.spec.port, tls: false };
 }
 
 function workload(doc: WorkloadDoc, id: number): PlanWorkload {
@@ -112,13 +124,23 @@ function workload(doc: WorkloadDoc, id: number): PlanWorkload {
 }
 
 function binding(doc: BindingDoc): PlanBinding {
-  const { workload, service, inject } = doc.spec;
-  return {
-    name: doc.metadata.name,
-    workload,
-    service,
-    inject: inject.sigv4
-      ? { kind: 'sigv4', credential: inject.sigv4.credential, service: inject.sigv4.service, region: inject.sigv4.region }
-      : { kind: 'bearer', credential: (inject.bearer as { credential: string }).credential },
-  };
+  const { workload, service } = doc.spec;
+  return { name: doc.metadata.name, workload, service, inject: injection(doc.spec.inject) };
+}
+
+/** The schema guarantees exactly one injection. */
+function injection(inject: Injection): PlanInjection {
+  if (inject.sigv4) {
+    const { credential, service, region } = inject.sigv4;
+    return { kind: 'sigv4', credential, ...(service !== undefined ? { service } : {}), ...(region !== undefined ? { region } : {}) };
+  }
+  if (inject.header) {
+    const { credential, name, format } = inject.header;
+    return { kind: 'header', credential, name, format: format ?? DEFAULT_HEADER_FORMAT };
+  }
+  if (inject.basic) {
+    const { credential, username } = inject.basic;
+    return { kind: 'basic', credential, ...(username !== undefined ? { username } : {}) };
+  }
+  return { kind: 'bearer', credential: (inject.bearer as { credential: string }).credential };
 }

@@ -44,10 +44,15 @@ export interface VaultConnectionSpec {
   auth: VaultAuthSpec;
 }
 
+export type Datapath = 'proxy' | 'kernel';
+
+/** TLS services give hosts (proxy datapath); plaintext ones give addresses (kernel datapath). check.ts enforces which. */
 export interface ServiceSpec {
-  hosts: string[];
+  hosts?: string[];
+  addresses?: string[];
   port: number;
-  tls: true;
+  tls: boolean;
+  datapath?: Datapath;
 }
 
 export interface ExecutableSelector {
@@ -72,6 +77,18 @@ export interface BearerInjection {
   credential: string;
 }
 
+export interface HeaderInjection {
+  credential: string;
+  name: string;
+  /** The value with `{secret}` where the credential goes; default `{secret}`. */
+  format?: string;
+}
+
+export interface BasicInjection {
+  credential: string;
+  username?: string;
+}
+
 export interface SigV4Injection {
   credential: string;
   service?: string;
@@ -81,8 +98,12 @@ export interface SigV4Injection {
 /** Exactly one of these is set. */
 export interface Injection {
   bearer?: BearerInjection;
+  header?: HeaderInjection;
+  basic?: BasicInjection;
   sigv4?: SigV4Injection;
 }
+
+export type InjectionKind = keyof Injection;
 
 export interface BindingSpec {
   workload: string;
@@ -130,13 +151,27 @@ export interface PlanVaultConnection extends VaultConnectionSpec {
   name: string;
 }
 
-export interface PlanService {
+/** A TLS service: the proxy terminates TLS for its hosts. */
+export interface PlanProxyService {
   name: string;
+  datapath: 'proxy';
   /** Lower-case host names, no trailing dot. */
   hosts: string[];
   port: number;
   tls: true;
 }
+
+/** A plaintext HTTP service pinned to addresses: the kernel injects. */
+export interface PlanKernelService {
+  name: string;
+  datapath: 'kernel';
+  /** Addresses and CIDRs in canonical text form (host bits cleared). */
+  addresses: string[];
+  port: number;
+  tls: false;
+}
+
+export type PlanService = PlanProxyService | PlanKernelService;
 
 export interface PlanWorkload {
   name: string;
@@ -164,6 +199,8 @@ export interface PlanBinding {
 
 export type PlanInjection =
   | { kind: 'bearer'; credential: string }
+  | { kind: 'header'; credential: string; name: string; format: string }
+  | { kind: 'basic'; credential: string; username?: string }
   | { kind: 'sigv4'; credential: string; service?: string; region?: string };
 
 /** The compiled plan: everything the agent needs, all references resolved. */

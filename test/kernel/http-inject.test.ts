@@ -10,7 +10,6 @@
  * is not pinned.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -23,6 +22,7 @@ import { kernelSkipReason } from '../support/requirements.js';
 import { createCgroup, removeCgroupTree, runInCgroup } from '../support/cgroup.js';
 import { createTestHost, type TestHost } from '../support/netns.js';
 import { run } from '../support/shell.js';
+import { PlainUpstream, waitFor } from '../support/plain-upstream.js';
 
 const skip = kernelSkipReason();
 const objectPath = path.join(repoRoot, 'build/bpf/wirekey.bpf.o');
@@ -34,109 +34,6 @@ const sha256 = (data: string | Buffer) => createHash('sha256').update(data).dige
 const CANARY = `wk-canary-${randomBytes(16).toString('hex')}`;
 const AUTH = `Bearer ${CANARY}`;
 const AUTH_HASH = sha256(AUTH);
-
-/* ---- the upstream -------------------------------------------------------- */
-
-interface RequestRecord {
-  n: number;
-  conn: number;
-  method: string;
-  target: string;
-  version: string;
-  headerNames: string[];
-  authorization: string[];
-  bodyLength: number;
-  bodySha256: string;
-  headSha256: string;
-  rawSha256: string;
-  remoteAddress: string;
-  remotePort: number;
-  localPort: number;
-}
-interface ClosedRecord {
-  conn: number;
-  closed: true;
-  bytes: number;
-  sha256: string;
-  pending: unknown;
-  leftover: number;
-  remotePort: number;
-  localPort: number;
-}
-interface ErrorRecord {
-  conn: number;
-  error: string;
-  remotePort: number;
-}
-
-class PlainUpstream {
-  readonly requests: RequestRecord[] = [];
-  readonly closed: ClosedRecord[] = [];
-  readonly errors: ErrorRecord[] = [];
-  #child: ChildProcess;
-
-  private constructor(child: ChildProcess) {
-    this.#child = child;
-  }
-
-  static async start(host: TestHost): Promise<PlainUpstream> {
-    const script = path.join(repoRoot, 'test/support/plain-upstream.mjs');
-    const child = spawn('ip', ['netns', 'exec', host.ns, process.execPath, script, '--port', '80', '--port', '8080', '--host', '::'], {
-      stdio: ['ignore', 'pipe', 'inherit'],
-    });
-    const up = new PlainUpstream(child);
-    let buffered = '';
-    await new Promise<void>((resolve, reject) => {
-      child.once('error', reject);
-      child.once('exit', (code) => reject(new Error(`plain upstream exited early (${code})`)));
-      child.stdout?.on('data', (d: Buffer) => {
-        buffered += d.toString();
-        let nl: number;
-        while ((nl = buffered.indexOf('\n')) >= 0) {
-          const line = JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>;
-          buffered = buffered.slice(nl + 1);
-          if (line.listening) resolve();
-          else if (line.closed) up.closed.push(line as unknown as ClosedRecord);
-          else if (line.error) up.errors.push(line as unknown as ErrorRecord);
-          else up.requests.push(line as unknown as RequestRecord);
-        }
-      });
-    });
-    child.removeAllListeners('exit');
-    return up;
-  }
-
-  byPort(port: number): RequestRecord[] {
-    return this.requests.filter((r) => r.remotePort === port);
-  }
-
-  /** The requests seen from a client port, once there are at least `count` (stdout may lag the client). */
-  async from(port: number, count: number): Promise<RequestRecord[]> {
-    await waitFor(() => this.byPort(port).length >= count, `${count} request(s) from port ${port}`);
-    return this.byPort(port);
-  }
-
-  async closedFor(port: number): Promise<ClosedRecord> {
-    await waitFor(() => this.closed.some((c) => c.remotePort === port), `the upstream to see port ${port} close`);
-    return this.closed.find((c) => c.remotePort === port) as ClosedRecord;
-  }
-
-  stop(): Promise<void> {
-    return new Promise((resolve) => {
-      if (this.#child.exitCode !== null) return resolve();
-      this.#child.once('exit', () => resolve());
-      this.#child.kill('SIGTERM');
-    });
-  }
-}
-
-async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 /* ---- clients ------------------------------------------------------------- */
 

@@ -3,11 +3,11 @@
 // library between the wire and the assertions. One JSON line per event on
 // stdout:
 //   {listening: true, ports}                          once, when ready
-//   {n, conn, method, target, version, headerNames, authorization, ...}
+//   {n, conn, method, target, version, headerNames, authorization, apiKey, ...}
 //                                                     one per complete request
 //   {conn, error}                                     a malformed request (400, then close)
 //   {conn, closed: true, bytes, sha256, ...}          a connection's whole byte stream
-// Authorization values are recorded as SHA-256 hashes only, so a token
+// Authorization and X-Api-Key values are recorded as SHA-256 hashes only, so a token
 // cannot reach the test's output through this process.
 //
 // usage: node plain-upstream.mjs [--port 80]... [--host ::]
@@ -84,6 +84,7 @@ function serve(socket, localPort) {
       version: r.version,
       headerNames: r.headers.map(([k]) => k),
       authorization: r.headers.filter(([k]) => k === 'authorization').map(([, v]) => sha256(v)),
+      apiKey: r.headers.filter(([k]) => k === 'x-api-key').map(([, v]) => sha256(v)),
       host: r.headers.find(([k]) => k === 'host')?.[1],
       chunked: r.chunked,
       bodyLength: r.bodyLength,

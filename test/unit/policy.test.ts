@@ -87,7 +87,7 @@ describe('loadPolicy', () => {
       file: { path: '/etc/wirekey/openai-key' },
       source: { file: join(dir, 'policy.yaml'), line: 1, column: 1 },
     });
-    expect(plan.services.get('openai')).toEqual({ name: 'openai', hosts: ['api.openai.com'], port: 443, tls: true });
+    expect(plan.services.get('openai')).toEqual({ name: 'openai', datapath: 'proxy', hosts: ['api.openai.com'], port: 443, tls: true });
     expect([...plan.workloads.values()]).toEqual([
       { name: 'alpha', id: 1, selector: { cgroup: '/system.slice/billing.service' } },
       { name: 'zeta', id: 2, selector: { cgroup: '/wirekey-demo/app' } },
@@ -172,7 +172,7 @@ describe('document diagnostics', () => {
   it('reports an unknown field at its key', async () => {
     const text = `${HEADER}kind: Service\nmetadata: {name: openai}\nspec:\n  hosts: [a.example]\n  port: 443\n  tls: true\n  prot: 80\n`;
     expect(await problems({ 'p.yaml': text })).toEqual([
-      'p.yaml:8:3: Service "openai": unknown field "spec.prot" (expected hosts, port or tls)',
+      'p.yaml:8:3: Service "openai": unknown field "spec.prot" (expected hosts, addresses, port, tls or datapath)',
     ]);
   });
 
@@ -192,7 +192,7 @@ describe('document diagnostics', () => {
   it('reports a missing required field at the mapping that lacks it', async () => {
     const text = `${HEADER}kind: Service\nmetadata: {name: openai}\nspec:\n  port: 443\n  tls: true\n`;
     expect(await problems({ 'p.yaml': text })).toEqual([
-      'p.yaml:5:3: Service "openai": missing required field "spec.hosts"',
+      'p.yaml:5:3: Service "openai": spec.hosts: a TLS service needs the host names it answers to',
     ]);
   });
 
@@ -229,7 +229,7 @@ spec: {file: {path: relative/path}}
 ---
 ${HEADER}kind: Binding
 metadata: {name: b}
-spec: {workload: w, service: s, inject: {bearer: {credential: c}, header: {}}}
+spec: {workload: w, service: s, inject: {bearer: {credential: c}, cookie: {}}}
 ---
 ${HEADER}kind: Service
 metadata: {}
@@ -238,14 +238,13 @@ spec: {hosts: [], port: 443, tls: true}
     const messages = parsePolicyText(text, 'p.yaml').diagnostics.map((d) => `${d.line}:${d.column}: ${d.message}`);
     expect(messages).toEqual([
       "3:18: Binding \"Billing_OpenAI\": metadata.name: must be a DNS label: lowercase letters, digits and '-', starting and ending with a letter or digit",
-      '7:11: Binding "Billing_OpenAI": spec.inject: must set at least one of bearer, sigv4',
+      '7:11: Binding "Billing_OpenAI": spec.inject: must set at least one of bearer, header, basic, sigv4',
       '12:16: Service "s": spec.hosts[0]: must be a plain DNS host name such as api.example.com (no wildcard, scheme, port or path)',
       '12:53: Service "s": spec.hosts[2]: duplicate of spec.hosts[1]',
-      '12:81: Service "s": spec.tls: must be true',
       `17:27: Workload "w": spec.selector.cgroup: must be a cgroup v2 path relative to the cgroup root, without '..' segments or control characters`,
       '22:18: Workload "v": spec.selector: must set at least one of cgroup, systemdUnit, executable, user, uid',
       '27:21: CredentialSource "c": spec.file.path: must be an absolute path',
-      '32:67: Binding "b": unknown field "spec.inject.header" (expected bearer or sigv4)',
+      '32:67: Binding "b": unknown field "spec.inject.cookie" (expected bearer, header, basic or sigv4)',
       '36:11: Service: missing required field "metadata.name"',
       '37:15: Service: spec.hosts: must not be empty',
     ]);
@@ -294,6 +293,75 @@ describe('cross-document checks', () => {
     ]);
     const otherPort = other.replace('port: 443', 'port: 8443');
     expect(await problems({ 'p.yaml': VALID, 'q.yaml': otherPort })).toEqual([]);
+  });
+});
+
+describe('plaintext services (kernel datapath)', () => {
+  const doc = (kind: string, name: string, spec: string) => `${HEADER}kind: ${kind}\nmetadata: {name: ${name}}\nspec: ${spec}\n`;
+  const base = [
+    doc('CredentialSource', 'k', '{file: {path: /etc/wirekey/k}}'),
+    doc('Workload', 'w', '{selector: {cgroup: /a}}'),
+  ];
+  const policy = (...docs: string[]) => [...base, ...docs].join('---\n');
+
+  it('compiles addresses and CIDRs to their canonical form, and header and basic injections', async () => {
+    const text = policy(
+      doc('Service', 'internal', '{addresses: [10.1.2.3, 10.9.0.77/16, "FD00:0::1", "fd00:1::/64"], port: 8080, tls: false}'),
+      doc('Binding', 'b1', '{workload: w, service: internal, inject: {header: {credential: k, name: X-Api-Key}}}'),
+      doc('Service', 'internal2', '{addresses: [192.0.2.1], port: 80, tls: false, datapath: kernel}'),
+      doc('Binding', 'b2', '{workload: w, service: internal2, inject: {basic: {credential: k, username: svc}}}'),
+    );
+    const dir = await policyDir({ 'p.yaml': text });
+    expect(await validatePolicyPath(dir)).toEqual([]);
+    const plan = compilePolicy((await loadPolicy(dir)).policy);
+    expect(plan.services.get('internal')).toEqual({
+      name: 'internal', datapath: 'kernel', addresses: ['10.1.2.3', '10.9.0.0/16', 'fd00::1', 'fd00:1::/64'], port: 8080, tls: false,
+    });
+    expect(plan.bindings.map((b) => b.inject)).toEqual([
+      { kind: 'header', credential: 'k', name: 'X-Api-Key', format: '{secret}' },
+      { kind: 'basic', credential: 'k', username: 'svc' },
+    ]);
+  });
+
+  it('says which of hosts and addresses each kind of service takes, and which datapath', async () => {
+    const text = policy(
+      doc('Service', 'a', '{hosts: [a.example], port: 80, tls: false}'),
+      doc('Service', 'b', '{addresses: [10.0.0.1], hosts: [b.example], port: 443, tls: true, datapath: kernel}'),
+      doc('Service', 'c', '{addresses: [10.0.0.1, 10.0.0.300, "10.1/8"], port: 80, tls: false, datapath: proxy}'),
+    );
+    expect(await problems({ 'p.yaml': text })).toEqual([
+      'p.yaml:14:7: Service "a": spec.addresses: a plaintext service (tls: false) needs the IP addresses or CIDRs it is pinned to',
+      'p.yaml:14:15: Service "a": spec.hosts: a plaintext service is pinned by addresses, not host names (give addresses)',
+      'p.yaml:19:19: Service "b": spec.addresses: pinned addresses are for plaintext services (tls: false); a TLS service is matched by its hosts',
+      'p.yaml:19:83: Service "b": spec.datapath: the kernel datapath injects into plaintext HTTP only; a TLS service needs datapath: proxy',
+      'p.yaml:24:85: Service "c": spec.datapath: the proxy handles TLS services; a plaintext service (tls: false) uses datapath: kernel',
+      'p.yaml:24:30: Service "c": spec.addresses[1]: "10.0.0.300" is not an IP address or CIDR',
+      'p.yaml:24:42: Service "c": spec.addresses[2]: "10.1/8" is not an IP address or CIDR',
+    ]);
+  });
+
+  it('refuses SigV4 on the kernel datapath, reserved header names, overlapping pins and a port the proxy takes', async () => {
+    const text = policy(
+      doc('Service', 'p1', '{addresses: [10.0.0.0/8], port: 80, tls: false}'),
+      doc('Service', 'p2', '{addresses: [10.2.3.4], port: 80, tls: false}'),
+      doc('Service', 'p3', '{addresses: [10.2.3.4], port: 8080, tls: false}'),
+      doc('Service', 't', '{hosts: [t.example], port: 8080, tls: true}'),
+      doc('Binding', 'b1', '{workload: w, service: p1, inject: {sigv4: {credential: k, service: s3, region: us-east-1}}}'),
+      doc('Binding', 'b2', '{workload: w, service: p2, inject: {header: {credential: k, name: Content-Length}}}'),
+      doc('Binding', 'b3', '{workload: w, service: p3, inject: {bearer: {credential: k}}}'),
+      doc('Binding', 'b4', '{workload: w, service: t, inject: {bearer: {credential: k}}}'),
+    );
+    const dir = await policyDir({ 'p.yaml': text });
+    const messages = render(dir, await validatePolicyPath(dir));
+    expect(messages).toContain(
+      'p.yaml:34:50: Binding "b1": spec.inject.sigv4: SigV4 signs the whole request and needs the proxy; Service "p1" is plaintext (kernel datapath), which takes bearer, header or basic',
+    );
+    expect(messages).toContain('p.yaml:39:73: Binding "b2": spec.inject.header.name: Content-Length frames or routes the request and cannot carry a credential');
+    expect(messages).toContain(
+      `p.yaml:19:20: Service "p2": 10.2.3.4 port 80 overlaps 10.0.0.0/8 of Service "p1" at ${join(dir, 'p.yaml')}:14; an address can belong to one service per port`,
+    );
+    expect(messages.find((m) => m.includes('Binding "b3": workload "w" has its port 8080 connections sent to the proxy by Binding "b4"'))).toBeTruthy();
+    expect(messages).toHaveLength(4);
   });
 });
 

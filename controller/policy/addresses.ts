@@ -1,0 +1,49 @@
+/**
+ * The addresses a plaintext Service is pinned to: IPv4 and IPv6 addresses
+ * and CIDRs, in the kernel's one address space (IPv4 as ::ffff:a.b.c.d).
+ */
+import ipaddr from 'ipaddr.js';
+
+export interface AddressPrefix {
+  /** Canonical text: the network address, with `/bits` unless it is one address. */
+  text: string;
+  /** The 16-byte address in IPv4-mapped form, host bits cleared. */
+  bytes: number[];
+  /** Prefix length in that 128-bit space (an IPv4 /24 is 120). */
+  bits: number;
+}
+
+/**
+ * Parses an address or CIDR. IPv4 must be four decimal parts (`10.0.0.1`,
+ * not `10.1` or `012.0.0.1`). Returns null for anything else.
+ */
+export function parseAddressPrefix(text: string): AddressPrefix | null {
+  const slash = text.indexOf('/');
+  const addrText = slash < 0 ? text : text.slice(0, slash);
+  const bitsText = slash < 0 ? undefined : text.slice(slash + 1);
+  if (bitsText !== undefined && !/^(0|[1-9][0-9]{0,2})$/.test(bitsText)) return null;
+  let ip: ipaddr.IPv4 | ipaddr.IPv6;
+  if (ipaddr.IPv4.isValidFourPartDecimal(addrText)) ip = ipaddr.IPv4.parse(addrText);
+  else if (addrText.includes(':') && ipaddr.IPv6.isValid(addrText)) ip = ipaddr.IPv6.parse(addrText);
+  else return null;
+  const v4 = ip.kind() === 'ipv4';
+  const full = v4 ? 32 : 128;
+  const own = bitsText === undefined ? full : Number(bitsText);
+  if (own > full) return null;
+  const bits = (v4 ? 96 : 0) + own;
+  const mapped = v4 ? (ip as ipaddr.IPv4).toIPv4MappedAddress() : (ip as ipaddr.IPv6);
+  const bytes = mapped.toByteArray().map((b, i) => b & ((0xff << (8 - Math.max(0, Math.min(8, bits - 8 * i)))) & 0xff));
+  const network = ipaddr.fromByteArray(v4 ? bytes.slice(12) : bytes).toString();
+  return { text: own === full ? network : `${network}/${own}`, bytes, bits };
+}
+
+/** Whether some address is in both prefixes (one contains the other). */
+export function prefixesOverlap(a: AddressPrefix, b: AddressPrefix): boolean {
+  const bits = Math.min(a.bits, b.bits);
+  for (let i = 0; i < 16 && 8 * i < bits; i++) {
+    const keep = Math.min(8, bits - 8 * i);
+    const mask = (0xff << (8 - keep)) & 0xff;
+    if (((a.bytes[i] as number) & mask) !== ((b.bytes[i] as number) & mask)) return false;
+  }
+  return true;
+}

@@ -1,0 +1,171 @@
+/**
+ * Plaintext services through the running agent: `tls: false` Services
+ * pinned to addresses get their header from the kernel (sk_msg) on the
+ * workload's own connection. Bearer, header and basic injections, rotation
+ * of the credential file, a credential that disappears, and a reload that
+ * removes a binding, against the strict plain-HTTP upstream in the test
+ * namespace.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { rmSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { E2eFixture, sha256 } from '../support/e2e-fixture.js';
+import { PlainUpstream, waitFor, type RequestRecord } from '../support/plain-upstream.js';
+import { kernelSkipReason } from '../support/requirements.js';
+import { runInCgroup } from '../support/cgroup.js';
+
+const skip = kernelSkipReason();
+
+describe.skipIf(skip)(`kernel datapath through the agent${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const f = new E2eFixture();
+  const basicFile = path.join(f.dir, 'basic.yaml');
+  let plain: PlainUpstream;
+  let bound: string;
+  let basicCg: string;
+  let unbound: string;
+  let token = f.token;
+
+  const bindings = (withBearer: boolean) => `apiVersion: wirekey.dev/v1alpha1
+kind: CredentialSource
+metadata: {name: basic-creds}
+spec: {file: {path: ${basicFile}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: plain}
+spec: {addresses: [${f.host.ipv4}, "${f.host.ipv6}"], port: 80, tls: false, datapath: kernel}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: plain-key}
+spec: {addresses: [${f.host.ipv4.split('.').slice(0, 3).join('.')}.0/24], port: 8080, tls: false}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: app}
+spec: {selector: {cgroup: ${f.cgBase}/bound}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: legacy}
+spec: {selector: {cgroup: ${f.cgBase}/basic}}
+---
+${withBearer ? `apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: app-plain}
+spec: {workload: app, service: plain, inject: {bearer: {credential: api-token}}}
+---
+` : ''}apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: app-key}
+spec: {workload: app, service: plain-key, inject: {header: {credential: api-token, name: X-Api-Key, format: "Key {secret}"}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: legacy-plain}
+spec: {workload: legacy, service: plain, inject: {basic: {credential: basic-creds}}}
+`;
+
+  /** curl in `cg`; returns its local port per URL and the status codes. */
+  const curl = async (cg: string, urls: string[]) => {
+    const r = await runInCgroup(cg, 'curl', ['-sS', '--max-time', '10', '-w', '%{local_port} %{http_code}\n', ...urls.flatMap((u) => ['-o', '/dev/null', u])]);
+    const lines = r.stdout.trim().split('\n').filter(Boolean).map((l) => l.split(' ').map(Number) as [number, number]);
+    return { ...r, lines };
+  };
+  /** The one request the upstream saw from client port `port`. */
+  const one = async (port: number): Promise<RequestRecord> => {
+    const recs = await plain.from(port, 1);
+    expect(recs).toHaveLength(1);
+    return recs[0] as RequestRecord;
+  };
+
+  beforeAll(async () => {
+    await f.setUp();
+    bound = f.cgroup('bound');
+    basicCg = f.cgroup('basic');
+    unbound = f.cgroup('unbound');
+    plain = await PlainUpstream.start(f.host);
+    f.onClose(() => plain?.stop());
+    writeFileSync(basicFile, 'username: legacy-user\npassword: legacy-pass\n', { mode: 0o600 });
+    f.writePolicy(bindings(true));
+    await f.startAgent();
+  });
+
+  afterAll(() => f.close());
+
+  it('bearer: curl over IPv4 and IPv6 carries the header once, on its own connection (no proxy hop)', async () => {
+    const r = await curl(bound, [`http://${f.host.ipv4}/v4`, `http://[${f.host.ipv6}]/v6`]);
+    expect(r.lines.map(([, code]) => code)).toEqual([200, 200]);
+    for (const [port] of r.lines) {
+      const rec = await one(port);
+      expect(rec.authorization).toEqual([sha256(`Bearer ${token}`)]);
+      // The upstream's peer is curl's own socket: the agent's proxy never touched it.
+      expect(rec.remotePort).toBe(port);
+    }
+  });
+
+  it('header: a CIDR-pinned service gets X-Api-Key in its format, and nothing else', async () => {
+    const r = await curl(bound, [`http://${f.host.ipv4}:8080/key`]);
+    const rec = await one(r.lines[0]?.[0] as number);
+    expect(rec.apiKey).toEqual([sha256(`Key ${token}`)]);
+    expect(rec.authorization).toEqual([]);
+  });
+
+  it('basic: username and password fields of the credential', async () => {
+    const r = await curl(basicCg, [`http://${f.host.ipv4}/basic`]);
+    const rec = await one(r.lines[0]?.[0] as number);
+    expect(rec.authorization).toEqual([sha256(`Basic ${Buffer.from('legacy-user:legacy-pass').toString('base64')}`)]);
+  });
+
+  it('a process in no workload sends its request untouched', async () => {
+    const r = await curl(unbound, [`http://${f.host.ipv4}/unbound`, `http://${f.host.ipv4}:8080/unbound`]);
+    for (const [port] of r.lines) {
+      const rec = await one(port);
+      expect(rec.authorization).toEqual([]);
+      expect(rec.apiKey).toEqual([]);
+    }
+  });
+
+  it('rotating the credential file: requests switch to the new value, none has a missing or mixed header', async () => {
+    const old = sha256(`Bearer ${token}`);
+    token = `${f.token}-rotated`;
+    const next = sha256(`Bearer ${token}`);
+    writeFileSync(f.tokenFile, `${token}\n`, { mode: 0o600 });
+    const seen: string[][] = [];
+    await waitFor(() => seen.at(-1)?.[0] === next, 'a request with the rotated token', 15_000, async () => {
+      const r = await curl(bound, [`http://${f.host.ipv4}/rotate`]);
+      seen.push((await one(r.lines[0]?.[0] as number)).authorization);
+    });
+    for (const auth of seen) expect([[old], [next]]).toContainEqual(auth);
+  });
+
+  it('a credential that cannot be read is withheld: requests are refused, not sent bare; it recovers without a restart', async () => {
+    rmSync(f.tokenFile);
+    try {
+      let refused: Awaited<ReturnType<typeof curl>> | undefined;
+      await waitFor(() => refused !== undefined && refused.code !== 0, 'requests to be refused', 15_000, async () => {
+        refused = await curl(bound, [`http://${f.host.ipv4}/withheld`]);
+      });
+      // curl reports the failed send; the upstream got no request from it.
+      expect(refused?.stderr).toMatch(/Send failure|Failed sending|Permission denied|Recv failure/i);
+      expect(plain.requests.filter((x) => x.target === '/withheld' && x.authorization.length === 0)).toEqual([]);
+    } finally {
+      writeFileSync(f.tokenFile, `${token}\n`, { mode: 0o600 });
+    }
+    let ok: RequestRecord | undefined;
+    await waitFor(() => ok !== undefined, 'requests to carry the credential again', 15_000, async () => {
+      const r = await curl(bound, [`http://${f.host.ipv4}/restored`]);
+      if (r.code === 0) ok = await one(r.lines[0]?.[0] as number);
+    });
+    expect(ok?.authorization).toEqual([sha256(`Bearer ${token}`)]);
+  });
+
+  it('a reload that removes the binding leaves new connections untouched; the others keep theirs', async () => {
+    f.writePolicy(bindings(false));
+    expect(await f.agent?.reload()).toBe('reloaded');
+    const r = await curl(bound, [`http://${f.host.ipv4}/after-reload`, `http://${f.host.ipv4}:8080/after-reload`]);
+    const [plainRec, keyRec] = [await one(r.lines[0]?.[0] as number), await one(r.lines[1]?.[0] as number)];
+    expect(plainRec.authorization).toEqual([]);
+    expect(keyRec.apiKey).toEqual([sha256(`Key ${token}`)]);
+  });
+});

@@ -1,0 +1,119 @@
+/**
+ * The strict plain-HTTP test upstream (plain-upstream.mjs), run in a test
+ * network namespace on ports 80 and 8080, and what it recorded: every
+ * request (Authorization values as SHA-256 hashes only), every malformed
+ * one, and every connection's whole byte stream.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { repoRoot } from '../../controller/datapath/native.js';
+import type { TestHost } from './netns.js';
+
+export interface RequestRecord {
+  n: number;
+  conn: number;
+  method: string;
+  target: string;
+  version: string;
+  headerNames: string[];
+  authorization: string[];
+  /** SHA-256 of each X-Api-Key value. */
+  apiKey: string[];
+  bodyLength: number;
+  bodySha256: string;
+  headSha256: string;
+  rawSha256: string;
+  remoteAddress: string;
+  remotePort: number;
+  localPort: number;
+}
+export interface ClosedRecord {
+  conn: number;
+  closed: true;
+  bytes: number;
+  sha256: string;
+  pending: unknown;
+  leftover: number;
+  remotePort: number;
+  localPort: number;
+}
+export interface ErrorRecord {
+  conn: number;
+  error: string;
+  remotePort: number;
+}
+
+export class PlainUpstream {
+  readonly requests: RequestRecord[] = [];
+  readonly closed: ClosedRecord[] = [];
+  readonly errors: ErrorRecord[] = [];
+  #child: ChildProcess;
+
+  private constructor(child: ChildProcess) {
+    this.#child = child;
+  }
+
+  static async start(host: TestHost): Promise<PlainUpstream> {
+    const script = path.join(repoRoot, 'test/support/plain-upstream.mjs');
+    const child = spawn('ip', ['netns', 'exec', host.ns, process.execPath, script, '--port', '80', '--port', '8080', '--host', '::'], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    const up = new PlainUpstream(child);
+    let buffered = '';
+    await new Promise<void>((resolve, reject) => {
+      child.once('error', reject);
+      child.once('exit', (code) => reject(new Error(`plain upstream exited early (${code})`)));
+      child.stdout?.on('data', (d: Buffer) => {
+        buffered += d.toString();
+        let nl: number;
+        while ((nl = buffered.indexOf('\n')) >= 0) {
+          const line = JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>;
+          buffered = buffered.slice(nl + 1);
+          if (line.listening) resolve();
+          else if (line.closed) up.closed.push(line as unknown as ClosedRecord);
+          else if (line.error) up.errors.push(line as unknown as ErrorRecord);
+          else up.requests.push(line as unknown as RequestRecord);
+        }
+      });
+    });
+    child.removeAllListeners('exit');
+    return up;
+  }
+
+  byPort(port: number): RequestRecord[] {
+    return this.requests.filter((r) => r.remotePort === port);
+  }
+
+  /** The requests seen from a client port, once there are at least `count` (stdout may lag the client). */
+  async from(port: number, count: number): Promise<RequestRecord[]> {
+    await waitFor(() => this.byPort(port).length >= count, `${count} request(s) from port ${port}`);
+    return this.byPort(port);
+  }
+
+  async closedFor(port: number): Promise<ClosedRecord> {
+    await waitFor(() => this.closed.some((c) => c.remotePort === port), `the upstream to see port ${port} close`);
+    return this.closed.find((c) => c.remotePort === port) as ClosedRecord;
+  }
+
+  stop(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#child.exitCode !== null) return resolve();
+      this.#child.once('exit', () => resolve());
+      this.#child.kill('SIGTERM');
+    });
+  }
+}
+
+/**
+ * Waits until `cond()` holds, checking every 20 ms, or after each run of
+ * `step` when one is given (an action to repeat until it has the effect).
+ */
+export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000, step?: () => Promise<void>): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  if (step) await step();
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, step ? 200 : 20));
+    if (step) await step();
+  }
+}
