@@ -11,6 +11,7 @@ import { loadPolicy, validatePolicyPath } from '../../controller/policy/load.js'
 import { parsePolicyText } from '../../controller/policy/parse.js';
 
 const EXAMPLE = fileURLToPath(new URL('../../policies/examples/openai-bearer.yaml', import.meta.url));
+const KERNEL_EXAMPLE = fileURLToPath(new URL('../../policies/examples/plaintext-kernel.yaml', import.meta.url));
 const SCHEMA = fileURLToPath(new URL('../../policies/wirekey.schema.json', import.meta.url));
 
 const HEADER = 'apiVersion: wirekey.dev/v1alpha1\n';
@@ -379,12 +380,20 @@ describe('policies/', () => {
     ]);
   });
 
-  it('the schema root (as editors use it) accepts the example and rejects unknown kinds', async () => {
+  it('the plaintext example validates', async () => {
+    expect(await validatePolicyPath(KERNEL_EXAMPLE)).toEqual([]);
+    const plan = compilePolicy((await loadPolicy(KERNEL_EXAMPLE)).policy);
+    expect(plan.services.get('inventory')).toMatchObject({ datapath: 'kernel', addresses: ['10.20.0.0/24', 'fd00:20::5'], port: 8080 });
+    expect(plan.bindings[0]?.inject).toEqual({ kind: 'header', credential: 'inventory-key', name: 'X-Api-Key', format: 'Key {secret}' });
+  });
+
+  it('the schema root (as editors use it) accepts the examples and rejects unknown kinds', async () => {
     const schema = JSON.parse(await readFile(SCHEMA, 'utf8')) as object;
     const ajv = new Ajv2020({ strict: true, allErrors: true, allowUnionTypes: true });
     ajv.addKeyword({ keyword: 'patternErrorMessage', schemaType: 'string' });
     const validate = ajv.compile(schema);
-    for (const doc of parseAllDocuments(await readFile(EXAMPLE, 'utf8'))) {
+    const texts = await Promise.all([EXAMPLE, KERNEL_EXAMPLE].map((f) => readFile(f, 'utf8')));
+    for (const doc of texts.flatMap((t) => parseAllDocuments(t))) {
       expect(validate(doc.toJS()), JSON.stringify(validate.errors)).toBe(true);
     }
     expect(validate({ apiVersion: 'wirekey.dev/v1alpha1', kind: 'Servise', metadata: { name: 'x' }, spec: {} })).toBe(
