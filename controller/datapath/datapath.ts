@@ -80,7 +80,9 @@ const IDENTITY_PROGRAMS = ['wk_exit', 'wk_fork', 'wk_exec'] as const;
  * redirects anything, sockops and getpeername are already in place. */
 const CGROUP_PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6'] as const;
 export const MAPS = ['wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_any', 'wk_task_exe', 'wk_bind_port', 'wk_ports', 'wk_conn', 'wk_stats'] as const;
-export type MapName = (typeof MAPS)[number];
+/** Kernel HTTP maps pinned for `wirekey status` (never wk_http_hdr: it holds the header lines). */
+export const KERNEL_HTTP_PINNED = ['wk_http_dest', 'wk_http_socks', 'wk_http_stats'] as const;
+export type MapName = (typeof MAPS)[number] | (typeof KERNEL_HTTP_PINNED)[number];
 
 export class Datapath {
   readonly #object: NativeObject;
@@ -144,6 +146,7 @@ export class Datapath {
     dp.#kernelHttpUnavailable = kernelHttpUnavailable;
     try {
       for (const name of MAPS) dp.#maps.set(name, bpfCall(() => object.map(name)));
+      if (!kernelHttpUnavailable) for (const name of KERNEL_HTTP_PINNED) dp.#maps.set(name, bpfCall(() => object.map(name)));
       dp.#pin();
       for (const prog of IDENTITY_PROGRAMS) dp.#links.push(bpfCall(() => object.attach(prog)));
     } catch (err) {

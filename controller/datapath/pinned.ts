@@ -2,6 +2,7 @@
  * Read access to a running agent's maps through their bpffs pins, for
  * `wirekey explain` and `wirekey status` (separate processes).
  */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { BpfError } from '../errors.js';
 import { bpfCall, native, type NativeMap } from './native.js';
@@ -9,6 +10,8 @@ import type { MapName } from './datapath.js';
 import {
   WK_STAT_STORAGE_FAIL,
   WK_STAT_TASKS_FULL,
+  WK_HTTP_STATS,
+  type HttpStatName,
   decodeAny,
   decodeExeKey,
   decodeMask,
@@ -81,6 +84,7 @@ export class PinnedMaps {
   /** Entries and capacity of each map, and the kernel's drop counters. */
   usage(): { maps: { name: string; entries: number; capacity: number }[]; tasksFull: bigint; storageFailures: bigint } {
     const counted: MapName[] = ['wk_task_exe', 'wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_bind_port', 'wk_conn'];
+    if (this.hasKernelHttp()) counted.push('wk_http_dest', 'wk_http_socks');
     const maps = counted.map((name) => {
       const m = this.#get(name);
       return { name, entries: m.keys().length, capacity: m.info().maxEntries };
@@ -88,5 +92,19 @@ export class PinnedMaps {
     const stats = this.#get('wk_stats');
     const read = (i: number) => stats.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n;
     return { maps, tasksFull: read(WK_STAT_TASKS_FULL), storageFailures: read(WK_STAT_STORAGE_FAIL) };
+  }
+
+  /** Whether the agent runs the kernel HTTP datapath (its maps are pinned). */
+  hasKernelHttp(): boolean {
+    return existsSync(path.join(this.#dir, 'wk_http_stats'));
+  }
+
+  /** The kernel HTTP datapath's counters (requests injected, refused by reason, ...), or null without it. */
+  kernelHttpStats(): Record<HttpStatName, bigint> | null {
+    if (!this.hasKernelHttp()) return null;
+    const map = this.#get('wk_http_stats');
+    const out = {} as Record<HttpStatName, bigint>;
+    WK_HTTP_STATS.forEach((name, i) => (out[name] = map.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n));
+    return out;
   }
 }

@@ -10,6 +10,8 @@ export interface AgentStatus {
   maps: { name: string; entries: number; capacity: number }[];
   tasksFull: bigint;
   storageFailures: bigint;
+  /** The kernel HTTP datapath's counters; null when the agent runs without it. */
+  kernelHttp: Record<string, bigint> | null;
 }
 
 /** @throws WirekeyError (WK_NO_AGENT), BpfError */
@@ -20,8 +22,13 @@ export function agentStatus(stateDir: string): AgentStatus {
   } catch {
     throw new WirekeyError('WK_NO_AGENT', `no agent state in ${stateDir}: is wirekey run running with --state-dir ${stateDir}?`);
   }
-  const usage = new PinnedMaps(state.pinDir).usage();
-  return { pid: state.pid, workloads: state.workloads.map((w) => ({ name: w.name, id: w.id, problems: w.problems })), ...usage };
+  const pinned = new PinnedMaps(state.pinDir);
+  return {
+    pid: state.pid,
+    workloads: state.workloads.map((w) => ({ name: w.name, id: w.id, problems: w.problems })),
+    ...pinned.usage(),
+    kernelHttp: pinned.kernelHttpStats(),
+  };
 }
 
 export function formatStatus(s: AgentStatus): string {
@@ -31,5 +38,12 @@ export function formatStatus(s: AgentStatus): string {
   for (const m of s.maps) lines.push(`  ${m.name.padEnd(15)} ${String(m.entries).padStart(7)} / ${m.capacity}${m.entries >= m.capacity ? '  FULL' : ''}`);
   lines.push(`processes not recorded (wk_task_exe full): ${s.tasksFull}`);
   lines.push(`redirects refused (no socket storage): ${s.storageFailures}`);
+  if (s.kernelHttp) {
+    const { injected, ...rest } = s.kernelHttp;
+    const nonzero = Object.entries(rest).filter(([, v]) => v > 0n).map(([k, v]) => `${k} ${v}`);
+    lines.push(`kernel datapath: ${injected ?? 0n} request(s) injected${nonzero.length ? `; ${nonzero.join(', ')}` : ''}`);
+  } else {
+    lines.push('kernel datapath: not loaded (the kernel refused its programs; see the agent log)');
+  }
   return `${lines.join('\n')}\n`;
 }

@@ -41,6 +41,26 @@ apiVersion: wirekey.dev/v1alpha1
 kind: Binding
 metadata: {name: app-api}
 spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: keyed}
+spec: {selector: {cgroup: ${f.cgBase}/keyed}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: keyed-api}
+spec: {workload: keyed, service: api, inject: {header: {credential: api-token, name: X-Api-Key, format: "Key {secret}"}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: basic}
+spec: {selector: {cgroup: ${f.cgBase}/basic}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: basic-api}
+spec: {workload: basic, service: api, inject: {basic: {credential: api-token, username: svc}}}
 `,
       tokenFile,
     );
@@ -51,6 +71,8 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
     await f.setUp();
     bound = f.cgroup('bound');
     unbound = f.cgroup('unbound');
+    f.cgroup('keyed');
+    f.cgroup('basic');
     ({ host, pki, upstream } = f);
     writePolicy(f.tokenFile);
     // The agent runs in the bound cgroup itself: its own upstream connections
@@ -70,6 +92,18 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
     expect(rec?.authorization).toEqual([expectedAuth]);
     expect(rec?.servername).toBe(HOST);
     expect(rec?.host).toBe(HOST);
+  });
+
+  it('header and basic injections: the named header in its format (the client\'s own copy dropped), and HTTP basic', async () => {
+    const before = upstream.records.length;
+    const keyed = await curl(path.join(f.cgRoot, f.cgBase, 'keyed'), ['--cacert', wirekeyCa, '-H', 'X-Api-Key: mine', '-H', 'Authorization: Bearer mine', `https://${HOST}/keyed`]);
+    expect(keyed.stderr).toBe('');
+    const basic = await curl(path.join(f.cgRoot, f.cgBase, 'basic'), ['--cacert', wirekeyCa, `https://${HOST}/basic`]);
+    expect(basic.stderr).toBe('');
+    const [k, b] = await newRecords(before);
+    expect(k?.apiKey).toEqual([sha256(`Key ${f.token}`)]);
+    expect(k?.authorization).toEqual([]);
+    expect(b?.authorization).toEqual([sha256(`Basic ${Buffer.from(`svc:${f.token}`).toString('base64')}`)]);
   });
 
   it('every request on a keep-alive connection carries the header', async () => {
@@ -269,7 +303,8 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
     f.agentStopped = true;
     expect(code).toBe(0);
     expect(existsSync(pinDir)).toBe(false);
-    expect(agent.programIds.length).toBe(8);
+    // identity (3), redirect (5) and the kernel HTTP datapath (4)
+    expect(agent.programIds.length).toBe(12);
     // Tracing programs are freed after an RCU grace period: allow it a few seconds.
     for (const id of agent.programIds) {
       let loaded = true;

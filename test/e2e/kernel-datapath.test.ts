@@ -13,6 +13,8 @@ import { E2eFixture, sha256 } from '../support/e2e-fixture.js';
 import { PlainUpstream, waitFor, type RequestRecord } from '../support/plain-upstream.js';
 import { kernelSkipReason } from '../support/requirements.js';
 import { runInCgroup } from '../support/cgroup.js';
+import { wirekeyBin } from '../support/agent.js';
+import { must } from '../support/shell.js';
 
 const skip = kernelSkipReason();
 
@@ -158,6 +160,14 @@ spec: {workload: legacy, service: plain, inject: {basic: {credential: basic-cred
       if (r.code === 0) ok = await one(r.lines[0]?.[0] as number);
     });
     expect(ok?.authorization).toEqual([sha256(`Bearer ${token}`)]);
+  });
+
+  it('wirekey status counts the requests the kernel injected and the ones it refused, by reason', async () => {
+    const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+    const m = /kernel datapath: (\d+) request\(s\) injected; (.*)/.exec(status);
+    expect(Number(m?.[1])).toBeGreaterThanOrEqual(8);
+    expect(m?.[2]).toMatch(/refusedBinding [1-9]/);
+    expect(status).toMatch(/wk_http_dest +3 \/ 4096/);
   });
 
   it('a reload that removes the binding leaves new connections untouched; the others keep theirs', async () => {

@@ -32,8 +32,10 @@ const server = https.createServer(
     });
     req.on('end', () => {
       const auth = [];
+      const apiKey = [];
       for (let i = 0; i < req.rawHeaders.length; i += 2) {
         if (req.rawHeaders[i].toLowerCase() === 'authorization') auth.push(sha256(req.rawHeaders[i + 1]));
+        if (req.rawHeaders[i].toLowerCase() === 'x-api-key') apiKey.push(sha256(req.rawHeaders[i + 1]));
       }
       n += 1;
       const record = {
@@ -43,6 +45,7 @@ const server = https.createServer(
         host: req.headers.host,
         servername: req.socket.servername,
         authorization: auth,
+        apiKey,
         headerNames: req.rawHeaders.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase()),
         remoteAddress: req.socket.remoteAddress,
         remotePort: req.socket.remotePort,

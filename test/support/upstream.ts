@@ -11,6 +11,8 @@ export interface UpstreamRecord {
   host: string;
   servername: string;
   authorization: string[];
+  /** SHA-256 of each X-Api-Key value. */
+  apiKey: string[];
   headerNames: string[];
   remoteAddress: string;
   remotePort: number;
