@@ -11,12 +11,12 @@ import { rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, sha256 } from '../support/e2e-fixture.js';
 import { PlainUpstream, waitFor, type RequestRecord } from '../support/plain-upstream.js';
-import { kernelSkipReason } from '../support/requirements.js';
+import { kernelHttpSkipReason } from '../support/requirements.js';
 import { runInCgroup } from '../support/cgroup.js';
 import { wirekeyBin } from '../support/agent.js';
 import { must } from '../support/shell.js';
 
-const skip = kernelSkipReason();
+const skip = kernelHttpSkipReason();
 
 describe.skipIf(skip)(`kernel datapath through the agent${skip ? ` (skipped: ${skip})` : ''}`, () => {
   const f = new E2eFixture();

@@ -18,13 +18,13 @@ import { native, bpfCall, repoRoot, type NativeObject } from '../../controller/d
 import { encodeAny, encodeMask, encodeU32, encodeU64, verifyLayouts } from '../../controller/datapath/layout.js';
 import { cgroupId, findCgroup2Root } from '../../controller/datapath/cgroup.js';
 import { KERNEL_HTTP_PROGRAMS, KernelHttp, headerLine, type KernelHttpStats } from '../../controller/datapath/kernel-http.js';
-import { kernelSkipReason } from '../support/requirements.js';
+import { kernelHttpSkipReason } from '../support/requirements.js';
 import { createCgroup, removeCgroupTree, runInCgroup } from '../support/cgroup.js';
 import { createTestHost, type TestHost } from '../support/netns.js';
 import { run } from '../support/shell.js';
 import { PlainUpstream, waitFor } from '../support/plain-upstream.js';
 
-const skip = kernelSkipReason();
+const skip = kernelHttpSkipReason();
 const objectPath = path.join(repoRoot, 'build/bpf/wirekey.bpf.o');
 const WORKLOAD = 1;
 const SERVICE = 7;
