@@ -25,6 +25,10 @@ export function checkRequest(req: IncomingMessage, sni: string, port: number): R
   if (req.method === 'CONNECT') {
     return { status: 405, code: 'method-not-allowed', message: 'CONNECT is not supported through wirekey' };
   }
+  if (req.method === 'TRACE') {
+    // The upstream would echo the request, injected credential included, back to the workload.
+    return { status: 405, code: 'method-not-allowed', message: 'TRACE would echo the injected credential back; it is not allowed through wirekey' };
+  }
   if (countHeader(raw, 'host') !== 1) {
     return { status: 400, code: 'ambiguous-host', message: 'exactly one Host header is required' };
   }
