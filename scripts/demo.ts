@@ -1,9 +1,12 @@
 /**
  * The demo behind `npm run demo`: runs policies/demo.yaml for real on this
- * host. An upstream HTTPS API lives in a network namespace of its own; a
- * process in the cgroup /wirekey-demo/app calls it with curl and no key;
- * wirekey injects the token from /run/wirekey-demo/api-token. Everything the
- * demo creates is removed when it ends.
+ * host. An upstream HTTPS API and a plaintext internal API live in a network
+ * namespace of their own; a process in the cgroup /wirekey-demo/app calls
+ * them with curl and no key. The proxy injects the token from
+ * /run/wirekey-demo/api-token into the HTTPS call; the kernel (sk_msg)
+ * injects the key from /run/wirekey-demo/inventory-key into the plaintext
+ * one, on curl's own connection. Everything the demo creates is removed when
+ * it ends.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -12,6 +15,7 @@ import path from 'node:path';
 import { createTestHost, type TestHost } from '../test/support/netns.js';
 import { createTestPki } from '../test/support/test-pki.js';
 import { startUpstream, type Upstream } from '../test/support/upstream.js';
+import { PlainUpstream } from '../test/support/plain-upstream.js';
 import { createCgroup, removeCgroupTree, runInCgroup } from '../test/support/cgroup.js';
 import { freePort, startAgent, wirekeyBin, type RunningAgent } from '../test/support/agent.js';
 import { kernelSkipReason } from '../test/support/requirements.js';
@@ -32,18 +36,23 @@ async function main(): Promise<void> {
   const cgDemo = path.join(cgRoot, 'wirekey-demo');
   let host: TestHost | undefined;
   let upstream: Upstream | undefined;
+  let inventory: PlainUpstream | undefined;
   let agent: RunningAgent | undefined;
   try {
-    say('== setting up: an HTTPS API in its own network namespace, a token file, a workload cgroup');
+    say('== setting up: an HTTPS API and a plaintext API in a network namespace, two key files, a workload cgroup');
     host = await createTestHost('demo');
     const pki = await createTestPki(work, [HOST]);
     upstream = await startUpstream(host, pki.serverCert, pki.serverKey);
     const token = `demo-${randomBytes(12).toString('hex')}`;
     mkdirSync('/run/wirekey-demo', { recursive: true, mode: 0o700 });
     writeFileSync('/run/wirekey-demo/api-token', `${token}\n`, { mode: 0o600 });
+    const inventoryKey = `inv-${randomBytes(12).toString('hex')}`;
+    writeFileSync('/run/wirekey-demo/inventory-key', `${inventoryKey}\n`, { mode: 0o600 });
+    inventory = await PlainUpstream.start(host);
     const app = createCgroup(cgRoot, 'wirekey-demo/app');
     const other = createCgroup(cgRoot, 'wirekey-demo/other');
-    say(`   api ${HOST} at ${host.ipv4} (namespace ${host.ns}); token in /run/wirekey-demo/api-token (0600)`);
+    say(`   api ${HOST} at ${host.ipv4}:443 and a plaintext API at ${host.ipv4}:80 (namespace ${host.ns})`);
+    say('   keys in /run/wirekey-demo/api-token and /run/wirekey-demo/inventory-key (0600)');
 
     say('\n== starting wirekey run --policy policies/demo.yaml');
     const stateDir = path.join(work, 'state');
@@ -69,7 +78,16 @@ async function main(): Promise<void> {
     const injected = seen?.authorization[0] === sha256(`Bearer ${token}`);
     say(`   the API received Authorization: Bearer <token from the file>: ${injected ? 'yes' : 'NO'}`);
 
-    say('\n== the same request from a process outside the bound cgroup (it trusts the API\'s own CA):');
+    const plainUrl = `http://${host.ipv4}/v1/items`;
+    say(`\n== the same process calls the plaintext API:\n   curl -sS ${plainUrl}`);
+    const p = await runInCgroup(app, 'curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code} %{local_port}', plainUrl]);
+    const [status, localPort] = p.stdout.trim().split(' ').map(Number);
+    const rec = (await inventory.from(localPort as number, 1))[0];
+    const keyed = rec?.apiKey[0] === sha256(inventoryKey);
+    say(`   -> ${status}; the API received X-Api-Key: <key from the file>: ${keyed ? 'yes' : 'NO'}`);
+    say(`   curl's port ${localPort}, the API's peer port ${rec?.remotePort}: the kernel added the header on curl's own connection, no proxy`);
+
+    say('\n== the same HTTPS request from a process outside the bound cgroup (it trusts the API\'s own CA):');
     const before = upstream.records.length;
     await runInCgroup(other, 'curl', ['-sS', '--resolve', `${HOST}:443:${host.ipv4}`, '--cacert', pki.caCert, `https://${HOST}/v1/hello`]);
     const plain = upstream.records.slice(before)[0];
@@ -78,10 +96,12 @@ async function main(): Promise<void> {
     say('\n== audit log:');
     for (const line of readFileSync(audit, 'utf8').trim().split('\n')) say(`   ${line}`);
     if (!injected || r.code !== 0) throw new Error('the token was not injected');
+    if (!keyed || rec?.remotePort !== localPort) throw new Error('the kernel did not inject the key');
     say('\ndemo: ok');
   } finally {
     await agent?.stop();
     await upstream?.stop();
+    await inventory?.stop();
     await host?.destroy();
     removeCgroupTree(cgRoot, cgDemo);
     rmSync('/run/wirekey-demo', { recursive: true, force: true });
