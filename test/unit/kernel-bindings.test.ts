@@ -1,0 +1,107 @@
+/**
+ * KernelBindings' bookkeeping: which ids the kernel's entries are written
+ * under, when the epoch must be bumped, and what a refresh rewrites. The
+ * kernel side is a recording stand-in (RecordingKernelHttpMock): the real
+ * maps are exercised by test/kernel/http-inject.test.ts and through the
+ * agent by test/e2e/kernel-datapath.test.ts.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { KernelBindings } from '../../controller/agent/kernel-bindings.js';
+import type { HeaderLine, HttpBinding, KernelHttp, PinnedDestination } from '../../controller/datapath/kernel-http.js';
+import { CredentialSources } from '../../controller/credentials/sources.js';
+import { compilePolicy } from '../../controller/policy/compile.js';
+import { parsePolicyText } from '../../controller/policy/parse.js';
+import { createLogger } from '../../controller/log.js';
+import type { Plan } from '../../controller/policy/types.js';
+
+/** Stands in for KernelHttp: records what would have been written to the maps. */
+class RecordingKernelHttpMock {
+  epoch = 0;
+  dests: PinnedDestination[] = [];
+  bindings = new Map<string, string>();
+  writes: string[] = [];
+  bumpEpoch(): number {
+    return ++this.epoch;
+  }
+  setDestinations(d: PinnedDestination[]): void {
+    this.dests = d;
+  }
+  setBindings(bs: HttpBinding[]): void {
+    this.bindings = new Map(bs.map((b) => [`${b.workloadId}:${b.serviceId}`, b.header ? `${b.header.name}: ${String(b.header.value)}` : 'withheld']));
+    this.writes.push('setBindings');
+  }
+  setHeader(w: number, s: number, h: HeaderLine): void {
+    this.bindings.set(`${w}:${s}`, `${h.name}: ${String(h.value)}`);
+    this.writes.push(`setHeader ${w}:${s}`);
+  }
+  withhold(w: number, s: number): void {
+    this.bindings.set(`${w}:${s}`, 'withheld');
+    this.writes.push(`withhold ${w}:${s}`);
+  }
+}
+
+const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-kb-'));
+const keyFile = path.join(dir, 'key');
+const log = createLogger('error', () => undefined);
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+const H = 'apiVersion: wirekey.dev/v1alpha1\n';
+function plan(workloads: string[]): Plan {
+  const docs = [
+    `${H}kind: CredentialSource\nmetadata: {name: k}\nspec: {file: {path: ${keyFile}}}\n`,
+    `${H}kind: Service\nmetadata: {name: inv}\nspec: {addresses: [10.0.0.0/24], port: 80, tls: false}\n`,
+    // Selector depth orders precedence, so listing more specific cgroups first renumbers.
+    ...workloads.map((w) => `${H}kind: Workload\nmetadata: {name: ${w}}\nspec: {selector: {cgroup: /${w === 'a' ? 'x/y/z' : w}}}\n`),
+    ...workloads.map((w) => `${H}kind: Binding\nmetadata: {name: b-${w}}\nspec: {workload: ${w}, service: inv, inject: {bearer: {credential: k}}}\n`),
+  ];
+  const parsed = parsePolicyText(docs.join('---\n'), 'p.yaml');
+  expect(parsed.diagnostics).toEqual([]);
+  return compilePolicy({ documents: parsed.documents });
+}
+
+describe('KernelBindings', () => {
+  it('writes every binding on apply, only changed lines on refresh, and withholds what cannot be read', async () => {
+    writeFileSync(keyFile, 'one\n', { mode: 0o600 });
+    const kh = new RecordingKernelHttpMock();
+    const kb = new KernelBindings(kh as unknown as KernelHttp, log);
+    const p = plan(['b']);
+    const creds = await CredentialSources.build(p, CredentialSources.empty(), log);
+    await kb.apply(p, creds);
+    expect(kh.dests).toEqual([{ address: '10.0.0.0/24', port: 80, serviceId: 1 }]);
+    expect([...kh.bindings]).toEqual([['1:1', 'Authorization: Bearer one']]);
+    kh.writes = [];
+    await kb.refresh(p, creds);
+    expect(kh.writes).toEqual([]);
+    await new Promise((r) => setTimeout(r, 1100)); // the file source re-checks at most once a second
+    writeFileSync(keyFile, 'two\n', { mode: 0o600 });
+    await kb.refresh(p, creds);
+    expect(kh.writes).toEqual(['setHeader 1:1']);
+    expect(kh.bindings.get('1:1')).toBe('Authorization: Bearer two');
+    rmSync(keyFile);
+    await new Promise((r) => setTimeout(r, 1100));
+    await kb.refresh(p, creds);
+    expect(kh.bindings.get('1:1')).toBe('withheld');
+    await creds.close();
+  });
+
+  it('bumps the epoch when a reload gives a workload name another id, and not otherwise', async () => {
+    writeFileSync(keyFile, 'one\n', { mode: 0o600 });
+    const kh = new RecordingKernelHttpMock();
+    const kb = new KernelBindings(kh as unknown as KernelHttp, log);
+    const first = plan(['b', 'c']);
+    const creds = await CredentialSources.build(first, CredentialSources.empty(), log);
+    await kb.apply(first, creds);
+    await kb.apply(plan(['b', 'c']), creds);
+    expect(kh.epoch).toBe(0);
+    // 'a' is more specific than b and c: it takes id 1 and moves them up.
+    await kb.apply(plan(['a', 'b', 'c']), creds);
+    expect(kh.epoch).toBe(1);
+    // Removing the last workload renumbers nothing that stays.
+    await kb.apply(plan(['a', 'b']), creds);
+    expect(kh.epoch).toBe(1);
+    await creds.close();
+  });
+});
