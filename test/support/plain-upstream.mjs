@@ -3,6 +3,7 @@
 // library between the wire and the assertions. One JSON line per event on
 // stdout:
 //   {listening: true, ports}                          once, when ready
+//   {conn, opened: true, remotePort, localPort}       a connection accepted
 //   {n, conn, method, target, version, headerNames, authorization, apiKey, ...}
 //                                                     one per complete request
 //   {conn, error}                                     a malformed request (400, then close)
@@ -59,6 +60,7 @@ function parseHead(head) {
 function serve(socket, localPort) {
   const conn = ++connections;
   const { remoteAddress, remotePort } = socket;
+  emit({ conn, opened: true, remotePort, localPort });
   const whole = createHash('sha256');
   let total = 0;
   let buf = Buffer.alloc(0);

@@ -47,6 +47,8 @@ export class PlainUpstream {
   readonly requests: RequestRecord[] = [];
   readonly closed: ClosedRecord[] = [];
   readonly errors: ErrorRecord[] = [];
+  /** Client port -> the upstream's id of the latest connection from it. */
+  readonly #opened = new Map<number, number>();
   #child: ChildProcess;
 
   private constructor(child: ChildProcess) {
@@ -70,6 +72,7 @@ export class PlainUpstream {
           const line = JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>;
           buffered = buffered.slice(nl + 1);
           if (line.listening) resolve();
+          else if (line.opened) up.#opened.set(line.remotePort as number, line.conn as number);
           else if (line.closed) up.closed.push(line as unknown as ClosedRecord);
           else if (line.error) up.errors.push(line as unknown as ErrorRecord);
           else up.requests.push(line as unknown as RequestRecord);
@@ -80,8 +83,13 @@ export class PlainUpstream {
     return up;
   }
 
+  /**
+   * The requests of the latest connection from client port `port`. Ports are
+   * reused over a long suite: an earlier connection's records never count.
+   */
   byPort(port: number): RequestRecord[] {
-    return this.requests.filter((r) => r.remotePort === port);
+    const conn = this.#opened.get(port);
+    return this.requests.filter((r) => r.conn === conn);
   }
 
   /** The requests seen from a client port, once there are at least `count` (stdout may lag the client). */
@@ -90,9 +98,11 @@ export class PlainUpstream {
     return this.byPort(port);
   }
 
+  /** How the latest connection from client port `port` ended, once it has. */
   async closedFor(port: number): Promise<ClosedRecord> {
-    await waitFor(() => this.closed.some((c) => c.remotePort === port), `the upstream to see port ${port} close`);
-    return this.closed.find((c) => c.remotePort === port) as ClosedRecord;
+    const latest = () => this.closed.find((c) => c.conn === this.#opened.get(port));
+    await waitFor(() => latest() !== undefined, `the upstream to see port ${port} close`);
+    return latest() as ClosedRecord;
   }
 
   stop(): Promise<void> {
