@@ -681,6 +681,9 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 
 /* ---- sk_msg ------------------------------------------------------------- */
 
+/* Bytes of an injected request copied into one piece, so it leaves as one segment. */
+#define WK_HTTP_COALESCE_MAX	16384
+
 static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
 {
 	st->flags |= SOCK_REFUSED;
@@ -902,6 +905,14 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		total = st->left;
 	if (total > room)
 		total = room;
+	/*
+	 * The push left the request in three pieces (up to the line, the line,
+	 * the rest), and the kernel sends each piece with a tcp_sendmsg of its
+	 * own: three segments where the workload wrote one, and an upstream
+	 * woken three times. One contiguous piece goes out as one segment. A
+	 * failure here (no memory for the copy) changes no byte, only that.
+	 */
+	bpf_msg_pull_data(msg, 0, total < WK_HTTP_COALESCE_MAX ? total : WK_HTTP_COALESCE_MAX, 0);
 	bpf_msg_apply_bytes(msg, total);
 	return SK_PASS;
 }
