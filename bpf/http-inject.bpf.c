@@ -71,6 +71,18 @@
  *     the request line and the injected line in one piece (see approve()).
  * TCP Fast Open is refused earlier, at connect() (EPERM).
  *
+ * Events. Every injected request and every refusal (each one counted
+ * above, at connect(), in sockops or in sk_msg) also goes into the
+ * wk_http_events ring buffer for the audit log: who connected, the
+ * binding, the destination, the socket cookie and the header's version,
+ * never its bytes. An event never changes a decision: when the ring is
+ * full it is lost, and counted. Injections do not wake the reader until
+ * WK_HTTP_EVENTS_WAKE bytes are waiting, and then once per read of the
+ * reader (the controller also drains the ring on a timer), so a busy
+ * connection costs a reserve and a submit per request, not a wake-up; a
+ * refusal wakes the reader at once. (A write on a socket without storage,
+ * which cannot happen, is only counted: there is nothing to report.)
+ *
  * Header bytes live in wk_http_hdr, keyed by (workload, service). The
  * controller replaces a value in place under its bpf_spin_lock
  * (BPF_F_LOCK); the program copies it into socket storage under the same
@@ -84,8 +96,8 @@
  *
  * Minimum kernel: 5.17, for bpf_loop (5.17). Also used: the sockops
  * header-option callback (5.10, to watch for urgent data), socket storage
- * and msg->sk in sk_msg (5.8), bpf_skc_to_tcp_sock with BTF reads from
- * networking programs (5.9), cgroup bpf_link (5.7), bpf_spin_lock and
+ * and msg->sk in sk_msg (5.8), the BPF ring buffer (5.8),
+ * bpf_skc_to_tcp_sock with BTF reads from networking programs (5.9), cgroup bpf_link (5.7), bpf_spin_lock and
  * BPF_F_LOCK (5.1), bpf_msg_push_data and bpf_msg_cork_bytes (4.17-4.20).
  * Debian 12's 6.1 has them all (verified on 6.18 here; 6.1 is for
  * vm-tests). The sk_msg program is attached to the sockhash with
@@ -148,6 +160,19 @@ struct {
 	__type(value, __u64);
 } wk_http_stats SEC(".maps");
 
+/* Audit events (struct wk_http_event); see "Events" above. */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, WK_HTTP_EVENTS_SIZE);
+} wk_http_events SEC(".maps");
+
+/*
+ * A ring buffer's records have no type in the map's BTF: this puts struct
+ * wk_http_event into the object's BTF, where the controller checks its
+ * layout (verifyLayouts). Never read.
+ */
+const struct wk_http_event *const wk_http_event_btf = 0;
+
 /*
  * Where the scan of a request head is. It lives in socket storage, not on
  * the stack: the verifier then treats it as data, so the bpf_loop callback
@@ -192,6 +217,11 @@ struct wk_http_sock {
 	__u16 _pad2;
 	__u32 version;
 	__u32 _pad3;
+	/* for events: the socket, and who connected */
+	__u64 cookie;
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 uid;
 	__u8 line[WK_HTTP_LINE_MAX];
 };
 
@@ -218,6 +248,76 @@ static __always_inline void http_count(__u32 stat)
 		__sync_fetch_and_add(v, 1);
 }
 
+/*
+ * An event, or nothing when the ring is full (counted): it never changes
+ * what the caller decides. Injections leave the reader asleep until
+ * enough is waiting; refusals wake it now.
+ */
+static __always_inline struct wk_http_event *event_reserve(__u32 kind, __u32 reason)
+{
+	struct wk_http_event *e;
+
+	e = bpf_ringbuf_reserve(&wk_http_events, sizeof(*e), 0);
+	if (!e) {
+		http_count(WK_HTTP_STAT_EVENTS_LOST);
+		return NULL;
+	}
+	e->time_ns = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->reason = reason;
+	return e;
+}
+
+/*
+ * 1 + the reader's position when an injection last woke it. The reader,
+ * once woken, keeps reading as long as anything is waiting (its epoll is
+ * level-triggered), so a busy ring needs one wake-up per read, not one per
+ * event past the mark. Racy on purpose: a race costs a wake-up more.
+ */
+static __u64 woken_at;
+
+static __always_inline void event_submit(struct wk_http_event *e, __u32 kind)
+{
+	__u64 flags = BPF_RB_NO_WAKEUP, cons;
+
+	if (kind != WK_HTTP_EVENT_INJECTED) {
+		flags = BPF_RB_FORCE_WAKEUP;
+	} else if (bpf_ringbuf_query(&wk_http_events, BPF_RB_AVAIL_DATA) >= WK_HTTP_EVENTS_WAKE) {
+		cons = bpf_ringbuf_query(&wk_http_events, BPF_RB_CONS_POS) + 1;
+		if (cons != woken_at) {
+			woken_at = cons;
+			flags = BPF_RB_FORCE_WAKEUP;
+		}
+	}
+	bpf_ringbuf_submit(e, flags);
+}
+
+/*
+ * The event of a connection that got past connect(), from what its socket
+ * storage recorded. A subprogram: called from many places, verified once
+ * per call site but not copied into each.
+ */
+static __noinline void http_event(struct wk_http_sock *st, __u32 kind, __u32 reason)
+{
+	struct wk_http_event *e = event_reserve(kind, reason);
+
+	if (!e)
+		return;
+	e->cookie = st->cookie;
+	e->cgroup_id = st->cgroup_id;
+	e->addr[0] = st->dest.addr[0];
+	e->addr[1] = st->dest.addr[1];
+	e->addr[2] = st->dest.addr[2];
+	e->addr[3] = st->dest.addr[3];
+	e->port = st->dest.port;
+	e->pid = st->pid;
+	e->uid = st->uid;
+	e->workload_id = st->workload_id;
+	e->service_id = st->service_id;
+	e->version = st->version;
+	event_submit(e, kind);
+}
+
 static __always_inline bool same_dest(const struct wk_http_dest_key *a,
 				      const struct wk_http_dest_key *b)
 {
@@ -227,6 +327,31 @@ static __always_inline bool same_dest(const struct wk_http_dest_key *a,
 }
 
 /* ---- connect() ---------------------------------------------------------- */
+
+/* A refusal at connect(), before the socket has storage of its own. */
+static __always_inline void connect_event(struct bpf_sock_addr *ctx,
+					  const struct wk_http_dest_key *key,
+					  const struct wk_http_hdr_key *hk,
+					  __u32 version, __u32 reason)
+{
+	struct wk_http_event *e = event_reserve(WK_HTTP_EVENT_REFUSED, reason);
+
+	if (!e)
+		return;
+	e->cookie = bpf_get_socket_cookie(ctx);
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->addr[0] = key->addr[0];
+	e->addr[1] = key->addr[1];
+	e->addr[2] = key->addr[2];
+	e->addr[3] = key->addr[3];
+	e->port = key->port;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->workload_id = hk->workload_id;
+	e->service_id = hk->service_id;
+	e->version = version;
+	event_submit(e, WK_HTTP_EVENT_REFUSED);
+}
 
 static __always_inline int http_connect(struct bpf_sock_addr *ctx,
 					struct wk_http_dest_key *key)
@@ -272,6 +397,7 @@ static __always_inline int http_connect(struct bpf_sock_addr *ctx,
 	tp = bpf_skc_to_tcp_sock(ctx->sk);
 	if (!tp || BPF_CORE_READ_BITFIELD(tp, fastopen_connect) || tp->fastopen_req) {
 		http_count(WK_HTTP_STAT_REFUSED_FASTOPEN);
+		connect_event(ctx, key, &hk, hdr->version, WK_HTTP_STAT_REFUSED_FASTOPEN);
 		return SYS_REJECT;
 	}
 	st = bpf_sk_storage_get(&wk_http_sock, ctx->sk, NULL,
@@ -279,6 +405,7 @@ static __always_inline int http_connect(struct bpf_sock_addr *ctx,
 	if (!st) {
 		/* A bound workload must not reach the service unaccounted for. */
 		http_count(WK_HTTP_STAT_STORAGE_FAIL);
+		connect_event(ctx, key, &hk, hdr->version, WK_HTTP_STAT_STORAGE_FAIL);
 		return SYS_REJECT;
 	}
 	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
@@ -287,6 +414,11 @@ static __always_inline int http_connect(struct bpf_sock_addr *ctx,
 	st->epoch = cfg ? cfg->epoch : 0;
 	st->dest = *key;
 	st->left = 0;
+	st->version = 0;
+	st->cookie = bpf_get_socket_cookie(ctx);
+	st->cgroup_id = bpf_get_current_cgroup_id();
+	st->pid = bpf_get_current_pid_tgid() >> 32;
+	st->uid = (__u32)bpf_get_current_uid_gid();
 	st->flags = SOCK_BOUND;
 	return SYS_PROCEED;
 }
@@ -351,6 +483,7 @@ static __always_inline int watch_urgent(struct bpf_sock_ops *skops)
 	if (tp && urgent_pending(tp)) {
 		st->flags |= SOCK_REFUSED;
 		http_count(WK_HTTP_STAT_REFUSED_STREAM);
+		http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_STREAM);
 	}
 	return 1;
 }
@@ -421,6 +554,7 @@ int wk_http_sockops(struct bpf_sock_ops *skops)
 	    BPF_CORE_READ_BITFIELD(tp, fastopen_connect)) {
 		st->flags |= SOCK_REFUSED;
 		http_count(WK_HTTP_STAT_REFUSED_STREAM);
+		http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_STREAM);
 	}
 
 	cookie = bpf_get_socket_cookie(skops);
@@ -688,6 +822,7 @@ static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
 {
 	st->flags |= SOCK_REFUSED;
 	http_count(why);
+	http_event(st, WK_HTTP_EVENT_REFUSED, why);
 	return SK_DROP;
 }
 
@@ -896,6 +1031,7 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		data[i] = st->line[i];
 	}
 	http_count(WK_HTTP_STAT_INJECTED);
+	http_event(st, WK_HTTP_EVENT_INJECTED, WK_HTTP_STAT_INJECTED);
 
 	/* Head, line and body are now this request's safe bytes. */
 	st->left = (__u64)s->head_end + hlen + s->clen;

@@ -149,7 +149,16 @@ WK_ASSERT_SIZE(wk_conn_key, 20);
 #define WK_HTTP_STAT_STORAGE_FAIL	13	/* connect() refused: no socket storage */
 #define WK_HTTP_STAT_REFUSED_BUSY	14	/* send buffer too full to queue the injected line whole */
 #define WK_HTTP_STAT_REFUSED_FASTOPEN	15	/* connect() refused: TCP Fast Open */
-#define WK_HTTP_STAT_MAX		16
+#define WK_HTTP_STAT_EVENTS_LOST	16	/* events not recorded: wk_http_events was full */
+#define WK_HTTP_STAT_MAX		17
+
+/* wk_http_events: bytes of ring buffer, and how much may wait before a wake-up */
+#define WK_HTTP_EVENTS_SIZE	(1 << 20)
+#define WK_HTTP_EVENTS_WAKE	(64 << 10)
+
+/* wk_http_event.kind */
+#define WK_HTTP_EVENT_INJECTED	1	/* a request got the header (reason WK_HTTP_STAT_INJECTED) */
+#define WK_HTTP_EVENT_REFUSED	2	/* a request or connect() was refused (reason WK_HTTP_STAT_*) */
 
 /* Key of wk_http_dest: a pinned plaintext destination. */
 struct wk_http_dest_key {
@@ -191,10 +200,32 @@ struct wk_http_config {
 	__u32 _pad;
 };
 
+/*
+ * One record of the wk_http_events ring buffer, for the audit log. Never
+ * any header bytes: the header line is named by its version only. Who is
+ * the process that connected (as the proxy path reports it); destination
+ * and socket as connect() saw them.
+ */
+struct wk_http_event {
+	__u64 time_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cookie;		/* socket cookie */
+	__u64 cgroup_id;	/* the connecting process's cgroup at connect() */
+	__u32 addr[4];		/* destination, network byte order; IPv4 as ::ffff:a.b.c.d */
+	__u16 port;		/* destination port, host byte order */
+	__u8 kind;		/* WK_HTTP_EVENT_* */
+	__u8 reason;		/* WK_HTTP_STAT_* */
+	__u32 pid;		/* tgid of the connecting process */
+	__u32 uid;
+	__u32 workload_id;
+	__u32 service_id;
+	__u32 version;		/* wk_http_hdr.version of the line sent (or last copied); 0 if none */
+};
+
 WK_ASSERT_SIZE(wk_http_dest_key, 24);
 WK_ASSERT_SIZE(wk_http_dest_val, 8);
 WK_ASSERT_SIZE(wk_http_hdr_key, 8);
 WK_ASSERT_SIZE(wk_http_hdr, 528);
 WK_ASSERT_SIZE(wk_http_config, 8);
+WK_ASSERT_SIZE(wk_http_event, 64);
 
 #endif /* WIREKEY_H */

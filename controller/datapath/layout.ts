@@ -53,6 +53,23 @@ export const LAYOUTS = {
     },
   },
   wk_http_config: { size: 8, fields: { epoch: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
+  wk_http_event: {
+    size: 64,
+    fields: {
+      time_ns: { offset: 0, size: 8 },
+      cookie: { offset: 8, size: 8 },
+      cgroup_id: { offset: 16, size: 8 },
+      addr: { offset: 24, size: 16 },
+      port: { offset: 40, size: 2 },
+      kind: { offset: 42, size: 1 },
+      reason: { offset: 43, size: 1 },
+      pid: { offset: 44, size: 4 },
+      uid: { offset: 48, size: 4 },
+      workload_id: { offset: 52, size: 4 },
+      service_id: { offset: 56, size: 4 },
+      version: { offset: 60, size: 4 },
+    },
+  },
 } as const satisfies Record<string, Layout>;
 
 export const WK_ACTION_PROXY = 1;
@@ -253,8 +270,91 @@ export const WK_HTTP_STATS = [
   'storageFailures',
   'refusedBusy',
   'refusedFastOpen',
+  'eventsLost',
 ] as const;
 export type HttpStatName = (typeof WK_HTTP_STATS)[number];
+
+/** wk_http_event.kind */
+export const WK_HTTP_EVENT_INJECTED = 1;
+export const WK_HTTP_EVENT_REFUSED = 2;
+
+/**
+ * One wk_http_events record: an injected request or a refusal. It holds no
+ * header bytes; `headerVersion` names the line (wk_http_hdr.version).
+ */
+export interface HttpEventRecord {
+  kind: 'injected' | 'refused';
+  /** The wk_http_stats counter this event was counted in: 'injected', or why it was refused ('refusedTransferEncoding', ...). */
+  reason: HttpStatName;
+  /** tgid of the process that connected (as the proxy path reports it). */
+  pid: number;
+  uid: number;
+  workloadId: number;
+  serviceId: number;
+  /** The version of the header line sent (injected), or of the last one copied (refused); 0 if none. */
+  headerVersion: number;
+  /** Where the connection goes, as connect() named it; IPv4 as a.b.c.d. */
+  address: string;
+  port: number;
+  /** The socket cookie (SO_COOKIE), the same for every event of a connection. */
+  cookie: bigint;
+  /** cgroup v2 id of the connecting process at connect(). */
+  cgroupId: bigint;
+  /** bpf_ktime_get_ns(): CLOCK_MONOTONIC, as process.hrtime.bigint() reads it. */
+  monotonicNs: bigint;
+}
+
+/*
+ * decodeAddress() for every event would cost more than the rest of the
+ * decoding; events name few destinations (the pinned ones), so their text
+ * is cached.
+ */
+const eventAddresses4 = new Map<number, string>();
+const eventAddresses6 = new Map<string, string>();
+
+function eventAddress(b: Buffer, off: number): string {
+  const mapped = b.readUInt32LE(off) === 0 && b.readUInt32LE(off + 4) === 0 && b.readUInt32BE(off + 8) === 0xffff;
+  const cache: Map<number | string, string> = mapped ? eventAddresses4 : eventAddresses6;
+  const key = mapped ? b.readUInt32BE(off + 12) : b.toString('hex', off, off + 16);
+  let text = cache.get(key);
+  if (text === undefined) {
+    if (cache.size >= 1024) cache.clear();
+    text = decodeAddress(b.subarray(off, off + 16));
+    cache.set(key, text);
+  }
+  return text;
+}
+
+/**
+ * Decodes the wk_http_events record of `length` bytes at `offset` in `b`
+ * (the ring buffer hands over records back to back).
+ * @throws BpfError when the record is not a wk_http_event (size, kind or reason unknown).
+ */
+export function decodeHttpEvent(b: Buffer, offset = 0, length = b.length - offset): HttpEventRecord {
+  const f = LAYOUTS.wk_http_event.fields;
+  if (length !== LAYOUTS.wk_http_event.size || offset + length > b.length) {
+    throw new BpfError(`wk_http_events record is ${length} bytes; struct wk_http_event is ${LAYOUTS.wk_http_event.size}`);
+  }
+  const kind = b[offset + f.kind.offset];
+  const reason = WK_HTTP_STATS[b[offset + f.reason.offset] as number];
+  if ((kind !== WK_HTTP_EVENT_INJECTED && kind !== WK_HTTP_EVENT_REFUSED) || reason === undefined) {
+    throw new BpfError(`wk_http_events record of unknown kind ${kind} or reason ${b[offset + f.reason.offset]}`);
+  }
+  return {
+    kind: kind === WK_HTTP_EVENT_INJECTED ? 'injected' : 'refused',
+    reason,
+    pid: b.readUInt32LE(offset + f.pid.offset),
+    uid: b.readUInt32LE(offset + f.uid.offset),
+    workloadId: b.readUInt32LE(offset + f.workload_id.offset),
+    serviceId: b.readUInt32LE(offset + f.service_id.offset),
+    headerVersion: b.readUInt32LE(offset + f.version.offset),
+    address: eventAddress(b, offset + f.addr.offset),
+    port: b.readUInt16LE(offset + f.port.offset),
+    cookie: b.readBigUInt64LE(offset + f.cookie.offset),
+    cgroupId: b.readBigUInt64LE(offset + f.cgroup_id.offset),
+    monotonicNs: b.readBigUInt64LE(offset + f.time_ns.offset),
+  };
+}
 
 /** wk_http_dest_key.prefixlen covers the port and its pad before the address bits. */
 const DEST_PORT_BITS = 32;
