@@ -7,7 +7,8 @@
         "src/errors.cc",
         "src/object.cc",
         "src/map.cc",
-        "src/link.cc"
+        "src/link.cc",
+        "src/ringbuf.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

@@ -11,10 +11,12 @@
  *
  * What the kernel refuses, and how (the write fails with EACCES and the
  * connection takes no more writes), is documented at the top of
- * bpf/http-inject.bpf.c and counted in stats().
+ * bpf/http-inject.bpf.c and counted in stats(); events() delivers each
+ * injection and refusal as an audit event (kernel-events.ts).
  */
 import { BpfError, WirekeyError } from '../errors.js';
 import { bpfCall, type NativeLink, type NativeMap, type NativeObject } from './native.js';
+import { KernelHttpEvents, type KernelHttpEventHandler, type KernelHttpEventsOptions } from './kernel-events.js';
 import {
   BPF_F_LOCK,
   WK_HTTP_INJECT,
@@ -35,6 +37,7 @@ import {
 } from './layout.js';
 
 export { WK_HTTP_HEAD_MAX, WK_HTTP_LINE_MAX } from './layout.js';
+export type { KernelHttpEvent, KernelHttpEventHandler, KernelHttpEventsOptions, KernelHttpEvents } from './kernel-events.js';
 
 /** A plaintext destination the policy pins to a service. */
 export interface PinnedDestination {
@@ -95,6 +98,7 @@ export class KernelHttp {
   readonly #links: NativeLink[] = [];
   readonly #versions = new Map<string, number>();
   readonly #tombstones = new Map<string, number>();
+  #events: KernelHttpEvents | null = null;
   #msgAttached = false;
   #closed = false;
 
@@ -267,13 +271,32 @@ export class KernelHttp {
     return out;
   }
 
+  /**
+   * Starts delivering the kernel's audit events (one per injected request,
+   * one per refusal; never a header) to `handler`, on the event loop. One
+   * reader at a time: the ring buffer has one read position. close()
+   * closes it too.
+   * @throws WirekeyError WK_HTTP_EVENTS_OPEN when a reader is already open.
+   * @throws BpfError when the datapath is closed or the ring cannot be opened.
+   */
+  events(handler: KernelHttpEventHandler, options?: KernelHttpEventsOptions): KernelHttpEvents {
+    if (this.#closed) throw new BpfError('kernel HTTP datapath is closed');
+    if (this.#events && !this.#events.closed) {
+      throw new WirekeyError('WK_HTTP_EVENTS_OPEN', 'kernel HTTP events already have a reader; close it first');
+    }
+    this.#events = KernelHttpEvents.open(this.#object, handler, options);
+    return this.#events;
+  }
+
   /** Kernel-path connections currently established. */
   connectionCount(): number {
     return this.#map('wk_http_socks').keys().length;
   }
 
   /**
-   * Detaches the programs: connect() first, so no new connection is bound.
+   * Detaches the programs: connect() first, so no new connection is bound,
+   * then hands the events written so far to the events reader, if one is
+   * open (synchronously, from this call), and closes it.
    * Connections already established keep their injection until they close
    * or the object (and with it the sockhash) is closed: taking a socket out
    * of the sockhash mid-request could cut a held-back head. Idempotent.
@@ -282,6 +305,11 @@ export class KernelHttp {
     if (this.#closed) return;
     this.#closed = true;
     for (const link of this.#links.splice(0).reverse()) link.destroy();
+    if (this.#events) {
+      this.#events.drain();
+      this.#events.close();
+      this.#events = null;
+    }
     if (this.#msgAttached) {
       this.#msgAttached = false;
       try {

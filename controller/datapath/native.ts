@@ -44,6 +44,34 @@ export interface NativeLink {
   destroy(): void;
 }
 
+/**
+ * The consumer of a BPF_MAP_TYPE_RINGBUF map (libbpf's ring_buffer), read on
+ * the event loop: the kernel's wake-ups arrive through a uv_poll_t on the
+ * ring's epoll fd, and consume() reads what is waiting without blocking.
+ * Records are copies. It keeps its own fd of the map: closing the object
+ * does not stop it. It never keeps the process alive by itself.
+ */
+export interface NativeRingBuffer {
+  /**
+   * Reads what is waiting now (at most RingBuffer.batch records), hands it
+   * to the callback synchronously, and returns the number of records.
+   * @throws Error when closed or when the ring cannot be read.
+   */
+  consume(): number;
+  /** Stops the poll and frees the ring: no callback after this. Idempotent. */
+  close(): void;
+  info(): { closed: boolean; epollFd?: number; mapFd?: number };
+}
+
+/**
+ * Called with the records read at once: `data` holds them back to back (a
+ * copy: record i starts at the sum of sizes[0..i-1]), `sizes` their
+ * lengths. One Buffer per batch rather than per record, so a busy ring
+ * costs little. With an error (the poll failed and stopped, or the ring
+ * could not be read) there may be no records.
+ */
+export type RingBufferCallback = (data: Buffer, sizes: Uint32Array, error?: Error & { errno?: number }) => void;
+
 export interface NativeObject {
   setGlobal(name: string, value: Buffer): void;
   /** Whether load() loads the program; programs in SEC("?...") sections are off until turned on. Before load only. */
@@ -70,6 +98,8 @@ export interface NativeObject {
 
 interface Addon {
   BpfObject: new (path: string) => NativeObject;
+  /** @throws TypeError when `map` is not a ring buffer map; Error when it is not loaded. */
+  RingBuffer: (new (map: NativeMap, callback: RingBufferCallback) => NativeRingBuffer) & { readonly batch: number };
   netnsCookie(): bigint;
   /** A map pinned by a running agent (read by `wirekey explain` and `status`). */
   openPinnedMap(path: string): NativeMap;

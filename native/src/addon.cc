@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// wirekey's native addon: libbpf's concepts (object, program, link, map) for
-// the controller, and nothing about policy.
+// wirekey's native addon: libbpf's concepts (object, program, link, map, ring
+// buffer) for the controller, and nothing about policy.
 #include <bpf/libbpf.h>
 #include <napi.h>
 #include <sys/socket.h>
@@ -13,6 +13,7 @@
 #include "link.h"
 #include "map.h"
 #include "object.h"
+#include "ringbuf.h"
 
 #ifndef SO_NETNS_COOKIE
 #define SO_NETNS_COOKIE 71
@@ -47,6 +48,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Object::Init(env, exports);
   Map::Init(env, exports);
   Link::Init(env, exports);
+  RingBuffer::Init(env, exports);
   exports.Set("openPinnedMap", Napi::Function::New(env, Map::OpenPinned));
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
