@@ -754,4 +754,271 @@ print(port)
     expect((err as Error).message).not.toContain(CANARY);
     expect(() => kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: 'x'.repeat(600) })).toThrow(/at most 512/);
   });
+
+  /* ---- audit events (wk_http_events ring buffer) ------------------------ */
+
+  describe('audit events', () => {
+    type KEvent = Parameters<Parameters<KernelHttp['events']>[0]>[0];
+    type KEvents = ReturnType<KernelHttp['events']>;
+    const seen: (KEvent & { at: number })[] = [];
+    let reader: KEvents | null = null;
+    const errors: unknown[] = [];
+    /** (Re)opens kh's reader; every event goes into `seen`, stamped with when it arrived. */
+    const openReader = (drainIntervalMs: number) => {
+      reader?.close();
+      reader = kh.events((e) => seen.push({ ...e, at: performance.now() }), { drainIntervalMs, onError: (err) => errors.push(err) });
+      return reader;
+    };
+    const ofPid = (pid: number) => seen.filter((e) => e.pid === pid);
+    let fs: typeof import('node:fs');
+    let layout: typeof import('../../controller/datapath/layout.js');
+    /** epoll instances this process holds: libuv's own, and one per open ring buffer. */
+    const eventPollFds = () =>
+      fs.readdirSync('/proc/self/fd').filter((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:[eventpoll]';
+        } catch {
+          return false;
+        }
+      }).length;
+    /** Python http.client in <top>/bound: `count` GETs on one keep-alive connection; prints its pid and port. */
+    const keepAlive = async (addr: string, count: number) => {
+      const script = `
+import http.client, json, os, sys
+c = http.client.HTTPConnection(sys.argv[1], 80, timeout=20)
+statuses = []
+for i in range(int(sys.argv[2])):
+    c.request('GET', '/events/%d' % i)
+    r = c.getresponse()
+    r.read()
+    statuses.append(r.status)
+print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses': statuses}))
+`;
+      const r = await runInCgroup(bound, 'python3', ['-c', script, addr, String(count)], { timeoutMs: 60_000 });
+      expect(r.stderr).toBe('');
+      return JSON.parse(r.stdout) as { pid: number; port: number; statuses: number[] };
+    };
+    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+    const sameIp = (a: string, b: string) => new URL(`http://[${a}]/`).hostname === new URL(`http://[${b}]/`).hostname;
+
+    beforeAll(async () => {
+      fs = await import('node:fs');
+      layout = await import('../../controller/datapath/layout.js');
+      // A drain timer too slow to matter: what arrives comes from kernel wake-ups or drain().
+      openReader(3_600_000);
+      // What earlier tests left in the ring is delivered first.
+      await new Promise((r) => setImmediate(r));
+      while ((reader as KEvents).drain() > 0);
+      seen.length = 0;
+    });
+
+    afterAll(() => {
+      reader?.close();
+    });
+
+    it('one reader at a time', () => {
+      let err: unknown;
+      try {
+        kh.events(() => {});
+      } catch (e) {
+        err = e;
+      }
+      expect((err as { code?: string })?.code).toBe('WK_HTTP_EVENTS_OPEN');
+    });
+
+    it('each injected request is one event: the client\'s pid, uid, cgroup, workload, service, destination, socket and header version', async () => {
+      const version = kh.bindings()[0]?.version;
+      const t0 = process.hrtime.bigint();
+      const c = await keepAlive(v4, 3);
+      expect(c.statuses).toEqual([200, 200, 200]);
+      const recs = await upstream.from(c.port, 3);
+      for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
+      // Injections do not wake the reader: nothing has arrived before a drain.
+      await sleep(50);
+      expect(ofPid(c.pid)).toEqual([]);
+      expect(reader?.drain()).toBe(3);
+      const events = ofPid(c.pid);
+      expect(events).toHaveLength(3);
+      for (const e of events) {
+        expect(e).toMatchObject({
+          kind: 'injected',
+          reason: 'injected',
+          pid: c.pid,
+          uid: 0,
+          workloadId: WORKLOAD,
+          serviceId: SERVICE,
+          headerVersion: version,
+          address: v4,
+          port: 80,
+          cgroupId: cgroupId(bound),
+        });
+        expect(e.monotonicNs).toBeGreaterThan(t0);
+        expect(e.monotonicNs).toBeLessThan(process.hrtime.bigint());
+        expect(Math.abs(e.time.getTime() - Date.now())).toBeLessThan(10_000);
+      }
+      // One connection: one socket cookie, in order.
+      expect(new Set(events.map((e) => e.cookie)).size).toBe(1);
+      expect(events[0]?.cookie).toBeGreaterThan(0n);
+      expect(events.map((e) => e.monotonicNs)).toEqual(events.map((e) => e.monotonicNs).sort((a, b) => (a < b ? -1 : 1)));
+      // Nothing more comes for them.
+      await sleep(50);
+      expect(reader?.drain()).toBe(0);
+      expect(ofPid(c.pid)).toHaveLength(3);
+
+      // IPv6 (connect6): the address as connect() named it.
+      const c6 = await keepAlive(v6, 1);
+      reader?.drain();
+      const [e6, ...more] = ofPid(c6.pid);
+      expect(more).toEqual([]);
+      expect(e6).toMatchObject({ kind: 'injected', workloadId: WORKLOAD, serviceId: SERVICE, port: 80 });
+      expect(sameIp(e6?.address as string, v6)).toBe(true);
+      expect(e6?.cookie).not.toBe(events[0]?.cookie);
+      expect(errors).toEqual([]);
+    });
+
+    it('a refusal is one event with its reason, and wakes the reader at once', async () => {
+      const before = seen.length;
+      const chunked = 'POST /ev-chunked HTTP/1.1\r\nHost: upstream\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n';
+      const r = await raw(bound, v4, 80, [{ op: 'send', data: get('/ev-before') }, { op: 'recv', count: 1 }, { op: 'send', data: chunked }, { op: 'send', data: get('/ev-after') }]);
+      expect(r.error).toBe(EACCES);
+      // No drain() and a timer an hour away: only the kernel's wake-up can deliver it.
+      await waitFor(() => seen.slice(before).some((e) => e.kind === 'refused'), 'the refused event');
+      const fresh = seen.slice(before);
+      // The injection before it came along with the wake-up; the dropped write after it is no event.
+      expect(fresh.map((e) => [e.kind, e.reason])).toEqual([
+        ['injected', 'injected'],
+        ['refused', 'refusedTransferEncoding'],
+      ]);
+      const [inj, ref] = fresh;
+      expect(ref).toMatchObject({ workloadId: WORKLOAD, serviceId: SERVICE, address: v4, port: 80, cookie: inj?.cookie, pid: inj?.pid, headerVersion: inj?.headerVersion });
+
+      // Refused at connect() (TCP Fast Open): the same shape, from the connect() program.
+      const tfo = await raw(bound, v4, 80, [{ op: 'send', data: get('/ev-tfo') }], { fastopen: true });
+      expect(tfo.connectError).toBe(1);
+      await waitFor(() => seen.slice(before).some((e) => e.reason === 'refusedFastOpen'), 'the Fast Open event');
+      expect(seen.slice(before).filter((e) => e.reason === 'refusedFastOpen')).toEqual([
+        expect.objectContaining({ kind: 'refused', workloadId: WORKLOAD, serviceId: SERVICE, address: v4, port: 80, uid: 0, cgroupId: cgroupId(bound) }),
+      ]);
+    });
+
+    it('quiet periods are flushed by the drain timer', async () => {
+      openReader(30);
+      const c = await keepAlive(v4, 1);
+      await waitFor(() => ofPid(c.pid).length === 1, 'the timer to deliver the injected event', 2_000);
+      expect(ofPid(c.pid)[0]).toMatchObject({ kind: 'injected', pid: c.pid });
+    });
+
+    it('events carry no header bytes: not the injected line, not the client\'s own header', async () => {
+      reader?.close();
+      const records: Buffer[] = [];
+      const ring = new (native().RingBuffer)(obj.map('wk_http_events'), (data, sizes) => {
+        let off = 0;
+        for (const size of sizes) records.push(data.subarray(off, (off += size)));
+      });
+      try {
+        const ok = await keepAlive(v4, 2);
+        expect(ok.statuses).toEqual([200, 200]);
+        const own = await raw(bound, v4, 80, [{ op: 'send', data: get('/ev-own', 'Authorization: Bearer client-own-secret\r\n') }, { op: 'recv', count: 1 }]);
+        expect(own.error).toBe(EACCES);
+        const refusal = (b: Buffer) => layout.decodeHttpEvent(b).reason === 'refusedHeaderPresent';
+        await waitFor(() => (ring.consume(), records.some(refusal)), 'the refusal record');
+        const mine = records.map((b) => layout.decodeHttpEvent(b)).filter((e) => e.pid === ok.pid || e.reason === 'refusedHeaderPresent');
+        expect(mine.map((e) => e.reason)).toEqual(['injected', 'injected', 'refusedHeaderPresent']);
+      } finally {
+        ring.close();
+      }
+      const line = headerLine({ name: 'Authorization', value: AUTH }).line;
+      for (const rec of records) {
+        expect(rec.length).toBe(64);
+        // No 6-byte run of the injected line (or of the token alone) anywhere in a record.
+        for (let i = 0; i + 6 <= line.length; i++) expect(rec.includes(line.subarray(i, i + 6))).toBe(false);
+        expect(rec.includes('client-own')).toBe(false);
+        expect(rec.includes('Bearer')).toBe(false);
+      }
+      openReader(30);
+    });
+
+    it('a busy ring wakes the reader by itself; events flow while the JavaScript thread stays responsive; none is lost', async () => {
+      // No timer to help: what arrives during the run comes from the kernel's wake-ups.
+      openReader(3_600_000);
+      const requests = 3000;
+      const statsBefore = kh.stats();
+      let ticks = 0;
+      let last = performance.now();
+      let maxGap = 0;
+      const tick = setInterval(() => {
+        const now = performance.now();
+        maxGap = Math.max(maxGap, now - last);
+        last = now;
+        ticks++;
+      }, 5);
+      let doneAt = 0;
+      let c: { pid: number; port: number; statuses: number[] };
+      try {
+        const started = performance.now();
+        c = await keepAlive(v4, requests);
+        doneAt = performance.now();
+        expect(c.statuses.every((s) => s === 200)).toBe(true);
+        // Delivered while the client was still sending, not only once it was done.
+        expect(ofPid(c.pid).filter((e) => e.at < doneAt).length).toBeGreaterThan(0);
+        expect(ticks).toBeGreaterThan((doneAt - started) / 5 / 4);
+        // Less than the wake-up mark may still wait for a drain.
+        reader?.drain();
+        expect(ofPid(c.pid).length).toBe(requests);
+      } finally {
+        clearInterval(tick);
+        openReader(30);
+      }
+      expect(maxGap).toBeLessThan(500);
+      expect(ofPid(c.pid)).toHaveLength(requests);
+      expect(new Set(ofPid(c.pid).map((e) => e.cookie)).size).toBe(1);
+      const d = delta(statsBefore, kh.stats());
+      expect(d.injected).toBe(requests);
+      expect(d.eventsLost).toBeUndefined();
+    });
+
+    it('close() stops delivery and frees the poll; what was written meanwhile waits in the ring', async () => {
+      const pollsOpen = eventPollFds();
+      reader?.close();
+      reader?.close(); // idempotent
+      expect(reader?.closed).toBe(true);
+      expect(eventPollFds()).toBe(pollsOpen - 1);
+      const n = seen.length;
+      const c = await keepAlive(v4, 1);
+      const refused = await raw(bound, v4, 80, [{ op: 'send', data: get('/ev-closed', 'Upgrade: x\r\n') }]);
+      expect(refused.error).toBe(EACCES);
+      await sleep(200);
+      expect(seen.length).toBe(n);
+      expect(reader?.drain()).toBe(0);
+      // A new reader gets them.
+      openReader(30);
+      expect(eventPollFds()).toBe(pollsOpen);
+      await waitFor(() => ofPid(c.pid).length === 1 && seen.slice(n).some((e) => e.reason === 'refusedUpgrade'), 'the events written while closed');
+      expect(errors).toEqual([]);
+    });
+
+    it('KernelHttp.close() closes its reader (a second object, on an empty cgroup)', () => {
+      reader?.close();
+      const pollsClosed = eventPollFds();
+      const idle = createCgroup(cgRoot, path.relative(cgRoot, path.join(top, 'events-idle')));
+      const o2 = bpfCall(() => new (native().BpfObject)(objectPath));
+      try {
+        KernelHttp.enable(o2);
+        bpfCall(() => {
+          o2.setGlobal('agent_tgid', encodeU32(process.pid));
+          o2.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
+          o2.load();
+        });
+        const kh2 = KernelHttp.attach(o2, idle);
+        const r2 = kh2.events(() => {});
+        expect(eventPollFds()).toBe(pollsClosed + 1);
+        kh2.close();
+        expect(r2.closed).toBe(true);
+        expect(eventPollFds()).toBe(pollsClosed);
+        expect(() => kh2.events(() => {})).toThrow(/closed/);
+      } finally {
+        o2.close();
+      }
+    });
+  });
 });
