@@ -135,8 +135,13 @@ export class Agent {
     this.#datapath.attachRedirect(this.#cgroupRoot);
     const kh = this.#datapath.kernelHttp;
     if (kh) {
-      this.#kernelBindings = new KernelBindings(kh, this.#log);
-      await this.#kernelBindings.apply(this.#plan, this.#credentials);
+      const kernelBindings = new KernelBindings(kh, this.#log);
+      this.#kernelBindings = kernelBindings;
+      await kernelBindings.apply(this.#plan, this.#credentials);
+      // Read on the event loop (a uv_poll on the ring buffer), never by blocking it.
+      kh.events((e) => this.#audit?.record(kernelBindings.auditEvent(e)), {
+        onError: (err) => this.#log.error('kernel datapath audit events: %s', (err as Error).message),
+      });
       // Rotation: file sources notice a change within a second, Vault ones on their refresh.
       this.#kernelRefresh = setInterval(() => void this.#refreshKernelBindings(), KERNEL_REFRESH_MS);
       this.#kernelRefresh.unref();

@@ -11,6 +11,8 @@
  */
 import { createHash } from 'node:crypto';
 import type { KernelHttp, HttpBinding, PinnedDestination } from '../datapath/kernel-http.js';
+import type { KernelHttpEvent } from '../datapath/kernel-events.js';
+import type { AuditEvent } from '../audit/audit-log.js';
 import { headerLine } from '../datapath/kernel-http.js';
 import type { CredentialSources } from '../credentials/sources.js';
 import { credentialHeader } from '../inject/inject.js';
@@ -25,7 +27,21 @@ interface Wanted {
   header: HttpBinding['header'];
   /** A digest of the line, to tell a rotation from a refresh that changed nothing. */
   digest: string;
+  /** The credential's own version (a KV version), for audit. */
+  credentialVersion: string | undefined;
 }
+
+/** What an audit line says about a binding: names, and which credential version each header version carried. */
+interface Described {
+  workload: string;
+  service: string;
+  credential: string;
+  /** header version (KernelHttp's counter) -> credential version; the last few only. */
+  versions: Map<number, string | undefined>;
+}
+
+/** Header versions remembered per binding, for events that arrive after a rotation. */
+const VERSIONS_KEPT = 8;
 
 export class KernelBindings {
   readonly #kh: KernelHttp;
@@ -38,6 +54,8 @@ export class KernelBindings {
   #pushed = new Map<string, string>();
   /** Bumped by apply(): a refresh that started under an earlier plan writes nothing. */
   #generation = 0;
+  /** `${workloadId}:${serviceId}` -> names for audit lines. */
+  #described = new Map<string, Described>();
   /** Problems already logged, so a refresh loop does not repeat them. */
   #reported = new Set<string>();
 
@@ -75,9 +93,22 @@ export class KernelBindings {
       this.#log.info('kernel datapath: workload ids changed; open plaintext connections of bound workloads take no further requests');
     }
     this.#kh.setDestinations(dests);
-    this.#kh.setBindings(wanted.map((w) => ({ workloadId: w.workloadId, serviceId: w.serviceId, header: w.header })));
+    const versions = this.#kh.setBindings(wanted.map((w) => ({ workloadId: w.workloadId, serviceId: w.serviceId, header: w.header })));
     this.#workloadIds = workloadIds;
     this.#pushed = new Map(wanted.map((w) => [`${w.workloadId}:${w.serviceId}`, w.digest]));
+    const described = new Map<string, Described>();
+    wanted.forEach((w, i) => {
+      const key = `${w.workloadId}:${w.serviceId}`;
+      const d: Described = {
+        workload: w.binding.workload,
+        service: w.binding.service,
+        credential: w.binding.inject.credential,
+        versions: new Map(this.#described.get(key)?.versions),
+      };
+      described.set(key, d);
+      remember(d, versions[i] as number, w.credentialVersion);
+    });
+    this.#described = described;
   }
 
   /**
@@ -91,11 +122,35 @@ export class KernelBindings {
     for (const w of wanted) {
       const key = `${w.workloadId}:${w.serviceId}`;
       if (this.#pushed.get(key) === w.digest) continue;
-      if (w.header) this.#kh.setHeader(w.workloadId, w.serviceId, w.header);
-      else this.#kh.withhold(w.workloadId, w.serviceId);
+      const version = w.header ? this.#kh.setHeader(w.workloadId, w.serviceId, w.header) : this.#kh.withhold(w.workloadId, w.serviceId);
       this.#pushed.set(key, w.digest);
+      const d = this.#described.get(key);
+      if (d) remember(d, version, w.credentialVersion);
       this.#log.info('kernel datapath: binding %s now %s', w.binding.name, w.header ? 'injects the current credential' : 'withholds (no credential)');
     }
+  }
+
+  /**
+   * The audit line for a kernel event: the binding's names, the credential
+   * version its header carried, and the kernel's identity of the caller.
+   */
+  auditEvent(e: KernelHttpEvent): AuditEvent {
+    const d = this.#described.get(`${e.workloadId}:${e.serviceId}`);
+    const credentialVersion = d?.versions.get(e.headerVersion);
+    return {
+      decision: e.kind === 'injected' ? 'inject' : 'deny',
+      datapath: 'kernel',
+      workload: d?.workload ?? `#${e.workloadId}`,
+      pid: e.pid,
+      uid: e.uid,
+      service: d?.service ?? `#${e.serviceId}`,
+      address: e.address,
+      port: e.port,
+      ...(d ? { credential: d.credential } : {}),
+      ...(credentialVersion !== undefined ? { credentialVersion } : {}),
+      ...(e.kind === 'refused' ? { reason: e.reason } : {}),
+      connection: e.cookie.toString(),
+    };
   }
 
   async #wanted(plan: Plan, credentials: CredentialSources): Promise<Wanted[]> {
@@ -109,10 +164,13 @@ export class KernelBindings {
       // check.ts refuses SigV4 on plaintext services; this guards a plan made some other way.
       if (serviceId === undefined || binding.inject.kind === 'sigv4') continue;
       let header: Wanted['header'] = null;
+      let credentialVersion: string | undefined;
       try {
         const source = credentials.get(binding.inject.credential);
         if (!source) throw new Error(`credential ${binding.inject.credential} is not defined`);
-        const h = credentialHeader(binding.inject, await source.get());
+        const credential = await source.get();
+        credentialVersion = credential.version;
+        const h = credentialHeader(binding.inject, credential);
         const value = h.value.reveal();
         headerLine({ name: h.name, value }); // throws, naming the header only, for a value the kernel must not send
         header = { name: h.name, value };
@@ -122,9 +180,17 @@ export class KernelBindings {
         if (!this.#reported.has(line)) this.#log.warn('%s', line);
       }
       const digest = header ? createHash('sha256').update(`${header.name}\0${header.value as string}`).digest('hex') : 'withhold';
-      out.push({ binding, workloadId: workload.id, serviceId, header, digest });
+      out.push({ binding, workloadId: workload.id, serviceId, header, digest, credentialVersion });
     }
     this.#reported = problems;
     return out;
+  }
+}
+
+function remember(d: Described, headerVersion: number, credentialVersion: string | undefined): void {
+  d.versions.set(headerVersion, credentialVersion);
+  for (const v of d.versions.keys()) {
+    if (d.versions.size <= VERSIONS_KEPT) break;
+    d.versions.delete(v);
   }
 }

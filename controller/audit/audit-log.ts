@@ -9,11 +9,18 @@ export type AuditDecision = 'inject' | 'deny' | 'pass';
 
 export interface AuditEvent {
   decision: AuditDecision;
+  /** Which datapath decided; written for the kernel (sk_msg) only, absent for the TLS proxy. */
+  datapath?: 'proxy' | 'kernel';
   workload: string;
   pid: number;
   uid: number;
   service?: string;
   host?: string;
+  /** Kernel datapath: the pinned address and port the connection went to. */
+  address?: string;
+  port?: number;
+  /** Kernel datapath: the socket cookie, the same on every line of one connection. */
+  connection?: string;
   method?: string;
   path?: string;
   status?: number;

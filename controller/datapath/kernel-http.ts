@@ -179,16 +179,17 @@ export class KernelHttp {
    * @throws WirekeyError WK_HTTP_HEADER when the name is not a token, the
    *   value holds CR, LF or another control byte, or the line is longer
    *   than WK_HTTP_LINE_MAX (the message never includes the value).
+   * Returns the version written (what audit events report as headerVersion).
    * @throws BpfError
    */
-  setHeader(workloadId: number, serviceId: number, header: HeaderLine): void {
+  setHeader(workloadId: number, serviceId: number, header: HeaderLine): number {
     const { line, nameLength } = headerLine(header);
-    this.#write(workloadId, serviceId, WK_HTTP_INJECT, line, nameLength);
+    return this.#write(workloadId, serviceId, WK_HTTP_INJECT, line, nameLength);
   }
 
   /** Keeps the binding but withholds the credential: its requests are refused (EACCES), never sent without it. */
-  withhold(workloadId: number, serviceId: number): void {
-    this.#write(workloadId, serviceId, WK_HTTP_WITHHOLD);
+  withhold(workloadId: number, serviceId: number): number {
+    return this.#write(workloadId, serviceId, WK_HTTP_WITHHOLD);
   }
 
   /** Removes a binding: new connections are left alone, existing ones have their next request refused. */
@@ -203,15 +204,15 @@ export class KernelHttp {
    * Makes the bindings exactly `bindings` (headers set or withheld);
    * every other binding is removed. Also deletes removed bindings' entries
    * once they are safely unused.
+   * Returns the version written for each binding, in order.
    * @throws WirekeyError WK_HTTP_HEADER (before anything changes), BpfError
    */
-  setBindings(bindings: HttpBinding[]): void {
+  setBindings(bindings: HttpBinding[]): number[] {
     const lines = bindings.map((b) => (b.header ? headerLine(b.header) : null));
     const want = new Set(bindings.map((b) => encodeHttpHdrKey(b.workloadId, b.serviceId).toString('hex')));
-    bindings.forEach((b, i) => {
+    const versions = bindings.map((b, i) => {
       const l = lines[i];
-      if (l) this.#write(b.workloadId, b.serviceId, WK_HTTP_INJECT, l.line, l.nameLength);
-      else this.#write(b.workloadId, b.serviceId, WK_HTTP_WITHHOLD);
+      return l ? this.#write(b.workloadId, b.serviceId, WK_HTTP_INJECT, l.line, l.nameLength) : this.#write(b.workloadId, b.serviceId, WK_HTTP_WITHHOLD);
     });
     for (const key of this.#map('wk_http_hdr').keys()) {
       const hex = key.toString('hex');
@@ -220,6 +221,7 @@ export class KernelHttp {
       this.unbind(workloadId, serviceId);
     }
     this.collect();
+    return versions;
   }
 
   /** Deletes tombstones older than the grace period; setBindings() calls it. */
@@ -320,7 +322,7 @@ export class KernelHttp {
     }
   }
 
-  #write(workloadId: number, serviceId: number, state: number, line?: Buffer, nameLength?: number): void {
+  #write(workloadId: number, serviceId: number, state: number, line?: Buffer, nameLength?: number): number {
     checkId('workload', workloadId);
     checkId('service', serviceId);
     const key = encodeHttpHdrKey(workloadId, serviceId);
@@ -331,6 +333,7 @@ export class KernelHttp {
     bpfCall(() => map.update(key, encodeHttpHdr(state, version, line, nameLength), BPF_F_LOCK));
     this.#versions.set(hex, version);
     if (state !== WK_HTTP_UNBOUND) this.#tombstones.delete(hex);
+    return version;
   }
 
   #map(name: MapName): NativeMap {

@@ -7,7 +7,7 @@
  * namespace.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rmSync, writeFileSync } from 'node:fs';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, sha256 } from '../support/e2e-fixture.js';
 import { PlainUpstream, waitFor, type RequestRecord } from '../support/plain-upstream.js';
@@ -160,6 +160,28 @@ spec: {workload: legacy, service: plain, inject: {basic: {credential: basic-cred
       if (r.code === 0) ok = await one(r.lines[0]?.[0] as number);
     });
     expect(ok?.authorization).toEqual([sha256(`Bearer ${token}`)]);
+  });
+
+  it('audit: a line per injected request and per refusal, from the ring buffer, with the caller and never the secret', async () => {
+    const r = await curl(bound, [`http://${f.host.ipv4}/audited`]);
+    const port = r.lines[0]?.[0] as number;
+    await one(port);
+    type Line = Record<string, unknown>;
+    const lines = () => readFileSync(f.auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Line).filter((l) => l.datapath === 'kernel');
+    // Injections are read at least every 100 ms; refusals wake the reader at once.
+    await waitFor(() => lines().length >= 10, 'kernel audit lines');
+    const injected = lines().filter((l) => l.decision === 'inject');
+    expect(injected.length).toBeGreaterThanOrEqual(8);
+    expect(injected[0]).toMatchObject({ workload: 'app', service: 'plain', credential: 'api-token', address: f.host.ipv4, port: 80 });
+    expect(typeof injected[0]?.pid).toBe('number');
+    expect(injected.some((l) => l.service === 'plain-key' && l.port === 8080)).toBe(true);
+    expect(injected.some((l) => l.workload === 'legacy' && l.credential === 'basic-creds')).toBe(true);
+    const denied = lines().filter((l) => l.decision === 'deny');
+    expect(denied.length).toBeGreaterThanOrEqual(1);
+    expect(denied.every((l) => l.reason === 'refusedBinding')).toBe(true);
+    const text = readFileSync(f.auditPath, 'utf8');
+    expect(text).not.toContain(f.token);
+    expect(text).not.toContain('legacy-pass');
   });
 
   it('wirekey status counts the requests the kernel injected and the ones it refused, by reason', async () => {

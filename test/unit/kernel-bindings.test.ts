@@ -29,17 +29,21 @@ class RecordingKernelHttpMock {
   setDestinations(d: PinnedDestination[]): void {
     this.dests = d;
   }
-  setBindings(bs: HttpBinding[]): void {
+  version = 0;
+  setBindings(bs: HttpBinding[]): number[] {
     this.bindings = new Map(bs.map((b) => [`${b.workloadId}:${b.serviceId}`, b.header ? `${b.header.name}: ${String(b.header.value)}` : 'withheld']));
     this.writes.push('setBindings');
+    return bs.map(() => ++this.version);
   }
-  setHeader(w: number, s: number, h: HeaderLine): void {
+  setHeader(w: number, s: number, h: HeaderLine): number {
     this.bindings.set(`${w}:${s}`, `${h.name}: ${String(h.value)}`);
     this.writes.push(`setHeader ${w}:${s}`);
+    return ++this.version;
   }
-  withhold(w: number, s: number): void {
+  withhold(w: number, s: number): number {
     this.bindings.set(`${w}:${s}`, 'withheld');
     this.writes.push(`withhold ${w}:${s}`);
+    return ++this.version;
   }
 }
 
