@@ -139,7 +139,7 @@ export class Agent {
       this.#kernelBindings = kernelBindings;
       await kernelBindings.apply(this.#plan, this.#credentials);
       // Read on the event loop (a uv_poll on the ring buffer), never by blocking it.
-      kh.events((e) => this.#audit?.record(kernelBindings.auditEvent(e)), {
+      kh.events((e) => this.#audit?.recordSoon(kernelBindings.auditEvent(e)), {
         onError: (err) => this.#log.error('kernel datapath audit events: %s', (err as Error).message),
       });
       // Rotation: file sources notice a change within a second, Vault ones on their refresh.

@@ -37,6 +37,7 @@ export interface AuditEvent {
 export class AuditLog {
   readonly #fd: number;
   readonly #ownsFd: boolean;
+  #pending: string[] = [];
 
   /** `target` is a file path (appended, created 0600) or '-' for stdout. */
   constructor(target: string) {
@@ -50,14 +51,40 @@ export class AuditLog {
   }
 
   record(event: AuditEvent): void {
-    const line = JSON.stringify({ time: new Date().toISOString(), ...event, path: stripQuery(event.path) });
     // Synchronous: an audit line must not be lost when the agent stops right after.
-    writeSync(this.#fd, `${line}\n`);
+    writeAll(this.#fd, `${this.#line(event)}\n`);
+  }
+
+  /**
+   * Records `event` with the others that arrive in the same turn of the
+   * event loop, in one write when the turn ends (kernel events come in
+   * batches of up to thousands). close() writes what is still pending.
+   */
+  recordSoon(event: AuditEvent): void {
+    if (this.#pending.push(this.#line(event)) === 1) queueMicrotask(() => this.#flush());
   }
 
   close(): void {
+    this.#flush();
     if (this.#ownsFd) closeSync(this.#fd);
   }
+
+  #line(event: AuditEvent): string {
+    return JSON.stringify({ time: new Date().toISOString(), ...event, path: stripQuery(event.path) });
+  }
+
+  #flush(): void {
+    if (!this.#pending.length) return;
+    const text = `${this.#pending.join('\n')}\n`;
+    this.#pending = [];
+    writeAll(this.#fd, text);
+  }
+}
+
+/** writeSync until every byte is written (a pipe may take a large batch in parts). */
+function writeAll(fd: number, text: string): void {
+  const buf = Buffer.from(text, 'utf8');
+  for (let off = 0; off < buf.length; ) off += writeSync(fd, buf, off);
 }
 
 function stripQuery(path: string | undefined): string | undefined {
