@@ -37,6 +37,8 @@ export interface AgentOptions {
   upstreamCaFile?: string;
   /** Largest request body read into memory to compute a SigV4 payload hash (default 16 MiB). */
   sigv4BodyLimit?: number;
+  /** Load the kernel HTTP datapath (default true); without it plaintext services are refused. */
+  kernelDatapath?: boolean;
   /** How often cgroup selectors are resolved again (cgroups come and go). */
   resyncIntervalMs?: number;
   log: Logger;
@@ -120,7 +122,12 @@ export class Agent {
     // Listen before attaching: a redirect must never point at a closed port.
     await this.#proxy.listen(this.#opts.proxyPort);
 
-    this.#datapath = Datapath.open({ cgroupRoot: this.#cgroupRoot, pinDir: this.#opts.pinDir, proxyPort: this.#opts.proxyPort });
+    this.#datapath = Datapath.open({
+      cgroupRoot: this.#cgroupRoot,
+      pinDir: this.#opts.pinDir,
+      proxyPort: this.#opts.proxyPort,
+      kernelHttp: this.#opts.kernelDatapath ?? true,
+    });
     this.#resolver = new IdentityResolver(this.#cgroupRoot);
     this.#datapath.setPortBindings(this.#routes.portBindings());
     // Strict here: a policy the maps cannot hold fails the start. The
@@ -147,7 +154,7 @@ export class Agent {
       this.#kernelRefresh.unref();
     } else {
       this.#requireKernelHttp(this.#plan);
-      this.#log.warn('kernel HTTP datapath unavailable on this kernel (plaintext services cannot be bound): %s', this.#datapath.kernelHttpUnavailable);
+      this.#log.warn('kernel HTTP datapath not loaded (plaintext services cannot be bound): %s', this.#datapath.kernelHttpUnavailable);
     }
     this.#writeRuntimeState();
     this.#resync = setInterval(() => void this.#syncIdentity(), this.#opts.resyncIntervalMs ?? 2000);
@@ -255,7 +262,7 @@ export class Agent {
     if (!reason) return;
     const kernel = [...plan.services.values()].filter((s) => s.datapath === 'kernel').map((s) => s.name);
     if (kernel.length) {
-      throw new NotSupportedError('kernel HTTP datapath', `plaintext service(s) ${kernel.join(', ')} need the kernel HTTP datapath, which this kernel refused: ${reason}`, '5.17');
+      throw new NotSupportedError('kernel HTTP datapath', `plaintext service(s) ${kernel.join(', ')} need the kernel HTTP datapath, which is not loaded: ${reason}`);
     }
   }
 

@@ -51,8 +51,12 @@ program
   .option('--audit <file>', "audit log: a file, or '-' for stdout", DEFAULTS.audit)
   .option('--upstream-ca <file>', 'PEM bundle trusted for upstream servers, besides the system store')
   .option('--sigv4-body-limit <bytes>', 'largest request body buffered to compute a SigV4 payload hash', bytes, 16 * 1024 * 1024)
+  .option('--no-kernel-datapath', 'do not load the kernel HTTP datapath (plaintext services are then refused)')
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
-  .action(async (opts: { policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number; logLevel: LogLevel }) => {
+  .action(async (opts: {
+    policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
+    kernelDatapath: boolean; logLevel: LogLevel;
+  }) => {
     const log = createLogger(opts.logLevel);
     let agent: Agent;
     try {
@@ -64,6 +68,7 @@ program
         auditPath: opts.audit,
         upstreamCaFile: opts.upstreamCa,
         sigv4BodyLimit: opts.sigv4BodyLimit,
+        kernelDatapath: opts.kernelDatapath,
         log,
       });
     } catch (err) {

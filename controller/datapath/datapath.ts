@@ -39,6 +39,8 @@ export interface DatapathOptions {
   pinDir: string;
   /** Port the proxy listens on, on 127.0.0.1 and ::1. */
   proxyPort: number;
+  /** Load the kernel HTTP datapath when the kernel takes it (default true). */
+  kernelHttp?: boolean;
   /** The compiled object; defaults to build/bpf/wirekey.bpf.o. */
   objectPath?: string;
 }
@@ -136,11 +138,16 @@ export class Datapath {
     // with plaintext services are refused with this reason.
     let object: NativeObject;
     let kernelHttpUnavailable: string | null = null;
-    try {
-      object = load(true);
-    } catch (err) {
-      kernelHttpUnavailable = (err as Error).message.split('\n')[0] ?? String(err);
+    if (opts.kernelHttp === false) {
+      kernelHttpUnavailable = 'turned off (--no-kernel-datapath)';
       object = load(false);
+    } else {
+      try {
+        object = load(true);
+      } catch (err) {
+        kernelHttpUnavailable = `this kernel refused its programs (Linux 5.17 or newer is needed): ${(err as Error).message.split('\n')[0] ?? String(err)}`;
+        object = load(false);
+      }
     }
     const dp = new Datapath(object, opts.pinDir);
     dp.#kernelHttpUnavailable = kernelHttpUnavailable;

@@ -43,7 +43,7 @@ export function formatStatus(s: AgentStatus): string {
     const nonzero = Object.entries(rest).filter(([, v]) => v > 0n).map(([k, v]) => `${k} ${v}`);
     lines.push(`kernel datapath: ${injected ?? 0n} request(s) injected${nonzero.length ? `; ${nonzero.join(', ')}` : ''}`);
   } else {
-    lines.push('kernel datapath: not loaded (the kernel refused its programs; see the agent log)');
+    lines.push('kernel datapath: not loaded (--no-kernel-datapath, or the kernel refused its programs: see the agent log)');
   }
   return `${lines.join('\n')}\n`;
 }

@@ -13,7 +13,7 @@ import { E2eFixture, sha256 } from '../support/e2e-fixture.js';
 import { PlainUpstream, waitFor, type RequestRecord } from '../support/plain-upstream.js';
 import { kernelHttpSkipReason } from '../support/requirements.js';
 import { runInCgroup } from '../support/cgroup.js';
-import { wirekeyBin } from '../support/agent.js';
+import { freePort, startAgent, wirekeyBin } from '../support/agent.js';
 import { must } from '../support/shell.js';
 
 const skip = kernelHttpSkipReason();
@@ -190,6 +190,29 @@ spec: {workload: legacy, service: plain, inject: {basic: {credential: basic-cred
     expect(Number(m?.[1])).toBeGreaterThanOrEqual(8);
     expect(m?.[2]).toMatch(/refusedBinding [1-9]/);
     expect(status).toMatch(/wk_http_dest +3 \/ 4096/);
+  });
+
+  it('--no-kernel-datapath: plaintext services are refused at start with the reason; a TLS-only policy runs on 8 programs', async () => {
+    const opts = (policy: string, name: string) => ({
+      policy, stateDir: path.join(f.dir, `state-${name}`), pinDir: `${f.pinDir}-${name}`, proxyPort: 0, audit: path.join(f.dir, `audit-${name}`),
+      extraArgs: ['--no-kernel-datapath'],
+    });
+    await expect(startAgent({ ...opts(f.policyDir, 'off'), proxyPort: await freePort() })).rejects.toThrow(
+      /plaintext service\(s\) plain, plain-key need the kernel HTTP datapath, which is not loaded: turned off \(--no-kernel-datapath\)/,
+    );
+    const tlsOnly = path.join(f.dir, 'tls-only.yaml');
+    writeFileSync(tlsOnly, `apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: api}
+spec: {hosts: [api.example], port: 443, tls: true}
+`);
+    const agent = await startAgent({ ...opts(tlsOnly, 'tls'), proxyPort: await freePort() });
+    try {
+      expect(agent.programIds).toHaveLength(8);
+      expect(agent.output()).toContain('kernel HTTP datapath not loaded');
+    } finally {
+      await agent.stop();
+    }
   });
 
   it('a reload that removes the binding leaves new connections untouched; the others keep theirs', async () => {

@@ -18,6 +18,8 @@ export interface AgentOptions {
   logLevel?: string;
   /** A cgroup directory to run the agent in (it joins before exec). */
   cgroup?: string;
+  /** More `wirekey run` options. */
+  extraArgs?: string[];
 }
 
 export interface RunningAgent {
@@ -35,6 +37,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   const args = [wirekeyBin, 'run', '--policy', opts.policy, '--state-dir', opts.stateDir, '--pin-dir', opts.pinDir,
     '--proxy-port', String(opts.proxyPort), '--audit', opts.audit, '--log-level', opts.logLevel ?? 'debug'];
   if (opts.upstreamCa) args.push('--upstream-ca', opts.upstreamCa);
+  args.push(...(opts.extraArgs ?? []));
   const child: ChildProcess = opts.cgroup
     ? spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
     : spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
