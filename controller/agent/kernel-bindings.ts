@@ -88,22 +88,25 @@ export class KernelBindings {
       const before = this.#workloadIds.get(name);
       return (before !== undefined && before !== id) || (oldNames.has(id) && oldNames.get(id) !== name);
     });
+    // Destinations first: it checks capacity before changing anything.
+    this.#kh.setDestinations(dests);
     if (renumbered) {
       this.#kh.bumpEpoch();
       this.#log.info('kernel datapath: workload ids changed; open plaintext connections of bound workloads take no further requests');
     }
-    this.#kh.setDestinations(dests);
     const versions = this.#kh.setBindings(wanted.map((w) => ({ workloadId: w.workloadId, serviceId: w.serviceId, header: w.header })));
     this.#workloadIds = workloadIds;
     this.#pushed = new Map(wanted.map((w) => [`${w.workloadId}:${w.serviceId}`, w.digest]));
     const described = new Map<string, Described>();
     wanted.forEach((w, i) => {
       const key = `${w.workloadId}:${w.serviceId}`;
+      const before = this.#described.get(key);
+      const same = before?.workload === w.binding.workload && before.service === w.binding.service;
       const d: Described = {
         workload: w.binding.workload,
         service: w.binding.service,
         credential: w.binding.inject.credential,
-        versions: new Map(this.#described.get(key)?.versions),
+        versions: new Map(same ? before.versions : []),
       };
       described.set(key, d);
       remember(d, versions[i] as number, w.credentialVersion);
