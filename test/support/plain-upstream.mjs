@@ -5,7 +5,9 @@
 //   {listening: true, ports}                          once, when ready
 //   {conn, opened: true, remotePort, localPort}       a connection accepted
 //   {n, conn, method, target, version, headerNames, authorization, apiKey, ...}
-//                                                     one per complete request
+//                                                     one per complete request; a chunked
+//                                                     body is decoded (bodyLength, bodySha256
+//                                                     are the decoded data's; chunks, trailerNames)
 //   {conn, error}                                     a malformed request (400, then close)
 //   {conn, closed: true, bytes, sha256, ...}          a connection's whole byte stream
 // Authorization and X-Api-Key values are recorded as SHA-256 hashes only, so a token
@@ -34,6 +36,18 @@ const emit = (o) => process.stdout.write(`${JSON.stringify(o)}\n`);
 
 class Malformed extends Error {}
 
+/** Parses one header (or trailer) line, without its CRLF, or throws Malformed. */
+function parseField(line) {
+  if (/^[ \t]/.test(line)) throw new Malformed('obs-fold');
+  const colon = line.indexOf(':');
+  if (colon <= 0) throw new Malformed('header line without a name and colon');
+  const name = line.slice(0, colon);
+  if (!TOKEN.test(name)) throw new Malformed(`bad header name ${JSON.stringify(name)}`);
+  const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, '');
+  if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value)) throw new Malformed('control character in a header value');
+  return [name.toLowerCase(), value];
+}
+
 /** Parses one request head (without its final CRLFCRLF), or throws Malformed. */
 function parseHead(head) {
   const text = head.toString('latin1');
@@ -43,19 +57,13 @@ function parseHead(head) {
   const lines = text.split('\r\n');
   const m = REQUEST_LINE.exec(lines[0]);
   if (!m) throw new Malformed(`bad request line ${JSON.stringify(lines[0].slice(0, 80))}`);
-  const headers = [];
-  for (const line of lines.slice(1)) {
-    if (/^[ \t]/.test(line)) throw new Malformed('obs-fold');
-    const colon = line.indexOf(':');
-    if (colon <= 0) throw new Malformed('header line without a name and colon');
-    const name = line.slice(0, colon);
-    if (!TOKEN.test(name)) throw new Malformed(`bad header name ${JSON.stringify(name)}`);
-    const value = line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, '');
-    if (/[\x00-\x08\x0a-\x1f\x7f]/.test(value)) throw new Malformed('control character in a header value');
-    headers.push([name.toLowerCase(), value]);
-  }
+  const headers = lines.slice(1).map(parseField);
   return { method: m[1], target: m[2], version: `1.${m[3]}`, headers };
 }
+
+// chunk-size [ ; extensions ] : hex digits (a chunk of at most 2^53 - 1
+// bytes: more never arrives in a test), extensions of visible characters.
+const CHUNK_SIZE_LINE = /^([0-9a-fA-F]+)((?:;[\x20-\x7e\t]*)?)$/;
 
 function serve(socket, localPort) {
   const conn = ++connections;
@@ -89,6 +97,8 @@ function serve(socket, localPort) {
       apiKey: r.headers.filter(([k]) => k === 'x-api-key').map(([, v]) => sha256(v)),
       host: r.headers.find(([k]) => k === 'host')?.[1],
       chunked: r.chunked,
+      chunks: r.chunks,
+      trailerNames: r.trailers.map(([k]) => k),
       bodyLength: r.bodyLength,
       bodySha256: r.body.digest('hex'),
       headSha256: sha256(r.rawHead),
@@ -140,6 +150,7 @@ function serve(socket, localPort) {
         if (cl.length && te.length) return fail('Content-Length with Transfer-Encoding');
         if (cl.length && !/^\d+$/.test(cl[0][1])) return fail('bad Content-Length');
         if (te.length && (te.length > 1 || te[0][1].toLowerCase() !== 'chunked')) return fail('unsupported Transfer-Encoding');
+        if (te.length && head.version !== '1.1') return fail('Transfer-Encoding on HTTP/1.0');
         req = {
           ...head,
           rawHead,
@@ -147,6 +158,8 @@ function serve(socket, localPort) {
           body: createHash('sha256'),
           bodyLength: 0,
           chunked: te.length > 0,
+          chunks: 0,
+          trailers: [],
           remaining: cl.length ? Number(cl[0][1]) : 0,
           chunkState: 'size',
         };
@@ -168,17 +181,36 @@ function serve(socket, localPort) {
       // chunked: size line, data, CRLF ... 0 CRLF trailers CRLF
       if (req.chunkState === 'size' || req.chunkState === 'trailer') {
         const eol = buf.indexOf('\r\n');
-        if (eol < 0) return;
-        const line = buf.subarray(0, eol).toString('latin1');
+        if (eol < 0) {
+          // A line can only end in CRLF: a bare LF (or CR) never ends it.
+          if (buf.includes(0x0a) || (buf.includes(0x0d) && buf.indexOf(0x0d) < buf.length - 1)) return fail('bare CR or LF in chunked framing');
+          if (buf.length > MAX_HEAD) fail('chunk framing line too long');
+          return;
+        }
+        const raw = buf.subarray(0, eol);
+        if (raw.includes(0x0a) || raw.includes(0x0d)) return fail('bare CR or LF in chunked framing');
+        const line = raw.toString('latin1');
         req.raw.update(buf.subarray(0, eol + 2));
         buf = buf.subarray(eol + 2);
         if (req.chunkState === 'trailer') {
-          if (line === '') finish();
+          if (line === '') {
+            finish();
+            continue;
+          }
+          try {
+            req.trailers.push(parseField(line));
+          } catch (err) {
+            if (err instanceof Malformed) return fail(`trailer: ${err.message}`);
+            throw err;
+          }
           continue;
         }
-        const m = /^([0-9a-fA-F]+)(;.*)?$/.exec(line);
-        if (!m) return fail('bad chunk size');
-        req.remaining = parseInt(m[1], 16);
+        const m = CHUNK_SIZE_LINE.exec(line);
+        if (!m) return fail(`bad chunk size line ${JSON.stringify(line.slice(0, 80))}`);
+        const size = BigInt(`0x${m[1]}`);
+        if (size > BigInt(Number.MAX_SAFE_INTEGER)) return fail('chunk too large');
+        req.remaining = Number(size);
+        if (req.remaining > 0) req.chunks += 1;
         req.chunkState = req.remaining === 0 ? 'trailer' : 'data';
         continue;
       }

@@ -19,6 +19,12 @@ export interface RequestRecord {
   authorization: string[];
   /** SHA-256 of each X-Api-Key value. */
   apiKey: string[];
+  /** The body was chunked; bodyLength and bodySha256 are then the decoded data's. */
+  chunked: boolean;
+  /** Chunks with data (the last, empty chunk not counted). */
+  chunks: number;
+  /** Lower-cased names of the trailer fields of a chunked body, in order. */
+  trailerNames: string[];
   bodyLength: number;
   bodySha256: string;
   headSha256: string;
