@@ -19,45 +19,81 @@
  *
  * Framing. Per socket, `left` is the number of bytes known to be safe to
  * pass from the last accounted stream position: the rest of the current
- * request (head, injected line, Content-Length body). Each run first
+ * request (head, injected line, Content-Length body), or, in a chunked
+ * body, the framing scanned and the data it announced. Each run first
  * brings it up to date from the socket's write_seq, so the program never
  * trusts its own idea of where the stream is; a byte that reached the
- * stream without being approved is caught there.
+ * stream without being approved by the run before is caught there.
  *   - left > 0: the rest of a request. Passed untouched, in chunks the
  *     socket can queue without waiting (see approve(): a push that fails
  *     part way would let the kernel pass later bytes unseen).
- *   - left == 0: a request starts here. The head (request line through
- *     CRLFCRLF, at most WK_HTTP_HEAD_MAX bytes) must be complete before
- *     anything is decided: an incomplete head is corked
+ *   - left == 0 in a chunked body (SOCK_CHUNKED): the framing goes on
+ *     here. See "Chunked bodies".
+ *   - left == 0 otherwise: a request starts here. The head (request line
+ *     through CRLFCRLF, at most WK_HTTP_HEAD_MAX bytes) must be complete
+ *     before anything is decided: an incomplete head is corked
  *     (bpf_msg_cork_bytes) and the program runs again on the whole head
  *     when more bytes are written, carrying on where its scan stopped.
  *     The head is checked byte by byte (bpf_loop), the line is inserted
  *     after the request line (bpf_msg_push_data, written into the page that
  *     helper allocated, never into the workload's pages), and `left`
- *     becomes head + line + Content-Length. A body is never parsed, so text
- *     in a body that looks like a request is never taken for one.
+ *     becomes head + line + Content-Length. A Content-Length body is never
+ *     parsed, so text in a body that looks like a request is never taken
+ *     for one.
+ * Chunked bodies. A request whose one Transfer-Encoding line says exactly
+ * "chunked" (HTTP/1.1, no Content-Length) gets its line like any other,
+ * and `left` covers head + line; from there the socket is in a chunked
+ * body, where nothing is ever inserted, so nothing is ever corked: the
+ * program only has to find where the body ends. Each time `left` runs out
+ * it scans the framing at the start of the message (chunk_byte(), up to
+ * WK_HTTP_CHUNK_WINDOW bytes, state in socket storage): the chunk-size
+ * line, the CRLF after each chunk's data, the last chunk and the trailer
+ * section. Data is stepped over by count, never looked at, so data that
+ * looks like framing or like a request is neither. `left` becomes exactly
+ * the bytes scanned plus, when a chunk's data runs past the window, that
+ * data: the scan's state always belongs to the stream position where
+ * `left` ends, so a size line, a CRLF or a trailer split across writes
+ * (one byte a write included) carries on in the next run, and the byte
+ * after the trailer section's empty line is the next request's first.
+ * Approvals go through approve() like any other.
  * Only SK_PASS is used to send: a redirect to the socket itself would
  * release the socket lock around the push (another thread's bytes could
  * then precede an injected line) and, after a cork, frees the message's
  * tail on the kernels this targets.
  *
  * The refusal rule. A request the program cannot handle with certainty is
- * refused: its write is dropped whole (SK_DROP: sendmsg fails with EACCES
- * and none of its bytes is sent) and the connection is marked refused, so
- * every later write on it is dropped too (the kernel's DROP verdict is
- * sticky as well). Nothing half-injected or reframed ever leaves: the
- * upstream sees the requests before the refused one, complete, and then
- * nothing more on that connection. Refused, each with its own counter in
+ * refused: the write is dropped from where the program stopped approving
+ * (SK_DROP: none of those bytes is sent, and sendmsg fails with EACCES, or
+ * returns the count of what an earlier part of the same write already
+ * sent) and the connection is marked refused, so every later write on it
+ * is dropped too (the kernel's DROP verdict is sticky as well). Nothing
+ * half-injected or reframed ever leaves: the upstream sees the requests
+ * before the refused one, complete (or, for framing refused inside a
+ * chunked body, that request up to the refused write), and then nothing
+ * more on that connection. Refused, each with its own counter in
  * wk_http_stats:
  *   - a head longer than WK_HTTP_HEAD_MAX (8 KiB);
  *   - anything but "TOKEN SP TARGET SP HTTP/1.0|1 CRLF", header lines
  *     "token: value CRLF": obs-fold, bare CR or LF, NUL and other controls,
  *     space before the colon, an empty name;
- *   - Transfer-Encoding of any kind (a chunked body cannot be followed);
+ *   - Transfer-Encoding other than one line whose value is exactly
+ *     "chunked" (any case, optional whitespace around) on HTTP/1.1:
+ *     another coding or a list ("gzip, chunked", "chunked, chunked"),
+ *     parameters, an empty value, two Transfer-Encoding lines, on
+ *     HTTP/1.0, or together with Content-Length (either order);
+ *   - malformed chunked framing (WK_HTTP_STAT_REFUSED_CHUNKED): a
+ *     chunk-size that is not 1 to 15 hex digits (no sign, "0x" or
+ *     whitespace), extensions other than token characters, ';', '=', SP
+ *     and HT (so no quoted strings) or longer than 1 KiB, a chunk's data
+ *     not followed by CRLF, a bare CR or LF anywhere in the framing,
+ *     controls, trailer lines that are not "token: value CRLF" (obs-fold,
+ *     an empty name, space before the colon) or a trailer section over
+ *     8 KiB;
+ *   - TRACE, in any case (the upstream would echo the credential back);
  *   - Upgrade, Connection containing "upgrade", CONNECT (the stream
  *     stops being HTTP/1.1 requests);
  *   - the injected header already present (e.g. the client's own
- *     Authorization);
+ *     Authorization), in the head or as a trailer;
  *   - Content-Length duplicated, empty, not all digits or over 15 digits;
  *   - the binding gone, withheld (no credential), the destination no
  *     longer pinned to the same service, or the id epoch bumped;
@@ -66,7 +102,7 @@
  *     stream), a write that started before the connection was established
  *     (a non-blocking connect() followed by a blocking write: that write
  *     goes out untouched, then the connection is refused), or any other
- *     mismatch between write_seq and what was approved;
+ *     mismatch between write_seq and what the run before approved;
  *   - a request head arriving while the send buffer is too full to queue
  *     the request line and the injected line in one piece (see approve()).
  * TCP Fast Open is refused earlier, at connect() (EPERM).
@@ -124,6 +160,7 @@
 #define SOCK_BOUND	1	/* connect() found a binding for this destination */
 #define SOCK_ARMED	2	/* in wk_http_socks, stream accounting started */
 #define SOCK_REFUSED	4	/* every later write is dropped */
+#define SOCK_CHUNKED	8	/* in a chunked request body: framing is followed, nothing injected */
 
 /*
  * pinned (port, address prefix) -> service. A longest-prefix-match trie, so
@@ -197,6 +234,29 @@ struct wk_http_scan {
 	__u32 rl_end;			/* offset after the request line's CRLF */
 	__u32 head_end;			/* offset after CRLFCRLF; 0 until found */
 	__u32 reason;			/* WK_HTTP_STAT_REFUSED_*; 0 while acceptable */
+	__u32 http10;			/* the request line says HTTP/1.0 */
+	__u32 seen_te;			/* a Transfer-Encoding line was seen (its value: chunked) */
+	__u32 te_match;			/* bytes of "chunked" matched in Transfer-Encoding */
+	__u32 _pad;
+};
+
+/*
+ * Where the scan of a chunked body's framing is, between writes: the state
+ * applies to the stream position where the bytes accounted for in `left`
+ * end. Socket storage, like struct wk_http_scan, so the bpf_loop callback
+ * is verified once.
+ */
+struct wk_http_chunk {
+	__u64 size;			/* the chunk-size being read */
+	__u64 pending;			/* this run: announced data past the window */
+	__u32 pos;			/* this run: bytes of the message scanned or skipped */
+	__u32 end;			/* this run: bytes of the message in the window */
+	__u32 state;			/* enum chunk_state */
+	__u32 digits;			/* hex digits of the chunk-size */
+	__u32 len;			/* bytes of this chunk's extensions, or of the trailer section */
+	__u32 tok;			/* bytes of the current trailer name */
+	__u32 same_name;		/* the trailer name is the injected header's so far */
+	__u32 reason;			/* WK_HTTP_STAT_REFUSED_*; 0 while acceptable */
 };
 
 /* Kernel-only: never read by the controller. */
@@ -207,9 +267,11 @@ struct wk_http_sock {
 	__u32 flags;			/* SOCK_* */
 	struct wk_http_dest_key dest;	/* where connect() was going */
 	__u32 mark_seq;			/* write_seq when `left` was last brought up to date */
-	__u32 _pad[2];
+	__u32 approved;			/* bytes the last run let through (apply_bytes) */
+	__u32 _pad;
 	__u64 left;			/* bytes safe to pass from mark_seq on: the rest of this request */
 	struct wk_http_scan scan;
+	struct wk_http_chunk chunk;
 	/* the header line of the current request, copied under the lock */
 	__u16 hdr_state;
 	__u16 hdr_len;
@@ -540,6 +602,7 @@ int wk_http_sockops(struct bpf_sock_ops *skops)
 	}
 	st->mark_seq = tp->write_seq;
 	st->left = 0;
+	st->approved = 0;
 	st->flags |= SOCK_ARMED;
 	/* Run on every segment this socket transmits: see watch_urgent(). */
 	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
@@ -582,6 +645,9 @@ int wk_http_sockops(struct bpf_sock_ops *skops)
 #define NAME_CONNECTI	W8('c', 'o', 'n', 'n', 'e', 'c', 't', 'i')
 #define NAME_ON		W8('o', 'n', 0, 0, 0, 0, 0, 0)
 #define METHOD_CONNECT	W8('C', 'O', 'N', 'N', 'E', 'C', 'T', 0)
+#define METHOD_TRACE_LC	W8('t', 'r', 'a', 'c', 'e', 0, 0, 0)
+#define LOWER_5		W8(0x20, 0x20, 0x20, 0x20, 0x20, 0, 0, 0)
+#define VALUE_CHUNKED	W8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0)
 #define VERSION_PREFIX	W8('H', 'T', 'T', 'P', '/', '1', '.', 0)
 
 enum scan_state {
@@ -589,7 +655,7 @@ enum scan_state {
 	HS_LINE, HS_NAME, HS_VALUE, HS_LF, HS_END_LF, HS_DONE,
 };
 
-enum hdr_kind { HK_OTHER, HK_LENGTH, HK_CONNECTION };
+enum hdr_kind { HK_OTHER, HK_LENGTH, HK_CONNECTION, HK_TRANSFER };
 
 /* bpf_loop context: only what must be on the stack (packet pointers). */
 struct scan_ctx {
@@ -636,13 +702,26 @@ static __always_inline long end_of_name(struct wk_http_sock *st, struct wk_http_
 	if (n == 14 && w0 == NAME_CONTENT_ && w1 == NAME_LENGTH) {
 		if (s->seen_length)
 			return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
+		/* Content-Length with Transfer-Encoding: which one frames the body? */
+		if (s->seen_te)
+			return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
 		s->seen_length = 1;
 		s->kind = HK_LENGTH;
 		s->cl_state = 0;
 		s->digits = 0;
 		s->clen = 0;
 	} else if (n == 17 && w0 == NAME_TRANSFER && w1 == NAME__ENCODIN && w2 == NAME_G) {
-		return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
+		/*
+		 * Followed: one Transfer-Encoding line, value "chunked", on
+		 * HTTP/1.1, without Content-Length. A second line (a list
+		 * split in two), HTTP/1.0 (no chunked there) or both framings
+		 * leave the body's end to the upstream's guess: refused.
+		 */
+		if (s->seen_te || s->seen_length || s->http10)
+			return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
+		s->seen_te = 1;
+		s->kind = HK_TRANSFER;
+		s->te_match = 0;
 	} else if (n == 7 && w0 == NAME_UPGRADE) {
 		return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
 	} else if (n == 10 && w0 == NAME_CONNECTI && w1 == NAME_ON) {
@@ -669,6 +748,18 @@ static __always_inline long value_byte(struct wk_http_scan *s, __u8 c)
 			s->clen = s->clen * 10 + (c - '0');
 		} else {
 			return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
+		}
+	} else if (s->kind == HK_TRANSFER) {
+		/* exactly "chunked", any case, with optional whitespace around */
+		k = s->te_match;
+		if (c == ' ' || c == '\t') {
+			if (k && k < 7)
+				return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
+		} else if (k < 7 && lc == (__u8)(VALUE_CHUNKED >> (8 * (k & 7)))) {
+			s->te_match = k + 1;
+		} else {
+			/* another coding, a list, a parameter */
+			return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
 		}
 	} else if (s->kind == HK_CONNECTION) {
 		/* "upgrade" has no repeated letter: a mismatch restarts at 'u'. */
@@ -712,6 +803,9 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 		} else if (c == ' ' && tok) {
 			if (tok == 7 && s->method == METHOD_CONNECT)
 				return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
+			/* TRACE, in any case: the upstream would echo the credential back. */
+			if (tok == 5 && (s->method | LOWER_5) == METHOD_TRACE_LC)
+				return stop(s, WK_HTTP_STAT_REFUSED_METHOD);
 			s->state = HS_TARGET;
 			s->tok = 0;
 		} else {
@@ -736,6 +830,7 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 		} else if (tok == 7) {
 			if (c != '0' && c != '1')
 				return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+			s->http10 = c == '0';
 		} else if (c == '\r') {
 			s->state = HS_RL_LF;
 		} else {
@@ -788,6 +883,8 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 		if (c == '\r') {
 			if (s->kind == HK_LENGTH && !s->digits)
 				return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
+			if (s->kind == HK_TRANSFER && s->te_match != 7)
+				return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
 			s->state = HS_LF;
 		} else if (c == '\t' || c == ' ' || (c > ' ' && c != 0x7f)) {
 			return value_byte(s, c);
@@ -809,6 +906,189 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 		return 1;
 	default:
 		return 1;
+	}
+	return 0;
+}
+
+/* ---- a chunked body ---------------------------------------------------- */
+
+/*
+ * Bytes of a message looked at in one run, and the limits on what the
+ * framing may hold. Nothing is corked here, so these only bound the work
+ * per run and what the upstream must accept.
+ */
+#define WK_HTTP_CHUNK_WINDOW	4096
+#define WK_HTTP_CHUNK_DIGITS	15	/* hex digits of a chunk-size, leading zeros included */
+#define WK_HTTP_CHUNK_EXT_MAX	1024	/* bytes of one chunk's extensions, ';' included */
+#define WK_HTTP_TRAILER_MAX	WK_HTTP_HEAD_MAX	/* the trailer section, final CRLF included */
+
+enum chunk_state {
+	CS_SIZE,		/* chunk-size: hex digits, then ';' or CR */
+	CS_EXT,			/* after ';': extensions up to CR */
+	CS_SIZE_LF,		/* LF ending the chunk-size line */
+	CS_DATA_CR,		/* CR after the chunk's data */
+	CS_DATA_LF,
+	CS_TRAILER,		/* a trailer line starts (or CR: the body ends) */
+	CS_TNAME,		/* trailer name, up to ':' */
+	CS_TVALUE,		/* trailer value, up to CR */
+	CS_TLF,
+	CS_END_LF,		/* LF ending the body */
+	CS_DONE,
+};
+
+static __always_inline long chunk_stop(struct wk_http_chunk *c, __u32 reason)
+{
+	c->reason = reason;
+	return 1;
+}
+
+/*
+ * One byte of chunked framing, at chunk.pos; bpf_loop callback. Returns 1
+ * to stop: at the end of the window, when the body ends, when a chunk's
+ * data runs past the window (chunk.pending), or on malformed framing
+ * (chunk.reason). Data inside the window is skipped, never looked at.
+ */
+static long chunk_byte(__u32 i, struct scan_ctx *ctx)
+{
+	struct wk_http_sock *st = ctx->st;
+	struct wk_http_chunk *c = &st->chunk;
+	__u32 off = c->pos, tok = c->tok, d;
+	__u64 room;
+	__u8 *p, ch, lc;
+
+	if (off >= c->end || off >= WK_HTTP_CHUNK_WINDOW)
+		return 1;
+	p = (__u8 *)ctx->data + off;
+	if ((void *)(p + 1) > ctx->data_end)
+		return 1;
+	ch = *p;
+	lc = lower(ch);
+	c->pos = off + 1;
+
+	switch (c->state) {
+	case CS_SIZE:
+		if (ch >= '0' && ch <= '9')
+			d = ch - '0';
+		else if (lc >= 'a' && lc <= 'f')
+			d = lc - 'a' + 10;
+		else
+			d = 16;
+		if (d < 16) {
+			if (++c->digits > WK_HTTP_CHUNK_DIGITS)
+				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+			c->size = c->size << 4 | d;
+		} else if (!c->digits) {
+			/* no size: an empty line, whitespace, a sign, "0x" */
+			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+		} else if (ch == ';') {
+			c->state = CS_EXT;
+			c->len = 1;
+		} else if (ch == '\r') {
+			c->state = CS_SIZE_LF;
+		} else {
+			/* whitespace after the size, bare LF, anything else */
+			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+		}
+		break;
+	case CS_EXT:
+		/*
+		 * Token names and values only: no quoted strings (a parser
+		 * that honours a backslash there could disagree about where
+		 * the line ends), no controls, no bare LF.
+		 */
+		if (ch == '\r') {
+			c->state = CS_SIZE_LF;
+		} else if (is_tchar(ch) || ch == ';' || ch == '=' || ch == ' ' || ch == '\t') {
+			if (++c->len > WK_HTTP_CHUNK_EXT_MAX)
+				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+		} else {
+			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+		}
+		break;
+	case CS_SIZE_LF:
+		if (ch != '\n')
+			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+		if (!c->size) {
+			/* the last chunk: trailer lines, then an empty line */
+			c->state = CS_TRAILER;
+			c->len = 0;
+			break;
+		}
+		c->state = CS_DATA_CR;
+		room = c->end - (off + 1);
+		if (c->size <= room) {
+			/* the data is in the window: step over it */
+			c->pos = off + 1 + (__u32)c->size;
+			break;
+		}
+		/* the data runs past the window: account for it whole */
+		c->pending = c->size;
+		return 1;
+	case CS_DATA_CR:
+		if (ch != '\r')
+			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+		c->state = CS_DATA_LF;
+		break;
+	case CS_DATA_LF:
+		if (ch != '\n')
+			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+		c->state = CS_SIZE;
+		c->size = 0;
+		c->digits = 0;
+		break;
+	default:
+		/* the trailer section: header lines, as in a head */
+		if (++c->len > WK_HTTP_TRAILER_MAX)
+			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+		switch (c->state) {
+		case CS_TRAILER:
+			if (ch == '\r') {
+				c->state = CS_END_LF;
+			} else if (is_tchar(ch)) {
+				c->tok = 1;
+				c->same_name = st->name_len && lower(st->line[0]) == lc;
+				c->state = CS_TNAME;
+			} else {
+				/* obs-fold, bare LF, an empty name, controls */
+				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+			}
+			break;
+		case CS_TNAME:
+			if (is_tchar(ch)) {
+				if (c->same_name &&
+				    (tok >= st->name_len || tok >= WK_HTTP_LINE_MAX ||
+				     lower(st->line[tok & (WK_HTTP_LINE_MAX - 1)]) != lc))
+					c->same_name = 0;
+				c->tok = tok + 1;
+			} else if (ch == ':') {
+				/* the injected header as a trailer: a server that
+				 * merges trailers into headers would see two */
+				if (c->same_name && tok == st->name_len)
+					return chunk_stop(c, WK_HTTP_STAT_REFUSED_HEADER);
+				c->state = CS_TVALUE;
+			} else {
+				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+			}
+			break;
+		case CS_TVALUE:
+			if (ch == '\r')
+				c->state = CS_TLF;
+			else if (ch != '\t' && ch != ' ' && (ch <= ' ' || ch == 0x7f))
+				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+			break;
+		case CS_TLF:
+			if (ch != '\n')
+				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+			c->state = CS_TRAILER;
+			break;
+		case CS_END_LF:
+			if (ch != '\n')
+				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
+			c->state = CS_DONE;
+			return 1;
+		default:
+			return 1;
+		}
 	}
 	return 0;
 }
@@ -842,10 +1122,16 @@ static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
  *     corrupted request;
  *   - with no room at all, one byte is approved: a one-byte push queues
  *     that byte or nothing, so it cannot overrun either.
- * If a push fails part way anyway (global TCP memory pressure), the next
- * run sees the overrun through write_seq: absorbed into `left` while it
- * stayed inside this request, refused beyond it, and in both cases no
- * header is injected anywhere but at a request start this program parsed.
+ * If a push fails anyway (memory pressure, global or the cgroup's: those
+ * waits are not the send buffer's), the writer's next bytes, up to the
+ * approved length, pass under the stale verdict without this program. A
+ * failure after some bytes went out shows in write_seq (more than the
+ * last approval was queued) and the connection is refused. A failure
+ * before the first byte cannot be told from success: the bytes queued in
+ * its place are the writer's retry, which the program approved but did
+ * not see. It still injects only where its own scan found a request
+ * start, but a writer that retries with other bytes than the ones it
+ * wrote first could then make the upstream disagree about where that is.
  */
 static __always_inline __u64 net_notsent_lowat(struct tcp_sock *tp)
 {
@@ -893,6 +1179,7 @@ static __always_inline int approve(struct sk_msg_md *msg, struct wk_http_sock *s
 		n = room;
 	if (!n)
 		n = 1;
+	st->approved = (__u32)n;
 	bpf_msg_apply_bytes(msg, (__u32)n);
 	return SK_PASS;
 }
@@ -1033,9 +1320,16 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	http_count(WK_HTTP_STAT_INJECTED);
 	http_event(st, WK_HTTP_EVENT_INJECTED, WK_HTTP_STAT_INJECTED);
 
-	/* Head, line and body are now this request's safe bytes. */
+	/*
+	 * Head, line and a Content-Length body are now this request's safe
+	 * bytes. A chunked body is followed from where the head ends.
+	 */
 	st->left = (__u64)s->head_end + hlen + s->clen;
 	st->mark_seq = now;
+	if (s->seen_te) {
+		__builtin_memset(&st->chunk, 0, sizeof(st->chunk));
+		st->flags |= SOCK_CHUNKED;
+	}
 	total = msg->size;
 	if (total > st->left)
 		total = st->left;
@@ -1049,8 +1343,47 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	 * failure here (no memory for the copy) changes no byte, only that.
 	 */
 	bpf_msg_pull_data(msg, 0, total < WK_HTTP_COALESCE_MAX ? total : WK_HTTP_COALESCE_MAX, 0);
+	st->approved = total;
 	bpf_msg_apply_bytes(msg, total);
 	return SK_PASS;
+}
+
+/*
+ * In a chunked body, where the last accounted byte left the framing scan
+ * (left == 0): scan the framing at the start of this message, step over
+ * the data it announces, and account for exactly what was scanned or
+ * stepped over. Nothing is inserted or held back, so nothing is corked:
+ * a size line, a CRLF or a trailer split across writes is carried on
+ * from socket storage on the next one.
+ */
+static __always_inline int follow_chunks(struct sk_msg_md *msg, struct wk_http_sock *st,
+					 struct tcp_sock *tp)
+{
+	struct wk_http_chunk *c = &st->chunk;
+	struct scan_ctx ctx = {};
+	__u32 n = msg->size;
+
+	if (n > WK_HTTP_CHUNK_WINDOW)
+		n = WK_HTTP_CHUNK_WINDOW;
+	if (bpf_msg_pull_data(msg, 0, n, 0))
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+	ctx.data = (void *)(long)msg->data;
+	ctx.data_end = (void *)(long)msg->data_end;
+	ctx.st = st;
+	c->pos = 0;
+	c->end = n;
+	c->pending = 0;
+	bpf_loop(n, chunk_byte, &ctx, 0);
+
+	if (c->reason)
+		return refuse(st, c->reason);
+	/* The trailer section ended: the next byte starts a request. */
+	if (c->state == CS_DONE)
+		st->flags &= ~SOCK_CHUNKED;
+	st->left = (__u64)c->pos + c->pending;
+	if (!st->left)
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+	return approve(msg, st, tp);
 }
 
 SEC("?sk_msg")
@@ -1089,16 +1422,23 @@ int wk_http_msg(struct sk_msg_md *msg)
 	/* Urgent data not yet acknowledged: see watch_urgent(). */
 	if (urgent_pending(tp))
 		return refuse(st, WK_HTTP_STAT_REFUSED_STREAM);
-	/* Every byte queued since the last run must be one approved here. */
+	/*
+	 * Every byte queued since the last run must be one approved by it:
+	 * more means a push failed part way and the writer's retry went out
+	 * under the stale verdict, unseen (see approve()).
+	 */
 	now = tp->write_seq;
 	consumed = now - st->mark_seq;
-	if (consumed > st->left)
+	if (consumed > st->approved || consumed > st->left)
 		return refuse(st, WK_HTTP_STAT_REFUSED_STREAM);
 	st->left -= consumed;
 	st->mark_seq = now;
+	st->approved = 0;
 
 	if (st->left)
 		return approve(msg, st, tp);
+	if (st->flags & SOCK_CHUNKED)
+		return follow_chunks(msg, st, tp);
 	return start_request(msg, st, tp, now);
 }
 

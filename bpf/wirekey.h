@@ -137,7 +137,7 @@ WK_ASSERT_SIZE(wk_conn_key, 20);
 #define WK_HTTP_STAT_CORKED		1	/* writes held back until the head was complete */
 #define WK_HTTP_STAT_REFUSED_HEAD_SIZE	2	/* head longer than WK_HTTP_HEAD_MAX */
 #define WK_HTTP_STAT_REFUSED_MALFORMED	3	/* request line, header syntax, bare CR/LF, obs-fold, NUL */
-#define WK_HTTP_STAT_REFUSED_TRANSFER	4	/* Transfer-Encoding (chunked or any other) */
+#define WK_HTTP_STAT_REFUSED_TRANSFER	4	/* Transfer-Encoding other than one "chunked" on HTTP/1.1, or with Content-Length */
 #define WK_HTTP_STAT_REFUSED_UPGRADE	5	/* Upgrade, Connection: upgrade, CONNECT */
 #define WK_HTTP_STAT_REFUSED_HEADER	6	/* the client sent the injected header itself */
 #define WK_HTTP_STAT_REFUSED_LENGTH	7	/* duplicate, empty or oversized Content-Length */
@@ -150,7 +150,9 @@ WK_ASSERT_SIZE(wk_conn_key, 20);
 #define WK_HTTP_STAT_REFUSED_BUSY	14	/* send buffer too full to queue the injected line whole */
 #define WK_HTTP_STAT_REFUSED_FASTOPEN	15	/* connect() refused: TCP Fast Open */
 #define WK_HTTP_STAT_EVENTS_LOST	16	/* events not recorded: wk_http_events was full */
-#define WK_HTTP_STAT_MAX		17
+#define WK_HTTP_STAT_REFUSED_CHUNKED	17	/* malformed chunked framing: size, extension, CRLF, trailers */
+#define WK_HTTP_STAT_REFUSED_METHOD	18	/* TRACE: the upstream would echo the credential back */
+#define WK_HTTP_STAT_MAX		19
 
 /* wk_http_events: bytes of ring buffer, and how much may wait before a wake-up */
 #define WK_HTTP_EVENTS_SIZE	(1 << 20)

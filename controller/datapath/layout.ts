@@ -271,6 +271,8 @@ export const WK_HTTP_STATS = [
   'refusedBusy',
   'refusedFastOpen',
   'eventsLost',
+  'refusedChunked',
+  'refusedMethod',
 ] as const;
 export type HttpStatName = (typeof WK_HTTP_STATS)[number];
 
