@@ -47,3 +47,12 @@ export function prefixesOverlap(a: AddressPrefix, b: AddressPrefix): boolean {
   }
   return true;
 }
+
+/** The shortest prefixes a plaintext service may pin: broader ones would send its credential to much of the Internet. */
+export const MIN_PREFIX = { ipv4: 8, ipv6: 32 } as const;
+
+/** Whether `p` pins more addresses than MIN_PREFIX allows (IPv4-mapped IPv6 counts as IPv4). */
+export function tooBroad(p: AddressPrefix): boolean {
+  const mapped = p.bits >= 96 && p.bytes.slice(0, 10).every((b) => b === 0) && p.bytes[10] === 0xff && p.bytes[11] === 0xff;
+  return mapped ? p.bits - 96 < MIN_PREFIX.ipv4 : p.bits < MIN_PREFIX.ipv6;
+}

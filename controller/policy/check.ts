@@ -6,7 +6,7 @@ import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
 import { normalizeHost } from './compile.js';
 import { positionOf, type PolicyPath } from './parse.js';
 import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
-import { parseAddressPrefix, prefixesOverlap, type AddressPrefix } from './addresses.js';
+import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, type AddressPrefix } from './addresses.js';
 import { inferAwsScope } from '../inject/sigv4.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
 
@@ -145,7 +145,12 @@ function serviceShapes(services: ServiceDoc[]): PolicyDiagnostic[] {
       say(['spec', 'datapath'], 'spec.datapath: the proxy handles TLS services; a plaintext service (tls: false) uses datapath: kernel');
     }
     (addresses ?? []).forEach((a, i) => {
-      if (!parseAddressPrefix(a)) say(['spec', 'addresses', i], `spec.addresses[${i}]: ${JSON.stringify(a)} is not an IP address or CIDR`);
+      const prefix = parseAddressPrefix(a);
+      if (!prefix) say(['spec', 'addresses', i], `spec.addresses[${i}]: ${JSON.stringify(a)} is not an IP address or CIDR`);
+      else if (tooBroad(prefix)) {
+        say(['spec', 'addresses', i], `spec.addresses[${i}]: ${a} is too broad: the credential would go to every address in it ` +
+          `(pin the service's own addresses; at most /${MIN_PREFIX.ipv4} for IPv4, /${MIN_PREFIX.ipv6} for IPv6)`);
+      }
     });
   }
   return out;

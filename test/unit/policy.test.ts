@@ -341,6 +341,18 @@ describe('plaintext services (kernel datapath)', () => {
     ]);
   });
 
+  it('refuses prefixes so broad that the credential would go to much of the Internet', async () => {
+    const text = policy(doc('Service', 'wide', '{addresses: [0.0.0.0/0, 10.0.0.0/7, "::ffff:0:0/96", "2001:db8::/31", 10.0.0.0/8, "2001:db8::/32"], port: 80, tls: false}'));
+    const messages = await problems({ 'p.yaml': text });
+    expect(messages.map((m) => m.replace(/ is too broad.*/, ''))).toEqual([
+      'p.yaml:14:20: Service "wide": spec.addresses[0]: 0.0.0.0/0',
+      'p.yaml:14:31: Service "wide": spec.addresses[1]: 10.0.0.0/7',
+      'p.yaml:14:43: Service "wide": spec.addresses[2]: ::ffff:0:0/96',
+      'p.yaml:14:60: Service "wide": spec.addresses[3]: 2001:db8::/31',
+    ]);
+    expect(messages[0]).toContain('at most /8 for IPv4, /32 for IPv6');
+  });
+
   it('refuses SigV4 on the kernel datapath, reserved header names, overlapping pins and a port the proxy takes', async () => {
     const text = policy(
       doc('Service', 'p1', '{addresses: [10.0.0.0/8], port: 80, tls: false}'),
