@@ -6,6 +6,7 @@
  */
 import ipaddr from 'ipaddr.js';
 import { BpfError } from '../errors.js';
+import { parseAddressPrefix } from '../addresses.js';
 import type { BtfStruct } from './native.js';
 
 interface Field {
@@ -363,24 +364,18 @@ const DEST_PORT_BITS = 32;
 
 /**
  * A wk_http_dest (LPM trie) key: `port` and an address or CIDR. IPv4 goes in
- * mapped form, so an IPv4 prefix /n is the IPv6 prefix /96+n.
- * @throws Error when `address` is neither an IP address nor a CIDR.
+ * mapped form, so an IPv4 prefix /n is the IPv6 prefix /96+n; bits beyond the
+ * prefix are zero, so one network has one key however it is written.
+ * @throws RangeError when `address` is neither an IP address nor a CIDR.
  */
 export function encodeHttpDestKey(address: string, port: number): Buffer {
   const f = LAYOUTS.wk_http_dest_key.fields;
-  const [ip, bits] = address.includes('/') ? ipaddr.parseCIDR(address) : [ipaddr.parse(address), undefined];
-  const v4 = ip.kind() === 'ipv4';
-  const prefix = (v4 ? 96 : 0) + (bits ?? (v4 ? 32 : 128));
+  const prefix = parseAddressPrefix(address);
+  if (!prefix) throw new RangeError(`${address} is not an IP address or CIDR`);
   const b = Buffer.alloc(LAYOUTS.wk_http_dest_key.size);
-  b.writeUInt32LE(DEST_PORT_BITS + prefix, f.prefixlen.offset);
+  b.writeUInt32LE(DEST_PORT_BITS + prefix.bits, f.prefixlen.offset);
   b.writeUInt16LE(port, f.port.offset);
-  const bytes = encodeAddress(ip.toString());
-  // Bits beyond the prefix are zero, so one CIDR has one key however it is written.
-  for (let i = 0; i < 16; i++) {
-    const keep = Math.max(0, Math.min(8, prefix - 8 * i));
-    bytes[i] = (bytes[i] as number) & ((0xff << (8 - keep)) & 0xff);
-  }
-  bytes.copy(b, f.addr.offset);
+  Buffer.from(prefix.bytes).copy(b, f.addr.offset);
   return b;
 }
 

@@ -6,7 +6,7 @@ import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
 import { normalizeHost } from './compile.js';
 import { positionOf, type PolicyPath } from './parse.js';
 import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
-import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, type AddressPrefix } from './addresses.js';
+import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, type AddressPrefix } from '../addresses.js';
 import { inferAwsScope } from '../inject/sigv4.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
 

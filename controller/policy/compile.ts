@@ -21,7 +21,7 @@ import type {
   WorkloadDoc,
 } from './types.js';
 import { comparePrecedence } from './precedence.js';
-import { parseAddressPrefix } from './addresses.js';
+import { parseAddressPrefix } from '../addresses.js';
 
 /** A header injection's value when the policy gives no format: the secret alone. */
 export const DEFAULT_HEADER_FORMAT = '{secret}';

@@ -1,6 +1,6 @@
 /**
- * The addresses a plaintext Service is pinned to: IPv4 and IPv6 addresses
- * and CIDRs, in the kernel's one address space (IPv4 as ::ffff:a.b.c.d).
+ * Addresses and prefixes as plaintext Services pin them and the kernel keys
+ * them: IPv4 and IPv6 in one address space (IPv4 as ::ffff:a.b.c.d).
  */
 import ipaddr from 'ipaddr.js';
 
