@@ -439,6 +439,14 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
     expect(rec?.authorization).toEqual([AUTH_HASH]);
   });
 
+  it('an IPv4-mapped IPv6 connect (::ffff:a.b.c.d) to a pinned IPv4 address gets the header too', async () => {
+    const r = await raw(bound, `::ffff:${v4}`, 80, [{ op: 'send', data: get('/mapped') }, { op: 'recv', count: 1 }]);
+    expect(r.error).toBeNull();
+    const [rec] = await upstream.from(r.localPort, 1);
+    expect(rec?.target).toBe('/mapped');
+    expect(rec?.authorization).toEqual([AUTH_HASH]);
+  });
+
   it('Python http.client: several requests on one keep-alive connection, each with the header once', async () => {
     const script = `
 import http.client, json, sys
