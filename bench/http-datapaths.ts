@@ -233,8 +233,7 @@ async function main(): Promise<void> {
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
     writeFileSync(wirekeyCa, await step(must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', stateDir])));
 
-    const httpClient = path.join(repoRoot, 'bench/clients/http-load.mjs');
-    const httpsClient = path.join(repoRoot, 'bench/clients/https-load.mjs');
+    const client = path.join(repoRoot, 'bench/clients/load.mjs');
     const load = async (cg: string, args: string[], secs: string): Promise<Sample> => {
       const r = await step(runInCgroup(cg, process.execPath, args, { timeoutMs: Number(secs) * 1000 + 60_000 }));
       if (r.code !== 0) throw new Error(`load client in ${path.basename(cg)} failed (${r.code ?? r.signal}): ${r.stderr.trim()}`);
@@ -244,7 +243,7 @@ async function main(): Promise<void> {
       const cgroup = createCgroup(cgRoot, `wirekey-bench-${tag}/${name}`);
       return {
         name,
-        measure: (secs) => load(cgroup, [httpClient, ip, '80', secs, connections], secs),
+        measure: (secs) => load(cgroup, [client, 'http', ip, '80', secs, connections], secs),
         check: (sample, counts) => {
           checkListener(name, counts.http, sample, bearer);
           checkNoHop(name, counts.http, sample);
@@ -256,7 +255,7 @@ async function main(): Promise<void> {
       const cgroup = createCgroup(cgRoot, `wirekey-bench-${tag}/${name}`);
       return {
         name,
-        measure: (secs) => load(cgroup, [httpsClient, HOST, ip, ca, secs, connections], secs),
+        measure: (secs) => load(cgroup, [client, 'https', HOST, ip, ca, secs, connections], secs),
         check: (sample, counts) => {
           checkListener(name, counts.https, sample, bearer);
           if (counts.http.requests) throw new Error(`${name} arm: ${counts.http.requests} requests reached the plain HTTP listener`);

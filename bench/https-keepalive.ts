@@ -65,9 +65,9 @@ async function main(): Promise<void> {
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
     writeFileSync(wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', stateDir]));
 
-    const client = path.join(repoRoot, 'bench/clients/https-load.mjs');
+    const client = path.join(repoRoot, 'bench/clients/load.mjs');
     const measure = async (cg: string, ca: string): Promise<Sample> => {
-      const r = await runInCgroup(cg, process.execPath, [client, HOST, host!.ipv4, ca, values.seconds!, values.connections!], { timeoutMs: 120_000 });
+      const r = await runInCgroup(cg, process.execPath, [client, 'https', HOST, host!.ipv4, ca, values.seconds!, values.connections!], { timeoutMs: 120_000 });
       if (r.code !== 0) throw new Error(`load client failed: ${r.stderr}`);
       return JSON.parse(r.stdout) as Sample;
     };
