@@ -1,7 +1,8 @@
 /**
  * Vault-sourced credentials through the whole agent: a workload's requests
  * carry a KV v2 value that rotates under a steady request loop with no
- * failed request, and the AWS CLI succeeds with keys OpenBao's AWS secrets
+ * failed request (through the proxy, and through the kernel datapath on a
+ * plaintext keep-alive connection), and the AWS CLI succeeds with keys OpenBao's AWS secrets
  * engine issues (against moto, which checks signatures). Leases are revoked
  * when the agent stops.
  */
@@ -12,7 +13,9 @@ import path from 'node:path';
 import { E2eFixture, HOST, sha256 } from '../support/e2e-fixture.js';
 import { AWS_HOSTS, awsCli, pythonTools, startAwsUpstream, type AwsUpstream } from '../support/aws-upstream.js';
 import { startOpenBao, type OpenBaoServer } from '../support/openbao.js';
-import { kernelSkipReason } from '../support/requirements.js';
+import { kernelHttpSkipReason, kernelSkipReason } from '../support/requirements.js';
+import { PlainUpstream } from '../support/plain-upstream.js';
+import { runInCgroup } from '../support/cgroup.js';
 import { createTestHost, type TestHost } from '../support/netns.js';
 import { AGENT_POLICY, baoBinary, skipReason as vaultSkip } from '../vault/fixture.js';
 
@@ -28,6 +31,11 @@ describe.skipIf(skip)(`Vault-sourced credentials through the agent${skip ? ` (sk
   let cli: string;
   const v1 = `kv-one-${Date.now()}`;
   const v2 = `kv-two-${Date.now()}`;
+  const v3 = `kv-three-${Date.now()}`;
+  const kernelSkip = kernelHttpSkipReason();
+  /** The KV value the agent holds now. */
+  let current = v1;
+  let plain: PlainUpstream;
 
   beforeAll(async () => {
     venv = await pythonTools();
@@ -41,6 +49,8 @@ describe.skipIf(skip)(`Vault-sourced credentials through the agent${skip ? ` (sk
     f.onClose(() => aws.stop());
     app = f.cgroup('app');
     cli = f.cgroup('cli');
+    plain = await PlainUpstream.start(f.host);
+    f.onClose(() => plain.stop());
 
     await bao.writeKv('app', { token: v1 });
     await bao.writePolicy('wirekey-agent', AGENT_POLICY);
@@ -97,7 +107,17 @@ apiVersion: wirekey.dev/v1alpha1
 kind: Binding
 metadata: {name: cli-aws}
 spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-cli}}}
-`);
+${kernelSkip ? '' : `---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: internal}
+spec: {addresses: [${f.host.ipv4}], port: 80, tls: false}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: app-internal}
+spec: {workload: app, service: internal, inject: {header: {credential: app-token, name: X-Api-Key}}}
+`}`);
     await f.startAgent();
   }, 600_000);
 
@@ -110,6 +130,7 @@ spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-cli}}}
     const loop = f.curl(app, ['--cacert', f.wirekeyCa, '--fail', '--rate', '10/s', '-w', ' code=%{http_code}\n', ...urls]);
     await new Promise((r) => setTimeout(r, 2000));
     const version = await bao.writeKv('app', { token: v2 });
+    current = v2;
     const r = await loop;
     expect(r.stderr).toBe('');
     expect([...r.stdout.matchAll(/ code=(\d+)/g)].map((m) => m[1])).toEqual(Array(60).fill('200'));
@@ -124,6 +145,35 @@ spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-cli}}}
     expect(seen.slice(firstNew).every((a) => a === next)).toBe(true);
     const audit = readFileSync(f.auditPath, 'utf8');
     expect(audit).toContain(`"credentialVersion":"${version}"`);
+  });
+
+  it.skipIf(kernelSkip)(`kernel datapath: a new KV version reaches the header of later requests on the same plaintext connection, and the audit names it${kernelSkip ? ` (skipped: ${kernelSkip})` : ''}`, async () => {
+    const urls = Array.from({ length: 60 }, (_, i) => `http://${f.host.ipv4}/kernel-kv/${i}`);
+    const loop = runInCgroup(app, 'curl', ['-sS', '--fail', '--rate', '10/s', '-w', '%{local_port} %{http_code}\n', ...urls.flatMap((u) => ['-o', '/dev/null', u])]);
+    await new Promise((r) => setTimeout(r, 2000));
+    const version = await bao.writeKv('app', { token: v3 });
+    current = v3;
+    const r = await loop;
+    expect(r.stderr).toBe('');
+    const lines = r.stdout.trim().split('\n').map((l) => l.split(' '));
+    expect(lines.map((l) => l[1])).toEqual(Array(60).fill('200'));
+    // One keep-alive connection: every request on curl's own socket.
+    const ports = new Set(lines.map((l) => Number(l[0])));
+    expect(ports.size).toBe(1);
+    const recs = await plain.from([...ports][0] as number, 60);
+    const seen = recs.map((x) => x.apiKey[0]);
+    const old = sha256(v2);
+    const next = sha256(v3);
+    expect(seen.every((a) => a === old || a === next)).toBe(true);
+    const firstNew = seen.indexOf(next);
+    expect(firstNew).toBeGreaterThan(0);
+    expect(seen.slice(firstNew).every((a) => a === next)).toBe(true);
+    // Injections are read from the ring buffer at least every 100 ms.
+    await new Promise((r) => setTimeout(r, 300));
+    const kernelLines = readFileSync(f.auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l.datapath === 'kernel' && l.service === 'internal');
+    expect(kernelLines.length).toBeGreaterThanOrEqual(60);
+    expect(kernelLines.some((l) => l.credentialVersion === String(version))).toBe(true);
   });
 
   it('the AWS CLI (sts, s3 mb, a multi-part cp and back) succeeds with keys issued by the AWS secrets engine, which it never sees', async () => {
@@ -162,10 +212,10 @@ spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-cli}}}
     await bao.stop();
     // Past the 1 s KV refresh: the agent has tried Vault and failed at least once.
     await new Promise((r) => setTimeout(r, 2500));
-    expect(await get('/vault-down')).toEqual({ code: '200', auth: sha256(`Bearer ${v2}`) });
+    expect(await get('/vault-down')).toEqual({ code: '200', auth: sha256(`Bearer ${current}`) });
     await bao.start();
     await new Promise((r) => setTimeout(r, 2500));
-    expect(await get('/vault-back')).toEqual({ code: '200', auth: sha256(`Bearer ${v2}`) });
+    expect(await get('/vault-back')).toEqual({ code: '200', auth: sha256(`Bearer ${current}`) });
   });
 
   it('stopping the agent revokes its AWS lease', async () => {
@@ -177,5 +227,6 @@ spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-cli}}}
     expect((await bao.raw('PUT', 'sys/leases/lookup', { lease_id: leaseId })).status).toBe(400);
     expect(f.agent?.output()).not.toContain(v1);
     expect(f.agent?.output()).not.toContain(v2);
+    expect(f.agent?.output()).not.toContain(v3);
   });
 });
