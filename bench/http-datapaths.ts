@@ -19,7 +19,7 @@
  * figure for a path that was not taken means nothing.
  *
  * usage: npm run bench -- datapaths [--seconds 5] [--rounds 3] [--connections 8]
- *                                   [--arms direct,kernel,proxy,direct-https]
+ *                                   [--arms direct,kernel,proxy,direct-https] [--kernel-audit request|connection]
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -198,6 +198,7 @@ async function main(): Promise<void> {
       rounds: { type: 'string', default: '3' },
       connections: { type: 'string', default: '8' },
       arms: { type: 'string', default: ARMS.join(',') },
+      'kernel-audit': { type: 'string', default: 'request' },
     },
   });
   const seconds = values.seconds!;
@@ -228,7 +229,7 @@ async function main(): Promise<void> {
     const policy = path.join(work, 'policy.yaml');
     writeFileSync(policy, policyText(tag, token, ip, wanted.includes('kernel')));
     const stateDir = path.join(work, 'state');
-    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(),
+    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: ['--kernel-audit', values['kernel-audit']!],
       audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info' }));
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
     writeFileSync(wirekeyCa, await step(must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', stateDir])));

@@ -117,7 +117,10 @@
  * reader (the controller also drains the ring on a timer), so a busy
  * connection costs a reserve and a submit per request, not a wake-up; a
  * refusal wakes the reader at once. (A write on a socket without storage,
- * which cannot happen, is only counted: there is nothing to report.)
+ * which cannot happen, is only counted: there is nothing to report.) With
+ * WK_HTTP_CFG_AUDIT_CONNECTIONS in wk_http_config, an injection is reported
+ * once per connection and header version (its first request, and the first
+ * after each rotation) instead of per request; refusals always are.
  *
  * Header bytes live in wk_http_hdr, keyed by (workload, service). The
  * controller replaces a value in place under its bpf_spin_lock
@@ -278,7 +281,7 @@ struct wk_http_sock {
 	__u16 name_len;
 	__u16 _pad2;
 	__u32 version;
-	__u32 _pad3;
+	__u32 audited_version;		/* header version last reported injected on this connection; 0: none */
 	/* for events: the socket, and who connected */
 	__u64 cookie;
 	__u64 cgroup_id;
@@ -477,6 +480,7 @@ static __always_inline int http_connect(struct bpf_sock_addr *ctx,
 	st->dest = *key;
 	st->left = 0;
 	st->version = 0;
+	st->audited_version = 0;
 	st->cookie = bpf_get_socket_cookie(ctx);
 	st->cgroup_id = bpf_get_current_cgroup_id();
 	st->pid = bpf_get_current_pid_tgid() >> 32;
@@ -1184,6 +1188,15 @@ static __always_inline int approve(struct sk_msg_md *msg, struct wk_http_sock *s
 	return SK_PASS;
 }
 
+static __always_inline __u32 audit_flags(void)
+{
+	struct wk_http_config *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
+	return cfg ? cfg->flags : 0;
+}
+
 /* The binding this connection was made under still holds. */
 static __always_inline bool binding_holds(struct wk_http_sock *st)
 {
@@ -1318,7 +1331,15 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		data[i] = st->line[i];
 	}
 	http_count(WK_HTTP_STAT_INJECTED);
-	http_event(st, WK_HTTP_EVENT_INJECTED, WK_HTTP_STAT_INJECTED);
+	/*
+	 * Per request, or (WK_HTTP_CFG_AUDIT_CONNECTIONS) once per connection
+	 * and header version: its first request and the first after each
+	 * rotation.
+	 */
+	if (!(audit_flags() & WK_HTTP_CFG_AUDIT_CONNECTIONS) || st->audited_version != st->version) {
+		http_event(st, WK_HTTP_EVENT_INJECTED, WK_HTTP_STAT_INJECTED);
+		st->audited_version = st->version;
+	}
 
 	/*
 	 * Head, line and a Content-Length body are now this request's safe

@@ -196,10 +196,13 @@ struct wk_http_hdr {
 	__u8 line[WK_HTTP_LINE_MAX];	/* "Name: value\r\n" */
 };
 
+/* wk_http_config.flags */
+#define WK_HTTP_CFG_AUDIT_CONNECTIONS	1	/* an injected event per connection and header version, not per request */
+
 /* Key 0 of wk_http_config. */
 struct wk_http_config {
 	__u32 epoch;		/* bumped when workload or service ids change meaning */
-	__u32 _pad;
+	__u32 flags;		/* WK_HTTP_CFG_* */
 };
 
 /*

@@ -39,6 +39,8 @@ export interface AgentOptions {
   sigv4BodyLimit?: number;
   /** Load the kernel HTTP datapath (default true); without it plaintext services are refused. */
   kernelDatapath?: boolean;
+  /** Kernel datapath injections in the audit log: per request (default), or per connection and credential version. */
+  kernelAuditGrain?: 'request' | 'connection';
   /** How often cgroup selectors are resolved again (cgroups come and go). */
   resyncIntervalMs?: number;
   log: Logger;
@@ -142,6 +144,7 @@ export class Agent {
     this.#datapath.attachRedirect(this.#cgroupRoot);
     const kh = this.#datapath.kernelHttp;
     if (kh) {
+      kh.setAuditGrain(this.#opts.kernelAuditGrain ?? 'request');
       const kernelBindings = new KernelBindings(kh, this.#log);
       this.#kernelBindings = kernelBindings;
       await kernelBindings.apply(this.#plan, this.#credentials);

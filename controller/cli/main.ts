@@ -31,6 +31,11 @@ function bytes(value: string): number {
   return n;
 }
 
+function grain(value: string): 'request' | 'connection' {
+  if (value !== 'request' && value !== 'connection') throw new InvalidArgumentError('must be request or connection');
+  return value;
+}
+
 function level(value: string): LogLevel {
   if (!isLogLevel(value)) throw new InvalidArgumentError('must be debug, info, warn or error');
   return value;
@@ -52,10 +57,11 @@ program
   .option('--upstream-ca <file>', 'PEM bundle trusted for upstream servers, besides the system store')
   .option('--sigv4-body-limit <bytes>', 'largest request body buffered to compute a SigV4 payload hash', bytes, 16 * 1024 * 1024)
   .option('--no-kernel-datapath', 'do not load the kernel HTTP datapath (plaintext services are then refused)')
+  .option('--kernel-audit <grain>', 'audit kernel datapath injections per request, or per connection and credential version', grain, 'request' as const)
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
   .action(async (opts: {
     policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
-    kernelDatapath: boolean; logLevel: LogLevel;
+    kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; logLevel: LogLevel;
   }) => {
     const log = createLogger(opts.logLevel);
     let agent: Agent;
@@ -69,6 +75,7 @@ program
         upstreamCaFile: opts.upstreamCa,
         sigv4BodyLimit: opts.sigv4BodyLimit,
         kernelDatapath: opts.kernelDatapath,
+        kernelAuditGrain: opts.kernelAudit,
         log,
       });
     } catch (err) {

@@ -19,6 +19,7 @@ import { bpfCall, type NativeLink, type NativeMap, type NativeObject } from './n
 import { KernelHttpEvents, type KernelHttpEventHandler, type KernelHttpEventsOptions } from './kernel-events.js';
 import {
   BPF_F_LOCK,
+  WK_HTTP_CFG_AUDIT_CONNECTIONS,
   WK_HTTP_INJECT,
   WK_HTTP_LINE_MAX,
   WK_HTTP_STATS,
@@ -244,11 +245,25 @@ export class KernelHttp {
    * Returns the new epoch.
    */
   bumpEpoch(): number {
-    const map = this.#map('wk_http_config');
-    const cur = map.lookup(encodeU32(0));
-    const epoch = ((cur ? decodeHttpConfig(cur).epoch : 0) + 1) >>> 0;
-    bpfCall(() => map.update(encodeU32(0), encodeHttpConfig(epoch)));
-    return epoch;
+    const { epoch, flags } = this.#config();
+    bpfCall(() => this.#map('wk_http_config').update(encodeU32(0), encodeHttpConfig(epoch + 1, flags)));
+    return (epoch + 1) >>> 0;
+  }
+
+  /**
+   * How injections are reported as events: every request (the default), or
+   * once per connection and header version (its first request, and the
+   * first after each rotation). Refusals are always reported.
+   */
+  setAuditGrain(grain: 'request' | 'connection'): void {
+    const { epoch, flags } = this.#config();
+    const next = grain === 'connection' ? flags | WK_HTTP_CFG_AUDIT_CONNECTIONS : flags & ~WK_HTTP_CFG_AUDIT_CONNECTIONS;
+    bpfCall(() => this.#map('wk_http_config').update(encodeU32(0), encodeHttpConfig(epoch, next)));
+  }
+
+  #config(): { epoch: number; flags: number } {
+    const cur = this.#map('wk_http_config').lookup(encodeU32(0));
+    return cur ? decodeHttpConfig(cur) : { epoch: 0, flags: 0 };
   }
 
   /** The bindings the kernel holds (tombstones included, as 'unbound'); never a header. */

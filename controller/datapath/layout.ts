@@ -53,7 +53,7 @@ export const LAYOUTS = {
       line: { offset: 16, size: 512 },
     },
   },
-  wk_http_config: { size: 8, fields: { epoch: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
+  wk_http_config: { size: 8, fields: { epoch: { offset: 0, size: 4 }, flags: { offset: 4, size: 4 } } },
   wk_http_event: {
     size: 64,
     fields: {
@@ -432,12 +432,18 @@ export function decodeHttpHdrMeta(b: Buffer): { state: number; version: number; 
   return { state: b.readUInt16LE(f.state.offset), version: b.readUInt32LE(f.version.offset), length: b.readUInt16LE(f.len.offset) };
 }
 
-export function encodeHttpConfig(epoch: number): Buffer {
+/** wk_http_config.flags: an injected event per connection and header version, not per request. */
+export const WK_HTTP_CFG_AUDIT_CONNECTIONS = 1;
+
+export function encodeHttpConfig(epoch: number, flags = 0): Buffer {
+  const f = LAYOUTS.wk_http_config.fields;
   const b = Buffer.alloc(LAYOUTS.wk_http_config.size);
-  b.writeUInt32LE(epoch >>> 0, LAYOUTS.wk_http_config.fields.epoch.offset);
+  b.writeUInt32LE(epoch >>> 0, f.epoch.offset);
+  b.writeUInt32LE(flags >>> 0, f.flags.offset);
   return b;
 }
 
-export function decodeHttpConfig(b: Buffer): { epoch: number } {
-  return { epoch: b.readUInt32LE(LAYOUTS.wk_http_config.fields.epoch.offset) };
+export function decodeHttpConfig(b: Buffer): { epoch: number; flags: number } {
+  const f = LAYOUTS.wk_http_config.fields;
+  return { epoch: b.readUInt32LE(f.epoch.offset), flags: b.readUInt32LE(f.flags.offset) };
 }

@@ -1374,6 +1374,44 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
       expect(ofPid(c.pid)[0]).toMatchObject({ kind: 'injected', pid: c.pid });
     });
 
+    it('with the connection grain, an injection is one event per connection and header version; refusals still each', async () => {
+      kh.setAuditGrain('connection');
+      try {
+        const c = await keepAlive(v4, 4);
+        expect(c.statuses).toEqual([200, 200, 200, 200]);
+        for (const rec of await upstream.from(c.port, 4)) expect(rec.authorization).toEqual([AUTH_HASH]);
+        reader?.drain();
+        expect(ofPid(c.pid).map((e) => e.kind)).toEqual(['injected']);
+
+        // A rotation mid-connection: the first request under the new line is reported too.
+        const flag = path.join(dir, 'go-grain');
+        const before = seen.length;
+        const client = raw(bound, v4, 80, [
+          { op: 'send', data: get('/grain/1') }, { op: 'recv', count: 1 },
+          { op: 'send', data: get('/grain/2') }, { op: 'recv', count: 1 },
+          { op: 'waitFile', path: flag },
+          { op: 'send', data: get('/grain/3') }, { op: 'recv', count: 1 },
+          { op: 'send', data: get('/grain/4') }, { op: 'recv', count: 1 },
+        ]);
+        await waitFor(() => upstream.requests.some((x) => x.target === '/grain/2'), '/grain/2');
+        kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
+        const version = kh.bindings()[0]?.version;
+        writeFileSync(flag, '');
+        expect((await client).error).toBeNull();
+        reader?.drain();
+        const events = seen.slice(before).filter((e) => e.kind === 'injected');
+        expect(events).toHaveLength(2);
+        expect(events[1]?.headerVersion).toBe(version);
+        expect(events[0]?.cookie).toBe(events[1]?.cookie);
+
+        const r = await raw(bound, v4, 80, [{ op: 'send', data: 'TRACE /grain HTTP/1.1\r\nHost: upstream\r\n\r\n' }]);
+        expect(r.error).toBe(EACCES);
+        await waitFor(() => seen.some((e) => e.kind === 'refused' && e.reason === 'refusedMethod'), 'the refusal event', 2_000);
+      } finally {
+        kh.setAuditGrain('request');
+      }
+    });
+
     it('events carry no header bytes: not the injected line, not the client\'s own header', async () => {
       reader?.close();
       const records: Buffer[] = [];

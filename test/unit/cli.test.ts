@@ -72,6 +72,12 @@ describe('wirekey run', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('names a bad --kernel-audit grain', async () => {
+    const r = await wirekey('run', '--policy', '/nonexistent', '--kernel-audit', 'sometimes');
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain("option '--kernel-audit <grain>' argument 'sometimes' is invalid. must be request or connection");
+  });
 });
 
 describe('wirekey ca cert', () => {
