@@ -147,9 +147,8 @@
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_core_read.h>
 #include "workload.bpf.h"
+#include "sockops.bpf.h"
 
-#define AF_INET		2
-#define AF_INET6	10
 #define SOCK_STREAM	1
 #define IPPROTO_TCP	6
 
@@ -574,21 +573,8 @@ int wk_http_sockops(struct bpf_sock_ops *skops)
 	if (!st || !(st->flags & SOCK_BOUND))
 		return 1;
 
-	if (skops->family == AF_INET) {
-		remote.addr[2] = bpf_htonl(0xffff);
-		remote.addr[3] = skops->remote_ip4;
-		/* Keep clang from merging the two ctx loads: the verifier
-		 * refuses ctx accesses at a computed offset. */
-		asm volatile("" ::: "memory");
-	} else if (skops->family == AF_INET6) {
-		remote.addr[0] = skops->remote_ip6[0];
-		remote.addr[1] = skops->remote_ip6[1];
-		remote.addr[2] = skops->remote_ip6[2];
-		remote.addr[3] = skops->remote_ip6[3];
-		asm volatile("" ::: "memory");
-	} else {
+	if (!sockops_addr(skops, true, remote.addr))
 		return 1;
-	}
 	remote.port = (__u16)bpf_ntohl(skops->remote_port);
 	/*
 	 * Another connect() program (the proxy redirect) may have sent the

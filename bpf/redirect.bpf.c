@@ -14,9 +14,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "workload.bpf.h"
+#include "sockops.bpf.h"
 
-#define AF_INET		2
-#define AF_INET6	10
 #define SOCK_STREAM	1
 #define IPPROTO_TCP	6
 
@@ -212,21 +211,8 @@ int wk_sockops(struct bpf_sock_ops *skops)
 	if (!sk)
 		return 1;
 
-	if (skops->family == AF_INET) {
-		key.addr[2] = bpf_htonl(0xffff);
-		key.addr[3] = skops->local_ip4;
-		/* Keep clang from merging the two ctx loads: the verifier
-		 * refuses ctx accesses at a computed offset. */
-		asm volatile("" ::: "memory");
-	} else if (skops->family == AF_INET6) {
-		key.addr[0] = skops->local_ip6[0];
-		key.addr[1] = skops->local_ip6[1];
-		key.addr[2] = skops->local_ip6[2];
-		key.addr[3] = skops->local_ip6[3];
-		asm volatile("" ::: "memory");
-	} else {
+	if (!sockops_addr(skops, false, key.addr))
 		return 1;
-	}
 	key.port = (__u16)skops->local_port;
 
 	orig = bpf_sk_storage_get(&wk_sock_orig, sk, NULL, 0);
