@@ -10,7 +10,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, sha256 } from '../support/e2e-fixture.js';
-import { PlainUpstream, waitFor, type RequestRecord } from '../support/plain-upstream.js';
+import { PlainUpstream, type RequestRecord } from '../support/plain-upstream.js';
+import { eventually, waitFor } from '../support/wait.js';
 import { kernelHttpSkipReason } from '../support/requirements.js';
 import { runInCgroup } from '../support/cgroup.js';
 import { freePort, startAgent, wirekeyBin } from '../support/agent.js';
@@ -133,33 +134,35 @@ spec: {workload: legacy, service: plain, inject: {basic: {credential: basic-cred
     token = `${f.token}-rotated`;
     const next = sha256(`Bearer ${token}`);
     writeFileSync(f.tokenFile, `${token}\n`, { mode: 0o600 });
-    const seen: string[][] = [];
-    await waitFor(() => seen.at(-1)?.[0] === next, 'a request with the rotated token', 15_000, async () => {
+    const ports: number[] = [];
+    await eventually(async () => {
       const r = await curl(bound, [`http://${f.host.ipv4}/rotate`]);
-      seen.push((await one(r.lines[0]?.[0] as number)).authorization);
-    });
-    for (const auth of seen) expect([[old], [next]]).toContainEqual(auth);
+      const port = r.lines[0]?.[0] as number;
+      ports.push(port);
+      return (await plain.from(port, 1))[0]?.authorization[0] === next;
+    }, 15_000, 'a request with the rotated token');
+    for (const port of ports) expect([[old], [next]]).toContainEqual((await one(port)).authorization);
   });
 
   it('a credential that cannot be read is withheld: requests are refused, not sent bare; it recovers without a restart', async () => {
     rmSync(f.tokenFile);
     try {
-      let refused: Awaited<ReturnType<typeof curl>> | undefined;
-      await waitFor(() => refused !== undefined && refused.code !== 0, 'requests to be refused', 15_000, async () => {
-        refused = await curl(bound, [`http://${f.host.ipv4}/withheld`]);
-      });
+      const refused = await eventually(async () => {
+        const r = await curl(bound, [`http://${f.host.ipv4}/withheld`]);
+        return r.code !== 0 && r;
+      }, 15_000, 'requests to be refused');
       // curl reports the failed send; the upstream got no request from it.
-      expect(refused?.stderr).toMatch(/Send failure|Failed sending|Permission denied|Recv failure/i);
+      expect(refused.stderr).toMatch(/Send failure|Failed sending|Permission denied|Recv failure/i);
       expect(plain.requests.filter((x) => x.target === '/withheld' && x.authorization.length === 0)).toEqual([]);
     } finally {
       writeFileSync(f.tokenFile, `${token}\n`, { mode: 0o600 });
     }
-    let ok: RequestRecord | undefined;
-    await waitFor(() => ok !== undefined, 'requests to carry the credential again', 15_000, async () => {
+    const port = await eventually(async () => {
       const r = await curl(bound, [`http://${f.host.ipv4}/restored`]);
-      if (r.code === 0) ok = await one(r.lines[0]?.[0] as number);
-    });
-    expect(ok?.authorization).toEqual([sha256(`Bearer ${token}`)]);
+      return r.code === 0 && (r.lines[0]?.[0] as number);
+    }, 15_000, 'requests to carry the credential again');
+    const ok = await one(port);
+    expect(ok.authorization).toEqual([sha256(`Bearer ${token}`)]);
   });
 
   it('audit: a line per injected request and per refusal, from the ring buffer, with the caller and never the secret', async () => {

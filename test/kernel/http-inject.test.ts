@@ -22,7 +22,8 @@ import { kernelHttpSkipReason } from '../support/requirements.js';
 import { createCgroup, removeCgroupTree, runInCgroup } from '../support/cgroup.js';
 import { createTestHost, type TestHost } from '../support/netns.js';
 import { run } from '../support/shell.js';
-import { PlainUpstream, waitFor } from '../support/plain-upstream.js';
+import { PlainUpstream } from '../support/plain-upstream.js';
+import { sleep, waitFor } from '../support/wait.js';
 
 const skip = kernelHttpSkipReason();
 const objectPath = path.join(repoRoot, 'build/bpf/wirekey.bpf.o');
@@ -1264,7 +1265,6 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
       expect(r.stderr).toBe('');
       return JSON.parse(r.stdout) as { pid: number; port: number; statuses: number[] };
     };
-    const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
     const sameIp = (a: string, b: string) => new URL(`http://[${a}]/`).hostname === new URL(`http://[${b}]/`).hostname;
 
     beforeAll(async () => {

@@ -8,6 +8,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { repoRoot } from '../../controller/datapath/native.js';
 import type { TestHost } from './netns.js';
+import { waitFor } from './wait.js';
 
 export interface RequestRecord {
   n: number;
@@ -117,19 +118,5 @@ export class PlainUpstream {
       this.#child.once('exit', () => resolve());
       this.#child.kill('SIGTERM');
     });
-  }
-}
-
-/**
- * Waits until `cond()` holds, checking every 20 ms, or after each run of
- * `step` when one is given (an action to repeat until it has the effect).
- */
-export async function waitFor(cond: () => boolean, what: string, timeoutMs = 10_000, step?: () => Promise<void>): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  if (step) await step();
-  while (!cond()) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, step ? 200 : 20));
-    if (step) await step();
   }
 }
