@@ -1174,17 +1174,11 @@ static __always_inline int approve(struct sk_msg_md *msg, struct wk_http_sock *s
 	return SK_PASS;
 }
 
-static __always_inline __u32 audit_flags(void)
-{
-	struct wk_http_config *cfg;
-	__u32 zero = 0;
-
-	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
-	return cfg ? cfg->flags : 0;
-}
-
-/* The binding this connection was made under still holds. */
-static __always_inline bool binding_holds(struct wk_http_sock *st)
+/*
+ * The binding this connection was made under still holds. *flags gets
+ * wk_http_config's flags, read with the epoch.
+ */
+static __always_inline bool binding_holds(struct wk_http_sock *st, __u32 *flags)
 {
 	struct wk_http_dest_val *dest;
 	struct wk_http_config *cfg;
@@ -1193,6 +1187,7 @@ static __always_inline bool binding_holds(struct wk_http_sock *st)
 	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
 	if (!cfg || cfg->epoch != st->epoch)
 		return false;
+	*flags = cfg->flags;
 	/* Still pinned, to the same service? */
 	dest = bpf_map_lookup_elem(&wk_http_dest, &st->dest);
 	return dest && dest->service_id == st->service_id;
@@ -1243,11 +1238,11 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 {
 	struct wk_http_scan *s = &st->scan;
 	struct scan_ctx ctx = {};
-	__u32 size = msg->size, n, hlen, off, total;
+	__u32 size = msg->size, n, hlen, off, total, cfg_flags = 0;
 	__u64 room;
 	__u8 *data, *end;
 
-	if (!binding_holds(st))
+	if (!binding_holds(st, &cfg_flags))
 		return refuse(st, WK_HTTP_STAT_REFUSED_BINDING);
 	/*
 	 * A corked head comes back whole, from its first byte, with nothing
@@ -1322,7 +1317,7 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	 * and header version: its first request and the first after each
 	 * rotation.
 	 */
-	if (!(audit_flags() & WK_HTTP_CFG_AUDIT_CONNECTIONS) || st->audited_version != st->version) {
+	if (!(cfg_flags & WK_HTTP_CFG_AUDIT_CONNECTIONS) || st->audited_version != st->version) {
 		http_event(st, WK_HTTP_EVENT_INJECTED, WK_HTTP_STAT_INJECTED);
 		st->audited_version = st->version;
 	}
