@@ -1,13 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // wirekey's native addon: libbpf's concepts (object, program, link, map, ring
 // buffer) for the controller, and nothing about policy.
+#include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <napi.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdint>
+#include <vector>
 
 #include "errors.h"
 #include "link.h"
@@ -37,6 +40,53 @@ Napi::Value NetnsCookie(const Napi::CallbackInfo& info) {
   return Napi::BigInt::New(env, cookie);
 }
 
+// setDumpable(bool): prctl(PR_SET_DUMPABLE). A process that is not dumpable
+// writes no core dump, and its /proc/PID/mem, environ, fds and ptrace are
+// closed to other processes of its uid that lack CAP_SYS_PTRACE.
+Napi::Value SetDumpable(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsBoolean()) throw Napi::TypeError::New(env, "setDumpable(boolean)");
+  if (prctl(PR_SET_DUMPABLE, info[0].As<Napi::Boolean>().Value() ? 1 : 0, 0, 0, 0)) {
+    throw MakeError(env, "prctl(PR_SET_DUMPABLE)", errno);
+  }
+  return env.Undefined();
+}
+
+// dumpable(): prctl(PR_GET_DUMPABLE): 0, 1 (SUID_DUMP_USER) or 2 (SUID_DUMP_ROOT).
+Napi::Value Dumpable(const Napi::CallbackInfo& info) {
+  int v = prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+  if (v < 0) throw MakeError(info.Env(), "prctl(PR_GET_DUMPABLE)", errno);
+  return Napi::Number::New(info.Env(), v);
+}
+
+// programMapIds(progId): the ids of the maps a loaded program uses.
+Napi::Value ProgramMapIds(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "programMapIds(progId)");
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  int fd = bpf_prog_get_fd_by_id(id);
+  if (fd < 0) throw MakeError(env, "open program id " + std::to_string(id), errno);
+  bpf_prog_info pinfo = {};
+  __u32 len = sizeof(pinfo);
+  int rc = bpf_obj_get_info_by_fd(fd, &pinfo, &len);
+  std::vector<__u32> ids(pinfo.nr_map_ids);
+  if (rc == 0 && !ids.empty()) {
+    __u32 n = pinfo.nr_map_ids;
+    pinfo = {};
+    pinfo.nr_map_ids = n;
+    pinfo.map_ids = reinterpret_cast<__u64>(ids.data());
+    len = sizeof(pinfo);
+    rc = bpf_obj_get_info_by_fd(fd, &pinfo, &len);
+    if (pinfo.nr_map_ids < ids.size()) ids.resize(pinfo.nr_map_ids);
+  }
+  int err = errno;
+  close(fd);
+  if (rc) throw MakeError(env, "info of program id " + std::to_string(id), err);
+  Napi::Array out = Napi::Array::New(env);
+  for (size_t i = 0; i < ids.size(); i++) out.Set(static_cast<uint32_t>(i), ids[i]);
+  return out;
+}
+
 Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), libbpf_version_string());
 }
@@ -50,6 +100,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Link::Init(env, exports);
   RingBuffer::Init(env, exports);
   exports.Set("openPinnedMap", Napi::Function::New(env, Map::OpenPinned));
+  exports.Set("openMapById", Napi::Function::New(env, Map::OpenById));
+  exports.Set("programMapIds", Napi::Function::New(env, ProgramMapIds));
+  exports.Set("setDumpable", Napi::Function::New(env, SetDumpable));
+  exports.Set("dumpable", Napi::Function::New(env, Dumpable));
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
   return exports;

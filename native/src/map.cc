@@ -25,6 +25,7 @@ void Map::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod("keys", &Map::Keys),
                                         InstanceMethod("pin", &Map::Pin),
                                         InstanceMethod("unpin", &Map::Unpin),
+                                        InstanceMethod("attachedPrograms", &Map::AttachedPrograms),
                                     });
   constructor_ = Napi::Persistent(ctor);
   constructor_.SuppressDestruct();
@@ -50,12 +51,28 @@ Napi::Value Map::OpenPinned(const Napi::CallbackInfo& info) {
   ResetLibbpfLog();
   int fd = bpf_obj_get(path.c_str());
   if (fd < 0) throw MakeError(env, "open pinned map " + path, errno);
+  return FromFd(env, fd, path);
+}
+
+// openMapById(id): a map by its kernel id (as bpftool map show names it), e.g.
+// one that a program still uses after its object's pins are gone.
+Napi::Value Map::OpenById(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) throw Napi::TypeError::New(env, "openMapById(id)");
+  uint32_t id = info[0].As<Napi::Number>().Uint32Value();
+  int fd = bpf_map_get_fd_by_id(id);
+  if (fd < 0) throw MakeError(env, "open map id " + std::to_string(id), errno);
+  return FromFd(env, fd, "map id " + std::to_string(id));
+}
+
+// Takes ownership of `fd`.
+Napi::Object Map::FromFd(Napi::Env env, int fd, const std::string& label) {
   bpf_map_info minfo = {};
   __u32 len = sizeof(minfo);
   if (bpf_obj_get_info_by_fd(fd, &minfo, &len)) {
     int err = errno;
     close(fd);
-    throw MakeError(env, "map info of " + path, err);
+    throw MakeError(env, "map info of " + label, err);
   }
   Napi::Object obj = constructor_.New({Napi::Object::New(env)});
   Map* self = Map::Unwrap(obj);
@@ -110,7 +127,11 @@ Napi::Value Map::Info(const Napi::CallbackInfo& info) {
   out.Set("keySize", key_size_);
   out.Set("valueSize", value_size_);
   out.Set("maxEntries", max_entries_);
-  out.Set("fd", pinned_fd_ >= 0 ? pinned_fd_ : bpf_map__fd(map_));
+  int fd = pinned_fd_ >= 0 ? pinned_fd_ : bpf_map__fd(map_);
+  out.Set("fd", fd);
+  bpf_map_info minfo = {};
+  __u32 len = sizeof(minfo);
+  if (fd >= 0 && bpf_obj_get_info_by_fd(fd, &minfo, &len) == 0) out.Set("id", minfo.id);
   return out;
 }
 
@@ -199,6 +220,21 @@ Napi::Value Map::Unpin(const Napi::CallbackInfo& info) {
   int err = bpf_map__unpin(map, nullptr);
   if (err) throw MakeError(env, "unpin " + std::string(bpf_map__name(map)), err);
   return env.Undefined();
+}
+
+// attachedPrograms(): ids of the sk_msg programs attached to this sockmap or
+// sockhash (BPF_PROG_QUERY on the map, kernel >= 5.19).
+Napi::Value Map::AttachedPrograms(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int fd = Fd(env);
+  __u32 ids[8] = {};
+  __u32 count = 8, attach_flags = 0;
+  if (bpf_prog_query(fd, BPF_SK_MSG_VERDICT, 0, &attach_flags, ids, &count)) {
+    throw MakeError(env, "query programs of " + name_, errno);
+  }
+  Napi::Array out = Napi::Array::New(env);
+  for (__u32 i = 0; i < count && i < 8; i++) out.Set(i, ids[i]);
+  return out;
 }
 
 }  // namespace wirekey

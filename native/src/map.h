@@ -17,6 +17,8 @@ class Map : public Napi::ObjectWrap<Map> {
   static Napi::Object NewInstance(Napi::Env env, bpf_map* map, Napi::Value owner);
   // A map opened from its bpffs pin by another process (no libbpf object).
   static Napi::Value OpenPinned(const Napi::CallbackInfo& info);
+  // A map by kernel id.
+  static Napi::Value OpenById(const Napi::CallbackInfo& info);
   explicit Map(const Napi::CallbackInfo& info);
   ~Map() override;
 
@@ -28,6 +30,8 @@ class Map : public Napi::ObjectWrap<Map> {
   Napi::Value Keys(const Napi::CallbackInfo& info);
   Napi::Value Pin(const Napi::CallbackInfo& info);
   Napi::Value Unpin(const Napi::CallbackInfo& info);
+  Napi::Value AttachedPrograms(const Napi::CallbackInfo& info);
+  static Napi::Object FromFd(Napi::Env env, int fd, const std::string& label);
 
   // The map's fd, after checking that it is usable.
   int Fd(Napi::Env env) const;
