@@ -107,6 +107,18 @@
  *     the request line and the injected line in one piece (see approve()).
  * TCP Fast Open is refused earlier, at connect() (EPERM).
  *
+ * Without an agent. The controller refreshes wk_http_config.alive_until
+ * (a CLOCK_MONOTONIC deadline, its run's timeout ahead) every second from
+ * its event loop; once it has passed, every request is refused
+ * (WK_HTTP_STAT_REFUSED_AGENT) before anything is injected, so an agent
+ * killed or hung stops injection within that timeout. A stopping agent sets
+ * it to 0 first and then wipes the lines in wk_http_hdr. Open sockets keep
+ * this program and its maps as long as wk_http_socks lives, even after the
+ * agent is gone (the map being freed would send them on bare), so the
+ * controller keeps a previous instance's non-empty sockhash pinned, in a
+ * draining directory, with its wk_http_config, which the next agent sets to
+ * 0 at once. A refusal also clears the socket's copy of the line.
+ *
  * Events. Every injected request and every refusal (each one counted
  * above, at connect(), in sockops or in sk_msg) also goes into the
  * wk_http_events ring buffer for the audit log: who connected, the
@@ -211,6 +223,8 @@ struct {
  * layout (verifyLayouts). Never read.
  */
 const struct wk_http_event *const wk_http_event_btf = 0;
+/* The same for enum wk_contract, the constants the controller checks. */
+const enum wk_contract *const wk_contract_btf = 0;
 
 /*
  * Where the scan of a request head is. It lives in socket storage, not on
@@ -1091,6 +1105,8 @@ static long chunk_byte(__u32 i, struct scan_ctx *ctx)
 static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
 {
 	st->flags |= SOCK_REFUSED;
+	/* A refused connection never injects again: drop its copy of the line. */
+	__builtin_memset(st->line, 0, sizeof(st->line));
 	http_count(why);
 	http_event(st, WK_HTTP_EVENT_REFUSED, why);
 	return SK_DROP;
@@ -1175,6 +1191,19 @@ static __always_inline int approve(struct sk_msg_md *msg, struct wk_http_sock *s
 }
 
 /*
+ * An agent is running and keeps this program's heartbeat fresh (see
+ * "Without an agent" above). A stopping agent, or the next one, sets it to 0.
+ */
+static __always_inline bool agent_alive(void)
+{
+	struct wk_http_config *cfg;
+	__u32 zero = 0;
+
+	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
+	return cfg && bpf_ktime_get_ns() < cfg->alive_until;
+}
+
+/*
  * The binding this connection was made under still holds. *flags gets
  * wk_http_config's flags, read with the epoch.
  */
@@ -1242,6 +1271,8 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	__u64 room;
 	__u8 *data, *end;
 
+	if (!agent_alive())
+		return refuse(st, WK_HTTP_STAT_REFUSED_AGENT);
 	if (!binding_holds(st, &cfg_flags))
 		return refuse(st, WK_HTTP_STAT_REFUSED_BINDING);
 	/*

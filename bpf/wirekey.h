@@ -152,7 +152,8 @@ WK_ASSERT_SIZE(wk_conn_key, 20);
 #define WK_HTTP_STAT_EVENTS_LOST	16	/* events not recorded: wk_http_events was full */
 #define WK_HTTP_STAT_REFUSED_CHUNKED	17	/* malformed chunked framing: size, extension, CRLF, trailers */
 #define WK_HTTP_STAT_REFUSED_METHOD	18	/* TRACE: the upstream would echo the credential back */
-#define WK_HTTP_STAT_MAX		19
+#define WK_HTTP_STAT_REFUSED_AGENT	19	/* no live agent: wk_http_config.alive_until has passed */
+#define WK_HTTP_STAT_MAX		20
 
 /* wk_http_events: bytes of ring buffer, and how much may wait before a wake-up */
 #define WK_HTTP_EVENTS_SIZE	(1 << 20)
@@ -203,6 +204,12 @@ struct wk_http_hdr {
 struct wk_http_config {
 	__u32 epoch;		/* bumped when workload or service ids change meaning */
 	__u32 flags;		/* WK_HTTP_CFG_* */
+	/*
+	 * The agent's heartbeat: bpf_ktime_get_ns() (CLOCK_MONOTONIC) until
+	 * which it is known to be alive. Past it, no header is injected and
+	 * requests are refused (WK_HTTP_STAT_REFUSED_AGENT); 0 refuses at once.
+	 */
+	__u64 alive_until;
 };
 
 /*
@@ -230,7 +237,18 @@ WK_ASSERT_SIZE(wk_http_dest_key, 24);
 WK_ASSERT_SIZE(wk_http_dest_val, 8);
 WK_ASSERT_SIZE(wk_http_hdr_key, 8);
 WK_ASSERT_SIZE(wk_http_hdr, 528);
-WK_ASSERT_SIZE(wk_http_config, 8);
+WK_ASSERT_SIZE(wk_http_config, 16);
 WK_ASSERT_SIZE(wk_http_event, 64);
+
+/*
+ * Constants the controller checks against the object's BTF at load time
+ * (verifyLayouts in layout.ts). BTF keeps enumerators, not macros, so each
+ * checked constant is mirrored here; the object references this enum so
+ * that its BTF holds it.
+ */
+enum wk_contract {
+	WK_CONTRACT_HTTP_STAT_REFUSED_AGENT = WK_HTTP_STAT_REFUSED_AGENT,
+	WK_CONTRACT_HTTP_STAT_MAX = WK_HTTP_STAT_MAX,
+};
 
 #endif /* WIREKEY_H */

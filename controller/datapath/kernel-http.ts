@@ -13,6 +13,12 @@
  * connection takes no more writes), is documented at the top of
  * bpf/http-inject.bpf.c and counted in stats(); events() delivers each
  * injection and refusal as an audit event (kernel-events.ts).
+ *
+ * No agent, no injection: from attach() on, a heartbeat on this process's
+ * event loop keeps wk_http_config.alive_until `aliveTimeoutMs` ahead of
+ * CLOCK_MONOTONIC; once it lapses (the process died, or its event loop is
+ * stuck) the kernel refuses every request instead of injecting
+ * (refusedAgent). close() sets it to 0 at once and wipes the header lines.
  */
 import { BpfError, WirekeyError } from '../errors.js';
 import { bpfCall, type NativeLink, type NativeMap, type NativeObject } from './native.js';
@@ -34,6 +40,7 @@ import {
   encodeHttpHdr,
   encodeHttpHdrKey,
   encodeU32,
+  type HttpConfig,
   type HttpStatName,
 } from './layout.js';
 
@@ -73,6 +80,21 @@ export interface HttpBindingState {
 
 export type KernelHttpStats = Record<HttpStatName, bigint>;
 
+export interface KernelHttpAttachOptions {
+  /**
+   * How long the kernel goes on injecting after the last heartbeat of this
+   * process (default DEFAULT_ALIVE_TIMEOUT_MS). The heartbeat runs every
+   * second, or every quarter of this when that is shorter.
+   */
+  aliveTimeoutMs?: number;
+}
+
+/** How long the kernel injects without a heartbeat from the agent, by default. */
+export const DEFAULT_ALIVE_TIMEOUT_MS = 5000;
+/** The shortest timeout accepted: the heartbeat must fit in it a few times over. */
+export const MIN_ALIVE_TIMEOUT_MS = 500;
+const HEARTBEAT_MS = 1000;
+
 const MAPS = ['wk_http_dest', 'wk_http_hdr', 'wk_http_config', 'wk_http_stats', 'wk_http_socks'] as const;
 type MapName = (typeof MAPS)[number];
 
@@ -102,6 +124,9 @@ export class KernelHttp {
   #events: KernelHttpEvents | null = null;
   #msgAttached = false;
   #closed = false;
+  #aliveTimeoutNs = BigInt(DEFAULT_ALIVE_TIMEOUT_MS) * 1_000_000n;
+  #heartbeat: NodeJS.Timeout | null = null;
+  #expired = false;
 
   private constructor(object: NativeObject) {
     this.#object = object;
@@ -123,19 +148,26 @@ export class KernelHttp {
    * cover the host; a test cgroup to cover only its processes). The object
    * must have been enable()d, then loaded with agent_tgid and
    * host_netns_cookie set (Datapath.open sets those). Connections made
-   * before this call are never touched.
+   * before this call are never touched. Starts the heartbeat (see above)
+   * before anything is attached.
+   * @throws RangeError when aliveTimeoutMs is below MIN_ALIVE_TIMEOUT_MS.
    * @throws BpfError when a program was not loaded, a map is missing or the
    *   kernel refuses an attach; nothing stays attached then.
    */
-  static attach(object: NativeObject, cgroupDir: string): KernelHttp {
+  static attach(object: NativeObject, cgroupDir: string, options: KernelHttpAttachOptions = {}): KernelHttp {
+    const timeoutMs = options.aliveTimeoutMs ?? DEFAULT_ALIVE_TIMEOUT_MS;
+    if (!Number.isFinite(timeoutMs) || timeoutMs < MIN_ALIVE_TIMEOUT_MS) {
+      throw new RangeError(`aliveTimeoutMs ${timeoutMs} is below ${MIN_ALIVE_TIMEOUT_MS} ms`);
+    }
     const loaded = new Set(object.programs().filter((p) => p.id).map((p) => p.name));
     const missing = KERNEL_HTTP_PROGRAMS.filter((p) => !loaded.has(p));
     if (missing.length) throw new BpfError(`kernel HTTP programs not loaded (${missing.join(', ')}): call KernelHttp.enable() before load()`);
     const kh = new KernelHttp(object);
     try {
       for (const name of MAPS) kh.#maps.set(name, bpfCall(() => object.map(name)));
-      const cfg = kh.#map('wk_http_config');
-      if (!cfg.lookup(encodeU32(0))) bpfCall(() => cfg.update(encodeU32(0), encodeHttpConfig(0)));
+      kh.#aliveTimeoutNs = BigInt(Math.round(timeoutMs * 1e6));
+      kh.#beat();
+      kh.#heartbeat = setInterval(() => kh.#beat(), Math.min(HEARTBEAT_MS, timeoutMs / 4)).unref();
       bpfCall(() => object.attachToMap(MSG_PROGRAM, 'wk_http_socks'));
       kh.#msgAttached = true;
       for (const prog of CGROUP_PROGRAMS) kh.#links.push(bpfCall(() => object.attachCgroup(prog, cgroupDir)));
@@ -245,8 +277,8 @@ export class KernelHttp {
    * Returns the new epoch.
    */
   bumpEpoch(): number {
-    const { epoch, flags } = this.#config();
-    bpfCall(() => this.#map('wk_http_config').update(encodeU32(0), encodeHttpConfig(epoch + 1, flags)));
+    const { epoch } = this.#config();
+    this.#setConfig({ epoch: epoch + 1 });
     return (epoch + 1) >>> 0;
   }
 
@@ -256,14 +288,42 @@ export class KernelHttp {
    * first after each rotation). Refusals are always reported.
    */
   setAuditGrain(grain: 'request' | 'connection'): void {
-    const { epoch, flags } = this.#config();
-    const next = grain === 'connection' ? flags | WK_HTTP_CFG_AUDIT_CONNECTIONS : flags & ~WK_HTTP_CFG_AUDIT_CONNECTIONS;
-    bpfCall(() => this.#map('wk_http_config').update(encodeU32(0), encodeHttpConfig(epoch, next)));
+    const { flags } = this.#config();
+    this.#setConfig({ flags: grain === 'connection' ? flags | WK_HTTP_CFG_AUDIT_CONNECTIONS : flags & ~WK_HTTP_CFG_AUDIT_CONNECTIONS });
   }
 
-  #config(): { epoch: number; flags: number } {
+  /**
+   * Stops injection now: the heartbeat stops and the kernel refuses the
+   * next request of every open connection (refusedAgent), as it does once
+   * the timeout has run out. close() calls it first. Idempotent; there is
+   * no way back (attach a new object).
+   */
+  expire(): void {
+    if (this.#heartbeat) clearInterval(this.#heartbeat);
+    this.#heartbeat = null;
+    this.#expired = true;
+    if (!this.#closed) this.#setConfig({ aliveUntil: 0n });
+  }
+
+  /** The CLOCK_MONOTONIC time (process.hrtime.bigint()) until which the kernel injects; 0n once expired. */
+  aliveUntil(): bigint {
+    return this.#config().aliveUntil;
+  }
+
+  #beat(): void {
+    if (this.#closed || this.#expired) return;
+    this.#setConfig({ aliveUntil: process.hrtime.bigint() + this.#aliveTimeoutNs });
+  }
+
+  #config(): HttpConfig {
     const cur = this.#map('wk_http_config').lookup(encodeU32(0));
-    return cur ? decodeHttpConfig(cur) : { epoch: 0, flags: 0 };
+    return cur ? decodeHttpConfig(cur) : { epoch: 0, flags: 0, aliveUntil: 0n };
+  }
+
+  /* One writer (this process's event loop), so read-modify-write is safe. */
+  #setConfig(change: Partial<HttpConfig>): void {
+    const next = { ...this.#config(), ...change };
+    bpfCall(() => this.#map('wk_http_config').update(encodeU32(0), encodeHttpConfig(next.epoch, next.flags, next.aliveUntil)));
   }
 
   /** The bindings the kernel holds (tombstones included, as 'unbound'); never a header. */
@@ -311,21 +371,36 @@ export class KernelHttp {
   }
 
   /**
-   * Detaches the programs: connect() first, so no new connection is bound,
-   * then hands the events written so far to the events reader, if one is
-   * open (synchronously, from this call), and closes it.
-   * Connections already established keep their injection until they close
-   * or the object (and with it the sockhash) is closed: taking a socket out
-   * of the sockhash mid-request could cut a held-back head. Idempotent.
+   * Stops injection (expire(): every open connection has its next request
+   * refused), detaches the programs, connect() first, so no new connection
+   * is bound, hands the events written so far to the events reader, if one
+   * is open (synchronously, from this call), and closes it, and wipes every
+   * header line from wk_http_hdr. Open connections stay in the sockhash,
+   * refused, as long as it lives: taking a socket out of it, or freeing it,
+   * would send their next requests bare. Idempotent.
+   * @throws BpfError when the heartbeat or the lines cannot be cleared
+   *   (after doing everything else).
    */
   close(): void {
     if (this.#closed) return;
+    let failure: unknown;
+    try {
+      this.expire();
+    } catch (err) {
+      failure = err;
+    }
     this.#closed = true;
     for (const link of this.#links.splice(0).reverse()) link.destroy();
     if (this.#events) {
       this.#events.drain();
       this.#events.close();
       this.#events = null;
+    }
+    try {
+      const hdr = this.#maps.get('wk_http_hdr');
+      if (hdr) wipeHeaderLines(hdr);
+    } catch (err) {
+      failure ??= err;
     }
     if (this.#msgAttached) {
       this.#msgAttached = false;
@@ -335,6 +410,7 @@ export class KernelHttp {
         /* the object was closed first: the map, and the attachment, are gone */
       }
     }
+    if (failure) throw failure;
   }
 
   #write(workloadId: number, serviceId: number, state: number, line?: Buffer, nameLength?: number): number {
@@ -355,6 +431,26 @@ export class KernelHttp {
     if (this.#closed) throw new BpfError('kernel HTTP datapath is closed');
     return this.#maps.get(name) as NativeMap;
   }
+}
+
+/**
+ * Overwrites every header line of a wk_http_hdr map with zeros, in place
+ * under each value's lock, then deletes the entries: a deleted element of a
+ * preallocated hash keeps its bytes until it is reused, so zeroing comes
+ * first. Returns how many were wiped. Also used on a previous agent's map.
+ * @throws BpfError
+ */
+export function wipeHeaderLines(map: NativeMap): number {
+  let n = 0;
+  for (const key of map.keys()) {
+    const value = map.lookup(key);
+    if (!value) continue;
+    const { version } = decodeHttpHdrMeta(value);
+    bpfCall(() => map.update(key, encodeHttpHdr(WK_HTTP_UNBOUND, version), BPF_F_LOCK));
+    bpfCall(() => map.delete(key));
+    n++;
+  }
+  return n;
 }
 
 function checkId(kind: string, id: number): void {

@@ -53,7 +53,7 @@ export const LAYOUTS = {
       line: { offset: 16, size: 512 },
     },
   },
-  wk_http_config: { size: 8, fields: { epoch: { offset: 0, size: 4 }, flags: { offset: 4, size: 4 } } },
+  wk_http_config: { size: 16, fields: { epoch: { offset: 0, size: 4 }, flags: { offset: 4, size: 4 }, alive_until: { offset: 8, size: 8 } } },
   wk_http_event: {
     size: 64,
     fields: {
@@ -82,10 +82,12 @@ export const AF_INET = 2;
 export const AF_INET6 = 10;
 
 /**
- * Compares every layout with the object's BTF.
- * @throws BpfError naming the first struct and member that differ.
+ * Compares every layout with the object's BTF, and, given `btfEnum`, every
+ * constant of CONTRACT with enum wk_contract.
+ * @throws BpfError naming the first struct and member, or constant, that differ.
  */
-export function verifyLayouts(btfStruct: (name: string) => BtfStruct | null): void {
+export function verifyLayouts(btfStruct: (name: string) => BtfStruct | null, btfEnum?: (name: string) => Record<string, number> | null): void {
+  if (btfEnum) verifyContract(btfEnum);
   for (const [name, layout] of Object.entries(LAYOUTS) as [string, Layout][]) {
     const btf = btfStruct(name);
     if (!btf) throw new BpfError(`struct ${name} is missing from the BPF object's BTF`);
@@ -105,6 +107,20 @@ export function verifyLayouts(btfStruct: (name: string) => BtfStruct | null): vo
     }
     if (names.size) throw new BpfError(`struct ${name}: members unknown to the controller: ${[...names].join(', ')}`);
   }
+}
+
+/**
+ * @throws BpfError when enum wk_contract in the object's BTF (bpf/wirekey.h)
+ *   does not hold exactly CONTRACT's constants with CONTRACT's values.
+ */
+function verifyContract(btfEnum: (name: string) => Record<string, number> | null): void {
+  const got = btfEnum('wk_contract');
+  if (!got) throw new BpfError('enum wk_contract is missing from the BPF object\'s BTF');
+  for (const [name, want] of Object.entries(CONTRACT)) {
+    if (got[name] !== want) throw new BpfError(`${name}: BTF has ${got[name] ?? 'no such constant'}, controller expects ${want}`);
+  }
+  const unknown = Object.keys(got).filter((name) => !(name in CONTRACT));
+  if (unknown.length) throw new BpfError(`enum wk_contract: constants unknown to the controller: ${unknown.join(', ')}`);
 }
 
 /** A 16-byte address in the kernel's form: IPv4 as ::ffff:a.b.c.d. */
@@ -274,8 +290,15 @@ export const WK_HTTP_STATS = [
   'eventsLost',
   'refusedChunked',
   'refusedMethod',
+  'refusedAgent',
 ] as const;
 export type HttpStatName = (typeof WK_HTTP_STATS)[number];
+
+/** The constants of enum wk_contract (bpf/wirekey.h), checked against the object's BTF by verifyLayouts. */
+export const CONTRACT = {
+  WK_CONTRACT_HTTP_STAT_REFUSED_AGENT: WK_HTTP_STATS.indexOf('refusedAgent'),
+  WK_CONTRACT_HTTP_STAT_MAX: WK_HTTP_STATS.length,
+} as const;
 
 /** wk_http_event.kind */
 export const WK_HTTP_EVENT_INJECTED = 1;
@@ -435,15 +458,23 @@ export function decodeHttpHdrMeta(b: Buffer): { state: number; version: number; 
 /** wk_http_config.flags: an injected event per connection and header version, not per request. */
 export const WK_HTTP_CFG_AUDIT_CONNECTIONS = 1;
 
-export function encodeHttpConfig(epoch: number, flags = 0): Buffer {
+export interface HttpConfig {
+  epoch: number;
+  flags: number;
+  /** The agent's heartbeat: CLOCK_MONOTONIC ns (process.hrtime.bigint()) until which the kernel injects; 0n refuses at once. */
+  aliveUntil: bigint;
+}
+
+export function encodeHttpConfig(epoch: number, flags = 0, aliveUntil = 0n): Buffer {
   const f = LAYOUTS.wk_http_config.fields;
   const b = Buffer.alloc(LAYOUTS.wk_http_config.size);
   b.writeUInt32LE(epoch >>> 0, f.epoch.offset);
   b.writeUInt32LE(flags >>> 0, f.flags.offset);
+  b.writeBigUInt64LE(aliveUntil, f.alive_until.offset);
   return b;
 }
 
-export function decodeHttpConfig(b: Buffer): { epoch: number; flags: number } {
+export function decodeHttpConfig(b: Buffer): HttpConfig {
   const f = LAYOUTS.wk_http_config.fields;
-  return { epoch: b.readUInt32LE(f.epoch.offset), flags: b.readUInt32LE(f.flags.offset) };
+  return { epoch: b.readUInt32LE(f.epoch.offset), flags: b.readUInt32LE(f.flags.offset), aliveUntil: b.readBigUInt64LE(f.alive_until.offset) };
 }

@@ -25,6 +25,8 @@ export interface MapInfo {
   valueSize: number;
   maxEntries: number;
   fd: number;
+  /** The kernel's id of the map (as bpftool shows it), once it exists. */
+  id?: number;
 }
 
 export interface NativeMap {
@@ -35,6 +37,8 @@ export interface NativeMap {
   keys(): Buffer[];
   pin(path: string): void;
   unpin(): void;
+  /** Ids of the sk_msg programs attached to this sockmap or sockhash (BPF_PROG_QUERY, Linux 5.19). */
+  attachedPrograms(): number[];
 }
 
 export interface NativeLink {
@@ -93,6 +97,8 @@ export interface NativeObject {
   detachFromMap(program: string, map: string): void;
   map(name: string): NativeMap;
   btfStruct(name: string): BtfStruct | null;
+  /** The enumerators of an enum in the object's BTF ({NAME: value}), or null when there is none. */
+  btfEnum(name: string): Record<string, number> | null;
   close(): void;
 }
 
@@ -103,6 +109,14 @@ interface Addon {
   netnsCookie(): bigint;
   /** A map pinned by a running agent (read by `wirekey explain` and `status`). */
   openPinnedMap(path: string): NativeMap;
+  /** A map by kernel id (e.g. one a program uses; see programMapIds). */
+  openMapById(id: number): NativeMap;
+  /** The ids of the maps a loaded program uses. */
+  programMapIds(progId: number): number[];
+  /** prctl(PR_SET_DUMPABLE). */
+  setDumpable(dumpable: boolean): void;
+  /** prctl(PR_GET_DUMPABLE): 0 (not dumpable), 1 or 2. */
+  dumpable(): number;
   libbpfVersion(): string;
 }
 
