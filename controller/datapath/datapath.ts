@@ -29,8 +29,10 @@ import {
   type OrigDst,
 } from './layout.js';
 import { KernelHttp } from './kernel-http.js';
+import { drainingDir, retireSockhash, sweepDraining, type DrainingSockhash, type RetireResult } from './draining.js';
 
 export type { OrigDst, ExeKey } from './layout.js';
+export { drainingDir, type DrainingSockhash, type RetireResult } from './draining.js';
 
 export interface DatapathOptions {
   /** cgroup v2 mount point; programs attach here and so see every process. */
@@ -43,6 +45,8 @@ export interface DatapathOptions {
   kernelHttp?: boolean;
   /** The compiled object; defaults to build/bpf/wirekey.bpf.o. */
   objectPath?: string;
+  /** How long the kernel HTTP datapath injects without a heartbeat from this process (KernelHttp.attach). */
+  kernelAliveTimeoutMs?: number;
 }
 
 /**
@@ -82,8 +86,12 @@ const IDENTITY_PROGRAMS = ['wk_exit', 'wk_fork', 'wk_exec'] as const;
  * redirects anything, sockops and getpeername are already in place. */
 const CGROUP_PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6'] as const;
 export const MAPS = ['wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_any', 'wk_task_exe', 'wk_bind_port', 'wk_ports', 'wk_conn', 'wk_stats'] as const;
-/** Kernel HTTP maps pinned for `wirekey status` (never wk_http_hdr: it holds the header lines). */
-export const KERNEL_HTTP_PINNED = ['wk_http_dest', 'wk_http_socks', 'wk_http_stats'] as const;
+/**
+ * Kernel HTTP maps pinned for `wirekey status`, and so that the next agent
+ * can keep this one's open connections refused (draining.ts). Never
+ * wk_http_hdr: it holds the header lines.
+ */
+export const KERNEL_HTTP_PINNED = ['wk_http_dest', 'wk_http_socks', 'wk_http_stats', 'wk_http_config'] as const;
 export type MapName = (typeof MAPS)[number] | (typeof KERNEL_HTTP_PINNED)[number];
 
 export class Datapath {
@@ -93,6 +101,8 @@ export class Datapath {
   readonly #pinDir: string;
   #kernelHttp: KernelHttp | null = null;
   #kernelHttpUnavailable: string | null = null;
+  #kernelAliveTimeoutMs: number | undefined;
+  #previous: RetireResult | null = null;
   #closed = false;
 
   private constructor(object: NativeObject, pinDir: string) {
@@ -119,7 +129,7 @@ export class Datapath {
     const load = (withKernelHttp: boolean): NativeObject => {
       const object = bpfCall(() => new addon.BpfObject(objectPath));
       try {
-        verifyLayouts((name) => object.btfStruct(name));
+        verifyLayouts((name) => object.btfStruct(name), (name) => object.btfEnum(name));
         if (withKernelHttp) KernelHttp.enable(object);
         bpfCall(() => {
           object.setGlobal('agent_tgid', encodeU32(process.pid));
@@ -151,6 +161,7 @@ export class Datapath {
     }
     const dp = new Datapath(object, opts.pinDir);
     dp.#kernelHttpUnavailable = kernelHttpUnavailable;
+    dp.#kernelAliveTimeoutMs = opts.kernelAliveTimeoutMs;
     try {
       for (const name of MAPS) dp.#maps.set(name, bpfCall(() => object.map(name)));
       if (!kernelHttpUnavailable) for (const name of KERNEL_HTTP_PINNED) dp.#maps.set(name, bpfCall(() => object.map(name)));
@@ -171,7 +182,9 @@ export class Datapath {
    */
   attachRedirect(cgroupRoot: string): void {
     try {
-      if (!this.#kernelHttpUnavailable) this.#kernelHttp = KernelHttp.attach(this.#object, cgroupRoot);
+      if (!this.#kernelHttpUnavailable) {
+        this.#kernelHttp = KernelHttp.attach(this.#object, cgroupRoot, { aliveTimeoutMs: this.#kernelAliveTimeoutMs });
+      }
       for (const prog of CGROUP_PROGRAMS) {
         this.#links.push(bpfCall(() => this.#object.attachCgroup(prog, cgroupRoot)));
       }
@@ -198,6 +211,24 @@ export class Datapath {
 
   get pinDir(): string {
     return this.#pinDir;
+  }
+
+  /**
+   * What open() found of a previous agent's kernel-path connections in the
+   * pin directory (expired, wiped, and moved to drain when some remain), or
+   * null when there was nothing.
+   */
+  get previous(): RetireResult | null {
+    return this.#previous;
+  }
+
+  /**
+   * Removes the draining sockhashes (of previous agents, and of this one's
+   * earlier runs) that have no connection left; returns those removed.
+   * @throws BpfError, or a file system error
+   */
+  sweepDraining(): DrainingSockhash[] {
+    return sweepDraining(this.#pinDir);
   }
 
   /** Makes the identity maps hold exactly `tables`; `wk_any` last, so a workload's entries exist before it can match. */
@@ -272,13 +303,35 @@ export class Datapath {
     return decodeOrigDst(value);
   }
 
-  /** Detaches every program, removes every pin and closes the object. Idempotent. */
-  close(): void {
-    if (this.#closed) return;
+  /**
+   * Stops kernel injection (every open kernel-path connection is refused
+   * from its next request on, and the header lines are wiped), detaches
+   * every program, removes every pin and closes the object. A sockhash with
+   * connections left in it keeps its pin, moved under drainingDir(pinDir),
+   * so that they stay refused instead of going on bare; returns it then.
+   * Idempotent.
+   * @throws BpfError when the heartbeat or the lines could not be cleared,
+   *   after doing the rest.
+   */
+  close(): DrainingSockhash | null {
+    if (this.#closed) return null;
     this.#closed = true;
-    this.#kernelHttp?.close();
+    let failure: unknown;
+    let draining: DrainingSockhash | null = null;
+    try {
+      this.#kernelHttp?.close();
+    } catch (err) {
+      failure = err;
+    }
     this.#kernelHttp = null;
     for (const link of this.#links.splice(0).reverse()) link.destroy();
+    if (this.#maps.has('wk_http_socks')) {
+      try {
+        draining = retireSockhash(this.#pinDir, this.#pinDir)?.draining ?? null;
+      } catch (err) {
+        failure ??= err;
+      }
+    }
     for (const map of this.#maps.values()) {
       try {
         map.unpin();
@@ -288,6 +341,8 @@ export class Datapath {
     }
     rmSync(this.#pinDir, { recursive: true, force: true });
     this.#object.close();
+    if (failure) throw failure;
+    return draining;
   }
 
   #map(name: MapName): NativeMap {
@@ -310,7 +365,11 @@ export class Datapath {
   #pin(): void {
     ensureBpffs(BPFFS);
     if (existsSync(this.#pinDir)) {
-      // Left by an agent that did not exit cleanly; pins alone keep nothing attached.
+      // Left by an agent that did not exit cleanly. Its cgroup programs died
+      // with it, but its sockhash pin keeps its sk_msg program running on
+      // the connections it saw open: those are refused from now on and kept
+      // draining, never freed (freeing would send them on bare).
+      this.#previous = retireSockhash(this.#pinDir, this.#pinDir);
       rmSync(this.#pinDir, { recursive: true, force: true });
     }
     mkdirSync(this.#pinDir, { recursive: true, mode: 0o700 });

@@ -7,6 +7,7 @@ import path from 'node:path';
 import { BpfError } from '../errors.js';
 import { bpfCall, native, type NativeMap } from './native.js';
 import type { MapName } from './datapath.js';
+import { listDraining, type DrainingSockhash } from './draining.js';
 import {
   WK_STAT_STORAGE_FAIL,
   WK_STAT_TASKS_FULL,
@@ -97,6 +98,11 @@ export class PinnedMaps {
   /** Whether the agent runs the kernel HTTP datapath (its maps are pinned). */
   hasKernelHttp(): boolean {
     return existsSync(path.join(this.#dir, 'wk_http_stats'));
+  }
+
+  /** Previous agents' kernel-path connections still open (refused), by sockhash; see draining.ts. */
+  draining(): DrainingSockhash[] {
+    return listDraining(this.#dir);
   }
 
   /** The kernel HTTP datapath's counters (requests injected, refused by reason, ...), or null without it. */

@@ -12,6 +12,8 @@ export interface AgentStatus {
   storageFailures: bigint;
   /** The kernel HTTP datapath's counters; null when the agent runs without it. */
   kernelHttp: Record<string, bigint> | null;
+  /** Sockhashes of previous agents with connections still open (refused), and what they refused without an agent. */
+  draining: { dir: string; connections: number; refusedAgent: bigint }[];
 }
 
 /** @throws WirekeyError (WK_NO_AGENT), BpfError */
@@ -28,6 +30,7 @@ export function agentStatus(stateDir: string): AgentStatus {
     workloads: state.workloads.map((w) => ({ name: w.name, id: w.id, problems: w.problems })),
     ...pinned.usage(),
     kernelHttp: pinned.kernelHttpStats(),
+    draining: pinned.draining(),
   };
 }
 
@@ -44,6 +47,9 @@ export function formatStatus(s: AgentStatus): string {
     lines.push(`kernel datapath: ${injected ?? 0n} request(s) injected${nonzero.length ? `; ${nonzero.join(', ')}` : ''}`);
   } else {
     lines.push('kernel datapath: not loaded (--no-kernel-datapath, or the kernel refused its programs: see the agent log)');
+  }
+  for (const d of s.draining) {
+    lines.push(`draining ${d.dir}: ${d.connections} connection(s) of a previous agent, each refused at its next request; refusedAgent ${d.refusedAgent}`);
   }
   return `${lines.join('\n')}\n`;
 }
