@@ -41,6 +41,8 @@ export interface AgentOptions {
   kernelDatapath?: boolean;
   /** Kernel datapath injections in the audit log: per request (default), or per connection and credential version. */
   kernelAuditGrain?: 'request' | 'connection';
+  /** How long the kernel datapath goes on injecting after this process stops answering (default 5 s). */
+  kernelAliveTimeoutMs?: number;
   /** How often cgroup selectors are resolved again (cgroups come and go). */
   resyncIntervalMs?: number;
   log: Logger;
@@ -129,7 +131,9 @@ export class Agent {
       pinDir: this.#opts.pinDir,
       proxyPort: this.#opts.proxyPort,
       kernelHttp: this.#opts.kernelDatapath ?? true,
+      kernelAliveTimeoutMs: this.#opts.kernelAliveTimeoutMs,
     });
+    this.#reportPrevious();
     this.#resolver = new IdentityResolver(this.#cgroupRoot);
     this.#datapath.setPortBindings(this.#routes.portBindings());
     // Strict here: a policy the maps cannot hold fails the start. The
@@ -160,6 +164,7 @@ export class Agent {
       this.#log.warn('kernel HTTP datapath not loaded (plaintext services cannot be bound): %s', this.#datapath.kernelHttpUnavailable);
     }
     this.#writeRuntimeState();
+    this.#sweepDraining();
     this.#resync = setInterval(() => void this.#syncIdentity(), this.#opts.resyncIntervalMs ?? 2000);
     this.#resync.unref();
 
@@ -226,9 +231,22 @@ export class Agent {
     if (this.#kernelRefresh) clearInterval(this.#kernelRefresh);
     this.#kernelRefresh = undefined;
     this.#kernelBindings = undefined;
-    // Detach first so no new connection is sent to a proxy that is closing.
-    this.#datapath?.close();
+    // Kernel injection stops first (open connections are refused from their
+    // next request), then everything is detached, so no new connection is
+    // sent to a proxy that is closing.
+    const datapath = this.#datapath;
     this.#datapath = undefined;
+    try {
+      const draining = datapath?.close();
+      if (draining) {
+        this.#log.warn(
+          'kernel datapath: %d connection(s) still open; each is refused from its next request, and their sockhash stays pinned at %s until they close (the next agent removes it then)',
+          draining.connections, draining.dir,
+        );
+      }
+    } catch (err) {
+      this.#log.error('kernel datapath: stopping: %s', (err as Error).message);
+    }
     await this.#proxy?.close();
     this.#proxy = undefined;
     this.#upstreamAgent?.destroy();
@@ -281,6 +299,26 @@ export class Agent {
     }
   }
 
+  /** Logs what the previous agent left open on the kernel datapath, and how it was dealt with. */
+  #reportPrevious(): void {
+    const p = this.#datapath?.previous;
+    if (!p) return;
+    const how = `${p.expired ? 'its heartbeat set to 0' : 'no heartbeat pin found (an older agent): refused once its own deadline passes'}, ${p.wiped} header line(s) wiped`;
+    if (p.draining) {
+      this.#log.warn('kernel datapath: the previous agent left %d connection(s) open: refused from their next request (%s); draining at %s',
+        p.draining.connections, how, p.draining.dir);
+    } else {
+      this.#log.info('kernel datapath: the previous agent left no connection open (%s)', how);
+    }
+  }
+
+  /** Removes draining sockhashes whose last connection has closed. */
+  #sweepDraining(): void {
+    for (const d of this.#datapath?.sweepDraining() ?? []) {
+      this.#log.info('kernel datapath: swept %s: its last connection closed (%s request(s) refused without an agent)', d.dir, d.refusedAgent);
+    }
+  }
+
   /** A credential that cannot be read now is reported, not fatal: it may appear later. */
   async #checkCredentials(): Promise<void> {
     for (const source of this.#credentials.values()) {
@@ -309,6 +347,7 @@ export class Agent {
       this.#resolved = resolved;
       this.#reportProblems();
       this.#reportStats();
+      this.#sweepDraining();
     } catch (err) {
       this.#log.error('cannot update workload identity: %s', (err as Error).message);
     } finally {

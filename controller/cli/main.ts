@@ -10,6 +10,7 @@ import { LocalCa } from '../tls/local-ca.js';
 import { explainPid, formatExplanation } from '../identity/explain.js';
 import { agentStatus, formatStatus } from '../identity/status.js';
 import { createLogger, isLogLevel, type LogLevel } from '../log.js';
+import { makeNotDumpable } from '../datapath/dumpable.js';
 import { WirekeyError, PolicyError, BpfError } from '../errors.js';
 
 const DEFAULTS = {
@@ -36,6 +37,13 @@ function grain(value: string): 'request' | 'connection' {
   return value;
 }
 
+/** Seconds, as milliseconds; at least half a second. */
+function seconds(value: string): number {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < 0.5 || n > 3600) throw new InvalidArgumentError('must be a number of seconds from 0.5 to 3600');
+  return Math.round(n * 1000);
+}
+
 function level(value: string): LogLevel {
   if (!isLogLevel(value)) throw new InvalidArgumentError('must be debug, info, warn or error');
   return value;
@@ -58,14 +66,18 @@ program
   .option('--sigv4-body-limit <bytes>', 'largest request body buffered to compute a SigV4 payload hash', bytes, 16 * 1024 * 1024)
   .option('--no-kernel-datapath', 'do not load the kernel HTTP datapath (plaintext services are then refused)')
   .option('--kernel-audit <grain>', 'audit kernel datapath injections per request, or per connection and credential version', grain, 'request' as const)
+  .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
   .action(async (opts: {
     policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
-    kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; logLevel: LogLevel;
+    kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel;
   }) => {
     const log = createLogger(opts.logLevel);
     let agent: Agent;
     try {
+      // Before any secret is read: no core dump, and no /proc/PID/mem, environ,
+      // fd or ptrace access for processes of this uid without CAP_SYS_PTRACE.
+      makeNotDumpable();
       agent = await Agent.start({
         policyPath: path.resolve(opts.policy),
         stateDir: opts.stateDir,
@@ -76,6 +88,7 @@ program
         sigv4BodyLimit: opts.sigv4BodyLimit,
         kernelDatapath: opts.kernelDatapath,
         kernelAuditGrain: opts.kernelAudit,
+        kernelAliveTimeoutMs: opts.kernelAliveTimeout,
         log,
       });
     } catch (err) {
