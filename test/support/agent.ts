@@ -31,6 +31,10 @@ export interface RunningAgent {
   reload(): Promise<'reloaded' | 'failed'>;
   /** SIGTERM, then wait for exit; resolves to the exit code. */
   stop(): Promise<number | null>;
+  /** SIGKILL (no clean-up of any kind), then wait for exit. */
+  kill(): Promise<void>;
+  /** The agent's pid (the shell's, which execs node, when run in a cgroup). */
+  pid: number;
 }
 
 export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
@@ -66,6 +70,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       clearTimeout(timer);
     }
     rmSync(opts.pinDir, { recursive: true, force: true });
+    rmSync(`${path.resolve(opts.pinDir)}.draining`, { recursive: true, force: true });
     throw err;
   }
   let reloads = 0;
@@ -83,6 +88,11 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       throw new Error(`no reload result after SIGHUP #${reloads}:\n${out}`);
     },
     programIds: ids.split(',').map(Number),
+    pid: child.pid as number,
+    kill: async () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+      await exited;
+    },
     stop: async () => {
       if (child.exitCode === null) child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);

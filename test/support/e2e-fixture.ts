@@ -95,7 +95,7 @@ ${docs}`);
   }
 
   /** Starts `wirekey run`; with `cgroup`, the agent itself runs in that cgroup. */
-  async startAgent(opts: { cgroup?: string } = {}): Promise<RunningAgent> {
+  async startAgent(opts: { cgroup?: string; extraArgs?: string[] } = {}): Promise<RunningAgent> {
     this.proxyPort = await freePort();
     this.agent = await startAgent({
       policy: this.policyDir,
@@ -105,6 +105,7 @@ ${docs}`);
       audit: this.auditPath,
       upstreamCa: this.pki.caCert,
       cgroup: opts.cgroup,
+      extraArgs: opts.extraArgs,
     });
     return this.agent;
   }
@@ -135,6 +136,8 @@ ${docs}`);
     await this.host?.destroy();
     removeCgroupTree(this.cgRoot, path.join(this.cgRoot, this.cgBase));
     rmSync(this.pinDir, { recursive: true, force: true });
+    // Kernel-path connections of an agent that was killed or stopped with them open.
+    rmSync(`${this.pinDir}.draining`, { recursive: true, force: true });
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
