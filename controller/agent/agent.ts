@@ -315,7 +315,7 @@ export class Agent {
   /** Removes draining sockhashes whose last connection has closed. */
   #sweepDraining(): void {
     for (const d of this.#datapath?.sweepDraining() ?? []) {
-      this.#log.info('kernel datapath: swept %s: its last connection closed (%s request(s) refused without an agent)', d.dir, d.refusedAgent);
+      this.#log.info('kernel datapath: swept %s: its last connection closed (%s request(s) refused without an agent)', d.dir, String(d.refusedAgent));
     }
   }
 

@@ -29,9 +29,9 @@ const STATS = 'wk_http_stats';
 const HDR = 'wk_http_hdr';
 const REFUSED_AGENT = WK_HTTP_STATS.indexOf('refusedAgent');
 
-/** Where a pin directory's draining sockhashes go: next to it, on the same bpffs. */
+/** Where a pin directory's draining sockhashes go: next to it, on the same bpffs (names with a dot are reserved there). */
 export function drainingDir(pinDir: string): string {
-  return `${path.resolve(pinDir)}.draining`;
+  return `${path.resolve(pinDir)}-draining`;
 }
 
 export interface DrainingSockhash {
