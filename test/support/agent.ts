@@ -20,6 +20,8 @@ export interface AgentOptions {
   cgroup?: string;
   /** More `wirekey run` options. */
   extraArgs?: string[];
+  /** A command that runs the agent (e.g. setpriv with its options), given node and its arguments. */
+  wrapper?: string[];
 }
 
 export interface RunningAgent {
@@ -42,9 +44,10 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     '--proxy-port', String(opts.proxyPort), '--audit', opts.audit, '--log-level', opts.logLevel ?? 'debug'];
   if (opts.upstreamCa) args.push('--upstream-ca', opts.upstreamCa);
   args.push(...(opts.extraArgs ?? []));
+  const command = [...(opts.wrapper ?? []), process.execPath, ...args];
   const child: ChildProcess = opts.cgroup
-    ? spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, process.execPath, ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    ? spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...command], { stdio: ['ignore', 'pipe', 'pipe'] })
+    : spawn(command[0] as string, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
   let out = '';
   const ready = new Promise<string>((resolve, reject) => {
     const onData = (d: Buffer) => {
@@ -57,7 +60,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     child.once('exit', (code) => reject(new Error(`wirekey run exited ${code} before ready:\n${out}`)));
     setTimeout(() => reject(new Error(`wirekey run not ready after 30s:\n${out}`)), 30_000).unref();
   });
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
+  // 'close', not 'exit': what the agent wrote last (its stop lines) is read by then.
+  const exited = new Promise<number | null>((resolve) => child.once('close', (code) => resolve(code)));
   let ids: string;
   try {
     ids = await ready;
@@ -70,7 +74,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
       clearTimeout(timer);
     }
     rmSync(opts.pinDir, { recursive: true, force: true });
-    rmSync(`${path.resolve(opts.pinDir)}.draining`, { recursive: true, force: true });
+    rmSync(`${path.resolve(opts.pinDir)}-draining`, { recursive: true, force: true });
     throw err;
   }
   let reloads = 0;

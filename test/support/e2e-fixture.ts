@@ -95,7 +95,7 @@ ${docs}`);
   }
 
   /** Starts `wirekey run`; with `cgroup`, the agent itself runs in that cgroup. */
-  async startAgent(opts: { cgroup?: string; extraArgs?: string[] } = {}): Promise<RunningAgent> {
+  async startAgent(opts: { cgroup?: string; extraArgs?: string[]; wrapper?: string[] } = {}): Promise<RunningAgent> {
     this.proxyPort = await freePort();
     this.agent = await startAgent({
       policy: this.policyDir,
@@ -106,6 +106,7 @@ ${docs}`);
       upstreamCa: this.pki.caCert,
       cgroup: opts.cgroup,
       extraArgs: opts.extraArgs,
+      wrapper: opts.wrapper,
     });
     return this.agent;
   }
@@ -137,7 +138,7 @@ ${docs}`);
     removeCgroupTree(this.cgRoot, path.join(this.cgRoot, this.cgBase));
     rmSync(this.pinDir, { recursive: true, force: true });
     // Kernel-path connections of an agent that was killed or stopped with them open.
-    rmSync(`${this.pinDir}.draining`, { recursive: true, force: true });
+    rmSync(`${this.pinDir}-draining`, { recursive: true, force: true });
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

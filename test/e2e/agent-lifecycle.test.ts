@@ -1,0 +1,328 @@
+/**
+ * No agent, no injection: what a workload's open plaintext connection gets
+ * from the kernel datapath when the agent is killed, restarted and stopped,
+ * through real `wirekey run` processes, against the strict plain-HTTP
+ * upstream. A connection is a Python client in the bound cgroup that sends
+ * one GET per line it reads on stdin and reports the status, or the errno
+ * that stopped it.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import { E2eFixture, sha256 } from '../support/e2e-fixture.js';
+import { PlainUpstream } from '../support/plain-upstream.js';
+import { eventually, waitFor } from '../support/wait.js';
+import { kernelHttpSkipReason } from '../support/requirements.js';
+import { runInCgroup } from '../support/cgroup.js';
+import { wirekeyBin, type RunningAgent } from '../support/agent.js';
+import { must, run } from '../support/shell.js';
+import { native } from '../../controller/datapath/native.js';
+import { decodeHttpConfig, encodeU32 } from '../../controller/datapath/layout.js';
+
+const skip = kernelHttpSkipReason();
+const EACCES = 13;
+
+const CLIENT = String.raw`
+import json, socket, sys
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+print(json.dumps({'port': s.getsockname()[1]}), flush=True)
+buf = b''
+def response():
+    global buf
+    while b'\r\n\r\n' not in buf:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError('closed')
+        buf += chunk
+    head, _, rest = buf.partition(b'\r\n\r\n')
+    lines = head.decode('latin1').split('\r\n')
+    cl = 0
+    for l in lines[1:]:
+        k, _, v = l.partition(':')
+        if k.strip().lower() == 'content-length':
+            cl = int(v.strip())
+    while len(rest) < cl:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError('closed in body')
+        rest += chunk
+    buf = rest[cl:]
+    return int(lines[0].split(' ')[1])
+for line in sys.stdin:
+    try:
+        s.sendall(('GET %s HTTP/1.1\r\nHost: u\r\n\r\n' % line.strip()).encode())
+        print(json.dumps({'status': response()}), flush=True)
+    except OSError as e:
+        print(json.dumps({'error': e.errno}), flush=True)
+    except EOFError as e:
+        print(json.dumps({'error': str(e)}), flush=True)
+`;
+
+type Reply = { status?: number; error?: number | string };
+
+/** One keep-alive connection of a bound process, driven request by request. */
+class Connection {
+  readonly #child: ChildProcess;
+  readonly #lines: string[] = [];
+  #waiting: ((line: string) => void) | null = null;
+  #failed: ((err: Error) => void) | null = null;
+  port = 0;
+
+  private constructor(child: ChildProcess) {
+    this.#child = child;
+    child.once('exit', () => this.#failed?.(new Error('the client exited')));
+    let buffered = '';
+    child.stdout?.on('data', (d: Buffer) => {
+      buffered += d.toString();
+      let nl: number;
+      while ((nl = buffered.indexOf('\n')) >= 0) {
+        const line = buffered.slice(0, nl);
+        buffered = buffered.slice(nl + 1);
+        const w = this.#waiting;
+        if (w) {
+          this.#waiting = null;
+          w(line);
+        } else {
+          this.#lines.push(line);
+        }
+      }
+    });
+  }
+
+  static async open(cg: string, address: string): Promise<Connection> {
+    const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg, 'python3', '-c', CLIENT, address], { stdio: ['pipe', 'pipe', 'inherit'] });
+    const c = new Connection(child);
+    c.port = (JSON.parse(await c.#next()) as { port: number }).port;
+    return c;
+  }
+
+  #next(): Promise<string> {
+    const line = this.#lines.shift();
+    if (line !== undefined) return Promise.resolve(line);
+    if (this.#child.exitCode !== null) return Promise.reject(new Error('the client exited'));
+    return new Promise((resolve, reject) => {
+      this.#waiting = resolve;
+      this.#failed = reject;
+    });
+  }
+
+  async get(target: string): Promise<Reply> {
+    this.#child.stdin?.write(`${target}\n`);
+    return JSON.parse(await this.#next()) as Reply;
+  }
+
+  close(): Promise<void> {
+    return new Promise((resolve) => {
+      if (this.#child.exitCode !== null || this.#child.signalCode !== null) return resolve();
+      this.#child.once('exit', () => resolve());
+      this.#child.stdin?.end();
+    });
+  }
+}
+
+describe.skipIf(skip)(`the kernel datapath without an agent${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const f = new E2eFixture();
+  let plain: PlainUpstream;
+  let bound: string;
+  const connections: Connection[] = [];
+  const agents: RunningAgent[] = [];
+  const auth = () => sha256(`Bearer ${f.token}`);
+
+  const open = async () => {
+    const c = await Connection.open(bound, f.host.ipv4);
+    connections.push(c);
+    return c;
+  };
+  /** Starts an agent with the given heartbeat timeout (seconds). */
+  const start = async (timeout: number) => {
+    const agent = await f.startAgent({ extraArgs: ['--kernel-alive-timeout', String(timeout)] });
+    agents.push(agent);
+    f.agentStopped = false;
+    return agent;
+  };
+  const draining = () => `${f.pinDir}-draining`;
+  const drainingEntries = () => (existsSync(draining()) ? readdirSync(draining()) : []);
+  /** Every request the upstream saw from this connection carried the credential once. */
+  const neverBare = (c: Connection) => {
+    const recs = plain.byPort(c.port);
+    for (const r of recs) expect(r.authorization).toEqual([auth()]);
+    return recs.map((r) => r.target);
+  };
+  /** Whether any wk_http_hdr map on this host (pinned or not, this test's or another's) holds `secret`. */
+  const anyHeaderMapHolds = async (secret: string): Promise<boolean> => {
+    const maps = JSON.parse((await must('bpftool', ['-j', 'map', 'show'])) || '[]') as { id: number; name?: string }[];
+    const needle = Buffer.from(secret);
+    for (const m of maps.filter((x) => x.name === 'wk_http_hdr')) {
+      let map;
+      try {
+        map = native().openMapById(m.id);
+      } catch {
+        continue; // freed meanwhile
+      }
+      for (const key of map.keys()) if (map.lookup(key)?.includes(needle)) return true;
+    }
+    return false;
+  };
+
+  beforeAll(async () => {
+    await f.setUp();
+    bound = f.cgroup('bound');
+    plain = await PlainUpstream.start(f.host);
+    f.onClose(async () => {
+      for (const c of connections) await c.close();
+      for (const a of agents) await a.stop();
+      await plain?.stop();
+    });
+    f.writePolicy(`apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: plain}
+spec: {addresses: [${f.host.ipv4}], port: 80, tls: false}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: app}
+spec: {selector: {cgroup: ${f.cgBase}/bound}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: app-plain}
+spec: {workload: app, service: plain, inject: {bearer: {credential: api-token}}}
+`);
+  });
+
+  afterAll(() => f.close());
+
+  it('the agent is not dumpable: a process of its uid and capabilities cannot read its fds or memory (it can an ordinary one\'s)', async () => {
+    // Without CAP_SYS_PTRACE on either side, so that dumpability is what decides
+    // (a reader must otherwise hold every capability its target holds).
+    const noPtrace = ['setpriv', '--inh-caps=-sys_ptrace', '--bounding-set=-sys_ptrace'];
+    const agent = await f.startAgent({ wrapper: noPtrace, extraArgs: ['--kernel-alive-timeout', '5'] });
+    agents.push(agent);
+    f.agentStopped = false;
+    const probe = String.raw`
+import json, os, sys
+out = {}
+for name in ['fd/0', 'mem']:
+    p = '/proc/%s/%s' % (sys.argv[1], name)
+    try:
+        os.readlink(p) if name == 'fd/0' else open(p, 'rb').close()
+        out[name] = 'ok'
+    except OSError as e:
+        out[name] = e.strerror
+print(json.dumps(out))
+`;
+    const read = async (pid: number) => JSON.parse((await must(noPtrace[0] as string, [...noPtrace.slice(1), 'python3', '-c', probe, String(pid)])).trim()) as Record<string, string>;
+    const ordinary = spawn(noPtrace[0] as string, [...noPtrace.slice(1), 'sleep', '60'], { stdio: 'ignore' });
+    try {
+      await waitFor(() => existsSync(`/proc/${ordinary.pid}/fd/0`), 'the ordinary process');
+      expect(await read(ordinary.pid as number)).toEqual({ 'fd/0': 'ok', mem: 'ok' });
+    } finally {
+      ordinary.kill();
+    }
+    expect(await read(agent.pid)).toEqual({ 'fd/0': 'Permission denied', mem: 'Permission denied' });
+    expect(await agent.stop()).toBe(0);
+  });
+
+  it('kill -9: an open connection gets the header until the heartbeat lapses, then is refused (EACCES), never sent bare; new connections go out untouched', async () => {
+    const agent = await start(1);
+    const c = await open();
+    expect(await c.get('/killed/0')).toEqual({ status: 200 });
+    await agent.kill();
+    // Requests go on with the header for at most the timeout, then the next is refused.
+    let i = 0;
+    const refused = await eventually(async () => {
+      const r = await c.get(`/killed/${++i}`);
+      return r.error !== undefined && r;
+    }, 15_000, 'a request refused after the heartbeat lapsed');
+    expect(refused.error).toBe(EACCES);
+    await waitFor(() => plain.byPort(c.port).length >= i - 1, 'the requests sent before the refusal');
+    const targets = neverBare(c);
+    expect(targets).not.toContain(`/killed/${i}`);
+    // Refused for good: the connection takes no more writes.
+    expect(await c.get('/killed/after')).toEqual({ error: EACCES });
+    // Counted, in the pins the dead agent left.
+    const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+    expect(status).toMatch(/refusedAgent [1-9]/);
+    // Its cgroup programs died with it: a new connection is not bound at all.
+    const fresh = await runInCgroup(bound, 'curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{local_port} %{http_code}', `http://${f.host.ipv4}/fresh`]);
+    const [port, code] = fresh.stdout.split(' ').map(Number);
+    expect(code).toBe(200);
+    expect((await plain.from(port as number, 1))[0]?.authorization).toEqual([]);
+    await c.close();
+  });
+
+  it('restart: the new agent refuses the connections the old one left open at once, never sends them bare, injects new ones, and sweeps the old sockhash once they close', async () => {
+    // A timeout long enough that only the new agent can be what refuses.
+    const first = await start(600);
+    const c = await open();
+    expect(await c.get('/restart/0')).toEqual({ status: 200 });
+    await first.kill();
+    expect(await c.get('/restart/1')).toEqual({ status: 200 });
+
+    const second = await start(600);
+    expect(second.output()).toMatch(/the previous agent left 1 connection\(s\) open: refused from their next request \(its heartbeat set to 0, 1 header line\(s\) wiped\); draining at \S+socks-\d+/);
+    expect(drainingEntries()).toHaveLength(1);
+    expect(await c.get('/restart/2')).toEqual({ error: EACCES });
+    expect(neverBare(c)).toEqual(['/restart/0', '/restart/1']);
+
+    // New connections belong to the new agent.
+    const d = await open();
+    expect(await d.get('/restart/new')).toEqual({ status: 200 });
+    expect(neverBare(d)).toEqual(['/restart/new']);
+
+    const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+    expect(status).toMatch(/draining \S+socks-\d+: 1 connection\(s\) of a previous agent, each refused at its next request; refusedAgent 1/);
+
+    await c.close();
+    await waitFor(() => /swept \S+socks-\d+: its last connection closed \(1 request\(s\) refused without an agent\)/.test(second.output()), 'the drained sockhash to be swept');
+    expect(existsSync(draining())).toBe(false);
+    await d.close();
+  });
+
+  it('clean stop: open connections are refused at once, no header map holds the credential, and their sockhash drains under one pin until the next agent sweeps it', async () => {
+    const agent = agents.at(-1) as RunningAgent;
+    const c = await open();
+    expect(await c.get('/stop/0')).toEqual({ status: 200 });
+    // The positive control for the search below.
+    expect(await anyHeaderMapHolds(f.token)).toBe(true);
+
+    expect(await agent.stop()).toBe(0);
+    f.agentStopped = true;
+    // The timeout is 600 s: only the stop itself can refuse this.
+    expect(await c.get('/stop/1')).toEqual({ error: EACCES });
+    expect(neverBare(c)).toEqual(['/stop/0']);
+    expect(agent.output()).toMatch(/1 connection\(s\) still open; each is refused from its next request, and their sockhash stays pinned at \S+socks-\d+/);
+
+    // Nothing is left in the pin directory; one sockhash drains, with its
+    // config (heartbeat 0) and counters, and no header map anywhere holds the secret.
+    expect(existsSync(f.pinDir)).toBe(false);
+    const entries = drainingEntries();
+    expect(entries).toHaveLength(1);
+    const dir = path.join(draining(), entries[0] as string);
+    expect(readdirSync(dir).sort()).toEqual(['wk_http_config', 'wk_http_socks', 'wk_http_stats']);
+    const config = native().openPinnedMap(path.join(dir, 'wk_http_config')).lookup(encodeU32(0));
+    expect(decodeHttpConfig(config as Buffer).aliveUntil).toBe(0n);
+    expect(await anyHeaderMapHolds(f.token)).toBe(false);
+
+    await c.close();
+    const next = await start(5);
+    expect(next.output()).toMatch(/swept \S+socks-\d+: its last connection closed/);
+    expect(existsSync(draining())).toBe(false);
+    const d = await open();
+    expect(await d.get('/stop/next')).toEqual({ status: 200 });
+    expect(neverBare(d)).toEqual(['/stop/next']);
+    await d.close();
+  });
+
+  it('a stopped agent leaves no header line in any map, also with no connection open', async () => {
+    const agent = agents.at(-1) as RunningAgent;
+    writeFileSync(f.tokenFile, `${f.token}\n`, { mode: 0o600 });
+    expect(await anyHeaderMapHolds(f.token)).toBe(true);
+    expect(await agent.stop()).toBe(0);
+    f.agentStopped = true;
+    expect(await anyHeaderMapHolds(f.token)).toBe(false);
+    expect(existsSync(f.pinDir)).toBe(false);
+    expect(existsSync(draining())).toBe(false);
+  });
+});
