@@ -2,15 +2,15 @@
  * No agent, no injection: what a workload's open plaintext connection gets
  * from the kernel datapath when the agent is killed, restarted and stopped,
  * through real `wirekey run` processes, against the strict plain-HTTP
- * upstream. A connection is a Python client in the bound cgroup that sends
- * one GET per line it reads on stdin and reports the status, or the errno
- * that stopped it.
+ * upstream (and, for the proxy datapath, the TLS upstream). A connection is
+ * a Python client in the bound cgroup that sends one GET per line it reads
+ * on stdin and reports the status, or the errno that stopped it.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
-import { E2eFixture, sha256 } from '../support/e2e-fixture.js';
+import { E2eFixture, HOST, sha256 } from '../support/e2e-fixture.js';
 import { PlainUpstream } from '../support/plain-upstream.js';
 import { eventually, waitFor } from '../support/wait.js';
 import { kernelHttpSkipReason } from '../support/requirements.js';
@@ -24,8 +24,12 @@ const skip = kernelHttpSkipReason();
 const EACCES = 13;
 
 const CLIENT = String.raw`
-import json, socket, sys
-s = socket.create_connection((sys.argv[1], 80), timeout=10)
+import json, socket, ssl, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+host = 'u'
+if len(sys.argv) > 3:
+    host = sys.argv[4]
+    s = ssl.create_default_context(cafile=sys.argv[3]).wrap_socket(s, server_hostname=host)
 print(json.dumps({'port': s.getsockname()[1]}), flush=True)
 buf = b''
 def response():
@@ -51,7 +55,7 @@ def response():
     return int(lines[0].split(' ')[1])
 for line in sys.stdin:
     try:
-        s.sendall(('GET %s HTTP/1.1\r\nHost: u\r\n\r\n' % line.strip()).encode())
+        s.sendall(('GET %s HTTP/1.1\r\nHost: %s\r\n\r\n' % (line.strip(), host)).encode())
         print(json.dumps({'status': response()}), flush=True)
     except OSError as e:
         print(json.dumps({'error': e.errno}), flush=True)
@@ -90,8 +94,10 @@ class Connection {
     });
   }
 
-  static async open(cg: string, address: string): Promise<Connection> {
-    const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg, 'python3', '-c', CLIENT, address], { stdio: ['pipe', 'pipe', 'inherit'] });
+  /** Plain HTTP to port 80, or with `tls`, HTTPS to port 443 trusting `ca` for `servername`. */
+  static async open(cg: string, address: string, tls?: { ca: string; servername: string }): Promise<Connection> {
+    const args = tls ? [address, '443', tls.ca, tls.servername] : [address, '80'];
+    const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg, 'python3', '-c', CLIENT, ...args], { stdio: ['pipe', 'pipe', 'inherit'] });
     const c = new Connection(child);
     c.port = (JSON.parse(await c.#next()) as { port: number }).port;
     return c;
@@ -121,7 +127,7 @@ class Connection {
   }
 }
 
-describe.skipIf(skip)(`the kernel datapath without an agent${skip ? ` (skipped: ${skip})` : ''}`, () => {
+describe.skipIf(skip)(`the datapaths without an agent (killed, restarted, stopped)${skip ? ` (skipped: ${skip})` : ''}`, () => {
   const f = new E2eFixture();
   let plain: PlainUpstream;
   let bound: string;
@@ -129,8 +135,8 @@ describe.skipIf(skip)(`the kernel datapath without an agent${skip ? ` (skipped: 
   const agents: RunningAgent[] = [];
   const auth = () => sha256(`Bearer ${f.token}`);
 
-  const open = async () => {
-    const c = await Connection.open(bound, f.host.ipv4);
+  const open = async (tls?: { ca: string; servername: string }) => {
+    const c = await Connection.open(bound, f.host.ipv4, tls);
     connections.push(c);
     return c;
   };
@@ -188,6 +194,11 @@ apiVersion: wirekey.dev/v1alpha1
 kind: Binding
 metadata: {name: app-plain}
 spec: {workload: app, service: plain, inject: {bearer: {credential: api-token}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: app-api}
+spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
 `);
   });
 
@@ -252,6 +263,29 @@ print(json.dumps(out))
     await c.close();
   });
 
+  it('kill -9, proxy datapath: an open proxied connection is closed with the proxy; a new one goes direct, with no credential', async () => {
+    const agent = await start(5);
+    const t = await open({ ca: f.bothCas, servername: HOST });
+    const before = f.upstream.records.length;
+    expect(await t.get('/proxied/0')).toEqual({ status: 200 });
+    await waitFor(() => f.upstream.records.length > before, 'the proxied request');
+    expect(f.upstream.records.slice(before).map((r) => r.authorization)).toEqual([[f.expectedAuth]]);
+    await agent.kill();
+    const gone = await t.get('/proxied/1');
+    expect(gone.error).toBeDefined();
+    // The redirect died with the agent: curl reaches the upstream itself, with
+    // the upstream's own certificate (it trusts only the upstream's CA) and no credential.
+    const direct = await f.curl(bound, ['--cacert', f.pki.caCert, '-o', '/dev/null', '-w', '%{http_code} %{local_port}', `https://${HOST}/direct`]);
+    const [code, port] = direct.stdout.split(' ').map(Number);
+    expect(code).toBe(200);
+    await waitFor(() => f.upstream.records.some((r) => r.remotePort === port), 'the direct request');
+    const rec = f.upstream.records.find((r) => r.remotePort === port);
+    expect(rec?.url).toBe('/direct');
+    expect(rec?.authorization).toEqual([]);
+    expect(f.upstream.records.some((r) => r.url === '/proxied/1')).toBe(false);
+    await t.close();
+  });
+
   it('restart: the new agent refuses the connections the old one left open at once, never sends them bare, injects new ones, and sweeps the old sockhash once they close', async () => {
     // A timeout long enough that only the new agent can be what refuses.
     const first = await start(600);
@@ -266,10 +300,14 @@ print(json.dumps(out))
     expect(await c.get('/restart/2')).toEqual({ error: EACCES });
     expect(neverBare(c)).toEqual(['/restart/0', '/restart/1']);
 
-    // New connections belong to the new agent.
+    // New connections belong to the new agent, on both datapaths.
     const d = await open();
     expect(await d.get('/restart/new')).toEqual({ status: 200 });
     expect(neverBare(d)).toEqual(['/restart/new']);
+    const proxied = await f.curl(bound, ['--cacert', f.wirekeyCa, '-o', '/dev/null', '-w', '%{http_code}', `https://${HOST}/restart/proxied`]);
+    expect(proxied.stdout).toBe('200');
+    await waitFor(() => f.upstream.records.some((r) => r.url === '/restart/proxied'), 'the proxied request');
+    expect(f.upstream.records.find((r) => r.url === '/restart/proxied')?.authorization).toEqual([f.expectedAuth]);
 
     const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
     expect(status).toMatch(/draining \S+socks-\d+: 1 connection\(s\) of a previous agent, each refused at its next request; refusedAgent 1/);

@@ -1224,6 +1224,110 @@ print(port)
 
   /* ---- audit events (wk_http_events ring buffer) ------------------------ */
 
+  describe('without an agent (a second object, on a cgroup tree of its own)', () => {
+    // Its own tree, so that its programs and kh's never see the same socket.
+    let life: string;
+    let lifeBound: string;
+    let o2: NativeObject;
+    let kh2: KernelHttp;
+    const events: Parameters<Parameters<KernelHttp['events']>[0]>[0][] = [];
+
+    beforeAll(() => {
+      life = createCgroup(cgRoot, `${path.relative(cgRoot, top)}-life`);
+      lifeBound = createCgroup(cgRoot, path.relative(cgRoot, path.join(life, 'bound')));
+      o2 = bpfCall(() => new (native().BpfObject)(objectPath));
+      KernelHttp.enable(o2);
+      bpfCall(() => {
+        o2.setGlobal('agent_tgid', encodeU32(process.pid));
+        o2.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
+        o2.load();
+      });
+      o2.map('wk_cgroup_mask').update(encodeU64(cgroupId(lifeBound) as bigint), encodeMask([WORKLOAD]));
+      o2.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
+      kh2 = KernelHttp.attach(o2, life, { aliveTimeoutMs: 500 });
+      kh2.setDestinations([{ address: v4, port: 80, serviceId: SERVICE }]);
+      kh2.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
+      kh2.events((e) => events.push(e), { drainIntervalMs: 50 });
+    });
+
+    afterAll(() => {
+      const steps = [() => kh2?.close(), () => o2?.close(), () => life && removeCgroupTree(cgRoot, life)];
+      for (const step of steps) {
+        try {
+          step();
+        } catch {
+          /* every step runs */
+        }
+      }
+    });
+
+    it('refuses a timeout below 500 ms', () => {
+      expect(() => KernelHttp.attach(o2, life, { aliveTimeoutMs: 100 })).toThrow(/below 500 ms/);
+    });
+
+    it('a heartbeat that lapses (the event loop stuck past the timeout) refuses the next request of an open connection, counted and evented; never sent bare', async () => {
+      const flag = path.join(dir, 'go-lapse');
+      const client = raw(lifeBound, v4, 80, [
+        { op: 'send', data: get('/lapse/1') },
+        { op: 'recv', count: 1 },
+        { op: 'waitFile', path: flag },
+        { op: 'send', data: get('/lapse/2') },
+        { op: 'recv', count: 1 },
+      ]);
+      await waitFor(() => upstream.requests.some((x) => x.target === '/lapse/1'), '/lapse/1');
+      const before = kh2.stats();
+      // The heartbeat runs on this event loop: hold it until the deadline has
+      // passed and the client's next request has been refused.
+      const deadline = kh2.aliveUntil();
+      while (process.hrtime.bigint() <= deadline);
+      writeFileSync(flag, '');
+      const giveUp = process.hrtime.bigint() + 20_000_000_000n;
+      while (kh2.stats().refusedAgent === before.refusedAgent && process.hrtime.bigint() < giveUp);
+      const r = await client;
+      expect(r.error).toBe(EACCES);
+      expect(delta(before, kh2.stats())).toEqual({ refusedAgent: 1 });
+      await upstream.closedFor(r.localPort);
+      const recs = upstream.byPort(r.localPort);
+      expect(recs.map((x) => x.target)).toEqual(['/lapse/1']);
+      expect(recs[0]?.authorization).toEqual([AUTH_HASH]);
+      await waitFor(() => events.some((e) => e.kind === 'refused' && e.reason === 'refusedAgent' && e.port === 80), 'the refusedAgent event');
+      // The heartbeat is back: new connections are injected again.
+      await waitFor(() => kh2.aliveUntil() > process.hrtime.bigint(), 'the next heartbeat');
+      const ok = await raw(lifeBound, v4, 80, [{ op: 'send', data: get('/lapse/after') }, { op: 'recv', count: 1 }]);
+      expect(ok.error).toBeNull();
+      expect((await upstream.from(ok.localPort, 1))[0]?.authorization).toEqual([AUTH_HASH]);
+    });
+
+    it('expire() refuses at once; close() wipes every header line', async () => {
+      const flag = path.join(dir, 'go-expire');
+      const client = raw(lifeBound, v4, 80, [
+        { op: 'send', data: get('/expire/1') },
+        { op: 'recv', count: 1 },
+        { op: 'waitFile', path: flag },
+        { op: 'send', data: get('/expire/2') },
+        { op: 'recv', count: 1 },
+      ]);
+      await waitFor(() => upstream.requests.some((x) => x.target === '/expire/1'), '/expire/1');
+      const before = kh2.stats();
+      kh2.expire();
+      expect(kh2.aliveUntil()).toBe(0n);
+      writeFileSync(flag, '');
+      const r = await client;
+      expect(r.error).toBe(EACCES);
+      // A connection made after it is refused at its first request (the programs are still attached).
+      const late = await raw(lifeBound, v4, 80, [{ op: 'send', data: get('/expire/late') }, { op: 'recv', count: 1 }]);
+      expect(late.error).toBe(EACCES);
+      expect(delta(before, kh2.stats())).toEqual({ refusedAgent: 2 });
+      expect(upstream.requests.filter((x) => x.target.startsWith('/expire/')).map((x) => x.target)).toEqual(['/expire/1']);
+
+      const hdr = o2.map('wk_http_hdr');
+      expect(hdr.keys()).toHaveLength(1);
+      expect(hdr.lookup(hdr.keys()[0] as Buffer)?.includes(Buffer.from(CANARY))).toBe(true);
+      kh2.close();
+      expect(hdr.keys()).toEqual([]);
+    });
+  });
+
   describe('audit events', () => {
     type KEvent = Parameters<Parameters<KernelHttp['events']>[0]>[0];
     type KEvents = ReturnType<KernelHttp['events']>;

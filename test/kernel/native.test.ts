@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { bpfCall, native, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
-import { LAYOUTS, verifyLayouts } from '../../controller/datapath/layout.js';
+import { CONTRACT, LAYOUTS, verifyLayouts } from '../../controller/datapath/layout.js';
 import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
 import { BpfError } from '../../controller/errors.js';
 import { kernelSkipReason } from '../support/requirements.js';
@@ -50,6 +50,24 @@ describe.skipIf(skip)(`native addon on the real kernel${skip ? ` (skipped: ${ski
       return s;
     };
     expect(() => verifyLayouts(lying)).toThrow(/wk_conn_key\.port: BTF has offset 18/);
+  });
+
+  it("the constants of enum wk_contract match the controller's, and a constant that disagrees or is unknown is refused", () => {
+    const btfEnum = (name: string) => obj.btfEnum(name);
+    expect(obj.btfEnum('wk_contract')).toEqual(CONTRACT);
+    expect(obj.btfEnum('no_such_enum')).toBeNull();
+    expect(() => verifyLayouts((name) => obj.btfStruct(name), btfEnum)).not.toThrow();
+    const moved = (name: string) => ({ ...btfEnum(name), WK_CONTRACT_HTTP_STAT_MAX: 21 });
+    expect(() => verifyLayouts((name) => obj.btfStruct(name), moved)).toThrow(/WK_CONTRACT_HTTP_STAT_MAX: BTF has 21, controller expects 20/);
+    const added = (name: string) => ({ ...btfEnum(name), WK_CONTRACT_NEW: 1 });
+    expect(() => verifyLayouts((name) => obj.btfStruct(name), added)).toThrow(/constants unknown to the controller: WK_CONTRACT_NEW/);
+    expect(() => verifyLayouts((name) => obj.btfStruct(name), () => null)).toThrow(/enum wk_contract is missing/);
+  });
+
+  it('the process can mark itself not dumpable (the agent does, at start)', async () => {
+    const r = await run(process.execPath, ['-e', `const a = require(${JSON.stringify(path.join(repoRoot, 'native/build/Release/wirekey_native.node'))});
+const before = a.dumpable(); a.setDumpable(false); console.log(before, a.dumpable());`]);
+    expect(r.stdout.trim()).toBe('1 0');
   });
 
   it('globals are checked by name and size before load', () => {
