@@ -12,6 +12,13 @@
  * kernel counts them (KernelHttp.stats().eventsLost).
  *
  * A ring buffer has one read position: open one reader per loaded object.
+ *
+ * A refusal's reason is its wk_http_stats name (layout.ts WK_HTTP_STATS),
+ * which is also its audit name: 'refusedBinding', 'refusedMethod', ...
+ * 'refusedAgent' (the heartbeat lapsed or was set to 0: see kernel-http.ts)
+ * reaches a reader only while the agent that owns the ring still reads it:
+ * a hung agent once it recovers, or a stopping one up to its last drain.
+ * Refusals made after the agent is gone are counted, not read.
  */
 import { BpfError } from '../errors.js';
 import { bpfCall, native, type NativeObject, type NativeRingBuffer } from './native.js';
