@@ -369,7 +369,12 @@ export class Datapath {
       // with it, but its sockhash pin keeps its sk_msg program running on
       // the connections it saw open: those are refused from now on and kept
       // draining, never freed (freeing would send them on bare).
-      this.#previous = retireSockhash(this.#pinDir, this.#pinDir);
+      try {
+        this.#previous = retireSockhash(this.#pinDir, this.#pinDir);
+      } catch (cause) {
+        // Removing the pins anyway would send those connections on bare.
+        throw new BpfError(`cannot retire the kernel-path connections a previous agent left in ${this.#pinDir}: ${(cause as Error).message}`, { cause });
+      }
       rmSync(this.#pinDir, { recursive: true, force: true });
     }
     mkdirSync(this.#pinDir, { recursive: true, mode: 0o700 });

@@ -78,6 +78,14 @@ describe('wirekey run', () => {
     expect(r.code).not.toBe(0);
     expect(r.stderr).toContain("option '--kernel-audit <grain>' argument 'sometimes' is invalid. must be request or connection");
   });
+
+  it('names a bad --kernel-alive-timeout', async () => {
+    for (const bad of ['0.1', 'soon', '-5']) {
+      const r = await wirekey('run', '--policy', '/nonexistent', '--kernel-alive-timeout', bad);
+      expect(r.code).not.toBe(0);
+      expect(r.stderr).toContain(`option '--kernel-alive-timeout <seconds>' argument '${bad}' is invalid. must be a number of seconds from 0.5 to 3600`);
+    }
+  });
 });
 
 describe('wirekey ca cert', () => {
