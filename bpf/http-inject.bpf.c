@@ -396,6 +396,15 @@ static __noinline void http_event(struct wk_http_sock *st, __u32 kind, __u32 rea
 	event_submit(e, kind);
 }
 
+/*
+ * A refused connection never injects again: its copy of the line goes. A
+ * subprogram, so that refuse()'s many call sites do not each carry it.
+ */
+static __noinline void forget_line(struct wk_http_sock *st)
+{
+	__builtin_memset(st->line, 0, sizeof(st->line));
+}
+
 static __always_inline bool same_dest(const struct wk_http_dest_key *a,
 				      const struct wk_http_dest_key *b)
 {
@@ -561,6 +570,7 @@ static __always_inline int watch_urgent(struct bpf_sock_ops *skops)
 	tp = bpf_skc_to_tcp_sock(sk);
 	if (tp && urgent_pending(tp)) {
 		st->flags |= SOCK_REFUSED;
+		forget_line(st);
 		http_count(WK_HTTP_STAT_REFUSED_STREAM);
 		http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_STREAM);
 	}
@@ -1105,8 +1115,7 @@ static long chunk_byte(__u32 i, struct scan_ctx *ctx)
 static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
 {
 	st->flags |= SOCK_REFUSED;
-	/* A refused connection never injects again: drop its copy of the line. */
-	__builtin_memset(st->line, 0, sizeof(st->line));
+	forget_line(st);
 	http_count(why);
 	http_event(st, WK_HTTP_EVENT_REFUSED, why);
 	return SK_DROP;
