@@ -103,6 +103,8 @@ export class Datapath {
   #kernelHttpUnavailable: string | null = null;
   #kernelAliveTimeoutMs: number | undefined;
   #previous: RetireResult | null = null;
+  /** The pin directory is this instance's (a previous instance's pins were retired). */
+  #pinned = false;
   #closed = false;
 
   private constructor(object: NativeObject, pinDir: string) {
@@ -325,21 +327,28 @@ export class Datapath {
     }
     this.#kernelHttp = null;
     for (const link of this.#links.splice(0).reverse()) link.destroy();
-    if (this.#maps.has('wk_http_socks')) {
+    // A sockhash that could not be moved keeps its pins where they are, for
+    // the next agent to retire: removing them would send its connections on bare.
+    let keep = false;
+    if (this.#pinned && this.#maps.has('wk_http_socks')) {
       try {
         draining = retireSockhash(this.#pinDir, this.#pinDir)?.draining ?? null;
       } catch (err) {
         failure ??= err;
+        keep = true;
       }
     }
-    for (const map of this.#maps.values()) {
+    for (const [name, map] of this.#maps) {
+      if (keep && (name === 'wk_http_socks' || name === 'wk_http_config')) continue;
       try {
         map.unpin();
       } catch {
         /* the directory is removed below in any case */
       }
     }
-    rmSync(this.#pinDir, { recursive: true, force: true });
+    // Never a directory this instance did not make its own (a previous
+    // instance's pins that could not be retired stay for the next try).
+    if (this.#pinned && !keep) rmSync(this.#pinDir, { recursive: true, force: true });
     this.#object.close();
     if (failure) throw failure;
     return draining;
@@ -378,6 +387,7 @@ export class Datapath {
       rmSync(this.#pinDir, { recursive: true, force: true });
     }
     mkdirSync(this.#pinDir, { recursive: true, mode: 0o700 });
+    this.#pinned = true;
     for (const [name, map] of this.#maps) bpfCall(() => map.pin(path.join(this.#pinDir, name)));
   }
 }
