@@ -17,10 +17,12 @@ import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js
 import { identityTables } from '../identity/tables.js';
 import { runningTasks } from '../identity/backfill.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
-import { ProxyServer } from '../proxy/proxy-server.js';
+import { ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { createUpstreamAgent } from '../proxy/upstream.js';
+import { ByteBudget } from '../inject/byte-budget.js';
+import { credentialHeader } from '../inject/inject.js';
 import { AuditLog } from '../audit/audit-log.js';
-import { RouteTable } from './routes.js';
+import { RouteTable } from '../proxy/routes.js';
 import { KernelBindings } from './kernel-bindings.js';
 import { CredentialError, NotSupportedError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -37,6 +39,10 @@ export interface AgentOptions {
   upstreamCaFile?: string;
   /** Largest request body read into memory to compute a SigV4 payload hash (default 16 MiB). */
   sigv4BodyLimit?: number;
+  /** Memory all SigV4 bodies being hashed may hold together (default 64 MiB). */
+  sigv4BodyMemory?: number;
+  /** Bounds on the proxy's per-connection and per-workload work (defaults: DEFAULT_PROXY_LIMITS). */
+  proxyLimits?: Partial<ProxyLimits>;
   /** Load the kernel HTTP datapath (default true); without it plaintext services are refused. */
   kernelDatapath?: boolean;
   /** Kernel datapath injections in the audit log: per request (default), or per connection and credential version. */
@@ -118,6 +124,8 @@ export class Agent {
       credential: (name) => this.#credential(name),
       upstreamAgent: this.#upstreamAgent,
       sigv4BodyLimit: this.#opts.sigv4BodyLimit ?? 16 * 1024 * 1024,
+      sigv4BodyBudget: new ByteBudget(this.#opts.sigv4BodyMemory ?? 64 * 1024 * 1024),
+      limits: this.#opts.proxyLimits,
       audit: this.#audit,
       log: this.#log,
     });
@@ -281,13 +289,30 @@ export class Agent {
     }
   }
 
-  /** A credential that cannot be read now is reported, not fatal: it may appear later. */
+  /**
+   * A credential that cannot be read now, or whose value cannot be sent the
+   * way a binding injects it (a CR or LF in a token), is reported, not
+   * fatal: that binding's requests are refused until it is fixed, and every
+   * other binding carries on.
+   */
   async #checkCredentials(): Promise<void> {
+    const unreadable = new Set<string>();
     for (const source of this.#credentials.values()) {
       try {
         await source.get();
       } catch (err) {
+        unreadable.add(source.name);
         this.#log.warn('%s; requests that need it will fail until it can be read', (err as Error).message);
+      }
+    }
+    for (const binding of this.#plan.bindings) {
+      const inject = binding.inject;
+      const source = this.#credentials.get(inject.credential);
+      if (inject.kind === 'sigv4' || !source || unreadable.has(source.name)) continue;
+      try {
+        credentialHeader(inject, await source.get());
+      } catch (err) {
+        this.#log.warn('binding %s withholds its credential: %s; its requests are refused until it is fixed', binding.name, (err as Error).message);
       }
     }
   }

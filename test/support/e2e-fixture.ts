@@ -95,7 +95,7 @@ ${docs}`);
   }
 
   /** Starts `wirekey run`; with `cgroup`, the agent itself runs in that cgroup. */
-  async startAgent(opts: { cgroup?: string } = {}): Promise<RunningAgent> {
+  async startAgent(opts: { cgroup?: string; extraArgs?: string[] } = {}): Promise<RunningAgent> {
     this.proxyPort = await freePort();
     this.agent = await startAgent({
       policy: this.policyDir,
@@ -105,6 +105,7 @@ ${docs}`);
       audit: this.auditPath,
       upstreamCa: this.pki.caCert,
       cgroup: opts.cgroup,
+      extraArgs: opts.extraArgs,
     });
     return this.agent;
   }
