@@ -3,6 +3,7 @@ import tls from 'node:tls';
 import { beforeAll, describe, expect, it } from 'vitest';
 import {
   MAX_CLIENT_HELLO_BYTES,
+  MAX_CLIENT_HELLO_RECORDS,
   normalizeHostName,
   parseClientHello,
   type ClientHelloResult,
@@ -354,12 +355,33 @@ describe('parseClientHello size limit', () => {
     expectInvalid(parseClientHello(toRecords(huge).subarray(0, 9)), /exceeds/);
   });
 
-  it('rejects accumulating past the limit with tiny records', () => {
-    const hello = syntheticHello([padding(20_000)]);
-    const records = toRecords(hello, [1]);
+  it('rejects accumulating past the limit with small records', () => {
+    // Small enough that headers add a quarter, few enough to stay under the record cap.
+    const hello = syntheticHello([padding(60_000)]);
+    const records = toRecords(hello, [16]);
+    expect(Math.ceil(hello.length / 16)).toBeLessThan(MAX_CLIENT_HELLO_RECORDS);
     expect(records.length).toBeGreaterThan(MAX_CLIENT_HELLO_BYTES);
     expectInvalid(parseClientHello(records.subarray(0, MAX_CLIENT_HELLO_BYTES)), /exceeds 65536/);
     expectInvalid(parseClientHello(records), /exceeds 65536/);
+  });
+});
+
+describe('parseClientHello record limit', () => {
+  const padding = (n: number): Buffer => extension(21, Buffer.alloc(n));
+
+  it('accepts a hello that ends in the last record allowed', () => {
+    const hello = syntheticHello([sniExtension('big.example'), padding(MAX_CLIENT_HELLO_RECORDS - 105)]);
+    expect(hello.length).toBe(MAX_CLIENT_HELLO_RECORDS);
+    const records = toRecords(hello, [1]);
+    expect(expectOk(parseClientHello(records)).bytesNeeded).toBe(records.length);
+  });
+
+  it('refuses once that many records have not completed the hello', () => {
+    const records = toRecords(syntheticHello([padding(20_000)]), [1]);
+    const limit = MAX_CLIENT_HELLO_RECORDS * 6;
+    expect(parseClientHello(records.subarray(0, limit - 1)).status).toBe('incomplete');
+    expectInvalid(parseClientHello(records.subarray(0, limit)), /not complete after 4096 records/);
+    expectInvalid(parseClientHello(records), /not complete after 4096 records/);
   });
 });
 
