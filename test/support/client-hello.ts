@@ -106,3 +106,14 @@ export function syntheticHello(extensions: Buffer[] | null, options: { sessionId
   header.writeUIntBE(body.length, 1, 3);
   return Buffer.concat([header, body]);
 }
+
+/** A fixed-seed PRNG (xorshift32), so a failing random case can be replayed. */
+export function seededRandom(seed: number): (n: number) => number {
+  let state = seed | 0 || 1;
+  return (n: number): number => {
+    state ^= state << 13;
+    state ^= state >>> 17;
+    state ^= state << 5;
+    return (state >>> 0) % n;
+  };
+}
