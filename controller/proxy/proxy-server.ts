@@ -17,7 +17,7 @@ import type { AuditEvent, AuditLog } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from './routes.js';
 import type { Credential } from '../credentials/credential.js';
-import { parseClientHello, MAX_CLIENT_HELLO_BYTES } from '../tls/client-hello.js';
+import { ClientHelloReader } from '../tls/client-hello-reader.js';
 import { InjectionRefusal, prepareUpstreamRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
 import { downstreamResponseHeaders } from './headers.js';
@@ -201,15 +201,20 @@ export class ProxyServer {
     this.#sniff(socket, orig, workload, finish);
   }
 
-  /** Reads the ClientHello (without consuming it for good) and picks terminate or relay. */
+  /**
+   * Reads the ClientHello (without consuming it for good: every byte is
+   * replayed to the TLS stack or the relay) and picks terminate or relay.
+   * The reader does work linear in the bytes, however they are cut into
+   * records and segments, and bounds records and bytes.
+   */
   #sniff(socket: net.Socket, orig: OrigDst, workload: string, handshakeDone: () => void): void {
-    let head = Buffer.alloc(0);
+    const reader = new ClientHelloReader();
     const onData = (chunk: Buffer) => {
-      head = Buffer.concat([head, chunk]);
-      const hello = parseClientHello(head);
-      if (hello.status === 'incomplete' && head.length <= MAX_CLIENT_HELLO_BYTES) return;
+      const hello = reader.push(chunk);
+      if (hello.status === 'incomplete') return;
       socket.off('data', onData);
       socket.pause();
+      const head = reader.received;
       const table = this.#deps.routes();
       const route = hello.status === 'ok' && hello.serverName ? table.match(orig.workloadId, orig.port, hello.serverName) : undefined;
       if (route && hello.status === 'ok' && hello.serverName) {
