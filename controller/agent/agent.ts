@@ -112,10 +112,10 @@ export class Agent {
 
     mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     const ca = await LocalCa.loadOrCreate(path.join(this.#opts.stateDir, 'ca'));
+    this.#audit = new AuditLog(this.#opts.auditPath);
     await this.#checkCredentials();
 
     this.#cgroupRoot = findCgroup2Root();
-    this.#audit = new AuditLog(this.#opts.auditPath);
     this.#upstreamAgent = createUpstreamAgent({ caFile: this.#opts.upstreamCaFile });
     this.#proxy = new ProxyServer({
       identify: (address, port) => this.#datapath?.takeConnection(address, port) ?? null,
@@ -308,11 +308,18 @@ export class Agent {
     for (const binding of this.#plan.bindings) {
       const inject = binding.inject;
       const source = this.#credentials.get(inject.credential);
-      if (inject.kind === 'sigv4' || !source || unreadable.has(source.name)) continue;
-      try {
-        credentialHeader(inject, await source.get());
-      } catch (err) {
-        this.#log.warn('binding %s withholds its credential: %s; its requests are refused until it is fixed', binding.name, (err as Error).message);
+      let reason: string | undefined;
+      if (!source || unreadable.has(source.name)) reason = `credential "${inject.credential}" cannot be read now`;
+      else if (inject.kind !== 'sigv4') {
+        try {
+          credentialHeader(inject, await source.get());
+        } catch (err) {
+          reason = (err as Error).message;
+          this.#log.warn('binding %s withholds its credential: %s; its requests are refused until it is fixed', binding.name, reason);
+        }
+      }
+      if (reason) {
+        this.#audit?.record({ decision: 'withhold', binding: binding.name, workload: binding.workload, service: binding.service, credential: inject.credential, reason });
       }
     }
   }

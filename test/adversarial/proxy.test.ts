@@ -258,6 +258,7 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     expect(r.body).toContain('broken-token');
     expect(r.body).not.toContain(f.dir);
     expect(agent.output()).toMatch(/binding broken-api withholds its credential: credential "broken-token": cannot be sent in the Authorization header: it holds a control character/);
+    expect(audit().filter((e) => e.decision === 'withhold' && e.binding === 'broken-api')).not.toEqual([]);
     const bob = open(cg.bob);
     bob.send(request('GET', '/still-up'));
     expect((await bob.read()).status).toBe(200);
