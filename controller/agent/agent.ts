@@ -78,6 +78,7 @@ export class Agent {
   #reported = new Set<string>();
   #syncing = false;
   #lastStats: DatapathStats = { tasksFull: 0n, storageFailures: 0n };
+  #lastProxyStats: string | undefined;
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -341,6 +342,8 @@ export class Agent {
       this.#resolved = resolved;
       this.#reportProblems();
       this.#reportStats();
+      const proxyStats = JSON.stringify(this.#proxy?.stats());
+      if (proxyStats !== this.#lastProxyStats) this.#writeRuntimeState();
     } catch (err) {
       this.#log.error('cannot update workload identity: %s', (err as Error).message);
     } finally {
@@ -402,6 +405,11 @@ export class Agent {
         };
       }),
     };
+    const proxy = this.#proxy?.stats();
+    if (proxy) {
+      state.proxy = proxy as Required<RuntimeState>['proxy'];
+      this.#lastProxyStats = JSON.stringify(proxy);
+    }
     writeFileAtomic(runtimeStatePath(this.#opts.stateDir), `${JSON.stringify(state, null, 2)}\n`);
   }
 }

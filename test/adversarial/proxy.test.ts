@@ -18,8 +18,9 @@ import { kernelSkipReason } from '../support/requirements.js';
 import { spawn } from 'node:child_process';
 import { TlsSession } from '../support/tls-session.js';
 import { runInCgroup } from '../support/cgroup.js';
-import { repoRoot, type RunningAgent } from '../support/agent.js';
-import { waitFor } from '../support/wait.js';
+import { repoRoot, wirekeyBin, type RunningAgent } from '../support/agent.js';
+import { eventually, waitFor } from '../support/wait.js';
+import { run } from '../support/shell.js';
 
 const skip = kernelSkipReason();
 
@@ -372,6 +373,14 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     bob.send(request('GET', '/after-fuzz'));
     expect((await bob.read()).status).toBe(200);
     expect(agent.output()).not.toMatch(/inside the proxy/);
+  });
+
+  it('wirekey status counts the proxy\'s refusals by code', async () => {
+    const out = await eventually(async () => {
+      const r = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+      return /proxy: .*refused: .*connection-names-protected \d+.*too-many-handshakes \d+/.test(r.stdout) && r.stdout;
+    }, 20_000, 'status to show the refusals');
+    expect(out).toMatch(/too-many-connections \d+/);
   });
 
   it('no credential in the agent\'s log or audit log', () => {
