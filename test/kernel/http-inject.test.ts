@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native, bpfCall, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
-import { encodeAny, encodeMask, encodeU32, encodeU64, verifyLayouts } from '../../controller/datapath/layout.js';
+import { encodeAny, encodeMask, encodeU32, encodeU64, verifyConstants, verifyLayouts } from '../../controller/datapath/layout.js';
 import { cgroupId, findCgroup2Root } from '../../controller/datapath/cgroup.js';
 import { KERNEL_HTTP_PROGRAMS, KernelHttp, headerLine, type KernelHttpStats } from '../../controller/datapath/kernel-http.js';
 import { kernelHttpSkipReason } from '../support/requirements.js';
@@ -338,6 +338,8 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
   let dir: string;
   let v4: string;
   let v6: string;
+  /** Why this kernel refused the failed-push watch (fexit), or null. */
+  let pushWatchRefused: string | null = null;
 
   beforeAll(async () => {
     cgRoot = findCgroup2Root();
@@ -350,14 +352,30 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
     v6 = host.ipv6;
     upstream = await PlainUpstream.start(host);
 
-    obj = bpfCall(() => new (native().BpfObject)(objectPath));
-    verifyLayouts((name) => obj.btfStruct(name));
-    KernelHttp.enable(obj);
-    bpfCall(() => {
-      obj.setGlobal('agent_tgid', encodeU32(process.pid));
-      obj.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
-      obj.load();
-    });
+    // With the failed-push watch if this kernel takes fexit programs, as the agent does.
+    const open = (pushWatch: boolean) => {
+      const o = bpfCall(() => new (native().BpfObject)(objectPath));
+      try {
+        verifyLayouts((name) => o.btfStruct(name));
+        verifyConstants((name) => o.btfEnum(name));
+        KernelHttp.enable(o, { pushWatch });
+        bpfCall(() => {
+          o.setGlobal('agent_tgid', encodeU32(process.pid));
+          o.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
+          o.load();
+        });
+      } catch (err) {
+        o.close();
+        throw err;
+      }
+      return o;
+    };
+    try {
+      obj = open(true);
+    } catch (err) {
+      pushWatchRefused = (err as Error).message.split('\n')[0] ?? String(err);
+      obj = open(false);
+    }
     // Workload 1: processes in <top>/bound, any executable, any user.
     obj.map('wk_cgroup_mask').update(encodeU64(cgroupId(bound) as bigint), encodeMask([WORKLOAD]));
     obj.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
@@ -494,6 +512,18 @@ console.log(JSON.stringify(out));
     expect(recs.map((x) => x.target)).toEqual(['/fetch/0', '/fetch/1', '/fetch/2']);
     for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
     expect(recs[1]?.bodySha256).toBe(sha256('hello '.repeat(200)));
+  });
+
+  it('every allowed method (GET HEAD POST PUT PATCH DELETE OPTIONS, exactly so spelled) gets the header once', async () => {
+    const methods = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'];
+    const burst = methods.map((m) => `${m} /method/${m} HTTP/1.1\r\nHost: upstream\r\nContent-Length: 0\r\n\r\n`).join('') +
+      'OPTIONS * HTTP/1.1\r\nHost: upstream\r\n\r\n';
+    const r = await raw(bound, v4, 80, [{ op: 'send', data: burst }, { op: 'recv', count: methods.length + 1 }]);
+    expect(r.error).toBeNull();
+    const recs = await upstream.from(r.localPort, methods.length + 1);
+    expect(recs.map((x) => x.method)).toEqual([...methods, 'OPTIONS']);
+    expect(recs.at(-1)?.target).toBe('*');
+    for (const rec of recs) expect(rec.authorization).toEqual([AUTH_HASH]);
   });
 
   it('pipelined requests in one write each get the header exactly once', async () => {
@@ -976,13 +1006,14 @@ console.log(JSON.stringify(out));
   it.each([
     ['Upgrade', get('/ws', 'Upgrade: websocket\r\nConnection: Upgrade\r\n'), 'refusedUpgrade'],
     ['Connection: upgrade alone', get('/h2c', 'Connection: keep-alive, UPGRADE\r\n'), 'refusedUpgrade'],
-    ['CONNECT', 'CONNECT upstream:443 HTTP/1.1\r\nHost: upstream:443\r\n\r\n', 'refusedUpgrade'],
+    ['CONNECT', 'CONNECT upstream:443 HTTP/1.1\r\nHost: upstream:443\r\n\r\n', 'refusedMethod'],
     ['obs-fold', get('/fold', 'X-A: one\r\n two\r\n'), 'refusedMalformed'],
     ['bare LF', 'GET /lf HTTP/1.1\nHost: upstream\r\n\r\n', 'refusedMalformed'],
     ['bare CR in a value', get('/cr', 'X-A: a\rb\r\n'), 'refusedMalformed'],
     ['space before the colon', get('/sp', 'X-A : b\r\n'), 'refusedMalformed'],
     ['NUL', get('/nul', 'X-A: a\u0000b\r\n'), 'refusedMalformed'],
-    ['HTTP/2 preface', 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'refusedMalformed'],
+    ['HTTP/2 preface', 'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', 'refusedMethod'],
+    ['a request line in HTTP/2 form', 'GET / HTTP/2.0\r\nHost: u\r\n\r\n', 'refusedMalformed'],
     ['duplicate Content-Length', 'POST /dup HTTP/1.1\r\nHost: u\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx', 'refusedContentLength'],
     ['Content-Length with Transfer-Encoding', 'POST /clte HTTP/1.1\r\nHost: u\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 'refusedTransferEncoding'],
     ['Transfer-Encoding with Content-Length', 'POST /tecl HTTP/1.1\r\nHost: u\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n', 'refusedTransferEncoding'],
@@ -996,6 +1027,14 @@ console.log(JSON.stringify(out));
     ['Transfer-Encoding on HTTP/1.0', 'POST /old HTTP/1.0\r\nHost: u\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n', 'refusedTransferEncoding'],
     ['TRACE', 'TRACE /echo HTTP/1.1\r\nHost: u\r\n\r\n', 'refusedMethod'],
     ['TRACE in lower case', 'trace /echo HTTP/1.1\r\nHost: u\r\n\r\n', 'refusedMethod'],
+    ['TRACK', 'TRACK /echo HTTP/1.1\r\nHost: u\r\n\r\n', 'refusedMethod'],
+    ['CONNECT in lower case', 'connect upstream:443 HTTP/1.1\r\nHost: upstream:443\r\n\r\n', 'refusedMethod'],
+    ['get in lower case (methods are case-sensitive)', 'get /lower HTTP/1.1\r\nHost: u\r\n\r\n', 'refusedMethod'],
+    ['Post in mixed case', 'Post /mixed HTTP/1.1\r\nHost: u\r\nContent-Length: 0\r\n\r\n', 'refusedMethod'],
+    ['an unknown method (PROPFIND)', 'PROPFIND /dav HTTP/1.1\r\nHost: u\r\n\r\n', 'refusedMethod'],
+    ['a method longer than any allowed one', 'OPTIONSX / HTTP/1.1\r\nHost: u\r\n\r\n', 'refusedMethod'],
+    ['a method that starts like an allowed one', 'GETS / HTTP/1.1\r\nHost: u\r\n\r\n', 'refusedMethod'],
+    ['two Host lines', 'GET /two-hosts HTTP/1.1\r\nHost: upstream\r\nHost: other\r\n\r\n', 'refusedHost'],
     ['Content-Length list', 'POST /list HTTP/1.1\r\nHost: u\r\nContent-Length: 1, 1\r\n\r\nx', 'refusedContentLength'],
     ['negative Content-Length', 'POST /neg HTTP/1.1\r\nHost: u\r\nContent-Length: -1\r\n\r\n', 'refusedContentLength'],
   ] as const)('%s is refused (EACCES) and nothing of it reaches the upstream', async (_name, request, counter) => {
@@ -1507,7 +1546,7 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
       const idle = createCgroup(cgRoot, path.relative(cgRoot, path.join(top, 'events-idle')));
       const o2 = bpfCall(() => new (native().BpfObject)(objectPath));
       try {
-        KernelHttp.enable(o2);
+        KernelHttp.enable(o2, { pushWatch: pushWatchRefused === null });
         bpfCall(() => {
           o2.setGlobal('agent_tgid', encodeU32(process.pid));
           o2.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
