@@ -151,6 +151,8 @@ try:
                 time.sleep(0.01)
         elif op == 'oob':
             s.send(base64.b64decode(step['data']), socket.MSG_OOB)
+        elif op == 'shutWr':
+            s.shutdown(socket.SHUT_WR)
 except OSError as e:
     out['error'] = e.errno
 except EOFError as e:
@@ -168,7 +170,8 @@ type Step =
   | { op: 'recv'; count: number }
   | { op: 'finish' }
   | { op: 'waitFile'; path: string }
-  | { op: 'oob'; data: string };
+  | { op: 'oob'; data: string }
+  | { op: 'shutWr' };
 
 interface RawResult {
   localPort: number;
@@ -1262,6 +1265,141 @@ print(port)
   });
 
   /* ---- audit events (wk_http_events ring buffer) ------------------------ */
+
+  it('a write the kernel fails to queue refuses the connection from there on (needs fexit)', async (ctx) => {
+    if (pushWatchRefused) ctx.skip(`this kernel refuses fexit programs, so the failed-push watch is not loaded: ${pushWatchRefused}`);
+    // After shutdown(SHUT_WR) the program still passes the next request, and
+    // the kernel's push fails (EPIPE) before its first byte: the simplest push
+    // failure to make on purpose. The verdict it leaves must not pass anything later.
+    const before = kh.stats();
+    const r = await raw(bound, v4, 80, [
+      { op: 'send', data: get('/push/1') },
+      { op: 'recv', count: 1 },
+      { op: 'shutWr' },
+      { op: 'send', data: get('/push/2') },
+    ]);
+    expect({ error: r.error, step: r.errorStep }).toEqual({ error: 32 /* EPIPE */, step: 3 });
+    expect(delta(before, kh.stats())).toMatchObject({ injected: 2, refusedPush: 1 });
+    const recs = upstream.byPort(r.localPort);
+    expect(recs.map((x) => x.target)).toEqual(['/push/1']);
+  });
+
+  describe('a service that lists hosts', () => {
+    const HOSTS = ['api.internal', 'alt.internal'];
+    const pinned = () => [
+      { address: v4, port: 80, serviceId: SERVICE },
+      { address: v6, port: 80, serviceId: SERVICE },
+    ];
+    beforeAll(() => kh.setDestinations(pinned(), [{ serviceId: SERVICE, hosts: HOSTS }]));
+    afterAll(() => kh.setDestinations(pinned()));
+
+    const req = (head: string) => `${head}\r\n\r\n`;
+    it.each([
+      ['a listed host', 'GET /h/listed HTTP/1.1\r\nHost: api.internal'],
+      ['the other listed host', 'GET /h/alt HTTP/1.1\r\nHost: alt.internal'],
+      ['a listed host in another case', 'GET /h/case HTTP/1.1\r\nHost: API.Internal'],
+      ['a listed host with a trailing dot', 'GET /h/dot HTTP/1.1\r\nHost: api.internal.'],
+      ["a listed host with the service's port", 'GET /h/port HTTP/1.1\r\nHost: api.internal:80'],
+      ['a listed host with whitespace around', 'GET /h/ows HTTP/1.1\r\nHost: \t api.internal \t'],
+      ['a listed host on HTTP/1.0', 'GET /h/old HTTP/1.0\r\nHost: api.internal'],
+      ['an absolute-form target naming a listed host', 'GET http://api.internal/h/absolute HTTP/1.1\r\nHost: api.internal'],
+      ['an absolute-form target with the port and no path', 'OPTIONS HTTP://Api.Internal:80 HTTP/1.1\r\nHost: api.internal'],
+      ['OPTIONS * with a listed host', 'OPTIONS * HTTP/1.1\r\nHost: alt.internal'],
+    ])('%s gets the header', async (_name, head) => {
+      const r = await raw(bound, v4, 80, [{ op: 'send', data: req(head) }, { op: 'recv', count: 1 }]);
+      expect(r.error).toBeNull();
+      const [rec] = await upstream.from(r.localPort, 1);
+      expect(rec?.authorization).toEqual([AUTH_HASH]);
+    });
+
+    it.each([
+      ['another host', 'GET /h/other HTTP/1.1\r\nHost: other.internal'],
+      ['a host that merely starts like a listed one', 'GET /h/prefix HTTP/1.1\r\nHost: api.internal.evil'],
+      ['a listed host as a suffix', 'GET /h/suffix HTTP/1.1\r\nHost: evilapi.internal'],
+      ['the upstream address itself', () => `GET /h/ip HTTP/1.1\r\nHost: ${v4}`],
+      ['no Host on HTTP/1.1', 'GET /h/none HTTP/1.1\r\nX-A: b'],
+      ['no Host on HTTP/1.0', 'GET /h/none10 HTTP/1.0\r\nX-A: b'],
+      ['an empty Host', 'GET /h/empty HTTP/1.1\r\nHost: '],
+      ['two Host lines, both listed', 'GET /h/two HTTP/1.1\r\nHost: api.internal\r\nHost: api.internal'],
+      ['another port', 'GET /h/port HTTP/1.1\r\nHost: api.internal:8080'],
+      ['an empty port', 'GET /h/colon HTTP/1.1\r\nHost: api.internal:'],
+      ['a port of six digits', 'GET /h/long-port HTTP/1.1\r\nHost: api.internal:000080'],
+      ['two trailing dots', 'GET /h/dots HTTP/1.1\r\nHost: api.internal..'],
+      ['user info', 'GET /h/user HTTP/1.1\r\nHost: me@api.internal'],
+      ['percent-encoding', 'GET /h/pct HTTP/1.1\r\nHost: api%2einternal'],
+      ['a space inside', 'GET /h/space HTTP/1.1\r\nHost: api internal'],
+      ['an IPv6 literal', 'GET /h/v6 HTTP/1.1\r\nHost: [::1]'],
+      ['an absolute-form target naming another host', 'GET http://other.internal/h/abs HTTP/1.1\r\nHost: api.internal'],
+      ['an absolute-form target with another port', 'GET http://api.internal:8080/h/abs HTTP/1.1\r\nHost: api.internal'],
+      ['an absolute-form target with user info', 'GET http://u@api.internal/h/abs HTTP/1.1\r\nHost: api.internal'],
+      ['an https absolute-form target', 'GET https://api.internal/h/abs HTTP/1.1\r\nHost: api.internal'],
+      ['another scheme', 'GET ftp://api.internal/h/abs HTTP/1.1\r\nHost: api.internal'],
+      ['a listed absolute-form target with another Host', 'GET http://api.internal/h/abs HTTP/1.1\r\nHost: other.internal'],
+    ] as [string, string | (() => string)][])('%s is refused (EACCES) and nothing of it reaches the upstream', async (_name, head) => {
+      const before = kh.stats();
+      const r = await raw(bound, v4, 80, [{ op: 'send', data: req(typeof head === 'string' ? head : head()) }, { op: 'recv', count: 1 }]);
+      expect(r.error).toBe(EACCES);
+      const d = delta(before, kh.stats());
+      expect(d.refusedHost).toBe(1);
+      expect(d.injected).toBeUndefined();
+      expect((await upstream.closedFor(r.localPort)).bytes).toBe(0);
+    });
+
+    it('a request naming another host after good ones on the same connection: the good ones arrive, then nothing', async () => {
+      const good = 'GET /h/seq/1 HTTP/1.1\r\nHost: api.internal\r\n\r\n';
+      const r = await raw(bound, v4, 80, [
+        { op: 'send', data: good },
+        { op: 'recv', count: 1 },
+        { op: 'send', data: 'GET /h/seq/2 HTTP/1.1\r\nHost: other.internal\r\n\r\n' },
+        { op: 'send', data: good },
+        { op: 'recv', count: 1 },
+      ]);
+      expect(r.error).toBe(EACCES);
+      expect(r.errorStep).toBe(2);
+      const closed = await upstream.closedFor(r.localPort);
+      expect(upstream.byPort(r.localPort).map((x) => x.target)).toEqual(['/h/seq/1']);
+      expect(closed.bytes).toBe(Buffer.byteLength(good) + Buffer.byteLength(`Authorization: ${AUTH}\r\n`));
+    });
+
+    it('changing the list applies to the next request of an open connection; no list, no check', async () => {
+      const flag = path.join(dir, 'hosts-changed');
+      const before = kh.stats();
+      const client = raw(bound, v4, 80, [
+        { op: 'send', data: 'GET /h/live/1 HTTP/1.1\r\nHost: api.internal\r\n\r\n' },
+        { op: 'recv', count: 1 },
+        { op: 'waitFile', path: flag },
+        { op: 'send', data: 'GET /h/live/2 HTTP/1.1\r\nHost: api.internal\r\n\r\n' },
+        { op: 'recv', count: 1 },
+      ]);
+      try {
+        await waitFor(() => upstream.requests.some((x) => x.target === '/h/live/1'), 'the first request');
+        kh.setDestinations(pinned(), [{ serviceId: SERVICE, hosts: ['other.internal'] }]);
+        writeFileSync(flag, '');
+        const out = await client;
+        expect({ error: out.error, step: out.errorStep }).toEqual({ error: EACCES, step: 3 });
+        expect(delta(before, kh.stats())).toMatchObject({ injected: 1, refusedHost: 1 });
+        const ok = await raw(bound, v4, 80, [{ op: 'send', data: 'GET /h/live/3 HTTP/1.1\r\nHost: other.internal\r\n\r\n' }, { op: 'recv', count: 1 }]);
+        expect(ok.error).toBeNull();
+        kh.setDestinations(pinned());
+        const open = await raw(bound, v4, 80, [{ op: 'send', data: 'GET /h/live/4 HTTP/1.1\r\nHost: anything.example\r\n\r\n' }, { op: 'recv', count: 1 }]);
+        expect(open.error).toBeNull();
+        expect((await upstream.from(open.localPort, 1))[0]?.authorization).toEqual([AUTH_HASH]);
+        expect(obj.map('wk_http_host').keys()).toHaveLength(0);
+      } finally {
+        rmSync(flag, { force: true });
+        kh.setDestinations(pinned(), [{ serviceId: SERVICE, hosts: HOSTS }]);
+      }
+    });
+
+    it('hosts are checked before anything changes: a bad name or too many leave the kernel as it was', () => {
+      expect(() => kh.setDestinations(pinned(), [{ serviceId: SERVICE, hosts: ['ok.internal', 'bad host'] }])).toThrow(RangeError);
+      expect(() => kh.setDestinations(pinned(), [{ serviceId: SERVICE, hosts: ['x'.repeat(254)] }])).toThrow(RangeError);
+      const many = Array.from({ length: 4097 }, (_, i) => `h${i}.internal`);
+      expect(() => kh.setDestinations(pinned(), [{ serviceId: SERVICE, hosts: many }])).toThrow(/wk_http_host holds at most 4096 entries; the policy needs 4097/);
+      const keys = obj.map('wk_http_host').keys();
+      expect(keys).toHaveLength(HOSTS.length);
+    });
+  });
 
   describe('audit events', () => {
     type KEvent = Parameters<Parameters<KernelHttp['events']>[0]>[0];
