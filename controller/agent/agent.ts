@@ -153,6 +153,10 @@ export class Agent {
     this.#datapath.attachRedirect(this.#cgroupRoot);
     const kh = this.#datapath.kernelHttp;
     if (kh) {
+      if (!kh.pushWatch) {
+        this.#log.warn('kernel HTTP datapath: this kernel refused the failed-push watch (fexit/tcp_bpf_push: %s); ' +
+          'a write the kernel fails to queue under memory pressure is not caught (see the README)', this.#datapath.pushWatchUnavailable);
+      }
       kh.setAuditGrain(this.#opts.kernelAuditGrain ?? 'request');
       const kernelBindings = new KernelBindings(kh, this.#log);
       this.#kernelBindings = kernelBindings;
@@ -254,7 +258,8 @@ export class Agent {
    * @throws PolicyError
    */
   async #loadPlan(): Promise<LoadedPlan> {
-    const { policy, files } = await loadPolicy(this.#opts.policyPath);
+    const { policy, files, warnings } = await loadPolicy(this.#opts.policyPath);
+    for (const w of warnings) this.#log.warn('policy: %s:%d:%d: %s', w.file, w.line, w.column, w.message);
     const plan = compilePolicy(policy);
     const credentials = await CredentialSources.build(plan, this.#credentials, this.#log);
     this.#log.info('policy: %d file(s), %d workload(s), %d service(s), %d binding(s)', files.length,

@@ -6,7 +6,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import path from 'node:path';
 import { Agent } from '../agent/agent.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
-import { validatePolicyPath } from '../policy/load.js';
+import { lintPolicyPath } from '../policy/load.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { explainPid, formatExplanation } from '../identity/explain.js';
 import { agentStatus, formatStatus } from '../identity/status.js';
@@ -131,16 +131,17 @@ program
 
 program
   .command('validate')
-  .description('check a policy file or directory; prints file:line:column: message per problem')
+  .description('check a policy file or directory; prints file:line:column: message per problem (and per warning, marked so)')
   .argument('<path>', 'policy file, or directory of *.yaml files')
   .action(async (target: string) => {
-    const problems = await validatePolicyPath(target);
-    for (const d of problems) process.stdout.write(`${d.file}:${d.line}:${d.column}: ${d.message}\n`);
+    const found = await lintPolicyPath(target);
+    for (const d of found) process.stdout.write(`${d.file}:${d.line}:${d.column}: ${d.severity === 'warning' ? 'warning: ' : ''}${d.message}\n`);
+    const problems = found.filter((d) => d.severity !== 'warning');
     if (problems.length) {
       process.stderr.write(`${problems.length} problem(s) found\n`);
       process.exitCode = 1;
     } else {
-      process.stderr.write(`${target}: valid\n`);
+      process.stderr.write(`${target}: valid${found.length ? ` (${found.length} warning(s))` : ''}\n`);
     }
   });
 

@@ -29,6 +29,7 @@ void Object::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod("detachFromMap", &Object::DetachFromMap),
                                         InstanceMethod("map", &Object::Map),
                                         InstanceMethod("btfStruct", &Object::BtfStruct),
+                                        InstanceMethod("btfEnum", &Object::BtfEnum),
                                         InstanceMethod("close", &Object::Close),
                                     });
   exports.Set("BpfObject", ctor);
@@ -282,6 +283,27 @@ Napi::Value Object::BtfStruct(const Napi::CallbackInfo& info) {
     members.Set(i, mo);
   }
   out.Set("members", members);
+  return out;
+}
+
+// btfEnum(name): {NAME: value} of an enum in the object's BTF, so the
+// controller can check its copies of the constants shared with the programs.
+Napi::Value Object::BtfEnum(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_object* obj = Checked(env);
+  if (info.Length() < 1 || !info[0].IsString()) throw Napi::TypeError::New(env, "btfEnum(name)");
+  std::string name = info[0].As<Napi::String>();
+  const btf* btf = bpf_object__btf(obj);
+  if (!btf) throw Napi::Error::New(env, "btfEnum: object has no BTF");
+  int id = btf__find_by_name_kind(btf, name.c_str(), BTF_KIND_ENUM);
+  if (id < 0) return env.Null();
+  const btf_type* t = btf__type_by_id(btf, id);
+  Napi::Object out = Napi::Object::New(env);
+  const struct btf_enum* e = btf_enum(t);
+  for (int i = 0; i < btf_vlen(t); i++, e++) {
+    double value = btf_kflag(t) ? static_cast<double>(static_cast<int32_t>(e->val)) : static_cast<double>(static_cast<uint32_t>(e->val));
+    out.Set(btf__name_by_offset(btf, e->name_off), value);
+  }
   return out;
 }
 

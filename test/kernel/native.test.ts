@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { bpfCall, native, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
-import { LAYOUTS, verifyLayouts } from '../../controller/datapath/layout.js';
+import { CONSTANTS, LAYOUTS, verifyConstants, verifyLayouts } from '../../controller/datapath/layout.js';
 import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
 import { BpfError } from '../../controller/errors.js';
 import { kernelSkipReason } from '../support/requirements.js';
@@ -50,6 +50,20 @@ describe.skipIf(skip)(`native addon on the real kernel${skip ? ` (skipped: ${ski
       return s;
     };
     expect(() => verifyLayouts(lying)).toThrow(/wk_conn_key\.port: BTF has offset 18/);
+  });
+
+  it("the controller's constants match the object's enums, member by member", () => {
+    expect(() => verifyConstants((name) => obj.btfEnum(name))).not.toThrow();
+    expect(obj.btfEnum('wk_http_stat')).toEqual(CONSTANTS.wk_http_stat);
+    expect(obj.btfEnum('no_such_enum')).toBeNull();
+    const changed = (member: string, value: number) => (name: string) => {
+      const e = obj.btfEnum(name);
+      return e && member in e ? { ...e, [member]: value } : e;
+    };
+    expect(() => verifyConstants(changed('WK_HTTP_STAT_REFUSED_HOST', 19))).toThrow(/enum wk_http_stat: WK_HTTP_STAT_REFUSED_HOST is 19 in the BPF object, controller expects 20/);
+    expect(() => verifyConstants(changed('WK_HTTP_HOST_MAX', 255))).toThrow(/WK_HTTP_HOST_MAX is 255/);
+    const extra = (name: string) => ({ ...obj.btfEnum(name), WK_HTTP_STAT_NEW: 99 });
+    expect(() => verifyConstants(extra)).toThrow(/members unknown to the controller: WK_HTTP_STAT_NEW/);
   });
 
   it('globals are checked by name and size before load', () => {
