@@ -16,6 +16,8 @@
  *   sk_msg     wk_http_msg, on every write of a socket in wk_http_socks:
  *              follows request boundaries and inserts the header line
  *              right after the request line of every request, once.
+ *   fexit      wk_http_push_done, after every tcp_bpf_push: a write the
+ *              kernel failed to queue refuses the connection (approve()).
  *
  * Framing. Per socket, `left` is the number of bytes known to be safe to
  * pass from the last accounted stream position: the rest of the current
@@ -89,9 +91,18 @@
  *     controls, trailer lines that are not "token: value CRLF" (obs-fold,
  *     an empty name, space before the colon) or a trailer section over
  *     8 KiB;
- *   - TRACE, in any case (the upstream would echo the credential back);
- *   - Upgrade, Connection containing "upgrade", CONNECT (the stream
- *     stops being HTTP/1.1 requests);
+ *   - a method other than GET HEAD POST PUT PATCH DELETE OPTIONS, spelled
+ *     exactly so (RFC 9110: methods are case-sensitive): TRACE and TRACK
+ *     (the upstream would echo the credential back), CONNECT (a tunnel),
+ *     "connect", "Get", WebDAV and other unknown methods
+ *     (WK_HTTP_STAT_REFUSED_METHOD; see method_allowed());
+ *   - Upgrade, Connection containing "upgrade" (the stream stops being
+ *     HTTP/1.1 requests);
+ *   - two Host lines, listed hosts or not; and, for a service that lists
+ *     hosts (WK_HTTP_DEST_CHECK_HOST), a request without Host, or whose
+ *     Host or absolute-form target ("http://" only) names another host,
+ *     another port than the service's, or is not a plain host[:port]
+ *     (WK_HTTP_STAT_REFUSED_HOST; see host_check());
  *   - the injected header already present (e.g. the client's own
  *     Authorization), in the head or as a trailer;
  *   - Content-Length duplicated, empty, not all digits or over 15 digits;
@@ -104,7 +115,10 @@
  *     goes out untouched, then the connection is refused), or any other
  *     mismatch between write_seq and what the run before approved;
  *   - a request head arriving while the send buffer is too full to queue
- *     the request line and the injected line in one piece (see approve()).
+ *     the request line and the injected line in one piece (see approve());
+ *   - a write the kernel failed to queue (memory pressure, SO_SNDTIMEO, a
+ *     signal): from that write on (WK_HTTP_STAT_REFUSED_PUSH; see
+ *     approve() and wk_http_push_done, which needs fexit).
  * TCP Fast Open is refused earlier, at connect() (EPERM).
  *
  * Without an agent. The controller refreshes wk_http_config.alive_until
@@ -149,7 +163,11 @@
  * header-option callback (5.10, to watch for urgent data), socket storage
  * and msg->sk in sk_msg (5.8), the BPF ring buffer (5.8),
  * bpf_skc_to_tcp_sock with BTF reads from networking programs (5.9), cgroup bpf_link (5.7), bpf_spin_lock and
- * BPF_F_LOCK (5.1), bpf_msg_push_data and bpf_msg_cork_bytes (4.17-4.20).
+ * BPF_F_LOCK (5.1), bpf_msg_push_data and bpf_msg_cork_bytes (4.17-4.20),
+ * and, for wk_http_push_done, fexit (5.5) with socket storage from tracing
+ * programs (5.11) on a kernel whose BTF has tcp_bpf_push as a function; a
+ * kernel that refuses fexit (no ftrace direct calls, lockdown) runs the
+ * rest without it (KernelHttp.pushWatch).
  * Debian 12's 6.1 has them all (verified on 6.18 here; 6.1 is for
  * vm-tests). The sk_msg program is attached to the sockhash with
  * bpf_prog_attach (no sk_msg bpf_link before 6.10).
@@ -158,6 +176,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
 #include "workload.bpf.h"
 #include "sockops.bpf.h"
 
@@ -197,6 +216,18 @@ struct {
 	__type(value, struct wk_http_hdr);
 } wk_http_hdr SEC(".maps");
 
+/*
+ * (service, host) -> 1: the hosts a plaintext service that lists them
+ * answers to (see host_check()). Only read when the destination's
+ * wk_http_dest_val.flags say WK_HTTP_DEST_CHECK_HOST.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, WK_HTTP_MAX_HOSTS);
+	__type(key, struct wk_http_host_key);
+	__type(value, __u32);
+} wk_http_host SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
@@ -223,8 +254,22 @@ struct {
  * layout (verifyLayouts). Never read.
  */
 const struct wk_http_event *const wk_http_event_btf = 0;
-/* The same for enum wk_contract, the constants the controller checks. */
-const enum wk_contract *const wk_contract_btf = 0;
+/* The same for the constants the controller checks (verifyConstants). */
+const enum wk_http_stat *const wk_http_stat_btf = 0;
+const enum wk_http_hosts *const wk_http_hosts_btf = 0;
+
+/*
+ * One authority as it is read (a Host value, or an absolute-form target's
+ * host and port): the host lower-cased into a wk_http_host key, the port
+ * apart. See host_byte().
+ */
+struct wk_http_authority {
+	struct wk_http_host_key key;
+	__u32 state;			/* enum host_state */
+	__u32 port;			/* the port given; 0 if none */
+	__u32 digits;			/* digits of the port */
+	__u32 _pad;
+};
 
 /*
  * Where the scan of a request head is. It lives in socket storage, not on
@@ -253,7 +298,12 @@ struct wk_http_scan {
 	__u32 http10;			/* the request line says HTTP/1.0 */
 	__u32 seen_te;			/* a Transfer-Encoding line was seen (its value: chunked) */
 	__u32 te_match;			/* bytes of "chunked" matched in Transfer-Encoding */
+	__u32 seen_host;		/* a Host line was seen */
+	__u32 target_form;		/* enum target_form */
+	__u32 target_tok;		/* bytes of "http://" matched */
 	__u32 _pad;
+	struct wk_http_authority host;	/* the Host value */
+	struct wk_http_authority target;	/* an absolute-form target's authority */
 };
 
 /*
@@ -658,9 +708,8 @@ int wk_http_sockops(struct bpf_sock_ops *skops)
 #define NAME_UPGRADE	W8('u', 'p', 'g', 'r', 'a', 'd', 'e', 0)
 #define NAME_CONNECTI	W8('c', 'o', 'n', 'n', 'e', 'c', 't', 'i')
 #define NAME_ON		W8('o', 'n', 0, 0, 0, 0, 0, 0)
-#define METHOD_CONNECT	W8('C', 'O', 'N', 'N', 'E', 'C', 'T', 0)
-#define METHOD_TRACE_LC	W8('t', 'r', 'a', 'c', 'e', 0, 0, 0)
-#define LOWER_5		W8(0x20, 0x20, 0x20, 0x20, 0x20, 0, 0, 0)
+#define NAME_HOST	W8('h', 'o', 's', 't', 0, 0, 0, 0)
+#define SCHEME_HTTP	W8('h', 't', 't', 'p', ':', '/', '/', 0)
 #define VALUE_CHUNKED	W8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0)
 #define VERSION_PREFIX	W8('H', 'T', 'T', 'P', '/', '1', '.', 0)
 
@@ -669,7 +718,13 @@ enum scan_state {
 	HS_LINE, HS_NAME, HS_VALUE, HS_LF, HS_END_LF, HS_DONE,
 };
 
-enum hdr_kind { HK_OTHER, HK_LENGTH, HK_CONNECTION, HK_TRANSFER };
+enum hdr_kind { HK_OTHER, HK_LENGTH, HK_CONNECTION, HK_TRANSFER, HK_HOST };
+
+/* How the request target starts: "/" or "*", or "http://" then an authority. */
+enum target_form { TF_ORIGIN, TF_SCHEME, TF_AUTHORITY, TF_PATH, TF_BAD };
+
+/* Where host_byte() is in an authority: host [":" port], whitespace around. */
+enum host_state { AS_START, AS_NAME, AS_PORT, AS_TRAIL, AS_BAD };
 
 /* bpf_loop context: only what must be on the stack (packet pointers). */
 struct scan_ctx {
@@ -695,6 +750,119 @@ static __always_inline bool is_tchar(__u8 c)
 static __always_inline __u8 lower(__u8 c)
 {
 	return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
+}
+
+/*
+ * The methods that get the header, exactly as RFC 9110 spells them (method
+ * names are case-sensitive): GET HEAD POST PUT PATCH DELETE OPTIONS. Every
+ * other method is refused: TRACE and TRACK echo the request, credential
+ * included, back to the workload; CONNECT turns the connection into a
+ * tunnel; and an unknown method's meaning (WebDAV, extensions) is unknown
+ * to this program. "connect" or "Get" are other methods, not these.
+ */
+#define METHOD_GET	W8('G', 'E', 'T', 0, 0, 0, 0, 0)
+#define METHOD_PUT	W8('P', 'U', 'T', 0, 0, 0, 0, 0)
+#define METHOD_HEAD	W8('H', 'E', 'A', 'D', 0, 0, 0, 0)
+#define METHOD_POST	W8('P', 'O', 'S', 'T', 0, 0, 0, 0)
+#define METHOD_PATCH	W8('P', 'A', 'T', 'C', 'H', 0, 0, 0)
+#define METHOD_DELETE	W8('D', 'E', 'L', 'E', 'T', 'E', 0, 0)
+#define METHOD_OPTIONS	W8('O', 'P', 'T', 'I', 'O', 'N', 'S', 0)
+
+static __always_inline bool method_allowed(__u32 len, __u64 m)
+{
+	switch (len) {
+	case 3:
+		return m == METHOD_GET || m == METHOD_PUT;
+	case 4:
+		return m == METHOD_HEAD || m == METHOD_POST;
+	case 5:
+		return m == METHOD_PATCH;
+	case 6:
+		return m == METHOD_DELETE;
+	case 7:
+		return m == METHOD_OPTIONS;
+	}
+	return false;
+}
+
+/*
+ * A host name as it may appear in Host or an absolute-form target, after
+ * lower-casing: RFC 3986 unreserved characters. Anything else (an IPv6
+ * literal, percent-encoding, userinfo, sub-delims) never matches a listed
+ * host, which the policy checks to be a DNS name.
+ */
+static __always_inline bool host_char(__u8 c)
+{
+	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+	       c == '-' || c == '.' || c == '_' || c == '~';
+}
+
+/* One byte (lower-cased) of an authority; see struct wk_http_authority. */
+static __always_inline void host_byte(struct wk_http_authority *a, __u8 c)
+{
+	__u32 n = a->key.len;
+
+	switch (a->state) {
+	case AS_START:
+	case AS_NAME:
+		if (host_char(c)) {
+			/* room for WK_HTTP_HOST_MAX and a trailing dot */
+			if (n > WK_HTTP_HOST_MAX) {
+				a->state = AS_BAD;
+				break;
+			}
+			a->key.name[n & (WK_HTTP_HOST_KEY_NAME - 1)] = c;
+			a->key.len = n + 1;
+			a->state = AS_NAME;
+		} else if (c == ' ' || c == '\t') {
+			/* leading, or trailing after the name */
+			if (a->state == AS_NAME)
+				a->state = AS_TRAIL;
+		} else if (c == ':' && a->state == AS_NAME) {
+			a->state = AS_PORT;
+		} else {
+			a->state = AS_BAD;
+		}
+		break;
+	case AS_PORT:
+		if (c >= '0' && c <= '9' && a->digits < 5) {
+			a->digits++;
+			a->port = a->port * 10 + (c - '0');
+		} else if ((c == ' ' || c == '\t') && a->digits) {
+			a->state = AS_TRAIL;
+		} else {
+			a->state = AS_BAD;
+		}
+		break;
+	case AS_TRAIL:
+		if (c != ' ' && c != '\t')
+			a->state = AS_BAD;
+		break;
+	}
+}
+
+/* One byte of the request target, for its form and, in absolute form, its authority. */
+static __always_inline void target_byte(struct wk_http_scan *s, __u32 tok, __u8 lc)
+{
+	__u32 k = s->target_tok;
+
+	if (!tok)
+		s->target_form = (lc == '/' || lc == '*') ? TF_ORIGIN : TF_SCHEME;
+	if (s->target_form == TF_SCHEME) {
+		if (k < 7 && lc == (__u8)(SCHEME_HTTP >> (8 * (k & 7)))) {
+			s->target_tok = k + 1;
+			if (k + 1 == 7)
+				s->target_form = TF_AUTHORITY;
+		} else {
+			/* another scheme, or not a URI */
+			s->target_form = TF_BAD;
+		}
+	} else if (s->target_form == TF_AUTHORITY) {
+		if (lc == '/' || lc == '?')
+			s->target_form = TF_PATH;
+		else
+			host_byte(&s->target, lc);
+	}
 }
 
 static __always_inline long stop(struct wk_http_scan *s, __u32 reason)
@@ -741,6 +909,12 @@ static __always_inline long end_of_name(struct wk_http_sock *st, struct wk_http_
 	} else if (n == 10 && w0 == NAME_CONNECTI && w1 == NAME_ON) {
 		s->kind = HK_CONNECTION;
 		s->upgrade = 0;
+	} else if (n == 4 && w0 == NAME_HOST) {
+		/* Two Host lines: which one routes the request is anyone's guess. */
+		if (s->seen_host)
+			return stop(s, WK_HTTP_STAT_REFUSED_HOST);
+		s->seen_host = 1;
+		s->kind = HK_HOST;
 	}
 	s->state = HS_VALUE;
 	return 0;
@@ -775,6 +949,8 @@ static __always_inline long value_byte(struct wk_http_scan *s, __u8 c)
 			/* another coding, a list, a parameter */
 			return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
 		}
+	} else if (s->kind == HK_HOST) {
+		host_byte(&s->host, lc);
 	} else if (s->kind == HK_CONNECTION) {
 		/* "upgrade" has no repeated letter: a mismatch restarts at 'u'. */
 		k = s->upgrade & 7;
@@ -809,16 +985,13 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 	switch (s->state) {
 	case HS_METHOD:
 		if (is_tchar(c)) {
-			if (tok < 8)
-				s->method |= (__u64)c << (8 * (tok & 7));
-			else if (tok >= 32)
-				return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+			/* no allowed method is longer than 7 */
+			if (tok >= 7)
+				return stop(s, WK_HTTP_STAT_REFUSED_METHOD);
+			s->method |= (__u64)c << (8 * (tok & 7));
 			s->tok = tok + 1;
 		} else if (c == ' ' && tok) {
-			if (tok == 7 && s->method == METHOD_CONNECT)
-				return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
-			/* TRACE, in any case: the upstream would echo the credential back. */
-			if (tok == 5 && (s->method | LOWER_5) == METHOD_TRACE_LC)
+			if (!method_allowed(tok, s->method))
 				return stop(s, WK_HTTP_STAT_REFUSED_METHOD);
 			s->state = HS_TARGET;
 			s->tok = 0;
@@ -828,6 +1001,7 @@ static long scan_byte(__u32 i, struct scan_ctx *ctx)
 		break;
 	case HS_TARGET:
 		if (c > ' ' && c < 0x7f) {
+			target_byte(s, tok, lc);
 			s->tok = tok + 1;
 		} else if (c == ' ' && tok) {
 			s->state = HS_VERSION;
@@ -1137,16 +1311,24 @@ static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
  *     corrupted request;
  *   - with no room at all, one byte is approved: a one-byte push queues
  *     that byte or nothing, so it cannot overrun either.
- * If a push fails anyway (memory pressure, global or the cgroup's: those
- * waits are not the send buffer's), the writer's next bytes, up to the
- * approved length, pass under the stale verdict without this program. A
- * failure after some bytes went out shows in write_seq (more than the
- * last approval was queued) and the connection is refused. A failure
- * before the first byte cannot be told from success: the bytes queued in
- * its place are the writer's retry, which the program approved but did
- * not see. It still injects only where its own scan found a request
- * start, but a writer that retries with other bytes than the ones it
- * wrote first could then make the upstream disagree about where that is.
+ * A push can fail anyway: memory pressure (global, or the socket's
+ * memory cgroup: those waits are not the send buffer's), and then a
+ * blocking writer's SO_SNDTIMEO or a signal. The writer's next bytes, up
+ * to the approved length, then pass under the stale verdict without this
+ * program, and if the push failed before its first byte, nothing in
+ * write_seq would tell: the retry, with a different Content-Length, could
+ * make the upstream take the next request line and its injected line for
+ * a body (which an echoing upstream returns). So every failed push is
+ * caught where it fails: wk_http_push_done (fexit on tcp_bpf_push, which
+ * runs under the socket lock, before any other write can start) marks the
+ * connection refused. What can still pass is the stale approval's rest:
+ * at most one approved chunk of whatever the writer sends next, never
+ * looked at, with nothing of the program's in it; then every write is
+ * dropped. Framing is decided by what precedes a byte, so bytes after the
+ * failure cannot move an injected line already queued out of the head it
+ * was put in, and no line is injected after it. (A failure after some
+ * bytes went out also shows in write_seq: the check in wk_http_msg stays
+ * as a second line.)
  */
 static __always_inline __u64 net_notsent_lowat(struct tcp_sock *tp)
 {
@@ -1264,6 +1446,53 @@ static __always_inline bool snapshot_header(struct wk_http_sock *st)
 	       st->hdr_len <= WK_HTTP_LINE_MAX;
 }
 
+/*
+ * An authority names one of the service's hosts: a well-formed host, its
+ * port (if given) the service's, and (service, host) in wk_http_host. A
+ * trailing dot is dropped first ("api.example." is "api.example").
+ */
+static __always_inline bool authority_ok(struct wk_http_sock *st, struct wk_http_authority *a)
+{
+	__u32 n = a->key.len;
+
+	if (a->state != AS_NAME && a->state != AS_TRAIL && !(a->state == AS_PORT && a->digits))
+		return false;
+	if (a->digits && a->port != st->dest.port)
+		return false;
+	if (n && a->key.name[(n - 1) & (WK_HTTP_HOST_KEY_NAME - 1)] == '.') {
+		n--;
+		a->key.name[n & (WK_HTTP_HOST_KEY_NAME - 1)] = 0;
+		a->key.len = n;
+	}
+	if (!n || n > WK_HTTP_HOST_MAX)
+		return false;
+	a->key.service_id = st->service_id;
+	return bpf_map_lookup_elem(&wk_http_host, &a->key) != NULL;
+}
+
+/*
+ * For a service that lists hosts, the request must name one of them
+ * wherever a front could route by it: a Host line (required, once) and an
+ * absolute-form target's authority ("http://" only). Returns the refusal
+ * reason, or 0. (Two Host lines are refused while scanning, listed or not.)
+ */
+static __always_inline __u32 host_check(struct wk_http_sock *st, struct wk_http_scan *s)
+{
+	struct wk_http_dest_val *dest;
+
+	dest = bpf_map_lookup_elem(&wk_http_dest, &st->dest);
+	if (!dest || !(dest->flags & WK_HTTP_DEST_CHECK_HOST))
+		return 0;
+	if (!s->seen_host || !authority_ok(st, &s->host))
+		return WK_HTTP_STAT_REFUSED_HOST;
+	if (s->target_form == TF_ORIGIN)
+		return 0;
+	if ((s->target_form != TF_AUTHORITY && s->target_form != TF_PATH) ||
+	    !authority_ok(st, &s->target))
+		return WK_HTTP_STAT_REFUSED_HOST;
+	return 0;
+}
+
 static __always_inline void scan_reset(struct wk_http_scan *s, __u32 seq)
 {
 	__builtin_memset(s, 0, sizeof(*s));
@@ -1276,7 +1505,7 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 {
 	struct wk_http_scan *s = &st->scan;
 	struct scan_ctx ctx = {};
-	__u32 size = msg->size, n, hlen, off, total, cfg_flags = 0;
+	__u32 size = msg->size, n, hlen, off, total, cfg_flags = 0, why;
 	__u64 room;
 	__u8 *data, *end;
 
@@ -1321,6 +1550,9 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		return SK_DROP;
 	}
 	s->active = 0;
+	why = host_check(st, s);
+	if (why)
+		return refuse(st, why);
 
 	hlen = st->hdr_len;
 	off = s->rl_end;
@@ -1482,6 +1714,33 @@ int wk_http_msg(struct sk_msg_md *msg)
 	if (st->flags & SOCK_CHUNKED)
 		return follow_chunks(msg, st, tp);
 	return start_request(msg, st, tp, now);
+}
+
+/* ---- a failed push ----------------------------------------------------- */
+
+/*
+ * After every tcp_bpf_push (the kernel queueing what wk_http_msg passed),
+ * under the socket lock: a push that failed leaves the kernel's verdict and
+ * approved length in place for the writer's next bytes, which would pass
+ * without wk_http_msg (see approve()). The connection is refused from here:
+ * no write after this one is ever looked at again, so none is injected.
+ * Needs tcp_bpf_push in the kernel's BTF (a function, not inlined).
+ */
+SEC("?fexit/tcp_bpf_push")
+int BPF_PROG(wk_http_push_done, struct sock *sk, struct sk_msg *msg, u32 apply_bytes,
+	     int flags, bool uncharge, int ret)
+{
+	struct wk_http_sock *st;
+
+	if (ret >= 0)
+		return 0;
+	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
+	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)
+		return 0;
+	st->flags |= SOCK_REFUSED;
+	http_count(WK_HTTP_STAT_REFUSED_PUSH);
+	http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_PUSH);
+	return 0;
 }
 
 char LICENSE[] SEC("license") __weak = "GPL";

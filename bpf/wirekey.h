@@ -132,28 +132,36 @@ WK_ASSERT_SIZE(wk_conn_key, 20);
 #define WK_HTTP_INJECT		1	/* bound: line[] is added to every request */
 #define WK_HTTP_WITHHOLD	2	/* bound, but no credential now: requests are refused */
 
-/* Indexes of wk_http_stats counters. */
-#define WK_HTTP_STAT_INJECTED		0	/* requests that got the header */
-#define WK_HTTP_STAT_CORKED		1	/* writes held back until the head was complete */
-#define WK_HTTP_STAT_REFUSED_HEAD_SIZE	2	/* head longer than WK_HTTP_HEAD_MAX */
-#define WK_HTTP_STAT_REFUSED_MALFORMED	3	/* request line, header syntax, bare CR/LF, obs-fold, NUL */
-#define WK_HTTP_STAT_REFUSED_TRANSFER	4	/* Transfer-Encoding other than one "chunked" on HTTP/1.1, or with Content-Length */
-#define WK_HTTP_STAT_REFUSED_UPGRADE	5	/* Upgrade, Connection: upgrade, CONNECT */
-#define WK_HTTP_STAT_REFUSED_HEADER	6	/* the client sent the injected header itself */
-#define WK_HTTP_STAT_REFUSED_LENGTH	7	/* duplicate, empty or oversized Content-Length */
-#define WK_HTTP_STAT_REFUSED_BINDING	8	/* no credential, binding or pin changed, epoch bumped */
-#define WK_HTTP_STAT_REFUSED_STREAM	9	/* bytes that bypassed the program: TFO, urgent data, desync */
-#define WK_HTTP_STAT_REFUSED_INTERNAL	10	/* a helper failed (memory) */
-#define WK_HTTP_STAT_DROPPED		11	/* writes dropped on a refused connection */
-#define WK_HTTP_STAT_SOCKHASH_FULL	12	/* connection left uninjected: wk_http_socks was full */
-#define WK_HTTP_STAT_STORAGE_FAIL	13	/* connect() refused: no socket storage */
-#define WK_HTTP_STAT_REFUSED_BUSY	14	/* send buffer too full to queue the injected line whole */
-#define WK_HTTP_STAT_REFUSED_FASTOPEN	15	/* connect() refused: TCP Fast Open */
-#define WK_HTTP_STAT_EVENTS_LOST	16	/* events not recorded: wk_http_events was full */
-#define WK_HTTP_STAT_REFUSED_CHUNKED	17	/* malformed chunked framing: size, extension, CRLF, trailers */
-#define WK_HTTP_STAT_REFUSED_METHOD	18	/* TRACE: the upstream would echo the credential back */
-#define WK_HTTP_STAT_REFUSED_AGENT	19	/* no live agent: wk_http_config.alive_until has passed */
-#define WK_HTTP_STAT_MAX		20
+/*
+ * Indexes of wk_http_stats counters. An enum, not #defines, so that the
+ * numbers reach the object's BTF: the controller checks its own copy of
+ * them there (verifyConstants in controller/datapath/layout.ts).
+ */
+enum wk_http_stat {
+	WK_HTTP_STAT_INJECTED = 0,	/* requests that got the header */
+	WK_HTTP_STAT_CORKED = 1,	/* writes held back until the head was complete */
+	WK_HTTP_STAT_REFUSED_HEAD_SIZE = 2,	/* head longer than WK_HTTP_HEAD_MAX */
+	WK_HTTP_STAT_REFUSED_MALFORMED = 3,	/* request line, header syntax, bare CR/LF, obs-fold, NUL */
+	WK_HTTP_STAT_REFUSED_TRANSFER = 4,	/* Transfer-Encoding other than one "chunked" on HTTP/1.1, or with Content-Length */
+	WK_HTTP_STAT_REFUSED_UPGRADE = 5,	/* Upgrade, Connection: upgrade */
+	WK_HTTP_STAT_REFUSED_HEADER = 6,	/* the client sent the injected header itself */
+	WK_HTTP_STAT_REFUSED_LENGTH = 7,	/* duplicate, empty or oversized Content-Length */
+	WK_HTTP_STAT_REFUSED_BINDING = 8,	/* no credential, binding or pin changed, epoch bumped */
+	WK_HTTP_STAT_REFUSED_STREAM = 9,	/* bytes that bypassed the program: TFO, urgent data, desync */
+	WK_HTTP_STAT_REFUSED_INTERNAL = 10,	/* a helper failed (memory) */
+	WK_HTTP_STAT_DROPPED = 11,	/* writes dropped on a refused connection */
+	WK_HTTP_STAT_SOCKHASH_FULL = 12,	/* connection left uninjected: wk_http_socks was full */
+	WK_HTTP_STAT_STORAGE_FAIL = 13,	/* connect() refused: no socket storage */
+	WK_HTTP_STAT_REFUSED_BUSY = 14,	/* send buffer too full to queue the injected line whole */
+	WK_HTTP_STAT_REFUSED_FASTOPEN = 15,	/* connect() refused: TCP Fast Open */
+	WK_HTTP_STAT_EVENTS_LOST = 16,	/* events not recorded: wk_http_events was full */
+	WK_HTTP_STAT_REFUSED_CHUNKED = 17,	/* malformed chunked framing: size, extension, CRLF, trailers */
+	WK_HTTP_STAT_REFUSED_METHOD = 18,	/* a method not on the allow-list (TRACE, TRACK, CONNECT, unknown; any case) */
+	WK_HTTP_STAT_REFUSED_PUSH = 19,	/* the kernel failed to queue an approved write (memory, SO_SNDTIMEO, signal) */
+	WK_HTTP_STAT_REFUSED_HOST = 20,	/* Host (or absolute-form authority) not one of the service's hosts, missing or duplicated */
+	WK_HTTP_STAT_REFUSED_AGENT = 21,	/* no live agent: wk_http_config.alive_until has passed */
+	WK_HTTP_STAT_MAX = 22,
+};
 
 /* wk_http_events: bytes of ring buffer, and how much may wait before a wake-up */
 #define WK_HTTP_EVENTS_SIZE	(1 << 20)
@@ -173,7 +181,30 @@ struct wk_http_dest_key {
 
 struct wk_http_dest_val {
 	__u32 service_id;
-	__u32 _pad;
+	__u32 flags;		/* WK_HTTP_DEST_* */
+};
+
+/*
+ * Plaintext services that list hosts (Service spec.hosts with tls: false):
+ * a request's Host, and an absolute-form target's authority, must be one of
+ * them. An enum for the same reason as enum wk_http_stat.
+ */
+enum wk_http_hosts {
+	WK_HTTP_DEST_CHECK_HOST = 1,	/* wk_http_dest_val.flags: the service lists hosts */
+	WK_HTTP_HOST_MAX = 253,		/* longest host name (DNS), trailing dot not counted */
+	WK_HTTP_HOST_KEY_NAME = 256,	/* bytes of wk_http_host_key.name */
+	WK_HTTP_MAX_HOSTS = 4096,	/* (service, host) pairs, all services together */
+};
+
+/*
+ * Key of wk_http_host: one host a plaintext service answers to, lower-case,
+ * without port or trailing dot; name[] is zero after len. The value is
+ * unused (a u32, 1).
+ */
+struct wk_http_host_key {
+	__u32 service_id;
+	__u32 len;		/* bytes of name[] used, 1..WK_HTTP_HOST_MAX */
+	__u8 name[WK_HTTP_HOST_KEY_NAME];
 };
 
 /* Key of wk_http_hdr. */
@@ -235,20 +266,10 @@ struct wk_http_event {
 
 WK_ASSERT_SIZE(wk_http_dest_key, 24);
 WK_ASSERT_SIZE(wk_http_dest_val, 8);
+WK_ASSERT_SIZE(wk_http_host_key, 264);
 WK_ASSERT_SIZE(wk_http_hdr_key, 8);
 WK_ASSERT_SIZE(wk_http_hdr, 528);
 WK_ASSERT_SIZE(wk_http_config, 16);
 WK_ASSERT_SIZE(wk_http_event, 64);
-
-/*
- * Constants the controller checks against the object's BTF at load time
- * (verifyLayouts in layout.ts). BTF keeps enumerators, not macros, so each
- * checked constant is mirrored here; the object references this enum so
- * that its BTF holds it.
- */
-enum wk_contract {
-	WK_CONTRACT_HTTP_STAT_REFUSED_AGENT = WK_HTTP_STAT_REFUSED_AGENT,
-	WK_CONTRACT_HTTP_STAT_MAX = WK_HTTP_STAT_MAX,
-};
 
 #endif /* WIREKEY_H */

@@ -23,6 +23,8 @@ export interface SourcePosition {
 /** One problem found in a policy document. */
 export interface PolicyDiagnostic extends SourcePosition {
   message: string;
+  /** A warning: valid, but probably not what was meant. Absent for errors. */
+  severity?: 'warning';
 }
 
 /** The policy could not be parsed or validated; carries every problem found. */

@@ -78,9 +78,10 @@ async function main(): Promise<void> {
     const injected = seen?.authorization[0] === sha256(`Bearer ${token}`);
     say(`   the API received Authorization: Bearer <token from the file>: ${injected ? 'yes' : 'NO'}`);
 
-    const plainUrl = `http://${host.ipv4}/v1/items`;
-    say(`\n== the same process calls the plaintext API:\n   curl -sS ${plainUrl}`);
-    const p = await runInCgroup(app, 'curl', ['-sS', '-o', '/dev/null', '-w', '%{http_code} %{local_port}', plainUrl]);
+    const plainUrl = 'http://inventory.demo/v1/items';
+    const resolve = `inventory.demo:80:${host.ipv4}`;
+    say(`\n== the same process calls the plaintext API:\n   curl -sS --resolve ${resolve} ${plainUrl}`);
+    const p = await runInCgroup(app, 'curl', ['-sS', '--resolve', resolve, '-o', '/dev/null', '-w', '%{http_code} %{local_port}', plainUrl]);
     const [status, localPort] = p.stdout.trim().split(' ').map(Number);
     const rec = (await inventory.from(localPort as number, 1))[0];
     const keyed = rec?.apiKey[0] === sha256(inventoryKey);

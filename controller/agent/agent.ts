@@ -17,10 +17,12 @@ import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js
 import { identityTables } from '../identity/tables.js';
 import { runningTasks } from '../identity/backfill.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
-import { ProxyServer } from '../proxy/proxy-server.js';
+import { ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { createUpstreamAgent } from '../proxy/upstream.js';
+import { ByteBudget } from '../inject/byte-budget.js';
+import { credentialHeader } from '../inject/inject.js';
 import { AuditLog } from '../audit/audit-log.js';
-import { RouteTable } from './routes.js';
+import { RouteTable } from '../proxy/routes.js';
 import { KernelBindings } from './kernel-bindings.js';
 import { CredentialError, NotSupportedError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -37,6 +39,10 @@ export interface AgentOptions {
   upstreamCaFile?: string;
   /** Largest request body read into memory to compute a SigV4 payload hash (default 16 MiB). */
   sigv4BodyLimit?: number;
+  /** Memory all SigV4 bodies being hashed may hold together (default 64 MiB). */
+  sigv4BodyMemory?: number;
+  /** Bounds on the proxy's per-connection and per-workload work (defaults: DEFAULT_PROXY_LIMITS). */
+  proxyLimits?: Partial<ProxyLimits>;
   /** Load the kernel HTTP datapath (default true); without it plaintext services are refused. */
   kernelDatapath?: boolean;
   /** Kernel datapath injections in the audit log: per request (default), or per connection and credential version. */
@@ -74,6 +80,7 @@ export class Agent {
   #reported = new Set<string>();
   #syncing = false;
   #lastStats: DatapathStats = { tasksFull: 0n, storageFailures: 0n };
+  #lastProxyStats: string | undefined;
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -108,10 +115,10 @@ export class Agent {
 
     mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     const ca = await LocalCa.loadOrCreate(path.join(this.#opts.stateDir, 'ca'));
+    this.#audit = new AuditLog(this.#opts.auditPath);
     await this.#checkCredentials();
 
     this.#cgroupRoot = findCgroup2Root();
-    this.#audit = new AuditLog(this.#opts.auditPath);
     this.#upstreamAgent = createUpstreamAgent({ caFile: this.#opts.upstreamCaFile });
     this.#proxy = new ProxyServer({
       identify: (address, port) => this.#datapath?.takeConnection(address, port) ?? null,
@@ -120,6 +127,8 @@ export class Agent {
       credential: (name) => this.#credential(name),
       upstreamAgent: this.#upstreamAgent,
       sigv4BodyLimit: this.#opts.sigv4BodyLimit ?? 16 * 1024 * 1024,
+      sigv4BodyBudget: new ByteBudget(this.#opts.sigv4BodyMemory ?? 64 * 1024 * 1024),
+      limits: this.#opts.proxyLimits,
       audit: this.#audit,
       log: this.#log,
     });
@@ -148,6 +157,10 @@ export class Agent {
     this.#datapath.attachRedirect(this.#cgroupRoot);
     const kh = this.#datapath.kernelHttp;
     if (kh) {
+      if (!kh.pushWatch) {
+        this.#log.warn('kernel HTTP datapath: this kernel refused the failed-push watch (fexit/tcp_bpf_push: %s); ' +
+          'a write the kernel fails to queue under memory pressure is not caught (see the README)', this.#datapath.pushWatchUnavailable);
+      }
       kh.setAuditGrain(this.#opts.kernelAuditGrain ?? 'request');
       const kernelBindings = new KernelBindings(kh, this.#log);
       this.#kernelBindings = kernelBindings;
@@ -263,7 +276,8 @@ export class Agent {
    * @throws PolicyError
    */
   async #loadPlan(): Promise<LoadedPlan> {
-    const { policy, files } = await loadPolicy(this.#opts.policyPath);
+    const { policy, files, warnings } = await loadPolicy(this.#opts.policyPath);
+    for (const w of warnings) this.#log.warn('policy: %s:%d:%d: %s', w.file, w.line, w.column, w.message);
     const plan = compilePolicy(policy);
     const credentials = await CredentialSources.build(plan, this.#credentials, this.#log);
     this.#log.info('policy: %d file(s), %d workload(s), %d service(s), %d binding(s)', files.length,
@@ -319,13 +333,37 @@ export class Agent {
     }
   }
 
-  /** A credential that cannot be read now is reported, not fatal: it may appear later. */
+  /**
+   * A credential that cannot be read now, or whose value cannot be sent the
+   * way a binding injects it (a CR or LF in a token), is reported, not
+   * fatal: that binding's requests are refused until it is fixed, and every
+   * other binding carries on.
+   */
   async #checkCredentials(): Promise<void> {
+    const unreadable = new Set<string>();
     for (const source of this.#credentials.values()) {
       try {
         await source.get();
       } catch (err) {
+        unreadable.add(source.name);
         this.#log.warn('%s; requests that need it will fail until it can be read', (err as Error).message);
+      }
+    }
+    for (const binding of this.#plan.bindings) {
+      const inject = binding.inject;
+      const source = this.#credentials.get(inject.credential);
+      let reason: string | undefined;
+      if (!source || unreadable.has(source.name)) reason = `credential "${inject.credential}" cannot be read now`;
+      else if (inject.kind !== 'sigv4') {
+        try {
+          credentialHeader(inject, await source.get());
+        } catch (err) {
+          reason = (err as Error).message;
+          this.#log.warn('binding %s withholds its credential: %s; its requests are refused until it is fixed', binding.name, reason);
+        }
+      }
+      if (reason) {
+        this.#audit?.record({ decision: 'withhold', binding: binding.name, workload: binding.workload, service: binding.service, credential: inject.credential, reason });
       }
     }
   }
@@ -348,6 +386,8 @@ export class Agent {
       this.#reportProblems();
       this.#reportStats();
       this.#sweepDraining();
+      const proxyStats = JSON.stringify(this.#proxy?.stats());
+      if (proxyStats !== this.#lastProxyStats) this.#writeRuntimeState();
     } catch (err) {
       this.#log.error('cannot update workload identity: %s', (err as Error).message);
     } finally {
@@ -409,6 +449,11 @@ export class Agent {
         };
       }),
     };
+    const proxy = this.#proxy?.stats();
+    if (proxy) {
+      state.proxy = proxy as Required<RuntimeState>['proxy'];
+      this.#lastProxyStats = JSON.stringify(proxy);
+    }
     writeFileAtomic(runtimeStatePath(this.#opts.stateDir), `${JSON.stringify(state, null, 2)}\n`);
   }
 }

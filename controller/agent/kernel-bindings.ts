@@ -10,7 +10,7 @@
  * binding's header.
  */
 import { createHash } from 'node:crypto';
-import type { KernelHttp, HttpBinding, PinnedDestination } from '../datapath/kernel-http.js';
+import type { KernelHttp, HttpBinding, PinnedDestination, ServiceHosts } from '../datapath/kernel-http.js';
 import type { KernelHttpEvent } from '../datapath/kernel-events.js';
 import type { AuditEvent } from '../audit/audit-log.js';
 import { headerLine } from '../datapath/kernel-http.js';
@@ -79,6 +79,7 @@ export class KernelBindings {
     const dests: PinnedDestination[] = services.flatMap((s) =>
       s.addresses.map((address) => ({ address, port: s.port, serviceId: this.#serviceIds.get(s.name) as number })),
     );
+    const hosts: ServiceHosts[] = services.filter((s) => s.hosts.length).map((s) => ({ serviceId: this.#serviceIds.get(s.name) as number, hosts: s.hosts }));
     const generation = ++this.#generation;
     const wanted = await this.#wanted(plan, credentials);
     if (generation !== this.#generation) return; // a later apply() took over
@@ -88,8 +89,8 @@ export class KernelBindings {
       const before = this.#workloadIds.get(name);
       return (before !== undefined && before !== id) || (oldNames.has(id) && oldNames.get(id) !== name);
     });
-    // Destinations first: it checks capacity before changing anything.
-    this.#kh.setDestinations(dests);
+    // Destinations (and hosts) first: it checks capacity before changing anything.
+    this.#kh.setDestinations(dests, hosts);
     if (renumbered) {
       this.#kh.bumpEpoch();
       this.#log.info('kernel datapath: workload ids changed; open plaintext connections of bound workloads take no further requests');

@@ -5,15 +5,24 @@
  */
 import { openSync, writeSync, closeSync } from 'node:fs';
 
-export type AuditDecision = 'inject' | 'deny' | 'pass';
+/**
+ * inject: a request got its credential; deny: a request or connection was
+ * refused; pass: relayed untouched (no credential); withhold: when a policy
+ * is applied, a binding whose credential cannot be used now (its requests
+ * are refused until it can).
+ */
+export type AuditDecision = 'inject' | 'deny' | 'pass' | 'withhold';
 
 export interface AuditEvent {
   decision: AuditDecision;
+  /** withhold: the binding whose credential is withheld. */
+  binding?: string;
   /** Which datapath decided; written for the kernel (sk_msg) only, absent for the TLS proxy. */
   datapath?: 'proxy' | 'kernel';
   workload: string;
-  pid: number;
-  uid: number;
+  /** The connecting process; absent on withhold lines, which no process caused. */
+  pid?: number;
+  uid?: number;
   service?: string;
   host?: string;
   /** Kernel datapath: the pinned address and port the connection went to. */

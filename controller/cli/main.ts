@@ -5,7 +5,8 @@
 import { Command, InvalidArgumentError } from 'commander';
 import path from 'node:path';
 import { Agent } from '../agent/agent.js';
-import { validatePolicyPath } from '../policy/load.js';
+import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
+import { lintPolicyPath } from '../policy/load.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { explainPid, formatExplanation } from '../identity/explain.js';
 import { agentStatus, formatStatus } from '../identity/status.js';
@@ -29,6 +30,21 @@ function port(value: string): number {
 function bytes(value: string): number {
   const n = Number(value);
   if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError('must be a number of bytes');
+  return n;
+}
+
+function count(value: string): number {
+  const n = Number(value);
+  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('must be a whole number of at least 1');
+  return n;
+}
+
+/** "90", "90s", "1500ms", "5m": a duration, in milliseconds (a bare number is seconds). */
+function duration(value: string): number {
+  const m = /^(\d+)(ms|s|m)?$/.exec(value.trim());
+  if (!m) throw new InvalidArgumentError('must be a duration such as 1500ms, 30s or 5m');
+  const n = Number(m[1]) * (m[2] === 'ms' ? 1 : m[2] === 'm' ? 60_000 : 1000);
+  if (n < 1) throw new InvalidArgumentError('must be longer than zero');
   return n;
 }
 
@@ -64,12 +80,18 @@ program
   .option('--audit <file>', "audit log: a file, or '-' for stdout", DEFAULTS.audit)
   .option('--upstream-ca <file>', 'PEM bundle trusted for upstream servers, besides the system store')
   .option('--sigv4-body-limit <bytes>', 'largest request body buffered to compute a SigV4 payload hash', bytes, 16 * 1024 * 1024)
+  .option('--sigv4-body-memory <bytes>', 'memory all SigV4 bodies being hashed may hold together', bytes, 64 * 1024 * 1024)
+  .option('--handshake-timeout <duration>', 'time a redirected connection has to complete its TLS handshake', duration, DEFAULT_PROXY_LIMITS.handshakeTimeoutMs)
+  .option('--max-handshakes <n>', 'redirected connections still in their TLS handshake, all workloads together', count, DEFAULT_PROXY_LIMITS.maxHandshakes)
+  .option('--max-connections-per-workload <n>', 'open proxied connections per workload', count, DEFAULT_PROXY_LIMITS.maxConnectionsPerWorkload)
+  .option('--idle-timeout <duration>', 'close a proxied or relayed connection idle this long', duration, DEFAULT_PROXY_LIMITS.idleTimeoutMs)
   .option('--no-kernel-datapath', 'do not load the kernel HTTP datapath (plaintext services are then refused)')
   .option('--kernel-audit <grain>', 'audit kernel datapath injections per request, or per connection and credential version', grain, 'request' as const)
   .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
   .action(async (opts: {
     policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
+    sigv4BodyMemory: number; handshakeTimeout: number; maxHandshakes: number; maxConnectionsPerWorkload: number; idleTimeout: number;
     kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel;
   }) => {
     const log = createLogger(opts.logLevel);
@@ -86,6 +108,13 @@ program
         auditPath: opts.audit,
         upstreamCaFile: opts.upstreamCa,
         sigv4BodyLimit: opts.sigv4BodyLimit,
+        sigv4BodyMemory: opts.sigv4BodyMemory,
+        proxyLimits: {
+          handshakeTimeoutMs: opts.handshakeTimeout,
+          maxHandshakes: opts.maxHandshakes,
+          maxConnectionsPerWorkload: opts.maxConnectionsPerWorkload,
+          idleTimeoutMs: opts.idleTimeout,
+        },
         kernelDatapath: opts.kernelDatapath,
         kernelAuditGrain: opts.kernelAudit,
         kernelAliveTimeoutMs: opts.kernelAliveTimeout,
@@ -115,16 +144,17 @@ program
 
 program
   .command('validate')
-  .description('check a policy file or directory; prints file:line:column: message per problem')
+  .description('check a policy file or directory; prints file:line:column: message per problem (and per warning, marked so)')
   .argument('<path>', 'policy file, or directory of *.yaml files')
   .action(async (target: string) => {
-    const problems = await validatePolicyPath(target);
-    for (const d of problems) process.stdout.write(`${d.file}:${d.line}:${d.column}: ${d.message}\n`);
+    const found = await lintPolicyPath(target);
+    for (const d of found) process.stdout.write(`${d.file}:${d.line}:${d.column}: ${d.severity === 'warning' ? 'warning: ' : ''}${d.message}\n`);
+    const problems = found.filter((d) => d.severity !== 'warning');
     if (problems.length) {
       process.stderr.write(`${problems.length} problem(s) found\n`);
       process.exitCode = 1;
     } else {
-      process.stderr.write(`${target}: valid\n`);
+      process.stderr.write(`${target}: valid${found.length ? ` (${found.length} warning(s))` : ''}\n`);
     }
   });
 

@@ -25,6 +25,7 @@ import {
   encodeU16,
   encodeU32,
   encodeU64,
+  verifyConstants,
   verifyLayouts,
   type OrigDst,
 } from './layout.js';
@@ -105,6 +106,7 @@ export class Datapath {
   #previous: RetireResult | null = null;
   /** The pin directory is this instance's (a previous instance's pins were retired). */
   #pinned = false;
+  #pushWatchUnavailable: string | null = null;
   #closed = false;
 
   private constructor(object: NativeObject, pinDir: string) {
@@ -128,11 +130,12 @@ export class Datapath {
       throw new NotSupportedError('SO_NETNS_COOKIE', `cannot read the host network namespace cookie (${String(cause)})`, '5.14');
     }
 
-    const load = (withKernelHttp: boolean): NativeObject => {
+    const load = (withKernelHttp: boolean, pushWatch = true): NativeObject => {
       const object = bpfCall(() => new addon.BpfObject(objectPath));
       try {
-        verifyLayouts((name) => object.btfStruct(name), (name) => object.btfEnum(name));
-        if (withKernelHttp) KernelHttp.enable(object);
+        verifyLayouts((name) => object.btfStruct(name));
+        verifyConstants((name) => object.btfEnum(name));
+        if (withKernelHttp) KernelHttp.enable(object, { pushWatch });
         bpfCall(() => {
           object.setGlobal('agent_tgid', encodeU32(process.pid));
           object.setGlobal('host_netns_cookie', encodeU64(netns));
@@ -150,20 +153,29 @@ export class Datapath {
     // with plaintext services are refused with this reason.
     let object: NativeObject;
     let kernelHttpUnavailable: string | null = null;
+    let pushWatchUnavailable: string | null = null;
     if (opts.kernelHttp === false) {
       kernelHttpUnavailable = 'turned off (--no-kernel-datapath)';
       object = load(false);
     } else {
       try {
         object = load(true);
-      } catch (err) {
-        kernelHttpUnavailable = `this kernel refused its programs (Linux 5.17 or newer is needed): ${(err as Error).message.split('\n')[0] ?? String(err)}`;
-        object = load(false);
+      } catch (watchErr) {
+        // Without BPF trampolines (fexit) the failed-push watch cannot load:
+        // the rest of the datapath can, degraded (KernelHttp.pushWatch).
+        try {
+          object = load(true, false);
+          pushWatchUnavailable = (watchErr as Error).message.split('\n')[0] ?? String(watchErr);
+        } catch (err) {
+          kernelHttpUnavailable = `this kernel refused its programs (Linux 5.17 or newer is needed): ${(err as Error).message.split('\n')[0] ?? String(err)}`;
+          object = load(false);
+        }
       }
     }
     const dp = new Datapath(object, opts.pinDir);
     dp.#kernelHttpUnavailable = kernelHttpUnavailable;
     dp.#kernelAliveTimeoutMs = opts.kernelAliveTimeoutMs;
+    dp.#pushWatchUnavailable = pushWatchUnavailable;
     try {
       for (const name of MAPS) dp.#maps.set(name, bpfCall(() => object.map(name)));
       if (!kernelHttpUnavailable) for (const name of KERNEL_HTTP_PINNED) dp.#maps.set(name, bpfCall(() => object.map(name)));
@@ -204,6 +216,14 @@ export class Datapath {
   /** Why the kernel HTTP datapath could not be loaded (the first line of the error), or null. */
   get kernelHttpUnavailable(): string | null {
     return this.#kernelHttpUnavailable;
+  }
+
+  /**
+   * Why the kernel HTTP datapath runs without its failed-push watch (the
+   * kernel refused its fexit program), or null when it has it or is not loaded.
+   */
+  get pushWatchUnavailable(): string | null {
+    return this.#pushWatchUnavailable;
   }
 
   /** Kernel ids of the loaded programs, for status and for tests that check detachment. */

@@ -4,9 +4,9 @@
  * program, on the workload's own connection, with no user-space hop.
  *
  * Given a loaded BPF object, KernelHttp attaches the programs to a cgroup
- * and keeps three maps in step with the plan: pinned destinations
- * (address, port -> service), the header line per (workload, service), and
- * an id epoch. Workload ids are the ones Datapath.setIdentity() gives the
+ * and keeps four maps in step with the plan: pinned destinations
+ * (address, port -> service), the hosts of services that list them, the
+ * header line per (workload, service), and an id epoch. Workload ids are the ones Datapath.setIdentity() gives the
  * kernel; service ids are the caller's own (any non-zero u32).
  *
  * What the kernel refuses, and how (the write fails with EACCES and the
@@ -26,6 +26,7 @@ import { KernelHttpEvents, type KernelHttpEventHandler, type KernelHttpEventsOpt
 import {
   BPF_F_LOCK,
   WK_HTTP_CFG_AUDIT_CONNECTIONS,
+  WK_HTTP_DEST_CHECK_HOST,
   WK_HTTP_INJECT,
   WK_HTTP_LINE_MAX,
   WK_HTTP_STATS,
@@ -39,6 +40,7 @@ import {
   encodeHttpDestVal,
   encodeHttpHdr,
   encodeHttpHdrKey,
+  encodeHttpHostKey,
   encodeU32,
   type HttpConfig,
   type HttpStatName,
@@ -60,6 +62,17 @@ export interface HeaderLine {
   name: string;
   /** The secret part. Never logged, never in an error message. */
   value: string | Buffer;
+}
+
+/**
+ * The host names a plaintext service answers to. When a service has them,
+ * the kernel refuses every request whose Host (or absolute-form target)
+ * names another host, or none.
+ */
+export interface ServiceHosts {
+  serviceId: number;
+  /** DNS names; compared case-insensitively, a trailing dot ignored, at most WK_HTTP_HOST_MAX characters. */
+  hosts: string[];
 }
 
 export interface HttpBinding {
@@ -95,15 +108,22 @@ export const DEFAULT_ALIVE_TIMEOUT_MS = 5000;
 export const MIN_ALIVE_TIMEOUT_MS = 500;
 const HEARTBEAT_MS = 1000;
 
-const MAPS = ['wk_http_dest', 'wk_http_hdr', 'wk_http_config', 'wk_http_stats', 'wk_http_socks'] as const;
+const MAPS = ['wk_http_dest', 'wk_http_host', 'wk_http_hdr', 'wk_http_config', 'wk_http_stats', 'wk_http_socks'] as const;
 type MapName = (typeof MAPS)[number];
 
 /* connect() last: by the time a connection is bound, the programs that
  * follow it (sk_msg on the sockhash, sockops) are in place. */
 const MSG_PROGRAM = 'wk_http_msg';
 const CGROUP_PROGRAMS = ['wk_http_sockops', 'wk_http_connect4', 'wk_http_connect6'] as const;
+/*
+ * The failed-push watch (fexit/tcp_bpf_push): attached first, so a failed
+ * push is caught from the first connection on. It needs BPF trampolines
+ * (fentry/fexit), which some kernels refuse (no ftrace direct calls,
+ * lockdown); the rest of the datapath then runs without it (see enable()).
+ */
+export const PUSH_WATCH_PROGRAM = 'wk_http_push_done';
 /** The kernel HTTP programs; SEC("?...") in the object, so not loaded unless enable()d. */
-export const KERNEL_HTTP_PROGRAMS = [MSG_PROGRAM, ...CGROUP_PROGRAMS] as const;
+export const KERNEL_HTTP_PROGRAMS = [MSG_PROGRAM, ...CGROUP_PROGRAMS, PUSH_WATCH_PROGRAM] as const;
 
 /*
  * A removed binding's entry is first turned into a tombstone in place (the
@@ -123,6 +143,7 @@ export class KernelHttp {
   readonly #tombstones = new Map<string, number>();
   #events: KernelHttpEvents | null = null;
   #msgAttached = false;
+  #pushWatch = false;
   #closed = false;
   #aliveTimeoutNs = BigInt(DEFAULT_ALIVE_TIMEOUT_MS) * 1_000_000n;
   #heartbeat: NodeJS.Timeout | null = null;
@@ -136,11 +157,16 @@ export class KernelHttp {
    * Has load() load the kernel HTTP programs, which the object leaves out by
    * default (an agent without kernel-path bindings loads exactly what it
    * did before, and a kernel that refuses these programs cannot stop it
-   * from starting). Call between open and load.
+   * from starting). Call between open and load. `pushWatch: false` leaves
+   * out the failed-push watch, for a kernel that refused it (a degraded
+   * datapath: see pushWatch).
    * @throws BpfError when the object is already loaded.
    */
-  static enable(object: NativeObject): void {
-    for (const prog of KERNEL_HTTP_PROGRAMS) bpfCall(() => object.setAutoload(prog, true));
+  static enable(object: NativeObject, opts: { pushWatch?: boolean } = {}): void {
+    for (const prog of KERNEL_HTTP_PROGRAMS) {
+      if (prog === PUSH_WATCH_PROGRAM && opts.pushWatch === false) continue;
+      bpfCall(() => object.setAutoload(prog, true));
+    }
   }
 
   /**
@@ -160,7 +186,7 @@ export class KernelHttp {
       throw new RangeError(`aliveTimeoutMs ${timeoutMs} is below ${MIN_ALIVE_TIMEOUT_MS} ms`);
     }
     const loaded = new Set(object.programs().filter((p) => p.id).map((p) => p.name));
-    const missing = KERNEL_HTTP_PROGRAMS.filter((p) => !loaded.has(p));
+    const missing = KERNEL_HTTP_PROGRAMS.filter((p) => p !== PUSH_WATCH_PROGRAM && !loaded.has(p));
     if (missing.length) throw new BpfError(`kernel HTTP programs not loaded (${missing.join(', ')}): call KernelHttp.enable() before load()`);
     const kh = new KernelHttp(object);
     try {
@@ -168,6 +194,10 @@ export class KernelHttp {
       kh.#aliveTimeoutNs = BigInt(Math.round(timeoutMs * 1e6));
       kh.#beat();
       kh.#heartbeat = setInterval(() => kh.#beat(), Math.min(HEARTBEAT_MS, timeoutMs / 4)).unref();
+      if (loaded.has(PUSH_WATCH_PROGRAM)) {
+        kh.#links.push(bpfCall(() => object.attach(PUSH_WATCH_PROGRAM)));
+        kh.#pushWatch = true;
+      }
       bpfCall(() => object.attachToMap(MSG_PROGRAM, 'wk_http_socks'));
       kh.#msgAttached = true;
       for (const prog of CGROUP_PROGRAMS) kh.#links.push(bpfCall(() => object.attachCgroup(prog, cgroupDir)));
@@ -179,29 +209,47 @@ export class KernelHttp {
   }
 
   /**
-   * Makes the pinned destinations exactly `dests`: new ones are added
-   * before stale ones are removed. A connection whose destination stops
-   * being pinned (or moves to another service) has its next request
-   * refused.
-   * @throws BpfError (capacity: before anything changes).
+   * Makes the pinned destinations exactly `dests`, and the listed hosts
+   * exactly `hosts` (a service not in `hosts`, or with none, has its Host
+   * left unchecked). Everything is checked before anything changes; then
+   * new hosts are added before the destinations that check them, and
+   * stale ones removed after, so a request is judged against the old list,
+   * the new one or both, never against none. A connection whose
+   * destination stops being pinned (or moves to another service) has its
+   * next request refused; one whose service's hosts change has its next
+   * request judged against the new ones.
+   * @throws RangeError (a bad address, port or host name), BpfError
+   *   (capacity); both before anything changes.
    */
-  setDestinations(dests: PinnedDestination[]): void {
+  setDestinations(dests: PinnedDestination[], hosts: ServiceHosts[] = []): void {
+    const wantHosts = new Map<string, Buffer>();
+    const checked = new Set<number>();
+    for (const h of hosts) {
+      checkId('service', h.serviceId);
+      for (const host of h.hosts) wantHosts.set(encodeHttpHostKey(h.serviceId, host).toString('hex'), encodeU32(1));
+      if (h.hosts.length) checked.add(h.serviceId);
+    }
     const want = new Map<string, Buffer>();
     for (const d of dests) {
       checkId('service', d.serviceId);
       if (!Number.isInteger(d.port) || d.port < 1 || d.port > 65535) throw new RangeError(`port ${d.port} is outside 1..65535`);
       const key = encodeHttpDestKey(d.address, d.port).toString('hex');
-      const value = encodeHttpDestVal(d.serviceId);
+      const value = encodeHttpDestVal(d.serviceId, checked.has(d.serviceId) ? WK_HTTP_DEST_CHECK_HOST : 0);
       const earlier = want.get(key);
       if (earlier && !earlier.equals(value)) throw new RangeError(`${d.address} port ${d.port} is pinned to two services`);
       want.set(key, value);
     }
     const map = this.#map('wk_http_dest');
-    const { name, maxEntries } = map.info();
-    if (want.size > maxEntries) throw new BpfError(`${name} holds at most ${maxEntries} entries; the policy needs ${want.size}`);
+    const hostMap = this.#map('wk_http_host');
+    for (const [m, n] of [[map, want.size], [hostMap, wantHosts.size]] as const) {
+      const { name, maxEntries } = m.info();
+      if (n > maxEntries) throw new BpfError(`${name} holds at most ${maxEntries} entries; the policy needs ${n}`);
+    }
     bpfCall(() => {
+      for (const [key, value] of wantHosts) hostMap.update(Buffer.from(key, 'hex'), value);
       for (const [key, value] of want) map.update(Buffer.from(key, 'hex'), value);
       for (const key of map.keys()) if (!want.has(key.toString('hex'))) map.delete(key);
+      for (const key of hostMap.keys()) if (!wantHosts.has(key.toString('hex'))) hostMap.delete(key);
     });
   }
 
@@ -363,6 +411,16 @@ export class KernelHttp {
     }
     this.#events = KernelHttpEvents.open(this.#object, handler, options);
     return this.#events;
+  }
+
+  /**
+   * Whether failed pushes are watched (wk_http_push_done attached). Without
+   * it, a push the kernel fails before its first byte goes unnoticed, and
+   * the writer's retry passes unseen under the stale verdict: see the
+   * README's kernel datapath section for what that allows.
+   */
+  get pushWatch(): boolean {
+    return this.#pushWatch;
   }
 
   /** Kernel-path connections currently established. */

@@ -39,7 +39,8 @@ export const LAYOUTS = {
     size: 24,
     fields: { prefixlen: { offset: 0, size: 4 }, port: { offset: 4, size: 2 }, _pad: { offset: 6, size: 2 }, addr: { offset: 8, size: 16 } },
   },
-  wk_http_dest_val: { size: 8, fields: { service_id: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
+  wk_http_dest_val: { size: 8, fields: { service_id: { offset: 0, size: 4 }, flags: { offset: 4, size: 4 } } },
+  wk_http_host_key: { size: 264, fields: { service_id: { offset: 0, size: 4 }, len: { offset: 4, size: 4 }, name: { offset: 8, size: 256 } } },
   wk_http_hdr_key: { size: 8, fields: { workload_id: { offset: 0, size: 4 }, service_id: { offset: 4, size: 4 } } },
   wk_http_hdr: {
     size: 528,
@@ -82,12 +83,10 @@ export const AF_INET = 2;
 export const AF_INET6 = 10;
 
 /**
- * Compares every layout with the object's BTF, and, given `btfEnum`, every
- * constant of CONTRACT with enum wk_contract.
- * @throws BpfError naming the first struct and member, or constant, that differ.
+ * Compares every layout with the object's BTF.
+ * @throws BpfError naming the first struct and member that differ.
  */
-export function verifyLayouts(btfStruct: (name: string) => BtfStruct | null, btfEnum?: (name: string) => Record<string, number> | null): void {
-  if (btfEnum) verifyContract(btfEnum);
+export function verifyLayouts(btfStruct: (name: string) => BtfStruct | null): void {
   for (const [name, layout] of Object.entries(LAYOUTS) as [string, Layout][]) {
     const btf = btfStruct(name);
     if (!btf) throw new BpfError(`struct ${name} is missing from the BPF object's BTF`);
@@ -110,17 +109,23 @@ export function verifyLayouts(btfStruct: (name: string) => BtfStruct | null, btf
 }
 
 /**
- * @throws BpfError when enum wk_contract in the object's BTF (bpf/wirekey.h)
- *   does not hold exactly CONTRACT's constants with CONTRACT's values.
+ * Compares the controller's copies of the constants bpf/wirekey.h keeps in
+ * enums (so that they reach BTF) with the object's: every member of each
+ * enum, with its value, on both sides.
+ * @throws BpfError naming the first enum and member that differ.
  */
-function verifyContract(btfEnum: (name: string) => Record<string, number> | null): void {
-  const got = btfEnum('wk_contract');
-  if (!got) throw new BpfError('enum wk_contract is missing from the BPF object\'s BTF');
-  for (const [name, want] of Object.entries(CONTRACT)) {
-    if (got[name] !== want) throw new BpfError(`${name}: BTF has ${got[name] ?? 'no such constant'}, controller expects ${want}`);
+export function verifyConstants(btfEnum: (name: string) => Record<string, number> | null): void {
+  for (const [name, want] of Object.entries(CONSTANTS) as [string, Record<string, number>][]) {
+    const got = btfEnum(name);
+    if (!got) throw new BpfError(`enum ${name} is missing from the BPF object's BTF`);
+    for (const [member, value] of Object.entries(want)) {
+      if (got[member] !== value) {
+        throw new BpfError(`enum ${name}: ${member} is ${got[member] ?? 'missing'} in the BPF object, controller expects ${value}`);
+      }
+    }
+    const unknown = Object.keys(got).filter((m) => !(m in want));
+    if (unknown.length) throw new BpfError(`enum ${name}: members unknown to the controller: ${unknown.join(', ')}`);
   }
-  const unknown = Object.keys(got).filter((name) => !(name in CONTRACT));
-  if (unknown.length) throw new BpfError(`enum wk_contract: constants unknown to the controller: ${unknown.join(', ')}`);
 }
 
 /** A 16-byte address in the kernel's form: IPv4 as ::ffff:a.b.c.d. */
@@ -269,36 +274,60 @@ export const WK_HTTP_WITHHOLD = 2;
 /** bpf(2) map update flag: update a value in place under its bpf_spin_lock. */
 export const BPF_F_LOCK = 4;
 
-/** Indexes of wk_http_stats, as named in bpf/wirekey.h. */
-export const WK_HTTP_STATS = [
-  'injected',
-  'corked',
-  'refusedHeadSize',
-  'refusedMalformed',
-  'refusedTransferEncoding',
-  'refusedUpgrade',
-  'refusedHeaderPresent',
-  'refusedContentLength',
-  'refusedBinding',
-  'refusedStream',
-  'refusedInternal',
-  'dropped',
-  'sockhashFull',
-  'storageFailures',
-  'refusedBusy',
-  'refusedFastOpen',
-  'eventsLost',
-  'refusedChunked',
-  'refusedMethod',
-  'refusedAgent',
+/**
+ * The wk_http_stats counters in index order: the controller's name, and
+ * the kernel's (enum wk_http_stat in bpf/wirekey.h, checked by verifyConstants).
+ */
+const HTTP_STATS = [
+  ['injected', 'WK_HTTP_STAT_INJECTED'],
+  ['corked', 'WK_HTTP_STAT_CORKED'],
+  ['refusedHeadSize', 'WK_HTTP_STAT_REFUSED_HEAD_SIZE'],
+  ['refusedMalformed', 'WK_HTTP_STAT_REFUSED_MALFORMED'],
+  ['refusedTransferEncoding', 'WK_HTTP_STAT_REFUSED_TRANSFER'],
+  ['refusedUpgrade', 'WK_HTTP_STAT_REFUSED_UPGRADE'],
+  ['refusedHeaderPresent', 'WK_HTTP_STAT_REFUSED_HEADER'],
+  ['refusedContentLength', 'WK_HTTP_STAT_REFUSED_LENGTH'],
+  ['refusedBinding', 'WK_HTTP_STAT_REFUSED_BINDING'],
+  ['refusedStream', 'WK_HTTP_STAT_REFUSED_STREAM'],
+  ['refusedInternal', 'WK_HTTP_STAT_REFUSED_INTERNAL'],
+  ['dropped', 'WK_HTTP_STAT_DROPPED'],
+  ['sockhashFull', 'WK_HTTP_STAT_SOCKHASH_FULL'],
+  ['storageFailures', 'WK_HTTP_STAT_STORAGE_FAIL'],
+  ['refusedBusy', 'WK_HTTP_STAT_REFUSED_BUSY'],
+  ['refusedFastOpen', 'WK_HTTP_STAT_REFUSED_FASTOPEN'],
+  ['eventsLost', 'WK_HTTP_STAT_EVENTS_LOST'],
+  ['refusedChunked', 'WK_HTTP_STAT_REFUSED_CHUNKED'],
+  ['refusedMethod', 'WK_HTTP_STAT_REFUSED_METHOD'],
+  ['refusedPush', 'WK_HTTP_STAT_REFUSED_PUSH'],
+  ['refusedHost', 'WK_HTTP_STAT_REFUSED_HOST'],
+  ['refusedAgent', 'WK_HTTP_STAT_REFUSED_AGENT'],
 ] as const;
-export type HttpStatName = (typeof WK_HTTP_STATS)[number];
 
-/** The constants of enum wk_contract (bpf/wirekey.h), checked against the object's BTF by verifyLayouts. */
-export const CONTRACT = {
-  WK_CONTRACT_HTTP_STAT_REFUSED_AGENT: WK_HTTP_STATS.indexOf('refusedAgent'),
-  WK_CONTRACT_HTTP_STAT_MAX: WK_HTTP_STATS.length,
-} as const;
+/** Indexes of wk_http_stats. */
+export const WK_HTTP_STATS = HTTP_STATS.map(([name]) => name);
+export type HttpStatName = (typeof HTTP_STATS)[number][0];
+
+/** wk_http_dest_val.flags: the service lists hosts; requests must name one (WK_HTTP_DEST_CHECK_HOST). */
+export const WK_HTTP_DEST_CHECK_HOST = 1;
+/** Longest host name a plaintext service may list (WK_HTTP_HOST_MAX): a DNS name. */
+export const WK_HTTP_HOST_MAX = 253;
+/** (service, host) pairs the kernel holds, all services together (WK_HTTP_MAX_HOSTS). */
+export const WK_HTTP_MAX_HOSTS = 4096;
+
+/** The enums of bpf/wirekey.h, member by member, as the controller uses them (verifyConstants). */
+export const CONSTANTS: Record<string, Record<string, number>> = {
+  wk_http_stat: {
+    ...Object.fromEntries(HTTP_STATS.map(([, cName], i) => [cName, i])),
+    WK_HTTP_STAT_MAX: HTTP_STATS.length,
+  },
+  wk_http_hosts: {
+    WK_HTTP_DEST_CHECK_HOST,
+    WK_HTTP_HOST_MAX,
+    WK_HTTP_HOST_KEY_NAME: 256,
+    WK_HTTP_MAX_HOSTS,
+  },
+};
+
 
 /** wk_http_event.kind */
 export const WK_HTTP_EVENT_INJECTED = 1;
@@ -412,9 +441,30 @@ export function decodeHttpDestKey(b: Buffer): { address: string; port: number } 
   return { address: bits === full ? ip : `${ip}/${bits}`, port: b.readUInt16LE(f.port.offset) };
 }
 
-export function encodeHttpDestVal(serviceId: number): Buffer {
+export function encodeHttpDestVal(serviceId: number, flags = 0): Buffer {
+  const f = LAYOUTS.wk_http_dest_val.fields;
   const b = Buffer.alloc(LAYOUTS.wk_http_dest_val.size);
-  b.writeUInt32LE(serviceId, LAYOUTS.wk_http_dest_val.fields.service_id.offset);
+  b.writeUInt32LE(serviceId, f.service_id.offset);
+  b.writeUInt32LE(flags, f.flags.offset);
+  return b;
+}
+
+/**
+ * A wk_http_host key: a plaintext service's host, as the kernel compares
+ * it (lower-case, no trailing dot, zero-padded).
+ * @throws RangeError when `host` is empty, longer than WK_HTTP_HOST_MAX or
+ *   holds a character a Host the kernel accepts cannot (see bpf/http-inject.bpf.c host_char()).
+ */
+export function encodeHttpHostKey(serviceId: number, host: string): Buffer {
+  const f = LAYOUTS.wk_http_host_key.fields;
+  const name = host.toLowerCase().replace(/\.$/, '');
+  if (!/^[a-z0-9._~-]+$/.test(name) || name.length > WK_HTTP_HOST_MAX) {
+    throw new RangeError(`${JSON.stringify(host)} is not a host name of at most ${WK_HTTP_HOST_MAX} characters`);
+  }
+  const b = Buffer.alloc(LAYOUTS.wk_http_host_key.size);
+  b.writeUInt32LE(serviceId, f.service_id.offset);
+  b.writeUInt32LE(name.length, f.len.offset);
+  b.write(name, f.name.offset, 'latin1');
   return b;
 }
 

@@ -97,7 +97,7 @@ export interface NativeObject {
   detachFromMap(program: string, map: string): void;
   map(name: string): NativeMap;
   btfStruct(name: string): BtfStruct | null;
-  /** The enumerators of an enum in the object's BTF ({NAME: value}), or null when there is none. */
+  /** The members of an enum in the object's BTF, by name; null when there is no such enum. */
   btfEnum(name: string): Record<string, number> | null;
   close(): void;
 }

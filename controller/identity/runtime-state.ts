@@ -33,6 +33,15 @@ export interface RuntimeState {
     port: number;
     inject: { kind: string; credential: string };
   }[];
+  /** The proxy's counters when the state was last written (at most every few seconds while they change). */
+  proxy?: {
+    /** Requests and connections refused since start, by refusal code (controller/refusals.ts). */
+    refused: Record<string, number>;
+    /** Connections between accept and TLS established. */
+    handshakes: number;
+    /** Open proxied connections per workload. */
+    connections: Record<string, number>;
+  };
 }
 
 export function runtimeStatePath(stateDir: string): string {

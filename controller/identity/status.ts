@@ -12,6 +12,8 @@ export interface AgentStatus {
   storageFailures: bigint;
   /** The kernel HTTP datapath's counters; null when the agent runs without it. */
   kernelHttp: Record<string, bigint> | null;
+  /** The proxy's counters, as the agent last wrote them. */
+  proxy: RuntimeState['proxy'] | null;
   /** Sockhashes of previous agents with connections still open (refused), and what they refused without an agent. */
   draining: { dir: string; connections: number; refusedAgent: bigint }[];
 }
@@ -30,6 +32,7 @@ export function agentStatus(stateDir: string): AgentStatus {
     workloads: state.workloads.map((w) => ({ name: w.name, id: w.id, problems: w.problems })),
     ...pinned.usage(),
     kernelHttp: pinned.kernelHttpStats(),
+    proxy: state.proxy ?? null,
     draining: pinned.draining(),
   };
 }
@@ -47,6 +50,11 @@ export function formatStatus(s: AgentStatus): string {
     lines.push(`kernel datapath: ${injected ?? 0n} request(s) injected${nonzero.length ? `; ${nonzero.join(', ')}` : ''}`);
   } else {
     lines.push('kernel datapath: not loaded (--no-kernel-datapath, or the kernel refused its programs: see the agent log)');
+  }
+  if (s.proxy) {
+    const refused = Object.entries(s.proxy.refused).map(([k, v]) => `${k} ${v}`);
+    const open = Object.values(s.proxy.connections).reduce((a, b) => a + b, 0);
+    lines.push(`proxy: ${open} connection(s) open, ${s.proxy.handshakes} in handshake; refused: ${refused.length ? refused.join(', ') : 'none'}`);
   }
   for (const d of s.draining) {
     lines.push(`draining ${d.dir}: ${d.connections} connection(s) of a previous agent, each refused at its next request; refusedAgent ${d.refusedAgent}`);

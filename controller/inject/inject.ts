@@ -7,7 +7,9 @@ import type { Credential } from '../credentials/credential.js';
 import { Secret } from '../credentials/secret.js';
 import type { PlanInjection } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
-import { forwardableHeaders } from '../proxy/headers.js';
+import type { RefusalCode } from '../refusals.js';
+import { upstreamRequestHeaders } from '../proxy/headers.js';
+import type { ByteBudget } from './byte-budget.js';
 import { inferAwsScope, signSigV4, stripQuerySignature, type AwsCredentials } from './sigv4.js';
 import { createHash } from 'node:crypto';
 
@@ -17,9 +19,9 @@ export const CREDENTIAL_HEADERS = new Set(['authorization', 'proxy-authorization
 /** A request the injection cannot be applied to, with the HTTP status to answer. */
 export class InjectionRefusal extends WirekeyError {
   readonly status: number;
-  readonly reason: string;
+  readonly reason: RefusalCode;
 
-  constructor(status: number, reason: string, message: string) {
+  constructor(status: number, reason: RefusalCode, message: string) {
     super('WK_INJECT_REFUSED', message);
     this.status = status;
     this.reason = reason;
@@ -43,8 +45,12 @@ export interface UpstreamRequest {
 export interface InjectOptions {
   /** The TLS server name the request is for. */
   host: string;
+  /** The port the workload connected to: Host carries it when it is not 443. */
+  port: number;
   /** Largest body read into memory to compute a SigV4 payload hash. */
   sigv4BodyLimit: number;
+  /** Memory all requests together may hold for SigV4 payload hashes; what a read body took is released by the caller. */
+  sigv4BodyBudget?: ByteBudget;
 }
 
 const EMPTY_SHA256 = createHash('sha256').digest('hex');
@@ -62,15 +68,20 @@ export async function prepareUpstreamRequest(
   opts: InjectOptions,
 ): Promise<UpstreamRequest> {
   const drop = inject.kind === 'header' ? new Set([...CREDENTIAL_HEADERS, inject.name.toLowerCase()]) : CREDENTIAL_HEADERS;
-  const headers = forwardableHeaders(req.rawHeaders, drop);
+  // Host and framing are the proxy's: the checked host, and the length
+  // llhttp framed the body by (or chunked), never what the workload listed.
+  const host = opts.port === 443 ? opts.host : `${opts.host}:${opts.port}`;
+  const headers = ['Host', host, ...upstreamRequestHeaders(req.rawHeaders, drop)];
   const chunked = req.headers['transfer-encoding'] !== undefined;
+  const length = chunked ? undefined : req.headers['content-length'];
+  const framing = (body?: Buffer): string[] =>
+    body ? ['Content-Length', String(body.length)] : chunked ? ['Transfer-Encoding', 'chunked'] : length !== undefined ? ['Content-Length', length] : [];
   switch (inject.kind) {
     case 'bearer':
     case 'header':
     case 'basic': {
       const line = credentialHeader(inject, credential);
-      headers.push(line.name, line.value.reveal());
-      if (chunked) headers.push('Transfer-Encoding', 'chunked');
+      headers.push(line.name, line.value.reveal(), ...framing());
       return { headers, path: req.url ?? '/', ...provenance(credential) };
     }
     case 'sigv4': {
@@ -88,16 +99,13 @@ export async function prepareUpstreamRequest(
             `payloads signed chunk by chunk (${declared}) cannot be re-signed; configure the client for unsigned payloads ` +
             '(AWS CLI and SDKs do this by default over HTTPS)');
         }
-      } else if (!chunked && Number(req.headers['content-length'] ?? 0) === 0) {
+      } else if (!chunked && Number(length ?? 0) === 0) {
         payloadHash = EMPTY_SHA256;
       } else {
-        body = await readBody(req, opts.sigv4BodyLimit);
+        body = await readBody(req, opts.sigv4BodyLimit, opts.sigv4BodyBudget);
         payloadHash = createHash('sha256').update(body).digest('hex');
       }
-      const rawHeaders = body ? withoutHeaders(headers, ['content-length']) : headers;
-      const signed = await signSigV4({ method: req.method ?? 'GET', host: opts.host, path: req.url ?? '/', rawHeaders, payloadHash }, creds, scope, new Date());
-      if (body) signed.push('Content-Length', String(body.length));
-      else if (chunked) signed.push('Transfer-Encoding', 'chunked');
+      const signed = await signSigV4({ method: req.method ?? 'GET', host, path: req.url ?? '/', rawHeaders: [...headers, ...framing(body)], payloadHash }, creds, scope, new Date());
       return { headers: signed, path: stripQuerySignature(req.url ?? '/'), body, accessKeyId: creds.accessKeyId, ...provenance(credential) };
     }
   }
@@ -118,6 +126,28 @@ export function credentialHeader(
   inject: Extract<PlanInjection, { kind: 'bearer' | 'header' | 'basic' }>,
   credential: Credential,
 ): CredentialHeader {
+  const header = buildHeader(inject, credential);
+  const problem = headerValueProblem(header.value.reveal());
+  if (problem) throw new CredentialError(credential.name, `cannot be sent in the ${header.name} header: it ${problem}`);
+  return header;
+}
+
+/**
+ * Why `value` cannot be an HTTP header value (RFC 9110 5.5: visible
+ * characters, SP and HTAB, not at either end), or null. Never quotes the value.
+ */
+export function headerValueProblem(value: string): string | null {
+  for (let i = 0; i < value.length; i++) {
+    const c = value.charCodeAt(i);
+    if ((c < 0x20 && c !== 0x09) || c === 0x7f) return 'holds a control character (CR, LF, NUL, ...)';
+    if (c > 0xff) return 'holds a character outside Latin-1';
+  }
+  if (!value.length) return 'is empty';
+  if (/^[ \t]|[ \t]$/.test(value)) return 'begins or ends with whitespace';
+  return null;
+}
+
+function buildHeader(inject: Extract<PlanInjection, { kind: 'bearer' | 'header' | 'basic' }>, credential: Credential): CredentialHeader {
   switch (inject.kind) {
     case 'bearer':
       return { name: 'Authorization', value: new Secret(`Bearer ${single(credential).reveal()}`) };
@@ -170,33 +200,41 @@ function headerValue(req: IncomingMessage, name: string): string | undefined {
   return Array.isArray(v) ? v[0] : v;
 }
 
-function withoutHeaders(raw: string[], names: string[]): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < raw.length; i += 2) {
-    if (!names.includes((raw[i] as string).toLowerCase())) out.push(raw[i] as string, raw[i + 1] as string);
-  }
-  return out;
-}
-
-/** Reads the whole body, refusing (413) one larger than `limit`. */
-function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
+/**
+ * Reads the whole body, refusing (413) one larger than `limit`, and (503)
+ * one that would take the budget all requests share past its size. What
+ * the body took stays taken until the caller releases it.
+ */
+function readBody(req: IncomingMessage, limit: number, budget: ByteBudget | undefined): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
+    const fail = (refusal: InjectionRefusal) => {
+      req.off('data', onData);
+      req.pause();
+      budget?.release(req, size);
+      reject(refusal);
+    };
     const onData = (chunk: Buffer) => {
-      size += chunk.length;
-      if (size > limit) {
-        req.off('data', onData);
-        req.pause();
-        reject(new InjectionRefusal(413, 'sigv4-body-too-large',
+      if (size + chunk.length > limit) {
+        fail(new InjectionRefusal(413, 'sigv4-body-too-large',
           `the request body must be read to be signed and is larger than ${limit} bytes; send x-amz-content-sha256 ` +
           '(a payload hash or UNSIGNED-PAYLOAD) to stream it'));
         return;
       }
+      if (budget && !budget.take(req, chunk.length)) {
+        fail(new InjectionRefusal(503, 'sigv4-busy',
+          'bodies held for SigV4 signing fill the agent\'s memory budget; retry, or send x-amz-content-sha256 to stream the body'));
+        return;
+      }
+      size += chunk.length;
       chunks.push(chunk);
     };
     req.on('data', onData);
     req.once('end', () => resolve(Buffer.concat(chunks)));
-    req.once('error', reject);
+    req.once('error', (err) => {
+      budget?.release(req, size);
+      reject(err);
+    });
   });
 }

@@ -9,6 +9,7 @@ import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, Poli
 import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, type AddressPrefix } from '../addresses.js';
 import { inferAwsScope } from '../inject/sigv4.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
+import { WK_HTTP_HOST_MAX, WK_HTTP_MAX_HOSTS } from '../datapath/layout.js';
 
 /**
  * Cross-document problems in `policy`, in document order; empty when there
@@ -25,6 +26,7 @@ export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
     ...vaultSources(docs.filter((d): d is CredentialSourceDoc => d.kind === 'CredentialSource')),
     ...ambiguousBindings(bindings),
     ...serviceShapes(services),
+    ...plaintextHosts(services),
     ...sigv4Scopes(bindings, services),
     ...kernelBindings(bindings, services),
     ...headerNames(bindings),
@@ -34,6 +36,24 @@ export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
     ...ambiguousWorkloads(workloads),
     ...tooManyWorkloads(workloads),
   ];
+}
+
+/**
+ * What is valid but probably not meant: a plaintext service without hosts
+ * sends its credential to whatever answers on its addresses, whichever host
+ * a request names. Empty when there is nothing to say. Never throws.
+ */
+export function policyWarnings(policy: Policy): PolicyDiagnostic[] {
+  return policy.documents
+    .filter((d): d is ServiceDoc => d.kind === 'Service' && d.spec.tls === false && !d.spec.hosts)
+    .map((s) => ({
+      ...positionOf(s, ['spec']),
+      message:
+        `${label(s)}: spec.hosts: a plaintext service without hosts injects whatever Host a request names; ` +
+        'behind a front that routes by Host (a reverse proxy, an ingress, a load balancer) the credential goes to ' +
+        'whichever backend that Host selects; list the host names the service answers to',
+      severity: 'warning' as const,
+    }));
 }
 
 function userAndUid(workloads: WorkloadDoc[]): PolicyDiagnostic[] {
@@ -140,7 +160,6 @@ function serviceShapes(services: ServiceDoc[]): PolicyDiagnostic[] {
       continue;
     }
     if (!addresses) say(['spec'], 'spec.addresses: a plaintext service (tls: false) needs the IP addresses or CIDRs it is pinned to');
-    if (hosts) say(['spec', 'hosts'], 'spec.hosts: a plaintext service is pinned by addresses, not host names (give addresses)');
     if (datapath === 'proxy') {
       say(['spec', 'datapath'], 'spec.datapath: the proxy handles TLS services; a plaintext service (tls: false) uses datapath: kernel');
     }
@@ -152,6 +171,35 @@ function serviceShapes(services: ServiceDoc[]): PolicyDiagnostic[] {
           `(pin the service's own addresses; at most /${MIN_PREFIX.ipv4} for IPv4, /${MIN_PREFIX.ipv6} for IPv6)`);
       }
     });
+  }
+  return out;
+}
+
+/**
+ * A plaintext service's hosts are checked by the kernel against each
+ * request's Host: each must fit the kernel's key (WK_HTTP_HOST_MAX), and
+ * all of them together its map (WK_HTTP_MAX_HOSTS), or the policy could
+ * not be applied whole.
+ */
+function plaintextHosts(services: ServiceDoc[]): PolicyDiagnostic[] {
+  const out: PolicyDiagnostic[] = [];
+  let total = 0;
+  for (const s of services) {
+    if (s.spec.tls !== false) continue;
+    const hosts = s.spec.hosts ?? [];
+    hosts.forEach((h, i) => {
+      if (normalizeHost(h).length > WK_HTTP_HOST_MAX) {
+        out.push({ ...positionOf(s, ['spec', 'hosts', i]), message: `${label(s)}: spec.hosts[${i}]: longer than ${WK_HTTP_HOST_MAX} characters` });
+      }
+    });
+    total += new Set(hosts.map(normalizeHost)).size;
+    if (total > WK_HTTP_MAX_HOSTS) {
+      out.push({
+        ...positionOf(s, ['spec', 'hosts']),
+        message: `${label(s)}: spec.hosts: plaintext services may list at most ${WK_HTTP_MAX_HOSTS} hosts together; this makes ${total}`,
+      });
+      total = -Infinity; // said once
+    }
   }
   return out;
 }
@@ -282,7 +330,8 @@ function ambiguousBindings(bindings: BindingDoc[]): PolicyDiagnostic[] {
 }
 
 function sharedEndpoints(services: ServiceDoc[]): PolicyDiagnostic[] {
-  const claims = services.flatMap((service) =>
+  // Plaintext services are found by address; their hosts only restrict what a request may name.
+  const claims = services.filter((s) => s.spec.tls).flatMap((service) =>
     (service.spec.hosts ?? []).map((host, i) => ({ service, i, endpoint: `${normalizeHost(host)}:${service.spec.port}` })),
   );
   // The proxy picks a service by host and port; two owners would make that a guess.

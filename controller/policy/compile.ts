@@ -101,12 +101,10 @@ export function parseDuration(text: string): number {
 /** check.ts has made sure a TLS service has hosts and a plaintext one valid addresses. */
 function service(doc: ServiceDoc): PlanService {
   const { name } = doc.metadata;
-  if (doc.spec.tls) {
-    const hosts = [...new Set((doc.spec.hosts ?? []).map(normalizeHost))];
-    return { name, datapath: 'proxy', hosts, port: doc.spec.port, tls: true };
-  }
+  const hosts = [...new Set((doc.spec.hosts ?? []).map(normalizeHost))];
+  if (doc.spec.tls) return { name, datapath: 'proxy', hosts, port: doc.spec.port, tls: true };
   const addresses = [...new Set((doc.spec.addresses ?? []).map((a) => parseAddressPrefix(a)?.text ?? a))];
-  return { name, datapath: 'kernel', addresses, port: doc.spec.port, tls: false };
+  return { name, datapath: 'kernel', addresses, hosts, port: doc.spec.port, tls: false };
 }
 
 function workload(doc: WorkloadDoc, id: number): PlanWorkload {

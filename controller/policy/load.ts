@@ -5,7 +5,7 @@
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { PolicyError, type PolicyDiagnostic } from '../errors.js';
-import { checkPolicy } from './check.js';
+import { checkPolicy, policyWarnings } from './check.js';
 import { parsePolicyText, type ParseResult } from './parse.js';
 import type { Policy } from './types.js';
 
@@ -13,6 +13,8 @@ export interface LoadedPolicy {
   policy: Policy;
   /** The files read, in the order their documents appear in `policy`. */
   files: string[];
+  /** What is valid but probably not meant (see policyWarnings); never stops a load. */
+  warnings: PolicyDiagnostic[];
 }
 
 /**
@@ -30,12 +32,22 @@ export async function loadPolicy(pathOrDir: string): Promise<LoadedPolicy> {
 }
 
 /**
- * Everything wrong with the policy at `path` (as loadPolicy reads it), for
- * `wirekey validate`; empty when the policy is valid. Does not throw for
- * problems in or with the policy.
+ * Everything wrong with the policy at `path` (as loadPolicy reads it);
+ * empty when the policy is valid. Does not throw for problems in or with
+ * the policy.
  */
 export async function validatePolicyPath(path: string): Promise<PolicyDiagnostic[]> {
   return (await readPolicy(path)).diagnostics;
+}
+
+/**
+ * For `wirekey validate`: the errors (as validatePolicyPath), then the
+ * warnings of a policy without errors (severity 'warning'). Does not throw
+ * for problems in or with the policy.
+ */
+export async function lintPolicyPath(path: string): Promise<PolicyDiagnostic[]> {
+  const { diagnostics, warnings } = await readPolicy(path);
+  return [...diagnostics, ...warnings];
 }
 
 async function readPolicy(pathOrDir: string): Promise<LoadedPolicy & { diagnostics: PolicyDiagnostic[] }> {
@@ -44,10 +56,10 @@ async function readPolicy(pathOrDir: string): Promise<LoadedPolicy & { diagnosti
   try {
     files = await policyFiles(pathOrDir);
   } catch (err) {
-    return { policy, files: [], diagnostics: [atStart(pathOrDir, `cannot read policy: ${describeFsError(err)}`)] };
+    return { policy, files: [], warnings: [], diagnostics: [atStart(pathOrDir, `cannot read policy: ${describeFsError(err)}`)] };
   }
   if (files.length === 0) {
-    return { policy, files, diagnostics: [atStart(pathOrDir, 'no policy files (*.yaml or *.yml) in this directory')] };
+    return { policy, files, warnings: [], diagnostics: [atStart(pathOrDir, 'no policy files (*.yaml or *.yml) in this directory')] };
   }
   const diagnostics: PolicyDiagnostic[] = [];
   for (const parsed of await Promise.all(files.map(readPolicyFile))) {
@@ -57,7 +69,8 @@ async function readPolicy(pathOrDir: string): Promise<LoadedPolicy & { diagnosti
   // References into a document that failed to parse would all look dangling;
   // cross-document checks wait until every document is sound.
   if (diagnostics.length === 0) diagnostics.push(...checkPolicy(policy));
-  return { policy, files, diagnostics };
+  const warnings = diagnostics.length === 0 ? policyWarnings(policy) : [];
+  return { policy, files, diagnostics, warnings };
 }
 
 async function readPolicyFile(file: string): Promise<ParseResult> {

@@ -46,7 +46,11 @@ export interface VaultConnectionSpec {
 
 export type Datapath = 'proxy' | 'kernel';
 
-/** TLS services give hosts (proxy datapath); plaintext ones give addresses (kernel datapath). check.ts enforces which. */
+/**
+ * TLS services give hosts (proxy datapath); plaintext ones give addresses
+ * (kernel datapath) and may give hosts, which every request must then name.
+ * check.ts enforces which.
+ */
 export interface ServiceSpec {
   hosts?: string[];
   addresses?: string[];
@@ -167,6 +171,11 @@ export interface PlanKernelService {
   datapath: 'kernel';
   /** Addresses and CIDRs in canonical text form (host bits cleared). */
   addresses: string[];
+  /**
+   * Lower-case host names, no trailing dot: a request's Host (and an
+   * absolute-form target) must name one of them. Empty: not checked.
+   */
+  hosts: string[];
   port: number;
   tls: false;
 }

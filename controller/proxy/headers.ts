@@ -1,8 +1,11 @@
 /**
- * Header handling shared by the request and response paths: HTTP/1.1
- * hop-by-hop headers belong to one connection and are never forwarded.
+ * Which headers cross the proxy. Framing (Content-Length,
+ * Transfer-Encoding) and Host on the upstream request are the proxy's own,
+ * computed after the request was checked; hop-by-hop headers belong to one
+ * connection; routing hints a workload adds are not the workload's to give.
  */
 
+/** RFC 9110 7.6.1: meaningful for one connection only, never forwarded. */
 const HOP_BY_HOP = new Set([
   'connection',
   'keep-alive',
@@ -13,21 +16,67 @@ const HOP_BY_HOP = new Set([
   'upgrade',
 ]);
 
+/** Set on the upstream request by the proxy itself, never copied from the workload's. */
+const PROXY_SET = new Set(['host', 'content-length', 'transfer-encoding']);
+
 /**
- * Copies raw [name, value, name, value...] headers without hop-by-hop
- * headers, those listed in Connection, and `drop`.
+ * Routing hints: a front or framework upstream may route, rewrite or
+ * authorise by them, so a workload could use them to steer its credential
+ * to another backend or path than the one it was checked for. Removed from
+ * every request (README: "What the proxy forwards").
  */
-export function forwardableHeaders(raw: string[], drop: Set<string> = new Set()): string[] {
-  const listed = new Set<string>();
-  for (let i = 0; i < raw.length; i += 2) {
-    if ((raw[i] as string).toLowerCase() === 'connection') {
-      for (const token of (raw[i + 1] as string).split(',')) listed.add(token.trim().toLowerCase());
-    }
-  }
+const ROUTING_HINTS = new Set([
+  'forwarded',
+  'x-original-url',
+  'x-rewrite-url',
+  'x-original-host',
+  'x-host',
+  'x-real-ip',
+  'x-proxyuser-ip',
+]);
+
+export function isRoutingHint(lower: string): boolean {
+  return ROUTING_HINTS.has(lower) || lower.startsWith('x-forwarded-');
+}
+
+/** The header names a request's Connection header lists, lower-cased. */
+export function connectionTokens(raw: string[]): string[] {
   const out: string[] = [];
   for (let i = 0; i < raw.length; i += 2) {
-    const name = (raw[i] as string).toLowerCase();
-    if (HOP_BY_HOP.has(name) || listed.has(name) || drop.has(name)) continue;
+    if ((raw[i] as string).toLowerCase() !== 'connection') continue;
+    for (const token of (raw[i + 1] as string).split(',')) {
+      const t = token.trim().toLowerCase();
+      if (t) out.push(t);
+    }
+  }
+  return out;
+}
+
+/**
+ * The workload's request headers that go upstream: without hop-by-hop
+ * headers, those its Connection header lists, routing hints, Host and
+ * framing (the proxy sets those), and `drop` (lower-case names: the
+ * credential headers the injection replaces).
+ */
+export function upstreamRequestHeaders(raw: string[], drop: ReadonlySet<string>): string[] {
+  const listed = new Set(connectionTokens(raw));
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    const lower = name.toLowerCase();
+    if (HOP_BY_HOP.has(lower) || PROXY_SET.has(lower) || listed.has(lower) || drop.has(lower) || isRoutingHint(lower)) continue;
+    out.push(name, raw[i + 1] as string);
+  }
+  return out;
+}
+
+/** An upstream response's headers as the workload gets them: without hop-by-hop headers and those its Connection header lists. */
+export function downstreamResponseHeaders(raw: string[]): string[] {
+  const listed = new Set(connectionTokens(raw));
+  const out: string[] = [];
+  for (let i = 0; i < raw.length; i += 2) {
+    const lower = (raw[i] as string).toLowerCase();
+    if (HOP_BY_HOP.has(lower) || listed.has(lower)) continue;
     out.push(raw[i] as string, raw[i + 1] as string);
   }
   return out;

@@ -2,6 +2,11 @@
  * The proxy: accepts connections the kernel redirected, asks the kernel who
  * made them and where they were going, and either terminates TLS and
  * injects the bound credential, or relays the bytes untouched.
+ *
+ * Every request is judged against the plan in force when it arrives; every
+ * upstream connection belongs to one workload, binding, credential version
+ * and destination; work per connection and per workload is bounded
+ * (ProxyLimits); and nothing a workload sends can throw out of a handler.
  */
 import net from 'node:net';
 import tls from 'node:tls';
@@ -10,14 +15,36 @@ import https from 'node:https';
 import type { Logger } from '../log.js';
 import type { AuditEvent, AuditLog } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
-import type { Route, RouteTable } from '../agent/routes.js';
+import type { Route, RouteTable } from './routes.js';
 import type { Credential } from '../credentials/credential.js';
-import { parseClientHello, MAX_CLIENT_HELLO_BYTES } from '../tls/client-hello.js';
+import { ClientHelloReader } from '../tls/client-hello-reader.js';
 import { InjectionRefusal, prepareUpstreamRequest, type UpstreamRequest } from '../inject/inject.js';
-import { forwardableHeaders } from './headers.js';
-import { checkRequest, type Refusal } from './request-checks.js';
+import type { ByteBudget } from '../inject/byte-budget.js';
+import { downstreamResponseHeaders } from './headers.js';
+import { checkRequest } from './request-checks.js';
 import { relay } from './relay.js';
-import { WirekeyError } from '../errors.js';
+import type { PartitionedAgent, PartitionedRequestOptions } from './upstream.js';
+import { CredentialError, WirekeyError } from '../errors.js';
+import type { Refusal, RefusalCode } from '../refusals.js';
+
+/** Bounds on what one connection and one workload can make the proxy hold. All are `wirekey run` flags. */
+export interface ProxyLimits {
+  /** From accept to TLS established (ClientHello included), per connection (ms). */
+  handshakeTimeoutMs: number;
+  /** Connections between accept and TLS established (or relay), all workloads together. */
+  maxHandshakes: number;
+  /** Open proxied connections (terminated or relayed) per workload. */
+  maxConnectionsPerWorkload: number;
+  /** A terminated or relayed connection with no bytes either way for this long is closed (ms). */
+  idleTimeoutMs: number;
+}
+
+export const DEFAULT_PROXY_LIMITS: ProxyLimits = {
+  handshakeTimeoutMs: 10_000,
+  maxHandshakes: 512,
+  maxConnectionsPerWorkload: 1024,
+  idleTimeoutMs: 300_000,
+};
 
 export interface ProxyDeps {
   /** The kernel's record of a redirected connection, consumed on first use. */
@@ -27,39 +54,54 @@ export interface ProxyDeps {
   /** A TLS context presenting a leaf certificate for `host`, minted by the local CA. */
   secureContextFor(host: string): Promise<tls.SecureContext>;
   credential(name: string): Promise<Credential>;
-  upstreamAgent: https.Agent;
+  upstreamAgent: PartitionedAgent;
   /** Largest request body read into memory to compute a SigV4 payload hash. */
   sigv4BodyLimit: number;
+  /** Memory all SigV4 bodies being hashed may hold together. */
+  sigv4BodyBudget: ByteBudget;
+  limits?: Partial<ProxyLimits>;
   audit: AuditLog;
   log: Logger;
 }
 
-/** A terminated connection: who it is, and the route its SNI selected. */
+/** A terminated connection: who it is, and the route its SNI selected under the plan `table`. */
 interface Session {
   orig: OrigDst;
   route: Route;
+  table: RouteTable;
   sni: string;
 }
 
-const CLIENT_HELLO_TIMEOUT_MS = 10_000;
-
 export class ProxyServer {
   readonly #deps: ProxyDeps;
+  readonly #limits: ProxyLimits;
   readonly #servers: net.Server[] = [];
   readonly #http: http.Server;
   readonly #sessions = new WeakMap<net.Socket, Session>();
   readonly #sockets = new Set<net.Socket>();
+  /** Open connections per workload name. */
+  readonly #perWorkload = new Map<string, number>();
+  #handshakes = 0;
+  /** Refusals by code since start (requests and connections). */
+  readonly #refused = new Map<RefusalCode, number>();
+  /** Credential objects -> a number: a new value (rotation) is a new upstream partition. */
+  readonly #credentialSeq = new WeakMap<Credential, number>();
+  #nextCredentialSeq = 1;
 
   constructor(deps: ProxyDeps) {
     this.#deps = deps;
+    this.#limits = { ...DEFAULT_PROXY_LIMITS, ...deps.limits };
     this.#http = http.createServer({ requireHostHeader: true, insecureHTTPParser: false }, (req, res) => {
-      void this.#forward(req, res);
+      this.#forward(req, res).catch((err: unknown) => this.#internalError(req, res, err));
     });
+    // Idle terminated connections (no bytes either way) are closed.
+    this.#http.timeout = this.#limits.idleTimeoutMs;
     this.#http.on('clientError', (err: NodeJS.ErrnoException, socket) => this.#onClientError(err, socket));
     this.#http.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => {
       const session = this.#sessions.get(socket);
       this.#refuseRaw(socket, { status: 501, code: 'upgrade-unsupported', message: 'protocol upgrades are not supported' });
       if (session) this.#audit(session, req, { decision: 'deny', status: 501, reason: 'upgrade-unsupported' });
+      this.#count('upgrade-unsupported');
     });
   }
 
@@ -80,6 +122,7 @@ export class ProxyServer {
         await this.close();
         throw new WirekeyError('WK_PROXY_LISTEN', `proxy cannot listen on ${host} port ${port}: ${(err as Error).message}`, { cause: err });
       }
+      server.on('error', (err) => this.#deps.log.error('proxy listener on %s: %s', host, err.message));
       this.#servers.push(server);
     }
   }
@@ -91,6 +134,11 @@ export class ProxyServer {
     await Promise.all(closing);
   }
 
+  /** Refusals by code since start, and what is open now. */
+  stats(): { refused: Partial<Record<RefusalCode, number>>; handshakes: number; connections: Record<string, number> } {
+    return { refused: Object.fromEntries(this.#refused), handshakes: this.#handshakes, connections: Object.fromEntries(this.#perWorkload) };
+  }
+
   #onConnection(socket: net.Socket): void {
     // Request/response traffic: Nagle plus delayed ACKs would add tens of ms per exchange.
     socket.setNoDelay(true);
@@ -98,40 +146,93 @@ export class ProxyServer {
     socket.on('close', () => this.#sockets.delete(socket));
     socket.on('error', (err) => this.#deps.log.debug('client connection error: %s', err.message));
 
-    const orig = this.#deps.identify(socket.remoteAddress ?? '', socket.remotePort ?? 0);
+    let orig: OrigDst | null;
+    try {
+      // A peer that reset before accept has no address: the kernel has no record to match either.
+      orig = socket.remoteAddress ? this.#deps.identify(socket.remoteAddress, socket.remotePort ?? 0) : null;
+    } catch (err) {
+      this.#deps.log.error('cannot look up the kernel record of %s:%d: %s', socket.remoteAddress, socket.remotePort, (err as Error).message);
+      orig = null;
+    }
     if (!orig) {
       // Not redirected by the kernel: nobody we can vouch for. No credential, no relay.
       this.#deps.log.warn('refused a connection from %s:%d that the kernel did not redirect', socket.remoteAddress, socket.remotePort);
       socket.destroy();
       return;
     }
-    this.#sniff(socket, orig);
+    const workload = this.#deps.routes().workload(orig.workloadId)?.name ?? `#${orig.workloadId}`;
+    const open = this.#perWorkload.get(workload) ?? 0;
+    if (open >= this.#limits.maxConnectionsPerWorkload) {
+      this.#refuseConnection(socket, orig, workload, 'too-many-connections');
+      return;
+    }
+    if (this.#handshakes >= this.#limits.maxHandshakes) {
+      this.#refuseConnection(socket, orig, workload, 'too-many-handshakes');
+      return;
+    }
+    this.#perWorkload.set(workload, open + 1);
+    socket.once('close', () => {
+      const n = (this.#perWorkload.get(workload) ?? 1) - 1;
+      if (n > 0) this.#perWorkload.set(workload, n);
+      else this.#perWorkload.delete(workload);
+    });
+    this.#handshake(socket, orig, workload);
   }
 
-  /** Reads the ClientHello (without consuming it for good) and picks terminate or relay. */
-  #sniff(socket: net.Socket, orig: OrigDst): void {
-    let head = Buffer.alloc(0);
-    const timer = setTimeout(() => socket.destroy(), CLIENT_HELLO_TIMEOUT_MS);
+  /**
+   * Counts the connection as a handshake until TLS is established or it is
+   * relayed; past the deadline it is closed.
+   */
+  #handshake(socket: net.Socket, orig: OrigDst, workload: string): void {
+    this.#handshakes++;
+    let done = false;
+    const finish = () => {
+      if (done) return;
+      done = true;
+      this.#handshakes--;
+      clearTimeout(timer);
+    };
+    const timer = setTimeout(() => {
+      if (done) return;
+      finish();
+      this.#refuseConnection(socket, orig, workload, 'handshake-timeout');
+    }, this.#limits.handshakeTimeoutMs);
+    socket.once('close', finish);
+    this.#sniff(socket, orig, workload, finish);
+  }
+
+  /**
+   * Reads the ClientHello (without consuming it for good: every byte is
+   * replayed to the TLS stack or the relay) and picks terminate or relay.
+   * The reader does work linear in the bytes, however they are cut into
+   * records and segments, and bounds records and bytes.
+   */
+  #sniff(socket: net.Socket, orig: OrigDst, workload: string, handshakeDone: () => void): void {
+    const reader = new ClientHelloReader();
     const onData = (chunk: Buffer) => {
-      head = Buffer.concat([head, chunk]);
-      const hello = parseClientHello(head);
-      if (hello.status === 'incomplete' && head.length <= MAX_CLIENT_HELLO_BYTES) return;
+      const hello = reader.push(chunk);
+      if (hello.status === 'incomplete') return;
       socket.off('data', onData);
       socket.pause();
-      clearTimeout(timer);
-      const route = hello.status === 'ok' && hello.serverName ? this.#deps.routes().match(orig.workloadId, orig.port, hello.serverName) : undefined;
+      const head = reader.received;
+      const table = this.#deps.routes();
+      const route = hello.status === 'ok' && hello.serverName ? table.match(orig.workloadId, orig.port, hello.serverName) : undefined;
       if (route && hello.status === 'ok' && hello.serverName) {
-        void this.#terminate(socket, head, { orig, route, sni: route.service.hosts.find((h) => h === hello.serverName) ?? hello.serverName });
+        const sni = route.service.hosts.find((h) => h === hello.serverName) ?? hello.serverName;
+        this.#terminate(socket, head, { orig, route, table, sni }, handshakeDone).catch((err: unknown) => {
+          this.#deps.log.error('cannot terminate TLS for %s: %s', sni, (err as Error).message);
+          socket.destroy();
+        });
       } else {
-        this.#relay(socket, head, orig, hello.status === 'ok' ? hello.serverName : undefined);
+        handshakeDone();
+        this.#relay(socket, head, orig, workload, hello.status === 'ok' ? hello.serverName : undefined);
       }
     };
     socket.on('data', onData);
     socket.resume();
   }
 
-  #relay(socket: net.Socket, head: Buffer, orig: OrigDst, sni: string | undefined): void {
-    const workload = this.#deps.routes().workload(orig.workloadId)?.name ?? `#${orig.workloadId}`;
+  #relay(socket: net.Socket, head: Buffer, orig: OrigDst, workload: string, sni: string | undefined): void {
     this.#deps.audit.record({
       decision: 'pass',
       workload,
@@ -140,12 +241,12 @@ export class ProxyServer {
       host: sni,
       reason: sni ? 'server name not bound' : 'no TLS server name',
     });
-    relay(socket, head, orig.address, orig.port, (err) => {
+    relay(socket, head, orig.address, orig.port, this.#limits.idleTimeoutMs, (err) => {
       if (err) this.#deps.log.debug('relay to %s:%d ended: %s', orig.address, orig.port, err.message);
     });
   }
 
-  async #terminate(socket: net.Socket, head: Buffer, session: Session): Promise<void> {
+  async #terminate(socket: net.Socket, head: Buffer, session: Session, handshakeDone: () => void): Promise<void> {
     let secureContext: tls.SecureContext;
     try {
       secureContext = await this.#deps.secureContextFor(session.sni);
@@ -154,12 +255,30 @@ export class ProxyServer {
       socket.destroy();
       return;
     }
+    if (socket.destroyed) return;
     // TLSSocket feeds bytes already buffered on `socket` to the handshake first.
     socket.unshift(head);
     const tlsSocket = new tls.TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] });
+    tlsSocket.once('secure', handshakeDone);
     tlsSocket.on('error', (err) => this.#deps.log.debug('TLS with workload %s failed: %s', session.route.workload.name, err.message));
     this.#sessions.set(tlsSocket, session);
     this.#http.emit('connection', tlsSocket);
+  }
+
+  /**
+   * The route a request on `session` may use now: the connection's own
+   * while the plan is the one it was accepted under, else the same
+   * workload's route to the same host in the plan in force, if nothing that
+   * decides what is sent where changed. Undefined: refuse.
+   */
+  #currentRoute(session: Session): Route | undefined {
+    const table = this.#deps.routes();
+    if (table === session.table) return session.route;
+    const now = table.matchByName(session.route.workload.name, session.orig.port, session.sni);
+    if (!now || now.fingerprint !== session.route.fingerprint) return undefined;
+    session.table = table;
+    session.route = now;
+    return now;
   }
 
   async #forward(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
@@ -169,23 +288,38 @@ export class ProxyServer {
       res.destroy();
       return;
     }
-    const { orig, route, sni } = session;
-    const refusal = checkRequest(req, sni, orig.port);
+    const route = this.#currentRoute(session);
+    if (!route) {
+      return this.#refuse(req, res, session, {
+        status: 403, code: 'binding-changed',
+        message: 'the binding this connection was made under was removed or changed by a policy reload; open a new connection',
+      });
+    }
+    const { orig, sni } = session;
+    const inject = route.binding.inject;
+    const injected = inject.kind === 'header' ? inject.name.toLowerCase() : inject.kind === 'sigv4' ? undefined : 'authorization';
+    const refusal = checkRequest(req, sni, orig.port, injected);
     if (refusal) return this.#refuse(req, res, session, refusal);
 
+    let credential: Credential;
     let upstream: UpstreamRequest;
     try {
-      const credential = await this.#deps.credential(route.binding.inject.credential);
-      upstream = await prepareUpstreamRequest(req, route.binding.inject, credential, { host: sni, sigv4BodyLimit: this.#deps.sigv4BodyLimit });
+      credential = await this.#deps.credential(inject.credential);
+      upstream = await prepareUpstreamRequest(req, inject, credential, {
+        host: sni, port: orig.port, sigv4BodyLimit: this.#deps.sigv4BodyLimit, sigv4BodyBudget: this.#deps.sigv4BodyBudget,
+      });
     } catch (err) {
       if (err instanceof InjectionRefusal) return this.#refuse(req, res, session, { status: err.status, code: err.reason, message: err.message });
-      const message = err instanceof WirekeyError ? err.message : `credential "${route.binding.inject.credential}" is unavailable`;
-      this.#deps.log.error('%s', message);
-      return this.#refuse(req, res, session, { status: 503, code: 'credential-unavailable', message });
+      // The log gets the whole reason (it may name a file); the workload only which credential.
+      this.#deps.log.error('%s', err instanceof WirekeyError ? err.message : `credential "${inject.credential}": ${String(err)}`);
+      const why = err instanceof CredentialError ? 'cannot be used now' : 'is unavailable';
+      return this.#refuse(req, res, session, { status: 503, code: 'credential-unavailable', message: `credential "${inject.credential}" ${why}` });
     }
+    if (upstream.body) res.once('close', () => this.#deps.sigv4BodyBudget.releaseAll(req));
 
-    const upstreamReq = https.request({
+    const options: PartitionedRequestOptions = {
       agent: this.#deps.upstreamAgent,
+      partition: `${route.workload.name}\0${route.binding.name}\0${this.#credentialVersion(credential)}`,
       host: orig.address,
       port: orig.port,
       servername: sni,
@@ -193,10 +327,25 @@ export class ProxyServer {
       path: upstream.path,
       headers: upstream.headers as unknown as http.OutgoingHttpHeaders,
       setHost: false,
-    });
+    };
+    let upstreamReq: http.ClientRequest;
+    try {
+      upstreamReq = https.request(options);
+    } catch (err) {
+      // Headers are checked before this; whatever still throws is refused, not fatal.
+      this.#deps.log.error('cannot build the upstream request for %s: %s', sni, (err as Error).message);
+      return this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni}: the request could not be built` });
+    }
     upstreamReq.on('response', (upstreamRes) => {
       const status = upstreamRes.statusCode ?? 502;
-      res.writeHead(status, upstreamRes.statusMessage, forwardableHeaders(upstreamRes.rawHeaders));
+      try {
+        res.writeHead(status, upstreamRes.statusMessage, downstreamResponseHeaders(upstreamRes.rawHeaders));
+      } catch (err) {
+        this.#deps.log.debug('response from %s not forwardable: %s', sni, (err as Error).message);
+        upstreamReq.destroy();
+        res.destroy();
+        return;
+      }
       // pipe(), not pipeline(): this is the per-request hot path, and
       // pipeline's abort-signal plumbing costs more than the forwarding.
       upstreamRes.pipe(res);
@@ -208,7 +357,7 @@ export class ProxyServer {
         this.#audit(session, req, {
           decision: 'inject',
           status,
-          credential: route.binding.inject.credential,
+          credential: inject.credential,
           credentialVersion: upstream.credentialVersion,
           leaseId: upstream.leaseId,
           accessKeyId: upstream.accessKeyId,
@@ -224,15 +373,32 @@ export class ProxyServer {
     });
     if (upstream.body) upstreamReq.end(upstream.body);
     else req.pipe(upstreamReq);
-    // A workload that goes away mid-request must not leave a half-sent request upstream.
+    // A workload that goes away mid-request must not leave a half-sent
+    // request upstream: destroying the request closes its connection, which
+    // is then never reused.
     req.once('error', (err) => upstreamReq.destroy(err));
     res.once('close', () => {
       if (!res.writableFinished) upstreamReq.destroy();
     });
   }
 
+  #credentialVersion(credential: Credential): number {
+    let n = this.#credentialSeq.get(credential);
+    if (n === undefined) {
+      n = this.#nextCredentialSeq++;
+      this.#credentialSeq.set(credential, n);
+    }
+    return n;
+  }
+
+  /** Answers `refusal` and closes the connection; the request body, if any, is never read. */
   #refuse(req: http.IncomingMessage, res: http.ServerResponse, session: Session, refusal: Refusal): void {
+    this.#count(refusal.code);
     this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code });
+    if (res.headersSent || res.destroyed) {
+      res.destroy();
+      return;
+    }
     const body = `wirekey: ${refusal.message}\n`;
     res.shouldKeepAlive = false;
     res.writeHead(refusal.status, {
@@ -242,11 +408,23 @@ export class ProxyServer {
       connection: 'close',
     });
     res.end(body);
-    // The request body, if any, is never read: nothing was sent upstream.
+  }
+
+  /** A connection refused before TLS: nothing can be said to the workload but the close; the audit log says why. */
+  #refuseConnection(socket: net.Socket, orig: OrigDst, workload: string, code: RefusalCode): void {
+    this.#count(code);
+    this.#deps.audit.record({ decision: 'deny', workload, pid: orig.pid, uid: orig.uid, reason: code });
+    socket.destroy();
+  }
+
+  #internalError(req: http.IncomingMessage, res: http.ServerResponse, err: unknown): void {
+    this.#deps.log.error('request to %s failed inside the proxy: %s', req.headers.host ?? '?', (err as Error)?.stack ?? String(err));
+    res.destroy();
   }
 
   #onClientError(err: NodeJS.ErrnoException, socket: net.Socket | import('node:stream').Duplex): void {
     const session = this.#sessions.get(socket as net.Socket);
+    this.#count('malformed-request');
     if (session) {
       this.#deps.audit.record({
         decision: 'deny',
@@ -273,6 +451,10 @@ export class ProxyServer {
         `content-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
         `x-wirekey-error: ${refusal.code}\r\nconnection: close\r\n\r\n${body}`,
     );
+  }
+
+  #count(code: RefusalCode): void {
+    this.#refused.set(code, (this.#refused.get(code) ?? 0) + 1);
   }
 
   #audit(session: Session, req: http.IncomingMessage, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId'>): void {

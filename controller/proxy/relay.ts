@@ -7,9 +7,10 @@ import net from 'node:net';
 
 /**
  * Connects to `host:port`, writes `head` (bytes already read from `client`),
- * then pipes both ways until either side closes. `onClose` runs once.
+ * then pipes both ways until either side closes, or until neither side has
+ * sent anything for `idleMs`. `onClose` runs once.
  */
-export function relay(client: net.Socket, head: Buffer, host: string, port: number, onClose: (err?: Error) => void): void {
+export function relay(client: net.Socket, head: Buffer, host: string, port: number, idleMs: number, onClose: (err?: Error) => void): void {
   let done = false;
   const finish = (err?: Error) => {
     if (done) return;
@@ -19,6 +20,11 @@ export function relay(client: net.Socket, head: Buffer, host: string, port: numb
     onClose(err);
   };
   const upstream = net.connect({ host, port, allowHalfOpen: true });
+  const idle = () => finish(new Error(`idle for ${idleMs} ms`));
+  for (const s of [client, upstream]) {
+    s.setTimeout(idleMs);
+    s.on('timeout', idle);
+  }
   upstream.once('connect', () => {
     if (head.length) upstream.write(head);
     client.pipe(upstream);

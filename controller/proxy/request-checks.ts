@@ -6,43 +6,83 @@
  * accepts but an injector must not.
  */
 import type { IncomingMessage } from 'node:http';
-import { countHeader } from './headers.js';
+import { connectionTokens, countHeader } from './headers.js';
 import { normalizeHost } from '../policy/compile.js';
+import type { Refusal } from '../refusals.js';
 
-export interface Refusal {
-  status: number;
-  code: string;
-  message: string;
-}
+export type { Refusal } from '../refusals.js';
+
+/** RFC 9110 5.6.2 token characters, without "_": nginx drops such names by default, and some servers read "_" as "-". */
+const HEADER_NAME = /^[!#$%&'*+\-.^`|~0-9A-Za-z]+$/;
+
+/** Methods whose response can echo the request, injected credential included. */
+const ECHO_METHODS = new Set(['TRACE', 'TRACK']);
+const METHOD_OVERRIDES = new Set(['x-http-method-override', 'x-http-method', 'x-method-override']);
+
+/**
+ * Headers a Connection header may not list: removing them would change
+ * what the proxy checked (Host), how the upstream frames the request
+ * (Content-Length, Transfer-Encoding, ...) or what it authenticates.
+ */
+const PROTECTED = new Set([
+  'host', 'content-length', 'transfer-encoding', 'te', 'trailer', 'upgrade', 'expect',
+  'authorization', 'proxy-authorization', 'connection',
+]);
 
 /**
  * Checks a request arriving on a connection whose TLS SNI was `sni` and
- * whose original destination port was `port`. Returns why it must be
- * refused, or null when it may be forwarded with a credential.
+ * whose original destination port was `port`. `injected` is the header
+ * name the binding adds, lower-case (or undefined for SigV4, which sets
+ * x-amz-* headers). Returns why it must be refused, or null when it may be
+ * forwarded with a credential.
  */
-export function checkRequest(req: IncomingMessage, sni: string, port: number): Refusal | null {
+export function checkRequest(req: IncomingMessage, sni: string, port: number, injected?: string): Refusal | null {
   const raw = req.rawHeaders;
-  if (req.method === 'CONNECT') {
+  const method = req.method ?? '';
+  if (method === 'CONNECT') {
     return { status: 405, code: 'method-not-allowed', message: 'CONNECT is not supported through wirekey' };
   }
-  if (req.method === 'TRACE') {
+  if (ECHO_METHODS.has(method)) {
     // The upstream would echo the request, injected credential included, back to the workload.
-    return { status: 405, code: 'method-not-allowed', message: 'TRACE would echo the injected credential back; it is not allowed through wirekey' };
+    return { status: 405, code: 'method-not-allowed', message: `${method} would echo the injected credential back; it is not allowed through wirekey` };
+  }
+  for (let i = 0; i < raw.length; i += 2) {
+    const name = raw[i] as string;
+    if (!HEADER_NAME.test(name)) {
+      return { status: 400, code: 'bad-header-name', message: `header name ${JSON.stringify(name.slice(0, 64))} is not an HTTP token (or holds "_")` };
+    }
+    const lower = name.toLowerCase();
+    if (METHOD_OVERRIDES.has(lower) && ECHO_METHODS.has((raw[i + 1] as string).trim().toUpperCase())) {
+      return { status: 405, code: 'method-not-allowed', message: `${name} names a method that would echo the injected credential back` };
+    }
+  }
+  for (const token of connectionTokens(raw)) {
+    if (PROTECTED.has(token) || token === injected || token.startsWith('x-amz-')) {
+      return { status: 400, code: 'connection-names-protected', message: `the Connection header lists ${token}, which wirekey checks or sets` };
+    }
   }
   if (countHeader(raw, 'host') !== 1) {
     return { status: 400, code: 'ambiguous-host', message: 'exactly one Host header is required' };
   }
-  if (countHeader(raw, 'content-length') > 1) {
+  const lengths = countHeader(raw, 'content-length');
+  const codings = countHeader(raw, 'transfer-encoding');
+  if (lengths > 1) {
     return { status: 400, code: 'ambiguous-length', message: 'duplicate Content-Length' };
   }
-  if (countHeader(raw, 'transfer-encoding') > 0 && countHeader(raw, 'content-length') > 0) {
+  if (codings > 0 && lengths > 0) {
     return { status: 400, code: 'ambiguous-length', message: 'Content-Length with Transfer-Encoding' };
+  }
+  if (codings > 0) {
+    const te = req.headers['transfer-encoding'];
+    if (codings > 1 || typeof te !== 'string' || te.trim().toLowerCase() !== 'chunked' || req.httpVersion !== '1.1') {
+      return { status: 400, code: 'bad-transfer-encoding', message: 'Transfer-Encoding must be exactly one "chunked" on HTTP/1.1' };
+    }
   }
   const hostProblem = checkAuthority(req.headers.host ?? '', sni, port);
   if (hostProblem) return { status: 421, code: 'host-mismatch', message: `Host header ${hostProblem}` };
 
   const target = req.url ?? '';
-  if (target.startsWith('/') || (target === '*' && req.method === 'OPTIONS')) return null;
+  if (target.startsWith('/') || (target === '*' && method === 'OPTIONS')) return null;
   let url: URL;
   try {
     url = new URL(target);

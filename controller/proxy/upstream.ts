@@ -1,7 +1,12 @@
 /**
- * The proxy's own TLS connections to upstream services, pooled with
- * keep-alive. Certificates are verified against the service's host name,
- * never against the address the workload dialled.
+ * The proxy's own TLS connections to upstream services. Certificates are
+ * verified against the service's host name, never against the address the
+ * workload dialled.
+ *
+ * Connections are kept alive and reused only within one partition: the
+ * same workload, binding, credential version and destination. A connection
+ * is never shared across those boundaries, so no workload's request can
+ * ever be framed into, or read back from, another's exchange.
  */
 import https from 'node:https';
 import tls from 'node:tls';
@@ -10,21 +15,40 @@ import { readFileSync } from 'node:fs';
 export interface UpstreamOptions {
   /** PEM bundle trusted in addition to Node's store (and NODE_EXTRA_CA_CERTS). */
   caFile?: string;
+  /** How long an idle kept-alive upstream connection is kept (ms). */
+  idleMs?: number;
+}
+
+/** Options of https.request plus the partition the connection belongs to. */
+export interface PartitionedRequestOptions extends https.RequestOptions {
+  partition: string;
 }
 
 /**
- * The https.Agent for upstream requests. Passing `ca` replaces Node's
- * default store, so when an extra bundle is configured the default roots and
+ * An https.Agent whose pools are keyed by partition as well as by
+ * destination and TLS options.
+ */
+export class PartitionedAgent extends https.Agent {
+  override getName(options?: https.RequestOptions): string {
+    const partition = (options as Partial<PartitionedRequestOptions> | undefined)?.partition;
+    return `${super.getName(options)}|${partition ?? ''}`;
+  }
+}
+
+/**
+ * The agent for upstream requests. Passing `ca` replaces Node's default
+ * store, so when an extra bundle is configured the default roots and
  * NODE_EXTRA_CA_CERTS are added back explicitly. The store goes in one
  * SecureContext built here: a `ca` option would be re-joined into the
  * agent's pool key and re-parsed into a new context on every request.
  */
-export function createUpstreamAgent(opts: UpstreamOptions = {}): https.Agent {
-  const base = { keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo' as const };
-  if (!opts.caFile) return new https.Agent(base);
+export function createUpstreamAgent(opts: UpstreamOptions = {}): PartitionedAgent {
+  // `timeout` closes kept-alive connections nobody reused for that long.
+  const base = { keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo' as const, timeout: opts.idleMs ?? 60_000 };
+  if (!opts.caFile) return new PartitionedAgent(base);
   const ca = [...tls.rootCertificates];
   const extra = process.env.NODE_EXTRA_CA_CERTS;
   if (extra) ca.push(readFileSync(extra, 'utf8'));
   ca.push(readFileSync(opts.caFile, 'utf8'));
-  return new https.Agent({ ...base, secureContext: tls.createSecureContext({ ca }) });
+  return new PartitionedAgent({ ...base, secureContext: tls.createSecureContext({ ca }) });
 }

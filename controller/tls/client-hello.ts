@@ -15,6 +15,15 @@
  */
 export const MAX_CLIENT_HELLO_BYTES = 64 * 1024;
 
+/**
+ * The most handshake records a ClientHello may be spread over. Clients send
+ * one record, or a few when the hello outgrows 16 KiB or a tool splits it to
+ * get past middleboxes. 4096 still admits a 4 KiB hello sent one byte per
+ * record, and refuses by name the streams of tiny records that would
+ * otherwise only stop at {@link MAX_CLIENT_HELLO_BYTES}.
+ */
+export const MAX_CLIENT_HELLO_RECORDS = 4096;
+
 export type ClientHelloResult =
   | { status: 'incomplete' }
   | { status: 'not-tls' }
@@ -151,15 +160,19 @@ export function normalizeHostName(name: string): string | undefined {
 }
 
 /**
- * Parses the ClientHello at the start of `buf`, which holds everything
- * received on the connection so far. Callers append each new TCP chunk and
- * call again while the result is 'incomplete'.
+ * Parses the ClientHello at the start of `buf`, a whole buffer: the bytes
+ * received on a connection so far. To read a hello as it arrives, use
+ * ClientHelloReader (client-hello-reader.ts): calling this again on every
+ * chunk re-walks every record each time, which is quadratic in the number of
+ * records. This is the reference the reader is tested against: for every
+ * prefix of a stream, both give the same answer.
  *
  * Handles a ClientHello fragmented across several handshake records and
  * validates every length field. Refuses (status 'invalid') anything that
- * would need more than {@link MAX_CLIENT_HELLO_BYTES}, any record or message
- * other than a single ClientHello, duplicate extensions, and SNI that is not
- * exactly one valid DNS host name.
+ * would need more than {@link MAX_CLIENT_HELLO_BYTES} or
+ * {@link MAX_CLIENT_HELLO_RECORDS}, any record or message other than a single
+ * ClientHello, duplicate extensions, and SNI that is not exactly one valid
+ * DNS host name.
  *
  * Never throws; all outcomes are expressed in the result.
  */
@@ -171,14 +184,25 @@ export function parseClientHello(buf: Buffer): ClientHelloResult {
   if (buf.length >= 2 && buf[1] !== 0x03) return NOT_TLS;
 
   // Fragments are kept as views, and only joined once the whole message is
-  // present: callers re-parse on every chunk, so per-call work must stay
-  // proportional to record headers, not to the bytes buffered so far.
+  // present.
   const fragments: Buffer[] = [];
   let handshakeBytes = 0;
   let messageBytes: number | undefined;
   let offset = 0;
+  let records = 0;
 
   for (;;) {
+    // A record ended without completing the hello. Whether another may follow
+    // is decided here, before any of its bytes, so the answer for a prefix
+    // never changes once more bytes arrive.
+    if (records === MAX_CLIENT_HELLO_RECORDS) {
+      return invalid(`ClientHello not complete after ${MAX_CLIENT_HELLO_RECORDS} records`);
+    }
+    if (offset + RECORD_HEADER_BYTES > MAX_CLIENT_HELLO_BYTES) {
+      return invalid(`ClientHello exceeds ${MAX_CLIENT_HELLO_BYTES} bytes`);
+    }
+    records += 1;
+
     const available = buf.length - offset;
     if (available < RECORD_HEADER_BYTES) {
       if (available >= 1 && buf[offset] !== CONTENT_TYPE_HANDSHAKE) {
@@ -186,9 +210,6 @@ export function parseClientHello(buf: Buffer): ClientHelloResult {
       }
       if (available >= 2 && buf[offset + 1] !== 0x03) {
         return invalid('record with an unknown protocol version');
-      }
-      if (offset + RECORD_HEADER_BYTES > MAX_CLIENT_HELLO_BYTES) {
-        return invalid(`ClientHello exceeds ${MAX_CLIENT_HELLO_BYTES} bytes`);
       }
       return INCOMPLETE;
     }
@@ -244,7 +265,7 @@ export function parseClientHello(buf: Buffer): ClientHelloResult {
     if (recordEnd > buf.length) return INCOMPLETE;
     if (messageBytes !== undefined && handshakeBytes === messageBytes) {
       const message = fragments.length === 1 ? fragments[0]! : Buffer.concat(fragments, handshakeBytes);
-      return parseBody(message, recordEnd);
+      return parseClientHelloMessage(message, recordEnd);
     }
     offset = recordEnd;
   }
@@ -261,8 +282,14 @@ function firstBytes(fragments: Buffer[], n: number): Buffer {
   return out;
 }
 
-/** Parses a complete handshake message (header included) known to be a ClientHello. */
-function parseBody(message: Buffer, bytesNeeded: number): ClientHelloResult {
+/**
+ * Parses a complete, reassembled handshake message (its 4-byte header
+ * included) whose header already says ClientHello. `bytesNeeded` is passed
+ * through to an 'ok' result. Shared by parseClientHello and
+ * ClientHelloReader, which differ only in how they find the message.
+ * Never throws.
+ */
+export function parseClientHelloMessage(message: Buffer, bytesNeeded: number): ClientHelloResult {
   try {
     const body = new Reader(message, HANDSHAKE_HEADER_BYTES, message.length, 'ClientHello');
     const legacyVersion = body.u16('legacy_version');

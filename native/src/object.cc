@@ -286,9 +286,8 @@ Napi::Value Object::BtfStruct(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// btfEnum(name): {ENUMERATOR: value} of an enum in the object's BTF, or null.
-// BTF keeps enum values but not macros: a constant the controller must agree
-// on is put in an enum so that it can be checked like a struct layout.
+// btfEnum(name): {NAME: value} of an enum in the object's BTF, so the
+// controller can check its copies of the constants shared with the programs.
 Napi::Value Object::BtfEnum(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   bpf_object* obj = Checked(env);
@@ -302,7 +301,8 @@ Napi::Value Object::BtfEnum(const Napi::CallbackInfo& info) {
   Napi::Object out = Napi::Object::New(env);
   const struct btf_enum* e = btf_enum(t);
   for (int i = 0; i < btf_vlen(t); i++, e++) {
-    out.Set(btf__name_by_offset(btf, e->name_off), static_cast<double>(e->val));
+    double value = btf_kflag(t) ? static_cast<double>(static_cast<int32_t>(e->val)) : static_cast<double>(static_cast<uint32_t>(e->val));
+    out.Set(btf__name_by_offset(btf, e->name_off), value);
   }
   return out;
 }

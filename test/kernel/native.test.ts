@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { bpfCall, native, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
-import { CONTRACT, LAYOUTS, verifyLayouts } from '../../controller/datapath/layout.js';
+import { CONSTANTS, LAYOUTS, verifyConstants, verifyLayouts } from '../../controller/datapath/layout.js';
 import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
 import { BpfError } from '../../controller/errors.js';
 import { kernelSkipReason } from '../support/requirements.js';
@@ -52,16 +52,18 @@ describe.skipIf(skip)(`native addon on the real kernel${skip ? ` (skipped: ${ski
     expect(() => verifyLayouts(lying)).toThrow(/wk_conn_key\.port: BTF has offset 18/);
   });
 
-  it("the constants of enum wk_contract match the controller's, and a constant that disagrees or is unknown is refused", () => {
-    const btfEnum = (name: string) => obj.btfEnum(name);
-    expect(obj.btfEnum('wk_contract')).toEqual(CONTRACT);
+  it("the controller's constants match the object's enums, member by member", () => {
+    expect(() => verifyConstants((name) => obj.btfEnum(name))).not.toThrow();
+    expect(obj.btfEnum('wk_http_stat')).toEqual(CONSTANTS.wk_http_stat);
     expect(obj.btfEnum('no_such_enum')).toBeNull();
-    expect(() => verifyLayouts((name) => obj.btfStruct(name), btfEnum)).not.toThrow();
-    const moved = (name: string) => ({ ...btfEnum(name), WK_CONTRACT_HTTP_STAT_MAX: 21 });
-    expect(() => verifyLayouts((name) => obj.btfStruct(name), moved)).toThrow(/WK_CONTRACT_HTTP_STAT_MAX: BTF has 21, controller expects 20/);
-    const added = (name: string) => ({ ...btfEnum(name), WK_CONTRACT_NEW: 1 });
-    expect(() => verifyLayouts((name) => obj.btfStruct(name), added)).toThrow(/constants unknown to the controller: WK_CONTRACT_NEW/);
-    expect(() => verifyLayouts((name) => obj.btfStruct(name), () => null)).toThrow(/enum wk_contract is missing/);
+    const changed = (member: string, value: number) => (name: string) => {
+      const e = obj.btfEnum(name);
+      return e && member in e ? { ...e, [member]: value } : e;
+    };
+    expect(() => verifyConstants(changed('WK_HTTP_STAT_REFUSED_HOST', 19))).toThrow(/enum wk_http_stat: WK_HTTP_STAT_REFUSED_HOST is 19 in the BPF object, controller expects 20/);
+    expect(() => verifyConstants(changed('WK_HTTP_HOST_MAX', 255))).toThrow(/WK_HTTP_HOST_MAX is 255/);
+    const extra = (name: string) => ({ ...obj.btfEnum(name), WK_HTTP_STAT_NEW: 99 });
+    expect(() => verifyConstants(extra)).toThrow(/members unknown to the controller: WK_HTTP_STAT_NEW/);
   });
 
   it('the process can mark itself not dumpable (the agent does, at start)', async () => {

@@ -2,6 +2,9 @@
 // that records what it received, one JSON line per request on stdout.
 // It records a SHA-256 of the Authorization header, never the header, so a
 // token cannot reach the test's output through it.
+// Like many real APIs it also gives bodies back, the worst case for a
+// credential that ends up inside a body: POST /echo answers with the body it
+// got and keeps it, and GET /stored returns every body kept so far.
 //
 // usage: node upstream-server.mjs --cert FILE --key FILE [--port 443] [--host 0.0.0.0]
 import https from 'node:https';
@@ -20,15 +23,18 @@ const { values } = parseArgs({
 
 const sha256 = (data) => createHash('sha256').update(data).digest('hex');
 let n = 0;
+const stored = [];
 
 const server = https.createServer(
   { cert: readFileSync(values.cert), key: readFileSync(values.key), keepAlive: true },
   (req, res) => {
     const hash = createHash('sha256');
     let bodyLength = 0;
+    const chunks = [];
     req.on('data', (chunk) => {
       hash.update(chunk);
       bodyLength += chunk.length;
+      chunks.push(chunk);
     });
     req.on('end', () => {
       const auth = [];
@@ -55,6 +61,12 @@ const server = https.createServer(
       process.stdout.write(`${JSON.stringify(record)}\n`);
       const bytes = /^\/bytes\/(\d+)$/.exec(req.url);
       if (bytes) return sendBytes(res, Number(bytes[1]));
+      if (req.url === '/echo' || req.url === '/stored') {
+        if (req.url === '/echo') stored.push(Buffer.concat(chunks));
+        const echoed = req.url === '/echo' ? Buffer.concat(chunks) : Buffer.concat(stored);
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': echoed.length });
+        return res.end(echoed);
+      }
       const body = JSON.stringify({ ok: true, n, path: req.url });
       res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
       res.end(body);

@@ -51,6 +51,20 @@ describe('wirekey validate', () => {
     }
   });
 
+  it('warns, and exits 0, when a plaintext service lists no hosts', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-cli-'));
+    try {
+      const file = path.join(dir, 'open.yaml');
+      writeFileSync(file, ['apiVersion: wirekey.dev/v1alpha1', 'kind: Service', 'metadata: {name: open}', 'spec: {addresses: [10.0.0.1], port: 80, tls: false}', ''].join('\n'));
+      const r = await wirekey('validate', file);
+      expect(r.code).toBe(0);
+      expect(r.stdout).toMatch(new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:4:7: warning: Service "open": spec\\.hosts: .*routes by Host`));
+      expect(r.stderr).toContain('valid (1 warning(s))');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('names a missing path', async () => {
     const r = await wirekey('validate', '/nonexistent/wirekey.yaml');
     expect(r.code).toBe(1);

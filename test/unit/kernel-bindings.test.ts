@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KernelBindings } from '../../controller/agent/kernel-bindings.js';
-import type { HeaderLine, HttpBinding, KernelHttp, PinnedDestination } from '../../controller/datapath/kernel-http.js';
+import type { HeaderLine, HttpBinding, KernelHttp, PinnedDestination, ServiceHosts } from '../../controller/datapath/kernel-http.js';
 import { CredentialSources } from '../../controller/credentials/sources.js';
 import { compilePolicy } from '../../controller/policy/compile.js';
 import { parsePolicyText } from '../../controller/policy/parse.js';
@@ -21,13 +21,15 @@ import type { Plan } from '../../controller/policy/types.js';
 class RecordingKernelHttpMock {
   epoch = 0;
   dests: PinnedDestination[] = [];
+  hosts: ServiceHosts[] = [];
   bindings = new Map<string, string>();
   writes: string[] = [];
   bumpEpoch(): number {
     return ++this.epoch;
   }
-  setDestinations(d: PinnedDestination[]): void {
+  setDestinations(d: PinnedDestination[], hosts: ServiceHosts[] = []): void {
     this.dests = d;
+    this.hosts = hosts;
   }
   version = 0;
   setBindings(bs: HttpBinding[]): number[] {
@@ -53,10 +55,11 @@ const log = createLogger('error', () => undefined);
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
 
 const H = 'apiVersion: wirekey.dev/v1alpha1\n';
-function plan(workloads: string[]): Plan {
+function plan(workloads: string[], extra: string[] = []): Plan {
   const docs = [
     `${H}kind: CredentialSource\nmetadata: {name: k}\nspec: {file: {path: ${keyFile}}}\n`,
     `${H}kind: Service\nmetadata: {name: inv}\nspec: {addresses: [10.0.0.0/24], port: 80, tls: false}\n`,
+    ...extra,
     // Selector depth orders precedence, so listing more specific cgroups first renumbers.
     ...workloads.map((w) => `${H}kind: Workload\nmetadata: {name: ${w}}\nspec: {selector: {cgroup: /${w === 'a' ? 'x/y/z' : w}}}\n`),
     ...workloads.map((w) => `${H}kind: Binding\nmetadata: {name: b-${w}}\nspec: {workload: ${w}, service: inv, inject: {bearer: {credential: k}}}\n`),
@@ -67,6 +70,18 @@ function plan(workloads: string[]): Plan {
 }
 
 describe('KernelBindings', () => {
+  it("hands the kernel each plaintext service's hosts with its destinations; a service without hosts has none", async () => {
+    writeFileSync(keyFile, 'secret-1', { mode: 0o600 });
+    const kh = new RecordingKernelHttpMock();
+    const kb = new KernelBindings(kh as unknown as KernelHttp, log);
+    const listed = `${H}kind: Service\nmetadata: {name: listed}\nspec: {addresses: [10.1.0.1], hosts: [Api.Internal., b.internal], port: 8080, tls: false}\n`;
+    const p = plan(['a'], [listed]);
+    await kb.apply(p, await CredentialSources.build(p, CredentialSources.empty(), log));
+    const listedId = kh.dests.find((d) => d.address === '10.1.0.1')?.serviceId;
+    expect(listedId).toBeDefined();
+    expect(kh.hosts).toEqual([{ serviceId: listedId, hosts: ['api.internal', 'b.internal'] }]);
+  });
+
   it('writes every binding on apply, only changed lines on refresh, and withholds what cannot be read', async () => {
     writeFileSync(keyFile, 'one\n', { mode: 0o600 });
     const kh = new RecordingKernelHttpMock();

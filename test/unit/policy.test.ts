@@ -7,7 +7,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { PolicyError, type PolicyDiagnostic } from '../../controller/errors.js';
 import { compilePolicy } from '../../controller/policy/compile.js';
-import { loadPolicy, validatePolicyPath } from '../../controller/policy/load.js';
+import { lintPolicyPath, loadPolicy, validatePolicyPath } from '../../controller/policy/load.js';
 import { parsePolicyText } from '../../controller/policy/parse.js';
 
 const EXAMPLE = fileURLToPath(new URL('../../policies/examples/openai-bearer.yaml', import.meta.url));
@@ -316,7 +316,7 @@ describe('plaintext services (kernel datapath)', () => {
     expect(await validatePolicyPath(dir)).toEqual([]);
     const plan = compilePolicy((await loadPolicy(dir)).policy);
     expect(plan.services.get('internal')).toEqual({
-      name: 'internal', datapath: 'kernel', addresses: ['10.1.2.3', '10.9.0.0/16', 'fd00::1', 'fd00:1::/64'], port: 8080, tls: false,
+      name: 'internal', datapath: 'kernel', addresses: ['10.1.2.3', '10.9.0.0/16', 'fd00::1', 'fd00:1::/64'], hosts: [], port: 8080, tls: false,
     });
     expect(plan.bindings.map((b) => b.inject)).toEqual([
       { kind: 'header', credential: 'k', name: 'X-Api-Key', format: '{secret}' },
@@ -332,13 +332,49 @@ describe('plaintext services (kernel datapath)', () => {
     );
     expect(await problems({ 'p.yaml': text })).toEqual([
       'p.yaml:14:7: Service "a": spec.addresses: a plaintext service (tls: false) needs the IP addresses or CIDRs it is pinned to',
-      'p.yaml:14:15: Service "a": spec.hosts: a plaintext service is pinned by addresses, not host names (give addresses)',
       'p.yaml:19:19: Service "b": spec.addresses: pinned addresses are for plaintext services (tls: false); a TLS service is matched by its hosts',
       'p.yaml:19:83: Service "b": spec.datapath: the kernel datapath injects into plaintext HTTP only; a TLS service needs datapath: proxy',
       'p.yaml:24:85: Service "c": spec.datapath: the proxy handles TLS services; a plaintext service (tls: false) uses datapath: kernel',
       'p.yaml:24:30: Service "c": spec.addresses[1]: "10.0.0.300" is not an IP address or CIDR',
       'p.yaml:24:42: Service "c": spec.addresses[2]: "10.1/8" is not an IP address or CIDR',
     ]);
+  });
+
+  it('plaintext services may list hosts: compiled lower-case without a trailing dot; validate warns when they do not', async () => {
+    const text = policy(
+      doc('Service', 'listed', '{addresses: [10.1.2.3], hosts: [Inventory.Internal., inventory.internal, alt.internal], port: 8080, tls: false}'),
+      doc('Service', 'open', '{addresses: [10.1.2.4], port: 8080, tls: false}'),
+      // The same host on another plaintext service or a TLS one is no conflict: plaintext services are found by address.
+      doc('Service', 'other', '{addresses: [10.1.2.5], hosts: [alt.internal], port: 8080, tls: false}'),
+      doc('Service', 'tls', '{hosts: [alt.internal], port: 8080, tls: true}'),
+    );
+    const dir = await policyDir({ 'p.yaml': text });
+    expect(await validatePolicyPath(dir)).toEqual([]);
+    const loaded = await loadPolicy(dir);
+    expect(render(dir, loaded.warnings)).toEqual([
+      'p.yaml:19:7: Service "open": spec.hosts: a plaintext service without hosts injects whatever Host a request names; ' +
+        'behind a front that routes by Host (a reverse proxy, an ingress, a load balancer) the credential goes to ' +
+        'whichever backend that Host selects; list the host names the service answers to',
+    ]);
+    expect(loaded.warnings[0]?.severity).toBe('warning');
+    expect((await lintPolicyPath(dir)).map((d) => d.severity)).toEqual(['warning']);
+    const plan = compilePolicy(loaded.policy);
+    expect(plan.services.get('listed')).toMatchObject({ datapath: 'kernel', hosts: ['inventory.internal', 'alt.internal'] });
+    expect(plan.services.get('open')).toMatchObject({ datapath: 'kernel', hosts: [] });
+  });
+
+  it('refuses plaintext hosts the kernel cannot hold: too long, or too many together', async () => {
+    const long = `${'a'.repeat(63)}.${'b'.repeat(63)}.${'c'.repeat(63)}.${'d'.repeat(62)}`; // 254 characters: a valid DNS pattern, one too many
+    const many = Array.from({ length: 2049 }, (_, i) => `h${i}.internal`);
+    const text = policy(
+      doc('Service', 'long', `{addresses: [10.1.2.3], hosts: [${long}, ok.internal], port: 80, tls: false}`),
+      doc('Service', 'm1', `{addresses: [10.1.2.4], hosts: [${many.join(', ')}], port: 80, tls: false}`),
+      doc('Service', 'm2', `{addresses: [10.1.2.5], hosts: [${many.join(', ')}], port: 80, tls: false}`),
+    );
+    const found = await problems({ 'p.yaml': text });
+    expect(found).toHaveLength(2);
+    expect(found[0]).toMatch(/^p\.yaml:14:\d+: Service "long": spec\.hosts\[0\]: longer than 253 characters$/);
+    expect(found[1]).toMatch(/^p\.yaml:\d+:\d+: Service "m2": spec\.hosts: plaintext services may list at most 4096 hosts together; this makes 4100$/);
   });
 
   it('refuses prefixes so broad that the credential would go to much of the Internet', async () => {

@@ -10,11 +10,18 @@ export interface Route {
   workload: PlanWorkload;
   service: PlanProxyService;
   binding: PlanBinding;
+  /**
+   * Everything that decides what this route sends where: the workload's
+   * name and selectors, the service's hosts and port, the binding and its
+   * injection. Two routes with the same fingerprint are interchangeable;
+   * an open connection whose route's fingerprint changed must not carry on.
+   */
+  fingerprint: string;
 }
 
 export class RouteTable {
   readonly #byWorkloadId = new Map<number, PlanWorkload>();
-  /** key: `${workloadId}:${port}:${host}` */
+  /** key: `${workloadName}\0${port}\0${host}` */
   readonly #routes = new Map<string, Route>();
   readonly #ports = new Map<string, { workloadId: number; port: number }>();
 
@@ -27,8 +34,9 @@ export class RouteTable {
       if (!workload || !service) throw new Error(`binding ${binding.name} refers to a missing workload or service`);
       // Plaintext services are the kernel's (agent/kernel-bindings.ts): never redirected.
       if (service.datapath !== 'proxy') continue;
+      const fingerprint = JSON.stringify([workload.name, workload.selector, service.name, service.hosts, service.port, binding.name, binding.inject]);
       for (const host of service.hosts) {
-        this.#routes.set(`${workload.id}:${service.port}:${host}`, { workload, service, binding });
+        this.#routes.set(routeKey(workload.name, service.port, host), { workload, service, binding, fingerprint });
       }
       this.#ports.set(`${workload.id}:${service.port}`, { workloadId: workload.id, port: service.port });
     }
@@ -38,13 +46,27 @@ export class RouteTable {
     return this.#byWorkloadId.get(id);
   }
 
-  /** The route for a connection of workload `workloadId` to `host:port`, if one is bound. */
+  /** The route for a connection of workload `workloadId` (this plan's numbering) to `host:port`, if one is bound. */
   match(workloadId: number, port: number, host: string): Route | undefined {
-    return this.#routes.get(`${workloadId}:${port}:${normalizeHost(host)}`);
+    const workload = this.#byWorkloadId.get(workloadId);
+    return workload ? this.#routes.get(routeKey(workload.name, port, normalizeHost(host))) : undefined;
+  }
+
+  /**
+   * The route of workload `workloadName` to `host:port` in this plan: how a
+   * connection accepted under an earlier plan finds what is in force now
+   * (workload ids may be numbered differently from one plan to the next).
+   */
+  matchByName(workloadName: string, port: number, host: string): Route | undefined {
+    return this.#routes.get(routeKey(workloadName, port, normalizeHost(host)));
   }
 
   /** The (workload, port) pairs whose connections the kernel must redirect. */
   portBindings(): { workloadId: number; port: number }[] {
     return [...this.#ports.values()];
   }
+}
+
+function routeKey(workloadName: string, port: number, host: string): string {
+  return `${workloadName}\0${port}\0${host}`;
 }

@@ -1,0 +1,122 @@
+/**
+ * What the proxy accepts from a workload and what it sends upstream,
+ * without sockets: checkRequest(), the upstream header set, and the
+ * credential header (including random credential values, which must either
+ * be withheld with a CredentialError or make a header Node can send).
+ */
+import { describe, expect, it } from 'vitest';
+import http, { IncomingMessage } from 'node:http';
+import { Socket } from 'node:net';
+import { randomBytes } from 'node:crypto';
+import { checkRequest } from '../../controller/proxy/request-checks.js';
+import { upstreamRequestHeaders } from '../../controller/proxy/headers.js';
+import { credentialHeader, prepareUpstreamRequest } from '../../controller/inject/inject.js';
+import { Secret } from '../../controller/credentials/secret.js';
+import { CredentialError } from '../../controller/errors.js';
+import type { Credential } from '../../controller/credentials/credential.js';
+import { REFUSAL_CODES } from '../../controller/refusals.js';
+
+const SNI = 'api.example.com';
+
+function req(method: string, url: string, raw: string[], httpVersion = '1.1'): IncomingMessage {
+  const m = new IncomingMessage(new Socket());
+  m.method = method;
+  m.url = url;
+  m.httpVersion = httpVersion;
+  m.rawHeaders = raw;
+  for (let i = 0; i < raw.length; i += 2) {
+    const k = (raw[i] as string).toLowerCase();
+    const v = raw[i + 1] as string;
+    const cur = m.headers[k];
+    m.headers[k] = cur === undefined ? v : `${String(cur)}, ${v}`;
+  }
+  return m;
+}
+
+const credential = (value: string): Credential => ({ name: 'tok', secret: new Secret(value), fields: new Map() });
+
+describe('checkRequest', () => {
+  const ok = ['Host', SNI];
+  it.each([
+    ['Connection: content-length', ['Connection', 'content-length'], 'connection-names-protected'],
+    ['Connection: Host', ['Connection', 'Host'], 'connection-names-protected'],
+    ['Connection: keep-alive, authorization', ['Connection', 'keep-alive, authorization'], 'connection-names-protected'],
+    ['Connection: x-amz-date', ['Connection', 'x-amz-date'], 'connection-names-protected'],
+    ['Transfer_Encoding', ['Transfer_Encoding', 'chunked'], 'bad-header-name'],
+    ['TE gzip, chunked', ['Transfer-Encoding', 'gzip, chunked'], 'bad-transfer-encoding'],
+    ['TE chunked twice', ['Transfer-Encoding', 'chunked', 'Transfer-Encoding', 'chunked'], 'bad-transfer-encoding'],
+    ['method override TRACE', ['X-HTTP-Method-Override', 'trace'], 'method-not-allowed'],
+  ])('refuses %s', (_, extra, code) => {
+    expect(checkRequest(req('POST', '/', [...ok, ...extra]), SNI, 443)?.code).toBe(code);
+  });
+
+  it('refuses a Connection header naming the injected header, and lets other Connection tokens through', () => {
+    expect(checkRequest(req('GET', '/', [...ok, 'Connection', 'X-Api-Key']), SNI, 443, 'x-api-key')?.code).toBe('connection-names-protected');
+    expect(checkRequest(req('GET', '/', [...ok, 'Connection', 'keep-alive, X-Debug']), SNI, 443, 'x-api-key')).toBeNull();
+  });
+
+  it('refuses Transfer-Encoding on HTTP/1.0, TRACE, TRACK and CONNECT', () => {
+    expect(checkRequest(req('POST', '/', [...ok, 'Transfer-Encoding', 'chunked'], '1.0'), SNI, 443)?.code).toBe('bad-transfer-encoding');
+    for (const m of ['TRACE', 'TRACK', 'CONNECT']) expect(checkRequest(req(m, '/', ok), SNI, 443)?.code).toBe('method-not-allowed');
+  });
+
+  it('every code it returns is in the shared list', () => {
+    const codes = new Set<string>(REFUSAL_CODES);
+    for (const raw of [['Host', 'x'], ['Connection', 'host'], ['A_B', '1'], [], ['Host', SNI, 'Host', SNI]]) {
+      const r = checkRequest(req('GET', '/', raw), SNI, 443);
+      if (r) expect(codes.has(r.code)).toBe(true);
+    }
+  });
+});
+
+describe('the upstream request', () => {
+  it('carries the proxy\'s Host and framing, never the workload\'s, and no routing hints', async () => {
+    const r = req('POST', '/x', ['host', 'API.example.com', 'Content-Length', '3', 'Forwarded', 'host=evil', 'X-Forwarded-Host', 'evil',
+      'X-Original-URL', '/admin', 'Authorization', 'Bearer mine', 'X-Keep', '1', 'Connection', 'X-Drop', 'X-Drop', 'gone']);
+    const up = await prepareUpstreamRequest(r, { kind: 'bearer', credential: 'tok' }, credential('s3cret'), { host: SNI, port: 8443, sigv4BodyLimit: 0 });
+    expect(up.headers).toEqual(['Host', `${SNI}:8443`, 'X-Keep', '1', 'Authorization', 'Bearer s3cret', 'Content-Length', '3']);
+    const chunked = req('POST', '/x', ['Host', SNI, 'Transfer-Encoding', 'chunked']);
+    const up2 = await prepareUpstreamRequest(chunked, { kind: 'header', credential: 'tok', name: 'X-Key', format: '{secret}' }, credential('k'), { host: SNI, port: 443, sigv4BodyLimit: 0 });
+    expect(up2.headers).toEqual(['Host', SNI, 'X-Key', 'k', 'Transfer-Encoding', 'chunked']);
+  });
+
+  it('upstreamRequestHeaders drops hop-by-hop headers and what Connection lists', () => {
+    expect(upstreamRequestHeaders(['Keep-Alive', '5', 'TE', 'trailers', 'Upgrade', 'h2c', 'Connection', 'x-a', 'X-A', '1', 'X-B', '2'], new Set()))
+      .toEqual(['X-B', '2']);
+  });
+});
+
+describe('credential values', () => {
+  it('a value with CR, LF, NUL or other controls is withheld, naming the credential and never the value', () => {
+    for (const value of ['a\r\nInjected: 1', 'a\nb', 'a\0b', 'a\x7fb', 'trail\t', 'é€']) {
+      let err: unknown;
+      try {
+        credentialHeader({ kind: 'bearer', credential: 'tok' }, credential(value));
+      } catch (e) {
+        err = e;
+      }
+      expect(err, JSON.stringify(value)).toBeInstanceOf(CredentialError);
+      expect((err as Error).message).toContain('"tok"');
+      expect((err as Error).message).not.toContain(value.trim());
+    }
+  });
+
+  it('fuzz: any value either is withheld or makes a header Node sends as given', () => {
+    for (let i = 0; i < 3000; i++) {
+      const bytes = randomBytes(1 + (i % 40));
+      const value = i % 3 === 0 ? bytes.toString('latin1') : i % 3 === 1 ? bytes.toString('utf8') : bytes.toString('base64');
+      for (const inject of [{ kind: 'bearer' as const, credential: 'tok' }, { kind: 'header' as const, credential: 'tok', name: 'X-Key', format: 'k={secret}' },
+        { kind: 'basic' as const, credential: 'tok', username: 'svc' }]) {
+        let header;
+        try {
+          header = credentialHeader(inject, credential(value));
+        } catch (err) {
+          expect(err).toBeInstanceOf(CredentialError);
+          continue;
+        }
+        expect(() => http.validateHeaderValue(header.name, header.value.reveal())).not.toThrow();
+        expect(() => http.validateHeaderName(header.name)).not.toThrow();
+      }
+    }
+  });
+});

@@ -1,0 +1,13 @@
+/** `wirekey status` output: what an operator reads about the kernel datapath. */
+import { describe, expect, it } from 'vitest';
+import { formatStatus } from '../../controller/identity/status.js';
+import { WK_HTTP_STATS } from '../../controller/datapath/layout.js';
+
+describe('wirekey status', () => {
+  it('names every kernel datapath counter that moved, the failed-push and Host refusals too', () => {
+    const kernelHttp: Record<string, bigint> = Object.fromEntries(WK_HTTP_STATS.map((n) => [n, 0n]));
+    Object.assign(kernelHttp, { injected: 5n, refusedMethod: 3n, refusedPush: 1n, refusedHost: 2n });
+    const out = formatStatus({ pid: 1, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, kernelHttp });
+    expect(out).toContain('kernel datapath: 5 request(s) injected; refusedMethod 3, refusedPush 1, refusedHost 2\n');
+  });
+});
