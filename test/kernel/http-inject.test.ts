@@ -1278,7 +1278,7 @@ print(port)
       life = createCgroup(cgRoot, `${path.relative(cgRoot, top)}-life`);
       lifeBound = createCgroup(cgRoot, path.relative(cgRoot, path.join(life, 'bound')));
       o2 = bpfCall(() => new (native().BpfObject)(objectPath));
-      KernelHttp.enable(o2);
+      KernelHttp.enable(o2, { pushWatch: pushWatchRefused === null });
       bpfCall(() => {
         o2.setGlobal('agent_tgid', encodeU32(process.pid));
         o2.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
