@@ -3,9 +3,14 @@
  *
  * A socket in wk_http_socks keeps running the sk_msg program (and its maps)
  * it was added under for as long as that sockhash lives, whether or not the
- * agent does. Once the sockhash is freed (its last pin and fd gone), its
- * sockets leave it and go on as plain sockets: their next requests would be
- * sent without the header instead of being refused. So a sockhash with
+ * agent does: adding it took references to the map's programs into the
+ * socket's psock (sock_map_link in net/core/sock_map.c), so neither a
+ * detach nor the agent's exit takes them away. Once the sockhash is freed
+ * (its last pin and fd gone), sock_hash_free unlinks every socket
+ * (sock_map_unref), the psock goes with its last link and the socket's
+ * original proto is put back: the sockets go on as plain sockets, and
+ * their next requests would be sent without the header instead of being
+ * refused. So a sockhash with
  * connections left in it is never let go: its pin moves, with the pins of
  * its wk_http_config and wk_http_stats, to a directory of its own under
  * drainingDir(pinDir) (bpffs supports rename), its heartbeat is set to 0 so
