@@ -1321,7 +1321,12 @@ static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
  * a body (which an echoing upstream returns). So every failed push is
  * caught where it fails: wk_http_push_done (fexit on tcp_bpf_push, which
  * runs under the socket lock, before any other write can start) marks the
- * connection refused. What can still pass is the stale approval's rest:
+ * connection refused, and so does wk_http_mem_refused (the
+ * sock_exceed_buf_limit tracepoint, also under the lock) as soon as socket
+ * memory accounting refuses a send charge, before the push fails. On a
+ * kernel that refuses fexit, the tracepoint alone covers memory pressure;
+ * a push failing for another reason (a page allocation failure) then goes
+ * unnoticed. What can still pass is the stale approval's rest:
  * at most one approved chunk of whatever the writer sends next, never
  * looked at, with nothing of the program's in it; then every write is
  * dropped. Framing is decided by what precedes a byte, so bytes after the
@@ -1733,6 +1738,34 @@ int BPF_PROG(wk_http_push_done, struct sock *sk, struct sk_msg *msg, u32 apply_b
 	struct wk_http_sock *st;
 
 	if (ret >= 0)
+		return 0;
+	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
+	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)
+		return 0;
+	st->flags |= SOCK_REFUSED;
+	http_count(WK_HTTP_STAT_REFUSED_PUSH);
+	http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_PUSH);
+	return 0;
+}
+
+/*
+ * Socket memory accounting refused a send charge (the global TCP limit, or
+ * the socket's memory cgroup), under the socket lock, before the push that
+ * needed it can fail: the tracepoint fires on the failure path of
+ * __sk_mem_raise_allocated. Refusing the connection here covers the common
+ * cause of a failed push with a tracepoint every kernel this datapath runs
+ * on has, where wk_http_push_done (fexit) cannot load. A charge refused
+ * while the write then goes on anyway (a blocking writer that waits until
+ * memory frees up) also refuses the connection: safe, and rare.
+ */
+#define WK_SK_MEM_SEND 0	/* SK_MEM_SEND in include/net/sock.h */
+
+SEC("?tp_btf/sock_exceed_buf_limit")
+int BPF_PROG(wk_http_mem_refused, struct sock *sk, struct proto *prot, long allocated, int kind)
+{
+	struct wk_http_sock *st;
+
+	if (kind != WK_SK_MEM_SEND)
 		return 0;
 	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
 	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)

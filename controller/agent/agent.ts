@@ -159,7 +159,7 @@ export class Agent {
     if (kh) {
       if (!kh.pushWatch) {
         this.#log.warn('kernel HTTP datapath: this kernel refused the failed-push watch (fexit/tcp_bpf_push: %s); ' +
-          'a write the kernel fails to queue under memory pressure is not caught (see the README)', this.#datapath.pushWatchUnavailable);
+          'memory pressure is still caught, a push failing for another reason before its first byte is not (see the README)', this.#datapath.pushWatchUnavailable);
       }
       kh.setAuditGrain(this.#opts.kernelAuditGrain ?? 'request');
       const kernelBindings = new KernelBindings(kh, this.#log);

@@ -122,8 +122,15 @@ const CGROUP_PROGRAMS = ['wk_http_sockops', 'wk_http_connect4', 'wk_http_connect
  * lockdown); the rest of the datapath then runs without it (see enable()).
  */
 export const PUSH_WATCH_PROGRAM = 'wk_http_push_done';
+/*
+ * The memory watch (tp_btf/sock_exceed_buf_limit): a send charge refused by
+ * socket memory accounting refuses the connection before the push fails.
+ * A tracepoint, so it loads wherever the identity programs do; attached
+ * with the push watch, before any connection is bound.
+ */
+const MEMORY_WATCH_PROGRAM = 'wk_http_mem_refused';
 /** The kernel HTTP programs; SEC("?...") in the object, so not loaded unless enable()d. */
-export const KERNEL_HTTP_PROGRAMS = [MSG_PROGRAM, ...CGROUP_PROGRAMS, PUSH_WATCH_PROGRAM] as const;
+export const KERNEL_HTTP_PROGRAMS = [MSG_PROGRAM, ...CGROUP_PROGRAMS, MEMORY_WATCH_PROGRAM, PUSH_WATCH_PROGRAM] as const;
 
 /*
  * A removed binding's entry is first turned into a tombstone in place (the
@@ -194,6 +201,7 @@ export class KernelHttp {
       kh.#aliveTimeoutNs = BigInt(Math.round(timeoutMs * 1e6));
       kh.#beat();
       kh.#heartbeat = setInterval(() => kh.#beat(), Math.min(HEARTBEAT_MS, timeoutMs / 4)).unref();
+      kh.#links.push(bpfCall(() => object.attach(MEMORY_WATCH_PROGRAM)));
       if (loaded.has(PUSH_WATCH_PROGRAM)) {
         kh.#links.push(bpfCall(() => object.attach(PUSH_WATCH_PROGRAM)));
         kh.#pushWatch = true;

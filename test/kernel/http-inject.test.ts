@@ -11,7 +11,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native, bpfCall, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
@@ -188,19 +188,31 @@ async function raw(
   host: string,
   port: number,
   steps: Step[],
-  opts: { blocking?: boolean; fastopen?: boolean } = {},
+  opts: { blocking?: boolean; fastopen?: boolean; memcg?: string; timeoutSeconds?: number } = {},
 ): Promise<RawResult> {
   const spec = JSON.stringify({
     host,
     port,
     blocking: opts.blocking ?? false,
     fastopen: opts.fastopen ?? false,
+    ...(opts.timeoutSeconds ? { timeout: opts.timeoutSeconds } : {}),
     steps: steps.map((s) => ('data' in s ? { ...s, data: Buffer.from(s.data).toString('base64') } : s)),
   });
-  const args = ['-c', RAW_CLIENT];
-  const r = cg ? await runInCgroup(cg, 'python3', args, { input: spec, timeoutMs: 60_000 }) : await run('python3', args, { input: spec, timeoutMs: 60_000 });
+  // With `memcg`, the client also joins that cgroup v1 memory cgroup (its sockets are charged there).
+  const [cmd, args] = opts.memcg
+    ? ['sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.memcg, 'python3', '-c', RAW_CLIENT]]
+    : ['python3', ['-c', RAW_CLIENT]];
+  const r = cg ? await runInCgroup(cg, cmd, args, { input: spec, timeoutMs: 60_000 }) : await run(cmd, args, { input: spec, timeoutMs: 60_000 });
   if (r.code !== 0) throw new Error(`raw client failed (${r.code}): ${r.stderr}`);
   return JSON.parse(r.stdout) as RawResult;
+}
+
+/** This process's cgroup v1 memory cgroup, when the v1 memory controller (with kmem.tcp) is mounted; else null. */
+function v1MemoryCgroup(): string | null {
+  const line = readFileSync('/proc/self/cgroup', 'utf8').split('\n').find((l) => /^\d+:memory:/.test(l));
+  if (!line) return null;
+  const dir = path.join('/sys/fs/cgroup/memory', line.slice(line.indexOf(':memory:') + ':memory:'.length));
+  return existsSync(path.join(dir, 'memory.kmem.tcp.limit_in_bytes')) ? dir : null;
 }
 
 const get = (target: string, extra = '') => `GET ${target} HTTP/1.1\r\nHost: upstream\r\n${extra}\r\n`;
@@ -1386,6 +1398,36 @@ print(port)
     expect(delta(before, kh.stats())).toMatchObject({ injected: 2, refusedPush: 1 });
     const recs = upstream.byPort(r.localPort);
     expect(recs.map((x) => x.target)).toEqual(['/push/1']);
+  });
+
+  it('a send charge that socket memory accounting refuses refuses the connection from there on (cgroup v1 tcp limit)', async (ctx) => {
+    const memcg = v1MemoryCgroup();
+    if (!memcg) ctx.skip('no cgroup v1 memory controller with memory.kmem.tcp here to put a socket under memory pressure');
+    const dir = path.join(memcg as string, `wirekey-test-${randomBytes(3).toString('hex')}`);
+    mkdirSync(dir);
+    try {
+      // Far less than a 1 MiB upload needs: the charge for it is refused.
+      writeFileSync(path.join(dir, 'memory.kmem.tcp.limit_in_bytes'), String(64 * 1024));
+      const before = kh.stats();
+      const r = await raw(bound, v4, 80, [
+        { op: 'send', data: get('/mem/1') },
+        { op: 'recv', count: 1 },
+        { op: 'send', data: post('/mem/2', randomBytes(1 << 20)) },
+        { op: 'send', data: get('/mem/3') },
+        { op: 'recv', count: 2 },
+      ], { memcg: dir, timeoutSeconds: 3 });
+      // The upload stops where the charge was refused (its write times out
+      // waiting for memory, or fails with EACCES), and nothing after it is
+      // injected: the upstream never sees /mem/3.
+      expect(r.errorStep).toBe(2);
+      expect([null, EACCES]).toContain(r.error);
+      const d = delta(before, kh.stats());
+      expect(d.refusedPush).toBeGreaterThanOrEqual(1);
+      expect(d.injected).toBe(2);
+      expect(upstream.byPort(r.localPort).map((x) => x.target)).toEqual(['/mem/1']);
+    } finally {
+      rmdirSync(dir);
+    }
   });
 
   describe('a service that lists hosts', () => {
