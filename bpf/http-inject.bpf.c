@@ -1743,6 +1743,7 @@ int BPF_PROG(wk_http_push_done, struct sock *sk, struct sk_msg *msg, u32 apply_b
 	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)
 		return 0;
 	st->flags |= SOCK_REFUSED;
+	forget_line(st);
 	http_count(WK_HTTP_STAT_REFUSED_PUSH);
 	http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_PUSH);
 	return 0;
@@ -1771,6 +1772,7 @@ int BPF_PROG(wk_http_mem_refused, struct sock *sk, struct proto *prot, long allo
 	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)
 		return 0;
 	st->flags |= SOCK_REFUSED;
+	forget_line(st);
 	http_count(WK_HTTP_STAT_REFUSED_PUSH);
 	http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_PUSH);
 	return 0;
