@@ -8,7 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readdirSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, readdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, HOST, sha256 } from '../support/e2e-fixture.js';
 import { PlainUpstream } from '../support/plain-upstream.js';
@@ -284,6 +284,43 @@ print(json.dumps(out))
     expect(rec?.authorization).toEqual([]);
     expect(f.upstream.records.some((r) => r.url === '/proxied/1')).toBe(false);
     await t.close();
+  });
+
+  it('a stuck agent (SIGSTOP): open and new connections are refused once the heartbeat lapses, never sent bare; after SIGCONT new ones are injected and the refusals are audited', async () => {
+    const agent = await start(1);
+    const c = await open();
+    expect(await c.get('/stuck/0')).toEqual({ status: 200 });
+    process.kill(agent.pid, 'SIGSTOP');
+    try {
+      let i = 0;
+      const refused = await eventually(async () => {
+        const r = await c.get(`/stuck/${++i}`);
+        return r.error !== undefined && r;
+      }, 15_000, 'a request refused after the heartbeat lapsed');
+      expect(refused.error).toBe(EACCES);
+      // Its programs are still attached: a new connection is bound, and refused at its first request.
+      const fresh = await runInCgroup(bound, 'curl', ['-sS', '--max-time', '10', `http://${f.host.ipv4}/stuck/fresh`]);
+      expect(fresh.code).not.toBe(0);
+      expect(fresh.stderr).toMatch(/Send failure|Failed sending|Permission denied|Recv failure/i);
+      await waitFor(() => plain.byPort(c.port).length >= i, 'the requests sent before the refusal');
+      expect(neverBare(c)).toEqual(Array.from({ length: i }, (_, n) => `/stuck/${n}`));
+      expect(plain.requests.some((r) => r.target === '/stuck/fresh')).toBe(false);
+    } finally {
+      process.kill(agent.pid, 'SIGCONT');
+    }
+    // Running again: the heartbeat is back for new connections (the refused one stays refused).
+    const port = await eventually(async () => {
+      const r = await runInCgroup(bound, 'curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{local_port}', `http://${f.host.ipv4}/stuck/after`]);
+      return r.code === 0 && Number(r.stdout);
+    }, 15_000, 'a request injected after SIGCONT');
+    expect((await plain.from(port, 1))[0]?.authorization).toEqual([auth()]);
+    expect(await c.get('/stuck/again')).toEqual({ error: EACCES });
+    const audited = () => readFileSync(f.auditPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l.datapath === 'kernel' && l.reason === 'refusedAgent');
+    await waitFor(() => audited().length >= 2, 'the refusedAgent audit lines');
+    expect(audited().every((l) => l.decision === 'deny' && l.workload === 'app' && l.service === 'plain')).toBe(true);
+    await c.close();
+    expect(await agent.stop()).toBe(0);
   });
 
   it('restart: the new agent refuses the connections the old one left open at once, never sends them bare, injects new ones, and sweeps the old sockhash once they close', async () => {
