@@ -155,10 +155,11 @@ describe.skipIf(skip)(`the datapaths without an agent (killed, restarted, stoppe
     for (const r of recs) expect(r.authorization).toEqual([auth()]);
     return recs.map((r) => r.target);
   };
-  /** Whether any wk_http_hdr map on this host (pinned or not, this test's or another's) holds `secret`. */
-  const anyHeaderMapHolds = async (secret: string): Promise<boolean> => {
+  /** The ids of the wk_http_hdr maps on this host (pinned or not, this test's or another's) that hold `secret`. */
+  const headerMapsHolding = async (secret: string): Promise<number[]> => {
     const maps = JSON.parse((await must('bpftool', ['-j', 'map', 'show'])) || '[]') as { id: number; name?: string }[];
     const needle = Buffer.from(secret);
+    const ids: number[] = [];
     for (const m of maps.filter((x) => x.name === 'wk_http_hdr')) {
       let map;
       try {
@@ -166,10 +167,11 @@ describe.skipIf(skip)(`the datapaths without an agent (killed, restarted, stoppe
       } catch {
         continue; // freed meanwhile
       }
-      for (const key of map.keys()) if (map.lookup(key)?.includes(needle)) return true;
+      if (map.keys().some((key) => map.lookup(key)?.includes(needle))) ids.push(m.id);
     }
-    return false;
+    return ids;
   };
+  const anyHeaderMapHolds = async (secret: string) => (await headerMapsHolding(secret)).length > 0;
 
   beforeAll(async () => {
     await f.setUp();
@@ -330,10 +332,17 @@ print(json.dumps(out))
     expect(await c.get('/restart/0')).toEqual({ status: 200 });
     await first.kill();
     expect(await c.get('/restart/1')).toEqual({ status: 200 });
+    // The dead agent's header map still holds the line (its sockhash keeps it alive).
+    const dead = await headerMapsHolding(f.token);
+    expect(dead).toHaveLength(1);
 
     const second = await start(600);
     expect(second.output()).toMatch(/the previous agent left 1 connection\(s\) open: refused from their next request \(its heartbeat set to 0, 1 header line\(s\) wiped\); draining at \S+socks-\d+/);
     expect(drainingEntries()).toHaveLength(1);
+    // Wiped by the new agent: only its own map holds the line now.
+    const live = await headerMapsHolding(f.token);
+    expect(live).toHaveLength(1);
+    expect(live).not.toContain(dead[0]);
     expect(await c.get('/restart/2')).toEqual({ error: EACCES });
     expect(neverBare(c)).toEqual(['/restart/0', '/restart/1']);
 
