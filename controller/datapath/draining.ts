@@ -74,8 +74,11 @@ export function retireSockhash(fromDir: string, pinDir: string): RetireResult | 
   const wiped = wipeAttachedHeaders(socks);
   const connections = socks.keys().length;
   if (!connections) return { draining: null, wiped, expired };
-  const dir = path.join(drainingDir(pinDir), `socks-${socks.info().id ?? Date.now()}`);
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  let dir = path.join(drainingDir(pinDir), `socks-${socks.info().id ?? Date.now()}`);
+  // Never into another sockhash's directory (a rename would replace its pins).
+  if (existsSync(dir)) dir = `${dir}-${Date.now()}`;
+  mkdirSync(path.dirname(dir), { recursive: true, mode: 0o700 });
+  mkdirSync(dir, { mode: 0o700 });
   for (const name of [SOCKS, CONFIG, STATS]) {
     const from = path.join(fromDir, name);
     if (existsSync(from)) renameSync(from, path.join(dir, name));
