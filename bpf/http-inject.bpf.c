@@ -106,8 +106,9 @@
  *   - the injected header already present (e.g. the client's own
  *     Authorization), in the head or as a trailer;
  *   - Content-Length duplicated, empty, not all digits or over 15 digits;
- *   - the binding gone, withheld (no credential), the destination no
- *     longer pinned to the same service, or the id epoch bumped;
+ *   - the binding gone, the destination no longer pinned to the same
+ *     service, or the id epoch bumped; or the binding withheld (no
+ *     credential now: WK_HTTP_STAT_REFUSED_CREDENTIAL);
  *   - bytes that reached the stream without this program seeing them:
  *     urgent data (MSG_OOB: the receiver takes that byte out of the
  *     stream), a write that started before the connection was established
@@ -1527,7 +1528,8 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	if (!s->active || s->seq != now || s->pos > size) {
 		scan_reset(s, now);
 		if (!snapshot_header(st))
-			return refuse(st, WK_HTTP_STAT_REFUSED_BINDING);
+			return refuse(st, st->hdr_state == WK_HTTP_WITHHOLD ? WK_HTTP_STAT_REFUSED_CREDENTIAL
+									  : WK_HTTP_STAT_REFUSED_BINDING);
 	}
 
 	n = size < WK_HTTP_HEAD_MAX ? size : WK_HTTP_HEAD_MAX;

@@ -146,7 +146,7 @@ enum wk_http_stat {
 	WK_HTTP_STAT_REFUSED_UPGRADE = 5,	/* Upgrade, Connection: upgrade */
 	WK_HTTP_STAT_REFUSED_HEADER = 6,	/* the client sent the injected header itself */
 	WK_HTTP_STAT_REFUSED_LENGTH = 7,	/* duplicate, empty or oversized Content-Length */
-	WK_HTTP_STAT_REFUSED_BINDING = 8,	/* no credential, binding or pin changed, epoch bumped */
+	WK_HTTP_STAT_REFUSED_BINDING = 8,	/* binding or pin removed or changed, epoch bumped */
 	WK_HTTP_STAT_REFUSED_STREAM = 9,	/* bytes that bypassed the program: TFO, urgent data, desync */
 	WK_HTTP_STAT_REFUSED_INTERNAL = 10,	/* a helper failed (memory) */
 	WK_HTTP_STAT_DROPPED = 11,	/* writes dropped on a refused connection */
@@ -160,7 +160,8 @@ enum wk_http_stat {
 	WK_HTTP_STAT_REFUSED_PUSH = 19,	/* the kernel failed to queue an approved write (memory, SO_SNDTIMEO, signal) */
 	WK_HTTP_STAT_REFUSED_HOST = 20,	/* Host (or absolute-form authority) not one of the service's hosts, missing or duplicated */
 	WK_HTTP_STAT_REFUSED_AGENT = 21,	/* no live agent: wk_http_config.alive_until has passed */
-	WK_HTTP_STAT_MAX = 22,
+	WK_HTTP_STAT_REFUSED_CREDENTIAL = 22,	/* bound, but the credential is withheld (unreadable, or no header can carry it) */
+	WK_HTTP_STAT_MAX = 23,
 };
 
 /* wk_http_events: bytes of ring buffer, and how much may wait before a wake-up */

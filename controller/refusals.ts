@@ -1,7 +1,9 @@
 /**
  * Why wirekey refused a request or a connection: the codes the proxy puts
- * in `x-wirekey-error` and in audit lines' `reason`. One list, so scripts
- * and dashboards match on stable names.
+ * in `x-wirekey-error`, and both datapaths in audit lines' `reason` and in
+ * `wirekey status`. One list, so scripts and dashboards match on stable
+ * names whichever datapath refused. (The kernel datapath's counters map to
+ * these in controller/datapath/layout.ts.)
  */
 export const REFUSAL_CODES = [
   // The request itself.
@@ -16,13 +18,24 @@ export const REFUSAL_CODES = [
   'bad-target', // the request target is not a path or an absolute https URL
   'upgrade-unsupported', // a protocol upgrade (WebSocket)
   // The binding and its credential.
-  'binding-changed', // the binding the connection was made under was removed or changed
+  'binding-changed', // the binding (or, on the kernel datapath, the pinned address) the connection was made under was removed or changed
   'credential-unavailable', // the credential cannot be read, or cannot be sent as a header
   'sigv4-scope', // the AWS service and region of the host are unknown
   'sigv4-signed-chunks', // a payload signed chunk by chunk cannot be re-signed
   'sigv4-body-too-large', // the body must be read to be signed and is over --sigv4-body-limit
   'sigv4-busy', // bodies held for signing already fill --sigv4-body-memory
   'upstream-failed', // the upstream could not be reached, or its TLS could not be verified
+  // Kernel datapath only (the proxy reads the request whole, or drops the header instead).
+  'head-too-large', // a request head over 8 KiB
+  'credential-header-present', // the workload sent the injected header itself
+  'bad-chunked-framing', // malformed chunk sizes, extensions, CRLFs or trailers
+  'stream-desync', // bytes reached the stream without the program seeing them (urgent data, a write before established)
+  'send-buffer-full', // the send buffer could not take the request line and the injected line in one piece
+  'push-failed', // the kernel failed to queue a write, or socket memory accounting refused its charge
+  'fast-open', // TCP Fast Open to a pinned destination (connect() fails with EPERM)
+  'no-socket-storage', // connect() refused: socket storage could not be allocated
+  'agent-gone', // no live agent: its heartbeat lapsed, or it stopped
+  'internal-error', // a kernel helper failed (memory)
   // The connection, before any request.
   'too-many-connections', // the workload has --max-connections-per-workload open
   'too-many-handshakes', // --max-handshakes connections are between accept and TLS established

@@ -14,6 +14,7 @@ import type { KernelHttp, HttpBinding, PinnedDestination, ServiceHosts } from '.
 import type { KernelHttpEvent } from '../datapath/kernel-events.js';
 import type { AuditEvent } from '../audit/audit-log.js';
 import { headerLine } from '../datapath/kernel-http.js';
+import { httpStatRefusal } from '../datapath/layout.js';
 import type { CredentialSources } from '../credentials/sources.js';
 import { credentialHeader } from '../inject/inject.js';
 import type { Plan, PlanBinding, PlanKernelService } from '../policy/types.js';
@@ -152,7 +153,7 @@ export class KernelBindings {
       port: e.port,
       ...(d ? { credential: d.credential } : {}),
       ...(credentialVersion !== undefined ? { credentialVersion } : {}),
-      ...(e.kind === 'refused' ? { reason: e.reason } : {}),
+      ...(e.kind === 'refused' ? { reason: httpStatRefusal(e.reason) ?? e.reason } : {}),
       connection: e.cookie.toString(),
     };
   }

@@ -13,8 +13,9 @@
  *
  * A ring buffer has one read position: open one reader per loaded object.
  *
- * A refusal's reason is its wk_http_stats name (layout.ts WK_HTTP_STATS),
- * which is also its audit name: 'refusedBinding', 'refusedMethod', ...
+ * A refusal's reason is its wk_http_stats name (layout.ts WK_HTTP_STATS):
+ * 'refusedBinding', 'refusedMethod', ...; audit lines carry the refusal
+ * code that name maps to (httpStatRefusal: 'binding-changed', ...).
  * 'refusedAgent' (the heartbeat lapsed or was set to 0: see kernel-http.ts)
  * reaches a reader only while the agent that owns the ring still reads it:
  * a hung agent once it recovers, or a stopping one up to its last drain.

@@ -4,6 +4,7 @@
  * (verifyLayouts), so a change on one side only fails loudly at start-up
  * instead of corrupting map entries.
  */
+import type { RefusalCode } from '../refusals.js';
 import ipaddr from 'ipaddr.js';
 import { BpfError } from '../errors.js';
 import { parseAddressPrefix } from '../addresses.js';
@@ -278,34 +279,45 @@ export const BPF_F_LOCK = 4;
  * The wk_http_stats counters in index order: the controller's name, and
  * the kernel's (enum wk_http_stat in bpf/wirekey.h, checked by verifyConstants).
  */
+/**
+ * wk_http_stats, in enum wk_http_stat's order: the counter's name, its C
+ * name, and for a refusal the code audit lines and `wirekey status` give it
+ * (controller/refusals.ts, shared with the proxy).
+ */
 const HTTP_STATS = [
-  ['injected', 'WK_HTTP_STAT_INJECTED'],
-  ['corked', 'WK_HTTP_STAT_CORKED'],
-  ['refusedHeadSize', 'WK_HTTP_STAT_REFUSED_HEAD_SIZE'],
-  ['refusedMalformed', 'WK_HTTP_STAT_REFUSED_MALFORMED'],
-  ['refusedTransferEncoding', 'WK_HTTP_STAT_REFUSED_TRANSFER'],
-  ['refusedUpgrade', 'WK_HTTP_STAT_REFUSED_UPGRADE'],
-  ['refusedHeaderPresent', 'WK_HTTP_STAT_REFUSED_HEADER'],
-  ['refusedContentLength', 'WK_HTTP_STAT_REFUSED_LENGTH'],
-  ['refusedBinding', 'WK_HTTP_STAT_REFUSED_BINDING'],
-  ['refusedStream', 'WK_HTTP_STAT_REFUSED_STREAM'],
-  ['refusedInternal', 'WK_HTTP_STAT_REFUSED_INTERNAL'],
-  ['dropped', 'WK_HTTP_STAT_DROPPED'],
-  ['sockhashFull', 'WK_HTTP_STAT_SOCKHASH_FULL'],
-  ['storageFailures', 'WK_HTTP_STAT_STORAGE_FAIL'],
-  ['refusedBusy', 'WK_HTTP_STAT_REFUSED_BUSY'],
-  ['refusedFastOpen', 'WK_HTTP_STAT_REFUSED_FASTOPEN'],
-  ['eventsLost', 'WK_HTTP_STAT_EVENTS_LOST'],
-  ['refusedChunked', 'WK_HTTP_STAT_REFUSED_CHUNKED'],
-  ['refusedMethod', 'WK_HTTP_STAT_REFUSED_METHOD'],
-  ['refusedPush', 'WK_HTTP_STAT_REFUSED_PUSH'],
-  ['refusedHost', 'WK_HTTP_STAT_REFUSED_HOST'],
-  ['refusedAgent', 'WK_HTTP_STAT_REFUSED_AGENT'],
-] as const;
+  ['injected', 'WK_HTTP_STAT_INJECTED', null],
+  ['corked', 'WK_HTTP_STAT_CORKED', null],
+  ['refusedHeadSize', 'WK_HTTP_STAT_REFUSED_HEAD_SIZE', 'head-too-large'],
+  ['refusedMalformed', 'WK_HTTP_STAT_REFUSED_MALFORMED', 'malformed-request'],
+  ['refusedTransferEncoding', 'WK_HTTP_STAT_REFUSED_TRANSFER', 'bad-transfer-encoding'],
+  ['refusedUpgrade', 'WK_HTTP_STAT_REFUSED_UPGRADE', 'upgrade-unsupported'],
+  ['refusedHeaderPresent', 'WK_HTTP_STAT_REFUSED_HEADER', 'credential-header-present'],
+  ['refusedContentLength', 'WK_HTTP_STAT_REFUSED_LENGTH', 'ambiguous-length'],
+  ['refusedBinding', 'WK_HTTP_STAT_REFUSED_BINDING', 'binding-changed'],
+  ['refusedStream', 'WK_HTTP_STAT_REFUSED_STREAM', 'stream-desync'],
+  ['refusedInternal', 'WK_HTTP_STAT_REFUSED_INTERNAL', 'internal-error'],
+  ['dropped', 'WK_HTTP_STAT_DROPPED', null],
+  ['sockhashFull', 'WK_HTTP_STAT_SOCKHASH_FULL', null],
+  ['storageFailures', 'WK_HTTP_STAT_STORAGE_FAIL', 'no-socket-storage'],
+  ['refusedBusy', 'WK_HTTP_STAT_REFUSED_BUSY', 'send-buffer-full'],
+  ['refusedFastOpen', 'WK_HTTP_STAT_REFUSED_FASTOPEN', 'fast-open'],
+  ['eventsLost', 'WK_HTTP_STAT_EVENTS_LOST', null],
+  ['refusedChunked', 'WK_HTTP_STAT_REFUSED_CHUNKED', 'bad-chunked-framing'],
+  ['refusedMethod', 'WK_HTTP_STAT_REFUSED_METHOD', 'method-not-allowed'],
+  ['refusedPush', 'WK_HTTP_STAT_REFUSED_PUSH', 'push-failed'],
+  ['refusedHost', 'WK_HTTP_STAT_REFUSED_HOST', 'host-mismatch'],
+  ['refusedAgent', 'WK_HTTP_STAT_REFUSED_AGENT', 'agent-gone'],
+  ['refusedCredential', 'WK_HTTP_STAT_REFUSED_CREDENTIAL', 'credential-unavailable'],
+] as const satisfies readonly (readonly [string, string, RefusalCode | null])[];
 
 /** Indexes of wk_http_stats. */
 export const WK_HTTP_STATS = HTTP_STATS.map(([name]) => name);
 export type HttpStatName = (typeof HTTP_STATS)[number][0];
+
+/** The refusal code of a wk_http_stats counter, or null for one that counts no refusal (injected, corked, ...). */
+export function httpStatRefusal(stat: HttpStatName): RefusalCode | null {
+  return HTTP_STATS.find(([name]) => name === stat)?.[2] ?? null;
+}
 
 /** wk_http_dest_val.flags: the service lists hosts; requests must name one (WK_HTTP_DEST_CHECK_HOST). */
 export const WK_HTTP_DEST_CHECK_HOST = 1;

@@ -2,6 +2,7 @@
 import { readFileSync } from 'node:fs';
 import { WirekeyError } from '../errors.js';
 import { PinnedMaps } from '../datapath/pinned.js';
+import { httpStatRefusal, type HttpStatName } from '../datapath/layout.js';
 import { runtimeStatePath, type RuntimeState } from './runtime-state.js';
 
 export interface AgentStatus {
@@ -45,8 +46,10 @@ export function formatStatus(s: AgentStatus): string {
   lines.push(`processes not recorded (wk_task_exe full): ${s.tasksFull}`);
   lines.push(`redirects refused (no socket storage): ${s.storageFailures}`);
   if (s.kernelHttp) {
+    // Refusals by their code (shared with the proxy); other counters by name.
     const { injected, ...rest } = s.kernelHttp;
-    const nonzero = Object.entries(rest).filter(([, v]) => v > 0n).map(([k, v]) => `${k} ${v}`);
+    const nonzero = Object.entries(rest).filter(([, v]) => v > 0n)
+      .map(([k, v]) => `${httpStatRefusal(k as HttpStatName) ?? k} ${v}`);
     lines.push(`kernel datapath: ${injected ?? 0n} request(s) injected${nonzero.length ? `; ${nonzero.join(', ')}` : ''}`);
   } else {
     lines.push('kernel datapath: not loaded (--no-kernel-datapath, or the kernel refused its programs: see the agent log)');
@@ -57,7 +60,7 @@ export function formatStatus(s: AgentStatus): string {
     lines.push(`proxy: ${open} connection(s) open, ${s.proxy.handshakes} in handshake; refused: ${refused.length ? refused.join(', ') : 'none'}`);
   }
   for (const d of s.draining) {
-    lines.push(`draining ${d.dir}: ${d.connections} connection(s) of a previous agent, each refused at its next request; refusedAgent ${d.refusedAgent}`);
+    lines.push(`draining ${d.dir}: ${d.connections} connection(s) of a previous agent, each refused at its next request; agent-gone ${d.refusedAgent}`);
   }
   return `${lines.join('\n')}\n`;
 }

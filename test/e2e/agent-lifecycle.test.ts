@@ -256,7 +256,7 @@ print(json.dumps(out))
     expect(await c.get('/killed/after')).toEqual({ error: EACCES });
     // Counted, in the pins the dead agent left.
     const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
-    expect(status).toMatch(/refusedAgent [1-9]/);
+    expect(status).toMatch(/agent-gone [1-9]/);
     // Its cgroup programs died with it: a new connection is not bound at all.
     const fresh = await runInCgroup(bound, 'curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{local_port} %{http_code}', `http://${f.host.ipv4}/fresh`]);
     const [port, code] = fresh.stdout.split(' ').map(Number);
@@ -318,8 +318,8 @@ print(json.dumps(out))
     expect((await plain.from(port, 1))[0]?.authorization).toEqual([auth()]);
     expect(await c.get('/stuck/again')).toEqual({ error: EACCES });
     const audited = () => readFileSync(f.auditPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>)
-      .filter((l) => l.datapath === 'kernel' && l.reason === 'refusedAgent');
-    await waitFor(() => audited().length >= 2, 'the refusedAgent audit lines');
+      .filter((l) => l.datapath === 'kernel' && l.reason === 'agent-gone');
+    await waitFor(() => audited().length >= 2, 'the agent-gone audit lines');
     expect(audited().every((l) => l.decision === 'deny' && l.workload === 'app' && l.service === 'plain')).toBe(true);
     await c.close();
     expect(await agent.stop()).toBe(0);
@@ -356,7 +356,7 @@ print(json.dumps(out))
     expect(f.upstream.records.find((r) => r.url === '/restart/proxied')?.authorization).toEqual([f.expectedAuth]);
 
     const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
-    expect(status).toMatch(/draining \S+socks-\d+: 1 connection\(s\) of a previous agent, each refused at its next request; refusedAgent 1/);
+    expect(status).toMatch(/draining \S+socks-\d+: 1 connection\(s\) of a previous agent, each refused at its next request; agent-gone 1/);
 
     await c.close();
     await waitFor(() => /swept \S+socks-\d+: its last connection closed \(1 request\(s\) refused without an agent\)/.test(second.output()), 'the drained sockhash to be swept');

@@ -181,7 +181,7 @@ spec: {workload: legacy, service: plain, inject: {basic: {credential: basic-cred
     expect(injected.some((l) => l.workload === 'legacy' && l.credential === 'basic-creds')).toBe(true);
     const denied = lines().filter((l) => l.decision === 'deny');
     expect(denied.length).toBeGreaterThanOrEqual(1);
-    expect(denied.every((l) => l.reason === 'refusedBinding')).toBe(true);
+    expect(denied.every((l) => l.reason === 'credential-unavailable')).toBe(true);
     // Neither the audit log nor the agent's own log holds a credential.
     for (const text of [readFileSync(f.auditPath, 'utf8'), f.agent?.output() ?? '']) {
       expect(text).not.toContain(f.token);
@@ -193,7 +193,7 @@ spec: {workload: legacy, service: plain, inject: {basic: {credential: basic-cred
     const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
     const m = /kernel datapath: (\d+) request\(s\) injected; (.*)/.exec(status);
     expect(Number(m?.[1])).toBeGreaterThanOrEqual(8);
-    expect(m?.[2]).toMatch(/refusedBinding [1-9]/);
+    expect(m?.[2]).toMatch(/credential-unavailable [1-9]/);
     expect(status).toMatch(/wk_http_dest +3 \/ 4096/);
   });
 

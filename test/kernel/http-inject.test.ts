@@ -1170,7 +1170,7 @@ print(port)
       const before = kh.stats();
       const r = await raw(bound, v4, 80, [{ op: 'send', data: get('/withheld') }, { op: 'recv', count: 1 }]);
       expect(r.error).toBe(EACCES);
-      expect(delta(before, kh.stats())).toMatchObject({ refusedBinding: 1 });
+      expect(delta(before, kh.stats())).toMatchObject({ refusedCredential: 1 });
       expect((await upstream.closedFor(r.localPort)).bytes).toBe(0);
     } finally {
       kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });

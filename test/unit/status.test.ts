@@ -1,14 +1,15 @@
 /** `wirekey status` output: what an operator reads about the kernel datapath. */
 import { describe, expect, it } from 'vitest';
 import { formatStatus } from '../../controller/identity/status.js';
-import { WK_HTTP_STATS } from '../../controller/datapath/layout.js';
+import { WK_HTTP_STATS, httpStatRefusal } from '../../controller/datapath/layout.js';
+import { REFUSAL_CODES } from '../../controller/refusals.js';
 
 describe('wirekey status', () => {
   it('names every kernel datapath counter that moved, the failed-push and Host refusals too', () => {
     const kernelHttp: Record<string, bigint> = Object.fromEntries(WK_HTTP_STATS.map((n) => [n, 0n]));
     Object.assign(kernelHttp, { injected: 5n, refusedMethod: 3n, refusedPush: 1n, refusedHost: 2n });
     const out = formatStatus({ pid: 1, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, kernelHttp, proxy: null, draining: [] });
-    expect(out).toContain('kernel datapath: 5 request(s) injected; refusedMethod 3, refusedPush 1, refusedHost 2\n');
+    expect(out).toContain('kernel datapath: 5 request(s) injected; method-not-allowed 3, push-failed 1, host-mismatch 2\n');
   });
 
   it('names the proxy\'s open connections and refusals by code', () => {
@@ -20,6 +21,14 @@ describe('wirekey status', () => {
   it('names each draining sockhash of a previous agent, its connections and what it refused without an agent', () => {
     const out = formatStatus({ pid: 1, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, kernelHttp: null, proxy: null,
       draining: [{ dir: '/sys/fs/bpf/wirekey-draining/socks-42', connections: 2, refusedAgent: 3n }] });
-    expect(out).toContain('draining /sys/fs/bpf/wirekey-draining/socks-42: 2 connection(s) of a previous agent, each refused at its next request; refusedAgent 3\n');
+    expect(out).toContain('draining /sys/fs/bpf/wirekey-draining/socks-42: 2 connection(s) of a previous agent, each refused at its next request; agent-gone 3\n');
+  });
+
+  it('every kernel refusal counter maps to a code of the list the proxy uses', () => {
+    const codes = new Set<string>(REFUSAL_CODES);
+    for (const name of WK_HTTP_STATS.filter((n) => n.startsWith('refused') || n === 'storageFailures')) {
+      expect(codes.has(httpStatRefusal(name) as string), name).toBe(true);
+    }
+    expect(httpStatRefusal('injected')).toBeNull();
   });
 });
