@@ -440,6 +440,17 @@ EOF
   DETAIL="\"policy reload failed, keeping the running policy\" (systemctl reload exit $rc); the running policy still injects"
 }
 
+check_second_agent() {
+  local out rc
+  out=$($WIREKEY run --policy "$POLICY_DIR" --state-dir "$STATE_DIR" --pin-dir "$PIN_DIR-second" --proxy-port 15999 --audit /dev/null 2>&1); rc=$?
+  ((rc != 0)) || { bad "a second agent on $STATE_DIR started"; return 1; }
+  grep -q "another wirekey agent (pid $PID) is running with the state dir" <<<"$out" ||
+    { bad "a second agent was refused, but not for the running one (pid $PID): $out"; return 1; }
+  [[ ! -e $PIN_DIR-second ]] || { bad "the refused agent made $PIN_DIR-second"; return 1; }
+  [[ $(unit_prop MainPID) == "$PID" ]] || { bad "the unit's agent changed while a second one was refused"; return 1; }
+  DETAIL="refused (exit $rc): \"$(head -n 1 <<<"$out")\""
+}
+
 check_restart_on_kill() {
   local restarts new
   restarts=$(unit_prop NRestarts)
@@ -451,6 +462,7 @@ check_restart_on_kill() {
   [[ $new != "$PID" && $new != 0 ]] || { bad "MainPID is $new after the restart"; return 1; }
   PID=$new
   expect_bearer "$WORK/api-token-rotated" "after the restart" || return 1
+  $WIREKEY status >/dev/null 2>&1 || { bad "wirekey status fails for the restarted agent"; return 1; }
   DETAIL="Restart= brought it back as pid $PID (NRestarts $(unit_prop NRestarts)), ready again, injecting"
 }
 restarted_since() {
@@ -469,15 +481,18 @@ check_stop() {
   wait_until "$STOP_TIMEOUT" none_loaded || { bad "wk_* programs still loaded after the stop: $LOADED"; return 1; }
   grep -Eq '(^|[^[:alnum:]_])stopped$' <<<"$(journal)" ||
     { bad "the agent did not log 'stopped' (on SIGTERM it detaches, unpins, then logs it)"; return 1; }
-  DETAIL="Result=success, 'stopped' logged, nothing attached under $CGROUP_ROOT, no wk_* program $( ((SHARED_KERNEL)) && echo 'held here' || echo loaded), $PIN_DIR gone"
+  local rc
+  $WIREKEY status >/dev/null 2>&1; rc=$?
+  ((rc == 3)) || { bad "wirekey status exits $rc after the stop (3: not running)"; return 1; }
+  DETAIL="Result=success, 'stopped' logged, nothing attached under $CGROUP_ROOT, no wk_* program $( ((SHARED_KERNEL)) && echo 'held here' || echo loaded), $PIN_DIR gone, wirekey status exits 3"
 }
 
 # ---- the list ------------------------------------------------------------------------
 # Later (the operations issue): ready-notify (Type=notify, READY=1 and STATUS=
-# in systemctl status), reload exit codes, watchdog, second-agent, metrics.
+# in systemctl status), reload exit codes, watchdog, metrics.
 
 CHECKS=(install start attached backfill status inject-proxy inject-kernel not-bound reload-good reload-bad
-        restart-on-kill stop)
+        second-agent restart-on-kill stop)
 
 failed=''
 for name in "${CHECKS[@]}"; do
