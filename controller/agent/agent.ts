@@ -7,7 +7,8 @@ import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import type https from 'node:https';
 import { loadPolicy } from '../policy/load.js';
 import { compilePolicy } from '../policy/compile.js';
-import type { Plan } from '../policy/types.js';
+import type { Plan, PlanBinding } from '../policy/types.js';
+import { createHash } from 'node:crypto';
 import { LocalCa } from '../tls/local-ca.js';
 import { CredentialSources } from '../credentials/sources.js';
 import type { Credential } from '../credentials/credential.js';
@@ -25,7 +26,7 @@ import { credentialHeader } from '../inject/inject.js';
 import { AuditLog } from '../audit/audit-log.js';
 import { RouteTable } from '../proxy/routes.js';
 import { KernelBindings } from './kernel-bindings.js';
-import { CredentialError, NotSupportedError } from '../errors.js';
+import { CredentialError, NotSupportedError, PolicyError } from '../errors.js';
 import type { Logger } from '../log.js';
 
 export interface AgentOptions {
@@ -86,6 +87,8 @@ export class Agent {
   #lifecycle: Promise<void> = Promise.resolve();
   #stopping = false;
   #lock: InstanceLock | undefined;
+  /** The plan in force before the last reload, to say what it changed. */
+  #lastPlan: Plan | undefined;
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -228,7 +231,10 @@ export class Agent {
     try {
       next = await this.#loadPlan();
     } catch (err) {
-      this.#log.error('policy reload failed, keeping the running policy:\n%s', (err as Error).message);
+      // One line per problem: the first names the outcome, each next one a file:line:column.
+      const lines = err instanceof PolicyError ? err.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`) : [(err as Error).message];
+      this.#log.error('policy reload failed, keeping the running policy: %d problem(s)', lines.length);
+      for (const line of lines) this.#log.error('policy: %s', line);
       return false;
     }
     const datapath = this.#datapath;
@@ -254,6 +260,7 @@ export class Agent {
       return false;
     }
     const retired = this.#credentials;
+    this.#lastPlan = this.#plan;
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
@@ -264,7 +271,9 @@ export class Agent {
     this.#reportProblems();
     this.#writeRuntimeState();
     await this.#checkCredentials();
-    this.#log.info('policy reloaded');
+    const before = this.#lastPlan;
+    this.#lastPlan = next.plan;
+    this.#log.info('policy reloaded: %s', describeChange(before, next.plan));
     return true;
   }
 
@@ -325,7 +334,7 @@ export class Agent {
     for (const w of warnings) this.#log.warn('policy: %s:%d:%d: %s', w.file, w.line, w.column, w.message);
     const plan = compilePolicy(policy);
     const credentials = await CredentialSources.build(plan, this.#credentials, this.#log);
-    this.#log.info('policy: %d file(s), %d workload(s), %d service(s), %d binding(s)', files.length,
+    this.#log.info('policy %s: %d file(s), %d workload(s), %d service(s), %d binding(s)', planHash(plan), files.length,
       plan.workloads.size, plan.services.size, plan.bindings.length);
     return { plan, routes: new RouteTable(plan), credentials };
   }
@@ -501,6 +510,33 @@ export class Agent {
     }
     writeFileAtomic(runtimeStatePath(this.#opts.stateDir), `${JSON.stringify(state, null, 2)}\n`);
   }
+}
+
+/** A short, stable digest of what a plan applies (the same policy gives the same hash on every host). */
+export function planHash(plan: Plan): string {
+  const sorted = (m: Map<string, unknown>) => [...m].sort(([a], [b]) => (a < b ? -1 : 1));
+  const text = JSON.stringify({
+    vault: sorted(plan.vaultConnections), credentials: sorted(plan.credentials), services: sorted(plan.services),
+    workloads: sorted(plan.workloads), bindings: [...plan.bindings].sort((a, b) => (a.name < b.name ? -1 : 1)),
+  });
+  return createHash('sha256').update(text).digest('hex').slice(0, 12);
+}
+
+/** What a reload changed, binding by binding: "policy 1a2b.. -> 3c4d..; bindings added a; removed b; changed c". */
+function describeChange(before: Plan | undefined, after: Plan): string {
+  const key = (plan: Plan, b: PlanBinding) =>
+    JSON.stringify([b, plan.services.get(b.service), plan.workloads.get(b.workload)?.selector]);
+  const old = new Map((before?.bindings ?? []).map((b) => [b.name, key(before as Plan, b)]));
+  const now = new Map(after.bindings.map((b) => [b.name, key(after, b)]));
+  const added = [...now.keys()].filter((n) => !old.has(n));
+  const removed = [...old.keys()].filter((n) => !now.has(n));
+  const changed = [...now.keys()].filter((n) => old.has(n) && old.get(n) !== now.get(n));
+  const parts = [
+    added.length ? `bindings added ${added.join(', ')}` : '',
+    removed.length ? `removed ${removed.join(', ')}` : '',
+    changed.length ? `changed ${changed.join(', ')}` : '',
+  ].filter(Boolean);
+  return `policy ${before ? planHash(before) : '?'} -> ${planHash(after)}; ${parts.length ? parts.join('; ') : 'no binding changed'}`;
 }
 
 /** A stable text form of identity tables, to tell whether anything changed. */

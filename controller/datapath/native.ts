@@ -164,3 +164,12 @@ export function bpfCall<T>(fn: () => T): T {
     throw err;
   }
 }
+
+/** The libbpf the addon was built against, for the start line; "unavailable" when the addon is not built. */
+export function libbpfVersion(): string {
+  try {
+    return native().libbpfVersion();
+  } catch {
+    return 'unavailable';
+  }
+}
