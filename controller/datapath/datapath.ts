@@ -25,8 +25,7 @@ import {
   encodeU16,
   encodeU32,
   encodeU64,
-  verifyConstants,
-  verifyLayouts,
+  verifyContract,
   type OrigDst,
 } from './layout.js';
 import { KernelHttp } from './kernel-http.js';
@@ -133,8 +132,7 @@ export class Datapath {
     const load = (withKernelHttp: boolean, pushWatch = true): NativeObject => {
       const object = bpfCall(() => new addon.BpfObject(objectPath));
       try {
-        verifyLayouts((name) => object.btfStruct(name));
-        verifyConstants((name) => object.btfEnum(name));
+        verifyContract(object);
         if (withKernelHttp) KernelHttp.enable(object, { pushWatch });
         bpfCall(() => {
           object.setGlobal('agent_tgid', encodeU32(process.pid));

@@ -99,6 +99,8 @@ export interface NativeObject {
   btfStruct(name: string): BtfStruct | null;
   /** The members of an enum in the object's BTF, by name; null when there is no such enum. */
   btfEnum(name: string): Record<string, number> | null;
+  /** The names of every named enum in the object's BTF. */
+  btfEnumNames(): string[];
   close(): void;
 }
 

@@ -15,7 +15,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync, wr
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native, bpfCall, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
-import { encodeAny, encodeMask, encodeU32, encodeU64, verifyConstants, verifyLayouts } from '../../controller/datapath/layout.js';
+import { encodeAny, encodeMask, encodeU32, encodeU64, verifyContract } from '../../controller/datapath/layout.js';
 import { cgroupId, findCgroup2Root } from '../../controller/datapath/cgroup.js';
 import { KERNEL_HTTP_PROGRAMS, KernelHttp, headerLine, type KernelHttpStats } from '../../controller/datapath/kernel-http.js';
 import { kernelHttpSkipReason } from '../support/requirements.js';
@@ -371,8 +371,7 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
     const open = (pushWatch: boolean) => {
       const o = bpfCall(() => new (native().BpfObject)(objectPath));
       try {
-        verifyLayouts((name) => o.btfStruct(name));
-        verifyConstants((name) => o.btfEnum(name));
+        verifyContract(o);
         KernelHttp.enable(o, { pushWatch });
         bpfCall(() => {
           o.setGlobal('agent_tgid', encodeU32(process.pid));
