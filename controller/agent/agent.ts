@@ -172,7 +172,7 @@ export class Agent {
     const kh = this.#datapath.kernelHttp;
     if (kh) {
       if (!kh.pushWatch) {
-        this.#log.warn('kernel HTTP datapath: this kernel refused the failed-push watch (fexit/tcp_bpf_push: %s); ' +
+        this.#log.warn('kernel HTTP datapath: no failed-push watch (%s); ' +
           'memory pressure is still caught, a push failing for another reason before its first byte is not (see the README)', this.#datapath.pushWatchUnavailable);
       }
       kh.setAuditGrain(this.#opts.kernelAuditGrain ?? 'request');
@@ -187,6 +187,12 @@ export class Agent {
       this.#kernelRefresh = setInterval(() => void this.#refreshKernelBindings(), KERNEL_REFRESH_MS);
       this.#kernelRefresh.unref();
     } else {
+      const bug = this.#datapath.kernelHttpError;
+      if (bug) {
+        // Not an old kernel: a program the verifier refused on a kernel that has every feature it uses.
+        this.#log.error('kernel HTTP datapath refused by the kernel on a kernel that has every feature it uses; this is a wirekey bug, please report it with this log: %s\n%s',
+          bug.message, bug.verifierLog ?? bug.libbpfLog ?? '(no verifier log)');
+      }
       this.#requireKernelHttp(this.#plan);
       this.#log.warn('kernel HTTP datapath not loaded (plaintext services cannot be bound): %s', this.#datapath.kernelHttpUnavailable);
     }

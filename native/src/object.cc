@@ -30,6 +30,7 @@ void Object::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod("map", &Object::Map),
                                         InstanceMethod("btfStruct", &Object::BtfStruct),
                                         InstanceMethod("btfEnum", &Object::BtfEnum),
+                                        InstanceMethod("btfEnumNames", &Object::BtfEnumNames),
                                         InstanceMethod("close", &Object::Close),
                                     });
   exports.Set("BpfObject", ctor);
@@ -303,6 +304,23 @@ Napi::Value Object::BtfEnum(const Napi::CallbackInfo& info) {
   for (int i = 0; i < btf_vlen(t); i++, e++) {
     double value = btf_kflag(t) ? static_cast<double>(static_cast<int32_t>(e->val)) : static_cast<double>(static_cast<uint32_t>(e->val));
     out.Set(btf__name_by_offset(btf, e->name_off), value);
+  }
+  return out;
+}
+
+// btfEnumNames(): the names of every named enum in the object's BTF, so the
+// controller can tell a shared enum it does not check from one it does.
+Napi::Value Object::BtfEnumNames(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_object* obj = Checked(env);
+  const btf* btf = bpf_object__btf(obj);
+  if (!btf) throw Napi::Error::New(env, "btfEnumNames: object has no BTF");
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (__u32 id = 1; id < btf__type_cnt(btf); id++) {
+    const btf_type* t = btf__type_by_id(btf, id);
+    if (!btf_is_enum(t) || !t->name_off) continue;
+    out.Set(n++, btf__name_by_offset(btf, t->name_off));
   }
   return out;
 }

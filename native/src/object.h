@@ -28,6 +28,7 @@ class Object : public Napi::ObjectWrap<Object> {
   Napi::Value Map(const Napi::CallbackInfo& info);
   Napi::Value BtfStruct(const Napi::CallbackInfo& info);
   Napi::Value BtfEnum(const Napi::CallbackInfo& info);
+  Napi::Value BtfEnumNames(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   bpf_object* Checked(Napi::Env env) const;
