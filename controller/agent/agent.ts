@@ -80,6 +80,9 @@ export class Agent {
   #syncing = false;
   #lastStats: DatapathStats = { tasksFull: 0n, storageFailures: 0n };
   #lastProxyStats: string | undefined;
+  /** The last reload or stop asked for, ended or not: the next one runs after it. */
+  #lifecycle: Promise<void> = Promise.resolve();
+  #stopping = false;
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -114,7 +117,8 @@ export class Agent {
 
     mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     const ca = await LocalCa.loadOrCreate(path.join(this.#opts.stateDir, 'ca'));
-    this.#audit = new AuditLog(this.#opts.auditPath);
+    this.#audit = new AuditLog(this.#opts.auditPath, (err) =>
+      this.#log.error('audit log %s cannot be written (%s): proxied requests are refused until it can', this.#opts.auditPath, err.message));
     await this.#checkCredentials();
 
     this.#cgroupRoot = findCgroup2Root();
@@ -191,8 +195,28 @@ export class Agent {
    * Loads the policy again and applies it whole, or not at all: a policy
    * that does not load, or that the kernel maps cannot hold, leaves the
    * running one in force. Returns whether the new policy was applied.
+   * Reloads and stop() run one at a time, in the order asked; a reload
+   * asked for once stop() has been called does nothing and returns false.
    */
-  async reload(): Promise<boolean> {
+  reload(): Promise<boolean> {
+    if (this.#stopping) return Promise.resolve(false);
+    return this.#serially(() => this.#reload());
+  }
+
+  /** Stops everything that was started, in reverse order, after any reload in progress. Idempotent. */
+  stop(): Promise<void> {
+    this.#stopping = true;
+    return this.#serially(() => this.#stop());
+  }
+
+  /** Runs `fn` after every reload and stop asked for before it has ended. */
+  #serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#lifecycle.then(fn, fn);
+    this.#lifecycle = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  async #reload(): Promise<boolean> {
     let next: LoadedPlan;
     try {
       next = await this.#loadPlan();
@@ -237,8 +261,20 @@ export class Agent {
     return true;
   }
 
-  /** Stops everything that was started, in reverse order. Idempotent. */
-  async stop(): Promise<void> {
+  /**
+   * Opens the audit file again by its path (SIGUSR1, after logrotate moved
+   * it). A file that cannot be opened leaves the old one in use, and says so.
+   */
+  reopenAudit(): void {
+    try {
+      this.#audit?.reopen();
+      this.#log.info('audit log %s reopened', this.#opts.auditPath);
+    } catch (err) {
+      this.#log.error('audit log %s cannot be reopened, still writing the old one: %s', this.#opts.auditPath, (err as Error).message);
+    }
+  }
+
+  async #stop(): Promise<void> {
     if (this.#resync) clearInterval(this.#resync);
     this.#resync = undefined;
     if (this.#kernelRefresh) clearInterval(this.#kernelRefresh);

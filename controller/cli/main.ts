@@ -95,7 +95,38 @@ program
     kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel;
   }) => {
     const log = createLogger(opts.logLevel);
-    let agent: Agent;
+    // Signals are taken from the first instruction: one that arrives while
+    // the agent starts (a reload right after systemd starts it, a stop) is
+    // acted on once it has started, never the default (terminate, leaving
+    // pins behind).
+    let agent: Agent | undefined;
+    let stopSignal: string | undefined;
+    let reloadWanted = false;
+    const stop = (signal: string) => {
+      if (stopSignal) return;
+      stopSignal = signal;
+      if (!agent) {
+        log.info('%s: stopping once started', signal);
+        return;
+      }
+      log.info('%s: detaching and stopping', signal);
+      void agent.stop().then(() => {
+        log.info('stopped');
+        process.exit(0);
+      });
+    };
+    const reload = () => {
+      if (!agent) {
+        reloadWanted = true;
+        return;
+      }
+      log.info('SIGHUP: reloading the policy');
+      void agent.reload();
+    };
+    process.on('SIGHUP', reload);
+    process.on('SIGUSR1', () => agent?.reopenAudit());
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
     try {
       // Before any secret is read: no core dump, and no /proc/PID/mem, environ,
       // fd or ptrace access for processes of this uid without CAP_SYS_PTRACE.
@@ -124,22 +155,13 @@ program
       fail(err);
       return;
     }
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      log.info('%s: detaching and stopping', signal);
-      void agent.stop().then(() => {
-        log.info('stopped');
-        process.exit(0);
-      });
-    };
-    process.on('SIGHUP', () => {
-      log.info('SIGHUP: reloading the policy');
-      void agent.reload();
-    });
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGTERM', () => stop('SIGTERM'));
+    const asked = stopSignal;
+    if (asked) {
+      stopSignal = undefined;
+      stop(asked);
+    } else if (reloadWanted) {
+      reload();
+    }
   });
 
 program
