@@ -59,6 +59,7 @@ export class IdentityResolver {
   readonly #units = new Map<string, string>();
   readonly #users = new Map<string, number>();
   #round: Promise<unknown> = Promise.resolve();
+  #closed = false;
 
   /**
    * @param openFileKeys asks the kernel which file each of this process's
@@ -114,8 +115,9 @@ export class IdentityResolver {
     return out;
   }
 
-  /** Closes every file held for selectors. */
+  /** Closes every file held for selectors; a round still running, or asked for later, opens none. */
   close(): void {
+    this.#closed = true;
     for (const f of [...this.#retired.splice(0), ...this.#held.values()]) closeSync(f.fd);
     this.#held.clear();
   }
@@ -126,6 +128,7 @@ export class IdentityResolver {
    * string says why there is none.
    */
   #hold(file: string): HeldFile | string {
+    if (this.#closed) return `executable ${file}: the agent is stopping`;
     let st: BigIntStats;
     try {
       // stat and open follow symlinks: /usr/bin/python3 -> python3.11 selects the file the kernel executes.

@@ -194,5 +194,8 @@ describe('executable selectors, resolved through the kernel', () => {
     expect([heldOn(a), heldOn(b)]).toEqual([1, 0]);
     resolver.close();
     expect(heldOn(a)).toBe(0);
+    const [late] = await resolver.resolve([exe(a)]);
+    expect(late?.exe).toBeNull();
+    expect(heldOn(a)).toBe(0);
   });
 });
