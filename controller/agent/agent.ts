@@ -3,7 +3,7 @@
  * proxy, started in that order and stopped in reverse.
  */
 import path from 'node:path';
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import type https from 'node:https';
 import { loadPolicy } from '../policy/load.js';
 import { compilePolicy } from '../policy/compile.js';
@@ -13,6 +13,7 @@ import { CredentialSources } from '../credentials/sources.js';
 import type { Credential } from '../credentials/credential.js';
 import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/datapath.js';
 import { findCgroup2Root } from '../datapath/cgroup.js';
+import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../identity/tables.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
@@ -83,6 +84,7 @@ export class Agent {
   /** The last reload or stop asked for, ended or not: the next one runs after it. */
   #lifecycle: Promise<void> = Promise.resolve();
   #stopping = false;
+  #lock: InstanceLock | undefined;
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -110,12 +112,17 @@ export class Agent {
   }
 
   async #start(): Promise<void> {
+    // One agent per state dir and per pin dir, before anything is touched.
+    mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
+    this.#lock = acquireInstanceLock(this.#opts.stateDir, this.#opts.pinDir);
+    if (this.#lock.previousPid && existsSync(this.#opts.pinDir)) {
+      this.#log.warn('pins in %s were left by agent pid %d, which is not running: its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
+    }
     const next = await this.#loadPlan();
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
 
-    mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     const ca = await LocalCa.loadOrCreate(path.join(this.#opts.stateDir, 'ca'));
     this.#audit = new AuditLog(this.#opts.auditPath, (err) =>
       this.#log.error('audit log %s cannot be written (%s): proxied requests are refused until it can', this.#opts.auditPath, err.message));
@@ -306,6 +313,8 @@ export class Agent {
     this.#credentials = CredentialSources.empty();
     this.#audit?.close();
     this.#audit = undefined;
+    this.#lock?.release();
+    this.#lock = undefined;
   }
 
   /**

@@ -10,7 +10,8 @@ import { existsSync, readFileSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, HOST } from '../support/e2e-fixture.js';
 import { kernelSkipReason } from '../support/requirements.js';
-import { freePort, startAgent } from '../support/agent.js';
+import { freePort, startAgent, wirekeyBin } from '../support/agent.js';
+import { run } from '../support/shell.js';
 import { eventually } from '../support/wait.js';
 
 const skip = kernelSkipReason();
@@ -52,6 +53,32 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
     expect(out.lastIndexOf('policy reloaded')).toBeLessThan(stopped);
     expect(out).not.toMatch(/policy reload failed|cannot|Error/);
     expect(existsSync(f.pinDir)).toBe(false);
+  });
+
+  it('one agent per state dir and per pin dir; status tells a running agent from a dead one, with distinct exit codes', async () => {
+    const status = (...extra: string[]) => run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir, ...extra]);
+    const first = await f.startAgent();
+    f.agentStopped = false;
+    const running = await status('--json');
+    expect(running.code).toBe(0);
+    expect(JSON.parse(running.stdout)).toMatchObject({ pid: expect.any(Number), maps: expect.any(Array) });
+    // A second agent on the same state dir, and one on the same pin dir only, are refused before touching anything.
+    for (const [stateDir, pinDir] of [[f.stateDir, `${f.pinDir}-other`], [path.join(f.dir, 'state-2'), f.pinDir]] as const) {
+      const second = await run(process.execPath, [wirekeyBin, 'run', '--policy', f.policyDir, '--state-dir', stateDir, '--pin-dir', pinDir,
+        '--proxy-port', String(await freePort()), '--audit', path.join(f.dir, 'audit-2.log')]);
+      expect(second.code).toBe(1);
+      expect(second.stderr).toMatch(new RegExp(`another wirekey agent \\(pid \\d+\\) is running with the (state|pin) dir`));
+      expect(second.stderr.trim().split('\n')).toHaveLength(1);
+      expect(existsSync(`${f.pinDir}-other`)).toBe(false);
+    }
+    expect(await get('/still-first')).toMatchObject({ stdout: '200' });
+    await first.kill();
+    f.agentStopped = true;
+    const dead = await status();
+    expect(dead.code).toBe(3);
+    expect(dead.stderr).toMatch(/wirekey is not running with state dir .* \(its last agent, pid \d+, has exited\)/);
+    const explain = await run(process.execPath, [wirekeyBin, 'explain', String(process.pid), '--state-dir', f.stateDir]);
+    expect(explain.code).toBe(3);
   });
 
   it('SIGUSR1 reopens the audit file: after logrotate moves it, new lines go to a new file at the same path', async () => {
