@@ -50,11 +50,30 @@ struct wk_mask {
 	__u64 bits[WK_MASK_WORDS];
 };
 
-/* An executable file, as the kernel names it: inode and device. */
+/*
+ * An executable file, as the kernel knows it: its struct inode, read from
+ * the struct file the kernel executes (exec) or the agent holds open (the
+ * selector's file). stat()'s (st_dev, st_ino) is not that: on btrfs st_dev
+ * is the subvolume's device, on an overlay whose layers are on different
+ * file systems it is the layer's, and neither is the superblock device the
+ * inode carries. (dev, ino) alone is not unique either: btrfs numbers each
+ * subvolume's inodes from 256 under one superblock, and such an overlay
+ * shows every layer's inode numbers under its one device. The inode's
+ * address is unique among the inodes alive, and every inode a key names is
+ * kept alive: by the process running it, or by the agent holding the file.
+ */
 struct wk_exe_key {
-	__u64 ino;
-	__u32 dev;		/* kernel dev_t (MKDEV(major, minor)) of the file system */
+	__u64 ino;		/* i_ino */
+	__u32 dev;		/* i_sb->s_dev: kernel dev_t (MKDEV(major, minor)) */
 	__u32 _pad;
+	__u64 inode;		/* the struct inode's address */
+};
+
+/* A regular file the agent holds open, as wk_agent_files reports it. */
+struct wk_agent_file {
+	__s32 fd;
+	__u32 _pad;
+	struct wk_exe_key key;
 };
 
 /*
@@ -115,7 +134,8 @@ struct wk_conn_key {
 	_Static_assert(sizeof(struct type) == (size), "struct " #type " layout changed")
 
 WK_ASSERT_SIZE(wk_mask, 32);
-WK_ASSERT_SIZE(wk_exe_key, 16);
+WK_ASSERT_SIZE(wk_exe_key, 24);
+WK_ASSERT_SIZE(wk_agent_file, 32);
 WK_ASSERT_SIZE(wk_any, 96);
 WK_ASSERT_SIZE(wk_bind_key, 8);
 WK_ASSERT_SIZE(wk_bind_val, 8);

@@ -17,7 +17,6 @@ import { findCgroup2Root } from '../datapath/cgroup.js';
 import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../identity/tables.js';
-import { runningTasks } from '../identity/backfill.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
 import { ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { createUpstreamAgent } from '../proxy/upstream.js';
@@ -157,7 +156,8 @@ export class Agent {
       kernelAliveTimeoutMs: this.#opts.kernelAliveTimeoutMs,
     });
     this.#reportPrevious();
-    this.#resolver = new IdentityResolver(this.#cgroupRoot);
+    const datapath = this.#datapath;
+    this.#resolver = new IdentityResolver(this.#cgroupRoot, () => datapath.openFileKeys());
     this.#datapath.setPortBindings(this.#routes.portBindings());
     // Strict here: a policy the maps cannot hold fails the start. The
     // periodic resync after it only logs.
@@ -167,7 +167,7 @@ export class Agent {
     // Twice: a process forked during the first pass by a parent the pass had
     // not reached yet is caught by the second; after that, every process's
     // parent is known and the fork program covers its children.
-    const added = this.#datapath.backfill(runningTasks()) + this.#datapath.backfill(runningTasks());
+    const added = this.#datapath.backfill() + this.#datapath.backfill();
     this.#datapath.attachRedirect(this.#cgroupRoot);
     const kh = this.#datapath.kernelHttp;
     if (kh) {
@@ -318,6 +318,8 @@ export class Agent {
     } catch (err) {
       this.#log.error('kernel datapath: stopping: %s', (err as Error).message);
     }
+    this.#resolver?.close();
+    this.#resolver = undefined;
     await this.#proxy?.close();
     this.#proxy = undefined;
     this.#upstreamAgent?.destroy();
@@ -549,7 +551,7 @@ function describeChange(before: Plan | undefined, after: Plan): string {
 function tablesKey(t: IdentityTables): string {
   return JSON.stringify({
     cgroups: [...t.cgroups].map(([k, v]) => [k.toString(), v]).sort(),
-    exes: t.exes.map((e) => [`${e.key.dev}:${e.key.ino}`, e.workloads]).sort(),
+    exes: t.exes.map((e) => [`${e.key.dev}:${e.key.ino}:${e.key.inode}`, e.workloads]).sort(),
     uids: [...t.uids].sort(),
     any: t.any,
   });

@@ -9,10 +9,10 @@ import { execFileSync } from 'node:child_process';
 import { BpfError, NotSupportedError } from '../errors.js';
 import { bpfCall, native, repoRoot, type NativeLink, type NativeMap, type NativeObject } from './native.js';
 import {
-  BPF_NOEXIST,
   WK_ACTION_PROXY,
   WK_STAT_STORAGE_FAIL,
   WK_STAT_TASKS_FULL,
+  decodeAgentFiles,
   decodeExeKey,
   encodeAny,
   encodeExeKey,
@@ -62,12 +62,6 @@ export interface IdentityTables {
   exes: { key: ExeKey; workloads: number[] }[];
   uids: Map<number, number[]>;
   any: { cgroup: number[]; exe: number[]; uid: number[] };
-}
-
-/** A process's executable, for backfilling processes that predate the agent. */
-export interface TaskExe {
-  tgid: number;
-  exe: ExeKey;
 }
 
 export interface DatapathStats {
@@ -303,24 +297,27 @@ export class Datapath {
   }
 
   /**
-   * Records processes that predate the programs. Never overwrites what the
-   * exec/fork programs already wrote, which is newer than any /proc read.
+   * Records the processes that predate the programs, as the kernel sees
+   * their executables (wk_backfill reads each one's mm->exe_file). Never
+   * overwrites what the exec/fork programs already wrote, which is newer.
    * Returns how many were added.
+   * @throws BpfError
    */
-  backfill(tasks: Iterable<TaskExe>): number {
-    const map = this.#map('wk_task_exe');
-    let added = 0;
-    for (const t of tasks) {
-      try {
-        map.update(encodeU32(t.tgid), encodeExeKey(t.exe), BPF_NOEXIST);
-        added++;
-      } catch (err) {
-        const errno = (err as { errno?: number }).errno;
-        if (errno === 17 /* EEXIST */) continue;
-        throw new BpfError(`backfill of process ${t.tgid} failed: ${(err as Error).message}`, { errno, cause: err });
-      }
-    }
-    return added;
+  backfill(): number {
+    if (this.#closed) throw new BpfError('datapath is closed');
+    const added = bpfCall(() => this.#object.iterate('wk_backfill', 0));
+    return new Set(Array.from({ length: added.length / 4 }, (_, i) => added.readUInt32LE(i * 4))).size;
+  }
+
+  /**
+   * The kernel's key of every regular file this process holds open, by
+   * descriptor (wk_agent_files): how executable selectors are resolved, so
+   * that they name a file exactly as wk_exec does.
+   * @throws BpfError
+   */
+  openFileKeys(): Map<number, ExeKey> {
+    if (this.#closed) throw new BpfError('datapath is closed');
+    return decodeAgentFiles(bpfCall(() => this.#object.iterate('wk_agent_files', process.pid)));
   }
 
   /** The executable the kernel recorded for a process, or null. */

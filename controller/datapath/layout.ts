@@ -19,7 +19,11 @@ type Layout = { size: number; fields: Record<string, Field> };
 
 export const LAYOUTS = {
   wk_mask: { size: 32, fields: { bits: { offset: 0, size: 32 } } },
-  wk_exe_key: { size: 16, fields: { ino: { offset: 0, size: 8 }, dev: { offset: 8, size: 4 }, _pad: { offset: 12, size: 4 } } },
+  wk_exe_key: {
+    size: 24,
+    fields: { ino: { offset: 0, size: 8 }, dev: { offset: 8, size: 4 }, _pad: { offset: 12, size: 4 }, inode: { offset: 16, size: 8 } },
+  },
+  wk_agent_file: { size: 32, fields: { fd: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 }, key: { offset: 8, size: 24 } } },
   wk_any: { size: 96, fields: { cgroup: { offset: 0, size: 32 }, exe: { offset: 32, size: 32 }, uid: { offset: 64, size: 32 } } },
   wk_bind_key: { size: 8, fields: { workload_id: { offset: 0, size: 4 }, port: { offset: 4, size: 2 }, _pad: { offset: 6, size: 2 } } },
   wk_bind_val: { size: 8, fields: { action: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
@@ -266,13 +270,20 @@ export function decodeMask(b: Buffer): number[] {
   return ids;
 }
 
+/**
+ * An executable as the kernel knows it (struct wk_exe_key): the address of
+ * its struct inode, which is what makes it unique, with the inode's number
+ * and superblock device for people to read. Never derived from stat().
+ */
 export interface ExeKey {
   ino: bigint;
-  /** Kernel dev_t: (major << 20) | minor. */
+  /** The superblock's kernel dev_t: (major << 20) | minor. */
   dev: number;
+  /** The struct inode's kernel address. */
+  inode: bigint;
 }
 
-/** stat()'s st_dev (the C library's encoding) as the kernel's dev_t, which BPF reads from the inode. */
+/** stat()'s st_dev (the C library's encoding) as the kernel's dev_t: (major << 20) | minor. */
 export function kernelDev(statDev: number | bigint): number {
   const d = BigInt(statDev);
   const major = Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & 0xfffff000n));
@@ -280,15 +291,38 @@ export function kernelDev(statDev: number | bigint): number {
   return ((major << 20) | minor) >>> 0;
 }
 
+/** The kernel dev_t as people write it: major:minor. */
+export function formatDev(dev: number): string {
+  return `${dev >>> 20}:${dev & 0xfffff}`;
+}
+
+export function sameExe(a: ExeKey, b: ExeKey): boolean {
+  return a.inode === b.inode && a.ino === b.ino && a.dev === b.dev;
+}
+
 export function encodeExeKey(k: ExeKey): Buffer {
+  const f = LAYOUTS.wk_exe_key.fields;
   const b = Buffer.alloc(LAYOUTS.wk_exe_key.size);
-  b.writeBigUInt64LE(k.ino, LAYOUTS.wk_exe_key.fields.ino.offset);
-  b.writeUInt32LE(k.dev, LAYOUTS.wk_exe_key.fields.dev.offset);
+  b.writeBigUInt64LE(k.ino, f.ino.offset);
+  b.writeUInt32LE(k.dev, f.dev.offset);
+  b.writeBigUInt64LE(k.inode, f.inode.offset);
   return b;
 }
 
 export function decodeExeKey(b: Buffer): ExeKey {
-  return { ino: b.readBigUInt64LE(LAYOUTS.wk_exe_key.fields.ino.offset), dev: b.readUInt32LE(LAYOUTS.wk_exe_key.fields.dev.offset) };
+  const f = LAYOUTS.wk_exe_key.fields;
+  return { ino: b.readBigUInt64LE(f.ino.offset), dev: b.readUInt32LE(f.dev.offset), inode: b.readBigUInt64LE(f.inode.offset) };
+}
+
+/** What wk_agent_files wrote: descriptor -> the kernel's key of the file it holds. */
+export function decodeAgentFiles(b: Buffer): Map<number, ExeKey> {
+  const { size, fields: f } = LAYOUTS.wk_agent_file;
+  if (b.length % size !== 0) throw new BpfError(`wk_agent_files wrote ${b.length} bytes, not a whole number of ${size}-byte records`);
+  const out = new Map<number, ExeKey>();
+  for (let off = 0; off < b.length; off += size) {
+    out.set(b.readInt32LE(off + f.fd.offset), decodeExeKey(b.subarray(off + f.key.offset, off + f.key.offset + f.key.size)));
+  }
+  return out;
 }
 
 export function encodeAny(any: { cgroup: Iterable<number>; exe: Iterable<number>; uid: Iterable<number> }): Buffer {

@@ -95,6 +95,12 @@ export interface NativeObject {
   attachToMap(program: string, map: string): void;
   /** Undoes attachToMap (bpf_prog_detach2); sockets already in the map keep the program. */
   detachFromMap(program: string, map: string): void;
+  /**
+   * Runs an iterator program (SEC("iter/...")) once and returns what it
+   * wrote; a non-zero `pid` limits a task iterator to that process (Linux
+   * 6.1). Synchronous.
+   */
+  iterate(program: string, pid: number): Buffer;
   map(name: string): NativeMap;
   btfStruct(name: string): BtfStruct | null;
   /** The members of an enum in the object's BTF, by name; null when there is no such enum. */

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "errors.h"
 #include "link.h"
@@ -27,6 +28,7 @@ void Object::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod("attach", &Object::Attach),
                                         InstanceMethod("attachToMap", &Object::AttachToMap),
                                         InstanceMethod("detachFromMap", &Object::DetachFromMap),
+                                        InstanceMethod("iterate", &Object::Iterate),
                                         InstanceMethod("map", &Object::Map),
                                         InstanceMethod("btfStruct", &Object::BtfStruct),
                                         InstanceMethod("btfEnum", &Object::BtfEnum),
@@ -190,6 +192,60 @@ Napi::Value Object::Attach(const Napi::CallbackInfo& info) {
   int err = libbpf_get_error(link);
   if (err) throw MakeError(env, "attach " + name, err);
   return Link::NewInstance(env, link);
+}
+
+// iterate(programName, pid): runs an iterator program (SEC("iter/...")) once
+// and returns everything it wrote. A non-zero pid limits a task iterator to
+// that process's threads (Linux 6.1). The link lives only for the call.
+// Runs on the calling thread: wirekey's iterators are bounded by the
+// processes on the host or the agent's own descriptors.
+Napi::Value Object::Iterate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_object* obj = Checked(env);
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) {
+    throw Napi::TypeError::New(env, "iterate(programName, pid)");
+  }
+  if (!loaded_) throw Napi::Error::New(env, "iterate: object is not loaded");
+  std::string name = info[0].As<Napi::String>();
+  uint32_t pid = info[1].As<Napi::Number>().Uint32Value();
+  bpf_program* prog = bpf_object__find_program_by_name(obj, name.c_str());
+  if (!prog) throw Napi::Error::New(env, "iterate: no program named " + name);
+
+  union bpf_iter_link_info linfo;
+  memset(&linfo, 0, sizeof(linfo));
+  LIBBPF_OPTS(bpf_iter_attach_opts, opts);
+  if (pid) {
+    linfo.task.pid = pid;
+    opts.link_info = &linfo;
+    opts.link_info_len = sizeof(linfo);
+  }
+  ResetLibbpfLog();
+  bpf_link* link = bpf_program__attach_iter(prog, &opts);
+  int err = libbpf_get_error(link);
+  if (err) throw MakeError(env, "attach iterator " + name, err);
+  int fd = bpf_iter_create(bpf_link__fd(link));
+  if (fd < 0) {
+    err = errno;
+    bpf_link__destroy(link);
+    throw MakeError(env, "create iterator " + name, err);
+  }
+  std::vector<uint8_t> out;
+  uint8_t buf[4096];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      err = errno;
+      close(fd);
+      bpf_link__destroy(link);
+      throw MakeError(env, "read iterator " + name, err);
+    }
+    out.insert(out.end(), buf, buf + n);
+  }
+  close(fd);
+  bpf_link__destroy(link);
+  return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size());
 }
 
 // Resolves (programName, mapName) for attachToMap/detachFromMap.
