@@ -15,6 +15,7 @@ import type { Credential } from '../credentials/credential.js';
 import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/datapath.js';
 import { findCgroup2Root } from '../datapath/cgroup.js';
 import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
+import { ControlServer, controlSocketPath } from './control-server.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../identity/tables.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
@@ -86,6 +87,9 @@ export class Agent {
   #lifecycle: Promise<void> = Promise.resolve();
   #stopping = false;
   #lock: InstanceLock | undefined;
+  #control: ControlServer | undefined;
+  /** Programs attached, policy applied, credentials checked: what /readyz answers. */
+  #ready = false;
   /** The plan in force before the last reload, to say what it changed. */
   #lastPlan: Plan | undefined;
 
@@ -121,6 +125,14 @@ export class Agent {
     if (this.#lock.previousPid && existsSync(this.#opts.pinDir)) {
       this.#log.warn('pins in %s were left by agent pid %d, which is not running: its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
     }
+    // Health answers from here on; readiness once everything is up.
+    this.#control = new ControlServer(this.#log);
+    this.#control.route('GET', '/healthz', (_req, res) => void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n'));
+    this.#control.route('GET', '/readyz', (_req, res) => {
+      const state = this.#ready ? 'ready' : this.#stopping ? 'stopping' : 'starting';
+      res.writeHead(this.#ready ? 200 : 503, { 'content-type': 'text/plain' }).end(`${state}\n`);
+    });
+    await this.#control.listen(controlSocketPath(this.#opts.stateDir));
     const next = await this.#loadPlan();
     this.#plan = next.plan;
     this.#routes = next.routes;
@@ -205,6 +217,12 @@ export class Agent {
       'ready: proxy on 127.0.0.1:%d and [::1]:%d, programs %s attached to %s, %d running processes backfilled, pins in %s',
       this.#opts.proxyPort, this.#opts.proxyPort, this.#datapath.programIds().join(','), this.#cgroupRoot, added, this.#opts.pinDir,
     );
+    this.#ready = true;
+  }
+
+  /** The control socket, for routes other parts add (reload, metrics). */
+  get control(): ControlServer | undefined {
+    return this.#control;
   }
 
   /**
@@ -297,6 +315,7 @@ export class Agent {
   }
 
   async #stop(): Promise<void> {
+    this.#ready = false;
     if (this.#resync) clearInterval(this.#resync);
     this.#resync = undefined;
     if (this.#kernelRefresh) clearInterval(this.#kernelRefresh);
@@ -328,6 +347,8 @@ export class Agent {
     this.#credentials = CredentialSources.empty();
     this.#audit?.close();
     this.#audit = undefined;
+    await this.#control?.close();
+    this.#control = undefined;
     this.#lock?.release();
     this.#lock = undefined;
   }

@@ -6,7 +6,7 @@
  * instead of injecting unrecorded or stopping the agent.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, HOST } from '../support/e2e-fixture.js';
 import { kernelSkipReason } from '../support/requirements.js';
@@ -91,6 +91,13 @@ spec: {workload: other, service: api, inject: {bearer: {credential: api-token}}}
     const first = await f.startAgent();
     f.agentStopped = false;
     f.onClose(() => first.kill());
+    // Health and readiness on the control socket (root only).
+    const sock = path.join(f.stateDir, 'agent.sock');
+    expect((statSync(sock).mode & 0o777).toString(8)).toBe('600');
+    for (const [route, body] of [['/healthz', 'ok'], ['/readyz', 'ready']]) {
+      const r = await run('curl', ['-sS', '--unix-socket', sock, '-w', ' %{http_code}', `http://wirekey${route}`]);
+      expect(r.stdout).toBe(`${body}\n 200`);
+    }
     const running = await status('--json');
     expect(running.code).toBe(0);
     expect(JSON.parse(running.stdout)).toMatchObject({ pid: expect.any(Number), maps: expect.any(Array) });
