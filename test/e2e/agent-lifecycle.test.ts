@@ -255,8 +255,11 @@ print(json.dumps(out))
     // Refused for good: the connection takes no more writes.
     expect(await c.get('/killed/after')).toEqual({ error: EACCES });
     // Counted, in the pins the dead agent left.
-    const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
-    expect(status).toMatch(/agent-gone [1-9]/);
+    // Not running (exit 3), and what the dead agent's pins show: the refusals.
+    const dead = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+    expect(dead.code).toBe(3);
+    expect(dead.stdout).toMatch(/^wirekey is not running: agent pid \d+ has exited; what its pins still show:/);
+    expect(dead.stdout).toMatch(/agent-gone [1-9]/);
     // Its cgroup programs died with it: a new connection is not bound at all.
     const fresh = await runInCgroup(bound, 'curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{local_port} %{http_code}', `http://${f.host.ipv4}/fresh`]);
     const [port, code] = fresh.stdout.split(' ').map(Number);

@@ -305,11 +305,11 @@ spec: {workload: basic, service: api, inject: {basic: {credential: api-token, us
     f.agentStopped = true;
     expect(code).toBe(0);
     expect(existsSync(pinDir)).toBe(false);
-    // identity (3), redirect (5) and, where the probes find what it needs, the
-    // kernel HTTP datapath (4, the socket-memory watch, and the failed-push
-    // watch where the kernel has BPF trampolines)
+    // identity (3 tracepoints, 2 iterators), redirect (5) and, where the probes
+    // find what it needs, the kernel HTTP datapath (4, the socket-memory
+    // watch, and the failed-push watch where the kernel has BPF trampolines)
     const kernelHttp = kernelHttpSkipReason() ? 0 : 5 + (pushWatchSkipReason() ? 0 : 1);
-    expect(agent.programIds).toHaveLength(8 + kernelHttp);
+    expect(agent.programIds).toHaveLength(10 + kernelHttp);
     // Tracing programs are freed after an RCU grace period: allow it a few seconds.
     for (const id of agent.programIds) {
       let loaded = true;
