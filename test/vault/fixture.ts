@@ -53,5 +53,5 @@ export async function secretDir(): Promise<{ dir: string; write(name: string, co
   };
 }
 
-export { eventually, sleep } from '../support/wait.js';
+export { eventually, sleep, untilClockPasses } from '../support/wait.js';
 
