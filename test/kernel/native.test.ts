@@ -166,7 +166,7 @@ char LICENSE[] SEC("license") = "GPL";
     } finally {
       bad.close();
     }
-  });
+  }, 660_000);
 
   it('operations on a closed object fail cleanly', () => {
     const o = new (native().BpfObject)(objectPath);
