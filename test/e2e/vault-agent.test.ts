@@ -18,11 +18,13 @@ import { PlainUpstream } from '../support/plain-upstream.js';
 import { runInCgroup } from '../support/cgroup.js';
 import { createTestHost, type TestHost } from '../support/netns.js';
 import { waitFor } from '../support/wait.js';
-import { AGENT_POLICY, baoBinary, skipReason as vaultSkip } from '../vault/fixture.js';
+import { AGENT_POLICY, baoBinary, vaultSkip } from '../vault/fixture.js';
+import { machineSkipTitle, toolSkipTitle } from '../support/tiers.js';
 
-const skip = kernelSkipReason() ?? (baoBinary ? undefined : vaultSkip.replace(/^ \(skipped: |\)$/g, ''));
+const machineSkip = kernelSkipReason();
+const skip = machineSkip ?? vaultSkip;
 
-describe.skipIf(skip)(`Vault-sourced credentials through the agent${skip ? ` (skipped: ${skip})` : ''}`, () => {
+describe.skipIf(skip)(`Vault-sourced credentials through the agent${machineSkip ? machineSkipTitle(machineSkip) : toolSkipTitle(vaultSkip)}`, () => {
   const f = new E2eFixture();
   let bao: OpenBaoServer;
   let aws: AwsUpstream;
