@@ -72,7 +72,7 @@ describe('skips and required tiers', () => {
   });
 
   it('accepts the machine\'s skips, and refuses one without a reason, when every tier is required', () => {
-    const machineOnly = [files[1]];
+    const machineOnly = [files[1] as object];
     expect(report(machineOnly, '1').exitCode).toBeUndefined();
     const { out, exitCode } = report([suite('f', [skipped('left out')])], '1');
     expect(exitCode).toBe(1);
