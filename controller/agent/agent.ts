@@ -3,7 +3,7 @@
  * proxy, started in that order and stopped in reverse.
  */
 import path from 'node:path';
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import type https from 'node:https';
 import { loadPolicy } from '../policy/load.js';
 import { compilePolicy } from '../policy/compile.js';
@@ -13,6 +13,7 @@ import { CredentialSources } from '../credentials/sources.js';
 import type { Credential } from '../credentials/credential.js';
 import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/datapath.js';
 import { findCgroup2Root } from '../datapath/cgroup.js';
+import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../identity/tables.js';
 import { runningTasks } from '../identity/backfill.js';
@@ -81,6 +82,10 @@ export class Agent {
   #syncing = false;
   #lastStats: DatapathStats = { tasksFull: 0n, storageFailures: 0n };
   #lastProxyStats: string | undefined;
+  /** The last reload or stop asked for, ended or not: the next one runs after it. */
+  #lifecycle: Promise<void> = Promise.resolve();
+  #stopping = false;
+  #lock: InstanceLock | undefined;
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -108,14 +113,20 @@ export class Agent {
   }
 
   async #start(): Promise<void> {
+    // One agent per state dir and per pin dir, before anything is touched.
+    mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
+    this.#lock = acquireInstanceLock(this.#opts.stateDir, this.#opts.pinDir);
+    if (this.#lock.previousPid && existsSync(this.#opts.pinDir)) {
+      this.#log.warn('pins in %s were left by agent pid %d, which is not running: its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
+    }
     const next = await this.#loadPlan();
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
 
-    mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     const ca = await LocalCa.loadOrCreate(path.join(this.#opts.stateDir, 'ca'));
-    this.#audit = new AuditLog(this.#opts.auditPath);
+    this.#audit = new AuditLog(this.#opts.auditPath, (err) =>
+      this.#log.error('audit log %s cannot be written (%s): proxied requests are refused until it can', this.#opts.auditPath, err.message));
     await this.#checkCredentials();
 
     this.#cgroupRoot = findCgroup2Root();
@@ -191,8 +202,28 @@ export class Agent {
    * Loads the policy again and applies it whole, or not at all: a policy
    * that does not load, or that the kernel maps cannot hold, leaves the
    * running one in force. Returns whether the new policy was applied.
+   * Reloads and stop() run one at a time, in the order asked; a reload
+   * asked for once stop() has been called does nothing and returns false.
    */
-  async reload(): Promise<boolean> {
+  reload(): Promise<boolean> {
+    if (this.#stopping) return Promise.resolve(false);
+    return this.#serially(() => this.#reload());
+  }
+
+  /** Stops everything that was started, in reverse order, after any reload in progress. Idempotent. */
+  stop(): Promise<void> {
+    this.#stopping = true;
+    return this.#serially(() => this.#stop());
+  }
+
+  /** Runs `fn` after every reload and stop asked for before it has ended. */
+  #serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#lifecycle.then(fn, fn);
+    this.#lifecycle = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  async #reload(): Promise<boolean> {
     let next: LoadedPlan;
     try {
       next = await this.#loadPlan();
@@ -237,8 +268,20 @@ export class Agent {
     return true;
   }
 
-  /** Stops everything that was started, in reverse order. Idempotent. */
-  async stop(): Promise<void> {
+  /**
+   * Opens the audit file again by its path (SIGUSR1, after logrotate moved
+   * it). A file that cannot be opened leaves the old one in use, and says so.
+   */
+  reopenAudit(): void {
+    try {
+      this.#audit?.reopen();
+      this.#log.info('audit log %s reopened', this.#opts.auditPath);
+    } catch (err) {
+      this.#log.error('audit log %s cannot be reopened, still writing the old one: %s', this.#opts.auditPath, (err as Error).message);
+    }
+  }
+
+  async #stop(): Promise<void> {
     if (this.#resync) clearInterval(this.#resync);
     this.#resync = undefined;
     if (this.#kernelRefresh) clearInterval(this.#kernelRefresh);
@@ -268,6 +311,8 @@ export class Agent {
     this.#credentials = CredentialSources.empty();
     this.#audit?.close();
     this.#audit = undefined;
+    this.#lock?.release();
+    this.#lock = undefined;
   }
 
   /**

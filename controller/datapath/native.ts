@@ -117,6 +117,8 @@ interface Addon {
   setDumpable(dumpable: boolean): void;
   /** prctl(PR_GET_DUMPABLE): 0 (not dumpable), 1 or 2. */
   dumpable(): number;
+  /** open(O_CREAT, 0600) + flock(LOCK_NB), exclusive or shared; the fd. @throws errno EWOULDBLOCK when held. */
+  lockFile(path: string, exclusive: boolean): number;
   libbpfVersion(): string;
 }
 

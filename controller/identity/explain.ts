@@ -8,7 +8,7 @@ import path from 'node:path';
 import { WirekeyError } from '../errors.js';
 import { PinnedMaps } from '../datapath/pinned.js';
 import { kernelDev, type ExeKey } from '../datapath/layout.js';
-import { runtimeStatePath, type RuntimeState } from './runtime-state.js';
+import { readRuntimeState, type RuntimeState } from './runtime-state.js';
 
 export interface SelectorVerdict {
   selector: string;
@@ -40,12 +40,7 @@ export function explainPid(pid: number, stateDir: string): Explanation {
   } catch {
     throw new WirekeyError('WK_NO_PROCESS', `no process with pid ${pid}`);
   }
-  let state: RuntimeState;
-  try {
-    state = JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState;
-  } catch {
-    throw new WirekeyError('WK_NO_AGENT', `no agent state in ${stateDir}: is wirekey run running with --state-dir ${stateDir}?`);
-  }
+  const state = readRuntimeState(stateDir);
   const field = (name: string) => new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(status)?.[1];
   const tgid = Number(field('Tgid'));
   const uid = Number(field('Uid'));
