@@ -4,7 +4,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import path from 'node:path';
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { Agent } from '../agent/agent.js';
 import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
@@ -12,7 +12,8 @@ import { lintPolicyPath } from '../policy/load.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { explainPid, formatExplanation } from '../identity/explain.js';
 import { agentStatus, formatStatus } from '../identity/status.js';
-import { createLogger, isLogLevel, type LogLevel } from '../log.js';
+import { createLogger, isLogFormat, isLogLevel, type LogFormat, type LogLevel } from '../log.js';
+import { libbpfVersion, repoRoot } from '../datapath/native.js';
 import { makeNotDumpable } from '../datapath/dumpable.js';
 import { WirekeyError, PolicyError, BpfError } from '../errors.js';
 
@@ -62,13 +63,22 @@ function seconds(value: string): number {
   return Math.round(n * 1000);
 }
 
+function logFormat(value: string): LogFormat {
+  if (!isLogFormat(value)) throw new InvalidArgumentError('must be text or json');
+  return value;
+}
+
 function level(value: string): LogLevel {
   if (!isLogLevel(value)) throw new InvalidArgumentError('must be debug, info, warn or error');
   return value;
 }
 
+/** This build's version, from package.json next to it. */
+const VERSION = (JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version;
+
 const program = new Command()
   .name('wirekey')
+  .version(VERSION, '-V, --version', 'print the version')
   .description('Puts Vault-sourced credentials on the wire for Linux workloads that never hold them')
   .showHelpAfterError();
 
@@ -91,12 +101,14 @@ program
   .option('--kernel-audit <grain>', 'audit kernel datapath injections per request, or per connection and credential version', grain, 'request' as const)
   .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
+  .option('--log-format <format>', 'text (one line per event) or json (one object per line)', logFormat, 'text' as LogFormat)
   .action(async (opts: {
     policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
     sigv4BodyMemory: number; handshakeTimeout: number; maxHandshakes: number; maxConnectionsPerWorkload: number; idleTimeout: number;
-    kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel;
+    kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel; logFormat: LogFormat;
   }) => {
-    const log = createLogger(opts.logLevel);
+    const log = createLogger(opts.logLevel, undefined, opts.logFormat);
+    log.info('wirekey %s starting (pid %d, node %s, libbpf %s)', VERSION, process.pid, process.version, libbpfVersion());
     // Signals are taken from the first instruction: one that arrives while
     // the agent starts (a reload right after systemd starts it, a stop) is
     // acted on once it has started, never the default (terminate, leaving

@@ -20,6 +20,7 @@ export interface RuntimeState {
     cgroupPath?: string;
     /** Decimal string; null: the selector could not be resolved; absent: no cgroup selector. */
     cgroupId?: string | null;
+    /** The selector's file as the kernel numbers it (never the inode's address); ino as a decimal string. */
     exe?: { dev: number; ino: string } | null;
     uid?: number | null;
     problems: string[];

@@ -18,6 +18,7 @@
 #include "link.h"
 #include "map.h"
 #include "object.h"
+#include "probe.h"
 #include "ringbuf.h"
 
 #ifndef SO_NETNS_COOKIE
@@ -119,6 +120,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Map::Init(env, exports);
   Link::Init(env, exports);
   RingBuffer::Init(env, exports);
+  InitProbes(env, exports);
   exports.Set("openPinnedMap", Napi::Function::New(env, Map::OpenPinned));
   exports.Set("openMapById", Napi::Function::New(env, Map::OpenById));
   exports.Set("programMapIds", Napi::Function::New(env, ProgramMapIds));

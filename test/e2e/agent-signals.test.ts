@@ -6,7 +6,7 @@
  * instead of injecting unrecorded or stopping the agent.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { existsSync, readFileSync, renameSync } from 'node:fs';
+import { existsSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, HOST } from '../support/e2e-fixture.js';
 import { kernelSkipReason } from '../support/requirements.js';
@@ -55,10 +55,49 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
     expect(existsSync(f.pinDir)).toBe(false);
   });
 
+  it('the log names the version at start and the policy hash; a reload says what changed, and a refused one lists each problem on its own line', async () => {
+    const agent = await f.startAgent();
+    f.agentStopped = false;
+    try {
+      expect(agent.output()).toMatch(/info wirekey \d+\.\d+\.\d+ starting \(pid \d+, node v\d+/);
+      const hash = /info policy ([0-9a-f]{12}): 1 file\(s\)/.exec(agent.output())?.[1];
+      expect(hash).toBeDefined();
+      writeFileSync(path.join(f.policyDir, 'more.yaml'), `apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: other}
+spec: {selector: {cgroup: ${f.cgBase}/other}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: other-api}
+spec: {workload: other, service: api, inject: {bearer: {credential: api-token}}}
+`);
+      expect(await agent.reload()).toBe('reloaded');
+      expect(agent.output()).toMatch(new RegExp(`policy reloaded: policy ${hash} -> [0-9a-f]{12}; bindings added other-api`));
+      writeFileSync(path.join(f.policyDir, 'more.yaml'), 'kind: Nope\n---\nkind: Binding\nmetadata: {name: x}\n');
+      expect(await agent.reload()).toBe('failed');
+      const failed = agent.output().split('\n').filter((l) => / error policy/.test(l));
+      expect(failed[0]).toMatch(/policy reload failed, keeping the running policy: \d+ problem\(s\)$/);
+      expect(failed.slice(1).every((l) => /error policy: \S+more\.yaml:\d+:\d+: /.test(l))).toBe(true);
+    } finally {
+      rmSync(path.join(f.policyDir, 'more.yaml'), { force: true });
+      await agent.stop();
+      f.agentStopped = true;
+    }
+  });
+
   it('one agent per state dir and per pin dir; status tells a running agent from a dead one, with distinct exit codes', async () => {
     const status = (...extra: string[]) => run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir, ...extra]);
     const first = await f.startAgent();
     f.agentStopped = false;
+    f.onClose(() => first.kill());
+    // Health and readiness on the control socket (root only).
+    const sock = path.join(f.stateDir, 'agent.sock');
+    expect((statSync(sock).mode & 0o777).toString(8)).toBe('600');
+    for (const [route, body] of [['/healthz', 'ok'], ['/readyz', 'ready']]) {
+      const r = await run('curl', ['-sS', '--unix-socket', sock, '-w', ' %{http_code}', `http://wirekey${route}`]);
+      expect(r.stdout).toBe(`${body}\n 200`);
+    }
     const running = await status('--json');
     expect(running.code).toBe(0);
     expect(JSON.parse(running.stdout)).toMatchObject({ pid: expect.any(Number), maps: expect.any(Array) });
@@ -68,7 +107,7 @@ spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
         '--proxy-port', String(await freePort()), '--audit', path.join(f.dir, 'audit-2.log')]);
       expect(second.code).toBe(1);
       expect(second.stderr).toMatch(new RegExp(`another wirekey agent \\(pid \\d+\\) is running with the (state|pin) dir`));
-      expect(second.stderr.trim().split('\n')).toHaveLength(1);
+      expect(second.stderr.split('\n').filter((l) => l.startsWith('wirekey: '))).toHaveLength(1);
       expect(existsSync(`${f.pinDir}-other`)).toBe(false);
     }
     expect(await get('/still-first')).toMatchObject({ stdout: '200' });

@@ -146,3 +146,11 @@ describe('wirekey ca cert and status, misdirected', () => {
     }
   });
 });
+
+describe('wirekey --version', () => {
+  it('prints the package version', async () => {
+    const r = await wirekey('--version');
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe((JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version);
+  });
+});
