@@ -8,7 +8,7 @@ import type { Plan, PlanCredential, PlanVaultConnection } from '../policy/types.
 import type { Logger } from '../log.js';
 import type { CredentialSource } from './credential.js';
 import { FileCredentialSource } from './file-source.js';
-import { VaultConnection } from './vault/vault-connection.js';
+import { VaultConnection, type VaultRequestObserver } from './vault/vault-connection.js';
 import { VaultKvSource } from './vault/vault-kv-source.js';
 import { VaultLeaseSource } from './vault/vault-lease-source.js';
 
@@ -34,17 +34,18 @@ export class CredentialSources {
    * Sources for `plan`, taking over those of `previous` whose definition is
    * unchanged. New Vault connections log in here. Nothing of `previous` is
    * closed: call retire() once the new set is in force.
+   * `onRequest` is told about every HTTP call new connections make to Vault.
    * @throws VaultError when a new connection cannot log in (what this call
    *   started is closed again first).
    */
-  static async build(plan: Plan, previous: CredentialSources, log: Logger): Promise<CredentialSources> {
+  static async build(plan: Plan, previous: CredentialSources, log: Logger, onRequest?: VaultRequestObserver): Promise<CredentialSources> {
     const connections = new Map<string, Held<VaultConnection>>();
     const next = new CredentialSources(new Map(), connections);
     try {
       for (const spec of plan.vaultConnections.values()) {
         const key = JSON.stringify(spec);
         const old = previous.#connections.get(spec.name);
-        connections.set(spec.name, old && old.key === key ? old : { key, value: await startConnection(spec, log) });
+        connections.set(spec.name, old && old.key === key ? old : { key, value: await startConnection(spec, log, onRequest) });
       }
       for (const c of plan.credentials.values()) {
         const conn = c.vault ? connections.get(c.vault.connection) : undefined;
@@ -69,6 +70,11 @@ export class CredentialSources {
     return [...this.#sources.values()].map((s) => s.value);
   }
 
+  /** The Vault connections the sources use. */
+  connections(): VaultConnection[] {
+    return [...this.#connections.values()].map((c) => c.value);
+  }
+
   /** Closes what this set holds that `next` does not use: sources first (their leases are revoked), then connections. */
   async retire(next: CredentialSources): Promise<void> {
     const keptSources = new Set(next.values());
@@ -82,8 +88,8 @@ export class CredentialSources {
   }
 }
 
-async function startConnection(spec: PlanVaultConnection, log: Logger): Promise<VaultConnection> {
-  const conn = new VaultConnection(spec, { log });
+async function startConnection(spec: PlanVaultConnection, log: Logger, onRequest: VaultRequestObserver | undefined): Promise<VaultConnection> {
+  const conn = new VaultConnection(spec, { log, ...(onRequest ? { onRequest } : {}) });
   await conn.start();
   return conn;
 }
