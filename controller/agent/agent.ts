@@ -412,7 +412,7 @@ export class Agent {
     const { policy, files, warnings } = await loadPolicy(this.#opts.policyPath);
     for (const w of warnings) this.#log.warn('policy: %s:%d:%d: %s', w.file, w.line, w.column, w.message);
     const plan = compilePolicy(policy);
-    const credentials = await CredentialSources.build(plan, this.#credentials, this.#log, (r) => this.#metrics.vaultRequest(r));
+    const credentials = await CredentialSources.build(plan, this.#credentials, this.#log, { onRequest: (r) => this.#metrics.vaultRequest(r) });
     this.#log.info('policy %s: %d file(s), %d workload(s), %d service(s), %d binding(s)', planHash(plan), files.length,
       plan.workloads.size, plan.services.size, plan.bindings.length);
     return { plan, routes: new RouteTable(plan), credentials };
