@@ -26,6 +26,7 @@ import { credentialHeader } from '../inject/inject.js';
 import { AuditLog } from '../audit/audit-log.js';
 import { RouteTable } from '../proxy/routes.js';
 import { KernelBindings } from './kernel-bindings.js';
+import { AgentMetrics } from '../metrics/agent-metrics.js';
 import { CredentialError, NotSupportedError, PolicyError } from '../errors.js';
 import type { Logger } from '../log.js';
 
@@ -53,6 +54,8 @@ export interface AgentOptions {
   kernelAliveTimeoutMs?: number;
   /** How often cgroup selectors are resolved again (cgroups come and go). */
   resyncIntervalMs?: number;
+  /** Also serve /metrics, /healthz and /readyz (only those) on this TCP address; the control socket always serves them. */
+  metricsListen?: { host: string; port: number };
   log: Logger;
 }
 
@@ -92,10 +95,21 @@ export class Agent {
   #ready = false;
   /** The plan in force before the last reload, to say what it changed. */
   #lastPlan: Plan | undefined;
+  readonly #metrics: AgentMetrics;
+  /** --metrics-listen: metrics and health on TCP. */
+  #metricsServer: ControlServer | undefined;
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
     this.#log = opts.log;
+    this.#metrics = new AgentMetrics({
+      ready: () => this.#ready,
+      proxy: () => this.#proxy?.stats(),
+      datapath: () => this.#datapath,
+      kernelHttp: () => this.#datapath?.kernelHttp,
+      credentials: () => this.#credentials.values(),
+      vaultConnections: () => this.#credentials.connections(),
+    });
   }
 
   /**
@@ -133,7 +147,9 @@ export class Agent {
       res.writeHead(this.#ready ? 200 : 503, { 'content-type': 'text/plain' }).end(`${state}\n`);
     });
     await this.#control.listen(controlSocketPath(this.#opts.stateDir));
+    await this.#serveMetrics(this.#control);
     const next = await this.#loadPlan();
+    this.#metrics.policyApplied(planHash(next.plan));
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
@@ -156,6 +172,7 @@ export class Agent {
       limits: this.#opts.proxyLimits,
       audit: this.#audit,
       log: this.#log,
+      observer: this.#metrics,
     });
     // Listen before attaching: a redirect must never point at a closed port.
     await this.#proxy.listen(this.#opts.proxyPort);
@@ -192,7 +209,11 @@ export class Agent {
       this.#kernelBindings = kernelBindings;
       await kernelBindings.apply(this.#plan, this.#credentials);
       // Read on the event loop (a uv_poll on the ring buffer), never by blocking it.
-      kh.events((e) => this.#audit?.recordSoon(kernelBindings.auditEvent(e)), {
+      kh.events((e) => {
+        const event = kernelBindings.auditEvent(e);
+        this.#audit?.recordSoon(event);
+        this.#metrics.kernelEvent(event);
+      }, {
         onError: (err) => this.#log.error('kernel datapath audit events: %s', (err as Error).message),
       });
       // Rotation: file sources notice a change within a second, Vault ones on their refresh.
@@ -223,6 +244,29 @@ export class Agent {
   /** The control socket, for routes other parts add (reload, metrics). */
   get control(): ControlServer | undefined {
     return this.#control;
+  }
+
+  /**
+   * Metrics: GET /metrics on the control socket and, with metricsListen, a
+   * TCP listener that serves /metrics, /healthz and /readyz only (the same
+   * handlers; nothing that changes state is ever reachable over TCP).
+   * @throws WirekeyError WK_METRICS_LISTEN
+   */
+  async #serveMetrics(control: ControlServer): Promise<void> {
+    control.route('GET', '/metrics', async (_req, res) => {
+      const { contentType, body } = await this.#metrics.render();
+      res.writeHead(200, { 'content-type': contentType }).end(body);
+    });
+    const listen = this.#opts.metricsListen;
+    if (!listen) return;
+    const server = new ControlServer(this.#log, 'metrics');
+    for (const route of ['/metrics', '/healthz', '/readyz']) {
+      const handler = control.handler('GET', route);
+      if (handler) server.route('GET', route, handler);
+    }
+    await server.listenTcp(listen.host, listen.port);
+    this.#metricsServer = server;
+    this.#log.info('metrics and health on http://%s:%d/metrics', listen.host.includes(':') ? `[${listen.host}]` : listen.host, listen.port);
   }
 
   /**
@@ -259,6 +303,7 @@ export class Agent {
       const lines = err instanceof PolicyError ? err.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`) : [(err as Error).message];
       this.#log.error('policy reload failed, keeping the running policy: %d problem(s)', lines.length);
       for (const line of lines) this.#log.error('policy: %s', line);
+      this.#metrics.reloaded(false);
       return false;
     }
     const datapath = this.#datapath;
@@ -281,6 +326,7 @@ export class Agent {
         this.#log.error('cannot restore the kernel datapath bindings: %s', (e as Error).message));
       this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
       await next.credentials.retire(this.#credentials);
+      this.#metrics.reloaded(false);
       return false;
     }
     const retired = this.#credentials;
@@ -298,6 +344,8 @@ export class Agent {
     const before = this.#lastPlan;
     this.#lastPlan = next.plan;
     this.#log.info('policy reloaded: %s', describeChange(before, next.plan));
+    this.#metrics.policyApplied(planHash(next.plan));
+    this.#metrics.reloaded(true);
     return true;
   }
 
@@ -347,6 +395,8 @@ export class Agent {
     this.#credentials = CredentialSources.empty();
     this.#audit?.close();
     this.#audit = undefined;
+    await this.#metricsServer?.close();
+    this.#metricsServer = undefined;
     await this.#control?.close();
     this.#control = undefined;
     this.#lock?.release();
@@ -362,7 +412,7 @@ export class Agent {
     const { policy, files, warnings } = await loadPolicy(this.#opts.policyPath);
     for (const w of warnings) this.#log.warn('policy: %s:%d:%d: %s', w.file, w.line, w.column, w.message);
     const plan = compilePolicy(policy);
-    const credentials = await CredentialSources.build(plan, this.#credentials, this.#log);
+    const credentials = await CredentialSources.build(plan, this.#credentials, this.#log, { onRequest: (r) => this.#metrics.vaultRequest(r) });
     this.#log.info('policy %s: %d file(s), %d workload(s), %d service(s), %d binding(s)', planHash(plan), files.length,
       plan.workloads.size, plan.services.size, plan.bindings.length);
     return { plan, routes: new RouteTable(plan), credentials };

@@ -63,6 +63,15 @@ function seconds(value: string): number {
   return Math.round(n * 1000);
 }
 
+/** "127.0.0.1:9464", "[::1]:9464", "localhost:9464": a TCP address to listen on (a host is required: no silent 0.0.0.0). */
+function listenAddress(value: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:\s[\]]+)):(\d+)$/.exec(value.trim());
+  if (!m) throw new InvalidArgumentError('must be HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464');
+  const n = Number(m[3]);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('must end in a port number (1-65535)');
+  return { host: (m[1] ?? m[2]) as string, port: n };
+}
+
 function logFormat(value: string): LogFormat {
   if (!isLogFormat(value)) throw new InvalidArgumentError('must be text or json');
   return value;
@@ -102,10 +111,12 @@ program
   .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
   .option('--log-format <format>', 'text (one line per event) or json (one object per line)', logFormat, 'text' as LogFormat)
+  .option('--metrics-listen <host:port>', 'also serve /metrics, /healthz and /readyz over TCP here (the control socket STATE_DIR/agent.sock always does)', listenAddress)
   .action(async (opts: {
     policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
     sigv4BodyMemory: number; handshakeTimeout: number; maxHandshakes: number; maxConnectionsPerWorkload: number; idleTimeout: number;
     kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel; logFormat: LogFormat;
+    metricsListen?: { host: string; port: number };
   }) => {
     const log = createLogger(opts.logLevel, undefined, opts.logFormat);
     log.info('wirekey %s starting (pid %d, node %s, libbpf %s)', VERSION, process.pid, process.version, libbpfVersion());
@@ -165,6 +176,7 @@ program
         kernelDatapath: opts.kernelDatapath,
         kernelAuditGrain: opts.kernelAudit,
         kernelAliveTimeoutMs: opts.kernelAliveTimeout,
+        ...(opts.metricsListen ? { metricsListen: opts.metricsListen } : {}),
         log,
       });
     } catch (err) {

@@ -3,7 +3,7 @@ import { open, stat } from 'node:fs/promises';
 import YAML from 'yaml';
 import { CredentialError } from '../errors.js';
 import { Secret } from './secret.js';
-import type { Credential, CredentialSource } from './credential.js';
+import type { Credential, CredentialSource, CredentialState } from './credential.js';
 
 export interface FileCredentialSourceOptions {
   /** The credential's name in policy; used in every error message. */
@@ -176,6 +176,16 @@ export class FileCredentialSource implements CredentialSource {
     } finally {
       await handle.close();
     }
+  }
+
+  /** The file's mtime is the value's age; no version, no expiry. */
+  state(): CredentialState {
+    const cached = this.lastCheck?.error ? undefined : this.cached;
+    return {
+      available: cached !== undefined,
+      ...(cached ? { createdAt: Number(cached.identity.mtimeNs / 1_000_000n) } : {}),
+      degraded: this.lastCheck?.error !== undefined,
+    };
   }
 
   /** Nothing to release: the value lives only in this process's memory. */

@@ -8,7 +8,7 @@ import type { Plan, PlanCredential, PlanVaultConnection } from '../policy/types.
 import type { Logger } from '../log.js';
 import type { CredentialSource } from './credential.js';
 import { FileCredentialSource } from './file-source.js';
-import { VaultConnection } from './vault/vault-connection.js';
+import { VaultConnection, type VaultRequestObserver } from './vault/vault-connection.js';
 import { VaultKvSource } from './vault/vault-kv-source.js';
 import { VaultLeaseSource } from './vault/vault-lease-source.js';
 
@@ -16,6 +16,8 @@ import { VaultLeaseSource } from './vault/vault-lease-source.js';
 export interface SourceOptions {
   /** File sources' minimum time between two stat() calls, ms. Default: FileCredentialSource's (1 s). */
   fileRecheckIntervalMs?: number;
+  /** Told about every HTTP call new Vault connections make (metrics). */
+  onRequest?: VaultRequestObserver;
 }
 
 interface Held<T> {
@@ -51,7 +53,7 @@ export class CredentialSources {
       for (const spec of plan.vaultConnections.values()) {
         const key = JSON.stringify(spec);
         const old = previous.#connections.get(spec.name);
-        connections.set(spec.name, old && old.key === key ? old : { key, value: await startConnection(spec, log) });
+        connections.set(spec.name, old && old.key === key ? old : { key, value: await startConnection(spec, log, options.onRequest) });
       }
       for (const c of plan.credentials.values()) {
         const conn = c.vault ? connections.get(c.vault.connection) : undefined;
@@ -76,6 +78,11 @@ export class CredentialSources {
     return [...this.#sources.values()].map((s) => s.value);
   }
 
+  /** The Vault connections the sources use. */
+  connections(): VaultConnection[] {
+    return [...this.#connections.values()].map((c) => c.value);
+  }
+
   /** Closes what this set holds that `next` does not use: sources first (their leases are revoked), then connections. */
   async retire(next: CredentialSources): Promise<void> {
     const keptSources = new Set(next.values());
@@ -89,8 +96,8 @@ export class CredentialSources {
   }
 }
 
-async function startConnection(spec: PlanVaultConnection, log: Logger): Promise<VaultConnection> {
-  const conn = new VaultConnection(spec, { log });
+async function startConnection(spec: PlanVaultConnection, log: Logger, onRequest: VaultRequestObserver | undefined): Promise<VaultConnection> {
+  const conn = new VaultConnection(spec, { log, ...(onRequest ? { onRequest } : {}) });
   await conn.start();
   return conn;
 }

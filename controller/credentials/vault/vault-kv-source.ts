@@ -1,7 +1,7 @@
 import util from 'node:util';
 import { CredentialError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import type { Credential, CredentialSource } from '../credential.js';
+import type { Credential, CredentialSource, CredentialState } from '../credential.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
 import type { VaultConnection } from './vault-connection.js';
 import { VaultError } from './vault-error.js';
@@ -53,6 +53,8 @@ interface Cached {
   credential: Credential;
   version: string | undefined;
   fetchedAt: number;
+  /** The version's created_time (epoch ms), when Vault gave one. */
+  createdAt: number | undefined;
 }
 
 /**
@@ -151,6 +153,17 @@ export class VaultKvSource implements CredentialSource {
     };
   }
 
+  state(): CredentialState {
+    const cached = this.#cached;
+    const version = cached?.version !== undefined ? Number(cached.version) : NaN;
+    return {
+      available: cached !== undefined,
+      ...(cached ? { createdAt: cached.createdAt ?? cached.fetchedAt } : {}),
+      ...(Number.isFinite(version) ? { version } : {}),
+      degraded: this.#outageSince !== undefined || (cached === undefined && this.#failure !== undefined),
+    };
+  }
+
   /** Drops the cached value. Nothing to revoke: KV secrets have no lease. */
   async close(): Promise<void> {
     this.#closed = true;
@@ -196,8 +209,10 @@ export class VaultKvSource implements CredentialSource {
         fields: res.data.secrets('data'),
         ...(version !== undefined ? { version } : {}),
       };
+      const created = res.data.metadata('metadata', 'created_time');
+      const createdAt = typeof created === 'string' ? Date.parse(created) : NaN;
       const previous = this.#cached;
-      const fresh: Cached = { credential, version, fetchedAt: this.#now() };
+      const fresh: Cached = { credential, version, fetchedAt: this.#now(), createdAt: Number.isFinite(createdAt) ? createdAt : undefined };
       if (this.#closed) return fresh;
       this.#cached = fresh;
       this.#failure = undefined;
