@@ -96,8 +96,9 @@ spec: {workload: other, service: api, inject: {bearer: {credential: api-token}}}
     expect(lines.length).toBeGreaterThan(0);
     for (const line of lines) expect(line.startsWith(`${more()}:`)).toBe(true);
     expect(r.stderr).toMatch(/^wirekey: reload refused: \d+ problem\(s\) in .*; the agent was not asked, its running policy stays in force\n$/);
-    await new Promise((res) => setTimeout(res, 300));
-    expect(notify.received.slice(from).filter((n) => field(n, 'RELOADING'))).toEqual([]);
+    // Whatever the agent sent before the command exited is in the queue ahead of the barrier.
+    const barrier = await notify.barrier();
+    expect(notify.between(from, barrier).filter((n) => field(n, 'RELOADING'))).toEqual([]);
     expect(agent.output()).not.toMatch(/policy reload failed/);
   });
 
@@ -122,6 +123,7 @@ spec: {workload: app, service: plain, inject: {bearer: {credential: api-token}}}
     const ready = await notify.next((n) => field(n, 'READY') === '1', 'READY=1', from);
     expect(field(ready, 'STATUS')).toMatch(new RegExp(`^policy refused, previous in force: 2 workload\\(s\\), 2 binding\\(s\\), policy ${hash}; .*kernel HTTP datapath`));
     expect(await get('/after-refused')).toMatchObject({ stdout: '200' });
+    await f.upstream.sync();
     expect(f.upstream.records.at(-1)).toMatchObject({ url: '/after-refused', authorization: [f.expectedAuth] });
   });
 
@@ -137,7 +139,9 @@ spec: {workload: app, service: plain, inject: {bearer: {credential: api-token}}}
     f.agentStopped = true;
     const stopping = await notify.next((n) => field(n, 'STOPPING') === '1', 'STOPPING=1', from);
     expect(field(stopping, 'STATUS')).toMatch(/^SIGTERM/);
-    expect(notify.received.slice(notify.received.indexOf(stopping) + 1)).toEqual([]);
+    // The agent has exited: all it sent is ahead of the barrier, and nothing came after STOPPING=1.
+    const barrier = await notify.barrier();
+    expect(notify.between(notify.received.indexOf(stopping) + 1, barrier)).toEqual([]);
     const gone = await reload();
     expect(gone.code).toBe(3);
   });

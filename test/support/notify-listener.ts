@@ -7,6 +7,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { waitFor } from './wait.js';
+import { sendNotification } from '../../controller/datapath/notify-socket.js';
 
 const LISTENER = String.raw`
 import json, os, socket, struct, sys
@@ -83,6 +84,23 @@ export class NotifyListener {
     let found: Notification | undefined;
     await waitFor(() => (found = this.received.slice(from).find(match)) !== undefined, `${what} on ${this.socket}; got: ${JSON.stringify(this.received.map((n) => n.message))}`, timeoutMs);
     return found as Notification;
+  }
+
+  /**
+   * Sends a datagram of its own and waits for it: the socket's queue is in
+   * order, so everything sent before this call (by any process) has been
+   * received once it returns. Returns its index in `received`.
+   */
+  async barrier(): Promise<number> {
+    const mark = `BARRIER=${randomBytes(6).toString('hex')}`;
+    sendNotification(this.socket, mark);
+    await this.next((n) => n.message === mark, mark);
+    return this.received.findIndex((n) => n.message === mark);
+  }
+
+  /** What arrived from index `from` up to (not including) `to`, barriers left out. */
+  between(from: number, to: number): Notification[] {
+    return this.received.slice(from, to).filter((n) => n.fields[0]?.[0] !== 'BARRIER');
   }
 
   close(): void {
