@@ -16,6 +16,7 @@ import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/d
 import { findCgroup2Root } from '../datapath/cgroup.js';
 import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
 import { ControlServer, controlSocketPath } from './control-server.js';
+import type { ServiceNotifications } from './service-notifier.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../identity/tables.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
@@ -57,6 +58,20 @@ export interface AgentOptions {
   /** Also serve /metrics, /healthz and /readyz (only those) on this TCP address; the control socket always serves them. */
   metricsListen?: { host: string; port: number };
   log: Logger;
+  /** Told when the agent is ready, reloads and what it runs (systemd's Type=notify); none outside systemd. */
+  notifier?: ServiceNotifications;
+}
+
+/** What a reload did: what POST /reload answers and `wirekey reload` prints. */
+export interface ReloadResult {
+  /** Whether the policy read now is the one in force. */
+  applied: boolean;
+  /** Why it was refused: "file:line:column: message" per policy problem, or one line naming the cause. */
+  problems: string[];
+  /** The hash of the policy in force after the reload (the new one when applied, the previous one otherwise). */
+  policy: string;
+  /** What an applied reload changed: "policy a -> b; bindings added x; ...". */
+  change?: string;
 }
 
 interface LoadedPlan {
@@ -148,6 +163,18 @@ export class Agent {
     });
     await this.#control.listen(controlSocketPath(this.#opts.stateDir));
     await this.#serveMetrics(this.#control);
+
+    // `wirekey reload` (and systemd's ExecReload through it): the result of
+    // the reload it asked for, once it has ended; 200 whether applied or refused.
+    this.#control.route('POST', '/reload', async (_req, res) => {
+      if (!this.#ready && !this.#stopping) {
+        res.writeHead(503, { 'content-type': 'text/plain' }).end('starting: the policy is read once the agent has started\n');
+        return;
+      }
+      const result = await this.reload();
+      res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(result)}\n`);
+    });
+
     const next = await this.#loadPlan();
     this.#metrics.policyApplied(planHash(next.plan));
     this.#plan = next.plan;
@@ -239,6 +266,17 @@ export class Agent {
       this.#opts.proxyPort, this.#opts.proxyPort, this.#datapath.programIds().join(','), this.#cgroupRoot, added, this.#opts.pinDir,
     );
     this.#ready = true;
+    this.#opts.notifier?.ready(this.#readyStatus());
+  }
+
+  /** The hash of the plan in force ("none" before one is). */
+  #policyHash(): string {
+    return this.#plan ? planHash(this.#plan) : 'none';
+  }
+
+  /** systemd's STATUS= line while the agent serves: "ready: 2 workloads, 3 bindings, policy 1a2b3c4d5e6f". */
+  #readyStatus(): string {
+    return `ready: ${this.#plan.workloads.size} workload(s), ${this.#plan.bindings.length} binding(s), policy ${planHash(this.#plan)}`;
   }
 
   /** The control socket, for routes other parts add (reload, metrics). */
@@ -272,13 +310,29 @@ export class Agent {
   /**
    * Loads the policy again and applies it whole, or not at all: a policy
    * that does not load, or that the kernel maps cannot hold, leaves the
-   * running one in force. Returns whether the new policy was applied.
-   * Reloads and stop() run one at a time, in the order asked; a reload
-   * asked for once stop() has been called does nothing and returns false.
+   * running one in force. Returns whether the new policy was applied and,
+   * when not, why (one line per problem). Reloads and stop() run one at a
+   * time, in the order asked; a reload asked for once stop() has been
+   * called does nothing and is refused. The service manager is told
+   * RELOADING=1 before and READY=1 after, with a status line that says
+   * which policy is in force.
    */
-  reload(): Promise<boolean> {
-    if (this.#stopping) return Promise.resolve(false);
-    return this.#serially(() => this.#reload());
+  reload(): Promise<ReloadResult> {
+    if (this.#stopping) return Promise.resolve({ applied: false, problems: ['the agent is stopping'], policy: this.#policyHash() });
+    return this.#serially(async () => {
+      const notifier = this.#opts.notifier;
+      notifier?.reloading('reloading the policy');
+      let result: ReloadResult | undefined;
+      try {
+        result = await this.#reload();
+        return result;
+      } finally {
+        if (!result) notifier?.ready(`reload failed, previous policy ${this.#policyHash()} may be partly in force: see the log`);
+        else if (result.applied) notifier?.ready(this.#readyStatus());
+        else notifier?.ready(`policy refused, previous in force: ${this.#readyStatus().replace(/^ready: /, '')}; ${result.problems[0] ?? ''}` +
+          `${result.problems.length > 1 ? ` (and ${result.problems.length - 1} more problem(s))` : ''}`);
+      }
+    });
   }
 
   /** Stops everything that was started, in reverse order, after any reload in progress. Idempotent. */
@@ -294,7 +348,8 @@ export class Agent {
     return run;
   }
 
-  async #reload(): Promise<boolean> {
+  async #reload(): Promise<ReloadResult> {
+    const refused = (problems: string[]): ReloadResult => ({ applied: false, problems, policy: this.#policyHash() });
     let next: LoadedPlan;
     try {
       next = await this.#loadPlan();
@@ -304,12 +359,12 @@ export class Agent {
       this.#log.error('policy reload failed, keeping the running policy: %d problem(s)', lines.length);
       for (const line of lines) this.#log.error('policy: %s', line);
       this.#metrics.reloaded(false);
-      return false;
+      return refused(lines);
     }
     const datapath = this.#datapath;
     if (!datapath || !this.#resolver) {
       await next.credentials.retire(this.#credentials);
-      return false;
+      return refused(['the agent is not running']);
     }
     const resolved = await this.#resolver.resolve(next.plan.workloads.values());
     const previous = { ports: this.#routes.portBindings(), identity: identityTables(this.#resolved) };
@@ -327,7 +382,7 @@ export class Agent {
       this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
       await next.credentials.retire(this.#credentials);
       this.#metrics.reloaded(false);
-      return false;
+      return refused([(err as Error).message]);
     }
     const retired = this.#credentials;
     this.#lastPlan = this.#plan;
@@ -343,10 +398,11 @@ export class Agent {
     await this.#checkCredentials();
     const before = this.#lastPlan;
     this.#lastPlan = next.plan;
-    this.#log.info('policy reloaded: %s', describeChange(before, next.plan));
+    const change = describeChange(before, next.plan);
+    this.#log.info('policy reloaded: %s', change);
     this.#metrics.policyApplied(planHash(next.plan));
     this.#metrics.reloaded(true);
-    return true;
+    return { applied: true, problems: [], policy: planHash(next.plan), change };
   }
 
   /**
@@ -561,6 +617,7 @@ export class Agent {
   #writeRuntimeState(): void {
     const state: RuntimeState = {
       pid: process.pid,
+      policyPath: this.#opts.policyPath,
       pinDir: this.#opts.pinDir,
       cgroupRoot: this.#cgroupRoot,
       workloads: this.#resolved.map((r) => ({

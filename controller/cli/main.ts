@@ -1,11 +1,14 @@
 #!/usr/bin/env node
 /**
- * wirekey's command line: `run`, `validate`, `ca cert`.
+ * wirekey's command line: `run`, `reload`, `validate`, `status`, `explain`, `ca cert`.
  */
 import { Command, InvalidArgumentError } from 'commander';
 import path from 'node:path';
 import { existsSync, readFileSync } from 'node:fs';
-import { Agent } from '../agent/agent.js';
+import { Agent, type ReloadResult } from '../agent/agent.js';
+import { ServiceNotifier } from '../agent/service-notifier.js';
+import { requestReload } from '../agent/control-client.js';
+import { readRuntimeState } from '../identity/runtime-state.js';
 import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
 import { lintPolicyPath } from '../policy/load.js';
@@ -120,6 +123,11 @@ program
   }) => {
     const log = createLogger(opts.logLevel, undefined, opts.logFormat);
     log.info('wirekey %s starting (pid %d, node %s, libbpf %s)', VERSION, process.pid, process.version, libbpfVersion());
+    // Under systemd (Type=notify): READY=1, STATUS=, RELOADING=1, STOPPING=1,
+    // and the watchdog pinged from now on, start-up included.
+    const notifier = ServiceNotifier.fromEnvironment(log);
+    notifier.status('starting: loading the policy, attaching programs');
+    notifier.startWatchdog();
     // Signals are taken from the first instruction: one that arrives while
     // the agent starts (a reload right after systemd starts it, a stop) is
     // acted on once it has started, never the default (terminate, leaving
@@ -130,6 +138,7 @@ program
     const stop = (signal: string) => {
       if (stopSignal) return;
       stopSignal = signal;
+      notifier.stopping(`${signal}: detaching and stopping`);
       if (!agent) {
         log.info('%s: stopping once started', signal);
         return;
@@ -146,7 +155,7 @@ program
         return;
       }
       log.info('SIGHUP: reloading the policy');
-      void agent.reload();
+      agent.reload().catch((err: unknown) => log.error('policy reload: %s', (err as Error).message));
     };
     process.on('SIGHUP', reload);
     process.on('SIGUSR1', () => agent?.reopenAudit());
@@ -178,8 +187,10 @@ program
         kernelAliveTimeoutMs: opts.kernelAliveTimeout,
         ...(opts.metricsListen ? { metricsListen: opts.metricsListen } : {}),
         log,
+        notifier,
       });
     } catch (err) {
+      notifier.status(`failed to start: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`);
       fail(err);
       return;
     }
@@ -207,6 +218,42 @@ program
       process.stderr.write(`${target}: valid${found.length ? ` (${found.length} warning(s))` : ''}\n`);
     }
   });
+
+program
+  .command('reload')
+  .description('check the running agent\'s policy, have the agent apply it and wait for the result; exits 0 when applied, ' +
+    '1 when refused (the running policy stays in force; the reasons are printed), 3 when no agent runs, 4 without permission, ' +
+    '5 when the agent did not answer or cannot reload now')
+  .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
+  .option('--timeout <duration>', 'how long to wait for the agent\'s answer', duration, 60_000)
+  .action(async (opts: { stateDir: string; timeout: number }) => {
+    try {
+      // The policy as the agent reads it (its --policy): a file that does not
+      // validate is never sent to the agent, as ExecStartPre never starts one.
+      const { policyPath } = readRuntimeState(opts.stateDir);
+      if (policyPath) {
+        const found = await lintPolicyPath(policyPath);
+        for (const d of found) process.stdout.write(`${d.file}:${d.line}:${d.column}: ${d.severity === 'warning' ? 'warning: ' : ''}${d.message}\n`);
+        const problems = found.filter((d) => d.severity !== 'warning');
+        if (problems.length) throw new ReloadRefused(`${problems.length} problem(s) in ${policyPath}; the agent was not asked, its running policy stays in force`);
+      }
+      const result: ReloadResult = await requestReload(opts.stateDir, opts.timeout);
+      if (!result.applied) {
+        for (const p of result.problems) process.stdout.write(`${p}\n`);
+        throw new ReloadRefused(`the agent refused the policy (${result.problems.length} problem(s)); policy ${result.policy} stays in force`);
+      }
+      process.stderr.write(`reloaded: ${result.change ?? `policy ${result.policy}`}\n`);
+    } catch (err) {
+      fail(err);
+    }
+  });
+
+/** `wirekey reload` was answered: the policy was not applied (exit 1). */
+class ReloadRefused extends WirekeyError {
+  constructor(message: string) {
+    super('WK_RELOAD_REFUSED', `reload refused: ${message}`);
+  }
+}
 
 program
   .command('explain')
@@ -275,11 +322,16 @@ function fail(err: unknown): void {
   process.exitCode = exitCodeOf(err);
 }
 
-/** 3: no agent runs (as LSB status and systemctl say it); 4: not permitted to tell; 1: anything else. */
+/**
+ * 3: no agent runs (as LSB status and systemctl say it); 4: not permitted to
+ * tell; 5: the agent did not answer on its control socket (or cannot reload
+ * now); 1: anything else (a refused reload included).
+ */
 function exitCodeOf(err: unknown): number {
   const code = err instanceof WirekeyError ? err.code : undefined;
   if (code === 'WK_NO_AGENT') return 3;
   if (code === 'WK_ACCESS') return 4;
+  if (code === 'WK_CONTROL') return 5;
   return 1;
 }
 

@@ -11,6 +11,8 @@ import { WirekeyError } from '../errors.js';
 
 export interface RuntimeState {
   pid: number;
+  /** The agent's --policy (absolute): what `wirekey reload` checks before asking it to reload. */
+  policyPath: string;
   pinDir: string;
   cgroupRoot: string;
   workloads: {

@@ -95,7 +95,7 @@ ${docs}`);
   }
 
   /** Starts `wirekey run`; with `cgroup`, the agent itself runs in that cgroup. */
-  async startAgent(opts: { cgroup?: string; extraArgs?: string[]; wrapper?: string[] } = {}): Promise<RunningAgent> {
+  async startAgent(opts: { cgroup?: string; extraArgs?: string[]; wrapper?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<RunningAgent> {
     this.proxyPort = await freePort();
     this.agent = await startAgent({
       policy: this.policyDir,
@@ -107,6 +107,7 @@ ${docs}`);
       cgroup: opts.cgroup,
       extraArgs: opts.extraArgs,
       wrapper: opts.wrapper,
+      env: opts.env,
     });
     return this.agent;
   }
