@@ -60,11 +60,13 @@ export async function checkHost(policy: Policy, options: HostCheckOptions = {}):
   };
   const out: PolicyDiagnostic[] = [];
   for (const doc of policy.documents) {
+    const found: PolicyDiagnostic[] = [];
     const say = (at: PolicyPath, message: string, warning = false) =>
-      out.push({ ...positionOf(doc, at), message: `${label(doc)}: ${at.join('.')}: ${message}`, ...(warning ? { severity: 'warning' as const } : {}) });
+      found.push({ ...positionOf(doc, at), message: `${label(doc)}: ${at.join('.')}: ${message}`, ...(warning ? { severity: 'warning' as const } : {}) });
     if (doc.kind === 'CredentialSource') await credentialFile(doc, say);
     else if (doc.kind === 'VaultConnection') await vaultFiles(doc, say);
     else if (doc.kind === 'Workload') await selectors(doc, say, { passwd, unitCgroup, root });
+    out.push(...found.sort((a, b) => a.line - b.line || a.column - b.column));
   }
   return out;
 }
