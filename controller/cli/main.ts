@@ -229,6 +229,8 @@ program
     try {
       const s = agentStatus(opts.stateDir);
       process.stdout.write(opts.json ? `${JSON.stringify(s, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n` : formatStatus(s));
+      // A dead agent's pins are reported, but it is not running.
+      if (!s.running) process.exitCode = 3;
     } catch (err) {
       fail(err);
     }

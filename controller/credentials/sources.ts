@@ -12,6 +12,12 @@ import { VaultConnection } from './vault/vault-connection.js';
 import { VaultKvSource } from './vault/vault-kv-source.js';
 import { VaultLeaseSource } from './vault/vault-lease-source.js';
 
+/** How the sources of a plan are built, beyond what the plan says. */
+export interface SourceOptions {
+  /** File sources' minimum time between two stat() calls, ms. Default: FileCredentialSource's (1 s). */
+  fileRecheckIntervalMs?: number;
+}
+
 interface Held<T> {
   key: string;
   value: T;
@@ -32,12 +38,13 @@ export class CredentialSources {
 
   /**
    * Sources for `plan`, taking over those of `previous` whose definition is
-   * unchanged. New Vault connections log in here. Nothing of `previous` is
-   * closed: call retire() once the new set is in force.
+   * unchanged (a source taken over keeps the options it was built with).
+   * New Vault connections log in here. Nothing of `previous` is closed:
+   * call retire() once the new set is in force.
    * @throws VaultError when a new connection cannot log in (what this call
    *   started is closed again first).
    */
-  static async build(plan: Plan, previous: CredentialSources, log: Logger): Promise<CredentialSources> {
+  static async build(plan: Plan, previous: CredentialSources, log: Logger, options: SourceOptions = {}): Promise<CredentialSources> {
     const connections = new Map<string, Held<VaultConnection>>();
     const next = new CredentialSources(new Map(), connections);
     try {
@@ -52,7 +59,7 @@ export class CredentialSources {
         const key = JSON.stringify([c.file, c.vault, conn?.key]);
         const old = previous.#sources.get(c.name);
         const reuse = old && old.key === key && (!c.vault || previous.#connections.get(c.vault.connection)?.value === conn?.value);
-        next.#sources.set(c.name, reuse ? old : { key, value: create(c, conn?.value, log) });
+        next.#sources.set(c.name, reuse ? old : { key, value: create(c, conn?.value, log, options) });
       }
     } catch (err) {
       await next.retire(previous);
@@ -88,8 +95,10 @@ async function startConnection(spec: PlanVaultConnection, log: Logger): Promise<
   return conn;
 }
 
-function create(c: PlanCredential, connection: VaultConnection | undefined, log: Logger): CredentialSource {
-  if (c.file) return new FileCredentialSource({ name: c.name, path: c.file.path, field: c.file.field });
+function create(c: PlanCredential, connection: VaultConnection | undefined, log: Logger, options: SourceOptions): CredentialSource {
+  if (c.file) {
+    return new FileCredentialSource({ name: c.name, path: c.file.path, field: c.file.field, recheckIntervalMs: options.fileRecheckIntervalMs });
+  }
   const v = c.vault;
   // compile() and check() guarantee a Vault read and its connection.
   if (!v || !connection) throw new Error(`credential ${c.name} has neither a file nor a Vault connection`);

@@ -176,7 +176,9 @@ int bad(struct bpf_sock_addr *ctx)
 char LICENSE[] SEC("license") = "GPL";
 `,
     );
-    const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', '-I', path.join(repoRoot, 'build/bpf'), '-c', src, '-o', out]);
+    // clang is slow on an emulated CPU: the object exists only once it has finished.
+    const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', '-I', path.join(repoRoot, 'build/bpf'), '-c', src, '-o', out], { timeoutMs: 600_000 });
+    expect(cc.code, cc.stderr).toBe(0);
     expect(cc.stderr).not.toMatch(/error/);
     const bad = new (native().BpfObject)(out);
     try {
@@ -195,7 +197,7 @@ char LICENSE[] SEC("license") = "GPL";
     } finally {
       bad.close();
     }
-  });
+  }, 660_000);
 
   it('operations on a closed object fail cleanly', () => {
     const o = new (native().BpfObject)(objectPath);

@@ -119,9 +119,13 @@ ${docs}`);
     return runInCgroup(cg, 'setpriv', [`--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', binary, ...curlArgs]);
   }
 
-  /** The upstream's records after `before`, once in-flight requests have landed. */
-  async recordsSince(before: number, settleMs = 200): Promise<UpstreamRecord[]> {
-    await new Promise((r) => setTimeout(r, settleMs));
+  /**
+   * The upstream's records after `before`, including every request the
+   * upstream has answered by now: call it once the client has its response
+   * (or its refusal).
+   */
+  async recordsSince(before: number): Promise<UpstreamRecord[]> {
+    await this.upstream.sync();
     return this.upstream.records.slice(before);
   }
 

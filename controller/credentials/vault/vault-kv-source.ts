@@ -32,6 +32,8 @@ export interface VaultKvSourceOptions {
   /** Retry delays after a failed read. Default 1 s doubling to 60 s (never more than `refreshMs`). */
   backoff?: Partial<BackoffOptions>;
   log: Logger;
+  /** The clock refreshes, backoff and staleness are measured on, epoch ms. Default `Date.now`. */
+  now?: () => number;
 }
 
 export interface VaultKvSourceStatus {
@@ -85,6 +87,7 @@ export class VaultKvSource implements CredentialSource {
   readonly #maxStaleMs: number | undefined;
   readonly #firstJitterMs: number;
   readonly #backoff: BackoffOptions;
+  readonly #now: () => number;
 
   #cached: Cached | undefined;
   #nextReadAt = 0;
@@ -105,6 +108,7 @@ export class VaultKvSource implements CredentialSource {
     this.#maxStaleMs = options.maxStaleMs;
     this.#firstJitterMs = options.firstFetchJitterMs ?? Math.min(1_000, this.#refreshMs / 10);
     this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.#now = options.now ?? Date.now;
     this.#backoff.maxMs = Math.min(this.#backoff.maxMs, this.#refreshMs);
     const parts = options.kv.split('/').filter((p) => p !== '');
     if (parts.length < 2) {
@@ -120,7 +124,7 @@ export class VaultKvSource implements CredentialSource {
    */
   async get(): Promise<Credential> {
     if (this.#closed) throw new CredentialError(this.name, 'source is closed');
-    const now = Date.now();
+    const now = this.#now();
     const cached = this.#cached;
     if (cached) {
       if (now >= this.#nextReadAt) this.#read().catch(() => undefined);
@@ -193,17 +197,17 @@ export class VaultKvSource implements CredentialSource {
         ...(version !== undefined ? { version } : {}),
       };
       const previous = this.#cached;
-      const fresh: Cached = { credential, version, fetchedAt: Date.now() };
+      const fresh: Cached = { credential, version, fetchedAt: this.#now() };
       if (this.#closed) return fresh;
       this.#cached = fresh;
       this.#failure = undefined;
       this.#attempt = 0;
-      this.#nextReadAt = Date.now() + jittered(this.#refreshMs, 0.1);
+      this.#nextReadAt = this.#now() + jittered(this.#refreshMs, 0.1);
       if (this.#outageSince !== undefined) {
         this.#log.info(
           'credential %s: Vault readable again after %ss (version %s)',
           this.name,
-          Math.round((Date.now() - this.#outageSince) / 1000),
+          Math.round((this.#now() - this.#outageSince) / 1000),
           version ?? '?',
         );
         this.#outageSince = undefined;
@@ -219,7 +223,7 @@ export class VaultKvSource implements CredentialSource {
   }
 
   #failed(err: unknown): CredentialError {
-    const now = Date.now();
+    const now = this.#now();
     this.#nextReadAt = now + backoffDelay(this.#attempt++, this.#backoff);
     const transient = err instanceof VaultError ? err.transient : !(err instanceof CredentialError);
     const reason = err instanceof Error ? err.message : String(err);
