@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../support/agent.js';
+import { machineSkipTitle } from '../support/tiers.js';
 
 const isRoot = process.geteuid?.() === 0;
 const work = mkdtempSync(path.join(tmpdir(), 'wirekey-package-'));
@@ -90,7 +91,7 @@ describe('the package', () => {
     for (const p of used) expect(names, p).toContain(p);
   });
 
-  it.skipIf(!isRoot)('installed into a throwaway root, runs --version, validates /etc/wirekey/policy.d, loads the addon and shows its man page (needs root for dpkg --root and a private mount namespace: skipped otherwise)', () => {
+  it.skipIf(!isRoot)(`installed into a throwaway root, runs --version, validates /etc/wirekey/policy.d, loads the addon and shows its man page${machineSkipTitle(isRoot ? undefined : 'needs root (dpkg --root, a private mount namespace)')}`, () => {
     const root = path.join(work, 'root');
     mkdirSync(path.join(root, 'var/lib/dpkg/info'), { recursive: true });
     mkdirSync(path.join(root, 'var/lib/dpkg/updates'), { recursive: true });

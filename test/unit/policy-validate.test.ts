@@ -16,6 +16,7 @@ import { reportPolicyPath } from '../../controller/policy/load.js';
 import { closest } from '../../controller/policy/suggest.js';
 import { repoRoot, wirekeyBin } from '../support/agent.js';
 import { run } from '../support/shell.js';
+import { machineSkipTitle } from '../support/tiers.js';
 
 const HEADER = 'apiVersion: wirekey.dev/v1alpha1\n';
 const dirs: string[] = [];
@@ -256,7 +257,8 @@ describe('validate --host', () => {
     ]);
   });
 
-  it.skipIf(process.geteuid?.() !== 0)('refuses a credential file owned by another user (needs root to chown: skipped otherwise)', async () => {
+  const isRoot = process.geteuid?.() === 0;
+  it.skipIf(!isRoot)(`refuses a credential file owned by another user${machineSkipTitle(isRoot ? undefined : 'needs root (chown)')}`, async () => {
     const files = tempDir();
     const theirs = join(files, 'theirs');
     writeFileSync(theirs, 'sk\n', { mode: 0o600 });
