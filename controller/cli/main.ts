@@ -11,7 +11,7 @@ import { requestReload } from '../agent/control-client.js';
 import { readRuntimeState } from '../identity/runtime-state.js';
 import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
-import { lintPolicyPath } from '../policy/load.js';
+import { formatDiagnostic, hostWarnings, validate } from './validate.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { explainPid, formatExplanation } from '../identity/explain.js';
 import { agentStatus, formatStatus } from '../identity/status.js';
@@ -161,6 +161,9 @@ program
     process.on('SIGUSR1', () => agent?.reopenAudit());
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
+    // What the policy names that this host lacks: warned about, not fatal, as
+    // the agent withholds only the bindings concerned (validate --host fails).
+    for (const d of await hostWarnings(path.resolve(opts.policy))) log.warn('policy: %s', formatDiagnostic({ ...d, severity: undefined }));
     try {
       const warning = checkCapabilities();
       if (warning) log.warn('%s', warning);
@@ -205,18 +208,21 @@ program
 
 program
   .command('validate')
-  .description('check a policy file or directory; prints file:line:column: message per problem (and per warning, marked so)')
+  .description(
+    'check a policy file or directory; prints file:line:column: message per problem (and per warning, marked so), ' +
+      'and for a directory the files read and ignored; exits 0 when valid (warnings included), 1 otherwise',
+  )
   .argument('<path>', 'policy file, or directory of *.yaml files')
-  .action(async (target: string) => {
-    const found = await lintPolicyPath(target);
-    for (const d of found) process.stdout.write(`${d.file}:${d.line}:${d.column}: ${d.severity === 'warning' ? 'warning: ' : ''}${d.message}\n`);
-    const problems = found.filter((d) => d.severity !== 'warning');
-    if (problems.length) {
-      process.stderr.write(`${problems.length} problem(s) found\n`);
-      process.exitCode = 1;
-    } else {
-      process.stderr.write(`${target}: valid${found.length ? ` (${found.length} warning(s))` : ''}\n`);
-    }
+  .option(
+    '--host',
+    'also check this host: credential files (exist, regular, not group/other-accessible, owned by root or this user), ' +
+      'Vault login files, users and uids (getent), executables and their sha256, cgroups and units (warnings: they may appear later)',
+  )
+  .action(async (target: string, opts: { host?: boolean }) => {
+    const out = await validate(target, opts);
+    for (const line of out.stdout) process.stdout.write(`${line}\n`);
+    for (const line of out.stderr) process.stderr.write(`${line}\n`);
+    process.exitCode = out.code;
   });
 
 program
