@@ -12,6 +12,7 @@ import { readRuntimeState } from '../identity/runtime-state.js';
 import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
 import { formatDiagnostic, hostWarnings, validate } from './validate.js';
+import { lintPolicyPath } from '../policy/load.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { explainPid, formatExplanation } from '../identity/explain.js';
 import { agentStatus, formatStatus } from '../identity/status.js';
