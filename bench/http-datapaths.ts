@@ -232,7 +232,7 @@ async function main(): Promise<void> {
     agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: ['--kernel-audit', values['kernel-audit']!],
       audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info' }));
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
-    writeFileSync(wirekeyCa, await step(must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', stateDir])));
+    writeFileSync(wirekeyCa, await step(must(process.execPath, [wirekeyBin, 'ca', 'cert', '--create', '--state-dir', stateDir])));
 
     const client = path.join(repoRoot, 'bench/clients/load.mjs');
     const load = async (cg: string, args: string[], secs: string): Promise<Sample> => {

@@ -63,7 +63,7 @@ async function main(): Promise<void> {
     agent = await startAgent({ policy, stateDir, pinDir: `/sys/fs/bpf/wirekey-bench-${tag}`, proxyPort: await freePort(),
       audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info' });
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
-    writeFileSync(wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', stateDir]));
+    writeFileSync(wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--create', '--state-dir', stateDir]));
 
     const client = path.join(repoRoot, 'bench/clients/load.mjs');
     const measure = async (cg: string, ca: string): Promise<Sample> => {

@@ -256,8 +256,12 @@ struct {
  */
 const struct wk_http_event *const wk_http_event_btf = 0;
 /* The same for the constants the controller checks (verifyConstants). */
+const enum wk_http_limits *const wk_http_limits_btf = 0;
+const enum wk_http_hdr_state *const wk_http_hdr_state_btf = 0;
 const enum wk_http_stat *const wk_http_stat_btf = 0;
+const enum wk_http_event_kind *const wk_http_event_kind_btf = 0;
 const enum wk_http_hosts *const wk_http_hosts_btf = 0;
+const enum wk_http_cfg_flag *const wk_http_cfg_flag_btf = 0;
 
 /*
  * One authority as it is read (a Host value, or an absolute-form target's

@@ -6,12 +6,14 @@
  * parent's entry (a new thread shares its process's entry); the exit of a
  * process's last thread removes the entry, so a reused pid never inherits
  * it. Processes that predate the agent are backfilled from /proc by the
- * controller, without overwriting what these programs wrote.
+ * wk_backfill (identity-iter.bpf.c), without overwriting what these
+ * programs wrote.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_tracing.h>
 #include "maps.bpf.h"
+#include "identity.bpf.h"
 
 #define BPF_ANY		0
 
@@ -19,11 +21,14 @@ SEC("tp_btf/sched_process_exec")
 int BPF_PROG(wk_exec, struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)
 {
 	struct wk_exe_key key = {};
-	struct inode *inode = bprm->file->f_inode;
 	__u32 tgid = p->tgid;
 
-	key.ino = inode->i_ino;
-	key.dev = inode->i_sb->s_dev;
+	/*
+	 * bprm->file is the file as opened through the path: on an overlay,
+	 * the overlay's inode, the one the agent's open() of the selector's
+	 * path gets too (the layer's real file is only behind its mappings).
+	 */
+	wk_exe_key_of(bprm->file, &key);
 	if (bpf_map_update_elem(&wk_task_exe, &tgid, &key, BPF_ANY))
 		wk_count(WK_STAT_TASKS_FULL);
 	return 0;

@@ -27,6 +27,15 @@ const volatile __u32 agent_tgid = 0;
 const volatile __u64 host_netns_cookie = 0;
 const volatile __u16 proxy_port = 0;	/* host byte order */
 
+/*
+ * Puts the enums of wirekey.h that these programs use into the object's
+ * BTF, where the controller checks its copies of them (verifyConstants).
+ * Never read.
+ */
+const enum wk_limits *const wk_limits_btf = 0;
+const enum wk_action *const wk_action_btf = 0;
+const enum wk_stat *const wk_stat_btf = 0;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, WK_MAX_BINDINGS);

@@ -6,6 +6,12 @@
  * check (controller/datapath/layout.ts, verified against the object's BTF at
  * load time) see the same thing. Every struct has explicit padding and a
  * size assertion: a change here must be made on both sides.
+ *
+ * Every constant the controller also uses is a member of a named enum, not
+ * a #define, so that it reaches the object's BTF: the controller checks its
+ * own copy of each enum there, member by member (verifyConstants), and
+ * refuses to load an object whose numbers differ. Each enum is anchored in
+ * BTF by a never-read pointer global (redirect.bpf.c, http-inject.bpf.c).
  */
 #ifndef WIREKEY_H
 #define WIREKEY_H
@@ -14,38 +20,60 @@
 #include <linux/types.h>
 #endif
 
-/* Map capacities; the README states them. */
-#define WK_MAX_CGROUPS		4096
-#define WK_MAX_EXES		4096
-#define WK_MAX_UIDS		4096
-#define WK_MAX_BINDINGS		4096
-#define WK_MAX_CONNS		65536
-#define WK_MAX_TASKS		131072
+/* Map capacities and limits; the README states them. */
+enum wk_limits {
+	WK_MAX_CGROUPS = 4096,
+	WK_MAX_EXES = 4096,
+	WK_MAX_UIDS = 4096,
+	WK_MAX_BINDINGS = 4096,
+	WK_MAX_CONNS = 65536,
+	WK_MAX_TASKS = 131072,
+	/*
+	 * Workloads are numbered 1..WK_MAX_WORKLOADS in precedence order;
+	 * workload n is bit n-1 of a wk_mask. When several workloads match a
+	 * process, the lowest number (the most specific workload) wins. The
+	 * policy checker's limit is this one (controller/policy/precedence.ts).
+	 */
+	WK_MASK_WORDS = 4,
+	WK_MAX_WORKLOADS = WK_MASK_WORDS * 64,
+	/* Deepest cgroup level searched for a bound ancestor. */
+	WK_MAX_CGROUP_DEPTH = 32,
+};
 
-/*
- * Workloads are numbered 1..WK_MAX_WORKLOADS in precedence order; workload
- * n is bit n-1 of a wk_mask. When several workloads match a process, the
- * lowest number (the most specific workload) wins.
- */
-#define WK_MASK_WORDS		4
-#define WK_MAX_WORKLOADS	(WK_MASK_WORDS * 64)
-
-/* Deepest cgroup level searched for a bound ancestor. */
-#define WK_MAX_CGROUP_DEPTH	32
-
-/* wk_bind_port values: what connect() does for (workload, port). */
-#define WK_ACTION_PROXY		1
+/* wk_bind_val.action: what connect() does for (workload, port). */
+enum wk_action {
+	WK_ACTION_PROXY = 1,
+};
 
 /* A set of workloads. */
 struct wk_mask {
 	__u64 bits[WK_MASK_WORDS];
 };
 
-/* An executable file, as the kernel names it: inode and device. */
+/*
+ * An executable file, as the kernel knows it: its struct inode, read from
+ * the struct file the kernel executes (exec) or the agent holds open (the
+ * selector's file). stat()'s (st_dev, st_ino) is not that: on btrfs st_dev
+ * is the subvolume's device, on an overlay whose layers are on different
+ * file systems it is the layer's, and neither is the superblock device the
+ * inode carries. (dev, ino) alone is not unique either: btrfs numbers each
+ * subvolume's inodes from 256 under one superblock, and such an overlay
+ * shows every layer's inode numbers under its one device. The inode's
+ * address is unique among the inodes alive, and every inode a key names is
+ * kept alive: by the process running it, or by the agent holding the file.
+ */
 struct wk_exe_key {
-	__u64 ino;
-	__u32 dev;		/* kernel dev_t (MKDEV(major, minor)) of the file system */
+	__u64 ino;		/* i_ino */
+	__u32 dev;		/* i_sb->s_dev: kernel dev_t (MKDEV(major, minor)) */
 	__u32 _pad;
+	__u64 inode;		/* the struct inode's address */
+};
+
+/* A regular file the agent holds open, as wk_agent_files reports it. */
+struct wk_agent_file {
+	__s32 fd;
+	__u32 _pad;
+	struct wk_exe_key key;
 };
 
 /*
@@ -59,9 +87,11 @@ struct wk_any {
 };
 
 /* Indexes of wk_stats counters. */
-#define WK_STAT_TASKS_FULL	0	/* a process could not be recorded: wk_task_exe is full */
-#define WK_STAT_STORAGE_FAIL	1	/* a redirect was refused: no socket storage */
-#define WK_STAT_MAX		8
+enum wk_stat {
+	WK_STAT_TASKS_FULL = 0,		/* a process could not be recorded: wk_task_exe is full */
+	WK_STAT_STORAGE_FAIL = 1,	/* a redirect was refused: no socket storage */
+	WK_STAT_MAX = 8,		/* entries of wk_stats (room to grow) */
+};
 
 /* Key of wk_bind_port. */
 struct wk_bind_key {
@@ -104,7 +134,8 @@ struct wk_conn_key {
 	_Static_assert(sizeof(struct type) == (size), "struct " #type " layout changed")
 
 WK_ASSERT_SIZE(wk_mask, 32);
-WK_ASSERT_SIZE(wk_exe_key, 16);
+WK_ASSERT_SIZE(wk_exe_key, 24);
+WK_ASSERT_SIZE(wk_agent_file, 32);
 WK_ASSERT_SIZE(wk_any, 96);
 WK_ASSERT_SIZE(wk_bind_key, 8);
 WK_ASSERT_SIZE(wk_bind_val, 8);
@@ -120,22 +151,29 @@ WK_ASSERT_SIZE(wk_conn_key, 20);
 #include <linux/bpf.h>		/* struct bpf_spin_lock */
 #endif
 
-#define WK_HTTP_MAX_DESTS	4096	/* pinned (address prefix, port) pairs */
-/* wk_http_dest_key.prefixlen of one exact address: port, pad and 128 address bits */
-#define WK_HTTP_DEST_EXACT	160
-#define WK_HTTP_MAX_SOCKS	65536	/* live kernel-path connections */
-#define WK_HTTP_LINE_MAX	512	/* longest injected header line, CRLF included */
-#define WK_HTTP_HEAD_MAX	8192	/* longest request head (request line to CRLFCRLF) */
+enum wk_http_limits {
+	WK_HTTP_MAX_DESTS = 4096,	/* pinned (address prefix, port) pairs */
+	/* wk_http_dest_key.prefixlen of one exact address: port, pad and 128 address bits */
+	WK_HTTP_DEST_EXACT = 160,
+	WK_HTTP_MAX_SOCKS = 65536,	/* live kernel-path connections */
+	WK_HTTP_LINE_MAX = 512,		/* longest injected header line, CRLF included */
+	WK_HTTP_HEAD_MAX = 8192,	/* longest request head (request line to CRLFCRLF) */
+	/* wk_http_events: bytes of ring buffer, and how much may wait before a wake-up */
+	WK_HTTP_EVENTS_SIZE = 1 << 20,
+	WK_HTTP_EVENTS_WAKE = 64 << 10,
+};
 
 /* wk_http_hdr.state */
-#define WK_HTTP_UNBOUND		0	/* no binding (a removed one): connections are left alone */
-#define WK_HTTP_INJECT		1	/* bound: line[] is added to every request */
-#define WK_HTTP_WITHHOLD	2	/* bound, but no credential now: requests are refused */
+enum wk_http_hdr_state {
+	WK_HTTP_UNBOUND = 0,		/* no binding (a removed one): connections are left alone */
+	WK_HTTP_INJECT = 1,		/* bound: line[] is added to every request */
+	WK_HTTP_WITHHOLD = 2,		/* bound, but no credential now: requests are refused */
+};
 
 /*
- * Indexes of wk_http_stats counters. An enum, not #defines, so that the
- * numbers reach the object's BTF: the controller checks its own copy of
- * them there (verifyConstants in controller/datapath/layout.ts).
+ * Indexes of wk_http_stats counters, and the reason of a wk_http_event:
+ * the controller names audit reasons by these numbers, so a reordered
+ * member fails the load (verifyConstants) instead of mislabelling one.
  */
 enum wk_http_stat {
 	WK_HTTP_STAT_INJECTED = 0,	/* requests that got the header */
@@ -164,13 +202,11 @@ enum wk_http_stat {
 	WK_HTTP_STAT_MAX = 23,
 };
 
-/* wk_http_events: bytes of ring buffer, and how much may wait before a wake-up */
-#define WK_HTTP_EVENTS_SIZE	(1 << 20)
-#define WK_HTTP_EVENTS_WAKE	(64 << 10)
-
 /* wk_http_event.kind */
-#define WK_HTTP_EVENT_INJECTED	1	/* a request got the header (reason WK_HTTP_STAT_INJECTED) */
-#define WK_HTTP_EVENT_REFUSED	2	/* a request or connect() was refused (reason WK_HTTP_STAT_*) */
+enum wk_http_event_kind {
+	WK_HTTP_EVENT_INJECTED = 1,	/* a request got the header (reason WK_HTTP_STAT_INJECTED) */
+	WK_HTTP_EVENT_REFUSED = 2,	/* a request or connect() was refused (reason WK_HTTP_STAT_*) */
+};
 
 /* Key of wk_http_dest: a pinned plaintext destination. */
 struct wk_http_dest_key {
@@ -188,7 +224,7 @@ struct wk_http_dest_val {
 /*
  * Plaintext services that list hosts (Service spec.hosts with tls: false):
  * a request's Host, and an absolute-form target's authority, must be one of
- * them. An enum for the same reason as enum wk_http_stat.
+ * them.
  */
 enum wk_http_hosts {
 	WK_HTTP_DEST_CHECK_HOST = 1,	/* wk_http_dest_val.flags: the service lists hosts */
@@ -230,7 +266,9 @@ struct wk_http_hdr {
 };
 
 /* wk_http_config.flags */
-#define WK_HTTP_CFG_AUDIT_CONNECTIONS	1	/* an injected event per connection and header version, not per request */
+enum wk_http_cfg_flag {
+	WK_HTTP_CFG_AUDIT_CONNECTIONS = 1,	/* an injected event per connection and header version, not per request */
+};
 
 /* Key 0 of wk_http_config. */
 struct wk_http_config {

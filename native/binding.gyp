@@ -8,7 +8,8 @@
         "src/object.cc",
         "src/map.cc",
         "src/link.cc",
-        "src/ringbuf.cc"
+        "src/ringbuf.cc",
+        "src/probe.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS"],

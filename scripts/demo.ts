@@ -68,7 +68,7 @@ async function main(): Promise<void> {
     });
     for (const line of agent.output().trim().split('\n')) say(`   ${line}`);
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
-    writeFileSync(wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', stateDir]));
+    writeFileSync(wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--create', '--state-dir', stateDir]));
 
     const curl = ['curl', '-sS', '--resolve', `${HOST}:443:${host.ipv4}`, '--cacert', wirekeyCa, `https://${HOST}/v1/hello`];
     say(`\n== a process in /wirekey-demo/app runs, with no token anywhere:\n   ${curl.join(' ')}`);

@@ -1,58 +1,81 @@
 #!/usr/bin/env bash
 # Exercises packaging/wirekey.service under systemd as PID 1, as an operator
-# would run it: installs the unit and a policy directory holding
-# policies/demo.yaml, starts the unit, waits for "ready" in
-# `journalctl -u wirekey`, checks that the programs are attached, the maps
-# pinned and the running processes backfilled from inside the unit's sandbox,
-# reloads (`systemctl reload`: SIGHUP), stops, and checks that no wk_*
-# program is left attached or loaded and that the pin directory is gone.
+# would run it, and prints one line per check:
 #
-# Run as root, in a VM or on a disposable host where wirekey is not installed
-# as a service, after scripts/setup has built /opt/wirekey (the unit runs
+#   ok    start              active (running) and "ready" in the journal after 2s
+#   FAIL  reload-bad         ...
+#
+# The checks are the CHECKS list at the end, in order; each is a function
+# below. A check that fails stops the run (the later ones build on the state
+# the earlier ones leave) and the rest are listed as not run. To add one:
+# write check_NAME (return 0 for ok; `bad "why"` then return 1 for FAIL; set
+# DETAIL for the ok line) and add "NAME" to CHECKS where it belongs.
+#
+# Run as root, in a VM, a container booted with systemd (vm-tests/nspawn-systemd)
+# or a disposable host where wirekey is not installed as a service, with the
+# built repository at /opt/wirekey (the unit runs
 # /usr/bin/node /opt/wirekey/bin/wirekey.js). Whatever it installs is removed
 # when it ends, pass or fail. The Vagrantfile runs it after `npm test`.
 #
+# It installs the unit, a policy in /etc/wirekey/policy.d that binds the
+# cgroup of the slice wkcheck.slice to an HTTPS API (bearer token, proxy datapath) and a
+# plaintext API (X-Api-Key, kernel datapath), both served from 198.18.0.10
+# (added to lo) by test/support's upstreams, with certificates made here by
+# openssl; workloads are transient units in that slice (systemd-run).
+#
 # Environment: READY_TIMEOUT (seconds, default 90), RELOAD_TIMEOUT (30),
-# STOP_TIMEOUT (15).
-set -euo pipefail
+# STOP_TIMEOUT (15), RESTART_TIMEOUT (60); WIREKEY_CHECK_SHARED_KERNEL=1 when
+# other systems share this kernel (a container): "no wk_* program loaded" is
+# then judged by this system's processes only, not by every program the
+# kernel holds.
+set -uo pipefail
 
 REPO=/opt/wirekey
+WIREKEY="/usr/bin/node $REPO/bin/wirekey.js"
 UNIT=wirekey.service
 UNIT_PATH=/etc/systemd/system/$UNIT
+DROPIN_DIR=/etc/systemd/system/$UNIT.d
 ETC_DIR=/etc/wirekey
 POLICY_DIR=$ETC_DIR/policy.d
 PIN_DIR=/sys/fs/bpf/wirekey
 STATE_DIR=/var/lib/wirekey
 LOGS_DIR=/var/log/wirekey
-# policies/demo.yaml reads its token from here.
-TOKEN_DIR=/run/wirekey-demo
+SLICE=wkcheck.slice
+SLICE_PATH=/etc/systemd/system/$SLICE
+# Credentials, certificates and the upstreams' records.
+WORK=/run/wirekey-check
+API_HOST=api.wirekey.check
+INVENTORY_HOST=inventory.wirekey.check
+UPSTREAM_ADDR=198.18.0.10
 READY_TIMEOUT=${READY_TIMEOUT:-90}
 RELOAD_TIMEOUT=${RELOAD_TIMEOUT:-30}
 STOP_TIMEOUT=${STOP_TIMEOUT:-15}
+RESTART_TIMEOUT=${RESTART_TIMEOUT:-60}
+SHARED_KERNEL=${WIREKEY_CHECK_SHARED_KERNEL:-0}
 
 log() { printf 'systemd-check: %s\n' "$*" >&2; }
-fail() { log "FAIL: $*"; exit 1; }
+die() { log "$*"; exit 1; }
 
-# ---- preconditions: nothing installed yet, so nothing to clean up ----------
+# ---- preconditions: nothing installed yet, so nothing to clean up -------------
 
-[[ $(id -u) -eq 0 ]] || fail "run as root"
-[[ -d /run/systemd/system ]] || fail "systemd is not PID 1 here (no /run/systemd/system)"
-[[ -f $REPO/packaging/wirekey.service ]] || fail "no $REPO/packaging/wirekey.service: the repository must be at $REPO"
-[[ -f $REPO/bin/wirekey.js && -d $REPO/dist ]] || fail "$REPO is not built: run $REPO/scripts/setup first"
-[[ -x /usr/bin/node ]] || fail "the unit runs /usr/bin/node, which is missing (node is $(command -v node || echo absent))"
-command -v bpftool >/dev/null || fail "bpftool is missing"
-CGROUP_ROOT=$(findmnt -n -t cgroup2 -o TARGET | head -n 1)
-[[ -n $CGROUP_ROOT ]] || fail "no cgroup v2 mount"
-for f in "$UNIT_PATH" "/lib/systemd/system/$UNIT" "/usr/lib/systemd/system/$UNIT" "$ETC_DIR"; do
-  [[ ! -e $f ]] || fail "$f exists: wirekey looks installed here, and this check would replace it"
+[[ $(id -u) -eq 0 ]] || die "run as root"
+[[ -d /run/systemd/system ]] || die "systemd is not PID 1 here (no /run/systemd/system)"
+[[ -f $REPO/packaging/wirekey.service ]] || die "no $REPO/packaging/wirekey.service: the repository must be at $REPO"
+[[ -f $REPO/bin/wirekey.js && -d $REPO/dist ]] || die "$REPO is not built: run $REPO/scripts/setup first"
+[[ -x /usr/bin/node ]] || die "the unit runs /usr/bin/node, which is missing (node is $(command -v node || echo absent))"
+for tool in bpftool curl openssl ip systemd-run; do command -v "$tool" >/dev/null || die "$tool is missing"; done
+CGROUP_ROOT=$(findmnt -n -t cgroup2 -o TARGET | sort | head -n 1)
+[[ -n $CGROUP_ROOT ]] || die "no cgroup v2 mount"
+for f in "$UNIT_PATH" "$DROPIN_DIR" "/lib/systemd/system/$UNIT" "/usr/lib/systemd/system/$UNIT" "$ETC_DIR" "$SLICE_PATH" "$WORK"; do
+  [[ ! -e $f ]] || die "$f exists: wirekey looks installed here, and this check would replace it"
 done
-[[ ! -e $PIN_DIR ]] || fail "$PIN_DIR exists: another wirekey agent is running (or one did not clean up)"
+[[ ! -e $PIN_DIR ]] || die "$PIN_DIR exists: another wirekey agent is running (or one did not clean up)"
+! ip -o addr show dev lo | grep -q " $UPSTREAM_ADDR/" || die "$UPSTREAM_ADDR is already on lo"
 
 had_state=0; [[ -e $STATE_DIR ]] && had_state=1
 had_logs=0; [[ -e $LOGS_DIR ]] && had_logs=1
-made_token=0
 
-# ---- helpers ----------------------------------------------------------------
+# ---- helpers --------------------------------------------------------------------
 
 # The unit's journal since this check started. Output is captured before any
 # grep, so that `grep -q` closing the pipe early cannot fail a pipeline.
@@ -66,171 +89,427 @@ journal() {
   fi
 }
 unit_prop() { systemctl show -p "$1" --value "$UNIT"; }
+count_matches() { grep -Ec -- "$1" <<<"$(journal)" || true; }
+READY_RE='(^| )ready: '
+
+REASON='' DETAIL=''
+bad() { REASON=$*; }
 
 # scan_attached sets ATTACHED to the lines of `bpftool cgroup tree` (every
 # cgroup under the v2 root, with what is attached to it) that name a wk_*
 # program: empty when there is none. scan_loaded sets LOADED likewise from
-# `bpftool prog show` (loaded programs, attached or not). Both run in this
-# shell, never in $(...), so that a bpftool failure fails the check instead
-# of reading as "nothing found".
+# `bpftool prog show` (loaded programs, attached or not); with a shared
+# kernel, only from the programs that processes of this system hold (their
+# program and link fds). Both return non-zero when bpftool fails, so that
+# a failure cannot read as "nothing found".
 ATTACHED='' LOADED=''
 scan_attached() {
   local out
-  out=$(bpftool cgroup tree "$CGROUP_ROOT" 2>&1) || fail "bpftool cgroup tree $CGROUP_ROOT failed: $out"
+  out=$(bpftool cgroup tree "$CGROUP_ROOT" 2>&1) || { bad "bpftool cgroup tree $CGROUP_ROOT failed: $out"; return 2; }
   ATTACHED=$(awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^wk_/) { print; next } }' <<<"$out")
 }
 scan_loaded() {
-  local out
-  out=$(bpftool prog show 2>&1) || fail "bpftool prog show failed: $out"
+  local out ids fd id
+  if ((SHARED_KERNEL)); then
+    ids=$(for fd in /proc/[0-9]*/fd/*; do
+      case $(readlink "$fd" 2>/dev/null) in
+        anon_inode:bpf-prog | anon_inode:bpf_link)
+          sed -n 's/^prog_id:[[:space:]]*//p' "${fd/\/fd\//\/fdinfo\/}" 2>/dev/null ;;
+      esac
+    done | sort -un)
+    out=''
+    for id in $ids; do out+=$(bpftool prog show id "$id" 2>/dev/null)$'\n'; done
+  else
+    out=$(bpftool prog show 2>&1) || { bad "bpftool prog show failed: $out"; return 2; }
+  fi
   LOADED=$(grep -E '^[0-9]+: .*[[:space:]]name wk_' <<<"$out" || true)
 }
+none_attached() { scan_attached && [[ -z $ATTACHED ]]; }
+none_loaded() { scan_loaded && [[ -z $LOADED ]]; }
+no_pin_dir() { [[ ! -e $PIN_DIR ]]; }
 
-# wait_for_journal PATTERN TIMEOUT WHAT: until the unit logs a line matching
-# the extended regex PATTERN; fails at once if the unit fails or restarts.
-wait_for_journal() {
-  local pattern=$1 timeout=$2 what=$3 out state sub i
-  for ((i = 0; i < timeout; i++)); do
-    out=$(journal)
-    if grep -Eq -- "$pattern" <<<"$out"; then return 0; fi
-    state=$(unit_prop ActiveState); sub=$(unit_prop SubState)
-    if [[ $state == failed || $state == inactive || $sub == auto-restart ]]; then
-      fail "$UNIT is $state ($sub) while waiting for $what"
-    fi
-    sleep 1
-  done
-  fail "no $what in the journal of $UNIT after ${timeout}s"
-}
-
-# wait_until TIMEOUT CMD...: until CMD succeeds (polled once a second).
+# wait_until TIMEOUT CMD...: until CMD succeeds (polled twice a second).
 wait_until() {
   local timeout=$1 i; shift
-  for ((i = 0; i < timeout; i++)); do
+  for ((i = 0; i < timeout * 2; i++)); do
     if "$@"; then return 0; fi
-    sleep 1
+    sleep 0.5
   done
   "$@"
 }
-none_attached() { scan_attached; [[ -z $ATTACHED ]]; }
-none_loaded() { scan_loaded; [[ -z $LOADED ]]; }
-no_pin_dir() { [[ ! -e $PIN_DIR ]]; }
+
+# wait_for_journal PATTERN COUNT TIMEOUT: until the unit has logged COUNT
+# lines matching the extended regex PATTERN; gives up at once if the unit
+# fails or is waiting to restart.
+wait_for_journal() {
+  local pattern=$1 want=$2 timeout=$3 state sub i
+  for ((i = 0; i < timeout * 2; i++)); do
+    (($(count_matches "$pattern") >= want)) && return 0
+    state=$(unit_prop ActiveState); sub=$(unit_prop SubState)
+    if [[ $state == failed || $state == inactive || $sub == auto-restart ]]; then
+      bad "$UNIT is $state ($sub) while waiting for /$pattern/ in its journal"
+      return 1
+    fi
+    sleep 0.5
+  done
+  bad "no /$pattern/ in the journal of $UNIT after ${timeout}s"
+  return 1
+}
+
+# The upstreams write one JSON line per event; these read the last request's
+# Authorization / X-Api-Key SHA-256 (the values themselves are never recorded).
+sha256() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }
+records() { cat "$WORK/$1.jsonl" 2>/dev/null || true; }
+record_count() { grep -c '"method"' <<<"$(records "$1")" || true; }
+
+# workload NAME CMD...: runs CMD as a transient service in $SLICE (the
+# policy's workload), waits for it and prints its output.
+workload() {
+  local name=$1; shift
+  systemd-run --quiet --wait --pipe --collect --slice="$SLICE" --unit="wkcheck-$name-$RANDOM" -- "$@"
+}
+# outsider NAME CMD...: the same outside the slice.
+outsider() {
+  local name=$1; shift
+  systemd-run --quiet --wait --pipe --collect --unit="wkcheck-$name-$RANDOM" -- "$@"
+}
+
+# call_api FROM: an HTTPS request to the bound API with no key, from the slice
+# (FROM=workload) or outside it; fails unless the API answered.
+call_api() {
+  local from=$1 before n ca=$WORK/wirekey-ca.pem
+  [[ $from == outsider ]] && ca=$WORK/upstream-ca.pem
+  before=$(record_count upstream)
+  if ! out=$("$from" curl curl -sS --max-time 20 --resolve "$API_HOST:443:$UPSTREAM_ADDR" --cacert "$ca" \
+      -o /dev/null -w '%{http_code}' "https://$API_HOST/v1/hello" 2>&1); then
+    bad "curl from ${from/workload/$SLICE} failed: $out"
+    return 1
+  fi
+  n=$(record_count upstream)
+  ((n > before)) || { bad "curl got $out, but the API recorded no request"; return 1; }
+  LAST_AUTH=$(grep '"method"' <<<"$(records upstream)" | tail -n 1 | sed -n 's/.*"authorization":\["\{0,1\}\([0-9a-f]*\).*/\1/p')
+  HTTP_CODE=$out
+}
+
+# expect_bearer TOKEN_FILE WHAT: a workload's HTTPS call reaches the API with
+# "Authorization: Bearer <the file's token>".
+expect_bearer() {
+  local token
+  token=$(tr -d '\n' <"$1")
+  call_api workload || return 1
+  [[ $LAST_AUTH == "$(sha256 "Bearer $token")" ]] || {
+    bad "the API got ${LAST_AUTH:+an Authorization header, not the one from $1}${LAST_AUTH:-no Authorization header} ($2)"
+    return 1
+  }
+}
+
+install_policy() {
+  # $1: the credential the HTTPS binding injects.
+  cat >"$POLICY_DIR/check.yaml" <<EOF
+# Installed by vm-tests/systemd-check.sh; removed when it ends.
+apiVersion: wirekey.dev/v1alpha1
+kind: CredentialSource
+metadata: {name: check-token}
+spec: {file: {path: $WORK/api-token}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: CredentialSource
+metadata: {name: check-token-rotated}
+spec: {file: {path: $WORK/api-token-rotated}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: CredentialSource
+metadata: {name: check-inventory-key}
+spec: {file: {path: $WORK/inventory-key}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: check-api}
+spec: {hosts: [$API_HOST], port: 443, tls: true}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: check-inventory}
+spec: {addresses: [$UPSTREAM_ADDR/32], hosts: [$INVENTORY_HOST], port: 80, tls: false}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: check-app}
+spec: {selector: {cgroup: /$SLICE}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: check-app-api}
+spec: {workload: check-app, service: check-api, inject: {bearer: {credential: $1}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: check-app-inventory}
+spec: {workload: check-app, service: check-inventory, inject: {header: {credential: check-inventory-key, name: X-Api-Key}}}
+EOF
+}
 
 cleanup() {
-  local rc=$?
+  local rc=$? state unit
   set +e
   if ((rc != 0)); then
     log "the journal of $UNIT since the check started:"
-    journal | tail -n 100 >&2
+    journal | tail -n 60 >&2
   fi
-  local state
   state=$(unit_prop ActiveState 2>/dev/null)
   if [[ $state != inactive && $state != failed && -n $state ]]; then
     log "stopping $UNIT ($state)"
     systemctl stop "$UNIT"
   fi
-  systemctl reset-failed "$UNIT" >/dev/null 2>&1
-  rm -f "$UNIT_PATH"
+  for unit in wkcheck-upstream.service wkcheck-inventory.service "$SLICE"; do
+    systemctl stop "$unit" >/dev/null 2>&1
+  done
+  systemctl reset-failed "$UNIT" wkcheck-upstream.service wkcheck-inventory.service >/dev/null 2>&1
+  rm -rf "$UNIT_PATH" "$DROPIN_DIR" "$SLICE_PATH"
   systemctl daemon-reload
-  rm -rf "$ETC_DIR"
-  ((made_token)) && rm -rf "$TOKEN_DIR"
+  rm -rf "$ETC_DIR" "$WORK"
   ((had_state)) || rm -rf "$STATE_DIR"
   ((had_logs)) || rm -rf "$LOGS_DIR"
+  ip addr del "$UPSTREAM_ADDR/32" dev lo 2>/dev/null
   if [[ -e $PIN_DIR ]]; then
     # Left behind by a failed stop: unpinning releases the maps and links, so
     # nothing keeps redirecting connections on this machine.
     log "removing the leftover $PIN_DIR"
     rm -rf "$PIN_DIR"
   fi
-  if ((rc == 0)); then log "PASS"; else log "FAILED (exit $rc)"; fi
   exit "$rc"
 }
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# ---- install ------------------------------------------------------------------
+# ---- checks -----------------------------------------------------------------------
+# Each sets REASON (bad) and returns non-zero on failure; DETAIL is shown on success.
 
-log "installing $UNIT and $POLICY_DIR/demo.yaml"
-install -m 0644 "$REPO/packaging/wirekey.service" "$UNIT_PATH"
-install -d -m 0755 "$ETC_DIR"
-install -d -m 0755 "$POLICY_DIR"
-install -m 0644 "$REPO/policies/demo.yaml" "$POLICY_DIR/demo.yaml"
-if [[ ! -e $TOKEN_DIR ]]; then
-  # The demo policy's credential: a root-only file, as the agent requires.
-  made_token=1
-  install -d -m 0700 "$TOKEN_DIR"
-  (umask 077 && printf 'systemd-check-token\n' >"$TOKEN_DIR/api-token")
-fi
-systemctl daemon-reload
+check_install() {
+  local verify
+  install -d -m 0700 "$WORK"
+  (umask 077
+   printf 'check-%s\n' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/api-token"
+   printf 'rotated-%s\n' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/api-token-rotated"
+   printf 'inv-%s\n' "$(head -c 12 /dev/urandom | od -An -tx1 | tr -d ' \n')" >"$WORK/inventory-key")
+  # The API's certificates, from a CA of its own that the agent is told to trust.
+  if ! out=$(cd "$WORK" && {
+      openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout upstream-ca.key -out upstream-ca.pem \
+        -days 2 -subj '/CN=wirekey check upstream CA' \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign &&
+      openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout upstream.key -out upstream.csr \
+        -subj "/CN=$API_HOST" &&
+      printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n' "$API_HOST" >upstream.ext &&
+      openssl x509 -req -in upstream.csr -CA upstream-ca.pem -CAkey upstream-ca.key -CAcreateserial \
+        -out upstream.pem -days 2 -extfile upstream.ext; } 2>&1); then
+    bad "openssl: $out"; return 1
+  fi
+  ip addr add "$UPSTREAM_ADDR/32" dev lo || { bad "cannot add $UPSTREAM_ADDR to lo"; return 1; }
+  systemd-run --quiet --unit=wkcheck-upstream -p StandardOutput="file:$WORK/upstream.jsonl" -- \
+    /usr/bin/node "$REPO/test/support/upstream-server.mjs" --cert "$WORK/upstream.pem" --key "$WORK/upstream.key" \
+    --host "$UPSTREAM_ADDR" --port 443 || { bad "cannot start the HTTPS upstream"; return 1; }
+  systemd-run --quiet --unit=wkcheck-inventory -p StandardOutput="file:$WORK/inventory.jsonl" -- \
+    /usr/bin/node "$REPO/test/support/plain-upstream.mjs" --host "$UPSTREAM_ADDR" --port 80 ||
+    { bad "cannot start the plaintext upstream"; return 1; }
 
-# Informational: systemd's own opinion of the unit file.
-if ! verify=$(systemd-analyze verify "$UNIT_PATH" 2>&1); then
-  log "systemd-analyze verify reported (not fatal):"
-  printf '%s\n' "$verify" >&2
-elif [[ -n $verify ]]; then
-  printf '%s\n' "$verify" >&2
-fi
+  install -m 0644 "$REPO/packaging/wirekey.service" "$UNIT_PATH"
+  # The one local change: trust the check's upstream CA (an operator's drop-in would do the same).
+  install -d -m 0755 "$DROPIN_DIR"
+  { echo '[Service]'; echo 'ExecStart='
+    sed -n 's/^ExecStart=\(.*\)$/ExecStart=\1 --upstream-ca '"${WORK//\//\\/}"'\/upstream-ca.pem/p' "$UNIT_PATH"; } \
+    >"$DROPIN_DIR/check.conf"
+  printf '[Unit]\nDescription=wirekey check workloads\n' >"$SLICE_PATH"
+  install -d -m 0755 "$ETC_DIR" "$POLICY_DIR"
+  install_policy check-token
+  systemctl daemon-reload
+  # The workload's slice exists before the agent resolves its selector.
+  systemctl start "$SLICE" || { bad "cannot start $SLICE"; return 1; }
+  wait_until 10 grep -q listening "$WORK/inventory.jsonl" || { bad "the plaintext upstream did not start"; return 1; }
+  # systemd's own opinion of the unit file: reported, not fatal.
+  verify=$(systemd-analyze verify "$UNIT_PATH" 2>&1)
+  [[ -z $verify ]] || { log "systemd-analyze verify $UNIT_PATH (not fatal):"; printf '%s\n' "$verify" >&2; }
+  DETAIL="unit, drop-in, policy, $SLICE, upstreams on $UPSTREAM_ADDR:443/80; systemd-analyze verify: $([[ -z $verify ]] && echo clean || echo 'reported, above')"
+}
 
-# ---- start ---------------------------------------------------------------------
+check_start() {
+  local t=$SECONDS
+  none_attached || { bad "wk_* programs are attached before the unit starts: $ATTACHED"; return 1; }
+  systemctl start "$UNIT" || { bad "systemctl start $UNIT failed"; return 1; }
+  wait_for_journal "$READY_RE" 1 "$READY_TIMEOUT" || return 1
+  [[ $(unit_prop ActiveState)/$(unit_prop SubState) == active/running ]] ||
+    { bad "$UNIT is $(unit_prop ActiveState)/$(unit_prop SubState) after ready"; return 1; }
+  PID=$(unit_prop MainPID)
+  DETAIL="active (running), pid $PID, \"ready\" in the journal after $((SECONDS - t))s"
+}
 
-none_attached || fail "wk_* programs are attached before the unit starts:
-$ATTACHED"
+check_attached() {
+  scan_attached || return 1
+  [[ -n $ATTACHED ]] || { bad "the agent says ready, but bpftool cgroup tree $CGROUP_ROOT shows no wk_* program"; return 1; }
+  [[ -d $PIN_DIR ]] || { bad "the agent says ready, but $PIN_DIR does not exist"; return 1; }
+  [[ -f $STATE_DIR/ca/ca.key ]] || { bad "no CA key in $STATE_DIR/ca (StateDirectory)"; return 1; }
+  [[ -f $LOGS_DIR/audit.log ]] || { bad "no audit log at $LOGS_DIR/audit.log (LogsDirectory)"; return 1; }
+  DETAIL="$(wc -l <<<"$ATTACHED") wk_* attachments under $CGROUP_ROOT, pins in $PIN_DIR, CA in $STATE_DIR, audit in $LOGS_DIR"
+}
 
-log "starting $UNIT"
-systemctl start "$UNIT" || fail "systemctl start $UNIT failed"
-wait_for_journal '(^|[^[:alnum:]_])ready([^[:alnum:]_]|$)' "$READY_TIMEOUT" '"ready"'
-log "ready"
-
-scan_attached
-[[ -n $ATTACHED ]] || fail "the agent says ready, but bpftool cgroup tree $CGROUP_ROOT shows no wk_* program"
-log "attached under $CGROUP_ROOT:"
-printf '%s\n' "$ATTACHED" >&2
-[[ -d $PIN_DIR ]] || fail "the agent says ready, but $PIN_DIR does not exist"
-[[ -f $STATE_DIR/ca/ca.key ]] || fail "no CA key in $STATE_DIR/ca (StateDirectory)"
-[[ -f $LOGS_DIR/audit.log ]] || fail "no audit log at $LOGS_DIR/audit.log (LogsDirectory)"
-pid=$(unit_prop MainPID)
-
-# Backfill: at start the agent records the executable of every process already
-# running, from /proc/PID/exe. Inside the unit's sandbox it should see about
-# as many as root sees from here; the ready line says how many it recorded.
-ready_line=$(grep -Ew ready <<<"$(journal)" | tail -n 1)
-if [[ $ready_line =~ ([0-9]+)\ running\ processes\ backfilled ]]; then
+# At start the agent records the executable of every process already running,
+# from /proc/PID/exe. Inside the unit's sandbox it should see about as many as
+# root sees from here; fewer than half is what a capability bounding set
+# without CAP_SYS_PTRACE produces.
+check_backfill() {
+  local ready_line backfilled readable=0 exe
+  ready_line=$(grep -E "$READY_RE" <<<"$(journal)" | tail -n 1)
+  [[ $ready_line =~ ([0-9]+)\ running\ processes\ backfilled ]] || { DETAIL="the ready line gives no count: not checked"; return 0; }
   backfilled=${BASH_REMATCH[1]}
-  readable=0
-  for exe in /proc/[0-9]*/exe; do
-    if stat -L "$exe" >/dev/null 2>&1; then readable=$((readable + 1)); fi
-  done
-  log "backfill: the agent recorded $backfilled running processes; root can read the executable of $readable"
-  ((backfilled * 2 >= readable)) || fail "the agent backfilled only $backfilled of about $readable running processes:" \
-    "under the unit it cannot read /proc/PID/exe of most of them (reading another root process's exe" \
-    "needs CAP_SYS_PTRACE, which the unit's CapabilityBoundingSet leaves out)"
-else
-  log "the ready line gives no backfill count; backfill not checked"
+  for exe in /proc/[0-9]*/exe; do stat -L "$exe" >/dev/null 2>&1 && readable=$((readable + 1)); done
+  ((backfilled * 2 >= readable)) || {
+    bad "the agent backfilled $backfilled running processes, root can read the executable of $readable"; return 1; }
+  DETAIL="$backfilled running processes recorded; root can read the executable of $readable"
+}
+
+check_status() {
+  local out rc
+  out=$(SYSTEMD_COLORS=0 systemctl status --no-pager --lines=20 "$UNIT" 2>&1); rc=$?
+  ((rc == 0)) || { bad "systemctl status exited $rc"; return 1; }
+  grep -q 'Active: active (running)' <<<"$out" || { bad "systemctl status shows no 'Active: active (running)'"; return 1; }
+  grep -q "Main PID: $PID " <<<"$out" || { bad "systemctl status does not show Main PID $PID"; return 1; }
+  grep -Eq ' ready: ' <<<"$out" || { bad "systemctl status shows no ready line among the unit's log lines"; return 1; }
+  out=$($WIREKEY status 2>&1) || { bad "wirekey status failed: $out"; return 1; }
+  DETAIL="systemctl status: active (running), Main PID $PID, the ready line; wirekey status exits 0"
+}
+
+check_inject_proxy() {
+  node_ca=$($WIREKEY ca cert --state-dir "$STATE_DIR" 2>&1) || { bad "wirekey ca cert: $node_ca"; return 1; }
+  printf '%s' "$node_ca" >"$WORK/wirekey-ca.pem"
+  expect_bearer "$WORK/api-token" "proxy datapath" || return 1
+  DETAIL="a unit in $SLICE called https://$API_HOST with no key: HTTP $HTTP_CODE, the API got Bearer <api-token>"
+}
+
+check_inject_kernel() {
+  local out port key rec
+  key=$(tr -d '\n' <"$WORK/inventory-key")
+  out=$(workload curl curl -sS --max-time 20 --resolve "$INVENTORY_HOST:80:$UPSTREAM_ADDR" -o /dev/null \
+    -w '%{http_code} %{local_port}' "http://$INVENTORY_HOST/v1/items" 2>&1) || { bad "curl failed: $out"; return 1; }
+  port=${out#* }
+  # The API's peer port is curl's own: the kernel wrote the header into curl's
+  # connection, with no proxy in between.
+  rec=$(grep '"method"' <<<"$(records inventory)" | grep -E "\"remotePort\":$port[,}]" | tail -n 1)
+  [[ -n $rec ]] || { bad "HTTP ${out% *}, but the plaintext API recorded no request from curl's port $port"; return 1; }
+  grep -q "\"apiKey\":\[\"$(sha256 "$key")\"\]" <<<"$rec" || { bad "the plaintext API did not get X-Api-Key <inventory-key>: $rec"; return 1; }
+  DETAIL="a unit in $SLICE called http://$INVENTORY_HOST: HTTP ${out% *}, X-Api-Key <inventory-key> on curl's own connection"
+}
+
+check_not_bound() {
+  call_api outsider || return 1
+  [[ -z $LAST_AUTH ]] || { bad "a unit outside $SLICE got an Authorization header"; return 1; }
+  DETAIL="a unit outside $SLICE reached the API directly, with no credential"
+}
+
+check_reload_good() {
+  local before rc
+  before=$(count_matches 'policy reloaded')
+  install_policy check-token-rotated
+  systemctl reload "$UNIT"; rc=$?
+  ((rc == 0)) || { bad "systemctl reload exited $rc for a good policy"; return 1; }
+  wait_for_journal 'policy reloaded' $((before + 1)) "$RELOAD_TIMEOUT" || return 1
+  [[ $(unit_prop ActiveState) == active ]] || { bad "$UNIT is $(unit_prop ActiveState) after the reload"; return 1; }
+  [[ $(unit_prop MainPID) == "$PID" ]] || { bad "the reload restarted the agent (pid $PID -> $(unit_prop MainPID))"; return 1; }
+  scan_attached || return 1
+  [[ -n $ATTACHED ]] || { bad "no wk_* program is attached after the reload"; return 1; }
+  expect_bearer "$WORK/api-token-rotated" "the reloaded policy's credential" || return 1
+  DETAIL="\"policy reloaded\", same pid; the binding now injects <api-token-rotated>"
+}
+
+# Today ExecReload is `kill -HUP`, which succeeds whatever the agent makes of
+# the file, so `systemctl reload` exits 0; the refusal is in the journal.
+check_reload_bad() {
+  local before rc
+  before=$(count_matches 'policy reload failed')
+  cat >"$POLICY_DIR/broken.yaml" <<EOF
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: check-broken}
+spec: {workload: no-such-workload, service: check-api, inject: {bearer: {credential: check-token}}}
+EOF
+  systemctl reload "$UNIT"; rc=$?
+  wait_for_journal 'policy reload failed, keeping the running policy' $((before + 1)) "$RELOAD_TIMEOUT" || return 1
+  rm -f "$POLICY_DIR/broken.yaml"
+  [[ $(unit_prop ActiveState) == active ]] || { bad "$UNIT is $(unit_prop ActiveState) after the bad reload"; return 1; }
+  [[ $(unit_prop MainPID) == "$PID" ]] || { bad "the bad reload restarted the agent"; return 1; }
+  expect_bearer "$WORK/api-token-rotated" "the running policy must stay in force" || return 1
+  DETAIL="\"policy reload failed, keeping the running policy\" (systemctl reload exit $rc); the running policy still injects"
+}
+
+check_second_agent() {
+  local out rc
+  out=$($WIREKEY run --policy "$POLICY_DIR" --state-dir "$STATE_DIR" --pin-dir "$PIN_DIR-second" --proxy-port 15999 --audit /dev/null 2>&1); rc=$?
+  ((rc != 0)) || { bad "a second agent on $STATE_DIR started"; return 1; }
+  grep -q "another wirekey agent (pid $PID) is running with the state dir" <<<"$out" ||
+    { bad "a second agent was refused, but not for the running one (pid $PID): $out"; return 1; }
+  [[ ! -e $PIN_DIR-second ]] || { bad "the refused agent made $PIN_DIR-second"; return 1; }
+  [[ $(unit_prop MainPID) == "$PID" ]] || { bad "the unit's agent changed while a second one was refused"; return 1; }
+  DETAIL="refused (exit $rc): \"$(head -n 1 <<<"$out")\""
+}
+
+check_restart_on_kill() {
+  local restarts new
+  restarts=$(unit_prop NRestarts)
+  kill -KILL "$PID" || { bad "kill -9 $PID failed"; return 1; }
+  wait_until "$RESTART_TIMEOUT" restarted_since "$restarts" ||
+    { bad "systemd did not restart $UNIT after kill -9 (NRestarts $(unit_prop NRestarts), $(unit_prop ActiveState)/$(unit_prop SubState))"; return 1; }
+  wait_for_journal "$READY_RE" 2 "$READY_TIMEOUT" || return 1
+  new=$(unit_prop MainPID)
+  [[ $new != "$PID" && $new != 0 ]] || { bad "MainPID is $new after the restart"; return 1; }
+  PID=$new
+  expect_bearer "$WORK/api-token-rotated" "after the restart" || return 1
+  $WIREKEY status >/dev/null 2>&1 || { bad "wirekey status fails for the restarted agent"; return 1; }
+  DETAIL="Restart= brought it back as pid $PID (NRestarts $(unit_prop NRestarts)), ready again, injecting"
+}
+restarted_since() {
+  (($(unit_prop NRestarts) > $1)) && [[ $(unit_prop ActiveState)/$(unit_prop SubState) == active/running ]]
+}
+
+check_stop() {
+  local result
+  systemctl stop "$UNIT" || { bad "systemctl stop $UNIT failed"; return 1; }
+  result=$(unit_prop Result)
+  [[ $result == success ]] || { bad "$UNIT stopped with Result=$result (ExecMainStatus=$(unit_prop ExecMainStatus))"; return 1; }
+  wait_until "$STOP_TIMEOUT" none_attached || { bad "wk_* programs still attached after the stop: $ATTACHED"; return 1; }
+  wait_until "$STOP_TIMEOUT" no_pin_dir ||
+    { bad "$PIN_DIR still exists after the stop: $(find "$PIN_DIR" -mindepth 1 -maxdepth 1 -printf '%f ' 2>&1)"; return 1; }
+  # Programs are freed once their last reference goes; that can lag the exit a little.
+  wait_until "$STOP_TIMEOUT" none_loaded || { bad "wk_* programs still loaded after the stop: $LOADED"; return 1; }
+  grep -Eq '(^|[^[:alnum:]_])stopped$' <<<"$(journal)" ||
+    { bad "the agent did not log 'stopped' (on SIGTERM it detaches, unpins, then logs it)"; return 1; }
+  local rc
+  $WIREKEY status >/dev/null 2>&1; rc=$?
+  ((rc == 3)) || { bad "wirekey status exits $rc after the stop (3: not running)"; return 1; }
+  DETAIL="Result=success, 'stopped' logged, nothing attached under $CGROUP_ROOT, no wk_* program $( ((SHARED_KERNEL)) && echo 'held here' || echo loaded), $PIN_DIR gone, wirekey status exits 3"
+}
+
+# ---- the list ------------------------------------------------------------------------
+# Later (the operations issue): ready-notify (Type=notify, READY=1 and STATUS=
+# in systemctl status), reload exit codes, watchdog, metrics.
+
+CHECKS=(install start attached backfill status inject-proxy inject-kernel not-bound reload-good reload-bad
+        second-agent restart-on-kill stop)
+
+failed=''
+for name in "${CHECKS[@]}"; do
+  if [[ -n $failed ]]; then
+    printf '%-5s %-16s %s\n' '-' "$name" "not run (after $failed failed)"
+    continue
+  fi
+  REASON='' DETAIL=''
+  if "check_${name//-/_}"; then
+    printf '%-5s %-16s %s\n' ok "$name" "$DETAIL"
+  else
+    printf '%-5s %-16s %s\n' FAIL "$name" "${REASON:-failed}"
+    failed=$name
+  fi
+done
+if [[ -n $failed ]]; then
+  log "FAILED at $failed"
+  exit 1
 fi
-
-# ---- reload (SIGHUP) --------------------------------------------------------------
-
-log "reloading $UNIT"
-systemctl reload "$UNIT" || fail "systemctl reload $UNIT failed"
-wait_for_journal 'policy reloaded' "$RELOAD_TIMEOUT" '"policy reloaded"'
-[[ $(unit_prop ActiveState) == active ]] || fail "$UNIT is $(unit_prop ActiveState) after the reload"
-[[ $(unit_prop MainPID) == "$pid" ]] || fail "the reload restarted the agent (pid $pid -> $(unit_prop MainPID))"
-if grep -q 'reload failed' <<<"$(journal)"; then fail "the journal reports a failed reload"; fi
-scan_attached
-[[ -n $ATTACHED ]] || fail "no wk_* program is attached after the reload"
-log "reloaded"
-
-# ---- stop ------------------------------------------------------------------------------
-
-log "stopping $UNIT"
-systemctl stop "$UNIT" || fail "systemctl stop $UNIT failed"
-result=$(unit_prop Result)
-[[ $result == success ]] || fail "$UNIT stopped with Result=$result (ExecMainStatus=$(unit_prop ExecMainStatus))"
-
-wait_until "$STOP_TIMEOUT" none_attached || fail "wk_* programs are still attached after the stop:
-$ATTACHED"
-wait_until "$STOP_TIMEOUT" no_pin_dir || fail "$PIN_DIR still exists after the stop: $(find "$PIN_DIR" -mindepth 1 -maxdepth 1 -printf '%f ' 2>&1)"
-# Programs are freed once their last reference goes; that can lag the exit a little.
-wait_until "$STOP_TIMEOUT" none_loaded || fail "wk_* programs are still loaded after the stop:
-$LOADED"
-grep -Eq '(^|[^[:alnum:]_])stopped$' <<<"$(journal)" || fail "the agent did not log 'stopped' (on SIGTERM it detaches, unpins, then logs it)"
-log "stopped: nothing attached under $CGROUP_ROOT, no wk_* program loaded, $PIN_DIR gone"
+log "PASS: ${#CHECKS[@]} checks under systemd $(systemctl --version | sed -n '1s/^systemd \([0-9]*\).*/\1/p')"

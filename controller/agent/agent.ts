@@ -3,19 +3,21 @@
  * proxy, started in that order and stopped in reverse.
  */
 import path from 'node:path';
-import { mkdirSync, renameSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, renameSync, writeFileSync } from 'node:fs';
 import type https from 'node:https';
 import { loadPolicy } from '../policy/load.js';
 import { compilePolicy } from '../policy/compile.js';
-import type { Plan } from '../policy/types.js';
+import type { Plan, PlanBinding } from '../policy/types.js';
+import { createHash } from 'node:crypto';
 import { LocalCa } from '../tls/local-ca.js';
 import { CredentialSources } from '../credentials/sources.js';
 import type { Credential } from '../credentials/credential.js';
 import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/datapath.js';
 import { findCgroup2Root } from '../datapath/cgroup.js';
+import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
+import { ControlServer, controlSocketPath } from './control-server.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../identity/tables.js';
-import { runningTasks } from '../identity/backfill.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
 import { ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { createUpstreamAgent } from '../proxy/upstream.js';
@@ -24,7 +26,7 @@ import { credentialHeader } from '../inject/inject.js';
 import { AuditLog } from '../audit/audit-log.js';
 import { RouteTable } from '../proxy/routes.js';
 import { KernelBindings } from './kernel-bindings.js';
-import { CredentialError, NotSupportedError } from '../errors.js';
+import { CredentialError, NotSupportedError, PolicyError } from '../errors.js';
 import type { Logger } from '../log.js';
 
 export interface AgentOptions {
@@ -81,6 +83,15 @@ export class Agent {
   #syncing = false;
   #lastStats: DatapathStats = { tasksFull: 0n, storageFailures: 0n };
   #lastProxyStats: string | undefined;
+  /** The last reload or stop asked for, ended or not: the next one runs after it. */
+  #lifecycle: Promise<void> = Promise.resolve();
+  #stopping = false;
+  #lock: InstanceLock | undefined;
+  #control: ControlServer | undefined;
+  /** Programs attached, policy applied, credentials checked: what /readyz answers. */
+  #ready = false;
+  /** The plan in force before the last reload, to say what it changed. */
+  #lastPlan: Plan | undefined;
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
@@ -108,14 +119,28 @@ export class Agent {
   }
 
   async #start(): Promise<void> {
+    // One agent per state dir and per pin dir, before anything is touched.
+    mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
+    this.#lock = acquireInstanceLock(this.#opts.stateDir, this.#opts.pinDir);
+    if (this.#lock.previousPid && existsSync(this.#opts.pinDir)) {
+      this.#log.warn('pins in %s were left by agent pid %d, which is not running: its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
+    }
+    // Health answers from here on; readiness once everything is up.
+    this.#control = new ControlServer(this.#log);
+    this.#control.route('GET', '/healthz', (_req, res) => void res.writeHead(200, { 'content-type': 'text/plain' }).end('ok\n'));
+    this.#control.route('GET', '/readyz', (_req, res) => {
+      const state = this.#ready ? 'ready' : this.#stopping ? 'stopping' : 'starting';
+      res.writeHead(this.#ready ? 200 : 503, { 'content-type': 'text/plain' }).end(`${state}\n`);
+    });
+    await this.#control.listen(controlSocketPath(this.#opts.stateDir));
     const next = await this.#loadPlan();
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
 
-    mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     const ca = await LocalCa.loadOrCreate(path.join(this.#opts.stateDir, 'ca'));
-    this.#audit = new AuditLog(this.#opts.auditPath);
+    this.#audit = new AuditLog(this.#opts.auditPath, (err) =>
+      this.#log.error('audit log %s cannot be written (%s): proxied requests are refused until it can', this.#opts.auditPath, err.message));
     await this.#checkCredentials();
 
     this.#cgroupRoot = findCgroup2Root();
@@ -143,7 +168,8 @@ export class Agent {
       kernelAliveTimeoutMs: this.#opts.kernelAliveTimeoutMs,
     });
     this.#reportPrevious();
-    this.#resolver = new IdentityResolver(this.#cgroupRoot);
+    const datapath = this.#datapath;
+    this.#resolver = new IdentityResolver(this.#cgroupRoot, () => datapath.openFileKeys());
     this.#datapath.setPortBindings(this.#routes.portBindings());
     // Strict here: a policy the maps cannot hold fails the start. The
     // periodic resync after it only logs.
@@ -153,12 +179,12 @@ export class Agent {
     // Twice: a process forked during the first pass by a parent the pass had
     // not reached yet is caught by the second; after that, every process's
     // parent is known and the fork program covers its children.
-    const added = this.#datapath.backfill(runningTasks()) + this.#datapath.backfill(runningTasks());
+    const added = this.#datapath.backfill() + this.#datapath.backfill();
     this.#datapath.attachRedirect(this.#cgroupRoot);
     const kh = this.#datapath.kernelHttp;
     if (kh) {
       if (!kh.pushWatch) {
-        this.#log.warn('kernel HTTP datapath: this kernel refused the failed-push watch (fexit/tcp_bpf_push: %s); ' +
+        this.#log.warn('kernel HTTP datapath: no failed-push watch (%s); ' +
           'memory pressure is still caught, a push failing for another reason before its first byte is not (see the README)', this.#datapath.pushWatchUnavailable);
       }
       kh.setAuditGrain(this.#opts.kernelAuditGrain ?? 'request');
@@ -173,6 +199,12 @@ export class Agent {
       this.#kernelRefresh = setInterval(() => void this.#refreshKernelBindings(), KERNEL_REFRESH_MS);
       this.#kernelRefresh.unref();
     } else {
+      const bug = this.#datapath.kernelHttpError;
+      if (bug) {
+        // Not an old kernel: a program the verifier refused on a kernel that has every feature it uses.
+        this.#log.error('kernel HTTP datapath refused by the kernel on a kernel that has every feature it uses; this is a wirekey bug, please report it with this log: %s\n%s',
+          bug.message, bug.verifierLog ?? bug.libbpfLog ?? '(no verifier log)');
+      }
       this.#requireKernelHttp(this.#plan);
       this.#log.warn('kernel HTTP datapath not loaded (plaintext services cannot be bound): %s', this.#datapath.kernelHttpUnavailable);
     }
@@ -185,19 +217,48 @@ export class Agent {
       'ready: proxy on 127.0.0.1:%d and [::1]:%d, programs %s attached to %s, %d running processes backfilled, pins in %s',
       this.#opts.proxyPort, this.#opts.proxyPort, this.#datapath.programIds().join(','), this.#cgroupRoot, added, this.#opts.pinDir,
     );
+    this.#ready = true;
+  }
+
+  /** The control socket, for routes other parts add (reload, metrics). */
+  get control(): ControlServer | undefined {
+    return this.#control;
   }
 
   /**
    * Loads the policy again and applies it whole, or not at all: a policy
    * that does not load, or that the kernel maps cannot hold, leaves the
    * running one in force. Returns whether the new policy was applied.
+   * Reloads and stop() run one at a time, in the order asked; a reload
+   * asked for once stop() has been called does nothing and returns false.
    */
-  async reload(): Promise<boolean> {
+  reload(): Promise<boolean> {
+    if (this.#stopping) return Promise.resolve(false);
+    return this.#serially(() => this.#reload());
+  }
+
+  /** Stops everything that was started, in reverse order, after any reload in progress. Idempotent. */
+  stop(): Promise<void> {
+    this.#stopping = true;
+    return this.#serially(() => this.#stop());
+  }
+
+  /** Runs `fn` after every reload and stop asked for before it has ended. */
+  #serially<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#lifecycle.then(fn, fn);
+    this.#lifecycle = run.then(() => undefined, () => undefined);
+    return run;
+  }
+
+  async #reload(): Promise<boolean> {
     let next: LoadedPlan;
     try {
       next = await this.#loadPlan();
     } catch (err) {
-      this.#log.error('policy reload failed, keeping the running policy:\n%s', (err as Error).message);
+      // One line per problem: the first names the outcome, each next one a file:line:column.
+      const lines = err instanceof PolicyError ? err.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`) : [(err as Error).message];
+      this.#log.error('policy reload failed, keeping the running policy: %d problem(s)', lines.length);
+      for (const line of lines) this.#log.error('policy: %s', line);
       return false;
     }
     const datapath = this.#datapath;
@@ -223,6 +284,7 @@ export class Agent {
       return false;
     }
     const retired = this.#credentials;
+    this.#lastPlan = this.#plan;
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
@@ -233,12 +295,27 @@ export class Agent {
     this.#reportProblems();
     this.#writeRuntimeState();
     await this.#checkCredentials();
-    this.#log.info('policy reloaded');
+    const before = this.#lastPlan;
+    this.#lastPlan = next.plan;
+    this.#log.info('policy reloaded: %s', describeChange(before, next.plan));
     return true;
   }
 
-  /** Stops everything that was started, in reverse order. Idempotent. */
-  async stop(): Promise<void> {
+  /**
+   * Opens the audit file again by its path (SIGUSR1, after logrotate moved
+   * it). A file that cannot be opened leaves the old one in use, and says so.
+   */
+  reopenAudit(): void {
+    try {
+      this.#audit?.reopen();
+      this.#log.info('audit log %s reopened', this.#opts.auditPath);
+    } catch (err) {
+      this.#log.error('audit log %s cannot be reopened, still writing the old one: %s', this.#opts.auditPath, (err as Error).message);
+    }
+  }
+
+  async #stop(): Promise<void> {
+    this.#ready = false;
     if (this.#resync) clearInterval(this.#resync);
     this.#resync = undefined;
     if (this.#kernelRefresh) clearInterval(this.#kernelRefresh);
@@ -260,6 +337,8 @@ export class Agent {
     } catch (err) {
       this.#log.error('kernel datapath: stopping: %s', (err as Error).message);
     }
+    this.#resolver?.close();
+    this.#resolver = undefined;
     await this.#proxy?.close();
     this.#proxy = undefined;
     this.#upstreamAgent?.destroy();
@@ -268,6 +347,10 @@ export class Agent {
     this.#credentials = CredentialSources.empty();
     this.#audit?.close();
     this.#audit = undefined;
+    await this.#control?.close();
+    this.#control = undefined;
+    this.#lock?.release();
+    this.#lock = undefined;
   }
 
   /**
@@ -280,7 +363,7 @@ export class Agent {
     for (const w of warnings) this.#log.warn('policy: %s:%d:%d: %s', w.file, w.line, w.column, w.message);
     const plan = compilePolicy(policy);
     const credentials = await CredentialSources.build(plan, this.#credentials, this.#log);
-    this.#log.info('policy: %d file(s), %d workload(s), %d service(s), %d binding(s)', files.length,
+    this.#log.info('policy %s: %d file(s), %d workload(s), %d service(s), %d binding(s)', planHash(plan), files.length,
       plan.workloads.size, plan.services.size, plan.bindings.length);
     return { plan, routes: new RouteTable(plan), credentials };
   }
@@ -458,11 +541,38 @@ export class Agent {
   }
 }
 
+/** A short, stable digest of what a plan applies (the same policy gives the same hash on every host). */
+export function planHash(plan: Plan): string {
+  const sorted = (m: Map<string, unknown>) => [...m].sort(([a], [b]) => (a < b ? -1 : 1));
+  const text = JSON.stringify({
+    vault: sorted(plan.vaultConnections), credentials: sorted(plan.credentials), services: sorted(plan.services),
+    workloads: sorted(plan.workloads), bindings: [...plan.bindings].sort((a, b) => (a.name < b.name ? -1 : 1)),
+  });
+  return createHash('sha256').update(text).digest('hex').slice(0, 12);
+}
+
+/** What a reload changed, binding by binding: "policy 1a2b.. -> 3c4d..; bindings added a; removed b; changed c". */
+function describeChange(before: Plan | undefined, after: Plan): string {
+  const key = (plan: Plan, b: PlanBinding) =>
+    JSON.stringify([b, plan.services.get(b.service), plan.workloads.get(b.workload)?.selector]);
+  const old = new Map((before?.bindings ?? []).map((b) => [b.name, key(before as Plan, b)]));
+  const now = new Map(after.bindings.map((b) => [b.name, key(after, b)]));
+  const added = [...now.keys()].filter((n) => !old.has(n));
+  const removed = [...old.keys()].filter((n) => !now.has(n));
+  const changed = [...now.keys()].filter((n) => old.has(n) && old.get(n) !== now.get(n));
+  const parts = [
+    added.length ? `bindings added ${added.join(', ')}` : '',
+    removed.length ? `removed ${removed.join(', ')}` : '',
+    changed.length ? `changed ${changed.join(', ')}` : '',
+  ].filter(Boolean);
+  return `policy ${before ? planHash(before) : '?'} -> ${planHash(after)}; ${parts.length ? parts.join('; ') : 'no binding changed'}`;
+}
+
 /** A stable text form of identity tables, to tell whether anything changed. */
 function tablesKey(t: IdentityTables): string {
   return JSON.stringify({
     cgroups: [...t.cgroups].map(([k, v]) => [k.toString(), v]).sort(),
-    exes: t.exes.map((e) => [`${e.key.dev}:${e.key.ino}`, e.workloads]).sort(),
+    exes: t.exes.map((e) => [`${e.key.dev}:${e.key.ino}:${e.key.inode}`, e.workloads]).sort(),
     uids: [...t.uids].sort(),
     any: t.any,
   });

@@ -43,25 +43,49 @@ export interface AuditEvent {
   reason?: string;
 }
 
-export class AuditLog {
-  readonly #fd: number;
-  readonly #ownsFd: boolean;
-  #pending: string[] = [];
+/** Audit bytes waiting for stdout past which the sink counts as backed up (the proxy then refuses: see `writable`). */
+export const AUDIT_BACKLOG_MAX = 16 * 1024 * 1024;
 
-  /** `target` is a file path (appended, created 0600) or '-' for stdout. */
-  constructor(target: string) {
-    if (target === '-') {
-      this.#fd = 1;
-      this.#ownsFd = false;
-    } else {
-      this.#fd = openSync(target, 'a', 0o600);
-      this.#ownsFd = true;
-    }
+/**
+ * Where audit lines go: an append-only file (0600), or stdout ('-').
+ *
+ * A file is written with a synchronous write per line or batch, so a line
+ * is on disk before the request it records is answered and none is lost
+ * when the agent stops; a regular file never blocks on a full reader.
+ * Stdout may be a pipe that another process set non-blocking, or a reader
+ * that stalls: lines go through process.stdout, which queues what the pipe
+ * cannot take yet instead of failing. Either way `writable` turns false
+ * while the sink fails or (stdout) more than AUDIT_BACKLOG_MAX bytes wait,
+ * and the proxy refuses requests it could not audit until it recovers.
+ */
+export class AuditLog {
+  readonly #target: string;
+  #fd: number | null = null;
+  #pending: string[] = [];
+  #failure: Error | null = null;
+  readonly #onError: (err: Error) => void;
+
+  /**
+   * `target` is a file path (appended, created 0600) or '-' for stdout.
+   * `onError` hears of a write that failed, once per failure run.
+   * @throws the open error of the file.
+   */
+  constructor(target: string, onError: (err: Error) => void = () => {}) {
+    this.#target = target;
+    this.#onError = onError;
+    if (target !== '-') this.#fd = openSync(target, 'a', 0o600);
+    // A reader that went away (EPIPE) is a failed sink, not a crash.
+    else process.stdout.on('error', (err) => this.#fail(err));
+  }
+
+  /** False while lines cannot be written, or wait in a backlog past AUDIT_BACKLOG_MAX. */
+  get writable(): boolean {
+    if (this.#failure) return false;
+    return this.#fd !== null || process.stdout.writableLength <= AUDIT_BACKLOG_MAX;
   }
 
   record(event: AuditEvent): void {
-    // Synchronous: an audit line must not be lost when the agent stops right after.
-    writeAll(this.#fd, `${this.#line(event)}\n`);
+    this.#write(`${this.#line(event)}\n`);
   }
 
   /**
@@ -73,9 +97,25 @@ export class AuditLog {
     if (this.#pending.push(this.#line(event)) === 1) queueMicrotask(() => this.#flush());
   }
 
+  /**
+   * Opens the file again by its path (after logrotate moved it away): lines
+   * from now on go to the new file. A file that cannot be opened leaves the
+   * old one in use. No-op for stdout.
+   * @throws the open error.
+   */
+  reopen(): void {
+    if (this.#fd === null) return;
+    this.#flush();
+    const fd = openSync(this.#target, 'a', 0o600);
+    const old = this.#fd;
+    this.#fd = fd;
+    closeSync(old);
+  }
+
   close(): void {
     this.#flush();
-    if (this.#ownsFd) closeSync(this.#fd);
+    if (this.#fd !== null) closeSync(this.#fd);
+    this.#fd = null;
   }
 
   #line(event: AuditEvent): string {
@@ -86,11 +126,26 @@ export class AuditLog {
     if (!this.#pending.length) return;
     const text = `${this.#pending.join('\n')}\n`;
     this.#pending = [];
-    writeAll(this.#fd, text);
+    this.#write(text);
+  }
+
+  #write(text: string): void {
+    try {
+      if (this.#fd !== null) writeAll(this.#fd, text);
+      else process.stdout.write(text);
+      this.#failure = null;
+    } catch (err) {
+      this.#fail(err as Error);
+    }
+  }
+
+  #fail(err: Error): void {
+    if (!this.#failure) this.#onError(err);
+    this.#failure = err;
   }
 }
 
-/** writeSync until every byte is written (a pipe may take a large batch in parts). */
+/** writeSync until every byte is written. */
 function writeAll(fd: number, text: string): void {
   const buf = Buffer.from(text, 'utf8');
   for (let off = 0; off < buf.length; ) off += writeSync(fd, buf, off);

@@ -4,13 +4,16 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import path from 'node:path';
+import { existsSync, readFileSync } from 'node:fs';
 import { Agent } from '../agent/agent.js';
+import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
 import { lintPolicyPath } from '../policy/load.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { explainPid, formatExplanation } from '../identity/explain.js';
 import { agentStatus, formatStatus } from '../identity/status.js';
-import { createLogger, isLogLevel, type LogLevel } from '../log.js';
+import { createLogger, isLogFormat, isLogLevel, type LogFormat, type LogLevel } from '../log.js';
+import { libbpfVersion, repoRoot } from '../datapath/native.js';
 import { makeNotDumpable } from '../datapath/dumpable.js';
 import { WirekeyError, PolicyError, BpfError } from '../errors.js';
 
@@ -60,13 +63,22 @@ function seconds(value: string): number {
   return Math.round(n * 1000);
 }
 
+function logFormat(value: string): LogFormat {
+  if (!isLogFormat(value)) throw new InvalidArgumentError('must be text or json');
+  return value;
+}
+
 function level(value: string): LogLevel {
   if (!isLogLevel(value)) throw new InvalidArgumentError('must be debug, info, warn or error');
   return value;
 }
 
+/** This build's version, from package.json next to it. */
+const VERSION = (JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version;
+
 const program = new Command()
   .name('wirekey')
+  .version(VERSION, '-V, --version', 'print the version')
   .description('Puts Vault-sourced credentials on the wire for Linux workloads that never hold them')
   .showHelpAfterError();
 
@@ -89,14 +101,49 @@ program
   .option('--kernel-audit <grain>', 'audit kernel datapath injections per request, or per connection and credential version', grain, 'request' as const)
   .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
+  .option('--log-format <format>', 'text (one line per event) or json (one object per line)', logFormat, 'text' as LogFormat)
   .action(async (opts: {
     policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
     sigv4BodyMemory: number; handshakeTimeout: number; maxHandshakes: number; maxConnectionsPerWorkload: number; idleTimeout: number;
-    kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel;
+    kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel; logFormat: LogFormat;
   }) => {
-    const log = createLogger(opts.logLevel);
-    let agent: Agent;
+    const log = createLogger(opts.logLevel, undefined, opts.logFormat);
+    log.info('wirekey %s starting (pid %d, node %s, libbpf %s)', VERSION, process.pid, process.version, libbpfVersion());
+    // Signals are taken from the first instruction: one that arrives while
+    // the agent starts (a reload right after systemd starts it, a stop) is
+    // acted on once it has started, never the default (terminate, leaving
+    // pins behind).
+    let agent: Agent | undefined;
+    let stopSignal: string | undefined;
+    let reloadWanted = false;
+    const stop = (signal: string) => {
+      if (stopSignal) return;
+      stopSignal = signal;
+      if (!agent) {
+        log.info('%s: stopping once started', signal);
+        return;
+      }
+      log.info('%s: detaching and stopping', signal);
+      void agent.stop().then(() => {
+        log.info('stopped');
+        process.exit(0);
+      });
+    };
+    const reload = () => {
+      if (!agent) {
+        reloadWanted = true;
+        return;
+      }
+      log.info('SIGHUP: reloading the policy');
+      void agent.reload();
+    };
+    process.on('SIGHUP', reload);
+    process.on('SIGUSR1', () => agent?.reopenAudit());
+    process.on('SIGINT', () => stop('SIGINT'));
+    process.on('SIGTERM', () => stop('SIGTERM'));
     try {
+      const warning = checkCapabilities();
+      if (warning) log.warn('%s', warning);
       // Before any secret is read: no core dump, and no /proc/PID/mem, environ,
       // fd or ptrace access for processes of this uid without CAP_SYS_PTRACE.
       makeNotDumpable();
@@ -124,22 +171,13 @@ program
       fail(err);
       return;
     }
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      log.info('%s: detaching and stopping', signal);
-      void agent.stop().then(() => {
-        log.info('stopped');
-        process.exit(0);
-      });
-    };
-    process.on('SIGHUP', () => {
-      log.info('SIGHUP: reloading the policy');
-      void agent.reload();
-    });
-    process.on('SIGINT', () => stop('SIGINT'));
-    process.on('SIGTERM', () => stop('SIGTERM'));
+    const asked = stopSignal;
+    if (asked) {
+      stopSignal = undefined;
+      stop(asked);
+    } else if (reloadWanted) {
+      reload();
+    }
   });
 
 program
@@ -178,11 +216,13 @@ program
 
 program
   .command('status')
-  .description('map usage and kernel drop counters of the running agent')
+  .description('whether the agent runs, its map usage and its counters; exits 3 when no agent runs, 4 without permission')
   .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
-  .action((opts: { stateDir: string }) => {
+  .option('--json', 'machine-readable output (counters as decimal strings)')
+  .action((opts: { stateDir: string; json?: boolean }) => {
     try {
-      process.stdout.write(formatStatus(agentStatus(opts.stateDir)));
+      const s = agentStatus(opts.stateDir);
+      process.stdout.write(opts.json ? `${JSON.stringify(s, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n` : formatStatus(s));
     } catch (err) {
       fail(err);
     }
@@ -190,11 +230,20 @@ program
 
 const ca = program.command('ca').description('the local CA that workloads trust for intercepted hosts');
 ca.command('cert')
-  .description('print the local CA certificate (PEM), creating the CA if needed')
+  .description('print the local CA certificate (PEM), creating the CA in an existing state dir if it has none')
   .option('--state-dir <dir>', 'where the local CA is kept (root-only)', DEFAULTS.stateDir)
-  .action(async (opts: { stateDir: string }) => {
-    const local = await LocalCa.loadOrCreate(path.join(opts.stateDir, 'ca'));
-    process.stdout.write(local.certificatePem());
+  .option('--create', 'create the state dir too when it does not exist')
+  .action(async (opts: { stateDir: string; create?: boolean }) => {
+    try {
+      // A mistyped --state-dir must not quietly mint a CA nobody uses.
+      if (!opts.create && !existsSync(opts.stateDir)) {
+        throw new WirekeyError('WK_NO_STATE_DIR', `state dir ${opts.stateDir} does not exist (wirekey run creates it; or pass --create)`);
+      }
+      const local = await LocalCa.loadOrCreate(path.join(opts.stateDir, 'ca'));
+      process.stdout.write(local.certificatePem());
+    } catch (err) {
+      fail(err);
+    }
   });
 
 function fail(err: unknown): void {
@@ -203,10 +252,21 @@ function fail(err: unknown): void {
   } else if (err instanceof WirekeyError) {
     process.stderr.write(`wirekey: ${err.message}\n`);
     if (err instanceof BpfError && err.verifierLog) process.stderr.write(`verifier log:\n${err.verifierLog}\n`);
+  } else if ((err as NodeJS.ErrnoException)?.code && (err as NodeJS.ErrnoException).syscall) {
+    // A system call that failed on a path (an unwritable state dir, ...): one line, no stack.
+    process.stderr.write(`wirekey: ${(err as Error).message}\n`);
   } else {
     process.stderr.write(`wirekey: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   }
-  process.exitCode = 1;
+  process.exitCode = exitCodeOf(err);
+}
+
+/** 3: no agent runs (as LSB status and systemctl say it); 4: not permitted to tell; 1: anything else. */
+function exitCodeOf(err: unknown): number {
+  const code = err instanceof WirekeyError ? err.code : undefined;
+  if (code === 'WK_NO_AGENT') return 3;
+  if (code === 'WK_ACCESS') return 4;
+  return 1;
 }
 
 program.parseAsync().catch(fail);

@@ -9,10 +9,10 @@ import { execFileSync } from 'node:child_process';
 import { BpfError, NotSupportedError } from '../errors.js';
 import { bpfCall, native, repoRoot, type NativeLink, type NativeMap, type NativeObject } from './native.js';
 import {
-  BPF_NOEXIST,
   WK_ACTION_PROXY,
   WK_STAT_STORAGE_FAIL,
   WK_STAT_TASKS_FULL,
+  decodeAgentFiles,
   decodeExeKey,
   encodeAny,
   encodeExeKey,
@@ -25,11 +25,11 @@ import {
   encodeU16,
   encodeU32,
   encodeU64,
-  verifyConstants,
-  verifyLayouts,
+  verifyContract,
   type OrigDst,
 } from './layout.js';
 import { KernelHttp } from './kernel-http.js';
+import { describeMissing, notSupported, probeFeatures, type FeatureSet, type MissingFeature, type Prober } from './features.js';
 import { drainingDir, retireSockhash, sweepDraining, type DrainingSockhash, type RetireResult } from './draining.js';
 
 export type { OrigDst, ExeKey } from './layout.js';
@@ -48,6 +48,8 @@ export interface DatapathOptions {
   objectPath?: string;
   /** How long the kernel HTTP datapath injects without a heartbeat from this process (KernelHttp.attach). */
   kernelAliveTimeoutMs?: number;
+  /** Answers the feature probes instead of the kernel (tests: a kernel without bpf_loop, or without trampolines). */
+  prober?: Prober;
 }
 
 /**
@@ -60,12 +62,6 @@ export interface IdentityTables {
   exes: { key: ExeKey; workloads: number[] }[];
   uids: Map<number, number[]>;
   any: { cgroup: number[]; exe: number[]; uid: number[] };
-}
-
-/** A process's executable, for backfilling processes that predate the agent. */
-export interface TaskExe {
-  tgid: number;
-  exe: ExeKey;
 }
 
 export interface DatapathStats {
@@ -102,6 +98,7 @@ export class Datapath {
   readonly #pinDir: string;
   #kernelHttp: KernelHttp | null = null;
   #kernelHttpUnavailable: string | null = null;
+  #kernelHttpError: BpfError | null = null;
   #kernelAliveTimeoutMs: number | undefined;
   #previous: RetireResult | null = null;
   /** The pin directory is this instance's (a previous instance's pins were retired). */
@@ -115,9 +112,22 @@ export class Datapath {
   }
 
   /**
-   * Opens, loads and attaches the programs.
+   * Opens, loads and attaches the programs. What the kernel can do is
+   * probed first (features.ts), and only a negative probe is "not
+   * supported": the identity and redirect programs' missing feature fails
+   * the open; the kernel HTTP datapath's leaves it out (kernelHttpUnavailable
+   * names the feature and the minimum kernel), and a kernel without BPF
+   * trampolines runs it without the failed-push watch (pushWatchUnavailable).
+   *
+   * Any other load failure is a bug, never a feature to do without: it is a
+   * BpfError with libbpf's message and the verifier log. For the kernel HTTP
+   * programs on a kernel whose probes all passed, the agent still starts
+   * with the proxy datapath alone (so TLS services keep their
+   * credentials), and the error is kept in kernelHttpError for the caller
+   * to report loudly; plaintext services are then refused with it.
    * @throws BpfError (with the verifier log when a program is refused),
-   *   NotSupportedError when the kernel lacks a needed feature.
+   *   NotSupportedError when a probe finds the kernel lacks a feature the
+   *   identity or redirect programs need.
    */
   static open(opts: DatapathOptions): Datapath {
     const addon = native();
@@ -133,8 +143,7 @@ export class Datapath {
     const load = (withKernelHttp: boolean, pushWatch = true): NativeObject => {
       const object = bpfCall(() => new addon.BpfObject(objectPath));
       try {
-        verifyLayouts((name) => object.btfStruct(name));
-        verifyConstants((name) => object.btfEnum(name));
+        verifyContract(object);
         if (withKernelHttp) KernelHttp.enable(object, { pushWatch });
         bpfCall(() => {
           object.setGlobal('agent_tgid', encodeU32(process.pid));
@@ -148,32 +157,46 @@ export class Datapath {
       }
       return object;
     };
+    const probe = (set: FeatureSet): MissingFeature | null => probeFeatures(set, opts.prober);
+    for (const set of ['identity', 'redirect'] as const) {
+      const missing = probe(set);
+      if (missing) throw notSupported(missing);
+    }
     // The kernel HTTP programs need more of the kernel than the rest (5.17):
-    // a kernel that refuses them still gets the proxy datapath, and policies
-    // with plaintext services are refused with this reason.
+    // a kernel the probes find short of it still gets the proxy datapath, and
+    // policies with plaintext services are refused with this reason.
     let object: NativeObject;
     let kernelHttpUnavailable: string | null = null;
+    let kernelHttpError: BpfError | null = null;
     let pushWatchUnavailable: string | null = null;
+    const missingHttp = opts.kernelHttp === false ? null : probe('kernelHttp');
     if (opts.kernelHttp === false) {
       kernelHttpUnavailable = 'turned off (--no-kernel-datapath)';
       object = load(false);
+    } else if (missingHttp) {
+      kernelHttpUnavailable = describeMissing(missingHttp);
+      object = load(false);
     } else {
+      // Without BPF trampolines (fexit) the failed-push watch cannot load:
+      // the rest of the datapath can, degraded (KernelHttp.pushWatch).
+      const missingWatch = probe('pushWatch');
+      if (missingWatch) pushWatchUnavailable = describeMissing(missingWatch);
       try {
-        object = load(true);
-      } catch (watchErr) {
-        // Without BPF trampolines (fexit) the failed-push watch cannot load:
-        // the rest of the datapath can, degraded (KernelHttp.pushWatch).
-        try {
-          object = load(true, false);
-          pushWatchUnavailable = (watchErr as Error).message.split('\n')[0] ?? String(watchErr);
-        } catch (err) {
-          kernelHttpUnavailable = `this kernel refused its programs (Linux 5.17 or newer is needed): ${(err as Error).message.split('\n')[0] ?? String(err)}`;
-          object = load(false);
-        }
+        object = load(true, !missingWatch);
+      } catch (err) {
+        if (!(err instanceof BpfError)) throw err;
+        // Refused on a kernel that has everything the programs use: a bug
+        // in them (or in a probe), reported with the verifier log, never
+        // passed off as an old kernel.
+        kernelHttpError = err;
+        kernelHttpUnavailable = `the kernel refused its programs although it has every feature they use (a wirekey bug; the verifier log is in the agent's log): ${err.message.split('\n')[0] ?? ''}`;
+        pushWatchUnavailable = null;
+        object = load(false);
       }
     }
     const dp = new Datapath(object, opts.pinDir);
     dp.#kernelHttpUnavailable = kernelHttpUnavailable;
+    dp.#kernelHttpError = kernelHttpError;
     dp.#kernelAliveTimeoutMs = opts.kernelAliveTimeoutMs;
     dp.#pushWatchUnavailable = pushWatchUnavailable;
     try {
@@ -213,14 +236,26 @@ export class Datapath {
     return this.#kernelHttp;
   }
 
-  /** Why the kernel HTTP datapath could not be loaded (the first line of the error), or null. */
+  /**
+   * Why the kernel HTTP datapath is not loaded, or null: turned off, the
+   * feature a probe found missing (with the minimum kernel), or a refusal
+   * on a kernel that has every feature (then kernelHttpError holds it).
+   */
   get kernelHttpUnavailable(): string | null {
     return this.#kernelHttpUnavailable;
   }
 
   /**
+   * The load failure of the kernel HTTP programs on a kernel whose probes
+   * all passed (a bug: with libbpf's message and the verifier log), or null.
+   */
+  get kernelHttpError(): BpfError | null {
+    return this.#kernelHttpError;
+  }
+
+  /**
    * Why the kernel HTTP datapath runs without its failed-push watch (the
-   * kernel refused its fexit program), or null when it has it or is not loaded.
+   * trampoline probe failed: no fexit here), or null when it has it or is not loaded.
    */
   get pushWatchUnavailable(): string | null {
     return this.#pushWatchUnavailable;
@@ -262,24 +297,27 @@ export class Datapath {
   }
 
   /**
-   * Records processes that predate the programs. Never overwrites what the
-   * exec/fork programs already wrote, which is newer than any /proc read.
+   * Records the processes that predate the programs, as the kernel sees
+   * their executables (wk_backfill reads each one's mm->exe_file). Never
+   * overwrites what the exec/fork programs already wrote, which is newer.
    * Returns how many were added.
+   * @throws BpfError
    */
-  backfill(tasks: Iterable<TaskExe>): number {
-    const map = this.#map('wk_task_exe');
-    let added = 0;
-    for (const t of tasks) {
-      try {
-        map.update(encodeU32(t.tgid), encodeExeKey(t.exe), BPF_NOEXIST);
-        added++;
-      } catch (err) {
-        const errno = (err as { errno?: number }).errno;
-        if (errno === 17 /* EEXIST */) continue;
-        throw new BpfError(`backfill of process ${t.tgid} failed: ${(err as Error).message}`, { errno, cause: err });
-      }
-    }
-    return added;
+  backfill(): number {
+    if (this.#closed) throw new BpfError('datapath is closed');
+    const added = bpfCall(() => this.#object.iterate('wk_backfill', 0));
+    return new Set(Array.from({ length: added.length / 4 }, (_, i) => added.readUInt32LE(i * 4))).size;
+  }
+
+  /**
+   * The kernel's key of every regular file this process holds open, by
+   * descriptor (wk_agent_files): how executable selectors are resolved, so
+   * that they name a file exactly as wk_exec does.
+   * @throws BpfError
+   */
+  openFileKeys(): Map<number, ExeKey> {
+    if (this.#closed) throw new BpfError('datapath is closed');
+    return decodeAgentFiles(bpfCall(() => this.#object.iterate('wk_agent_files', process.pid)));
   }
 
   /** The executable the kernel recorded for a process, or null. */

@@ -8,7 +8,7 @@ import type { RefusalCode } from '../refusals.js';
 import ipaddr from 'ipaddr.js';
 import { BpfError } from '../errors.js';
 import { parseAddressPrefix } from '../addresses.js';
-import type { BtfStruct } from './native.js';
+import type { BtfStruct, NativeObject } from './native.js';
 
 interface Field {
   offset: number;
@@ -19,7 +19,11 @@ type Layout = { size: number; fields: Record<string, Field> };
 
 export const LAYOUTS = {
   wk_mask: { size: 32, fields: { bits: { offset: 0, size: 32 } } },
-  wk_exe_key: { size: 16, fields: { ino: { offset: 0, size: 8 }, dev: { offset: 8, size: 4 }, _pad: { offset: 12, size: 4 } } },
+  wk_exe_key: {
+    size: 24,
+    fields: { ino: { offset: 0, size: 8 }, dev: { offset: 8, size: 4 }, _pad: { offset: 12, size: 4 }, inode: { offset: 16, size: 8 } },
+  },
+  wk_agent_file: { size: 32, fields: { fd: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 }, key: { offset: 8, size: 24 } } },
   wk_any: { size: 96, fields: { cgroup: { offset: 0, size: 32 }, exe: { offset: 32, size: 32 }, uid: { offset: 64, size: 32 } } },
   wk_bind_key: { size: 8, fields: { workload_id: { offset: 0, size: 4 }, port: { offset: 4, size: 2 }, _pad: { offset: 6, size: 2 } } },
   wk_bind_val: { size: 8, fields: { action: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 } } },
@@ -75,10 +79,34 @@ export const LAYOUTS = {
   },
 } as const satisfies Record<string, Layout>;
 
+/*
+ * Constants shared with bpf/wirekey.h. Each one is a member of an enum
+ * there and is listed in CONSTANTS below, which verifyConstants checks
+ * against the object's BTF at load.
+ */
+/** wk_bind_val.action: redirect to the proxy (enum wk_action). */
 export const WK_ACTION_PROXY = 1;
-export const WK_MAX_WORKLOADS = 256;
+/** Words of a struct wk_mask; workloads are bits of it (enum wk_limits). */
+export const WK_MASK_WORDS = 4;
+/** Workloads the kernel can tell apart: ids 1..WK_MAX_WORKLOADS (enum wk_limits); the policy's limit. */
+export const WK_MAX_WORKLOADS = WK_MASK_WORDS * 64;
+/** wk_stats indexes (enum wk_stat). */
 export const WK_STAT_TASKS_FULL = 0;
 export const WK_STAT_STORAGE_FAIL = 1;
+/** Entries of wk_stats. */
+export const WK_STAT_MAX = 8;
+/** Map capacities (enum wk_limits); the maps' own max_entries are what the controller checks fits. */
+const WK_LIMITS = {
+  WK_MAX_CGROUPS: 4096,
+  WK_MAX_EXES: 4096,
+  WK_MAX_UIDS: 4096,
+  WK_MAX_BINDINGS: 4096,
+  WK_MAX_CONNS: 65536,
+  WK_MAX_TASKS: 131072,
+  WK_MASK_WORDS,
+  WK_MAX_WORKLOADS,
+  WK_MAX_CGROUP_DEPTH: 32,
+};
 export const BPF_NOEXIST = 1;
 export const AF_INET = 2;
 export const AF_INET6 = 10;
@@ -112,10 +140,19 @@ export function verifyLayouts(btfStruct: (name: string) => BtfStruct | null): vo
 /**
  * Compares the controller's copies of the constants bpf/wirekey.h keeps in
  * enums (so that they reach BTF) with the object's: every member of each
- * enum, with its value, on both sides.
+ * enum, with its value, on both sides. With `btfEnumNames`, also every
+ * enum of the object named wk_*: one the controller does not know is an
+ * error too, so a constant cannot be added on the C side alone.
  * @throws BpfError naming the first enum and member that differ.
  */
-export function verifyConstants(btfEnum: (name: string) => Record<string, number> | null): void {
+export function verifyConstants(
+  btfEnum: (name: string) => Record<string, number> | null,
+  btfEnumNames?: () => string[],
+): void {
+  if (btfEnumNames) {
+    const unknown = btfEnumNames().filter((n) => n.startsWith('wk_') && !(n in CONSTANTS));
+    if (unknown.length) throw new BpfError(`enum ${unknown.join(', ')} in the BPF object is unknown to the controller (controller/datapath/layout.ts CONSTANTS)`);
+  }
   for (const [name, want] of Object.entries(CONSTANTS) as [string, Record<string, number>][]) {
     const got = btfEnum(name);
     if (!got) throw new BpfError(`enum ${name} is missing from the BPF object's BTF`);
@@ -127,6 +164,17 @@ export function verifyConstants(btfEnum: (name: string) => Record<string, number
     const unknown = Object.keys(got).filter((m) => !(m in want));
     if (unknown.length) throw new BpfError(`enum ${name}: members unknown to the controller: ${unknown.join(', ')}`);
   }
+}
+
+/**
+ * The whole C/TypeScript contract of an opened object: every struct layout
+ * and every shared constant (verifyLayouts, verifyConstants with the
+ * object's enum names). Call between open and load.
+ * @throws BpfError naming the first struct, enum or member that differs.
+ */
+export function verifyContract(object: Pick<NativeObject, 'btfStruct' | 'btfEnum' | 'btfEnumNames'>): void {
+  verifyLayouts((name) => object.btfStruct(name));
+  verifyConstants((name) => object.btfEnum(name), () => object.btfEnumNames());
 }
 
 /** A 16-byte address in the kernel's form: IPv4 as ::ffff:a.b.c.d. */
@@ -222,13 +270,20 @@ export function decodeMask(b: Buffer): number[] {
   return ids;
 }
 
+/**
+ * An executable as the kernel knows it (struct wk_exe_key): the address of
+ * its struct inode, which is what makes it unique, with the inode's number
+ * and superblock device for people to read. Never derived from stat().
+ */
 export interface ExeKey {
   ino: bigint;
-  /** Kernel dev_t: (major << 20) | minor. */
+  /** The superblock's kernel dev_t: (major << 20) | minor. */
   dev: number;
+  /** The struct inode's kernel address. */
+  inode: bigint;
 }
 
-/** stat()'s st_dev (the C library's encoding) as the kernel's dev_t, which BPF reads from the inode. */
+/** stat()'s st_dev (the C library's encoding) as the kernel's dev_t: (major << 20) | minor. */
 export function kernelDev(statDev: number | bigint): number {
   const d = BigInt(statDev);
   const major = Number(((d >> 8n) & 0xfffn) | ((d >> 32n) & 0xfffff000n));
@@ -236,15 +291,38 @@ export function kernelDev(statDev: number | bigint): number {
   return ((major << 20) | minor) >>> 0;
 }
 
+/** The kernel dev_t as people write it: major:minor. */
+export function formatDev(dev: number): string {
+  return `${dev >>> 20}:${dev & 0xfffff}`;
+}
+
+export function sameExe(a: ExeKey, b: ExeKey): boolean {
+  return a.inode === b.inode && a.ino === b.ino && a.dev === b.dev;
+}
+
 export function encodeExeKey(k: ExeKey): Buffer {
+  const f = LAYOUTS.wk_exe_key.fields;
   const b = Buffer.alloc(LAYOUTS.wk_exe_key.size);
-  b.writeBigUInt64LE(k.ino, LAYOUTS.wk_exe_key.fields.ino.offset);
-  b.writeUInt32LE(k.dev, LAYOUTS.wk_exe_key.fields.dev.offset);
+  b.writeBigUInt64LE(k.ino, f.ino.offset);
+  b.writeUInt32LE(k.dev, f.dev.offset);
+  b.writeBigUInt64LE(k.inode, f.inode.offset);
   return b;
 }
 
 export function decodeExeKey(b: Buffer): ExeKey {
-  return { ino: b.readBigUInt64LE(LAYOUTS.wk_exe_key.fields.ino.offset), dev: b.readUInt32LE(LAYOUTS.wk_exe_key.fields.dev.offset) };
+  const f = LAYOUTS.wk_exe_key.fields;
+  return { ino: b.readBigUInt64LE(f.ino.offset), dev: b.readUInt32LE(f.dev.offset), inode: b.readBigUInt64LE(f.inode.offset) };
+}
+
+/** What wk_agent_files wrote: descriptor -> the kernel's key of the file it holds. */
+export function decodeAgentFiles(b: Buffer): Map<number, ExeKey> {
+  const { size, fields: f } = LAYOUTS.wk_agent_file;
+  if (b.length % size !== 0) throw new BpfError(`wk_agent_files wrote ${b.length} bytes, not a whole number of ${size}-byte records`);
+  const out = new Map<number, ExeKey>();
+  for (let off = 0; off < b.length; off += size) {
+    out.set(b.readInt32LE(off + f.fd.offset), decodeExeKey(b.subarray(off + f.key.offset, off + f.key.offset + f.key.size)));
+  }
+  return out;
 }
 
 export function encodeAny(any: { cgroup: Iterable<number>; exe: Iterable<number>; uid: Iterable<number> }): Buffer {
@@ -268,17 +346,15 @@ export function decodeAny(b: Buffer): { cgroup: number[]; exe: number[]; uid: nu
 export const WK_HTTP_LINE_MAX = 512;
 /** Longest request head the kernel handles (WK_HTTP_HEAD_MAX). */
 export const WK_HTTP_HEAD_MAX = 8192;
-/** wk_http_hdr.state */
+/** wk_http_hdr.state (enum wk_http_hdr_state) */
 export const WK_HTTP_UNBOUND = 0;
 export const WK_HTTP_INJECT = 1;
 export const WK_HTTP_WITHHOLD = 2;
+/** wk_http_dest_key.prefixlen covers the port and its pad before the address bits. */
+const DEST_PORT_BITS = 32;
 /** bpf(2) map update flag: update a value in place under its bpf_spin_lock. */
 export const BPF_F_LOCK = 4;
 
-/**
- * The wk_http_stats counters in index order: the controller's name, and
- * the kernel's (enum wk_http_stat in bpf/wirekey.h, checked by verifyConstants).
- */
 /**
  * wk_http_stats, in enum wk_http_stat's order: the counter's name, its C
  * name, and for a refusal the code audit lines and `wirekey status` give it
@@ -326,24 +402,45 @@ export const WK_HTTP_HOST_MAX = 253;
 /** (service, host) pairs the kernel holds, all services together (WK_HTTP_MAX_HOSTS). */
 export const WK_HTTP_MAX_HOSTS = 4096;
 
-/** The enums of bpf/wirekey.h, member by member, as the controller uses them (verifyConstants). */
+/** wk_http_event.kind (enum wk_http_event_kind) */
+export const WK_HTTP_EVENT_INJECTED = 1;
+export const WK_HTTP_EVENT_REFUSED = 2;
+/** wk_http_config.flags: an injected event per connection and header version, not per request (enum wk_http_cfg_flag). */
+export const WK_HTTP_CFG_AUDIT_CONNECTIONS = 1;
+
+/**
+ * Every enum of bpf/wirekey.h, member by member, as the controller uses
+ * them (verifyConstants). A member is named here with the value the
+ * controller reads or writes; a C-side change that is not made here too
+ * fails the load, naming the enum and member.
+ */
 export const CONSTANTS: Record<string, Record<string, number>> = {
+  wk_limits: WK_LIMITS,
+  wk_action: { WK_ACTION_PROXY },
+  wk_stat: { WK_STAT_TASKS_FULL, WK_STAT_STORAGE_FAIL, WK_STAT_MAX },
+  wk_http_limits: {
+    WK_HTTP_MAX_DESTS: 4096,
+    WK_HTTP_DEST_EXACT: DEST_PORT_BITS + 128,
+    WK_HTTP_MAX_SOCKS: 65536,
+    WK_HTTP_LINE_MAX,
+    WK_HTTP_HEAD_MAX,
+    WK_HTTP_EVENTS_SIZE: 1 << 20,
+    WK_HTTP_EVENTS_WAKE: 64 << 10,
+  },
+  wk_http_hdr_state: { WK_HTTP_UNBOUND, WK_HTTP_INJECT, WK_HTTP_WITHHOLD },
   wk_http_stat: {
     ...Object.fromEntries(HTTP_STATS.map(([, cName], i) => [cName, i])),
     WK_HTTP_STAT_MAX: HTTP_STATS.length,
   },
+  wk_http_event_kind: { WK_HTTP_EVENT_INJECTED, WK_HTTP_EVENT_REFUSED },
   wk_http_hosts: {
     WK_HTTP_DEST_CHECK_HOST,
     WK_HTTP_HOST_MAX,
     WK_HTTP_HOST_KEY_NAME: 256,
     WK_HTTP_MAX_HOSTS,
   },
+  wk_http_cfg_flag: { WK_HTTP_CFG_AUDIT_CONNECTIONS },
 };
-
-
-/** wk_http_event.kind */
-export const WK_HTTP_EVENT_INJECTED = 1;
-export const WK_HTTP_EVENT_REFUSED = 2;
 
 /**
  * One wk_http_events record: an injected request or a refusal. It holds no
@@ -422,9 +519,6 @@ export function decodeHttpEvent(b: Buffer, offset = 0, length = b.length - offse
     monotonicNs: b.readBigUInt64LE(offset + f.time_ns.offset),
   };
 }
-
-/** wk_http_dest_key.prefixlen covers the port and its pad before the address bits. */
-const DEST_PORT_BITS = 32;
 
 /**
  * A wk_http_dest (LPM trie) key: `port` and an address or CIDR. IPv4 goes in
@@ -516,9 +610,6 @@ export function decodeHttpHdrMeta(b: Buffer): { state: number; version: number; 
   const f = LAYOUTS.wk_http_hdr.fields;
   return { state: b.readUInt16LE(f.state.offset), version: b.readUInt32LE(f.version.offset), length: b.readUInt16LE(f.len.offset) };
 }
-
-/** wk_http_config.flags: an injected event per connection and header version, not per request. */
-export const WK_HTTP_CFG_AUDIT_CONNECTIONS = 1;
 
 export interface HttpConfig {
   epoch: number;

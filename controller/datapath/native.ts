@@ -95,14 +95,58 @@ export interface NativeObject {
   attachToMap(program: string, map: string): void;
   /** Undoes attachToMap (bpf_prog_detach2); sockets already in the map keep the program. */
   detachFromMap(program: string, map: string): void;
+  /**
+   * Runs an iterator program (SEC("iter/...")) once and returns what it
+   * wrote; a non-zero `pid` limits a task iterator to that process (Linux
+   * 6.1). Synchronous.
+   */
+  iterate(program: string, pid: number): Buffer;
   map(name: string): NativeMap;
   btfStruct(name: string): BtfStruct | null;
   /** The members of an enum in the object's BTF, by name; null when there is no such enum. */
   btfEnum(name: string): Record<string, number> | null;
+  /** The names of every named enum in the object's BTF. */
+  btfEnumNames(): string[];
   close(): void;
 }
 
-interface Addon {
+/** A program that does nothing (or calls one helper with whatever is in its registers), loaded to see whether the kernel takes it. */
+export interface ProbeLoadOptions {
+  /** BPF_PROG_TYPE_* (linux/bpf.h). */
+  progType: number;
+  /** BPF_* attach type the program is loaded for. */
+  expectedAttachType?: number;
+  /** For tracing programs: the function (fentry/fexit) or tracepoint (tp_btf) in the kernel's BTF. */
+  attachTo?: string;
+  /** BPF_FUNC_* to call first. */
+  helper?: number;
+  /** What the program returns (some attach types accept only 1). */
+  returnValue?: number;
+  /** Also attach it (bpf_link_create) and detach it at once: for trampolines, whose attach can fail where the load did not. */
+  attach?: boolean;
+}
+
+export interface ProbeLoadResult {
+  loaded: boolean;
+  attached: boolean;
+  /** Why the load (or the attach) failed. */
+  errno?: number;
+  /** The verifier's log, or why the attach target was not found. */
+  log?: string;
+}
+
+/** The kernel feature probes (native/src/probe.cc); controller/datapath/features.ts reads their answers. */
+export interface NativeProbes {
+  /** libbpf_probe_bpf_prog_type. @throws Error when libbpf cannot tell. */
+  probeProgType(progType: number): boolean;
+  /** libbpf_probe_bpf_map_type. @throws Error when libbpf cannot tell. */
+  probeMapType(mapType: number): boolean;
+  /** libbpf_probe_bpf_helper. @throws Error when libbpf cannot tell (tracing programs: EOPNOTSUPP). */
+  probeHelper(progType: number, helper: number): boolean;
+  probeLoad(opts: ProbeLoadOptions): ProbeLoadResult;
+}
+
+interface Addon extends NativeProbes {
   BpfObject: new (path: string) => NativeObject;
   /** @throws TypeError when `map` is not a ring buffer map; Error when it is not loaded. */
   RingBuffer: (new (map: NativeMap, callback: RingBufferCallback) => NativeRingBuffer) & { readonly batch: number };
@@ -117,6 +161,8 @@ interface Addon {
   setDumpable(dumpable: boolean): void;
   /** prctl(PR_GET_DUMPABLE): 0 (not dumpable), 1 or 2. */
   dumpable(): number;
+  /** open(O_CREAT, 0600) + flock(LOCK_NB), exclusive or shared; the fd. @throws errno EWOULDBLOCK when held. */
+  lockFile(path: string, exclusive: boolean): number;
   libbpfVersion(): string;
 }
 
@@ -160,5 +206,14 @@ export function bpfCall<T>(fn: () => T): T {
       });
     }
     throw err;
+  }
+}
+
+/** The libbpf the addon was built against, for the start line; "unavailable" when the addon is not built. */
+export function libbpfVersion(): string {
+  try {
+    return native().libbpfVersion();
+  } catch {
+    return 'unavailable';
   }
 }

@@ -7,8 +7,8 @@ import { readFileSync, readlinkSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { WirekeyError } from '../errors.js';
 import { PinnedMaps } from '../datapath/pinned.js';
-import { kernelDev, type ExeKey } from '../datapath/layout.js';
-import { runtimeStatePath, type RuntimeState } from './runtime-state.js';
+import { formatDev, type ExeKey } from '../datapath/layout.js';
+import { readRuntimeState, type RuntimeState } from './runtime-state.js';
 
 export interface SelectorVerdict {
   selector: string;
@@ -22,8 +22,8 @@ export interface Explanation {
   uid: number;
   cgroup: string;
   executable: string | null;
-  /** What the kernel recorded at exec (or backfill) for this process. */
-  kernelExe: ExeKey | null;
+  /** What the kernel recorded at exec (or backfill) for this process; never the inode's address. */
+  kernelExe: Omit<ExeKey, 'inode'> | null;
   workload: { id: number; name: string } | null;
   candidates: { id: number; name: string; matched: boolean; selectors: SelectorVerdict[] }[];
   bindings: RuntimeState['bindings'];
@@ -40,12 +40,7 @@ export function explainPid(pid: number, stateDir: string): Explanation {
   } catch {
     throw new WirekeyError('WK_NO_PROCESS', `no process with pid ${pid}`);
   }
-  let state: RuntimeState;
-  try {
-    state = JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState;
-  } catch {
-    throw new WirekeyError('WK_NO_AGENT', `no agent state in ${stateDir}: is wirekey run running with --state-dir ${stateDir}?`);
-  }
+  const state = readRuntimeState(stateDir);
   const field = (name: string) => new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(status)?.[1];
   const tgid = Number(field('Tgid'));
   const uid = Number(field('Uid'));
@@ -72,7 +67,9 @@ export function explainPid(pid: number, stateDir: string): Explanation {
   }
   const any = maps.any();
   const cgroupSet = new Set([...any.cgroup, ...ancestorIds.flatMap((id) => maps.cgroupWorkloads(id))]);
-  const exeSet = new Set([...any.exe, ...(kernelExe ? maps.exeWorkloads(kernelExe) : [])]);
+  // The kernel's own answer: wk_exe_mask keys name inodes, which the state file does not hold.
+  const exeNamed = new Set(kernelExe ? maps.exeWorkloads(kernelExe) : []);
+  const exeSet = new Set([...any.exe, ...exeNamed]);
   const uidSet = new Set([...any.uid, ...maps.uidWorkloads(uid)]);
   const matching = [...cgroupSet].filter((id) => exeSet.has(id) && uidSet.has(id)).sort((a, b) => a - b);
   const winner = state.workloads.find((w) => w.id === matching[0]);
@@ -86,7 +83,7 @@ export function explainPid(pid: number, stateDir: string): Explanation {
       selectors.push({ selector: label, matched: ok, detail: w.cgroupId == null ? 'not resolved' : ok ? `in ${w.cgroupPath}` : `process is in ${cgroup}` });
     }
     if (s.executable !== undefined) {
-      const ok = !!(w.exe && kernelExe && kernelExe.dev === w.exe.dev && kernelExe.ino === BigInt(w.exe.ino));
+      const ok = !!w.exe && exeNamed.has(w.id);
       const detail = w.exe == null ? 'not resolved (missing file or digest mismatch)' : ok ? 'same file' : `process runs ${executable ?? 'an unknown file'}`;
       selectors.push({ selector: `executable ${s.executable.path}${s.executable.sha256 ? ' (sha256)' : ''}`, matched: ok, detail });
     }
@@ -103,7 +100,7 @@ export function explainPid(pid: number, stateDir: string): Explanation {
     uid,
     cgroup,
     executable,
-    kernelExe,
+    kernelExe: kernelExe && { dev: kernelExe.dev, ino: kernelExe.ino },
     workload: winner ? { id: winner.id, name: winner.name } : null,
     candidates,
     bindings: winner ? state.bindings.filter((b) => b.workload === winner.name) : [],
@@ -114,7 +111,7 @@ export function explainPid(pid: number, stateDir: string): Explanation {
 export function formatExplanation(e: Explanation): string {
   const lines = [
     `pid ${e.pid}${e.tgid !== e.pid ? ` (thread of ${e.tgid})` : ''}: ${e.executable ?? '(no executable)'}, uid ${e.uid}, cgroup ${e.cgroup}`,
-    `kernel record: ${e.kernelExe ? `executable dev ${e.kernelExe.dev} inode ${e.kernelExe.ino}` : 'none (matches only workloads without an executable selector)'}`,
+    `kernel record: ${e.kernelExe ? `executable dev ${formatDev(e.kernelExe.dev)} inode ${e.kernelExe.ino}` : 'none (matches only workloads without an executable selector)'}`,
     `workload: ${e.workload ? `${e.workload.name} (precedence ${e.workload.id})` : 'none'}`,
   ];
   for (const c of e.candidates) {

@@ -1,21 +1,27 @@
 /**
  * Turns workload selectors into what the kernel can compare: cgroup ids,
- * executables (device and inode, with an optional SHA-256 check) and uids.
- * Resolution is repeated periodically: cgroups come and go, units start
- * after the agent, binaries are upgraded. A selector that cannot be
- * resolved leaves its workload unable to match anything (fail closed), and
- * is reported.
+ * executables (the kernel's own key of the file, with an optional SHA-256
+ * check) and uids. Resolution is repeated periodically: cgroups come and
+ * go, units start after the agent, binaries are upgraded. A selector that
+ * cannot be resolved leaves its workload unable to match anything (fail
+ * closed), and is reported.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, statSync, type BigIntStats } from 'node:fs';
+import { closeSync, constants, createReadStream, existsSync, fstatSync, openSync, statSync, type BigIntStats } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import path from 'node:path';
 import { cgroupId } from '../datapath/cgroup.js';
-import { kernelDev, type ExeKey } from '../datapath/layout.js';
+import type { ExeKey } from '../datapath/layout.js';
 import type { PlanWorkload } from '../policy/types.js';
 
 const run = promisify(execFile);
+
+/**
+ * The kernel's key of every regular file this process holds open, by
+ * descriptor (Datapath.openFileKeys).
+ */
+export type OpenFileKeys = () => Map<number, ExeKey>;
 
 export interface ResolvedWorkload {
   id: number;
@@ -32,29 +38,144 @@ export interface ResolvedWorkload {
   problems: string[];
 }
 
-interface DigestCacheEntry {
+/** An executable selector's file, held open so that its inode, and so its key, stays what the kernel knows. */
+interface HeldFile {
+  fd: number;
+  /** stat()'s identity of the file: unique among files that exist, so it tells whether the path still names this one. */
+  id: string;
+  /** The kernel's key, once asked. */
+  key?: ExeKey;
+  /** size, mtime and ctime with the identity: the digest is computed again when it changes. */
   stamp: string;
-  sha256: string;
+  sha256?: string;
 }
 
 export class IdentityResolver {
   readonly #cgroupRoot: string;
-  readonly #digests = new Map<string, DigestCacheEntry>();
+  readonly #openFileKeys: OpenFileKeys;
+  readonly #held = new Map<string, HeldFile>();
+  /** Files no selector names any more (or replaced on disk), closed on the next round, after the maps moved on. */
+  #retired: HeldFile[] = [];
   readonly #units = new Map<string, string>();
   readonly #users = new Map<string, number>();
+  #round: Promise<unknown> = Promise.resolve();
+  #closed = false;
 
-  constructor(cgroupRoot: string) {
+  /**
+   * @param openFileKeys asks the kernel which file each of this process's
+   *   descriptors holds; executable selectors are resolved through it.
+   */
+  constructor(cgroupRoot: string, openFileKeys: OpenFileKeys) {
     this.#cgroupRoot = cgroupRoot;
+    this.#openFileKeys = openFileKeys;
   }
 
-  /** Resolves every workload's selectors as of now. Never throws: problems are reported per workload. */
-  async resolve(workloads: Iterable<PlanWorkload>): Promise<ResolvedWorkload[]> {
+  /**
+   * Resolves every workload's selectors as of now. Never throws: problems
+   * are reported per workload. Files replaced or no longer named since the
+   * previous call are closed now, once the caller has applied that call's
+   * result; until then the kernel could reuse none of their keys.
+   */
+  resolve(workloads: Iterable<PlanWorkload>): Promise<ResolvedWorkload[]> {
+    // One round at a time: a round closes the files the previous one retired.
+    const round = this.#round.then(() => this.#resolveAll(workloads));
+    this.#round = round.catch(() => undefined);
+    return round;
+  }
+
+  async #resolveAll(workloads: Iterable<PlanWorkload>): Promise<ResolvedWorkload[]> {
+    for (const f of this.#retired.splice(0)) closeSync(f.fd);
+    const list = [...workloads];
+    const named = new Set<string>();
+    for (const w of list) if (w.selector.executable !== undefined) named.add(w.selector.executable.path);
+    for (const [file, held] of this.#held) {
+      if (!named.has(file)) {
+        this.#held.delete(file);
+        this.#retired.push(held);
+      }
+    }
+    const opened = new Map<string, HeldFile | string>();
+    for (const file of named) opened.set(file, this.#hold(file));
+    if ([...opened.values()].some((h) => typeof h !== 'string' && h.key === undefined)) {
+      let keys: Map<number, ExeKey> | undefined;
+      let failure = '';
+      try {
+        keys = this.#openFileKeys();
+      } catch (err) {
+        failure = `: ${(err as Error).message.split('\n')[0]}`;
+      }
+      for (const [file, h] of opened) {
+        if (typeof h === 'string' || h.key !== undefined) continue;
+        h.key = keys?.get(h.fd);
+        if (h.key === undefined) opened.set(file, `executable ${file}: the kernel did not say which file it is${failure}`);
+      }
+    }
     const out: ResolvedWorkload[] = [];
-    for (const w of workloads) out.push(await this.#resolveOne(w));
+    for (const w of list) out.push(await this.#resolveOne(w, opened));
     return out;
   }
 
-  async #resolveOne(w: PlanWorkload): Promise<ResolvedWorkload> {
+  /** Closes every file held for selectors; a round still running, or asked for later, opens none. */
+  close(): void {
+    this.#closed = true;
+    for (const f of [...this.#retired.splice(0), ...this.#held.values()]) closeSync(f.fd);
+    this.#held.clear();
+  }
+
+  /**
+   * The file `file` names now, held open: the one already held when the
+   * path still names it, else the new one (the old one is retired). A
+   * string says why there is none.
+   */
+  #hold(file: string): HeldFile | string {
+    if (this.#closed) return `executable ${file}: the agent is stopping`;
+    let st: BigIntStats;
+    try {
+      // stat and open follow symlinks: /usr/bin/python3 -> python3.11 selects the file the kernel executes.
+      st = statSync(file, { bigint: true });
+    } catch {
+      return this.#drop(file, `executable ${file} does not exist`);
+    }
+    // Never open what is not a regular file: opening a device can do something.
+    if (!st.isFile()) return this.#drop(file, `executable ${file} is not a regular file`);
+    let fd: number;
+    try {
+      fd = openSync(file, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
+    } catch (err) {
+      return this.#drop(file, `executable ${file} cannot be opened: ${(err as Error).message}`);
+    }
+    const now = fstatSync(fd, { bigint: true });
+    if (!now.isFile()) {
+      closeSync(fd);
+      return this.#drop(file, `executable ${file} is not a regular file`);
+    }
+    const id = `${now.dev}:${now.ino}`;
+    const stamp = `${id}:${now.size}:${now.mtimeNs}:${now.ctimeNs}`;
+    const held = this.#held.get(file);
+    if (held?.id === id) {
+      closeSync(fd);
+      if (held.stamp !== stamp) {
+        held.stamp = stamp;
+        delete held.sha256;
+      }
+      return held;
+    }
+    if (held) this.#retired.push(held);
+    const fresh: HeldFile = { fd, id, stamp };
+    this.#held.set(file, fresh);
+    return fresh;
+  }
+
+  #drop(file: string, problem: string): string {
+    const held = this.#held.get(file);
+    if (held) {
+      this.#held.delete(file);
+      this.#retired.push(held);
+    }
+    return problem;
+  }
+
+  async #resolveOne(w: PlanWorkload, opened: Map<string, HeldFile | string>): Promise<ResolvedWorkload> {
     const r: ResolvedWorkload = { id: w.id, name: w.name, problems: [] };
     const s = w.selector;
 
@@ -76,7 +197,7 @@ export class IdentityResolver {
       }
     }
 
-    if (s.executable !== undefined) r.exe = await this.#executable(s.executable.path, s.executable.sha256, r.problems);
+    if (s.executable !== undefined) r.exe = await this.#executable(s.executable.path, s.executable.sha256, opened, r.problems);
 
     if (s.uid !== undefined) r.uid = s.uid;
     else if (s.user !== undefined) {
@@ -120,33 +241,27 @@ export class IdentityResolver {
     }
   }
 
-  /** The file's (dev, ino); null when missing or when its digest differs from `sha256`. */
-  async #executable(file: string, sha256: string | undefined, problems: string[]): Promise<ExeKey | null> {
-    let st: BigIntStats;
+  /** The file's kernel key; null when it has none or when its digest differs from `sha256`. */
+  async #executable(file: string, sha256: string | undefined, opened: Map<string, HeldFile | string>, problems: string[]): Promise<ExeKey | null> {
+    const held = opened.get(file);
+    if (held === undefined || typeof held === 'string') {
+      problems.push(held ?? `executable ${file} was not opened`);
+      return null;
+    }
+    if (!held.key) return null;
+    if (!sha256) return held.key;
+    // The digest of the file held, not of whatever the path names by the time it is read.
     try {
-      // stat follows symlinks: /usr/bin/python3 -> python3.11 selects the file the kernel executes.
-      st = statSync(file, { bigint: true });
-    } catch {
-      problems.push(`executable ${file} does not exist`);
+      held.sha256 ??= await digest(held.fd);
+    } catch (err) {
+      problems.push(`executable ${file} cannot be read: ${(err as Error).message}`);
       return null;
     }
-    if (!st.isFile()) {
-      problems.push(`executable ${file} is not a regular file`);
+    if (held.sha256 !== sha256) {
+      problems.push(`executable ${file} has SHA-256 ${held.sha256}, the policy requires ${sha256}: unbound until it matches`);
       return null;
     }
-    const key = { ino: st.ino, dev: kernelDev(st.dev) };
-    if (!sha256) return key;
-    const stamp = [st.dev, st.ino, st.size, st.mtimeNs, st.ctimeNs].join(':');
-    let entry = this.#digests.get(file);
-    if (!entry || entry.stamp !== stamp) {
-      entry = { stamp, sha256: await digest(file) };
-      this.#digests.set(file, entry);
-    }
-    if (entry.sha256 !== sha256) {
-      problems.push(`executable ${file} has SHA-256 ${entry.sha256}, the policy requires ${sha256}: unbound until it matches`);
-      return null;
-    }
-    return key;
+    return held.key;
   }
 }
 
@@ -159,10 +274,10 @@ function innermost(paths: string[]): string | undefined {
   return sorted.every(within) ? deepest : undefined;
 }
 
-function digest(file: string): Promise<string> {
+function digest(fd: number): Promise<string> {
   return new Promise((resolve, reject) => {
     const hash = createHash('sha256');
-    createReadStream(file)
+    createReadStream('', { fd, start: 0, autoClose: false })
       .on('data', (d) => hash.update(d))
       .on('end', () => resolve(hash.digest('hex')))
       .on('error', reject);

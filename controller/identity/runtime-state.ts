@@ -4,7 +4,10 @@
  * which also read the kernel's own maps from their pins.
  */
 import path from 'node:path';
+import { readFileSync } from 'node:fs';
 import type { PlanWorkload } from '../policy/types.js';
+import { agentRunning } from '../datapath/instance-lock.js';
+import { WirekeyError } from '../errors.js';
 
 export interface RuntimeState {
   pid: number;
@@ -17,6 +20,7 @@ export interface RuntimeState {
     cgroupPath?: string;
     /** Decimal string; null: the selector could not be resolved; absent: no cgroup selector. */
     cgroupId?: string | null;
+    /** The selector's file as the kernel numbers it (never the inode's address); ino as a decimal string. */
     exe?: { dev: number; ino: string } | null;
     uid?: number | null;
     problems: string[];
@@ -46,4 +50,23 @@ export interface RuntimeState {
 
 export function runtimeStatePath(stateDir: string): string {
   return path.join(stateDir, 'runtime.json');
+}
+
+/**
+ * The state of the agent running with `stateDir`, once its lock shows it is
+ * alive: what `status` and `explain` answer from.
+ * @throws WirekeyError WK_NO_AGENT (no agent holds the state dir: never
+ *   started, stopped, or died; or it is still starting), WK_ACCESS (not root).
+ */
+export function readRuntimeState(stateDir: string): RuntimeState {
+  const owner = agentRunning(stateDir);
+  if (!owner.running) {
+    throw new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir}${owner.pid ? ` (its last agent, pid ${owner.pid}, has exited)` : ''}`);
+  }
+  try {
+    return JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EACCES') throw new WirekeyError('WK_ACCESS', `cannot read ${stateDir}: permission denied (run as root)`);
+    throw new WirekeyError('WK_NO_AGENT', `wirekey (pid ${owner.pid}) is starting with state dir ${stateDir}: it has not applied a policy yet`);
+  }
 }

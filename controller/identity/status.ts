@@ -1,9 +1,7 @@
 /** `wirekey status`: what the running agent applied, how full its maps are, and what the kernel dropped. */
-import { readFileSync } from 'node:fs';
-import { WirekeyError } from '../errors.js';
 import { PinnedMaps } from '../datapath/pinned.js';
 import { httpStatRefusal, type HttpStatName } from '../datapath/layout.js';
-import { runtimeStatePath, type RuntimeState } from './runtime-state.js';
+import { readRuntimeState, type RuntimeState } from './runtime-state.js';
 
 export interface AgentStatus {
   pid: number;
@@ -19,14 +17,9 @@ export interface AgentStatus {
   draining: { dir: string; connections: number; refusedAgent: bigint }[];
 }
 
-/** @throws WirekeyError (WK_NO_AGENT), BpfError */
+/** @throws WirekeyError (WK_NO_AGENT, WK_ACCESS), BpfError */
 export function agentStatus(stateDir: string): AgentStatus {
-  let state: RuntimeState;
-  try {
-    state = JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState;
-  } catch {
-    throw new WirekeyError('WK_NO_AGENT', `no agent state in ${stateDir}: is wirekey run running with --state-dir ${stateDir}?`);
-  }
+  const state = readRuntimeState(stateDir);
   const pinned = new PinnedMaps(state.pinDir);
   return {
     pid: state.pid,

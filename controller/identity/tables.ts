@@ -15,7 +15,7 @@ export function identityTables(workloads: ResolvedWorkload[]): IdentityTables {
     else if (w.cgroupId !== null) add(t.cgroups, w.cgroupId, w.id);
     if (w.exe === undefined) t.any.exe.push(w.id);
     else if (w.exe !== null) {
-      const k = `${w.exe.dev}:${w.exe.ino}`;
+      const k = `${w.exe.dev}:${w.exe.ino}:${w.exe.inode}`;
       const e = exes.get(k) ?? { key: w.exe, workloads: [] };
       e.workloads.push(w.id);
       exes.set(k, e);

@@ -12,8 +12,10 @@
  * the kernel picks the lowest id among the workloads that match.
  */
 import type { WorkloadSelector } from './types.js';
+import { WK_MAX_WORKLOADS } from '../datapath/layout.js';
 
-export const MAX_WORKLOADS = 256;
+/** As many as the kernel can tell apart (struct wk_mask; checked against the BPF object at load). */
+export const MAX_WORKLOADS = WK_MAX_WORKLOADS;
 
 /** The key workloads are sorted by: lower sorts first and wins. */
 export function precedenceKey(selector: WorkloadSelector): [number, number] {

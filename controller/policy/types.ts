@@ -185,7 +185,7 @@ export type PlanService = PlanProxyService | PlanKernelService;
 export interface PlanWorkload {
   name: string;
   /**
-   * 1..256, in precedence order: when several workloads match a process,
+   * 1..MAX_WORKLOADS (256), in precedence order: when several workloads match a process,
    * the lowest id wins (see controller/policy/precedence.ts).
    */
   id: number;

@@ -301,6 +301,10 @@ export class ProxyServer {
     const refusal = checkRequest(req, sni, orig.port, injected);
     if (refusal) return this.#refuse(req, res, session, refusal);
 
+    // No audit, no injection: a request that could not be recorded is not sent.
+    if (!this.#deps.audit.writable) {
+      return this.#refuse(req, res, session, { status: 503, code: 'audit-unavailable', message: 'the audit log cannot be written now; retry later' });
+    }
     let credential: Credential;
     let upstream: UpstreamRequest;
     try {

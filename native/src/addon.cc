@@ -4,6 +4,8 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <napi.h>
+#include <fcntl.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,6 +18,7 @@
 #include "link.h"
 #include "map.h"
 #include "object.h"
+#include "probe.h"
 #include "ringbuf.h"
 
 #ifndef SO_NETNS_COOKIE
@@ -38,6 +41,24 @@ Napi::Value NetnsCookie(const Napi::CallbackInfo& info) {
   close(fd);
   if (rc < 0) throw MakeError(env, "getsockopt(SO_NETNS_COOKIE)", err);
   return Napi::BigInt::New(env, cookie);
+}
+
+// lockFile(path, exclusive): opens (creating, 0600) and flock()s path without
+// waiting: an exclusive lock for the holder, which keeps the returned fd open
+// for as long as it holds it; a shared one to ask whether anybody holds it
+// (the caller closes it at once). Throws with errno EWOULDBLOCK when held.
+Napi::Value LockFile(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsBoolean()) throw Napi::TypeError::New(env, "lockFile(path, exclusive)");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  int fd = open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+  if (fd < 0) throw MakeError(env, "open " + path, errno);
+  if (flock(fd, (info[1].As<Napi::Boolean>().Value() ? LOCK_EX : LOCK_SH) | LOCK_NB)) {
+    int err = errno;
+    close(fd);
+    throw MakeError(env, "flock " + path, err);
+  }
+  return Napi::Number::New(env, fd);
 }
 
 // setDumpable(bool): prctl(PR_SET_DUMPABLE). A process that is not dumpable
@@ -99,10 +120,12 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Map::Init(env, exports);
   Link::Init(env, exports);
   RingBuffer::Init(env, exports);
+  InitProbes(env, exports);
   exports.Set("openPinnedMap", Napi::Function::New(env, Map::OpenPinned));
   exports.Set("openMapById", Napi::Function::New(env, Map::OpenById));
   exports.Set("programMapIds", Napi::Function::New(env, ProgramMapIds));
   exports.Set("setDumpable", Napi::Function::New(env, SetDumpable));
+  exports.Set("lockFile", Napi::Function::New(env, LockFile));
   exports.Set("dumpable", Napi::Function::New(env, Dumpable));
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstring>
 #include <string>
+#include <vector>
 
 #include "errors.h"
 #include "link.h"
@@ -27,9 +28,11 @@ void Object::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod("attach", &Object::Attach),
                                         InstanceMethod("attachToMap", &Object::AttachToMap),
                                         InstanceMethod("detachFromMap", &Object::DetachFromMap),
+                                        InstanceMethod("iterate", &Object::Iterate),
                                         InstanceMethod("map", &Object::Map),
                                         InstanceMethod("btfStruct", &Object::BtfStruct),
                                         InstanceMethod("btfEnum", &Object::BtfEnum),
+                                        InstanceMethod("btfEnumNames", &Object::BtfEnumNames),
                                         InstanceMethod("close", &Object::Close),
                                     });
   exports.Set("BpfObject", ctor);
@@ -191,6 +194,60 @@ Napi::Value Object::Attach(const Napi::CallbackInfo& info) {
   return Link::NewInstance(env, link);
 }
 
+// iterate(programName, pid): runs an iterator program (SEC("iter/...")) once
+// and returns everything it wrote. A non-zero pid limits a task iterator to
+// that process's threads (Linux 6.1). The link lives only for the call.
+// Runs on the calling thread: wirekey's iterators are bounded by the
+// processes on the host or the agent's own descriptors.
+Napi::Value Object::Iterate(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_object* obj = Checked(env);
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) {
+    throw Napi::TypeError::New(env, "iterate(programName, pid)");
+  }
+  if (!loaded_) throw Napi::Error::New(env, "iterate: object is not loaded");
+  std::string name = info[0].As<Napi::String>();
+  uint32_t pid = info[1].As<Napi::Number>().Uint32Value();
+  bpf_program* prog = bpf_object__find_program_by_name(obj, name.c_str());
+  if (!prog) throw Napi::Error::New(env, "iterate: no program named " + name);
+
+  union bpf_iter_link_info linfo;
+  memset(&linfo, 0, sizeof(linfo));
+  LIBBPF_OPTS(bpf_iter_attach_opts, opts);
+  if (pid) {
+    linfo.task.pid = pid;
+    opts.link_info = &linfo;
+    opts.link_info_len = sizeof(linfo);
+  }
+  ResetLibbpfLog();
+  bpf_link* link = bpf_program__attach_iter(prog, &opts);
+  int err = libbpf_get_error(link);
+  if (err) throw MakeError(env, "attach iterator " + name, err);
+  int fd = bpf_iter_create(bpf_link__fd(link));
+  if (fd < 0) {
+    err = errno;
+    bpf_link__destroy(link);
+    throw MakeError(env, "create iterator " + name, err);
+  }
+  std::vector<uint8_t> out;
+  uint8_t buf[4096];
+  for (;;) {
+    ssize_t n = read(fd, buf, sizeof(buf));
+    if (n == 0) break;
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      err = errno;
+      close(fd);
+      bpf_link__destroy(link);
+      throw MakeError(env, "read iterator " + name, err);
+    }
+    out.insert(out.end(), buf, buf + n);
+  }
+  close(fd);
+  bpf_link__destroy(link);
+  return Napi::Buffer<uint8_t>::Copy(env, out.data(), out.size());
+}
+
 // Resolves (programName, mapName) for attachToMap/detachFromMap.
 static void ProgramAndMap(Napi::Env env, bpf_object* obj, const Napi::CallbackInfo& info, const char* what,
                           bpf_program** prog, bpf_map** map) {
@@ -303,6 +360,23 @@ Napi::Value Object::BtfEnum(const Napi::CallbackInfo& info) {
   for (int i = 0; i < btf_vlen(t); i++, e++) {
     double value = btf_kflag(t) ? static_cast<double>(static_cast<int32_t>(e->val)) : static_cast<double>(static_cast<uint32_t>(e->val));
     out.Set(btf__name_by_offset(btf, e->name_off), value);
+  }
+  return out;
+}
+
+// btfEnumNames(): the names of every named enum in the object's BTF, so the
+// controller can tell a shared enum it does not check from one it does.
+Napi::Value Object::BtfEnumNames(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  bpf_object* obj = Checked(env);
+  const btf* btf = bpf_object__btf(obj);
+  if (!btf) throw Napi::Error::New(env, "btfEnumNames: object has no BTF");
+  Napi::Array out = Napi::Array::New(env);
+  uint32_t n = 0;
+  for (__u32 id = 1; id < btf__type_cnt(btf); id++) {
+    const btf_type* t = btf__type_by_id(btf, id);
+    if (!btf_is_enum(t) || !t->name_off) continue;
+    out.Set(n++, btf__name_by_offset(btf, t->name_off));
   }
   return out;
 }

@@ -25,9 +25,11 @@ class Object : public Napi::ObjectWrap<Object> {
   Napi::Value Attach(const Napi::CallbackInfo& info);
   Napi::Value AttachToMap(const Napi::CallbackInfo& info);
   Napi::Value DetachFromMap(const Napi::CallbackInfo& info);
+  Napi::Value Iterate(const Napi::CallbackInfo& info);
   Napi::Value Map(const Napi::CallbackInfo& info);
   Napi::Value BtfStruct(const Napi::CallbackInfo& info);
   Napi::Value BtfEnum(const Napi::CallbackInfo& info);
+  Napi::Value BtfEnumNames(const Napi::CallbackInfo& info);
   Napi::Value Close(const Napi::CallbackInfo& info);
 
   bpf_object* Checked(Napi::Env env) const;

@@ -375,6 +375,49 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     expect(agent.output()).not.toMatch(/inside the proxy/);
   });
 
+  it('previously defeated: a redirect to another host is followed without the credential', async () => {
+    const before = f.upstream.records.length;
+    const r = await f.curl(cg.alice, ['-L', '--cacert', f.bothCas, `https://${HOST}/redirect/${OTHER}`]);
+    expect(r.code, r.stderr).toBe(0);
+    await waitFor(() => f.upstream.records.some((x, i) => i >= before && x.url === '/landed'), 'the redirected request');
+    const recs = f.upstream.records.slice(before);
+    expect(recs.find((x) => x.url === `/redirect/${OTHER}`)?.authorization).toEqual([sha256(`Bearer ${tokens.alice}`)]);
+    const landed = recs.find((x) => x.url === '/landed');
+    expect(landed?.servername).toBe(OTHER);
+    expect(landed?.authorization).toEqual([]);
+  });
+
+  it('previously defeated: a workload cannot forge audit lines through what it sends', async () => {
+    const before = audit().length;
+    const s = open(cg.alice);
+    const forged = '/x?","decision":"inject","workload":"bob';
+    s.send(request('GET', `/a","decision":"inject","workload":"bob","x":"`).replace(`Host: ${HOST}`, `Host: ${HOST}\r\nUser-Agent: "},{"decision":"inject"`));
+    await s.read();
+    s.send(request('GET', forged));
+    await s.read();
+    await waitFor(() => audit().length >= before + 2, 'two audit lines');
+    const lines = audit().slice(before);
+    expect(lines).toHaveLength(2);
+    for (const l of lines) expect(l.workload).toBe('alice');
+    expect(lines[0]?.path).toBe('/a","decision":"inject","workload":"bob","x":"');
+  });
+
+  it('previously defeated: no credential at rest in the state dir, the pins, or the agent\'s command line and environment', async () => {
+    const files = (await run('sh', ['-c', `find ${f.stateDir} -type f -exec cat {} +`])).stdout;
+    expect(leaked(files)).toEqual([]);
+    for (const pin of (await run('sh', ['-c', `find ${f.pinDir} -type f`])).stdout.split('\n').filter(Boolean)) {
+      const dump = await run('bpftool', ['map', 'dump', 'pinned', pin]);
+      expect(leaked(dump.stdout + Buffer.from(dump.stdout.replace(/[^0-9a-f]/gi, ''), 'hex').toString('latin1')), pin).toEqual([]);
+    }
+    const pids = (await run('sh', ['-c', `pgrep -P ${agent.pid}; echo ${agent.pid}`])).stdout.split('\n').filter(Boolean);
+    for (const pid of pids) {
+      for (const what of ['cmdline', 'environ']) {
+        const r = await run('cat', [`/proc/${pid}/${what}`]);
+        expect(leaked(r.stdout), `${pid} ${what}`).toEqual([]);
+      }
+    }
+  });
+
   it('wirekey status counts the proxy\'s refusals by code', async () => {
     const out = await eventually(async () => {
       const r = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);

@@ -15,10 +15,10 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, rmdirSync, wr
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native, bpfCall, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
-import { encodeAny, encodeMask, encodeU32, encodeU64, verifyConstants, verifyLayouts } from '../../controller/datapath/layout.js';
+import { encodeAny, encodeMask, encodeU32, encodeU64, verifyContract } from '../../controller/datapath/layout.js';
 import { cgroupId, findCgroup2Root } from '../../controller/datapath/cgroup.js';
 import { KERNEL_HTTP_PROGRAMS, KernelHttp, headerLine, type KernelHttpStats } from '../../controller/datapath/kernel-http.js';
-import { kernelHttpSkipReason } from '../support/requirements.js';
+import { kernelHttpSkipReason, pushWatchSkipReason } from '../support/requirements.js';
 import { createCgroup, removeCgroupTree, runInCgroup } from '../support/cgroup.js';
 import { createTestHost, type TestHost } from '../support/netns.js';
 import { run } from '../support/shell.js';
@@ -353,8 +353,8 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
   let dir: string;
   let v4: string;
   let v6: string;
-  /** Why this kernel refused the failed-push watch (fexit), or null. */
-  let pushWatchRefused: string | null = null;
+  /** Why the failed-push watch (fexit) is not loaded: the trampoline probe failed. Null when it is. */
+  const pushWatchRefused: string | null = pushWatchSkipReason() ?? null;
 
   beforeAll(async () => {
     cgRoot = findCgroup2Root();
@@ -367,12 +367,12 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
     v6 = host.ipv6;
     upstream = await PlainUpstream.start(host);
 
-    // With the failed-push watch if this kernel takes fexit programs, as the agent does.
+    // With the failed-push watch where the probe finds BPF trampolines, as the
+    // agent does; any load failure here fails the suite.
     const open = (pushWatch: boolean) => {
       const o = bpfCall(() => new (native().BpfObject)(objectPath));
       try {
-        verifyLayouts((name) => o.btfStruct(name));
-        verifyConstants((name) => o.btfEnum(name));
+        verifyContract(o);
         KernelHttp.enable(o, { pushWatch });
         bpfCall(() => {
           o.setGlobal('agent_tgid', encodeU32(process.pid));
@@ -385,12 +385,7 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
       }
       return o;
     };
-    try {
-      obj = open(true);
-    } catch (err) {
-      pushWatchRefused = (err as Error).message.split('\n')[0] ?? String(err);
-      obj = open(false);
-    }
+    obj = open(pushWatchRefused === null);
     // Workload 1: processes in <top>/bound, any executable, any user.
     obj.map('wk_cgroup_mask').update(encodeU64(cgroupId(bound) as bigint), encodeMask([WORKLOAD]));
     obj.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
@@ -1383,7 +1378,7 @@ print(port)
   });
 
   it('a write the kernel fails to queue refuses the connection from there on (needs fexit)', async (ctx) => {
-    if (pushWatchRefused) ctx.skip(`this kernel refuses fexit programs, so the failed-push watch is not loaded: ${pushWatchRefused}`);
+    if (pushWatchRefused) ctx.skip(`the failed-push watch is not loaded: ${pushWatchRefused}`);
     // After shutdown(SHUT_WR) the program still passes the next request, and
     // the kernel's push fails (EPIPE) before its first byte: the simplest push
     // failure to make on purpose. The verdict it leaves must not pass anything later.

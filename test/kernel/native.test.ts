@@ -4,12 +4,12 @@
  * struct layouts the controller shares with the BPF programs.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { bpfCall, native, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
-import { CONSTANTS, LAYOUTS, verifyConstants, verifyLayouts } from '../../controller/datapath/layout.js';
+import { CONSTANTS, LAYOUTS, verifyConstants, verifyContract, verifyLayouts } from '../../controller/datapath/layout.js';
 import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
 import { BpfError } from '../../controller/errors.js';
 import { kernelSkipReason } from '../support/requirements.js';
@@ -64,6 +64,37 @@ describe.skipIf(skip)(`native addon on the real kernel${skip ? ` (skipped: ${ski
     expect(() => verifyConstants(changed('WK_HTTP_HOST_MAX', 255))).toThrow(/WK_HTTP_HOST_MAX is 255/);
     const extra = (name: string) => ({ ...obj.btfEnum(name), WK_HTTP_STAT_NEW: 99 });
     expect(() => verifyConstants(extra)).toThrow(/members unknown to the controller: WK_HTTP_STAT_NEW/);
+  });
+
+  it('every enum of bpf/wirekey.h reaches the object and matches, and no wk_ enum goes unchecked', () => {
+    expect(() => verifyContract(obj)).not.toThrow();
+    for (const name of Object.keys(CONSTANTS)) expect(obj.btfEnum(name), name).toEqual(CONSTANTS[name]);
+    expect(obj.btfEnumNames().filter((n) => n.startsWith('wk_')).sort()).toEqual(Object.keys(CONSTANTS).sort());
+  });
+
+  it('an object built from a header with a renumbered audit reason is refused at open, naming the member', async () => {
+    // What a careless edit of bpf/wirekey.h does: a reason moved, the numbers after it shifted.
+    const header = readFileSync(path.join(repoRoot, 'bpf/wirekey.h'), 'utf8');
+    const doctored = header
+      .replace('WK_HTTP_STAT_REFUSED_PUSH = 19,', 'WK_HTTP_STAT_REFUSED_PUSH = 20,')
+      .replace('WK_HTTP_STAT_REFUSED_HOST = 20,', 'WK_HTTP_STAT_REFUSED_HOST = 19,');
+    expect(doctored).not.toBe(header);
+    writeFileSync(path.join(dir, 'wirekey.h'), doctored);
+    // Every shared enum, anchored in BTF the way the programs anchor them.
+    writeFileSync(path.join(dir, 'contract.bpf.c'), `#include "vmlinux.h"
+#include "wirekey.h"
+${Object.keys(CONSTANTS).map((n) => `const enum ${n} *const ${n}_btf = 0;`).join('\n')}
+`);
+    const out = path.join(dir, 'contract.bpf.o');
+    await must('clang', ['-g', '-O2', '-target', 'bpf', `-I${dir}`, `-I${path.join(repoRoot, 'build/bpf')}`, '-c', path.join(dir, 'contract.bpf.c'), '-o', out]);
+    const doctoredObj = new (native().BpfObject)(out);
+    try {
+      expect(() => verifyConstants((name) => doctoredObj.btfEnum(name), () => doctoredObj.btfEnumNames())).toThrow(
+        /enum wk_http_stat: WK_HTTP_STAT_REFUSED_PUSH is 20 in the BPF object, controller expects 19/,
+      );
+    } finally {
+      doctoredObj.close();
+    }
   });
 
   it('the process can mark itself not dumpable (the agent does, at start)', async () => {

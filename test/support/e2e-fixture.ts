@@ -63,7 +63,7 @@ export class E2eFixture {
     // The local CA exists before the agent starts (as after `wirekey ca cert`),
     // so processes started before the agent can trust it too.
     this.wirekeyCa = path.join(this.shared, 'wirekey-ca.pem');
-    writeFileSync(this.wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--state-dir', this.stateDir]));
+    writeFileSync(this.wirekeyCa, await must(process.execPath, [wirekeyBin, 'ca', 'cert', '--create', '--state-dir', this.stateDir]));
     this.bothCas = path.join(this.shared, 'both-cas.pem');
     const pem = (file: string) => `${readFileSync(file, 'utf8').trim()}\n`;
     writeFileSync(this.bothCas, pem(this.wirekeyCa) + pem(this.pki.caCert));

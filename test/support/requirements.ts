@@ -1,10 +1,26 @@
 /**
  * What a kernel or e2e test needs from the machine. A test whose needs are
  * not met is skipped with the reason, and the suite prints every skip.
+ * Kernel features are probed (controller/datapath/features.ts), never read
+ * off uname: on a kernel whose probes pass, a program the verifier refuses
+ * is a failure, not a skip.
  */
 import { existsSync } from 'node:fs';
-import os from 'node:os';
 import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { probeFeatures, type FeatureSet } from '../../controller/datapath/features.js';
+
+/** Why the probes of `sets` say this kernel cannot run them, or undefined. */
+function featureSkipReason(...sets: FeatureSet[]): string | undefined {
+  try {
+    for (const set of sets) {
+      const missing = probeFeatures(set);
+      if (missing) return `requires ${missing.feature}${missing.minimumKernel ? ` (Linux ${missing.minimumKernel})` : ''}; the probe saw: ${missing.detail}`;
+    }
+  } catch (err) {
+    return `cannot probe the kernel's BPF features: ${(err as Error).message}`;
+  }
+  return undefined;
+}
 
 /** Why kernel tests cannot run here, or undefined when they can. */
 export function kernelSkipReason(): string | undefined {
@@ -15,20 +31,15 @@ export function kernelSkipReason(): string | undefined {
   } catch {
     return 'requires a cgroup v2 mount';
   }
-  return undefined;
+  return featureSkipReason('identity', 'redirect');
 }
 
-/** Whether this kernel is at least `major.minor` (uname -r). */
-export function kernelAtLeast(major: number, minor: number): boolean {
-  const m = /^(\d+)\.(\d+)/.exec(os.release());
-  return !!m && (Number(m[1]) > major || (Number(m[1]) === major && Number(m[2]) >= minor));
-}
-
-/**
- * Why the kernel HTTP datapath's tests cannot run here. Only the kernel
- * version excuses them (bpf_loop is 5.17): on a newer kernel a program the
- * verifier refuses is a failure, not a skip.
- */
+/** Why the kernel HTTP datapath's tests cannot run here: only a negative probe excuses them. */
 export function kernelHttpSkipReason(): string | undefined {
-  return kernelSkipReason() ?? (kernelAtLeast(5, 17) ? undefined : `requires Linux 5.17 (bpf_loop) for the kernel HTTP datapath; this is ${os.release()}`);
+  return kernelSkipReason() ?? featureSkipReason('kernelHttp');
+}
+
+/** Why the failed-push watch (fexit) cannot run here, or undefined (after kernelHttpSkipReason). */
+export function pushWatchSkipReason(): string | undefined {
+  return featureSkipReason('pushWatch');
 }

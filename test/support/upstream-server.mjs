@@ -59,6 +59,12 @@ const server = https.createServer(
         bodySha256: hash.digest('hex'),
       };
       process.stdout.write(`${JSON.stringify(record)}\n`);
+      // GET /redirect/HOST: a redirect to https://HOST/landed, as an API might send a client elsewhere.
+      const redirect = /^\/redirect\/([a-z0-9.-]+)$/.exec(req.url);
+      if (redirect) {
+        res.writeHead(302, { location: `https://${redirect[1]}/landed`, 'content-length': 0 });
+        return res.end();
+      }
       const bytes = /^\/bytes\/(\d+)$/.exec(req.url);
       if (bytes) return sendBytes(res, Number(bytes[1]));
       if (req.url === '/echo' || req.url === '/stored') {

@@ -119,3 +119,38 @@ describe('wirekey ca cert', () => {
     }
   });
 });
+
+describe('wirekey ca cert and status, misdirected', () => {
+  it('ca cert refuses a state dir that does not exist instead of minting a CA there; --create makes one', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-cli-'));
+    try {
+      const typo = await wirekey('ca', 'cert', '--state-dir', path.join(dir, 'tpyo'));
+      expect(typo.code).toBe(1);
+      expect(typo.stderr).toBe(`wirekey: state dir ${path.join(dir, 'tpyo')} does not exist (wirekey run creates it; or pass --create)\n`);
+      const created = await wirekey('ca', 'cert', '--create', '--state-dir', path.join(dir, 'new'));
+      expect(created.code).toBe(0);
+      expect(created.stdout).toContain('BEGIN CERTIFICATE');
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it('status with no agent exits 3 with one line saying so', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-cli-'));
+    try {
+      const r = await wirekey('status', '--state-dir', dir);
+      expect(r.code).toBe(3);
+      expect(r.stderr).toBe(`wirekey: wirekey is not running with state dir ${dir}\n`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('wirekey --version', () => {
+  it('prints the package version', async () => {
+    const r = await wirekey('--version');
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toBe((JSON.parse(readFileSync(path.join(repoRoot, 'package.json'), 'utf8')) as { version: string }).version);
+  });
+});

@@ -81,15 +81,27 @@ describe('workload selectors', () => {
 describe('identity tables', () => {
   it('puts a workload in the any-mask of each kind it does not constrain, and nowhere for a selector that did not resolve', () => {
     const t = identityTables([
-      { id: 1, name: 'a', cgroupPath: '/x', cgroupId: 10n, exe: { dev: 5, ino: 7n }, problems: [] },
+      { id: 1, name: 'a', cgroupPath: '/x', cgroupId: 10n, exe: { dev: 5, ino: 7n, inode: 0xffff1000n }, problems: [] },
       { id: 2, name: 'b', uid: 1000, problems: [] },
       { id: 3, name: 'c', cgroupPath: '/gone', cgroupId: null, problems: ['gone'] },
       { id: 4, name: 'd', cgroupPath: '/x', cgroupId: 10n, problems: [] },
     ]);
     expect([...t.cgroups]).toEqual([[10n, [1, 4]]]);
-    expect(t.exes).toEqual([{ key: { dev: 5, ino: 7n }, workloads: [1] }]);
+    expect(t.exes).toEqual([{ key: { dev: 5, ino: 7n, inode: 0xffff1000n }, workloads: [1] }]);
     expect([...t.uids]).toEqual([[1000, [2]]]);
     expect(t.any).toEqual({ cgroup: [2], exe: [2, 3, 4], uid: [1, 3, 4] });
+  });
+
+  it('keeps two files apart that share a device and inode number (btrfs subvolumes, overlay layers)', () => {
+    const t = identityTables([
+      { id: 1, name: 'a', exe: { dev: 42, ino: 257n, inode: 0xffff1000n }, problems: [] },
+      { id: 2, name: 'b', exe: { dev: 42, ino: 257n, inode: 0xffff2000n }, problems: [] },
+      { id: 3, name: 'c', exe: { dev: 42, ino: 257n, inode: 0xffff1000n }, problems: [] },
+    ]);
+    expect(t.exes).toEqual([
+      { key: { dev: 42, ino: 257n, inode: 0xffff1000n }, workloads: [1, 3] },
+      { key: { dev: 42, ino: 257n, inode: 0xffff2000n }, workloads: [2] },
+    ]);
   });
 
   it('encodes masks as the kernel reads them: workload n is bit n-1', () => {
