@@ -24,14 +24,22 @@
 # openssl; workloads are transient units in that slice (systemd-run).
 #
 # Environment: READY_TIMEOUT (seconds, default 90), RELOAD_TIMEOUT (30),
-# STOP_TIMEOUT (15), RESTART_TIMEOUT (60); WIREKEY_CHECK_SHARED_KERNEL=1 when
+# STOP_TIMEOUT (15), RESTART_TIMEOUT (60), WATCHDOG_SEC (the watchdog check's
+# WatchdogSec=, default 4), MAX_EXPOSURE (the highest `systemd-analyze
+# security` exposure accepted, default 3.5); WIREKEY_CHECK_SHARED_KERNEL=1 when
 # other systems share this kernel (a container): "no wk_* program loaded" is
 # then judged by this system's processes only, not by every program the
 # kernel holds.
 set -uo pipefail
 
 REPO=/opt/wirekey
+# With WIREKEY_CHECK_PACKAGE=FILE.deb, wirekey is installed from that package
+# (dpkg -i) instead of being the repository at /opt/wirekey, and the checks'
+# own tools (the test upstreams) come from WIREKEY_CHECK_SOURCE, a checkout.
+PACKAGE=${WIREKEY_CHECK_PACKAGE:-}
+SOURCE=${WIREKEY_CHECK_SOURCE:-$REPO}
 WIREKEY="/usr/bin/node $REPO/bin/wirekey.js"
+[[ -z $PACKAGE ]] || WIREKEY=/usr/bin/wirekey
 UNIT=wirekey.service
 UNIT_PATH=/etc/systemd/system/$UNIT
 DROPIN_DIR=/etc/systemd/system/$UNIT.d
@@ -51,6 +59,8 @@ READY_TIMEOUT=${READY_TIMEOUT:-90}
 RELOAD_TIMEOUT=${RELOAD_TIMEOUT:-30}
 STOP_TIMEOUT=${STOP_TIMEOUT:-15}
 RESTART_TIMEOUT=${RESTART_TIMEOUT:-60}
+WATCHDOG_SEC=${WATCHDOG_SEC:-4}
+MAX_EXPOSURE=${MAX_EXPOSURE:-3.5}
 SHARED_KERNEL=${WIREKEY_CHECK_SHARED_KERNEL:-0}
 
 log() { printf 'systemd-check: %s\n' "$*" >&2; }
@@ -60,8 +70,13 @@ die() { log "$*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root"
 [[ -d /run/systemd/system ]] || die "systemd is not PID 1 here (no /run/systemd/system)"
-[[ -f $REPO/packaging/wirekey.service ]] || die "no $REPO/packaging/wirekey.service: the repository must be at $REPO"
-[[ -f $REPO/bin/wirekey.js && -d $REPO/dist ]] || die "$REPO is not built: run $REPO/scripts/setup first"
+if [[ -n $PACKAGE ]]; then
+  [[ -f $PACKAGE ]] || die "no package $PACKAGE"
+  [[ -f $SOURCE/test/support/upstream-server.mjs ]] || die "no test upstreams in $SOURCE/test/support (set WIREKEY_CHECK_SOURCE)"
+else
+  [[ -f $REPO/packaging/wirekey.service ]] || die "no $REPO/packaging/wirekey.service: the repository must be at $REPO"
+  [[ -f $REPO/bin/wirekey.js && -d $REPO/dist ]] || die "$REPO is not built: run $REPO/scripts/setup first"
+fi
 [[ -x /usr/bin/node ]] || die "the unit runs /usr/bin/node, which is missing (node is $(command -v node || echo absent))"
 for tool in bpftool curl openssl ip systemd-run; do command -v "$tool" >/dev/null || die "$tool is missing"; done
 CGROUP_ROOT=$(findmnt -n -t cgroup2 -o TARGET | sort | head -n 1)
@@ -89,6 +104,8 @@ journal() {
   fi
 }
 unit_prop() { systemctl show -p "$1" --value "$UNIT"; }
+# The STATUS= line the agent last sent (systemctl status shows it as Status:).
+status_text() { unit_prop StatusText; }
 count_matches() { grep -Ec -- "$1" <<<"$(journal)" || true; }
 READY_RE='(^| )ready: '
 
@@ -266,6 +283,7 @@ cleanup() {
   done
   systemctl reset-failed "$UNIT" wkcheck-upstream.service wkcheck-inventory.service >/dev/null 2>&1
   rm -rf "$UNIT_PATH" "$DROPIN_DIR" "$SLICE_PATH"
+  [[ -z $PACKAGE ]] || dpkg --purge wirekey >/dev/null 2>&1
   systemctl daemon-reload
   rm -rf "$ETC_DIR" "$WORK"
   ((had_state)) || rm -rf "$STATE_DIR"
@@ -307,17 +325,25 @@ check_install() {
   fi
   ip addr add "$UPSTREAM_ADDR/32" dev lo || { bad "cannot add $UPSTREAM_ADDR to lo"; return 1; }
   systemd-run --quiet --unit=wkcheck-upstream -p StandardOutput="file:$WORK/upstream.jsonl" -- \
-    /usr/bin/node "$REPO/test/support/upstream-server.mjs" --cert "$WORK/upstream.pem" --key "$WORK/upstream.key" \
+    /usr/bin/node "$SOURCE/test/support/upstream-server.mjs" --cert "$WORK/upstream.pem" --key "$WORK/upstream.key" \
     --host "$UPSTREAM_ADDR" --port 443 || { bad "cannot start the HTTPS upstream"; return 1; }
   systemd-run --quiet --unit=wkcheck-inventory -p StandardOutput="file:$WORK/inventory.jsonl" -- \
-    /usr/bin/node "$REPO/test/support/plain-upstream.mjs" --host "$UPSTREAM_ADDR" --port 80 ||
+    /usr/bin/node "$SOURCE/test/support/plain-upstream.mjs" --host "$UPSTREAM_ADDR" --port 80 ||
     { bad "cannot start the plaintext upstream"; return 1; }
 
-  install -m 0644 "$REPO/packaging/wirekey.service" "$UNIT_PATH"
+  local unit_file=$UNIT_PATH
+  if [[ -n $PACKAGE ]]; then
+    # As an operator installs it: the package's unit, in /lib/systemd/system.
+    out=$(dpkg -i "$PACKAGE" 2>&1) || { bad "dpkg -i $(basename "$PACKAGE"): $out"; return 1; }
+    unit_file=/lib/systemd/system/$UNIT
+    [[ -f $unit_file && -x /usr/bin/wirekey ]] || { bad "the package installed no $unit_file or /usr/bin/wirekey"; return 1; }
+  else
+    install -m 0644 "$REPO/packaging/wirekey.service" "$UNIT_PATH"
+  fi
   # The one local change: trust the check's upstream CA (an operator's drop-in would do the same).
   install -d -m 0755 "$DROPIN_DIR"
   { echo '[Service]'; echo 'ExecStart='
-    sed -n 's/^ExecStart=\(.*\)$/ExecStart=\1 --upstream-ca '"${WORK//\//\\/}"'\/upstream-ca.pem/p' "$UNIT_PATH"; } \
+    sed -n 's/^ExecStart=\(.*\)$/ExecStart=\1 --upstream-ca '"${WORK//\//\\/}"'\/upstream-ca.pem/p' "$unit_file"; } \
     >"$DROPIN_DIR/check.conf"
   printf '[Unit]\nDescription=wirekey check workloads\n' >"$SLICE_PATH"
   install -d -m 0755 "$ETC_DIR" "$POLICY_DIR"
@@ -327,9 +353,23 @@ check_install() {
   systemctl start "$SLICE" || { bad "cannot start $SLICE"; return 1; }
   wait_until 10 grep -q listening "$WORK/inventory.jsonl" || { bad "the plaintext upstream did not start"; return 1; }
   # systemd's own opinion of the unit file: reported, not fatal.
-  verify=$(systemd-analyze verify "$UNIT_PATH" 2>&1)
-  [[ -z $verify ]] || { log "systemd-analyze verify $UNIT_PATH (not fatal):"; printf '%s\n' "$verify" >&2; }
-  DETAIL="unit, drop-in, policy, $SLICE, upstreams on $UPSTREAM_ADDR:443/80; systemd-analyze verify: $([[ -z $verify ]] && echo clean || echo 'reported, above')"
+  verify=$(systemd-analyze verify "$unit_file" 2>&1)
+  [[ -z $verify ]] || { log "systemd-analyze verify $unit_file (not fatal):"; printf '%s\n' "$verify" >&2; }
+  DETAIL="$([[ -n $PACKAGE ]] && echo "package $(dpkg-query -W -f '${Package} ${Version}' wirekey) installed, " || echo 'unit, ')drop-in, policy, $SLICE, upstreams on $UPSTREAM_ADDR:443/80; systemd-analyze verify: $([[ -z $verify ]] && echo clean || echo 'reported, above')"
+}
+
+# systemd's own rating of the unit's sandbox, as an operator would run it:
+# the exposure (0 safe .. 10 unprotected) must not exceed MAX_EXPOSURE.
+check_security() {
+  local out level
+  out=$(systemd-analyze security --no-pager "$UNIT" 2>&1)
+  level=$(sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\) .*/\1/p' <<<"$out")
+  [[ -n $level ]] || { bad "systemd-analyze security $UNIT printed no exposure level: $(tail -n 3 <<<"$out")"; return 1; }
+  awk -v l="$level" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(l <= m) }' || {
+    bad "systemd-analyze security rates $UNIT $level, above $MAX_EXPOSURE: $(grep -E '^✗' <<<"$out" | tr -s ' ' | tr '\n' ';')"
+    return 1
+  }
+  DETAIL="systemd-analyze security: exposure $(sed -n 's/.*Overall exposure level for [^:]*: //p' <<<"$out") (at most $MAX_EXPOSURE)"
 }
 
 check_start() {
@@ -341,6 +381,28 @@ check_start() {
     { bad "$UNIT is $(unit_prop ActiveState)/$(unit_prop SubState) after ready"; return 1; }
   PID=$(unit_prop MainPID)
   DETAIL="active (running), pid $PID, \"ready\" in the journal after $((SECONDS - t))s"
+}
+
+# Type=notify: systemd calls the unit active only once the agent sent
+# READY=1, which it does after its ready line; Type=exec would be active at
+# once, before the programs are attached. The agent's STATUS= line names the
+# policy in force, and systemctl status shows it.
+check_ready_notify() {
+  local ready_line ready_ms active active_ms hash out
+  [[ $(unit_prop Type) == notify && $(unit_prop NotifyAccess) == main ]] ||
+    { bad "$UNIT is Type=$(unit_prop Type) NotifyAccess=$(unit_prop NotifyAccess), not notify/main"; return 1; }
+  ready_line=$(grep -E "$READY_RE" <<<"$(journal)" | tail -n 1)
+  ready_ms=$(date -d "${ready_line%% *}" +%s%3N 2>/dev/null) || { bad "the ready line has no timestamp: $ready_line"; return 1; }
+  active=$(systemctl show -p ActiveEnterTimestamp --value --timestamp=us+utc "$UNIT")
+  active_ms=$(( $(date -d "${active% UTC} UTC" +%s%6N) / 1000 ))
+  ((active_ms >= ready_ms)) ||
+    { bad "$UNIT became active at $active, $((ready_ms - active_ms)) ms before the agent's ready line (${ready_line%% *})"; return 1; }
+  hash=$(grep -oE 'policy [0-9a-f]{12}:' <<<"$(journal)" | tail -n 1 | cut -c8-19)
+  [[ $(status_text) == "ready: 1 workload(s), 2 binding(s), policy $hash" ]] ||
+    { bad "the unit's status is \"$(status_text)\", not \"ready: 1 workload(s), 2 binding(s), policy $hash\""; return 1; }
+  out=$(SYSTEMD_COLORS=0 systemctl status --no-pager --lines=0 "$UNIT" 2>&1)
+  grep -qF "Status: \"$(status_text)\"" <<<"$out" || { bad "systemctl status shows no Status: line: $out"; return 1; }
+  DETAIL="Type=notify: active $((active_ms - ready_ms)) ms after the ready line; Status: \"$(status_text)\""
 }
 
 check_attached() {
@@ -417,28 +479,56 @@ check_reload_good() {
   scan_attached || return 1
   [[ -n $ATTACHED ]] || { bad "no wk_* program is attached after the reload"; return 1; }
   expect_bearer "$WORK/api-token-rotated" "the reloaded policy's credential" || return 1
-  DETAIL="\"policy reloaded\", same pid; the binding now injects <api-token-rotated>"
+  local hash
+  hash=$(grep -oE 'policy reloaded: policy [0-9a-f]{12} -> [0-9a-f]{12}' <<<"$(journal)" | tail -n 1 | tail -c 13)
+  [[ $(status_text) == *"policy $hash" ]] || { bad "the unit's status is \"$(status_text)\", not the new policy $hash"; return 1; }
+  DETAIL="systemctl reload exit 0, \"policy reloaded\", same pid; the binding now injects <api-token-rotated>; Status: \"$(status_text)\""
 }
 
-# Today ExecReload is `kill -HUP`, which succeeds whatever the agent makes of
-# the file, so `systemctl reload` exits 0; the refusal is in the journal.
+# ExecReload is `wirekey reload`: `systemctl reload` fails, with the reasons
+# in the journal, when the policy is refused, and the running one stays in
+# force. A SIGHUP with the same file reaches the agent, which refuses it too
+# and says so in its STATUS= line (RELOADING=1, then READY=1: the unit is
+# back to active, not stuck reloading).
 check_reload_bad() {
-  local before rc
-  before=$(count_matches 'policy reload failed')
+  local before rc status_before refused rc_good
+  status_before=$(status_text)
+  before=$(count_matches 'reload refused: ')
   cat >"$POLICY_DIR/broken.yaml" <<EOF
 apiVersion: wirekey.dev/v1alpha1
 kind: Binding
 metadata: {name: check-broken}
 spec: {workload: no-such-workload, service: check-api, inject: {bearer: {credential: check-token}}}
 EOF
-  systemctl reload "$UNIT"; rc=$?
-  wait_for_journal 'policy reload failed, keeping the running policy' $((before + 1)) "$RELOAD_TIMEOUT" || return 1
-  rm -f "$POLICY_DIR/broken.yaml"
-  [[ $(unit_prop ActiveState) == active ]] || { bad "$UNIT is $(unit_prop ActiveState) after the bad reload"; return 1; }
-  [[ $(unit_prop MainPID) == "$PID" ]] || { bad "the bad reload restarted the agent"; return 1; }
+  systemctl reload "$UNIT" 2>/dev/null; rc=$?
+  ((rc != 0)) || { bad "systemctl reload exited 0 for a policy with an error"; return 1; }
+  wait_for_journal 'reload refused: 1 problem\(s\)' $((before + 1)) "$RELOAD_TIMEOUT" || return 1
+  grep -q 'broken.yaml:4:[0-9]*: .*no-such-workload' <<<"$(journal)" || { bad "the journal does not name broken.yaml:4 and its problem"; return 1; }
+  [[ $(unit_prop ActiveState)/$(unit_prop SubState) == active/running ]] ||
+    { bad "$UNIT is $(unit_prop ActiveState)/$(unit_prop SubState) after the refused reload"; return 1; }
+  [[ $(unit_prop MainPID) == "$PID" ]] || { bad "the refused reload restarted the agent"; return 1; }
+  [[ $(status_text) == "$status_before" ]] || { bad "the status changed from \"$status_before\" to \"$(status_text)\" though nothing was applied"; return 1; }
   expect_bearer "$WORK/api-token-rotated" "the running policy must stay in force" || return 1
-  DETAIL="\"policy reload failed, keeping the running policy\" (systemctl reload exit $rc); the running policy still injects"
+
+  before=$(count_matches 'policy reload failed, keeping the running policy')
+  systemctl kill --kill-whom=main --signal=SIGHUP "$UNIT" || { bad "systemctl kill --signal=SIGHUP failed"; return 1; }
+  wait_for_journal 'policy reload failed, keeping the running policy' $((before + 1)) "$RELOAD_TIMEOUT" || return 1
+  wait_until 10 status_starts_with 'policy refused, previous in force: ' ||
+    { bad "after a refused SIGHUP reload the status is \"$(status_text)\""; return 1; }
+  refused=$(status_text)
+  wait_until 10 unit_is active/running || { bad "$UNIT is $(unit_prop ActiveState)/$(unit_prop SubState) after a refused SIGHUP reload"; return 1; }
+  grep -qF "Status: \"$refused\"" <<<"$(SYSTEMD_COLORS=0 systemctl status --no-pager --lines=0 "$UNIT" 2>&1)" ||
+    { bad "systemctl status does not show the refusal"; return 1; }
+  expect_bearer "$WORK/api-token-rotated" "the running policy must stay in force after SIGHUP" || return 1
+
+  rm -f "$POLICY_DIR/broken.yaml"
+  systemctl reload "$UNIT"; rc_good=$?
+  ((rc_good == 0)) || { bad "systemctl reload exited $rc_good once the broken file was removed"; return 1; }
+  [[ $(status_text) == "$status_before" ]] || { bad "the status is \"$(status_text)\" after reloading the same policy again, not \"$status_before\""; return 1; }
+  DETAIL="systemctl reload exit $rc, reasons in the journal, still injecting; SIGHUP: Status: \"$refused\"; fixed: exit 0"
 }
+status_starts_with() { [[ $(status_text) == "$1"* ]]; }
+unit_is() { [[ $(unit_prop ActiveState)/$(unit_prop SubState) == "$1" ]]; }
 
 check_second_agent() {
   local out rc
@@ -448,7 +538,7 @@ check_second_agent() {
     { bad "a second agent was refused, but not for the running one (pid $PID): $out"; return 1; }
   [[ ! -e $PIN_DIR-second ]] || { bad "the refused agent made $PIN_DIR-second"; return 1; }
   [[ $(unit_prop MainPID) == "$PID" ]] || { bad "the unit's agent changed while a second one was refused"; return 1; }
-  DETAIL="refused (exit $rc): \"$(head -n 1 <<<"$out")\""
+  DETAIL="refused (exit $rc): \"$(grep -m 1 "another wirekey agent" <<<"$out")\""
 }
 
 check_restart_on_kill() {
@@ -469,6 +559,43 @@ restarted_since() {
   (($(unit_prop NRestarts) > $1)) && [[ $(unit_prop ActiveState)/$(unit_prop SubState) == active/running ]]
 }
 
+# WatchdogSec=: the agent pings from its event loop; stopped (SIGSTOP), it
+# misses the pings and systemd kills it (SIGABRT) and Restart= brings it
+# back. A drop-in shortens the period for the check (the unit's own is longer).
+check_watchdog() {
+  local restarts new t0 first ready_before
+  printf '[Service]\nWatchdogSec=%s\n' "$WATCHDOG_SEC" >"$DROPIN_DIR/watchdog.conf"
+  systemctl daemon-reload
+  ready_before=$(count_matches "$READY_RE")
+  systemctl restart "$UNIT" || { bad "systemctl restart $UNIT failed"; return 1; }
+  wait_for_journal "$READY_RE" $((ready_before + 1)) "$READY_TIMEOUT" || return 1
+  PID=$(unit_prop MainPID)
+  [[ $(unit_prop WatchdogUSec) == "${WATCHDOG_SEC}s" ]] || { bad "WatchdogUSec is $(unit_prop WatchdogUSec), not ${WATCHDOG_SEC}s"; return 1; }
+  # The pings arrive: systemd moves the watchdog timestamp at each one.
+  first=$(unit_prop WatchdogTimestampMonotonic)
+  wait_until "$WATCHDOG_SEC" watchdog_moved_from "$first" ||
+    { bad "no WATCHDOG=1 from the agent in ${WATCHDOG_SEC}s (WatchdogTimestampMonotonic stays $first)"; return 1; }
+  [[ $(unit_prop MainPID) == "$PID" ]] || { bad "the agent was restarted while it pinged the watchdog"; return 1; }
+
+  restarts=$(unit_prop NRestarts)
+  ready_before=$(count_matches "$READY_RE")
+  t0=$SECONDS
+  kill -STOP "$PID" || { bad "kill -STOP $PID failed"; return 1; }
+  wait_until "$RESTART_TIMEOUT" restarted_since "$restarts" ||
+    { bad "systemd did not restart the stopped agent (NRestarts $(unit_prop NRestarts), $(unit_prop ActiveState)/$(unit_prop SubState))"; return 1; }
+  grep -q 'Watchdog timeout' <<<"$(journal)" || { bad "restarted, but the journal has no 'Watchdog timeout'"; return 1; }
+  wait_for_journal "$READY_RE" $((ready_before + 1)) "$READY_TIMEOUT" || return 1
+  new=$(unit_prop MainPID)
+  [[ $new != "$PID" && $new != 0 ]] || { bad "MainPID is $new after the watchdog restart"; return 1; }
+  PID=$new
+  expect_bearer "$WORK/api-token-rotated" "after the watchdog restart" || return 1
+  rm -f "$DROPIN_DIR/watchdog.conf"
+  systemctl daemon-reload
+  DETAIL="WatchdogSec=${WATCHDOG_SEC}s pinged; SIGSTOP: 'Watchdog timeout', restarted as pid $PID after $((SECONDS - t0))s, injecting"
+}
+
+watchdog_moved_from() { (($(unit_prop WatchdogTimestampMonotonic) > $1)); }
+
 check_stop() {
   local result
   systemctl stop "$UNIT" || { bad "systemctl stop $UNIT failed"; return 1; }
@@ -487,12 +614,23 @@ check_stop() {
   DETAIL="Result=success, 'stopped' logged, nothing attached under $CGROUP_ROOT, no wk_* program $( ((SHARED_KERNEL)) && echo 'held here' || echo loaded), $PIN_DIR gone, wirekey status exits 3"
 }
 
-# ---- the list ------------------------------------------------------------------------
-# Later (the operations issue): ready-notify (Type=notify, READY=1 and STATUS=
-# in systemctl status), reload exit codes, watchdog, metrics.
+check_metrics() {
+  local sock=$STATE_DIR/agent.sock health ready metrics
+  health=$(curl -sS --unix-socket "$sock" http://wirekey/healthz 2>&1) || { bad "GET /healthz on $sock: $health"; return 1; }
+  ready=$(curl -sS --unix-socket "$sock" http://wirekey/readyz 2>&1) || { bad "GET /readyz on $sock: $ready"; return 1; }
+  [[ $health == ok && $ready == ready ]] || { bad "/healthz said '$health', /readyz '$ready'"; return 1; }
+  metrics=$(curl -sS --unix-socket "$sock" http://wirekey/metrics 2>&1) || { bad "GET /metrics on $sock: $metrics"; return 1; }
+  grep -Eq '^wirekey_requests_injected_total\{[^}]*datapath="proxy"[^}]*\} [1-9]' <<<"$metrics" ||
+    { bad "/metrics counts no proxied injection"; return 1; }
+  grep -Eq '^wirekey_requests_injected_total\{[^}]*datapath="kernel"[^}]*\} [1-9]' <<<"$metrics" || { bad "/metrics counts no kernel injection"; return 1; }
+  grep -q "$(tr -d '\n' <"$WORK/api-token")" <<<"$metrics" && { bad "/metrics holds the credential"; return 1; }
+  DETAIL="/healthz ok, /readyz ready, /metrics counts both datapaths' injections, no credential in it"
+}
 
-CHECKS=(install start attached backfill status inject-proxy inject-kernel not-bound reload-good reload-bad
-        second-agent restart-on-kill stop)
+# ---- the list ------------------------------------------------------------------------
+
+CHECKS=(install security start ready-notify attached backfill status inject-proxy inject-kernel not-bound metrics reload-good
+        reload-bad second-agent restart-on-kill watchdog stop)
 
 failed=''
 for name in "${CHECKS[@]}"; do

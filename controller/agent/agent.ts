@@ -16,6 +16,7 @@ import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/d
 import { findCgroup2Root } from '../datapath/cgroup.js';
 import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
 import { ControlServer, controlSocketPath } from './control-server.js';
+import type { ServiceNotifications } from './service-notifier.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../identity/tables.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
@@ -26,6 +27,7 @@ import { credentialHeader } from '../inject/inject.js';
 import { AuditLog } from '../audit/audit-log.js';
 import { RouteTable } from '../proxy/routes.js';
 import { KernelBindings } from './kernel-bindings.js';
+import { AgentMetrics } from '../metrics/agent-metrics.js';
 import { CredentialError, NotSupportedError, PolicyError } from '../errors.js';
 import type { Logger } from '../log.js';
 
@@ -53,7 +55,23 @@ export interface AgentOptions {
   kernelAliveTimeoutMs?: number;
   /** How often cgroup selectors are resolved again (cgroups come and go). */
   resyncIntervalMs?: number;
+  /** Also serve /metrics, /healthz and /readyz (only those) on this TCP address; the control socket always serves them. */
+  metricsListen?: { host: string; port: number };
   log: Logger;
+  /** Told when the agent is ready, reloads and what it runs (systemd's Type=notify); none outside systemd. */
+  notifier?: ServiceNotifications;
+}
+
+/** What a reload did: what POST /reload answers and `wirekey reload` prints. */
+export interface ReloadResult {
+  /** Whether the policy read now is the one in force. */
+  applied: boolean;
+  /** Why it was refused: "file:line:column: message" per policy problem, or one line naming the cause. */
+  problems: string[];
+  /** The hash of the policy in force after the reload (the new one when applied, the previous one otherwise). */
+  policy: string;
+  /** What an applied reload changed: "policy a -> b; bindings added x; ...". */
+  change?: string;
 }
 
 interface LoadedPlan {
@@ -92,10 +110,21 @@ export class Agent {
   #ready = false;
   /** The plan in force before the last reload, to say what it changed. */
   #lastPlan: Plan | undefined;
+  readonly #metrics: AgentMetrics;
+  /** --metrics-listen: metrics and health on TCP. */
+  #metricsServer: ControlServer | undefined;
 
   private constructor(opts: AgentOptions) {
     this.#opts = opts;
     this.#log = opts.log;
+    this.#metrics = new AgentMetrics({
+      ready: () => this.#ready,
+      proxy: () => this.#proxy?.stats(),
+      datapath: () => this.#datapath,
+      kernelHttp: () => this.#datapath?.kernelHttp,
+      credentials: () => this.#credentials.values(),
+      vaultConnections: () => this.#credentials.connections(),
+    });
   }
 
   /**
@@ -133,7 +162,21 @@ export class Agent {
       res.writeHead(this.#ready ? 200 : 503, { 'content-type': 'text/plain' }).end(`${state}\n`);
     });
     await this.#control.listen(controlSocketPath(this.#opts.stateDir));
+    await this.#serveMetrics(this.#control);
+
+    // `wirekey reload` (and systemd's ExecReload through it): the result of
+    // the reload it asked for, once it has ended; 200 whether applied or refused.
+    this.#control.route('POST', '/reload', async (_req, res) => {
+      if (!this.#ready && !this.#stopping) {
+        res.writeHead(503, { 'content-type': 'text/plain' }).end('starting: the policy is read once the agent has started\n');
+        return;
+      }
+      const result = await this.reload();
+      res.writeHead(200, { 'content-type': 'application/json' }).end(`${JSON.stringify(result)}\n`);
+    });
+
     const next = await this.#loadPlan();
+    this.#metrics.policyApplied(planHash(next.plan));
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
@@ -156,6 +199,7 @@ export class Agent {
       limits: this.#opts.proxyLimits,
       audit: this.#audit,
       log: this.#log,
+      observer: this.#metrics,
     });
     // Listen before attaching: a redirect must never point at a closed port.
     await this.#proxy.listen(this.#opts.proxyPort);
@@ -192,7 +236,11 @@ export class Agent {
       this.#kernelBindings = kernelBindings;
       await kernelBindings.apply(this.#plan, this.#credentials);
       // Read on the event loop (a uv_poll on the ring buffer), never by blocking it.
-      kh.events((e) => this.#audit?.recordSoon(kernelBindings.auditEvent(e)), {
+      kh.events((e) => {
+        const event = kernelBindings.auditEvent(e);
+        this.#audit?.recordSoon(event);
+        this.#metrics.kernelEvent(event);
+      }, {
         onError: (err) => this.#log.error('kernel datapath audit events: %s', (err as Error).message),
       });
       // Rotation: file sources notice a change within a second, Vault ones on their refresh.
@@ -218,6 +266,17 @@ export class Agent {
       this.#opts.proxyPort, this.#opts.proxyPort, this.#datapath.programIds().join(','), this.#cgroupRoot, added, this.#opts.pinDir,
     );
     this.#ready = true;
+    this.#opts.notifier?.ready(this.#readyStatus());
+  }
+
+  /** The hash of the plan in force ("none" before one is). */
+  #policyHash(): string {
+    return this.#plan ? planHash(this.#plan) : 'none';
+  }
+
+  /** systemd's STATUS= line while the agent serves: "ready: 2 workloads, 3 bindings, policy 1a2b3c4d5e6f". */
+  #readyStatus(): string {
+    return `ready: ${this.#plan.workloads.size} workload(s), ${this.#plan.bindings.length} binding(s), policy ${planHash(this.#plan)}`;
   }
 
   /** The control socket, for routes other parts add (reload, metrics). */
@@ -226,15 +285,54 @@ export class Agent {
   }
 
   /**
+   * Metrics: GET /metrics on the control socket and, with metricsListen, a
+   * TCP listener that serves /metrics, /healthz and /readyz only (the same
+   * handlers; nothing that changes state is ever reachable over TCP).
+   * @throws WirekeyError WK_METRICS_LISTEN
+   */
+  async #serveMetrics(control: ControlServer): Promise<void> {
+    control.route('GET', '/metrics', async (_req, res) => {
+      const { contentType, body } = await this.#metrics.render();
+      res.writeHead(200, { 'content-type': contentType }).end(body);
+    });
+    const listen = this.#opts.metricsListen;
+    if (!listen) return;
+    const server = new ControlServer(this.#log, 'metrics');
+    for (const route of ['/metrics', '/healthz', '/readyz']) {
+      const handler = control.handler('GET', route);
+      if (handler) server.route('GET', route, handler);
+    }
+    await server.listenTcp(listen.host, listen.port);
+    this.#metricsServer = server;
+    this.#log.info('metrics and health on http://%s:%d/metrics', listen.host.includes(':') ? `[${listen.host}]` : listen.host, listen.port);
+  }
+
+  /**
    * Loads the policy again and applies it whole, or not at all: a policy
    * that does not load, or that the kernel maps cannot hold, leaves the
-   * running one in force. Returns whether the new policy was applied.
-   * Reloads and stop() run one at a time, in the order asked; a reload
-   * asked for once stop() has been called does nothing and returns false.
+   * running one in force. Returns whether the new policy was applied and,
+   * when not, why (one line per problem). Reloads and stop() run one at a
+   * time, in the order asked; a reload asked for once stop() has been
+   * called does nothing and is refused. The service manager is told
+   * RELOADING=1 before and READY=1 after, with a status line that says
+   * which policy is in force.
    */
-  reload(): Promise<boolean> {
-    if (this.#stopping) return Promise.resolve(false);
-    return this.#serially(() => this.#reload());
+  reload(): Promise<ReloadResult> {
+    if (this.#stopping) return Promise.resolve({ applied: false, problems: ['the agent is stopping'], policy: this.#policyHash() });
+    return this.#serially(async () => {
+      const notifier = this.#opts.notifier;
+      notifier?.reloading('reloading the policy');
+      let result: ReloadResult | undefined;
+      try {
+        result = await this.#reload();
+        return result;
+      } finally {
+        if (!result) notifier?.ready(`reload failed, previous policy ${this.#policyHash()} may be partly in force: see the log`);
+        else if (result.applied) notifier?.ready(this.#readyStatus());
+        else notifier?.ready(`policy refused, previous in force: ${this.#readyStatus().replace(/^ready: /, '')}; ${result.problems[0] ?? ''}` +
+          `${result.problems.length > 1 ? ` (and ${result.problems.length - 1} more problem(s))` : ''}`);
+      }
+    });
   }
 
   /** Stops everything that was started, in reverse order, after any reload in progress. Idempotent. */
@@ -250,7 +348,8 @@ export class Agent {
     return run;
   }
 
-  async #reload(): Promise<boolean> {
+  async #reload(): Promise<ReloadResult> {
+    const refused = (problems: string[]): ReloadResult => ({ applied: false, problems, policy: this.#policyHash() });
     let next: LoadedPlan;
     try {
       next = await this.#loadPlan();
@@ -259,12 +358,13 @@ export class Agent {
       const lines = err instanceof PolicyError ? err.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`) : [(err as Error).message];
       this.#log.error('policy reload failed, keeping the running policy: %d problem(s)', lines.length);
       for (const line of lines) this.#log.error('policy: %s', line);
-      return false;
+      this.#metrics.reloaded(false);
+      return refused(lines);
     }
     const datapath = this.#datapath;
     if (!datapath || !this.#resolver) {
       await next.credentials.retire(this.#credentials);
-      return false;
+      return refused(['the agent is not running']);
     }
     const resolved = await this.#resolver.resolve(next.plan.workloads.values());
     const previous = { ports: this.#routes.portBindings(), identity: identityTables(this.#resolved) };
@@ -281,7 +381,8 @@ export class Agent {
         this.#log.error('cannot restore the kernel datapath bindings: %s', (e as Error).message));
       this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
       await next.credentials.retire(this.#credentials);
-      return false;
+      this.#metrics.reloaded(false);
+      return refused([(err as Error).message]);
     }
     const retired = this.#credentials;
     this.#lastPlan = this.#plan;
@@ -297,8 +398,11 @@ export class Agent {
     await this.#checkCredentials();
     const before = this.#lastPlan;
     this.#lastPlan = next.plan;
-    this.#log.info('policy reloaded: %s', describeChange(before, next.plan));
-    return true;
+    const change = describeChange(before, next.plan);
+    this.#log.info('policy reloaded: %s', change);
+    this.#metrics.policyApplied(planHash(next.plan));
+    this.#metrics.reloaded(true);
+    return { applied: true, problems: [], policy: planHash(next.plan), change };
   }
 
   /**
@@ -347,6 +451,8 @@ export class Agent {
     this.#credentials = CredentialSources.empty();
     this.#audit?.close();
     this.#audit = undefined;
+    await this.#metricsServer?.close();
+    this.#metricsServer = undefined;
     await this.#control?.close();
     this.#control = undefined;
     this.#lock?.release();
@@ -362,7 +468,7 @@ export class Agent {
     const { policy, files, warnings } = await loadPolicy(this.#opts.policyPath);
     for (const w of warnings) this.#log.warn('policy: %s:%d:%d: %s', w.file, w.line, w.column, w.message);
     const plan = compilePolicy(policy);
-    const credentials = await CredentialSources.build(plan, this.#credentials, this.#log);
+    const credentials = await CredentialSources.build(plan, this.#credentials, this.#log, { onRequest: (r) => this.#metrics.vaultRequest(r) });
     this.#log.info('policy %s: %d file(s), %d workload(s), %d service(s), %d binding(s)', planHash(plan), files.length,
       plan.workloads.size, plan.services.size, plan.bindings.length);
     return { plan, routes: new RouteTable(plan), credentials };
@@ -511,6 +617,7 @@ export class Agent {
   #writeRuntimeState(): void {
     const state: RuntimeState = {
       pid: process.pid,
+      policyPath: this.#opts.policyPath,
       pinDir: this.#opts.pinDir,
       cgroupRoot: this.#cgroupRoot,
       workloads: this.#resolved.map((r) => ({

@@ -4,6 +4,9 @@
  * and local probes. Routes are added by whoever owns them (health here;
  * reload and metrics elsewhere); an unknown route is 404, a handler that
  * throws is 500 with one line, never a crash.
+ *
+ * The same class serves `--metrics-listen` on TCP, with only the routes
+ * copied to it (metrics and health: nothing that changes state).
  */
 import http from 'node:http';
 import { chmodSync, rmSync } from 'node:fs';
@@ -21,16 +24,24 @@ export class ControlServer {
   readonly #server: http.Server;
   readonly #routes = new Map<string, ControlHandler>();
   readonly #log: Logger;
+  readonly #what: string;
   #path: string | undefined;
 
-  constructor(log: Logger) {
+  /** `what` names the server in log lines and errors ('control', 'metrics'). */
+  constructor(log: Logger, what = 'control') {
     this.#log = log;
+    this.#what = what;
     this.#server = http.createServer((req, res) => this.#handle(req, res));
   }
 
   /** Serves `handler` for `method path` (path without the query). */
   route(method: string, urlPath: string, handler: ControlHandler): void {
     this.#routes.set(`${method} ${urlPath}`, handler);
+  }
+
+  /** The handler of `method path`, to serve it elsewhere too. */
+  handler(method: string, urlPath: string): ControlHandler | undefined {
+    return this.#routes.get(`${method} ${urlPath}`);
   }
 
   /**
@@ -52,6 +63,27 @@ export class ControlServer {
     this.#path = socketPath;
   }
 
+  /**
+   * Listens on TCP `host:port` (for scrapers on the network). Requests must
+   * arrive whole within seconds and few connections are taken at once: a
+   * slow or greedy client cannot hold the agent's resources.
+   * @throws WirekeyError WK_METRICS_LISTEN naming the address and the error.
+   */
+  async listenTcp(host: string, port: number): Promise<void> {
+    this.#server.headersTimeout = 5_000;
+    this.#server.requestTimeout = 10_000;
+    this.#server.maxConnections = 32;
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.#server.once('error', reject);
+        this.#server.listen({ host, port }, () => resolve());
+      });
+    } catch (err) {
+      throw new WirekeyError('WK_METRICS_LISTEN', `cannot listen on ${host.includes(':') ? `[${host}]` : host}:${port}: ${(err as Error).message}`, { cause: err });
+    }
+    this.#server.on('error', (err) => this.#log.error('%s listener: %s', this.#what, err.message));
+  }
+
   async close(): Promise<void> {
     if (!this.#server.listening) return;
     this.#server.closeAllConnections();
@@ -70,7 +102,7 @@ export class ControlServer {
     Promise.resolve()
       .then(() => handler(req, res))
       .catch((err: unknown) => {
-        this.#log.error('control %s %s failed: %s', req.method, urlPath, (err as Error).message);
+        this.#log.error('%s %s %s failed: %s', this.#what, req.method, urlPath, (err as Error).message);
         if (!res.headersSent) res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' });
         res.end(`${(err as Error).message.split('\n')[0]}\n`);
       });

@@ -1,13 +1,17 @@
 #!/usr/bin/env node
 /**
- * wirekey's command line: `run`, `validate`, `ca cert`.
+ * wirekey's command line: `run`, `reload`, `validate`, `status`, `explain`, `ca cert`.
  */
 import { Command, InvalidArgumentError } from 'commander';
 import path from 'node:path';
 import { existsSync, readFileSync } from 'node:fs';
-import { Agent } from '../agent/agent.js';
+import { Agent, type ReloadResult } from '../agent/agent.js';
+import { ServiceNotifier } from '../agent/service-notifier.js';
+import { requestReload } from '../agent/control-client.js';
+import { readRuntimeState } from '../identity/runtime-state.js';
 import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
+import { formatDiagnostic, hostWarnings, validate } from './validate.js';
 import { lintPolicyPath } from '../policy/load.js';
 import { LocalCa } from '../tls/local-ca.js';
 import { explainPid, formatExplanation } from '../identity/explain.js';
@@ -63,6 +67,15 @@ function seconds(value: string): number {
   return Math.round(n * 1000);
 }
 
+/** "127.0.0.1:9464", "[::1]:9464", "localhost:9464": a TCP address to listen on (a host is required: no silent 0.0.0.0). */
+function listenAddress(value: string): { host: string; port: number } {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:\s[\]]+)):(\d+)$/.exec(value.trim());
+  if (!m) throw new InvalidArgumentError('must be HOST:PORT, e.g. 127.0.0.1:9464 or [::1]:9464');
+  const n = Number(m[3]);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('must end in a port number (1-65535)');
+  return { host: (m[1] ?? m[2]) as string, port: n };
+}
+
 function logFormat(value: string): LogFormat {
   if (!isLogFormat(value)) throw new InvalidArgumentError('must be text or json');
   return value;
@@ -102,13 +115,20 @@ program
   .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
   .option('--log-format <format>', 'text (one line per event) or json (one object per line)', logFormat, 'text' as LogFormat)
+  .option('--metrics-listen <host:port>', 'also serve /metrics, /healthz and /readyz over TCP here (the control socket STATE_DIR/agent.sock always does)', listenAddress)
   .action(async (opts: {
     policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
     sigv4BodyMemory: number; handshakeTimeout: number; maxHandshakes: number; maxConnectionsPerWorkload: number; idleTimeout: number;
     kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel; logFormat: LogFormat;
+    metricsListen?: { host: string; port: number };
   }) => {
     const log = createLogger(opts.logLevel, undefined, opts.logFormat);
     log.info('wirekey %s starting (pid %d, node %s, libbpf %s)', VERSION, process.pid, process.version, libbpfVersion());
+    // Under systemd (Type=notify): READY=1, STATUS=, RELOADING=1, STOPPING=1,
+    // and the watchdog pinged from now on, start-up included.
+    const notifier = ServiceNotifier.fromEnvironment(log);
+    notifier.status('starting: loading the policy, attaching programs');
+    notifier.startWatchdog();
     // Signals are taken from the first instruction: one that arrives while
     // the agent starts (a reload right after systemd starts it, a stop) is
     // acted on once it has started, never the default (terminate, leaving
@@ -119,6 +139,7 @@ program
     const stop = (signal: string) => {
       if (stopSignal) return;
       stopSignal = signal;
+      notifier.stopping(`${signal}: detaching and stopping`);
       if (!agent) {
         log.info('%s: stopping once started', signal);
         return;
@@ -135,12 +156,15 @@ program
         return;
       }
       log.info('SIGHUP: reloading the policy');
-      void agent.reload();
+      agent.reload().catch((err: unknown) => log.error('policy reload: %s', (err as Error).message));
     };
     process.on('SIGHUP', reload);
     process.on('SIGUSR1', () => agent?.reopenAudit());
     process.on('SIGINT', () => stop('SIGINT'));
     process.on('SIGTERM', () => stop('SIGTERM'));
+    // What the policy names that this host lacks: warned about, not fatal, as
+    // the agent withholds only the bindings concerned (validate --host fails).
+    for (const d of await hostWarnings(path.resolve(opts.policy))) log.warn('policy: %s', formatDiagnostic({ ...d, severity: undefined }));
     try {
       const warning = checkCapabilities();
       if (warning) log.warn('%s', warning);
@@ -165,9 +189,12 @@ program
         kernelDatapath: opts.kernelDatapath,
         kernelAuditGrain: opts.kernelAudit,
         kernelAliveTimeoutMs: opts.kernelAliveTimeout,
+        ...(opts.metricsListen ? { metricsListen: opts.metricsListen } : {}),
         log,
+        notifier,
       });
     } catch (err) {
+      notifier.status(`failed to start: ${err instanceof Error ? err.message.split('\n')[0] : String(err)}`);
       fail(err);
       return;
     }
@@ -182,19 +209,58 @@ program
 
 program
   .command('validate')
-  .description('check a policy file or directory; prints file:line:column: message per problem (and per warning, marked so)')
+  .description(
+    'check a policy file or directory; prints file:line:column: message per problem (and per warning, marked so), ' +
+      'and for a directory the files read and ignored; exits 0 when valid (warnings included), 1 otherwise',
+  )
   .argument('<path>', 'policy file, or directory of *.yaml files')
-  .action(async (target: string) => {
-    const found = await lintPolicyPath(target);
-    for (const d of found) process.stdout.write(`${d.file}:${d.line}:${d.column}: ${d.severity === 'warning' ? 'warning: ' : ''}${d.message}\n`);
-    const problems = found.filter((d) => d.severity !== 'warning');
-    if (problems.length) {
-      process.stderr.write(`${problems.length} problem(s) found\n`);
-      process.exitCode = 1;
-    } else {
-      process.stderr.write(`${target}: valid${found.length ? ` (${found.length} warning(s))` : ''}\n`);
+  .option(
+    '--host',
+    'also check this host: credential files (exist, regular, not group/other-accessible, owned by root or this user), ' +
+      'Vault login files, users and uids (getent), executables and their sha256, cgroups and units (warnings: they may appear later)',
+  )
+  .action(async (target: string, opts: { host?: boolean }) => {
+    const out = await validate(target, opts);
+    for (const line of out.stdout) process.stdout.write(`${line}\n`);
+    for (const line of out.stderr) process.stderr.write(`${line}\n`);
+    process.exitCode = out.code;
+  });
+
+program
+  .command('reload')
+  .description('check the running agent\'s policy, have the agent apply it and wait for the result; exits 0 when applied, ' +
+    '1 when refused (the running policy stays in force; the reasons are printed), 3 when no agent runs, 4 without permission, ' +
+    '5 when the agent did not answer or cannot reload now')
+  .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
+  .option('--timeout <duration>', 'how long to wait for the agent\'s answer', duration, 60_000)
+  .action(async (opts: { stateDir: string; timeout: number }) => {
+    try {
+      // The policy as the agent reads it (its --policy): a file that does not
+      // validate is never sent to the agent, as ExecStartPre never starts one.
+      const { policyPath } = readRuntimeState(opts.stateDir);
+      if (policyPath) {
+        const found = await lintPolicyPath(policyPath);
+        for (const d of found) process.stdout.write(`${d.file}:${d.line}:${d.column}: ${d.severity === 'warning' ? 'warning: ' : ''}${d.message}\n`);
+        const problems = found.filter((d) => d.severity !== 'warning');
+        if (problems.length) throw new ReloadRefused(`${problems.length} problem(s) in ${policyPath}; the agent was not asked, its running policy stays in force`);
+      }
+      const result: ReloadResult = await requestReload(opts.stateDir, opts.timeout);
+      if (!result.applied) {
+        for (const p of result.problems) process.stdout.write(`${p}\n`);
+        throw new ReloadRefused(`the agent refused the policy (${result.problems.length} problem(s)); policy ${result.policy} stays in force`);
+      }
+      process.stderr.write(`reloaded: ${result.change ?? `policy ${result.policy}`}\n`);
+    } catch (err) {
+      fail(err);
     }
   });
+
+/** `wirekey reload` was answered: the policy was not applied (exit 1). */
+class ReloadRefused extends WirekeyError {
+  constructor(message: string) {
+    super('WK_RELOAD_REFUSED', `reload refused: ${message}`);
+  }
+}
 
 program
   .command('explain')
@@ -223,6 +289,8 @@ program
     try {
       const s = agentStatus(opts.stateDir);
       process.stdout.write(opts.json ? `${JSON.stringify(s, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n` : formatStatus(s));
+      // A dead agent's pins are reported, but it is not running.
+      if (!s.running) process.exitCode = 3;
     } catch (err) {
       fail(err);
     }
@@ -261,11 +329,16 @@ function fail(err: unknown): void {
   process.exitCode = exitCodeOf(err);
 }
 
-/** 3: no agent runs (as LSB status and systemctl say it); 4: not permitted to tell; 1: anything else. */
+/**
+ * 3: no agent runs (as LSB status and systemctl say it); 4: not permitted to
+ * tell; 5: the agent did not answer on its control socket (or cannot reload
+ * now); 1: anything else (a refused reload included).
+ */
 function exitCodeOf(err: unknown): number {
   const code = err instanceof WirekeyError ? err.code : undefined;
   if (code === 'WK_NO_AGENT') return 3;
   if (code === 'WK_ACCESS') return 4;
+  if (code === 'WK_CONTROL') return 5;
   return 1;
 }
 

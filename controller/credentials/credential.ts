@@ -22,8 +22,27 @@ export interface Credential {
   leaseId?: string;
 }
 
+/**
+ * What a source can say about the value it serves, for metrics: times and
+ * a version, never the value, a path or a lease id.
+ */
+export interface CredentialState {
+  /** A value is held now (served from memory). */
+  available: boolean;
+  /** Epoch ms the served value was made at its source: the KV version's created_time, the file's mtime, the lease's issue. */
+  createdAt?: number;
+  /** The source's own version number of the served value (a KV version). */
+  version?: number;
+  /** Epoch ms the served value stops being served (a lease's end); absent when it does not expire. */
+  expiresAt?: number;
+  /** Serving from cache while the backing store fails, or failing. */
+  degraded: boolean;
+}
+
 export interface CredentialSource {
   readonly name: string;
+  /** What the source holds now; cheap, no I/O (read when metrics are scraped). */
+  state?(): CredentialState;
   /**
    * The current credential. Sources cache: this is called per request and
    * must not reach the backing store per request.

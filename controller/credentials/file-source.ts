@@ -3,7 +3,7 @@ import { open, stat } from 'node:fs/promises';
 import YAML from 'yaml';
 import { CredentialError } from '../errors.js';
 import { Secret } from './secret.js';
-import type { Credential, CredentialSource } from './credential.js';
+import type { Credential, CredentialSource, CredentialState } from './credential.js';
 
 export interface FileCredentialSourceOptions {
   /** The credential's name in policy; used in every error message. */
@@ -17,6 +17,8 @@ export interface FileCredentialSourceOptions {
    * Requests in between are served from memory. Default 1000.
    */
   recheckIntervalMs?: number;
+  /** The monotonic clock the interval is measured on, in milliseconds. Default `performance.now`. */
+  now?: () => number;
 }
 
 /** Secrets are small; refusing big files keeps a wrong path from filling memory. */
@@ -60,6 +62,7 @@ export class FileCredentialSource implements CredentialSource {
   readonly path: string;
   readonly field: string | undefined;
   private readonly recheckIntervalMs: number;
+  private readonly now: () => number;
 
   private cached: { identity: FileIdentity; credential: Credential } | undefined;
   /** The outcome of the last check, reused until the interval has passed. */
@@ -71,6 +74,7 @@ export class FileCredentialSource implements CredentialSource {
     this.path = options.path;
     this.field = options.field;
     this.recheckIntervalMs = options.recheckIntervalMs ?? DEFAULT_RECHECK_INTERVAL_MS;
+    this.now = options.now ?? (() => performance.now());
   }
 
   /**
@@ -84,7 +88,7 @@ export class FileCredentialSource implements CredentialSource {
    *   is reported again without touching the file until the interval passes.
    */
   async get(): Promise<Credential> {
-    const now = performance.now();
+    const now = this.now();
     if (this.lastCheck && now - this.lastCheck.at < this.recheckIntervalMs) {
       if (this.lastCheck.error) throw this.lastCheck.error;
       if (this.cached) return this.cached.credential;
@@ -100,13 +104,13 @@ export class FileCredentialSource implements CredentialSource {
   private async refresh(): Promise<Credential> {
     try {
       const secret = await this.check();
-      this.lastCheck = { at: performance.now(), error: undefined };
+      this.lastCheck = { at: this.now(), error: undefined };
       return secret;
     } catch (err) {
       const error =
         err instanceof CredentialError ? err : this.fail(`cannot read ${this.path} (${errnoOf(err)})`);
       this.cached = undefined;
-      this.lastCheck = { at: performance.now(), error };
+      this.lastCheck = { at: this.now(), error };
       throw error;
     }
   }
@@ -172,6 +176,16 @@ export class FileCredentialSource implements CredentialSource {
     } finally {
       await handle.close();
     }
+  }
+
+  /** The file's mtime is the value's age; no version, no expiry. */
+  state(): CredentialState {
+    const cached = this.lastCheck?.error ? undefined : this.cached;
+    return {
+      available: cached !== undefined,
+      ...(cached ? { createdAt: Number(cached.identity.mtimeNs / 1_000_000n) } : {}),
+      degraded: this.lastCheck?.error !== undefined,
+    };
   }
 
   /** Nothing to release: the value lives only in this process's memory. */

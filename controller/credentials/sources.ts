@@ -8,9 +8,17 @@ import type { Plan, PlanCredential, PlanVaultConnection } from '../policy/types.
 import type { Logger } from '../log.js';
 import type { CredentialSource } from './credential.js';
 import { FileCredentialSource } from './file-source.js';
-import { VaultConnection } from './vault/vault-connection.js';
+import { VaultConnection, type VaultRequestObserver } from './vault/vault-connection.js';
 import { VaultKvSource } from './vault/vault-kv-source.js';
 import { VaultLeaseSource } from './vault/vault-lease-source.js';
+
+/** How the sources of a plan are built, beyond what the plan says. */
+export interface SourceOptions {
+  /** File sources' minimum time between two stat() calls, ms. Default: FileCredentialSource's (1 s). */
+  fileRecheckIntervalMs?: number;
+  /** Told about every HTTP call new Vault connections make (metrics). */
+  onRequest?: VaultRequestObserver;
+}
 
 interface Held<T> {
   key: string;
@@ -32,19 +40,20 @@ export class CredentialSources {
 
   /**
    * Sources for `plan`, taking over those of `previous` whose definition is
-   * unchanged. New Vault connections log in here. Nothing of `previous` is
-   * closed: call retire() once the new set is in force.
+   * unchanged (a source taken over keeps the options it was built with).
+   * New Vault connections log in here. Nothing of `previous` is closed:
+   * call retire() once the new set is in force.
    * @throws VaultError when a new connection cannot log in (what this call
    *   started is closed again first).
    */
-  static async build(plan: Plan, previous: CredentialSources, log: Logger): Promise<CredentialSources> {
+  static async build(plan: Plan, previous: CredentialSources, log: Logger, options: SourceOptions = {}): Promise<CredentialSources> {
     const connections = new Map<string, Held<VaultConnection>>();
     const next = new CredentialSources(new Map(), connections);
     try {
       for (const spec of plan.vaultConnections.values()) {
         const key = JSON.stringify(spec);
         const old = previous.#connections.get(spec.name);
-        connections.set(spec.name, old && old.key === key ? old : { key, value: await startConnection(spec, log) });
+        connections.set(spec.name, old && old.key === key ? old : { key, value: await startConnection(spec, log, options.onRequest) });
       }
       for (const c of plan.credentials.values()) {
         const conn = c.vault ? connections.get(c.vault.connection) : undefined;
@@ -52,7 +61,7 @@ export class CredentialSources {
         const key = JSON.stringify([c.file, c.vault, conn?.key]);
         const old = previous.#sources.get(c.name);
         const reuse = old && old.key === key && (!c.vault || previous.#connections.get(c.vault.connection)?.value === conn?.value);
-        next.#sources.set(c.name, reuse ? old : { key, value: create(c, conn?.value, log) });
+        next.#sources.set(c.name, reuse ? old : { key, value: create(c, conn?.value, log, options) });
       }
     } catch (err) {
       await next.retire(previous);
@@ -69,6 +78,11 @@ export class CredentialSources {
     return [...this.#sources.values()].map((s) => s.value);
   }
 
+  /** The Vault connections the sources use. */
+  connections(): VaultConnection[] {
+    return [...this.#connections.values()].map((c) => c.value);
+  }
+
   /** Closes what this set holds that `next` does not use: sources first (their leases are revoked), then connections. */
   async retire(next: CredentialSources): Promise<void> {
     const keptSources = new Set(next.values());
@@ -82,14 +96,16 @@ export class CredentialSources {
   }
 }
 
-async function startConnection(spec: PlanVaultConnection, log: Logger): Promise<VaultConnection> {
-  const conn = new VaultConnection(spec, { log });
+async function startConnection(spec: PlanVaultConnection, log: Logger, onRequest: VaultRequestObserver | undefined): Promise<VaultConnection> {
+  const conn = new VaultConnection(spec, { log, ...(onRequest ? { onRequest } : {}) });
   await conn.start();
   return conn;
 }
 
-function create(c: PlanCredential, connection: VaultConnection | undefined, log: Logger): CredentialSource {
-  if (c.file) return new FileCredentialSource({ name: c.name, path: c.file.path, field: c.file.field });
+function create(c: PlanCredential, connection: VaultConnection | undefined, log: Logger, options: SourceOptions): CredentialSource {
+  if (c.file) {
+    return new FileCredentialSource({ name: c.name, path: c.file.path, field: c.file.field, recheckIntervalMs: options.fileRecheckIntervalMs });
+  }
   const v = c.vault;
   // compile() and check() guarantee a Vault read and its connection.
   if (!v || !connection) throw new Error(`credential ${c.name} has neither a file nor a Vault connection`);

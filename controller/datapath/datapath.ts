@@ -332,6 +332,19 @@ export class Datapath {
     return { entries: map.keys().length, capacity: map.info().maxEntries };
   }
 
+  /**
+   * Entries and capacity of the maps that can fill up (the ones `wirekey
+   * status` lists). Walks every key: call it on a scrape, not per request.
+   */
+  mapUsage(): { name: string; entries: number; capacity: number }[] {
+    const names: MapName[] = ['wk_task_exe', 'wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_bind_port', 'wk_conn'];
+    if (this.#maps.has('wk_http_dest')) names.push('wk_http_dest', 'wk_http_socks');
+    return names.map((name) => {
+      const map = this.#map(name);
+      return { name, entries: map.keys().length, capacity: map.info().maxEntries };
+    });
+  }
+
   stats(): DatapathStats {
     const map = this.#map('wk_stats');
     const read = (i: number) => map.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n;

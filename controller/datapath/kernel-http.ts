@@ -431,6 +431,14 @@ export class KernelHttp {
     return this.#pushWatch;
   }
 
+  /** Entries and capacity of the header-line and host maps (the pinned ones are in Datapath.mapUsage()). */
+  mapUsage(): { name: string; entries: number; capacity: number }[] {
+    return (['wk_http_hdr', 'wk_http_host'] as const).map((name) => {
+      const map = this.#map(name);
+      return { name, entries: map.keys().length, capacity: map.info().maxEntries };
+    });
+  }
+
   /** Kernel-path connections currently established. */
   connectionCount(): number {
     return this.#map('wk_http_socks').keys().length;

@@ -164,6 +164,8 @@ interface Addon extends NativeProbes {
   /** open(O_CREAT, 0600) + flock(LOCK_NB), exclusive or shared; the fd. @throws errno EWOULDBLOCK when held. */
   lockFile(path: string, exclusive: boolean): number;
   libbpfVersion(): string;
+  /** One datagram to a Unix socket path, or an @abstract name, without blocking. @throws errno (EAGAIN, ENOENT, ECONNREFUSED...). */
+  sdNotify(socketPath: string, message: string): void;
 }
 
 const here = path.dirname(fileURLToPath(import.meta.url));

@@ -11,6 +11,8 @@ import { WirekeyError } from '../errors.js';
 
 export interface RuntimeState {
   pid: number;
+  /** The agent's --policy (absolute): what `wirekey reload` checks before asking it to reload. */
+  policyPath: string;
   pinDir: string;
   cgroupRoot: string;
   workloads: {
@@ -54,17 +56,26 @@ export function runtimeStatePath(stateDir: string): string {
 
 /**
  * The state of the agent running with `stateDir`, once its lock shows it is
- * alive: what `status` and `explain` answer from.
+ * alive: what `status` and `explain` answer from. With `evenIfDead`, the
+ * state a dead agent left (running: false) when there is one.
  * @throws WirekeyError WK_NO_AGENT (no agent holds the state dir: never
  *   started, stopped, or died; or it is still starting), WK_ACCESS (not root).
  */
-export function readRuntimeState(stateDir: string): RuntimeState {
+export function readRuntimeState(stateDir: string, opts: { evenIfDead?: boolean } = {}): RuntimeState & { running: boolean } {
   const owner = agentRunning(stateDir);
+  if (!owner.running && opts.evenIfDead) {
+    // What an agent that died left behind (its pins outlive it): for status, marked as such.
+    try {
+      return { ...(JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState), running: false };
+    } catch {
+      /* nothing left: not running, as below */
+    }
+  }
   if (!owner.running) {
     throw new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir}${owner.pid ? ` (its last agent, pid ${owner.pid}, has exited)` : ''}`);
   }
   try {
-    return JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState;
+    return { ...(JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState), running: true };
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EACCES') throw new WirekeyError('WK_ACCESS', `cannot read ${stateDir}: permission denied (run as root)`);
     throw new WirekeyError('WK_NO_AGENT', `wirekey (pid ${owner.pid}) is starting with state dir ${stateDir}: it has not applied a policy yet`);

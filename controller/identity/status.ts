@@ -1,9 +1,12 @@
 /** `wirekey status`: what the running agent applied, how full its maps are, and what the kernel dropped. */
 import { PinnedMaps } from '../datapath/pinned.js';
+import { WirekeyError } from '../errors.js';
 import { httpStatRefusal, type HttpStatName } from '../datapath/layout.js';
 import { readRuntimeState, type RuntimeState } from './runtime-state.js';
 
 export interface AgentStatus {
+  /** False: the agent died (kill -9, crash) and this is what its state and pins still show. */
+  running: boolean;
   pid: number;
   workloads: { name: string; id: number; problems: string[] }[];
   maps: { name: string; entries: number; capacity: number }[];
@@ -17,11 +20,22 @@ export interface AgentStatus {
   draining: { dir: string; connections: number; refusedAgent: bigint }[];
 }
 
-/** @throws WirekeyError (WK_NO_AGENT, WK_ACCESS), BpfError */
+/**
+ * The running agent's status; for an agent that died with its pins still
+ * in place, what they show (running: false).
+ * @throws WirekeyError (WK_NO_AGENT: no agent, and none left pins; WK_ACCESS), BpfError
+ */
 export function agentStatus(stateDir: string): AgentStatus {
-  const state = readRuntimeState(stateDir);
-  const pinned = new PinnedMaps(state.pinDir);
+  const state = readRuntimeState(stateDir, { evenIfDead: true });
+  let pinned: PinnedMaps;
+  try {
+    pinned = new PinnedMaps(state.pinDir);
+  } catch (err) {
+    if (state.running) throw err;
+    throw new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir} (its last agent, pid ${state.pid}, has exited)`);
+  }
   return {
+    running: state.running,
     pid: state.pid,
     workloads: state.workloads.map((w) => ({ name: w.name, id: w.id, problems: w.problems })),
     ...pinned.usage(),
@@ -32,7 +46,9 @@ export function agentStatus(stateDir: string): AgentStatus {
 }
 
 export function formatStatus(s: AgentStatus): string {
-  const lines = [`agent pid ${s.pid}`, 'workloads:'];
+  const lines = s.running
+    ? [`agent pid ${s.pid}`, 'workloads:']
+    : [`wirekey is not running: agent pid ${s.pid} has exited; what its pins still show:`, 'workloads:'];
   for (const w of s.workloads) lines.push(`  ${w.name} (precedence ${w.id}): ${w.problems.length ? w.problems.join('; ') : 'resolved'}`);
   lines.push('maps:');
   for (const m of s.maps) lines.push(`  ${m.name.padEnd(15)} ${String(m.entries).padStart(7)} / ${m.capacity}${m.entries >= m.capacity ? '  FULL' : ''}`);

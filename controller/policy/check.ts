@@ -16,12 +16,17 @@ import { WK_HTTP_HOST_MAX, WK_HTTP_MAX_HOSTS } from '../datapath/layout.js';
  * are none. Expects documents that each passed parsePolicyText. Never throws.
  */
 export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
-  const docs = policy.documents;
+  const duplicates = repeats(policy.documents, (d) => `${d.kind}/${d.metadata.name}`);
+  // A name defined twice is one mistake, said once: the checks below see
+  // only its first definition, or a copied file would also be reported for
+  // every binding, host and selector it shares with the original.
+  const repeated = new Set(duplicates.map(([doc]) => doc));
+  const docs = policy.documents.filter((d) => !repeated.has(d));
   const bindings = docs.filter((d): d is BindingDoc => d.kind === 'Binding');
   const services = docs.filter((d): d is ServiceDoc => d.kind === 'Service');
   const workloads = docs.filter((d): d is WorkloadDoc => d.kind === 'Workload');
   return [
-    ...duplicateNames(docs),
+    ...duplicateNames(policy.documents, duplicates),
     ...danglingReferences(docs),
     ...vaultSources(docs.filter((d): d is CredentialSourceDoc => d.kind === 'CredentialSource')),
     ...ambiguousBindings(bindings),
@@ -95,11 +100,35 @@ function tooManyWorkloads(workloads: WorkloadDoc[]): PolicyDiagnostic[] {
   return [{ ...positionOf(extra, ['metadata', 'name']), message: `at most ${MAX_WORKLOADS} workloads are supported; this is number ${MAX_WORKLOADS + 1}` }];
 }
 
-function duplicateNames(docs: PolicyDoc[]): PolicyDiagnostic[] {
-  return repeats(docs, (d) => `${d.kind}/${d.metadata.name}`).map(([doc, earlier]) => ({
-    ...positionOf(doc, ['metadata', 'name']),
-    message: `duplicate ${label(doc)}: already defined at ${where(positionOf(earlier, ['metadata', 'name']))}`,
-  }));
+/**
+ * One message per document defined again, except for a file whose every
+ * document repeats one file (a copy, or a renamed file left behind): one
+ * message for that file.
+ */
+function duplicateNames(all: PolicyDoc[], duplicates: [PolicyDoc, PolicyDoc][]): PolicyDiagnostic[] {
+  const out: PolicyDiagnostic[] = [];
+  const copies = new Set<string>();
+  for (const [doc, earlier] of duplicates) {
+    const file = doc.source.file;
+    if (copies.has(file)) continue;
+    const inFile = all.filter((d) => d.source.file === file);
+    const originals = inFile.map((d) => duplicates.find(([repeat]) => repeat === d)?.[1]);
+    const from = originals[0]?.source.file;
+    if (inFile.length > 1 && from !== file && originals.every((o) => o !== undefined && o.source.file === from)) {
+      copies.add(file);
+      out.push({
+        ...positionOf(inFile[0] as PolicyDoc, ['metadata', 'name']),
+        message: `all ${inFile.length} documents of this file are already defined in ${from} (${inFile.slice(0, 3).map(label).join(', ')}${inFile.length > 3 ? ', ...' : ''}); ` +
+          'is it a copy? Keep one of the two files',
+      });
+      continue;
+    }
+    out.push({
+      ...positionOf(doc, ['metadata', 'name']),
+      message: `duplicate ${label(doc)}: already defined at ${where(positionOf(earlier, ['metadata', 'name']))}`,
+    });
+  }
+  return out;
 }
 
 /** Each item whose key an earlier item already had, paired with that first item. */

@@ -56,7 +56,7 @@ export function normalizeHost(host: string): string {
 }
 
 /** `a//b/` and `a/b` name the same cgroup; the kernel side wants `/a/b`. */
-function normalizeCgroup(path: string): string {
+export function normalizeCgroup(path: string): string {
   const segments = path.split('/').filter((s) => s !== '');
   return `/${segments.join('/')}`;
 }

@@ -50,16 +50,41 @@ export async function lintPolicyPath(path: string): Promise<PolicyDiagnostic[]> 
   return [...diagnostics, ...warnings];
 }
 
-async function readPolicy(pathOrDir: string): Promise<LoadedPolicy & { diagnostics: PolicyDiagnostic[] }> {
+/** A file in a policy directory that is not read, and why. */
+export interface IgnoredFile {
+  file: string;
+  reason: string;
+}
+
+export interface PolicyReport extends LoadedPolicy {
+  /** Errors: the policy cannot be loaded while there are any. */
+  diagnostics: PolicyDiagnostic[];
+  /** Entries of a policy directory that were not read (empty for a file). */
+  ignored: IgnoredFile[];
+  /** Whether the path is a directory. */
+  directory: boolean;
+}
+
+/**
+ * Everything `wirekey validate` says about the policy at `path`: what was
+ * read and ignored, the errors, and the warnings (given only when there
+ * are no errors). Does not throw for problems in or with the policy.
+ */
+export function reportPolicyPath(path: string): Promise<PolicyReport> {
+  return readPolicy(path);
+}
+
+async function readPolicy(pathOrDir: string): Promise<PolicyReport> {
   const policy: Policy = { documents: [] };
-  let files: string[];
+  let found: { files: string[]; ignored: IgnoredFile[]; directory: boolean };
   try {
-    files = await policyFiles(pathOrDir);
+    found = await policyFiles(pathOrDir);
   } catch (err) {
-    return { policy, files: [], warnings: [], diagnostics: [atStart(pathOrDir, `cannot read policy: ${describeFsError(err)}`)] };
+    return { policy, files: [], ignored: [], directory: false, warnings: [], diagnostics: [atStart(pathOrDir, `cannot read policy: ${describeFsError(err)}`)] };
   }
+  const { files, ignored, directory } = found;
   if (files.length === 0) {
-    return { policy, files, warnings: [], diagnostics: [atStart(pathOrDir, 'no policy files (*.yaml or *.yml) in this directory')] };
+    return { policy, files, ignored, directory, warnings: [], diagnostics: [atStart(pathOrDir, 'no policy files (*.yaml or *.yml) in this directory')] };
   }
   const diagnostics: PolicyDiagnostic[] = [];
   for (const parsed of await Promise.all(files.map(readPolicyFile))) {
@@ -70,7 +95,12 @@ async function readPolicy(pathOrDir: string): Promise<LoadedPolicy & { diagnosti
   // cross-document checks wait until every document is sound.
   if (diagnostics.length === 0) diagnostics.push(...checkPolicy(policy));
   const warnings = diagnostics.length === 0 ? policyWarnings(policy) : [];
-  return { policy, files, diagnostics, warnings };
+  if (diagnostics.length === 0 && policy.documents.length === 0) {
+    // Valid, and almost never meant: an agent on it redirects and injects nothing.
+    const what = directory ? `the ${files.length} file(s) read hold` : 'this file holds';
+    warnings.push({ ...atStart(pathOrDir, `empty policy: ${what} no documents (only comments or nothing), so nothing would be injected`), severity: 'warning' });
+  }
+  return { policy, files, ignored, directory, diagnostics, warnings };
 }
 
 async function readPolicyFile(file: string): Promise<ParseResult> {
@@ -81,17 +111,28 @@ async function readPolicyFile(file: string): Promise<ParseResult> {
   }
 }
 
-/** `path` itself, or the policy files directly inside it, sorted by name. */
-async function policyFiles(path: string): Promise<string[]> {
-  if (!(await stat(path)).isDirectory()) return [path];
-  // Dot files are skipped: editors leave lock and backup files such as .#x.yaml next to the real ones.
-  const names = (await readdir(path))
-    .filter((name) => /\.ya?ml$/.test(name) && !name.startsWith('.'))
-    .sort();
-  const candidates = names.map((name) => join(path, name));
+/** `path` itself, or the policy files directly inside it sorted by name, and the entries not read. */
+async function policyFiles(path: string): Promise<{ files: string[]; ignored: IgnoredFile[]; directory: boolean }> {
+  if (!(await stat(path)).isDirectory()) return { files: [path], ignored: [], directory: false };
+  const ignored: IgnoredFile[] = [];
+  const candidates: string[] = [];
+  for (const name of (await readdir(path)).sort()) {
+    const file = join(path, name);
+    // Dot files are skipped: editors leave lock and backup files such as .#x.yaml next to the real ones.
+    if (name.startsWith('.')) ignored.push({ file, reason: 'a hidden file' });
+    // Packaging leaves x.yaml.dpkg-old, editors x.yaml~ and x.yaml.bak: only the name's end counts.
+    else if (!/\.ya?ml$/.test(name)) ignored.push({ file, reason: 'not *.yaml or *.yml' });
+    else candidates.push(file);
+  }
   // A file that cannot be stat'ed stays in, so that reading it reports the problem against its own name.
-  const isFile = await Promise.all(candidates.map((file) => stat(file).then((s) => s.isFile(), () => true)));
-  return candidates.filter((_, i) => isFile[i]);
+  const kinds = await Promise.all(candidates.map((file) => stat(file).then((s) => (s.isFile() ? 'file' : s.isDirectory() ? 'a directory' : 'not a regular file'), () => 'file')));
+  const files = candidates.filter((file, i) => {
+    if (kinds[i] === 'file') return true;
+    ignored.push({ file, reason: kinds[i] as string });
+    return false;
+  });
+  ignored.sort((a, b) => (a.file < b.file ? -1 : a.file > b.file ? 1 : 0));
+  return { files, ignored, directory: true };
 }
 
 function atStart(file: string, message: string): PolicyDiagnostic {

@@ -15,6 +15,7 @@ import {
 } from 'yaml';
 import schema from '../../policies/wirekey.schema.json' with { type: 'json' };
 import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
+import { closest } from './suggest.js';
 import type { Kind, PolicyDoc } from './types.js';
 
 /** A path into a document's data, as in `['spec', 'hosts', 0]`. */
@@ -53,11 +54,11 @@ export function parsePolicyText(text: string, file: string): ParseResult {
   };
   const result: ParseResult = { documents: [], diagnostics: [] };
   if ('empty' in stream) {
-    result.diagnostics.push(...yamlDiagnostics([...stream.errors, ...stream.warnings], position));
+    result.diagnostics.push(...yamlDiagnostics([...stream.errors, ...stream.warnings], position, text));
     return result;
   }
   for (const doc of stream) {
-    const yamlProblems = yamlDiagnostics([...doc.errors, ...doc.warnings], position);
+    const yamlProblems = yamlDiagnostics([...doc.errors, ...doc.warnings], position, text);
     if (yamlProblems.length > 0) {
       // The data of a broken document is a guess; schema errors on it would only add noise.
       result.diagnostics.push(...yamlProblems);
@@ -96,11 +97,123 @@ function compileValidators(): Map<Kind, ValidateFunction> {
   );
 }
 
+/**
+ * The YAML library's errors in plain words, at the place to fix. One
+ * mistake often breaks several of the parser's rules on one line (an
+ * indented key after a value is both a "nested mapping in a compact
+ * mapping" and a "multi-line implicit key"): one message per line.
+ */
 function yamlDiagnostics(
   problems: YAMLError[],
   position: (offset: number) => SourcePosition,
+  text: string,
 ): PolicyDiagnostic[] {
-  return problems.map((p) => ({ ...position(p.pos[0]), message: `invalid YAML: ${p.message}` }));
+  const out: PolicyDiagnostic[] = [];
+  const lines = new Set<number>();
+  for (const p of problems) {
+    const { offset, message } = plainYamlError(p, text);
+    const at = position(offset);
+    if (lines.has(at.line)) continue;
+    lines.add(at.line);
+    out.push({ ...at, message: `invalid YAML: ${message}` });
+  }
+  return out;
+}
+
+/**
+ * What went wrong, for someone who knows YAML from config files rather
+ * than from its specification. Never quotes the text around the error: it
+ * may be a secret pasted in the wrong place. Unknown errors keep the
+ * library's wording.
+ */
+export function plainYamlError(p: YAMLError, text: string): { offset: number; message: string } {
+  const at = p.pos[0];
+  const flow = /^Flow (map|sequence) in block collection must be sufficiently indented and end with a ([}\]])/.exec(p.message);
+  if (flow) {
+    const [open, close] = flow[1] === 'map' ? ['{', '}'] : ['[', ']'];
+    const opened = unclosedOpener(text, at, open as string, close as string);
+    return {
+      offset: opened ?? at,
+      message: `this ${open} is never closed: end the ${flow[1] === 'map' ? 'mapping' : 'list'} with ${close} (a ${open}...${close} that spans lines must indent its continuation lines)`,
+    };
+  }
+  if (/^Missing closing "quote/.test(p.message)) {
+    return { offset: lastIndexBefore(text, at, '"') ?? at, message: 'this "quoted string is never closed: add the closing "' };
+  }
+  if (/^Missing closing 'quote/.test(p.message)) {
+    return { offset: lastIndexBefore(text, at, "'") ?? at, message: "this 'quoted string is never closed: add the closing '" };
+  }
+  const start = /^Plain value cannot start with (?:reserved character )?(.)/.exec(p.message);
+  if (start) return { offset: at, message: `a value cannot start with ${start[1]}: put the value in quotes` };
+  const escape = /^Invalid escape sequence (.*)/.exec(p.message);
+  if (escape) {
+    return { offset: at, message: `${escape[1]} is not an escape sequence in a "double-quoted" string: write \\\\ for a backslash, or use 'single quotes'` };
+  }
+  const tag = /^Unresolved tag: (.*)/.exec(p.message);
+  if (tag) return { offset: at, message: `unknown tag ${tag[1]}: policies use no tags (put a value starting with ! in quotes)` };
+  const unexpected = /^Unexpected (.+?) in flow (map|sequence)/.exec(p.message);
+  if (unexpected) return { offset: at, message: `unexpected ${unexpected[1]} inside a ${unexpected[2] === 'map' ? '{...} mapping' : '[...] list'}` };
+  const missing = /^Missing (, or :|,) between flow (map|sequence) items/.exec(p.message);
+  if (missing) return { offset: at, message: `missing ${missing[1] === ',' ? "','" : "',' or ':'"} between the items of a ${missing[2] === 'map' ? '{...} mapping' : '[...] list'}` };
+  const words: Partial<Record<YAMLError['code'], string>> = {
+    TAB_AS_INDENT: 'a tab indents this line: YAML indents with spaces only',
+    DUPLICATE_KEY: `${keyAt(text, at)} is given twice in the same mapping`,
+    BLOCK_AS_IMPLICIT_KEY:
+      'the value on this line is followed by a line indented further: keys of one mapping must start in the same column, ' +
+      'and a key with fields under it has nothing after its colon',
+    MULTILINE_IMPLICIT_KEY:
+      "this line is not 'key: value': a colon followed by a space is missing, or the next line is indented too far",
+    BLOCK_IN_FLOW:
+      "a nested block inside {...} or [...]: separate items with ', ' and keys from values with ': '",
+    MISSING_CHAR: /^Comments must be separated/.test(p.message)
+      ? "put a space before '#' to start a comment, or quote the value if '#' is part of it"
+      : undefined,
+    BAD_INDENT: /All (mapping|sequence) items must start at the same column/.test(p.message)
+      ? 'this line is indented differently from the lines before it: the items of one mapping or list must start in the same column'
+      : /Sequence item without - indicator/.test(p.message)
+        ? "a list item without '- ' in front"
+        : undefined,
+    KEY_OVER_1024_CHARS: 'a key longer than 1024 characters (a missing colon or quote?)',
+    MULTIPLE_ANCHORS: 'a value with two anchors (&name): give it one',
+    MULTIPLE_TAGS: 'a value with two tags',
+    BAD_ALIAS: 'an alias (*name) or anchor (&name) without a valid name',
+  };
+  const message = words[p.code];
+  if (message) return { offset: at, message };
+  return { offset: at, message: p.message.charAt(0).toLowerCase() + p.message.slice(1) };
+}
+
+/** Offset of the last `open` before `end` that no `close` matches; quotes and comments are skipped. */
+function unclosedOpener(text: string, end: number, open: string, close: string): number | undefined {
+  const stack: number[] = [];
+  let quote: string | undefined;
+  for (let i = 0; i < end && i < text.length; i++) {
+    const c = text[i];
+    if (quote) {
+      if (c === '\\' && quote === '"') i++;
+      else if (c === quote) quote = undefined;
+      else if (c === '\n' && quote === "'") quote = undefined;
+    } else if (c === '"' || c === "'") {
+      // Only at the start of a value: an apostrophe inside a plain word opens nothing.
+      if (i === 0 || /[\s[{,:]/.test(text[i - 1] as string)) quote = c;
+    } else if (c === '#' && (i === 0 || /\s/.test(text[i - 1] as string))) {
+      while (i < end && text[i] !== '\n') i++;
+    } else if (c === open) stack.push(i);
+    else if (c === close) stack.pop();
+  }
+  return stack.at(-1);
+}
+
+function lastIndexBefore(text: string, end: number, char: string): number | undefined {
+  const i = text.lastIndexOf(char, Math.max(0, end - 1));
+  return i >= 0 ? i : undefined;
+}
+
+/** The key written at `offset`, quoted, for messages; "a key" when it cannot be read. */
+function keyAt(text: string, offset: number): string {
+  const m = /^(?:"([^"\n]{1,64})"|'([^'\n]{1,64})'|([^:\n#]{1,64}?))\s*:/.exec(text.slice(offset, offset + 80));
+  const key = m?.[1] ?? m?.[2] ?? m?.[3];
+  return key ? JSON.stringify(key.trim()) : 'a key';
 }
 
 type DocumentOutcome = { document: PolicyDoc } | { diagnostics: PolicyDiagnostic[] };
@@ -129,9 +242,10 @@ function validateDocument(
   const kind = data['kind'];
   if (kind === undefined) return fail(source, 'missing required field "kind"');
   if (!isKind(kind)) {
+    const guess = typeof kind === 'string' ? closest(kind, KINDS) : undefined;
     return fail(
       locate(['kind']),
-      `unknown kind ${JSON.stringify(kind)} (expected one of ${KINDS.join(', ')})`,
+      `unknown kind ${JSON.stringify(kind)}${guess ? `: did you mean ${guess}?` : ''} (expected one of ${KINDS.join(', ')})`,
     );
   }
   const validate = validators.get(kind)!;
@@ -198,7 +312,14 @@ function schemaDiagnostics(
 ): PolicyDiagnostic[] {
   const onSameValue = (e: ErrorObject, keyword: string) =>
     errors.some((o) => o.keyword === keyword && o.instancePath === e.instancePath);
+  // `spce:` for `spec:` is one mistake, not also a missing spec: the unknown
+  // field's "did you mean" names the required one, which is not reported.
+  const misspelt = (e: ErrorObject) =>
+    e.keyword === 'required' &&
+    errors.some((o) => o.keyword === 'additionalProperties' && o.instancePath === e.instancePath &&
+      suggestedField(o) === (e.params as { missingProperty?: string }).missingProperty);
   return errors
+    .filter((e) => !misspelt(e))
     // `if` only says which branch failed; the branch's own errors say why.
     .filter((e) => e.keyword !== 'if')
     // "must be a string or a mapping" already covers the branch's "must be a mapping".
@@ -219,6 +340,13 @@ function supersededBy(e: ErrorObject): string[] {
   return ['type'];
 }
 
+/** For an unknown field: the allowed field it is probably a misspelling of. */
+function suggestedField(e: ErrorObject): string | undefined {
+  if (e.keyword !== 'additionalProperties') return undefined;
+  const allowed = Object.keys(((e.parentSchema ?? {}) as { properties?: object }).properties ?? {});
+  return closest(String((e.params as { additionalProperty?: unknown }).additionalProperty), allowed);
+}
+
 interface ErrorSite {
   path: PolicyPath;
   kind: 'value' | 'key';
@@ -232,9 +360,10 @@ function describeError(e: ErrorObject, path: PolicyPath): { at: ErrorSite; messa
   switch (e.keyword) {
     case 'additionalProperties': {
       const field = [...path, String(params['additionalProperty'])];
+      const guess = suggestedField(e);
       return {
         at: { path: field, kind: 'key' },
-        message: `unknown field ${JSON.stringify(formatPath(field))} (expected ${orList(allowed)})`,
+        message: `unknown field ${JSON.stringify(formatPath(field))}${guess ? `: did you mean ${JSON.stringify(guess)}?` : ''} (expected ${orList(allowed)})`,
       };
     }
     case 'required':

@@ -46,6 +46,23 @@ export const DEFAULT_PROXY_LIMITS: ProxyLimits = {
   idleTimeoutMs: 300_000,
 };
 
+/**
+ * Told what the proxy decides, for metrics. Called on the hot path with
+ * the policy's names only (never a host or path the workload chose): an
+ * implementation must only count.
+ */
+export interface ProxyObserver {
+  /** A request went upstream with its credential and its response was forwarded whole (as audited). */
+  injected(workload: string, service: string): void;
+  refused(workload: string, service: string, code: RefusalCode): void;
+  /** From sending the request upstream to its response headers. */
+  upstreamLatency(workload: string, service: string, seconds: number): void;
+  /** A connection closed before TLS (too-many-connections, too-many-handshakes, handshake-timeout). */
+  connectionRefused(workload: string, code: RefusalCode): void;
+  /** A connection the kernel did not redirect: closed, no identity. */
+  unidentified(): void;
+}
+
 export interface ProxyDeps {
   /** The kernel's record of a redirected connection, consumed on first use. */
   identify(address: string, port: number): OrigDst | null;
@@ -62,6 +79,7 @@ export interface ProxyDeps {
   limits?: Partial<ProxyLimits>;
   audit: AuditLog;
   log: Logger;
+  observer?: ProxyObserver;
 }
 
 /** A terminated connection: who it is, and the route its SNI selected under the plan `table`. */
@@ -101,7 +119,7 @@ export class ProxyServer {
       const session = this.#sessions.get(socket);
       this.#refuseRaw(socket, { status: 501, code: 'upgrade-unsupported', message: 'protocol upgrades are not supported' });
       if (session) this.#audit(session, req, { decision: 'deny', status: 501, reason: 'upgrade-unsupported' });
-      this.#count('upgrade-unsupported');
+      this.#count('upgrade-unsupported', session);
     });
   }
 
@@ -157,6 +175,7 @@ export class ProxyServer {
     if (!orig) {
       // Not redirected by the kernel: nobody we can vouch for. No credential, no relay.
       this.#deps.log.warn('refused a connection from %s:%d that the kernel did not redirect', socket.remoteAddress, socket.remotePort);
+      this.#deps.observer?.unidentified();
       socket.destroy();
       return;
     }
@@ -333,6 +352,7 @@ export class ProxyServer {
       setHost: false,
     };
     let upstreamReq: http.ClientRequest;
+    const sentAt = performance.now();
     try {
       upstreamReq = https.request(options);
     } catch (err) {
@@ -341,6 +361,7 @@ export class ProxyServer {
       return this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni}: the request could not be built` });
     }
     upstreamReq.on('response', (upstreamRes) => {
+      this.#deps.observer?.upstreamLatency(route.workload.name, route.service.name, (performance.now() - sentAt) / 1000);
       const status = upstreamRes.statusCode ?? 502;
       try {
         res.writeHead(status, upstreamRes.statusMessage, downstreamResponseHeaders(upstreamRes.rawHeaders));
@@ -357,7 +378,7 @@ export class ProxyServer {
         this.#deps.log.debug('response stream from %s ended early: %s', sni, err.message);
         res.destroy(err);
       });
-      res.once('finish', () =>
+      res.once('finish', () => {
         this.#audit(session, req, {
           decision: 'inject',
           status,
@@ -365,8 +386,9 @@ export class ProxyServer {
           credentialVersion: upstream.credentialVersion,
           leaseId: upstream.leaseId,
           accessKeyId: upstream.accessKeyId,
-        }),
-      );
+        });
+        this.#deps.observer?.injected(route.workload.name, route.service.name);
+      });
     });
     upstreamReq.on('error', (err) => {
       if (res.headersSent) {
@@ -397,7 +419,7 @@ export class ProxyServer {
 
   /** Answers `refusal` and closes the connection; the request body, if any, is never read. */
   #refuse(req: http.IncomingMessage, res: http.ServerResponse, session: Session, refusal: Refusal): void {
-    this.#count(refusal.code);
+    this.#count(refusal.code, session);
     this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code });
     if (res.headersSent || res.destroyed) {
       res.destroy();
@@ -417,6 +439,7 @@ export class ProxyServer {
   /** A connection refused before TLS: nothing can be said to the workload but the close; the audit log says why. */
   #refuseConnection(socket: net.Socket, orig: OrigDst, workload: string, code: RefusalCode): void {
     this.#count(code);
+    this.#deps.observer?.connectionRefused(workload, code);
     this.#deps.audit.record({ decision: 'deny', workload, pid: orig.pid, uid: orig.uid, reason: code });
     socket.destroy();
   }
@@ -428,7 +451,7 @@ export class ProxyServer {
 
   #onClientError(err: NodeJS.ErrnoException, socket: net.Socket | import('node:stream').Duplex): void {
     const session = this.#sessions.get(socket as net.Socket);
-    this.#count('malformed-request');
+    this.#count('malformed-request', session);
     if (session) {
       this.#deps.audit.record({
         decision: 'deny',
@@ -457,8 +480,10 @@ export class ProxyServer {
     );
   }
 
-  #count(code: RefusalCode): void {
+  /** Counts a refusal; with `session`, a refused request of its route (connection refusals are told to the observer apart). */
+  #count(code: RefusalCode, session?: Session): void {
     this.#refused.set(code, (this.#refused.get(code) ?? 0) + 1);
+    if (session) this.#deps.observer?.refused(session.route.workload.name, session.route.service.name, code);
   }
 
   #audit(session: Session, req: http.IncomingMessage, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId'>): void {

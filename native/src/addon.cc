@@ -8,10 +8,13 @@
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "errors.h"
@@ -108,6 +111,36 @@ Napi::Value ProgramMapIds(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// sdNotify(socketPath, message): sends `message` as one datagram to the
+// service manager's notification socket ($NOTIFY_SOCKET; a leading '@' names
+// an abstract address), as sd_notify(3) does; Node has no datagram Unix
+// sockets. Never blocks (MSG_DONTWAIT): a watchdog ping must not stall the
+// event loop. The kernel adds the sender's credentials, which systemd reads
+// to apply NotifyAccess=. Throws with errno (EAGAIN: the manager's queue is
+// full; ENOENT/ECONNREFUSED: no manager listens).
+Napi::Value SdNotify(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsString()) throw Napi::TypeError::New(env, "sdNotify(socketPath, message)");
+  std::string path = info[0].As<Napi::String>().Utf8Value();
+  std::string message = info[1].As<Napi::String>().Utf8Value();
+  sockaddr_un addr = {};
+  addr.sun_family = AF_UNIX;
+  if (path.empty() || (path[0] != '/' && path[0] != '@')) throw Napi::TypeError::New(env, "sdNotify: the socket must be an absolute path or an @abstract name");
+  if (path.size() >= sizeof(addr.sun_path)) throw Napi::TypeError::New(env, "sdNotify: socket path too long");
+  memcpy(addr.sun_path, path.data(), path.size());
+  if (path[0] == '@') addr.sun_path[0] = '\0';
+  // Abstract names are not NUL-terminated: the length says where they end.
+  socklen_t len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (path[0] == '@' ? 0 : 1));
+  ResetLibbpfLog();  // no libbpf message of an earlier call in this error
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw MakeError(env, "socket(AF_UNIX, SOCK_DGRAM)", errno);
+  ssize_t n = sendto(fd, message.data(), message.size(), MSG_DONTWAIT | MSG_NOSIGNAL, reinterpret_cast<sockaddr*>(&addr), len);
+  int err = errno;
+  close(fd);
+  if (n < 0) throw MakeError(env, "send to " + path, err);
+  return env.Undefined();
+}
+
 Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), libbpf_version_string());
 }
@@ -128,6 +161,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("lockFile", Napi::Function::New(env, LockFile));
   exports.Set("dumpable", Napi::Function::New(env, Dumpable));
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie));
+  exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
   return exports;
 }

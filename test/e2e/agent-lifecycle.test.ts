@@ -149,8 +149,9 @@ describe.skipIf(skip)(`the datapaths without an agent (killed, restarted, stoppe
   };
   const draining = () => `${f.pinDir}-draining`;
   const drainingEntries = () => (existsSync(draining()) ? readdirSync(draining()) : []);
-  /** Every request the upstream saw from this connection carried the credential once. */
-  const neverBare = (c: Connection) => {
+  /** Every request the upstream has answered on this connection carried the credential once. */
+  const neverBare = async (c: Connection) => {
+    await plain.sync();
     const recs = plain.byPort(c.port);
     for (const r of recs) expect(r.authorization).toEqual([auth()]);
     return recs.map((r) => r.target);
@@ -251,12 +252,15 @@ print(json.dumps(out))
     expect(refused.error).toBe(EACCES);
     await waitFor(() => plain.byPort(c.port).length >= i, 'the requests sent before the refusal');
     // Every request before the refused one arrived with the header; the refused one did not arrive.
-    expect(neverBare(c)).toEqual(Array.from({ length: i }, (_, n) => `/killed/${n}`));
+    expect(await neverBare(c)).toEqual(Array.from({ length: i }, (_, n) => `/killed/${n}`));
     // Refused for good: the connection takes no more writes.
     expect(await c.get('/killed/after')).toEqual({ error: EACCES });
     // Counted, in the pins the dead agent left.
-    const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
-    expect(status).toMatch(/agent-gone [1-9]/);
+    // Not running (exit 3), and what the dead agent's pins show: the refusals.
+    const dead = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+    expect(dead.code).toBe(3);
+    expect(dead.stdout).toMatch(/^wirekey is not running: agent pid \d+ has exited; what its pins still show:/);
+    expect(dead.stdout).toMatch(/agent-gone [1-9]/);
     // Its cgroup programs died with it: a new connection is not bound at all.
     const fresh = await runInCgroup(bound, 'curl', ['-sS', '--max-time', '10', '-o', '/dev/null', '-w', '%{local_port} %{http_code}', `http://${f.host.ipv4}/fresh`]);
     const [port, code] = fresh.stdout.split(' ').map(Number);
@@ -305,7 +309,7 @@ print(json.dumps(out))
       expect(fresh.code).not.toBe(0);
       expect(fresh.stderr).toMatch(/Send failure|Failed sending|Permission denied|Recv failure/i);
       await waitFor(() => plain.byPort(c.port).length >= i, 'the requests sent before the refusal');
-      expect(neverBare(c)).toEqual(Array.from({ length: i }, (_, n) => `/stuck/${n}`));
+      expect(await neverBare(c)).toEqual(Array.from({ length: i }, (_, n) => `/stuck/${n}`));
       expect(plain.requests.some((r) => r.target === '/stuck/fresh')).toBe(false);
     } finally {
       process.kill(agent.pid, 'SIGCONT');
@@ -344,12 +348,12 @@ print(json.dumps(out))
     expect(live).toHaveLength(1);
     expect(live).not.toContain(dead[0]);
     expect(await c.get('/restart/2')).toEqual({ error: EACCES });
-    expect(neverBare(c)).toEqual(['/restart/0', '/restart/1']);
+    expect(await neverBare(c)).toEqual(['/restart/0', '/restart/1']);
 
     // New connections belong to the new agent, on both datapaths.
     const d = await open();
     expect(await d.get('/restart/new')).toEqual({ status: 200 });
-    expect(neverBare(d)).toEqual(['/restart/new']);
+    expect(await neverBare(d)).toEqual(['/restart/new']);
     const proxied = await f.curl(bound, ['--cacert', f.wirekeyCa, '-o', '/dev/null', '-w', '%{http_code}', `https://${HOST}/restart/proxied`]);
     expect(proxied.stdout).toBe('200');
     await waitFor(() => f.upstream.records.some((r) => r.url === '/restart/proxied'), 'the proxied request');
@@ -375,7 +379,7 @@ print(json.dumps(out))
     f.agentStopped = true;
     // The timeout is 600 s: only the stop itself can refuse this.
     expect(await c.get('/stop/1')).toEqual({ error: EACCES });
-    expect(neverBare(c)).toEqual(['/stop/0']);
+    expect(await neverBare(c)).toEqual(['/stop/0']);
     expect(agent.output()).toMatch(/1 connection\(s\) still open; each is refused from its next request, and their sockhash stays pinned at \S+socks-\d+/);
 
     // Nothing is left in the pin directory; one sockhash drains, with its
@@ -395,7 +399,7 @@ print(json.dumps(out))
     expect(existsSync(draining())).toBe(false);
     const d = await open();
     expect(await d.get('/stop/next')).toEqual({ status: 200 });
-    expect(neverBare(d)).toEqual(['/stop/next']);
+    expect(await neverBare(d)).toEqual(['/stop/next']);
     await d.close();
   });
 

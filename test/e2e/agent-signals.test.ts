@@ -113,9 +113,10 @@ spec: {workload: other, service: api, inject: {bearer: {credential: api-token}}}
     expect(await get('/still-first')).toMatchObject({ stdout: '200' });
     await first.kill();
     f.agentStopped = true;
+    // Not running (3), and what the dead agent's pins still show.
     const dead = await status();
     expect(dead.code).toBe(3);
-    expect(dead.stderr).toMatch(/wirekey is not running with state dir .* \(its last agent, pid \d+, has exited\)/);
+    expect(dead.stdout).toMatch(/^wirekey is not running: agent pid \d+ has exited; what its pins still show:/);
     const explain = await run(process.execPath, [wirekeyBin, 'explain', String(process.pid), '--state-dir', f.stateDir]);
     expect(explain.code).toBe(3);
   });

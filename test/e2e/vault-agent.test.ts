@@ -17,11 +17,14 @@ import { kernelHttpSkipReason, kernelSkipReason } from '../support/requirements.
 import { PlainUpstream } from '../support/plain-upstream.js';
 import { runInCgroup } from '../support/cgroup.js';
 import { createTestHost, type TestHost } from '../support/netns.js';
-import { AGENT_POLICY, baoBinary, skipReason as vaultSkip } from '../vault/fixture.js';
+import { waitFor } from '../support/wait.js';
+import { AGENT_POLICY, baoBinary, vaultSkip } from '../vault/fixture.js';
+import { machineSkipTitle, toolSkipTitle } from '../support/tiers.js';
 
-const skip = kernelSkipReason() ?? (baoBinary ? undefined : vaultSkip.replace(/^ \(skipped: |\)$/g, ''));
+const machineSkip = kernelSkipReason();
+const skip = machineSkip ?? vaultSkip;
 
-describe.skipIf(skip)(`Vault-sourced credentials through the agent${skip ? ` (skipped: ${skip})` : ''}`, () => {
+describe.skipIf(skip)(`Vault-sourced credentials through the agent${machineSkip ? machineSkipTitle(machineSkip) : toolSkipTitle(vaultSkip)}`, () => {
   const f = new E2eFixture();
   let bao: OpenBaoServer;
   let aws: AwsUpstream;
@@ -128,13 +131,14 @@ spec: {workload: app, service: internal, inject: {header: {credential: app-token
     // One curl process, one keep-alive connection, a request every 100 ms for 6 s.
     const urls = Array.from({ length: 60 }, (_, i) => `https://${HOST}/kv/${i}`);
     const loop = f.curl(app, ['--cacert', f.wirekeyCa, '--fail', '--rate', '10/s', '-w', ' code=%{http_code}\n', ...urls]);
-    await new Promise((r) => setTimeout(r, 2000));
+    // The new version is written once the loop is under way.
+    await waitFor(() => f.upstream.records.length >= before + 10, 'the first ten requests of the loop upstream', 30_000);
     const version = await bao.writeKv('app', { token: v2 });
     current = v2;
     const r = await loop;
     expect(r.stderr).toBe('');
     expect([...r.stdout.matchAll(/ code=(\d+)/g)].map((m) => m[1])).toEqual(Array(60).fill('200'));
-    const seen = f.upstream.records.slice(before).map((x) => x.authorization[0]);
+    const seen = (await f.recordsSince(before)).map((x) => x.authorization[0]);
     expect(seen).toHaveLength(60);
     const old = sha256(`Bearer ${v1}`);
     const next = sha256(`Bearer ${v2}`);
@@ -150,7 +154,8 @@ spec: {workload: app, service: internal, inject: {header: {credential: app-token
   it.skipIf(kernelSkip)(`kernel datapath: a new KV version reaches the header of later requests on the same plaintext connection, and the audit names it${kernelSkip ? ` (skipped: ${kernelSkip})` : ''}`, async () => {
     const urls = Array.from({ length: 60 }, (_, i) => `http://${f.host.ipv4}/kernel-kv/${i}`);
     const loop = runInCgroup(app, 'curl', ['-sS', '--fail', '--rate', '10/s', '-w', '%{local_port} %{http_code}\n', ...urls.flatMap((u) => ['-o', '/dev/null', u])]);
-    await new Promise((r) => setTimeout(r, 2000));
+    const loopRequests = () => plain.requests.filter((x) => x.target.startsWith('/kernel-kv/')).length;
+    await waitFor(() => loopRequests() >= 10, 'the first ten requests of the loop upstream', 30_000);
     const version = await bao.writeKv('app', { token: v3 });
     current = v3;
     const r = await loop;
@@ -168,10 +173,11 @@ spec: {workload: app, service: internal, inject: {header: {credential: app-token
     const firstNew = seen.indexOf(next);
     expect(firstNew).toBeGreaterThan(0);
     expect(seen.slice(firstNew).every((a) => a === next)).toBe(true);
-    // Injections are read from the ring buffer at least every 100 ms.
-    await new Promise((r) => setTimeout(r, 300));
-    const kernelLines = readFileSync(f.auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
+    // Injections reach the audit log from the ring buffer, soon after the requests.
+    const kernelAudit = () => readFileSync(f.auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
       .filter((l) => l.datapath === 'kernel' && l.service === 'internal');
+    await waitFor(() => kernelAudit().length >= 60, 'an audit line for each of the 60 kernel-path requests', 30_000);
+    const kernelLines = kernelAudit();
     expect(kernelLines.length).toBeGreaterThanOrEqual(60);
     expect(kernelLines.some((l) => l.credentialVersion === String(version))).toBe(true);
   });
@@ -209,13 +215,24 @@ spec: {workload: app, service: internal, inject: {header: {credential: app-token
       const r = await f.curl(app, ['--cacert', f.wirekeyCa, '--fail', '-o', '/dev/null', '-w', '%{http_code}', `https://${HOST}${p}`]);
       return { code: r.stdout, auth: (await f.recordsSince(before))[0]?.authorization[0] };
     };
+    /**
+     * Requests (each must be served with the value held now) until the
+     * agent's output matches `line`, then one more: requests are what make
+     * a KV source read Vault again.
+     */
+    const requestsUntil = async (p: string, line: RegExp, what: string) => {
+      const deadline = Date.now() + 30_000;
+      while (!line.test(f.agent?.output() ?? '')) {
+        if (Date.now() > deadline) throw new Error(`timed out after 30000ms waiting for ${what}; the agent's output ends:\n${f.agent?.output().slice(-3000)}`);
+        expect(await get(p)).toEqual({ code: '200', auth: sha256(`Bearer ${current}`) });
+      }
+      expect(await get(p)).toEqual({ code: '200', auth: sha256(`Bearer ${current}`) });
+    };
     await bao.stop();
-    // Past the 1 s KV refresh: the agent has tried Vault and failed at least once.
-    await new Promise((r) => setTimeout(r, 2500));
-    expect(await get('/vault-down')).toEqual({ code: '200', auth: sha256(`Bearer ${current}`) });
+    // The agent tries Vault at its next KV refresh, fails, and serves the cached value.
+    await requestsUntil('/vault-down', /credential app-token: .*serving cached version \d+ until Vault answers/, 'the agent to find Vault down');
     await bao.start();
-    await new Promise((r) => setTimeout(r, 2500));
-    expect(await get('/vault-back')).toEqual({ code: '200', auth: sha256(`Bearer ${current}`) });
+    await requestsUntil('/vault-back', /credential app-token: Vault readable again/, 'the agent to read Vault again');
   });
 
   it('stopping the agent revokes its AWS lease', async () => {

@@ -86,9 +86,9 @@ describe.skipIf(skip)(`native addon on the real kernel${skip ? ` (skipped: ${ski
 ${Object.keys(CONSTANTS).map((n) => `const enum ${n} *const ${n}_btf = 0;`).join('\n')}
 `);
     const out = path.join(dir, 'contract.bpf.o');
-    // No time limit of its own (the test's timeout applies), as for the refused program below.
-    const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', `-I${dir}`, `-I${path.join(repoRoot, 'build/bpf')}`, '-c', path.join(dir, 'contract.bpf.c'), '-o', out], { timeoutMs: 2 ** 31 - 1 });
-    expect({ code: cc.code, signal: cc.signal, stderr: cc.stderr }).toEqual({ code: 0, signal: null, stderr: '' });
+    // clang is slow on an emulated CPU, as for the refused program below.
+    const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', `-I${dir}`, `-I${path.join(repoRoot, 'build/bpf')}`, '-c', path.join(dir, 'contract.bpf.c'), '-o', out], { timeoutMs: 600_000 });
+    expect(cc.code, cc.stderr).toBe(0);
     const doctoredObj = new (native().BpfObject)(out);
     try {
       expect(() => verifyConstants((name) => doctoredObj.btfEnum(name), () => doctoredObj.btfEnumNames())).toThrow(
@@ -178,10 +178,10 @@ int bad(struct bpf_sock_addr *ctx)
 char LICENSE[] SEC("license") = "GPL";
 `,
     );
-    // No time limit of its own (the test's timeout applies): on a slow machine
-    // clang may take many seconds, and a killed clang leaves no object.
-    const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', '-I', path.join(repoRoot, 'build/bpf'), '-c', src, '-o', out], { timeoutMs: 2 ** 31 - 1 });
-    expect({ code: cc.code, signal: cc.signal, stderr: cc.stderr }).toEqual({ code: 0, signal: null, stderr: '' });
+    // clang is slow on an emulated CPU: the object exists only once it has finished.
+    const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', '-I', path.join(repoRoot, 'build/bpf'), '-c', src, '-o', out], { timeoutMs: 600_000 });
+    expect(cc.code, cc.stderr).toBe(0);
+    expect(cc.stderr).not.toMatch(/error/);
     const bad = new (native().BpfObject)(out);
     try {
       let err: unknown;
@@ -199,7 +199,7 @@ char LICENSE[] SEC("license") = "GPL";
     } finally {
       bad.close();
     }
-  });
+  }, 660_000);
 
   it('operations on a closed object fail cleanly', () => {
     const o = new (native().BpfObject)(objectPath);

@@ -22,6 +22,8 @@ export interface AgentOptions {
   extraArgs?: string[];
   /** A command that runs the agent (e.g. setpriv with its options), given node and its arguments. */
   wrapper?: string[];
+  /** The agent's environment (default: this process's), e.g. NOTIFY_SOCKET as systemd sets it. */
+  env?: NodeJS.ProcessEnv;
 }
 
 export interface RunningAgent {
@@ -46,8 +48,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   args.push(...(opts.extraArgs ?? []));
   const command = [...(opts.wrapper ?? []), process.execPath, ...args];
   const child: ChildProcess = opts.cgroup
-    ? spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...command], { stdio: ['ignore', 'pipe', 'pipe'] })
-    : spawn(command[0] as string, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] });
+    ? spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...command], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env })
+    : spawn(command[0] as string, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env });
   let out = '';
   const ready = new Promise<string>((resolve, reject) => {
     const onData = (d: Buffer) => {

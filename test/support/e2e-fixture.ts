@@ -95,7 +95,7 @@ ${docs}`);
   }
 
   /** Starts `wirekey run`; with `cgroup`, the agent itself runs in that cgroup. */
-  async startAgent(opts: { cgroup?: string; extraArgs?: string[]; wrapper?: string[] } = {}): Promise<RunningAgent> {
+  async startAgent(opts: { cgroup?: string; extraArgs?: string[]; wrapper?: string[]; env?: NodeJS.ProcessEnv } = {}): Promise<RunningAgent> {
     this.proxyPort = await freePort();
     this.agent = await startAgent({
       policy: this.policyDir,
@@ -107,6 +107,7 @@ ${docs}`);
       cgroup: opts.cgroup,
       extraArgs: opts.extraArgs,
       wrapper: opts.wrapper,
+      env: opts.env,
     });
     return this.agent;
   }
@@ -119,9 +120,13 @@ ${docs}`);
     return runInCgroup(cg, 'setpriv', [`--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', binary, ...curlArgs]);
   }
 
-  /** The upstream's records after `before`, once in-flight requests have landed. */
-  async recordsSince(before: number, settleMs = 200): Promise<UpstreamRecord[]> {
-    await new Promise((r) => setTimeout(r, settleMs));
+  /**
+   * The upstream's records after `before`, including every request the
+   * upstream has answered by now: call it once the client has its response
+   * (or its refusal).
+   */
+  async recordsSince(before: number): Promise<UpstreamRecord[]> {
+    await this.upstream.sync();
     return this.upstream.records.slice(before);
   }
 

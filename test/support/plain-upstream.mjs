@@ -10,12 +10,16 @@
 //                                                     are the decoded data's; chunks, trailerNames)
 //   {conn, error}                                     a malformed request (400, then close)
 //   {conn, closed: true, bytes, sha256, ...}          a connection's whole byte stream
+//   {sync: N}                                         the answer to a line `sync N` on stdin,
+//                                                     after the record of every request whose
+//                                                     response has started (records come first)
 // Authorization and X-Api-Key values are recorded as SHA-256 hashes only, so a token
 // cannot reach the test's output through this process.
 //
 // usage: node plain-upstream.mjs [--port 80]... [--host ::]
 import net from 'node:net';
 import { createHash } from 'node:crypto';
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
 const { values } = parseArgs({
@@ -265,4 +269,8 @@ for (const port of ports) {
     if (++listening === ports.length) emit({ listening: true, ports });
   });
 }
+createInterface({ input: process.stdin }).on('line', (line) => {
+  const m = /^sync (\d+)$/.exec(line);
+  if (m) emit({ sync: Number(m[1]) });
+});
 process.on('SIGTERM', () => process.exit(0));

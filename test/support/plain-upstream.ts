@@ -56,6 +56,8 @@ export class PlainUpstream {
   readonly errors: ErrorRecord[] = [];
   /** Client port -> the upstream's id of the latest connection from it. */
   readonly #opened = new Map<number, number>();
+  readonly #syncs = new Map<number, () => void>();
+  #nextSync = 0;
   #child: ChildProcess;
 
   private constructor(child: ChildProcess) {
@@ -65,8 +67,9 @@ export class PlainUpstream {
   static async start(host: TestHost): Promise<PlainUpstream> {
     const script = path.join(repoRoot, 'test/support/plain-upstream.mjs');
     const child = spawn('ip', ['netns', 'exec', host.ns, process.execPath, script, '--port', '80', '--port', '8080', '--host', '::'], {
-      stdio: ['ignore', 'pipe', 'inherit'],
+      stdio: ['pipe', 'pipe', 'inherit'],
     });
+    child.stdin?.on('error', () => {});
     const up = new PlainUpstream(child);
     let buffered = '';
     await new Promise<void>((resolve, reject) => {
@@ -79,6 +82,7 @@ export class PlainUpstream {
           const line = JSON.parse(buffered.slice(0, nl)) as Record<string, unknown>;
           buffered = buffered.slice(nl + 1);
           if (line.listening) resolve();
+          else if (line.sync !== undefined) up.#syncs.get(line.sync as number)?.();
           else if (line.opened) up.#opened.set(line.remotePort as number, line.conn as number);
           else if (line.closed) up.closed.push(line as unknown as ClosedRecord);
           else if (line.error) up.errors.push(line as unknown as ErrorRecord);
@@ -97,6 +101,34 @@ export class PlainUpstream {
   byPort(port: number): RequestRecord[] {
     const conn = this.#opened.get(port);
     return this.requests.filter((r) => r.conn === conn);
+  }
+
+  /**
+   * Resolves once the records hold every request the upstream has started
+   * to answer: a client that got its response can look for its record.
+   */
+  sync(): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const child = this.#child;
+      if (child.exitCode !== null || child.signalCode !== null) return reject(new Error('the plain upstream has exited'));
+      const id = this.#nextSync++;
+      const fail = (why: string) => {
+        this.#syncs.delete(id);
+        child.off('exit', onExit);
+        reject(new Error(`plain upstream sync ${id}: ${why} (${this.requests.length} requests so far)`));
+      };
+      const onExit = () => fail('the upstream exited before answering');
+      // A bound on a pipe round trip, so a wedged upstream fails here and says so.
+      const timer = setTimeout(() => fail('no answer after 10s'), 10_000);
+      child.once('exit', onExit);
+      this.#syncs.set(id, () => {
+        this.#syncs.delete(id);
+        clearTimeout(timer);
+        child.off('exit', onExit);
+        resolve();
+      });
+      child.stdin?.write(`sync ${id}\n`);
+    });
   }
 
   /** The requests seen from a client port, once there are at least `count` (stdout may lag the client). */

@@ -5,11 +5,15 @@
 // Like many real APIs it also gives bodies back, the worst case for a
 // credential that ends up inside a body: POST /echo answers with the body it
 // got and keeps it, and GET /stored returns every body kept so far.
+// A line `sync N` on stdin is answered with {"sync":N} on stdout, after every
+// record of a request whose response has started: the test's barrier for
+// "everything the upstream has answered so far is recorded".
 //
 // usage: node upstream-server.mjs --cert FILE --key FILE [--port 443] [--host 0.0.0.0]
 import https from 'node:https';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
+import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 
 const { values } = parseArgs({
@@ -100,4 +104,9 @@ function sendBytes(res, total) {
 }
 
 server.listen(Number(values.port), values.host, () => process.stdout.write(`${JSON.stringify({ listening: true })}\n`));
+// Records are written before their response, and stdout is one ordered stream.
+createInterface({ input: process.stdin }).on('line', (line) => {
+  const m = /^sync (\d+)$/.exec(line);
+  if (m) process.stdout.write(`${JSON.stringify({ sync: Number(m[1]) })}\n`);
+});
 process.on('SIGTERM', () => process.exit(0));

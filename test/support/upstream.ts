@@ -22,6 +22,11 @@ export interface UpstreamRecord {
 
 export interface Upstream {
   records: UpstreamRecord[];
+  /**
+   * Resolves once `records` holds every request the upstream has started
+   * to answer: a client that got its response can look for its record.
+   */
+  sync(): Promise<void>;
   stop(): Promise<void>;
 }
 
@@ -31,9 +36,11 @@ export async function startUpstream(host: TestHost, cert: string, key: string, p
   const child: ChildProcess = spawn(
     'ip',
     ['netns', 'exec', host.ns, process.execPath, script, '--cert', cert, '--key', key, '--port', String(port), '--host', '::'],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
+    { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   const records: UpstreamRecord[] = [];
+  const syncs = new Map<number, () => void>();
+  let nextSync = 0;
   let buffered = '';
   await new Promise<void>((resolve, reject) => {
     child.once('error', reject);
@@ -42,16 +49,39 @@ export async function startUpstream(host: TestHost, cert: string, key: string, p
       buffered += d.toString();
       let nl: number;
       while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = JSON.parse(buffered.slice(0, nl)) as UpstreamRecord & { listening?: boolean };
+        const line = JSON.parse(buffered.slice(0, nl)) as UpstreamRecord & { listening?: boolean; sync?: number };
         buffered = buffered.slice(nl + 1);
         if (line.listening) resolve();
+        else if (line.sync !== undefined) syncs.get(line.sync)?.();
         else records.push(line);
       }
     });
   });
   child.removeAllListeners('exit');
+  child.stdin?.on('error', () => {});
   return {
     records,
+    sync: () =>
+      new Promise<void>((resolve, reject) => {
+        if (child.exitCode !== null || child.signalCode !== null) return reject(new Error('the upstream has exited'));
+        const id = nextSync++;
+        const fail = (why: string) => {
+          syncs.delete(id);
+          child.off('exit', onExit);
+          reject(new Error(`upstream sync ${id}: ${why} (${records.length} records so far)`));
+        };
+        const onExit = () => fail('the upstream exited before answering');
+        // A bound on a pipe round trip, so a wedged upstream fails here and says so.
+        const timer = setTimeout(() => fail('no answer after 10s'), 10_000);
+        child.once('exit', onExit);
+        syncs.set(id, () => {
+          syncs.delete(id);
+          clearTimeout(timer);
+          child.off('exit', onExit);
+          resolve();
+        });
+        child.stdin?.write(`sync ${id}\n`);
+      }),
     stop: () =>
       new Promise<void>((resolve) => {
         if (child.exitCode !== null) return resolve();

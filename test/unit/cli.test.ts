@@ -145,6 +145,18 @@ describe('wirekey ca cert and status, misdirected', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('reload with no agent exits 3 with one line saying so, as status does', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-cli-'));
+    try {
+      const r = await wirekey('reload', '--state-dir', dir);
+      expect(r.code).toBe(3);
+      expect(r.stdout).toBe('');
+      expect(r.stderr).toBe(`wirekey: wirekey is not running with state dir ${dir}\n`);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('wirekey --version', () => {

@@ -161,16 +161,19 @@ describe('FileCredentialSource', () => {
 
   it('serves from memory between re-stats and picks up rotation after the interval', async () => {
     const file = await secretFile('token', 'version-1');
-    const source = new FileCredentialSource({ name: 'rot', path: file, recheckIntervalMs: 200 });
+    let clock = 0;
+    const source = new FileCredentialSource({ name: 'rot', path: file, recheckIntervalMs: 200, now: () => clock });
     expect((await source.get()).secret?.reveal()).toBe('version-1');
     expect(vi.mocked(fsp.stat)).toHaveBeenCalledTimes(1);
     expect(vi.mocked(fsp.open)).toHaveBeenCalledTimes(1);
 
     await writeFile(file, 'version-2 longer');
     for (let i = 0; i < 50; i++) expect((await source.get()).secret?.reveal()).toBe('version-1');
+    clock = 199;
+    expect((await source.get()).secret?.reveal()).toBe('version-1');
     expect(vi.mocked(fsp.stat)).toHaveBeenCalledTimes(1);
 
-    await new Promise((resolve) => setTimeout(resolve, 250));
+    clock = 200;
     expect((await source.get()).secret?.reveal()).toBe('version-2 longer');
     expect(vi.mocked(fsp.stat)).toHaveBeenCalledTimes(2);
     expect(vi.mocked(fsp.open)).toHaveBeenCalledTimes(2);

@@ -6,7 +6,7 @@
  * agent by test/e2e/kernel-datapath.test.ts.
  */
 import { afterAll, describe, expect, it } from 'vitest';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { KernelBindings } from '../../controller/agent/kernel-bindings.js';
@@ -87,20 +87,21 @@ describe('KernelBindings', () => {
     const kh = new RecordingKernelHttpMock();
     const kb = new KernelBindings(kh as unknown as KernelHttp, log);
     const p = plan(['b']);
-    const creds = await CredentialSources.build(p, CredentialSources.empty(), log);
+    // Every refresh looks at the file again (the agent's sources wait a second between looks).
+    const creds = await CredentialSources.build(p, CredentialSources.empty(), log, { fileRecheckIntervalMs: 0 });
     await kb.apply(p, creds);
     expect(kh.dests).toEqual([{ address: '10.0.0.0/24', port: 80, serviceId: 1 }]);
     expect([...kh.bindings]).toEqual([['1:1', 'Authorization: Bearer one']]);
     kh.writes = [];
     await kb.refresh(p, creds);
     expect(kh.writes).toEqual([]);
-    await new Promise((r) => setTimeout(r, 1100)); // the file source re-checks at most once a second
-    writeFileSync(keyFile, 'two\n', { mode: 0o600 });
+    // Rotated by rename: a new inode, so the change shows whatever the timestamps' granularity.
+    writeFileSync(`${keyFile}.new`, 'two\n', { mode: 0o600 });
+    renameSync(`${keyFile}.new`, keyFile);
     await kb.refresh(p, creds);
     expect(kh.writes).toEqual(['setHeader 1:1']);
     expect(kh.bindings.get('1:1')).toBe('Authorization: Bearer two');
     rmSync(keyFile);
-    await new Promise((r) => setTimeout(r, 1100));
     await kb.refresh(p, creds);
     expect(kh.bindings.get('1:1')).toBe('withheld');
     await creds.close();

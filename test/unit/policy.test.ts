@@ -122,9 +122,9 @@ describe('loadPolicy', () => {
     const policyError = error as PolicyError;
     expect(policyError.code).toBe('WK_POLICY_INVALID');
     expect(render(dir, policyError.diagnostics)).toEqual([
-      'a.yaml:2:7: unknown kind "Servise" (expected one of VaultConnection, CredentialSource, Service, Workload, Binding)',
-      'b.yaml:1:1: Workload "w": missing required field "spec"',
-      'b.yaml:4:1: Workload "w": unknown field "spce" (expected apiVersion, kind, metadata or spec)',
+      'a.yaml:2:7: unknown kind "Servise": did you mean Service? (expected one of VaultConnection, CredentialSource, Service, Workload, Binding)',
+      // One mistake, one message: the misspelt spec is not also reported missing.
+      'b.yaml:4:1: Workload "w": unknown field "spce": did you mean "spec"? (expected apiVersion, kind, metadata or spec)',
     ]);
     expect(policyError.message).toContain(`${join(dir, 'a.yaml')}:2:7: unknown kind "Servise"`);
   });
@@ -154,13 +154,17 @@ describe('document diagnostics', () => {
   it('reports a YAML syntax error at its position, without echoing the text', async () => {
     const text = `${HEADER}kind: Service\nmetadata: {name: openai\nspec: {port: "sk-SECRET}\n`;
     const found = await problems({ 'p.yaml': text });
-    expect(found[0]).toBe('p.yaml:4:1: invalid YAML: Flow map in block collection must be sufficiently indented and end with a }');
+    // At the { left open, in words a config file's author knows.
+    expect(found).toEqual([
+      'p.yaml:3:11: invalid YAML: this { is never closed: end the mapping with } (a {...} that spans lines must indent its continuation lines)',
+      'p.yaml:4:14: invalid YAML: this "quoted string is never closed: add the closing "',
+    ]);
     expect(found.join('\n')).not.toContain('sk-SECRET');
   });
 
   it('reports an unknown kind at the kind value', async () => {
     expect(await problems({ 'p.yaml': `${HEADER}kind: Servise\nmetadata: {name: x}\nspec: {}\n` })).toEqual([
-      'p.yaml:2:7: unknown kind "Servise" (expected one of VaultConnection, CredentialSource, Service, Workload, Binding)',
+      'p.yaml:2:7: unknown kind "Servise": did you mean Service? (expected one of VaultConnection, CredentialSource, Service, Workload, Binding)',
     ]);
   });
 
@@ -173,7 +177,7 @@ describe('document diagnostics', () => {
   it('reports an unknown field at its key', async () => {
     const text = `${HEADER}kind: Service\nmetadata: {name: openai}\nspec:\n  hosts: [a.example]\n  port: 443\n  tls: true\n  prot: 80\n`;
     expect(await problems({ 'p.yaml': text })).toEqual([
-      'p.yaml:8:3: Service "openai": unknown field "spec.prot" (expected hosts, addresses, port, tls or datapath)',
+      'p.yaml:8:3: Service "openai": unknown field "spec.prot": did you mean "port"? (expected hosts, addresses, port, tls or datapath)',
     ]);
   });
 

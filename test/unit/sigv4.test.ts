@@ -20,6 +20,7 @@ import {
 } from '../../controller/inject/sigv4.js';
 import { repoRoot } from '../support/paths.js';
 import { run } from '../support/shell.js';
+import { toolSkipTitle } from '../support/tiers.js';
 
 const ACCESS_KEY_ID = 'AKIDEXAMPLE';
 const SECRET_KEY = 'wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY';
@@ -294,7 +295,7 @@ describe('signSigV4 without a reference signer', () => {
   });
 });
 
-/** Why the botocore comparison cannot run here, decided before collecting tests. */
+/** Why the botocore comparison cannot run here, decided before collecting tests (a missing test tool: see tiers.ts). */
 function pythonSkipReason(): string | undefined {
   const python = process.env.PYTHON ?? 'python3';
   const probe = spawnSync(python, ['-c', 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 3)'], { encoding: 'utf8' });
@@ -308,7 +309,7 @@ function pythonSkipReason(): string | undefined {
 
 const pythonSkip = pythonSkipReason();
 
-describe.skipIf(pythonSkip)(`signSigV4 agrees with botocore${pythonSkip ? ` (skipped: ${pythonSkip})` : ''}`, () => {
+describe.skipIf(pythonSkip)(`signSigV4 agrees with botocore${toolSkipTitle(pythonSkip)}`, () => {
   let venvPython: string;
 
   beforeAll(async () => {

@@ -8,18 +8,18 @@ describe('wirekey status', () => {
   it('names every kernel datapath counter that moved, the failed-push and Host refusals too', () => {
     const kernelHttp: Record<string, bigint> = Object.fromEntries(WK_HTTP_STATS.map((n) => [n, 0n]));
     Object.assign(kernelHttp, { injected: 5n, refusedMethod: 3n, refusedPush: 1n, refusedHost: 2n });
-    const out = formatStatus({ pid: 1, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, kernelHttp, proxy: null, draining: [] });
+    const out = formatStatus({ running: true, pid: 1, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, kernelHttp, proxy: null, draining: [] });
     expect(out).toContain('kernel datapath: 5 request(s) injected; method-not-allowed 3, push-failed 1, host-mismatch 2\n');
   });
 
   it('names the proxy\'s open connections and refusals by code', () => {
-    const out = formatStatus({ pid: 1, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, kernelHttp: null,
+    const out = formatStatus({ running: true, pid: 1, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, kernelHttp: null,
       proxy: { refused: { 'host-mismatch': 2, 'too-many-handshakes': 1 }, handshakes: 3, connections: { a: 2, b: 1 } }, draining: [] });
     expect(out).toContain('proxy: 3 connection(s) open, 3 in handshake; refused: host-mismatch 2, too-many-handshakes 1\n');
   });
 
   it('names each draining sockhash of a previous agent, its connections and what it refused without an agent', () => {
-    const out = formatStatus({ pid: 1, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, kernelHttp: null, proxy: null,
+    const out = formatStatus({ running: true, pid: 1, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, kernelHttp: null, proxy: null,
       draining: [{ dir: '/sys/fs/bpf/wirekey-draining/socks-42', connections: 2, refusedAgent: 3n }] });
     expect(out).toContain('draining /sys/fs/bpf/wirekey-draining/socks-42: 2 connection(s) of a previous agent, each refused at its next request; agent-gone 3\n');
   });

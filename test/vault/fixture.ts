@@ -8,12 +8,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { createLogger, type Logger } from '../../controller/log.js';
 import { openBaoBinary } from '../support/openbao.js';
+import { toolSkipTitle } from '../support/tiers.js';
 
 const binary = await openBaoBinary();
 /** The OpenBao/Vault binary, or undefined when it cannot be built. */
 export const baoBinary: string | undefined = binary.path;
-/** Appended to a skipped describe's title. */
-export const skipReason = binary.reason ? ` (skipped: ${binary.reason})` : '';
+/** Why the Vault tests cannot run here, or undefined when they can. */
+export const vaultSkip: string | undefined = binary.reason;
+/** Appended to a skipped describe's title: a missing test tool, which CI does not accept (see tiers.ts). */
+export const skipReason = toolSkipTitle(binary.reason);
 
 /** What the agent may do in Vault: read its secrets, manage its leases. */
 export const AGENT_POLICY = `
@@ -53,5 +56,5 @@ export async function secretDir(): Promise<{ dir: string; write(name: string, co
   };
 }
 
-export { eventually, sleep } from '../support/wait.js';
+export { eventually, sleep, untilClockPasses } from '../support/wait.js';
 

@@ -9,7 +9,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VaultConnection } from '../../controller/credentials/vault/vault-connection.js';
 import { VaultError } from '../../controller/credentials/vault/vault-error.js';
 import { startOpenBao, type OpenBaoServer } from '../support/openbao.js';
-import { AGENT_POLICY, baoBinary, captureLog, eventually, secretDir, skipReason } from './fixture.js';
+import { AGENT_POLICY, baoBinary, captureLog, eventually, secretDir, skipReason, untilClockPasses } from './fixture.js';
 
 describe.skipIf(!baoBinary)(`Vault connection: auth${skipReason}`, () => {
   let bao: OpenBaoServer;
@@ -81,8 +81,8 @@ describe.skipIf(!baoBinary)(`Vault connection: auth${skipReason}`, () => {
       (e) => e.type === 'response' && e.request?.path === 'auth/token/renew-self',
     ).length;
     expect(renewals).toBeGreaterThanOrEqual(1);
-    // Well past the first TTL, the token still works: renewal, not luck.
-    await new Promise((r) => setTimeout(r, 2500));
+    // Past the first TTL, the token still works: renewal, not luck.
+    await untilClockPasses(firstExpiry);
     expect((await conn.read('secret/data/app')).data.secret('data', 'api_key')?.reveal()).toBe('kv-value-1');
     expect(await loginCount('auth/approle/login')).toBe(before + 1);
 

@@ -10,7 +10,7 @@ import { CredentialError } from '../../controller/errors.js';
 import { VaultConnection } from '../../controller/credentials/vault/vault-connection.js';
 import { VaultKvSource } from '../../controller/credentials/vault/vault-kv-source.js';
 import { startOpenBao, type OpenBaoServer } from '../support/openbao.js';
-import { AGENT_POLICY, baoBinary, captureLog, secretDir, skipReason, sleep } from './fixture.js';
+import { AGENT_POLICY, baoBinary, captureLog, eventually, secretDir, skipReason } from './fixture.js';
 
 describe.skipIf(!baoBinary)(`Vault KV v2 credential source${skipReason}`, () => {
   let bao: OpenBaoServer;
@@ -61,6 +61,8 @@ describe.skipIf(!baoBinary)(`Vault KV v2 credential source${skipReason}`, () => 
   it('picks up a new version on a later get(), with a steady get() loop and no failure; one read per refresh', async () => {
     await bao.writeKv('rotating', { token: 'value-v1' });
     const refreshMs = 400;
+    // The source's clock is the test's: a refresh period passes when the test moves it.
+    let clock = Date.now();
     const src = new VaultKvSource({
       name: 'rotating',
       connection: conn,
@@ -69,43 +71,46 @@ describe.skipIf(!baoBinary)(`Vault KV v2 credential source${skipReason}`, () => 
       refreshMs,
       firstFetchJitterMs: 0,
       log: captured.log,
+      now: () => clock,
     });
     const readsBefore = await kvReads('secret/data/rotating');
     const seen: string[] = [];
     let failures = 0;
     let calls = 0;
-    const started = Date.now();
     let written = 0;
     let firstSeenV2 = 0;
-    while (Date.now() - started < 4000) {
-      if (!written && Date.now() - started > 1500) {
+    const periods = 10;
+    for (let period = 0; period < periods; period++) {
+      if (period === 4) {
         await bao.writeKv('rotating', { token: 'value-v2' });
-        written = Date.now();
+        written = clock;
       }
-      // Many concurrent get()s, like concurrent requests.
-      const batch = await Promise.allSettled(Array.from({ length: 10 }, () => src.get()));
-      for (const r of batch) {
-        calls++;
-        if (r.status === 'rejected') failures++;
-        else {
-          const v = `${r.value.version}:${r.value.secret?.reveal()}`;
-          if (seen[seen.length - 1] !== v) seen.push(v);
-          if (!firstSeenV2 && r.value.version === '2') firstSeenV2 = Date.now();
+      for (let round = 0; round < 10; round++) {
+        // Many concurrent get()s, like concurrent requests.
+        const batch = await Promise.allSettled(Array.from({ length: 10 }, () => src.get()));
+        for (const r of batch) {
+          calls++;
+          if (r.status === 'rejected') failures++;
+          else {
+            const v = `${r.value.version}:${r.value.secret?.reveal()}`;
+            if (seen[seen.length - 1] !== v) seen.push(v);
+            if (!firstSeenV2 && r.value.version === '2') firstSeenV2 = clock;
+          }
         }
       }
-      await sleep(5);
+      // The read this period's first get() started has landed.
+      await eventually(async () => src.status().fetchedAt === clock, 10_000, `the read of refresh period ${period}`);
+      clock += refreshMs;
     }
-    const elapsed = Date.now() - started;
     expect(failures).toBe(0);
     // Old value until the change is seen, then the new one for good.
     expect(seen).toEqual(['1:value-v1', '2:value-v2']);
-    // Seen within about one refresh period (plus jitter and the read itself).
-    expect(firstSeenV2 - written).toBeLessThan(refreshMs + 600);
+    // Seen within one refresh period of the write.
+    expect(firstSeenV2 - written).toBeLessThanOrEqual(refreshMs);
     // Vault's audit log: reads follow the refresh period, not the get()s.
     const reads = (await kvReads('secret/data/rotating')) - readsBefore;
     expect(calls).toBeGreaterThan(500);
-    expect(reads).toBeGreaterThanOrEqual(Math.floor(elapsed / refreshMs / 2));
-    expect(reads).toBeLessThanOrEqual(Math.ceil(elapsed / (refreshMs * 0.9)) + 1);
+    expect(reads).toBe(periods);
     await src.close();
   });
 
@@ -142,6 +147,7 @@ describe.skipIf(!baoBinary)(`Vault KV v2 credential source${skipReason}`, () => 
 
   it('a secret deleted in Vault stops being served after the next refresh', async () => {
     await bao.writeKv('deleted', { token: 'short-lived' });
+    let clock = Date.now();
     const src = new VaultKvSource({
       name: 'deleted',
       connection: conn,
@@ -150,12 +156,13 @@ describe.skipIf(!baoBinary)(`Vault KV v2 credential source${skipReason}`, () => 
       refreshMs: 200,
       firstFetchJitterMs: 0,
       log: captured.log,
+      now: () => clock,
     });
     expect((await src.get()).secret?.reveal()).toBe('short-lived');
     await bao.api('DELETE', 'secret/data/deleted');
-    await sleep(300);
+    clock += 200;
     await src.get(); // starts the refresh, still answered from memory
-    await sleep(200);
+    await eventually(async () => src.status().lastError, 10_000, "the refresh to get Vault's answer");
     await expect(src.get()).rejects.toThrow(/credential "deleted": .*HTTP 404/);
   });
 });

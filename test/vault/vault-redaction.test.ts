@@ -14,7 +14,7 @@ import { VaultKvSource } from '../../controller/credentials/vault/vault-kv-sourc
 import { VaultLeaseSource } from '../../controller/credentials/vault/vault-lease-source.js';
 import { startMoto, type MotoServer } from '../support/moto.js';
 import { startOpenBao, type OpenBaoServer } from '../support/openbao.js';
-import { AGENT_POLICY, baoBinary, captureLog, secretDir, skipReason, sleep } from './fixture.js';
+import { AGENT_POLICY, baoBinary, captureLog, eventually, secretDir, skipReason } from './fixture.js';
 
 describe.skipIf(!baoBinary)(`Vault credentials: no secret in logs, errors or serialisations${skipReason}`, () => {
   let bao: OpenBaoServer;
@@ -83,16 +83,17 @@ describe.skipIf(!baoBinary)(`Vault credentials: no secret in logs, errors or ser
       seen(approle);
       seen(byToken);
 
-      const kv = new VaultKvSource({ name: 'kv-canary', connection: approle, kv: 'secret/canary', field: 'api_key', refreshMs: 200, firstFetchJitterMs: 0, log });
+      let clock = Date.now();
+      const kv = new VaultKvSource({ name: 'kv-canary', connection: approle, kv: 'secret/canary', field: 'api_key', refreshMs: 200, firstFetchJitterMs: 0, log, now: () => clock });
       const cred = await kv.get();
       expect(cred.secret?.reveal()).toBe(kvCanary);
       seen(cred);
       seen(kv);
       log.debug('a credential logged by mistake: %s %o %j', cred, cred, cred);
       await bao.writeKv('canary', { api_key: kvCanary2 });
-      await sleep(300);
+      clock += 200; // the refresh is due: the next get() reads again, and logs the new version
       await kv.get();
-      await sleep(200);
+      await eventually(async () => (await kv.get()).version === '2', 10_000, 'the second KV version');
       expect((await kv.get()).secret?.reveal()).toBe(kvCanary2);
 
       const aws = new VaultLeaseSource({ name: 'aws-canary', connection: byToken, aws: 'aws/creds/billing', log });
@@ -102,8 +103,10 @@ describe.skipIf(!baoBinary)(`Vault credentials: no secret in logs, errors or ser
       const raw = await approle.read('secret/data/canary');
       seen(raw);
       log.debug('a raw response logged by mistake: %o', raw);
-      // Token and lease renewals (3 s TTLs) happen meanwhile.
-      await sleep(2600);
+      // Token and lease renewals (3 s TTLs, renewed at about 2 s) log too.
+      for (const renewal of ['vault main: token renewed', 'vault by-token: token renewed', /credential aws-canary: lease \S+ renewed/]) {
+        await eventually(async () => lines.some((l) => (typeof renewal === 'string' ? l.includes(renewal) : renewal.test(l))), 15_000, `a log line ${renewal}`);
+      }
 
       // Errors: wrong field, wrong secret id.
       const wrongField = new VaultKvSource({ name: 'wrong-field', connection: approle, kv: 'secret/canary', field: 'nope', log });

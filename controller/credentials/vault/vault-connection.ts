@@ -21,7 +21,22 @@ export interface VaultConnectionOptions {
   renewFraction?: number;
   /** Retry delays for renewal and re-login. Default 1 s doubling to 60 s, with jitter. */
   backoff?: Partial<BackoffOptions>;
+  /** Told about every HTTP call to Vault once it has ended (metrics). */
+  onRequest?: VaultRequestObserver;
 }
+
+/** What an HTTP call to Vault was for: a small fixed set, never a path. */
+export type VaultOperation =
+  | 'login' | 'token-lookup' | 'token-renew' | 'token-revoke'
+  | 'read' | 'write' | 'list' | 'delete'
+  | 'lease-renew' | 'lease-revoke' | 'lease-lookup';
+
+/**
+ * One HTTP call to Vault: the connection, the operation, how long it took,
+ * and how it failed (the HTTP status, or 'unreachable' for a network error
+ * or timeout); never a path, a body or a token.
+ */
+export type VaultRequestObserver = (r: { connection: string; operation: VaultOperation; seconds: number; error?: string }) => void;
 
 /** The parts of a Vault response the sources need. `data` redacts itself. */
 export interface VaultReadResult {
@@ -109,6 +124,7 @@ export class VaultConnection {
   readonly #renewFraction: number;
   readonly #backoff: BackoffOptions;
   readonly #timeoutMs: number;
+  readonly #onRequest: VaultRequestObserver | undefined;
   #client: NodeVaultClient | undefined;
 
   #token: Secret | undefined;
@@ -136,6 +152,7 @@ export class VaultConnection {
     this.#renewFraction = options.renewFraction ?? 2 / 3;
     this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this.#timeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.#onRequest = options.onRequest;
   }
 
   /** The auth method's name, for logs. */
@@ -169,7 +186,8 @@ export class VaultConnection {
 
   /** Any authenticated call; the response body's `data` is wrapped in VaultData. */
   async request(method: Method, path: string, body?: Record<string, unknown>): Promise<VaultReadResult> {
-    const res = (await this.#authed(method, path, (client, requestOptions) => {
+    const operation = method === 'GET' ? 'read' : method === 'LIST' ? 'list' : method === 'DELETE' ? 'delete' : 'write';
+    const res = (await this.#authed(method, path, operation, (client, requestOptions) => {
       const options: { path: string; method: string; [k: string]: unknown } = { path: `/${path}`, method, ...requestOptions };
       if (body !== undefined) options.json = body;
       return client.request(options);
@@ -179,7 +197,7 @@ export class VaultConnection {
 
   /** Renews a lease; `increment` in seconds (Vault may grant less, up to the max TTL). */
   async renewLease(leaseId: string, increment?: number): Promise<LeaseRenewal> {
-    const res = (await this.#authed('PUT', 'sys/leases/renew', (client, requestOptions) =>
+    const res = (await this.#authed('PUT', 'sys/leases/renew', 'lease-renew', (client, requestOptions) =>
       client.renew({ lease_id: leaseId, ...(increment ? { increment: Math.round(increment) } : {}), requestOptions }),
     )) as Record<string, unknown> | undefined;
     return {
@@ -191,14 +209,14 @@ export class VaultConnection {
 
   /** Revokes a lease (the secret becomes invalid at its source, e.g. the IAM key is deleted). */
   async revokeLease(leaseId: string): Promise<void> {
-    await this.#authed('PUT', 'sys/leases/revoke', (client, requestOptions) =>
+    await this.#authed('PUT', 'sys/leases/revoke', 'lease-revoke', (client, requestOptions) =>
       client.revoke({ lease_id: leaseId, requestOptions }),
     );
   }
 
   /** Looks a lease up; fails with status 400 when Vault no longer knows it (revoked or expired). */
   async lookupLease(leaseId: string): Promise<LeaseInfo> {
-    const res = (await this.#authed('PUT', 'sys/leases/lookup', (client, requestOptions) =>
+    const res = (await this.#authed('PUT', 'sys/leases/lookup', 'lease-lookup', (client, requestOptions) =>
       client.write('sys/leases/lookup', { lease_id: leaseId }, requestOptions),
     )) as { data?: Record<string, unknown> } | undefined;
     const d = res?.data ?? {};
@@ -249,12 +267,13 @@ export class VaultConnection {
     this.#token = undefined;
     if (token && this.#client && !('token' in this.#spec.auth)) {
       try {
-        await this.#client.request({
+        const client = this.#client;
+        await this.#timed('token-revoke', () => client.request({
           path: '/auth/token/revoke-self',
           method: 'POST',
           headers: { 'X-Vault-Token': token.reveal() },
           timeout: Math.min(this.#timeoutMs, 3_000),
-        });
+        }));
         this.#log.debug('vault %s: revoked the agent token', this.name);
       } catch (err) {
         const e = this.#toError('POST', 'auth/token/revoke-self', err);
@@ -276,6 +295,7 @@ export class VaultConnection {
   async #authed(
     method: string,
     path: string,
+    operation: VaultOperation,
     call: (client: NodeVaultClient, requestOptions: { headers: Record<string, string> }) => Promise<unknown>,
   ): Promise<unknown> {
     if (this.#closed) throw this.#error(method, path, 'connection is closed');
@@ -287,7 +307,7 @@ export class VaultConnection {
       const token = this.#token;
       if (!token) throw this.#error(method, path, `not logged in (${this.#lastError ?? 'no token'})`);
       try {
-        return await call(client, { headers: { 'X-Vault-Token': token.reveal() } });
+        return await this.#timed(operation, () => call(client, { headers: { 'X-Vault-Token': token.reveal() } }));
       } catch (err) {
         throw this.#toError(method, path, err);
       }
@@ -331,7 +351,8 @@ export class VaultConnection {
     const token = this.#token;
     if (!token || !this.#client) return true;
     try {
-      await this.#client.tokenLookupSelf({ requestOptions: { headers: { 'X-Vault-Token': token.reveal() } } });
+      const client = this.#client;
+      await this.#timed('token-lookup', () => client.tokenLookupSelf({ requestOptions: { headers: { 'X-Vault-Token': token.reveal() } } }));
       return false;
     } catch (err) {
       const e = this.#toError('GET', 'auth/token/lookup-self', err);
@@ -360,7 +381,7 @@ export class VaultConnection {
       token = await this.#readSecretFile(auth.token.file, 'GET', path, 'token');
       let res: { data?: { ttl?: unknown; renewable?: unknown } };
       try {
-        res = await client.tokenLookupSelf({ requestOptions: { headers: { 'X-Vault-Token': token.reveal() } } });
+        res = await this.#timed('token-lookup', () => client.tokenLookupSelf({ requestOptions: { headers: { 'X-Vault-Token': token.reveal() } } }));
       } catch (err) {
         throw this.#fail(this.#toError('GET', path, err, `token from ${auth.token.file} was refused`));
       }
@@ -388,7 +409,7 @@ export class VaultConnection {
       let res: { auth?: { client_token?: unknown; lease_duration?: unknown; renewable?: unknown } };
       try {
         // Explicit empty headers: no stale token rides along on a login.
-        res = (await login({ ...body, mount_point: this.#mount(), requestOptions: { headers: {} } })) as typeof res;
+        res = (await this.#timed('login', () => login({ ...body, mount_point: this.#mount(), requestOptions: { headers: {} } }))) as typeof res;
       } catch (err) {
         throw this.#fail(this.#toError('POST', path, err, 'login refused'));
       } finally {
@@ -459,10 +480,11 @@ export class VaultConnection {
     const token = this.#token as Secret;
     const asked = this.#tokenTtl;
     try {
-      const res = (await (this.#client as NodeVaultClient).tokenRenewSelf({
+      const client = this.#client as NodeVaultClient;
+      const res = (await this.#timed('token-renew', () => client.tokenRenewSelf({
         increment: asked,
         requestOptions: { headers: { 'X-Vault-Token': token.reveal() } },
-      })) as { auth?: { lease_duration?: unknown; renewable?: unknown } };
+      }))) as { auth?: { lease_duration?: unknown; renewable?: unknown } };
       (this.#client as NodeVaultClient).token = '';
       if (this.#closed) return;
       const ttl = typeof res?.auth?.lease_duration === 'number' ? res.auth.lease_duration : 0;
@@ -535,6 +557,29 @@ export class VaultConnection {
 
   // ---- helpers ---------------------------------------------------------------
 
+  /** Runs one HTTP call to Vault and tells the observer how long it took and how it failed. */
+  async #timed<T>(operation: VaultOperation, call: () => Promise<T>): Promise<T> {
+    const observe = this.#onRequest;
+    if (!observe) return call();
+    const started = performance.now();
+    try {
+      const result = await call();
+      this.#observe(observe, operation, started);
+      return result;
+    } catch (err) {
+      this.#observe(observe, operation, started, failureKind(err));
+      throw err;
+    }
+  }
+
+  #observe(observe: VaultRequestObserver, operation: VaultOperation, started: number, error?: string): void {
+    try {
+      observe({ connection: this.name, operation, seconds: (performance.now() - started) / 1000, ...(error ? { error } : {}) });
+    } catch (err) {
+      this.#log.error('vault %s: request observer failed: %s', this.name, String(err));
+    }
+  }
+
   #mount(): string {
     const auth = this.#spec.auth;
     const m =
@@ -576,6 +621,13 @@ export class VaultConnection {
   #toError(method: string, path: string, err: unknown, context?: string): VaultError {
     return vaultErrorFrom({ connection: this.name, address: this.address, method, path, ...(context ? { context } : {}) }, err);
   }
+}
+
+/** The HTTP status of a failed call, or 'unreachable' (network error, timeout): never Vault's text. */
+function failureKind(err: unknown): string {
+  if (err instanceof VaultError) return err.status !== undefined ? String(err.status) : 'unreachable';
+  const status = (err as { response?: { statusCode?: unknown } } | null)?.response?.statusCode;
+  return typeof status === 'number' && Number.isInteger(status) ? String(status) : 'unreachable';
 }
 
 function toReadResult(res: Record<string, unknown> | undefined): VaultReadResult {

@@ -1,7 +1,7 @@
 import util from 'node:util';
 import { CredentialError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import type { Credential, CredentialSource } from '../credential.js';
+import type { Credential, CredentialSource, CredentialState } from '../credential.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
 import type { VaultConnection } from './vault-connection.js';
 import { VaultError } from './vault-error.js';
@@ -32,6 +32,8 @@ export interface VaultKvSourceOptions {
   /** Retry delays after a failed read. Default 1 s doubling to 60 s (never more than `refreshMs`). */
   backoff?: Partial<BackoffOptions>;
   log: Logger;
+  /** The clock refreshes, backoff and staleness are measured on, epoch ms. Default `Date.now`. */
+  now?: () => number;
 }
 
 export interface VaultKvSourceStatus {
@@ -51,6 +53,8 @@ interface Cached {
   credential: Credential;
   version: string | undefined;
   fetchedAt: number;
+  /** The version's created_time (epoch ms), when Vault gave one. */
+  createdAt: number | undefined;
 }
 
 /**
@@ -85,6 +89,7 @@ export class VaultKvSource implements CredentialSource {
   readonly #maxStaleMs: number | undefined;
   readonly #firstJitterMs: number;
   readonly #backoff: BackoffOptions;
+  readonly #now: () => number;
 
   #cached: Cached | undefined;
   #nextReadAt = 0;
@@ -105,6 +110,7 @@ export class VaultKvSource implements CredentialSource {
     this.#maxStaleMs = options.maxStaleMs;
     this.#firstJitterMs = options.firstFetchJitterMs ?? Math.min(1_000, this.#refreshMs / 10);
     this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.#now = options.now ?? Date.now;
     this.#backoff.maxMs = Math.min(this.#backoff.maxMs, this.#refreshMs);
     const parts = options.kv.split('/').filter((p) => p !== '');
     if (parts.length < 2) {
@@ -120,7 +126,7 @@ export class VaultKvSource implements CredentialSource {
    */
   async get(): Promise<Credential> {
     if (this.#closed) throw new CredentialError(this.name, 'source is closed');
-    const now = Date.now();
+    const now = this.#now();
     const cached = this.#cached;
     if (cached) {
       if (now >= this.#nextReadAt) this.#read().catch(() => undefined);
@@ -144,6 +150,17 @@ export class VaultKvSource implements CredentialSource {
       fetchedAt: this.#cached?.fetchedAt,
       degraded: this.#outageSince !== undefined,
       lastError: this.#failure?.message,
+    };
+  }
+
+  state(): CredentialState {
+    const cached = this.#cached;
+    const version = cached?.version !== undefined ? Number(cached.version) : NaN;
+    return {
+      available: cached !== undefined,
+      ...(cached ? { createdAt: cached.createdAt ?? cached.fetchedAt } : {}),
+      ...(Number.isFinite(version) ? { version } : {}),
+      degraded: this.#outageSince !== undefined || (cached === undefined && this.#failure !== undefined),
     };
   }
 
@@ -192,18 +209,20 @@ export class VaultKvSource implements CredentialSource {
         fields: res.data.secrets('data'),
         ...(version !== undefined ? { version } : {}),
       };
+      const created = res.data.metadata('metadata', 'created_time');
+      const createdAt = typeof created === 'string' ? Date.parse(created) : NaN;
       const previous = this.#cached;
-      const fresh: Cached = { credential, version, fetchedAt: Date.now() };
+      const fresh: Cached = { credential, version, fetchedAt: this.#now(), createdAt: Number.isFinite(createdAt) ? createdAt : undefined };
       if (this.#closed) return fresh;
       this.#cached = fresh;
       this.#failure = undefined;
       this.#attempt = 0;
-      this.#nextReadAt = Date.now() + jittered(this.#refreshMs, 0.1);
+      this.#nextReadAt = this.#now() + jittered(this.#refreshMs, 0.1);
       if (this.#outageSince !== undefined) {
         this.#log.info(
           'credential %s: Vault readable again after %ss (version %s)',
           this.name,
-          Math.round((Date.now() - this.#outageSince) / 1000),
+          Math.round((this.#now() - this.#outageSince) / 1000),
           version ?? '?',
         );
         this.#outageSince = undefined;
@@ -219,7 +238,7 @@ export class VaultKvSource implements CredentialSource {
   }
 
   #failed(err: unknown): CredentialError {
-    const now = Date.now();
+    const now = this.#now();
     this.#nextReadAt = now + backoffDelay(this.#attempt++, this.#backoff);
     const transient = err instanceof VaultError ? err.transient : !(err instanceof CredentialError);
     const reason = err instanceof Error ? err.message : String(err);

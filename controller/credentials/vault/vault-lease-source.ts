@@ -1,7 +1,7 @@
 import util from 'node:util';
 import { CredentialError } from '../../errors.js';
 import type { Logger } from '../../log.js';
-import type { Credential, CredentialSource } from '../credential.js';
+import type { Credential, CredentialSource, CredentialState } from '../credential.js';
 import type { Secret } from '../secret.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
 import type { VaultConnection, VaultReadResult } from './vault-connection.js';
@@ -51,6 +51,8 @@ interface Held {
   renewable: boolean;
   /** Epoch ms; the local clock, taken before the request so it errs early. */
   expiresAt: number;
+  /** Epoch ms the read that got it started (the lease's issue, near enough). */
+  issuedAt: number;
   /** The connection's token generation that read it. */
   generation: number;
   /** When the token that read it ends (Vault revokes the lease then); Infinity if not known to. */
@@ -148,6 +150,16 @@ export class VaultLeaseSource implements CredentialSource {
       expiresAt: this.#current?.expiresAt,
       degraded: this.#degraded,
       lastError: this.#failure?.message,
+    };
+  }
+
+  state(): CredentialState {
+    const cur = this.#current;
+    const live = cur !== undefined && Date.now() < cur.expiresAt;
+    return {
+      available: live,
+      ...(cur ? { createdAt: cur.issuedAt, expiresAt: cur.expiresAt } : {}),
+      degraded: this.#degraded || (!live && this.#failure !== undefined),
     };
   }
 
@@ -263,6 +275,7 @@ export class VaultLeaseSource implements CredentialSource {
       duration: res.leaseDuration,
       renewable: res.renewable,
       expiresAt: startedAt + res.leaseDuration * 1000,
+      issuedAt: startedAt,
       generation,
       tokenDeadline: Infinity,
     };

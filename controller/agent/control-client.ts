@@ -1,0 +1,46 @@
+/**
+ * The other end of the control socket: what `wirekey reload` asks the
+ * running agent, over HTTP on STATE_DIR/agent.sock.
+ */
+import http from 'node:http';
+import { controlSocketPath } from './control-server.js';
+import type { ReloadResult } from './agent.js';
+import { WirekeyError } from '../errors.js';
+
+/**
+ * Asks the agent running with `stateDir` to reload its policy and waits for
+ * the result (applied, or refused with its problems).
+ * @throws WirekeyError WK_NO_AGENT (nothing listens on the socket),
+ *   WK_ACCESS (not permitted to open it), WK_CONTROL (the agent did not
+ *   answer within `timeoutMs`, or answered something else than a result:
+ *   still starting, or failed while reloading).
+ */
+export async function requestReload(stateDir: string, timeoutMs: number): Promise<ReloadResult> {
+  const socketPath = controlSocketPath(stateDir);
+  const { status, body } = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+    const req = http.request({ socketPath, method: 'POST', path: '/reload', headers: { host: 'wirekey' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.setTimeout(timeoutMs, () =>
+      req.destroy(new WirekeyError('WK_CONTROL', `the agent did not answer within ${Math.round(timeoutMs / 1000)}s (its reload may still end; see its log)`)));
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err instanceof WirekeyError) reject(err);
+      else if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
+        reject(new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir} (nothing listens on ${socketPath})`));
+      } else if (err.code === 'EACCES' || err.code === 'EPERM') {
+        reject(new WirekeyError('WK_ACCESS', `cannot open ${socketPath}: permission denied (run as root)`));
+      } else reject(new WirekeyError('WK_CONTROL', `cannot ask the agent on ${socketPath}: ${err.message}`, { cause: err }));
+    });
+    req.end();
+  });
+  if (status !== 200) throw new WirekeyError('WK_CONTROL', `the agent cannot reload now (HTTP ${status}): ${body.trim().split('\n')[0]}`);
+  try {
+    return JSON.parse(body) as ReloadResult;
+  } catch {
+    throw new WirekeyError('WK_CONTROL', `the agent's answer is not a reload result: ${body.slice(0, 200)}`);
+  }
+}

@@ -1,0 +1,66 @@
+/**
+ * `wirekey validate [--host] PATH`, and the host checks `wirekey run` logs
+ * at start.
+ */
+import { basename } from 'node:path';
+import type { PolicyDiagnostic } from '../errors.js';
+import { checkHost } from '../policy/host-check.js';
+import { reportPolicyPath, type IgnoredFile } from '../policy/load.js';
+
+export interface ValidateOutput {
+  /** One `file:line:column: [warning: ]message` line per problem, errors first. */
+  stdout: string[];
+  /** What was read and ignored, and the verdict. */
+  stderr: string[];
+  /** 0: no errors (warnings may have been printed); 1: errors. */
+  code: 0 | 1;
+}
+
+/**
+ * Validates the policy at `target` and, with `host`, checks what it names
+ * on this host (see checkHost). Never throws for problems in or with the
+ * policy.
+ */
+export async function validate(target: string, options: { host?: boolean } = {}): Promise<ValidateOutput> {
+  const report = await reportPolicyPath(target);
+  const stderr: string[] = [];
+  if (report.directory && report.files.length > 0) {
+    stderr.push(`${target}: read ${report.files.length} file(s): ${report.files.map((f) => basename(f)).join(', ')}`);
+  }
+  if (report.ignored.length > 0) stderr.push(`${target}: ignored ${report.ignored.length}: ${describeIgnored(report.ignored)}`);
+  let hostFindings: PolicyDiagnostic[] = [];
+  if (options.host && report.diagnostics.length === 0) hostFindings = await checkHost(report.policy);
+  const errors = [...report.diagnostics, ...hostFindings.filter((d) => d.severity !== 'warning')];
+  const warnings = [...report.warnings, ...hostFindings.filter((d) => d.severity === 'warning')];
+  const stdout = [...errors, ...warnings].map(formatDiagnostic);
+  const counted = warnings.length ? ` (${warnings.length} warning(s))` : '';
+  if (errors.length) {
+    stderr.push(`${errors.length} problem(s) found${counted}`);
+    return { stdout, stderr, code: 1 };
+  }
+  if (report.policy.documents.length === 0) stderr.push(`${target}: empty policy${counted}`);
+  else stderr.push(`${target}: valid${options.host ? ', and this host has what it names' : ''}${counted}`);
+  return { stdout, stderr, code: 0 };
+}
+
+/**
+ * For `wirekey run`: what the host lacks of a policy, as checkHost says
+ * it, all as warnings (the agent withholds what it cannot use and serves
+ * the rest). Empty when the policy has errors: the start reports those.
+ */
+export async function hostWarnings(target: string): Promise<PolicyDiagnostic[]> {
+  const report = await reportPolicyPath(target);
+  if (report.diagnostics.length) return [];
+  return checkHost(report.policy);
+}
+
+export function formatDiagnostic(d: PolicyDiagnostic): string {
+  return `${d.file}:${d.line}:${d.column}: ${d.severity === 'warning' ? 'warning: ' : ''}${d.message}`;
+}
+
+/** `README.txt, x.json (not *.yaml or *.yml); .#a.yaml (a hidden file)`: names grouped by reason. */
+function describeIgnored(ignored: IgnoredFile[]): string {
+  const byReason = new Map<string, string[]>();
+  for (const { file, reason } of ignored) byReason.set(reason, [...(byReason.get(reason) ?? []), basename(file)]);
+  return [...byReason].map(([reason, names]) => `${names.join(', ')} (${reason})`).join('; ');
+}

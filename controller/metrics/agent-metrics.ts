@@ -1,0 +1,421 @@
+/**
+ * The agent's Prometheus metrics (prom-client), in a registry of its own.
+ *
+ * Requests and refusals are counted where they happen (the proxy, kernel
+ * events): label values are the policy's names (workload, service,
+ * credential, Vault connection) and the refusal vocabulary
+ * (refusals.ts), never anything a workload chose (a host, a path) and never
+ * a secret. The counters' children are kept per (workload, service), so the
+ * hot path only increments. Everything that is a level (connections open,
+ * map fill, credential ages and TTLs, the kernel's own counters) is read
+ * when a scraper asks, in collect() callbacks.
+ *
+ * Every metric is listed in the README (Metrics).
+ */
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { AuditEvent } from '../audit/audit-log.js';
+import type { CredentialState } from '../credentials/credential.js';
+import type { VaultOperation } from '../credentials/vault/vault-connection.js';
+import { httpStatRefusal, type HttpStatName } from '../datapath/layout.js';
+import type { ProxyObserver } from '../proxy/proxy-server.js';
+import type { RefusalCode } from '../refusals.js';
+
+export interface MapUsage {
+  name: string;
+  entries: number;
+  capacity: number;
+}
+
+/** Where levels are read from at scrape time; each part may be absent (starting, stopping, no kernel datapath). */
+export interface MetricsSources {
+  ready(): boolean;
+  proxy(): { handshakes: number; connections: Record<string, number> } | undefined;
+  datapath(): { mapUsage(): MapUsage[]; stats(): { tasksFull: bigint; storageFailures: bigint } } | undefined;
+  kernelHttp(): { mapUsage(): MapUsage[]; stats(): Record<HttpStatName, bigint> } | null | undefined;
+  credentials(): { name: string; state?(): CredentialState }[];
+  vaultConnections(): { name: string; status(): { tokenExpiresAt: number | undefined; degraded: boolean } }[];
+}
+
+export interface AgentMetricsOptions {
+  /** Map fill is read at most this often (it walks every key of every map); default 5 s. */
+  mapUsageIntervalMs?: number;
+  /** prom-client's process and Node.js metrics (CPU, memory, event loop lag, ...), prefixed wirekey_; default true. */
+  processMetrics?: boolean;
+}
+
+interface Children {
+  injected: Counter.Internal;
+  refused: Map<string, Counter.Internal>;
+  latency: Histogram.Internal<'workload' | 'service'> | undefined;
+}
+
+const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
+const VAULT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+const DEFAULT_MAP_USAGE_INTERVAL_MS = 5000;
+
+/** The kernel counters that are refusals, and the code each is counted under. */
+const KERNEL_REFUSALS = (
+  ['refusedHeadSize', 'refusedMalformed', 'refusedTransferEncoding', 'refusedUpgrade', 'refusedHeaderPresent', 'refusedContentLength',
+    'refusedBinding', 'refusedStream', 'refusedInternal', 'refusedBusy', 'refusedFastOpen', 'refusedChunked', 'refusedMethod', 'refusedPush',
+    'refusedHost', 'refusedAgent', 'refusedCredential', 'storageFailures'] as const
+).map((stat) => [stat, httpStatRefusal(stat) as RefusalCode] as const);
+
+export class AgentMetrics implements ProxyObserver {
+  readonly registry = new Registry();
+  readonly #sources: MetricsSources;
+  readonly #mapUsageIntervalMs: number;
+  #mapUsage: { at: number; maps: MapUsage[] } | undefined;
+  #kernelStatsRead: { at: number; stats: Record<HttpStatName, bigint> | undefined } | undefined;
+
+  readonly #injected: Counter<'datapath' | 'workload' | 'service'>;
+  readonly #refused: Counter<'datapath' | 'workload' | 'service' | 'reason'>;
+  readonly #latency: Histogram<'workload' | 'service'>;
+  readonly #connectionsRefused: Counter<'workload' | 'reason'>;
+  readonly #unidentified: Counter;
+  readonly #vaultDuration: Histogram<'connection' | 'operation'>;
+  readonly #vaultErrors: Counter<'connection' | 'operation' | 'status'>;
+  readonly #reloads: Counter<'result'>;
+  readonly #lastReload: Gauge;
+  readonly #policy: Gauge<'hash'>;
+  /** datapath -> workload -> service -> children. */
+  readonly #children = new Map<string, Map<string, Map<string, Children>>>();
+  readonly #connectionChildren = new Map<string, Map<string, Counter.Internal>>();
+
+  constructor(sources: MetricsSources, options: AgentMetricsOptions = {}) {
+    this.#sources = sources;
+    this.#mapUsageIntervalMs = options.mapUsageIntervalMs ?? DEFAULT_MAP_USAGE_INTERVAL_MS;
+    const registers = [this.registry];
+    // `self` for collect() callbacks, whose `this` is the metric.
+    const self = this;
+
+    this.#injected = new Counter({
+      name: 'wirekey_requests_injected_total',
+      help: 'Requests sent upstream with their credential injected, by datapath, workload and service',
+      labelNames: ['datapath', 'workload', 'service'] as const,
+      registers,
+    });
+    this.#refused = new Counter({
+      name: 'wirekey_requests_refused_total',
+      help: 'Requests refused, by datapath, workload, service and reason (the x-wirekey-error code)',
+      labelNames: ['datapath', 'workload', 'service', 'reason'] as const,
+      registers,
+    });
+    this.#latency = new Histogram({
+      name: 'wirekey_proxy_upstream_latency_seconds',
+      help: 'Proxy datapath: time from sending a request upstream to its response headers',
+      labelNames: ['workload', 'service'] as const,
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.#connectionsRefused = new Counter({
+      name: 'wirekey_proxy_connections_refused_total',
+      help: 'Proxy datapath: connections closed before TLS, by workload and reason',
+      labelNames: ['workload', 'reason'] as const,
+      registers,
+    });
+    this.#unidentified = new Counter({
+      name: 'wirekey_proxy_connections_unidentified_total',
+      help: 'Connections to the proxy that the kernel did not redirect (no identity): closed, no credential',
+      registers,
+    });
+    new Gauge({
+      name: 'wirekey_proxy_connections_open',
+      help: 'Proxy datapath: connections open (terminated or relayed), by workload',
+      labelNames: ['workload'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const [workload, n] of Object.entries(sources.proxy()?.connections ?? {})) this.set({ workload }, n);
+      },
+    });
+    new Gauge({
+      name: 'wirekey_proxy_handshakes_in_progress',
+      help: 'Proxy datapath: connections between accept and TLS established (bounded by --max-handshakes)',
+      registers,
+      collect() {
+        this.set(sources.proxy()?.handshakes ?? 0);
+      },
+    });
+
+    // The kernel datapath's own counters: exact totals, whatever the audit grain and however many events were lost.
+    const kernelCounter = (name: string, help: string, stat: HttpStatName) =>
+      new Counter({
+        name, help, registers,
+        collect() {
+          this.reset();
+          const stats = self.#kernelStats();
+          if (stats) this.inc(Number(stats[stat]));
+        },
+      });
+    kernelCounter('wirekey_kernel_requests_injected_total', 'Kernel datapath: requests injected (the kernel\'s counter)', 'injected');
+    kernelCounter('wirekey_kernel_events_lost_total', 'Kernel datapath: audit events lost because the ring buffer was full', 'eventsLost');
+    kernelCounter('wirekey_kernel_connections_uninjected_total', 'Kernel datapath: connections left uninjected because wk_http_socks was full', 'sockhashFull');
+    kernelCounter('wirekey_kernel_writes_dropped_total', 'Kernel datapath: writes dropped on refused connections', 'dropped');
+    kernelCounter('wirekey_kernel_writes_corked_total', 'Kernel datapath: writes held back until the request head was complete', 'corked');
+    new Counter({
+      name: 'wirekey_kernel_requests_refused_total',
+      help: 'Kernel datapath: requests and connects refused, by reason (the kernel\'s counters)',
+      labelNames: ['reason'] as const,
+      registers,
+      collect() {
+        this.reset();
+        const stats = self.#kernelStats();
+        if (stats) for (const [stat, reason] of KERNEL_REFUSALS) this.inc({ reason }, Number(stats[stat]));
+      },
+    });
+    new Counter({
+      name: 'wirekey_kernel_tasks_unrecorded_total',
+      help: 'Processes the kernel could not record because wk_task_exe was full',
+      registers,
+      collect() {
+        this.reset();
+        const stats = sources.datapath()?.stats();
+        if (stats) this.inc(Number(stats.tasksFull));
+      },
+    });
+    new Counter({
+      name: 'wirekey_kernel_redirects_refused_total',
+      help: 'connect() calls to bound destinations refused by the redirect program, by reason',
+      labelNames: ['reason'] as const,
+      registers,
+      collect() {
+        this.reset();
+        const stats = sources.datapath()?.stats();
+        if (stats) this.inc({ reason: 'no-socket-storage' }, Number(stats.storageFailures));
+      },
+    });
+    new Gauge({
+      name: 'wirekey_kernel_map_entries',
+      help: 'Entries in each BPF map that can fill up (read at most every few seconds)',
+      labelNames: ['map'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const m of self.#maps()) this.set({ map: m.name }, m.entries);
+      },
+    });
+    new Gauge({
+      name: 'wirekey_kernel_map_capacity',
+      help: 'Capacity (max_entries) of each BPF map that can fill up',
+      labelNames: ['map'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const m of self.#maps()) this.set({ map: m.name }, m.capacity);
+      },
+    });
+    new Gauge({
+      name: 'wirekey_kernel_connections_open',
+      help: 'Kernel datapath: connections in the sockhash (wk_http_socks entries)',
+      registers,
+      collect() {
+        this.set(self.#maps().find((m) => m.name === 'wk_http_socks')?.entries ?? 0);
+      },
+    });
+
+    // Credentials: what each source holds now.
+    const perCredential = (name: string, help: string, value: (s: CredentialState, now: number) => number | undefined) =>
+      new Gauge({
+        name, help, labelNames: ['credential'] as const, registers,
+        collect() {
+          this.reset();
+          const now = Date.now();
+          for (const c of sources.credentials()) {
+            const state = c.state?.();
+            const v = state ? value(state, now) : undefined;
+            if (v !== undefined) this.set({ credential: c.name }, v);
+          }
+        },
+      });
+    perCredential('wirekey_credential_available', 'Whether a value of the credential is held now (1) or requests needing it are refused (0)',
+      (s) => (s.available ? 1 : 0));
+    perCredential('wirekey_credential_degraded', 'Whether the credential\'s source is failing (serving from cache, or not at all)',
+      (s) => (s.degraded ? 1 : 0));
+    perCredential('wirekey_credential_age_seconds', 'Age of the value served: since its KV version was created, its file modified, or its lease issued',
+      (s, now) => (s.createdAt !== undefined ? Math.max(0, (now - s.createdAt) / 1000) : undefined));
+    perCredential('wirekey_credential_version', 'Version of the value served (KV v2 version)', (s) => s.version);
+    perCredential('wirekey_credential_ttl_seconds', 'Time left before the value served expires (leased credentials)',
+      (s, now) => (s.expiresAt !== undefined ? Math.max(0, (s.expiresAt - now) / 1000) : undefined));
+
+    // Vault connections.
+    new Gauge({
+      name: 'wirekey_vault_token_ttl_seconds',
+      help: 'Time left on each Vault connection\'s token (absent for tokens without a TTL)',
+      labelNames: ['connection'] as const,
+      registers,
+      collect() {
+        this.reset();
+        const now = Date.now();
+        for (const c of sources.vaultConnections()) {
+          const at = c.status().tokenExpiresAt;
+          if (at !== undefined) this.set({ connection: c.name }, Math.max(0, (at - now) / 1000));
+        }
+      },
+    });
+    new Gauge({
+      name: 'wirekey_vault_connection_degraded',
+      help: 'Whether a Vault connection\'s token renewal or login is failing and being retried',
+      labelNames: ['connection'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const c of sources.vaultConnections()) this.set({ connection: c.name }, c.status().degraded ? 1 : 0);
+      },
+    });
+    this.#vaultDuration = new Histogram({
+      name: 'wirekey_vault_request_duration_seconds',
+      help: 'HTTP calls to Vault, by connection and operation, failed ones included',
+      labelNames: ['connection', 'operation'] as const,
+      buckets: VAULT_BUCKETS,
+      registers,
+    });
+    this.#vaultErrors = new Counter({
+      name: 'wirekey_vault_request_errors_total',
+      help: 'HTTP calls to Vault that failed, by connection, operation and status (an HTTP status, or unreachable)',
+      labelNames: ['connection', 'operation', 'status'] as const,
+      registers,
+    });
+
+    // Policy and lifecycle.
+    this.#reloads = new Counter({
+      name: 'wirekey_policy_reloads_total',
+      help: 'Policy reloads, by result (applied, or refused: the running policy stays in force)',
+      labelNames: ['result'] as const,
+      registers,
+    });
+    for (const result of ['applied', 'refused']) this.#reloads.inc({ result }, 0);
+    this.#lastReload = new Gauge({
+      name: 'wirekey_policy_last_reload_successful',
+      help: 'Whether the last reload was applied (1) or refused (0); 1 before any reload',
+      registers,
+    });
+    this.#lastReload.set(1);
+    this.#policy = new Gauge({
+      name: 'wirekey_policy_info',
+      help: 'The policy in force: its hash (as in the log\'s policy lines) as a label, value 1',
+      labelNames: ['hash'] as const,
+      registers,
+    });
+    new Gauge({
+      name: 'wirekey_ready',
+      help: 'Whether the agent is ready (programs attached, policy applied, credentials checked), as /readyz answers',
+      registers,
+      collect() {
+        this.set(sources.ready() ? 1 : 0);
+      },
+    });
+    if (options.processMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'wirekey_' });
+  }
+
+  /** The exposition text and its content type. */
+  async render(): Promise<{ contentType: string; body: string }> {
+    return { contentType: this.registry.contentType, body: await this.registry.metrics() };
+  }
+
+  // ---- the proxy (ProxyObserver) --------------------------------------------
+
+  injected(workload: string, service: string): void {
+    this.#route('proxy', workload, service).injected.inc();
+  }
+
+  refused(workload: string, service: string, code: RefusalCode): void {
+    this.#refusal(this.#route('proxy', workload, service), 'proxy', workload, service, code).inc();
+  }
+
+  upstreamLatency(workload: string, service: string, seconds: number): void {
+    const c = this.#route('proxy', workload, service);
+    c.latency ??= this.#latency.labels(workload, service);
+    c.latency.observe(seconds);
+  }
+
+  connectionRefused(workload: string, code: RefusalCode): void {
+    let byCode = this.#connectionChildren.get(workload);
+    if (!byCode) this.#connectionChildren.set(workload, (byCode = new Map()));
+    let child = byCode.get(code);
+    if (!child) byCode.set(code, (child = this.#connectionsRefused.labels(workload, code)));
+    child.inc();
+  }
+
+  unidentified(): void {
+    this.#unidentified.inc();
+  }
+
+  // ---- the kernel datapath ----------------------------------------------------
+
+  /** One kernel event, as KernelBindings.auditEvent() names it. */
+  kernelEvent(e: Pick<AuditEvent, 'decision' | 'workload' | 'service' | 'reason'>): void {
+    const workload = e.workload ?? '';
+    const service = e.service ?? '';
+    const c = this.#route('kernel', workload, service);
+    if (e.decision === 'inject') c.injected.inc();
+    else this.#refusal(c, 'kernel', workload, service, e.reason ?? '').inc();
+  }
+
+  // ---- Vault, policy ------------------------------------------------------------
+
+  vaultRequest(r: { connection: string; operation: VaultOperation; seconds: number; error?: string }): void {
+    this.#vaultDuration.observe({ connection: r.connection, operation: r.operation }, r.seconds);
+    if (r.error) this.#vaultErrors.inc({ connection: r.connection, operation: r.operation, status: r.error });
+  }
+
+  /** The policy in force is now the one with `hash` (at start, and after an applied reload). */
+  policyApplied(hash: string): void {
+    this.#policy.reset();
+    this.#policy.set({ hash }, 1);
+  }
+
+  reloaded(applied: boolean): void {
+    this.#reloads.inc({ result: applied ? 'applied' : 'refused' });
+    this.#lastReload.set(applied ? 1 : 0);
+  }
+
+  // ---- internals -------------------------------------------------------------------
+
+  #route(datapath: string, workload: string, service: string): Children {
+    let byWorkload = this.#children.get(datapath);
+    if (!byWorkload) this.#children.set(datapath, (byWorkload = new Map()));
+    let byService = byWorkload.get(workload);
+    if (!byService) byWorkload.set(workload, (byService = new Map()));
+    let c = byService.get(service);
+    if (!c) {
+      c = { injected: this.#injected.labels(datapath, workload, service), refused: new Map(), latency: undefined };
+      byService.set(service, c);
+    }
+    return c;
+  }
+
+  #refusal(c: Children, datapath: string, workload: string, service: string, reason: string): Counter.Internal {
+    let child = c.refused.get(reason);
+    if (!child) c.refused.set(reason, (child = this.#refused.labels(datapath, workload, service, reason)));
+    return child;
+  }
+
+  /** The kernel's counters, read once per scrape (several metrics use them). */
+  #kernelStats(): Record<HttpStatName, bigint> | undefined {
+    const now = Date.now();
+    if (this.#kernelStatsRead && now - this.#kernelStatsRead.at < 100) return this.#kernelStatsRead.stats;
+    let stats: Record<HttpStatName, bigint> | undefined;
+    try {
+      stats = this.#sources.kernelHttp()?.stats();
+    } catch {
+      // Closing meanwhile: nothing to report.
+    }
+    this.#kernelStatsRead = { at: now, stats };
+    return stats;
+  }
+
+  /** Map fill, read at most once per interval: it walks every key of every map. */
+  #maps(): MapUsage[] {
+    const now = Date.now();
+    if (this.#mapUsage && now - this.#mapUsage.at < this.#mapUsageIntervalMs) return this.#mapUsage.maps;
+    let maps: MapUsage[] = [];
+    try {
+      const datapath = this.#sources.datapath();
+      maps = [...(datapath?.mapUsage() ?? []), ...(this.#sources.kernelHttp()?.mapUsage() ?? [])];
+    } catch {
+      // Closing meanwhile: nothing to report.
+    }
+    this.#mapUsage = { at: now, maps };
+    return maps;
+  }
+}

@@ -1,0 +1,207 @@
+/**
+ * The agent's metrics registry: what the proxy, kernel events, Vault calls
+ * and reloads count, what the collect() callbacks read at scrape time (and
+ * how often), and that no secret or workload-chosen text ends up in the
+ * exposition.
+ */
+import { describe, expect, it } from 'vitest';
+import { mkdtempSync, utimesSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { AgentMetrics, type MapUsage, type MetricsSources } from '../../controller/metrics/agent-metrics.js';
+import { FileCredentialSource } from '../../controller/credentials/file-source.js';
+import type { CredentialState } from '../../controller/credentials/credential.js';
+import { WK_HTTP_STATS, type HttpStatName } from '../../controller/datapath/layout.js';
+
+/** The value of the sample `name{labels}` (labels as written, in prom-client's order), or undefined. */
+function sample(text: string, series: string): number | undefined {
+  const line = text.split('\n').find((l) => l.startsWith(`${series} `));
+  return line === undefined ? undefined : Number(line.slice(series.length + 1));
+}
+
+function kernelStats(values: Partial<Record<HttpStatName, bigint>>): Record<HttpStatName, bigint> {
+  return Object.fromEntries(WK_HTTP_STATS.map((n) => [n, values[n] ?? 0n])) as Record<HttpStatName, bigint>;
+}
+
+function fakeSources(over: Partial<MetricsSources> = {}): MetricsSources {
+  return {
+    ready: () => true,
+    proxy: () => undefined,
+    datapath: () => undefined,
+    kernelHttp: () => undefined,
+    credentials: () => [],
+    vaultConnections: () => [],
+    ...over,
+  };
+}
+
+describe('agent metrics', () => {
+  it('counts proxy requests, refusals, latency and connection refusals under the policy\'s names', async () => {
+    const m = new AgentMetrics(fakeSources(), { processMetrics: false });
+    m.injected('billing', 'openai');
+    m.injected('billing', 'openai');
+    m.refused('billing', 'openai', 'method-not-allowed');
+    m.refused('billing', 'openai', 'method-not-allowed');
+    m.refused('billing', 's3', 'sigv4-scope');
+    m.upstreamLatency('billing', 'openai', 0.03);
+    m.upstreamLatency('billing', 'openai', 2);
+    m.connectionRefused('billing', 'too-many-connections');
+    m.unidentified();
+    const { body, contentType } = await m.render();
+    expect(contentType).toMatch(/^text\/plain; version=0\.0\.4/);
+    expect(sample(body, 'wirekey_requests_injected_total{datapath="proxy",workload="billing",service="openai"}')).toBe(2);
+    expect(sample(body, 'wirekey_requests_refused_total{datapath="proxy",workload="billing",service="openai",reason="method-not-allowed"}')).toBe(2);
+    expect(sample(body, 'wirekey_requests_refused_total{datapath="proxy",workload="billing",service="s3",reason="sigv4-scope"}')).toBe(1);
+    expect(sample(body, 'wirekey_proxy_upstream_latency_seconds_bucket{le="0.05",workload="billing",service="openai"}')).toBe(1);
+    expect(sample(body, 'wirekey_proxy_upstream_latency_seconds_count{workload="billing",service="openai"}')).toBe(2);
+    expect(sample(body, 'wirekey_proxy_connections_refused_total{workload="billing",reason="too-many-connections"}')).toBe(1);
+    expect(sample(body, 'wirekey_proxy_connections_unidentified_total')).toBe(1);
+    // Every name has the prefix, a HELP and a TYPE.
+    for (const name of new Set(body.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => /^[a-z_]+/.exec(l)?.[0]))) {
+      expect(name).toMatch(/^wirekey_/);
+    }
+  });
+
+  it('counts kernel events per workload and service, and reads the kernel\'s own counters at scrape time', async () => {
+    let stats = kernelStats({ injected: 5n, refusedMethod: 2n, eventsLost: 1n, sockhashFull: 3n });
+    let reads = 0;
+    const m = new AgentMetrics(fakeSources({
+      kernelHttp: () => ({ stats: () => (reads++, stats), mapUsage: () => [] }),
+      datapath: () => ({ mapUsage: () => [], stats: () => ({ tasksFull: 4n, storageFailures: 6n }) }),
+    }), { processMetrics: false });
+    m.kernelEvent({ decision: 'inject', workload: 'app', service: 'plain' });
+    m.kernelEvent({ decision: 'deny', workload: 'app', service: 'plain', reason: 'method-not-allowed' });
+    m.kernelEvent({ decision: 'deny', workload: '#7', service: '#3', reason: 'agent-gone' });
+    let body = (await m.render()).body;
+    expect(sample(body, 'wirekey_requests_injected_total{datapath="kernel",workload="app",service="plain"}')).toBe(1);
+    expect(sample(body, 'wirekey_requests_refused_total{datapath="kernel",workload="app",service="plain",reason="method-not-allowed"}')).toBe(1);
+    expect(sample(body, 'wirekey_requests_refused_total{datapath="kernel",workload="#7",service="#3",reason="agent-gone"}')).toBe(1);
+    expect(sample(body, 'wirekey_kernel_requests_injected_total')).toBe(5);
+    expect(sample(body, 'wirekey_kernel_requests_refused_total{reason="method-not-allowed"}')).toBe(2);
+    expect(sample(body, 'wirekey_kernel_requests_refused_total{reason="agent-gone"}')).toBe(0);
+    expect(sample(body, 'wirekey_kernel_events_lost_total')).toBe(1);
+    expect(sample(body, 'wirekey_kernel_connections_uninjected_total')).toBe(3);
+    expect(sample(body, 'wirekey_kernel_tasks_unrecorded_total')).toBe(4);
+    expect(sample(body, 'wirekey_kernel_redirects_refused_total{reason="no-socket-storage"}')).toBe(6);
+    // One read of the kernel's counters per scrape, however many metrics use them.
+    expect(reads).toBe(1);
+    stats = kernelStats({ injected: 9n });
+    await new Promise((r) => setTimeout(r, 120));
+    body = (await m.render()).body;
+    expect(sample(body, 'wirekey_kernel_requests_injected_total')).toBe(9);
+  });
+
+  it('reads map fill lazily, at most once per interval, and the sockhash as kernel connections open', async () => {
+    let walks = 0;
+    let socks = 2;
+    const usage = (): MapUsage[] => {
+      walks++;
+      return [{ name: 'wk_task_exe', entries: 120, capacity: 65536 }, { name: 'wk_http_socks', entries: socks, capacity: 65536 }];
+    };
+    const m = new AgentMetrics(fakeSources({
+      datapath: () => ({ mapUsage: usage, stats: () => ({ tasksFull: 0n, storageFailures: 0n }) }),
+      kernelHttp: () => ({ stats: () => kernelStats({}), mapUsage: () => [{ name: 'wk_http_hdr', entries: 1, capacity: 256 }] }),
+      proxy: () => ({ handshakes: 3, connections: { billing: 4, '#9': 1 } }),
+    }), { processMetrics: false, mapUsageIntervalMs: 60_000 });
+    expect(walks).toBe(0);
+    let body = (await m.render()).body;
+    expect(walks).toBe(1);
+    expect(sample(body, 'wirekey_kernel_map_entries{map="wk_task_exe"}')).toBe(120);
+    expect(sample(body, 'wirekey_kernel_map_capacity{map="wk_task_exe"}')).toBe(65536);
+    expect(sample(body, 'wirekey_kernel_map_entries{map="wk_http_hdr"}')).toBe(1);
+    expect(sample(body, 'wirekey_kernel_connections_open')).toBe(2);
+    expect(sample(body, 'wirekey_proxy_connections_open{workload="billing"}')).toBe(4);
+    expect(sample(body, 'wirekey_proxy_connections_open{workload="#9"}')).toBe(1);
+    expect(sample(body, 'wirekey_proxy_handshakes_in_progress')).toBe(3);
+    socks = 5;
+    body = (await m.render()).body;
+    expect(walks).toBe(1);
+    expect(sample(body, 'wirekey_kernel_connections_open')).toBe(2);
+  });
+
+  it('credential age, version, TTL and availability, and Vault token TTL, per name; levels of removed credentials go away', async () => {
+    const now = Date.now();
+    let creds: { name: string; state?(): CredentialState }[] = [
+      { name: 'openai-key', state: () => ({ available: true, createdAt: now - 3600_000, version: 7, degraded: false }) },
+      { name: 'aws-billing', state: () => ({ available: true, createdAt: now - 60_000, expiresAt: now + 600_000, degraded: true }) },
+      { name: 'gone', state: () => ({ available: false, degraded: true }) },
+      { name: 'stateless' },
+    ];
+    const m = new AgentMetrics(fakeSources({
+      credentials: () => creds,
+      vaultConnections: () => [
+        { name: 'main', status: () => ({ tokenExpiresAt: now + 1800_000, degraded: false }) },
+        { name: 'root-token', status: () => ({ tokenExpiresAt: undefined, degraded: true }) },
+      ],
+    }), { processMetrics: false });
+    const body = (await m.render()).body;
+    expect(sample(body, 'wirekey_credential_age_seconds{credential="openai-key"}')).toBeGreaterThanOrEqual(3600);
+    expect(sample(body, 'wirekey_credential_age_seconds{credential="openai-key"}')).toBeLessThan(3610);
+    expect(sample(body, 'wirekey_credential_version{credential="openai-key"}')).toBe(7);
+    expect(sample(body, 'wirekey_credential_version{credential="aws-billing"}')).toBeUndefined();
+    expect(sample(body, 'wirekey_credential_ttl_seconds{credential="aws-billing"}')).toBeGreaterThan(590);
+    expect(sample(body, 'wirekey_credential_ttl_seconds{credential="openai-key"}')).toBeUndefined();
+    expect(sample(body, 'wirekey_credential_available{credential="gone"}')).toBe(0);
+    expect(sample(body, 'wirekey_credential_degraded{credential="aws-billing"}')).toBe(1);
+    expect(sample(body, 'wirekey_credential_age_seconds{credential="gone"}')).toBeUndefined();
+    expect(body).not.toContain('stateless');
+    expect(sample(body, 'wirekey_vault_token_ttl_seconds{connection="main"}')).toBeGreaterThan(1790);
+    expect(sample(body, 'wirekey_vault_token_ttl_seconds{connection="root-token"}')).toBeUndefined();
+    expect(sample(body, 'wirekey_vault_connection_degraded{connection="root-token"}')).toBe(1);
+    creds = creds.slice(0, 1);
+    const after = (await m.render()).body;
+    expect(after).not.toContain('aws-billing');
+  });
+
+  it('Vault calls by connection and operation; reloads by result; the policy hash as an info gauge; readiness', async () => {
+    let ready = false;
+    const m = new AgentMetrics(fakeSources({ ready: () => ready }), { processMetrics: false });
+    let body = (await m.render()).body;
+    expect(sample(body, 'wirekey_policy_reloads_total{result="applied"}')).toBe(0);
+    expect(sample(body, 'wirekey_policy_reloads_total{result="refused"}')).toBe(0);
+    expect(sample(body, 'wirekey_ready')).toBe(0);
+    m.vaultRequest({ connection: 'main', operation: 'login', seconds: 0.02 });
+    m.vaultRequest({ connection: 'main', operation: 'read', seconds: 0.004 });
+    m.vaultRequest({ connection: 'main', operation: 'read', seconds: 10.5, error: 'unreachable' });
+    m.vaultRequest({ connection: 'main', operation: 'read', seconds: 0.01, error: '403' });
+    m.policyApplied('aaaaaaaaaaaa');
+    m.reloaded(false);
+    m.policyApplied('bbbbbbbbbbbb');
+    m.reloaded(true);
+    m.reloaded(false);
+    ready = true;
+    body = (await m.render()).body;
+    expect(sample(body, 'wirekey_vault_request_duration_seconds_count{connection="main",operation="read"}')).toBe(3);
+    expect(sample(body, 'wirekey_vault_request_duration_seconds_bucket{le="+Inf",connection="main",operation="login"}')).toBe(1);
+    expect(sample(body, 'wirekey_vault_request_errors_total{connection="main",operation="read",status="unreachable"}')).toBe(1);
+    expect(sample(body, 'wirekey_vault_request_errors_total{connection="main",operation="read",status="403"}')).toBe(1);
+    expect(sample(body, 'wirekey_policy_reloads_total{result="applied"}')).toBe(1);
+    expect(sample(body, 'wirekey_policy_reloads_total{result="refused"}')).toBe(2);
+    expect(sample(body, 'wirekey_policy_last_reload_successful')).toBe(0);
+    expect(sample(body, 'wirekey_policy_info{hash="bbbbbbbbbbbb"}')).toBe(1);
+    expect(body).not.toContain('aaaaaaaaaaaa');
+    expect(sample(body, 'wirekey_ready')).toBe(1);
+  });
+
+  it('a file credential: its mtime is its age; its value and path never appear', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-metrics-'));
+    const file = path.join(dir, 'token');
+    const secret = 'wk-canary-metrics-0123456789abcdef';
+    writeFileSync(file, `${secret}\n`, { mode: 0o600 });
+    const mtime = new Date(Date.now() - 86_400_000);
+    utimesSync(file, mtime, mtime);
+    const source = new FileCredentialSource({ name: 'api-token', path: file });
+    const m = new AgentMetrics(fakeSources({ credentials: () => [source] }));
+    let body = (await m.render()).body;
+    expect(sample(body, 'wirekey_credential_available{credential="api-token"}')).toBe(0);
+    await source.get();
+    body = (await m.render()).body;
+    expect(sample(body, 'wirekey_credential_available{credential="api-token"}')).toBe(1);
+    const age = sample(body, 'wirekey_credential_age_seconds{credential="api-token"}') as number;
+    expect(Math.abs(age - 86_400)).toBeLessThan(5);
+    // With prom-client's process metrics too: nothing of the secret, its file or the environment.
+    expect(body).toContain('wirekey_process_cpu_seconds_total');
+    expect(body).not.toContain(secret);
+    expect(body).not.toContain(dir);
+  });
+});
