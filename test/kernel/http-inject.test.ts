@@ -1579,7 +1579,8 @@ for i in range(int(sys.argv[2])):
     statuses.append(r.status)
 print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses': statuses}))
 `;
-      const r = await runInCgroup(bound, 'python3', ['-c', script, addr, String(count)], { timeoutMs: 60_000 });
+      // 3000 requests take minutes on an emulated CPU.
+      const r = await runInCgroup(bound, 'python3', ['-c', script, addr, String(count)], { timeoutMs: 600_000 });
       expect(r.stderr).toBe('');
       return JSON.parse(r.stdout) as { pid: number; port: number; statuses: number[] };
     };
@@ -1613,6 +1614,7 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
     it('each injected request is one event: the client\'s pid, uid, cgroup, workload, service, destination, socket and header version', async () => {
       const version = kh.bindings()[0]?.version;
       const t0 = process.hrtime.bigint();
+      const wall0 = Date.now();
       const c = await keepAlive(v4, 3);
       expect(c.statuses).toEqual([200, 200, 200]);
       const recs = await upstream.from(c.port, 3);
@@ -1638,7 +1640,10 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
         });
         expect(e.monotonicNs).toBeGreaterThan(t0);
         expect(e.monotonicNs).toBeLessThan(process.hrtime.bigint());
-        expect(Math.abs(e.time.getTime() - Date.now())).toBeLessThan(10_000);
+        // Wall-clock time converted from the kernel's clock: within the
+        // request's own span (give or take the clocks' rounding), however long it took.
+        expect(e.time.getTime()).toBeGreaterThanOrEqual(wall0 - 1_000);
+        expect(e.time.getTime()).toBeLessThanOrEqual(Date.now() + 1_000);
       }
       // One connection: one socket cookie, in order.
       expect(new Set(events.map((e) => e.cookie)).size).toBe(1);
@@ -1688,7 +1693,7 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
     it('quiet periods are flushed by the drain timer', async () => {
       openReader(30);
       const c = await keepAlive(v4, 1);
-      await waitFor(() => ofPid(c.pid).length === 1, 'the timer to deliver the injected event', 2_000);
+      await waitFor(() => ofPid(c.pid).length === 1, 'the timer to deliver the injected event');
       expect(ofPid(c.pid)[0]).toMatchObject({ kind: 'injected', pid: c.pid });
     });
 
@@ -1724,7 +1729,7 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
 
         const r = await raw(bound, v4, 80, [{ op: 'send', data: 'TRACE /grain HTTP/1.1\r\nHost: upstream\r\n\r\n' }]);
         expect(r.error).toBe(EACCES);
-        await waitFor(() => seen.some((e) => e.kind === 'refused' && e.reason === 'refusedMethod'), 'the refusal event', 2_000);
+        await waitFor(() => seen.some((e) => e.kind === 'refused' && e.reason === 'refusedMethod'), 'the refusal event');
       } finally {
         kh.setAuditGrain('request');
       }
@@ -1765,25 +1770,29 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
       openReader(3_600_000);
       const requests = 3000;
       const statsBefore = kh.stats();
-      let ticks = 0;
-      let last = performance.now();
-      let maxGap = 0;
-      const tick = setInterval(() => {
-        const now = performance.now();
-        maxGap = Math.max(maxGap, now - last);
-        last = now;
-        ticks++;
-      }, 5);
+      // A timer on the same thread: when it runs says whether the thread was free.
+      const tickAt: number[] = [];
+      const tick = setInterval(() => tickAt.push(performance.now()), 5);
       let doneAt = 0;
       let c: { pid: number; port: number; statuses: number[] };
       try {
-        const started = performance.now();
         c = await keepAlive(v4, requests);
         doneAt = performance.now();
         expect(c.statuses.every((s) => s === 200)).toBe(true);
         // Delivered while the client was still sending, not only once it was done.
-        expect(ofPid(c.pid).filter((e) => e.at < doneAt).length).toBeGreaterThan(0);
-        expect(ticks).toBeGreaterThan((doneAt - started) / 5 / 4);
+        const during = ofPid(c.pid).filter((e) => e.at < doneAt).map((e) => e.at);
+        expect(during.length).toBeGreaterThan(0);
+        // ...in batches with timer runs between them: the reader never held
+        // the thread for the whole run (a blocking poll would deliver every
+        // batch between the same two ticks). Order only, no durations: the
+        // machine may be as slow as it likes.
+        const between = new Set<number>();
+        let t = 0;
+        for (const at of during) {
+          while (t < tickAt.length && (tickAt[t] as number) < at) t++;
+          between.add(t);
+        }
+        expect(between.size).toBeGreaterThan(2);
         // Less than the wake-up mark may still wait for a drain.
         reader?.drain();
         expect(ofPid(c.pid).length).toBe(requests);
@@ -1791,7 +1800,6 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
         clearInterval(tick);
         openReader(30);
       }
-      expect(maxGap).toBeLessThan(500);
       expect(ofPid(c.pid)).toHaveLength(requests);
       expect(new Set(ofPid(c.pid).map((e) => e.cookie)).size).toBe(1);
       const d = delta(statsBefore, kh.stats());
