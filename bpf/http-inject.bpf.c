@@ -195,6 +195,7 @@
 #define SOCK_ARMED	2	/* in wk_http_socks, stream accounting started */
 #define SOCK_REFUSED	4	/* every later write is dropped */
 #define SOCK_CHUNKED	8	/* in a chunked request body: framing is followed, nothing injected */
+#define SOCK_OPAQUE	16	/* the last approval held body data only (see approve()) */
 
 /*
  * pinned (port, address prefix) -> service. A longest-prefix-match trie, so
@@ -339,7 +340,7 @@ struct wk_http_sock {
 	struct wk_http_dest_key dest;	/* where connect() was going */
 	__u32 mark_seq;			/* write_seq when `left` was last brought up to date */
 	__u32 approved;			/* bytes the last run let through (apply_bytes) */
-	__u32 _pad;
+	__u32 framing;			/* of `left`, the bytes at its start that decide framing (head, line, chunk framing) */
 	__u64 left;			/* bytes safe to pass from mark_seq on: the rest of this request */
 	struct wk_http_scan scan;
 	struct wk_http_chunk chunk;
@@ -1328,7 +1329,9 @@ static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
  * runs under the socket lock, before any other write can start) marks the
  * connection refused, and so does wk_http_mem_refused (the
  * sock_exceed_buf_limit tracepoint, also under the lock) as soon as socket
- * memory accounting refuses a send charge, before the push fails. On a
+ * memory accounting refuses a send charge, before the push fails (both
+ * let pass a failure of an approval that held body data only: see
+ * approve()). On a
  * kernel that refuses fexit, the tracepoint alone covers memory pressure;
  * a push failing for another reason (a page allocation failure) then goes
  * unnoticed. What can still pass is the stale approval's rest:
@@ -1387,6 +1390,17 @@ static __always_inline int approve(struct sk_msg_md *msg, struct wk_http_sock *s
 	if (!n)
 		n = 1;
 	st->approved = (__u32)n;
+	/*
+	 * Body data only (no framing byte left in `left`): if its push fails,
+	 * the writer's retry passes unseen in its place, but a body byte's
+	 * value never moves a request boundary, and the count is the
+	 * approval's. Such a failure (a non-blocking writer's EAGAIN) is then
+	 * no reason to refuse; the watches refuse any other.
+	 */
+	if (st->framing)
+		st->flags &= ~SOCK_OPAQUE;
+	else
+		st->flags |= SOCK_OPAQUE;
 	bpf_msg_apply_bytes(msg, (__u32)n);
 	return SK_PASS;
 }
@@ -1610,6 +1624,8 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	 * bytes. A chunked body is followed from where the head ends.
 	 */
 	st->left = (__u64)s->head_end + hlen + s->clen;
+	st->framing = s->head_end + hlen;
+	st->flags &= ~SOCK_OPAQUE;
 	st->mark_seq = now;
 	if (s->seen_te) {
 		__builtin_memset(&st->chunk, 0, sizeof(st->chunk));
@@ -1666,6 +1682,8 @@ static __always_inline int follow_chunks(struct sk_msg_md *msg, struct wk_http_s
 	if (c->state == CS_DONE)
 		st->flags &= ~SOCK_CHUNKED;
 	st->left = (__u64)c->pos + c->pending;
+	/* What was scanned (framing, and data inside the window) decides framing; `pending` is data past it. */
+	st->framing = c->pos;
 	if (!st->left)
 		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
 	return approve(msg, st, tp);
@@ -1717,6 +1735,7 @@ int wk_http_msg(struct sk_msg_md *msg)
 	if (consumed > st->approved || consumed > st->left)
 		return refuse(st, WK_HTTP_STAT_REFUSED_STREAM);
 	st->left -= consumed;
+	st->framing = consumed < st->framing ? st->framing - consumed : 0;
 	st->mark_seq = now;
 	st->approved = 0;
 
@@ -1746,7 +1765,8 @@ int BPF_PROG(wk_http_push_done, struct sock *sk, struct sk_msg *msg, u32 apply_b
 	if (ret >= 0)
 		return 0;
 	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
-	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)
+	/* A failed push of body data only cannot reframe anything: see approve(). */
+	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED | SOCK_OPAQUE)) != SOCK_ARMED)
 		return 0;
 	st->flags |= SOCK_REFUSED;
 	forget_line(st);
@@ -1775,7 +1795,8 @@ int BPF_PROG(wk_http_mem_refused, struct sock *sk, struct proto *prot, long allo
 	if (kind != WK_SK_MEM_SEND)
 		return 0;
 	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
-	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)
+	/* The charge of body data only: its push may fail harmlessly (see approve()). */
+	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED | SOCK_OPAQUE)) != SOCK_ARMED)
 		return 0;
 	st->flags |= SOCK_REFUSED;
 	forget_line(st);

@@ -1395,13 +1395,13 @@ print(port)
     expect(recs.map((x) => x.target)).toEqual(['/push/1']);
   });
 
-  it('a send charge that socket memory accounting refuses refuses the connection from there on (cgroup v1 tcp limit)', async (ctx) => {
+  it('under socket memory pressure, a body upload waits and is never refused or reframed (cgroup v1 tcp limit)', async (ctx) => {
     const memcg = v1MemoryCgroup();
     if (!memcg) ctx.skip('no cgroup v1 memory controller with memory.kmem.tcp here to put a socket under memory pressure');
     const dir = path.join(memcg as string, `wirekey-test-${randomBytes(3).toString('hex')}`);
     mkdirSync(dir);
     try {
-      // Far less than a 1 MiB upload needs: the charge for it is refused.
+      // Far less than a 1 MiB upload needs: its send charges are refused and it waits.
       writeFileSync(path.join(dir, 'memory.kmem.tcp.limit_in_bytes'), String(64 * 1024));
       const before = kh.stats();
       const r = await raw(bound, v4, 80, [
@@ -1411,13 +1411,14 @@ print(port)
         { op: 'send', data: get('/mem/3') },
         { op: 'recv', count: 2 },
       ], { memcg: dir, timeoutSeconds: 3 });
-      // The upload stops where the charge was refused (its write times out
-      // waiting for memory, or fails with EACCES), and nothing after it is
+      // The upload stops where memory ran out (its write times out). Body
+      // data only: a push of it that fails cannot move a request boundary,
+      // so the connection is not refused for it, and nothing after it was
       // injected: the upstream never sees /mem/3.
       expect(r.errorStep).toBe(2);
-      expect([null, EACCES]).toContain(r.error);
+      expect(r.error).toBeNull();
       const d = delta(before, kh.stats());
-      expect(d.refusedPush).toBeGreaterThanOrEqual(1);
+      expect(d.refusedPush).toBeUndefined();
       expect(d.injected).toBe(2);
       expect(upstream.byPort(r.localPort).map((x) => x.target)).toEqual(['/mem/1']);
     } finally {
