@@ -198,6 +198,29 @@ static __always_inline void host_byte(struct wk_http_authority *a, __u8 c)
 	}
 }
 
+/*
+ * An authority that may name one of a service's hosts: a well-formed host,
+ * its port (if given) `port`. A trailing dot is dropped from the key
+ * ("api.example." is "api.example"); the caller then looks the key up.
+ */
+static __always_inline bool authority_form_ok(struct wk_http_authority *a, __u32 port)
+{
+	__u32 n = a->key.len;
+
+	if (a->state != AS_NAME && a->state != AS_TRAIL && !(a->state == AS_PORT && a->digits))
+		return false;
+	if (a->digits && a->port != port)
+		return false;
+	if (n && a->key.name[(n - 1) & (WK_HTTP_HOST_KEY_NAME - 1)] == '.') {
+		n--;
+		a->key.name[n & (WK_HTTP_HOST_KEY_NAME - 1)] = 0;
+		a->key.len = n;
+	}
+	if (!n || n > WK_HTTP_HOST_MAX)
+		return false;
+	return true;
+}
+
 /* One byte of the request target, for its form and, in absolute form, its authority. */
 static __always_inline void target_byte(struct wk_http_scan *s, __u32 tok, __u8 lc)
 {

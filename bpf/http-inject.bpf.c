@@ -848,24 +848,12 @@ static __always_inline bool snapshot_header(struct wk_http_sock *st)
 }
 
 /*
- * An authority names one of the service's hosts: a well-formed host, its
- * port (if given) the service's, and (service, host) in wk_http_host. A
- * trailing dot is dropped first ("api.example." is "api.example").
+ * An authority names one of the service's hosts: its form and port
+ * (authority_form_ok()), then (service, host) in wk_http_host.
  */
 static __always_inline bool authority_ok(struct wk_http_sock *st, struct wk_http_authority *a)
 {
-	__u32 n = a->key.len;
-
-	if (a->state != AS_NAME && a->state != AS_TRAIL && !(a->state == AS_PORT && a->digits))
-		return false;
-	if (a->digits && a->port != st->dest.port)
-		return false;
-	if (n && a->key.name[(n - 1) & (WK_HTTP_HOST_KEY_NAME - 1)] == '.') {
-		n--;
-		a->key.name[n & (WK_HTTP_HOST_KEY_NAME - 1)] = 0;
-		a->key.len = n;
-	}
-	if (!n || n > WK_HTTP_HOST_MAX)
+	if (!authority_form_ok(a, st->dest.port))
 		return false;
 	a->key.service_id = st->service_id;
 	return bpf_map_lookup_elem(&wk_http_host, &a->key) != NULL;

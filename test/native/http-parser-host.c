@@ -9,13 +9,18 @@
  *
  * What the driver leaves out is what needs a kernel: the send-queue room
  * (taken as unlimited), the binding, agent and Host-list checks (maps), and
- * the injection itself (recorded as an offset). What it mirrors, it mirrors
- * from bpf/http-inject.bpf.c's start_request() and follow_chunks(); keep
- * the two in step.
+ * the injection itself (recorded as an offset); a service's list of hosts
+ * is given with the case instead of read from wk_http_host. What it
+ * mirrors, it mirrors from bpf/http-inject.bpf.c's start_request(),
+ * host_check() and follow_chunks(); keep them in step.
  *
  * Protocol, one case a line, on stdin:
- *   LINE WRITE...        each field hex; LINE is the injected header line
- *                        ("Name: value\r\n"), each WRITE one sendmsg
+ *   LINE [hosts=HOSTS port=N] WRITE...
+ *                        each field hex but port; LINE is the injected
+ *                        header line ("Name: value\r\n"), HOSTS the
+ *                        service's hosts, comma-separated (the service
+ *                        lists hosts: WK_HTTP_DEST_CHECK_HOST), N the
+ *                        destination port, each WRITE one sendmsg
  * and one JSON object a line on stdout:
  *   {"heads":[[rlEnd,headEnd],...],   stream offsets of injected requests
  *    "passed":N,                      stream bytes let through
@@ -45,6 +50,9 @@
 struct driver {
 	__u8 line[WK_HTTP_LINE_MAX];
 	__u32 name_len;
+	int check_host;			/* the service lists hosts */
+	char hosts[4096];		/* its hosts, comma-separated */
+	__u32 port;			/* the destination port */
 	__u64 left;			/* stream bytes of the current request still to pass */
 	int chunked;
 	__u32 reason;
@@ -71,11 +79,43 @@ static void refuse(struct driver *d, __u32 why)
 	d->size = 0;
 }
 
+/* authority_ok(): the form, then the service's list for wk_http_host. */
+static bool authority_ok(const struct driver *d, struct wk_http_authority *a)
+{
+	const char *h = d->hosts;
+
+	if (!authority_form_ok(a, d->port))
+		return false;
+	while (*h) {
+		size_t n = strcspn(h, ",");
+
+		if (n == a->key.len && !memcmp(h, a->key.name, n))
+			return true;
+		h += n + (h[n] == ',');
+	}
+	return false;
+}
+
+/* host_check() */
+static __u32 host_check(const struct driver *d, struct wk_http_scan *s)
+{
+	if (!d->check_host)
+		return 0;
+	if (!s->seen_host || !authority_ok(d, &s->host))
+		return WK_HTTP_STAT_REFUSED_HOST;
+	if (s->target_form == TF_ORIGIN)
+		return 0;
+	if ((s->target_form != TF_AUTHORITY && s->target_form != TF_PATH) ||
+	    !authority_ok(d, &s->target))
+		return WK_HTTP_STAT_REFUSED_HOST;
+	return 0;
+}
+
 /* start_request(): scan a head from the message's start, or hold it. */
 static int start_request(struct driver *d)
 {
 	struct wk_http_scan *s = &d->scan;
-	__u32 size = d->size > 0xffffffffu ? 0xffffffffu : (__u32)d->size, n;
+	__u32 size = d->size > 0xffffffffu ? 0xffffffffu : (__u32)d->size, n, why;
 
 	/* A held head comes back whole, with more bytes: carry on. */
 	if (!s->active || s->pos > size) {
@@ -96,6 +136,11 @@ static int start_request(struct driver *d)
 		return 0;	/* held until more is written */
 	}
 	s->active = 0;
+	why = host_check(d, s);
+	if (why) {
+		refuse(d, why);
+		return 0;
+	}
 	if (d->nheads < MAX_HEADS) {
 		d->heads[d->nheads][0] = d->passed + s->rl_end;
 		d->heads[d->nheads][1] = d->passed + s->head_end;
@@ -233,6 +278,19 @@ int main(void)
 		if (!bytes)
 			abort();
 		for (f = strtok_r(buf, " \n", &save); f; f = strtok_r(NULL, " \n", &save)) {
+			if (!strncmp(f, "port=", 5)) {
+				d.port = (__u32)strtoul(f + 5, NULL, 10);
+				continue;
+			}
+			if (!strncmp(f, "hosts=", 6)) {
+				n = unhex(f + 6, strlen(f + 6), bytes);
+				if (n < 0 || (size_t)n >= sizeof(d.hosts))
+					return 2;
+				memcpy(d.hosts, bytes, n);
+				d.hosts[n] = 0;
+				d.check_host = 1;
+				continue;
+			}
 			n = unhex(f, strlen(f), bytes);
 			if (n < 0) {
 				fprintf(stderr, "http-parser-host: not hex: %s\n", f);

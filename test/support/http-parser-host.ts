@@ -68,6 +68,8 @@ export interface HostCase {
   writes: (string | Buffer)[];
   /** The header line being injected; the scanners refuse it when the client sends it. */
   line?: string;
+  /** A service that lists hosts (WK_HTTP_DEST_CHECK_HOST): its hosts and the destination port. */
+  hosts?: { names: string[]; port: number };
 }
 
 export const DEFAULT_LINE = 'Authorization: Bearer host-test\r\n';
@@ -76,7 +78,8 @@ const hex = (b: string | Buffer) => (typeof b === 'string' ? Buffer.from(b, 'lat
 
 /** Runs every case through one process of the host parser. */
 export function hostParse(cases: HostCase[]): HostParse[] {
-  const input = cases.map((c) => [hex(c.line ?? DEFAULT_LINE), ...c.writes.filter((w) => w.length).map(hex)].join(' ')).join('\n') + '\n';
+  const input = cases.map((c) => [hex(c.line ?? DEFAULT_LINE),
+    ...(c.hosts ? [`hosts=${hex(c.hosts.names.join(','))}`, `port=${c.hosts.port}`] : []), ...c.writes.filter((w) => w.length).map(hex)].join(' ')).join('\n') + '\n';
   const r = spawnSync(buildHostParser(), [], { input, maxBuffer: 1 << 30, encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`http-parser-host exited with ${r.status ?? r.signal}: ${r.stderr}`);
   const out = r.stdout.trimEnd().split('\n').map((l) => {

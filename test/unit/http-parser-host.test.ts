@@ -167,6 +167,36 @@ describe('host-compiled HTTP parser: request heads', () => {
     expect(parse('GET /x HTTP/1.1\r\n\r\n').scan.targetForm).toBe(0);
   });
 
+  it('for a service that lists hosts, refuses a request whose Host or absolute-form authority names another', () => {
+    const hosts = { names: ['api.example', 'b.example'], port: 8080 };
+    const req = (target: string, host: string | null) => `GET ${target} HTTP/1.1\r\n${host === null ? '' : `Host: ${host}\r\n`}\r\n`;
+    const rows: [string, string, string | null][] = [
+      ['a listed host', req('/', 'api.example'), null],
+      ['upper case, the port, a trailing dot', req('/', 'API.Example.:8080'), null],
+      ['another listed host', req('/', 'b.example'), null],
+      ['no Host', req('/', null), 'refusedHost'],
+      ['another host', req('/', 'evil.example'), 'refusedHost'],
+      ['a suffix of a listed host', req('/', 'example'), 'refusedHost'],
+      ['another port', req('/', 'api.example:80'), 'refusedHost'],
+      ['an empty port', req('/', 'api.example:'), 'refusedHost'],
+      ['userinfo', req('/', 'user@api.example'), 'refusedHost'],
+      ['an IPv6 literal', req('/', '[::1]'), 'refusedHost'],
+      ['an empty Host', req('/', ''), 'refusedHost'],
+      ['a dot alone', req('/', '.'), 'refusedHost'],
+      ['absolute form, same host', req('http://api.example:8080/x', 'api.example'), null],
+      ['absolute form, without a path', req('http://api.example', 'api.example'), null],
+      ['absolute form, another host', req('http://evil.example/', 'api.example'), 'refusedHost'],
+      ['absolute form, another port', req('http://api.example:81/', 'api.example'), 'refusedHost'],
+      ['https', req('https://api.example/', 'api.example'), 'refusedHost'],
+      ['authority form', req('api.example:8080', 'api.example'), 'refusedHost'],
+      ['asterisk form', 'OPTIONS * HTTP/1.1\r\nHost: api.example\r\n\r\n', null],
+    ];
+    const got = hostParse(rows.map(([, s]) => ({ writes: [s], hosts })));
+    expect(rows.flatMap(([what, , want], i) => (got[i]!.refused === want ? [] : [`${what}: ${got[i]!.refused} (want ${want})`]))).toEqual([]);
+    // Without a list, any Host goes (but never two).
+    expect(parse(req('http://evil.example/', 'other')).refused).toBeNull();
+  });
+
   it('refuses a head longer than 8 KiB, in one write or many', () => {
     const big = `GET / HTTP/1.1\r\nX-Pad: ${'a'.repeat(8192)}\r\n\r\n`;
     expect(parse(big).refused).toBe('refusedHeadSize');
