@@ -30,7 +30,6 @@ struct wk_http_chunk {
 	__u32 reason;			/* WK_HTTP_STAT_REFUSED_*; 0 while acceptable */
 };
 
-
 /*
  * Bytes of a message looked at in one run, and the limits on what the
  * framing may hold. Nothing is corked here, so these only bound the work

@@ -5,10 +5,13 @@
  * so that the same code also compiles for the host (test/native/, where
  * the unit tests run it). The BPF side fetches each byte in a bpf_loop
  * callback (scan_byte()) and decides what a finished scan means (inject,
- * cork, refuse). Needs wirekey.h, __u8..__u64, bool and __always_inline.
+ * cork, refuse). Needs __u8..__u64, bool and __always_inline from the
+ * includer (vmlinux.h and bpf_helpers.h, or the host's headers).
  */
 #ifndef WIREKEY_HTTP_HEAD_BPF_H
 #define WIREKEY_HTTP_HEAD_BPF_H
+
+#include "wirekey.h"
 
 /*
  * One authority as it is read (a Host value, or an absolute-form target's

@@ -63,6 +63,13 @@
  * then precede an injected line) and, after a cork, frees the message's
  * tail on the kernels this targets.
  *
+ * Scanners. The head scanner (head_byte(), http-head.bpf.h) and the
+ * framing scanner (chunk_step(), http-chunked.bpf.h) are plain C over
+ * their state in socket storage and one byte, with no helper in them: this
+ * file's bpf_loop callbacks (scan_byte(), chunk_byte()) fetch the byte, and
+ * the unit tests run the same headers compiled for the host
+ * (test/native/http-parser-host.c).
+ *
  * The refusal rule. A request the program cannot handle with certainty is
  * refused: the write is dropped from where the program stopped approving
  * (SK_DROP: none of those bytes is sent, and sendmsg fails with EACCES, or
