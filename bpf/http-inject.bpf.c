@@ -63,12 +63,15 @@
  * then precede an injected line) and, after a cork, frees the message's
  * tail on the kernels this targets.
  *
- * Scanners. The head scanner (head_byte(), http-head.bpf.h) and the
+ * Files. The head scanner (head_byte(), http-head.bpf.h) and the
  * framing scanner (chunk_step(), http-chunked.bpf.h) are plain C over
  * their state in socket storage and one byte, with no helper in them: this
  * file's bpf_loop callbacks (scan_byte(), chunk_byte()) fetch the byte, and
  * the unit tests run the same headers compiled for the host
- * (test/native/http-parser-host.c).
+ * (test/native/http-parser-host.c). The counters and the event ring are in
+ * http-events.bpf.h, the send-queue room an approval may take
+ * (queue_room()) in http-sendq.bpf.h; this file keeps the programs and
+ * what they decide.
  *
  * The refusal rule. A request the program cannot handle with certainty is
  * refused: the write is dropped from where the program stopped approving
@@ -189,6 +192,8 @@
 #include "sockops.bpf.h"
 #include "http-head.bpf.h"
 #include "http-chunked.bpf.h"
+#include "http-events.bpf.h"
+#include "http-sendq.bpf.h"
 
 #define SOCK_STREAM	1
 #define IPPROTO_TCP	6
@@ -244,19 +249,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct wk_http_config);
 } wk_http_config SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, WK_HTTP_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} wk_http_stats SEC(".maps");
-
-/* Audit events (struct wk_http_event); see "Events" above. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, WK_HTTP_EVENTS_SIZE);
-} wk_http_events SEC(".maps");
 
 /*
  * A ring buffer's records have no type in the map's BTF: this puts struct
@@ -315,58 +307,6 @@ struct {
 	__type(key, __u64);
 	__type(value, __u64);
 } wk_http_socks SEC(".maps");
-
-static __always_inline void http_count(__u32 stat)
-{
-	__u64 *v = bpf_map_lookup_elem(&wk_http_stats, &stat);
-
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
-/*
- * An event, or nothing when the ring is full (counted): it never changes
- * what the caller decides. Injections leave the reader asleep until
- * enough is waiting; refusals wake it now.
- */
-static __always_inline struct wk_http_event *event_reserve(__u32 kind, __u32 reason)
-{
-	struct wk_http_event *e;
-
-	e = bpf_ringbuf_reserve(&wk_http_events, sizeof(*e), 0);
-	if (!e) {
-		http_count(WK_HTTP_STAT_EVENTS_LOST);
-		return NULL;
-	}
-	e->time_ns = bpf_ktime_get_ns();
-	e->kind = kind;
-	e->reason = reason;
-	return e;
-}
-
-/*
- * 1 + the reader's position when an injection last woke it. The reader,
- * once woken, keeps reading as long as anything is waiting (its epoll is
- * level-triggered), so a busy ring needs one wake-up per read, not one per
- * event past the mark. Racy on purpose: a race costs a wake-up more.
- */
-static __u64 woken_at;
-
-static __always_inline void event_submit(struct wk_http_event *e, __u32 kind)
-{
-	__u64 flags = BPF_RB_NO_WAKEUP, cons;
-
-	if (kind != WK_HTTP_EVENT_INJECTED) {
-		flags = BPF_RB_FORCE_WAKEUP;
-	} else if (bpf_ringbuf_query(&wk_http_events, BPF_RB_AVAIL_DATA) >= WK_HTTP_EVENTS_WAKE) {
-		cons = bpf_ringbuf_query(&wk_http_events, BPF_RB_CONS_POS) + 1;
-		if (cons != woken_at) {
-			woken_at = cons;
-			flags = BPF_RB_FORCE_WAKEUP;
-		}
-	}
-	bpf_ringbuf_submit(e, flags);
-}
 
 /*
  * The event of a connection that got past connect(), from what its socket
@@ -698,81 +638,7 @@ static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
 	return SK_DROP;
 }
 
-/*
- * Why approvals are sized the way they are. When the kernel fails to queue
- * an approved chunk part way (a non-blocking writer and a full send
- * buffer, SO_SNDTIMEO, a signal), tcp_bpf_send_verdict frees the rest of
- * the message but keeps the verdict and the whole approved length: the
- * writer's retry then passes without this program, and every further
- * failure under that stale verdict lets more bytes than approved go out
- * unseen. So a push must not fail part way:
- *   - an approval is never more than the current message, nor more than
- *     the socket can queue right now without waiting (queue_room);
- *   - the chunk holding injected bytes (request line and line) must fit
- *     whole, or the request is refused: a half-queued line, or the
- *     workload's bytes passed where the line should be, would be a
- *     corrupted request;
- *   - with no room at all, one byte is approved: a one-byte push queues
- *     that byte or nothing, so it cannot overrun either.
- * A push can fail anyway: memory pressure (global, or the socket's
- * memory cgroup: those waits are not the send buffer's), and then a
- * blocking writer's SO_SNDTIMEO or a signal. The writer's next bytes, up
- * to the approved length, then pass under the stale verdict without this
- * program, and if the push failed before its first byte, nothing in
- * write_seq would tell: the retry, with a different Content-Length, could
- * make the upstream take the next request line and its injected line for
- * a body (which an echoing upstream returns). So every failed push is
- * caught where it fails: wk_http_push_done (fexit on tcp_bpf_push, which
- * runs under the socket lock, before any other write can start) marks the
- * connection refused, and so does wk_http_mem_refused (the
- * sock_exceed_buf_limit tracepoint, also under the lock) as soon as socket
- * memory accounting refuses a send charge, before the push fails. On a
- * kernel that refuses fexit, the tracepoint alone covers memory pressure;
- * a push failing for another reason (a page allocation failure) then goes
- * unnoticed. What can still pass is the stale approval's rest:
- * at most one approved chunk of whatever the writer sends next, never
- * looked at, with nothing of the program's in it; then every write is
- * dropped. Framing is decided by what precedes a byte, so bytes after the
- * failure cannot move an injected line already queued out of the head it
- * was put in, and no line is injected after it. (A failure after some
- * bytes went out also shows in write_seq: the check in wk_http_msg stays
- * as a second line.)
- */
-static __always_inline __u64 net_notsent_lowat(struct tcp_sock *tp)
-{
-	__u32 lowat = tp->notsent_lowat;
-
-	if (!lowat)
-		lowat = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.__sk_common.skc_net.net,
-				      ipv4.sysctl_tcp_notsent_lowat);
-	return lowat;
-}
-
-/*
- * Bytes the socket can queue now with tcp_sendmsg_locked never waiting: it
- * only waits when it needs a new skb while sk_wmem_queued >= sk_sndbuf or
- * the not-yet-sent bytes reach notsent_lowat. n bytes need at most
- * n / mss + 2 new skbs, each charged at most 2 KiB beyond its data.
- */
-static __always_inline __u64 queue_room(struct tcp_sock *tp)
-{
-	__s64 room = (__s64)tp->inet_conn.icsk_inet.sk.sk_sndbuf -
-		     tp->inet_conn.icsk_inet.sk.sk_wmem_queued - 2 * 2048;
-	__u64 notsent = (__u32)(tp->write_seq - tp->snd_nxt);
-	__u64 lowat = net_notsent_lowat(tp);
-	__u64 mss = tp->mss_cache, n;
-
-	if (room <= 0 || notsent >= lowat)
-		return 0;
-	if (mss < 536)
-		mss = 536;
-	n = (__u64)room * mss / (mss + 2048);
-	if (n > lowat - notsent - 1)
-		n = lowat - notsent - 1;
-	return n;
-}
-
-/* Approve the next chunk of `left` safe bytes; see above. */
+/* Approve the next chunk of `left` safe bytes; see queue_room() (http-sendq.bpf.h). */
 static __always_inline int approve(struct sk_msg_md *msg, struct wk_http_sock *st,
 				   struct tcp_sock *tp)
 {
