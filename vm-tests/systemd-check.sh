@@ -33,7 +33,13 @@
 set -uo pipefail
 
 REPO=/opt/wirekey
+# With WIREKEY_CHECK_PACKAGE=FILE.deb, wirekey is installed from that package
+# (dpkg -i) instead of being the repository at /opt/wirekey, and the checks'
+# own tools (the test upstreams) come from WIREKEY_CHECK_SOURCE, a checkout.
+PACKAGE=${WIREKEY_CHECK_PACKAGE:-}
+SOURCE=${WIREKEY_CHECK_SOURCE:-$REPO}
 WIREKEY="/usr/bin/node $REPO/bin/wirekey.js"
+[[ -z $PACKAGE ]] || WIREKEY=/usr/bin/wirekey
 UNIT=wirekey.service
 UNIT_PATH=/etc/systemd/system/$UNIT
 DROPIN_DIR=/etc/systemd/system/$UNIT.d
@@ -64,8 +70,13 @@ die() { log "$*"; exit 1; }
 
 [[ $(id -u) -eq 0 ]] || die "run as root"
 [[ -d /run/systemd/system ]] || die "systemd is not PID 1 here (no /run/systemd/system)"
-[[ -f $REPO/packaging/wirekey.service ]] || die "no $REPO/packaging/wirekey.service: the repository must be at $REPO"
-[[ -f $REPO/bin/wirekey.js && -d $REPO/dist ]] || die "$REPO is not built: run $REPO/scripts/setup first"
+if [[ -n $PACKAGE ]]; then
+  [[ -f $PACKAGE ]] || die "no package $PACKAGE"
+  [[ -f $SOURCE/test/support/upstream-server.mjs ]] || die "no test upstreams in $SOURCE/test/support (set WIREKEY_CHECK_SOURCE)"
+else
+  [[ -f $REPO/packaging/wirekey.service ]] || die "no $REPO/packaging/wirekey.service: the repository must be at $REPO"
+  [[ -f $REPO/bin/wirekey.js && -d $REPO/dist ]] || die "$REPO is not built: run $REPO/scripts/setup first"
+fi
 [[ -x /usr/bin/node ]] || die "the unit runs /usr/bin/node, which is missing (node is $(command -v node || echo absent))"
 for tool in bpftool curl openssl ip systemd-run; do command -v "$tool" >/dev/null || die "$tool is missing"; done
 CGROUP_ROOT=$(findmnt -n -t cgroup2 -o TARGET | sort | head -n 1)
@@ -272,6 +283,7 @@ cleanup() {
   done
   systemctl reset-failed "$UNIT" wkcheck-upstream.service wkcheck-inventory.service >/dev/null 2>&1
   rm -rf "$UNIT_PATH" "$DROPIN_DIR" "$SLICE_PATH"
+  [[ -z $PACKAGE ]] || dpkg --purge wirekey >/dev/null 2>&1
   systemctl daemon-reload
   rm -rf "$ETC_DIR" "$WORK"
   ((had_state)) || rm -rf "$STATE_DIR"
@@ -313,17 +325,25 @@ check_install() {
   fi
   ip addr add "$UPSTREAM_ADDR/32" dev lo || { bad "cannot add $UPSTREAM_ADDR to lo"; return 1; }
   systemd-run --quiet --unit=wkcheck-upstream -p StandardOutput="file:$WORK/upstream.jsonl" -- \
-    /usr/bin/node "$REPO/test/support/upstream-server.mjs" --cert "$WORK/upstream.pem" --key "$WORK/upstream.key" \
+    /usr/bin/node "$SOURCE/test/support/upstream-server.mjs" --cert "$WORK/upstream.pem" --key "$WORK/upstream.key" \
     --host "$UPSTREAM_ADDR" --port 443 || { bad "cannot start the HTTPS upstream"; return 1; }
   systemd-run --quiet --unit=wkcheck-inventory -p StandardOutput="file:$WORK/inventory.jsonl" -- \
-    /usr/bin/node "$REPO/test/support/plain-upstream.mjs" --host "$UPSTREAM_ADDR" --port 80 ||
+    /usr/bin/node "$SOURCE/test/support/plain-upstream.mjs" --host "$UPSTREAM_ADDR" --port 80 ||
     { bad "cannot start the plaintext upstream"; return 1; }
 
-  install -m 0644 "$REPO/packaging/wirekey.service" "$UNIT_PATH"
+  local unit_file=$UNIT_PATH
+  if [[ -n $PACKAGE ]]; then
+    # As an operator installs it: the package's unit, in /lib/systemd/system.
+    out=$(dpkg -i "$PACKAGE" 2>&1) || { bad "dpkg -i $(basename "$PACKAGE"): $out"; return 1; }
+    unit_file=/lib/systemd/system/$UNIT
+    [[ -f $unit_file && -x /usr/bin/wirekey ]] || { bad "the package installed no $unit_file or /usr/bin/wirekey"; return 1; }
+  else
+    install -m 0644 "$REPO/packaging/wirekey.service" "$UNIT_PATH"
+  fi
   # The one local change: trust the check's upstream CA (an operator's drop-in would do the same).
   install -d -m 0755 "$DROPIN_DIR"
   { echo '[Service]'; echo 'ExecStart='
-    sed -n 's/^ExecStart=\(.*\)$/ExecStart=\1 --upstream-ca '"${WORK//\//\\/}"'\/upstream-ca.pem/p' "$UNIT_PATH"; } \
+    sed -n 's/^ExecStart=\(.*\)$/ExecStart=\1 --upstream-ca '"${WORK//\//\\/}"'\/upstream-ca.pem/p' "$unit_file"; } \
     >"$DROPIN_DIR/check.conf"
   printf '[Unit]\nDescription=wirekey check workloads\n' >"$SLICE_PATH"
   install -d -m 0755 "$ETC_DIR" "$POLICY_DIR"
@@ -333,9 +353,9 @@ check_install() {
   systemctl start "$SLICE" || { bad "cannot start $SLICE"; return 1; }
   wait_until 10 grep -q listening "$WORK/inventory.jsonl" || { bad "the plaintext upstream did not start"; return 1; }
   # systemd's own opinion of the unit file: reported, not fatal.
-  verify=$(systemd-analyze verify "$UNIT_PATH" 2>&1)
-  [[ -z $verify ]] || { log "systemd-analyze verify $UNIT_PATH (not fatal):"; printf '%s\n' "$verify" >&2; }
-  DETAIL="unit, drop-in, policy, $SLICE, upstreams on $UPSTREAM_ADDR:443/80; systemd-analyze verify: $([[ -z $verify ]] && echo clean || echo 'reported, above')"
+  verify=$(systemd-analyze verify "$unit_file" 2>&1)
+  [[ -z $verify ]] || { log "systemd-analyze verify $unit_file (not fatal):"; printf '%s\n' "$verify" >&2; }
+  DETAIL="$([[ -n $PACKAGE ]] && echo "package $(dpkg-query -W -f '${Package} ${Version}' wirekey) installed, " || echo 'unit, ')drop-in, policy, $SLICE, upstreams on $UPSTREAM_ADDR:443/80; systemd-analyze verify: $([[ -z $verify ]] && echo clean || echo 'reported, above')"
 }
 
 # systemd's own rating of the unit's sandbox, as an operator would run it:
@@ -594,10 +614,22 @@ check_stop() {
   DETAIL="Result=success, 'stopped' logged, nothing attached under $CGROUP_ROOT, no wk_* program $( ((SHARED_KERNEL)) && echo 'held here' || echo loaded), $PIN_DIR gone, wirekey status exits 3"
 }
 
-# ---- the list ------------------------------------------------------------------------
-# Later (the operations issue): metrics.
+check_metrics() {
+  local sock=$STATE_DIR/agent.sock health ready metrics
+  health=$(curl -sS --unix-socket "$sock" http://wirekey/healthz 2>&1) || { bad "GET /healthz on $sock: $health"; return 1; }
+  ready=$(curl -sS --unix-socket "$sock" http://wirekey/readyz 2>&1) || { bad "GET /readyz on $sock: $ready"; return 1; }
+  [[ $health == ok && $ready == ready ]] || { bad "/healthz said '$health', /readyz '$ready'"; return 1; }
+  metrics=$(curl -sS --unix-socket "$sock" http://wirekey/metrics 2>&1) || { bad "GET /metrics on $sock: $metrics"; return 1; }
+  grep -Eq '^wirekey_requests_injected_total\{[^}]*datapath="proxy"[^}]*\} [1-9]' <<<"$metrics" ||
+    { bad "/metrics counts no proxied injection"; return 1; }
+  grep -Eq '^wirekey_requests_injected_total\{[^}]*datapath="kernel"[^}]*\} [1-9]' <<<"$metrics" || { bad "/metrics counts no kernel injection"; return 1; }
+  grep -q "$(tr -d '\n' <"$WORK/api-token")" <<<"$metrics" && { bad "/metrics holds the credential"; return 1; }
+  DETAIL="/healthz ok, /readyz ready, /metrics counts both datapaths' injections, no credential in it"
+}
 
-CHECKS=(install security start ready-notify attached backfill status inject-proxy inject-kernel not-bound reload-good
+# ---- the list ------------------------------------------------------------------------
+
+CHECKS=(install security start ready-notify attached backfill status inject-proxy inject-kernel not-bound metrics reload-good
         reload-bad second-agent restart-on-kill watchdog stop)
 
 failed=''

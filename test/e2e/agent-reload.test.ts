@@ -28,17 +28,7 @@ describe.skipIf(skip)(`wirekey reload and systemd notifications${skip ? ` (skipp
 
   beforeAll(async () => {
     await f.setUp();
-    bound = f.cgroup('bound');
-    f.writePolicy(`apiVersion: wirekey.dev/v1alpha1
-kind: Workload
-metadata: {name: app}
-spec: {selector: {cgroup: ${f.cgBase}/bound}}
----
-apiVersion: wirekey.dev/v1alpha1
-kind: Binding
-metadata: {name: app-api}
-spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
-`);
+    bound = f.writeBoundPolicy();
     notify = await NotifyListener.start();
     f.onClose(() => notify.close());
     // Without the kernel HTTP datapath, a plaintext service is a policy that

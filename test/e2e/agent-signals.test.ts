@@ -22,17 +22,7 @@ describe.skipIf(skip)(`agent signals and the audit sink${skip ? ` (skipped: ${sk
 
   beforeAll(async () => {
     await f.setUp();
-    bound = f.cgroup('bound');
-    f.writePolicy(`apiVersion: wirekey.dev/v1alpha1
-kind: Workload
-metadata: {name: app}
-spec: {selector: {cgroup: ${f.cgBase}/bound}}
----
-apiVersion: wirekey.dev/v1alpha1
-kind: Binding
-metadata: {name: app-api}
-spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
-`);
+    bound = f.writeBoundPolicy();
   });
   afterAll(() => f.close());
 

@@ -20,6 +20,18 @@ export const HOST = 'api.wirekey.test';
 export const OTHER = 'other.wirekey.test';
 export const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
+/** Workload `app` (cgroup `<cgBase>/bound`) with a bearer binding to the api service. */
+export const BOUND_APP = (cgBase: string) => `apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: app}
+spec: {selector: {cgroup: ${cgBase}/bound}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: app-api}
+spec: {workload: app, service: api, inject: {bearer: {credential: api-token}}}
+`;
+
 export class E2eFixture {
   readonly tag = randomBytes(3).toString('hex');
   readonly token = `wk-canary-${randomBytes(16).toString('hex')}`;
@@ -87,6 +99,17 @@ metadata: {name: api}
 spec: {hosts: [${HOST}], port: 443, tls: true}
 ---
 ${docs}`);
+  }
+
+  /**
+   * The policy most tests start from: workload `app` (the cgroup
+   * `<cgBase>/bound`) bound to the api service with a bearer token, plus
+   * `docs`. Returns the bound cgroup's directory (made here).
+   */
+  writeBoundPolicy(docs = ''): string {
+    const bound = this.cgroup('bound');
+    this.writePolicy(`${BOUND_APP(this.cgBase)}${docs ? `---\n${docs}` : ''}`);
+    return bound;
   }
 
   /** Writes policy.yaml exactly as given. */
