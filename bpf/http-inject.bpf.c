@@ -63,6 +63,16 @@
  * then precede an injected line) and, after a cork, frees the message's
  * tail on the kernels this targets.
  *
+ * Files. The head scanner (head_byte(), http-head.bpf.h) and the
+ * framing scanner (chunk_step(), http-chunked.bpf.h) are plain C over
+ * their state in socket storage and one byte, with no helper in them: this
+ * file's bpf_loop callbacks (scan_byte(), chunk_byte()) fetch the byte, and
+ * the unit tests run the same headers compiled for the host
+ * (test/native/http-parser-host.c). The counters and the event ring are in
+ * http-events.bpf.h, the send-queue room an approval may take
+ * (queue_room()) in http-sendq.bpf.h; this file keeps the programs and
+ * what they decide.
+ *
  * The refusal rule. A request the program cannot handle with certainty is
  * refused: the write is dropped from where the program stopped approving
  * (SK_DROP: none of those bytes is sent, and sendmsg fails with EACCES, or
@@ -180,6 +190,10 @@
 #include <bpf/bpf_tracing.h>
 #include "workload.bpf.h"
 #include "sockops.bpf.h"
+#include "http-head.bpf.h"
+#include "http-chunked.bpf.h"
+#include "http-events.bpf.h"
+#include "http-sendq.bpf.h"
 
 #define SOCK_STREAM	1
 #define IPPROTO_TCP	6
@@ -237,19 +251,6 @@ struct {
 	__type(value, struct wk_http_config);
 } wk_http_config SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, WK_HTTP_STAT_MAX);
-	__type(key, __u32);
-	__type(value, __u64);
-} wk_http_stats SEC(".maps");
-
-/* Audit events (struct wk_http_event); see "Events" above. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, WK_HTTP_EVENTS_SIZE);
-} wk_http_events SEC(".maps");
-
 /*
  * A ring buffer's records have no type in the map's BTF: this puts struct
  * wk_http_event into the object's BTF, where the controller checks its
@@ -264,72 +265,6 @@ const enum wk_http_event_kind *const wk_http_event_kind_btf = 0;
 const enum wk_http_hosts *const wk_http_hosts_btf = 0;
 const enum wk_http_cfg_flag *const wk_http_cfg_flag_btf = 0;
 
-/*
- * One authority as it is read (a Host value, or an absolute-form target's
- * host and port): the host lower-cased into a wk_http_host key, the port
- * apart. See host_byte().
- */
-struct wk_http_authority {
-	struct wk_http_host_key key;
-	__u32 state;			/* enum host_state */
-	__u32 port;			/* the port given; 0 if none */
-	__u32 digits;			/* digits of the port */
-	__u32 _pad;
-};
-
-/*
- * Where the scan of a request head is. It lives in socket storage, not on
- * the stack: the verifier then treats it as data, so the bpf_loop callback
- * is verified once instead of once per combination of parser states, and a
- * corked head is not scanned again from its first byte.
- */
-struct wk_http_scan {
-	__u64 word[3];			/* lower-cased header name, first 24 bytes */
-	__u64 method;			/* first 8 bytes of the method */
-	__u64 clen;			/* Content-Length */
-	__u32 seq;			/* write_seq where this head starts */
-	__u32 pos;			/* bytes of the head scanned so far */
-	__u32 active;			/* a head is being scanned */
-	__u32 state;			/* enum scan_state */
-	__u32 tok;			/* bytes of the current token */
-	__u32 same_name;		/* the current name is the injected header's so far */
-	__u32 kind;			/* enum hdr_kind of the current line */
-	__u32 seen_length;
-	__u32 cl_state;			/* 0 leading space, 1 digits, 2 trailing space */
-	__u32 digits;
-	__u32 upgrade;			/* bytes of "upgrade" matched in Connection */
-	__u32 rl_end;			/* offset after the request line's CRLF */
-	__u32 head_end;			/* offset after CRLFCRLF; 0 until found */
-	__u32 reason;			/* WK_HTTP_STAT_REFUSED_*; 0 while acceptable */
-	__u32 http10;			/* the request line says HTTP/1.0 */
-	__u32 seen_te;			/* a Transfer-Encoding line was seen (its value: chunked) */
-	__u32 te_match;			/* bytes of "chunked" matched in Transfer-Encoding */
-	__u32 seen_host;		/* a Host line was seen */
-	__u32 target_form;		/* enum target_form */
-	__u32 target_tok;		/* bytes of "http://" matched */
-	__u32 _pad;
-	struct wk_http_authority host;	/* the Host value */
-	struct wk_http_authority target;	/* an absolute-form target's authority */
-};
-
-/*
- * Where the scan of a chunked body's framing is, between writes: the state
- * applies to the stream position where the bytes accounted for in `left`
- * end. Socket storage, like struct wk_http_scan, so the bpf_loop callback
- * is verified once.
- */
-struct wk_http_chunk {
-	__u64 size;			/* the chunk-size being read */
-	__u64 pending;			/* this run: announced data past the window */
-	__u32 pos;			/* this run: bytes of the message scanned or skipped */
-	__u32 end;			/* this run: bytes of the message in the window */
-	__u32 state;			/* enum chunk_state */
-	__u32 digits;			/* hex digits of the chunk-size */
-	__u32 len;			/* bytes of this chunk's extensions, or of the trailer section */
-	__u32 tok;			/* bytes of the current trailer name */
-	__u32 same_name;		/* the trailer name is the injected header's so far */
-	__u32 reason;			/* WK_HTTP_STAT_REFUSED_*; 0 while acceptable */
-};
 
 /* Kernel-only: never read by the controller. */
 struct wk_http_sock {
@@ -373,58 +308,6 @@ struct {
 	__type(key, __u64);
 	__type(value, __u64);
 } wk_http_socks SEC(".maps");
-
-static __always_inline void http_count(__u32 stat)
-{
-	__u64 *v = bpf_map_lookup_elem(&wk_http_stats, &stat);
-
-	if (v)
-		__sync_fetch_and_add(v, 1);
-}
-
-/*
- * An event, or nothing when the ring is full (counted): it never changes
- * what the caller decides. Injections leave the reader asleep until
- * enough is waiting; refusals wake it now.
- */
-static __always_inline struct wk_http_event *event_reserve(__u32 kind, __u32 reason)
-{
-	struct wk_http_event *e;
-
-	e = bpf_ringbuf_reserve(&wk_http_events, sizeof(*e), 0);
-	if (!e) {
-		http_count(WK_HTTP_STAT_EVENTS_LOST);
-		return NULL;
-	}
-	e->time_ns = bpf_ktime_get_ns();
-	e->kind = kind;
-	e->reason = reason;
-	return e;
-}
-
-/*
- * 1 + the reader's position when an injection last woke it. The reader,
- * once woken, keeps reading as long as anything is waiting (its epoll is
- * level-triggered), so a busy ring needs one wake-up per read, not one per
- * event past the mark. Racy on purpose: a race costs a wake-up more.
- */
-static __u64 woken_at;
-
-static __always_inline void event_submit(struct wk_http_event *e, __u32 kind)
-{
-	__u64 flags = BPF_RB_NO_WAKEUP, cons;
-
-	if (kind != WK_HTTP_EVENT_INJECTED) {
-		flags = BPF_RB_FORCE_WAKEUP;
-	} else if (bpf_ringbuf_query(&wk_http_events, BPF_RB_AVAIL_DATA) >= WK_HTTP_EVENTS_WAKE) {
-		cons = bpf_ringbuf_query(&wk_http_events, BPF_RB_CONS_POS) + 1;
-		if (cons != woken_at) {
-			woken_at = cons;
-			flags = BPF_RB_FORCE_WAKEUP;
-		}
-	}
-	bpf_ringbuf_submit(e, flags);
-}
 
 /*
  * The event of a connection that got past connect(), from what its socket
@@ -699,38 +582,7 @@ int wk_http_sockops(struct bpf_sock_ops *skops)
 	return 1;
 }
 
-/* ---- the request head --------------------------------------------------- */
-
-#define W8(a, b, c, d, e, f, g, h)					\
-	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | \
-	 (__u64)(e) << 32 | (__u64)(f) << 40 | (__u64)(g) << 48 | (__u64)(h) << 56)
-
-/* Lower-cased header names, 8 bytes a word, as scan() accumulates them. */
-#define NAME_CONTENT_	W8('c', 'o', 'n', 't', 'e', 'n', 't', '-')
-#define NAME_LENGTH	W8('l', 'e', 'n', 'g', 't', 'h', 0, 0)
-#define NAME_TRANSFER	W8('t', 'r', 'a', 'n', 's', 'f', 'e', 'r')
-#define NAME__ENCODIN	W8('-', 'e', 'n', 'c', 'o', 'd', 'i', 'n')
-#define NAME_G		W8('g', 0, 0, 0, 0, 0, 0, 0)
-#define NAME_UPGRADE	W8('u', 'p', 'g', 'r', 'a', 'd', 'e', 0)
-#define NAME_CONNECTI	W8('c', 'o', 'n', 'n', 'e', 'c', 't', 'i')
-#define NAME_ON		W8('o', 'n', 0, 0, 0, 0, 0, 0)
-#define NAME_HOST	W8('h', 'o', 's', 't', 0, 0, 0, 0)
-#define SCHEME_HTTP	W8('h', 't', 't', 'p', ':', '/', '/', 0)
-#define VALUE_CHUNKED	W8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0)
-#define VERSION_PREFIX	W8('H', 'T', 'T', 'P', '/', '1', '.', 0)
-
-enum scan_state {
-	HS_METHOD, HS_TARGET, HS_VERSION, HS_RL_LF,
-	HS_LINE, HS_NAME, HS_VALUE, HS_LF, HS_END_LF, HS_DONE,
-};
-
-enum hdr_kind { HK_OTHER, HK_LENGTH, HK_CONNECTION, HK_TRANSFER, HK_HOST };
-
-/* How the request target starts: "/" or "*", or "http://" then an authority. */
-enum target_form { TF_ORIGIN, TF_SCHEME, TF_AUTHORITY, TF_PATH, TF_BAD };
-
-/* Where host_byte() is in an authority: host [":" port], whitespace around. */
-enum host_state { AS_START, AS_NAME, AS_PORT, AS_TRAIL, AS_BAD };
+/* ---- the request head (the scanner: http-head.bpf.h) ------------------- */
 
 /* bpf_loop context: only what must be on the stack (packet pointers). */
 struct scan_ctx {
@@ -739,552 +591,38 @@ struct scan_ctx {
 	struct wk_http_sock *st;
 };
 
-/* RFC 9110 tchar */
-static __always_inline bool is_tchar(__u8 c)
-{
-	if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
-		return true;
-	switch (c) {
-	case '!': case '#': case '$': case '%': case '&': case '\'': case '*':
-	case '+': case '-': case '.': case '^': case '_': case '`': case '|':
-	case '~':
-		return true;
-	}
-	return false;
-}
-
-static __always_inline __u8 lower(__u8 c)
-{
-	return (c >= 'A' && c <= 'Z') ? c + ('a' - 'A') : c;
-}
-
-/*
- * The methods that get the header, exactly as RFC 9110 spells them (method
- * names are case-sensitive): GET HEAD POST PUT PATCH DELETE OPTIONS. Every
- * other method is refused: TRACE and TRACK echo the request, credential
- * included, back to the workload; CONNECT turns the connection into a
- * tunnel; and an unknown method's meaning (WebDAV, extensions) is unknown
- * to this program. "connect" or "Get" are other methods, not these.
- */
-#define METHOD_GET	W8('G', 'E', 'T', 0, 0, 0, 0, 0)
-#define METHOD_PUT	W8('P', 'U', 'T', 0, 0, 0, 0, 0)
-#define METHOD_HEAD	W8('H', 'E', 'A', 'D', 0, 0, 0, 0)
-#define METHOD_POST	W8('P', 'O', 'S', 'T', 0, 0, 0, 0)
-#define METHOD_PATCH	W8('P', 'A', 'T', 'C', 'H', 0, 0, 0)
-#define METHOD_DELETE	W8('D', 'E', 'L', 'E', 'T', 'E', 0, 0)
-#define METHOD_OPTIONS	W8('O', 'P', 'T', 'I', 'O', 'N', 'S', 0)
-
-static __always_inline bool method_allowed(__u32 len, __u64 m)
-{
-	switch (len) {
-	case 3:
-		return m == METHOD_GET || m == METHOD_PUT;
-	case 4:
-		return m == METHOD_HEAD || m == METHOD_POST;
-	case 5:
-		return m == METHOD_PATCH;
-	case 6:
-		return m == METHOD_DELETE;
-	case 7:
-		return m == METHOD_OPTIONS;
-	}
-	return false;
-}
-
-/*
- * A host name as it may appear in Host or an absolute-form target, after
- * lower-casing: RFC 3986 unreserved characters. Anything else (an IPv6
- * literal, percent-encoding, userinfo, sub-delims) never matches a listed
- * host, which the policy checks to be a DNS name.
- */
-static __always_inline bool host_char(__u8 c)
-{
-	return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-	       c == '-' || c == '.' || c == '_' || c == '~';
-}
-
-/* One byte (lower-cased) of an authority; see struct wk_http_authority. */
-static __always_inline void host_byte(struct wk_http_authority *a, __u8 c)
-{
-	__u32 n = a->key.len;
-
-	switch (a->state) {
-	case AS_START:
-	case AS_NAME:
-		if (host_char(c)) {
-			/* room for WK_HTTP_HOST_MAX and a trailing dot */
-			if (n > WK_HTTP_HOST_MAX) {
-				a->state = AS_BAD;
-				break;
-			}
-			a->key.name[n & (WK_HTTP_HOST_KEY_NAME - 1)] = c;
-			a->key.len = n + 1;
-			a->state = AS_NAME;
-		} else if (c == ' ' || c == '\t') {
-			/* leading, or trailing after the name */
-			if (a->state == AS_NAME)
-				a->state = AS_TRAIL;
-		} else if (c == ':' && a->state == AS_NAME) {
-			a->state = AS_PORT;
-		} else {
-			a->state = AS_BAD;
-		}
-		break;
-	case AS_PORT:
-		if (c >= '0' && c <= '9' && a->digits < 5) {
-			a->digits++;
-			a->port = a->port * 10 + (c - '0');
-		} else if ((c == ' ' || c == '\t') && a->digits) {
-			a->state = AS_TRAIL;
-		} else {
-			a->state = AS_BAD;
-		}
-		break;
-	case AS_TRAIL:
-		if (c != ' ' && c != '\t')
-			a->state = AS_BAD;
-		break;
-	}
-}
-
-/* One byte of the request target, for its form and, in absolute form, its authority. */
-static __always_inline void target_byte(struct wk_http_scan *s, __u32 tok, __u8 lc)
-{
-	__u32 k = s->target_tok;
-
-	if (!tok)
-		s->target_form = (lc == '/' || lc == '*') ? TF_ORIGIN : TF_SCHEME;
-	if (s->target_form == TF_SCHEME) {
-		if (k < 7 && lc == (__u8)(SCHEME_HTTP >> (8 * (k & 7)))) {
-			s->target_tok = k + 1;
-			if (k + 1 == 7)
-				s->target_form = TF_AUTHORITY;
-		} else {
-			/* another scheme, or not a URI */
-			s->target_form = TF_BAD;
-		}
-	} else if (s->target_form == TF_AUTHORITY) {
-		if (lc == '/' || lc == '?')
-			s->target_form = TF_PATH;
-		else
-			host_byte(&s->target, lc);
-	}
-}
-
-static __always_inline long stop(struct wk_http_scan *s, __u32 reason)
-{
-	s->reason = reason;
-	s->state = HS_DONE;
-	return 1;
-}
-
-/* The header line's name ends at ':'. Decides what the line is. */
-static __always_inline long end_of_name(struct wk_http_sock *st, struct wk_http_scan *s)
-{
-	__u64 w0 = s->word[0], w1 = s->word[1], w2 = s->word[2];
-	__u32 n = s->tok;
-
-	if (s->same_name && n == st->name_len)
-		return stop(s, WK_HTTP_STAT_REFUSED_HEADER);
-	s->kind = HK_OTHER;
-	if (n == 14 && w0 == NAME_CONTENT_ && w1 == NAME_LENGTH) {
-		if (s->seen_length)
-			return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
-		/* Content-Length with Transfer-Encoding: which one frames the body? */
-		if (s->seen_te)
-			return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
-		s->seen_length = 1;
-		s->kind = HK_LENGTH;
-		s->cl_state = 0;
-		s->digits = 0;
-		s->clen = 0;
-	} else if (n == 17 && w0 == NAME_TRANSFER && w1 == NAME__ENCODIN && w2 == NAME_G) {
-		/*
-		 * Followed: one Transfer-Encoding line, value "chunked", on
-		 * HTTP/1.1, without Content-Length. A second line (a list
-		 * split in two), HTTP/1.0 (no chunked there) or both framings
-		 * leave the body's end to the upstream's guess: refused.
-		 */
-		if (s->seen_te || s->seen_length || s->http10)
-			return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
-		s->seen_te = 1;
-		s->kind = HK_TRANSFER;
-		s->te_match = 0;
-	} else if (n == 7 && w0 == NAME_UPGRADE) {
-		return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
-	} else if (n == 10 && w0 == NAME_CONNECTI && w1 == NAME_ON) {
-		s->kind = HK_CONNECTION;
-		s->upgrade = 0;
-	} else if (n == 4 && w0 == NAME_HOST) {
-		/* Two Host lines: which one routes the request is anyone's guess. */
-		if (s->seen_host)
-			return stop(s, WK_HTTP_STAT_REFUSED_HOST);
-		s->seen_host = 1;
-		s->kind = HK_HOST;
-	}
-	s->state = HS_VALUE;
-	return 0;
-}
-
-static __always_inline long value_byte(struct wk_http_scan *s, __u8 c)
-{
-	__u8 lc = lower(c);
-	__u32 k;
-
-	if (s->kind == HK_LENGTH) {
-		if (c == ' ' || c == '\t') {
-			if (s->cl_state == 1)
-				s->cl_state = 2;
-		} else if (c >= '0' && c <= '9' && s->cl_state != 2) {
-			s->cl_state = 1;
-			if (++s->digits > 15)
-				return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
-			s->clen = s->clen * 10 + (c - '0');
-		} else {
-			return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
-		}
-	} else if (s->kind == HK_TRANSFER) {
-		/* exactly "chunked", any case, with optional whitespace around */
-		k = s->te_match;
-		if (c == ' ' || c == '\t') {
-			if (k && k < 7)
-				return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
-		} else if (k < 7 && lc == (__u8)(VALUE_CHUNKED >> (8 * (k & 7)))) {
-			s->te_match = k + 1;
-		} else {
-			/* another coding, a list, a parameter */
-			return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
-		}
-	} else if (s->kind == HK_HOST) {
-		host_byte(&s->host, lc);
-	} else if (s->kind == HK_CONNECTION) {
-		/* "upgrade" has no repeated letter: a mismatch restarts at 'u'. */
-		k = s->upgrade & 7;
-		if (k < 7 && lc == (__u8)(NAME_UPGRADE >> (8 * k))) {
-			if (k + 1 == 7)
-				return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
-			s->upgrade = k + 1;
-		} else {
-			s->upgrade = lc == 'u';
-		}
-	}
-	return 0;
-}
-
 /* One byte of the head, at scan.pos; bpf_loop callback. Returns 1 to stop. */
 static long scan_byte(__u32 i, struct scan_ctx *ctx)
 {
 	struct wk_http_sock *st = ctx->st;
 	struct wk_http_scan *s = &st->scan;
-	__u32 off = s->pos, tok = s->tok;
-	__u8 *p, c, lc;
+	__u32 off = s->pos;
+	__u8 *p;
 
 	if (off >= WK_HTTP_HEAD_MAX)
 		return 1;
 	p = (__u8 *)ctx->data + off;
 	if ((void *)(p + 1) > ctx->data_end)
 		return 1;
-	c = *p;
-	lc = lower(c);
-	s->pos = off + 1;
-
-	switch (s->state) {
-	case HS_METHOD:
-		if (is_tchar(c)) {
-			/* no allowed method is longer than 7 */
-			if (tok >= 7)
-				return stop(s, WK_HTTP_STAT_REFUSED_METHOD);
-			s->method |= (__u64)c << (8 * (tok & 7));
-			s->tok = tok + 1;
-		} else if (c == ' ' && tok) {
-			if (!method_allowed(tok, s->method))
-				return stop(s, WK_HTTP_STAT_REFUSED_METHOD);
-			s->state = HS_TARGET;
-			s->tok = 0;
-		} else {
-			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		}
-		break;
-	case HS_TARGET:
-		if (c > ' ' && c < 0x7f) {
-			target_byte(s, tok, lc);
-			s->tok = tok + 1;
-		} else if (c == ' ' && tok) {
-			s->state = HS_VERSION;
-			s->tok = 0;
-		} else {
-			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		}
-		break;
-	case HS_VERSION:
-		/* exactly HTTP/1.0 or HTTP/1.1 */
-		if (tok < 7) {
-			if (c != (__u8)(VERSION_PREFIX >> (8 * (tok & 7))))
-				return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		} else if (tok == 7) {
-			if (c != '0' && c != '1')
-				return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-			s->http10 = c == '0';
-		} else if (c == '\r') {
-			s->state = HS_RL_LF;
-		} else {
-			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		}
-		s->tok = tok + 1;
-		break;
-	case HS_RL_LF:
-		if (c != '\n')
-			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		s->rl_end = off + 1;
-		s->state = HS_LINE;
-		break;
-	case HS_LINE:
-		if (c == '\r') {
-			s->state = HS_END_LF;
-		} else if (is_tchar(c)) {
-			s->word[0] = lc;
-			s->word[1] = 0;
-			s->word[2] = 0;
-			s->tok = 1;
-			s->same_name = st->name_len && lower(st->line[0]) == lc;
-			s->state = HS_NAME;
-		} else {
-			/* obs-fold (SP/HT), bare LF, an empty name, controls */
-			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		}
-		break;
-	case HS_NAME:
-		if (is_tchar(c)) {
-			if (tok < 8)
-				s->word[0] |= (__u64)lc << (8 * (tok & 7));
-			else if (tok < 16)
-				s->word[1] |= (__u64)lc << (8 * (tok & 7));
-			else if (tok < 24)
-				s->word[2] |= (__u64)lc << (8 * (tok & 7));
-			if (s->same_name &&
-			    (tok >= st->name_len || tok >= WK_HTTP_LINE_MAX ||
-			     lower(st->line[tok & (WK_HTTP_LINE_MAX - 1)]) != lc))
-				s->same_name = 0;
-			s->tok = tok + 1;
-		} else if (c == ':') {
-			return end_of_name(st, s);
-		} else {
-			/* space before the colon, controls, separators */
-			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		}
-		break;
-	case HS_VALUE:
-		if (c == '\r') {
-			if (s->kind == HK_LENGTH && !s->digits)
-				return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
-			if (s->kind == HK_TRANSFER && s->te_match != 7)
-				return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
-			s->state = HS_LF;
-		} else if (c == '\t' || c == ' ' || (c > ' ' && c != 0x7f)) {
-			return value_byte(s, c);
-		} else {
-			/* bare LF, NUL, other controls */
-			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		}
-		break;
-	case HS_LF:
-		if (c != '\n')
-			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		s->state = HS_LINE;
-		break;
-	case HS_END_LF:
-		if (c != '\n')
-			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
-		s->head_end = off + 1;
-		s->state = HS_DONE;
-		return 1;
-	default:
-		return 1;
-	}
-	return 0;
+	return head_byte(s, st->line, st->name_len, *p);
 }
 
-/* ---- a chunked body ---------------------------------------------------- */
+/* ---- a chunked body (the scanner: http-chunked.bpf.h) ------------------ */
 
-/*
- * Bytes of a message looked at in one run, and the limits on what the
- * framing may hold. Nothing is corked here, so these only bound the work
- * per run and what the upstream must accept.
- */
-#define WK_HTTP_CHUNK_WINDOW	4096
-#define WK_HTTP_CHUNK_DIGITS	15	/* hex digits of a chunk-size, leading zeros included */
-#define WK_HTTP_CHUNK_EXT_MAX	1024	/* bytes of one chunk's extensions, ';' included */
-#define WK_HTTP_TRAILER_MAX	WK_HTTP_HEAD_MAX	/* the trailer section, final CRLF included */
-
-enum chunk_state {
-	CS_SIZE,		/* chunk-size: hex digits, then ';' or CR */
-	CS_EXT,			/* after ';': extensions up to CR */
-	CS_SIZE_LF,		/* LF ending the chunk-size line */
-	CS_DATA_CR,		/* CR after the chunk's data */
-	CS_DATA_LF,
-	CS_TRAILER,		/* a trailer line starts (or CR: the body ends) */
-	CS_TNAME,		/* trailer name, up to ':' */
-	CS_TVALUE,		/* trailer value, up to CR */
-	CS_TLF,
-	CS_END_LF,		/* LF ending the body */
-	CS_DONE,
-};
-
-static __always_inline long chunk_stop(struct wk_http_chunk *c, __u32 reason)
-{
-	c->reason = reason;
-	return 1;
-}
-
-/*
- * One byte of chunked framing, at chunk.pos; bpf_loop callback. Returns 1
- * to stop: at the end of the window, when the body ends, when a chunk's
- * data runs past the window (chunk.pending), or on malformed framing
- * (chunk.reason). Data inside the window is skipped, never looked at.
- */
+/* One byte of chunked framing, at chunk.pos; bpf_loop callback. Returns 1 to stop. */
 static long chunk_byte(__u32 i, struct scan_ctx *ctx)
 {
 	struct wk_http_sock *st = ctx->st;
 	struct wk_http_chunk *c = &st->chunk;
-	__u32 off = c->pos, tok = c->tok, d;
-	__u64 room;
-	__u8 *p, ch, lc;
+	__u32 off = c->pos;
+	__u8 *p;
 
 	if (off >= c->end || off >= WK_HTTP_CHUNK_WINDOW)
 		return 1;
 	p = (__u8 *)ctx->data + off;
 	if ((void *)(p + 1) > ctx->data_end)
 		return 1;
-	ch = *p;
-	lc = lower(ch);
-	c->pos = off + 1;
-
-	switch (c->state) {
-	case CS_SIZE:
-		if (ch >= '0' && ch <= '9')
-			d = ch - '0';
-		else if (lc >= 'a' && lc <= 'f')
-			d = lc - 'a' + 10;
-		else
-			d = 16;
-		if (d < 16) {
-			if (++c->digits > WK_HTTP_CHUNK_DIGITS)
-				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-			c->size = c->size << 4 | d;
-		} else if (!c->digits) {
-			/* no size: an empty line, whitespace, a sign, "0x" */
-			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-		} else if (ch == ';') {
-			c->state = CS_EXT;
-			c->len = 1;
-		} else if (ch == '\r') {
-			c->state = CS_SIZE_LF;
-		} else {
-			/* whitespace after the size, bare LF, anything else */
-			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-		}
-		break;
-	case CS_EXT:
-		/*
-		 * Token names and values only: no quoted strings (a parser
-		 * that honours a backslash there could disagree about where
-		 * the line ends), no controls, no bare LF.
-		 */
-		if (ch == '\r') {
-			c->state = CS_SIZE_LF;
-		} else if (is_tchar(ch) || ch == ';' || ch == '=' || ch == ' ' || ch == '\t') {
-			if (++c->len > WK_HTTP_CHUNK_EXT_MAX)
-				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-		} else {
-			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-		}
-		break;
-	case CS_SIZE_LF:
-		if (ch != '\n')
-			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-		if (!c->size) {
-			/* the last chunk: trailer lines, then an empty line */
-			c->state = CS_TRAILER;
-			c->len = 0;
-			break;
-		}
-		c->state = CS_DATA_CR;
-		room = c->end - (off + 1);
-		if (c->size <= room) {
-			/* the data is in the window: step over it */
-			c->pos = off + 1 + (__u32)c->size;
-			break;
-		}
-		/* the data runs past the window: account for it whole */
-		c->pending = c->size;
-		return 1;
-	case CS_DATA_CR:
-		if (ch != '\r')
-			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-		c->state = CS_DATA_LF;
-		break;
-	case CS_DATA_LF:
-		if (ch != '\n')
-			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-		c->state = CS_SIZE;
-		c->size = 0;
-		c->digits = 0;
-		break;
-	default:
-		/* the trailer section: header lines, as in a head */
-		if (++c->len > WK_HTTP_TRAILER_MAX)
-			return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-		switch (c->state) {
-		case CS_TRAILER:
-			if (ch == '\r') {
-				c->state = CS_END_LF;
-			} else if (is_tchar(ch)) {
-				c->tok = 1;
-				c->same_name = st->name_len && lower(st->line[0]) == lc;
-				c->state = CS_TNAME;
-			} else {
-				/* obs-fold, bare LF, an empty name, controls */
-				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-			}
-			break;
-		case CS_TNAME:
-			if (is_tchar(ch)) {
-				if (c->same_name &&
-				    (tok >= st->name_len || tok >= WK_HTTP_LINE_MAX ||
-				     lower(st->line[tok & (WK_HTTP_LINE_MAX - 1)]) != lc))
-					c->same_name = 0;
-				c->tok = tok + 1;
-			} else if (ch == ':') {
-				/* the injected header as a trailer: a server that
-				 * merges trailers into headers would see two */
-				if (c->same_name && tok == st->name_len)
-					return chunk_stop(c, WK_HTTP_STAT_REFUSED_HEADER);
-				c->state = CS_TVALUE;
-			} else {
-				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-			}
-			break;
-		case CS_TVALUE:
-			if (ch == '\r')
-				c->state = CS_TLF;
-			else if (ch != '\t' && ch != ' ' && (ch <= ' ' || ch == 0x7f))
-				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-			break;
-		case CS_TLF:
-			if (ch != '\n')
-				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-			c->state = CS_TRAILER;
-			break;
-		case CS_END_LF:
-			if (ch != '\n')
-				return chunk_stop(c, WK_HTTP_STAT_REFUSED_CHUNKED);
-			c->state = CS_DONE;
-			return 1;
-		default:
-			return 1;
-		}
-	}
-	return 0;
+	return chunk_step(c, st->line, st->name_len, *p);
 }
 
 /* ---- sk_msg ------------------------------------------------------------- */
@@ -1301,83 +639,7 @@ static __always_inline int refuse(struct wk_http_sock *st, __u32 why)
 	return SK_DROP;
 }
 
-/*
- * Why approvals are sized the way they are. When the kernel fails to queue
- * an approved chunk part way (a non-blocking writer and a full send
- * buffer, SO_SNDTIMEO, a signal), tcp_bpf_send_verdict frees the rest of
- * the message but keeps the verdict and the whole approved length: the
- * writer's retry then passes without this program, and every further
- * failure under that stale verdict lets more bytes than approved go out
- * unseen. So a push must not fail part way:
- *   - an approval is never more than the current message, nor more than
- *     the socket can queue right now without waiting (queue_room);
- *   - the chunk holding injected bytes (request line and line) must fit
- *     whole, or the request is refused: a half-queued line, or the
- *     workload's bytes passed where the line should be, would be a
- *     corrupted request;
- *   - with no room at all, one byte is approved: a one-byte push queues
- *     that byte or nothing, so it cannot overrun either.
- * A push can fail anyway: memory pressure (global, or the socket's
- * memory cgroup: those waits are not the send buffer's), and then a
- * blocking writer's SO_SNDTIMEO or a signal. The writer's next bytes, up
- * to the approved length, then pass under the stale verdict without this
- * program, and if the push failed before its first byte, nothing in
- * write_seq would tell: the retry, with a different Content-Length, could
- * make the upstream take the next request line and its injected line for
- * a body (which an echoing upstream returns). So every failed push is
- * caught where it fails: wk_http_push_done (fexit on tcp_bpf_push, which
- * runs under the socket lock, before any other write can start) marks the
- * connection refused, and so does wk_http_mem_refused (the
- * sock_exceed_buf_limit tracepoint, also under the lock) as soon as socket
- * memory accounting refuses a send charge, before the push fails (both
- * let pass a failure of an approval that held body data only: see
- * approve()). On a
- * kernel that refuses fexit, the tracepoint alone covers memory pressure;
- * a push failing for another reason (a page allocation failure) then goes
- * unnoticed. What can still pass is the stale approval's rest:
- * at most one approved chunk of whatever the writer sends next, never
- * looked at, with nothing of the program's in it; then every write is
- * dropped. Framing is decided by what precedes a byte, so bytes after the
- * failure cannot move an injected line already queued out of the head it
- * was put in, and no line is injected after it. (A failure after some
- * bytes went out also shows in write_seq: the check in wk_http_msg stays
- * as a second line.)
- */
-static __always_inline __u64 net_notsent_lowat(struct tcp_sock *tp)
-{
-	__u32 lowat = tp->notsent_lowat;
-
-	if (!lowat)
-		lowat = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.__sk_common.skc_net.net,
-				      ipv4.sysctl_tcp_notsent_lowat);
-	return lowat;
-}
-
-/*
- * Bytes the socket can queue now with tcp_sendmsg_locked never waiting: it
- * only waits when it needs a new skb while sk_wmem_queued >= sk_sndbuf or
- * the not-yet-sent bytes reach notsent_lowat. n bytes need at most
- * n / mss + 2 new skbs, each charged at most 2 KiB beyond its data.
- */
-static __always_inline __u64 queue_room(struct tcp_sock *tp)
-{
-	__s64 room = (__s64)tp->inet_conn.icsk_inet.sk.sk_sndbuf -
-		     tp->inet_conn.icsk_inet.sk.sk_wmem_queued - 2 * 2048;
-	__u64 notsent = (__u32)(tp->write_seq - tp->snd_nxt);
-	__u64 lowat = net_notsent_lowat(tp);
-	__u64 mss = tp->mss_cache, n;
-
-	if (room <= 0 || notsent >= lowat)
-		return 0;
-	if (mss < 536)
-		mss = 536;
-	n = (__u64)room * mss / (mss + 2048);
-	if (n > lowat - notsent - 1)
-		n = lowat - notsent - 1;
-	return n;
-}
-
-/* Approve the next chunk of `left` safe bytes; see above. */
+/* Approve the next chunk of `left` safe bytes; see queue_room() (http-sendq.bpf.h). */
 static __always_inline int approve(struct sk_msg_md *msg, struct wk_http_sock *st,
 				   struct tcp_sock *tp)
 {
@@ -1471,24 +733,12 @@ static __always_inline bool snapshot_header(struct wk_http_sock *st)
 }
 
 /*
- * An authority names one of the service's hosts: a well-formed host, its
- * port (if given) the service's, and (service, host) in wk_http_host. A
- * trailing dot is dropped first ("api.example." is "api.example").
+ * An authority names one of the service's hosts: its form and port
+ * (authority_form_ok()), then (service, host) in wk_http_host.
  */
 static __always_inline bool authority_ok(struct wk_http_sock *st, struct wk_http_authority *a)
 {
-	__u32 n = a->key.len;
-
-	if (a->state != AS_NAME && a->state != AS_TRAIL && !(a->state == AS_PORT && a->digits))
-		return false;
-	if (a->digits && a->port != st->dest.port)
-		return false;
-	if (n && a->key.name[(n - 1) & (WK_HTTP_HOST_KEY_NAME - 1)] == '.') {
-		n--;
-		a->key.name[n & (WK_HTTP_HOST_KEY_NAME - 1)] = 0;
-		a->key.len = n;
-	}
-	if (!n || n > WK_HTTP_HOST_MAX)
+	if (!authority_form_ok(a, st->dest.port))
 		return false;
 	a->key.service_id = st->service_id;
 	return bpf_map_lookup_elem(&wk_http_host, &a->key) != NULL;
