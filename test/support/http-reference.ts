@@ -1,7 +1,7 @@
 /**
- * The fuzz test's reference model of request boundaries
- * (test/kernel/http-inject.test.ts keeps its own copy, word for word), for
- * the unit tests that run the host-compiled scanners against it.
+ * The reference model of request boundaries that the kernel fuzz test
+ * (test/kernel/http-inject.test.ts) and the host-compiled scanners' unit
+ * tests both check the parser against.
  */
 
 /**

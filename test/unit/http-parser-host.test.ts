@@ -5,12 +5,9 @@
  * them on random and mutated streams. The same C as the BPF program's; the
  * kernel tier (test/kernel/http-inject.test.ts) covers the glue around it.
  */
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { hostParse, type HostCase, type HostParse } from '../support/http-parser-host.js';
 import { prng, randomPieces, requestHeads } from '../support/http-reference.js';
-import { repoRoot } from '../support/paths.js';
 
 const get = (target = '/', extra = '') => `GET ${target} HTTP/1.1\r\nHost: upstream\r\n${extra}\r\n`;
 const post = (target: string, body: string, extra = '') =>
@@ -322,18 +319,6 @@ const split = (s: Buffer, rnd: () => number, max: number) => {
 
 describe('host-compiled HTTP parser against the fuzz test\'s reference model', () => {
   const SEEDS = 400;
-
-  it('runs the very model the kernel fuzz test runs', () => {
-    const fn = (file: string, name: string) => {
-      const src = readFileSync(path.join(repoRoot, file), 'utf8').replace(/^export /gm, '');
-      const at = src.indexOf(`function ${name}(`);
-      return at < 0 ? null : src.slice(at, src.indexOf('\n}\n', at));
-    };
-    for (const name of ['requestHeads', 'prng', 'randomPieces']) {
-      expect(fn('test/support/http-reference.ts', name), name).toBe(fn('test/kernel/http-inject.test.ts', name));
-      expect(fn('test/support/http-reference.ts', name), name).not.toBeNull();
-    }
-  });
 
   it('agrees on every request boundary of valid streams, however they are split', () => {
     const cases: { stream: Buffer; writes: Buffer[] }[] = [];
