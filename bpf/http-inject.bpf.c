@@ -999,6 +999,20 @@ int wk_http_msg(struct sk_msg_md *msg)
 /* ---- a failed push ----------------------------------------------------- */
 
 /*
+ * What both watches do when a push failed, or may fail, under the socket
+ * lock: refuse a kernel-path connection from here on, unless the approval
+ * held body data only, whose failure cannot reframe anything (see
+ * approve()).
+ */
+static __always_inline void push_failed(struct sock *sk)
+{
+	struct wk_http_sock *st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
+
+	if (st && (st->flags & (SOCK_ARMED | SOCK_REFUSED | SOCK_OPAQUE)) == SOCK_ARMED)
+		refuse(st, WK_HTTP_STAT_REFUSED_PUSH);
+}
+
+/*
  * After every tcp_bpf_push (the kernel queueing what wk_http_msg passed),
  * under the socket lock: a push that failed leaves the kernel's verdict and
  * approved length in place for the writer's next bytes, which would pass
@@ -1010,18 +1024,8 @@ SEC("?fexit/tcp_bpf_push")
 int BPF_PROG(wk_http_push_done, struct sock *sk, struct sk_msg *msg, u32 apply_bytes,
 	     int flags, bool uncharge, int ret)
 {
-	struct wk_http_sock *st;
-
-	if (ret >= 0)
-		return 0;
-	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
-	/* A failed push of body data only cannot reframe anything: see approve(). */
-	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED | SOCK_OPAQUE)) != SOCK_ARMED)
-		return 0;
-	st->flags |= SOCK_REFUSED;
-	forget_line(st);
-	http_count(WK_HTTP_STAT_REFUSED_PUSH);
-	http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_PUSH);
+	if (ret < 0)
+		push_failed(sk);
 	return 0;
 }
 
@@ -1040,18 +1044,8 @@ int BPF_PROG(wk_http_push_done, struct sock *sk, struct sk_msg *msg, u32 apply_b
 SEC("?tp_btf/sock_exceed_buf_limit")
 int BPF_PROG(wk_http_mem_refused, struct sock *sk, struct proto *prot, long allocated, int kind)
 {
-	struct wk_http_sock *st;
-
-	if (kind != WK_SK_MEM_SEND)
-		return 0;
-	st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
-	/* The charge of body data only: its push may fail harmlessly (see approve()). */
-	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED | SOCK_OPAQUE)) != SOCK_ARMED)
-		return 0;
-	st->flags |= SOCK_REFUSED;
-	forget_line(st);
-	http_count(WK_HTTP_STAT_REFUSED_PUSH);
-	http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_PUSH);
+	if (kind == WK_SK_MEM_SEND)
+		push_failed(sk);
 	return 0;
 }
 
