@@ -65,7 +65,8 @@ export class AgentMetrics implements ProxyObserver {
   readonly #sources: MetricsSources;
   readonly #mapUsageIntervalMs: number;
   #mapUsage: { at: number; maps: MapUsage[] } | undefined;
-  #kernelStatsRead: { at: number; stats: Record<HttpStatName, bigint> | undefined } | undefined;
+  /** The kernel's counters as read for the scrape in progress: one read per scrape, none carried to the next. */
+  #kernelStatsRead: { stats: Record<HttpStatName, bigint> | undefined } | undefined;
 
   readonly #injected: Counter<'datapath' | 'workload' | 'service'>;
   readonly #refused: Counter<'datapath' | 'workload' | 'service' | 'reason'>;
@@ -309,6 +310,7 @@ export class AgentMetrics implements ProxyObserver {
 
   /** The exposition text and its content type. */
   async render(): Promise<{ contentType: string; body: string }> {
+    this.#kernelStatsRead = undefined;
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 
@@ -392,15 +394,14 @@ export class AgentMetrics implements ProxyObserver {
 
   /** The kernel's counters, read once per scrape (several metrics use them). */
   #kernelStats(): Record<HttpStatName, bigint> | undefined {
-    const now = Date.now();
-    if (this.#kernelStatsRead && now - this.#kernelStatsRead.at < 100) return this.#kernelStatsRead.stats;
+    if (this.#kernelStatsRead) return this.#kernelStatsRead.stats;
     let stats: Record<HttpStatName, bigint> | undefined;
     try {
       stats = this.#sources.kernelHttp()?.stats();
     } catch {
       // Closing meanwhile: nothing to report.
     }
-    this.#kernelStatsRead = { at: now, stats };
+    this.#kernelStatsRead = { stats };
     return stats;
   }
 
