@@ -37,6 +37,10 @@ export const REFUSAL_CODES = [
   'no-socket-storage', // connect() refused: socket storage could not be allocated
   'agent-gone', // no live agent: its heartbeat lapsed, or it stopped
   'internal-error', // a kernel helper failed (memory)
+  // Egress policy (a workload with an egress section), both datapaths.
+  'egress-not-allowed', // no egress rule allows the destination address, port and protocol (connect()/sendmsg() fail with EPERM)
+  'egress-name-not-allowed', // the SNI, or a plaintext request's Host, is no name an egress rule allows on that port
+  'egress-name-unresolved', // an allowed name resolves to no address the agent can reach
   // The connection, before any request.
   'too-many-connections', // the workload has --max-connections-per-workload open
   'too-many-handshakes', // --max-handshakes connections are between accept and TLS established

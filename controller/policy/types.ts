@@ -75,6 +75,42 @@ export interface WorkloadSelector {
 
 export interface WorkloadSpec {
   selector: WorkloadSelector;
+  /** Where the workload may connect; without it, anywhere (nothing changes). */
+  egress?: EgressSpec;
+}
+
+export type EgressMode = 'enforce' | 'audit';
+export type EgressProtocol = 'tcp' | 'udp' | 'any';
+
+/**
+ * A workload's egress policy. `enforce`: a destination no rule allows is
+ * refused (EPERM at connect()/sendmsg(), or the proxy closes it); `audit`:
+ * the same decisions are logged as `would-refuse` and nothing is refused.
+ */
+export interface EgressSpec {
+  mode: EgressMode;
+  allow: EgressRuleSpec[];
+}
+
+/**
+ * One allow rule: exactly one of service, cidr(s) and host(s).
+ *  - service: a Service by name, at its port: its addresses (plaintext) or
+ *    its hosts (TLS: matched on SNI; plaintext with hosts: on Host too).
+ *  - cidr/cidrs: addresses or prefixes (IPv4, IPv6), with `ports` (numbers
+ *    or "lo-hi" ranges; default every port) and `protocol` (default tcp).
+ *  - host/hosts: names ("api.example.com", or "*.example.com" for any name
+ *    below it), with `ports` (default [443]) and `tls` (default true: the
+ *    name is matched on SNI; false: plaintext HTTP, matched on Host).
+ */
+export interface EgressRuleSpec {
+  service?: string;
+  cidr?: string;
+  cidrs?: string[];
+  host?: string;
+  hosts?: string[];
+  ports?: (number | string)[];
+  protocol?: EgressProtocol;
+  tls?: boolean;
 }
 
 export interface BearerInjection {
@@ -197,6 +233,39 @@ export interface PlanWorkload {
     user?: string;
     uid?: number;
   };
+  /** Absent: the workload is unrestricted. */
+  egress?: PlanEgress;
+}
+
+/** An inclusive port range, host byte order; [1, 65535] is every port. */
+export type PortRange = readonly [number, number];
+
+/**
+ * A compiled egress rule. `id` is 1-based and stable for a given policy:
+ * the rule's index in the workload's `allow` list, then, after those, one
+ * implicit rule per service the workload is bound to (a binding allows its
+ * service). `label` names it for people: "allow[2]" or "binding app-api".
+ */
+export interface PlanEgressRule {
+  id: number;
+  label: string;
+  /** Where it is written (the rule, or the binding for an implicit one). */
+  source: SourcePosition;
+  /** Canonical prefixes (host bits cleared; IPv4 as a.b.c.d/n, IPv6 as x::/n). Empty for a name rule. */
+  cidrs: string[];
+  /** Lower-case names without trailing dot; "*.example.com" for any name below example.com. Empty for an address rule. */
+  hosts: string[];
+  /** Merged, sorted, non-overlapping. */
+  ports: PortRange[];
+  /** Address rules: tcp, udp or any. Name rules: always tcp. */
+  protocol: EgressProtocol;
+  /** Name rules: matched on SNI (true) or on the plaintext Host header (false). */
+  tls: boolean;
+}
+
+export interface PlanEgress {
+  mode: EgressMode;
+  rules: PlanEgressRule[];
 }
 
 export interface PlanBinding {
