@@ -9,9 +9,10 @@ import { openSync, writeSync, closeSync } from 'node:fs';
  * inject: a request got its credential; deny: a request or connection was
  * refused; pass: relayed untouched (no credential); withhold: when a policy
  * is applied, a binding whose credential cannot be used now (its requests
- * are refused until it can).
+ * are refused until it can); close: an upgraded connection (WebSocket)
+ * whose upgrade was an inject line ended, with its bytes and duration.
  */
-export type AuditDecision = 'inject' | 'deny' | 'pass' | 'withhold';
+export type AuditDecision = 'inject' | 'deny' | 'pass' | 'withhold' | 'close';
 
 export interface AuditEvent {
   decision: AuditDecision;
@@ -41,6 +42,11 @@ export interface AuditEvent {
   /** The AWS access key id a SigV4 signature used (an identifier, not a secret). */
   accessKeyId?: string;
   reason?: string;
+  /** close lines: bytes from the workload to the upstream, and back, after the upgrade. */
+  bytesUp?: number;
+  bytesDown?: number;
+  /** close lines: from the upgrade's 101 to the close (ms). */
+  durationMs?: number;
 }
 
 /** Audit bytes waiting for stdout past which the sink counts as backed up (the proxy then refuses: see `writable`). */

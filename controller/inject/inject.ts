@@ -51,6 +51,8 @@ export interface InjectOptions {
   sigv4BodyLimit: number;
   /** Memory all requests together may hold for SigV4 payload hashes; what a read body took is released by the caller. */
   sigv4BodyBudget?: ByteBudget;
+  /** Runs just before the body is read (to be signed): the proxy answers `Expect: 100-continue` there. */
+  beforeBodyRead?: () => void;
 }
 
 const EMPTY_SHA256 = createHash('sha256').digest('hex');
@@ -102,8 +104,11 @@ export async function prepareUpstreamRequest(
       } else if (!chunked && Number(length ?? 0) === 0) {
         payloadHash = EMPTY_SHA256;
       } else {
+        opts.beforeBodyRead?.();
         body = await readBody(req, opts.sigv4BodyLimit, opts.sigv4BodyBudget);
         payloadHash = createHash('sha256').update(body).digest('hex');
+        // The body was asked for and read here; the upstream gets it whole at once, with nothing to wait for.
+        dropHeader(headers, 'expect');
       }
       const signed = await signSigV4({ method: req.method ?? 'GET', host, path: req.url ?? '/', rawHeaders: [...headers, ...framing(body)], payloadHash }, creds, scope, new Date());
       return { headers: signed, path: stripQuerySignature(req.url ?? '/'), body, accessKeyId: creds.accessKeyId, ...provenance(credential) };
@@ -193,6 +198,11 @@ function awsCredentials(credential: Credential): AwsCredentials {
   const token = field(credential, ['security_token', 'session_token', 'aws_session_token', 'SessionToken']);
   if (!id || !secret) throw new CredentialError(credential.name, 'has no AWS access key id and secret access key fields');
   return { accessKeyId: id.reveal(), secretAccessKey: secret, ...(token ? { sessionToken: token } : {}) };
+}
+
+/** Removes every `name` (lower-case) from raw [name, value, ...] headers, in place. */
+function dropHeader(raw: string[], name: string): void {
+  for (let i = raw.length - 2; i >= 0; i -= 2) if ((raw[i] as string).toLowerCase() === name) raw.splice(i, 2);
 }
 
 function headerValue(req: IncomingMessage, name: string): string | undefined {

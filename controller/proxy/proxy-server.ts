@@ -23,6 +23,7 @@ import type { ByteBudget } from '../inject/byte-budget.js';
 import { downstreamResponseHeaders } from './headers.js';
 import { checkRequest } from './request-checks.js';
 import { relay } from './relay.js';
+import { openUpgrade, webSocketUpgradeProblem } from './upgrade.js';
 import type { PartitionedAgent, PartitionedRequestOptions } from './upstream.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
@@ -90,12 +91,25 @@ interface Session {
   sni: string;
 }
 
+/** A request that may go upstream: the route it was judged by, and its injected form. */
+interface Prepared {
+  route: Route;
+  credential: Credential;
+  upstream: UpstreamRequest;
+}
+
+function expectsContinue(req: http.IncomingMessage): boolean {
+  return (req.headers.expect ?? '').trim().toLowerCase() === '100-continue';
+}
+
 export class ProxyServer {
   readonly #deps: ProxyDeps;
   readonly #limits: ProxyLimits;
   readonly #servers: net.Server[] = [];
   readonly #http: http.Server;
   readonly #sessions = new WeakMap<net.Socket, Session>();
+  /** Per connection: settles once every request received so far has been answered. */
+  readonly #inFlight = new WeakMap<net.Socket, Promise<void>>();
   readonly #sockets = new Set<net.Socket>();
   /** Open connections per workload name. */
   readonly #perWorkload = new Map<string, number>();
@@ -109,17 +123,22 @@ export class ProxyServer {
   constructor(deps: ProxyDeps) {
     this.#deps = deps;
     this.#limits = { ...DEFAULT_PROXY_LIMITS, ...deps.limits };
-    this.#http = http.createServer({ requireHostHeader: true, insecureHTTPParser: false }, (req, res) => {
+    const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      this.#pending(req.socket as net.Socket, res);
       this.#forward(req, res).catch((err: unknown) => this.#internalError(req, res, err));
-    });
+    };
+    this.#http = http.createServer({ requireHostHeader: true, insecureHTTPParser: false }, onRequest);
+    // Expect: 100-continue is the upstream's to answer (#forward relays its
+    // 100); a request the proxy refuses is answered before the body is sent.
+    this.#http.on('checkContinue', onRequest);
     // Idle terminated connections (no bytes either way) are closed.
     this.#http.timeout = this.#limits.idleTimeoutMs;
     this.#http.on('clientError', (err: NodeJS.ErrnoException, socket) => this.#onClientError(err, socket));
-    this.#http.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => {
-      const session = this.#sessions.get(socket);
-      this.#refuseRaw(socket, { status: 501, code: 'upgrade-unsupported', message: 'protocol upgrades are not supported' });
-      if (session) this.#audit(session, req, { decision: 'deny', status: 501, reason: 'upgrade-unsupported' });
-      this.#count('upgrade-unsupported', session);
+    this.#http.on('upgrade', (req: http.IncomingMessage, socket: net.Socket, head: Buffer) => {
+      this.#upgrade(req, socket, head).catch((err: unknown) => {
+        this.#deps.log.error('upgrade to %s failed inside the proxy: %s', req.headers.host ?? '?', (err as Error)?.stack ?? String(err));
+        socket.destroy();
+      });
     });
   }
 
@@ -300,6 +319,47 @@ export class ProxyServer {
     return now;
   }
 
+  /**
+   * Checks `req` against the plan in force and applies its binding's
+   * injection: what every request, upgrades included, goes through before
+   * anything is sent upstream. `beforeBodyRead` runs if the body must be
+   * read first (SigV4 hashing it); `upgrade`: a WebSocket upgrade request.
+   */
+  async #prepare(req: http.IncomingMessage, session: Session, opts: { beforeBodyRead?: () => void; upgrade?: boolean } = {}): Promise<Prepared | { refusal: Refusal }> {
+    const route = this.#currentRoute(session);
+    if (!route) {
+      return { refusal: {
+        status: 403, code: 'binding-changed',
+        message: 'the binding this connection was made under was removed or changed by a policy reload; open a new connection',
+      } };
+    }
+    const { orig, sni } = session;
+    const inject = route.binding.inject;
+    const injected = inject.kind === 'header' ? inject.name.toLowerCase() : inject.kind === 'sigv4' ? undefined : 'authorization';
+    const refusal = checkRequest(req, sni, orig.port, injected, opts.upgrade);
+    if (refusal) return { refusal };
+
+    // No audit, no injection: a request that could not be recorded is not sent.
+    if (!this.#deps.audit.writable) {
+      return { refusal: { status: 503, code: 'audit-unavailable', message: 'the audit log cannot be written now; retry later' } };
+    }
+    let credential: Credential;
+    let upstream: UpstreamRequest;
+    try {
+      credential = await this.#deps.credential(inject.credential);
+      upstream = await prepareUpstreamRequest(req, inject, credential, {
+        host: sni, port: orig.port, sigv4BodyLimit: this.#deps.sigv4BodyLimit, sigv4BodyBudget: this.#deps.sigv4BodyBudget, beforeBodyRead: opts.beforeBodyRead,
+      });
+    } catch (err) {
+      if (err instanceof InjectionRefusal) return { refusal: { status: err.status, code: err.reason, message: err.message } };
+      // The log gets the whole reason (it may name a file); the workload only which credential.
+      this.#deps.log.error('%s', err instanceof WirekeyError ? err.message : `credential "${inject.credential}": ${String(err)}`);
+      const why = err instanceof CredentialError ? 'cannot be used now' : 'is unavailable';
+      return { refusal: { status: 503, code: 'credential-unavailable', message: `credential "${inject.credential}" ${why}` } };
+    }
+    return { route, credential, upstream };
+  }
+
   async #forward(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const session = this.#sessions.get(req.socket);
     if (!session) {
@@ -307,37 +367,20 @@ export class ProxyServer {
       res.destroy();
       return;
     }
-    const route = this.#currentRoute(session);
-    if (!route) {
-      return this.#refuse(req, res, session, {
-        status: 403, code: 'binding-changed',
-        message: 'the binding this connection was made under was removed or changed by a policy reload; open a new connection',
-      });
-    }
+    // Expect: 100-continue: the client sends its body once it sees a 100,
+    // relayed from the upstream's; a body the proxy must read first (SigV4)
+    // is asked for by the proxy itself. A refusal comes before any 100.
+    let continued = !expectsContinue(req);
+    const sendContinue = () => {
+      if (continued || res.headersSent || res.destroyed) return;
+      continued = true;
+      res.writeContinue();
+    };
+    const prepared = await this.#prepare(req, session, { beforeBodyRead: sendContinue });
+    if ('refusal' in prepared) return this.#refuse(req, res, session, prepared.refusal);
+    const { route, credential, upstream } = prepared;
     const { orig, sni } = session;
     const inject = route.binding.inject;
-    const injected = inject.kind === 'header' ? inject.name.toLowerCase() : inject.kind === 'sigv4' ? undefined : 'authorization';
-    const refusal = checkRequest(req, sni, orig.port, injected);
-    if (refusal) return this.#refuse(req, res, session, refusal);
-
-    // No audit, no injection: a request that could not be recorded is not sent.
-    if (!this.#deps.audit.writable) {
-      return this.#refuse(req, res, session, { status: 503, code: 'audit-unavailable', message: 'the audit log cannot be written now; retry later' });
-    }
-    let credential: Credential;
-    let upstream: UpstreamRequest;
-    try {
-      credential = await this.#deps.credential(inject.credential);
-      upstream = await prepareUpstreamRequest(req, inject, credential, {
-        host: sni, port: orig.port, sigv4BodyLimit: this.#deps.sigv4BodyLimit, sigv4BodyBudget: this.#deps.sigv4BodyBudget,
-      });
-    } catch (err) {
-      if (err instanceof InjectionRefusal) return this.#refuse(req, res, session, { status: err.status, code: err.reason, message: err.message });
-      // The log gets the whole reason (it may name a file); the workload only which credential.
-      this.#deps.log.error('%s', err instanceof WirekeyError ? err.message : `credential "${inject.credential}": ${String(err)}`);
-      const why = err instanceof CredentialError ? 'cannot be used now' : 'is unavailable';
-      return this.#refuse(req, res, session, { status: 503, code: 'credential-unavailable', message: `credential "${inject.credential}" ${why}` });
-    }
     if (upstream.body) res.once('close', () => this.#deps.sigv4BodyBudget.releaseAll(req));
 
     const options: PartitionedRequestOptions = {
@@ -390,6 +433,7 @@ export class ProxyServer {
         this.#deps.observer?.injected(route.workload.name, route.service.name);
       });
     });
+    upstreamReq.on('continue', sendContinue);
     upstreamReq.on('error', (err) => {
       if (res.headersSent) {
         res.destroy(err);
@@ -406,6 +450,72 @@ export class ProxyServer {
     res.once('close', () => {
       if (!res.writableFinished) upstreamReq.destroy();
     });
+  }
+
+  /**
+   * A WebSocket upgrade: refused like any request (and anything that is not
+   * a WebSocket upgrade, 501), else sent upstream on a connection of its
+   * own and, on 101, relayed both ways (controller/proxy/upgrade.ts).
+   */
+  async #upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
+    const session = this.#sessions.get(socket);
+    if (!session) {
+      socket.destroy();
+      return;
+    }
+    // Pipelined after other requests: their responses go first, in order.
+    await this.#idle(socket);
+    if (socket.destroyed) return;
+    const refuse = (refusal: Refusal) => {
+      this.#count(refusal.code, session);
+      this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code });
+      this.#refuseRaw(socket, refusal);
+    };
+    const problem = webSocketUpgradeProblem(req);
+    if (problem) return refuse(problem);
+    const prepared = await this.#prepare(req, session, { upgrade: true });
+    if ('refusal' in prepared) return refuse(prepared.refusal);
+    if (socket.destroyed) return;
+    const { route, upstream } = prepared;
+    const inject = route.binding.inject;
+    const audited = {
+      credential: inject.credential,
+      credentialVersion: upstream.credentialVersion,
+      leaseId: upstream.leaseId,
+      accessKeyId: upstream.accessKeyId,
+    };
+    openUpgrade(socket, head, {
+      address: session.orig.address,
+      port: session.orig.port,
+      servername: session.sni,
+      secureContext: this.#deps.upstreamAgent.options.secureContext,
+      path: upstream.path,
+      headers: upstream.headers,
+      idleMs: this.#limits.idleTimeoutMs,
+    }, {
+      answered: (status) => {
+        this.#audit(session, req, { decision: 'inject', status, ...audited, ...(status === 101 ? { reason: 'websocket' } : {}) });
+        this.#deps.observer?.injected(route.workload.name, route.service.name);
+      },
+      failed: (err) => refuse({ status: 502, code: 'upstream-failed', message: `upstream ${session.sni} failed: ${err.message}` }),
+      closed: (bytesUp, bytesDown, durationMs, why) => {
+        this.#audit(session, req, { decision: 'close', status: 101, credential: inject.credential, reason: why, bytesUp, bytesDown, durationMs });
+      },
+      // A reload that removes or changes the binding closes the tunnel at its next chunk either way.
+      stillBound: () => this.#currentRoute(session) !== undefined,
+    });
+  }
+
+  /** Tracks `res` as unanswered on `socket` until it closes. */
+  #pending(socket: net.Socket, res: http.ServerResponse): void {
+    const done = new Promise<void>((resolve) => res.once('close', resolve));
+    const before = this.#inFlight.get(socket);
+    this.#inFlight.set(socket, before ? Promise.all([before, done]).then(() => undefined) : done);
+  }
+
+  /** Resolves once every request on `socket` so far has been answered. */
+  async #idle(socket: net.Socket): Promise<void> {
+    await this.#inFlight.get(socket);
   }
 
   #credentialVersion(credential: Credential): number {
@@ -486,7 +596,11 @@ export class ProxyServer {
     if (session) this.#deps.observer?.refused(session.route.workload.name, session.route.service.name, code);
   }
 
-  #audit(session: Session, req: http.IncomingMessage, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId'>): void {
+  #audit(
+    session: Session,
+    req: http.IncomingMessage,
+    extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId' | 'bytesUp' | 'bytesDown' | 'durationMs'>,
+  ): void {
     this.#deps.audit.record({
       workload: session.route.workload.name,
       pid: session.orig.pid,

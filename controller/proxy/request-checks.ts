@@ -33,10 +33,12 @@ const PROTECTED = new Set([
  * Checks a request arriving on a connection whose TLS SNI was `sni` and
  * whose original destination port was `port`. `injected` is the header
  * name the binding adds, lower-case (or undefined for SigV4, which sets
- * x-amz-* headers). Returns why it must be refused, or null when it may be
- * forwarded with a credential.
+ * x-amz-* headers). With `upgrade` (a WebSocket upgrade the proxy accepted,
+ * whose Connection and Upgrade it sets itself upstream) Connection may list
+ * upgrade. Returns why it must be refused, or null when it may be forwarded
+ * with a credential.
  */
-export function checkRequest(req: IncomingMessage, sni: string, port: number, injected?: string): Refusal | null {
+export function checkRequest(req: IncomingMessage, sni: string, port: number, injected?: string, upgrade = false): Refusal | null {
   const raw = req.rawHeaders;
   const method = req.method ?? '';
   if (method === 'CONNECT') {
@@ -57,6 +59,7 @@ export function checkRequest(req: IncomingMessage, sni: string, port: number, in
     }
   }
   for (const token of connectionTokens(raw)) {
+    if (upgrade && token === 'upgrade') continue;
     if (PROTECTED.has(token) || token === injected || token.startsWith('x-amz-')) {
       return { status: 400, code: 'connection-names-protected', message: `the Connection header lists ${token}, which wirekey checks or sets` };
     }

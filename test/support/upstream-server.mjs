@@ -5,6 +5,14 @@
 // Like many real APIs it also gives bodies back, the worst case for a
 // credential that ends up inside a body: POST /echo answers with the body it
 // got and keeps it, and GET /stored returns every body kept so far.
+// WebSocket (the `ws` package's server): an upgrade to any path is recorded
+// like a request (with `upgrade: "websocket"`), then every message is
+// recorded (`ws`: connection number, binary, length, SHA-256) and echoed
+// back as it came; GET /ws/refuse answers the upgrade 403 instead of 101.
+// GET /sse/ID streams server-sent events one at a time: the first at once,
+// each next one only when GET /sse-next/ID arrives (on any connection), the
+// last (`data: end`) after the /sse-next/ID request that passes ?n=N; so
+// a client that sees event k before asking for k+1 proves nothing waited.
 // A line `sync N` on stdin is answered with {"sync":N} on stdout, after every
 // record of a request whose response has started: the test's barrier for
 // "everything the upstream has answered so far is recorded".
@@ -15,6 +23,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { WebSocketServer } from 'ws';
 
 const { values } = parseArgs({
   options: {
@@ -69,6 +78,10 @@ const server = https.createServer(
         res.writeHead(302, { location: `https://${redirect[1]}/landed`, 'content-length': 0 });
         return res.end();
       }
+      const sse = /^\/sse\/([a-z0-9-]+)$/.exec(req.url);
+      if (sse) return startEvents(sse[1], res);
+      const next = /^\/sse-next\/([a-z0-9-]+)(?:\?n=(\d+))?$/.exec(req.url);
+      if (next) return nextEvent(next[1], next[2] !== undefined ? Number(next[2]) : undefined, res);
       const bytes = /^\/bytes\/(\d+)$/.exec(req.url);
       if (bytes) return sendBytes(res, Number(bytes[1]));
       if (req.url === '/echo' || req.url === '/stored') {
@@ -83,6 +96,61 @@ const server = https.createServer(
     });
   },
 );
+const streams = new Map();
+function startEvents(id, res) {
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  const stream = { res, sent: 0 };
+  streams.set(id, stream);
+  res.once('close', () => streams.delete(id));
+  sendEvent(stream);
+}
+function sendEvent(stream) {
+  stream.sent += 1;
+  stream.res.write(`id: ${stream.sent}\nevent: token\ndata: {"n":${stream.sent}}\n\n`);
+}
+function nextEvent(id, last, res) {
+  const stream = streams.get(id);
+  if (!stream) {
+    res.writeHead(404, { 'content-length': 0 });
+    return res.end();
+  }
+  if (last !== undefined && stream.sent >= last) {
+    stream.res.end('event: done\ndata: end\n\n');
+  } else {
+    sendEvent(stream);
+  }
+  const body = JSON.stringify({ sent: stream.sent });
+  res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+  res.end(body);
+}
+
+const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 * 1024 });
+let wsConnections = 0;
+server.on('upgrade', (req, socket, head) => {
+  const auth = [];
+  for (let i = 0; i < req.rawHeaders.length; i += 2) {
+    if (req.rawHeaders[i].toLowerCase() === 'authorization') auth.push(sha256(req.rawHeaders[i + 1]));
+  }
+  n += 1;
+  const conn = ++wsConnections;
+  process.stdout.write(`${JSON.stringify({
+    n, method: req.method, url: req.url, host: req.headers.host, servername: socket.servername, authorization: auth, apiKey: [],
+    headerNames: req.rawHeaders.filter((_, i) => i % 2 === 0).map((h) => h.toLowerCase()),
+    remoteAddress: socket.remoteAddress, remotePort: socket.remotePort, bodyLength: head.length, bodySha256: sha256(head),
+    upgrade: 'websocket', ws: conn,
+  })}\n`);
+  if (req.url === '/ws/refuse') {
+    socket.end('HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 10\r\n\r\nforbidden\n');
+    return;
+  }
+  wss.handleUpgrade(req, socket, head, (ws) => {
+    ws.on('message', (data, isBinary) => {
+      process.stdout.write(`${JSON.stringify({ wsMessage: conn, binary: isBinary, length: data.length, sha256: sha256(data) })}\n`);
+      ws.send(data, { binary: isBinary });
+    });
+  });
+});
+
 // GET /bytes/N: N pseudo-random bytes, streamed, with their SHA-256 in a header.
 function sendBytes(res, total) {
   const block = createHash('sha256').update('wirekey').digest();

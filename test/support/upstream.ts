@@ -18,10 +18,23 @@ export interface UpstreamRecord {
   remotePort: number;
   bodyLength: number;
   bodySha256: string;
+  /** A WebSocket upgrade: "websocket", and its connection number. */
+  upgrade?: string;
+  ws?: number;
+}
+
+/** A WebSocket message the upstream received (and echoed back). */
+export interface UpstreamMessage {
+  wsMessage: number;
+  binary: boolean;
+  length: number;
+  sha256: string;
 }
 
 export interface Upstream {
   records: UpstreamRecord[];
+  /** WebSocket messages received, in order. */
+  messages: UpstreamMessage[];
   /**
    * Resolves once `records` holds every request the upstream has started
    * to answer: a client that got its response can look for its record.
@@ -39,6 +52,7 @@ export async function startUpstream(host: TestHost, cert: string, key: string, p
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   const records: UpstreamRecord[] = [];
+  const messages: UpstreamMessage[] = [];
   const syncs = new Map<number, () => void>();
   let nextSync = 0;
   let buffered = '';
@@ -49,10 +63,11 @@ export async function startUpstream(host: TestHost, cert: string, key: string, p
       buffered += d.toString();
       let nl: number;
       while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = JSON.parse(buffered.slice(0, nl)) as UpstreamRecord & { listening?: boolean; sync?: number };
+        const line = JSON.parse(buffered.slice(0, nl)) as UpstreamRecord & UpstreamMessage & { listening?: boolean; sync?: number };
         buffered = buffered.slice(nl + 1);
         if (line.listening) resolve();
         else if (line.sync !== undefined) syncs.get(line.sync)?.();
+        else if (line.wsMessage !== undefined) messages.push(line);
         else records.push(line);
       }
     });
@@ -61,6 +76,7 @@ export async function startUpstream(host: TestHost, cert: string, key: string, p
   child.stdin?.on('error', () => {});
   return {
     records,
+    messages,
     sync: () =>
       new Promise<void>((resolve, reject) => {
         if (child.exitCode !== null || child.signalCode !== null) return reject(new Error('the upstream has exited'));
