@@ -414,6 +414,10 @@ export class ProxyServer {
         res.destroy();
         return;
       }
+      // A streamed response (server-sent events, chunked) shows its status
+      // and headers now, not with its first event: Node would hold them
+      // until the first body write. Each chunk is then written as it comes.
+      if (upstreamRes.headers['content-length'] === undefined) res.flushHeaders();
       // pipe(), not pipeline(): this is the per-request hot path, and
       // pipeline's abort-signal plumbing costs more than the forwarding.
       upstreamRes.pipe(res);
@@ -442,7 +446,11 @@ export class ProxyServer {
       this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` });
     });
     if (upstream.body) upstreamReq.end(upstream.body);
-    else req.pipe(upstreamReq);
+    else {
+      // A chunked upload may be a stream the upstream answers as it goes: its head goes now, not with the first chunk.
+      if (req.headers['transfer-encoding'] !== undefined) upstreamReq.flushHeaders();
+      req.pipe(upstreamReq);
+    }
     // A workload that goes away mid-request must not leave a half-sent
     // request upstream: destroying the request closes its connection, which
     // is then never reused.
