@@ -82,6 +82,8 @@ const server = https.createServer(
       if (sse) return startEvents(sse[1], res);
       const next = /^\/sse-next\/([a-z0-9-]+)(?:\?n=(\d+))?$/.exec(req.url);
       if (next) return nextEvent(next[1], next[2] !== undefined ? Number(next[2]) : undefined, res);
+      const timed = /^\/sse-timed\/(\d+)\/(\d+)$/.exec(req.url);
+      if (timed) return timedEvents(res, Number(timed[1]), Number(timed[2]));
       const bytes = /^\/bytes\/(\d+)$/.exec(req.url);
       if (bytes) return sendBytes(res, Number(bytes[1]));
       if (req.url === '/echo' || req.url === '/stored') {
@@ -96,6 +98,21 @@ const server = https.createServer(
     });
   },
 );
+// GET /sse-timed/COUNT/GAP_MS (for bench/): COUNT events GAP_MS apart, the
+// first at once, each stamped with the wall-clock time (ms, fractional) it
+// was written, so a reader on the same host can tell how long it took.
+function timedEvents(res, count, gap) {
+  res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+  let k = 0;
+  const send = () => {
+    k += 1;
+    res.write(`data: {"n":${k},"t":${performance.timeOrigin + performance.now()}}\n\n`);
+    if (k >= count) return res.end();
+    setTimeout(send, gap);
+  };
+  send();
+}
+
 const streams = new Map();
 function startEvents(id, res) {
   res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
