@@ -56,6 +56,10 @@ struct wk_http_scan {
 	__u32 seen_host;		/* a Host line was seen */
 	__u32 target_form;		/* enum target_form */
 	__u32 target_tok;		/* bytes of "http://" matched */
+	__u32 seen_upgrade;		/* an Upgrade line was seen (its value: websocket) */
+	__u32 ws_match;			/* bytes of "websocket" matched in Upgrade */
+	__u32 conn_upgrade;		/* Connection names "upgrade" */
+	__u32 websocket;		/* the head is a WebSocket upgrade the program allows */
 	__u32 _pad;
 	struct wk_http_authority host;	/* the Host value */
 	struct wk_http_authority target;	/* an absolute-form target's authority */
@@ -77,6 +81,8 @@ struct wk_http_scan {
 #define NAME_HOST	W8('h', 'o', 's', 't', 0, 0, 0, 0)
 #define SCHEME_HTTP	W8('h', 't', 't', 'p', ':', '/', '/', 0)
 #define VALUE_CHUNKED	W8('c', 'h', 'u', 'n', 'k', 'e', 'd', 0)
+#define VALUE_WEBSOCKE	W8('w', 'e', 'b', 's', 'o', 'c', 'k', 'e')
+#define VALUE_WEBSOCKET_LEN	9	/* "websocke" and a 't' */
 #define VERSION_PREFIX	W8('H', 'T', 'T', 'P', '/', '1', '.', 0)
 
 enum scan_state {
@@ -84,7 +90,7 @@ enum scan_state {
 	HS_LINE, HS_NAME, HS_VALUE, HS_LF, HS_END_LF, HS_DONE,
 };
 
-enum hdr_kind { HK_OTHER, HK_LENGTH, HK_CONNECTION, HK_TRANSFER, HK_HOST };
+enum hdr_kind { HK_OTHER, HK_LENGTH, HK_CONNECTION, HK_TRANSFER, HK_HOST, HK_UPGRADE };
 
 /* How the request target starts: "/" or "*", or "http://" then an authority. */
 enum target_form { TF_ORIGIN, TF_SCHEME, TF_AUTHORITY, TF_PATH, TF_BAD };
@@ -288,7 +294,12 @@ static __always_inline long end_of_name(struct wk_http_scan *s, __u32 name_len)
 		s->kind = HK_TRANSFER;
 		s->te_match = 0;
 	} else if (n == 7 && w0 == NAME_UPGRADE) {
-		return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
+		/* One Upgrade line, whose value must be exactly "websocket" (see upgrade_ok()). */
+		if (s->seen_upgrade)
+			return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
+		s->seen_upgrade = 1;
+		s->kind = HK_UPGRADE;
+		s->ws_match = 0;
 	} else if (n == 10 && w0 == NAME_CONNECTI && w1 == NAME_ON) {
 		s->kind = HK_CONNECTION;
 		s->upgrade = 0;
@@ -335,19 +346,54 @@ static __always_inline long value_byte(struct wk_http_scan *s, __u8 c)
 	} else if (s->kind == HK_HOST) {
 		host_byte(&s->host, lc);
 	} else if (s->kind == HK_CONNECTION) {
-		/* "upgrade" has no repeated letter: a mismatch restarts at 'u'. */
+		/*
+		 * "upgrade" has no repeated letter: a mismatch restarts at 'u'.
+		 * Anywhere in the value ("uupgrade", "x-upgrade" too): the head
+		 * is then an upgrade, allowed only as upgrade_ok() says.
+		 */
 		k = s->upgrade & 7;
 		if (k < 7 && lc == (__u8)(NAME_UPGRADE >> (8 * k))) {
 			if (k + 1 == 7)
-				return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
+				s->conn_upgrade = 1;
 			s->upgrade = k + 1;
 		} else {
 			s->upgrade = lc == 'u';
+		}
+	} else if (s->kind == HK_UPGRADE) {
+		/* exactly "websocket", any case, optional whitespace around: no list, no version */
+		k = s->ws_match;
+		if (c == ' ' || c == '\t') {
+			if (k && k < VALUE_WEBSOCKET_LEN)
+				return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
+		} else if (k < 8 && lc == (__u8)(VALUE_WEBSOCKE >> (8 * (k & 7)))) {
+			s->ws_match = k + 1;
+		} else if (k == 8 && lc == 't') {
+			s->ws_match = k + 1;
+		} else {
+			return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
 		}
 	}
 	return 0;
 }
 
+
+/*
+ * A head with an Upgrade line or a Connection naming "upgrade" is allowed
+ * only as a WebSocket upgrade: GET on HTTP/1.1, one "Upgrade: websocket",
+ * Connection naming upgrade, and no body (no Transfer-Encoding, no
+ * Content-Length but 0). The caller injects it and then passes the rest of
+ * the connection untouched (see "WebSocket" in http-inject.bpf.c).
+ */
+static __always_inline bool upgrade_ok(struct wk_http_scan *s)
+{
+	if (!s->seen_upgrade && !s->conn_upgrade)
+		return true;
+	if (!s->seen_upgrade || !s->conn_upgrade || s->method != METHOD_GET || s->http10 ||
+	    s->seen_te || s->clen)
+		return false;
+	s->websocket = 1;
+	return true;
+}
 
 /*
  * One byte of the head: c is the byte at s->pos (the caller makes sure
@@ -454,6 +500,8 @@ static __always_inline long head_byte(struct wk_http_scan *s, const __u8 *line,
 				return stop(s, WK_HTTP_STAT_REFUSED_LENGTH);
 			if (s->kind == HK_TRANSFER && s->te_match != 7)
 				return stop(s, WK_HTTP_STAT_REFUSED_TRANSFER);
+			if (s->kind == HK_UPGRADE && s->ws_match != VALUE_WEBSOCKET_LEN)
+				return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
 			s->state = HS_LF;
 		} else if (c == '\t' || c == ' ' || (c > ' ' && c != 0x7f)) {
 			return value_byte(s, c);
@@ -470,6 +518,8 @@ static __always_inline long head_byte(struct wk_http_scan *s, const __u8 *line,
 	case HS_END_LF:
 		if (c != '\n')
 			return stop(s, WK_HTTP_STAT_REFUSED_MALFORMED);
+		if (!upgrade_ok(s))
+			return stop(s, WK_HTTP_STAT_REFUSED_UPGRADE);
 		s->head_end = off + 1;
 		s->state = HS_DONE;
 		return 1;

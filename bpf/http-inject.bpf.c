@@ -106,8 +106,9 @@
  *     (the upstream would echo the credential back), CONNECT (a tunnel),
  *     "connect", "Get", WebDAV and other unknown methods
  *     (WK_HTTP_STAT_REFUSED_METHOD; see method_allowed());
- *   - Upgrade, Connection containing "upgrade" (the stream stops being
- *     HTTP/1.1 requests);
+ *   - Upgrade, or Connection containing "upgrade", except a WebSocket
+ *     upgrade (below): another protocol (h2c), two Upgrade lines, a list,
+ *     a body, another method than GET, HTTP/1.0;
  *   - two Host lines, listed hosts or not; and, for a service that lists
  *     hosts (WK_HTTP_DEST_CHECK_HOST), a request without Host, or whose
  *     Host or absolute-form target ("http://" only) names another host,
@@ -131,6 +132,18 @@
  *     signal): from that write on (WK_HTTP_STAT_REFUSED_PUSH; see
  *     approve() and wk_http_push_done, which needs fexit).
  * TCP Fast Open is refused earlier, at connect() (EPERM).
+ *
+ * WebSocket. A request that asks to upgrade is allowed only as a WebSocket
+ * upgrade: GET on HTTP/1.1, exactly one "Upgrade: websocket", Connection
+ * naming upgrade, no Transfer-Encoding and no Content-Length but 0
+ * (upgrade_ok(), http-head.bpf.h). It is checked and injected like any
+ * request; the socket's copy of the line is then wiped and, once the
+ * request's bytes are passed, the connection is pass-through
+ * (SOCK_TUNNEL, counted in WK_HTTP_STAT_PASSTHROUGH): every later byte
+ * passes unparsed and nothing is ever injected on it again, whatever the
+ * upstream answered (101 or not). The only credential bytes on such a
+ * connection are those of that one request; a request the workload sends
+ * after a refused upgrade goes out as the workload wrote it, with no line.
  *
  * Without an agent. The controller refreshes wk_http_config.alive_until
  * (a CLOCK_MONOTONIC deadline, its run's timeout ahead) every second from
@@ -210,6 +223,8 @@
 #define SOCK_REFUSED	4	/* every later write is dropped */
 #define SOCK_CHUNKED	8	/* in a chunked request body: framing is followed, nothing injected */
 #define SOCK_OPAQUE	16	/* the last approval held body data only (see approve()) */
+#define SOCK_UPGRADED	32	/* a WebSocket upgrade was injected: pass-through once its bytes are passed */
+#define SOCK_TUNNEL	64	/* pass-through: every byte passes, unparsed; nothing is injected again */
 
 /*
  * pinned (port, address prefix) -> service. A longest-prefix-match trie, so
@@ -881,6 +896,17 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		__builtin_memset(&st->chunk, 0, sizeof(st->chunk));
 		st->flags |= SOCK_CHUNKED;
 	}
+	/*
+	 * A WebSocket upgrade (see upgrade_ok()): the line is in this request
+	 * and in no later byte of the connection, whatever the upstream
+	 * answers. Its copy goes now; once the request's bytes are passed,
+	 * the connection is pass-through (wk_http_msg).
+	 */
+	if (s->websocket) {
+		st->flags |= SOCK_UPGRADED;
+		forget_line(st);
+		http_count(WK_HTTP_STAT_PASSTHROUGH);
+	}
 	total = msg->size;
 	if (total > st->left)
 		total = st->left;
@@ -966,6 +992,9 @@ int wk_http_msg(struct sk_msg_md *msg)
 		http_count(WK_HTTP_STAT_DROPPED);
 		return SK_DROP;
 	}
+	/* Past an injected WebSocket upgrade: not HTTP any more, nothing to inject. */
+	if (st->flags & SOCK_TUNNEL)
+		return SK_PASS;
 	if (!(st->flags & SOCK_ARMED))
 		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
 	tp = bpf_skc_to_tcp_sock(sk);
@@ -991,6 +1020,15 @@ int wk_http_msg(struct sk_msg_md *msg)
 
 	if (st->left)
 		return approve(msg, st, tp);
+	if (st->flags & SOCK_UPGRADED) {
+		/*
+		 * The upgrade request is all passed. From here no byte can
+		 * carry or move the line: a failed push is no reason to
+		 * refuse (SOCK_OPAQUE), and the frames are never parsed.
+		 */
+		st->flags |= SOCK_TUNNEL | SOCK_OPAQUE;
+		return SK_PASS;
+	}
 	if (st->flags & SOCK_CHUNKED)
 		return follow_chunks(msg, st, tp);
 	return start_request(msg, st, tp, now);

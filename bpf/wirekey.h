@@ -181,7 +181,7 @@ enum wk_http_stat {
 	WK_HTTP_STAT_REFUSED_HEAD_SIZE = 2,	/* head longer than WK_HTTP_HEAD_MAX */
 	WK_HTTP_STAT_REFUSED_MALFORMED = 3,	/* request line, header syntax, bare CR/LF, obs-fold, NUL */
 	WK_HTTP_STAT_REFUSED_TRANSFER = 4,	/* Transfer-Encoding other than one "chunked" on HTTP/1.1, or with Content-Length */
-	WK_HTTP_STAT_REFUSED_UPGRADE = 5,	/* Upgrade, Connection: upgrade */
+	WK_HTTP_STAT_REFUSED_UPGRADE = 5,	/* Upgrade or Connection: upgrade, other than a WebSocket upgrade GET without a body */
 	WK_HTTP_STAT_REFUSED_HEADER = 6,	/* the client sent the injected header itself */
 	WK_HTTP_STAT_REFUSED_LENGTH = 7,	/* duplicate, empty or oversized Content-Length */
 	WK_HTTP_STAT_REFUSED_BINDING = 8,	/* binding or pin removed or changed, epoch bumped */
@@ -199,7 +199,8 @@ enum wk_http_stat {
 	WK_HTTP_STAT_REFUSED_HOST = 20,	/* Host (or absolute-form authority) not one of the service's hosts, missing or duplicated */
 	WK_HTTP_STAT_REFUSED_AGENT = 21,	/* no live agent: wk_http_config.alive_until has passed */
 	WK_HTTP_STAT_REFUSED_CREDENTIAL = 22,	/* bound, but the credential is withheld (unreadable, or no header can carry it) */
-	WK_HTTP_STAT_MAX = 23,
+	WK_HTTP_STAT_PASSTHROUGH = 23,	/* connections passed through untouched after an injected WebSocket upgrade */
+	WK_HTTP_STAT_MAX = 24,
 };
 
 /* wk_http_event.kind */

@@ -384,6 +384,7 @@ const HTTP_STATS = [
   ['refusedHost', 'WK_HTTP_STAT_REFUSED_HOST', 'host-mismatch'],
   ['refusedAgent', 'WK_HTTP_STAT_REFUSED_AGENT', 'agent-gone'],
   ['refusedCredential', 'WK_HTTP_STAT_REFUSED_CREDENTIAL', 'credential-unavailable'],
+  ['passThrough', 'WK_HTTP_STAT_PASSTHROUGH', null],
 ] as const satisfies readonly (readonly [string, string, RefusalCode | null])[];
 
 /** Indexes of wk_http_stats. */

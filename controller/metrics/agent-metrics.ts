@@ -153,6 +153,7 @@ export class AgentMetrics implements ProxyObserver {
     kernelCounter('wirekey_kernel_connections_uninjected_total', 'Kernel datapath: connections left uninjected because wk_http_socks was full', 'sockhashFull');
     kernelCounter('wirekey_kernel_writes_dropped_total', 'Kernel datapath: writes dropped on refused connections', 'dropped');
     kernelCounter('wirekey_kernel_writes_corked_total', 'Kernel datapath: writes held back until the request head was complete', 'corked');
+    kernelCounter('wirekey_kernel_connections_passthrough_total', 'Kernel datapath: connections passed through untouched after an injected WebSocket upgrade', 'passThrough');
     new Counter({
       name: 'wirekey_kernel_requests_refused_total',
       help: 'Kernel datapath: requests and connects refused, by reason (the kernel\'s counters)',

@@ -398,6 +398,20 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
     expect(rec?.authorization).toEqual([AUTH_HASH]);
   });
 
+  it('a WebSocket upgrade is injected once; the connection then passes through: later requests carry no header', async () => {
+    const before = kh.stats();
+    const upgrade = get('/ws', 'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n');
+    // The strict upstream answers it as a plain GET (no 101): whatever comes next on the connection goes out as written.
+    const r = await raw(bound, v4, 80, [{ op: 'send', data: upgrade + get('/pipelined') }, { op: 'recv', count: 2 },
+      { op: 'send', data: get('/after') }, { op: 'recv', count: 1 }]);
+    expect(r.error).toBeNull();
+    expect(r.statuses).toEqual([200, 200, 200]);
+    const recs = await upstream.from(r.localPort, 3);
+    expect(recs.map((x) => [x.target, x.authorization])).toEqual([['/ws', [AUTH_HASH]], ['/pipelined', []], ['/after', []]]);
+    const d = delta(before, kh.stats());
+    expect(d).toMatchObject({ injected: 1, passThrough: 1 });
+  });
+
   it('an IPv4-mapped IPv6 connect (::ffff:a.b.c.d) to a pinned IPv4 address gets the header too', async () => {
     const r = await raw(bound, `::ffff:${v4}`, 80, [{ op: 'send', data: get('/mapped') }, { op: 'recv', count: 1 }]);
     expect(r.error).toBeNull();
@@ -944,7 +958,10 @@ console.log(JSON.stringify(out));
   });
 
   it.each([
-    ['Upgrade', get('/ws', 'Upgrade: websocket\r\nConnection: Upgrade\r\n'), 'refusedUpgrade'],
+    ['Upgrade: h2c', get('/h2c-up', 'Upgrade: h2c\r\nConnection: Upgrade\r\n'), 'refusedUpgrade'],
+    ['a WebSocket upgrade with a body', get('/ws-body', 'Upgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 2\r\n') + 'hi', 'refusedUpgrade'],
+    ['a WebSocket upgrade by POST', 'POST /ws-post HTTP/1.1\r\nHost: u\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nContent-Length: 0\r\n\r\n', 'refusedUpgrade'],
+    ['two Upgrade lines', get('/ws-two', 'Upgrade: websocket\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n'), 'refusedUpgrade'],
     ['Connection: upgrade alone', get('/h2c', 'Connection: keep-alive, UPGRADE\r\n'), 'refusedUpgrade'],
     ['CONNECT', 'CONNECT upstream:443 HTTP/1.1\r\nHost: upstream:443\r\n\r\n', 'refusedMethod'],
     ['obs-fold', get('/fold', 'X-A: one\r\n two\r\n'), 'refusedMalformed'],

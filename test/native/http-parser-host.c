@@ -27,6 +27,7 @@
  *    "reason":R,                      WK_HTTP_STAT_REFUSED_* or 0
  *    "held":N,                        bytes held back (an incomplete head)
  *    "chunked":B,                     in a chunked body at the end
+ *    "passThrough":B,                 a WebSocket upgrade was injected: the rest passes
  *    "scan":{...}}                    the last head scan's state
  */
 #include <linux/types.h>
@@ -55,6 +56,7 @@ struct driver {
 	__u32 port;			/* the destination port */
 	__u64 left;			/* stream bytes of the current request still to pass */
 	int chunked;
+	int upgraded;			/* a WebSocket upgrade was injected: the rest passes unparsed */
 	__u32 reason;
 	__u64 passed;			/* stream bytes passed */
 	struct wk_http_scan scan;
@@ -147,6 +149,8 @@ static int start_request(struct driver *d)
 		d->nheads++;
 	}
 	d->left = (__u64)s->head_end + s->clen;
+	if (s->websocket)
+		d->upgraded = 1;
 	if (s->seen_te) {
 		memset(&d->chunk, 0, sizeof(d->chunk));
 		d->chunked = 1;
@@ -199,6 +203,9 @@ static void write_bytes(struct driver *d, const __u8 *p, size_t n)
 
 			d->left -= k;
 			take(d, k);
+		} else if (d->upgraded) {
+			/* wk_http_msg's SOCK_TUNNEL: every later byte passes, nothing is scanned */
+			take(d, d->size);
 		} else if (d->chunked ? !follow_chunks(d) : !start_request(d)) {
 			break;
 		}
@@ -245,8 +252,9 @@ static void report(const struct driver *d)
 	for (__u32 i = 0; i < d->nheads; i++)
 		printf("%s[%llu,%llu]", i ? "," : "", (unsigned long long)d->heads[i][0],
 		       (unsigned long long)d->heads[i][1]);
-	printf("],\"passed\":%llu,\"reason\":%u,\"held\":%zu,\"chunked\":%s,",
-	       (unsigned long long)d->passed, d->reason, d->size, d->chunked ? "true" : "false");
+	printf("],\"passed\":%llu,\"reason\":%u,\"held\":%zu,\"chunked\":%s,\"passThrough\":%s,",
+	       (unsigned long long)d->passed, d->reason, d->size, d->chunked ? "true" : "false",
+	       d->upgraded ? "true" : "false");
 	memcpy(method, &s->method, 8);	/* little-endian, as the scanner packs it */
 	printf("\"scan\":{");
 	json_bytes("method", method, strnlen((char *)method, 8));

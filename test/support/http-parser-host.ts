@@ -46,6 +46,8 @@ export interface HostParse {
   held: number;
   /** The stream ended inside a chunked body. */
   chunked: boolean;
+  /** A WebSocket upgrade was injected: every later byte passed unparsed. */
+  passThrough: boolean;
   /** The last head scan's state (struct wk_http_scan). */
   scan: {
     method: string;

@@ -17,7 +17,11 @@
 // record of a request whose response has started: the test's barrier for
 // "everything the upstream has answered so far is recorded".
 //
-// usage: node upstream-server.mjs --cert FILE --key FILE [--port 443] [--host 0.0.0.0]
+// With --plain it serves plain HTTP (no certificate): the kernel datapath's
+// WebSocket tests. There GET /ws/refuse-keep answers the upgrade 403 and
+// keeps the connection, reading what comes next on it as HTTP requests.
+// usage: node upstream-server.mjs [--cert FILE --key FILE | --plain] [--port 443] [--host 0.0.0.0]
+import http from 'node:http';
 import https from 'node:https';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -31,6 +35,7 @@ const { values } = parseArgs({
     key: { type: 'string' },
     port: { type: 'string', default: '443' },
     host: { type: 'string', default: '0.0.0.0' },
+    plain: { type: 'boolean', default: false },
   },
 });
 
@@ -38,8 +43,8 @@ const sha256 = (data) => createHash('sha256').update(data).digest('hex');
 let n = 0;
 const stored = [];
 
-const server = https.createServer(
-  { cert: readFileSync(values.cert), key: readFileSync(values.key), keepAlive: true },
+const server = (values.plain ? http.createServer : https.createServer)(
+  values.plain ? { keepAlive: true } : { cert: readFileSync(values.cert), key: readFileSync(values.key), keepAlive: true },
   (req, res) => {
     const hash = createHash('sha256');
     let bodyLength = 0;
@@ -156,6 +161,13 @@ server.on('upgrade', (req, socket, head) => {
     remoteAddress: socket.remoteAddress, remotePort: socket.remotePort, bodyLength: head.length, bodySha256: sha256(head),
     upgrade: 'websocket', ws: conn,
   })}\n`);
+  if (req.url === '/ws/refuse-keep') {
+    // Not switching: the connection stays HTTP, and what follows on it is parsed as requests.
+    socket.write('HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 10\r\n\r\nforbidden\n');
+    if (head.length) socket.unshift(head);
+    server.emit('connection', socket);
+    return;
+  }
   if (req.url === '/ws/refuse') {
     socket.end('HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 10\r\n\r\nforbidden\n');
     return;

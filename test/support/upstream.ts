@@ -45,10 +45,12 @@ export interface Upstream {
 
 const script = path.join(repoRoot, 'test/support/upstream-server.mjs');
 
-export async function startUpstream(host: TestHost, cert: string, key: string, port = 443): Promise<Upstream> {
+/** With `plain`, plain HTTP (cert and key unused): see upstream-server.mjs. */
+export async function startUpstream(host: TestHost, cert: string, key: string, port = 443, opts: { plain?: boolean } = {}): Promise<Upstream> {
+  const tlsArgs = opts.plain ? ['--plain'] : ['--cert', cert, '--key', key];
   const child: ChildProcess = spawn(
     'ip',
-    ['netns', 'exec', host.ns, process.execPath, script, '--cert', cert, '--key', key, '--port', String(port), '--host', '::'],
+    ['netns', 'exec', host.ns, process.execPath, script, ...tlsArgs, '--port', String(port), '--host', '::'],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   const records: UpstreamRecord[] = [];

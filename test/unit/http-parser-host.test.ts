@@ -151,6 +151,51 @@ describe('host-compiled HTTP parser: request heads', () => {
     expect(one({ line: 'X-Api-Key: k\r\n', writes: [`${rl}Authorization: x\r\n\r\n`] }).refused).toBeNull();
   });
 
+  it('allows exactly a WebSocket upgrade, injected once, then passes the rest of the stream unparsed', () => {
+    const ws = (extra = '', method = 'GET', version = '1.1') =>
+      `${method} /ws HTTP/${version}\r\nHost: upstream\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n` +
+      `Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n${extra}\r\n`;
+    const upgrade = ws();
+    expect(table([
+      ['a WebSocket upgrade', upgrade, null],
+      ['any case, whitespace around', upgrade.replace('Upgrade: websocket', 'UPGRADE:  WebSocket \t'), null],
+      ['Connection listing upgrade', upgrade.replace('Connection: Upgrade', 'Connection: keep-alive, Upgrade'), null],
+      ['Content-Length: 0', ws('Content-Length: 0\r\n'), null],
+      ['a body', ws('Content-Length: 5\r\n') + 'hello', 'refusedUpgrade'],
+      ['chunked', ws('Transfer-Encoding: chunked\r\n') + '0\r\n\r\n', 'refusedUpgrade'],
+      ['POST', ws('', 'POST'), 'refusedUpgrade'],
+      ['HTTP/1.0', ws('', 'GET', '1.0'), 'refusedUpgrade'],
+      ['h2c', upgrade.replace('Upgrade: websocket', 'Upgrade: h2c'), 'refusedUpgrade'],
+      ['a list', upgrade.replace('Upgrade: websocket', 'Upgrade: websocket, h2c'), 'refusedUpgrade'],
+      ['a version', upgrade.replace('Upgrade: websocket', 'Upgrade: websocket/13'), 'refusedUpgrade'],
+      ['a prefix', upgrade.replace('Upgrade: websocket', 'Upgrade: websock'), 'refusedUpgrade'],
+      ['inner space', upgrade.replace('Upgrade: websocket', 'Upgrade: web socket'), 'refusedUpgrade'],
+      ['two Upgrade lines', ws('Upgrade: websocket\r\n'), 'refusedUpgrade'],
+      ['Upgrade without Connection: upgrade', upgrade.replace('Connection: Upgrade\r\n', ''), 'refusedUpgrade'],
+      ['Connection: upgrade without Upgrade', upgrade.replace('Upgrade: websocket\r\n', ''), 'refusedUpgrade'],
+    ])).toEqual([]);
+
+    // After it, frames (and anything that looks like a request, or the injected header) pass unparsed.
+    const frames = Buffer.concat([Buffer.from([0x81, 0x85, 1, 2, 3, 4]), Buffer.from('GET /x HTTP/1.1\r\nAuthorization: x\r\n\r\n')]);
+    const r = one({ writes: [upgrade, frames, get('/after'), 'TRACE / HTTP/1.1\r\n\r\n'] });
+    expect(r).toMatchObject({ refused: null, passThrough: true, held: 0 });
+    const rlEnd = (x: string) => x.indexOf('\r\n') + 2;
+    expect(r.heads).toEqual([[rlEnd(upgrade), upgrade.length]]);
+    expect(r.passed).toBe(upgrade.length + frames.length + get('/after').length + 'TRACE / HTTP/1.1\r\n\r\n'.length);
+    // Split anywhere, the same: the upgrade byte by byte, and a frame in the same write as its end.
+    const split = one({ writes: [...upgrade.slice(0, -1), upgrade.slice(-1) + 'GET / HTTP/1.1\r\n\r\n'] });
+    expect(split).toMatchObject({ refused: null, passThrough: true, heads: [[rlEnd(upgrade), upgrade.length]] });
+
+    // Pipelined after an ordinary request: each injected once, then pass-through.
+    const piped = one({ writes: [get('/first') + upgrade + get('/never-injected')] });
+    const first = get('/first');
+    expect(piped.heads).toEqual([[rlEnd(first), first.length], [first.length + rlEnd(upgrade), first.length + upgrade.length]]);
+    expect(piped.passThrough).toBe(true);
+    // A refused upgrade passes nothing from itself on: the requests before it only.
+    const refused = one({ writes: [get('/first') + upgrade.replace('websocket', 'h2c') + get('/next')] });
+    expect(refused).toMatchObject({ refused: 'refusedUpgrade', passed: get('/first').length, passThrough: false });
+  });
+
   it('refuses a second Host line and reads Host and absolute-form authorities', () => {
     expect(parse(get('/', 'Host: other\r\n')).refused).toBe('refusedHost');
     const host = (v: string) => parse(`GET / HTTP/1.1\r\nHost:${v}\r\n\r\n`).scan.host;

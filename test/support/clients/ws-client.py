@@ -5,6 +5,8 @@
 # [{binary, length, sha256}]} or {status, error} when the server did not
 # switch protocols. Plan items: text:N, bin:N.
 # With WS_AUTHORIZATION set, the upgrade request carries that Authorization.
+# CA_FILE "-": plain ws:// to IP:PORT, HOST then being HOST:PORT (the kernel
+# datapath).
 # usage: ws-client.py HOST IP CA_FILE PATH PLAN...
 import hashlib
 import json
@@ -25,10 +27,12 @@ def payload(kind, n):
     return bytes((i * 31 + 7) & 0xFF for i in range(n))
 
 
-ctx = ssl.create_default_context(cafile=cafile)
-sock = socket.create_connection((ip, 443), timeout=10)
+plain = cafile == "-"
+port = int(host.rsplit(":", 1)[1]) if plain else 443
+sock = socket.create_connection((ip, port), timeout=10)
+tls = {} if plain else {"ssl": ssl.create_default_context(cafile=cafile), "server_hostname": host}
 try:
-    ws = connect(f"wss://{host}{path}", sock=sock, ssl=ctx, server_hostname=host, max_size=64 * 1024 * 1024, open_timeout=10,
+    ws = connect(f"{'ws' if plain else 'wss'}://{host}{path}", sock=sock, **tls, max_size=64 * 1024 * 1024, open_timeout=10,
                  additional_headers={"Authorization": os.environ["WS_AUTHORIZATION"]} if os.environ.get("WS_AUTHORIZATION") else None)
 except InvalidStatus as e:
     print(json.dumps({"status": e.response.status_code, "error": e.response.headers.get("x-wirekey-error")}))
