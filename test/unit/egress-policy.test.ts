@@ -6,6 +6,7 @@
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { validate } from '../../controller/cli/validate.js';
+import { formatEgress } from '../../controller/identity/explain.js';
 import { checkPolicy, policyWarnings } from '../../controller/policy/check.js';
 import { compilePolicy } from '../../controller/policy/compile.js';
 import {
@@ -530,5 +531,29 @@ describe('egressNamePorts', () => {
       { port: 8443, tls: true },
     ]);
     expect(egressNamePorts({ mode: 'audit', rules: [] })).toEqual([]);
+  });
+});
+
+describe('explain: egress lines', () => {
+  it('unrestricted, empty, and one line per rule', () => {
+    expect(formatEgress(null)).toEqual(['egress: unrestricted']);
+    expect(formatEgress({ mode: 'enforce', rules: [] })).toEqual(['egress: enforce, 0 rule(s): nothing is allowed']);
+    const egress = compiled(withEgress(`egress:
+  mode: audit
+  allow:
+    - {cidrs: [10.0.0.0/8, "fd00::/64"], protocol: any}
+    - {cidr: 10.0.0.53, ports: [53]}
+    - {host: "*.example.com", ports: [443, "8443-8444"]}
+    - {host: plain.example.com, tls: false, ports: [80]}
+    - {service: inventory}`, BINDING));
+    expect(formatEgress(egress ?? null)).toEqual([
+      'egress: audit (nothing is refused; what would be is logged), 6 rule(s)',
+      '  allow[1]: 10.0.0.0/8, fd00::/64 any port any',
+      '  allow[2]: 10.0.0.53/32 port 53 tcp',
+      '  allow[3]: *.example.com ports 443, 8443-8444 tcp, TLS server name',
+      '  allow[4]: plain.example.com port 80 tcp, plaintext Host',
+      '  allow[5]: service inventory: 10.20.0.7/32, 10.20.1.0/24 port 8080 tcp',
+      '  binding app-openai: service openai: api.openai.com port 443 tcp, TLS server name',
+    ]);
   });
 });
