@@ -265,6 +265,25 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     expect((await bob.read()).status).toBe(200);
   });
 
+  it('WebSocket upgrades are judged like requests: a withheld credential, a Connection listing Authorization, h2c; nothing goes upstream', async () => {
+    const ws = ['Upgrade: websocket', 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==', 'Sec-WebSocket-Version: 13'];
+    const before = f.upstream.records.length;
+    const cases: [string, string, string[], number, string][] = [
+      [cg.broken, '/ws/broken', ['Connection: Upgrade', ...ws], 503, 'credential-unavailable'],
+      [cg.alice, '/ws/listed', ['Connection: Upgrade, Authorization', ...ws, 'Authorization: Bearer mine'], 400, 'connection-names-protected'],
+      [cg.alice, '/ws/h2c', ['Connection: Upgrade, HTTP2-Settings', 'Upgrade: h2c', 'HTTP2-Settings: AAMAAABkAAQAAP__'], 501, 'upgrade-unsupported'],
+    ];
+    for (const [cgroup, target, headers, status, code] of cases) {
+      const s = open(cgroup);
+      s.send(request('GET', target, headers));
+      const r = await s.read();
+      expect(r.status, target).toBe(status);
+      expect(r.headers, target).toContainEqual(['x-wirekey-error', code]);
+      expect(denials(code).some((e) => e.path === target), target).toBe(true);
+    }
+    expect(await f.recordsSince(before)).toEqual([]);
+  });
+
   it('methods that echo and routing hints: TRACE, TRACK and overrides naming them refused; Forwarded and X-Forwarded-* never reach the upstream', async () => {
     const before = f.upstream.records.length;
     // TRACK is not a method Node's parser knows: refused as malformed before any check.
@@ -356,6 +375,27 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     const relayed = open(cg.alice, OTHER);
     expect(await relayed.hello()).toEqual({ connected: true });
     expect((await relayed.eof()).closed).toBe(true);
+  });
+
+  it('an idle WebSocket is closed at --idle-timeout, and its close audited', async () => {
+    const client = path.join(repoRoot, 'test/support/clients/ws-client.mjs');
+    // It sends one message, then waits on its stdin (never written): idle both ways.
+    const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg.alice, process.execPath, client,
+      HOST, f.host.ipv4, f.wirekeyCa, '/ws/idle', 'text:3', 'pause'], { stdio: ['pipe', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+    try {
+      await exited;
+      const result = JSON.parse(out.split('\n').filter(Boolean).at(-1)!) as { status: number; messages: unknown[]; closeCode: number };
+      expect(result).toMatchObject({ status: 101, closeCode: 1006 });
+      expect(result.messages).toHaveLength(1);
+      const close = await eventually(async () => audit().find((e) => e.decision === 'close' && e.path === '/ws/idle'), 10_000, 'the close line');
+      expect(close).toMatchObject({ workload: 'alice', reason: 'idle', status: 101 });
+    } finally {
+      child.kill('SIGKILL');
+      await exited;
+    }
   });
 
   it('fuzz: random requests and random ClientHellos never stop the agent, and nothing sent back holds a credential', async () => {
