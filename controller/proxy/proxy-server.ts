@@ -478,6 +478,8 @@ export class ProxyServer {
       this.#count(refusal.code, session);
       this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code });
       this.#refuseRaw(socket, refusal);
+      // As Node's server does after a last response: closed once the refusal is flushed, not left half-open.
+      socket.once('finish', () => socket.destroy());
     };
     const problem = webSocketUpgradeProblem(req);
     if (problem) return refuse(problem);

@@ -280,6 +280,7 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
       expect(r.status, target).toBe(status);
       expect(r.headers, target).toContainEqual(['x-wirekey-error', code]);
       expect(denials(code).some((e) => e.path === target), target).toBe(true);
+      s.close();
     }
     expect(await f.recordsSince(before)).toEqual([]);
   });
