@@ -37,8 +37,9 @@ const NOBODY = 65534;
 const PYTHON = '/usr/bin/python3';
 
 /**
- * One line in, one line out: "tcp HOST PORT", "udp HOST PORT" (connect,
- * then send), "sendto HOST PORT" (unconnected). HOST may be "m:a.b.c.d":
+ * One line in, one line out: "tcp HOST PORT", "tfo HOST PORT" (TCP Fast
+ * Open: sendto() with MSG_FASTOPEN, no connect()), "udp HOST PORT"
+ * (connect, then send), "sendto HOST PORT" (unconnected UDP). HOST may be "m:a.b.c.d":
  * an AF_INET6 socket to ::ffff:a.b.c.d. Answers "ok" or "errno N";
  * "id" answers "pid N uid N".
  */
@@ -55,12 +56,14 @@ for raw in sys.stdin:
             fam, addr = socket.AF_INET6, '::ffff:' + host[2:]
         else:
             fam, addr = (socket.AF_INET6 if ':' in host else socket.AF_INET), host
-        kind = socket.SOCK_STREAM if op == 'tcp' else socket.SOCK_DGRAM
+        kind = socket.SOCK_STREAM if op in ('tcp', 'tfo') else socket.SOCK_DGRAM
         s = socket.socket(fam, kind)
         s.settimeout(10)
         try:
             if op == 'tcp':
                 s.connect((addr, port))
+            elif op == 'tfo':
+                s.sendto(b'wk-egress', socket.MSG_FASTOPEN, (addr, port))
             elif op == 'udp':
                 s.connect((addr, port))
                 s.send(b'wk-egress')
@@ -227,8 +230,11 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
     expect(await p.send(`tcp m:127.0.0.1 ${port.A}`)).toBe(ok);
     expect(await p.send(`tcp m:127.0.0.1 ${port.B}`)).toBe(refused);
     expect(await p.send(`tcp m:127.0.0.1 ${port.A6}`)).toBe(refused);
+    // TCP Fast Open connects from sendto(): judged like connect().
+    expect(await p.send(`tfo 127.0.0.1 ${port.A}`)).not.toBe(refused); // EINPROGRESS: a socket with a timeout does not block
+    expect(await p.send(`tfo 127.0.0.2 ${port.A}`)).toBe(refused);
 
-    await waitEvents(Number(pid), 6, 'six refusals');
+    await waitEvents(Number(pid), 7, 'seven refusals');
     const got = eventsOf(Number(pid)).map((e) => `${e.verdict} ${e.hook} ${e.protocol} ${e.address} ${e.port}`);
     expect(got).toEqual([
       `refused connect 6 127.0.0.1 ${port.B}`,
@@ -237,6 +243,7 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
       `refused connect 6 ::1 ${port.A}`,
       `refused connect 6 127.0.0.1 ${port.B}`,
       `refused connect 6 127.0.0.1 ${port.A6}`,
+      `refused connect 6 127.0.0.2 ${port.A}`,
     ]);
     const e = eventsOf(Number(pid))[0] as EgressEvent;
     expect(e).toMatchObject({ workloadId: ENFORCE, uid: 0, cgroupId: cgroupId(cg.enforce) });
