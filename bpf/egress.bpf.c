@@ -21,9 +21,9 @@
  *  - Datagrams on a connected UDP socket: connect() was judged.
  * An IPv4-mapped destination on an IPv6 socket is judged as the IPv4
  * address (IPv4 rules match it; IPv6 rules never do). Sockets of other
- * protocols (SCTP's connect(), UDP-Lite) that reach these hooks are
- * refused: no rule names them. What has no cgroup hook (raw sockets, SCTP
- * one-to-many sendmsg(), ping sockets' sendto()) is not judged at all.
+ * protocols (UDP-Lite, any other the kernel runs these hooks for) are
+ * refused: no rule names them. What has no cgroup hook (raw sockets, other
+ * protocols' sendmsg()) is not judged at all.
  *
  * Longest-prefix match decides alone: the controller gives each prefix the
  * ports of every rule prefix that contains it. A reload writes the new set
