@@ -1,7 +1,7 @@
 /**
- * The kernel half of wirekey: loads the BPF object (redirect, identity and,
- * where the kernel takes it, the kernel HTTP datapath), attaches it to the
- * cgroup v2 root, and keeps its maps in step with the plan.
+ * The kernel half of wirekey: loads the BPF object (redirect, identity,
+ * egress policy and, where the kernel takes it, the kernel HTTP datapath),
+ * attaches it to the cgroup v2 root, and keeps its maps in step with the plan.
  */
 import { mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';

@@ -198,6 +198,12 @@ export function planEgress(workloads: readonly EgressWorkload[]): PlannedEgress[
   return planned;
 }
 
+function sameEntries(a: Map<string, Buffer>, b: Map<string, Buffer>): boolean {
+  if (a.size !== b.size) return false;
+  for (const [k, v] of a) if (!b.get(k)?.equals(v)) return false;
+  return true;
+}
+
 interface InstalledSet {
   flags: number;
   setId: number;
@@ -252,11 +258,10 @@ export class EgressMaps {
 
     for (const p of planned) {
       const old = this.#installed.get(p.id);
-      const sameEntries = (setId: number) => {
-        const entries = new Map(p.entries.map((e) => [encodeEgressKey(setId, e.protocol, e.prefix).toString('hex'), encodeEgressVal(e.ranges)]));
-        return entries;
-      };
-      if (old && this.#equal(old.entries, sameEntries(old.setId))) {
+      const under = (setId: number) =>
+        new Map(p.entries.map((e) => [encodeEgressKey(setId, e.protocol, e.prefix).toString('hex'), encodeEgressVal(e.ranges)]));
+      if (old && sameEntries(old.entries, under(old.setId))) {
+        // Same rules: the mode alone changes, in place.
         if (old.flags !== p.flags) {
           bpfCall(() => this.#policy.update(encodeU32(p.id), encodeEgressPolicy(p.flags, old.setId)));
           old.flags = p.flags;
@@ -264,7 +269,7 @@ export class EgressMaps {
         continue;
       }
       const setId = this.#allocSet();
-      const entries = sameEntries(setId);
+      const entries = under(setId);
       const written: Buffer[] = [];
       try {
         bpfCall(() => {
@@ -273,10 +278,11 @@ export class EgressMaps {
             this.#rules.update(key, v);
             written.push(key);
           }
-          // The flip: one update of the workload's entry.
+          // The flip: one update of the workload's entry, mode and set together.
           this.#policy.update(encodeU32(p.id), encodeEgressPolicy(p.flags, setId));
         });
       } catch (err) {
+        // The workload is still under its old set (or unrestricted): take back the half-written new one.
         for (const key of written) this.#rules.delete(key);
         throw err;
       }
@@ -327,12 +333,6 @@ export class EgressMaps {
   close(): void {
     this.#events?.close();
     this.#events = null;
-  }
-
-  #equal(a: Map<string, Buffer>, b: Map<string, Buffer>): boolean {
-    if (a.size !== b.size) return false;
-    for (const [k, v] of a) if (!b.get(k)?.equals(v)) return false;
-    return true;
   }
 
   #allocSet(): number {
