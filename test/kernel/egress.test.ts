@@ -215,6 +215,8 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
     expect(usage.get('wk_egress_policy')?.entries).toBe(3);
     // Enforced: 127.0.0.1/32, 127.0.0.0/8, 127.0.4.43/32 and ::1 (TCP); 127.0.5.3, 127.0.0.1 and ::1 (UDP). Audited: one.
     expect(usage.get('wk_egress_rules')?.entries).toBe(8);
+    // The ring has one read position: a second reader is refused while the first is open.
+    expect(() => dp?.egressEvents(() => {})).toThrow(expect.objectContaining({ code: 'WK_EGRESS_EVENTS_OPEN' }));
   });
 
   it('TCP over IPv4, IPv6 and IPv4-mapped IPv6: allowed destinations connect, others fail with EPERM before any packet', async () => {
