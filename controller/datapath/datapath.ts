@@ -29,13 +29,23 @@ import {
   type OrigDst,
 } from './layout.js';
 import { KernelHttp } from './kernel-http.js';
-import { EgressMaps, type EgressEventHandler, type EgressEvents, type EgressEventsOptions, type EgressStats, type EgressWorkload } from './egress.js';
+import { EgressMaps, type EgressEventHandler, type EgressEvents, type EgressEventsOptions, type EgressStats, type EgressWorkload, type InstalledEgress } from './egress.js';
 import { WK_EGRESS_MAX_PREFIXES } from './layout.js';
 import { describeMissing, notSupported, probeFeatures, type FeatureSet, type MissingFeature, type Prober } from './features.js';
 import { drainingDir, retireSockhash, sweepDraining, type DrainingSockhash, type RetireResult } from './draining.js';
 
 export type { OrigDst, ExeKey } from './layout.js';
-export { EgressTooLargeError, planEgress, type EgressEvent, type EgressEventHandler, type EgressEvents, type EgressEventsOptions, type EgressStats, type EgressWorkload } from './egress.js';
+export {
+  EgressTooLargeError,
+  planEgress,
+  type EgressEvent,
+  type EgressEventHandler,
+  type EgressEvents,
+  type EgressEventsOptions,
+  type EgressStats,
+  type EgressWorkload,
+  type InstalledEgress,
+} from './egress.js';
 export { drainingDir, type DrainingSockhash, type RetireResult } from './draining.js';
 
 export interface DatapathOptions {
@@ -399,6 +409,11 @@ export class Datapath {
   /** Refused and would-refuse calls per workload id, and events lost. */
   egressStats(): EgressStats {
     return this.#egressMaps().stats();
+  }
+
+  /** A workload's egress rules as the kernel holds them now (mode, set id, prefix entries); null when unrestricted. */
+  egressOf(workloadId: number): InstalledEgress | null {
+    return this.#egressMaps().installed(workloadId);
   }
 
   stats(): DatapathStats {

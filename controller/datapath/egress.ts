@@ -26,6 +26,9 @@ import {
   WK_EGRESS_UDP,
   WK_MAX_WORKLOADS,
   decodeEgressEvent,
+  decodeEgressKey,
+  decodeEgressPolicy,
+  decodeEgressVal,
   egressStatIndex,
   encodeEgressKey,
   encodeEgressPolicy,
@@ -198,6 +201,56 @@ export function planEgress(workloads: readonly EgressWorkload[]): PlannedEgress[
   return planned;
 }
 
+/**
+ * The counters of wk_egress_stats: per workload restricted now (`restricted`)
+ * or with a non-zero count, and the events lost by all.
+ */
+export function readEgressStats(stats: NativeMap, restricted: ReadonlySet<number>): EgressStats {
+  const read = (i: number) => stats.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n;
+  const workloads = new Map<number, { refused: bigint; wouldRefuse: bigint }>();
+  let eventsLost = 0n;
+  for (let id = 1; id <= WK_MAX_WORKLOADS; id++) {
+    const refused = read(egressStatIndex(id, 'refused'));
+    const wouldRefuse = read(egressStatIndex(id, 'wouldRefuse'));
+    eventsLost += read(egressStatIndex(id, 'eventsLost'));
+    if (refused || wouldRefuse || restricted.has(id)) workloads.set(id, { refused, wouldRefuse });
+  }
+  return { workloads, eventsLost };
+}
+
+/** What the kernel enforces for one workload, read back from its maps (`wirekey explain`). */
+export interface InstalledEgress {
+  mode: 'enforce' | 'audit';
+  setId: number;
+  /** Each prefix entry: protocol, prefix (IPv4 as a.b.c.d/n) and the ports allowed there with their rule ids. */
+  entries: { protocol: 'tcp' | 'udp'; prefix: string; ranges: EgressRange[] }[];
+}
+
+/**
+ * A workload's egress policy as the maps hold it, or null when it is
+ * unrestricted. Walks every key of wk_egress_rules: for a command, not per
+ * request.
+ */
+export function readInstalledEgress(policy: NativeMap, rules: NativeMap, workloadId: number): InstalledEgress | null {
+  const v = policy.lookup(encodeU32(workloadId));
+  if (!v) return null;
+  const { flags, setId } = decodeEgressPolicy(v);
+  if (!(flags & WK_EGRESS_RESTRICTED)) return null;
+  const entries: InstalledEgress['entries'] = [];
+  for (const key of rules.keys()) {
+    const k = decodeEgressKey(key);
+    if (k.setId !== setId) continue;
+    const val = rules.lookup(key);
+    if (!val) continue;
+    const v4 = k.family === WK_EGRESS_IPV4;
+    const bits = v4 ? k.bits - 96 : k.bits;
+    const prefix = bits === (v4 ? 32 : 128) ? k.address : `${k.address}/${bits}`;
+    entries.push({ protocol: k.protocol === WK_EGRESS_UDP ? 'udp' : 'tcp', prefix, ranges: decodeEgressVal(val) });
+  }
+  entries.sort((a, b) => a.protocol.localeCompare(b.protocol) || a.prefix.localeCompare(b.prefix));
+  return { mode: flags & WK_EGRESS_AUDIT ? 'audit' : 'enforce', setId, entries };
+}
+
 function sameEntries(a: Map<string, Buffer>, b: Map<string, Buffer>): boolean {
   if (a.size !== b.size) return false;
   for (const [k, v] of a) if (!b.get(k)?.equals(v)) return false;
@@ -301,16 +354,7 @@ export class EgressMaps {
 
   /** Per workload id: calls refused and would-refuse; and events lost. Reads every counter: call it on a scrape. */
   stats(): EgressStats {
-    const read = (i: number) => this.#stats.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n;
-    const workloads = new Map<number, { refused: bigint; wouldRefuse: bigint }>();
-    let eventsLost = 0n;
-    for (let id = 1; id <= WK_MAX_WORKLOADS; id++) {
-      const refused = read(egressStatIndex(id, 'refused'));
-      const wouldRefuse = read(egressStatIndex(id, 'wouldRefuse'));
-      eventsLost += read(egressStatIndex(id, 'eventsLost'));
-      if (refused || wouldRefuse || this.#installed.has(id)) workloads.set(id, { refused, wouldRefuse });
-    }
-    return { workloads, eventsLost };
+    return readEgressStats(this.#stats, new Set(this.#installed.keys()));
   }
 
   /**
@@ -325,9 +369,9 @@ export class EgressMaps {
     return this.#events;
   }
 
-  /** The set id a workload's rules are under now, or null when it is unrestricted (tests, `wirekey explain`). */
-  setOf(workloadId: number): number | null {
-    return this.#installed.get(workloadId)?.setId ?? null;
+  /** What the kernel enforces for a workload now, read back from the maps; null when it is unrestricted. */
+  installed(workloadId: number): InstalledEgress | null {
+    return readInstalledEgress(this.#policy, this.#rules, workloadId);
   }
 
   close(): void {

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { Datapath, type EgressEvent, type EgressEvents, type EgressWorkload } from '../../controller/datapath/datapath.js';
 import { cgroupId, findCgroup2Root } from '../../controller/datapath/cgroup.js';
 import { native } from '../../controller/datapath/native.js';
+import { PinnedMaps } from '../../controller/datapath/pinned.js';
 import { WK_EGRESS_MAX_PREFIXES, WK_EGRESS_MAX_RANGES } from '../../controller/datapath/layout.js';
 import type { PlanEgress, PlanEgressRule } from '../../controller/policy/types.js';
 import { WirekeyError } from '../../controller/errors.js';
@@ -215,6 +216,24 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
     expect(usage.get('wk_egress_policy')?.entries).toBe(3);
     // Enforced: 127.0.0.1/32, 127.0.0.0/8, 127.0.4.43/32 and ::1 (TCP); 127.0.5.3, 127.0.0.1 and ::1 (UDP). Audited: one.
     expect(usage.get('wk_egress_rules')?.entries).toBe(8);
+    // Read back as `wirekey explain` reads it, from this process and through the pins.
+    const installed = dp?.egressOf(ENFORCE);
+    expect(installed?.mode).toBe('enforce');
+    expect(installed?.entries.map((e) => `${e.protocol} ${e.prefix} ${e.ranges.map((r) => `${r.lo}-${r.hi}#${r.ruleId}`).join(',')}`)).toEqual([
+      // Rule 7 (protocol any) is on ::1 for TCP too.
+      `tcp ::1 ${port.A6}-${port.A6}#2,${port.U}-${port.U}#7`,
+      `tcp 127.0.0.0/8 ${port.R}-${port.R + 9}#3`,
+      `tcp 127.0.0.1 ${port.A}-${port.A}#1,${port.R}-${port.R + 9}#3`,
+      `tcp 127.0.4.43 443-443#6,${port.R}-${port.R + 9}#3`,
+      `udp ::1 ${port.U}-${port.U}#7`,
+      `udp 127.0.0.1 ${port.U}-${port.U}#5`,
+      'udp 127.0.5.3 53-53#4',
+    ]);
+    const pinned = new PinnedMaps(pinDir);
+    expect(pinned.egress(ENFORCE)).toEqual(installed);
+    expect(pinned.egress(AUDIT)?.mode).toBe('audit');
+    expect(pinned.egress(FREE)).toBeNull();
+    expect(pinned.usage().maps.map((m) => m.name)).toContain('wk_egress_rules');
     // The ring has one read position: a second reader is refused while the first is open.
     expect(() => dp?.egressEvents(() => {})).toThrow(expect.objectContaining({ code: 'WK_EGRESS_EVENTS_OPEN' }));
   });
@@ -449,6 +468,7 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
 
   it('counts refusals per workload; the reader saw every event without error', async () => {
     const stats = dp?.egressStats();
+    expect(new PinnedMaps(pinDir).egressStats()).toEqual(stats);
     const counted = stats?.workloads.get(ENFORCE)?.refused ?? 0n;
     const delivered = () => events.filter((e) => e.workloadId === ENFORCE && e.verdict === 'refused').length;
     await waitFor(() => BigInt(delivered()) >= counted, `${counted} refusal events of workload ${ENFORCE}; got ${delivered()}`);
