@@ -83,8 +83,13 @@ async function main(): Promise<void> {
       { name: '1000 rules', egress: rules(1000) },
     ];
     const samples = new Map(arms.map((a) => [a.name, [] as number[]]));
+    const entries = new Map<string, number>();
     const datapath = dp;
     const set = (egress?: PlanEgress) => datapath.setEgress([{ id: WORKLOAD, name: 'bench', egress }]);
+    for (const arm of arms) {
+      set(arm.egress);
+      entries.set(arm.name, datapath.egressOf(WORKLOAD)?.entries.length ?? 0);
+    }
     set(rules(1));
     await connects(); // warm-up
     for (let round = 0; round < Number(values.rounds); round++) {
@@ -97,12 +102,12 @@ async function main(): Promise<void> {
     }
     const stats = dp.egressStats();
     if ((stats.workloads.get(WORKLOAD)?.refused ?? 0n) !== 0n) throw new Error('the listener was refused: the rules do not allow it');
-    const entries = dp.mapUsage().find((u) => u.name === 'wk_egress_rules');
     const off = median(samples.get('no rules') as number[]);
-    process.stdout.write(`connect()+accept()+close() on loopback, ${values.connects} per sample, ${values.rounds} rounds, medians (rules map: ${entries?.entries} entries for the last arm)\n`);
+    process.stdout.write(`connect()+accept()+close() on loopback, ${values.connects} per sample, ${values.rounds} rounds, medians\n`);
     for (const arm of arms) {
       const on = median(samples.get(arm.name) as number[]);
-      process.stdout.write(`  ${arm.name.padEnd(11)} ${on.toFixed(0).padStart(8)}/s   ratio to no rules ${(on / off).toFixed(3)}\n`);
+      const kernel = arm.egress ? `${entries.get(arm.name)} prefix entries` : 'unrestricted';
+      process.stdout.write(`  ${arm.name.padEnd(11)} ${kernel.padEnd(19)} ${on.toFixed(0).padStart(8)}/s   ratio to no rules ${(on / off).toFixed(3)}\n`);
     }
   } finally {
     dp?.close();
