@@ -7,8 +7,8 @@
  * audited). Every TCP or UDP destination it names to connect() (connect4/6
  * in redirect.bpf.c, judged before any redirect rewrites the destination)
  * or to an unconnected sendmsg()/sendto() (sendmsg4/6 here) is looked up
- * in wk_egress_rules, an LPM trie keyed by (set, protocol, family, address
- * prefix) whose value lists the allowed port ranges. Allowed: the call goes
+ * in wk_egress_rules, an LPM trie keyed by (set, protocol, address prefix)
+ * whose value lists the allowed port ranges. Allowed: the call goes
  * on untouched. Not allowed: it fails with EPERM before any packet is sent,
  * or in audit mode goes on; either way one wk_egress_events record and a
  * per-workload count (egress.bpf.h).
@@ -19,8 +19,10 @@
  *  - The agent's own process, and processes in any network namespace but
  *    the host's (as for the redirect).
  *  - Datagrams on a connected UDP socket: connect() was judged.
- * An IPv4-mapped destination on an IPv6 socket is judged as the IPv4
- * address (IPv4 rules match it; IPv6 rules never do). Sockets of other
+ * IPv4 and IPv6 are one address space, IPv4 as ::ffff:a.b.c.d (as the
+ * policy's matcher has it, controller/policy/egress.ts): an IPv4-mapped
+ * destination on an IPv6 socket is the IPv4 address, and an IPv6 prefix
+ * that contains ::ffff:0:0/96 (::/0) allows IPv4 too. Sockets of other
  * protocols (UDP-Lite, any other the kernel runs these hooks for) are
  * refused: no rule names them. What has no cgroup hook (raw sockets, other
  * protocols' sendmsg()) is not judged at all.
@@ -46,7 +48,6 @@
 const struct wk_egress_event *const wk_egress_event_btf = 0;
 const enum wk_egress_limits *const wk_egress_limits_btf = 0;
 const enum wk_egress_flag *const wk_egress_flag_btf = 0;
-const enum wk_egress_family *const wk_egress_family_btf = 0;
 const enum wk_egress_proto *const wk_egress_proto_btf = 0;
 const enum wk_egress_verdict *const wk_egress_verdict_btf = 0;
 const enum wk_egress_hook *const wk_egress_hook_btf = 0;

@@ -31,7 +31,7 @@ struct {
 	__type(value, struct wk_egress_policy);
 } wk_egress_policy SEC(".maps") __weak;
 
-/* (set, protocol, family, address prefix) -> the ports allowed there. */
+/* (set, protocol, address prefix) -> the ports allowed there. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -142,7 +142,6 @@ static __always_inline bool egress_allows(struct bpf_sock_addr *ctx, __u32 wid, 
 	struct wk_egress_policy *pol;
 	struct wk_egress_val *val;
 	__u32 flags, set_id;
-	bool mapped;
 
 	pol = bpf_map_lookup_elem(&wk_egress_policy, &wid);
 	if (!pol)
@@ -154,10 +153,8 @@ static __always_inline bool egress_allows(struct bpf_sock_addr *ctx, __u32 wid, 
 
 	key.protocol = egress_protocol(ctx);
 	if (key.protocol) {
-		mapped = !addr[0] && !addr[1] && addr[2] == bpf_htonl(0xffff);
 		key.prefixlen = WK_EGRESS_KEY_FIXED + 128;
 		key.set_id = set_id;
-		key.family = mapped ? WK_EGRESS_IPV4 : WK_EGRESS_IPV6;
 		key.addr[0] = addr[0];
 		key.addr[1] = addr[1];
 		key.addr[2] = addr[2];

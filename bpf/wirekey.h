@@ -325,7 +325,7 @@ enum wk_egress_limits {
 	WK_EGRESS_MAX_PREFIXES = 8192,
 	WK_EGRESS_MAP_ENTRIES = 2 * WK_EGRESS_MAX_PREFIXES,
 	WK_EGRESS_MAX_RANGES = 16,	/* port ranges in one prefix entry */
-	/* wk_egress_key.prefixlen of bits before the address: set id, protocol, family, pad */
+	/* wk_egress_key.prefixlen of bits before the address: set id, protocol, pad */
 	WK_EGRESS_KEY_FIXED = 64,
 	WK_EGRESS_EVENTS_SIZE = 256 << 10,	/* bytes of the wk_egress_events ring buffer */
 };
@@ -334,12 +334,6 @@ enum wk_egress_limits {
 enum wk_egress_flag {
 	WK_EGRESS_RESTRICTED = 1,	/* the workload has an egress policy */
 	WK_EGRESS_AUDIT = 2,		/* log what would be refused, refuse nothing */
-};
-
-/* wk_egress_key.family: the destination's, an IPv4-mapped one counting as IPv4 */
-enum wk_egress_family {
-	WK_EGRESS_IPV4 = 4,
-	WK_EGRESS_IPV6 = 6,
 };
 
 /* wk_egress_key.protocol and wk_egress_event.protocol: IPPROTO_* */
@@ -379,16 +373,17 @@ struct wk_egress_policy {
 
 /*
  * Key of wk_egress_rules (LPM trie). prefixlen counts WK_EGRESS_KEY_FIXED
- * bits of set id, protocol, family and pad (always matched whole), then the
- * address bits: an IPv4 prefix /n is stored mapped (::ffff:a.b.c.d) with
- * 96 + n address bits.
+ * bits of set id, protocol and pad (always matched whole), then the
+ * address bits. IPv4 and IPv6 are one address space, IPv4 as
+ * ::ffff:a.b.c.d: an IPv4 prefix /n has 96 + n address bits, an
+ * IPv4-mapped destination is its IPv4 address, and an IPv6 prefix that
+ * contains ::ffff:0:0/96 (::/0) contains every IPv4 address too.
  */
 struct wk_egress_key {
 	__u32 prefixlen;
 	__u32 set_id;
 	__u8 protocol;		/* WK_EGRESS_TCP, WK_EGRESS_UDP */
-	__u8 family;		/* WK_EGRESS_IPV4, WK_EGRESS_IPV6 */
-	__u16 _pad;		/* always 0 */
+	__u8 _pad[3];		/* always 0 */
 	__u32 addr[4];		/* network byte order; IPv4 as ::ffff:a.b.c.d */
 };
 

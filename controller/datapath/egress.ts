@@ -4,7 +4,7 @@
  * plan, and what the kernel reports back (events, counters).
  *
  * planEgress() is pure: it turns the plan's rules into wk_egress_rules
- * entries, one per (protocol, family, prefix), each holding its own ports
+ * entries, one per (protocol, prefix), each holding its own ports
  * and those of every rule prefix that contains it (the kernel looks up the
  * longest prefix only), or refuses the whole policy when it does not fit.
  * EgressMaps applies a plan: per workload, the new set under a new id, then
@@ -15,9 +15,8 @@ import { parseAddressPrefix, prefixesOverlap, type AddressPrefix } from '../addr
 import type { PlanEgress } from '../policy/types.js';
 import { bpfCall, type NativeMap, type NativeObject } from './native.js';
 import {
+  LAYOUTS,
   WK_EGRESS_AUDIT,
-  WK_EGRESS_IPV4,
-  WK_EGRESS_IPV6,
   WK_EGRESS_MAX_PREFIXES,
   WK_EGRESS_MAX_RANGES,
   WK_EGRESS_RESTRICTED,
@@ -74,7 +73,7 @@ export class EgressTooLargeError extends WirekeyError {
   }
 }
 
-/** A workload's rules as the kernel holds them: entries keyed by protocol, family and prefix, before a set id is given. */
+/** A workload's rules as the kernel holds them: entries keyed by protocol and prefix, before a set id is given. */
 export interface PlannedEgress {
   id: number;
   name: string;
@@ -84,9 +83,14 @@ export interface PlannedEgress {
 
 const EGRESS_EVENTS = 'wk_egress_events';
 
-function toEgressPrefix(p: AddressPrefix): EgressPrefix {
-  const mapped = p.bits >= 96 && p.bytes.slice(0, 10).every((b) => b === 0) && p.bytes[10] === 0xff && p.bytes[11] === 0xff;
-  return { family: mapped ? WK_EGRESS_IPV4 : WK_EGRESS_IPV6, bits: p.bits, bytes: p.bytes };
+function isMapped(p: { bits: number; bytes: number[] }): boolean {
+  return p.bits >= 96 && p.bytes.slice(0, 10).every((b) => b === 0) && p.bytes[10] === 0xff && p.bytes[11] === 0xff;
+}
+
+/** A prefix as people write it: IPv4 (and IPv4-mapped) as a.b.c.d/n, one address without /n. */
+function prefixText(p: { bits: number; bytes: number[] }, address: string): string {
+  if (isMapped(p)) return p.bits === 128 ? p.bytes.slice(12).join('.') : `${p.bytes.slice(12).join('.')}/${p.bits - 96}`;
+  return p.bits === 128 ? address : `${address}/${p.bits}`;
 }
 
 /**
@@ -131,7 +135,7 @@ export function planEgress(workloads: readonly EgressWorkload[]): PlannedEgress[
     if (seen.has(w.id)) throw new RangeError(`workload "${w.name}": id ${w.id} given twice`);
     seen.add(w.id);
     if (!w.egress) continue;
-    // (protocol, family) -> the rule prefixes, with their ports.
+    // protocol -> the rule prefixes, with their ports (one address space: ::/0 contains IPv4).
     const groups = new Map<string, { protocol: number; items: { prefix: AddressPrefix; text: string; ranges: EgressRange[] }[] }>();
     for (const rule of w.egress.rules) {
       if (!rule.cidrs.length) continue;
@@ -145,12 +149,11 @@ export function planEgress(workloads: readonly EgressWorkload[]): PlannedEgress[
       for (const cidr of rule.cidrs) {
         const prefix = parseAddressPrefix(cidr);
         if (!prefix) throw new RangeError(`workload "${w.name}", rule ${rule.label}: ${cidr} is not an address prefix`);
-        const family = toEgressPrefix(prefix).family;
         for (const protocol of protocols) {
-          const k = `${protocol}/${family}`;
+          const k = `${protocol}`;
           let g = groups.get(k);
           if (!g) groups.set(k, (g = { protocol, items: [] }));
-          g.items.push({ prefix, text: prefix.text, ranges });
+          g.items.push({ prefix, text: prefixText(prefix, prefix.text.split('/')[0] as string), ranges });
         }
       }
     }
@@ -182,7 +185,7 @@ export function planEgress(workloads: readonly EgressWorkload[]): PlannedEgress[
               `(${ranges.length - WK_EGRESS_MAX_RANGES} over). Merge port ranges or rules.`,
           );
         }
-        entries.push({ protocol, prefix: toEgressPrefix(own.prefix), text: own.text, ranges });
+        entries.push({ protocol, prefix: { bits: own.prefix.bits, bytes: own.prefix.bytes }, text: own.text, ranges });
       }
     }
     planned.push({ id: w.id, name: w.name, flags: WK_EGRESS_RESTRICTED | (w.egress.mode === 'audit' ? WK_EGRESS_AUDIT : 0), entries });
@@ -242,9 +245,8 @@ export function readInstalledEgress(policy: NativeMap, rules: NativeMap, workloa
     if (k.setId !== setId) continue;
     const val = rules.lookup(key);
     if (!val) continue;
-    const v4 = k.family === WK_EGRESS_IPV4;
-    const bits = v4 ? k.bits - 96 : k.bits;
-    const prefix = bits === (v4 ? 32 : 128) ? k.address : `${k.address}/${bits}`;
+    const addr = LAYOUTS.wk_egress_key.fields.addr;
+    const prefix = prefixText({ bits: k.bits, bytes: [...key.subarray(addr.offset, addr.offset + addr.size)] }, k.address);
     entries.push({ protocol: k.protocol === WK_EGRESS_UDP ? 'udp' : 'tcp', prefix, ranges: decodeEgressVal(val) });
   }
   entries.sort((a, b) => a.protocol.localeCompare(b.protocol) || a.prefix.localeCompare(b.prefix));

@@ -84,8 +84,7 @@ export const LAYOUTS = {
       prefixlen: { offset: 0, size: 4 },
       set_id: { offset: 4, size: 4 },
       protocol: { offset: 8, size: 1 },
-      family: { offset: 9, size: 1 },
-      _pad: { offset: 10, size: 2 },
+      _pad: { offset: 9, size: 3 },
       addr: { offset: 12, size: 16 },
     },
   },
@@ -450,9 +449,6 @@ export const WK_EGRESS_KEY_FIXED = 64;
 /** wk_egress_policy.flags (enum wk_egress_flag) */
 export const WK_EGRESS_RESTRICTED = 1;
 export const WK_EGRESS_AUDIT = 2;
-/** wk_egress_key.family (enum wk_egress_family) */
-export const WK_EGRESS_IPV4 = 4;
-export const WK_EGRESS_IPV6 = 6;
 /** wk_egress_key.protocol (enum wk_egress_proto): IPPROTO_* */
 export const WK_EGRESS_TCP = 6;
 export const WK_EGRESS_UDP = 17;
@@ -501,9 +497,8 @@ export function decodeEgressPolicy(b: Buffer): { flags: number; setId: number } 
   return { flags: b.readUInt32LE(f.flags.offset), setId: b.readUInt32LE(f.set_id.offset) };
 }
 
-/** An address prefix as wk_egress_rules keys it: the family, and bits and bytes in the mapped 128-bit space. */
+/** An address prefix as wk_egress_rules keys it: bits and bytes in the one 128-bit space. */
 export interface EgressPrefix {
-  family: typeof WK_EGRESS_IPV4 | typeof WK_EGRESS_IPV6;
   /** Bits of `bytes` that count (an IPv4 /24 is 120). */
   bits: number;
   /** 16 bytes, IPv4 as ::ffff:a.b.c.d, bits past the prefix zero. */
@@ -511,9 +506,9 @@ export interface EgressPrefix {
 }
 
 /**
- * A wk_egress_rules key. IPv4 (and IPv4-mapped IPv6 with at least 96 bits)
- * is family IPv4, so that IPv4 rules match IPv4-mapped destinations and
- * IPv6 rules never do.
+ * A wk_egress_rules key. IPv4 and IPv6 are one address space (IPv4 as
+ * ::ffff:a.b.c.d), as controller/policy/egress.ts matches them: IPv4 rules
+ * match IPv4-mapped destinations, and ::/0 matches IPv4 too.
  */
 export function encodeEgressKey(setId: number, protocol: number, prefix: EgressPrefix): Buffer {
   const f = LAYOUTS.wk_egress_key.fields;
@@ -521,17 +516,15 @@ export function encodeEgressKey(setId: number, protocol: number, prefix: EgressP
   b.writeUInt32LE(WK_EGRESS_KEY_FIXED + prefix.bits, f.prefixlen.offset);
   b.writeUInt32LE(setId >>> 0, f.set_id.offset);
   b.writeUInt8(protocol, f.protocol.offset);
-  b.writeUInt8(prefix.family, f.family.offset);
   Buffer.from(prefix.bytes).copy(b, f.addr.offset);
   return b;
 }
 
-export function decodeEgressKey(b: Buffer): { setId: number; protocol: number; family: number; bits: number; address: string } {
+export function decodeEgressKey(b: Buffer): { setId: number; protocol: number; bits: number; address: string } {
   const f = LAYOUTS.wk_egress_key.fields;
   return {
     setId: b.readUInt32LE(f.set_id.offset),
     protocol: b.readUInt8(f.protocol.offset),
-    family: b.readUInt8(f.family.offset),
     bits: b.readUInt32LE(f.prefixlen.offset) - WK_EGRESS_KEY_FIXED,
     address: decodeAddress(b.subarray(f.addr.offset, f.addr.offset + f.addr.size)),
   };
@@ -660,7 +653,6 @@ export const CONSTANTS: Record<string, Record<string, number>> = {
     WK_EGRESS_EVENTS_SIZE: 256 << 10,
   },
   wk_egress_flag: { WK_EGRESS_RESTRICTED, WK_EGRESS_AUDIT },
-  wk_egress_family: { WK_EGRESS_IPV4, WK_EGRESS_IPV6 },
   wk_egress_proto: { WK_EGRESS_TCP, WK_EGRESS_UDP },
   wk_egress_verdict: { WK_EGRESS_REFUSED, WK_EGRESS_WOULD_REFUSE },
   wk_egress_hook: { WK_EGRESS_HOOK_CONNECT, WK_EGRESS_HOOK_SENDMSG },

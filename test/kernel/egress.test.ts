@@ -393,6 +393,20 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
     for (const pid of pids) expect(eventsOf(pid)).toEqual([]);
   });
 
+  it('IPv4 and IPv6 are one address space: ::/0 allows IPv4 too, on IPv4 and IPv6 sockets; a narrower IPv6 prefix does not', async () => {
+    const p = start(cg.enforce);
+    try {
+      dp?.setEgress(plan({ mode: 'enforce', rules: [rule(1, ['::/0'], [[port.A, port.A]]), rule(2, ['2001:db8::/32'], [[port.B, port.B]])] }));
+      expect(await p.send(`tcp 127.0.0.1 ${port.A}`)).toBe(ok);
+      expect(await p.send(`tcp m:127.0.0.2 ${port.A}`)).toBe(ok);
+      expect(await p.send(`tcp ::1 ${port.A}`)).not.toBe(refused);
+      expect(await p.send(`tcp 127.0.0.1 ${port.B}`)).toBe(refused);
+      expect(await p.send(`tcp ::1 ${port.B}`)).toBe(refused);
+    } finally {
+      dp?.setEgress(plan());
+    }
+  });
+
   it("setEgress switches a live process's rules at its next connect(), under a new set, the old one removed", async () => {
     const p = start(cg.enforce);
     expect(await p.send(`tcp 127.0.0.2 ${port.A}`)).toBe(refused);

@@ -28,7 +28,7 @@ describe('C/TypeScript constants', () => {
 
   it('every enum the contract shares is checked', () => {
     expect(Object.keys(CONSTANTS).sort()).toEqual([
-      'wk_action', 'wk_egress_family', 'wk_egress_flag', 'wk_egress_hook', 'wk_egress_limits', 'wk_egress_proto',
+      'wk_action', 'wk_egress_flag', 'wk_egress_hook', 'wk_egress_limits', 'wk_egress_proto',
       'wk_egress_stat', 'wk_egress_verdict', 'wk_http_cfg_flag', 'wk_http_event_kind', 'wk_http_hdr_state', 'wk_http_hosts',
       'wk_http_limits', 'wk_http_stat', 'wk_limits', 'wk_stat',
     ]);
@@ -57,7 +57,6 @@ describe('C/TypeScript constants', () => {
     ['wk_egress_limits', 'WK_EGRESS_MAX_RANGES', 32],
     ['wk_egress_limits', 'WK_EGRESS_KEY_FIXED', 32],
     ['wk_egress_flag', 'WK_EGRESS_AUDIT', 4],
-    ['wk_egress_family', 'WK_EGRESS_IPV4', 2],
     ['wk_egress_proto', 'WK_EGRESS_UDP', 6],
     ['wk_egress_verdict', 'WK_EGRESS_WOULD_REFUSE', 1],
     ['wk_egress_hook', 'WK_EGRESS_HOOK_SENDMSG', 3],

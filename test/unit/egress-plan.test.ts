@@ -10,8 +10,6 @@ import { EgressTooLargeError, mergeRanges, planEgress, type EgressWorkload } fro
 import {
   LAYOUTS,
   WK_EGRESS_AUDIT,
-  WK_EGRESS_IPV4,
-  WK_EGRESS_IPV6,
   WK_EGRESS_MAX_PREFIXES,
   WK_EGRESS_MAX_RANGES,
   WK_EGRESS_RESTRICTED,
@@ -45,11 +43,17 @@ describe('egress plan for the kernel', () => {
     ]);
   });
 
-  it('protocols and families are kept apart; "any" is written for TCP and UDP; IPv4-mapped prefixes are IPv4', () => {
-    const plan = planEgress(one([rule(1, ['0.0.0.0/0'], [[443, 443]]), rule(2, ['::/0'], [[53, 53]], 'any'), rule(3, ['::ffff:10.0.0.0/104'], [[80, 80]], 'udp')]))[0];
-    const entries = plan?.entries.map((e) => `${e.protocol}/${e.prefix.family} ${e.text} ${e.ranges.map((r) => r.lo).join(',')}`);
-    expect(entries).toEqual([`${WK_EGRESS_TCP}/${WK_EGRESS_IPV4} 0.0.0.0/0 443`, `${WK_EGRESS_TCP}/${WK_EGRESS_IPV6} ::/0 53`, `${WK_EGRESS_UDP}/${WK_EGRESS_IPV6} ::/0 53`, `${WK_EGRESS_UDP}/${WK_EGRESS_IPV4} ::ffff:a00:0/104 80`]);
-    // ::/0 does not contain IPv4: the UDP 10/8 entry has none of its ports.
+  it('protocols are kept apart; "any" is written for TCP and UDP; IPv4 and IPv6 are one address space, as the policy matches them', () => {
+    const plan = planEgress(one([rule(1, ['0.0.0.0/0'], [[443, 443]]), rule(2, ['::/0'], [[53, 53]], 'any'), rule(3, ['::ffff:10.0.0.0/104'], [[80, 80]], 'udp'), rule(4, ['2001:db8::/32'], [[22, 22]])]))[0];
+    const entries = plan?.entries.map((e) => `${e.protocol} ${e.text} ${e.ranges.map((r) => r.lo).join(',')}`);
+    // ::/0 contains every IPv4 address (::ffff:0:0/96): its ports are under each IPv4 entry too.
+    expect(entries).toEqual([
+      `${WK_EGRESS_TCP} ::/0 53`,
+      `${WK_EGRESS_TCP} 2001:db8::/32 22,53`,
+      `${WK_EGRESS_TCP} 0.0.0.0/0 53,443`,
+      `${WK_EGRESS_UDP} ::/0 53`,
+      `${WK_EGRESS_UDP} 10.0.0.0/8 53,80`,
+    ]);
   });
 
   it('mode and restriction flags; name rules and unrestricted workloads write no entries', () => {
@@ -104,7 +108,7 @@ describe('egress plan for the kernel', () => {
     const key = encodeEgressKey(9, WK_EGRESS_UDP, entry!.prefix);
     expect(key.length).toBe(LAYOUTS.wk_egress_key.size);
     expect(key.readUInt32LE(0)).toBe(64 + 96 + 24);
-    expect(decodeEgressKey(key)).toEqual({ setId: 9, protocol: WK_EGRESS_UDP, family: WK_EGRESS_IPV4, bits: 120, address: '192.0.2.0' });
+    expect(decodeEgressKey(key)).toEqual({ setId: 9, protocol: WK_EGRESS_UDP, bits: 120, address: '192.0.2.0' });
     const val = encodeEgressVal(entry!.ranges);
     expect(val.length).toBe(LAYOUTS.wk_egress_val.size);
     expect(decodeEgressVal(val)).toEqual([{ lo: 443, hi: 443, ruleId: 7 }]);
