@@ -6,7 +6,9 @@
  * encodings are checked against the layouts shared with bpf/wirekey.h.
  */
 import { describe, expect, it } from 'vitest';
-import { EgressTooLargeError, mergeRanges, planEgress, type EgressWorkload } from '../../controller/datapath/egress.js';
+import { EgressTooLargeError, mergeRanges, planEgress, type EgressWorkload, type PlannedEgress } from '../../controller/datapath/egress.js';
+import { parseAddressPrefix, prefixesOverlap } from '../../controller/addresses.js';
+import { canonicalCidr, egressAllowsAddress, mergePorts } from '../../controller/policy/egress.js';
 import {
   LAYOUTS,
   WK_EGRESS_AUDIT,
@@ -138,5 +140,70 @@ describe('egress plan for the kernel', () => {
     expect(egressStatIndex(2, 'wouldRefuse')).toBe(2 * 3 + 1);
     expect(egressStatRefusal('refused')).toBe('egress-not-allowed');
     expect(egressStatRefusal('eventsLost')).toBeNull();
+  });
+});
+
+/**
+ * The kernel's answer, computed from the planned entries as bpf/egress.bpf.h
+ * computes it: the longest prefix of the protocol's entries that holds the
+ * address, then its port ranges.
+ */
+function kernelAllows(entries: PlannedEgress['entries'], address: string, port: number, protocol: 'tcp' | 'udp'): boolean {
+  const a = parseAddressPrefix(address);
+  if (!a) throw new Error(address);
+  const proto = protocol === 'tcp' ? WK_EGRESS_TCP : WK_EGRESS_UDP;
+  let best: PlannedEgress['entries'][number] | undefined;
+  for (const e of entries) {
+    if (e.protocol !== proto || !prefixesOverlap({ text: '', bits: e.prefix.bits, bytes: e.prefix.bytes }, a)) continue;
+    if (!best || e.prefix.bits > best.prefix.bits) best = e;
+  }
+  return !!best?.ranges.some((r) => port >= r.lo && port <= r.hi);
+}
+
+describe('the kernel plan and the policy matcher agree', () => {
+  it('on random policies and destinations (IPv4, IPv6, IPv4-mapped; TCP, UDP; nested prefixes)', () => {
+    let seed = 0x5eed;
+    const rnd = (n: number) => {
+      seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+      return seed % n;
+    };
+    // A small world, so that prefixes nest and destinations hit them.
+    const v4 = () => `10.${rnd(2)}.${rnd(3)}.${rnd(4)}`;
+    const v6 = () => (rnd(3) === 0 ? `::ffff:${v4()}` : `2001:db8:${rnd(2)}::${rnd(4)}`);
+    const cidr = () => {
+      const r = rnd(10);
+      if (r === 0) return rnd(2) ? '0.0.0.0/0' : '::/0';
+      if (r < 6) return `${v4()}/${[8, 15, 16, 24, 30, 32][rnd(6)]}`;
+      return `${v6()}/${[32, 47, 48, 64, 96, 120, 126, 128][rnd(8)]}`;
+    };
+    const ports = (): [number, number][] => {
+      const out: [number, number][] = [];
+      for (let i = 0; i <= rnd(2); i++) {
+        const lo = 1 + rnd(20);
+        out.push([lo, lo + rnd(5)]);
+      }
+      return mergePorts(out.map(([lo, hi]) => `${lo}-${hi}`), [1, 65535]) as [number, number][];
+    };
+    const seen = { allowed: 0, refused: 0 };
+    for (let round = 0; round < 300; round++) {
+      const rules = Array.from({ length: 1 + rnd(6) }, (_, i) => {
+        const p = parseAddressPrefix(cidr());
+        return rule(i + 1, [canonicalCidr(p!)], ports(), (['tcp', 'udp', 'any'] as const)[rnd(3)]);
+      });
+      const egress = { mode: 'enforce' as const, rules };
+      const plan = planEgress([{ id: 1, name: 'w', egress }])[0]!;
+      for (let d = 0; d < 40; d++) {
+        const address = rnd(2) ? v4() : v6();
+        const port = 1 + rnd(28);
+        const protocol = rnd(2) ? 'tcp' : 'udp';
+        const want = egressAllowsAddress(egress, { address, port, protocol }) !== undefined;
+        const got = kernelAllows(plan.entries, address, port, protocol);
+        seen[got ? 'allowed' : 'refused']++;
+        if (got !== want) throw new Error(`round ${round}: ${protocol} ${address}:${port}: kernel ${got}, matcher ${want}; rules ${JSON.stringify(rules.map((r) => [r.cidrs, r.ports, r.protocol]))}`);
+      }
+    }
+    // Both answers were exercised, not one.
+    expect(seen.allowed).toBeGreaterThan(1000);
+    expect(seen.refused).toBeGreaterThan(1000);
   });
 });
