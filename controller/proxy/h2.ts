@@ -81,7 +81,7 @@ export interface H2Host<S extends H2Connection> {
   refused(session: S, head: { method?: string; url?: string }, refusal: Refusal): void;
   /** Counts and audits a connection closed for what it did (too many resets). */
   connectionRefused(session: S, code: RefusalCode): void;
-  /** Audits a request whose response was forwarded (whole, or cut short: `reset`). */
+  /** Audits a request that went upstream: its response forwarded whole, or cut short (`reset`), or none yet (`status` 0). */
   completed(session: S, head: { method: string; url: string }, admission: Admission, status: number, reset: number): void;
   upstreamLatency(session: S, seconds: number): void;
   /** Gives back the memory a body read for SigV4 signing took (the budget's owner is the stream). */
@@ -195,6 +195,8 @@ export class H2Front<S extends H2Connection> {
   readonly #server: http2.Http2Server;
   /** Streams the proxy itself reset: not counted against the workload. */
   readonly #ours = new WeakSet<http2.Http2Stream>();
+  /** Streams answered with a refusal (audited as such, not as an injection). */
+  readonly #refused = new WeakSet<http2.Http2Stream>();
   readonly #sessions = new Set<http2.ServerHttp2Session>();
 
   constructor(host: H2Host<S>, limits: Partial<H2Limits> = {}) {
@@ -343,7 +345,8 @@ export class H2Front<S extends H2Connection> {
     stream.on('wantTrailers', () => this.#sendTrailers(stream, trailers ? fromH2Object(trailers) : []));
     up.once('close', () => {
       const code = up.rstCode ?? NGHTTP2_NO_ERROR;
-      if (code === NGHTTP2_NO_ERROR) return;
+      // Closed because the workload's stream was (a cancel): nothing to tell it.
+      if (code === NGHTTP2_NO_ERROR || stream.closed || stream.destroyed) return;
       if (!status && code !== NGHTTP2_REFUSED_STREAM) {
         // No response yet: the workload gets a refusal it can read.
         this.#refuse(conn, stream, head, { status: 502, code: 'upstream-failed', message: `upstream ${conn.sni} reset the stream (HTTP/2 error ${code})` });
@@ -355,7 +358,8 @@ export class H2Front<S extends H2Connection> {
     });
     stream.once('close', () => {
       if (!up.closed && !up.destroyed) up.close(NGHTTP2_CANCEL);
-      if (status) this.#host.completed(conn, head, admission, status, stream.rstCode ?? NGHTTP2_NO_ERROR);
+      // The request went upstream with its credential: audited, answered or not (status 0: cancelled before the response).
+      if (!this.#refused.has(stream)) this.#host.completed(conn, head, admission, status, stream.rstCode ?? NGHTTP2_NO_ERROR);
     });
     if (body) up.end(body);
     else if (!endStream) stream.pipe(up);
@@ -401,13 +405,14 @@ export class H2Front<S extends H2Connection> {
     });
     stream.on('wantTrailers', () => this.#sendTrailers(stream, res?.rawTrailers ?? []));
     up.on('error', (err) => {
+      if (stream.closed || stream.destroyed) return;
       if (!status) this.#refuse(conn, stream, head, { status: 502, code: 'upstream-failed', message: `upstream ${conn.sni} failed: ${err.message}` });
       else this.#reset(stream, NGHTTP2_INTERNAL_ERROR);
     });
     stream.once('close', () => {
       // Cut short by the workload: the upstream connection goes too, never reused half-sent.
       if (!res?.complete) up.destroy();
-      if (status) this.#host.completed(conn, head, admission, status, stream.rstCode ?? NGHTTP2_NO_ERROR);
+      if (!this.#refused.has(stream)) this.#host.completed(conn, head, admission, status, stream.rstCode ?? NGHTTP2_NO_ERROR);
     });
     if (body) up.end(body);
     else if (!endStream) stream.pipe(up);
@@ -440,6 +445,7 @@ export class H2Front<S extends H2Connection> {
   /** Answers `refusal` on the stream (or resets it when a response is no longer possible); its body is never read. */
   #refuse(conn: S, stream: http2.ServerHttp2Stream, head: { method?: string; url?: string }, refusal: Refusal): void {
     this.#host.refused(conn, head, refusal);
+    this.#refused.add(stream);
     if (stream.closed || stream.destroyed) return;
     if (stream.headersSent) return this.#reset(stream, NGHTTP2_INTERNAL_ERROR);
     const body = `wirekey: ${refusal.message}\n`;

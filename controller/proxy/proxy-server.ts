@@ -139,7 +139,7 @@ export class ProxyServer {
         completed: (session, head, admission, status, reset) => {
           const a = admission as Admitted;
           this.#audit(session, head, {
-            decision: 'inject', status, credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
+            decision: 'inject', ...(status ? { status } : {}), credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
             leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, ...(reset ? { reason: `stream reset (HTTP/2 error ${reset})` } : {}),
           });
           if (!reset) this.#deps.observer?.injected(a.workload, a.service);
