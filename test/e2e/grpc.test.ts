@@ -5,7 +5,8 @@
  * `authorization` metadata (the workload's own dropped), trailers
  * (grpc-status, grpc-message, custom trailing metadata) intact, the
  * client's deadline (grpc-timeout) reaching the server, a call the client
- * gives up on ending on the server too, and an 8 MiB message both ways.
+ * cancels or whose deadline passes ending on the server too, and an 8 MiB
+ * message both ways.
  * The same client direct, for comparison.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -78,6 +79,8 @@ spec: {workload: app, service: grpcapi, inject: {bearer: {credential: api-token}
     const calls = Object.fromEntries(r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Line).map((l) => [l.call as string, l]));
     // The held call's end is recorded once the server sees it cancelled.
     await waitFor(() => served.slice(before).some((l) => l.held === 'ended'), 'the server to see the held call end');
+    // The cancelled call ends on the server too: the proxy does not hold its stream open.
+    await waitFor(() => served.slice(before).some((l) => l.held === 'cancelled-stream'), 'the server to see the cancelled call end');
     return { calls, served: served.slice(before) };
   };
 
@@ -91,6 +94,7 @@ spec: {workload: app, service: grpcapi, inject: {bearer: {credential: api-token}
       expect(calls.Fail, name).toMatchObject({ code: 'INVALID_ARGUMENT', details: 'bad input: 100% wrong ünicode' });
       expect(calls.Bidi, name).toMatchObject({ replies: 20, same: true });
       expect(calls.Hold, name).toMatchObject({ code: 'DEADLINE_EXCEEDED' });
+      expect(calls.Cancel, name).toMatchObject({ first: 'first', code: 'CANCELLED' });
     }
     // What the server saw: the injected bearer through wirekey, none direct; the rest of the metadata alike.
     const auth = (g: typeof through) => g.served.filter((l) => l.method).map((l) => l.authorization);

@@ -11,6 +11,8 @@ Methods of /wirekey.test.Echo/:
   Bidi     each request message back as it arrives
   Hold     answers only once the call is cancelled or its deadline passes;
            the server records how it ended
+  HoldStream  echoes the first message, then holds until the client
+           cancels (no deadline); the server records that it ended
 
 usage: python grpc-echo.py server CERT KEY PORT
        python grpc-echo.py client TARGET CA_FILE
@@ -74,12 +76,23 @@ def hold(request, context):
     return b""
 
 
+def hold_stream(request_iterator, context):
+    first = next(request_iterator)
+    record("HoldStream", context)
+    done = threading.Event()
+    context.add_callback(done.set)
+    yield first
+    done.wait()
+    out({"held": "cancelled-stream", "active": context.is_active()})
+
+
 def serve(cert, key, port):
     handlers = {
         "Unary": grpc.unary_unary_rpc_method_handler(unary),
         "Fail": grpc.unary_unary_rpc_method_handler(fail),
         "Bidi": grpc.stream_stream_rpc_method_handler(bidi),
         "Hold": grpc.unary_unary_rpc_method_handler(hold),
+        "HoldStream": grpc.stream_stream_rpc_method_handler(hold_stream),
     }
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=OPTIONS)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -118,6 +131,18 @@ def client(target, ca):
             out({"call": "Hold", "code": "OK"})
         except grpc.RpcError as e:
             out({"call": "Hold", "code": e.code().name})
+        # A call the client cancels (no deadline): the server must see it end.
+        stop = threading.Event()
+
+        def requests():
+            yield b"first"
+            stop.wait()
+
+        responses = call("HoldStream", "stream_stream")(requests(), metadata=md)
+        first = next(responses)
+        responses.cancel()
+        stop.set()
+        out({"call": "Cancel", "first": first.decode(), "code": responses.code().name})
 
 
 if __name__ == "__main__":
