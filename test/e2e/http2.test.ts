@@ -215,4 +215,16 @@ spec: {workload: keyed, service: h2api, inject: {header: {credential: api-token,
     expect(f.agent?.output()).not.toContain(f.token);
     expect(readFileSync(f.auditPath, 'utf8')).not.toContain(f.token);
   });
+
+  it('with --no-http2 the proxy offers HTTP/1.1 only: curl --http2 falls back to HTTP/1.1 and still gets its credential', async () => {
+    await f.agent?.stop();
+    await f.startAgent({ extraArgs: ['--no-http2'] });
+    const before = f.upstream.records.length;
+    const h1 = await curl(bound, ['--http2', '--cacert', f.wirekeyCa, `${H1_ORIGIN}/no-http2`]);
+    expect(h1.stderr).toBe('');
+    expect(h1.stdout.split('\n')[1]).toBe('1.1');
+    const [rec] = await f.recordsSince(before);
+    expect(rec?.authorization).toEqual([f.expectedAuth]);
+    expect(JSON.parse(h1.stdout.split('\n')[0] as string)).toMatchObject({ ok: true, path: '/no-http2' });
+  });
 });
