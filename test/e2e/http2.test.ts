@@ -19,6 +19,8 @@ import { waitFor } from '../support/wait.js';
 
 const skip = kernelSkipReason();
 const H2_PORT = 8443;
+/** A name the upstream's certificate does not carry. */
+const MISNAMED = 'misnamed.wirekey.test';
 
 describe.skipIf(skip)(`HTTP/2 through the proxy${skip ? ` (skipped: ${skip})` : ''}`, () => {
   const f = new E2eFixture();
@@ -50,6 +52,16 @@ metadata: {name: app-h2}
 spec: {workload: app, service: h2api, inject: {bearer: {credential: api-token}}}
 ---
 apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: misnamed}
+spec: {hosts: [${MISNAMED}], port: ${H2_PORT}, tls: true}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: app-misnamed}
+spec: {workload: app, service: misnamed, inject: {bearer: {credential: api-token}}}
+---
+apiVersion: wirekey.dev/v1alpha1
 kind: Workload
 metadata: {name: keyed}
 spec: {selector: {cgroup: ${f.cgBase}/keyed}}
@@ -69,7 +81,7 @@ spec: {workload: keyed, service: h2api, inject: {header: {credential: api-token,
   });
 
   const curl = (cg: string, args: string[]) =>
-    f.curl(cg, ['--resolve', `${OTHER}:${H2_PORT}:${f.host.ipv4}`, '-w', '\n%{http_version}', ...args]);
+    f.curl(cg, ['--resolve', `${OTHER}:${H2_PORT}:${f.host.ipv4}`, '--resolve', `${MISNAMED}:${H2_PORT}:${f.host.ipv4}`, '-w', '\n%{http_version}', ...args]);
   const h2Records = async (before: number) => {
     await h2.sync();
     return h2.records.slice(before);
@@ -209,6 +221,15 @@ spec: {workload: keyed, service: h2api, inject: {header: {credential: api-token,
       expect(d.code, d.stderr).toBe(0);
       expect(d.stdout.trim().split('\n').map((l) => (JSON.parse(l) as { status: number }).status)).toEqual([200, 200]);
     }
+  });
+
+  it('an HTTP/2 upstream whose certificate does not name the service host gets nothing: 502 upstream-failed', async () => {
+    const before = h2.records.length;
+    const r = await curl(bound, ['--http2', '--cacert', f.wirekeyCa, '-D', '-', `https://${MISNAMED}:${H2_PORT}/misnamed`]);
+    expect(r.stdout).toMatch(/^HTTP\/2 502/);
+    expect(r.stdout).toMatch(/x-wirekey-error: upstream-failed/);
+    await h2.sync();
+    expect(h2.records.slice(before)).toEqual([]);
   });
 
   it('no credential in the agent\'s log or the audit log', () => {
