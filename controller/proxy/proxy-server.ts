@@ -25,7 +25,7 @@ import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
 import type { PartitionedAgent, PartitionedRequestOptions } from './upstream.js';
 import { UpstreamH2Pool } from './upstream-h2.js';
-import { H2Front, type Admission, type H2Connection, type H2Limits } from './h2.js';
+import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits } from './h2.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
 
@@ -126,31 +126,7 @@ export class ProxyServer {
     this.#limits = { ...DEFAULT_PROXY_LIMITS, ...deps.limits };
     if (deps.http2 !== false) {
       this.#upstreamH2 = deps.upstreamH2 ?? new UpstreamH2Pool();
-      this.#h2 = new H2Front<Session & H2Connection>({
-        admit: (session, head, source) => this.#admit(session, head, source),
-        refused: (session, head, refusal) => {
-          this.#count(refusal.code, session);
-          this.#audit(session, head, { decision: 'deny', status: refusal.status, reason: refusal.code });
-        },
-        connectionRefused: (session, code) => {
-          this.#count(code, session);
-          this.#audit(session, {}, { decision: 'deny', reason: code });
-        },
-        completed: (session, head, admission, status, reset) => {
-          const a = admission as Admitted;
-          this.#audit(session, head, {
-            decision: 'inject', ...(status ? { status } : {}), credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
-            leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, ...(reset ? { reason: `stream reset (HTTP/2 error ${reset})` } : {}),
-          });
-          if (!reset) this.#deps.observer?.injected(a.workload, a.service);
-        },
-        upstreamLatency: (session, seconds) => this.#deps.observer?.upstreamLatency(session.route.workload.name, session.route.service.name, seconds),
-        releaseBody: (owner) => this.#deps.sigv4BodyBudget.releaseAll(owner),
-        upstreamAgent: deps.upstreamAgent,
-        upstreamH2: this.#upstreamH2,
-        idleTimeoutMs: this.#limits.idleTimeoutMs,
-        log: deps.log,
-      }, deps.h2Limits);
+      this.#h2 = new H2Front(this.#h2Host(this.#upstreamH2), deps.h2Limits);
     }
     this.#http = http.createServer({ requireHostHeader: true, insecureHTTPParser: false }, (req, res) => {
       this.#forward(req, res).catch((err: unknown) => this.#internalError(req, res, err));
@@ -164,6 +140,35 @@ export class ProxyServer {
       if (session) this.#audit(session, req, { decision: 'deny', status: 501, reason: 'upgrade-unsupported' });
       this.#count('upgrade-unsupported', session);
     });
+  }
+
+  /** What the HTTP/2 front borrows: the same admission, refusal accounting and audit as an HTTP/1.1 request. */
+  #h2Host(upstreamH2: UpstreamH2Pool): H2Host<Session & H2Connection> {
+    return {
+      admit: (session, head, source) => this.#admit(session, head, source),
+      refused: (session, head, refusal) => {
+        this.#count(refusal.code, session);
+        this.#audit(session, head, { decision: 'deny', status: refusal.status, reason: refusal.code });
+      },
+      connectionRefused: (session, code) => {
+        this.#count(code, session);
+        this.#audit(session, {}, { decision: 'deny', reason: code });
+      },
+      completed: (session, head, admission, status, reset) => {
+        const a = admission as Admitted;
+        this.#audit(session, head, {
+          decision: 'inject', ...(status ? { status } : {}), credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
+          leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, ...(reset ? { reason: `stream reset (HTTP/2 error ${reset})` } : {}),
+        });
+        if (!reset) this.#deps.observer?.injected(a.workload, a.service);
+      },
+      upstreamLatency: (session, seconds) => this.#deps.observer?.upstreamLatency(session.route.workload.name, session.route.service.name, seconds),
+      releaseBody: (owner) => this.#deps.sigv4BodyBudget.releaseAll(owner),
+      upstreamAgent: this.#deps.upstreamAgent,
+      upstreamH2,
+      idleTimeoutMs: this.#limits.idleTimeoutMs,
+      log: this.#deps.log,
+    };
   }
 
   /**
