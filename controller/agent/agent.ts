@@ -21,7 +21,9 @@ import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js
 import { identityTables } from '../identity/tables.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
 import { ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
-import { createUpstreamAgent } from '../proxy/upstream.js';
+import { createUpstreamAgent, upstreamSecureContext } from '../proxy/upstream.js';
+import { UpstreamH2Pool } from '../proxy/upstream-h2.js';
+import type { H2Limits } from '../proxy/h2.js';
 import { ByteBudget } from '../inject/byte-budget.js';
 import { credentialHeader } from '../inject/inject.js';
 import { AuditLog } from '../audit/audit-log.js';
@@ -47,6 +49,9 @@ export interface AgentOptions {
   sigv4BodyMemory?: number;
   /** Bounds on the proxy's per-connection and per-workload work (defaults: DEFAULT_PROXY_LIMITS). */
   proxyLimits?: Partial<ProxyLimits>;
+  /** Offer HTTP/2 to workloads (default true), and its bounds (defaults: DEFAULT_H2_LIMITS). */
+  http2?: boolean;
+  h2Limits?: Partial<H2Limits>;
   /** Load the kernel HTTP datapath (default true); without it plaintext services are refused. */
   kernelDatapath?: boolean;
   /** Kernel datapath injections in the audit log: per request (default), or per connection and credential version. */
@@ -197,6 +202,9 @@ export class Agent {
       sigv4BodyLimit: this.#opts.sigv4BodyLimit ?? 16 * 1024 * 1024,
       sigv4BodyBudget: new ByteBudget(this.#opts.sigv4BodyMemory ?? 64 * 1024 * 1024),
       limits: this.#opts.proxyLimits,
+      http2: this.#opts.http2 ?? true,
+      h2Limits: this.#opts.h2Limits,
+      upstreamH2: new UpstreamH2Pool({ secureContext: upstreamSecureContext({ caFile: this.#opts.upstreamCaFile }) }),
       audit: this.#audit,
       log: this.#log,
       observer: this.#metrics,

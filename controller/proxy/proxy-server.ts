@@ -18,12 +18,14 @@ import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from './routes.js';
 import type { Credential } from '../credentials/credential.js';
 import { ClientHelloReader } from '../tls/client-hello-reader.js';
-import { InjectionRefusal, prepareUpstreamRequest, type UpstreamRequest } from '../inject/inject.js';
+import { InjectionRefusal, prepareUpstreamRequest, type StreamedRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
 import { downstreamResponseHeaders } from './headers.js';
-import { checkRequest } from './request-checks.js';
+import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
 import type { PartitionedAgent, PartitionedRequestOptions } from './upstream.js';
+import { UpstreamH2Pool } from './upstream-h2.js';
+import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits } from './h2.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
 
@@ -77,6 +79,11 @@ export interface ProxyDeps {
   /** Memory all SigV4 bodies being hashed may hold together. */
   sigv4BodyBudget: ByteBudget;
   limits?: Partial<ProxyLimits>;
+  /** Offer h2 in ALPN and serve HTTP/2 (default on); its bounds (h2.ts DEFAULT_H2_LIMITS). */
+  http2?: boolean;
+  h2Limits?: Partial<H2Limits>;
+  /** HTTP/2 sessions upstream (default: one with Node's trust store only). */
+  upstreamH2?: UpstreamH2Pool;
   audit: AuditLog;
   log: Logger;
   observer?: ProxyObserver;
@@ -88,6 +95,12 @@ interface Session {
   route: Route;
   table: RouteTable;
   sni: string;
+}
+
+/** What admission gives a request: the route it went by, the credential and the upstream request. */
+interface Admitted extends Admission {
+  route: Route;
+  credential: Credential;
 }
 
 export class ProxyServer {
@@ -105,10 +118,16 @@ export class ProxyServer {
   /** Credential objects -> a number: a new value (rotation) is a new upstream partition. */
   readonly #credentialSeq = new WeakMap<Credential, number>();
   #nextCredentialSeq = 1;
+  readonly #h2: H2Front<Session & H2Connection> | undefined;
+  readonly #upstreamH2: UpstreamH2Pool | undefined;
 
   constructor(deps: ProxyDeps) {
     this.#deps = deps;
     this.#limits = { ...DEFAULT_PROXY_LIMITS, ...deps.limits };
+    if (deps.http2 !== false) {
+      this.#upstreamH2 = deps.upstreamH2 ?? new UpstreamH2Pool();
+      this.#h2 = new H2Front(this.#h2Host(this.#upstreamH2), deps.h2Limits);
+    }
     this.#http = http.createServer({ requireHostHeader: true, insecureHTTPParser: false }, (req, res) => {
       this.#forward(req, res).catch((err: unknown) => this.#internalError(req, res, err));
     });
@@ -121,6 +140,35 @@ export class ProxyServer {
       if (session) this.#audit(session, req, { decision: 'deny', status: 501, reason: 'upgrade-unsupported' });
       this.#count('upgrade-unsupported', session);
     });
+  }
+
+  /** What the HTTP/2 front borrows: the same admission, refusal accounting and audit as an HTTP/1.1 request. */
+  #h2Host(upstreamH2: UpstreamH2Pool): H2Host<Session & H2Connection> {
+    return {
+      admit: (session, head, source) => this.#admit(session, head, source),
+      refused: (session, head, refusal) => {
+        this.#count(refusal.code, session);
+        this.#audit(session, head, { decision: 'deny', status: refusal.status, reason: refusal.code });
+      },
+      connectionRefused: (session, code) => {
+        this.#count(code, session);
+        this.#audit(session, {}, { decision: 'deny', reason: code });
+      },
+      completed: (session, head, admission, status, reset) => {
+        const a = admission as Admitted;
+        this.#audit(session, head, {
+          decision: 'inject', ...(status ? { status } : {}), credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
+          leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, ...(reset ? { reason: `stream reset (HTTP/2 error ${reset})` } : {}),
+        });
+        if (!reset) this.#deps.observer?.injected(a.workload, a.service);
+      },
+      upstreamLatency: (session, seconds) => this.#deps.observer?.upstreamLatency(session.route.workload.name, session.route.service.name, seconds),
+      releaseBody: (owner) => this.#deps.sigv4BodyBudget.releaseAll(owner),
+      upstreamAgent: this.#deps.upstreamAgent,
+      upstreamH2,
+      idleTimeoutMs: this.#limits.idleTimeoutMs,
+      log: this.#deps.log,
+    };
   }
 
   /**
@@ -149,6 +197,8 @@ export class ProxyServer {
     const closing = this.#servers.splice(0).map((s) => new Promise<void>((r) => s.close(() => r())));
     for (const s of this.#sockets) s.destroy();
     this.#http.closeAllConnections();
+    this.#h2?.close();
+    this.#upstreamH2?.close();
     await Promise.all(closing);
   }
 
@@ -277,11 +327,21 @@ export class ProxyServer {
     if (socket.destroyed) return;
     // TLSSocket feeds bytes already buffered on `socket` to the handshake first.
     socket.unshift(head);
-    const tlsSocket = new tls.TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] });
-    tlsSocket.once('secure', handshakeDone);
+    const h2 = this.#h2;
+    const tlsSocket = new tls.TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: h2 ? ['h2', 'http/1.1'] : ['http/1.1'] });
     tlsSocket.on('error', (err) => this.#deps.log.debug('TLS with workload %s failed: %s', session.route.workload.name, err.message));
     this.#sessions.set(tlsSocket, session);
-    this.#http.emit('connection', tlsSocket);
+    if (!h2) {
+      tlsSocket.once('secure', handshakeDone);
+      this.#http.emit('connection', tlsSocket);
+      return;
+    }
+    // The protocol is known once the handshake is done (ALPN): HTTP/2 or HTTP/1.1 from there.
+    tlsSocket.once('secure', () => {
+      handshakeDone();
+      if (tlsSocket.alpnProtocol === 'h2') h2.serve(tlsSocket, Object.assign(session, { address: session.orig.address, port: session.orig.port }));
+      else this.#http.emit('connection', tlsSocket);
+    });
   }
 
   /**
@@ -307,42 +367,16 @@ export class ProxyServer {
       res.destroy();
       return;
     }
-    const route = this.#currentRoute(session);
-    if (!route) {
-      return this.#refuse(req, res, session, {
-        status: 403, code: 'binding-changed',
-        message: 'the binding this connection was made under was removed or changed by a policy reload; open a new connection',
-      });
-    }
+    const admitted = await this.#admit(session, req, req);
+    if (!('route' in admitted)) return this.#refuse(req, res, session, admitted);
+    const { route, upstream } = admitted;
     const { orig, sni } = session;
-    const inject = route.binding.inject;
-    const injected = inject.kind === 'header' ? inject.name.toLowerCase() : inject.kind === 'sigv4' ? undefined : 'authorization';
-    const refusal = checkRequest(req, sni, orig.port, injected);
-    if (refusal) return this.#refuse(req, res, session, refusal);
-
-    // No audit, no injection: a request that could not be recorded is not sent.
-    if (!this.#deps.audit.writable) {
-      return this.#refuse(req, res, session, { status: 503, code: 'audit-unavailable', message: 'the audit log cannot be written now; retry later' });
-    }
-    let credential: Credential;
-    let upstream: UpstreamRequest;
-    try {
-      credential = await this.#deps.credential(inject.credential);
-      upstream = await prepareUpstreamRequest(req, inject, credential, {
-        host: sni, port: orig.port, sigv4BodyLimit: this.#deps.sigv4BodyLimit, sigv4BodyBudget: this.#deps.sigv4BodyBudget,
-      });
-    } catch (err) {
-      if (err instanceof InjectionRefusal) return this.#refuse(req, res, session, { status: err.status, code: err.reason, message: err.message });
-      // The log gets the whole reason (it may name a file); the workload only which credential.
-      this.#deps.log.error('%s', err instanceof WirekeyError ? err.message : `credential "${inject.credential}": ${String(err)}`);
-      const why = err instanceof CredentialError ? 'cannot be used now' : 'is unavailable';
-      return this.#refuse(req, res, session, { status: 503, code: 'credential-unavailable', message: `credential "${inject.credential}" ${why}` });
-    }
     if (upstream.body) res.once('close', () => this.#deps.sigv4BodyBudget.releaseAll(req));
+    const inject = route.binding.inject;
 
     const options: PartitionedRequestOptions = {
       agent: this.#deps.upstreamAgent,
-      partition: `${route.workload.name}\0${route.binding.name}\0${this.#credentialVersion(credential)}`,
+      partition: admitted.partition,
       host: orig.address,
       port: orig.port,
       servername: sni,
@@ -406,6 +440,50 @@ export class ProxyServer {
     res.once('close', () => {
       if (!res.writableFinished) upstreamReq.destroy();
     });
+  }
+
+  /**
+   * Whether a request may go upstream, and with what: the route in force
+   * now, checkRequest(), the audit log's health, the credential and its
+   * injection. The same for HTTP/1.1 requests and HTTP/2 streams.
+   */
+  async #admit(session: Session, head: RequestHead, source: http.IncomingMessage | StreamedRequest): Promise<Admitted | Refusal> {
+    const route = this.#currentRoute(session);
+    if (!route) {
+      return {
+        status: 403, code: 'binding-changed',
+        message: 'the binding this connection was made under was removed or changed by a policy reload; open a new connection',
+      };
+    }
+    const { orig, sni } = session;
+    const inject = route.binding.inject;
+    const injected = inject.kind === 'header' ? inject.name.toLowerCase() : inject.kind === 'sigv4' ? undefined : 'authorization';
+    const refusal = checkRequest(head, sni, orig.port, injected);
+    if (refusal) return refusal;
+
+    // No audit, no injection: a request that could not be recorded is not sent.
+    if (!this.#deps.audit.writable) {
+      return { status: 503, code: 'audit-unavailable', message: 'the audit log cannot be written now; retry later' };
+    }
+    let credential: Credential;
+    let upstream: UpstreamRequest;
+    try {
+      credential = await this.#deps.credential(inject.credential);
+      upstream = await prepareUpstreamRequest(source, inject, credential, {
+        host: sni, port: orig.port, sigv4BodyLimit: this.#deps.sigv4BodyLimit, sigv4BodyBudget: this.#deps.sigv4BodyBudget,
+      });
+    } catch (err) {
+      if (err instanceof InjectionRefusal) return { status: err.status, code: err.reason, message: err.message };
+      // The log gets the whole reason (it may name a file); the workload only which credential.
+      this.#deps.log.error('%s', err instanceof WirekeyError ? err.message : `credential "${inject.credential}": ${String(err)}`);
+      const why = err instanceof CredentialError ? 'cannot be used now' : 'is unavailable';
+      return { status: 503, code: 'credential-unavailable', message: `credential "${inject.credential}" ${why}` };
+    }
+    return {
+      route, credential, upstream,
+      workload: route.workload.name, service: route.service.name, injectKind: inject.kind, credentialName: inject.credential,
+      partition: `${route.workload.name}\0${route.binding.name}\0${this.#credentialVersion(credential)}`,
+    };
   }
 
   #credentialVersion(credential: Credential): number {
@@ -486,7 +564,7 @@ export class ProxyServer {
     if (session) this.#deps.observer?.refused(session.route.workload.name, session.route.service.name, code);
   }
 
-  #audit(session: Session, req: http.IncomingMessage, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId'>): void {
+  #audit(session: Session, req: { method?: string; url?: string }, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId'>): void {
     this.#deps.audit.record({
       workload: session.route.workload.name,
       pid: session.orig.pid,

@@ -5,7 +5,6 @@
  * Transfer-Encoding at the framing level; these checks cover what a parser
  * accepts but an injector must not.
  */
-import type { IncomingMessage } from 'node:http';
 import { connectionTokens, countHeader } from './headers.js';
 import { normalizeHost } from '../policy/compile.js';
 import type { Refusal } from '../refusals.js';
@@ -30,13 +29,27 @@ const PROTECTED = new Set([
 ]);
 
 /**
+ * A request as the checks see it, whichever protocol carried it: an
+ * HTTP/1.1 IncomingMessage is one; an HTTP/2 stream becomes one once its
+ * pseudo-headers are checked (controller/proxy/h2.ts), with `:authority`
+ * as its one Host header.
+ */
+export interface RequestHead {
+  method?: string;
+  url?: string;
+  /** [name, value, ...] as received (HTTP/2: the regular headers, pseudo-headers excluded). */
+  rawHeaders: string[];
+  httpVersion: string;
+}
+
+/**
  * Checks a request arriving on a connection whose TLS SNI was `sni` and
  * whose original destination port was `port`. `injected` is the header
  * name the binding adds, lower-case (or undefined for SigV4, which sets
  * x-amz-* headers). Returns why it must be refused, or null when it may be
  * forwarded with a credential.
  */
-export function checkRequest(req: IncomingMessage, sni: string, port: number, injected?: string): Refusal | null {
+export function checkRequest(req: RequestHead, sni: string, port: number, injected?: string): Refusal | null {
   const raw = req.rawHeaders;
   const method = req.method ?? '';
   if (method === 'CONNECT') {
@@ -73,12 +86,12 @@ export function checkRequest(req: IncomingMessage, sni: string, port: number, in
     return { status: 400, code: 'ambiguous-length', message: 'Content-Length with Transfer-Encoding' };
   }
   if (codings > 0) {
-    const te = req.headers['transfer-encoding'];
-    if (codings > 1 || typeof te !== 'string' || te.trim().toLowerCase() !== 'chunked' || req.httpVersion !== '1.1') {
+    const te = firstHeader(raw, 'transfer-encoding');
+    if (codings > 1 || te === undefined || te.trim().toLowerCase() !== 'chunked' || req.httpVersion !== '1.1') {
       return { status: 400, code: 'bad-transfer-encoding', message: 'Transfer-Encoding must be exactly one "chunked" on HTTP/1.1' };
     }
   }
-  const hostProblem = checkAuthority(req.headers.host ?? '', sni, port);
+  const hostProblem = checkAuthority(firstHeader(raw, 'host') ?? '', sni, port);
   if (hostProblem) return { status: 421, code: 'host-mismatch', message: `Host header ${hostProblem}` };
 
   const target = req.url ?? '';
@@ -96,8 +109,13 @@ export function checkRequest(req: IncomingMessage, sni: string, port: number, in
   return targetProblem ? { status: 421, code: 'host-mismatch', message: `request target ${targetProblem}` } : null;
 }
 
+function firstHeader(raw: string[], name: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) return raw[i + 1] as string;
+  return undefined;
+}
+
 /** Why `authority` (host[:port]) does not name `sni` on `port`, or null. */
-function checkAuthority(authority: string, sni: string, port: number): string | null {
+export function checkAuthority(authority: string, sni: string, port: number): string | null {
   const m = /^(\[[^\]]*\]|[^:]*)(?::(\d*))?$/.exec(authority);
   if (!m || !m[1]) return 'is not a valid host[:port]';
   if (normalizeHost(m[1]) !== sni) return `names a different host than the TLS server name ${sni}`;

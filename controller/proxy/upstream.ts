@@ -45,10 +45,20 @@ export class PartitionedAgent extends https.Agent {
 export function createUpstreamAgent(opts: UpstreamOptions = {}): PartitionedAgent {
   // `timeout` closes kept-alive connections nobody reused for that long.
   const base = { keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo' as const, timeout: opts.idleMs ?? 60_000 };
-  if (!opts.caFile) return new PartitionedAgent(base);
+  const secureContext = upstreamSecureContext(opts);
+  return new PartitionedAgent(secureContext ? { ...base, secureContext } : base);
+}
+
+/**
+ * The trust store for upstream certificates when `caFile` adds to Node's
+ * (undefined: Node's own, with NODE_EXTRA_CA_CERTS). Shared by the
+ * HTTP/1.1 agent and the HTTP/2 sessions (upstream-h2.ts).
+ */
+export function upstreamSecureContext(opts: UpstreamOptions = {}): tls.SecureContext | undefined {
+  if (!opts.caFile) return undefined;
   const ca = [...tls.rootCertificates];
   const extra = process.env.NODE_EXTRA_CA_CERTS;
   if (extra) ca.push(readFileSync(extra, 'utf8'));
   ca.push(readFileSync(opts.caFile, 'utf8'));
-  return new PartitionedAgent({ ...base, secureContext: tls.createSecureContext({ ca }) });
+  return tls.createSecureContext({ ca });
 }

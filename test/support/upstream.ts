@@ -18,6 +18,11 @@ export interface UpstreamRecord {
   remotePort: number;
   bodyLength: number;
   bodySha256: string;
+  /** h2-upstream-server.mjs only: 'h2', the `te` and `x-custom` it got, and the host header apart from :authority. */
+  protocol?: string;
+  te?: string;
+  custom?: string;
+  hostHeader?: string;
 }
 
 export interface Upstream {
@@ -27,18 +32,26 @@ export interface Upstream {
    * to answer: a client that got its response can look for its record.
    */
   sync(): Promise<void>;
+  /** Writes a line to the server's stdin (h2-upstream-server.mjs: `release NAME`). */
+  command(line: string): void;
+  /** Lines other than records (h2-upstream-server.mjs: {"cancelled": path}). */
+  events: Record<string, unknown>[];
   stop(): Promise<void>;
 }
 
 const script = path.join(repoRoot, 'test/support/upstream-server.mjs');
 
-export async function startUpstream(host: TestHost, cert: string, key: string, port = 443): Promise<Upstream> {
+/** The HTTP/2-only upstream (test/support/h2-upstream-server.mjs), for startUpstream's `server`. */
+export const H2_UPSTREAM = path.join(repoRoot, 'test/support/h2-upstream-server.mjs');
+
+export async function startUpstream(host: TestHost, cert: string, key: string, port = 443, server = script): Promise<Upstream> {
   const child: ChildProcess = spawn(
     'ip',
-    ['netns', 'exec', host.ns, process.execPath, script, '--cert', cert, '--key', key, '--port', String(port), '--host', '::'],
+    ['netns', 'exec', host.ns, process.execPath, server, '--cert', cert, '--key', key, '--port', String(port), '--host', '::'],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   const records: UpstreamRecord[] = [];
+  const events: Record<string, unknown>[] = [];
   const syncs = new Map<number, () => void>();
   let nextSync = 0;
   let buffered = '';
@@ -49,10 +62,11 @@ export async function startUpstream(host: TestHost, cert: string, key: string, p
       buffered += d.toString();
       let nl: number;
       while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = JSON.parse(buffered.slice(0, nl)) as UpstreamRecord & { listening?: boolean; sync?: number };
+        const line = JSON.parse(buffered.slice(0, nl)) as UpstreamRecord & { listening?: boolean; sync?: number; cancelled?: string };
         buffered = buffered.slice(nl + 1);
         if (line.listening) resolve();
         else if (line.sync !== undefined) syncs.get(line.sync)?.();
+        else if (line.cancelled !== undefined) events.push(line as unknown as Record<string, unknown>);
         else records.push(line);
       }
     });
@@ -61,6 +75,8 @@ export async function startUpstream(host: TestHost, cert: string, key: string, p
   child.stdin?.on('error', () => {});
   return {
     records,
+    events,
+    command: (line: string) => child.stdin?.write(`${line}\n`),
     sync: () =>
       new Promise<void>((resolve, reject) => {
         if (child.exitCode !== null || child.signalCode !== null) return reject(new Error('the upstream has exited'));
