@@ -24,7 +24,7 @@ export function parseAddressPrefix(text: string): AddressPrefix | null {
   if (bitsText !== undefined && !/^(0|[1-9][0-9]{0,2})$/.test(bitsText)) return null;
   let ip: ipaddr.IPv4 | ipaddr.IPv6;
   if (ipaddr.IPv4.isValidFourPartDecimal(addrText)) ip = ipaddr.IPv4.parse(addrText);
-  else if (addrText.includes(':') && ipaddr.IPv6.isValid(addrText)) ip = ipaddr.IPv6.parse(addrText);
+  else if (addrText.includes(':') && ipaddr.IPv6.isValid(addrText)) ip = ipaddr.IPv6.parse(v6DottedTail(addrText));
   else return null;
   const v4 = ip.kind() === 'ipv4';
   const full = v4 ? 32 : 128;
@@ -35,6 +35,17 @@ export function parseAddressPrefix(text: string): AddressPrefix | null {
   const bytes = mapped.toByteArray().map((b, i) => b & ((0xff << (8 - Math.max(0, Math.min(8, bits - 8 * i)))) & 0xff));
   const network = ipaddr.fromByteArray(v4 ? bytes.slice(12) : bytes).toString();
   return { text: own === full ? network : `${network}/${own}`, bytes, bits };
+}
+
+/**
+ * An IPv6 address's dotted IPv4 tail as two hex groups: ipaddr.js reads
+ * `::1.2.3.4` (IPv4-compatible, ::102:304) as `::ffff:1.2.3.4`.
+ */
+function v6DottedTail(text: string): string {
+  const m = /^(.*:)(\d+)\.(\d+)\.(\d+)\.(\d+)$/.exec(text);
+  if (!m) return text;
+  const [a, b, c, d] = m.slice(2).map(Number) as [number, number, number, number];
+  return `${m[1]}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
 }
 
 /** Whether some address is in both prefixes (one contains the other). */

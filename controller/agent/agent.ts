@@ -629,6 +629,7 @@ export class Agent {
         exe: r.exe ? { dev: r.exe.dev, ino: r.exe.ino.toString() } : r.exe,
         uid: r.uid,
         problems: r.problems,
+        egress: this.#plan.workloads.get(r.name)?.egress,
       })),
       bindings: this.#plan.bindings.map((b) => {
         const service = this.#plan.services.get(b.service);

@@ -5,12 +5,14 @@
 import { basename } from 'node:path';
 import type { PolicyDiagnostic } from '../errors.js';
 import { checkHost } from '../policy/host-check.js';
+import { compilePolicy } from '../policy/compile.js';
 import { reportPolicyPath, type IgnoredFile } from '../policy/load.js';
+import type { Policy } from '../policy/types.js';
 
 export interface ValidateOutput {
   /** One `file:line:column: [warning: ]message` line per problem, errors first. */
   stdout: string[];
-  /** What was read and ignored, and the verdict. */
+  /** What was read and ignored, each workload's egress in one line (a valid policy), and the verdict. */
   stderr: string[];
   /** 0: no errors (warnings may have been printed); 1: errors. */
   code: 0 | 1;
@@ -38,6 +40,7 @@ export async function validate(target: string, options: { host?: boolean } = {})
     stderr.push(`${errors.length} problem(s) found${counted}`);
     return { stdout, stderr, code: 1 };
   }
+  stderr.push(...egressSummaries(report.policy));
   if (report.policy.documents.length === 0) stderr.push(`${target}: empty policy${counted}`);
   else stderr.push(`${target}: valid${options.host ? ', and this host has what it names' : ''}${counted}`);
   return { stdout, stderr, code: 0 };
@@ -52,6 +55,18 @@ export async function hostWarnings(target: string): Promise<PolicyDiagnostic[]> 
   const report = await reportPolicyPath(target);
   if (report.diagnostics.length) return [];
   return checkHost(report.policy);
+}
+
+/** `workload app: egress enforce, 3 rule(s) (2 written, 1 from bindings)`, for each workload with an egress section, by name. */
+export function egressSummaries(policy: Policy): string[] {
+  const out: string[] = [];
+  for (const w of [...compilePolicy(policy).workloads.values()].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    if (!w.egress) continue;
+    const implicit = w.egress.rules.filter((r) => r.label.startsWith('binding ')).length;
+    const written = w.egress.rules.length - implicit;
+    out.push(`workload ${w.name}: egress ${w.egress.mode}, ${w.egress.rules.length} rule(s) (${written} written, ${implicit} from bindings)`);
+  }
+  return out;
 }
 
 export function formatDiagnostic(d: PolicyDiagnostic): string {

@@ -9,6 +9,7 @@ import { WirekeyError } from '../errors.js';
 import { PinnedMaps } from '../datapath/pinned.js';
 import { formatDev, type ExeKey } from '../datapath/layout.js';
 import { readRuntimeState, type RuntimeState } from './runtime-state.js';
+import type { PlanEgress, PortRange } from '../policy/types.js';
 
 export interface SelectorVerdict {
   selector: string;
@@ -27,6 +28,8 @@ export interface Explanation {
   workload: { id: number; name: string } | null;
   candidates: { id: number; name: string; matched: boolean; selectors: SelectorVerdict[] }[];
   bindings: RuntimeState['bindings'];
+  /** The workload's egress policy; null: unrestricted (no workload, or one without an egress section). */
+  egress: PlanEgress | null;
 }
 
 /**
@@ -104,6 +107,7 @@ export function explainPid(pid: number, stateDir: string): Explanation {
     workload: winner ? { id: winner.id, name: winner.name } : null,
     candidates,
     bindings: winner ? state.bindings.filter((b) => b.workload === winner.name) : [],
+    egress: winner?.egress ?? null,
   };
 }
 
@@ -126,5 +130,29 @@ export function formatExplanation(e: Explanation): string {
       lines.push(`  ${b.name}: ${b.service} (${where}), ${b.inject.kind} from ${b.inject.credential}`);
     }
   }
+  lines.push(...formatEgress(e.egress));
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * `egress: enforce, 2 rule(s)` and one line per rule (label, what, ports,
+ * protocol), or `egress: unrestricted`.
+ */
+export function formatEgress(egress: PlanEgress | null): string[] {
+  if (!egress) return ['egress: unrestricted'];
+  const mode = egress.mode === 'audit' ? 'audit (nothing is refused; what would be is logged)' : 'enforce';
+  const lines = [`egress: ${mode}, ${egress.rules.length} rule(s)${egress.rules.length ? '' : ': nothing is allowed'}`];
+  for (const r of egress.rules) {
+    const names = r.hosts.length > 0;
+    const what = [r.service !== undefined ? `service ${r.service}` : '', names ? r.hosts.join(', ') : r.cidrs.join(', ')].filter(Boolean).join(': ');
+    const how = names ? `tcp, ${r.tls ? 'TLS server name' : 'plaintext Host'}` : r.protocol;
+    lines.push(`  ${r.label}: ${what || 'nothing'} ${formatPorts(r.ports)} ${how}`);
+  }
+  return lines;
+}
+
+function formatPorts(ports: readonly PortRange[]): string {
+  if (ports.length === 1 && ports[0]?.[0] === 1 && ports[0][1] === 65535) return 'any port';
+  const text = ports.map(([lo, hi]) => (lo === hi ? `${lo}` : `${lo}-${hi}`)).join(', ');
+  return ports.length === 1 && ports[0]?.[0] === ports[0]?.[1] ? `port ${text}` : `ports ${text}`;
 }

@@ -5,7 +5,7 @@
  */
 import path from 'node:path';
 import { readFileSync } from 'node:fs';
-import type { PlanWorkload } from '../policy/types.js';
+import type { PlanEgress, PlanWorkload } from '../policy/types.js';
 import { agentRunning } from '../datapath/instance-lock.js';
 import { WirekeyError } from '../errors.js';
 
@@ -26,6 +26,8 @@ export interface RuntimeState {
     exe?: { dev: number; ino: string } | null;
     uid?: number | null;
     problems: string[];
+    /** The workload's egress rules as applied; absent: unrestricted (or an agent older than egress policy). */
+    egress?: PlanEgress;
   }[];
   bindings: {
     name: string;

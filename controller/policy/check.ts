@@ -4,6 +4,7 @@
  */
 import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
 import { normalizeHost } from './compile.js';
+import { checkEgress, egressWarnings } from './egress-check.js';
 import { positionOf, type PolicyPath } from './parse.js';
 import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
 import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, type AddressPrefix } from '../addresses.js';
@@ -40,6 +41,7 @@ export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
     ...userAndUid(workloads),
     ...ambiguousWorkloads(workloads),
     ...tooManyWorkloads(workloads),
+    ...checkEgress(workloads, services, bindings),
   ];
 }
 
@@ -49,7 +51,7 @@ export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
  * a request names. Empty when there is nothing to say. Never throws.
  */
 export function policyWarnings(policy: Policy): PolicyDiagnostic[] {
-  return policy.documents
+  const openServices = policy.documents
     .filter((d): d is ServiceDoc => d.kind === 'Service' && d.spec.tls === false && !d.spec.hosts)
     .map((s) => ({
       ...positionOf(s, ['spec']),
@@ -59,6 +61,7 @@ export function policyWarnings(policy: Policy): PolicyDiagnostic[] {
         'whichever backend that Host selects; list the host names the service answers to',
       severity: 'warning' as const,
     }));
+  return [...openServices, ...egressWarnings(policy)];
 }
 
 function userAndUid(workloads: WorkloadDoc[]): PolicyDiagnostic[] {

@@ -14,7 +14,10 @@ import type {
   PlanBinding,
   PlanCredential,
   PlanService,
+  PlanEgress,
+  PlanEgressRule,
   PlanWorkload,
+  EgressRuleSpec,
   Policy,
   PolicyDoc,
   ServiceDoc,
@@ -22,6 +25,8 @@ import type {
 } from './types.js';
 import { comparePrecedence } from './precedence.js';
 import { parseAddressPrefix } from '../addresses.js';
+import { canonicalCidr, mergePorts, normalizeName } from './egress.js';
+import { positionOf } from './parse.js';
 
 /** A header injection's value when the policy gives no format: the secret alone. */
 export const DEFAULT_HEADER_FORMAT = '{secret}';
@@ -41,18 +46,20 @@ export function compilePolicy(policy: Policy): Plan {
   // Ids follow precedence, then name, so that the same policy always gets
   // the same ids and the kernel's lowest-id-wins rule is the documented one.
   const workloads = byName<WorkloadDoc>('Workload').sort((a, b) => comparePrecedence(a.spec.selector, b.spec.selector));
+  const services = new Map(byName<ServiceDoc>('Service').map((d) => [d.metadata.name, service(d)]));
+  const bindings = byName<BindingDoc>('Binding');
   return {
     vaultConnections: new Map(byName<VaultConnectionDoc>('VaultConnection').map((d) => [d.metadata.name, { name: d.metadata.name, ...d.spec }])),
     credentials: new Map(byName<CredentialSourceDoc>('CredentialSource').map((d) => [d.metadata.name, credential(d)])),
-    services: new Map(byName<ServiceDoc>('Service').map((d) => [d.metadata.name, service(d)])),
-    workloads: new Map(workloads.map((d, i) => [d.metadata.name, workload(d, i + 1)])),
-    bindings: byName<BindingDoc>('Binding').map(binding),
+    services,
+    workloads: new Map(workloads.map((d, i) => [d.metadata.name, workload(d, i + 1, services, bindings)])),
+    bindings: bindings.map(binding),
   };
 }
 
 /** Host names compare case-insensitively and `example.com.` is `example.com`. */
 export function normalizeHost(host: string): string {
-  return host.toLowerCase().replace(/\.$/, '');
+  return normalizeName(host);
 }
 
 /** `a//b/` and `a/b` name the same cgroup; the kernel side wants `/a/b`. */
@@ -107,7 +114,7 @@ function service(doc: ServiceDoc): PlanService {
   return { name, datapath: 'kernel', addresses, hosts, port: doc.spec.port, tls: false };
 }
 
-function workload(doc: WorkloadDoc, id: number): PlanWorkload {
+function workload(doc: WorkloadDoc, id: number, services: Map<string, PlanService>, bindings: BindingDoc[]): PlanWorkload {
   const { cgroup, systemdUnit, executable, user, uid } = doc.spec.selector;
   const selector: PlanWorkload['selector'] = {};
   if (cgroup !== undefined) selector.cgroup = normalizeCgroup(cgroup);
@@ -118,7 +125,66 @@ function workload(doc: WorkloadDoc, id: number): PlanWorkload {
   }
   if (user !== undefined) selector.user = user;
   if (uid !== undefined) selector.uid = uid;
-  return { name: doc.metadata.name, id, selector };
+  const plan: PlanWorkload = { name: doc.metadata.name, id, selector };
+  if (doc.spec.egress) plan.egress = egress(doc, services, bindings.filter((b) => b.spec.workload === doc.metadata.name));
+  return plan;
+}
+
+/** Every port, and the one port name rules default to (HTTPS). */
+const ALL_PORTS = [1, 65535] as const;
+const HTTPS_PORT = [443, 443] as const;
+
+/**
+ * The allow rules in order (allow[1], allow[2], ...), then one rule per
+ * service the workload is bound to, in binding name order: a binding
+ * allows its own service. check.ts has made sure every rule is sound.
+ */
+function egress(doc: WorkloadDoc, services: Map<string, PlanService>, bindings: BindingDoc[]): PlanEgress {
+  const spec = doc.spec.egress as NonNullable<WorkloadDoc['spec']['egress']>;
+  const rules: PlanEgressRule[] = [];
+  spec.allow.forEach((rule, i) => {
+    const head = { id: rules.length + 1, label: `allow[${i + 1}]`, source: positionOf(doc, ['spec', 'egress', 'allow', i]) };
+    rules.push({ ...head, ...(rule.service !== undefined ? serviceRule(rule.service, services.get(rule.service)) : writtenRule(rule)) });
+  });
+  for (const b of bindings) {
+    rules.push({ id: rules.length + 1, label: `binding ${b.metadata.name}`, source: b.source, ...serviceRule(b.spec.service, services.get(b.spec.service)) });
+  }
+  return { mode: spec.mode, rules };
+}
+
+type RuleBody = Omit<PlanEgressRule, 'id' | 'label' | 'source'>;
+
+/** A Service at its port: a TLS one by its hosts (SNI), a plaintext one by its addresses. */
+function serviceRule(name: string, s: PlanService | undefined): RuleBody {
+  // Unknown (checkPolicy refuses that): a rule that allows nothing.
+  if (s === undefined) return { service: name, cidrs: [], hosts: [], ports: [], protocol: 'tcp', tls: false };
+  const ports = [[s.port, s.port] as const];
+  if (s.datapath === 'proxy') return { service: s.name, cidrs: [], hosts: s.hosts, ports, protocol: 'tcp', tls: true };
+  return { service: s.name, cidrs: canonicalCidrs(s.addresses), hosts: [], ports, protocol: 'tcp', tls: false };
+}
+
+/** Canonical and without repeats; text that is no address (checkPolicy refuses it) is left out. */
+function canonicalCidrs(texts: string[]): string[] {
+  return unique(texts.map(parseAddressPrefix).filter((p) => p !== null).map(canonicalCidr));
+}
+
+function writtenRule(rule: EgressRuleSpec): RuleBody {
+  const cidrs = rule.cidr !== undefined ? [rule.cidr] : rule.cidrs;
+  if (cidrs !== undefined) {
+    return {
+      cidrs: canonicalCidrs(cidrs),
+      hosts: [],
+      ports: mergePorts(rule.ports, ALL_PORTS),
+      protocol: rule.protocol ?? 'tcp',
+      tls: false,
+    };
+  }
+  const hosts = rule.host !== undefined ? [rule.host] : (rule.hosts ?? []);
+  return { cidrs: [], hosts: unique(hosts.map(normalizeName)), ports: mergePorts(rule.ports, HTTPS_PORT), protocol: 'tcp', tls: rule.tls ?? true };
+}
+
+function unique(items: string[]): string[] {
+  return [...new Set(items)];
 }
 
 function binding(doc: BindingDoc): PlanBinding {

@@ -318,7 +318,18 @@ function schemaDiagnostics(
     e.keyword === 'required' &&
     errors.some((o) => o.keyword === 'additionalProperties' && o.instancePath === e.instancePath &&
       suggestedField(o) === (e.params as { missingProperty?: string }).missingProperty);
+  // `oneOf` says "exactly one of these fields" (egress rules): its own error
+  // says which; the branches' "missing field" errors are not mistakes.
+  const choices = errors.filter((e) => e.keyword === 'oneOf');
+  const inBranch = (e: ErrorObject) =>
+    choices.some((c) => c !== e && c.instancePath === e.instancePath && e.schemaPath.startsWith(`${c.schemaPath}/`));
+  // `hots:` for `hosts:` is one mistake, not also a rule that names no destination.
+  const misspeltChoice = (e: ErrorObject) =>
+    e.keyword === 'oneOf' &&
+    errors.some((o) => o.keyword === 'additionalProperties' && o.instancePath === e.instancePath &&
+      oneOfFields(e).includes(suggestedField(o) ?? ''));
   return errors
+    .filter((e) => !inBranch(e) && !misspeltChoice(e))
     .filter((e) => !misspelt(e))
     // `if` only says which branch failed; the branch's own errors say why.
     .filter((e) => e.keyword !== 'if')
@@ -326,7 +337,7 @@ function schemaDiagnostics(
     .filter((e) => !(e.keyword === 'type' && !Array.isArray(e.schema) && errors.some((o) => o.keyword === 'type' && Array.isArray(o.schema) && o.instancePath === e.instancePath)))
     .filter((e) => !supersededBy(e).some((keyword) => onSameValue(e, keyword)))
     .map((e) => {
-      const { at, message } = describeError(e, dataPath(data, e.instancePath));
+      const { at, message } = describeError(e, dataPath(data, e.instancePath), valueAt(data, e.instancePath));
       return { ...locate(at.path, at.kind), message: `${label}: ${message}` };
     });
 }
@@ -352,7 +363,13 @@ interface ErrorSite {
   kind: 'value' | 'key';
 }
 
-function describeError(e: ErrorObject, path: PolicyPath): { at: ErrorSite; message: string } {
+/** The fields a `oneOf` of `{required: [field]}` branches chooses between. */
+function oneOfFields(e: ErrorObject): string[] {
+  const branches = Array.isArray(e.schema) ? (e.schema as { required?: unknown }[]) : [];
+  return branches.flatMap((b) => (Array.isArray(b.required) ? b.required.map(String) : []));
+}
+
+function describeError(e: ErrorObject, path: PolicyPath, value: unknown): { at: ErrorSite; message: string } {
   const parent = (e.parentSchema ?? {}) as { properties?: object; patternErrorMessage?: string };
   const allowed = Object.keys(parent.properties ?? {});
   const here: ErrorSite = { path, kind: 'value' };
@@ -389,6 +406,19 @@ function describeError(e: ErrorObject, path: PolicyPath): { at: ErrorSite; messa
         message: `${formatPath(later)}: duplicate of ${formatPath([...path, Number(params['j'])])}`,
       };
     }
+    case 'oneOf': {
+      const fields = oneOfFields(e);
+      const given = fields.filter((f) => typeof value === 'object' && value !== null && Object.hasOwn(value, f));
+      if (given.length > 1) {
+        return {
+          at: { path: [...path, given[1] as string], kind: 'key' },
+          message: `${formatPath(path)}: gives ${orList(given, 'and')}: give only one of ${orList(fields)}`,
+        };
+      }
+      return { at: here, message: `${formatPath(path)}: must give one of ${orList(fields)}` };
+    }
+    case 'enum':
+      return { at: here, message: `${formatPath(path)}: must be ${orList((params['allowedValues'] as unknown[]).map(String))}` };
     case 'const':
       return { at: here, message: `${formatPath(path)}: must be ${JSON.stringify(params['allowedValue'])}` };
     case 'type':
@@ -398,6 +428,15 @@ function describeError(e: ErrorObject, path: PolicyPath): { at: ErrorSite; messa
     default:
       return { at: here, message: `${formatPath(path)}: ${e.message ?? e.keyword}` };
   }
+}
+
+/** The value a JSON pointer names in `data`. */
+function valueAt(data: unknown, pointer: string): unknown {
+  let value = data;
+  for (const segment of dataPath(data, pointer)) {
+    value = typeof value === 'object' && value !== null ? (value as Record<string | number, unknown>)[segment] : undefined;
+  }
+  return value;
 }
 
 /** Decodes a JSON pointer, turning segments that index an array into numbers. */
@@ -419,9 +458,9 @@ function formatPath(path: PolicyPath): string {
   return path.map((s, i) => (typeof s === 'number' ? `[${s}]` : i === 0 ? s : `.${s}`)).join('');
 }
 
-function orList(items: string[]): string {
+function orList(items: string[], word: 'or' | 'and' = 'or'): string {
   if (items.length <= 1) return items.join('');
-  return `${items.slice(0, -1).join(', ')} or ${items.at(-1)}`;
+  return `${items.slice(0, -1).join(', ')} ${word} ${items.at(-1)}`;
 }
 
 function typeWord(type: string): string {

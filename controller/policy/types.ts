@@ -94,13 +94,18 @@ export interface EgressSpec {
 
 /**
  * One allow rule: exactly one of service, cidr(s) and host(s).
- *  - service: a Service by name, at its port: its addresses (plaintext) or
- *    its hosts (TLS: matched on SNI; plaintext with hosts: on Host too).
+ *  - service: a Service by name, at its port, and nothing else (no ports,
+ *    protocol or tls: the service says them). A plaintext Service allows
+ *    its addresses (an address rule, tcp); a TLS Service its hosts (a name
+ *    rule, tls true, matched on SNI).
  *  - cidr/cidrs: addresses or prefixes (IPv4, IPv6), with `ports` (numbers
  *    or "lo-hi" ranges; default every port) and `protocol` (default tcp).
+ *    No `tls`.
  *  - host/hosts: names ("api.example.com", or "*.example.com" for any name
- *    below it), with `ports` (default [443]) and `tls` (default true: the
- *    name is matched on SNI; false: plaintext HTTP, matched on Host).
+ *    below it, not example.com itself), with `ports` (default [443]) and
+ *    `tls` (default true: the name is matched on SNI; false: plaintext
+ *    HTTP, matched on Host, and `ports` must be given). TCP only: a
+ *    `protocol` other than tcp is refused.
  */
 export interface EgressRuleSpec {
   service?: string;
@@ -251,6 +256,8 @@ export interface PlanEgressRule {
   label: string;
   /** Where it is written (the rule, or the binding for an implicit one). */
   source: SourcePosition;
+  /** The Service it allows, for a `service:` rule and a binding's implicit rule. */
+  service?: string;
   /** Canonical prefixes (host bits cleared; IPv4 as a.b.c.d/n, IPv6 as x::/n). Empty for a name rule. */
   cidrs: string[];
   /** Lower-case names without trailing dot; "*.example.com" for any name below example.com. Empty for an address rule. */

@@ -46,7 +46,11 @@ describe.skipIf(skip)(`process identity${skip ? ` (skipped: ${skip})` : ''}`, ()
   const explain = async (pid: number) => {
     const r = await run(process.execPath, [wirekeyBin, 'explain', String(pid), '--state-dir', f.stateDir, '--json']);
     expect(r.stderr).toBe('');
-    return JSON.parse(r.stdout) as { workload: { name: string } | null; candidates: { name: string; matched: boolean }[] };
+    return JSON.parse(r.stdout) as {
+      workload: { name: string } | null;
+      candidates: { name: string; matched: boolean }[];
+      egress: { mode: string; rules: { label: string; cidrs: string[]; hosts: string[]; ports: number[][]; protocol: string }[] } | null;
+    };
   };
 
   beforeAll(async () => {
@@ -73,10 +77,10 @@ describe.skipIf(skip)(`process identity${skip ? ` (skipped: ${skip})` : ''}`, ()
       if (createdSystemSlice) rmdirSync(path.join(f.cgRoot, 'system.slice'));
     });
 
-    const workload = (name: string, selector: string) => `apiVersion: wirekey.dev/v1alpha1
+    const workload = (name: string, selector: string, egress = '') => `apiVersion: wirekey.dev/v1alpha1
 kind: Workload
 metadata: {name: ${name}}
-spec: {selector: ${selector}}
+spec: {selector: ${selector}${egress ? `, egress: ${egress}` : ''}}
 ---
 apiVersion: wirekey.dev/v1alpha1
 kind: Binding
@@ -89,7 +93,8 @@ spec: {workload: ${name}, service: api, inject: {bearer: {credential: api-token}
         workload('curl-only', `{cgroup: ${f.cgBase}/exe, executable: ${curlBin}}`),
         workload('nobody-only', `{cgroup: ${f.cgBase}/user, user: nobody}`),
         workload('python', `{cgroup: ${f.cgBase}/py, executable: ${python}}`),
-        workload('shell', `{cgroup: ${f.cgBase}/sh, executable: ${dash}}`),
+        // Audit mode: explain shows the rules, and nothing this file tests is refused.
+        workload('shell', `{cgroup: ${f.cgBase}/sh, executable: ${dash}}`, `{mode: audit, allow: [{cidr: ${f.host.ipv4}, ports: [443]}, {host: "*.example.com"}]}`),
         workload('pinned-curl', `{cgroup: ${f.cgBase}/sha, executable: {path: ${myCurl}, sha256: ${digest}}}`),
         workload('unit', `{systemdUnit: ${unit}}`),
         workload('moved', `{cgroup: ${f.cgBase}/move}`),
@@ -107,7 +112,10 @@ spec: {workload: ${name}, service: api, inject: {bearer: {credential: api-token}
     const before = f.upstream.records.length;
     expect(await early.send('get /early')).toBe('status 200');
     expect(await injected(before)).toBe(true);
-    expect((await explain(early.pid)).workload?.name).toBe('python');
+    const e = await explain(early.pid);
+    expect(e.workload?.name).toBe('python');
+    expect(e.egress).toBeNull();
+    expect(await must(process.execPath, [wirekeyBin, 'explain', String(early.pid), '--state-dir', f.stateDir])).toContain('\negress: unrestricted\n');
   });
 
   it('two executables in the same bound cgroup: only the selected one gets the credential', async () => {
@@ -154,7 +162,19 @@ spec: {workload: ${name}, service: api, inject: {bearer: {credential: api-token}
       `${HOST}:443:${f.host.ipv4}`, '--cacert', f.bothCas, `https://${HOST}/from-script`]);
     drivers.push(sh);
     await new Promise((r) => setTimeout(r, 200));
-    expect((await explain(sh.pid)).workload?.name).toBe('shell');
+    const e = await explain(sh.pid);
+    expect(e.workload?.name).toBe('shell');
+    // The workload's egress rules, then the rule its binding implies.
+    expect(e.egress?.mode).toBe('audit');
+    expect(e.egress?.rules.map((r) => [r.label, [...r.cidrs, ...r.hosts], r.ports, r.protocol])).toEqual([
+      ['allow[1]', [`${f.host.ipv4}/32`], [[443, 443]], 'tcp'],
+      ['allow[2]', ['*.example.com'], [[443, 443]], 'tcp'],
+      ['binding shell-api', [HOST], [[443, 443]], 'tcp'],
+    ]);
+    const text = await must(process.execPath, [wirekeyBin, 'explain', String(sh.pid), '--state-dir', f.stateDir]);
+    expect(text).toContain('egress: audit (nothing is refused; what would be is logged), 3 rule(s)\n');
+    expect(text).toContain(`  allow[1]: ${f.host.ipv4}/32 port 443 tcp\n`);
+    expect(text).toContain(`  binding shell-api: service api: ${HOST} port 443 tcp, TLS server name\n`);
     const before = f.upstream.records.length;
     expect(await sh.send('go')).toBe('shell-done');
     expect(await sh.exited).toBe(0);

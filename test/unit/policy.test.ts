@@ -12,6 +12,7 @@ import { parsePolicyText } from '../../controller/policy/parse.js';
 
 const EXAMPLE = fileURLToPath(new URL('../../policies/examples/openai-bearer.yaml', import.meta.url));
 const KERNEL_EXAMPLE = fileURLToPath(new URL('../../policies/examples/plaintext-kernel.yaml', import.meta.url));
+const EGRESS_EXAMPLE = fileURLToPath(new URL('../../policies/examples/egress.yaml', import.meta.url));
 const SCHEMA = fileURLToPath(new URL('../../policies/wirekey.schema.json', import.meta.url));
 
 const HEADER = 'apiVersion: wirekey.dev/v1alpha1\n';
@@ -444,7 +445,7 @@ describe('policies/', () => {
     const ajv = new Ajv2020({ strict: true, allErrors: true, allowUnionTypes: true });
     ajv.addKeyword({ keyword: 'patternErrorMessage', schemaType: 'string' });
     const validate = ajv.compile(schema);
-    const texts = await Promise.all([EXAMPLE, KERNEL_EXAMPLE].map((f) => readFile(f, 'utf8')));
+    const texts = await Promise.all([EXAMPLE, KERNEL_EXAMPLE, EGRESS_EXAMPLE].map((f) => readFile(f, 'utf8')));
     for (const doc of texts.flatMap((t) => parseAllDocuments(t))) {
       expect(validate(doc.toJS()), JSON.stringify(validate.errors)).toBe(true);
     }
