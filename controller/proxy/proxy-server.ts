@@ -12,7 +12,6 @@ import net from 'node:net';
 import tls from 'node:tls';
 import http from 'node:http';
 import https from 'node:https';
-import { promises as dnsPromises } from 'node:dns';
 import type { Logger } from '../log.js';
 import type { AuditEvent, AuditLog } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
@@ -26,10 +25,13 @@ import { checkPlainRequest, checkRequest } from './request-checks.js';
 import { relay } from './relay.js';
 import { createPlainUpstreamAgent, type PartitionedAgent, type PartitionedHttpAgent, type PartitionedRequestOptions } from './upstream.js';
 import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
+import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
 import { egressAllowsName } from '../policy/egress.js';
 import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
+
+export type { NameResolver } from './name-resolver.js';
 
 /** Bounds on what one connection and one workload can make the proxy hold. All are `wirekey run` flags. */
 export interface ProxyLimits {
@@ -73,12 +75,6 @@ export interface ProxyObserver {
   egress(workload: string, rule: string | undefined, decision: EgressDecision): void;
 }
 
-/** What a name resolves to, as dns.promises.lookup(name, {all: true}) answers. */
-export type NameResolver = (name: string) => Promise<{ address: string; family: number }[]>;
-
-/** The system resolver (getaddrinfo: /etc/hosts, then DNS), as the workload's own libc would ask it. */
-export const systemResolver: NameResolver = (name) => dnsPromises.lookup(name, { all: true });
-
 export interface ProxyDeps {
   /** The kernel's record of a redirected connection, consumed on first use. */
   identify(address: string, port: number): OrigDst | null;
@@ -99,7 +95,8 @@ export interface ProxyDeps {
   /**
    * Resolves a name an egress rule allowed (an SNI relayed untouched, a
    * plaintext request's Host) to the addresses the proxy may connect to.
-   * Default: systemResolver.
+   * Default: systemResolver. Either way the proxy bounds it
+   * (boundedResolver: lookups in flight, one per name).
    */
   resolve?: NameResolver;
   /** Whether an address is this host (loopback, unspecified, an interface's); default: isLocalAddress. */
@@ -176,7 +173,7 @@ export class ProxyServer {
       this.#count('upgrade-unsupported', session);
     });
 
-    this.#resolve = deps.resolve ?? systemResolver;
+    this.#resolve = boundedResolver(deps.resolve ?? systemResolver);
     this.#plainAgent = deps.plainUpstreamAgent ?? createPlainUpstreamAgent();
     this.#plainHttp = http.createServer({ requireHostHeader: true, insecureHTTPParser: false }, (req, res) => {
       this.#forwardPlain(req, res).catch((err: unknown) => this.#internalError(req, res, err));

@@ -23,6 +23,7 @@ import { ProxyServer } from '../../controller/proxy/proxy-server.js';
 import { RouteTable } from '../../controller/proxy/routes.js';
 import { createUpstreamAgent } from '../../controller/proxy/upstream.js';
 import { decideConnection, isLocalAddress, pickAddress } from '../../controller/proxy/egress-decision.js';
+import { boundedResolver } from '../../controller/proxy/name-resolver.js';
 import { AuditLog } from '../../controller/audit/audit-log.js';
 import { AgentMetrics } from '../../controller/metrics/agent-metrics.js';
 import { ByteBudget } from '../../controller/inject/byte-budget.js';
@@ -445,5 +446,46 @@ describe('egress decisions (pure)', () => {
     expect(decideConnection(plain, { address: '203.0.113.9', port: 80, tls: false })).toEqual({ action: 'plaintext' });
     expect(decideConnection(plain, { address: '10.9.0.1', port: 80, tls: false })).toMatchObject({ action: 'relay-address' });
     expect(decideConnection(plain, { address: '203.0.113.9', port: 443, tls: false })).toEqual({ action: 'refuse', code: 'egress-not-allowed' });
+  });
+});
+
+describe('boundedResolver', () => {
+  it('runs at most maxInFlight lookups at once, in arrival order, and one per name at a time', async () => {
+    // A resolver whose lookups finish when the test says: it stands in for slow DNS.
+    const pending = new Map<string, () => void>();
+    let running = 0;
+    let peak = 0;
+    const calls: string[] = [];
+    const gated = async (name: string) => {
+      calls.push(name);
+      running++;
+      peak = Math.max(peak, running);
+      await new Promise<void>((r) => pending.set(name, r));
+      running--;
+      return [{ address: '192.0.2.1', family: 4 }];
+    };
+    const resolve = boundedResolver(gated, 2);
+    const answers = ['a', 'b', 'a', 'c', 'd'].map((n) => resolve(n));
+    await waitFor(() => pending.size === 2, 'two lookups running');
+    expect(calls).toEqual(['a', 'b']);
+    pending.get('a')?.();
+    await waitFor(() => pending.has('c'), 'c to start once a is answered');
+    pending.get('b')?.();
+    await waitFor(() => pending.has('d'), 'd to start once b is answered');
+    pending.get('c')?.();
+    pending.get('d')?.();
+    const all = await Promise.all(answers);
+    expect(all.every((x) => x[0]?.address === '192.0.2.1')).toBe(true);
+    expect(calls).toEqual(['a', 'b', 'c', 'd']);
+    expect(peak).toBe(2);
+  });
+
+  it('a failed lookup fails its callers and frees its slot', async () => {
+    const resolve = boundedResolver(async (name) => {
+      if (name === 'bad') throw new Error('ENOTFOUND');
+      return [{ address: '192.0.2.2', family: 4 }];
+    }, 1);
+    await expect(resolve('bad')).rejects.toThrow('ENOTFOUND');
+    await expect(resolve('good')).resolves.toEqual([{ address: '192.0.2.2', family: 4 }]);
   });
 });
