@@ -92,6 +92,7 @@ export function checkEgress(workloads: WorkloadDoc[], services: ServiceDoc[], bi
       }
     });
     if (out.length === before) out.push(...mixedNamePorts(w, egress.allow, byName, bindings));
+    if (out.length === before) out.push(...tooManyNamePorts(w, egress.allow));
   }
   return out;
 }
@@ -138,6 +139,31 @@ function mixedNamePorts(w: WorkloadDoc, allow: EgressRuleSpec[], services: Map<s
     }
   });
   return out;
+}
+
+/**
+ * Ports the name rules of one workload may cover: each is a (workload,
+ * port) entry the kernel sends to the proxy, and those entries are shared
+ * with bindings (WK_MAX_BINDINGS for all workloads together).
+ */
+export const EGRESS_MAX_NAME_PORTS = 64;
+
+function tooManyNamePorts(w: WorkloadDoc, allow: EgressRuleSpec[]): PolicyDiagnostic[] {
+  const ports = new Set<number>();
+  for (const [i, rule] of allow.entries()) {
+    if (rule.host === undefined && rule.hosts === undefined) continue;
+    for (const [lo, hi] of mergePorts(rule.ports, [443, 443])) {
+      for (let p = lo; p <= hi && ports.size <= EGRESS_MAX_NAME_PORTS; p++) ports.add(p);
+    }
+    if (ports.size > EGRESS_MAX_NAME_PORTS) {
+      return [{
+        ...positionOf(w, ['spec', 'egress', 'allow', i, 'ports']),
+        message: `${label(w)}: spec.egress.allow[${i}].ports: host rules of one workload may cover at most ${EGRESS_MAX_NAME_PORTS} ports ` +
+          '(each port\'s TCP connections go to the proxy, which checks the name); allow wide port ranges with a cidr rule',
+      }];
+    }
+  }
+  return [];
 }
 
 function firstCommonPort(a: readonly PortRange[], b: readonly PortRange[]): number | undefined {

@@ -215,6 +215,13 @@ describe('checks', () => {
     ]);
   });
 
+  it('host rules of one workload cover at most 64 ports: the kernel sends each to the proxy', () => {
+    const lines = lint(withEgress('egress: {mode: enforce, allow: [{host: a.example.com, ports: ["1000-1060"]}, {host: b.example.com, ports: ["2000-2010"]}]}'));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/spec\.egress\.allow\[1\]\.ports: host rules of one workload may cover at most 64 ports .*allow wide port ranges with a cidr rule$/);
+    expect(lint(withEgress('egress: {mode: enforce, allow: [{host: a.example.com, ports: ["1000-1063"]}, {cidr: 0.0.0.0/0, ports: ["1-65535"]}]}'))).toEqual([]);
+  });
+
   it('a plaintext host rule must give its ports', () => {
     expect(lint(withEgress('egress: {mode: enforce, allow: [{host: a.example.com, tls: false}]}'))).toEqual([
       '21:62: Workload "app": spec.egress.allow[0].tls: a plaintext host rule (tls: false) needs ports, such as [80]: only TLS host rules default to 443',
