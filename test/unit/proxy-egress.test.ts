@@ -127,7 +127,7 @@ describe('proxy: egress by process identity (loopback)', () => {
   }
 
   beforeAll(async () => {
-    pki = await createTestPki(dir, ['api.allowed.test', 'www.denied.test', 'x.wild.test', 'raw.wild.test']);
+    pki = await createTestPki(dir, ['api.allowed.test', 'www.denied.test', 'x.wild.test', 'raw.wild.test', 'gone.wild.test']);
     const decoyDir = path.join(dir, 'decoy');
     mkdirSync(decoyDir);
     const decoyPki = await createTestPki(decoyDir, ['api.allowed.test']);
@@ -314,6 +314,9 @@ describe('proxy: egress by process identity (loopback)', () => {
     expect(allowed).toMatchObject({ status: 200, server: 'real' });
     expect(lastAudit()).toMatchObject({ decision: 'allow', workload: 'rollout', rule: 'allow[1]', address: REAL, dialled: DECOY });
     expect((await metrics.render()).body).toContain('wirekey_egress_decisions_total{datapath="proxy",workload="rollout",rule="none",decision="would-refuse"} 1');
+    const unresolved = await tlsGet(2, REAL, 'gone.wild.test');
+    expect(unresolved).toMatchObject({ status: 200, server: 'real' });
+    expect(lastAudit()).toMatchObject({ decision: 'would-refuse', host: 'gone.wild.test', address: REAL, reason: 'egress-name-unresolved' });
   });
 
   it('an unrestricted workload is relayed as before: to the dialled address, a pass line', async () => {
