@@ -20,13 +20,13 @@ import type { Credential } from '../credentials/credential.js';
 import { ClientHelloReader } from '../tls/client-hello-reader.js';
 import { InjectionRefusal, prepareUpstreamRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
-import { downstreamResponseHeaders, framingHeaders, upstreamRequestHeaders } from './headers.js';
-import { checkPlainRequest, checkRequest } from './request-checks.js';
+import { downstreamResponseHeaders } from './headers.js';
+import { checkRequest } from './request-checks.js';
 import { relay } from './relay.js';
-import { createPlainUpstreamAgent, type PartitionedAgent, type PartitionedHttpAgent, type PartitionedRequestOptions } from './upstream.js';
+import type { PartitionedAgent, PartitionedHttpAgent, PartitionedRequestOptions } from './upstream.js';
 import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
-import { egressAllowsName } from '../policy/egress.js';
+import { PlainEgress, refuseRaw } from './plain-egress.js';
 import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
@@ -105,25 +105,6 @@ export interface ProxyDeps {
   plainUpstreamAgent?: PartitionedHttpAgent;
 }
 
-/** A restricted workload's plaintext connection, handed to the HTTP parser so each request's Host is judged. */
-interface PlainSession {
-  orig: OrigDst;
-  /** The workload's name (ids may be renumbered by a reload; names are how the plan in force is asked). */
-  workload: string;
-  /** Requests seen on the connection, in order. */
-  requests: number;
-  /**
-   * The number of the request that was refused: whatever was pipelined
-   * after it is never forwarded (the requests before it are answered).
-   */
-  refusedAt: number | undefined;
-}
-
-/** Whether request `n` of `session` came after a refused one. */
-function pipelinedAfterRefusal(session: PlainSession, n: number): boolean {
-  return session.refusedAt !== undefined && n > session.refusedAt;
-}
-
 /** A terminated connection: who it is, and the route its SNI selected under the plan `table`. */
 interface Session {
   orig: OrigDst;
@@ -132,9 +113,6 @@ interface Session {
   sni: string;
 }
 
-/** Plaintext egress requests carry no credential: nothing extra to drop (hop-by-hop, framing and routing hints still go). */
-const NO_DROP: ReadonlySet<string> = new Set();
-
 export class ProxyServer {
   readonly #deps: ProxyDeps;
   readonly #limits: ProxyLimits;
@@ -142,9 +120,7 @@ export class ProxyServer {
   readonly #http: http.Server;
   readonly #sessions = new WeakMap<net.Socket, Session>();
   /** Restricted workloads' plaintext connections on ports where names are allowed. */
-  readonly #plainHttp: http.Server;
-  readonly #plainSessions = new WeakMap<net.Socket, PlainSession>();
-  readonly #plainAgent: PartitionedHttpAgent;
+  readonly #plain: PlainEgress;
   readonly #resolve: NameResolver;
   #proxyPort: number | undefined;
   readonly #sockets = new Set<net.Socket>();
@@ -174,31 +150,15 @@ export class ProxyServer {
     });
 
     this.#resolve = boundedResolver(deps.resolve ?? systemResolver);
-    this.#plainAgent = deps.plainUpstreamAgent ?? createPlainUpstreamAgent();
-    this.#plainHttp = http.createServer({ requireHostHeader: true, insecureHTTPParser: false }, (req, res) => {
-      this.#forwardPlain(req, res).catch((err: unknown) => this.#internalError(req, res, err));
-    });
-    this.#plainHttp.timeout = this.#limits.idleTimeoutMs;
-    this.#plainHttp.on('clientError', (err: NodeJS.ErrnoException, socket: net.Socket) => {
-      const session = this.#plainSessions.get(socket);
-      this.#count('malformed-request');
-      if (session) {
-        session.refusedAt ??= session.requests;
-        this.#deps.audit.record({
-          decision: 'deny', workload: session.workload, pid: session.orig.pid, uid: session.orig.uid,
-          address: session.orig.address, port: session.orig.port, status: 400, reason: `malformed-request: ${err.code ?? 'parse error'}`,
-        });
-      }
-      this.#refuseRaw(socket, { status: 400, code: 'malformed-request', message: `malformed request refused (${err.code ?? 'parse error'})` });
-    });
-    this.#plainHttp.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => {
-      const session = this.#plainSessions.get(socket);
-      this.#count('upgrade-unsupported');
-      if (session) {
-        session.refusedAt ??= ++session.requests;
-        this.#plainAudit(session, req, { decision: 'deny', status: 501, reason: 'upgrade-unsupported' });
-      }
-      this.#refuseRaw(socket, { status: 501, code: 'upgrade-unsupported', message: 'protocol upgrades are not supported' });
+    this.#plain = new PlainEgress({
+      routes: deps.routes,
+      audit: deps.audit,
+      log: deps.log,
+      observer: deps.observer,
+      addressFor: (name, orig, egress) => this.#addressFor(name, orig, egress),
+      count: (code) => this.#count(code),
+      idleTimeoutMs: this.#limits.idleTimeoutMs,
+      agent: deps.plainUpstreamAgent,
     });
   }
 
@@ -234,8 +194,7 @@ export class ProxyServer {
     const closing = this.#servers.splice(0).map((s) => new Promise<void>((r) => s.close(() => r())));
     for (const s of this.#sockets) s.destroy();
     this.#http.closeAllConnections();
-    this.#plainHttp.closeAllConnections();
-    this.#plainAgent.destroy();
+    this.#plain.close();
     await Promise.all(closing);
   }
 
@@ -389,10 +348,7 @@ export class ProxyServer {
       case 'plaintext': {
         handshakeDone();
         if (socket.destroyed) return;
-        this.#plainSessions.set(socket, { orig, workload, requests: 0, refusedAt: undefined });
-        socket.unshift(head);
-        this.#plainHttp.emit('connection', socket);
-        socket.resume();
+        this.#plain.accept(socket, head, orig, workload);
         return;
       }
       case 'refuse':
@@ -466,143 +422,6 @@ export class ProxyServer {
   #relayTo(socket: net.Socket, head: Buffer, address: string, port: number): void {
     relay(socket, head, address, port, this.#limits.idleTimeoutMs, (err) => {
       if (err) this.#deps.log.debug('relay to %s:%d ended: %s', address, port, err.message);
-    });
-  }
-
-  /**
-   * A plaintext request of a restricted workload: checked like a
-   * terminated one (method, header names, framing, Host), judged under the
-   * plan in force now, and forwarded to an address its Host resolves to,
-   * with the proxy's own Host and framing, or refused (403
-   * egress-name-not-allowed) and the connection closed. Never a credential:
-   * plaintext bindings are the kernel datapath's.
-   */
-  async #forwardPlain(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
-    const session = this.#plainSessions.get(req.socket);
-    const n = session ? ++session.requests : 0;
-    if (!session || pipelinedAfterRefusal(session, n)) {
-      // Pipelined behind a refused request: the connection is closing.
-      res.destroy();
-      return;
-    }
-    const { orig } = session;
-    const checked = checkPlainRequest(req, orig.port);
-    if ('code' in checked) return this.#refusePlain(req, res, session, n, checked);
-    const egress = this.#deps.routes().workloadByName(session.workload)?.egress;
-    let target: string;
-    let rule: PlanEgressRule | undefined;
-    if (!egress) {
-      // A reload lifted the workload's restrictions (or the workload is
-      // gone): like any unrestricted connection, it goes where it was going.
-      target = orig.address;
-    } else {
-      rule = checked.name !== undefined ? egressAllowsName(egress, { name: checked.name, port: orig.port, tls: false }) : undefined;
-      const address = rule && checked.name !== undefined ? await this.#addressFor(checked.name, orig, egress) : undefined;
-      if (req.socket.destroyed || pipelinedAfterRefusal(session, n)) return void res.destroy();
-      const code: RefusalCode | undefined = !rule ? 'egress-name-not-allowed' : !address ? 'egress-name-unresolved' : undefined;
-      if (code && egress.mode === 'enforce') {
-        this.#deps.observer?.egress(session.workload, undefined, 'deny');
-        const refusal: Refusal = code === 'egress-name-not-allowed'
-          ? { status: 403, code, message: `the egress policy of this workload does not allow ${checked.name ?? 'this host'} on port ${orig.port}` }
-          : { status: 502, code, message: `${checked.name} resolves to no address wirekey may connect to` };
-        return this.#refusePlain(req, res, session, n, refusal);
-      }
-      if (code) {
-        this.#count(code);
-        this.#deps.observer?.egress(session.workload, undefined, 'would-refuse');
-        this.#plainAudit(session, req, { decision: 'would-refuse', reason: code, address: orig.address });
-        rule = undefined;
-        target = orig.address;
-      } else {
-        target = address as string;
-      }
-    }
-    const options: PartitionedRequestOptions = {
-      agent: this.#plainAgent,
-      partition: `${session.workload}\0${checked.authority}`,
-      host: target,
-      port: orig.port,
-      method: req.method,
-      path: req.url,
-      headers: ['Host', checked.authority, ...upstreamRequestHeaders(req.rawHeaders, NO_DROP), ...framingHeaders(req)] as unknown as http.OutgoingHttpHeaders,
-      setHost: false,
-    };
-    let upstreamReq: http.ClientRequest;
-    try {
-      upstreamReq = http.request(options);
-    } catch (err) {
-      this.#deps.log.error('cannot build the upstream request for %s: %s', checked.authority, (err as Error).message);
-      return this.#refusePlain(req, res, session, n, { status: 502, code: 'upstream-failed', message: `upstream ${checked.authority}: the request could not be built` });
-    }
-    upstreamReq.on('response', (upstreamRes) => {
-      const status = upstreamRes.statusCode ?? 502;
-      try {
-        res.writeHead(status, upstreamRes.statusMessage, downstreamResponseHeaders(upstreamRes.rawHeaders));
-      } catch (err) {
-        this.#deps.log.debug('response from %s not forwardable: %s', checked.authority, (err as Error).message);
-        upstreamReq.destroy();
-        res.destroy();
-        return;
-      }
-      upstreamRes.pipe(res);
-      upstreamRes.once('error', (err) => res.destroy(err));
-      if (rule || !egress) {
-        const allowedBy = rule;
-        res.once('finish', () => {
-          this.#plainAudit(session, req, { decision: allowedBy ? 'allow' : 'pass', status, rule: allowedBy?.label, address: target });
-          if (allowedBy) this.#deps.observer?.egress(session.workload, allowedBy.label, 'allow');
-        });
-      }
-    });
-    upstreamReq.on('error', (err) => {
-      if (res.headersSent) {
-        res.destroy(err);
-        return;
-      }
-      this.#refusePlain(req, res, session, n, { status: 502, code: 'upstream-failed', message: `upstream ${checked.authority} failed: ${err.message}` });
-    });
-    req.pipe(upstreamReq);
-    req.once('error', (err) => upstreamReq.destroy(err));
-    res.once('close', () => {
-      if (!res.writableFinished) upstreamReq.destroy();
-    });
-  }
-
-  /** Answers `refusal` on a plaintext connection, audits it, and closes the connection: nothing pipelined behind it is forwarded. */
-  #refusePlain(req: http.IncomingMessage, res: http.ServerResponse, session: PlainSession, n: number, refusal: Refusal): void {
-    session.refusedAt = Math.min(session.refusedAt ?? n, n);
-    this.#count(refusal.code);
-    this.#plainAudit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code, address: session.orig.address });
-    if (res.headersSent || res.destroyed) {
-      res.destroy();
-      return;
-    }
-    const body = `wirekey: ${refusal.message}\n`;
-    res.shouldKeepAlive = false;
-    res.writeHead(refusal.status, {
-      'content-type': 'text/plain; charset=utf-8',
-      'content-length': Buffer.byteLength(body),
-      'x-wirekey-error': refusal.code,
-      connection: 'close',
-    });
-    res.end(body);
-  }
-
-  #plainAudit(
-    session: PlainSession, req: http.IncomingMessage,
-    extra: Pick<AuditEvent, 'decision' | 'status' | 'reason' | 'rule' | 'address'>,
-  ): void {
-    const host = typeof req.headers.host === 'string' ? req.headers.host.slice(0, 255) : undefined;
-    this.#deps.audit.record({
-      workload: session.workload,
-      pid: session.orig.pid,
-      uid: session.orig.uid,
-      host,
-      method: req.method,
-      path: req.url,
-      port: session.orig.port,
-      ...extra,
-      dialled: extra.address !== undefined && extra.address !== session.orig.address ? session.orig.address : undefined,
     });
   }
 
@@ -809,16 +628,7 @@ export class ProxyServer {
   }
 
   #refuseRaw(socket: net.Socket, refusal: Refusal): void {
-    if (!socket.writable) {
-      socket.destroy();
-      return;
-    }
-    const body = `wirekey: ${refusal.message}\n`;
-    socket.end(
-      `HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\n` +
-        `content-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-        `x-wirekey-error: ${refusal.code}\r\nconnection: close\r\n\r\n${body}`,
-    );
+    refuseRaw(socket, refusal);
   }
 
   /** Counts a refusal; with `session`, a refused request of its route (connection refusals are told to the observer apart). */
