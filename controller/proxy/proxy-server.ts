@@ -23,11 +23,17 @@ import type { ByteBudget } from '../inject/byte-budget.js';
 import { downstreamResponseHeaders } from './headers.js';
 import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
-import type { PartitionedAgent, PartitionedRequestOptions } from './upstream.js';
+import type { PartitionedAgent, PartitionedHttpAgent, PartitionedRequestOptions } from './upstream.js';
 import { UpstreamH2Pool } from './upstream-h2.js';
 import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits } from './h2.js';
+import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
+import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
+import { PlainEgress, refuseRaw } from './plain-egress.js';
+import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
+
+export type { NameResolver } from './name-resolver.js';
 
 /** Bounds on what one connection and one workload can make the proxy hold. All are `wirekey run` flags. */
 export interface ProxyLimits {
@@ -63,6 +69,12 @@ export interface ProxyObserver {
   connectionRefused(workload: string, code: RefusalCode): void;
   /** A connection the kernel did not redirect: closed, no identity. */
   unidentified(): void;
+  /**
+   * An egress decision for a restricted workload's connection (TLS, or an
+   * address rule) or plaintext request: `rule` is the allowing rule's
+   * label, undefined for a refusal.
+   */
+  egress(workload: string, rule: string | undefined, decision: EgressDecision): void;
 }
 
 export interface ProxyDeps {
@@ -87,6 +99,17 @@ export interface ProxyDeps {
   audit: AuditLog;
   log: Logger;
   observer?: ProxyObserver;
+  /**
+   * Resolves a name an egress rule allowed (an SNI relayed untouched, a
+   * plaintext request's Host) to the addresses the proxy may connect to.
+   * Default: systemResolver. Either way the proxy bounds it
+   * (boundedResolver: lookups in flight, one per name).
+   */
+  resolve?: NameResolver;
+  /** Whether an address is this host (loopback, unspecified, an interface's); default: isLocalAddress. */
+  isLocalAddress?: (address: string) => boolean;
+  /** The agent for plaintext egress requests; default: one made here (createPlainUpstreamAgent). */
+  plainUpstreamAgent?: PartitionedHttpAgent;
 }
 
 /** A terminated connection: who it is, and the route its SNI selected under the plan `table`. */
@@ -109,6 +132,10 @@ export class ProxyServer {
   readonly #servers: net.Server[] = [];
   readonly #http: http.Server;
   readonly #sessions = new WeakMap<net.Socket, Session>();
+  /** Restricted workloads' plaintext connections on ports where names are allowed. */
+  readonly #plain: PlainEgress;
+  readonly #resolve: NameResolver;
+  #proxyPort: number | undefined;
   readonly #sockets = new Set<net.Socket>();
   /** Open connections per workload name. */
   readonly #perWorkload = new Map<string, number>();
@@ -139,6 +166,18 @@ export class ProxyServer {
       this.#refuseRaw(socket, { status: 501, code: 'upgrade-unsupported', message: 'protocol upgrades are not supported' });
       if (session) this.#audit(session, req, { decision: 'deny', status: 501, reason: 'upgrade-unsupported' });
       this.#count('upgrade-unsupported', session);
+    });
+
+    this.#resolve = boundedResolver(deps.resolve ?? systemResolver);
+    this.#plain = new PlainEgress({
+      routes: deps.routes,
+      audit: deps.audit,
+      log: deps.log,
+      observer: deps.observer,
+      addressFor: (name, orig, egress) => this.#addressFor(name, orig, egress),
+      count: (code) => this.#count(code),
+      idleTimeoutMs: this.#limits.idleTimeoutMs,
+      agent: deps.plainUpstreamAgent,
     });
   }
 
@@ -191,6 +230,12 @@ export class ProxyServer {
       server.on('error', (err) => this.#deps.log.error('proxy listener on %s: %s', host, err.message));
       this.#servers.push(server);
     }
+    this.#proxyPort = port || (this.#servers[0]?.address() as net.AddressInfo | null)?.port;
+  }
+
+  /** The port listened on (the one asked for, or the one the system chose for 0). */
+  get port(): number | undefined {
+    return this.#proxyPort;
   }
 
   async close(): Promise<void> {
@@ -199,6 +244,7 @@ export class ProxyServer {
     this.#http.closeAllConnections();
     this.#h2?.close();
     this.#upstreamH2?.close();
+    this.#plain.close();
     await Promise.all(closing);
   }
 
@@ -285,17 +331,26 @@ export class ProxyServer {
       socket.pause();
       const head = reader.received;
       const table = this.#deps.routes();
-      const route = hello.status === 'ok' && hello.serverName ? table.match(orig.workloadId, orig.port, hello.serverName) : undefined;
-      if (route && hello.status === 'ok' && hello.serverName) {
-        const sni = route.service.hosts.find((h) => h === hello.serverName) ?? hello.serverName;
+      const serverName = hello.status === 'ok' ? hello.serverName : undefined;
+      const route = serverName ? table.match(orig.workloadId, orig.port, serverName) : undefined;
+      if (route && serverName) {
+        const sni = route.service.hosts.find((h) => h === serverName) ?? serverName;
         this.#terminate(socket, head, { orig, route, table, sni }, handshakeDone).catch((err: unknown) => {
           this.#deps.log.error('cannot terminate TLS for %s: %s', sni, (err as Error).message);
           socket.destroy();
         });
-      } else {
-        handshakeDone();
-        this.#relay(socket, head, orig, workload, hello.status === 'ok' ? hello.serverName : undefined);
+        return;
       }
+      const egress = table.workload(orig.workloadId)?.egress;
+      if (egress) {
+        this.#egress(socket, head, orig, workload, egress, { tls: hello.status !== 'not-tls', serverName }, handshakeDone).catch((err: unknown) => {
+          this.#deps.log.error('egress decision for workload %s failed inside the proxy: %s', workload, (err as Error)?.stack ?? String(err));
+          socket.destroy();
+        });
+        return;
+      }
+      handshakeDone();
+      this.#relay(socket, head, orig, workload, serverName);
     };
     socket.on('data', onData);
     socket.resume();
@@ -312,6 +367,111 @@ export class ProxyServer {
     });
     relay(socket, head, orig.address, orig.port, this.#limits.idleTimeoutMs, (err) => {
       if (err) this.#deps.log.debug('relay to %s:%d ended: %s', orig.address, orig.port, err.message);
+    });
+  }
+
+  /**
+   * A restricted workload's connection that no binding claimed: relayed to
+   * an address its allowed name resolves to, relayed to its original
+   * address (an address rule allows it), handed to the HTTP parser
+   * (plaintext on a port where names are allowed), or refused (see
+   * egress-decision.ts). The connection counts as a handshake until then,
+   * so the handshake deadline bounds name resolution too.
+   *
+   * Decided once, under the plan in force now: a relay that is open when a
+   * reload removes the rule that allowed it carries on until it closes
+   * (its bytes are TLS the proxy cannot read); plaintext requests are each
+   * judged under the plan in force when they arrive.
+   */
+  async #egress(
+    socket: net.Socket, head: Buffer, orig: OrigDst, workload: string, egress: PlanEgress,
+    hello: { tls: boolean; serverName: string | undefined }, handshakeDone: () => void,
+  ): Promise<void> {
+    const verdict = decideConnection(egress, { address: orig.address, port: orig.port, ...hello });
+    const sni = hello.serverName;
+    switch (verdict.action) {
+      case 'relay-address':
+        handshakeDone();
+        this.#egressRecord('allow', workload, orig, { rule: verdict.rule, host: sni, address: orig.address });
+        this.#relayTo(socket, head, orig.address, orig.port);
+        return;
+      case 'plaintext': {
+        handshakeDone();
+        if (socket.destroyed) return;
+        this.#plain.accept(socket, head, orig, workload);
+        return;
+      }
+      case 'refuse':
+        this.#egressRefusal(socket, head, orig, workload, egress, verdict.code, sni, handshakeDone);
+        return;
+      case 'relay-name': {
+        const address = await this.#addressFor(verdict.name, orig, egress);
+        if (socket.destroyed) return;
+        if (!address) {
+          this.#egressRefusal(socket, head, orig, workload, egress, 'egress-name-unresolved', sni, handshakeDone);
+          return;
+        }
+        handshakeDone();
+        this.#egressRecord('allow', workload, orig, { rule: verdict.rule, host: sni, address });
+        this.#relayTo(socket, head, address, orig.port);
+        return;
+      }
+    }
+  }
+
+  /**
+   * Where a connection or request for `name` (allowed) goes: see
+   * pickAddress. Undefined when it resolves to nothing usable (the
+   * resolver's failure is logged, never shown to the workload).
+   */
+  async #addressFor(name: string, orig: OrigDst, egress: PlanEgress): Promise<string | undefined> {
+    let answers: { address: string }[];
+    try {
+      answers = await this.#resolve(name);
+    } catch (err) {
+      this.#deps.log.debug('cannot resolve %s: %s', name, (err as Error).message);
+      return undefined;
+    }
+    return pickAddress(answers.map((a) => a.address), {
+      egress, dialled: orig.address, port: orig.port, proxyPort: this.#proxyPort, isLocal: this.#deps.isLocalAddress,
+    });
+  }
+
+  /**
+   * `enforce`: the connection is closed before a byte is relayed, and the
+   * refusal audited. `audit`: relayed to where the workload was going, as
+   * for an unrestricted workload, and logged as would-refuse.
+   */
+  #egressRefusal(
+    socket: net.Socket, head: Buffer, orig: OrigDst, workload: string, egress: PlanEgress,
+    code: RefusalCode, sni: string | undefined, handshakeDone: () => void,
+  ): void {
+    handshakeDone();
+    this.#count(code);
+    if (egress.mode === 'enforce') {
+      this.#egressRecord('deny', workload, orig, { host: sni, address: orig.address, reason: code });
+      socket.destroy();
+      return;
+    }
+    this.#egressRecord('would-refuse', workload, orig, { host: sni, address: orig.address, reason: code });
+    this.#relayTo(socket, head, orig.address, orig.port);
+  }
+
+  /** One connection-level egress line and its count. */
+  #egressRecord(
+    decision: EgressDecision, workload: string, orig: OrigDst,
+    o: { rule?: PlanEgressRule; host?: string; address: string; reason?: RefusalCode },
+  ): void {
+    this.#deps.audit.record({
+      decision, workload, pid: orig.pid, uid: orig.uid, host: o.host, address: o.address, port: orig.port,
+      dialled: o.address !== orig.address ? orig.address : undefined, rule: o.rule?.label, reason: o.reason,
+    });
+    this.#deps.observer?.egress(workload, o.rule?.label, decision);
+  }
+
+  #relayTo(socket: net.Socket, head: Buffer, address: string, port: number): void {
+    relay(socket, head, address, port, this.#limits.idleTimeoutMs, (err) => {
+      if (err) this.#deps.log.debug('relay to %s:%d ended: %s', address, port, err.message);
     });
   }
 
@@ -546,16 +706,7 @@ export class ProxyServer {
   }
 
   #refuseRaw(socket: net.Socket, refusal: Refusal): void {
-    if (!socket.writable) {
-      socket.destroy();
-      return;
-    }
-    const body = `wirekey: ${refusal.message}\n`;
-    socket.end(
-      `HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\n` +
-        `content-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-        `x-wirekey-error: ${refusal.code}\r\nconnection: close\r\n\r\n${body}`,
-    );
+    refuseRaw(socket, refusal);
   }
 
   /** Counts a refusal; with `session`, a refused request of its route (connection refusals are told to the observer apart). */

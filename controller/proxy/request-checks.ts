@@ -5,8 +5,10 @@
  * Transfer-Encoding at the framing level; these checks cover what a parser
  * accepts but an injector must not.
  */
+import type { IncomingMessage } from 'node:http';
 import { connectionTokens, countHeader } from './headers.js';
 import { normalizeHost } from '../policy/compile.js';
+import { normalizeHostName } from '../tls/client-hello.js';
 import type { Refusal } from '../refusals.js';
 
 export type { Refusal } from '../refusals.js';
@@ -50,6 +52,69 @@ export interface RequestHead {
  * forwarded with a credential.
  */
 export function checkRequest(req: RequestHead, sni: string, port: number, injected?: string): Refusal | null {
+  const head = checkHead(req, injected);
+  if (head) return head;
+  const hostProblem = checkAuthority(firstHeader(req.rawHeaders, 'host') ?? '', sni, port);
+  if (hostProblem) return { status: 421, code: 'host-mismatch', message: `Host header ${hostProblem}` };
+
+  const target = req.url ?? '';
+  if (target.startsWith('/') || (target === '*' && req.method === 'OPTIONS')) return null;
+  let url: URL;
+  try {
+    url = new URL(target);
+  } catch {
+    return { status: 400, code: 'bad-target', message: 'request target is not a path or an absolute https URL' };
+  }
+  if (url.protocol !== 'https:') {
+    return { status: 400, code: 'bad-target', message: 'absolute request target must be https' };
+  }
+  const targetProblem = checkAuthority(url.host, sni, port);
+  return targetProblem ? { status: 421, code: 'host-mismatch', message: `request target ${targetProblem}` } : null;
+}
+
+/**
+ * Checks a plaintext HTTP request of a restricted workload on a connection
+ * to `port` (the proxy forwards it to the name its Host gives, if an egress
+ * rule allows that name): the same head checks as a terminated request,
+ * then the Host itself. Returns the refusal, or the name the Host gives
+ * (lower-case, a trailing dot dropped; undefined when it is no DNS name,
+ * e.g. an IP literal, which no name rule can allow) and the authority to
+ * send upstream.
+ */
+export function checkPlainRequest(req: IncomingMessage, port: number): Refusal | { name: string | undefined; authority: string } {
+  const head = checkHead(req, undefined);
+  if (head) return head;
+  const m = AUTHORITY.exec(req.headers.host ?? '');
+  if (!m || !m[1]) return { status: 400, code: 'ambiguous-host', message: 'the Host header is not a valid host[:port]' };
+  if (m[2] !== undefined && m[2] !== '' && Number(m[2]) !== port) {
+    return { status: 421, code: 'host-mismatch', message: `Host header names port ${m[2]}, but the connection was to port ${port}` };
+  }
+  const name = m[1].startsWith('[') ? undefined : normalizeHostName(m[1].replace(/\.$/, ''));
+  const target = req.url ?? '';
+  if (!(target.startsWith('/') || (target === '*' && req.method === 'OPTIONS'))) {
+    let url: URL;
+    try {
+      url = new URL(target);
+    } catch {
+      return { status: 400, code: 'bad-target', message: 'request target is not a path or an absolute http URL' };
+    }
+    if (url.protocol !== 'http:' || url.username || url.password) {
+      return { status: 400, code: 'bad-target', message: 'absolute request target must be http, without user info' };
+    }
+    // As for the Host: no port is the connection's; a port must be the connection's.
+    const hostname = url.hostname.replace(/\.$/, '');
+    if (name === undefined || normalizeHostName(hostname) !== name || (url.port !== '' && Number(url.port) !== port)) {
+      return { status: 421, code: 'host-mismatch', message: 'request target names another host or port than the Host header' };
+    }
+  }
+  const authority = name === undefined ? m[1] : m[2] ? `${name}:${m[2]}` : name;
+  return { name, authority };
+}
+
+const AUTHORITY = /^(\[[^\]]*\]|[^:]*)(?::(\d*))?$/;
+
+/** Checks of the request line and header section that do not depend on where the request goes. */
+function checkHead(req: RequestHead, injected: string | undefined): Refusal | null {
   const raw = req.rawHeaders;
   const method = req.method ?? '';
   if (method === 'CONNECT') {
@@ -91,22 +156,7 @@ export function checkRequest(req: RequestHead, sni: string, port: number, inject
       return { status: 400, code: 'bad-transfer-encoding', message: 'Transfer-Encoding must be exactly one "chunked" on HTTP/1.1' };
     }
   }
-  const hostProblem = checkAuthority(firstHeader(raw, 'host') ?? '', sni, port);
-  if (hostProblem) return { status: 421, code: 'host-mismatch', message: `Host header ${hostProblem}` };
-
-  const target = req.url ?? '';
-  if (target.startsWith('/') || (target === '*' && method === 'OPTIONS')) return null;
-  let url: URL;
-  try {
-    url = new URL(target);
-  } catch {
-    return { status: 400, code: 'bad-target', message: 'request target is not a path or an absolute https URL' };
-  }
-  if (url.protocol !== 'https:') {
-    return { status: 400, code: 'bad-target', message: 'absolute request target must be https' };
-  }
-  const targetProblem = checkAuthority(url.host, sni, port);
-  return targetProblem ? { status: 421, code: 'host-mismatch', message: `request target ${targetProblem}` } : null;
+  return null;
 }
 
 function firstHeader(raw: string[], name: string): string | undefined {
@@ -116,7 +166,7 @@ function firstHeader(raw: string[], name: string): string | undefined {
 
 /** Why `authority` (host[:port]) does not name `sni` on `port`, or null. */
 export function checkAuthority(authority: string, sni: string, port: number): string | null {
-  const m = /^(\[[^\]]*\]|[^:]*)(?::(\d*))?$/.exec(authority);
+  const m = AUTHORITY.exec(authority);
   if (!m || !m[1]) return 'is not a valid host[:port]';
   if (normalizeHost(m[1]) !== sni) return `names a different host than the TLS server name ${sni}`;
   if (m[2] !== undefined && m[2] !== '' && Number(m[2]) !== port) {

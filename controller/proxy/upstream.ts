@@ -8,6 +8,7 @@
  * is never shared across those boundaries, so no workload's request can
  * ever be framed into, or read back from, another's exchange.
  */
+import http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
@@ -33,6 +34,24 @@ export class PartitionedAgent extends https.Agent {
     const partition = (options as Partial<PartitionedRequestOptions> | undefined)?.partition;
     return `${super.getName(options)}|${partition ?? ''}`;
   }
+}
+
+/**
+ * The same for plaintext HTTP: the proxy's connections for a restricted
+ * workload's requests to names its egress rules allow. No credential
+ * travels on them, but the boundary is kept all the same (one workload,
+ * one name, one address per pool).
+ */
+export class PartitionedHttpAgent extends http.Agent {
+  override getName(options?: http.ClientRequestArgs): string {
+    const partition = (options as Partial<PartitionedRequestOptions> | undefined)?.partition;
+    return `${super.getName(options)}|${partition ?? ''}`;
+  }
+}
+
+/** The agent for plaintext egress requests (PartitionedHttpAgent), kept alive like the TLS one. */
+export function createPlainUpstreamAgent(opts: Pick<UpstreamOptions, 'idleMs'> = {}): PartitionedHttpAgent {
+  return new PartitionedHttpAgent({ keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo', timeout: opts.idleMs ?? 60_000 });
 }
 
 /**
