@@ -35,6 +35,10 @@ export interface AuditEvent {
    */
   address?: string;
   port?: number;
+  /** Kernel egress lines: the socket's protocol, tcp or udp. */
+  protocol?: string;
+  /** Kernel egress lines: where the kernel judged it, connect() or sendmsg() (unconnected UDP). */
+  hook?: 'connect' | 'sendmsg';
   /** Proxy egress lines: the address the workload dialled, when the proxy went to another (`address`) instead. */
   dialled?: string;
   /** Egress: the label of the rule that allowed it ("allow[2]", "binding app-api"). */

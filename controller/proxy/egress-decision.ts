@@ -70,14 +70,16 @@ export function canonicalAddress(address: string): string | undefined {
 }
 
 /**
- * Whether `address` is this host: loopback, unspecified (0.0.0.0 and ::
- * connect to the host itself), or an address of one of its interfaces.
+ * Whether `address` is this host or its link: loopback, unspecified
+ * (0.0.0.0 and :: connect to the host itself), an address of one of its
+ * interfaces, or link-local (169.254.0.0/16, fe80::/10: where clouds serve
+ * instance metadata and credentials, 169.254.169.254).
  */
 export function isLocalAddress(address: string, interfaces: () => Set<string> = localInterfaceAddresses): boolean {
   const canonical = canonicalAddress(address);
   if (canonical === undefined) return false;
   const range = ipaddr.process(canonical).range();
-  return range === 'loopback' || range === 'unspecified' || interfaces().has(canonical);
+  return range === 'loopback' || range === 'unspecified' || range === 'linkLocal' || interfaces().has(canonical);
 }
 
 /** The host's interface addresses, canonical; read on each call (addresses come and go). */
@@ -116,9 +118,10 @@ export interface PickOptions {
  * An answer that is this host (isLocalAddress) is used only if an address
  * rule of the workload allows it on that port: the relay is the agent's
  * own connection, from the host's network namespace and never redirected,
- * so a name that resolves (or is re-pointed by its DNS) to 127.0.0.1 or the
- * host's own address would otherwise reach services the kernel does not
- * let the workload dial. The proxy's own port on this host is never a
+ * so a name that resolves (or is re-pointed by its DNS) to 127.0.0.1, the
+ * host's own address or a link-local one (a cloud's metadata service)
+ * would otherwise reach services the kernel does not let the workload
+ * dial. The proxy's own port on this host is never a
  * destination (the connection would come back unidentified and be closed).
  * Returns undefined when no answer qualifies.
  */

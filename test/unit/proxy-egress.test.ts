@@ -419,8 +419,10 @@ describe('egress decisions (pure)', () => {
     ],
   };
 
-  it('isLocalAddress: loopback, unspecified, IPv4-mapped forms and the host\'s interfaces', () => {
-    for (const a of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1', '0.0.0.0', '::']) expect(isLocalAddress(a)).toBe(true);
+  it('isLocalAddress: loopback, unspecified, link-local (cloud metadata), IPv4-mapped forms and the host\'s interfaces', () => {
+    for (const a of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1', '0.0.0.0', '::', '169.254.169.254', '::ffff:169.254.169.254', 'fe80::1']) {
+      expect(isLocalAddress(a, () => new Set()), a).toBe(true);
+    }
     expect(isLocalAddress('192.0.2.1', () => new Set(['192.0.2.1']))).toBe(true);
     expect(isLocalAddress('::ffff:192.0.2.1', () => new Set(['192.0.2.1']))).toBe(true);
     expect(isLocalAddress('198.51.100.7', () => new Set())).toBe(false);
