@@ -9,12 +9,16 @@
  * the redirect is invisible. sockops copies the stored entry into wk_conn,
  * keyed by the socket's local address, which is what the proxy sees as the
  * peer of the connection it accepts.
+ *
+ * A restricted workload's connect() is judged against its egress policy
+ * here too, before any rewrite (egress.bpf.h; egress.bpf.c says how).
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "workload.bpf.h"
 #include "sockops.bpf.h"
+#include "egress.bpf.h"
 
 #define SOCK_STREAM	1
 #define IPPROTO_TCP	6
@@ -68,17 +72,21 @@ struct {
 
 /*
  * Common part of connect4/6: returns the socket storage to fill when this
- * connect() must go to the proxy, NULL when it is none of our business.
+ * connect() must go to the proxy, NULL when it is none of our business or
+ * must be refused. *wid_out is set when it goes to the proxy (so a NULL
+ * return then means no storage); *refuse when the workload's egress policy
+ * refuses the destination. The egress check comes first for every
+ * destination the proxy would not judge, and sees it before any rewrite.
  */
 static __always_inline struct wk_orig_dst *
-redirect_target(struct bpf_sock_addr *ctx, __u16 port_be, __u32 *wid_out)
+redirect_target(struct bpf_sock_addr *ctx, __u16 port_be, const __u32 *addr,
+		__u32 *wid_out, bool *refuse)
 {
 	struct wk_bind_key key = {};
 	struct wk_bind_val *bind;
+	bool tcp, bound;
 	__u32 wid;
 
-	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
-		return NULL;
 	/* The agent's own upstream connections must reach the real server. */
 	if ((bpf_get_current_pid_tgid() >> 32) == agent_tgid)
 		return NULL;
@@ -86,20 +94,25 @@ redirect_target(struct bpf_sock_addr *ctx, __u16 port_be, __u32 *wid_out)
 	if (bpf_get_netns_cookie(ctx) != host_netns_cookie)
 		return NULL;
 
+	tcp = ctx->type == SOCK_STREAM && ctx->protocol == IPPROTO_TCP;
 	key.port = bpf_ntohs(port_be);
-	if (!bpf_map_lookup_elem(&wk_ports, &key.port))
+	bound = tcp && bpf_map_lookup_elem(&wk_ports, &key.port);
+	if (!bound && !egress_active())
 		return NULL;
 	wid = current_workload();
 	if (!wid)
 		return NULL;
-	key.workload_id = wid;
-	bind = bpf_map_lookup_elem(&wk_bind_port, &key);
-	if (!bind || bind->action != WK_ACTION_PROXY)
-		return NULL;
-
-	*wid_out = wid;
-	return bpf_sk_storage_get(&wk_sock_orig, ctx->sk, NULL,
-				  BPF_SK_STORAGE_GET_F_CREATE);
+	if (bound) {
+		key.workload_id = wid;
+		bind = bpf_map_lookup_elem(&wk_bind_port, &key);
+		if (bind && bind->action == WK_ACTION_PROXY) {
+			*wid_out = wid;
+			return bpf_sk_storage_get(&wk_sock_orig, ctx->sk, NULL,
+						  BPF_SK_STORAGE_GET_F_CREATE);
+		}
+	}
+	*refuse = !egress_allows(ctx, wid, addr, key.port, WK_EGRESS_HOOK_CONNECT);
+	return NULL;
 }
 
 static __always_inline void fill_identity(struct wk_orig_dst *orig, __u32 wid,
@@ -118,9 +131,15 @@ int wk_connect4(struct bpf_sock_addr *ctx)
 {
 	__u16 port_be = (__u16)ctx->user_port;
 	struct wk_orig_dst *orig;
+	bool refuse = false;
 	__u32 wid = 0;
+	__u32 addr[4];
 
-	orig = redirect_target(ctx, port_be, &wid);
+	addr[0] = 0;
+	addr[1] = 0;
+	addr[2] = bpf_htonl(0xffff);
+	addr[3] = ctx->user_ip4;
+	orig = redirect_target(ctx, port_be, addr, &wid, &refuse);
 	if (!orig) {
 		/*
 		 * A bound workload whose identity cannot be recorded must not
@@ -128,13 +147,13 @@ int wk_connect4(struct bpf_sock_addr *ctx)
 		 */
 		if (wid)
 			wk_count(WK_STAT_STORAGE_FAIL);
-		return wid ? SYS_REJECT : SYS_PROCEED;
+		return wid || refuse ? SYS_REJECT : SYS_PROCEED;
 	}
 
-	orig->addr[0] = 0;
-	orig->addr[1] = 0;
-	orig->addr[2] = bpf_htonl(0xffff);
-	orig->addr[3] = ctx->user_ip4;
+	orig->addr[0] = addr[0];
+	orig->addr[1] = addr[1];
+	orig->addr[2] = addr[2];
+	orig->addr[3] = addr[3];
 	fill_identity(orig, wid, port_be, AF_INET);
 
 	ctx->user_ip4 = bpf_htonl(0x7f000001);
@@ -147,21 +166,27 @@ int wk_connect6(struct bpf_sock_addr *ctx)
 {
 	__u16 port_be = (__u16)ctx->user_port;
 	struct wk_orig_dst *orig;
+	bool refuse = false;
 	__u32 wid = 0;
 	__u32 a0, a1, a2, a3;
+	__u32 addr[4];
 	bool mapped;
-
-	orig = redirect_target(ctx, port_be, &wid);
-	if (!orig) {
-		if (wid)
-			wk_count(WK_STAT_STORAGE_FAIL);
-		return wid ? SYS_REJECT : SYS_PROCEED;
-	}
 
 	a0 = ctx->user_ip6[0];
 	a1 = ctx->user_ip6[1];
 	a2 = ctx->user_ip6[2];
 	a3 = ctx->user_ip6[3];
+	addr[0] = a0;
+	addr[1] = a1;
+	addr[2] = a2;
+	addr[3] = a3;
+	orig = redirect_target(ctx, port_be, addr, &wid, &refuse);
+	if (!orig) {
+		if (wid)
+			wk_count(WK_STAT_STORAGE_FAIL);
+		return wid || refuse ? SYS_REJECT : SYS_PROCEED;
+	}
+
 	orig->addr[0] = a0;
 	orig->addr[1] = a1;
 	orig->addr[2] = a2;

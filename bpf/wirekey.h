@@ -312,4 +312,120 @@ WK_ASSERT_SIZE(wk_http_hdr, 528);
 WK_ASSERT_SIZE(wk_http_config, 16);
 WK_ASSERT_SIZE(wk_http_event, 64);
 
+/*
+ * Egress policy (egress.bpf.h, egress.bpf.c): a restricted workload's
+ * connect() and unconnected sendmsg() go only where one of its rules
+ * allows, judged in the kernel before any packet leaves.
+ */
+enum wk_egress_limits {
+	/*
+	 * Prefix entries of wk_egress_rules the policy may use, all workloads
+	 * together. The map holds twice as many, so that a reload can write a
+	 * workload's new set before deleting its old one whatever the sizes.
+	 */
+	WK_EGRESS_MAX_PREFIXES = 8192,
+	WK_EGRESS_MAP_ENTRIES = 2 * WK_EGRESS_MAX_PREFIXES,
+	WK_EGRESS_MAX_RANGES = 16,	/* port ranges in one prefix entry */
+	/* wk_egress_key.prefixlen of bits before the address: set id, protocol, pad */
+	WK_EGRESS_KEY_FIXED = 64,
+	WK_EGRESS_EVENTS_SIZE = 256 << 10,	/* bytes of the wk_egress_events ring buffer */
+};
+
+/* wk_egress_policy.flags */
+enum wk_egress_flag {
+	WK_EGRESS_RESTRICTED = 1,	/* the workload has an egress policy */
+	WK_EGRESS_AUDIT = 2,		/* log what would be refused, refuse nothing */
+};
+
+/* wk_egress_key.protocol and wk_egress_event.protocol: IPPROTO_* */
+enum wk_egress_proto {
+	WK_EGRESS_TCP = 6,
+	WK_EGRESS_UDP = 17,
+};
+
+/* wk_egress_event.verdict */
+enum wk_egress_verdict {
+	WK_EGRESS_REFUSED = 1,		/* enforce: the call failed with EPERM */
+	WK_EGRESS_WOULD_REFUSE = 2,	/* audit: the call went ahead */
+};
+
+/* wk_egress_event.hook */
+enum wk_egress_hook {
+	WK_EGRESS_HOOK_CONNECT = 1,
+	WK_EGRESS_HOOK_SENDMSG = 2,
+};
+
+/*
+ * Indexes of a workload's counters in wk_egress_stats: workload w's
+ * counter s is entry w * WK_EGRESS_STAT_MAX + s.
+ */
+enum wk_egress_stat {
+	WK_EGRESS_STAT_REFUSED = 0,	/* calls refused (enforce) */
+	WK_EGRESS_STAT_WOULD_REFUSE = 1,	/* calls that audit mode let through */
+	WK_EGRESS_STAT_EVENTS_LOST = 2,	/* events not recorded: wk_egress_events was full */
+	WK_EGRESS_STAT_MAX = 3,
+};
+
+/* Value of wk_egress_policy, keyed by workload id: replaced whole, in one update. */
+struct wk_egress_policy {
+	__u32 flags;		/* WK_EGRESS_* */
+	__u32 set_id;		/* the rule set in wk_egress_rules */
+};
+
+/*
+ * Key of wk_egress_rules (LPM trie). prefixlen counts WK_EGRESS_KEY_FIXED
+ * bits of set id, protocol and pad (always matched whole), then the
+ * address bits. IPv4 and IPv6 are one address space, IPv4 as
+ * ::ffff:a.b.c.d: an IPv4 prefix /n has 96 + n address bits, an
+ * IPv4-mapped destination is its IPv4 address, and an IPv6 prefix that
+ * contains ::ffff:0:0/96 (::/0) contains every IPv4 address too.
+ */
+struct wk_egress_key {
+	__u32 prefixlen;
+	__u32 set_id;
+	__u8 protocol;		/* WK_EGRESS_TCP, WK_EGRESS_UDP */
+	__u8 _pad[3];		/* always 0 */
+	__u32 addr[4];		/* network byte order; IPv4 as ::ffff:a.b.c.d */
+};
+
+/* Destination ports one rule allows, inclusive, host byte order. */
+struct wk_egress_range {
+	__u16 lo;
+	__u16 hi;
+	__u32 rule_id;		/* PlanEgressRule.id */
+};
+
+/*
+ * Value of wk_egress_rules: the ports allowed under a prefix, its own
+ * rules' and those of every shorter prefix of the same set that contains
+ * it (the controller flattens them), so the longest match decides alone.
+ */
+struct wk_egress_val {
+	__u32 count;		/* ranges[] used, 0..WK_EGRESS_MAX_RANGES */
+	__u32 _pad;
+	struct wk_egress_range ranges[WK_EGRESS_MAX_RANGES];
+};
+
+/* One record of the wk_egress_events ring buffer: a refused or would-refuse call. */
+struct wk_egress_event {
+	__u64 time_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u64 cgroup_id;	/* the caller's cgroup */
+	__u32 addr[4];		/* destination, network byte order; IPv4 as ::ffff:a.b.c.d */
+	__u16 port;		/* destination port, host byte order */
+	__u8 protocol;		/* IPPROTO_* of the socket */
+	__u8 verdict;		/* WK_EGRESS_REFUSED, WK_EGRESS_WOULD_REFUSE */
+	__u8 hook;		/* WK_EGRESS_HOOK_* */
+	__u8 _pad[3];
+	__u32 pid;		/* tgid of the caller */
+	__u32 uid;
+	__u32 workload_id;
+	__u32 set_id;		/* the rule set it was judged against */
+};
+
+WK_ASSERT_SIZE(wk_egress_policy, 8);
+WK_ASSERT_SIZE(wk_egress_key, 28);
+WK_ASSERT_SIZE(wk_egress_range, 8);
+WK_ASSERT_SIZE(wk_egress_val, 8 + 8 * WK_EGRESS_MAX_RANGES);
+WK_ASSERT_SIZE(wk_egress_event, 56);
+
 #endif /* WIREKEY_H */

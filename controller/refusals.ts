@@ -45,6 +45,7 @@ export const REFUSAL_CODES = [
   'too-many-connections', // the workload has --max-connections-per-workload open
   'too-many-handshakes', // --max-handshakes connections are between accept and TLS established
   'handshake-timeout', // no complete ClientHello and handshake within --handshake-timeout
+  'too-many-resets', // an HTTP/2 connection reset more streams than --h2-max-resets allows in 10 s (rapid reset): GOAWAY
 ] as const;
 
 export type RefusalCode = (typeof REFUSAL_CODES)[number];

@@ -12,7 +12,9 @@ import { createHash } from 'node:crypto';
 import { LocalCa } from '../tls/local-ca.js';
 import { CredentialSources } from '../credentials/sources.js';
 import type { Credential } from '../credentials/credential.js';
-import { Datapath, type DatapathStats, type IdentityTables } from '../datapath/datapath.js';
+import { Datapath, type DatapathStats, type EgressEvent, type EgressWorkload, type IdentityTables } from '../datapath/datapath.js';
+import { egressStatRefusal } from '../datapath/egress.js';
+import type { AuditEvent } from '../audit/audit-log.js';
 import { findCgroup2Root } from '../datapath/cgroup.js';
 import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
 import { ControlServer, controlSocketPath } from './control-server.js';
@@ -21,7 +23,9 @@ import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js
 import { identityTables } from '../identity/tables.js';
 import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
 import { ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
-import { createUpstreamAgent } from '../proxy/upstream.js';
+import { createUpstreamAgent, upstreamSecureContext } from '../proxy/upstream.js';
+import { UpstreamH2Pool } from '../proxy/upstream-h2.js';
+import type { H2Limits } from '../proxy/h2.js';
 import { ByteBudget } from '../inject/byte-budget.js';
 import { credentialHeader } from '../inject/inject.js';
 import { AuditLog } from '../audit/audit-log.js';
@@ -30,6 +34,9 @@ import { KernelBindings } from './kernel-bindings.js';
 import { AgentMetrics } from '../metrics/agent-metrics.js';
 import { CredentialError, NotSupportedError, PolicyError } from '../errors.js';
 import type { Logger } from '../log.js';
+
+/** Rule sets whose workload names are kept for kernel egress events judged under them (a few reloads' worth). */
+const EGRESS_SETS_REMEMBERED = 4 * 256;
 
 export interface AgentOptions {
   policyPath: string;
@@ -47,6 +54,9 @@ export interface AgentOptions {
   sigv4BodyMemory?: number;
   /** Bounds on the proxy's per-connection and per-workload work (defaults: DEFAULT_PROXY_LIMITS). */
   proxyLimits?: Partial<ProxyLimits>;
+  /** Offer HTTP/2 to workloads (default true), and its bounds (defaults: DEFAULT_H2_LIMITS). */
+  http2?: boolean;
+  h2Limits?: Partial<H2Limits>;
   /** Load the kernel HTTP datapath (default true); without it plaintext services are refused. */
   kernelDatapath?: boolean;
   /** Kernel datapath injections in the audit log: per request (default), or per connection and credential version. */
@@ -93,6 +103,8 @@ export class Agent {
   #upstreamAgent: https.Agent | undefined;
   #resync: NodeJS.Timeout | undefined;
   #kernelBindings: KernelBindings | undefined;
+  /** Kernel egress rule set id -> the workload it was written for (see #setEgress). */
+  readonly #egressSets = new Map<number, string>();
   #kernelRefresh: NodeJS.Timeout | undefined;
   #refreshing = false;
   #resolver: IdentityResolver | undefined;
@@ -197,6 +209,9 @@ export class Agent {
       sigv4BodyLimit: this.#opts.sigv4BodyLimit ?? 16 * 1024 * 1024,
       sigv4BodyBudget: new ByteBudget(this.#opts.sigv4BodyMemory ?? 64 * 1024 * 1024),
       limits: this.#opts.proxyLimits,
+      http2: this.#opts.http2 ?? true,
+      h2Limits: this.#opts.h2Limits,
+      upstreamH2: new UpstreamH2Pool({ secureContext: upstreamSecureContext({ caFile: this.#opts.upstreamCaFile }) }),
       audit: this.#audit,
       log: this.#log,
       observer: this.#metrics,
@@ -215,6 +230,8 @@ export class Agent {
     const datapath = this.#datapath;
     this.#resolver = new IdentityResolver(this.#cgroupRoot, () => datapath.openFileKeys());
     this.#datapath.setPortBindings(this.#routes.portBindings());
+    // Before anything is attached: a restricted workload is never unrestricted while the agent runs.
+    this.#setEgress(this.#datapath, this.#plan);
     // Strict here: a policy the maps cannot hold fails the start. The
     // periodic resync after it only logs.
     this.#resolved = await this.#resolver.resolve(this.#plan.workloads.values());
@@ -225,6 +242,14 @@ export class Agent {
     // parent is known and the fork program covers its children.
     const added = this.#datapath.backfill() + this.#datapath.backfill();
     this.#datapath.attachRedirect(this.#cgroupRoot);
+    // Read on the event loop, like the kernel HTTP datapath's events.
+    this.#datapath.egressEvents((e) => {
+      const event = this.#egressAuditEvent(e);
+      this.#audit?.recordSoon(event);
+      this.#metrics.egressDecision('kernel', event.workload, undefined, e.verdict === 'refused' ? 'deny' : 'would-refuse');
+    }, {
+      onError: (err) => this.#log.error('egress audit events: %s', (err as Error).message),
+    });
     const kh = this.#datapath.kernelHttp;
     if (kh) {
       if (!kh.pushWatch) {
@@ -371,11 +396,17 @@ export class Agent {
     try {
       this.#requireKernelHttp(next.plan);
       datapath.setPortBindings(next.routes.portBindings());
+      this.#setEgress(datapath, next.plan);
       datapath.setIdentity(identityTables(resolved));
       await this.#kernelBindings?.apply(next.plan, next.credentials);
     } catch (err) {
       // Put the kernel back as it was; the proxy has not seen the new plan yet.
       datapath.setPortBindings(previous.ports);
+      try {
+        this.#setEgress(datapath, this.#plan);
+      } catch (e) {
+        this.#log.error('cannot restore the egress rules: %s', (e as Error).message);
+      }
       datapath.setIdentity(previous.identity);
       await this.#kernelBindings?.apply(this.#plan, this.#credentials).catch((e: unknown) =>
         this.#log.error('cannot restore the kernel datapath bindings: %s', (e as Error).message));
@@ -416,6 +447,41 @@ export class Agent {
     } catch (err) {
       this.#log.error('audit log %s cannot be reopened, still writing the old one: %s', this.#opts.auditPath, (err as Error).message);
     }
+  }
+
+  /**
+   * Makes the kernel enforce `plan`'s egress rules, whole or not at all
+   * (EgressTooLargeError: nothing changed), and remembers which workload
+   * each rule set belongs to, so that an event judged under a set names
+   * its workload even after a reload renumbered the workloads.
+   */
+  #setEgress(datapath: Datapath, plan: Plan): void {
+    const workloads: EgressWorkload[] = [...plan.workloads.values()].map((w) => ({ id: w.id, name: w.name, egress: w.egress }));
+    datapath.setEgress(workloads);
+    for (const w of workloads) {
+      const setId = w.egress ? datapath.egressOf(w.id)?.setId : undefined;
+      if (setId === undefined) continue;
+      this.#egressSets.delete(setId);
+      this.#egressSets.set(setId, w.name);
+      // Sets of long-gone plans: events judged under them are long read.
+      if (this.#egressSets.size > EGRESS_SETS_REMEMBERED) this.#egressSets.delete(this.#egressSets.keys().next().value as number);
+    }
+  }
+
+  /** The audit line of a kernel egress event: a refusal (enforce) or what would have been refused (audit). */
+  #egressAuditEvent(e: EgressEvent): AuditEvent {
+    return {
+      decision: e.verdict === 'refused' ? 'deny' : 'would-refuse',
+      datapath: 'kernel',
+      workload: this.#egressSets.get(e.setId) ?? `#${e.workloadId}`,
+      pid: e.pid,
+      uid: e.uid,
+      address: e.address,
+      port: e.port,
+      protocol: e.protocol === 17 ? 'udp' : e.protocol === 6 ? 'tcp' : String(e.protocol),
+      hook: e.hook,
+      reason: egressStatRefusal(e.verdict === 'refused' ? 'refused' : 'wouldRefuse') ?? undefined,
+    };
   }
 
   async #stop(): Promise<void> {

@@ -9,10 +9,14 @@ import { openSync, writeSync, closeSync } from 'node:fs';
  * inject: a request got its credential; deny: a request or connection was
  * refused; pass: relayed untouched (no credential); withhold: when a policy
  * is applied, a binding whose credential cannot be used now (its requests
- * are refused until it can); close: an upgraded connection (WebSocket)
- * whose upgrade was an inject line ended, with its bytes and duration.
+ * are refused until it can). Egress (a workload with an egress section):
+ * allow: an egress rule (`rule`) allowed the connection or request;
+ * would-refuse: `mode: audit` let through what `enforce` would refuse
+ * (`reason` says why); a refusal under `enforce` is a deny. close: an
+ * upgraded connection (WebSocket) whose upgrade was an inject line ended,
+ * with its bytes and duration.
  */
-export type AuditDecision = 'inject' | 'deny' | 'pass' | 'withhold' | 'close';
+export type AuditDecision = 'inject' | 'deny' | 'pass' | 'withhold' | 'allow' | 'would-refuse' | 'close';
 
 export interface AuditEvent {
   decision: AuditDecision;
@@ -26,9 +30,21 @@ export interface AuditEvent {
   uid?: number;
   service?: string;
   host?: string;
-  /** Kernel datapath: the pinned address and port the connection went to. */
+  /**
+   * Kernel datapath: the pinned address and port the connection went to.
+   * Proxy egress lines: where the proxy relayed or forwarded (an address
+   * the name resolved to); on a refusal, where the workload was going.
+   */
   address?: string;
   port?: number;
+  /** Kernel egress lines: the socket's protocol, tcp or udp. */
+  protocol?: string;
+  /** Kernel egress lines: where the kernel judged it, connect() or sendmsg() (unconnected UDP). */
+  hook?: 'connect' | 'sendmsg';
+  /** Proxy egress lines: the address the workload dialled, when the proxy went to another (`address`) instead. */
+  dialled?: string;
+  /** Egress: the label of the rule that allowed it ("allow[2]", "binding app-api"). */
+  rule?: string;
   /** Kernel datapath: the socket cookie, the same on every line of one connection. */
   connection?: string;
   method?: string;

@@ -11,6 +11,7 @@ import { requestReload } from '../agent/control-client.js';
 import { readRuntimeState } from '../identity/runtime-state.js';
 import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
+import { DEFAULT_H2_LIMITS } from '../proxy/h2.js';
 import { formatDiagnostic, hostWarnings, validate } from './validate.js';
 import { lintPolicyPath } from '../policy/load.js';
 import { LocalCa } from '../tls/local-ca.js';
@@ -110,6 +111,9 @@ program
   .option('--max-handshakes <n>', 'redirected connections still in their TLS handshake, all workloads together', count, DEFAULT_PROXY_LIMITS.maxHandshakes)
   .option('--max-connections-per-workload <n>', 'open proxied connections per workload', count, DEFAULT_PROXY_LIMITS.maxConnectionsPerWorkload)
   .option('--idle-timeout <duration>', 'close a proxied or relayed connection idle this long', duration, DEFAULT_PROXY_LIMITS.idleTimeoutMs)
+  .option('--no-http2', 'offer workloads HTTP/1.1 only (ALPN), not h2')
+  .option('--h2-max-streams <n>', 'HTTP/2 streams open at once on one workload connection', count, DEFAULT_H2_LIMITS.maxConcurrentStreams)
+  .option('--h2-max-resets <n>', 'HTTP/2 streams a workload connection may reset within 10 s before it gets GOAWAY (rapid reset)', count, DEFAULT_H2_LIMITS.maxResets)
   .option('--no-kernel-datapath', 'do not load the kernel HTTP datapath (plaintext services are then refused)')
   .option('--kernel-audit <grain>', 'audit kernel datapath injections per request, or per connection and credential version', grain, 'request' as const)
   .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
@@ -119,7 +123,7 @@ program
   .action(async (opts: {
     policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
     sigv4BodyMemory: number; handshakeTimeout: number; maxHandshakes: number; maxConnectionsPerWorkload: number; idleTimeout: number;
-    kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel; logFormat: LogFormat;
+    http2: boolean; h2MaxStreams: number; h2MaxResets: number; kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel; logFormat: LogFormat;
     metricsListen?: { host: string; port: number };
   }) => {
     const log = createLogger(opts.logLevel, undefined, opts.logFormat);
@@ -186,6 +190,8 @@ program
           maxConnectionsPerWorkload: opts.maxConnectionsPerWorkload,
           idleTimeoutMs: opts.idleTimeout,
         },
+        http2: opts.http2,
+        h2Limits: { maxConcurrentStreams: opts.h2MaxStreams, maxResets: opts.h2MaxResets },
         kernelDatapath: opts.kernelDatapath,
         kernelAuditGrain: opts.kernelAudit,
         kernelAliveTimeoutMs: opts.kernelAliveTimeout,

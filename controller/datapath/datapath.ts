@@ -1,7 +1,7 @@
 /**
- * The kernel half of wirekey: loads the BPF object (redirect, identity and,
- * where the kernel takes it, the kernel HTTP datapath), attaches it to the
- * cgroup v2 root, and keeps its maps in step with the plan.
+ * The kernel half of wirekey: loads the BPF object (redirect, identity,
+ * egress policy and, where the kernel takes it, the kernel HTTP datapath),
+ * attaches it to the cgroup v2 root, and keeps its maps in step with the plan.
  */
 import { mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -29,10 +29,23 @@ import {
   type OrigDst,
 } from './layout.js';
 import { KernelHttp } from './kernel-http.js';
+import { EgressMaps, type EgressEventHandler, type EgressEvents, type EgressEventsOptions, type EgressStats, type EgressWorkload, type InstalledEgress } from './egress.js';
+import { WK_EGRESS_MAX_PREFIXES } from './layout.js';
 import { describeMissing, notSupported, probeFeatures, type FeatureSet, type MissingFeature, type Prober } from './features.js';
 import { drainingDir, retireSockhash, sweepDraining, type DrainingSockhash, type RetireResult } from './draining.js';
 
 export type { OrigDst, ExeKey } from './layout.js';
+export {
+  EgressTooLargeError,
+  planEgress,
+  type EgressEvent,
+  type EgressEventHandler,
+  type EgressEvents,
+  type EgressEventsOptions,
+  type EgressStats,
+  type EgressWorkload,
+  type InstalledEgress,
+} from './egress.js';
 export { drainingDir, type DrainingSockhash, type RetireResult } from './draining.js';
 
 export interface DatapathOptions {
@@ -81,8 +94,21 @@ export interface PortBinding {
 const IDENTITY_PROGRAMS = ['wk_exit', 'wk_fork', 'wk_exec'] as const;
 /* Attach order matters: bookkeeping first, so that by the time connect()
  * redirects anything, sockops and getpeername are already in place. */
-const CGROUP_PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6'] as const;
-export const MAPS = ['wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_any', 'wk_task_exe', 'wk_bind_port', 'wk_ports', 'wk_conn', 'wk_stats'] as const;
+const CGROUP_PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6', 'wk_sendmsg4', 'wk_sendmsg6'] as const;
+export const MAPS = [
+  'wk_cgroup_mask',
+  'wk_exe_mask',
+  'wk_uid_mask',
+  'wk_any',
+  'wk_task_exe',
+  'wk_bind_port',
+  'wk_ports',
+  'wk_conn',
+  'wk_stats',
+  'wk_egress_policy',
+  'wk_egress_rules',
+  'wk_egress_stats',
+] as const;
 /**
  * Kernel HTTP maps pinned for `wirekey status`, and so that the next agent
  * can keep this one's open connections refused (draining.ts). Never
@@ -104,6 +130,7 @@ export class Datapath {
   /** The pin directory is this instance's (a previous instance's pins were retired). */
   #pinned = false;
   #pushWatchUnavailable: string | null = null;
+  #egress: EgressMaps | null = null;
   #closed = false;
 
   private constructor(object: NativeObject, pinDir: string) {
@@ -202,6 +229,11 @@ export class Datapath {
     try {
       for (const name of MAPS) dp.#maps.set(name, bpfCall(() => object.map(name)));
       if (!kernelHttpUnavailable) for (const name of KERNEL_HTTP_PINNED) dp.#maps.set(name, bpfCall(() => object.map(name)));
+      dp.#egress = new EgressMaps(object, {
+        policy: dp.#map('wk_egress_policy'),
+        rules: dp.#map('wk_egress_rules'),
+        stats: dp.#map('wk_egress_stats'),
+      });
       dp.#pin();
       for (const prog of IDENTITY_PROGRAMS) dp.#links.push(bpfCall(() => object.attach(prog)));
     } catch (err) {
@@ -337,12 +369,51 @@ export class Datapath {
    * status` lists). Walks every key: call it on a scrape, not per request.
    */
   mapUsage(): { name: string; entries: number; capacity: number }[] {
-    const names: MapName[] = ['wk_task_exe', 'wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_bind_port', 'wk_conn'];
+    const names: MapName[] = ['wk_task_exe', 'wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_bind_port', 'wk_conn', 'wk_egress_policy', 'wk_egress_rules'];
     if (this.#maps.has('wk_http_dest')) names.push('wk_http_dest', 'wk_http_socks');
     return names.map((name) => {
       const map = this.#map(name);
-      return { name, entries: map.keys().length, capacity: map.info().maxEntries };
+      // wk_egress_rules has room for two sets per workload (a reload's new
+      // one beside the old); a policy may use half of it.
+      const capacity = name === 'wk_egress_rules' ? WK_EGRESS_MAX_PREFIXES : map.info().maxEntries;
+      return { name, entries: map.keys().length, capacity };
     });
+  }
+
+  /**
+   * Makes the kernel enforce exactly these workloads' egress policies, at
+   * connect() and unconnected sendmsg() (bpf/egress.bpf.c); a workload
+   * without `egress`, or not listed, is unrestricted. Whole or nothing: a
+   * policy that does not fit is refused before any map changes. Each
+   * workload switches from its old rules to its new ones in one map update.
+   * @throws EgressTooLargeError (code WK_EGRESS_TOO_LARGE) when a prefix
+   *   needs more than WK_EGRESS_MAX_RANGES port ranges or the policy more
+   *   than WK_EGRESS_MAX_PREFIXES prefix entries; RangeError for an id
+   *   outside 1..WK_MAX_WORKLOADS or a prefix that does not parse; both
+   *   before changing anything. BpfError when the kernel refuses an update.
+   */
+  setEgress(workloads: EgressWorkload[]): void {
+    this.#egressMaps().set(workloads);
+  }
+
+  /**
+   * Delivers every refused call of a restricted workload (and every call
+   * audit mode lets through) to `handler`, read from the wk_egress_events
+   * ring buffer on the event loop. One reader at a time; close() it.
+   * @throws WirekeyError WK_EGRESS_EVENTS_OPEN when a reader is open; BpfError.
+   */
+  egressEvents(handler: EgressEventHandler, options?: EgressEventsOptions): EgressEvents {
+    return this.#egressMaps().events(handler, options);
+  }
+
+  /** Refused and would-refuse calls per workload id, and events lost. */
+  egressStats(): EgressStats {
+    return this.#egressMaps().stats();
+  }
+
+  /** A workload's egress rules as the kernel holds them now (mode, set id, prefix entries); null when unrestricted. */
+  egressOf(workloadId: number): InstalledEgress | null {
+    return this.#egressMaps().installed(workloadId);
   }
 
   stats(): DatapathStats {
@@ -397,6 +468,7 @@ export class Datapath {
       failure = err;
     }
     this.#kernelHttp = null;
+    this.#egress?.close();
     for (const link of this.#links.splice(0).reverse()) link.destroy();
     // A sockhash that could not be moved keeps its pins where they are, for
     // the next agent to retire: removing them would send its connections on bare.
@@ -423,6 +495,11 @@ export class Datapath {
     this.#object.close();
     if (failure) throw failure;
     return draining;
+  }
+
+  #egressMaps(): EgressMaps {
+    if (this.#closed || !this.#egress) throw new BpfError('datapath is closed');
+    return this.#egress;
   }
 
   #map(name: MapName): NativeMap {

@@ -77,6 +77,36 @@ export const LAYOUTS = {
       version: { offset: 60, size: 4 },
     },
   },
+  wk_egress_policy: { size: 8, fields: { flags: { offset: 0, size: 4 }, set_id: { offset: 4, size: 4 } } },
+  wk_egress_key: {
+    size: 28,
+    fields: {
+      prefixlen: { offset: 0, size: 4 },
+      set_id: { offset: 4, size: 4 },
+      protocol: { offset: 8, size: 1 },
+      _pad: { offset: 9, size: 3 },
+      addr: { offset: 12, size: 16 },
+    },
+  },
+  wk_egress_range: { size: 8, fields: { lo: { offset: 0, size: 2 }, hi: { offset: 2, size: 2 }, rule_id: { offset: 4, size: 4 } } },
+  wk_egress_val: { size: 136, fields: { count: { offset: 0, size: 4 }, _pad: { offset: 4, size: 4 }, ranges: { offset: 8, size: 128 } } },
+  wk_egress_event: {
+    size: 56,
+    fields: {
+      time_ns: { offset: 0, size: 8 },
+      cgroup_id: { offset: 8, size: 8 },
+      addr: { offset: 16, size: 16 },
+      port: { offset: 32, size: 2 },
+      protocol: { offset: 34, size: 1 },
+      verdict: { offset: 35, size: 1 },
+      hook: { offset: 36, size: 1 },
+      _pad: { offset: 37, size: 3 },
+      pid: { offset: 40, size: 4 },
+      uid: { offset: 44, size: 4 },
+      workload_id: { offset: 48, size: 4 },
+      set_id: { offset: 52, size: 4 },
+    },
+  },
 } as const satisfies Record<string, Layout>;
 
 /*
@@ -409,6 +439,181 @@ export const WK_HTTP_EVENT_REFUSED = 2;
 /** wk_http_config.flags: an injected event per connection and header version, not per request (enum wk_http_cfg_flag). */
 export const WK_HTTP_CFG_AUDIT_CONNECTIONS = 1;
 
+/* ---- egress policy (bpf/egress.bpf.h, bpf/egress.bpf.c) ---- */
+
+/** Prefix entries of wk_egress_rules a policy may use, all workloads together (WK_EGRESS_MAX_PREFIXES). */
+export const WK_EGRESS_MAX_PREFIXES = 8192;
+/** Port ranges one prefix entry holds (WK_EGRESS_MAX_RANGES). */
+export const WK_EGRESS_MAX_RANGES = 16;
+/** wk_egress_key.prefixlen bits before the address (WK_EGRESS_KEY_FIXED). */
+export const WK_EGRESS_KEY_FIXED = 64;
+/** wk_egress_policy.flags (enum wk_egress_flag) */
+export const WK_EGRESS_RESTRICTED = 1;
+export const WK_EGRESS_AUDIT = 2;
+/** wk_egress_key.protocol (enum wk_egress_proto): IPPROTO_* */
+export const WK_EGRESS_TCP = 6;
+export const WK_EGRESS_UDP = 17;
+/** wk_egress_event.verdict (enum wk_egress_verdict) */
+export const WK_EGRESS_REFUSED = 1;
+export const WK_EGRESS_WOULD_REFUSE = 2;
+/** wk_egress_event.hook (enum wk_egress_hook) */
+export const WK_EGRESS_HOOK_CONNECT = 1;
+export const WK_EGRESS_HOOK_SENDMSG = 2;
+
+/**
+ * A workload's wk_egress_stats counters, in enum wk_egress_stat's order:
+ * the counter's name, its C name, and for a refusal the code audit lines
+ * and `wirekey status` give it (controller/refusals.ts).
+ */
+const EGRESS_STATS = [
+  ['refused', 'WK_EGRESS_STAT_REFUSED', 'egress-not-allowed'],
+  ['wouldRefuse', 'WK_EGRESS_STAT_WOULD_REFUSE', 'egress-not-allowed'],
+  ['eventsLost', 'WK_EGRESS_STAT_EVENTS_LOST', null],
+] as const satisfies readonly (readonly [string, string, RefusalCode | null])[];
+
+/** A workload's counters in wk_egress_stats, by index. */
+export const WK_EGRESS_STATS = EGRESS_STATS.map(([name]) => name);
+export type EgressStatName = (typeof EGRESS_STATS)[number][0];
+
+/** The refusal code of a wk_egress_stats counter (a would-refuse is counted under the code it would have had), or null. */
+export function egressStatRefusal(stat: EgressStatName): RefusalCode | null {
+  return EGRESS_STATS.find(([name]) => name === stat)?.[2] ?? null;
+}
+
+/** The wk_egress_stats index of workload `workloadId`'s counter `stat`. */
+export function egressStatIndex(workloadId: number, stat: EgressStatName): number {
+  return workloadId * EGRESS_STATS.length + WK_EGRESS_STATS.indexOf(stat);
+}
+
+export function encodeEgressPolicy(flags: number, setId: number): Buffer {
+  const f = LAYOUTS.wk_egress_policy.fields;
+  const b = Buffer.alloc(LAYOUTS.wk_egress_policy.size);
+  b.writeUInt32LE(flags >>> 0, f.flags.offset);
+  b.writeUInt32LE(setId >>> 0, f.set_id.offset);
+  return b;
+}
+
+export function decodeEgressPolicy(b: Buffer): { flags: number; setId: number } {
+  const f = LAYOUTS.wk_egress_policy.fields;
+  return { flags: b.readUInt32LE(f.flags.offset), setId: b.readUInt32LE(f.set_id.offset) };
+}
+
+/** An address prefix as wk_egress_rules keys it: bits and bytes in the one 128-bit space. */
+export interface EgressPrefix {
+  /** Bits of `bytes` that count (an IPv4 /24 is 120). */
+  bits: number;
+  /** 16 bytes, IPv4 as ::ffff:a.b.c.d, bits past the prefix zero. */
+  bytes: number[];
+}
+
+/**
+ * A wk_egress_rules key. IPv4 and IPv6 are one address space (IPv4 as
+ * ::ffff:a.b.c.d), as controller/policy/egress.ts matches them: IPv4 rules
+ * match IPv4-mapped destinations, and ::/0 matches IPv4 too.
+ */
+export function encodeEgressKey(setId: number, protocol: number, prefix: EgressPrefix): Buffer {
+  const f = LAYOUTS.wk_egress_key.fields;
+  const b = Buffer.alloc(LAYOUTS.wk_egress_key.size);
+  b.writeUInt32LE(WK_EGRESS_KEY_FIXED + prefix.bits, f.prefixlen.offset);
+  b.writeUInt32LE(setId >>> 0, f.set_id.offset);
+  b.writeUInt8(protocol, f.protocol.offset);
+  Buffer.from(prefix.bytes).copy(b, f.addr.offset);
+  return b;
+}
+
+export function decodeEgressKey(b: Buffer): { setId: number; protocol: number; bits: number; address: string } {
+  const f = LAYOUTS.wk_egress_key.fields;
+  return {
+    setId: b.readUInt32LE(f.set_id.offset),
+    protocol: b.readUInt8(f.protocol.offset),
+    bits: b.readUInt32LE(f.prefixlen.offset) - WK_EGRESS_KEY_FIXED,
+    address: decodeAddress(b.subarray(f.addr.offset, f.addr.offset + f.addr.size)),
+  };
+}
+
+/** An allowed port range of a prefix entry, and the rule that allows it. */
+export interface EgressRange {
+  lo: number;
+  hi: number;
+  ruleId: number;
+}
+
+/** @throws RangeError when there are more than WK_EGRESS_MAX_RANGES ranges (callers check first). */
+export function encodeEgressVal(ranges: readonly EgressRange[]): Buffer {
+  const f = LAYOUTS.wk_egress_val.fields;
+  const r = LAYOUTS.wk_egress_range;
+  if (ranges.length > WK_EGRESS_MAX_RANGES) throw new RangeError(`${ranges.length} port ranges; a prefix entry holds at most ${WK_EGRESS_MAX_RANGES}`);
+  const b = Buffer.alloc(LAYOUTS.wk_egress_val.size);
+  b.writeUInt32LE(ranges.length, f.count.offset);
+  ranges.forEach((range, i) => {
+    const at = f.ranges.offset + i * r.size;
+    b.writeUInt16LE(range.lo, at + r.fields.lo.offset);
+    b.writeUInt16LE(range.hi, at + r.fields.hi.offset);
+    b.writeUInt32LE(range.ruleId >>> 0, at + r.fields.rule_id.offset);
+  });
+  return b;
+}
+
+export function decodeEgressVal(b: Buffer): EgressRange[] {
+  const f = LAYOUTS.wk_egress_val.fields;
+  const r = LAYOUTS.wk_egress_range;
+  const count = Math.min(b.readUInt32LE(f.count.offset), WK_EGRESS_MAX_RANGES);
+  return Array.from({ length: count }, (_, i) => {
+    const at = f.ranges.offset + i * r.size;
+    return { lo: b.readUInt16LE(at + r.fields.lo.offset), hi: b.readUInt16LE(at + r.fields.hi.offset), ruleId: b.readUInt32LE(at + r.fields.rule_id.offset) };
+  });
+}
+
+/** One wk_egress_events record: a call refused, or one audit mode let through. */
+export interface EgressEventRecord {
+  verdict: 'refused' | 'would-refuse';
+  hook: 'connect' | 'sendmsg';
+  /** IPPROTO_* of the socket: 6 TCP, 17 UDP (others are refused as no rule names them). */
+  protocol: number;
+  /** tgid of the caller. */
+  pid: number;
+  uid: number;
+  workloadId: number;
+  /** The rule set it was judged against (changes on every reload of the workload's rules). */
+  setId: number;
+  /** The destination; IPv4 (also IPv4-mapped on an IPv6 socket) as a.b.c.d. */
+  address: string;
+  port: number;
+  /** cgroup v2 id of the caller. */
+  cgroupId: bigint;
+  /** bpf_ktime_get_ns(): CLOCK_MONOTONIC, as process.hrtime.bigint() reads it. */
+  monotonicNs: bigint;
+}
+
+/**
+ * Decodes the wk_egress_events record of `length` bytes at `offset` in `b`.
+ * @throws BpfError when the record is not a wk_egress_event (size, verdict or hook unknown).
+ */
+export function decodeEgressEvent(b: Buffer, offset = 0, length = b.length - offset): EgressEventRecord {
+  const f = LAYOUTS.wk_egress_event.fields;
+  if (length !== LAYOUTS.wk_egress_event.size || offset + length > b.length) {
+    throw new BpfError(`wk_egress_events record is ${length} bytes; struct wk_egress_event is ${LAYOUTS.wk_egress_event.size}`);
+  }
+  const verdict = b[offset + f.verdict.offset];
+  const hook = b[offset + f.hook.offset];
+  if ((verdict !== WK_EGRESS_REFUSED && verdict !== WK_EGRESS_WOULD_REFUSE) || (hook !== WK_EGRESS_HOOK_CONNECT && hook !== WK_EGRESS_HOOK_SENDMSG)) {
+    throw new BpfError(`wk_egress_events record of unknown verdict ${verdict} or hook ${hook}`);
+  }
+  return {
+    verdict: verdict === WK_EGRESS_REFUSED ? 'refused' : 'would-refuse',
+    hook: hook === WK_EGRESS_HOOK_CONNECT ? 'connect' : 'sendmsg',
+    protocol: b[offset + f.protocol.offset] as number,
+    pid: b.readUInt32LE(offset + f.pid.offset),
+    uid: b.readUInt32LE(offset + f.uid.offset),
+    workloadId: b.readUInt32LE(offset + f.workload_id.offset),
+    setId: b.readUInt32LE(offset + f.set_id.offset),
+    address: eventAddress(b, offset + f.addr.offset),
+    port: b.readUInt16LE(offset + f.port.offset),
+    cgroupId: b.readBigUInt64LE(offset + f.cgroup_id.offset),
+    monotonicNs: b.readBigUInt64LE(offset + f.time_ns.offset),
+  };
+}
+
 /**
  * Every enum of bpf/wirekey.h, member by member, as the controller uses
  * them (verifyConstants). A member is named here with the value the
@@ -441,6 +646,21 @@ export const CONSTANTS: Record<string, Record<string, number>> = {
     WK_HTTP_MAX_HOSTS,
   },
   wk_http_cfg_flag: { WK_HTTP_CFG_AUDIT_CONNECTIONS },
+  wk_egress_limits: {
+    WK_EGRESS_MAX_PREFIXES,
+    WK_EGRESS_MAP_ENTRIES: 2 * WK_EGRESS_MAX_PREFIXES,
+    WK_EGRESS_MAX_RANGES,
+    WK_EGRESS_KEY_FIXED,
+    WK_EGRESS_EVENTS_SIZE: 256 << 10,
+  },
+  wk_egress_flag: { WK_EGRESS_RESTRICTED, WK_EGRESS_AUDIT },
+  wk_egress_proto: { WK_EGRESS_TCP, WK_EGRESS_UDP },
+  wk_egress_verdict: { WK_EGRESS_REFUSED, WK_EGRESS_WOULD_REFUSE },
+  wk_egress_hook: { WK_EGRESS_HOOK_CONNECT, WK_EGRESS_HOOK_SENDMSG },
+  wk_egress_stat: {
+    ...Object.fromEntries(EGRESS_STATS.map(([, cName], i) => [cName, i])),
+    WK_EGRESS_STAT_MAX: EGRESS_STATS.length,
+  },
 };
 
 /**

@@ -8,9 +8,11 @@ import { BpfError } from '../errors.js';
 import { bpfCall, native, type NativeMap } from './native.js';
 import type { MapName } from './datapath.js';
 import { listDraining, type DrainingSockhash } from './draining.js';
+import { readEgressStats, readInstalledEgress, type EgressStats, type InstalledEgress } from './egress.js';
 import {
   WK_STAT_STORAGE_FAIL,
   WK_STAT_TASKS_FULL,
+  WK_EGRESS_MAX_PREFIXES,
   WK_HTTP_STATS,
   type HttpStatName,
   decodeAny,
@@ -85,14 +87,40 @@ export class PinnedMaps {
   /** Entries and capacity of each map, and the kernel's drop counters. */
   usage(): { maps: { name: string; entries: number; capacity: number }[]; tasksFull: bigint; storageFailures: bigint } {
     const counted: MapName[] = ['wk_task_exe', 'wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_bind_port', 'wk_conn'];
+    if (this.hasEgress()) counted.push('wk_egress_policy', 'wk_egress_rules');
     if (this.hasKernelHttp()) counted.push('wk_http_dest', 'wk_http_socks');
     const maps = counted.map((name) => {
       const m = this.#get(name);
-      return { name, entries: m.keys().length, capacity: m.info().maxEntries };
+      // As Datapath.mapUsage(): a policy may use half of wk_egress_rules.
+      const capacity = name === 'wk_egress_rules' ? WK_EGRESS_MAX_PREFIXES : m.info().maxEntries;
+      return { name, entries: m.keys().length, capacity };
     });
     const stats = this.#get('wk_stats');
     const read = (i: number) => stats.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n;
     return { maps, tasksFull: read(WK_STAT_TASKS_FULL), storageFailures: read(WK_STAT_STORAGE_FAIL) };
+  }
+
+  /** Whether the agent has the egress maps (one from before them does not). */
+  hasEgress(): boolean {
+    return existsSync(path.join(this.#dir, 'wk_egress_policy'));
+  }
+
+  /** A workload's egress rules as the kernel enforces them (`wirekey explain`); null when unrestricted or without the maps. */
+  egress(workloadId: number): InstalledEgress | null {
+    if (!this.hasEgress()) return null;
+    return readInstalledEgress(this.#get('wk_egress_policy'), this.#get('wk_egress_rules'), workloadId);
+  }
+
+  /** Refused and would-refuse calls per workload, and events lost; null without the maps. */
+  egressStats(): EgressStats | null {
+    if (!this.hasEgress()) return null;
+    const restricted = new Set(
+      this.#get('wk_egress_policy')
+        .keys()
+        .map((k) => k.readUInt32LE(0))
+        .filter((id) => id > 0),
+    );
+    return readEgressStats(this.#get('wk_egress_stats'), restricted);
   }
 
   /** Whether the agent runs the kernel HTTP datapath (its maps are pinned). */

@@ -14,6 +14,14 @@ export interface AgentStatus {
   storageFailures: bigint;
   /** The kernel HTTP datapath's counters; null when the agent runs without it. */
   kernelHttp: Record<string, bigint> | null;
+  /**
+   * Restricted workloads' egress, as the kernel counts it: connect()s and
+   * sendmsg()s refused (enforce) and let through that enforce would refuse
+   * (audit). Name decisions are the proxy's (its refusals, metrics).
+   */
+  egress: { name: string; mode: 'enforce' | 'audit'; refused: bigint; wouldRefuse: bigint }[];
+  /** Kernel egress events lost because the ring buffer was full. */
+  egressEventsLost: bigint;
   /** The proxy's counters, as the agent last wrote them. */
   proxy: RuntimeState['proxy'] | null;
   /** Sockhashes of previous agents with connections still open (refused), and what they refused without an agent. */
@@ -34,12 +42,22 @@ export function agentStatus(stateDir: string): AgentStatus {
     if (state.running) throw err;
     throw new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir} (its last agent, pid ${state.pid}, has exited)`);
   }
+  const egressStats = pinned.egressStats();
+  const egress: AgentStatus['egress'] = [];
+  for (const w of state.workloads) {
+    const installed = pinned.egress(w.id);
+    if (!installed) continue;
+    const counts = egressStats?.workloads.get(w.id);
+    egress.push({ name: w.name, mode: installed.mode, refused: counts?.refused ?? 0n, wouldRefuse: counts?.wouldRefuse ?? 0n });
+  }
   return {
     running: state.running,
     pid: state.pid,
     workloads: state.workloads.map((w) => ({ name: w.name, id: w.id, problems: w.problems })),
     ...pinned.usage(),
     kernelHttp: pinned.kernelHttpStats(),
+    egress,
+    egressEventsLost: egressStats?.eventsLost ?? 0n,
     proxy: state.proxy ?? null,
     draining: pinned.draining(),
   };
@@ -63,6 +81,10 @@ export function formatStatus(s: AgentStatus): string {
   } else {
     lines.push('kernel datapath: not loaded (--no-kernel-datapath, or the kernel refused its programs: see the agent log)');
   }
+  for (const e of s.egress) {
+    lines.push(`egress ${e.name} (${e.mode}): ${e.refused} refused (egress-not-allowed), ${e.wouldRefuse} would-refuse in the kernel`);
+  }
+  if (s.egressEventsLost > 0n) lines.push(`egress events lost (ring buffer full): ${s.egressEventsLost}`);
   if (s.proxy) {
     const refused = Object.entries(s.proxy.refused).map(([k, v]) => `${k} ${v}`);
     const open = Object.values(s.proxy.connections).reduce((a, b) => a + b, 0);

@@ -3,6 +3,7 @@
  * upstream. The only place a secret value becomes header bytes.
  */
 import type { IncomingMessage } from 'node:http';
+import type { Readable } from 'node:stream';
 import type { Credential } from '../credentials/credential.js';
 import { Secret } from '../credentials/secret.js';
 import type { PlanInjection } from '../policy/types.js';
@@ -55,6 +56,21 @@ export interface InjectOptions {
   beforeBodyRead?: () => void;
 }
 
+/**
+ * A request to inject that is not an HTTP/1.1 IncomingMessage: an HTTP/2
+ * stream, its head already checked (controller/proxy/h2.ts).
+ */
+export interface StreamedRequest {
+  method: string;
+  url: string;
+  /** [name, value, ...], with one Host header (HTTP/2: `:authority`). */
+  rawHeaders: string[];
+  /** The body. Also what a SigV4 body read holds in the budget under. */
+  body: Readable;
+  /** The body's length is not declared: it is framed chunked on an HTTP/1.1 upstream. */
+  unknownLength: boolean;
+}
+
 const EMPTY_SHA256 = createHash('sha256').digest('hex');
 const STREAMED_HASHES = new Set(['UNSIGNED-PAYLOAD', 'STREAMING-UNSIGNED-PAYLOAD-TRAILER']);
 
@@ -64,18 +80,22 @@ const STREAMED_HASHES = new Set(['UNSIGNED-PAYLOAD', 'STREAMING-UNSIGNED-PAYLOAD
  *   needs; InjectionRefusal when the request cannot be injected safely.
  */
 export async function prepareUpstreamRequest(
-  req: IncomingMessage,
+  source: IncomingMessage | StreamedRequest,
   inject: PlanInjection,
   credential: Credential,
   opts: InjectOptions,
 ): Promise<UpstreamRequest> {
+  const req: StreamedRequest = 'body' in source
+    ? source
+    : { method: source.method ?? 'GET', url: source.url ?? '/', rawHeaders: source.rawHeaders, body: source,
+      unknownLength: headerValue(source.rawHeaders, 'transfer-encoding') !== undefined };
   const drop = inject.kind === 'header' ? new Set([...CREDENTIAL_HEADERS, inject.name.toLowerCase()]) : CREDENTIAL_HEADERS;
   // Host and framing are the proxy's: the checked host, and the length
   // llhttp framed the body by (or chunked), never what the workload listed.
   const host = opts.port === 443 ? opts.host : `${opts.host}:${opts.port}`;
   const headers = ['Host', host, ...upstreamRequestHeaders(req.rawHeaders, drop)];
-  const chunked = req.headers['transfer-encoding'] !== undefined;
-  const length = chunked ? undefined : req.headers['content-length'];
+  const chunked = req.unknownLength;
+  const length = chunked ? undefined : headerValue(req.rawHeaders, 'content-length');
   const framing = (body?: Buffer): string[] =>
     body ? ['Content-Length', String(body.length)] : chunked ? ['Transfer-Encoding', 'chunked'] : length !== undefined ? ['Content-Length', length] : [];
   switch (inject.kind) {
@@ -84,14 +104,14 @@ export async function prepareUpstreamRequest(
     case 'basic': {
       const line = credentialHeader(inject, credential);
       headers.push(line.name, line.value.reveal(), ...framing());
-      return { headers, path: req.url ?? '/', ...provenance(credential) };
+      return { headers, path: req.url, ...provenance(credential) };
     }
     case 'sigv4': {
       const scope = inject.service && inject.region ? { service: inject.service, region: inject.region } : inferAwsScope(opts.host);
       // validate refuses such a binding; this guards a policy loaded some other way.
       if (!scope) throw new InjectionRefusal(502, 'sigv4-scope', `cannot tell the AWS service and region of ${opts.host}`);
       const creds = awsCredentials(credential);
-      const declared = headerValue(req, 'x-amz-content-sha256');
+      const declared = headerValue(req.rawHeaders, 'x-amz-content-sha256');
       let payloadHash: string;
       let body: Buffer | undefined;
       if (declared !== undefined) {
@@ -105,13 +125,13 @@ export async function prepareUpstreamRequest(
         payloadHash = EMPTY_SHA256;
       } else {
         opts.beforeBodyRead?.();
-        body = await readBody(req, opts.sigv4BodyLimit, opts.sigv4BodyBudget);
+        body = await readBody(req.body, opts.sigv4BodyLimit, opts.sigv4BodyBudget);
         payloadHash = createHash('sha256').update(body).digest('hex');
         // The body was asked for and read here; the upstream gets it whole at once, with nothing to wait for.
         dropHeader(headers, 'expect');
       }
-      const signed = await signSigV4({ method: req.method ?? 'GET', host, path: req.url ?? '/', rawHeaders: [...headers, ...framing(body)], payloadHash }, creds, scope, new Date());
-      return { headers: signed, path: stripQuerySignature(req.url ?? '/'), body, accessKeyId: creds.accessKeyId, ...provenance(credential) };
+      const signed = await signSigV4({ method: req.method, host, path: req.url, rawHeaders: [...headers, ...framing(body)], payloadHash }, creds, scope, new Date());
+      return { headers: signed, path: stripQuerySignature(req.url), body, accessKeyId: creds.accessKeyId, ...provenance(credential) };
     }
   }
 }
@@ -205,9 +225,10 @@ function dropHeader(raw: string[], name: string): void {
   for (let i = raw.length - 2; i >= 0; i -= 2) if ((raw[i] as string).toLowerCase() === name) raw.splice(i, 2);
 }
 
-function headerValue(req: IncomingMessage, name: string): string | undefined {
-  const v = req.headers[name];
-  return Array.isArray(v) ? v[0] : v;
+/** The first value of header `name` (lower-case) in raw headers. */
+function headerValue(raw: string[], name: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) return raw[i + 1] as string;
+  return undefined;
 }
 
 /**
@@ -215,7 +236,7 @@ function headerValue(req: IncomingMessage, name: string): string | undefined {
  * one that would take the budget all requests share past its size. What
  * the body took stays taken until the caller releases it.
  */
-function readBody(req: IncomingMessage, limit: number, budget: ByteBudget | undefined): Promise<Buffer> {
+function readBody(req: Readable, limit: number, budget: ByteBudget | undefined): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;

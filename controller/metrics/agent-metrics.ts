@@ -18,6 +18,7 @@ import type { CredentialState } from '../credentials/credential.js';
 import type { VaultOperation } from '../credentials/vault/vault-connection.js';
 import { httpStatRefusal, type HttpStatName } from '../datapath/layout.js';
 import type { ProxyObserver } from '../proxy/proxy-server.js';
+import type { EgressDecision } from '../proxy/egress-decision.js';
 import type { RefusalCode } from '../refusals.js';
 
 export interface MapUsage {
@@ -73,6 +74,9 @@ export class AgentMetrics implements ProxyObserver {
   readonly #latency: Histogram<'workload' | 'service'>;
   readonly #connectionsRefused: Counter<'workload' | 'reason'>;
   readonly #unidentified: Counter;
+  readonly #egress: Counter<'datapath' | 'workload' | 'rule' | 'decision'>;
+  /** `${datapath}\0${workload}\0${rule}\0${decision}` -> child. */
+  readonly #egressChildren = new Map<string, Counter.Internal>();
   readonly #vaultDuration: Histogram<'connection' | 'operation'>;
   readonly #vaultErrors: Counter<'connection' | 'operation' | 'status'>;
   readonly #reloads: Counter<'result'>;
@@ -117,6 +121,12 @@ export class AgentMetrics implements ProxyObserver {
     this.#unidentified = new Counter({
       name: 'wirekey_proxy_connections_unidentified_total',
       help: 'Connections to the proxy that the kernel did not redirect (no identity): closed, no credential',
+      registers,
+    });
+    this.#egress = new Counter({
+      name: 'wirekey_egress_decisions_total',
+      help: 'Egress decisions for workloads with an egress section, by datapath, workload, rule (its label, or "none") and decision (allow, deny, would-refuse)',
+      labelNames: ['datapath', 'workload', 'rule', 'decision'] as const,
       registers,
     });
     new Gauge({
@@ -341,6 +351,19 @@ export class AgentMetrics implements ProxyObserver {
 
   unidentified(): void {
     this.#unidentified.inc();
+  }
+
+  egress(workload: string, rule: string | undefined, decision: EgressDecision): void {
+    this.egressDecision('proxy', workload, rule, decision);
+  }
+
+  /** One egress decision of `datapath` (rule: the allowing rule's label; undefined for a refusal). */
+  egressDecision(datapath: 'proxy' | 'kernel', workload: string, rule: string | undefined, decision: EgressDecision): void {
+    const r = rule ?? 'none';
+    const key = `${datapath}\0${workload}\0${r}\0${decision}`;
+    let child = this.#egressChildren.get(key);
+    if (!child) this.#egressChildren.set(key, (child = this.#egress.labels(datapath, workload, r, decision)));
+    child.inc();
   }
 
   // ---- the kernel datapath ----------------------------------------------------

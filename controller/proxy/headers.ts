@@ -88,3 +88,14 @@ export function countHeader(raw: string[], name: string): number {
   for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) n++;
   return n;
 }
+
+/**
+ * The framing header of the upstream request for `req`: the length Node's
+ * parser framed its body by, or chunked; none for a request without a body.
+ * The workload's own copies never go upstream (upstreamRequestHeaders drops them).
+ */
+export function framingHeaders(req: { headers: { 'transfer-encoding'?: string; 'content-length'?: string } }): string[] {
+  if (req.headers['transfer-encoding'] !== undefined) return ['Transfer-Encoding', 'chunked'];
+  const length = req.headers['content-length'];
+  return length !== undefined ? ['Content-Length', length] : [];
+}

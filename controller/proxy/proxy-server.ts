@@ -18,15 +18,23 @@ import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from './routes.js';
 import type { Credential } from '../credentials/credential.js';
 import { ClientHelloReader } from '../tls/client-hello-reader.js';
-import { InjectionRefusal, prepareUpstreamRequest, type UpstreamRequest } from '../inject/inject.js';
+import { InjectionRefusal, prepareUpstreamRequest, type StreamedRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
 import { downstreamResponseHeaders } from './headers.js';
-import { checkRequest } from './request-checks.js';
+import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
 import { openUpgrade, webSocketUpgradeProblem } from './upgrade.js';
-import type { PartitionedAgent, PartitionedRequestOptions } from './upstream.js';
+import type { PartitionedAgent, PartitionedHttpAgent, PartitionedRequestOptions } from './upstream.js';
+import { UpstreamH2Pool } from './upstream-h2.js';
+import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits } from './h2.js';
+import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
+import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
+import { PlainEgress, refuseRaw } from './plain-egress.js';
+import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
+
+export type { NameResolver } from './name-resolver.js';
 
 /** Bounds on what one connection and one workload can make the proxy hold. All are `wirekey run` flags. */
 export interface ProxyLimits {
@@ -62,6 +70,12 @@ export interface ProxyObserver {
   connectionRefused(workload: string, code: RefusalCode): void;
   /** A connection the kernel did not redirect: closed, no identity. */
   unidentified(): void;
+  /**
+   * An egress decision for a restricted workload's connection (TLS, or an
+   * address rule) or plaintext request: `rule` is the allowing rule's
+   * label, undefined for a refusal.
+   */
+  egress(workload: string, rule: string | undefined, decision: EgressDecision): void;
 }
 
 export interface ProxyDeps {
@@ -78,9 +92,25 @@ export interface ProxyDeps {
   /** Memory all SigV4 bodies being hashed may hold together. */
   sigv4BodyBudget: ByteBudget;
   limits?: Partial<ProxyLimits>;
+  /** Offer h2 in ALPN and serve HTTP/2 (default on); its bounds (h2.ts DEFAULT_H2_LIMITS). */
+  http2?: boolean;
+  h2Limits?: Partial<H2Limits>;
+  /** HTTP/2 sessions upstream (default: one with Node's trust store only). */
+  upstreamH2?: UpstreamH2Pool;
   audit: AuditLog;
   log: Logger;
   observer?: ProxyObserver;
+  /**
+   * Resolves a name an egress rule allowed (an SNI relayed untouched, a
+   * plaintext request's Host) to the addresses the proxy may connect to.
+   * Default: systemResolver. Either way the proxy bounds it
+   * (boundedResolver: lookups in flight, one per name).
+   */
+  resolve?: NameResolver;
+  /** Whether an address is this host (loopback, unspecified, an interface's); default: isLocalAddress. */
+  isLocalAddress?: (address: string) => boolean;
+  /** The agent for plaintext egress requests; default: one made here (createPlainUpstreamAgent). */
+  plainUpstreamAgent?: PartitionedHttpAgent;
 }
 
 /** A terminated connection: who it is, and the route its SNI selected under the plan `table`. */
@@ -91,11 +121,10 @@ interface Session {
   sni: string;
 }
 
-/** A request that may go upstream: the route it was judged by, and its injected form. */
-interface Prepared {
+/** What admission gives a request: the route it went by, the credential and the upstream request. */
+interface Admitted extends Admission {
   route: Route;
   credential: Credential;
-  upstream: UpstreamRequest;
 }
 
 function expectsContinue(req: http.IncomingMessage): boolean {
@@ -110,6 +139,10 @@ export class ProxyServer {
   readonly #sessions = new WeakMap<net.Socket, Session>();
   /** Per connection: settles once every request received so far has been answered. */
   readonly #inFlight = new WeakMap<net.Socket, Promise<void>>();
+  /** Restricted workloads' plaintext connections on ports where names are allowed. */
+  readonly #plain: PlainEgress;
+  readonly #resolve: NameResolver;
+  #proxyPort: number | undefined;
   readonly #sockets = new Set<net.Socket>();
   /** Open connections per workload name. */
   readonly #perWorkload = new Map<string, number>();
@@ -119,10 +152,16 @@ export class ProxyServer {
   /** Credential objects -> a number: a new value (rotation) is a new upstream partition. */
   readonly #credentialSeq = new WeakMap<Credential, number>();
   #nextCredentialSeq = 1;
+  readonly #h2: H2Front<Session & H2Connection> | undefined;
+  readonly #upstreamH2: UpstreamH2Pool | undefined;
 
   constructor(deps: ProxyDeps) {
     this.#deps = deps;
     this.#limits = { ...DEFAULT_PROXY_LIMITS, ...deps.limits };
+    if (deps.http2 !== false) {
+      this.#upstreamH2 = deps.upstreamH2 ?? new UpstreamH2Pool();
+      this.#h2 = new H2Front(this.#h2Host(this.#upstreamH2), deps.h2Limits);
+    }
     const onRequest = (req: http.IncomingMessage, res: http.ServerResponse) => {
       this.#pending(req.socket as net.Socket, res);
       this.#forward(req, res).catch((err: unknown) => this.#internalError(req, res, err));
@@ -140,6 +179,47 @@ export class ProxyServer {
         socket.destroy();
       });
     });
+
+    this.#resolve = boundedResolver(deps.resolve ?? systemResolver);
+    this.#plain = new PlainEgress({
+      routes: deps.routes,
+      audit: deps.audit,
+      log: deps.log,
+      observer: deps.observer,
+      addressFor: (name, orig, egress) => this.#addressFor(name, orig, egress),
+      count: (code) => this.#count(code),
+      idleTimeoutMs: this.#limits.idleTimeoutMs,
+      agent: deps.plainUpstreamAgent,
+    });
+  }
+
+  /** What the HTTP/2 front borrows: the same admission, refusal accounting and audit as an HTTP/1.1 request. */
+  #h2Host(upstreamH2: UpstreamH2Pool): H2Host<Session & H2Connection> {
+    return {
+      admit: (session, head, source) => this.#admit(session, head, source),
+      refused: (session, head, refusal) => {
+        this.#count(refusal.code, session);
+        this.#audit(session, head, { decision: 'deny', status: refusal.status, reason: refusal.code });
+      },
+      connectionRefused: (session, code) => {
+        this.#count(code, session);
+        this.#audit(session, {}, { decision: 'deny', reason: code });
+      },
+      completed: (session, head, admission, status, reset) => {
+        const a = admission as Admitted;
+        this.#audit(session, head, {
+          decision: 'inject', ...(status ? { status } : {}), credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
+          leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, ...(reset ? { reason: `stream reset (HTTP/2 error ${reset})` } : {}),
+        });
+        if (!reset) this.#deps.observer?.injected(a.workload, a.service);
+      },
+      upstreamLatency: (session, seconds) => this.#deps.observer?.upstreamLatency(session.route.workload.name, session.route.service.name, seconds),
+      releaseBody: (owner) => this.#deps.sigv4BodyBudget.releaseAll(owner),
+      upstreamAgent: this.#deps.upstreamAgent,
+      upstreamH2,
+      idleTimeoutMs: this.#limits.idleTimeoutMs,
+      log: this.#deps.log,
+    };
   }
 
   /**
@@ -162,12 +242,21 @@ export class ProxyServer {
       server.on('error', (err) => this.#deps.log.error('proxy listener on %s: %s', host, err.message));
       this.#servers.push(server);
     }
+    this.#proxyPort = port || (this.#servers[0]?.address() as net.AddressInfo | null)?.port;
+  }
+
+  /** The port listened on (the one asked for, or the one the system chose for 0). */
+  get port(): number | undefined {
+    return this.#proxyPort;
   }
 
   async close(): Promise<void> {
     const closing = this.#servers.splice(0).map((s) => new Promise<void>((r) => s.close(() => r())));
     for (const s of this.#sockets) s.destroy();
     this.#http.closeAllConnections();
+    this.#h2?.close();
+    this.#upstreamH2?.close();
+    this.#plain.close();
     await Promise.all(closing);
   }
 
@@ -254,17 +343,26 @@ export class ProxyServer {
       socket.pause();
       const head = reader.received;
       const table = this.#deps.routes();
-      const route = hello.status === 'ok' && hello.serverName ? table.match(orig.workloadId, orig.port, hello.serverName) : undefined;
-      if (route && hello.status === 'ok' && hello.serverName) {
-        const sni = route.service.hosts.find((h) => h === hello.serverName) ?? hello.serverName;
+      const serverName = hello.status === 'ok' ? hello.serverName : undefined;
+      const route = serverName ? table.match(orig.workloadId, orig.port, serverName) : undefined;
+      if (route && serverName) {
+        const sni = route.service.hosts.find((h) => h === serverName) ?? serverName;
         this.#terminate(socket, head, { orig, route, table, sni }, handshakeDone).catch((err: unknown) => {
           this.#deps.log.error('cannot terminate TLS for %s: %s', sni, (err as Error).message);
           socket.destroy();
         });
-      } else {
-        handshakeDone();
-        this.#relay(socket, head, orig, workload, hello.status === 'ok' ? hello.serverName : undefined);
+        return;
       }
+      const egress = table.workload(orig.workloadId)?.egress;
+      if (egress) {
+        this.#egress(socket, head, orig, workload, egress, { tls: hello.status !== 'not-tls', serverName }, handshakeDone).catch((err: unknown) => {
+          this.#deps.log.error('egress decision for workload %s failed inside the proxy: %s', workload, (err as Error)?.stack ?? String(err));
+          socket.destroy();
+        });
+        return;
+      }
+      handshakeDone();
+      this.#relay(socket, head, orig, workload, serverName);
     };
     socket.on('data', onData);
     socket.resume();
@@ -284,6 +382,111 @@ export class ProxyServer {
     });
   }
 
+  /**
+   * A restricted workload's connection that no binding claimed: relayed to
+   * an address its allowed name resolves to, relayed to its original
+   * address (an address rule allows it), handed to the HTTP parser
+   * (plaintext on a port where names are allowed), or refused (see
+   * egress-decision.ts). The connection counts as a handshake until then,
+   * so the handshake deadline bounds name resolution too.
+   *
+   * Decided once, under the plan in force now: a relay that is open when a
+   * reload removes the rule that allowed it carries on until it closes
+   * (its bytes are TLS the proxy cannot read); plaintext requests are each
+   * judged under the plan in force when they arrive.
+   */
+  async #egress(
+    socket: net.Socket, head: Buffer, orig: OrigDst, workload: string, egress: PlanEgress,
+    hello: { tls: boolean; serverName: string | undefined }, handshakeDone: () => void,
+  ): Promise<void> {
+    const verdict = decideConnection(egress, { address: orig.address, port: orig.port, ...hello });
+    const sni = hello.serverName;
+    switch (verdict.action) {
+      case 'relay-address':
+        handshakeDone();
+        this.#egressRecord('allow', workload, orig, { rule: verdict.rule, host: sni, address: orig.address });
+        this.#relayTo(socket, head, orig.address, orig.port);
+        return;
+      case 'plaintext': {
+        handshakeDone();
+        if (socket.destroyed) return;
+        this.#plain.accept(socket, head, orig, workload);
+        return;
+      }
+      case 'refuse':
+        this.#egressRefusal(socket, head, orig, workload, egress, verdict.code, sni, handshakeDone);
+        return;
+      case 'relay-name': {
+        const address = await this.#addressFor(verdict.name, orig, egress);
+        if (socket.destroyed) return;
+        if (!address) {
+          this.#egressRefusal(socket, head, orig, workload, egress, 'egress-name-unresolved', sni, handshakeDone);
+          return;
+        }
+        handshakeDone();
+        this.#egressRecord('allow', workload, orig, { rule: verdict.rule, host: sni, address });
+        this.#relayTo(socket, head, address, orig.port);
+        return;
+      }
+    }
+  }
+
+  /**
+   * Where a connection or request for `name` (allowed) goes: see
+   * pickAddress. Undefined when it resolves to nothing usable (the
+   * resolver's failure is logged, never shown to the workload).
+   */
+  async #addressFor(name: string, orig: OrigDst, egress: PlanEgress): Promise<string | undefined> {
+    let answers: { address: string }[];
+    try {
+      answers = await this.#resolve(name);
+    } catch (err) {
+      this.#deps.log.debug('cannot resolve %s: %s', name, (err as Error).message);
+      return undefined;
+    }
+    return pickAddress(answers.map((a) => a.address), {
+      egress, dialled: orig.address, port: orig.port, proxyPort: this.#proxyPort, isLocal: this.#deps.isLocalAddress,
+    });
+  }
+
+  /**
+   * `enforce`: the connection is closed before a byte is relayed, and the
+   * refusal audited. `audit`: relayed to where the workload was going, as
+   * for an unrestricted workload, and logged as would-refuse.
+   */
+  #egressRefusal(
+    socket: net.Socket, head: Buffer, orig: OrigDst, workload: string, egress: PlanEgress,
+    code: RefusalCode, sni: string | undefined, handshakeDone: () => void,
+  ): void {
+    handshakeDone();
+    this.#count(code);
+    if (egress.mode === 'enforce') {
+      this.#egressRecord('deny', workload, orig, { host: sni, address: orig.address, reason: code });
+      socket.destroy();
+      return;
+    }
+    this.#egressRecord('would-refuse', workload, orig, { host: sni, address: orig.address, reason: code });
+    this.#relayTo(socket, head, orig.address, orig.port);
+  }
+
+  /** One connection-level egress line and its count. */
+  #egressRecord(
+    decision: EgressDecision, workload: string, orig: OrigDst,
+    o: { rule?: PlanEgressRule; host?: string; address: string; reason?: RefusalCode },
+  ): void {
+    this.#deps.audit.record({
+      decision, workload, pid: orig.pid, uid: orig.uid, host: o.host, address: o.address, port: orig.port,
+      dialled: o.address !== orig.address ? orig.address : undefined, rule: o.rule?.label, reason: o.reason,
+    });
+    this.#deps.observer?.egress(workload, o.rule?.label, decision);
+  }
+
+  #relayTo(socket: net.Socket, head: Buffer, address: string, port: number): void {
+    relay(socket, head, address, port, this.#limits.idleTimeoutMs, (err) => {
+      if (err) this.#deps.log.debug('relay to %s:%d ended: %s', address, port, err.message);
+    });
+  }
+
   async #terminate(socket: net.Socket, head: Buffer, session: Session, handshakeDone: () => void): Promise<void> {
     let secureContext: tls.SecureContext;
     try {
@@ -296,11 +499,21 @@ export class ProxyServer {
     if (socket.destroyed) return;
     // TLSSocket feeds bytes already buffered on `socket` to the handshake first.
     socket.unshift(head);
-    const tlsSocket = new tls.TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: ['http/1.1'] });
-    tlsSocket.once('secure', handshakeDone);
+    const h2 = this.#h2;
+    const tlsSocket = new tls.TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: h2 ? ['h2', 'http/1.1'] : ['http/1.1'] });
     tlsSocket.on('error', (err) => this.#deps.log.debug('TLS with workload %s failed: %s', session.route.workload.name, err.message));
     this.#sessions.set(tlsSocket, session);
-    this.#http.emit('connection', tlsSocket);
+    if (!h2) {
+      tlsSocket.once('secure', handshakeDone);
+      this.#http.emit('connection', tlsSocket);
+      return;
+    }
+    // The protocol is known once the handshake is done (ALPN): HTTP/2 or HTTP/1.1 from there.
+    tlsSocket.once('secure', () => {
+      handshakeDone();
+      if (tlsSocket.alpnProtocol === 'h2') h2.serve(tlsSocket, Object.assign(session, { address: session.orig.address, port: session.orig.port }));
+      else this.#http.emit('connection', tlsSocket);
+    });
   }
 
   /**
@@ -319,47 +532,6 @@ export class ProxyServer {
     return now;
   }
 
-  /**
-   * Checks `req` against the plan in force and applies its binding's
-   * injection: what every request, upgrades included, goes through before
-   * anything is sent upstream. `beforeBodyRead` runs if the body must be
-   * read first (SigV4 hashing it); `upgrade`: a WebSocket upgrade request.
-   */
-  async #prepare(req: http.IncomingMessage, session: Session, opts: { beforeBodyRead?: () => void; upgrade?: boolean } = {}): Promise<Prepared | { refusal: Refusal }> {
-    const route = this.#currentRoute(session);
-    if (!route) {
-      return { refusal: {
-        status: 403, code: 'binding-changed',
-        message: 'the binding this connection was made under was removed or changed by a policy reload; open a new connection',
-      } };
-    }
-    const { orig, sni } = session;
-    const inject = route.binding.inject;
-    const injected = inject.kind === 'header' ? inject.name.toLowerCase() : inject.kind === 'sigv4' ? undefined : 'authorization';
-    const refusal = checkRequest(req, sni, orig.port, injected, opts.upgrade);
-    if (refusal) return { refusal };
-
-    // No audit, no injection: a request that could not be recorded is not sent.
-    if (!this.#deps.audit.writable) {
-      return { refusal: { status: 503, code: 'audit-unavailable', message: 'the audit log cannot be written now; retry later' } };
-    }
-    let credential: Credential;
-    let upstream: UpstreamRequest;
-    try {
-      credential = await this.#deps.credential(inject.credential);
-      upstream = await prepareUpstreamRequest(req, inject, credential, {
-        host: sni, port: orig.port, sigv4BodyLimit: this.#deps.sigv4BodyLimit, sigv4BodyBudget: this.#deps.sigv4BodyBudget, beforeBodyRead: opts.beforeBodyRead,
-      });
-    } catch (err) {
-      if (err instanceof InjectionRefusal) return { refusal: { status: err.status, code: err.reason, message: err.message } };
-      // The log gets the whole reason (it may name a file); the workload only which credential.
-      this.#deps.log.error('%s', err instanceof WirekeyError ? err.message : `credential "${inject.credential}": ${String(err)}`);
-      const why = err instanceof CredentialError ? 'cannot be used now' : 'is unavailable';
-      return { refusal: { status: 503, code: 'credential-unavailable', message: `credential "${inject.credential}" ${why}` } };
-    }
-    return { route, credential, upstream };
-  }
-
   async #forward(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const session = this.#sessions.get(req.socket);
     if (!session) {
@@ -376,16 +548,16 @@ export class ProxyServer {
       continued = true;
       res.writeContinue();
     };
-    const prepared = await this.#prepare(req, session, { beforeBodyRead: sendContinue });
-    if ('refusal' in prepared) return this.#refuse(req, res, session, prepared.refusal);
-    const { route, credential, upstream } = prepared;
+    const admitted = await this.#admit(session, req, req, { beforeBodyRead: sendContinue });
+    if (!('route' in admitted)) return this.#refuse(req, res, session, admitted);
+    const { route, upstream } = admitted;
     const { orig, sni } = session;
-    const inject = route.binding.inject;
     if (upstream.body) res.once('close', () => this.#deps.sigv4BodyBudget.releaseAll(req));
+    const inject = route.binding.inject;
 
     const options: PartitionedRequestOptions = {
       agent: this.#deps.upstreamAgent,
-      partition: `${route.workload.name}\0${route.binding.name}\0${this.#credentialVersion(credential)}`,
+      partition: admitted.partition,
       host: orig.address,
       port: orig.port,
       servername: sni,
@@ -483,10 +655,10 @@ export class ProxyServer {
     };
     const problem = webSocketUpgradeProblem(req);
     if (problem) return refuse(problem);
-    const prepared = await this.#prepare(req, session, { upgrade: true });
-    if ('refusal' in prepared) return refuse(prepared.refusal);
+    const admitted = await this.#admit(session, req, req, { upgrade: true });
+    if (!('route' in admitted)) return refuse(admitted);
     if (socket.destroyed) return;
-    const { route, upstream } = prepared;
+    const { route, upstream } = admitted;
     const inject = route.binding.inject;
     const audited = {
       credential: inject.credential,
@@ -526,6 +698,58 @@ export class ProxyServer {
   /** Resolves once every request on `socket` so far has been answered. */
   async #idle(socket: net.Socket): Promise<void> {
     await this.#inFlight.get(socket);
+  }
+
+  /**
+   * Whether a request may go upstream, and with what: the route in force
+   * now, checkRequest(), the audit log's health, the credential and its
+   * injection. The same for HTTP/1.1 requests, WebSocket upgrades (`upgrade`)
+   * and HTTP/2 streams. `beforeBodyRead` runs if the body must be read first
+   * (SigV4 hashing it): #forward answers Expect: 100-continue there.
+   */
+  async #admit(
+    session: Session,
+    head: RequestHead,
+    source: http.IncomingMessage | StreamedRequest,
+    opts: { beforeBodyRead?: () => void; upgrade?: boolean } = {},
+  ): Promise<Admitted | Refusal> {
+    const route = this.#currentRoute(session);
+    if (!route) {
+      return {
+        status: 403, code: 'binding-changed',
+        message: 'the binding this connection was made under was removed or changed by a policy reload; open a new connection',
+      };
+    }
+    const { orig, sni } = session;
+    const inject = route.binding.inject;
+    const injected = inject.kind === 'header' ? inject.name.toLowerCase() : inject.kind === 'sigv4' ? undefined : 'authorization';
+    const refusal = checkRequest(head, sni, orig.port, injected, opts.upgrade);
+    if (refusal) return refusal;
+
+    // No audit, no injection: a request that could not be recorded is not sent.
+    if (!this.#deps.audit.writable) {
+      return { status: 503, code: 'audit-unavailable', message: 'the audit log cannot be written now; retry later' };
+    }
+    let credential: Credential;
+    let upstream: UpstreamRequest;
+    try {
+      credential = await this.#deps.credential(inject.credential);
+      upstream = await prepareUpstreamRequest(source, inject, credential, {
+        host: sni, port: orig.port, sigv4BodyLimit: this.#deps.sigv4BodyLimit, sigv4BodyBudget: this.#deps.sigv4BodyBudget,
+        beforeBodyRead: opts.beforeBodyRead,
+      });
+    } catch (err) {
+      if (err instanceof InjectionRefusal) return { status: err.status, code: err.reason, message: err.message };
+      // The log gets the whole reason (it may name a file); the workload only which credential.
+      this.#deps.log.error('%s', err instanceof WirekeyError ? err.message : `credential "${inject.credential}": ${String(err)}`);
+      const why = err instanceof CredentialError ? 'cannot be used now' : 'is unavailable';
+      return { status: 503, code: 'credential-unavailable', message: `credential "${inject.credential}" ${why}` };
+    }
+    return {
+      route, credential, upstream,
+      workload: route.workload.name, service: route.service.name, injectKind: inject.kind, credentialName: inject.credential,
+      partition: `${route.workload.name}\0${route.binding.name}\0${this.#credentialVersion(credential)}`,
+    };
   }
 
   #credentialVersion(credential: Credential): number {
@@ -588,16 +812,7 @@ export class ProxyServer {
   }
 
   #refuseRaw(socket: net.Socket, refusal: Refusal): void {
-    if (!socket.writable) {
-      socket.destroy();
-      return;
-    }
-    const body = `wirekey: ${refusal.message}\n`;
-    socket.end(
-      `HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\n` +
-        `content-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-        `x-wirekey-error: ${refusal.code}\r\nconnection: close\r\n\r\n${body}`,
-    );
+    refuseRaw(socket, refusal);
   }
 
   /** Counts a refusal; with `session`, a refused request of its route (connection refusals are told to the observer apart). */
@@ -606,11 +821,7 @@ export class ProxyServer {
     if (session) this.#deps.observer?.refused(session.route.workload.name, session.route.service.name, code);
   }
 
-  #audit(
-    session: Session,
-    req: http.IncomingMessage,
-    extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId' | 'bytesUp' | 'bytesDown' | 'durationMs'>,
-  ): void {
+  #audit(session: Session, req: { method?: string; url?: string }, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId' | 'bytesUp' | 'bytesDown' | 'durationMs'>): void {
     this.#deps.audit.record({
       workload: session.route.workload.name,
       pid: session.orig.pid,

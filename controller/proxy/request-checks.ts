@@ -8,6 +8,7 @@
 import type { IncomingMessage } from 'node:http';
 import { connectionTokens, countHeader } from './headers.js';
 import { normalizeHost } from '../policy/compile.js';
+import { normalizeHostName } from '../tls/client-hello.js';
 import type { Refusal } from '../refusals.js';
 
 export type { Refusal } from '../refusals.js';
@@ -30,6 +31,20 @@ const PROTECTED = new Set([
 ]);
 
 /**
+ * A request as the checks see it, whichever protocol carried it: an
+ * HTTP/1.1 IncomingMessage is one; an HTTP/2 stream becomes one once its
+ * pseudo-headers are checked (controller/proxy/h2.ts), with `:authority`
+ * as its one Host header.
+ */
+export interface RequestHead {
+  method?: string;
+  url?: string;
+  /** [name, value, ...] as received (HTTP/2: the regular headers, pseudo-headers excluded). */
+  rawHeaders: string[];
+  httpVersion: string;
+}
+
+/**
  * Checks a request arriving on a connection whose TLS SNI was `sni` and
  * whose original destination port was `port`. `injected` is the header
  * name the binding adds, lower-case (or undefined for SigV4, which sets
@@ -38,7 +53,70 @@ const PROTECTED = new Set([
  * upgrade. Returns why it must be refused, or null when it may be forwarded
  * with a credential.
  */
-export function checkRequest(req: IncomingMessage, sni: string, port: number, injected?: string, upgrade = false): Refusal | null {
+export function checkRequest(req: RequestHead, sni: string, port: number, injected?: string, upgrade = false): Refusal | null {
+  const head = checkHead(req, injected, upgrade);
+  if (head) return head;
+  const hostProblem = checkAuthority(firstHeader(req.rawHeaders, 'host') ?? '', sni, port);
+  if (hostProblem) return { status: 421, code: 'host-mismatch', message: `Host header ${hostProblem}` };
+
+  const target = req.url ?? '';
+  if (target.startsWith('/') || (target === '*' && req.method === 'OPTIONS')) return null;
+  let url: URL;
+  try {
+    url = new URL(target);
+  } catch {
+    return { status: 400, code: 'bad-target', message: 'request target is not a path or an absolute https URL' };
+  }
+  if (url.protocol !== 'https:') {
+    return { status: 400, code: 'bad-target', message: 'absolute request target must be https' };
+  }
+  const targetProblem = checkAuthority(url.host, sni, port);
+  return targetProblem ? { status: 421, code: 'host-mismatch', message: `request target ${targetProblem}` } : null;
+}
+
+/**
+ * Checks a plaintext HTTP request of a restricted workload on a connection
+ * to `port` (the proxy forwards it to the name its Host gives, if an egress
+ * rule allows that name): the same head checks as a terminated request,
+ * then the Host itself. Returns the refusal, or the name the Host gives
+ * (lower-case, a trailing dot dropped; undefined when it is no DNS name,
+ * e.g. an IP literal, which no name rule can allow) and the authority to
+ * send upstream.
+ */
+export function checkPlainRequest(req: IncomingMessage, port: number): Refusal | { name: string | undefined; authority: string } {
+  const head = checkHead(req, undefined);
+  if (head) return head;
+  const m = AUTHORITY.exec(req.headers.host ?? '');
+  if (!m || !m[1]) return { status: 400, code: 'ambiguous-host', message: 'the Host header is not a valid host[:port]' };
+  if (m[2] !== undefined && m[2] !== '' && Number(m[2]) !== port) {
+    return { status: 421, code: 'host-mismatch', message: `Host header names port ${m[2]}, but the connection was to port ${port}` };
+  }
+  const name = m[1].startsWith('[') ? undefined : normalizeHostName(m[1].replace(/\.$/, ''));
+  const target = req.url ?? '';
+  if (!(target.startsWith('/') || (target === '*' && req.method === 'OPTIONS'))) {
+    let url: URL;
+    try {
+      url = new URL(target);
+    } catch {
+      return { status: 400, code: 'bad-target', message: 'request target is not a path or an absolute http URL' };
+    }
+    if (url.protocol !== 'http:' || url.username || url.password) {
+      return { status: 400, code: 'bad-target', message: 'absolute request target must be http, without user info' };
+    }
+    // As for the Host: no port is the connection's; a port must be the connection's.
+    const hostname = url.hostname.replace(/\.$/, '');
+    if (name === undefined || normalizeHostName(hostname) !== name || (url.port !== '' && Number(url.port) !== port)) {
+      return { status: 421, code: 'host-mismatch', message: 'request target names another host or port than the Host header' };
+    }
+  }
+  const authority = name === undefined ? m[1] : m[2] ? `${name}:${m[2]}` : name;
+  return { name, authority };
+}
+
+const AUTHORITY = /^(\[[^\]]*\]|[^:]*)(?::(\d*))?$/;
+
+/** Checks of the request line and header section that do not depend on where the request goes. */
+function checkHead(req: RequestHead, injected: string | undefined, upgrade = false): Refusal | null {
   const raw = req.rawHeaders;
   const method = req.method ?? '';
   if (method === 'CONNECT') {
@@ -76,32 +154,22 @@ export function checkRequest(req: IncomingMessage, sni: string, port: number, in
     return { status: 400, code: 'ambiguous-length', message: 'Content-Length with Transfer-Encoding' };
   }
   if (codings > 0) {
-    const te = req.headers['transfer-encoding'];
-    if (codings > 1 || typeof te !== 'string' || te.trim().toLowerCase() !== 'chunked' || req.httpVersion !== '1.1') {
+    const te = firstHeader(raw, 'transfer-encoding');
+    if (codings > 1 || te === undefined || te.trim().toLowerCase() !== 'chunked' || req.httpVersion !== '1.1') {
       return { status: 400, code: 'bad-transfer-encoding', message: 'Transfer-Encoding must be exactly one "chunked" on HTTP/1.1' };
     }
   }
-  const hostProblem = checkAuthority(req.headers.host ?? '', sni, port);
-  if (hostProblem) return { status: 421, code: 'host-mismatch', message: `Host header ${hostProblem}` };
+  return null;
+}
 
-  const target = req.url ?? '';
-  if (target.startsWith('/') || (target === '*' && method === 'OPTIONS')) return null;
-  let url: URL;
-  try {
-    url = new URL(target);
-  } catch {
-    return { status: 400, code: 'bad-target', message: 'request target is not a path or an absolute https URL' };
-  }
-  if (url.protocol !== 'https:') {
-    return { status: 400, code: 'bad-target', message: 'absolute request target must be https' };
-  }
-  const targetProblem = checkAuthority(url.host, sni, port);
-  return targetProblem ? { status: 421, code: 'host-mismatch', message: `request target ${targetProblem}` } : null;
+function firstHeader(raw: string[], name: string): string | undefined {
+  for (let i = 0; i < raw.length; i += 2) if ((raw[i] as string).toLowerCase() === name) return raw[i + 1] as string;
+  return undefined;
 }
 
 /** Why `authority` (host[:port]) does not name `sni` on `port`, or null. */
-function checkAuthority(authority: string, sni: string, port: number): string | null {
-  const m = /^(\[[^\]]*\]|[^:]*)(?::(\d*))?$/.exec(authority);
+export function checkAuthority(authority: string, sni: string, port: number): string | null {
+  const m = AUTHORITY.exec(authority);
   if (!m || !m[1]) return 'is not a valid host[:port]';
   if (normalizeHost(m[1]) !== sni) return `names a different host than the TLS server name ${sni}`;
   if (m[2] !== undefined && m[2] !== '' && Number(m[2]) !== port) {

@@ -1,10 +1,12 @@
 /**
  * Who may use which credential where, on the proxy datapath: the plan's
  * bindings to TLS services indexed the way the redirect and the proxy ask
- * for them.
+ * for them; and where the proxy must see a restricted workload's
+ * connections to check the names its egress rules allow.
  */
 import type { Plan, PlanBinding, PlanProxyService, PlanWorkload } from '../policy/types.js';
 import { normalizeHost } from '../policy/compile.js';
+import { egressNamePorts } from '../policy/egress.js';
 
 export interface Route {
   workload: PlanWorkload;
@@ -21,12 +23,16 @@ export interface Route {
 
 export class RouteTable {
   readonly #byWorkloadId = new Map<number, PlanWorkload>();
+  readonly #byWorkloadName = new Map<string, PlanWorkload>();
   /** key: `${workloadName}\0${port}\0${host}` */
   readonly #routes = new Map<string, Route>();
   readonly #ports = new Map<string, { workloadId: number; port: number }>();
 
   constructor(plan: Plan) {
-    for (const w of plan.workloads.values()) this.#byWorkloadId.set(w.id, w);
+    for (const w of plan.workloads.values()) {
+      this.#byWorkloadId.set(w.id, w);
+      this.#byWorkloadName.set(w.name, w);
+    }
     for (const binding of plan.bindings) {
       const workload = plan.workloads.get(binding.workload);
       const service = plan.services.get(binding.service);
@@ -40,10 +46,25 @@ export class RouteTable {
       }
       this.#ports.set(`${workload.id}:${service.port}`, { workloadId: workload.id, port: service.port });
     }
+    // A restricted workload's connections on a port where a name rule
+    // allows names come to the proxy, which reads the SNI (or each Host)
+    // and relays, terminates or refuses: the kernel alone knows only
+    // addresses.
+    for (const workload of plan.workloads.values()) {
+      if (!workload.egress) continue;
+      for (const { port } of egressNamePorts(workload.egress)) {
+        this.#ports.set(`${workload.id}:${port}`, { workloadId: workload.id, port });
+      }
+    }
   }
 
   workload(id: number): PlanWorkload | undefined {
     return this.#byWorkloadId.get(id);
+  }
+
+  /** The workload named `name` in this plan: how a connection accepted under an earlier plan finds its egress rules now. */
+  workloadByName(name: string): PlanWorkload | undefined {
+    return this.#byWorkloadName.get(name);
   }
 
   /** The route for a connection of workload `workloadId` (this plan's numbering) to `host:port`, if one is bound. */
@@ -61,7 +82,11 @@ export class RouteTable {
     return this.#routes.get(routeKey(workloadName, port, normalizeHost(host)));
   }
 
-  /** The (workload, port) pairs whose connections the kernel must redirect. */
+  /**
+   * The (workload, port) pairs whose connections the kernel must redirect
+   * to the proxy: bound TLS services' ports, and for a workload with an
+   * egress section, every port on which a name rule allows names.
+   */
   portBindings(): { workloadId: number; port: number }[] {
     return [...this.#ports.values()];
   }

@@ -8,6 +8,7 @@
  * is never shared across those boundaries, so no workload's request can
  * ever be framed into, or read back from, another's exchange.
  */
+import http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
@@ -36,6 +37,24 @@ export class PartitionedAgent extends https.Agent {
 }
 
 /**
+ * The same for plaintext HTTP: the proxy's connections for a restricted
+ * workload's requests to names its egress rules allow. No credential
+ * travels on them, but the boundary is kept all the same (one workload,
+ * one name, one address per pool).
+ */
+export class PartitionedHttpAgent extends http.Agent {
+  override getName(options?: http.ClientRequestArgs): string {
+    const partition = (options as Partial<PartitionedRequestOptions> | undefined)?.partition;
+    return `${super.getName(options)}|${partition ?? ''}`;
+  }
+}
+
+/** The agent for plaintext egress requests (PartitionedHttpAgent), kept alive like the TLS one. */
+export function createPlainUpstreamAgent(opts: Pick<UpstreamOptions, 'idleMs'> = {}): PartitionedHttpAgent {
+  return new PartitionedHttpAgent({ keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo', timeout: opts.idleMs ?? 60_000 });
+}
+
+/**
  * The agent for upstream requests. Passing `ca` replaces Node's default
  * store, so when an extra bundle is configured the default roots and
  * NODE_EXTRA_CA_CERTS are added back explicitly. The store goes in one
@@ -45,10 +64,20 @@ export class PartitionedAgent extends https.Agent {
 export function createUpstreamAgent(opts: UpstreamOptions = {}): PartitionedAgent {
   // `timeout` closes kept-alive connections nobody reused for that long.
   const base = { keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo' as const, timeout: opts.idleMs ?? 60_000 };
-  if (!opts.caFile) return new PartitionedAgent(base);
+  const secureContext = upstreamSecureContext(opts);
+  return new PartitionedAgent(secureContext ? { ...base, secureContext } : base);
+}
+
+/**
+ * The trust store for upstream certificates when `caFile` adds to Node's
+ * (undefined: Node's own, with NODE_EXTRA_CA_CERTS). Shared by the
+ * HTTP/1.1 agent and the HTTP/2 sessions (upstream-h2.ts).
+ */
+export function upstreamSecureContext(opts: UpstreamOptions = {}): tls.SecureContext | undefined {
+  if (!opts.caFile) return undefined;
   const ca = [...tls.rootCertificates];
   const extra = process.env.NODE_EXTRA_CA_CERTS;
   if (extra) ca.push(readFileSync(extra, 'utf8'));
   ca.push(readFileSync(opts.caFile, 'utf8'));
-  return new PartitionedAgent({ ...base, secureContext: tls.createSecureContext({ ca }) });
+  return tls.createSecureContext({ ca });
 }

@@ -39,7 +39,7 @@ describe.skipIf(skip)(`WebSocket on the kernel datapath${skip ? ` (skipped: ${sk
   beforeAll(async () => {
     venv = (await must(path.join(repoRoot, 'scripts/python-tools'), [path.join(repoRoot, 'scripts/protocol-clients-requirements.txt')])).trim();
     await f.setUp();
-    plain = await startUpstream(f.host, '', '', PORT, { plain: true });
+    plain = await startUpstream(f.host, '', '', PORT, undefined, { plain: true });
     f.onClose(() => plain.stop());
     bound = f.cgroup('bound');
     unbound = f.cgroup('unbound');

@@ -18,7 +18,12 @@ export interface UpstreamRecord {
   remotePort: number;
   bodyLength: number;
   bodySha256: string;
-  /** A WebSocket upgrade: "websocket", and its connection number. */
+  /** h2-upstream-server.mjs only: 'h2', the `te` and `x-custom` it got, and the host header apart from :authority. */
+  protocol?: string;
+  te?: string;
+  custom?: string;
+  hostHeader?: string;
+  /** upstream-server.mjs: a WebSocket upgrade: "websocket", and its connection number. */
   upgrade?: string;
   ws?: number;
 }
@@ -40,21 +45,29 @@ export interface Upstream {
    * to answer: a client that got its response can look for its record.
    */
   sync(): Promise<void>;
+  /** Writes a line to the server's stdin (h2-upstream-server.mjs: `release NAME`). */
+  command(line: string): void;
+  /** Lines other than records (h2-upstream-server.mjs: {"cancelled": path}). */
+  events: Record<string, unknown>[];
   stop(): Promise<void>;
 }
 
 const script = path.join(repoRoot, 'test/support/upstream-server.mjs');
 
-/** With `plain`, plain HTTP (cert and key unused): see upstream-server.mjs. */
-export async function startUpstream(host: TestHost, cert: string, key: string, port = 443, opts: { plain?: boolean } = {}): Promise<Upstream> {
+/** The HTTP/2-only upstream (test/support/h2-upstream-server.mjs), for startUpstream's `server`. */
+export const H2_UPSTREAM = path.join(repoRoot, 'test/support/h2-upstream-server.mjs');
+
+/** With `plain`, upstream-server.mjs serves plain HTTP (cert and key unused). */
+export async function startUpstream(host: TestHost, cert: string, key: string, port = 443, server = script, opts: { plain?: boolean } = {}): Promise<Upstream> {
   const tlsArgs = opts.plain ? ['--plain'] : ['--cert', cert, '--key', key];
   const child: ChildProcess = spawn(
     'ip',
-    ['netns', 'exec', host.ns, process.execPath, script, ...tlsArgs, '--port', String(port), '--host', '::'],
+    ['netns', 'exec', host.ns, process.execPath, server, ...tlsArgs, '--port', String(port), '--host', '::'],
     { stdio: ['pipe', 'pipe', 'inherit'] },
   );
   const records: UpstreamRecord[] = [];
   const messages: UpstreamMessage[] = [];
+  const events: Record<string, unknown>[] = [];
   const syncs = new Map<number, () => void>();
   let nextSync = 0;
   let buffered = '';
@@ -65,11 +78,12 @@ export async function startUpstream(host: TestHost, cert: string, key: string, p
       buffered += d.toString();
       let nl: number;
       while ((nl = buffered.indexOf('\n')) >= 0) {
-        const line = JSON.parse(buffered.slice(0, nl)) as UpstreamRecord & UpstreamMessage & { listening?: boolean; sync?: number };
+        const line = JSON.parse(buffered.slice(0, nl)) as UpstreamRecord & Partial<UpstreamMessage> & { listening?: boolean; sync?: number; cancelled?: string };
         buffered = buffered.slice(nl + 1);
         if (line.listening) resolve();
         else if (line.sync !== undefined) syncs.get(line.sync)?.();
-        else if (line.wsMessage !== undefined) messages.push(line);
+        else if (line.cancelled !== undefined) events.push(line as unknown as Record<string, unknown>);
+        else if (line.wsMessage !== undefined) messages.push(line as UpstreamMessage);
         else records.push(line);
       }
     });
@@ -79,6 +93,8 @@ export async function startUpstream(host: TestHost, cert: string, key: string, p
   return {
     records,
     messages,
+    events,
+    command: (line: string) => child.stdin?.write(`${line}\n`),
     sync: () =>
       new Promise<void>((resolve, reject) => {
         if (child.exitCode !== null || child.signalCode !== null) return reject(new Error('the upstream has exited'));

@@ -6,7 +6,7 @@
  * real object, and an object compiled from a doctored header.
  */
 import { describe, expect, it } from 'vitest';
-import { CONSTANTS, WK_MAX_WORKLOADS, WK_HTTP_STATS, verifyConstants } from '../../controller/datapath/layout.js';
+import { CONSTANTS, WK_EGRESS_STATS, WK_MAX_WORKLOADS, WK_HTTP_STATS, verifyConstants } from '../../controller/datapath/layout.js';
 import { MAX_WORKLOADS } from '../../controller/policy/precedence.js';
 import { BpfError } from '../../controller/errors.js';
 
@@ -28,7 +28,8 @@ describe('C/TypeScript constants', () => {
 
   it('every enum the contract shares is checked', () => {
     expect(Object.keys(CONSTANTS).sort()).toEqual([
-      'wk_action', 'wk_http_cfg_flag', 'wk_http_event_kind', 'wk_http_hdr_state', 'wk_http_hosts',
+      'wk_action', 'wk_egress_flag', 'wk_egress_hook', 'wk_egress_limits', 'wk_egress_proto',
+      'wk_egress_stat', 'wk_egress_verdict', 'wk_http_cfg_flag', 'wk_http_event_kind', 'wk_http_hdr_state', 'wk_http_hosts',
       'wk_http_limits', 'wk_http_stat', 'wk_limits', 'wk_stat',
     ]);
   });
@@ -53,6 +54,13 @@ describe('C/TypeScript constants', () => {
     ['wk_http_hdr_state', 'WK_HTTP_WITHHOLD', 3],
     ['wk_http_event_kind', 'WK_HTTP_EVENT_REFUSED', 3],
     ['wk_http_cfg_flag', 'WK_HTTP_CFG_AUDIT_CONNECTIONS', 2],
+    ['wk_egress_limits', 'WK_EGRESS_MAX_RANGES', 32],
+    ['wk_egress_limits', 'WK_EGRESS_KEY_FIXED', 32],
+    ['wk_egress_flag', 'WK_EGRESS_AUDIT', 4],
+    ['wk_egress_proto', 'WK_EGRESS_UDP', 6],
+    ['wk_egress_verdict', 'WK_EGRESS_WOULD_REFUSE', 1],
+    ['wk_egress_hook', 'WK_EGRESS_HOOK_SENDMSG', 3],
+    ['wk_egress_stat', 'WK_EGRESS_STAT_WOULD_REFUSE', 0],
   ])('%s: a renumbered %s is refused by name', (name, member, value) => {
     const answer = btf((e) => {
       (e[name] as Record<string, number>)[member] = value;
@@ -75,5 +83,6 @@ describe('C/TypeScript constants', () => {
     expect(MAX_WORKLOADS).toBe(WK_MAX_WORKLOADS);
     expect(CONSTANTS.wk_limits?.WK_MAX_WORKLOADS).toBe(CONSTANTS.wk_limits?.WK_MASK_WORDS as number * 64);
     expect(CONSTANTS.wk_http_stat?.WK_HTTP_STAT_MAX).toBe(WK_HTTP_STATS.length);
+    expect(CONSTANTS.wk_egress_stat?.WK_EGRESS_STAT_MAX).toBe(WK_EGRESS_STATS.length);
   });
 });

@@ -8,7 +8,7 @@ import { describe, expect, it } from 'vitest';
 import http, { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
-import { checkRequest } from '../../controller/proxy/request-checks.js';
+import { checkPlainRequest, checkRequest } from '../../controller/proxy/request-checks.js';
 import { upstreamRequestHeaders } from '../../controller/proxy/headers.js';
 import { credentialHeader, prepareUpstreamRequest } from '../../controller/inject/inject.js';
 import { Secret } from '../../controller/credentials/secret.js';
@@ -34,6 +34,36 @@ function req(method: string, url: string, raw: string[], httpVersion = '1.1'): I
 }
 
 const credential = (value: string): Credential => ({ name: 'tok', secret: new Secret(value), fields: new Map() });
+
+describe('checkPlainRequest (a restricted workload\'s plaintext request, judged by its Host)', () => {
+  const plain = (url: string, host: string | string[], extra: string[] = [], method = 'GET') =>
+    checkPlainRequest(req(method, url, [...(Array.isArray(host) ? host.flatMap((h) => ['Host', h]) : ['Host', host]), ...extra]), 8080);
+  it('gives the name (lower-case, trailing dot dropped) and the authority to send', () => {
+    expect(plain('/', 'Plain.Example.COM.')).toEqual({ name: 'plain.example.com', authority: 'plain.example.com' });
+    expect(plain('/', 'plain.example.com:8080')).toEqual({ name: 'plain.example.com', authority: 'plain.example.com:8080' });
+    expect(plain('http://plain.example.com:8080/x', 'plain.example.com')).toEqual({ name: 'plain.example.com', authority: 'plain.example.com' });
+  });
+  it('an IP literal or a name no rule could hold is no name', () => {
+    for (const h of ['10.0.0.1', '[::1]', '10.0.0.1:8080', 'a..b', 'x_y z']) {
+      const r = plain('/', h);
+      expect('code' in r ? r.code : r.name).toBe('code' in r ? 'ambiguous-host' : undefined);
+    }
+  });
+  it.each([
+    ['another port in Host', '/', 'plain.example.com:80', [], 'host-mismatch'],
+    ['an https target', 'https://plain.example.com/', 'plain.example.com', [], 'bad-target'],
+    ['user info in the target', 'http://u:p@plain.example.com/', 'plain.example.com', [], 'bad-target'],
+    ['a target naming another host', 'http://evil.example.com/', 'plain.example.com', [], 'host-mismatch'],
+    ['a target naming another port', 'http://plain.example.com:81/', 'plain.example.com', [], 'host-mismatch'],
+    ['two Host headers', '/', ['plain.example.com', 'evil.example.com'], [], 'ambiguous-host'],
+    ['TRACE', '/', 'plain.example.com', [], 'method-not-allowed', 'TRACE'],
+    ['Connection naming Host', '/', 'plain.example.com', ['Connection', 'host'], 'connection-names-protected'],
+    ['Transfer-Encoding gzip', '/', 'plain.example.com', ['Transfer-Encoding', 'gzip'], 'bad-transfer-encoding'],
+  ] as [string, string, string | string[], string[], string, string?][])('refuses %s', (_, url, host, extra, code, method) => {
+    const r = plain(url, host, extra, method ?? 'GET');
+    expect('code' in r ? r.code : 'accepted').toBe(code);
+  });
+});
 
 describe('checkRequest', () => {
   const ok = ['Host', SNI];

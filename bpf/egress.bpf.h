@@ -1,0 +1,177 @@
+/* SPDX-License-Identifier: GPL-2.0-only */
+/*
+ * Egress policy: whether a restricted workload may reach a destination
+ * (egress_allows()), for the connect() hooks of redirect.bpf.c and the
+ * sendmsg() hooks of egress.bpf.c. See egress.bpf.c for what is judged
+ * where. The maps are weak so that `bpftool gen object` links them into one
+ * map per name; the controller fills them (Datapath.setEgress).
+ * Needs bpf_helpers.h, bpf_endian.h and workload.bpf.h.
+ */
+#ifndef WIREKEY_EGRESS_BPF_H
+#define WIREKEY_EGRESS_BPF_H
+
+#include "wirekey.h"
+
+#define WK_SOCK_STREAM		1
+#define WK_SOCK_DGRAM		2
+#define WK_IPPROTO_MPTCP	262
+
+/*
+ * workload id -> its egress policy (absent: unrestricted). Key 0 is there,
+ * restricted, while any workload is: without it, connect()s to ports no
+ * binding names and every sendmsg() skip the workload lookup. Not
+ * preallocated: a replaced value is freed only after every program that
+ * may be reading it has finished, so a reader never sees half a flip.
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, WK_MAX_WORKLOADS + 1);
+	__type(key, __u32);
+	__type(value, struct wk_egress_policy);
+} wk_egress_policy SEC(".maps") __weak;
+
+/* (set, protocol, address prefix) -> the ports allowed there. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, WK_EGRESS_MAP_ENTRIES);
+	__type(key, struct wk_egress_key);
+	__type(value, struct wk_egress_val);
+} wk_egress_rules SEC(".maps") __weak;
+
+/* Per workload: WK_EGRESS_STAT_MAX counters (enum wk_egress_stat). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, (WK_MAX_WORKLOADS + 1) * WK_EGRESS_STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} wk_egress_stats SEC(".maps") __weak;
+
+/* Refused and would-refuse calls (struct wk_egress_event). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, WK_EGRESS_EVENTS_SIZE);
+} wk_egress_events SEC(".maps") __weak;
+
+static __always_inline void egress_count(__u32 wid, __u32 stat)
+{
+	__u32 idx = wid * WK_EGRESS_STAT_MAX + stat;
+	__u64 *v = bpf_map_lookup_elem(&wk_egress_stats, &idx);
+
+	if (v)
+		__sync_fetch_and_add(v, 1);
+}
+
+/* Whether some workload is restricted: the caller's must then be looked up. */
+static __always_inline bool egress_active(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&wk_egress_policy, &zero) != NULL;
+}
+
+/* The socket's protocol as rules name it: TCP (MPTCP too), UDP, or 0 for anything else. */
+static __always_inline __u8 egress_protocol(struct bpf_sock_addr *ctx)
+{
+	__u32 type = ctx->type, proto = ctx->protocol;
+
+	if (type == WK_SOCK_STREAM && (proto == WK_EGRESS_TCP || proto == WK_IPPROTO_MPTCP))
+		return WK_EGRESS_TCP;
+	if (type == WK_SOCK_DGRAM && proto == WK_EGRESS_UDP)
+		return WK_EGRESS_UDP;
+	return 0;
+}
+
+/* Whether `port` is in one of the entry's ranges. */
+static __always_inline bool egress_port_in(const struct wk_egress_val *val, __u16 port)
+{
+	__u32 count = val->count;
+
+	for (int i = 0; i < WK_EGRESS_MAX_RANGES; i++) {
+		if (i >= count)
+			break;
+		if (port >= val->ranges[i].lo && port <= val->ranges[i].hi)
+			return true;
+	}
+	return false;
+}
+
+static __always_inline void egress_event(struct bpf_sock_addr *ctx, __u32 wid, __u32 set_id,
+					 const __u32 *addr, __u16 port, __u8 hook, __u8 verdict)
+{
+	struct wk_egress_event *e;
+
+	e = bpf_ringbuf_reserve(&wk_egress_events, sizeof(*e), 0);
+	if (!e) {
+		egress_count(wid, WK_EGRESS_STAT_EVENTS_LOST);
+		return;
+	}
+	e->time_ns = bpf_ktime_get_ns();
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->addr[0] = addr[0];
+	e->addr[1] = addr[1];
+	e->addr[2] = addr[2];
+	e->addr[3] = addr[3];
+	e->port = port;
+	e->protocol = (__u8)ctx->protocol;
+	e->verdict = verdict;
+	e->hook = hook;
+	e->_pad[0] = 0;
+	e->_pad[1] = 0;
+	e->_pad[2] = 0;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->workload_id = wid;
+	e->set_id = set_id;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/*
+ * Whether workload `wid` may send to addr:port (addr in the kernel's form,
+ * IPv4 as ::ffff:a.b.c.d; port in host byte order). An unrestricted
+ * workload may. A restricted one may when the longest prefix of its rule
+ * set that holds the address, for the socket's protocol, lists the port;
+ * when none does, the call is refused (an event and a count), or in audit
+ * mode let through (an event and a count too).
+ */
+static __always_inline bool egress_allows(struct bpf_sock_addr *ctx, __u32 wid, const __u32 *addr,
+					  __u16 port, __u8 hook)
+{
+	struct wk_egress_key key = {};
+	struct wk_egress_policy *pol;
+	struct wk_egress_val *val;
+	__u32 flags, set_id;
+
+	pol = bpf_map_lookup_elem(&wk_egress_policy, &wid);
+	if (!pol)
+		return true;
+	flags = pol->flags;
+	set_id = pol->set_id;
+	if (!(flags & WK_EGRESS_RESTRICTED))
+		return true;
+
+	key.protocol = egress_protocol(ctx);
+	if (key.protocol) {
+		key.prefixlen = WK_EGRESS_KEY_FIXED + 128;
+		key.set_id = set_id;
+		key.addr[0] = addr[0];
+		key.addr[1] = addr[1];
+		key.addr[2] = addr[2];
+		key.addr[3] = addr[3];
+		val = bpf_map_lookup_elem(&wk_egress_rules, &key);
+		if (val && egress_port_in(val, port))
+			return true;
+	}
+
+	if (flags & WK_EGRESS_AUDIT) {
+		egress_count(wid, WK_EGRESS_STAT_WOULD_REFUSE);
+		egress_event(ctx, wid, set_id, addr, port, hook, WK_EGRESS_WOULD_REFUSE);
+		return true;
+	}
+	egress_count(wid, WK_EGRESS_STAT_REFUSED);
+	egress_event(ctx, wid, set_id, addr, port, hook, WK_EGRESS_REFUSED);
+	return false;
+}
+
+#endif /* WIREKEY_EGRESS_BPF_H */
