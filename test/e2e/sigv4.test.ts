@@ -155,7 +155,7 @@ spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-keys}}}
     expect((await cli(bound, f.wirekeyCa, ['s3', 'mb', `s3://${bucket}`])).code).toBe(0);
     for (const [key, extra] of [['signed-here', []], ['unsigned', ['-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD']]] as const) {
       // Without a 100, curl would wait --expect100-timeout (past --max-time) before sending the body.
-      const r = await runInCgroup(bound, 'curl', ['-sS', '-v', '--max-time', '30', '--resolve', `${s3}:443:${f.host.ipv4}`, '--cacert', f.wirekeyCa,
+      const r = await runInCgroup(bound, 'curl', ['-sS', '-v', '--http1.1', '--max-time', '30', '--resolve', `${s3}:443:${f.host.ipv4}`, '--cacert', f.wirekeyCa,
         // (curl's default form type would have moto's web framework parse the body away.)
         '-X', 'PUT', '-H', 'Content-Type: application/octet-stream', '-H', 'Expect: 100-continue', '--expect100-timeout', '60', ...extra, '--data-binary', `@${body}`,
         '-o', '/dev/null', '-w', '%{http_code}', `https://${s3}/${bucket}/${key}`]);

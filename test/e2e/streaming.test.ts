@@ -103,6 +103,7 @@ describe.skipIf(skip)(`server-sent events and 100-continue through the proxy${sk
     });
   }
 
+  // HTTP/1.1 to the proxy: what HTTP/2 does with Expect is the HTTP/2 front's (README, HTTP/2 and gRPC).
   it('Expect: 100-continue: the upstream\'s 100 reaches curl, which only then sends its body', async () => {
     const upload = path.join(f.dir, 'continue.bin');
     writeFileSync(upload, randomBytes(2 * 1024 * 1024 + 5));
@@ -110,7 +111,7 @@ describe.skipIf(skip)(`server-sent events and 100-continue through the proxy${sk
     const before = f.upstream.records.length;
     // curl waits up to --expect100-timeout for the 100 before sending anyway: long
     // enough that only a relayed 100 gets the body sent within --max-time.
-    const r = await f.curl(bound, ['-v', '--cacert', f.wirekeyCa, '-H', 'Expect: 100-continue', '--expect100-timeout', '60',
+    const r = await f.curl(bound, ['-v', '--http1.1', '--cacert', f.wirekeyCa, '-H', 'Expect: 100-continue', '--expect100-timeout', '60',
       '--data-binary', `@${upload}`, '-o', '/dev/null', '-w', '%{http_code} %{size_upload}', `https://${HOST}/upload`]);
     expect(r.code).toBe(0);
     expect(r.stderr).toMatch(/< HTTP\/1\.1 100 Continue/);
@@ -124,7 +125,7 @@ describe.skipIf(skip)(`server-sent events and 100-continue through the proxy${sk
     const upload = path.join(f.dir, 'refused.bin');
     writeFileSync(upload, randomBytes(1024 * 1024));
     const before = f.upstream.records.length;
-    const r = await f.curl(bound, ['-v', '--cacert', f.wirekeyCa, '-H', 'Expect: 100-continue', '--expect100-timeout', '60',
+    const r = await f.curl(bound, ['-v', '--http1.1', '--cacert', f.wirekeyCa, '-H', 'Expect: 100-continue', '--expect100-timeout', '60',
       '-H', `Host: ${OTHER}`, '--data-binary', `@${upload}`, '-o', '/dev/null', '-w', '%{http_code} %{size_upload}', `https://${HOST}/upload`]);
     expect(r.stdout).toBe('421 0');
     expect(r.stderr).not.toMatch(/100 Continue/);
