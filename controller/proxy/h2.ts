@@ -356,13 +356,31 @@ export class H2Front<S extends H2Connection> {
       // the upstream never processed it, and the workload may retry.
       this.#reset(stream, code === NGHTTP2_REFUSED_STREAM ? NGHTTP2_REFUSED_STREAM : NGHTTP2_CANCEL);
     });
+    const complete = this.#completion(conn, stream, head, admission, () => status);
     stream.once('close', () => {
       if (!up.closed && !up.destroyed) up.close(NGHTTP2_CANCEL);
-      // The request went upstream with its credential: audited, answered or not (status 0: cancelled before the response).
-      if (!this.#refused.has(stream)) this.#host.completed(conn, head, admission, status, stream.rstCode ?? NGHTTP2_NO_ERROR);
+      complete();
     });
     if (body) up.end(body);
     else if (!endStream) stream.pipe(up);
+  }
+
+  /**
+   * Audits a stream whose request went upstream with its credential, once:
+   * when its response has been written whole ('finish': before the
+   * workload can have read its end, as an HTTP/1.1 response is audited),
+   * or, cut short, when it closes (answered or not; status 0: cancelled
+   * before the response). Returns the close-time call.
+   */
+  #completion(conn: S, stream: http2.ServerHttp2Stream, head: H2Head, admission: Admission, status: () => number): () => void {
+    let done = false;
+    const complete = () => {
+      if (done || this.#refused.has(stream)) return;
+      done = true;
+      this.#host.completed(conn, head, admission, status(), stream.rstCode ?? NGHTTP2_NO_ERROR);
+    };
+    stream.once('finish', complete);
+    return complete;
   }
 
   /** The request over the partition's HTTP/1.1 pool, for an upstream that does not offer h2 (or a SigV4 binding). */
@@ -409,10 +427,11 @@ export class H2Front<S extends H2Connection> {
       if (!status) this.#refuse(conn, stream, head, { status: 502, code: 'upstream-failed', message: `upstream ${conn.sni} failed: ${err.message}` });
       else this.#reset(stream, NGHTTP2_INTERNAL_ERROR);
     });
+    const complete = this.#completion(conn, stream, head, admission, () => status);
     stream.once('close', () => {
       // Cut short by the workload: the upstream connection goes too, never reused half-sent.
       if (!res?.complete) up.destroy();
-      if (!this.#refused.has(stream)) this.#host.completed(conn, head, admission, status, stream.rstCode ?? NGHTTP2_NO_ERROR);
+      complete();
     });
     if (body) up.end(body);
     else if (!endStream) stream.pipe(up);

@@ -140,7 +140,7 @@ spec: {workload: other, service: api, inject: {bearer: {credential: api-token}}}
       await eventually(async () => /audit log \/dev\/full cannot be written \(ENOSPC/.test(agent.output()), 10_000, 'the audit error');
       const before = f.upstream.records.length;
       const r = await f.curl(bound, ['--cacert', f.wirekeyCa, '-sS', '-D', '-', `https://${HOST}/unaudited`]);
-      expect(r.stdout).toMatch(/^HTTP\/1.1 503/);
+      expect(r.stdout).toMatch(/^HTTP\/(1\.1|2) 503 /);
       expect(r.stdout).toMatch(/x-wirekey-error: audit-unavailable/);
       expect(f.upstream.records.length).toBe(before);
       // Still up: the next request gets the same answer, not a reset.
