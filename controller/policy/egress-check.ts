@@ -93,6 +93,7 @@ export function checkEgress(workloads: WorkloadDoc[], services: ServiceDoc[], bi
     });
     if (out.length === before) out.push(...mixedNamePorts(w, egress.allow, byName, bindings));
     if (out.length === before) out.push(...tooManyNamePorts(w, egress.allow));
+    if (out.length === before) out.push(...namePortsOverKernelBindings(w, egress.allow, byName, bindings));
   }
   return out;
 }
@@ -160,6 +161,33 @@ function tooManyNamePorts(w: WorkloadDoc, allow: EgressRuleSpec[]): PolicyDiagno
         ...positionOf(w, ['spec', 'egress', 'allow', i, 'ports']),
         message: `${label(w)}: spec.egress.allow[${i}].ports: host rules of one workload may cover at most ${EGRESS_MAX_NAME_PORTS} ports ` +
           '(each port\'s TCP connections go to the proxy, which checks the name); allow wide port ranges with a cidr rule',
+      }];
+    }
+  }
+  return [];
+}
+
+/**
+ * A plaintext service bound to the workload is injected by the kernel
+ * datapath on the connection's own way out; a plaintext host rule on the
+ * same port would send those connections to the proxy instead, where no
+ * credential is added. Said at the host rule.
+ */
+function namePortsOverKernelBindings(w: WorkloadDoc, allow: EgressRuleSpec[], services: Map<string, ServiceDoc>, bindings: BindingDoc[]): PolicyDiagnostic[] {
+  const kernelPorts = new Map<number, BindingDoc>();
+  for (const b of bindings.filter((b) => b.spec.workload === w.metadata.name)) {
+    const service = services.get(b.spec.service);
+    if (service && service.spec.tls === false && !kernelPorts.has(service.spec.port)) kernelPorts.set(service.spec.port, b);
+  }
+  for (const [i, rule] of allow.entries()) {
+    if ((rule.host === undefined && rule.hosts === undefined) || rule.tls !== false) continue;
+    for (const [port, binding] of kernelPorts) {
+      if (!mergePorts(rule.ports, [443, 443]).some(([lo, hi]) => port >= lo && port <= hi)) continue;
+      return [{
+        ...positionOf(w, ['spec', 'egress', 'allow', i]),
+        message: `${label(w)}: spec.egress.allow[${i}]: port ${port} has a plaintext host rule here and ${label(binding)} ` +
+          `(${where(positionOf(binding, ['spec', 'service']))}), which the kernel datapath injects on that port; ` +
+          'the host rule would send those connections to the proxy, which adds no credential: use another port for one of them',
       }];
     }
   }

@@ -222,6 +222,14 @@ describe('checks', () => {
     expect(lint(withEgress('egress: {mode: enforce, allow: [{host: a.example.com, ports: ["1000-1063"]}, {cidr: 0.0.0.0/0, ports: ["1-65535"]}]}'))).toEqual([]);
   });
 
+  it('a plaintext host rule on the port of a kernel-datapath binding is refused: it would take those connections to the proxy', () => {
+    const binding = `${HEADER}kind: Binding\nmetadata: {name: app-inventory}\nspec: {workload: app, service: inventory, inject: {bearer: {credential: key}}}\n`;
+    const lines = lint(withEgress('egress: {mode: enforce, allow: [{host: mirror.internal, tls: false, ports: ["8070-8090"]}]}', binding));
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatch(/^21:35: Workload "app": spec\.egress\.allow\[0\]: port 8080 has a plaintext host rule here and Binding "app-inventory" \(.*\), which the kernel datapath injects on that port; .*use another port for one of them$/);
+    expect(lint(withEgress('egress: {mode: enforce, allow: [{host: mirror.internal, tls: false, ports: [80]}]}', binding))).toEqual([]);
+  });
+
   it('a plaintext host rule must give its ports', () => {
     expect(lint(withEgress('egress: {mode: enforce, allow: [{host: a.example.com, tls: false}]}'))).toEqual([
       '21:62: Workload "app": spec.egress.allow[0].tls: a plaintext host rule (tls: false) needs ports, such as [80]: only TLS host rules default to 443',
