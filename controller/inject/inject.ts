@@ -11,7 +11,8 @@ import { CredentialError, WirekeyError } from '../errors.js';
 import type { RefusalCode } from '../refusals.js';
 import { upstreamRequestHeaders } from '../proxy/headers.js';
 import type { ByteBudget } from './byte-budget.js';
-import { inferAwsScope, signSigV4, stripQuerySignature, type AwsCredentials } from './sigv4.js';
+import { signSigV4, stripQuerySignature, type AwsCredentials } from './sigv4.js';
+import { inferAwsScope } from '../policy/aws-scope.js';
 import { createHash } from 'node:crypto';
 
 /** Request headers a workload sends that never reach the upstream: it holds no credential, so any it sends is replaced. */

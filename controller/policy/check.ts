@@ -2,13 +2,14 @@
  * Checks that need every document at once: names, references and conflicts.
  * Pure; positions come from parse.ts.
  */
-import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
+import type { PolicyDiagnostic } from '../errors.js';
 import { normalizeHost } from './compile.js';
 import { checkEgress, egressWarnings } from './egress-check.js';
 import { positionOf, type PolicyPath } from './parse.js';
+import { label, repeats, where } from './diagnostic-text.js';
 import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
 import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, type AddressPrefix } from '../addresses.js';
-import { inferAwsScope } from '../inject/sigv4.js';
+import { inferAwsScope } from './aws-scope.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
 import { WK_HTTP_HOST_MAX, WK_HTTP_MAX_HOSTS } from '../datapath/layout.js';
 
@@ -134,18 +135,6 @@ function duplicateNames(all: PolicyDoc[], duplicates: [PolicyDoc, PolicyDoc][]):
   return out;
 }
 
-/** Each item whose key an earlier item already had, paired with that first item. */
-function repeats<T>(items: T[], keyOf: (item: T) => string): [T, T][] {
-  const first = new Map<string, T>();
-  const found: [T, T][] = [];
-  for (const item of items) {
-    const key = keyOf(item);
-    const earlier = first.get(key);
-    if (earlier === undefined) first.set(key, item);
-    else found.push([item, earlier]);
-  }
-  return found;
-}
 
 interface Reference {
   path: PolicyPath;
@@ -400,12 +389,4 @@ function sharedAddresses(services: ServiceDoc[]): PolicyDiagnostic[] {
     });
   }
   return out;
-}
-
-function label(doc: PolicyDoc): string {
-  return `${doc.kind} ${JSON.stringify(doc.metadata.name)}`;
-}
-
-function where(position: SourcePosition): string {
-  return `${position.file}:${position.line}`;
 }

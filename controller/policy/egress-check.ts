@@ -3,11 +3,12 @@
  * services named, addresses, ports, names, and what one workload's rules
  * say together. Pure; positions come from parse.ts.
  */
-import type { PolicyDiagnostic, SourcePosition } from '../errors.js';
+import type { PolicyDiagnostic } from '../errors.js';
 import { parseAddressPrefix } from '../addresses.js';
 import { compilePolicy } from './compile.js';
 import { egressHostProblem, mergePorts, portRangeProblem } from './egress.js';
 import { positionOf, type PolicyPath } from './parse.js';
+import { label, repeats, where } from './diagnostic-text.js';
 import { closest } from './suggest.js';
 import type { BindingDoc, EgressRuleSpec, PlanEgressRule, Policy, PolicyDoc, PortRange, ServiceDoc, WorkloadDoc } from './types.js';
 
@@ -203,25 +204,4 @@ function firstCommonPort(a: readonly PortRange[], b: readonly PortRange[]): numb
     }
   }
   return best;
-}
-
-/** Each item whose key an earlier item already had, paired with that first item. */
-function repeats<T>(items: T[], keyOf: (item: T) => string): [T, T][] {
-  const first = new Map<string, T>();
-  const found: [T, T][] = [];
-  for (const item of items) {
-    const key = keyOf(item);
-    const earlier = first.get(key);
-    if (earlier === undefined) first.set(key, item);
-    else found.push([item, earlier]);
-  }
-  return found;
-}
-
-function label(doc: PolicyDoc): string {
-  return `${doc.kind} ${JSON.stringify(doc.metadata.name)}`;
-}
-
-function where(position: SourcePosition): string {
-  return `${position.file}:${position.line}`;
 }

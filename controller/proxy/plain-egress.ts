@@ -18,6 +18,7 @@ import type { AuditEvent, AuditLog } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { RouteTable } from './routes.js';
 import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
+import { answerRefusal, refuseRaw } from './refusal-response.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
 import { egressAllowsName } from '../policy/egress.js';
 import { downstreamResponseHeaders, framingHeaders, upstreamRequestHeaders } from './headers.js';
@@ -224,19 +225,7 @@ export class PlainEgress {
     session.refusedAt = Math.min(session.refusedAt ?? n, n);
     this.#deps.count(refusal.code);
     this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code, address: session.orig.address });
-    if (res.headersSent || res.destroyed) {
-      res.destroy();
-      return;
-    }
-    const body = `wirekey: ${refusal.message}\n`;
-    res.shouldKeepAlive = false;
-    res.writeHead(refusal.status, {
-      'content-type': 'text/plain; charset=utf-8',
-      'content-length': Buffer.byteLength(body),
-      'x-wirekey-error': refusal.code,
-      connection: 'close',
-    });
-    res.end(body);
+    answerRefusal(res, refusal);
   }
 
   #audit(
@@ -256,18 +245,4 @@ export class PlainEgress {
       dialled: extra.address !== undefined && extra.address !== session.orig.address ? session.orig.address : undefined,
     });
   }
-}
-
-/** Answers `refusal` on a raw socket (before or outside a response object) and closes it. */
-export function refuseRaw(socket: net.Socket, refusal: Refusal): void {
-  if (!socket.writable) {
-    socket.destroy();
-    return;
-  }
-  const body = `wirekey: ${refusal.message}\n`;
-  socket.end(
-    `HTTP/1.1 ${refusal.status} ${http.STATUS_CODES[refusal.status] ?? ''}\r\n` +
-      `content-type: text/plain; charset=utf-8\r\ncontent-length: ${Buffer.byteLength(body)}\r\n` +
-      `x-wirekey-error: ${refusal.code}\r\nconnection: close\r\n\r\n${body}`,
-  );
 }

@@ -29,7 +29,8 @@ import { UpstreamH2Pool } from './upstream-h2.js';
 import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits } from './h2.js';
 import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
-import { PlainEgress, refuseRaw } from './plain-egress.js';
+import { PlainEgress } from './plain-egress.js';
+import { answerRefusal, refuseRaw } from './refusal-response.js';
 import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
@@ -765,19 +766,7 @@ export class ProxyServer {
   #refuse(req: http.IncomingMessage, res: http.ServerResponse, session: Session, refusal: Refusal): void {
     this.#count(refusal.code, session);
     this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code });
-    if (res.headersSent || res.destroyed) {
-      res.destroy();
-      return;
-    }
-    const body = `wirekey: ${refusal.message}\n`;
-    res.shouldKeepAlive = false;
-    res.writeHead(refusal.status, {
-      'content-type': 'text/plain; charset=utf-8',
-      'content-length': Buffer.byteLength(body),
-      'x-wirekey-error': refusal.code,
-      connection: 'close',
-    });
-    res.end(body);
+    answerRefusal(res, refusal);
   }
 
   /** A connection refused before TLS: nothing can be said to the workload but the close; the audit log says why. */

@@ -12,12 +12,12 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { Secret } from '../../controller/credentials/secret.js';
 import {
   AWS_SIGNATURE_HEADERS,
-  inferAwsScope,
   signSigV4,
   stripQuerySignature,
   type AwsCredentials,
   type SigningRequest,
 } from '../../controller/inject/sigv4.js';
+import { inferAwsScope } from '../../controller/policy/aws-scope.js';
 import { repoRoot } from '../support/paths.js';
 import { run } from '../support/shell.js';
 import { toolSkipTitle } from '../support/tiers.js';
