@@ -106,6 +106,9 @@ export class Agent {
   /** Kernel egress rule set id -> the workload it was written for (see #setEgress). */
   readonly #egressSets = new Map<number, string>();
   #kernelRefresh: NodeJS.Timeout | undefined;
+  /** The kernel's audit event readers (drained before a metrics scrape). */
+  #egressEvents: { drain(): number } | undefined;
+  #kernelEvents: { drain(): number } | undefined;
   #refreshing = false;
   #resolver: IdentityResolver | undefined;
   #resolved: ResolvedWorkload[] = [];
@@ -136,6 +139,10 @@ export class Agent {
       kernelHttp: () => this.#datapath?.kernelHttp,
       credentials: () => this.#credentials.values(),
       vaultConnections: () => this.#credentials.connections(),
+      settle: () => {
+        this.#egressEvents?.drain();
+        this.#kernelEvents?.drain();
+      },
     });
   }
 
@@ -243,7 +250,7 @@ export class Agent {
     const added = this.#datapath.backfill() + this.#datapath.backfill();
     this.#datapath.attachRedirect(this.#cgroupRoot);
     // Read on the event loop, like the kernel HTTP datapath's events.
-    this.#datapath.egressEvents((e) => {
+    this.#egressEvents = this.#datapath.egressEvents((e) => {
       const event = this.#egressAuditEvent(e);
       this.#audit?.recordSoon(event);
       this.#metrics.egressDecision('kernel', event.workload, undefined, e.verdict === 'refused' ? 'deny' : 'would-refuse');
@@ -261,7 +268,7 @@ export class Agent {
       this.#kernelBindings = kernelBindings;
       await kernelBindings.apply(this.#plan, this.#credentials);
       // Read on the event loop (a uv_poll on the ring buffer), never by blocking it.
-      kh.events((e) => {
+      this.#kernelEvents = kh.events((e) => {
         const event = kernelBindings.auditEvent(e);
         this.#audit?.recordSoon(event);
         this.#metrics.kernelEvent(event);

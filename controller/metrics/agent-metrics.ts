@@ -35,6 +35,12 @@ export interface MetricsSources {
   kernelHttp(): { mapUsage(): MapUsage[]; stats(): Record<HttpStatName, bigint> } | null | undefined;
   credentials(): { name: string; state?(): CredentialState }[];
   vaultConnections(): { name: string; status(): { tokenExpiresAt: number | undefined; degraded: boolean } }[];
+  /**
+   * Delivers what the kernel has already reported but not yet handed over
+   * (its ring buffers' waiting events), so a scrape counts everything that
+   * happened before it.
+   */
+  settle?(): void;
 }
 
 export interface AgentMetricsOptions {
@@ -322,6 +328,7 @@ export class AgentMetrics implements ProxyObserver {
   /** The exposition text and its content type. */
   async render(): Promise<{ contentType: string; body: string }> {
     this.#kernelStatsRead = undefined;
+    this.#sources.settle?.();
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 
