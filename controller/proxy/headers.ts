@@ -99,3 +99,22 @@ export function framingHeaders(req: { headers: { 'transfer-encoding'?: string; '
   const length = req.headers['content-length'];
   return length !== undefined ? ['Content-Length', length] : [];
 }
+
+/**
+ * downstreamResponseHeaders for headers as undici gives them (lower-case
+ * names, a repeated header's values in an array), as raw [name, value, ...].
+ */
+export function downstreamResponseHeaderList(headers: Record<string, string | string[] | undefined>): string[] {
+  const connection = headers.connection;
+  let listed: Set<string> | undefined;
+  if (connection !== undefined) listed = new Set(connectionTokens(Array.isArray(connection) ? connection.flatMap((v) => ['connection', v]) : ['connection', connection]));
+  const out: string[] = [];
+  for (const name in headers) {
+    if (HOP_BY_HOP.has(name) || listed?.has(name)) continue;
+    const value = headers[name];
+    if (value === undefined) continue;
+    if (typeof value === 'string') out.push(name, value);
+    else for (const v of value) out.push(name, v);
+  }
+  return out;
+}

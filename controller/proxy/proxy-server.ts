@@ -20,12 +20,14 @@ import type { Credential } from '../credentials/credential.js';
 import { ClientHelloReader } from '../tls/client-hello-reader.js';
 import { InjectionRefusal, prepareUpstreamRequest, type StreamedRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
-import { downstreamResponseHeaders } from './headers.js';
+import { downstreamResponseHeaderList, downstreamResponseHeaders } from './headers.js';
 import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
 import { openUpgrade, webSocketUpgradeProblem } from './upgrade.js';
 import type { PartitionedAgent, PartitionedHttpAgent, PartitionedRequestOptions } from './upstream.js';
 import { UpstreamH2Pool } from './upstream-h2.js';
+import { UpstreamPools, type UpstreamPool } from './upstream-pool.js';
+import type { Dispatcher } from 'undici';
 import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits } from './h2.js';
 import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
@@ -87,7 +89,10 @@ export interface ProxyDeps {
   /** A TLS context presenting a leaf certificate for `host`, minted by the local CA. */
   secureContextFor(host: string): Promise<tls.SecureContext>;
   credential(name: string): Promise<Credential>;
+  /** HTTP/1.1 upstream requests that undici cannot send (Expect: 100-continue, chunked uploads), HTTP/2 streams to HTTP/1.1 upstreams. */
   upstreamAgent: PartitionedAgent;
+  /** Every other HTTP/1.1 upstream request (default: pools made here with upstreamAgent's trust store). */
+  upstreamPools?: UpstreamPools;
   /** Largest request body read into memory to compute a SigV4 payload hash. */
   sigv4BodyLimit: number;
   /** Memory all SigV4 bodies being hashed may hold together. */
@@ -120,7 +125,21 @@ interface Session {
   route: Route;
   table: RouteTable;
   sni: string;
+  /** The upstream pool of the last request, for the route and credential object it was for. */
+  upstream?: { route: Route; credential: Credential; pool: UpstreamPool };
 }
+
+/** Per connection: requests received and not yet answered, and who waits for there to be none. */
+interface InFlight {
+  n: number;
+  waiters: (() => void)[];
+}
+
+/** Bytes of a response delimited by its connection's close that may wait for a slow workload (see #forwardByPool). */
+const CLOSE_DELIMITED_BUFFER_MAX = 16 * 1024 * 1024;
+
+/** Methods undici frames with a Content-Length even when it is 0. */
+const PAYLOAD_METHODS = new Set(['PUT', 'POST', 'PATCH', 'QUERY', 'PROPFIND', 'PROPPATCH']);
 
 /** What admission gives a request: the route it went by, the credential and the upstream request. */
 interface Admitted extends Admission {
@@ -139,7 +158,7 @@ export class ProxyServer {
   readonly #http: http.Server;
   readonly #sessions = new WeakMap<net.Socket, Session>();
   /** Per connection: settles once every request received so far has been answered. */
-  readonly #inFlight = new WeakMap<net.Socket, Promise<void>>();
+  readonly #inFlight = new WeakMap<net.Socket, InFlight>();
   /** Restricted workloads' plaintext connections on ports where names are allowed. */
   readonly #plain: PlainEgress;
   readonly #resolve: NameResolver;
@@ -155,10 +174,12 @@ export class ProxyServer {
   #nextCredentialSeq = 1;
   readonly #h2: H2Front<Session & H2Connection> | undefined;
   readonly #upstreamH2: UpstreamH2Pool | undefined;
+  readonly #pools: UpstreamPools;
 
   constructor(deps: ProxyDeps) {
     this.#deps = deps;
     this.#limits = { ...DEFAULT_PROXY_LIMITS, ...deps.limits };
+    this.#pools = deps.upstreamPools ?? new UpstreamPools({ secureContext: deps.upstreamAgent.options.secureContext });
     if (deps.http2 !== false) {
       this.#upstreamH2 = deps.upstreamH2 ?? new UpstreamH2Pool();
       this.#h2 = new H2Front(this.#h2Host(this.#upstreamH2), deps.h2Limits);
@@ -257,6 +278,7 @@ export class ProxyServer {
     this.#http.closeAllConnections();
     this.#h2?.close();
     this.#upstreamH2?.close();
+    this.#pools.close();
     this.#plain.close();
     await Promise.all(closing);
   }
@@ -551,9 +573,129 @@ export class ProxyServer {
     };
     const admitted = await this.#admit(session, req, req, { beforeBodyRead: sendContinue });
     if (!('route' in admitted)) return this.#refuse(req, res, session, admitted);
+    if (admitted.upstream.body) res.once('close', () => this.#deps.sigv4BodyBudget.releaseAll(req));
+    // undici sends neither Expect (the 100 is the upstream's to give) nor a
+    // chunked head before the first chunk, and drops a Content-Length: 0 a
+    // signature may cover: those go by https.request.
+    const byAgent = !continued || (!admitted.upstream.body && (req.headers['transfer-encoding'] !== undefined
+      || (req.headers['content-length'] === '0' && !PAYLOAD_METHODS.has(req.method ?? ''))));
+    if (byAgent) this.#forwardByAgent(req, res, session, admitted, sendContinue);
+    else this.#forwardByPool(req, res, session, admitted);
+  }
+
+  /** The upstream pool for `admitted` on `session`: the last request's, while its route and credential are the same objects. */
+  #poolFor(session: Session, admitted: Admitted): UpstreamPool {
+    const last = session.upstream;
+    if (last && last.route === admitted.route && last.credential === admitted.credential && !last.pool.closed) return last.pool;
+    const pool = this.#pools.pool(admitted.partition, session.orig.address, session.orig.port, session.sni);
+    session.upstream = { route: admitted.route, credential: admitted.credential, pool };
+    return pool;
+  }
+
+  /** Sends an admitted request upstream on its partition's undici pool and forwards the response. */
+  #forwardByPool(req: http.IncomingMessage, res: http.ServerResponse, session: Session, admitted: Admitted): void {
+    const { route, upstream } = admitted;
+    const { sni } = session;
+    const entry = this.#poolFor(session, admitted);
+    const pools = this.#pools;
+    const length = req.headers['content-length'];
+    const body = upstream.body ?? (length !== undefined && length !== '0' ? req : null);
+    let controller: Dispatcher.DispatchController | undefined;
+    /** Response body bytes still to come: Infinity chunked, negative delimited by the close. */
+    let remaining = -1;
+    let settled = false;
+    let gone = false;
+    const settle = () => {
+      if (settled) return false;
+      settled = true;
+      pools.end(entry);
+      return true;
+    };
+    const sentAt = performance.now();
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart: (c) => {
+        controller = c;
+        if (gone) c.abort(new Error('the workload closed its connection'));
+      },
+      onResponseStart: (c, status, headers, statusMessage) => {
+        this.#deps.observer?.upstreamLatency(route.workload.name, route.service.name, (performance.now() - sentAt) / 1000);
+        try {
+          res.writeHead(status, statusMessage, downstreamResponseHeaderList(headers));
+        } catch (err) {
+          this.#deps.log.debug('response from %s not forwardable: %s', sni, (err as Error).message);
+          c.abort(err as Error);
+          res.destroy();
+          return;
+        }
+        // As #forwardByAgent: a streamed response shows its head now.
+        const length = headers['content-length'];
+        if (length === undefined) res.flushHeaders();
+        // undici cannot be paused on the last bytes before the upstream
+        // closes (it asserts, and the process would exit): a body of known
+        // length is never paused on its last chunk; a chunked one always has
+        // its last chunk's bytes to come; one delimited by the close is never
+        // paused, and is cut past CLOSE_DELIMITED_BUFFER_MAX waiting for the
+        // workload.
+        remaining = typeof length === 'string' ? Number(length) : headers['transfer-encoding'] !== undefined ? Infinity : -1;
+        res.once('finish', () => {
+          this.#audit(session, req, {
+            decision: 'inject',
+            status,
+            credential: route.binding.inject.credential,
+            credentialVersion: upstream.credentialVersion,
+            leaseId: upstream.leaseId,
+            accessKeyId: upstream.accessKeyId,
+          });
+          this.#deps.observer?.injected(route.workload.name, route.service.name);
+        });
+      },
+      onResponseData: (c, chunk) => {
+        if (remaining >= 0) remaining -= chunk.length;
+        if (res.write(chunk)) return;
+        if (remaining > 0) {
+          c.pause();
+          res.once('drain', () => c.resume());
+        } else if (remaining < 0 && res.writableLength > CLOSE_DELIMITED_BUFFER_MAX) {
+          c.abort(new Error(`a response delimited by the connection's close waits past ${CLOSE_DELIMITED_BUFFER_MAX} bytes for the workload`));
+        }
+      },
+      onResponseEnd: () => {
+        settle();
+        res.end();
+      },
+      onResponseError: (_c, err) => {
+        if (!settle() || gone) return;
+        if (res.headersSent) {
+          this.#deps.log.debug('response stream from %s ended early: %s', sni, err.message);
+          res.destroy(err);
+          return;
+        }
+        this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` });
+      },
+    };
+    // A workload that goes away mid-request must not leave a half-sent
+    // request upstream: aborting destroys the upstream connection, which is
+    // then never reused.
+    res.once('close', () => {
+      if (res.writableFinished || settled) return;
+      gone = true;
+      controller?.abort(new Error('the workload closed its connection'));
+    });
+    pools.begin(entry);
+    try {
+      entry.pool.dispatch({ path: upstream.path, method: (req.method ?? 'GET') as Dispatcher.HttpMethod, headers: upstream.headers, body }, handler);
+    } catch (err) {
+      // Headers are checked before this; whatever still throws is refused, not fatal.
+      settle();
+      this.#deps.log.error('cannot build the upstream request for %s: %s', sni, (err as Error).message);
+      this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni}: the request could not be built` });
+    }
+  }
+
+  /** Sends an admitted request upstream with https.request (upstreamAgent) and forwards the response. */
+  #forwardByAgent(req: http.IncomingMessage, res: http.ServerResponse, session: Session, admitted: Admitted, sendContinue: () => void): void {
     const { route, upstream } = admitted;
     const { orig, sni } = session;
-    if (upstream.body) res.once('close', () => this.#deps.sigv4BodyBudget.releaseAll(req));
     const inject = route.binding.inject;
 
     const options: PartitionedRequestOptions = {
@@ -691,14 +833,24 @@ export class ProxyServer {
 
   /** Tracks `res` as unanswered on `socket` until it closes. */
   #pending(socket: net.Socket, res: http.ServerResponse): void {
-    const done = new Promise<void>((resolve) => res.once('close', resolve));
-    const before = this.#inFlight.get(socket);
-    this.#inFlight.set(socket, before ? Promise.all([before, done]).then(() => undefined) : done);
+    let inFlight = this.#inFlight.get(socket);
+    if (!inFlight) {
+      inFlight = { n: 0, waiters: [] };
+      this.#inFlight.set(socket, inFlight);
+    }
+    const counted = inFlight;
+    counted.n++;
+    res.once('close', () => {
+      if (--counted.n > 0) return;
+      for (const wake of counted.waiters.splice(0)) wake();
+    });
   }
 
   /** Resolves once every request on `socket` so far has been answered. */
   async #idle(socket: net.Socket): Promise<void> {
-    await this.#inFlight.get(socket);
+    const inFlight = this.#inFlight.get(socket);
+    if (!inFlight || inFlight.n === 0) return;
+    await new Promise<void>((resolve) => inFlight.waiters.push(resolve));
   }
 
   /**
