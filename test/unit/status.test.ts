@@ -1,6 +1,6 @@
 /** `wirekey status` output: what an operator reads about the kernel datapath. */
 import { describe, expect, it } from 'vitest';
-import { formatStatus } from '../../controller/identity/status.js';
+import { formatStatus } from '../../controller/host/status.js';
 import { WK_HTTP_STATS, httpStatRefusal } from '../../controller/datapath/layout.js';
 import { REFUSAL_CODES } from '../../controller/refusals.js';
 
