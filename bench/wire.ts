@@ -52,7 +52,7 @@ import { kernelSkipReason } from '../test/support/requirements.js';
 import { repoRoot } from '../test/support/paths.js';
 import { must } from '../test/support/shell.js';
 import { sleep } from '../test/support/wait.js';
-import { findCgroup2Root } from '../controller/datapath/cgroup.js';
+import { findCgroup2Root } from '../controller/cgroup.js';
 import { bpfCall, native, type NativeLink, type NativeObject } from '../controller/datapath/native.js';
 import { AccessLog, sameJobConfig, startNginx, upstreamConfig, type Nginx, type TagCounts } from './nginx.js';
 import { parseWrk, startClient } from './wrk.js';
