@@ -15,13 +15,13 @@ import type { Credential } from '../credentials/credential.js';
 import { Datapath, type DatapathStats, type EgressEvent, type EgressWorkload, type IdentityTables } from '../datapath/datapath.js';
 import { egressStatRefusal } from '../datapath/egress.js';
 import type { AuditEvent } from '../audit/audit-log.js';
-import { findCgroup2Root } from '../datapath/cgroup.js';
+import { findCgroup2Root } from '../cgroup.js';
 import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
 import { ControlServer, controlSocketPath } from './control-server.js';
 import type { ServiceNotifications } from './service-notifier.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
-import { identityTables } from '../identity/tables.js';
-import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
+import { identityTables } from '../datapath/identity-tables.js';
+import { runtimeStatePath, type RuntimeState } from '../host/runtime-state.js';
 import { ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { createUpstreamAgent, upstreamSecureContext } from '../proxy/upstream.js';
 import { UpstreamH2Pool } from '../proxy/upstream-h2.js';
@@ -171,7 +171,7 @@ export class Agent {
     mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     this.#lock = acquireInstanceLock(this.#opts.stateDir, this.#opts.pinDir);
     if (this.#lock.previousPid && existsSync(this.#opts.pinDir)) {
-      this.#log.warn('pins in %s were left by agent pid %d, which is not running: its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
+      this.#log.warn('pins in %s were left by agent pid %d, which is not running: its programs stay attached until this agent\'s are, and its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
     }
     // Health answers from here on; readiness once everything is up.
     this.#control = new ControlServer(this.#log);
@@ -287,6 +287,10 @@ export class Agent {
       }
       this.#requireKernelHttp(this.#plan);
       this.#log.warn('kernel HTTP datapath not loaded (plaintext services cannot be bound): %s', this.#datapath.kernelHttpUnavailable);
+    }
+    const released = this.#datapath.previousLinksReleased;
+    if (released) {
+      this.#log.info('took over from the previous agent: its %d program(s), attached while no agent ran (egress rules enforced, bound connections refused), are detached now that this agent\'s are attached', released);
     }
     this.#writeRuntimeState();
     this.#sweepDraining();
