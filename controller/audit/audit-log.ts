@@ -84,6 +84,9 @@ export class AuditLog {
   readonly #target: string;
   #fd: number | null = null;
   #pending: string[] = [];
+  /** Lines of recordDone(), written when the turn of the event loop ends. */
+  #done: string[] = [];
+  readonly #flushDone = () => this.#flushDoneLines();
   #failure: Error | null = null;
   readonly #onError: (err: Error) => void;
 
@@ -107,7 +110,20 @@ export class AuditLog {
   }
 
   record(event: AuditEvent): void {
+    if (this.#done.length) this.#flushDoneLines();
     this.#write(`${this.#line(event)}\n`);
+  }
+
+  /**
+   * Records `event`, something already done (a proxied request whose
+   * response was forwarded whole), with the others recorded so in the same
+   * turn of the event loop: one write once that turn's I/O callbacks have
+   * run (setImmediate), not one per request. A record() after it writes it
+   * first, so the file keeps the order of the calls; close() writes what
+   * waits. A failed write turns `writable` false as any other.
+   */
+  recordDone(event: AuditEvent): void {
+    if (this.#done.push(this.#line(event)) === 1) setImmediate(this.#flushDone);
   }
 
   /**
@@ -144,7 +160,15 @@ export class AuditLog {
     return JSON.stringify({ time: new Date().toISOString(), ...event, path: stripQuery(event.path) });
   }
 
+  #flushDoneLines(): void {
+    if (!this.#done.length) return;
+    const text = `${this.#done.join('\n')}\n`;
+    this.#done = [];
+    this.#write(text);
+  }
+
   #flush(): void {
+    this.#flushDoneLines();
     if (!this.#pending.length) return;
     const text = `${this.#pending.join('\n')}\n`;
     this.#pending = [];

@@ -232,7 +232,7 @@ export class ProxyServer {
         this.#audit(session, head, {
           decision: 'inject', ...(status ? { status } : {}), credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
           leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, ...(reset ? { reason: `stream reset (HTTP/2 error ${reset})` } : {}),
-        });
+        }, true);
         if (!reset) this.#deps.observer?.injected(a.workload, a.service);
       },
       upstreamLatency: (session, seconds) => this.#deps.observer?.upstreamLatency(session.route.workload.name, session.route.service.name, seconds),
@@ -605,6 +605,11 @@ export class ProxyServer {
     let remaining = -1;
     let settled = false;
     let gone = false;
+    let corked = false;
+    const uncork = () => {
+      corked = false;
+      res.uncork();
+    };
     const settle = () => {
       if (settled) return false;
       settled = true;
@@ -645,12 +650,19 @@ export class ProxyServer {
             credentialVersion: upstream.credentialVersion,
             leaseId: upstream.leaseId,
             accessKeyId: upstream.accessKeyId,
-          });
+          }, true);
           this.#deps.observer?.injected(route.workload.name, route.service.name);
         });
       },
       onResponseData: (c, chunk) => {
         if (remaining >= 0) remaining -= chunk.length;
+        // What arrives in one turn (a read's worth of TLS records, the last
+        // chunk and the end) goes to the workload in one write.
+        if (!corked) {
+          corked = true;
+          res.cork();
+          process.nextTick(uncork);
+        }
         if (res.write(chunk)) return;
         if (remaining > 0) {
           c.pause();
@@ -748,7 +760,7 @@ export class ProxyServer {
           credentialVersion: upstream.credentialVersion,
           leaseId: upstream.leaseId,
           accessKeyId: upstream.accessKeyId,
-        });
+        }, true);
         this.#deps.observer?.injected(route.workload.name, route.service.name);
       });
     });
@@ -962,8 +974,9 @@ export class ProxyServer {
     if (session) this.#deps.observer?.refused(session.route.workload.name, session.route.service.name, code);
   }
 
-  #audit(session: Session, req: { method?: string; url?: string }, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId' | 'bytesUp' | 'bytesDown' | 'durationMs'>): void {
-    this.#deps.audit.record({
+  /** An audit line for a request on `session`; `done`: of a response already forwarded whole (AuditLog.recordDone). */
+  #audit(session: Session, req: { method?: string; url?: string }, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId' | 'bytesUp' | 'bytesDown' | 'durationMs'>, done = false): void {
+    const event: AuditEvent = {
       workload: session.route.workload.name,
       pid: session.orig.pid,
       uid: session.orig.uid,
@@ -972,6 +985,8 @@ export class ProxyServer {
       method: req.method,
       path: req.url,
       ...extra,
-    });
+    };
+    if (done) this.#deps.audit.recordDone(event);
+    else this.#deps.audit.record(event);
   }
 }
