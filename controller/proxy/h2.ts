@@ -25,7 +25,7 @@ import type { RequestHead } from './request-checks.js';
 import type { StreamedRequest, UpstreamRequest } from '../inject/inject.js';
 import { downstreamResponseHeaders } from './headers.js';
 import type { PartitionedAgent, PartitionedRequestOptions } from './upstream.js';
-import type { UpstreamH2Pool } from './upstream-h2.js';
+import { H2_SESSION_WINDOW, H2_STREAM_WINDOW, type UpstreamH2Pool } from './upstream-h2.js';
 
 const {
   NGHTTP2_NO_ERROR, NGHTTP2_CANCEL, NGHTTP2_INTERNAL_ERROR, NGHTTP2_REFUSED_STREAM, NGHTTP2_ENHANCE_YOUR_CALM, NGHTTP2_FLAG_END_STREAM,
@@ -216,6 +216,7 @@ export class H2Front<S extends H2Connection> {
         enablePush: false,
         maxConcurrentStreams: l.maxConcurrentStreams,
         maxHeaderListSize: l.maxHeaderListSize,
+        initialWindowSize: H2_STREAM_WINDOW,
       },
     });
     this.#server.on('session', (session) => this.#onSession(session));
@@ -245,6 +246,7 @@ export class H2Front<S extends H2Connection> {
     }
     this.#sessions.add(session);
     session.once('close', () => this.#sessions.delete(session));
+    session.setLocalWindowSize(H2_SESSION_WINDOW);
     session.on('error', (err) => this.#host.log.debug('HTTP/2 session of %s failed: %s', conn.sni, err.message));
     // No frames either way for this long: closed, as an idle HTTP/1.1 connection is.
     session.setTimeout(this.#host.idleTimeoutMs, () => session.destroy());

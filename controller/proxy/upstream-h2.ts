@@ -33,13 +33,25 @@ export interface UpstreamH2Target {
   servername: string;
 }
 
+/**
+ * HTTP/2 flow-control windows the proxy offers, each way (the workload's
+ * sessions and the upstream ones): what a peer may send before the proxy
+ * has passed it on. The protocol's 64 KiB default caps a stream at 64 KiB
+ * per round trip through the proxy's event loop; these let a bulk transfer
+ * run at what TLS and the sockets allow, while what one session can make
+ * the proxy hold stays bounded by the session's window (the agent reads
+ * no further while a stream's reader is paused).
+ */
+export const H2_STREAM_WINDOW = 1024 * 1024;
+export const H2_SESSION_WINDOW = 2 * 1024 * 1024;
+
 /** Sessions' own bounds: what an upstream can make the agent hold. */
 const SESSION_OPTIONS: http2.ClientSessionOptions = {
   maxSessionMemory: 10,
   maxHeaderListPairs: 256,
   maxSettings: 32,
   maxOutstandingPings: 10,
-  settings: { enablePush: false, maxHeaderListSize: 256 * 1024 },
+  settings: { enablePush: false, maxHeaderListSize: 256 * 1024, initialWindowSize: H2_STREAM_WINDOW },
 };
 
 export class UpstreamH2Pool {
@@ -113,6 +125,7 @@ export class UpstreamH2Pool {
         }
         const authority = `https://${target.servername}${target.port === 443 ? '' : `:${target.port}`}`;
         const session = http2.connect(authority, { ...SESSION_OPTIONS, createConnection: () => socket });
+        session.setLocalWindowSize(H2_SESSION_WINDOW);
         const forget = () => {
           if (this.#sessions.get(key) === session) this.#sessions.delete(key);
         };
