@@ -90,7 +90,7 @@ export async function prepareUpstreamRequest(
     ? source
     : { method: source.method ?? 'GET', url: source.url ?? '/', rawHeaders: source.rawHeaders, body: source,
       unknownLength: headerValue(source.rawHeaders, 'transfer-encoding') !== undefined };
-  const drop = inject.kind === 'header' ? new Set([...CREDENTIAL_HEADERS, inject.name.toLowerCase()]) : CREDENTIAL_HEADERS;
+  const drop = inject.kind === 'header' ? dropSet(inject.name) : CREDENTIAL_HEADERS;
   // Host and framing are the proxy's: the checked host, and the length
   // llhttp framed the body by (or chunked), never what the workload listed.
   const host = opts.port === 443 ? opts.host : `${opts.host}:${opts.port}`;
@@ -103,7 +103,7 @@ export async function prepareUpstreamRequest(
     case 'bearer':
     case 'header':
     case 'basic': {
-      const line = credentialHeader(inject, credential);
+      const line = cachedCredentialHeader(inject, credential);
       headers.push(line.name, line.value.reveal(), ...framing());
       return { headers, path: req.url, ...provenance(credential) };
     }
@@ -135,6 +135,42 @@ export async function prepareUpstreamRequest(
       return { headers: signed, path: stripQuerySignature(req.url), body, accessKeyId: creds.accessKeyId, ...provenance(credential) };
     }
   }
+}
+
+/** Per header name a `header` binding sets: the request headers dropped for it. */
+const dropSets = new Map<string, ReadonlySet<string>>();
+
+function dropSet(name: string): ReadonlySet<string> {
+  let set = dropSets.get(name);
+  if (!set) {
+    set = new Set([...CREDENTIAL_HEADERS, name.toLowerCase()]);
+    // Names come from policies; a long-running agent reloading many keeps a bounded few.
+    if (dropSets.size >= 1024) dropSets.clear();
+    dropSets.set(name, set);
+  }
+  return set;
+}
+
+/**
+ * credentialHeader, built once per credential value and injection: a
+ * Credential object is one value (a rotation or a renewed lease is a new
+ * object), an injection one binding of one plan (a reload makes new ones).
+ * Both keys are weak: nothing is kept for a credential or plan gone.
+ */
+const headerCache = new WeakMap<Credential, WeakMap<PlanInjection, CredentialHeader>>();
+
+function cachedCredentialHeader(inject: Extract<PlanInjection, { kind: 'bearer' | 'header' | 'basic' }>, credential: Credential): CredentialHeader {
+  let byInjection = headerCache.get(credential);
+  if (!byInjection) {
+    byInjection = new WeakMap();
+    headerCache.set(credential, byInjection);
+  }
+  let line = byInjection.get(inject);
+  if (!line) {
+    line = credentialHeader(inject, credential);
+    byInjection.set(inject, line);
+  }
+  return line;
 }
 
 /** A header an injection adds; the value stays a Secret until it goes on the wire. */
