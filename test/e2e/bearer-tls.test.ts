@@ -173,6 +173,21 @@ spec: {workload: basic, service: api, inject: {basic: {credential: api-token, us
     }
   });
 
+  it('responses the upstream ends by closing its connection reach a workload slower than the upstream whole, and the agent carries on', async () => {
+    // The proxy pauses its reads from the upstream while the workload is
+    // behind: never on a response's last bytes before the upstream's close.
+    for (const close of ['length', 'eof']) {
+      const out = path.join(dir, `close-${close}.bin`);
+      const r = await curl(bound, ['--http1.1', '--cacert', wirekeyCa, '--limit-rate', '8M', '-D', '-', '-o', out, `https://${HOST}/bytes/${6 * 1024 * 1024}?close=${close}`]);
+      expect(r.stderr).toBe('');
+      if (close === 'length') expect(r.stdout).toMatch(new RegExp(`content-length: ${6 * 1024 * 1024}\r`, 'i'));
+      const want = /x-body-sha256: ([0-9a-f]+)/i.exec(r.stdout)?.[1];
+      expect(createHash('sha256').update(readFileSync(out)).digest('hex')).toBe(want);
+    }
+    const after = await curl(bound, ['--http1.1', '--cacert', wirekeyCa, '-o', '/dev/null', '-w', '%{http_code}', `https://${HOST}/after-close`]);
+    expect(after.stdout).toBe('200');
+  });
+
   it('a credential sent by the workload is replaced, never forwarded', async () => {
     const before = upstream.records.length;
     const r = await curl(bound, ['--cacert', wirekeyCa, '-H', 'Authorization: Bearer workload-supplied', `https://${HOST}/replace`]);

@@ -89,8 +89,8 @@ const server = (values.plain ? http.createServer : https.createServer)(
       if (next) return nextEvent(next[1], next[2] !== undefined ? Number(next[2]) : undefined, res);
       const timed = /^\/sse-timed\/(\d+)\/(\d+)$/.exec(req.url);
       if (timed) return timedEvents(res, Number(timed[1]), Number(timed[2]));
-      const bytes = /^\/bytes\/(\d+)$/.exec(req.url);
-      if (bytes) return sendBytes(res, Number(bytes[1]));
+      const bytes = /^\/bytes\/(\d+)(?:\?close=(length|eof))?$/.exec(req.url);
+      if (bytes) return sendBytes(res, Number(bytes[1]), bytes[2]);
       if (req.url === '/echo' || req.url === '/stored') {
         if (req.url === '/echo') stored.push(Buffer.concat(chunks));
         const echoed = req.url === '/echo' ? Buffer.concat(chunks) : Buffer.concat(stored);
@@ -181,13 +181,19 @@ server.on('upgrade', (req, socket, head) => {
 });
 
 // GET /bytes/N: N pseudo-random bytes, streamed, with their SHA-256 in a header.
-function sendBytes(res, total) {
+// GET /bytes/N: N bytes, chunked; ?close=length: with Content-Length and
+// Connection: close; ?close=eof: delimited by closing the connection.
+function sendBytes(res, total, close) {
   const block = createHash('sha256').update('wirekey').digest();
   const chunk = Buffer.alloc(64 * 1024);
   for (let i = 0; i < chunk.length; i += block.length) block.copy(chunk, i);
   const digest = createHash('sha256');
   for (let sent = 0; sent < total; sent += chunk.length) digest.update(chunk.subarray(0, Math.min(chunk.length, total - sent)));
-  res.writeHead(200, { 'content-type': 'application/octet-stream', 'x-body-sha256': digest.digest('hex') });
+  const headers = { 'content-type': 'application/octet-stream', 'x-body-sha256': digest.digest('hex') };
+  if (close) headers.connection = 'close';
+  if (close === 'length') headers['content-length'] = total;
+  if (close === 'eof') res.useChunkedEncodingByDefault = false;
+  res.writeHead(200, headers);
   let sent = 0;
   const pump = () => {
     while (sent < total) {
