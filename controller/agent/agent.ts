@@ -12,7 +12,7 @@ import { createHash } from 'node:crypto';
 import { LocalCa } from '../tls/local-ca.js';
 import { CredentialSources } from '../credentials/sources.js';
 import type { Credential } from '../credentials/credential.js';
-import { Datapath, type DatapathStats, type EgressEvent, type EgressWorkload, type IdentityTables } from '../datapath/datapath.js';
+import { Datapath, type DatapathStats, type OrigDst, type EgressEvent, type EgressWorkload, type IdentityTables } from '../datapath/datapath.js';
 import { egressStatRefusal } from '../datapath/egress.js';
 import type { AuditEvent } from '../audit/audit-log.js';
 import { findCgroup2Root } from '../cgroup.js';
@@ -32,7 +32,7 @@ import { AuditLog } from '../audit/audit-log.js';
 import { RouteTable } from '../proxy/routes.js';
 import { KernelBindings } from './kernel-bindings.js';
 import { AgentMetrics } from '../metrics/agent-metrics.js';
-import { CredentialError, NotSupportedError, PolicyError } from '../errors.js';
+import { CredentialError, NotSupportedError, PolicyError, WirekeyError } from '../errors.js';
 import type { Logger } from '../log.js';
 
 /** Rule sets whose workload names are kept for kernel egress events judged under them (a few reloads' worth). */
@@ -125,6 +125,12 @@ export class Agent {
   #ready = false;
   /** The plan in force before the last reload, to say what it changed. */
   #lastPlan: Plan | undefined;
+  /**
+   * A reload is changing which id means which workload: the kernel's
+   * records carry an id, not the numbering it was read under, so none is
+   * trusted until the proxy's table and the kernel agree again.
+   */
+  #renumbering = false;
   readonly #metrics: AgentMetrics;
   /** --metrics-listen: metrics and health on TCP. */
   #metricsServer: ControlServer | undefined;
@@ -208,7 +214,7 @@ export class Agent {
     this.#cgroupRoot = findCgroup2Root();
     this.#upstreamAgent = createUpstreamAgent({ caFile: this.#opts.upstreamCaFile });
     this.#proxy = new ProxyServer({
-      identify: (address, port) => this.#datapath?.takeConnection(address, port) ?? null,
+      identify: (address, port) => this.#identify(address, port),
       routes: () => this.#routes,
       secureContextFor: (host) => ca.secureContextFor(host),
       credential: (name) => this.#credential(name),
@@ -384,6 +390,29 @@ export class Agent {
     return run;
   }
 
+  /** The kernel's record of a connection to the proxy, taken (each is read once). */
+  #identify(address: string, port: number): OrigDst | null {
+    const datapath = this.#datapath;
+    if (!datapath) return null;
+    if (this.#renumbering) {
+      datapath.takeConnection(address, port);
+      throw new WirekeyError('WK_RENUMBERING', 'a policy reload is renumbering the workloads; the connection cannot be attributed to one until it is done');
+    }
+    return datapath.takeConnection(address, port);
+  }
+
+  /**
+   * The proxy's table and the kernel's identity maps number the workloads
+   * alike again: records made before (under either numbering, not yet
+   * taken) are dropped, so their connections are refused, and from here
+   * on every record is read under the table in force.
+   */
+  #endRenumbering(datapath: Datapath): void {
+    const dropped = datapath.dropConnections();
+    this.#renumbering = false;
+    if (dropped) this.#log.warn('policy reload renumbered the workloads: %d connection(s) redirected meanwhile are refused (their workload cannot be told)', dropped);
+  }
+
   async #reload(): Promise<ReloadResult> {
     const refused = (problems: string[]): ReloadResult => ({ applied: false, problems, policy: this.#policyHash() });
     let next: LoadedPlan;
@@ -404,6 +433,10 @@ export class Agent {
     }
     const resolved = await this.#resolver.resolve(next.plan.workloads.values());
     const previous = { ports: this.#routes.portBindings(), identity: identityTables(this.#resolved) };
+    const renumbered = numberingChanged(this.#plan, next.plan);
+    // From the kernel's switch to the proxy's: connections are refused
+    // (closed before TLS), never judged under the other plan's numbering.
+    if (renumbered) this.#renumbering = true;
     try {
       this.#requireKernelHttp(next.plan);
       datapath.setPortBindings(next.routes.portBindings());
@@ -421,6 +454,7 @@ export class Agent {
       datapath.setIdentity(previous.identity);
       await this.#kernelBindings?.apply(this.#plan, this.#credentials).catch((e: unknown) =>
         this.#log.error('cannot restore the kernel datapath bindings: %s', (e as Error).message));
+      if (renumbered) this.#endRenumbering(datapath);
       this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
       await next.credentials.retire(this.#credentials);
       this.#metrics.reloaded(false);
@@ -431,6 +465,7 @@ export class Agent {
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
+    if (renumbered) this.#endRenumbering(datapath);
     // Requests in flight hold their credential already; new ones use the new set.
     await retired.retire(next.credentials);
     this.#resolved = resolved;
@@ -770,4 +805,19 @@ function writeFileAtomic(file: string, data: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, data, { mode: 0o600 });
   renameSync(tmp, file);
+}
+
+/** Whether some workload of both plans has another id in `next` (the kernel's records would then mean another workload). */
+function numberingChanged(current: Plan, next: Plan): boolean {
+  for (const w of current.workloads.values()) {
+    const n = next.workloads.get(w.name);
+    if (n && n.id !== w.id) return true;
+  }
+  // A removed workload's id now held by another.
+  const ids = new Map([...current.workloads.values()].map((w) => [w.id, w.name]));
+  for (const w of next.workloads.values()) {
+    const was = ids.get(w.id);
+    if (was !== undefined && was !== w.name) return true;
+  }
+  return false;
 }

@@ -463,6 +463,20 @@ export class Datapath {
    * is `address:port` (the accepted socket's peer), removing the entry so it
    * can be used once only. Null when the kernel did not redirect it.
    */
+  /**
+   * Drops every record of a redirected connection not yet taken; returns
+   * how many. Their connections are then refused by the proxy.
+   */
+  dropConnections(): number {
+    const map = this.#map('wk_conn');
+    let n = 0;
+    for (const key of map.keys()) {
+      map.delete(key);
+      n++;
+    }
+    return n;
+  }
+
   takeConnection(address: string, port: number): OrigDst | null {
     const map = this.#map('wk_conn');
     const key = encodeConnKey(address, port);
