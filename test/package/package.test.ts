@@ -41,7 +41,7 @@ describe('the package', () => {
     expect(field('Version')).toBe(pkg.version);
     expect(field('Architecture')).toBe(execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim());
     const depends = field('Depends').split(/,\s*/);
-    expect(depends).toContain('nodejs (>= 20)');
+    expect(depends).toContain('nodejs (>= 20.18.1)');
     for (const lib of ['libbpf1', 'libelf1', 'zlib1g']) expect(depends).toContain(lib);
     // Nothing that compiles: installing must not bring a toolchain.
     for (const d of depends) expect(d).not.toMatch(/^(clang|llvm|gcc|g\+\+|cpp|make|node-gyp|bpftool)\b|-dev\b/);
