@@ -739,11 +739,19 @@ static __always_inline bool snapshot_header(struct wk_http_sock *st)
 	src = (__u64 *)hdr->line;
 	bpf_spin_lock(&hdr->lock);
 	st->hdr_state = hdr->state;
-	st->hdr_len = hdr->len;
-	st->name_len = hdr->name_len;
-	st->version = hdr->version;
-	for (int i = 0; i < WK_HTTP_LINE_MAX / 8; i++)
-		dst[i] = src[i];
+	/*
+	 * The controller bumps the version with every write of the value (a
+	 * wipe keeps it but is never WK_HTTP_INJECT), and a socket's copy is
+	 * only ever wiped on the way to never injecting again: the copy of
+	 * the version it holds is still this line, byte for byte.
+	 */
+	if (st->version != hdr->version) {
+		st->hdr_len = hdr->len;
+		st->name_len = hdr->name_len;
+		st->version = hdr->version;
+		for (int i = 0; i < WK_HTTP_LINE_MAX / 8; i++)
+			dst[i] = src[i];
+	}
 	bpf_spin_unlock(&hdr->lock);
 
 	return st->hdr_state == WK_HTTP_INJECT &&

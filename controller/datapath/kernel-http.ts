@@ -446,8 +446,9 @@ export class KernelHttp {
   }
 
   /**
-   * Starts delivering the kernel's audit events (one per injected request,
-   * one per refusal; never a header) to `handler`, on the event loop. One
+   * Starts delivering the kernel's audit events (one per refusal, and one
+   * per injection at the audit grain; never a header) to `handler`, on the
+   * event loop. One
    * reader at a time: the ring buffer has one read position. close()
    * closes it too.
    * @throws WirekeyError WK_HTTP_EVENTS_OPEN when a reader is already open.
