@@ -15,7 +15,7 @@ import { createCgroup, removeCgroupTree } from '../test/support/cgroup.js';
 import { freePort, startAgent, wirekeyBin, type RunningAgent } from '../test/support/agent.js';
 import { kernelSkipReason } from '../test/support/requirements.js';
 import { must } from '../test/support/shell.js';
-import { findCgroup2Root } from '../controller/datapath/cgroup.js';
+import { findCgroup2Root } from '../controller/cgroup.js';
 
 export interface BoundBench {
   host: TestHost;

@@ -16,7 +16,7 @@ import { parseArgs } from 'node:util';
 import { createCgroup, removeCgroupTree, runInCgroup } from '../test/support/cgroup.js';
 import { kernelSkipReason } from '../test/support/requirements.js';
 import { repoRoot } from '../test/support/paths.js';
-import { cgroupId, findCgroup2Root } from '../controller/datapath/cgroup.js';
+import { cgroupId, findCgroup2Root } from '../controller/cgroup.js';
 import { Datapath } from '../controller/datapath/datapath.js';
 import { parseAddressPrefix } from '../controller/addresses.js';
 import type { PlanEgress, PlanEgressRule } from '../controller/policy/types.js';

@@ -35,7 +35,7 @@ import { freePort, startAgent, wirekeyBin, type RunningAgent } from '../test/sup
 import { kernelSkipReason } from '../test/support/requirements.js';
 import { repoRoot } from '../test/support/paths.js';
 import { must } from '../test/support/shell.js';
-import { findCgroup2Root } from '../controller/datapath/cgroup.js';
+import { findCgroup2Root } from '../controller/cgroup.js';
 
 const ARMS = ['direct', 'kernel', 'proxy', 'direct-https'] as const;
 type ArmName = (typeof ARMS)[number];

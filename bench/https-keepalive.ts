@@ -3,7 +3,7 @@
  * wirekey (bound cgroup, TLS terminated and re-originated, bearer injected),
  * measured in one run with the two interleaved, reported as ratios.
  *
- * usage: npm run bench [-- --seconds 5 --rounds 3 --connections 8]
+ * usage: npm run bench -- https [--seconds 5 --rounds 3 --connections 8]
  */
 import path from 'node:path';
 import { parseArgs } from 'node:util';

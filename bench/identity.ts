@@ -16,7 +16,7 @@ import { createCgroup, removeCgroupTree, runInCgroup } from '../test/support/cgr
 import { freePort, startAgent } from '../test/support/agent.js';
 import { kernelSkipReason } from '../test/support/requirements.js';
 import { repoRoot } from '../test/support/paths.js';
-import { findCgroup2Root } from '../controller/datapath/cgroup.js';
+import { findCgroup2Root } from '../controller/cgroup.js';
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 

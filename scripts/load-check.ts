@@ -11,7 +11,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Datapath } from '../controller/datapath/datapath.js';
-import { findCgroup2Root } from '../controller/datapath/cgroup.js';
+import { findCgroup2Root } from '../controller/cgroup.js';
 import { native, repoRoot } from '../controller/datapath/native.js';
 
 interface LoadReport {

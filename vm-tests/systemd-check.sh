@@ -551,9 +551,12 @@ check_restart_on_kill() {
   new=$(unit_prop MainPID)
   [[ $new != "$PID" && $new != 0 ]] || { bad "MainPID is $new after the restart"; return 1; }
   PID=$new
+  # The killed agent's pinned links kept its programs attached until the new one's were.
+  grep -q 'took over from the previous agent' <<<"$(journal)" ||
+    { bad "the restarted agent did not take over the killed one's pinned programs (no 'took over' line)"; return 1; }
   expect_bearer "$WORK/api-token-rotated" "after the restart" || return 1
   $WIREKEY status >/dev/null 2>&1 || { bad "wirekey status fails for the restarted agent"; return 1; }
-  DETAIL="Restart= brought it back as pid $PID (NRestarts $(unit_prop NRestarts)), ready again, injecting"
+  DETAIL="Restart= brought it back as pid $PID (NRestarts $(unit_prop NRestarts)), took over the killed one's pinned programs, ready again, injecting"
 }
 restarted_since() {
   (($(unit_prop NRestarts) > $1)) && [[ $(unit_prop ActiveState)/$(unit_prop SubState) == active/running ]]

@@ -12,16 +12,16 @@ import { createHash } from 'node:crypto';
 import { LocalCa } from '../tls/local-ca.js';
 import { CredentialSources } from '../credentials/sources.js';
 import type { Credential } from '../credentials/credential.js';
-import { Datapath, type DatapathStats, type EgressEvent, type EgressWorkload, type IdentityTables } from '../datapath/datapath.js';
+import { Datapath, type DatapathStats, type OrigDst, type EgressEvent, type EgressWorkload, type IdentityTables } from '../datapath/datapath.js';
 import { egressStatRefusal } from '../datapath/egress.js';
 import type { AuditEvent } from '../audit/audit-log.js';
-import { findCgroup2Root } from '../datapath/cgroup.js';
+import { findCgroup2Root } from '../cgroup.js';
 import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
 import { ControlServer, controlSocketPath } from './control-server.js';
 import type { ServiceNotifications } from './service-notifier.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
-import { identityTables } from '../identity/tables.js';
-import { runtimeStatePath, type RuntimeState } from '../identity/runtime-state.js';
+import { identityTables } from '../datapath/identity-tables.js';
+import { runtimeStatePath, type RuntimeState } from '../host/runtime-state.js';
 import { ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { createUpstreamAgent, upstreamSecureContext } from '../proxy/upstream.js';
 import { UpstreamH2Pool } from '../proxy/upstream-h2.js';
@@ -33,7 +33,7 @@ import { RouteTable } from '../proxy/routes.js';
 import { KernelBindings } from './kernel-bindings.js';
 import { KernelUsage } from './kernel-usage.js';
 import { AgentMetrics } from '../metrics/agent-metrics.js';
-import { CredentialError, NotSupportedError, PolicyError } from '../errors.js';
+import { CredentialError, NotSupportedError, PolicyError, WirekeyError } from '../errors.js';
 import type { Logger } from '../log.js';
 
 /** Rule sets whose workload names are kept for kernel egress events judged under them (a few reloads' worth). */
@@ -131,6 +131,12 @@ export class Agent {
   #ready = false;
   /** The plan in force before the last reload, to say what it changed. */
   #lastPlan: Plan | undefined;
+  /**
+   * A reload is changing which id means which workload: the kernel's
+   * records carry an id, not the numbering it was read under, so none is
+   * trusted until the proxy's table and the kernel agree again.
+   */
+  #renumbering = false;
   readonly #metrics: AgentMetrics;
   /** --metrics-listen: metrics and health on TCP. */
   #metricsServer: ControlServer | undefined;
@@ -178,7 +184,7 @@ export class Agent {
     mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     this.#lock = acquireInstanceLock(this.#opts.stateDir, this.#opts.pinDir);
     if (this.#lock.previousPid && existsSync(this.#opts.pinDir)) {
-      this.#log.warn('pins in %s were left by agent pid %d, which is not running: its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
+      this.#log.warn('pins in %s were left by agent pid %d, which is not running: its programs stay attached until this agent\'s are, and its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
     }
     // Health answers from here on; readiness once everything is up.
     this.#control = new ControlServer(this.#log);
@@ -215,7 +221,7 @@ export class Agent {
     this.#cgroupRoot = findCgroup2Root();
     this.#upstreamAgent = createUpstreamAgent({ caFile: this.#opts.upstreamCaFile });
     this.#proxy = new ProxyServer({
-      identify: (address, port) => this.#datapath?.takeConnection(address, port) ?? null,
+      identify: (address, port) => this.#identify(address, port),
       routes: () => this.#routes,
       secureContextFor: (host) => ca.secureContextFor(host),
       credential: (name) => this.#credential(name),
@@ -300,6 +306,10 @@ export class Agent {
       }
       this.#requireKernelHttp(this.#plan);
       this.#log.warn('kernel HTTP datapath not loaded (plaintext services cannot be bound): %s', this.#datapath.kernelHttpUnavailable);
+    }
+    const released = this.#datapath.previousLinksReleased;
+    if (released) {
+      this.#log.info('took over from the previous agent: its %d program(s), attached while no agent ran (egress rules enforced, bound connections refused), are detached now that this agent\'s are attached', released);
     }
     this.#writeRuntimeState();
     this.#sweepDraining();
@@ -393,6 +403,29 @@ export class Agent {
     return run;
   }
 
+  /** The kernel's record of a connection to the proxy, taken (each is read once). */
+  #identify(address: string, port: number): OrigDst | null {
+    const datapath = this.#datapath;
+    if (!datapath) return null;
+    if (this.#renumbering) {
+      datapath.takeConnection(address, port);
+      throw new WirekeyError('WK_RENUMBERING', 'a policy reload is renumbering the workloads; the connection cannot be attributed to one until it is done');
+    }
+    return datapath.takeConnection(address, port);
+  }
+
+  /**
+   * The proxy's table and the kernel's identity maps number the workloads
+   * alike again: records made before (under either numbering, not yet
+   * taken) are dropped, so their connections are refused, and from here
+   * on every record is read under the table in force.
+   */
+  #endRenumbering(datapath: Datapath): void {
+    const dropped = datapath.dropConnections();
+    this.#renumbering = false;
+    if (dropped) this.#log.warn('policy reload renumbered the workloads: %d connection(s) redirected meanwhile are refused (their workload cannot be told)', dropped);
+  }
+
   async #reload(): Promise<ReloadResult> {
     const refused = (problems: string[]): ReloadResult => ({ applied: false, problems, policy: this.#policyHash() });
     let next: LoadedPlan;
@@ -413,6 +446,10 @@ export class Agent {
     }
     const resolved = await this.#resolver.resolve(next.plan.workloads.values());
     const previous = { ports: this.#routes.portBindings(), identity: identityTables(this.#resolved) };
+    const renumbered = numberingChanged(this.#plan, next.plan);
+    // From the kernel's switch to the proxy's: connections are refused
+    // (closed before TLS), never judged under the other plan's numbering.
+    if (renumbered) this.#renumbering = true;
     try {
       this.#requireKernelHttp(next.plan);
       datapath.setPortBindings(next.routes.portBindings());
@@ -432,6 +469,7 @@ export class Agent {
       datapath.setIdentity(previous.identity);
       await this.#kernelBindings?.apply(this.#plan, this.#credentials).catch((e: unknown) =>
         this.#log.error('cannot restore the kernel datapath bindings: %s', (e as Error).message));
+      if (renumbered) this.#endRenumbering(datapath);
       this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
       await next.credentials.retire(this.#credentials);
       this.#metrics.reloaded(false);
@@ -442,6 +480,7 @@ export class Agent {
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
+    if (renumbered) this.#endRenumbering(datapath);
     // Requests in flight hold their credential already; new ones use the new set.
     await retired.retire(next.credentials);
     this.#resolved = resolved;
@@ -811,4 +850,19 @@ function writeFileAtomic(file: string, data: string): void {
   const tmp = `${file}.${process.pid}.tmp`;
   writeFileSync(tmp, data, { mode: 0o600 });
   renameSync(tmp, file);
+}
+
+/** Whether some workload of both plans has another id in `next` (the kernel's records would then mean another workload). */
+function numberingChanged(current: Plan, next: Plan): boolean {
+  for (const w of current.workloads.values()) {
+    const n = next.workloads.get(w.name);
+    if (n && n.id !== w.id) return true;
+  }
+  // A removed workload's id now held by another.
+  const ids = new Map([...current.workloads.values()].map((w) => [w.id, w.name]));
+  for (const w of next.workloads.values()) {
+    const was = ids.get(w.id);
+    if (was !== undefined && was !== w.name) return true;
+  }
+  return false;
 }

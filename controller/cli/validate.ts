@@ -4,7 +4,7 @@
  */
 import { basename } from 'node:path';
 import type { PolicyDiagnostic } from '../errors.js';
-import { checkHost } from '../policy/host-check.js';
+import { checkHost } from '../host/host-check.js';
 import { compilePolicy } from '../policy/compile.js';
 import { reportPolicyPath, type IgnoredFile } from '../policy/load.js';
 import type { Policy } from '../policy/types.js';

@@ -3,7 +3,7 @@
  * egress policy and, where the kernel takes it, the kernel HTTP datapath),
  * attaches it to the cgroup v2 root, and keeps its maps in step with the plan.
  */
-import { mkdirSync, rmSync, existsSync, readdirSync } from 'node:fs';
+import { mkdirSync, rmSync, existsSync, readdirSync, renameSync } from 'node:fs';
 import path from 'node:path';
 import { execFileSync } from 'node:child_process';
 import { BpfError, NotSupportedError } from '../errors.js';
@@ -32,6 +32,7 @@ import { KernelHttp } from './kernel-http.js';
 import { EgressMaps, type EgressEventHandler, type EgressEvents, type EgressEventsOptions, type EgressStats, type EgressWorkload, type InstalledEgress } from './egress.js';
 import { WK_EGRESS_MAX_PREFIXES } from './layout.js';
 import { describeMissing, notSupported, probeFeatures, type FeatureSet, type MissingFeature, type Prober } from './features.js';
+import { LINKS_DIR, PREVIOUS_LINKS_DIR } from './pinned-links.js';
 import { drainingDir, retireSockhash, sweepDraining, type DrainingSockhash, type RetireResult } from './draining.js';
 
 export type { OrigDst, ExeKey } from './layout.js';
@@ -117,6 +118,7 @@ export const MAPS = [
 export const KERNEL_HTTP_PINNED = ['wk_http_dest', 'wk_http_socks', 'wk_http_stats', 'wk_http_config'] as const;
 export type MapName = (typeof MAPS)[number] | (typeof KERNEL_HTTP_PINNED)[number];
 
+
 export class Datapath {
   readonly #object: NativeObject;
   readonly #links: NativeLink[] = [];
@@ -127,6 +129,9 @@ export class Datapath {
   #kernelHttpError: BpfError | null = null;
   #kernelAliveTimeoutMs: number | undefined;
   #previous: RetireResult | null = null;
+  /** Links a previous agent left pinned, held until attachRedirect() has attached this one's. */
+  #previousLinks = 0;
+  #releasedLinks = 0;
   /** The pin directory is this instance's (a previous instance's pins were retired). */
   #pinned = false;
   #pushWatchUnavailable: string | null = null;
@@ -235,7 +240,7 @@ export class Datapath {
         stats: dp.#map('wk_egress_stats'),
       });
       dp.#pin();
-      for (const prog of IDENTITY_PROGRAMS) dp.#links.push(bpfCall(() => object.attach(prog)));
+      for (const prog of IDENTITY_PROGRAMS) dp.#pinLink(prog, bpfCall(() => object.attach(prog)));
     } catch (err) {
       dp.close();
       throw err;
@@ -255,12 +260,32 @@ export class Datapath {
         this.#kernelHttp = KernelHttp.attach(this.#object, cgroupRoot, { aliveTimeoutMs: this.#kernelAliveTimeoutMs });
       }
       for (const prog of CGROUP_PROGRAMS) {
-        this.#links.push(bpfCall(() => this.#object.attachCgroup(prog, cgroupRoot)));
+        this.#pinLink(prog, bpfCall(() => this.#object.attachCgroup(prog, cgroupRoot)));
       }
     } catch (err) {
       this.close();
       throw err;
     }
+    // Every program of this agent is attached: a previous agent's go.
+    if (this.#previousLinks) {
+      rmSync(path.join(this.#pinDir, PREVIOUS_LINKS_DIR), { recursive: true, force: true });
+      this.#releasedLinks = this.#previousLinks;
+      this.#previousLinks = 0;
+    }
+  }
+
+  /**
+   * How many programs a previous agent had left attached (its links pinned:
+   * it died without stopping) that this one held until its own were
+   * attached, then released; 0 when there were none.
+   */
+  get previousLinksReleased(): number {
+    return this.#releasedLinks;
+  }
+
+  #pinLink(program: string, link: NativeLink): void {
+    this.#links.push(link);
+    bpfCall(() => link.pin(path.join(this.#pinDir, LINKS_DIR, program)));
   }
 
   /** The kernel HTTP datapath, once attachRedirect() has run; null when this kernel refused its programs. */
@@ -438,6 +463,20 @@ export class Datapath {
    * is `address:port` (the accepted socket's peer), removing the entry so it
    * can be used once only. Null when the kernel did not redirect it.
    */
+  /**
+   * Drops every record of a redirected connection not yet taken; returns
+   * how many. Their connections are then refused by the proxy.
+   */
+  dropConnections(): number {
+    const map = this.#map('wk_conn');
+    let n = 0;
+    for (const key of map.keys()) {
+      map.delete(key);
+      n++;
+    }
+    return n;
+  }
+
   takeConnection(address: string, port: number): OrigDst | null {
     const map = this.#map('wk_conn');
     const key = encodeConnKey(address, port);
@@ -469,7 +508,15 @@ export class Datapath {
     }
     this.#kernelHttp = null;
     this.#egress?.close();
-    for (const link of this.#links.splice(0).reverse()) link.destroy();
+    for (const link of this.#links.splice(0).reverse()) {
+      // A pinned link stays attached when its fd closes: unpin first.
+      try {
+        link.unpin();
+      } catch (err) {
+        failure ??= err;
+      }
+      link.destroy();
+    }
     // A sockhash that could not be moved keeps its pins where they are, for
     // the next agent to retire: removing them would send its connections on bare.
     let keep = false;
@@ -490,8 +537,15 @@ export class Datapath {
       }
     }
     // Never a directory this instance did not make its own (a previous
-    // instance's pins that could not be retired stay for the next try).
-    if (this.#pinned && !keep) rmSync(this.#pinDir, { recursive: true, force: true });
+    // instance's pins that could not be retired stay for the next try), and
+    // never a previous agent's links this one did not replace (a start that
+    // failed leaves them enforcing).
+    if (this.#pinned && !keep) {
+      for (const entry of readdirSync(this.#pinDir)) {
+        if (entry !== PREVIOUS_LINKS_DIR) rmSync(path.join(this.#pinDir, entry), { recursive: true, force: true });
+      }
+      if (!readdirSync(this.#pinDir).length) rmSync(this.#pinDir, { recursive: true, force: true });
+    }
     this.#object.close();
     if (failure) throw failure;
     return draining;
@@ -532,15 +586,39 @@ export class Datapath {
         // Removing the pins anyway would send those connections on bare.
         throw new BpfError(`cannot retire the kernel-path connections a previous agent left in ${this.#pinDir}: ${(cause as Error).message}`, { cause });
       }
-      rmSync(this.#pinDir, { recursive: true, force: true });
+      // Its links stay attached (held in PREVIOUS_LINKS_DIR) until this
+      // agent's are; everything else of it goes.
+      this.#previousLinks = holdPreviousLinks(this.#pinDir);
+      for (const entry of readdirSync(this.#pinDir)) {
+        if (entry !== PREVIOUS_LINKS_DIR) rmSync(path.join(this.#pinDir, entry), { recursive: true, force: true });
+      }
     }
-    mkdirSync(this.#pinDir, { recursive: true, mode: 0o700 });
+    mkdirSync(path.join(this.#pinDir, LINKS_DIR), { recursive: true, mode: 0o700 });
     this.#pinned = true;
     for (const [name, map] of this.#maps) bpfCall(() => map.pin(path.join(this.#pinDir, name)));
   }
 }
 
 const BPFFS = '/sys/fs/bpf';
+
+/**
+ * Moves the links pinned under `<pinDir>/links` into
+ * `<pinDir>/links-previous` (with those an earlier start left there), still
+ * pinned, so they stay attached; returns how many are held.
+ */
+function holdPreviousLinks(pinDir: string): number {
+  const from = path.join(pinDir, LINKS_DIR);
+  const held = path.join(pinDir, PREVIOUS_LINKS_DIR);
+  if (existsSync(from)) {
+    mkdirSync(held, { recursive: true, mode: 0o700 });
+    for (const name of readdirSync(from)) {
+      let target = path.join(held, name);
+      for (let n = 1; existsSync(target); n++) target = path.join(held, `${name}-${n}`);
+      renameSync(path.join(from, name), target);
+    }
+  }
+  return existsSync(held) ? readdirSync(held).length : 0;
+}
 
 /** Mounts bpffs at `dir` when nothing is mounted there yet. */
 function ensureBpffs(dir: string): void {

@@ -9,6 +9,11 @@ import ipaddr from 'ipaddr.js';
 import { BpfError } from '../errors.js';
 import { parseAddressPrefix } from '../addresses.js';
 import type { BtfStruct, NativeObject } from './native.js';
+import type { ExeKey } from '../identity/exe-key.js';
+import { WK_HTTP_HOST_MAX, WK_HTTP_MAX_HOSTS, WK_MASK_WORDS, WK_MAX_WORKLOADS } from '../kernel-limits.js';
+
+export { WK_HTTP_HOST_MAX, WK_HTTP_MAX_HOSTS, WK_MASK_WORDS, WK_MAX_WORKLOADS };
+export type { ExeKey };
 
 interface Field {
   offset: number;
@@ -121,10 +126,6 @@ export const LAYOUTS = {
  */
 /** wk_bind_val.action: redirect to the proxy (enum wk_action). */
 export const WK_ACTION_PROXY = 1;
-/** Words of a struct wk_mask; workloads are bits of it (enum wk_limits). */
-export const WK_MASK_WORDS = 4;
-/** Workloads the kernel can tell apart: ids 1..WK_MAX_WORKLOADS (enum wk_limits); the policy's limit. */
-export const WK_MAX_WORKLOADS = WK_MASK_WORDS * 64;
 /** wk_stats indexes (enum wk_stat). */
 export const WK_STAT_TASKS_FULL = 0;
 export const WK_STAT_STORAGE_FAIL = 1;
@@ -305,19 +306,6 @@ export function decodeMask(b: Buffer): number[] {
   return ids;
 }
 
-/**
- * An executable as the kernel knows it (struct wk_exe_key): the address of
- * its struct inode, which is what makes it unique, with the inode's number
- * and superblock device for people to read. Never derived from stat().
- */
-export interface ExeKey {
-  ino: bigint;
-  /** The superblock's kernel dev_t: (major << 20) | minor. */
-  dev: number;
-  /** The struct inode's kernel address. */
-  inode: bigint;
-}
-
 /** stat()'s st_dev (the C library's encoding) as the kernel's dev_t: (major << 20) | minor. */
 export function kernelDev(statDev: number | bigint): number {
   const d = BigInt(statDev);
@@ -329,10 +317,6 @@ export function kernelDev(statDev: number | bigint): number {
 /** The kernel dev_t as people write it: major:minor. */
 export function formatDev(dev: number): string {
   return `${dev >>> 20}:${dev & 0xfffff}`;
-}
-
-export function sameExe(a: ExeKey, b: ExeKey): boolean {
-  return a.inode === b.inode && a.ino === b.ino && a.dev === b.dev;
 }
 
 export function encodeExeKey(k: ExeKey): Buffer {
@@ -434,10 +418,6 @@ export function httpStatRefusal(stat: HttpStatName): RefusalCode | null {
 
 /** wk_http_dest_val.flags: the service lists hosts; requests must name one (WK_HTTP_DEST_CHECK_HOST). */
 export const WK_HTTP_DEST_CHECK_HOST = 1;
-/** Longest host name a plaintext service may list (WK_HTTP_HOST_MAX): a DNS name. */
-export const WK_HTTP_HOST_MAX = 253;
-/** (service, host) pairs the kernel holds, all services together (WK_HTTP_MAX_HOSTS). */
-export const WK_HTTP_MAX_HOSTS = 4096;
 
 /** wk_http_event.kind (enum wk_http_event_kind) */
 export const WK_HTTP_EVENT_INJECTED = 1;

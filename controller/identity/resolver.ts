@@ -11,8 +11,8 @@ import { closeSync, constants, createReadStream, existsSync, fstatSync, openSync
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import path from 'node:path';
-import { cgroupId } from '../datapath/cgroup.js';
-import type { ExeKey } from '../datapath/layout.js';
+import { cgroupId } from '../cgroup.js';
+import type { ExeKey } from './exe-key.js';
 import type { PlanWorkload } from '../policy/types.js';
 
 const run = promisify(execFile);

@@ -11,7 +11,7 @@ import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, Poli
 import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, type AddressPrefix } from '../addresses.js';
 import { inferAwsScope } from './aws-scope.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
-import { WK_HTTP_HOST_MAX, WK_HTTP_MAX_HOSTS } from '../datapath/layout.js';
+import { WK_HTTP_HOST_MAX, WK_HTTP_MAX_HOSTS } from '../kernel-limits.js';
 
 /**
  * Cross-document problems in `policy`, in document order; empty when there

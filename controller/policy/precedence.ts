@@ -12,7 +12,7 @@
  * the kernel picks the lowest id among the workloads that match.
  */
 import type { WorkloadSelector } from './types.js';
-import { WK_MAX_WORKLOADS } from '../datapath/layout.js';
+import { WK_MAX_WORKLOADS } from '../kernel-limits.js';
 
 /** As many as the kernel can tell apart (struct wk_mask; checked against the BPF object at load). */
 export const MAX_WORKLOADS = WK_MAX_WORKLOADS;

@@ -278,8 +278,11 @@ export class ProxyServer {
       // A peer that reset before accept has no address: the kernel has no record to match either.
       orig = socket.remoteAddress ? this.#deps.identify(socket.remoteAddress, socket.remotePort ?? 0) : null;
     } catch (err) {
-      this.#deps.log.error('cannot look up the kernel record of %s:%d: %s', socket.remoteAddress, socket.remotePort, (err as Error).message);
-      orig = null;
+      // No record to vouch for it (a map error, or a reload renumbering the workloads): closed before TLS.
+      this.#deps.log.warn('refused a connection from %s:%d: %s', socket.remoteAddress, socket.remotePort, (err as Error).message);
+      this.#deps.observer?.unidentified();
+      socket.destroy();
+      return;
     }
     if (!orig) {
       // Not redirected by the kernel: nobody we can vouch for. No credential, no relay.
@@ -345,7 +348,9 @@ export class ProxyServer {
       const head = reader.received;
       const table = this.#deps.routes();
       const serverName = hello.status === 'ok' ? hello.serverName : undefined;
-      const route = serverName ? table.match(orig.workloadId, orig.port, serverName) : undefined;
+      // By name: the kernel's id was read under the plan in force at accept,
+      // and a reload since may have numbered the workloads differently.
+      const route = serverName ? table.matchByName(workload, orig.port, serverName) : undefined;
       if (route && serverName) {
         const sni = route.service.hosts.find((h) => h === serverName) ?? serverName;
         this.#terminate(socket, head, { orig, route, table, sni }, handshakeDone).catch((err: unknown) => {
@@ -354,7 +359,7 @@ export class ProxyServer {
         });
         return;
       }
-      const egress = table.workload(orig.workloadId)?.egress;
+      const egress = table.workloadByName(workload)?.egress;
       if (egress) {
         this.#egress(socket, head, orig, workload, egress, { tls: hello.status !== 'not-tls', serverName }, handshakeDone).catch((err: unknown) => {
           this.#deps.log.error('egress decision for workload %s failed inside the proxy: %s', workload, (err as Error)?.stack ?? String(err));

@@ -67,12 +67,6 @@ export class RouteTable {
     return this.#byWorkloadName.get(name);
   }
 
-  /** The route for a connection of workload `workloadId` (this plan's numbering) to `host:port`, if one is bound. */
-  match(workloadId: number, port: number, host: string): Route | undefined {
-    const workload = this.#byWorkloadId.get(workloadId);
-    return workload ? this.#routes.get(routeKey(workload.name, port, normalizeHost(host))) : undefined;
-  }
-
   /**
    * The route of workload `workloadName` to `host:port` in this plan: how a
    * connection accepted under an earlier plan finds what is in force now

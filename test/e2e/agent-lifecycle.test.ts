@@ -269,7 +269,7 @@ print(json.dumps(out))
     await c.close();
   });
 
-  it('kill -9, proxy datapath: an open proxied connection is closed with the proxy; a new one goes direct, with no credential', async () => {
+  it('kill -9, proxy datapath: an open proxied connection is closed with the proxy; its programs stay attached, so a new one is refused, never sent direct; the next agent takes over and injects', async () => {
     const agent = await start(5);
     const t = await open({ ca: f.bothCas, servername: HOST });
     const before = f.upstream.records.length;
@@ -279,17 +279,29 @@ print(json.dumps(out))
     await agent.kill();
     const gone = await t.get('/proxied/1');
     expect(gone.error).toBeDefined();
-    // The redirect died with the agent: curl reaches the upstream itself, with
-    // the upstream's own certificate (it trusts only the upstream's CA) and no credential.
-    const direct = await f.curl(bound, ['--cacert', f.pki.caCert, '-o', '/dev/null', '-w', '%{http_code} %{local_port}', `https://${HOST}/direct`]);
-    const [code, port] = direct.stdout.split(' ').map(Number);
-    expect(code).toBe(200);
-    await waitFor(() => f.upstream.records.some((r) => r.remotePort === port), 'the direct request');
-    const rec = f.upstream.records.find((r) => r.remotePort === port);
-    expect(rec?.url).toBe('/direct');
-    expect(rec?.authorization).toEqual([]);
-    expect(f.upstream.records.some((r) => r.url === '/proxied/1')).toBe(false);
+    // Its links are pinned: connect() still redirects to the proxy port, where
+    // nothing listens. curl (which trusts only the upstream's CA) is refused.
+    const refused = await f.curl(bound, ['--cacert', f.pki.caCert, '-o', '/dev/null', `https://${HOST}/while-dead`]);
+    expect(refused.code).toBe(7); // couldn't connect
+    expect(f.upstream.records.some((r) => r.url === '/while-dead' || r.url === '/proxied/1')).toBe(false);
+    const dead = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+    expect(dead.code).toBe(3);
+    expect(dead.stdout).toMatch(/programs still attached: \d+ \(restricted workloads' egress rules stay enforced/);
+    expect(readdirSync(path.join(f.pinDir, 'links'))).toEqual(expect.arrayContaining(['wk_connect4', 'wk_connect6', 'wk_exec', 'wk_sendmsg4']));
     await t.close();
+
+    // The next agent attaches its own, then releases the dead one's.
+    const next = await start(5);
+    expect(next.output()).toMatch(/took over from the previous agent: its \d+ program\(s\), attached while no agent ran/);
+    expect(existsSync(path.join(f.pinDir, 'links-previous'))).toBe(false);
+    const after = f.upstream.records.length;
+    const injected = await f.curl(bound, ['--cacert', f.bothCas, '-o', '/dev/null', '-w', '%{http_code}', `https://${HOST}/after-takeover`]);
+    expect(injected.stdout).toBe('200');
+    await waitFor(() => f.upstream.records.length > after, 'the request after the takeover');
+    expect(f.upstream.records.find((r) => r.url === '/after-takeover')?.authorization).toEqual([f.expectedAuth]);
+    expect(await next.stop()).toBe(0);
+    // A clean stop unpins them: nothing of wirekey stays attached.
+    expect(existsSync(f.pinDir)).toBe(false);
   });
 
   it('a stuck agent (SIGSTOP): open and new connections are refused once the heartbeat lapses, never sent bare; after SIGCONT new ones are injected and the refusals are audited', async () => {

@@ -129,3 +129,58 @@ spec:
     expect(await locked.send(`tcp ${f.host.ipv4} 9000`)).toBe('EPERM');
   });
 });
+
+describe.skipIf(skip)(`egress while no agent runs${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const f = new E2eFixture();
+  let locked: DrivenProcess;
+
+  beforeAll(async () => {
+    await f.setUp();
+    const lockedCg = f.cgroup('locked');
+    f.writePolicy(`apiVersion: wirekey.dev/v1alpha1
+kind: Workload
+metadata: {name: locked}
+spec:
+  selector: {cgroup: ${f.cgBase}/locked}
+  egress:
+    mode: enforce
+    allow:
+      - {cidr: ${f.host.ipv4}, ports: [443]}
+`);
+    await f.startAgent();
+    locked = startDriven(lockedCg, 'python3', ['-c', CLIENT]);
+    f.onClose(() => locked?.kill());
+  });
+
+  afterAll(() => f.close());
+
+  it('kill -9: the rules stay enforced (the links are pinned), also for a process started while no agent runs; the next agent takes over; a clean stop lifts them', async () => {
+    expect(await locked.send(`tcp ${f.host.ipv4} 8443`)).toBe('EPERM');
+    await f.agent?.kill();
+    // The agent is gone; its programs are not.
+    expect(await locked.send(`tcp ${f.host.ipv4} 443`)).toBe('ok');
+    expect(await locked.send(`tcp ${f.host.ipv4} 8443`)).toBe('EPERM');
+    expect(await locked.send(`udp ${f.host.ipv4} 53`)).toBe('EPERM');
+    // exec() is still tracked: a process that starts now is judged as its workload.
+    const late = startDriven(f.cgroup('locked'), 'python3', ['-c', CLIENT]);
+    try {
+      expect(await late.send(`tcp ${f.host.ipv6} 443`)).toBe('EPERM');
+    } finally {
+      late.kill();
+    }
+    const dead = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+    expect(dead.code).toBe(3);
+    expect(dead.stdout).toMatch(/programs still attached: \d+/);
+
+    // A restart: while it starts, the dead agent's programs still judge; once it is ready, its own.
+    const next = await f.startAgent();
+    expect(next.output()).toMatch(/took over from the previous agent/);
+    expect(await locked.send(`tcp ${f.host.ipv4} 8443`)).toBe('EPERM');
+    expect(await locked.send(`tcp ${f.host.ipv4} 443`)).toBe('ok');
+
+    // A clean stop detaches everything: the workload is no longer restricted.
+    expect(await next.stop()).toBe(0);
+    f.agentStopped = true;
+    expect(await locked.send(`tcp ${f.host.ipv4} 8443`)).toBe('ECONNREFUSED');
+  });
+});

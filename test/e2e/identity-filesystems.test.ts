@@ -15,7 +15,7 @@ import { kernelSkipReason } from '../support/requirements.js';
 import { repoRoot, wirekeyBin } from '../support/agent.js';
 import { must, run } from '../support/shell.js';
 import { LoopFilesystems, btrfsSkipReason, overlaySkipReason } from '../support/loop-fs.js';
-import { runtimeStatePath } from '../../controller/identity/runtime-state.js';
+import { runtimeStatePath } from '../../controller/host/runtime-state.js';
 
 const skip = kernelSkipReason() ?? btrfsSkipReason() ?? overlaySkipReason();
 

@@ -120,6 +120,7 @@ spec: {workload: app, service: plain-ws, inject: {bearer: {credential: api-token
     type Line = Record<string, unknown>;
     const lines = () => readFileSync(f.auditPath, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Line).filter((l) => l.datapath === 'kernel');
     await waitFor(() => lines().filter((l) => l.decision === 'inject').length >= 3, 'kernel inject lines for the upgrades');
+    await waitFor(() => lines().filter((l) => l.decision === 'deny').length >= 3, 'kernel deny lines for the refused upgrades');
     expect(lines().filter((l) => l.decision === 'deny').map((l) => l.reason)).toEqual(['upgrade-unsupported', 'upgrade-unsupported', 'upgrade-unsupported']);
     const status = await must(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
     expect(status).toMatch(/passThrough 3\b/);

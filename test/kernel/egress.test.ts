@@ -17,7 +17,7 @@ import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { randomBytes, randomInt } from 'node:crypto';
 import path from 'node:path';
 import { Datapath, type EgressEvent, type EgressEvents, type EgressWorkload } from '../../controller/datapath/datapath.js';
-import { cgroupId, findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { cgroupId, findCgroup2Root } from '../../controller/cgroup.js';
 import { native } from '../../controller/datapath/native.js';
 import { PinnedMaps } from '../../controller/datapath/pinned.js';
 import { WK_EGRESS_MAX_PREFIXES, WK_EGRESS_MAX_RANGES } from '../../controller/datapath/layout.js';

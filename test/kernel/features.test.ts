@@ -12,7 +12,7 @@ import { Datapath } from '../../controller/datapath/datapath.js';
 import { probeFeatures, type Prober } from '../../controller/datapath/features.js';
 import { KernelHttp, PUSH_WATCH_PROGRAM } from '../../controller/datapath/kernel-http.js';
 import { bpfCall, native, repoRoot } from '../../controller/datapath/native.js';
-import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { findCgroup2Root } from '../../controller/cgroup.js';
 import { encodeU32, encodeU64, verifyContract } from '../../controller/datapath/layout.js';
 import { BpfError, NotSupportedError } from '../../controller/errors.js';
 import { kernelSkipReason } from '../support/requirements.js';

@@ -16,7 +16,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native, bpfCall, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
 import { encodeAny, encodeMask, encodeU32, encodeU64, verifyContract } from '../../controller/datapath/layout.js';
-import { cgroupId, findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { cgroupId, findCgroup2Root } from '../../controller/cgroup.js';
 import { KERNEL_HTTP_PROGRAMS, KernelHttp, headerLine, type KernelHttpStats } from '../../controller/datapath/kernel-http.js';
 import { kernelHttpSkipReason, pushWatchSkipReason } from '../support/requirements.js';
 import { createCgroup, removeCgroupTree, runInCgroup } from '../support/cgroup.js';

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { bpfCall, native, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
 import { CONSTANTS, LAYOUTS, verifyConstants, verifyContract, verifyLayouts } from '../../controller/datapath/layout.js';
-import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { findCgroup2Root } from '../../controller/cgroup.js';
 import { BpfError } from '../../controller/errors.js';
 import { kernelSkipReason } from '../support/requirements.js';
 import { createCgroup, removeCgroupTree } from '../support/cgroup.js';

@@ -14,7 +14,7 @@ import { startUpstream, type Upstream, type UpstreamRecord } from './upstream.js
 import { createCgroup, removeCgroupTree, runInCgroup } from './cgroup.js';
 import { freePort, startAgent, wirekeyBin, type RunningAgent } from './agent.js';
 import { must, type RunResult } from './shell.js';
-import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { findCgroup2Root } from '../../controller/cgroup.js';
 
 export const HOST = 'api.wirekey.test';
 export const OTHER = 'other.wirekey.test';

@@ -6,7 +6,7 @@
  * is a failure, not a skip.
  */
 import { existsSync } from 'node:fs';
-import { findCgroup2Root } from '../../controller/datapath/cgroup.js';
+import { findCgroup2Root } from '../../controller/cgroup.js';
 import { probeFeatures, type FeatureSet } from '../../controller/datapath/features.js';
 
 /** Why the probes of `sets` say this kernel cannot run them, or undefined. */

@@ -24,10 +24,15 @@ export class TlsSession {
   #buffered = '';
   #exited = false;
 
-  /** Connects from cgroup `cgroupDir` to `ip:port`, verifying `host` against `caFile`. */
-  constructor(cgroupDir: string, host: string, ip: string, port: number, caFile: string) {
+  /**
+   * Connects from cgroup `cgroupDir` to `ip:port`, verifying `host` against
+   * `caFile`. With `hold`, only TCP: connected() resolves once it is made,
+   * and tls() sends the ClientHello and resolves once the handshake is done.
+   */
+  constructor(cgroupDir: string, host: string, ip: string, port: number, caFile: string, opts: { hold?: boolean } = {}) {
     const script = path.join(repoRoot, 'test/support/clients/tls-session.py');
-    this.#child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroupDir, 'python3', script, host, ip, String(port), caFile], {
+    const args = [script, host, ip, String(port), caFile, ...(opts.hold ? ['hold'] : [])];
+    this.#child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cgroupDir, 'python3', ...args], {
       stdio: ['pipe', 'pipe', 'inherit'],
     });
     this.#child.stdout?.on('data', (d: Buffer) => {
@@ -61,6 +66,17 @@ export class TlsSession {
   /** Resolves once the TLS handshake is done (or with the error that ended it). */
   hello(): Promise<SessionResponse> {
     this.#child.stdin?.write('hello\n');
+    return this.#next();
+  }
+
+  /** With `hold`: resolves once the TCP connection is made (no byte of TLS sent yet). */
+  connected(): Promise<SessionResponse> {
+    return this.#next();
+  }
+
+  /** With `hold`: sends the ClientHello; resolves once the handshake is done (or with its error). */
+  tls(): Promise<SessionResponse> {
+    this.#child.stdin?.write('tls\n');
     return this.#next();
   }
 

@@ -6,7 +6,7 @@
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { validate } from '../../controller/cli/validate.js';
-import { formatEgress } from '../../controller/identity/explain.js';
+import { formatEgress } from '../../controller/host/explain.js';
 import { checkPolicy, policyWarnings } from '../../controller/policy/check.js';
 import { compilePolicy } from '../../controller/policy/compile.js';
 import {

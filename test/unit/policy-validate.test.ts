@@ -11,7 +11,7 @@ import { join, relative } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { validate } from '../../controller/cli/validate.js';
 import type { PolicyDiagnostic } from '../../controller/errors.js';
-import { checkHost, type HostCheckOptions } from '../../controller/policy/host-check.js';
+import { checkHost, type HostCheckOptions } from '../../controller/host/host-check.js';
 import { reportPolicyPath } from '../../controller/policy/load.js';
 import { closest } from '../../controller/policy/suggest.js';
 import { repoRoot, wirekeyBin } from '../support/agent.js';

@@ -4,7 +4,7 @@ import { parsePolicyText } from '../../controller/policy/parse.js';
 import { checkPolicy } from '../../controller/policy/check.js';
 import { compilePolicy } from '../../controller/policy/compile.js';
 import { couldOverlap, comparePrecedence } from '../../controller/policy/precedence.js';
-import { identityTables } from '../../controller/identity/tables.js';
+import { identityTables } from '../../controller/datapath/identity-tables.js';
 import { encodeMask, decodeMask, kernelDev } from '../../controller/datapath/layout.js';
 
 const workloads = (...selectors: string[]) =>

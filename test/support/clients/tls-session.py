@@ -3,7 +3,9 @@
 workload to hold a connection open across events (a policy reload, another
 workload's request).
 
-usage: tls-session.py HOST IP PORT CA_FILE
+usage: tls-session.py HOST IP PORT CA_FILE [hold]
+With "hold", the TCP connection is made and {"connected": true} printed,
+and the TLS handshake waits for a "tls" line on stdin (answered like hello).
 stdin, one command per line:
   send BASE64      write those bytes as they are
   read [METHOD]    read one HTTP response (METHOD: the request's, for HEAD)
@@ -22,12 +24,23 @@ import ssl
 import sys
 
 host, ip, port, ca = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+hold = len(sys.argv) > 5 and sys.argv[5] == 'hold'
 ctx = ssl.create_default_context(cafile=ca)
 try:
     raw = socket.create_connection((ip, port), timeout=30)
+    if hold:
+        sys.stdout.write(json.dumps({'connected': True}) + '\n')
+        sys.stdout.flush()
+        sys.stdin.readline()
     sock = ctx.wrap_socket(raw, server_hostname=host)
+    if hold:
+        sys.stdout.write(json.dumps({'connected': True}) + '\n')
+        sys.stdout.flush()
     reader = sock.makefile('rb')
 except Exception as e:
+    if hold:
+        sys.stdout.write(json.dumps({'error': f'connect: {type(e).__name__}: {e}'}) + '\n')
+        sys.stdout.flush()
     for _ in sys.stdin:
         sys.stdout.write(json.dumps({'error': f'connect: {type(e).__name__}: {e}'}) + '\n')
         sys.stdout.flush()

@@ -2,8 +2,8 @@
  * From resolved workloads to the kernel's identity tables (see
  * bpf/redirect.bpf.c: current_workload). Pure.
  */
-import type { IdentityTables } from '../datapath/datapath.js';
-import type { ResolvedWorkload } from './resolver.js';
+import type { IdentityTables } from './datapath.js';
+import type { ResolvedWorkload } from '../identity/resolver.js';
 
 export function identityTables(workloads: ResolvedWorkload[]): IdentityTables {
   const t: IdentityTables = { cgroups: new Map(), exes: [], uids: new Map(), any: { cgroup: [], exe: [], uid: [] } };

@@ -4,7 +4,7 @@
  */
 import { readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { NotSupportedError } from '../errors.js';
+import { NotSupportedError } from './errors.js';
 
 /**
  * The cgroup v2 mount point: /sys/fs/cgroup on unified hosts,

@@ -12,11 +12,11 @@ import { access, constants, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { FileCredentialSource } from '../credentials/file-source.js';
-import { findCgroup2Root } from '../datapath/cgroup.js';
+import { findCgroup2Root } from '../cgroup.js';
 import { CredentialError, type PolicyDiagnostic } from '../errors.js';
-import { normalizeCgroup } from './compile.js';
-import { positionOf, type PolicyPath } from './parse.js';
-import type { CredentialSourceDoc, Policy, PolicyDoc, VaultConnectionDoc, WorkloadDoc } from './types.js';
+import { normalizeCgroup } from '../policy/compile.js';
+import { positionOf, type PolicyPath } from '../policy/parse.js';
+import type { CredentialSourceDoc, Policy, PolicyDoc, VaultConnectionDoc, WorkloadDoc } from '../policy/types.js';
 
 const run = promisify(execFile);
 

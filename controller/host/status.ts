@@ -1,5 +1,6 @@
 /** `wirekey status`: what the running agent applied, how full its maps are, and what the kernel dropped. */
 import { PinnedMaps } from '../datapath/pinned.js';
+import { pinnedLinks } from '../datapath/pinned-links.js';
 import { WirekeyError } from '../errors.js';
 import { httpStatRefusal, type HttpStatName } from '../datapath/layout.js';
 import { readRuntimeState, type RuntimeState } from './runtime-state.js';
@@ -26,6 +27,8 @@ export interface AgentStatus {
   proxy: RuntimeState['proxy'] | null;
   /** Sockhashes of previous agents with connections still open (refused), and what they refused without an agent. */
   draining: { dir: string; connections: number; refusedAgent: bigint }[];
+  /** Programs whose links are pinned: attached whether or not an agent runs (paths relative to the pin dir). */
+  attached: string[];
 }
 
 /**
@@ -60,6 +63,7 @@ export function agentStatus(stateDir: string): AgentStatus {
     egressEventsLost: egressStats?.eventsLost ?? 0n,
     proxy: state.proxy ?? null,
     draining: pinned.draining(),
+    attached: pinnedLinks(state.pinDir),
   };
 }
 
@@ -89,6 +93,9 @@ export function formatStatus(s: AgentStatus): string {
     const refused = Object.entries(s.proxy.refused).map(([k, v]) => `${k} ${v}`);
     const open = Object.values(s.proxy.connections).reduce((a, b) => a + b, 0);
     lines.push(`proxy: ${open} connection(s) open, ${s.proxy.handshakes} in handshake; refused: ${refused.length ? refused.join(', ') : 'none'}`);
+  }
+  if (!s.running && s.attached.length) {
+    lines.push(`programs still attached: ${s.attached.length} (restricted workloads' egress rules stay enforced, and bound connections are redirected to the proxy port, where nothing listens: refused) until an agent starts and takes over, or the pin directory is removed`);
   }
   for (const d of s.draining) {
     lines.push(`draining ${d.dir}: ${d.connections} connection(s) of a previous agent, each refused at its next request; agent-gone ${d.refusedAgent}`);
