@@ -450,13 +450,13 @@ export class Agent {
     // From the kernel's switch to the proxy's: connections are refused
     // (closed before TLS), never judged under the other plan's numbering.
     if (renumbered) this.#renumbering = true;
+    // What the kernel counted under the names in force so far is written under them.
+    this.#summarizeKernelUsage();
     try {
       this.#requireKernelHttp(next.plan);
       datapath.setPortBindings(next.routes.portBindings());
       this.#setEgress(datapath, next.plan);
       datapath.setIdentity(identityTables(resolved));
-      // What was counted under the names in force so far is written under them.
-      this.#summarizeKernelUsage();
       await this.#kernelBindings?.apply(next.plan, next.credentials);
     } catch (err) {
       // Put the kernel back as it was; the proxy has not seen the new plan yet.
