@@ -31,7 +31,10 @@ export interface KernelUsageOptions {
 
 interface Pending {
   record: HttpUsageRecord;
+  /** The names last known for it (kept once a reload forgets them, for requests counted late). */
   names: UsageNames | undefined;
+  /** Requests may still be counted under it: the names in force say so now. */
+  current: boolean;
   /** Requests since the last summary line of this entry. */
   requests: bigint;
 }
@@ -65,9 +68,11 @@ export class KernelUsage {
       const delta = r.requests >= before ? r.requests - before : r.requests;
       this.#seen.set(key, r.requests);
       let p = this.#pending.get(key);
-      if (!p) this.#pending.set(key, (p = { record: r, names: undefined, requests: 0n }));
+      if (!p) this.#pending.set(key, (p = { record: r, names: undefined, current: false, requests: 0n }));
+      const names = this.#opts.names(r);
       p.record = r;
-      p.names = this.#opts.names(r) ?? p.names;
+      p.names = names ?? p.names;
+      p.current = names?.current ?? false;
       if (!delta) continue;
       p.requests += delta;
       this.#stale.delete(key);
@@ -108,7 +113,7 @@ export class KernelUsage {
         p.requests = 0n;
         continue;
       }
-      if (names?.current) continue;
+      if (p.current) continue;
       if (this.#stale.has(key)) {
         try {
           this.#source.forgetUsage(r);

@@ -94,4 +94,20 @@ describe('KernelUsage', () => {
     expect(usage.summarize()).toEqual([]);
     expect(kernel.forgotten).toEqual([]);
   });
+
+  it('a binding a reload removed keeps the names it was counted under, and its entry goes once quiet', () => {
+    const kernel = new FakeUsage();
+    let bound = true;
+    const names = (r: HttpUsageRecord): UsageNames | undefined =>
+      bound ? { workload: 'app', service: 'plain', credential: 'tok', current: r.headerVersion === 1 } : undefined;
+    const usage = new KernelUsage(kernel, { names, counted: () => {} });
+    kernel.count(1, 1, 2);
+    expect(usage.summarize().map((l) => l.requests)).toEqual([2]);
+    bound = false;
+    kernel.count(1, 1, 1); // a request counted just before the removal took effect
+    expect(usage.summarize()).toEqual([expect.objectContaining({ workload: 'app', requests: 1 })]);
+    usage.summarize();
+    usage.summarize();
+    expect(kernel.forgotten).toEqual(['1:1:1:0']);
+  });
 });
