@@ -198,7 +198,7 @@ async function main(): Promise<void> {
       rounds: { type: 'string', default: '3' },
       connections: { type: 'string', default: '8' },
       arms: { type: 'string', default: ARMS.join(',') },
-      'kernel-audit': { type: 'string', default: 'request' },
+      'kernel-audit': { type: 'string' },
     },
   });
   const seconds = values.seconds!;
@@ -229,7 +229,7 @@ async function main(): Promise<void> {
     const policy = path.join(work, 'policy.yaml');
     writeFileSync(policy, policyText(tag, token, ip, wanted.includes('kernel')));
     const stateDir = path.join(work, 'state');
-    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: ['--kernel-audit', values['kernel-audit']!],
+    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: values['kernel-audit'] ? ['--kernel-audit', values['kernel-audit']] : [],
       audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info' }));
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
     writeFileSync(wirekeyCa, await step(must(process.execPath, [wirekeyBin, 'ca', 'cert', '--create', '--state-dir', stateDir])));

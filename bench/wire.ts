@@ -403,7 +403,7 @@ async function main(): Promise<void> {
     for (const [arm, s] of measuredArms) {
       check(arm, routeOf(arm), s, log.get(s.tag), { connections, bulkBytes, final: true, passthrough: !!passthrough });
     }
-    report(samples, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'request (the agent\'s default)' });
+    report(samples, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)' });
   } finally {
     interrupted.dispose();
     const attempt = async (what: string, f: () => unknown) => {

@@ -16,6 +16,18 @@ struct {
 	__type(value, __u64);
 } wk_http_stats SEC(".maps");
 
+/*
+ * Requests injected per (binding, header version, epoch), per CPU: the
+ * exact "how often" of the audit log, whatever the events' grain and
+ * however many of them the ring lost. See count_usage().
+ */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, WK_HTTP_MAX_USAGE);
+	__type(key, struct wk_http_usage_key);
+	__type(value, struct wk_http_usage);
+} wk_http_usage SEC(".maps");
+
 /* Audit events (struct wk_http_event); see "Events" in http-inject.bpf.c. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -28,6 +40,35 @@ static __always_inline void http_count(__u32 stat)
 
 	if (v)
 		__sync_fetch_and_add(v, 1);
+}
+
+/*
+ * One injected request in wk_http_usage. This CPU's copy of the entry is
+ * only ever written by programs on this CPU, and sk_msg runs in process
+ * context with migration disabled, so plain increments do. An entry the
+ * map has no room for is counted (WK_HTTP_STAT_USAGE_FULL), never waited
+ * for: the request is injected all the same.
+ */
+static __always_inline void count_usage(struct wk_http_usage_key *k, __u64 now)
+{
+	struct wk_http_usage *u, first = { .requests = 1, .first_ns = now, .last_ns = now };
+
+	u = bpf_map_lookup_elem(&wk_http_usage, k);
+	if (!u) {
+		if (!bpf_map_update_elem(&wk_http_usage, k, &first, BPF_NOEXIST))
+			return;
+		/* Another CPU made the entry meanwhile, or the map is full. */
+		u = bpf_map_lookup_elem(&wk_http_usage, k);
+		if (!u) {
+			http_count(WK_HTTP_STAT_USAGE_FULL);
+			return;
+		}
+	}
+	/* Another CPU's entry starts at zero on this one. */
+	if (!u->requests)
+		u->first_ns = now;
+	u->requests++;
+	u->last_ns = now;
 }
 
 /*

@@ -157,20 +157,25 @@
  * draining directory, with its wk_http_config, which the next agent sets to
  * 0 at once. A refusal also clears the socket's copy of the line.
  *
- * Events. Every injected request and every refusal (each one counted
- * above, at connect(), in sockops or in sk_msg) also goes into the
- * wk_http_events ring buffer for the audit log: who connected, the
- * binding, the destination, the socket cookie and the header's version,
- * never its bytes. An event never changes a decision: when the ring is
- * full it is lost, and counted. Injections do not wake the reader until
- * WK_HTTP_EVENTS_WAKE bytes are waiting, and then once per read of the
- * reader (the controller also drains the ring on a timer), so a busy
- * connection costs a reserve and a submit per request, not a wake-up; a
- * refusal wakes the reader at once. (A write on a socket without storage,
- * which cannot happen, is only counted: there is nothing to report.) With
- * WK_HTTP_CFG_AUDIT_CONNECTIONS in wk_http_config, an injection is reported
- * once per connection and header version (its first request, and the first
- * after each rotation) instead of per request; refusals always are.
+ * Usage. Every injected request is counted in wk_http_usage, a per-CPU
+ * hash keyed by (workload, service, header version, epoch): the agent
+ * sums and summarises it for the audit log ("how often", exactly), and
+ * feeds its request metrics from it. A lookup and two stores per request,
+ * no event.
+ *
+ * Events. Every refusal (each one counted above, at connect(), in sockops
+ * or in sk_msg), and every injection once per connection and header
+ * version (its first request, and the first after each rotation), goes
+ * into the wk_http_events ring buffer for the audit log: who connected,
+ * the binding, the destination, the socket cookie and the header's
+ * version, never its bytes. With WK_HTTP_CFG_AUDIT_REQUESTS in
+ * wk_http_config, every injected request is reported instead. An event
+ * never changes a decision: when the ring is full it is lost, and
+ * counted. Injections do not wake the reader until WK_HTTP_EVENTS_WAKE
+ * bytes are waiting, and then once per read of the reader (the controller
+ * also drains the ring on a timer); a refusal wakes the reader at once.
+ * (A write on a socket without storage, which cannot happen, is only
+ * counted: there is nothing to report.)
  *
  * Header bytes live in wk_http_hdr, keyed by (workload, service). The
  * controller replaces a value in place under its bpf_spin_lock
@@ -683,35 +688,34 @@ static __always_inline int approve(struct sk_msg_md *msg, struct wk_http_sock *s
 }
 
 /*
- * An agent is running and keeps this program's heartbeat fresh (see
- * "Without an agent" above). A stopping agent, or the next one, sets it to 0.
+ * What a request is judged against before anything is injected: an agent
+ * is running and keeps this program's heartbeat fresh (see "Without an
+ * agent" above; a stopping agent, or the next one, sets it to 0), and the
+ * binding this connection was made under still holds. Returns the
+ * refusal reason, or 0 with *flags (wk_http_config's, read with the
+ * epoch), *dest_flags (the destination's wk_http_dest_val.flags) and
+ * *now (bpf_ktime_get_ns()) set.
  */
-static __always_inline bool agent_alive(void)
-{
-	struct wk_http_config *cfg;
-	__u32 zero = 0;
-
-	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
-	return cfg && bpf_ktime_get_ns() < cfg->alive_until;
-}
-
-/*
- * The binding this connection was made under still holds. *flags gets
- * wk_http_config's flags, read with the epoch.
- */
-static __always_inline bool binding_holds(struct wk_http_sock *st, __u32 *flags)
+static __always_inline __u32 request_holds(struct wk_http_sock *st, __u32 *flags,
+					   __u32 *dest_flags, __u64 *now)
 {
 	struct wk_http_dest_val *dest;
 	struct wk_http_config *cfg;
 	__u32 zero = 0;
 
 	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
-	if (!cfg || cfg->epoch != st->epoch)
-		return false;
+	*now = bpf_ktime_get_ns();
+	if (!cfg || *now >= cfg->alive_until)
+		return WK_HTTP_STAT_REFUSED_AGENT;
+	if (cfg->epoch != st->epoch)
+		return WK_HTTP_STAT_REFUSED_BINDING;
 	*flags = cfg->flags;
 	/* Still pinned, to the same service? */
 	dest = bpf_map_lookup_elem(&wk_http_dest, &st->dest);
-	return dest && dest->service_id == st->service_id;
+	if (!dest || dest->service_id != st->service_id)
+		return WK_HTTP_STAT_REFUSED_BINDING;
+	*dest_flags = dest->flags;
+	return 0;
 }
 
 /*
@@ -735,11 +739,19 @@ static __always_inline bool snapshot_header(struct wk_http_sock *st)
 	src = (__u64 *)hdr->line;
 	bpf_spin_lock(&hdr->lock);
 	st->hdr_state = hdr->state;
-	st->hdr_len = hdr->len;
-	st->name_len = hdr->name_len;
-	st->version = hdr->version;
-	for (int i = 0; i < WK_HTTP_LINE_MAX / 8; i++)
-		dst[i] = src[i];
+	/*
+	 * The controller bumps the version with every write of the value (a
+	 * wipe keeps it but is never WK_HTTP_INJECT), and a socket's copy is
+	 * only ever wiped on the way to never injecting again: the copy of
+	 * the version it holds is still this line, byte for byte.
+	 */
+	if (st->version != hdr->version) {
+		st->hdr_len = hdr->len;
+		st->name_len = hdr->name_len;
+		st->version = hdr->version;
+		for (int i = 0; i < WK_HTTP_LINE_MAX / 8; i++)
+			dst[i] = src[i];
+	}
 	bpf_spin_unlock(&hdr->lock);
 
 	return st->hdr_state == WK_HTTP_INJECT &&
@@ -765,12 +777,10 @@ static __always_inline bool authority_ok(struct wk_http_sock *st, struct wk_http
  * absolute-form target's authority ("http://" only). Returns the refusal
  * reason, or 0. (Two Host lines are refused while scanning, listed or not.)
  */
-static __always_inline __u32 host_check(struct wk_http_sock *st, struct wk_http_scan *s)
+static __always_inline __u32 host_check(struct wk_http_sock *st, struct wk_http_scan *s,
+				       __u32 dest_flags)
 {
-	struct wk_http_dest_val *dest;
-
-	dest = bpf_map_lookup_elem(&wk_http_dest, &st->dest);
-	if (!dest || !(dest->flags & WK_HTTP_DEST_CHECK_HOST))
+	if (!(dest_flags & WK_HTTP_DEST_CHECK_HOST))
 		return 0;
 	if (!s->seen_host || !authority_ok(st, &s->host))
 		return WK_HTTP_STAT_REFUSED_HOST;
@@ -794,14 +804,14 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 {
 	struct wk_http_scan *s = &st->scan;
 	struct scan_ctx ctx = {};
-	__u32 size = msg->size, n, hlen, off, total, cfg_flags = 0, why;
-	__u64 room;
+	__u32 size = msg->size, n, hlen, off, total, cfg_flags = 0, dest_flags = 0, why;
+	struct wk_http_usage_key uk = {};
+	__u64 room, ktime = 0;
 	__u8 *data, *end;
 
-	if (!agent_alive())
-		return refuse(st, WK_HTTP_STAT_REFUSED_AGENT);
-	if (!binding_holds(st, &cfg_flags))
-		return refuse(st, WK_HTTP_STAT_REFUSED_BINDING);
+	why = request_holds(st, &cfg_flags, &dest_flags, &ktime);
+	if (why)
+		return refuse(st, why);
 	/*
 	 * A corked head comes back whole, from its first byte, with nothing
 	 * queued meanwhile (a cork the kernel cannot keep is a drop, and a
@@ -840,7 +850,7 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		return SK_DROP;
 	}
 	s->active = 0;
-	why = host_check(st, s);
+	why = host_check(st, s, dest_flags);
 	if (why)
 		return refuse(st, why);
 
@@ -874,12 +884,17 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		data[i] = st->line[i];
 	}
 	http_count(WK_HTTP_STAT_INJECTED);
+	uk.workload_id = st->workload_id;
+	uk.service_id = st->service_id;
+	uk.version = st->version;
+	uk.epoch = st->epoch;
+	count_usage(&uk, ktime);
 	/*
-	 * Per request, or (WK_HTTP_CFG_AUDIT_CONNECTIONS) once per connection
-	 * and header version: its first request and the first after each
-	 * rotation.
+	 * Once per connection and header version (its first request and the
+	 * first after each rotation), or (WK_HTTP_CFG_AUDIT_REQUESTS) per
+	 * request.
 	 */
-	if (!(cfg_flags & WK_HTTP_CFG_AUDIT_CONNECTIONS) || st->audited_version != st->version) {
+	if ((cfg_flags & WK_HTTP_CFG_AUDIT_REQUESTS) || st->audited_version != st->version) {
 		http_event(st, WK_HTTP_EVENT_INJECTED, WK_HTTP_STAT_INJECTED);
 		st->audited_version = st->version;
 	}

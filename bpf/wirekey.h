@@ -161,6 +161,12 @@ enum wk_http_limits {
 	/* wk_http_events: bytes of ring buffer, and how much may wait before a wake-up */
 	WK_HTTP_EVENTS_SIZE = 1 << 20,
 	WK_HTTP_EVENTS_WAKE = 64 << 10,
+	/*
+	 * wk_http_usage: (binding, header version, epoch) counters. The agent
+	 * deletes an entry once it is summarised and no longer current, so a
+	 * few versions per binding at most are live at once.
+	 */
+	WK_HTTP_MAX_USAGE = 4 * WK_MAX_BINDINGS,
 };
 
 /* wk_http_hdr.state */
@@ -200,7 +206,8 @@ enum wk_http_stat {
 	WK_HTTP_STAT_REFUSED_AGENT = 21,	/* no live agent: wk_http_config.alive_until has passed */
 	WK_HTTP_STAT_REFUSED_CREDENTIAL = 22,	/* bound, but the credential is withheld (unreadable, or no header can carry it) */
 	WK_HTTP_STAT_PASSTHROUGH = 23,	/* connections passed through untouched after an injected WebSocket upgrade */
-	WK_HTTP_STAT_MAX = 24,
+	WK_HTTP_STAT_USAGE_FULL = 24,	/* injected requests not in wk_http_usage: it was full (still in WK_HTTP_STAT_INJECTED) */
+	WK_HTTP_STAT_MAX = 25,
 };
 
 /* wk_http_event.kind */
@@ -268,7 +275,7 @@ struct wk_http_hdr {
 
 /* wk_http_config.flags */
 enum wk_http_cfg_flag {
-	WK_HTTP_CFG_AUDIT_CONNECTIONS = 1,	/* an injected event per connection and header version, not per request */
+	WK_HTTP_CFG_AUDIT_REQUESTS = 1,	/* an injected event per request, not per connection and header version */
 };
 
 /* Key 0 of wk_http_config. */
@@ -304,6 +311,26 @@ struct wk_http_event {
 	__u32 version;		/* wk_http_hdr.version of the line sent (or last copied); 0 if none */
 };
 
+/*
+ * Key of wk_http_usage (a per-CPU hash): the requests a binding injected
+ * with one version of its header line, on connections made under one id
+ * epoch (the epoch tells an entry written under an earlier numbering of
+ * workloads from a current one).
+ */
+struct wk_http_usage_key {
+	__u32 workload_id;
+	__u32 service_id;
+	__u32 version;		/* wk_http_hdr.version of the line sent */
+	__u32 epoch;		/* wk_http_config.epoch the connection was made under */
+};
+
+/* Value of wk_http_usage, one per CPU: the agent sums them. */
+struct wk_http_usage {
+	__u64 requests;		/* injected on this CPU since the entry was made */
+	__u64 first_ns;		/* bpf_ktime_get_ns() of the first of them */
+	__u64 last_ns;		/* and of the latest */
+};
+
 WK_ASSERT_SIZE(wk_http_dest_key, 24);
 WK_ASSERT_SIZE(wk_http_dest_val, 8);
 WK_ASSERT_SIZE(wk_http_host_key, 264);
@@ -311,6 +338,8 @@ WK_ASSERT_SIZE(wk_http_hdr_key, 8);
 WK_ASSERT_SIZE(wk_http_hdr, 528);
 WK_ASSERT_SIZE(wk_http_config, 16);
 WK_ASSERT_SIZE(wk_http_event, 64);
+WK_ASSERT_SIZE(wk_http_usage_key, 16);
+WK_ASSERT_SIZE(wk_http_usage, 24);
 
 /*
  * Egress policy (egress.bpf.h, egress.bpf.c): a restricted workload's

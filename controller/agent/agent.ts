@@ -31,6 +31,7 @@ import { credentialHeader } from '../inject/inject.js';
 import { AuditLog } from '../audit/audit-log.js';
 import { RouteTable } from '../proxy/routes.js';
 import { KernelBindings } from './kernel-bindings.js';
+import { KernelUsage } from './kernel-usage.js';
 import { AgentMetrics } from '../metrics/agent-metrics.js';
 import { CredentialError, NotSupportedError, PolicyError, WirekeyError } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -59,8 +60,10 @@ export interface AgentOptions {
   h2Limits?: Partial<H2Limits>;
   /** Load the kernel HTTP datapath (default true); without it plaintext services are refused. */
   kernelDatapath?: boolean;
-  /** Kernel datapath injections in the audit log: per request (default), or per connection and credential version. */
+  /** Kernel datapath injections in the audit log: per connection and credential version (default), or per request. Usage lines count every request either way. */
   kernelAuditGrain?: 'request' | 'connection';
+  /** How often the kernel datapath's usage lines are written (default 10 s); also before a reload and at stop. */
+  kernelUsageIntervalMs?: number;
   /** How long the kernel datapath goes on injecting after this process stops answering (default 5 s). */
   kernelAliveTimeoutMs?: number;
   /** How often cgroup selectors are resolved again (cgroups come and go). */
@@ -106,6 +109,9 @@ export class Agent {
   /** Kernel egress rule set id -> the workload it was written for (see #setEgress). */
   readonly #egressSets = new Map<number, string>();
   #kernelRefresh: NodeJS.Timeout | undefined;
+  /** The kernel's per-request counters, read into metrics and usage audit lines. */
+  #kernelUsage: KernelUsage | undefined;
+  #kernelUsageTimer: NodeJS.Timeout | undefined;
   /** The kernel's audit event readers (drained before a metrics scrape). */
   #egressEvents: { drain(): number } | undefined;
   #kernelEvents: { drain(): number } | undefined;
@@ -148,6 +154,7 @@ export class Agent {
       settle: () => {
         this.#egressEvents?.drain();
         this.#kernelEvents?.drain();
+        this.#collectKernelUsage();
       },
     });
   }
@@ -269,10 +276,16 @@ export class Agent {
         this.#log.warn('kernel HTTP datapath: no failed-push watch (%s); ' +
           'memory pressure is still caught, a push failing for another reason before its first byte is not (see the README)', this.#datapath.pushWatchUnavailable);
       }
-      kh.setAuditGrain(this.#opts.kernelAuditGrain ?? 'request');
+      kh.setAuditGrain(this.#opts.kernelAuditGrain ?? 'connection');
       const kernelBindings = new KernelBindings(kh, this.#log);
       this.#kernelBindings = kernelBindings;
       await kernelBindings.apply(this.#plan, this.#credentials);
+      this.#kernelUsage = new KernelUsage(kh, {
+        names: (u) => kernelBindings.usageNames(u),
+        counted: (workload, service, n) => this.#metrics.kernelInjected(workload, service, n),
+      });
+      this.#kernelUsageTimer = setInterval(() => this.#summarizeKernelUsage(), this.#opts.kernelUsageIntervalMs ?? KERNEL_USAGE_MS);
+      this.#kernelUsageTimer.unref();
       // Read on the event loop (a uv_poll on the ring buffer), never by blocking it.
       this.#kernelEvents = kh.events((e) => {
         const event = kernelBindings.auditEvent(e);
@@ -437,6 +450,8 @@ export class Agent {
     // From the kernel's switch to the proxy's: connections are refused
     // (closed before TLS), never judged under the other plan's numbering.
     if (renumbered) this.#renumbering = true;
+    // What the kernel counted under the names in force so far is written under them.
+    this.#summarizeKernelUsage();
     try {
       this.#requireKernelHttp(next.plan);
       datapath.setPortBindings(next.routes.portBindings());
@@ -536,6 +551,16 @@ export class Agent {
     this.#resync = undefined;
     if (this.#kernelRefresh) clearInterval(this.#kernelRefresh);
     this.#kernelRefresh = undefined;
+    if (this.#kernelUsageTimer) clearInterval(this.#kernelUsageTimer);
+    this.#kernelUsageTimer = undefined;
+    // Injection stops first, so that the last usage lines count every request injected.
+    try {
+      this.#datapath?.kernelHttp?.expire();
+    } catch (err) {
+      this.#log.error('kernel datapath: stopping: %s', (err as Error).message);
+    }
+    this.#summarizeKernelUsage();
+    this.#kernelUsage = undefined;
     this.#kernelBindings = undefined;
     // Kernel injection stops first (open connections are refused from their
     // next request), then everything is detached, so no new connection is
@@ -599,6 +624,24 @@ export class Agent {
     const kernel = [...plan.services.values()].filter((s) => s.datapath === 'kernel').map((s) => s.name);
     if (kernel.length) {
       throw new NotSupportedError('kernel HTTP datapath', `plaintext service(s) ${kernel.join(', ')} need the kernel HTTP datapath, which is not loaded: ${reason}`);
+    }
+  }
+
+  /** Reads the kernel's usage counters into the request metrics. */
+  #collectKernelUsage(): void {
+    try {
+      this.#kernelUsage?.collect();
+    } catch (err) {
+      this.#log.error('kernel datapath: cannot read usage counters: %s', (err as Error).message);
+    }
+  }
+
+  /** Writes a usage audit line per binding and credential version that injected requests since its last one. */
+  #summarizeKernelUsage(): void {
+    try {
+      for (const line of this.#kernelUsage?.summarize() ?? []) this.#audit?.record(line);
+    } catch (err) {
+      this.#log.error('kernel datapath: cannot read usage counters: %s', (err as Error).message);
     }
   }
 
@@ -800,6 +843,8 @@ function tablesKey(t: IdentityTables): string {
 
 /** How often the kernel datapath's header lines are checked against their credentials. */
 const KERNEL_REFRESH_MS = 1000;
+/** How often the kernel datapath's usage counters become audit lines, by default. */
+const KERNEL_USAGE_MS = 10_000;
 
 function writeFileAtomic(file: string, data: string): void {
   const tmp = `${file}.${process.pid}.tmp`;

@@ -43,6 +43,18 @@ interface Described {
 
 /** Header versions remembered per binding, for events that arrive after a rotation. */
 const VERSIONS_KEPT = 8;
+/** Earlier id epochs whose names are kept, for usage counted under them and read after a renumbering. */
+const EPOCHS_KEPT = 4;
+
+/** Who a kernel usage entry (KernelHttp.usage()) counts, by the policy's names. */
+export interface UsageNames {
+  workload: string;
+  service: string;
+  credential?: string;
+  credentialVersion?: string;
+  /** Still the binding's line under the current epoch: requests may still be counted under it. */
+  current: boolean;
+}
 
 export class KernelBindings {
   readonly #kh: KernelHttp;
@@ -59,6 +71,12 @@ export class KernelBindings {
   #described = new Map<string, Described>();
   /** Problems already logged, so a refresh loop does not repeat them. */
   #reported = new Set<string>();
+  /** The id epoch the kernel's entries are written under now. */
+  #epoch = 0;
+  /** `${workloadId}:${serviceId}` -> the header version the kernel holds now. */
+  #current = new Map<string, number>();
+  /** Earlier epochs' names (the last few), for usage counted before a renumbering. */
+  #earlier = new Map<number, Map<string, Described>>();
 
   constructor(kh: KernelHttp, log: Logger) {
     this.#kh = kh;
@@ -93,12 +111,16 @@ export class KernelBindings {
     // Destinations (and hosts) first: it checks capacity before changing anything.
     this.#kh.setDestinations(dests, hosts);
     if (renumbered) {
+      this.#earlier.set(this.#kh.idEpoch(), this.#described);
+      for (const e of this.#earlier.keys()) if (this.#earlier.size > EPOCHS_KEPT) this.#earlier.delete(e);
       this.#kh.bumpEpoch();
       this.#log.info('kernel datapath: workload ids changed; open plaintext connections of bound workloads take no further requests');
     }
     const versions = this.#kh.setBindings(wanted.map((w) => ({ workloadId: w.workloadId, serviceId: w.serviceId, header: w.header })));
+    this.#epoch = this.#kh.idEpoch();
     this.#workloadIds = workloadIds;
     this.#pushed = new Map(wanted.map((w) => [`${w.workloadId}:${w.serviceId}`, w.digest]));
+    this.#current = new Map(wanted.map((w, i) => [`${w.workloadId}:${w.serviceId}`, versions[i] as number]));
     const described = new Map<string, Described>();
     wanted.forEach((w, i) => {
       const key = `${w.workloadId}:${w.serviceId}`;
@@ -129,6 +151,7 @@ export class KernelBindings {
       if (this.#pushed.get(key) === w.digest) continue;
       const version = w.header ? this.#kh.setHeader(w.workloadId, w.serviceId, w.header) : this.#kh.withhold(w.workloadId, w.serviceId);
       this.#pushed.set(key, w.digest);
+      this.#current.set(key, version);
       const d = this.#described.get(key);
       if (d) remember(d, version, w.credentialVersion);
       this.#log.info('kernel datapath: binding %s now %s', w.binding.name, w.header ? 'injects the current credential' : 'withholds (no credential)');
@@ -155,6 +178,26 @@ export class KernelBindings {
       ...(credentialVersion !== undefined ? { credentialVersion } : {}),
       ...(e.kind === 'refused' ? { reason: httpStatRefusal(e.reason) ?? e.reason } : {}),
       connection: e.cookie.toString(),
+    };
+  }
+
+  /**
+   * The names a kernel usage entry counts under: those of the epoch it was
+   * counted in (the current one, or one of the last few before a
+   * renumbering); undefined for ids no plan this agent kept named.
+   */
+  usageNames(u: { workloadId: number; serviceId: number; headerVersion: number; epoch: number }): UsageNames | undefined {
+    const key = `${u.workloadId}:${u.serviceId}`;
+    const current = u.epoch === this.#epoch;
+    const d = (current ? this.#described : this.#earlier.get(u.epoch))?.get(key);
+    if (!d) return undefined;
+    const credentialVersion = d.versions.get(u.headerVersion);
+    return {
+      workload: d.workload,
+      service: d.service,
+      credential: d.credential,
+      ...(credentialVersion !== undefined ? { credentialVersion } : {}),
+      current: current && this.#current.get(key) === u.headerVersion,
     };
   }
 

@@ -14,9 +14,12 @@ import { openSync, writeSync, closeSync } from 'node:fs';
  * would-refuse: `mode: audit` let through what `enforce` would refuse
  * (`reason` says why); a refusal under `enforce` is a deny. close: an
  * upgraded connection (WebSocket) whose upgrade was an inject line ended,
- * with its bytes and duration.
+ * with its bytes and duration. usage: the kernel datapath's count of the
+ * requests one workload sent to one service with one credential version,
+ * since the previous usage line of the same (`requests`, `firstSeen`,
+ * `lastSeen`).
  */
-export type AuditDecision = 'inject' | 'deny' | 'pass' | 'withhold' | 'allow' | 'would-refuse' | 'close';
+export type AuditDecision = 'inject' | 'deny' | 'pass' | 'withhold' | 'allow' | 'would-refuse' | 'close' | 'usage';
 
 export interface AuditEvent {
   decision: AuditDecision;
@@ -63,6 +66,12 @@ export interface AuditEvent {
   bytesDown?: number;
   /** close lines: from the upgrade's 101 to the close (ms). */
   durationMs?: number;
+  /** usage lines: requests injected since the previous usage line of the same workload, service and credential version. */
+  requests?: number;
+  /** usage lines: the first request the kernel counted for this workload, service and credential version (ISO 8601). */
+  firstSeen?: string;
+  /** usage lines: the latest of them (ISO 8601). */
+  lastSeen?: string;
 }
 
 /** Audit bytes waiting for stdout past which the sink counts as backed up (the proxy then refuses: see `writable`). */

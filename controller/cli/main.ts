@@ -115,7 +115,7 @@ program
   .option('--h2-max-streams <n>', 'HTTP/2 streams open at once on one workload connection', count, DEFAULT_H2_LIMITS.maxConcurrentStreams)
   .option('--h2-max-resets <n>', 'HTTP/2 streams a workload connection may reset within 10 s before it gets GOAWAY (rapid reset)', count, DEFAULT_H2_LIMITS.maxResets)
   .option('--no-kernel-datapath', 'do not load the kernel HTTP datapath (plaintext services are then refused)')
-  .option('--kernel-audit <grain>', 'audit kernel datapath injections per request, or per connection and credential version', grain, 'request' as const)
+  .option('--kernel-audit <grain>', 'audit kernel datapath injections once per connection and credential version, or per request (usage lines count every request either way)', grain, 'connection' as const)
   .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
   .option('--log-format <format>', 'text (one line per event) or json (one object per line)', logFormat, 'text' as LogFormat)

@@ -1,8 +1,10 @@
 /**
  * Audit events of the kernel HTTP datapath: bpf/http-inject.bpf.c writes
- * one record per injected request and one per refusal into the
- * wk_http_events ring buffer; this reads them on the event loop and hands
- * them, decoded, to a handler.
+ * one record per refusal, and one per injection at the grain
+ * KernelHttp.setAuditGrain() chose (once per connection and header
+ * version, or per request), into the wk_http_events ring buffer; this
+ * reads them on the event loop and hands them, decoded, to a handler.
+ * (Every injected request is counted apart from events: KernelHttp.usage().)
  *
  * The reading is ring-events.ts's. The kernel wakes the reader for every
  * refusal and whenever enough injections are waiting; quieter injections

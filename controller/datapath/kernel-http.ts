@@ -12,7 +12,9 @@
  * What the kernel refuses, and how (the write fails with EACCES and the
  * connection takes no more writes), is documented at the top of
  * bpf/http-inject.bpf.c and counted in stats(); events() delivers each
- * injection and refusal as an audit event (kernel-events.ts).
+ * refusal, and each injection once per connection and header version (or
+ * per request: setAuditGrain), as an audit event (kernel-events.ts);
+ * usage() counts every injected request per binding and header version.
  *
  * No agent, no injection: from attach() on, a heartbeat on this process's
  * event loop keeps wk_http_config.alive_until `aliveTimeoutMs` ahead of
@@ -25,7 +27,7 @@ import { bpfCall, type NativeLink, type NativeMap, type NativeObject } from './n
 import { KernelHttpEvents, type KernelHttpEventHandler, type KernelHttpEventsOptions } from './kernel-events.js';
 import {
   BPF_F_LOCK,
-  WK_HTTP_CFG_AUDIT_CONNECTIONS,
+  WK_HTTP_CFG_AUDIT_REQUESTS,
   WK_HTTP_DEST_CHECK_HOST,
   WK_HTTP_INJECT,
   WK_HTTP_LINE_MAX,
@@ -35,16 +37,21 @@ import {
   decodeHttpConfig,
   decodeHttpHdrKey,
   decodeHttpHdrMeta,
+  decodeHttpUsage,
   encodeHttpConfig,
   encodeHttpDestKey,
   encodeHttpDestVal,
   encodeHttpHdr,
   encodeHttpHdrKey,
   encodeHttpHostKey,
+  encodeHttpUsageKey,
   encodeU32,
   type HttpConfig,
   type HttpStatName,
+  type HttpUsageRecord,
 } from './layout.js';
+
+export type { HttpUsageRecord } from './layout.js';
 
 export { WK_HTTP_HEAD_MAX, WK_HTTP_LINE_MAX } from './layout.js';
 export type { KernelHttpEvent, KernelHttpEventHandler, KernelHttpEventsOptions, KernelHttpEvents } from './kernel-events.js';
@@ -108,7 +115,7 @@ export const DEFAULT_ALIVE_TIMEOUT_MS = 5000;
 export const MIN_ALIVE_TIMEOUT_MS = 500;
 const HEARTBEAT_MS = 1000;
 
-const MAPS = ['wk_http_dest', 'wk_http_host', 'wk_http_hdr', 'wk_http_config', 'wk_http_stats', 'wk_http_socks'] as const;
+const MAPS = ['wk_http_dest', 'wk_http_host', 'wk_http_hdr', 'wk_http_config', 'wk_http_stats', 'wk_http_socks', 'wk_http_usage'] as const;
 type MapName = (typeof MAPS)[number];
 
 /* connect() last: by the time a connection is bound, the programs that
@@ -339,13 +346,47 @@ export class KernelHttp {
   }
 
   /**
-   * How injections are reported as events: every request (the default), or
-   * once per connection and header version (its first request, and the
-   * first after each rotation). Refusals are always reported.
+   * How injections are reported as events: once per connection and header
+   * version (its first request, and the first after each rotation; the
+   * default), or every request. Refusals are always reported, and every
+   * injected request is counted in usage() either way.
    */
   setAuditGrain(grain: 'request' | 'connection'): void {
     const { flags } = this.#config();
-    this.#setConfig({ flags: grain === 'connection' ? flags | WK_HTTP_CFG_AUDIT_CONNECTIONS : flags & ~WK_HTTP_CFG_AUDIT_CONNECTIONS });
+    this.#setConfig({ flags: grain === 'request' ? flags | WK_HTTP_CFG_AUDIT_REQUESTS : flags & ~WK_HTTP_CFG_AUDIT_REQUESTS });
+  }
+
+  /** The id epoch connections are made under now (bumpEpoch() moves it). */
+  idEpoch(): number {
+    return this.#config().epoch;
+  }
+
+  /**
+   * The kernel's count of injected requests per (binding, header version,
+   * epoch), each entry's CPUs summed: running totals since the entry was
+   * made. Exact, whatever the audit grain and however many events the
+   * ring lost; a request the map had no room for is counted in
+   * stats().usageFull instead.
+   */
+  usage(): HttpUsageRecord[] {
+    const map = this.#map('wk_http_usage');
+    const out: HttpUsageRecord[] = [];
+    for (const key of map.keys()) {
+      const value = map.lookup(key);
+      if (value) out.push(decodeHttpUsage(key, value));
+    }
+    return out;
+  }
+
+  /**
+   * Deletes a usage() entry. A request counted under its key after its
+   * last read is lost with it; a later one makes a new entry. So delete
+   * only entries no request can be counted under any more (a header
+   * version since replaced, an earlier epoch) once they have been read.
+   */
+  forgetUsage(entry: Pick<HttpUsageRecord, 'workloadId' | 'serviceId' | 'headerVersion' | 'epoch'>): void {
+    const map = this.#map('wk_http_usage');
+    bpfCall(() => map.delete(encodeHttpUsageKey(entry)));
   }
 
   /**
@@ -405,8 +446,9 @@ export class KernelHttp {
   }
 
   /**
-   * Starts delivering the kernel's audit events (one per injected request,
-   * one per refusal; never a header) to `handler`, on the event loop. One
+   * Starts delivering the kernel's audit events (one per refusal, and one
+   * per injection at the audit grain; never a header) to `handler`, on the
+   * event loop. One
    * reader at a time: the ring buffer has one read position. close()
    * closes it too.
    * @throws WirekeyError WK_HTTP_EVENTS_OPEN when a reader is already open.
@@ -431,9 +473,9 @@ export class KernelHttp {
     return this.#pushWatch;
   }
 
-  /** Entries and capacity of the header-line and host maps (the pinned ones are in Datapath.mapUsage()). */
+  /** Entries and capacity of the header-line, host and usage maps (the pinned ones are in Datapath.mapUsage()). */
   mapUsage(): { name: string; entries: number; capacity: number }[] {
-    return (['wk_http_hdr', 'wk_http_host'] as const).map((name) => {
+    return (['wk_http_hdr', 'wk_http_host', 'wk_http_usage'] as const).map((name) => {
       const map = this.#map(name);
       return { name, entries: map.keys().length, capacity: map.info().maxEntries };
     });

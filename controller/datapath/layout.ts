@@ -82,6 +82,11 @@ export const LAYOUTS = {
       version: { offset: 60, size: 4 },
     },
   },
+  wk_http_usage_key: {
+    size: 16,
+    fields: { workload_id: { offset: 0, size: 4 }, service_id: { offset: 4, size: 4 }, version: { offset: 8, size: 4 }, epoch: { offset: 12, size: 4 } },
+  },
+  wk_http_usage: { size: 24, fields: { requests: { offset: 0, size: 8 }, first_ns: { offset: 8, size: 8 }, last_ns: { offset: 16, size: 8 } } },
   wk_egress_policy: { size: 8, fields: { flags: { offset: 0, size: 4 }, set_id: { offset: 4, size: 4 } } },
   wk_egress_key: {
     size: 28,
@@ -399,6 +404,7 @@ const HTTP_STATS = [
   ['refusedAgent', 'WK_HTTP_STAT_REFUSED_AGENT', 'agent-gone'],
   ['refusedCredential', 'WK_HTTP_STAT_REFUSED_CREDENTIAL', 'credential-unavailable'],
   ['passThrough', 'WK_HTTP_STAT_PASSTHROUGH', null],
+  ['usageFull', 'WK_HTTP_STAT_USAGE_FULL', null],
 ] as const satisfies readonly (readonly [string, string, RefusalCode | null])[];
 
 /** Indexes of wk_http_stats. */
@@ -416,8 +422,10 @@ export const WK_HTTP_DEST_CHECK_HOST = 1;
 /** wk_http_event.kind (enum wk_http_event_kind) */
 export const WK_HTTP_EVENT_INJECTED = 1;
 export const WK_HTTP_EVENT_REFUSED = 2;
-/** wk_http_config.flags: an injected event per connection and header version, not per request (enum wk_http_cfg_flag). */
-export const WK_HTTP_CFG_AUDIT_CONNECTIONS = 1;
+/** wk_http_config.flags: an injected event per request, not per connection and header version (enum wk_http_cfg_flag). */
+export const WK_HTTP_CFG_AUDIT_REQUESTS = 1;
+/** Entries of wk_http_usage (WK_HTTP_MAX_USAGE). */
+export const WK_HTTP_MAX_USAGE = 4 * WK_LIMITS.WK_MAX_BINDINGS;
 
 /* ---- egress policy (bpf/egress.bpf.h, bpf/egress.bpf.c) ---- */
 
@@ -612,6 +620,7 @@ export const CONSTANTS: Record<string, Record<string, number>> = {
     WK_HTTP_HEAD_MAX,
     WK_HTTP_EVENTS_SIZE: 1 << 20,
     WK_HTTP_EVENTS_WAKE: 64 << 10,
+    WK_HTTP_MAX_USAGE,
   },
   wk_http_hdr_state: { WK_HTTP_UNBOUND, WK_HTTP_INJECT, WK_HTTP_WITHHOLD },
   wk_http_stat: {
@@ -625,7 +634,7 @@ export const CONSTANTS: Record<string, Record<string, number>> = {
     WK_HTTP_HOST_KEY_NAME: 256,
     WK_HTTP_MAX_HOSTS,
   },
-  wk_http_cfg_flag: { WK_HTTP_CFG_AUDIT_CONNECTIONS },
+  wk_http_cfg_flag: { WK_HTTP_CFG_AUDIT_REQUESTS },
   wk_egress_limits: {
     WK_EGRESS_MAX_PREFIXES,
     WK_EGRESS_MAP_ENTRIES: 2 * WK_EGRESS_MAX_PREFIXES,
@@ -718,6 +727,67 @@ export function decodeHttpEvent(b: Buffer, offset = 0, length = b.length - offse
     cookie: b.readBigUInt64LE(offset + f.cookie.offset),
     cgroupId: b.readBigUInt64LE(offset + f.cgroup_id.offset),
     monotonicNs: b.readBigUInt64LE(offset + f.time_ns.offset),
+  };
+}
+
+/** One wk_http_usage entry, its CPUs summed. */
+export interface HttpUsageRecord {
+  workloadId: number;
+  serviceId: number;
+  /** wk_http_hdr.version of the line those requests carried. */
+  headerVersion: number;
+  /** wk_http_config.epoch their connections were made under. */
+  epoch: number;
+  /** Requests injected since the entry was made. */
+  requests: bigint;
+  /** bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the first and the latest of them. */
+  firstNs: bigint;
+  lastNs: bigint;
+}
+
+export function encodeHttpUsageKey(k: { workloadId: number; serviceId: number; headerVersion: number; epoch: number }): Buffer {
+  const f = LAYOUTS.wk_http_usage_key.fields;
+  const b = Buffer.alloc(LAYOUTS.wk_http_usage_key.size);
+  b.writeUInt32LE(k.workloadId, f.workload_id.offset);
+  b.writeUInt32LE(k.serviceId, f.service_id.offset);
+  b.writeUInt32LE(k.headerVersion, f.version.offset);
+  b.writeUInt32LE(k.epoch, f.epoch.offset);
+  return b;
+}
+
+/**
+ * A wk_http_usage entry from its key and its per-CPU value (every CPU's
+ * struct wk_http_usage, each padded to 8 bytes): requests summed, the
+ * earliest first and the latest last over the CPUs that counted any.
+ * @throws BpfError when the value is not a whole number of per-CPU values.
+ */
+export function decodeHttpUsage(key: Buffer, value: Buffer): HttpUsageRecord {
+  const kf = LAYOUTS.wk_http_usage_key.fields;
+  const vf = LAYOUTS.wk_http_usage.fields;
+  const stride = Math.ceil(LAYOUTS.wk_http_usage.size / 8) * 8;
+  if (key.length !== LAYOUTS.wk_http_usage_key.size || value.length === 0 || value.length % stride) {
+    throw new BpfError(`wk_http_usage entry of ${key.length} + ${value.length} bytes is not a struct wk_http_usage_key and per-CPU struct wk_http_usage values`);
+  }
+  let requests = 0n;
+  let firstNs = 0n;
+  let lastNs = 0n;
+  for (let off = 0; off < value.length; off += stride) {
+    const n = value.readBigUInt64LE(off + vf.requests.offset);
+    if (!n) continue;
+    requests += n;
+    const first = value.readBigUInt64LE(off + vf.first_ns.offset);
+    const last = value.readBigUInt64LE(off + vf.last_ns.offset);
+    if (!firstNs || first < firstNs) firstNs = first;
+    if (last > lastNs) lastNs = last;
+  }
+  return {
+    workloadId: key.readUInt32LE(kf.workload_id.offset),
+    serviceId: key.readUInt32LE(kf.service_id.offset),
+    headerVersion: key.readUInt32LE(kf.version.offset),
+    epoch: key.readUInt32LE(kf.epoch.offset),
+    requests,
+    firstNs,
+    lastNs,
   };
 }
 

@@ -31,6 +31,7 @@ export interface MapInfo {
 
 export interface NativeMap {
   info(): MapInfo;
+  /** A per-CPU map's value is every possible CPU's, each padded to 8 bytes, back to back (update takes the same). */
   lookup(key: Buffer): Buffer | null;
   update(key: Buffer, value: Buffer, flags?: number): void;
   delete(key: Buffer): boolean;

@@ -375,13 +375,21 @@ export class AgentMetrics implements ProxyObserver {
 
   // ---- the kernel datapath ----------------------------------------------------
 
-  /** One kernel event, as KernelBindings.auditEvent() names it. */
+  /**
+   * One kernel event, as KernelBindings.auditEvent() names it: a refusal
+   * is counted; an injection is not (an event stands for a connection, or
+   * a request, by the audit grain: kernelInjected() counts requests).
+   */
   kernelEvent(e: Pick<AuditEvent, 'decision' | 'workload' | 'service' | 'reason'>): void {
+    if (e.decision === 'inject') return;
     const workload = e.workload ?? '';
     const service = e.service ?? '';
-    const c = this.#route('kernel', workload, service);
-    if (e.decision === 'inject') c.injected.inc();
-    else this.#refusal(c, 'kernel', workload, service, e.reason ?? '').inc();
+    this.#refusal(this.#route('kernel', workload, service), 'kernel', workload, service, e.reason ?? '').inc();
+  }
+
+  /** Requests the kernel injected for `workload` and `service`, from its usage counters (KernelUsage). */
+  kernelInjected(workload: string, service: string, requests: number): void {
+    this.#route('kernel', workload, service).injected.inc(requests);
   }
 
   // ---- Vault, policy ------------------------------------------------------------

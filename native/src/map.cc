@@ -135,13 +135,31 @@ Napi::Value Map::Info(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// lookup(key): Buffer, or null when the key is absent.
+// Bytes a lookup returns: one value, or for a per-CPU map one per possible
+// CPU, each rounded up to 8 bytes, back to back (what bpf(2) copies out).
+size_t Map::LookupSize(Napi::Env env) const {
+  switch (type_) {
+    case BPF_MAP_TYPE_PERCPU_HASH:
+    case BPF_MAP_TYPE_PERCPU_ARRAY:
+    case BPF_MAP_TYPE_LRU_PERCPU_HASH:
+    case BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE: {
+      int cpus = libbpf_num_possible_cpus();
+      if (cpus <= 0) throw MakeError(env, "possible CPUs for " + name_, -cpus);
+      return static_cast<size_t>(cpus) * ((value_size_ + 7) / 8 * 8);
+    }
+    default:
+      return value_size_;
+  }
+}
+
+// lookup(key): Buffer, or null when the key is absent. A per-CPU map's value
+// is every possible CPU's, each padded to 8 bytes, in CPU order.
 Napi::Value Map::Lookup(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int fd = Fd(env);
   CheckKey(env, info[0]);
   auto key = info[0].As<Napi::Buffer<uint8_t>>();
-  std::vector<uint8_t> value(value_size_);
+  std::vector<uint8_t> value(LookupSize(env));
   int err = bpf_map_lookup_elem(fd, key.Data(), value.data()) ? -errno : 0;
   if (err == -ENOENT) return env.Null();
   if (err) throw MakeError(env, "lookup in " + name_, err);
@@ -156,8 +174,9 @@ Napi::Value Map::Update(const Napi::CallbackInfo& info) {
   if (info.Length() < 2 || !info[1].IsBuffer()) throw Napi::TypeError::New(env, "value must be a Buffer");
   auto key = info[0].As<Napi::Buffer<uint8_t>>();
   auto value = info[1].As<Napi::Buffer<uint8_t>>();
-  if (value.Length() != value_size_) {
-    throw Napi::RangeError::New(env, name_ + ": value must be " + std::to_string(value_size_) + " bytes");
+  size_t want = LookupSize(env);
+  if (value.Length() != want) {
+    throw Napi::RangeError::New(env, name_ + ": value must be " + std::to_string(want) + " bytes");
   }
   uint64_t flags = info.Length() > 2 && info[2].IsNumber() ? info[2].As<Napi::Number>().Int64Value() : static_cast<uint64_t>(BPF_ANY);
   int err = bpf_map_update_elem(fd, key.Data(), value.Data(), flags) ? -errno : 0;

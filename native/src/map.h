@@ -36,6 +36,7 @@ class Map : public Napi::ObjectWrap<Map> {
   // The map's fd, after checking that it is usable.
   int Fd(Napi::Env env) const;
   void CheckKey(Napi::Env env, const Napi::Value& key) const;
+  size_t LookupSize(Napi::Env env) const;
 
   static Napi::FunctionReference constructor_;
   bpf_map* map_ = nullptr;     // set for maps of a BpfObject

@@ -1536,6 +1536,8 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
     beforeAll(async () => {
       fs = await import('node:fs');
       layout = await import('../../controller/datapath/layout.js');
+      // These tests count injections one event each; the default is one per connection and header version.
+      kh.setAuditGrain('request');
       // A drain timer too slow to matter: what arrives comes from kernel wake-ups or drain().
       openReader(3_600_000);
       // What earlier tests left in the ring is delivered first.
@@ -1546,6 +1548,7 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
 
     afterAll(() => {
       reader?.close();
+      kh.setAuditGrain('connection');
     });
 
     it('one reader at a time', () => {
@@ -1680,6 +1683,56 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
       } finally {
         kh.setAuditGrain('request');
       }
+    });
+
+    it('usage: every injected request is counted in wk_http_usage, exactly, per binding and header version, on several connections; the connection grain reports each connection once', async () => {
+      kh.setAuditGrain('connection');
+      try {
+        const version = kh.bindings().find((b) => b.workloadId === WORKLOAD && b.serviceId === SERVICE)?.version as number;
+        const epoch = kh.idEpoch();
+        const mine = (u: ReturnType<KernelHttp['usage']>) =>
+          u.find((e) => e.workloadId === WORKLOAD && e.serviceId === SERVICE && e.headerVersion === version && e.epoch === epoch);
+        const before = mine(kh.usage())?.requests ?? 0n;
+        const statsBefore = kh.stats();
+        const counts = [3, 10, 7, 1];
+        const clients = await Promise.all(counts.map((n) => keepAlive(v4, n)));
+        for (const c of clients) expect(c.statuses.every((x) => x === 200)).toBe(true);
+        const total = counts.reduce((a, b) => a + b, 0);
+        const after = mine(kh.usage());
+        expect(after && after.requests - before).toBe(BigInt(total));
+        expect(after && after.firstNs > 0n && after.firstNs <= after.lastNs && after.lastNs <= process.hrtime.bigint()).toBe(true);
+        expect(delta(statsBefore, kh.stats()).injected).toBe(total);
+        // One event per connection, not per request.
+        reader?.drain();
+        for (const c of clients) expect(ofPid(c.pid).map((e) => e.kind)).toEqual(['injected']);
+      } finally {
+        kh.setAuditGrain('request');
+      }
+    });
+
+    it('usage: a rotation counts under the new header version; a deleted entry is made again by the next request', async () => {
+      const epoch = kh.idEpoch();
+      const flag = path.join(dir, 'go-usage');
+      const first = kh.bindings().find((b) => b.workloadId === WORKLOAD && b.serviceId === SERVICE)?.version as number;
+      const of = (v: number) => kh.usage().find((e) => e.workloadId === WORKLOAD && e.serviceId === SERVICE && e.headerVersion === v && e.epoch === epoch)?.requests ?? 0n;
+      const before = of(first);
+      const client = raw(bound, v4, 80, [
+        { op: 'send', data: get('/usage/1') }, { op: 'recv', count: 1 },
+        { op: 'send', data: get('/usage/2') }, { op: 'recv', count: 1 },
+        { op: 'waitFile', path: flag },
+        { op: 'send', data: get('/usage/3') }, { op: 'recv', count: 1 },
+      ]);
+      await waitFor(() => upstream.requests.some((x) => x.target === '/usage/2'), '/usage/2');
+      const next = kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
+      writeFileSync(flag, '');
+      expect((await client).error).toBeNull();
+      expect(of(first) - before).toBe(2n);
+      expect(of(next)).toBe(1n);
+      kh.forgetUsage({ workloadId: WORKLOAD, serviceId: SERVICE, headerVersion: next, epoch });
+      expect(of(next)).toBe(0n);
+      const c = await keepAlive(v4, 2);
+      expect(c.statuses).toEqual([200, 200]);
+      expect(of(next)).toBe(2n);
     });
 
     it('events carry no header bytes: not the injected line, not the client\'s own header', async () => {

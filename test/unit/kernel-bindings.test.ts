@@ -27,6 +27,9 @@ class RecordingKernelHttpMock {
   bumpEpoch(): number {
     return ++this.epoch;
   }
+  idEpoch(): number {
+    return this.epoch;
+  }
   setDestinations(d: PinnedDestination[], hosts: ServiceHosts[] = []): void {
     this.dests = d;
     this.hosts = hosts;
@@ -122,6 +125,31 @@ describe('KernelBindings', () => {
     // Removing the last workload renumbers nothing that stays.
     await kb.apply(plan(['a', 'b']), creds);
     expect(kh.epoch).toBe(1);
+    await creds.close();
+  });
+
+  it('names usage entries by the epoch they were counted in, across a renumbering, and says which are current', async () => {
+    writeFileSync(keyFile, 'one\n', { mode: 0o600 });
+    const kh = new RecordingKernelHttpMock();
+    const kb = new KernelBindings(kh as unknown as KernelHttp, log);
+    const first = plan(['b', 'c']);
+    const creds = await CredentialSources.build(first, CredentialSources.empty(), log);
+    await kb.apply(first, creds);
+    // b is 1, c is 2; header versions 1 and 2, epoch 0.
+    expect(kb.usageNames({ workloadId: 1, serviceId: 1, headerVersion: 1, epoch: 0 })).toMatchObject({ workload: 'b', service: 'inv', credential: 'k', current: true });
+    expect(kb.usageNames({ workloadId: 2, serviceId: 1, headerVersion: 2, epoch: 0 })).toMatchObject({ workload: 'c', current: true });
+    await kb.apply(plan(['a', 'b', 'c']), creds);
+    expect(kh.epoch).toBe(1);
+    // Counted before the renumbering: still b and c, no longer current.
+    expect(kb.usageNames({ workloadId: 1, serviceId: 1, headerVersion: 1, epoch: 0 })).toMatchObject({ workload: 'b', current: false });
+    expect(kb.usageNames({ workloadId: 2, serviceId: 1, headerVersion: 2, epoch: 0 })).toMatchObject({ workload: 'c', current: false });
+    // After it, id 1 is a, id 2 is b (versions 3, 4, 5 written by the apply).
+    expect(kb.usageNames({ workloadId: 1, serviceId: 1, headerVersion: 3, epoch: 1 })).toMatchObject({ workload: 'a', current: true });
+    expect(kb.usageNames({ workloadId: 2, serviceId: 1, headerVersion: 4, epoch: 1 })).toMatchObject({ workload: 'b', current: true });
+    // A version since replaced is named, not current.
+    expect(kb.usageNames({ workloadId: 2, serviceId: 1, headerVersion: 2, epoch: 1 })).toMatchObject({ workload: 'b', current: false });
+    expect(kb.usageNames({ workloadId: 9, serviceId: 1, headerVersion: 1, epoch: 1 })).toBeUndefined();
+    expect(kb.usageNames({ workloadId: 1, serviceId: 1, headerVersion: 1, epoch: 7 })).toBeUndefined();
     await creds.close();
   });
 });

@@ -69,7 +69,9 @@ describe('agent metrics', () => {
       kernelHttp: () => ({ stats: () => (reads++, stats), mapUsage: () => [] }),
       datapath: () => ({ mapUsage: () => [], stats: () => ({ tasksFull: 4n, storageFailures: 6n }) }),
     }), { processMetrics: false });
+    // Injections are counted from the kernel's usage counters, not from events (one stands for a connection).
     m.kernelEvent({ decision: 'inject', workload: 'app', service: 'plain' });
+    m.kernelInjected('app', 'plain', 1);
     m.kernelEvent({ decision: 'deny', workload: 'app', service: 'plain', reason: 'method-not-allowed' });
     m.kernelEvent({ decision: 'deny', workload: '#7', service: '#3', reason: 'agent-gone' });
     let body = (await m.render()).body;
