@@ -540,7 +540,7 @@ export class Datapath {
     // instance's pins that could not be retired stay for the next try), and
     // never a previous agent's links this one did not replace (a start that
     // failed leaves them enforcing).
-    if (this.#pinned && !keep) {
+    if (this.#pinned && !keep && existsSync(this.#pinDir)) {
       for (const entry of readdirSync(this.#pinDir)) {
         if (entry !== PREVIOUS_LINKS_DIR) rmSync(path.join(this.#pinDir, entry), { recursive: true, force: true });
       }
