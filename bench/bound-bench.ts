@@ -117,3 +117,21 @@ export function runBench(main: () => Promise<void>): void {
     process.exitCode = 1;
   });
 }
+
+/** Rejects on SIGINT or SIGTERM, so that an interrupted bench still cleans up. */
+export function interruption(): { promise: Promise<never>; dispose(): void } {
+  let onSignal!: (sig: NodeJS.Signals) => void;
+  const promise = new Promise<never>((_, reject) => {
+    onSignal = (sig) => reject(new Error(`interrupted (${sig})`));
+    process.once('SIGINT', onSignal);
+    process.once('SIGTERM', onSignal);
+  });
+  promise.catch(() => {});
+  return {
+    promise,
+    dispose: () => {
+      process.off('SIGINT', onSignal);
+      process.off('SIGTERM', onSignal);
+    },
+  };
+}

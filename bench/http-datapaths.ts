@@ -36,6 +36,7 @@ import { kernelSkipReason } from '../test/support/requirements.js';
 import { repoRoot } from '../test/support/paths.js';
 import { must } from '../test/support/shell.js';
 import { findCgroup2Root } from '../controller/cgroup.js';
+import { interruption } from './bound-bench.js';
 
 const ARMS = ['direct', 'kernel', 'proxy', 'direct-https'] as const;
 type ArmName = (typeof ARMS)[number];
@@ -171,24 +172,6 @@ function parseArms(list: string): ArmName[] {
   for (const a of arms) if (!(ARMS as readonly string[]).includes(a)) throw new Error(`unknown arm ${a} (arms: ${ARMS.join(', ')})`);
   if (!arms.length) throw new Error('no arms to measure');
   return ARMS.filter((a) => arms.includes(a));
-}
-
-/** Rejects on SIGINT or SIGTERM, so that an interrupted bench still cleans up. */
-function interruption(): { promise: Promise<never>; dispose(): void } {
-  let onSignal!: (sig: NodeJS.Signals) => void;
-  const promise = new Promise<never>((_, reject) => {
-    onSignal = (sig) => reject(new Error(`interrupted (${sig})`));
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-  });
-  promise.catch(() => {});
-  return {
-    promise,
-    dispose: () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    },
-  };
 }
 
 async function main(): Promise<void> {

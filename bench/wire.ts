@@ -56,6 +56,7 @@ import { findCgroup2Root } from '../controller/cgroup.js';
 import { bpfCall, native, type NativeLink, type NativeObject } from '../controller/datapath/native.js';
 import { AccessLog, sameJobConfig, startNginx, upstreamConfig, type Nginx, type TagCounts } from './nginx.js';
 import { parseWrk, startClient } from './wrk.js';
+import { interruption } from './bound-bench.js';
 
 const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
 const BULK_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-plain-direct', 'bulk-kernel'] as const;
@@ -126,24 +127,6 @@ async function allowedCpus(): Promise<number[]> {
     if (a === undefined || Number.isNaN(a)) return [];
     return Array.from({ length: (b ?? a) - a + 1 }, (_, i) => a + i);
   });
-}
-
-/** Rejects on SIGINT or SIGTERM, so that an interrupted bench still cleans up. */
-function interruption(): { promise: Promise<never>; dispose(): void } {
-  let onSignal!: (sig: NodeJS.Signals) => void;
-  const promise = new Promise<never>((_, reject) => {
-    onSignal = (sig) => reject(new Error(`interrupted (${sig})`));
-    process.once('SIGINT', onSignal);
-    process.once('SIGTERM', onSignal);
-  });
-  promise.catch(() => {});
-  return {
-    promise,
-    dispose: () => {
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
-    },
-  };
 }
 
 /** The policy: a plaintext Service on the kernel datapath and a TLS Service, each bound to one cgroup of the bench. */

@@ -38,13 +38,8 @@ for line in sys.stdin:
         s.close()
 `;
 
-describe.skipIf(skip)(`egress in the kernel through the agent${skip ? ` (skipped: ${skip})` : ''}`, () => {
-  const f = new E2eFixture();
-  let locked: DrivenProcess;
-  let watched: DrivenProcess;
-  const audit = () => readFileSync(f.auditPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-
-  const policy = (lockedPorts: string) => `apiVersion: wirekey.dev/v1alpha1
+/** Workload `locked` (cgroup `<cgBase>/locked`), enforcing: only the test host's IPv4 address on `ports`. */
+const lockedWorkload = (f: E2eFixture, ports: string) => `apiVersion: wirekey.dev/v1alpha1
 kind: Workload
 metadata: {name: locked}
 spec:
@@ -52,8 +47,16 @@ spec:
   egress:
     mode: enforce
     allow:
-      - {cidr: ${f.host.ipv4}, ports: [${lockedPorts}]}
----
+      - {cidr: ${f.host.ipv4}, ports: [${ports}]}
+`;
+
+describe.skipIf(skip)(`egress in the kernel through the agent${skip ? ` (skipped: ${skip})` : ''}`, () => {
+  const f = new E2eFixture();
+  let locked: DrivenProcess;
+  let watched: DrivenProcess;
+  const audit = () => readFileSync(f.auditPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+
+  const policy = (lockedPorts: string) => `${lockedWorkload(f, lockedPorts)}---
 apiVersion: wirekey.dev/v1alpha1
 kind: Workload
 metadata: {name: watched}
@@ -137,16 +140,7 @@ describe.skipIf(skip)(`egress while no agent runs${skip ? ` (skipped: ${skip})` 
   beforeAll(async () => {
     await f.setUp();
     const lockedCg = f.cgroup('locked');
-    f.writePolicy(`apiVersion: wirekey.dev/v1alpha1
-kind: Workload
-metadata: {name: locked}
-spec:
-  selector: {cgroup: ${f.cgBase}/locked}
-  egress:
-    mode: enforce
-    allow:
-      - {cidr: ${f.host.ipv4}, ports: [443]}
-`);
+    f.writePolicy(lockedWorkload(f, '443'));
     await f.startAgent();
     locked = startDriven(lockedCg, 'python3', ['-c', CLIENT]);
     f.onClose(() => locked?.kill());
