@@ -6,10 +6,10 @@
  *
  * The upstream logs one line per request: the listener's port, whether the
  * request carried the bench's bearer (a flag, never the value), the peer's
- * port, the body bytes sent, and the `a` query argument each arm tags its
- * requests with. Lines are counted under their tag whenever they are read,
- * so a request still in flight when its client stopped lands under its own
- * arm, not under the next one.
+ * port, the body bytes sent, the request bytes read, and the `a` query
+ * argument each arm tags its requests with. Lines are counted under their
+ * tag whenever they are read, so a request still in flight when its client
+ * stopped lands under its own arm, not under the next one.
  */
 import { spawn } from 'node:child_process';
 import { closeSync, mkdirSync, openSync, readSync, fstatSync, writeFileSync } from 'node:fs';
@@ -34,13 +34,16 @@ export interface TagCounts {
   /** The peers' ports: the connections the upstream was given. */
   remotePorts: Set<number>;
   bodyBytes: number;
+  /** Request bytes read (line, headers and body): an upload's body is read whole before its answer. */
+  requestBytes: number;
 }
 
 const directives = (lines: string[]) => lines.map((l) => `  ${l}`).join('\n');
 
 /** What both nginx configurations share: one worker, a private prefix, no request-size surprises. */
-function mainContext(dir: string, http: string[]): string {
+function mainContext(dir: string, http: string[], modules: string[] = []): string {
   return [
+    ...modules.map((m) => `load_module ${m};`),
     'daemon off;',
     'master_process on;',
     'worker_processes 1;',
@@ -67,15 +70,21 @@ function mainContext(dir: string, http: string[]): string {
   ].join('\n');
 }
 
+/** Debian's echo module (libnginx-mod-http-echo): echo_read_request_body reads a body whole before the answer. */
+export const ECHO_MODULE = '/usr/lib/nginx/modules/ngx_http_echo_module.so';
+
 /**
  * The upstream: plain HTTP on `ip`:80 and HTTPS (a certificate for the
  * service's name) on `ip`:443; a short body at every path but /big, which
- * is `bigFile`.
+ * is `bigFile`, and /upload, which reads a request body of any size whole
+ * (through 1 MiB buffers into a temporary file nginx removes at once)
+ * before it answers, as a real upload endpoint does: nginx's `return`
+ * would answer first and read the body after.
  */
 export function upstreamConfig(dir: string, o: { ip: string; cert: string; key: string; bearer: string; wwwRoot: string }): string {
   return mainContext(dir, [
     `map $http_authorization $wk_auth { "" none; "${o.bearer}" bearer; default other; }`,
-    "log_format wk '$server_port $wk_auth $remote_port $body_bytes_sent $arg_a';",
+    "log_format wk '$server_port $wk_auth $remote_port $body_bytes_sent $request_length $arg_a';",
     'sendfile on;',
     'server {',
     directives([
@@ -85,10 +94,11 @@ export function upstreamConfig(dir: string, o: { ip: string; cert: string; key: 
       `ssl_certificate_key ${o.key};`,
       `access_log ${dir}/access.log wk;`,
       `location = /big { root ${o.wwwRoot}; default_type application/octet-stream; }`,
+      'location = /upload { client_max_body_size 0; client_body_buffer_size 1m; default_type text/plain; echo_read_request_body; echo ok; }',
       'location / { default_type application/json; return 200 \'{"ok":true}\\n\'; }',
     ]),
     '}',
-  ]);
+  ], [ECHO_MODULE]);
 }
 
 /**
@@ -121,8 +131,10 @@ export function sameJobConfig(dir: string, o: { port: number; cert: string; key:
         `proxy_ssl_name ${o.serverName};`,
         'proxy_ssl_protocols TLSv1.2 TLSv1.3;',
         'proxy_ssl_session_reuse on;',
-        // Stream large bodies through memory buffers, never through a temporary file.
+        // Stream large bodies through memory buffers, never through a temporary file, both ways.
         'proxy_max_temp_file_size 0;',
+        'proxy_request_buffering off;',
+        'client_max_body_size 0;',
       ]),
       '}',
     ]),
@@ -203,14 +215,14 @@ export class AccessLog {
   get(tag: string): TagCounts {
     let c = this.counts.get(tag);
     if (!c) {
-      c = { requests: 0, byPort: new Map(), bearer: 0, otherAuthorization: 0, remotePorts: new Set(), bodyBytes: 0 };
+      c = { requests: 0, byPort: new Map(), bearer: 0, otherAuthorization: 0, remotePorts: new Set(), bodyBytes: 0, requestBytes: 0 };
       this.counts.set(tag, c);
     }
     return c;
   }
 
   #count(line: string): void {
-    const [port, auth, remotePort, bytes, tag] = line.split(' ');
+    const [port, auth, remotePort, bytes, requestBytes, tag] = line.split(' ');
     if (tag === undefined) throw new Error(`unexpected line in ${this.file}: ${line}`);
     const c = this.get(tag === '-' ? '' : tag);
     c.requests += 1;
@@ -219,6 +231,7 @@ export class AccessLog {
     else if (auth !== 'none') c.otherAuthorization += 1;
     c.remotePorts.add(Number(remotePort));
     c.bodyBytes += Number(bytes);
+    c.requestBytes += Number(requestBytes);
   }
 
   close(): void {

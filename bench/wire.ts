@@ -22,9 +22,13 @@
  *   kernel-passthrough  the same connections through an sk_msg program
  *                       that passes every message unchanged
  *                       (bench/passthrough.bpf.c): the floor of the design.
- * Throughput (curl, one large download per arm and round, MB/s):
- *   bulk-https-direct, bulk-proxy, bulk-nginx-same-job, bulk-plain-direct,
- *   bulk-kernel (`--arms bulk` names all five).
+ * Throughput (curl over HTTP/1.1, one large transfer per arm and round, MB/s):
+ *   downloads: bulk-https-direct, bulk-proxy, bulk-nginx-same-job,
+ *   bulk-plain-direct, bulk-kernel (`--arms bulk-download` names all five);
+ *   uploads (curl -T, a PUT to an endpoint that reads the body whole before
+ *   it answers): bulk-upload-https-direct, bulk-upload-proxy,
+ *   bulk-upload-nginx-same-job (`--arms bulk-upload`). `--arms bulk` names
+ *   all eight.
  *
  * Every arm is checked against the upstream's access log: every request the
  * client completed reached the upstream's expected listener, with the
@@ -40,7 +44,7 @@
  */
 import { type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, ftruncateSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, ftruncateSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -59,7 +63,11 @@ import { parseWrk, startClient } from './wrk.js';
 import { interruption } from './bound-bench.js';
 
 const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
-const BULK_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-plain-direct', 'bulk-kernel'] as const;
+const DOWNLOAD_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-plain-direct', 'bulk-kernel'] as const;
+const UPLOAD_ARMS = ['bulk-upload-https-direct', 'bulk-upload-proxy', 'bulk-upload-nginx-same-job'] as const;
+const BULK_ARMS = [...DOWNLOAD_ARMS, ...UPLOAD_ARMS] as const;
+/** Names that stand for several arms in --arms. */
+const ARM_GROUPS: Record<string, readonly string[]> = { bulk: BULK_ARMS, 'bulk-download': DOWNLOAD_ARMS, 'bulk-upload': UPLOAD_ARMS };
 type RateName = (typeof RATE_ARMS)[number];
 type BulkName = (typeof BULK_ARMS)[number];
 type ArmName = RateName | BulkName;
@@ -68,7 +76,10 @@ type ArmName = RateName | BulkName;
 const BASELINE: Partial<Record<ArmName, ArmName>> = {
   proxy: 'https-direct', 'nginx-same-job': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
   'bulk-proxy': 'bulk-https-direct', 'bulk-nginx-same-job': 'bulk-https-direct', 'bulk-kernel': 'bulk-plain-direct',
+  'bulk-upload-proxy': 'bulk-upload-https-direct', 'bulk-upload-nginx-same-job': 'bulk-upload-https-direct',
 };
+
+const isUpload = (arm: ArmName) => arm.startsWith('bulk-upload-');
 
 const HOST = 'api.wirekey.bench';
 const TOKEN = 'bench-token';
@@ -86,7 +97,7 @@ interface Route {
   ownSockets: boolean;
   /** Runs through the pass-through sk_msg program. */
   passthrough: boolean;
-  /** For wrk: the URL (before the tag) and the hosts file; for curl: its options. */
+  /** For wrk: the URL (before the tag) and the hosts file; for curl: its options, the download's URL last. */
   url: string;
   hosts?: string;
   curl: string[];
@@ -99,21 +110,23 @@ interface Sample {
   rps: number;
   p50Us: number;
   p99Us: number;
-  /** Bulk: bytes received and MB/s. */
+  /** Bulk: bytes received (downloads) or sent (uploads) and MB/s. */
   bytes: number;
   mbps: number;
   /** Messages the pass-through program saw during the run. */
   passMsgs: bigint;
   /** Plain wrk arms: the local ports of the client's sockets, read while it ran. */
   localPorts?: number[];
+  /** Bulk arms through a proxy (wirekey's, or the same-job nginx): the CPU time its process and children ran during the transfer (ns). */
+  proxyCpuNs?: number;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
 
 function parseArms(list: string): ArmName[] {
-  const names = list.split(',').map((s) => s.trim()).filter(Boolean).flatMap((a) => (a === 'bulk' ? [...BULK_ARMS] : [a]));
+  const names = list.split(',').map((s) => s.trim()).filter(Boolean).flatMap((a) => ARM_GROUPS[a] ?? [a]);
   const all: readonly string[] = [...RATE_ARMS, ...BULK_ARMS];
-  for (const a of names) if (!all.includes(a)) throw new Error(`unknown arm ${a} (arms: ${all.join(', ')}, bulk)`);
+  for (const a of names) if (!all.includes(a)) throw new Error(`unknown arm ${a} (arms: ${all.join(', ')}, ${Object.keys(ARM_GROUPS).join(', ')})`);
   if (!names.length) throw new Error('no arms to measure');
   return (all as ArmName[]).filter((a) => names.includes(a));
 }
@@ -178,6 +191,34 @@ class Passthrough {
   }
 }
 
+/**
+ * The CPU time (ns) the threads of `pid` and of its children (nginx's
+ * worker) have run so far, from the scheduler's per-thread accounting:
+ * unlike a rate, it hardly depends on what else shares the cores.
+ */
+function cpuNs(pid: number): number {
+  const threads = (p: number) => {
+    try {
+      return readdirSync(`/proc/${p}/task`);
+    } catch {
+      return [];
+    }
+  };
+  const read = (file: string) => {
+    try {
+      return readFileSync(file, 'utf8');
+    } catch {
+      return '';
+    }
+  };
+  let ns = 0;
+  const children = threads(pid).flatMap((t) => read(`/proc/${pid}/task/${t}/children`).split(' ').filter(Boolean).map(Number));
+  for (const p of [pid, ...children]) {
+    for (const t of threads(p)) ns += Number(read(`/proc/${p}/task/${t}/schedstat`).split(' ')[0] ?? 0) || 0;
+  }
+  return ns;
+}
+
 /** The local ports of `pid`'s established TCP connections to `ip`, as the kernel lists them. */
 async function socketPorts(pid: number, ip: string): Promise<number[]> {
   const out = await must('ss', ['-tnpH', 'state', 'established', 'dst', ip]);
@@ -206,7 +247,10 @@ function check(arm: ArmName, route: Route, s: Sample, c: TagCounts, o: { connect
   if (c.otherAuthorization) fail(`${c.otherAuthorization} requests reached the upstream with an Authorization header other than the bound bearer`);
   if (route.bearer && c.bearer !== c.requests) fail(`only ${c.bearer} of ${c.requests} requests reached the upstream with the bound bearer`);
   if (!route.bearer && c.bearer) fail(`${c.bearer} of ${c.requests} requests reached the upstream with the bearer`);
-  if (arm.startsWith('bulk-') && (s.bytes !== o.bulkBytes || c.bodyBytes !== o.bulkBytes)) {
+  if (isUpload(arm)) {
+    // The request line and headers come on top of the body.
+    if (s.bytes !== o.bulkBytes || c.requestBytes < o.bulkBytes) fail(`the client sent ${s.bytes} and the upstream read ${c.requestBytes} bytes for a body of ${o.bulkBytes}`);
+  } else if (arm.startsWith('bulk-') && (s.bytes !== o.bulkBytes || c.bodyBytes !== o.bulkBytes)) {
     fail(`the upstream sent ${c.bodyBytes} and the client received ${s.bytes} of ${o.bulkBytes} bytes`);
   }
   if (route.ownSockets && s.localPorts) {
@@ -278,8 +322,9 @@ async function main(): Promise<void> {
     const pki = await step(createTestPki(work, [HOST]));
     const www = path.join(work, 'www');
     mkdirSync(www);
-    // A sparse file: the download measures the datapath, not a disk.
-    const big = openSync(path.join(www, 'big'), 'w');
+    // A sparse file: the download (and the upload, which sends it) measures the datapath, not a disk.
+    const bigFile = path.join(www, 'big');
+    const big = openSync(bigFile, 'w');
     ftruncateSync(big, bulkBytes);
     closeSync(big);
     const serverPin = serverCpu === undefined ? [] : ['taskset', '-c', serverCpu];
@@ -332,7 +377,7 @@ async function main(): Promise<void> {
       'kernel-passthrough': { cgroup: cg('kernel-passthrough'), listener: 80, bearer: false, ownSockets: true, passthrough: true,
         url: `http://${ip}/`, curl: [] },
     };
-    const routeOf = (arm: ArmName): Route => routes[(arm.startsWith('bulk-') ? arm.slice(5) : arm) as RateName];
+    const routeOf = (arm: ArmName): Route => routes[arm.replace(/^bulk-(upload-)?/, '') as RateName];
     if (wanted.includes('kernel-passthrough')) passthrough = new Passthrough(routes['kernel-passthrough'].cgroup);
 
     const measure = async (arm: ArmName, secs: number, label: string): Promise<Sample> => {
@@ -342,12 +387,20 @@ async function main(): Promise<void> {
       const client = { cgroup: route.cgroup, cpu: clientCpu, timeoutMs: secs * 1000 + 120_000, onChild: track };
       let sample: Sample;
       if (arm.startsWith('bulk-')) {
-        const run = startClient(['curl', '-sS', '--fail', '-o', '/dev/null', '-w', '%{size_download} %{time_total}',
-          ...route.curl.slice(0, -1), `${route.curl.at(-1)}?a=${t}`], client);
+        // HTTP/1.1 everywhere: the same-job nginx offers no h2, and curl would take h2 from the proxy's ALPN.
+        // An upload goes without Expect: 100-continue, which curl would add to a body this large.
+        const url = route.curl.at(-1)!;
+        const transfer = isUpload(arm)
+          ? ['-T', bigFile, '-H', 'Expect:', '-w', '%{size_upload} %{time_total}', `${url.replace(/\/big$/, '/upload')}?a=${t}`]
+          : ['-w', '%{size_download} %{time_total}', `${url}?a=${t}`];
+        const through = arm.endsWith('-proxy') ? agent!.pid : arm.endsWith('-nginx-same-job') ? sameJob!.pid : undefined;
+        const cpuBefore = through === undefined ? 0 : cpuNs(through);
+        const run = startClient(['curl', '-sS', '--fail', '--http1.1', '-o', '/dev/null', ...route.curl.slice(0, -1), ...transfer], client);
         const r = await step(run.done);
+        const proxyCpuNs = through === undefined ? undefined : cpuNs(through) - cpuBefore;
         if (r.code !== 0) throw new Error(`curl for ${arm} failed (${r.code ?? r.signal}): ${r.stderr.trim()}`);
         const [size, total] = r.stdout.trim().split(' ').map(Number) as [number, number];
-        sample = { tag: t, requests: 1, rps: 0, p50Us: 0, p99Us: 0, bytes: size, mbps: size / total / 1e6, passMsgs: 0n };
+        sample = { tag: t, requests: 1, rps: 0, p50Us: 0, p99Us: 0, bytes: size, mbps: size / total / 1e6, passMsgs: 0n, proxyCpuNs };
       } else {
         const run = startClient(['wrk', '-t1', `-c${connections}`, `-d${secs}s`, '--latency', `${route.url}?a=${t}`], { ...client, hosts: route.hosts });
         let localPorts: number[] | undefined;
@@ -425,7 +478,8 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
   const f2 = (n: number) => n.toFixed(2);
   const f0 = (n: number) => n.toFixed(0);
   const rate = [...samples].filter(([a]) => !a.startsWith('bulk-'));
-  const bulk = [...samples].filter(([a]) => a.startsWith('bulk-'));
+  const bulk = [...samples].filter(([a]) => a.startsWith('bulk-') && !isUpload(a));
+  const uploads = [...samples].filter(([a]) => isUpload(a));
   const med = (a: ArmName, f: (s: Sample) => number) => median(samples.get(a)!.map(f));
   const has = (a: ArmName) => samples.has(a);
   // The req/s (or MB/s) ratio of two arms within each round: how much of a ratio is noise.
@@ -459,20 +513,33 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
       out(`  ${`${a} adds to plain-direct`.padEnd(40)} p50 ${added((s) => s.p50Us)} us, p99 ${added((s) => s.p99Us)} us`);
     }
   }
-  if (bulk.length) {
-    out(`one ${o.bulkMib} MiB download per arm and round (curl -o /dev/null), ${o.rounds} rounds, arms interleaved; medians over rounds`);
-    out(`  ${'arm'.padEnd(19)} ${'MB/s'.padStart(8)}   ${'min..max'.padEnd(11)}   ${'vs'.padEnd(17)} ${'MB/s'.padStart(5)}   per round`);
-    for (const [arm, s] of bulk) {
+  const transfers = (arms: Array<[ArmName, Sample[]]>, proxy: ArmName, nginx: ArmName) => {
+    const w = Math.max(19, ...arms.map(([a]) => a.length));
+    const bw = Math.max(17, ...arms.map(([a]) => BASELINE[a]?.length ?? 0));
+    // The proxy's CPU per MiB moved (its process and children, all threads): ms.
+    const cpu = (x: Sample) => (x.proxyCpuNs ?? NaN) / 1e6 / (x.bytes / 2 ** 20);
+    out(`  ${'arm'.padEnd(w)} ${'MB/s'.padStart(8)}   ${'min..max'.padEnd(11)} ${'cpu ms/MiB'.padStart(10)}   ${'vs'.padEnd(bw)} ${'MB/s'.padStart(5)}   per round`);
+    for (const [arm, s] of arms) {
       const m = med(arm, (x) => x.mbps);
       const b = BASELINE[arm];
-      const vs = b && has(b) ? `${b.padEnd(17)} ${f2(m / med(b, (x) => x.mbps)).padStart(5)}   ${perRound(arm, b, (x) => x.mbps)}` : (b ? `(${b} not run)` : '(baseline)');
+      const vs = b && has(b) ? `${b.padEnd(bw)} ${f2(m / med(b, (x) => x.mbps)).padStart(5)}   ${perRound(arm, b, (x) => x.mbps)}` : (b ? `(${b} not run)` : '(baseline)');
       const range = `${f0(Math.min(...s.map((x) => x.mbps)))}..${f0(Math.max(...s.map((x) => x.mbps)))}`;
-      out(`  ${arm.padEnd(19)} ${f0(m).padStart(8)}   ${range.padEnd(11)}   ${vs}`);
+      const c = s[0]?.proxyCpuNs === undefined ? '-' : med(arm, cpu).toFixed(2);
+      out(`  ${arm.padEnd(w)} ${f0(m).padStart(8)}   ${range.padEnd(11)} ${c.padStart(10)}   ${vs}`);
     }
-    if (has('bulk-proxy') && has('bulk-nginx-same-job')) {
-      out(`  ${'bulk-proxy vs bulk-nginx-same-job'.padEnd(40)} MB/s ${f2(med('bulk-proxy', (x) => x.mbps) / med('bulk-nginx-same-job', (x) => x.mbps))}` +
-        `   (per round: ${perRound('bulk-proxy', 'bulk-nginx-same-job', (x) => x.mbps)})`);
+    if (has(proxy) && has(nginx)) {
+      out(`  ${`${proxy} vs ${nginx}`.padEnd(40)} MB/s ${f2(med(proxy, (x) => x.mbps) / med(nginx, (x) => x.mbps))}` +
+        `   (per round: ${perRound(proxy, nginx, (x) => x.mbps)}); CPU per MiB ${f2(med(proxy, cpu) / med(nginx, cpu))}` +
+        ` (per round: ${perRound(proxy, nginx, cpu)})`);
     }
+  };
+  if (bulk.length) {
+    out(`one ${o.bulkMib} MiB download per arm and round (curl --http1.1 -o /dev/null), ${o.rounds} rounds, arms interleaved; medians over rounds`);
+    transfers(bulk, 'bulk-proxy', 'bulk-nginx-same-job');
+  }
+  if (uploads.length) {
+    out(`one ${o.bulkMib} MiB upload per arm and round (curl --http1.1 -T, PUT, no Expect), ${o.rounds} rounds, arms interleaved; medians over rounds`);
+    transfers(uploads, 'bulk-upload-proxy', 'bulk-upload-nginx-same-job');
   }
   const checks = [
     'every request the client completed reached the expected upstream listener',
@@ -481,6 +548,7 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
   if ([...samples.keys()].some((a) => routeIsPlain(a))) checks.push('the plain arms\' connections were wrk\'s own sockets');
   if (has('kernel-passthrough')) checks.push('the pass-through program passed a message per request of its arm and none of the others');
   if (bulk.length) checks.push(`every download was ${o.bulkMib} MiB at both ends`);
+  if (uploads.length) checks.push(`every upload sent ${o.bulkMib} MiB and the upstream read it whole before answering`);
   out(`  checked on every run against the upstream's access log: ${checks.join('; ')}`);
   out('  wrk does not verify certificates; curl does (the upstream\'s CA, wirekey\'s CA for the proxy)');
 }
