@@ -26,7 +26,7 @@ import { relay } from './relay.js';
 import { openUpgrade, webSocketUpgradeProblem } from './upgrade.js';
 import type { PartitionedAgent, PartitionedHttpAgent, PartitionedRequestOptions } from './upstream.js';
 import { UpstreamH2Pool } from './upstream-h2.js';
-import { UpstreamPools, type UpstreamPool } from './upstream-pool.js';
+import { STREAM_HIGH_WATER_MARK, UpstreamPools, type UpstreamPool } from './upstream-pool.js';
 import type { Dispatcher } from 'undici';
 import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits } from './h2.js';
 import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
@@ -528,7 +528,11 @@ export class ProxyServer {
     // TLSSocket feeds bytes already buffered on `socket` to the handshake first.
     socket.unshift(head);
     const h2 = this.#h2;
-    const tlsSocket = new tls.TLSSocket(socket, { isServer: true, secureContext, ALPNProtocols: h2 ? ['h2', 'http/1.1'] : ['http/1.1'] });
+    // See STREAM_HIGH_WATER_MARK; Node's TLSSocket passes highWaterMark on to net.Socket, though @types/node does not list it.
+    const tlsOptions: tls.TLSSocketOptions & { highWaterMark: number } = {
+      isServer: true, secureContext, ALPNProtocols: h2 ? ['h2', 'http/1.1'] : ['http/1.1'], highWaterMark: STREAM_HIGH_WATER_MARK,
+    };
+    const tlsSocket = new tls.TLSSocket(socket, tlsOptions);
     tlsSocket.on('error', (err) => this.#deps.log.debug('TLS with workload %s failed: %s', session.route.workload.name, err.message));
     this.#sessions.set(tlsSocket, session);
     if (!h2) {

@@ -12,6 +12,7 @@ import http from 'node:http';
 import https from 'node:https';
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
+import { STREAM_HIGH_WATER_MARK } from './upstream-pool.js';
 
 export interface UpstreamOptions {
   /** PEM bundle trusted in addition to Node's store (and NODE_EXTRA_CA_CERTS). */
@@ -62,8 +63,8 @@ export function createPlainUpstreamAgent(opts: Pick<UpstreamOptions, 'idleMs'> =
  * agent's pool key and re-parsed into a new context on every request.
  */
 export function createUpstreamAgent(opts: UpstreamOptions = {}): PartitionedAgent {
-  // `timeout` closes kept-alive connections nobody reused for that long.
-  const base = { keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo' as const, timeout: opts.idleMs ?? 60_000 };
+  // `timeout` closes kept-alive connections nobody reused for that long; highWaterMark reaches tls.connect (STREAM_HIGH_WATER_MARK).
+  const base = { keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo' as const, timeout: opts.idleMs ?? 60_000, highWaterMark: STREAM_HIGH_WATER_MARK };
   const secureContext = upstreamSecureContext(opts);
   return new PartitionedAgent(secureContext ? { ...base, secureContext } : base);
 }
