@@ -14,6 +14,11 @@
  *                       same Authorization header, re-originates TLS to the
  *                       upstream with its certificate verified, over
  *                       kept-alive upstream connections.
+ *   node-tls-relay      HTTPS to a Node process that terminates TLS and
+ *                       copies bytes to a verified upstream TLS connection,
+ *                       with no HTTP parsing and no header
+ *                       (bench/clients/tls-relay.mjs): the floor of any data
+ *                       path on Node's TLS, for the proxy's figures.
  *   plain-direct        plain HTTP straight to the upstream: the kernel
  *                       datapath's baseline.
  *   kernel              plain HTTP from a cgroup bound to a plaintext
@@ -24,11 +29,11 @@
  *                       (bench/passthrough.bpf.c): the floor of the design.
  * Throughput (curl over HTTP/1.1, one large transfer per arm and round, MB/s):
  *   downloads: bulk-https-direct, bulk-proxy, bulk-nginx-same-job,
- *   bulk-plain-direct, bulk-kernel (`--arms bulk-download` names all five);
- *   uploads (curl -T, a PUT to an endpoint that reads the body whole before
- *   it answers): bulk-upload-https-direct, bulk-upload-proxy,
- *   bulk-upload-nginx-same-job (`--arms bulk-upload`). `--arms bulk` names
- *   all eight.
+ *   bulk-node-tls-relay, bulk-plain-direct, bulk-kernel (`--arms
+ *   bulk-download` names all six); uploads (curl -T, a PUT to an endpoint
+ *   that reads the body whole before it answers): bulk-upload-https-direct,
+ *   bulk-upload-proxy, bulk-upload-nginx-same-job, bulk-upload-node-tls-relay
+ *   (`--arms bulk-upload`). `--arms bulk` names all ten.
  *
  * Every arm is checked against the upstream's access log: every request the
  * client completed reached the upstream's expected listener, with the
@@ -39,12 +44,12 @@
  * was not taken means nothing.
  *
  * usage: npm run bench [-- --seconds 5 --rounds 3 --connections 16 --bulk-mib 256
- *                          --arms https-direct,proxy,nginx-same-job,plain-direct,kernel,kernel-passthrough,bulk
+ *                          --arms https-direct,proxy,nginx-same-job,node-tls-relay,plain-direct,kernel,kernel-passthrough,bulk
  *                          --kernel-audit request|connection]
  */
-import { type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, ftruncateSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, ftruncateSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -58,13 +63,13 @@ import { must } from '../test/support/shell.js';
 import { sleep } from '../test/support/wait.js';
 import { findCgroup2Root } from '../controller/cgroup.js';
 import { bpfCall, native, type NativeLink, type NativeObject } from '../controller/datapath/native.js';
-import { AccessLog, sameJobConfig, startNginx, upstreamConfig, type Nginx, type TagCounts } from './nginx.js';
+import { AccessLog, sameJobConfig, startNginx, startServer, upstreamConfig, type Nginx, type TagCounts } from './nginx.js';
 import { parseWrk, startClient } from './wrk.js';
 import { interruption } from './bound-bench.js';
 
-const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
-const DOWNLOAD_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-plain-direct', 'bulk-kernel'] as const;
-const UPLOAD_ARMS = ['bulk-upload-https-direct', 'bulk-upload-proxy', 'bulk-upload-nginx-same-job'] as const;
+const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
+const DOWNLOAD_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-node-tls-relay', 'bulk-plain-direct', 'bulk-kernel'] as const;
+const UPLOAD_ARMS = ['bulk-upload-https-direct', 'bulk-upload-proxy', 'bulk-upload-nginx-same-job', 'bulk-upload-node-tls-relay'] as const;
 const BULK_ARMS = [...DOWNLOAD_ARMS, ...UPLOAD_ARMS] as const;
 /** Names that stand for several arms in --arms. */
 const ARM_GROUPS: Record<string, readonly string[]> = { bulk: BULK_ARMS, 'bulk-download': DOWNLOAD_ARMS, 'bulk-upload': UPLOAD_ARMS };
@@ -74,9 +79,9 @@ type ArmName = RateName | BulkName;
 
 /** Each arm's baseline, for the table's ratio column. */
 const BASELINE: Partial<Record<ArmName, ArmName>> = {
-  proxy: 'https-direct', 'nginx-same-job': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
-  'bulk-proxy': 'bulk-https-direct', 'bulk-nginx-same-job': 'bulk-https-direct', 'bulk-kernel': 'bulk-plain-direct',
-  'bulk-upload-proxy': 'bulk-upload-https-direct', 'bulk-upload-nginx-same-job': 'bulk-upload-https-direct',
+  proxy: 'https-direct', 'nginx-same-job': 'https-direct', 'node-tls-relay': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
+  'bulk-proxy': 'bulk-https-direct', 'bulk-nginx-same-job': 'bulk-https-direct', 'bulk-node-tls-relay': 'bulk-https-direct', 'bulk-kernel': 'bulk-plain-direct',
+  'bulk-upload-proxy': 'bulk-upload-https-direct', 'bulk-upload-nginx-same-job': 'bulk-upload-https-direct', 'bulk-upload-node-tls-relay': 'bulk-upload-https-direct',
 };
 
 const isUpload = (arm: ArmName) => arm.startsWith('bulk-upload-');
@@ -115,10 +120,12 @@ interface Sample {
   mbps: number;
   /** Messages the pass-through program saw during the run. */
   passMsgs: bigint;
+  /** Arms served by a process of their own (proxy, nginx-same-job, node-tls-relay): its CPU time per request, µs. */
+  cpuUsPerRequest?: number;
+  /** The same for bulk arms: its CPU time per MiB moved, ms. */
+  cpuMsPerMib?: number;
   /** Plain wrk arms: the local ports of the client's sockets, read while it ran. */
   localPorts?: number[];
-  /** Bulk arms through a proxy (wirekey's, or the same-job nginx): the CPU time its process and children ran during the transfer (ns). */
-  proxyCpuNs?: number;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
@@ -189,34 +196,6 @@ class Passthrough {
     this.#attachedToMap = false;
     this.#object.close();
   }
-}
-
-/**
- * The CPU time (ns) the threads of `pid` and of its children (nginx's
- * worker) have run so far, from the scheduler's per-thread accounting:
- * unlike a rate, it hardly depends on what else shares the cores.
- */
-function cpuNs(pid: number): number {
-  const threads = (p: number) => {
-    try {
-      return readdirSync(`/proc/${p}/task`);
-    } catch {
-      return [];
-    }
-  };
-  const read = (file: string) => {
-    try {
-      return readFileSync(file, 'utf8');
-    } catch {
-      return '';
-    }
-  };
-  let ns = 0;
-  const children = threads(pid).flatMap((t) => read(`/proc/${pid}/task/${t}/children`).split(' ').filter(Boolean).map(Number));
-  for (const p of [pid, ...children]) {
-    for (const t of threads(p)) ns += Number(read(`/proc/${p}/task/${t}/schedstat`).split(' ')[0] ?? 0) || 0;
-  }
-  return ns;
 }
 
 /** The local ports of `pid`'s established TCP connections to `ip`, as the kernel lists them. */
@@ -312,6 +291,7 @@ async function main(): Promise<void> {
   let host: TestHost | undefined;
   let upstream: Nginx | undefined;
   let sameJob: Nginx | undefined;
+  let relay: Nginx | undefined;
   let agent: RunningAgent | undefined;
   let passthrough: Passthrough | undefined;
   let log: AccessLog | undefined;
@@ -334,7 +314,7 @@ async function main(): Promise<void> {
     log = new AccessLog(path.join(upDir, 'access.log'));
 
     // Every cgroup exists before the agent starts, so that its workloads select them from the start.
-    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'plain-direct', 'kernel', 'kernel-passthrough', 'nginx']
+    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'plain-direct', 'kernel', 'kernel-passthrough', 'nginx']
       .map((name) => [name, createCgroup(cgRoot, `${base}/${name}`)]));
     const cg = (name: string) => cgroups[name] as string;
     const sameJobPort = await freePort();
@@ -343,6 +323,13 @@ async function main(): Promise<void> {
       sameJob = await step(startNginx(sameJobDir, sameJobConfig(sameJobDir, { port: sameJobPort, cert: pki.serverCert, key: pki.serverKey,
         authorization: BEARER, upstream: `${ip}:443`, serverName: HOST, upstreamCa: pki.caCert }),
       ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin], { host: '127.0.0.1', port: sameJobPort }));
+    }
+
+    const relayPort = await freePort();
+    if (wanted.some((a) => a.endsWith('node-tls-relay'))) {
+      relay = await step(startServer('the Node TLS relay', ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin,
+        process.execPath, path.join(repoRoot, 'bench/clients/tls-relay.mjs'), String(relayPort), pki.serverCert, pki.serverKey, ip, '443', HOST, pki.caCert],
+      { host: '127.0.0.1', port: relayPort }));
     }
 
     const token = path.join(work, 'token');
@@ -370,12 +357,20 @@ async function main(): Promise<void> {
       'nginx-same-job': { cgroup: cg('nginx-same-job'), listener: 443, bearer: true, ownSockets: false, passthrough: false,
         url: `https://${HOST}:${sameJobPort}/`, hosts: hostsFile('same-job', '127.0.0.1'),
         curl: ['--resolve', `${HOST}:${sameJobPort}:127.0.0.1`, '--cacert', pki.caCert, `https://${HOST}:${sameJobPort}/big`] },
+      'node-tls-relay': { cgroup: cg('node-tls-relay'), listener: 443, bearer: false, ownSockets: false, passthrough: false,
+        url: `https://${HOST}:${relayPort}/`, hosts: hostsFile('relay', '127.0.0.1'),
+        curl: ['--resolve', `${HOST}:${relayPort}:127.0.0.1`, '--cacert', pki.caCert, `https://${HOST}:${relayPort}/big`] },
       'plain-direct': { cgroup: cg('plain-direct'), listener: 80, bearer: false, ownSockets: true, passthrough: false,
         url: `http://${ip}/`, curl: [`http://${ip}/big`] },
       kernel: { cgroup: cg('kernel'), listener: 80, bearer: true, ownSockets: true, passthrough: false,
         url: `http://${ip}/`, curl: [`http://${ip}/big`] },
       'kernel-passthrough': { cgroup: cg('kernel-passthrough'), listener: 80, bearer: false, ownSockets: true, passthrough: true,
         url: `http://${ip}/`, curl: [] },
+    };
+    // The process doing the arm's work between client and upstream, for its CPU time per request or per MiB.
+    const serverOf = (arm: ArmName): number | undefined => {
+      const a = arm.replace(/^bulk-(upload-)?/, '');
+      return a === 'proxy' ? agent!.pid : a === 'nginx-same-job' ? sameJob?.pid : a === 'node-tls-relay' ? relay?.pid : undefined;
     };
     const routeOf = (arm: ArmName): Route => routes[arm.replace(/^bulk-(upload-)?/, '') as RateName];
     if (wanted.includes('kernel-passthrough')) passthrough = new Passthrough(routes['kernel-passthrough'].cgroup);
@@ -384,6 +379,8 @@ async function main(): Promise<void> {
       const route = routeOf(arm);
       const t = `${arm}.${label}`;
       const before = passthrough?.messages() ?? 0n;
+      const server = serverOf(arm);
+      const cpuBefore = server === undefined ? 0 : cpuSeconds(server);
       const client = { cgroup: route.cgroup, cpu: clientCpu, timeoutMs: secs * 1000 + 120_000, onChild: track };
       let sample: Sample;
       if (arm.startsWith('bulk-')) {
@@ -393,14 +390,11 @@ async function main(): Promise<void> {
         const transfer = isUpload(arm)
           ? ['-T', bigFile, '-H', 'Expect:', '-w', '%{size_upload} %{time_total}', `${url.replace(/\/big$/, '/upload')}?a=${t}`]
           : ['-w', '%{size_download} %{time_total}', `${url}?a=${t}`];
-        const through = arm.endsWith('-proxy') ? agent!.pid : arm.endsWith('-nginx-same-job') ? sameJob!.pid : undefined;
-        const cpuBefore = through === undefined ? 0 : cpuNs(through);
         const run = startClient(['curl', '-sS', '--fail', '--http1.1', '-o', '/dev/null', ...route.curl.slice(0, -1), ...transfer], client);
         const r = await step(run.done);
-        const proxyCpuNs = through === undefined ? undefined : cpuNs(through) - cpuBefore;
         if (r.code !== 0) throw new Error(`curl for ${arm} failed (${r.code ?? r.signal}): ${r.stderr.trim()}`);
         const [size, total] = r.stdout.trim().split(' ').map(Number) as [number, number];
-        sample = { tag: t, requests: 1, rps: 0, p50Us: 0, p99Us: 0, bytes: size, mbps: size / total / 1e6, passMsgs: 0n, proxyCpuNs };
+        sample = { tag: t, requests: 1, rps: 0, p50Us: 0, p99Us: 0, bytes: size, mbps: size / total / 1e6, passMsgs: 0n };
       } else {
         const run = startClient(['wrk', '-t1', `-c${connections}`, `-d${secs}s`, '--latency', `${route.url}?a=${t}`], { ...client, hosts: route.hosts });
         let localPorts: number[] | undefined;
@@ -415,6 +409,8 @@ async function main(): Promise<void> {
         sample = { tag: t, ...w, bytes: 0, mbps: 0, passMsgs: 0n, localPorts };
       }
       sample.passMsgs = (passthrough?.messages() ?? 0n) - before;
+      if (server !== undefined && !arm.startsWith('bulk-')) sample.cpuUsPerRequest = ((cpuSeconds(server) - cpuBefore) * 1e6) / sample.requests;
+      if (server !== undefined && arm.startsWith('bulk-')) sample.cpuMsPerMib = ((cpuSeconds(server) - cpuBefore) * 1e3) / (sample.bytes / 2 ** 20);
       check(arm, route, sample, log!.read(t), { connections, bulkBytes, final: false, passthrough: !!passthrough });
       return sample;
     };
@@ -456,6 +452,7 @@ async function main(): Promise<void> {
     await attempt('pass-through program', () => passthrough?.close());
     await attempt('agent', () => agent?.stop());
     await attempt('same-job nginx', () => sameJob?.stop());
+    await attempt('Node TLS relay', () => relay?.stop());
     await attempt('upstream nginx', () => upstream?.stop());
     await attempt('network namespace', () => host?.destroy());
     await attempt('cgroups', () => removeCgroupTree(cgRoot, cgBench));
@@ -506,40 +503,49 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
         `p99 ${f2(med(a, (s) => s.p99Us) / med(b, (s) => s.p99Us))}   (req/s per round: ${perRound(a, b, (s) => s.rps)})`);
     };
     compare('proxy', 'nginx-same-job');
+    compare('node-tls-relay', 'nginx-same-job');
+    compare('proxy', 'node-tls-relay');
     compare('kernel', 'kernel-passthrough');
+    const cpuArms = (['proxy', 'nginx-same-job', 'node-tls-relay'] as const).filter((a) => has(a));
+    if (cpuArms.length) {
+      const cpu = (a: ArmName) => med(a, (s) => s.cpuUsPerRequest ?? NaN);
+      const vsNginx = (a: ArmName) => (a !== 'nginx-same-job' && has('nginx-same-job') ? ` (${f2(cpu(a) / cpu('nginx-same-job'))}x nginx-same-job)` : '');
+      out(`  CPU per request of the process in the middle (user + system, all threads and child processes, /proc): ${
+        cpuArms.map((a) => `${a} ${f0(cpu(a))} us${vsNginx(a)}`).join(', ')}`);
+    }
     for (const a of ['kernel', 'kernel-passthrough'] as const) {
       if (!has(a) || !has('plain-direct')) continue;
       const added = (f: (s: Sample) => number) => f0(med(a, f) - med('plain-direct', f));
       out(`  ${`${a} adds to plain-direct`.padEnd(40)} p50 ${added((s) => s.p50Us)} us, p99 ${added((s) => s.p99Us)} us`);
     }
   }
-  const transfers = (arms: Array<[ArmName, Sample[]]>, proxy: ArmName, nginx: ArmName) => {
+  const transfers = (arms: Array<[ArmName, Sample[]]>, pairs: ReadonlyArray<readonly [ArmName, ArmName]>) => {
     const w = Math.max(19, ...arms.map(([a]) => a.length));
     const bw = Math.max(17, ...arms.map(([a]) => BASELINE[a]?.length ?? 0));
-    // The proxy's CPU per MiB moved (its process and children, all threads): ms.
-    const cpu = (x: Sample) => (x.proxyCpuNs ?? NaN) / 1e6 / (x.bytes / 2 ** 20);
+    const cpu = (x: Sample) => x.cpuMsPerMib ?? NaN;
     out(`  ${'arm'.padEnd(w)} ${'MB/s'.padStart(8)}   ${'min..max'.padEnd(11)} ${'cpu ms/MiB'.padStart(10)}   ${'vs'.padEnd(bw)} ${'MB/s'.padStart(5)}   per round`);
     for (const [arm, s] of arms) {
       const m = med(arm, (x) => x.mbps);
       const b = BASELINE[arm];
       const vs = b && has(b) ? `${b.padEnd(bw)} ${f2(m / med(b, (x) => x.mbps)).padStart(5)}   ${perRound(arm, b, (x) => x.mbps)}` : (b ? `(${b} not run)` : '(baseline)');
       const range = `${f0(Math.min(...s.map((x) => x.mbps)))}..${f0(Math.max(...s.map((x) => x.mbps)))}`;
-      const c = s[0]?.proxyCpuNs === undefined ? '-' : med(arm, cpu).toFixed(2);
+      const c = s[0]?.cpuMsPerMib === undefined ? '-' : med(arm, cpu).toFixed(2);
       out(`  ${arm.padEnd(w)} ${f0(m).padStart(8)}   ${range.padEnd(11)} ${c.padStart(10)}   ${vs}`);
     }
-    if (has(proxy) && has(nginx)) {
-      out(`  ${`${proxy} vs ${nginx}`.padEnd(40)} MB/s ${f2(med(proxy, (x) => x.mbps) / med(nginx, (x) => x.mbps))}` +
-        `   (per round: ${perRound(proxy, nginx, (x) => x.mbps)}); CPU per MiB ${f2(med(proxy, cpu) / med(nginx, cpu))}` +
-        ` (per round: ${perRound(proxy, nginx, cpu)})`);
+    for (const [a, b] of pairs) {
+      if (!has(a) || !has(b)) continue;
+      out(`  ${`${a} vs ${b}`.padEnd(40)} MB/s ${f2(med(a, (x) => x.mbps) / med(b, (x) => x.mbps))}   (per round: ${perRound(a, b, (x) => x.mbps)})` +
+        `; CPU per MiB ${f2(med(a, cpu) / med(b, cpu))} (per round: ${perRound(a, b, cpu)})`);
     }
   };
   if (bulk.length) {
     out(`one ${o.bulkMib} MiB download per arm and round (curl --http1.1 -o /dev/null), ${o.rounds} rounds, arms interleaved; medians over rounds`);
-    transfers(bulk, 'bulk-proxy', 'bulk-nginx-same-job');
+    transfers(bulk, [['bulk-proxy', 'bulk-nginx-same-job'], ['bulk-node-tls-relay', 'bulk-nginx-same-job'], ['bulk-proxy', 'bulk-node-tls-relay']]);
   }
   if (uploads.length) {
     out(`one ${o.bulkMib} MiB upload per arm and round (curl --http1.1 -T, PUT, no Expect), ${o.rounds} rounds, arms interleaved; medians over rounds`);
-    transfers(uploads, 'bulk-upload-proxy', 'bulk-upload-nginx-same-job');
+    transfers(uploads, [['bulk-upload-proxy', 'bulk-upload-nginx-same-job'], ['bulk-upload-node-tls-relay', 'bulk-upload-nginx-same-job'],
+      ['bulk-upload-proxy', 'bulk-upload-node-tls-relay']]);
   }
   const checks = [
     'every request the client completed reached the expected upstream listener',
@@ -551,6 +557,29 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
   if (uploads.length) checks.push(`every upload sent ${o.bulkMib} MiB and the upstream read it whole before answering`);
   out(`  checked on every run against the upstream's access log: ${checks.join('; ')}`);
   out('  wrk does not verify certificates; curl does (the upstream\'s CA, wirekey\'s CA for the proxy)');
+  if (has('node-tls-relay') || has('bulk-node-tls-relay')) out('  node-tls-relay verifies the upstream\'s certificate and resumes its TLS session, like the proxy and nginx-same-job');
+}
+
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** User + system CPU seconds of process `pid` (all its threads) and of its child processes (nginx's workers). */
+function cpuSeconds(pid: number): number {
+  const ticks = (p: number | string) => {
+    try {
+      // Fields after the command's closing parenthesis: state is the 3rd field, utime the 14th, stime the 15th.
+      const rest = readFileSync(`/proc/${p}/stat`, 'utf8').split(') ').at(-1)!.split(' ');
+      return Number(rest[11]) + Number(rest[12]);
+    } catch {
+      return 0;
+    }
+  };
+  let children: string[] = [];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+  } catch {
+    // gone: counts as none
+  }
+  return (ticks(pid) + children.reduce((sum, c) => sum + ticks(c), 0)) / CLOCK_TICKS;
 }
 
 const routeIsPlain = (a: ArmName) => ['plain-direct', 'kernel', 'kernel-passthrough'].includes(a);
