@@ -153,23 +153,26 @@ spec: {workload: basic, service: api, inject: {basic: {credential: api-token, us
     }
   });
 
-  it('request and response bodies stream through intact: a 24 MiB download, and uploads with Content-Length and chunked', async () => {
-    const out = path.join(dir, 'download.bin');
-    const r = await curl(bound, ['--cacert', wirekeyCa, '-D', '-', '-o', out, `https://${HOST}/bytes/${24 * 1024 * 1024}`]);
-    expect(r.stderr).toBe('');
-    const want = /x-body-sha256: ([0-9a-f]+)/i.exec(r.stdout)?.[1];
-    expect(createHash('sha256').update(readFileSync(out)).digest('hex')).toBe(want);
-
+  it('request and response bodies stream through intact over HTTP/1.1 and HTTP/2: a 24 MiB download, and uploads with Content-Length (with and without Expect: 100-continue) and chunked', async () => {
     const upload = path.join(dir, 'upload.bin');
     writeFileSync(upload, randomBytes(3 * 1024 * 1024 + 17));
     const uploadHash = createHash('sha256').update(readFileSync(upload)).digest('hex');
-    for (const extra of [[], ['-H', 'Transfer-Encoding: chunked']]) {
-      const before = upstream.records.length;
-      const u = await curl(bound, ['--cacert', wirekeyCa, ...extra, '--data-binary', `@${upload}`, `https://${HOST}/upload`]);
-      expect(u.stderr).toBe('');
-      const [rec] = await newRecords(before);
-      expect(rec).toMatchObject({ method: 'POST', url: '/upload', bodyLength: 3 * 1024 * 1024 + 17, bodySha256: uploadHash });
-      expect(rec?.authorization).toEqual([expectedAuth]);
+    // curl asks HTTP/1.1 uploads this large to wait for a 100 (https.request upstream); `Expect:` sends at once (undici).
+    for (const protocol of ['--http1.1', '--http2']) {
+      const out = path.join(dir, 'download.bin');
+      const r = await curl(bound, [protocol, '--cacert', wirekeyCa, '-D', '-', '-o', out, `https://${HOST}/bytes/${24 * 1024 * 1024}`]);
+      expect(r.stderr).toBe('');
+      const want = /x-body-sha256: ([0-9a-f]+)/i.exec(r.stdout)?.[1];
+      expect(createHash('sha256').update(readFileSync(out)).digest('hex'), protocol).toBe(want);
+
+      for (const extra of [[], ['-H', 'Expect:'], ['-H', 'Transfer-Encoding: chunked']]) {
+        const before = upstream.records.length;
+        const u = await curl(bound, [protocol, '--cacert', wirekeyCa, ...extra, '--data-binary', `@${upload}`, `https://${HOST}/upload`]);
+        expect(u.stderr).toBe('');
+        const [rec] = await newRecords(before);
+        expect(rec, `${protocol} ${extra.join(' ')}`).toMatchObject({ method: 'POST', url: '/upload', bodyLength: 3 * 1024 * 1024 + 17, bodySha256: uploadHash });
+        expect(rec?.authorization).toEqual([expectedAuth]);
+      }
     }
   });
 
