@@ -36,7 +36,11 @@
  *
  * usage: npm run bench [-- --seconds 5 --rounds 3 --connections 16 --bulk-mib 256
  *                          --arms https-direct,proxy,nginx-same-job,plain-direct,kernel,kernel-passthrough,bulk
- *                          --kernel-audit request|connection]
+ *                          --kernel-audit request|connection --proxy-workers 1]
+ *
+ * --proxy-workers N runs the agent with N proxy worker threads and the
+ * same-job nginx with N worker processes; with N > 1 both may run on the
+ * first N CPUs (and share them with the upstream and the clients).
  */
 import { type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -231,6 +235,7 @@ async function main(): Promise<void> {
       'bulk-mib': { type: 'string', default: '256' },
       arms: { type: 'string', default: [...RATE_ARMS, 'bulk'].join(',') },
       'kernel-audit': { type: 'string' },
+      'proxy-workers': { type: 'string', default: '1' },
     },
   });
   const seconds = Number(values.seconds);
@@ -240,6 +245,8 @@ async function main(): Promise<void> {
   for (const [name, v] of [['seconds', seconds], ['rounds', rounds], ['connections', connections], ['bulk-mib', bulkBytes]] as const) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`--${name} must be a positive whole number`);
   }
+  const proxyWorkers = Number(values['proxy-workers']);
+  if (!Number.isInteger(proxyWorkers) || proxyWorkers < 1) throw new Error('--proxy-workers must be a positive whole number');
   const wanted = parseArms(values.arms!);
   const unmet = kernelSkipReason();
   if (unmet) throw new Error(`the benchmark ${unmet}`);
@@ -247,9 +254,13 @@ async function main(): Promise<void> {
   const cpus = await allowedCpus();
   const serverCpu = cpus.length >= 2 ? String(cpus[0]) : undefined;
   const clientCpu = cpus.length >= 2 ? String(cpus[cpus.length - 1]) : undefined;
+  // Several proxy workers (and as many same-job nginx workers) get as many CPUs.
+  const proxyCpus = proxyWorkers > 1 && cpus.length >= 2 ? cpus.slice(0, proxyWorkers).join(',') : serverCpu;
   const pinning = serverCpu === undefined
     ? `no pinning (${cpus.length} CPU allowed)`
-    : `wrk and curl on CPU ${clientCpu}; the upstream nginx, the same-job nginx and the agent on CPU ${serverCpu} (taskset)`;
+    : proxyCpus === serverCpu
+      ? `wrk and curl on CPU ${clientCpu}; the upstream nginx, the same-job nginx and the agent on CPU ${serverCpu} (taskset)`
+      : `wrk and curl on CPU ${clientCpu}; the upstream nginx on CPU ${serverCpu}; the same-job nginx and the agent on CPUs ${proxyCpus} (taskset)`;
 
   const tag = randomBytes(2).toString('hex');
   const base = `wirekey-bench-${tag}`;
@@ -283,6 +294,7 @@ async function main(): Promise<void> {
     ftruncateSync(big, bulkBytes);
     closeSync(big);
     const serverPin = serverCpu === undefined ? [] : ['taskset', '-c', serverCpu];
+    const proxyPin = proxyCpus === undefined ? [] : ['taskset', '-c', proxyCpus];
     const upDir = path.join(work, 'upstream');
     upstream = await step(startNginx(upDir, upstreamConfig(upDir, { ip, cert: pki.serverCert, key: pki.serverKey, bearer: BEARER, wwwRoot: www }),
       ['ip', 'netns', 'exec', host.ns, ...serverPin], { host: ip, port: 80 }));
@@ -296,8 +308,8 @@ async function main(): Promise<void> {
     const sameJobDir = path.join(work, 'same-job');
     if (wanted.some((a) => a.endsWith('nginx-same-job'))) {
       sameJob = await step(startNginx(sameJobDir, sameJobConfig(sameJobDir, { port: sameJobPort, cert: pki.serverCert, key: pki.serverKey,
-        authorization: BEARER, upstream: `${ip}:443`, serverName: HOST, upstreamCa: pki.caCert }),
-      ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin], { host: '127.0.0.1', port: sameJobPort }));
+        authorization: BEARER, upstream: `${ip}:443`, serverName: HOST, upstreamCa: pki.caCert, workers: proxyWorkers }),
+      ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...proxyPin], { host: '127.0.0.1', port: sameJobPort }));
     }
 
     const token = path.join(work, 'token');
@@ -306,8 +318,8 @@ async function main(): Promise<void> {
     writeFileSync(policy, policyText(base, token, ip));
     const stateDir = path.join(work, 'state');
     const audit = values['kernel-audit'];
-    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: audit ? ['--kernel-audit', audit] : [],
-      audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info', wrapper: serverPin.length ? serverPin : undefined }));
+    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: [...(audit ? ['--kernel-audit', audit] : []), '--proxy-workers', String(proxyWorkers)],
+      audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info', wrapper: proxyPin.length ? proxyPin : undefined }));
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
     writeFileSync(wirekeyCa, await step(must(process.execPath, [wirekeyBin, 'ca', 'cert', '--create', '--state-dir', stateDir])));
 
@@ -388,7 +400,7 @@ async function main(): Promise<void> {
     for (const [arm, s] of measuredArms) {
       check(arm, routeOf(arm), s, log.get(s.tag), { connections, bulkBytes, final: true, passthrough: !!passthrough });
     }
-    report(samples, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)' });
+    report(samples, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)', proxyWorkers });
   } finally {
     interrupted.dispose();
     const attempt = async (what: string, f: () => unknown) => {
@@ -417,6 +429,7 @@ interface ReportOptions {
   connections: number;
   bulkMib: number;
   pinning: string;
+  proxyWorkers: number;
   audit: string;
 }
 
@@ -432,7 +445,7 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
   const perRound = (a: ArmName, b: ArmName, f: (s: Sample) => number) =>
     samples.get(a)!.map((s, i) => f2(f(s) / f(samples.get(b)![i] as Sample))).join(' ');
 
-  out(`pinning: ${o.pinning}; kernel audit: ${o.audit}`);
+  out(`pinning: ${o.pinning}; kernel audit: ${o.audit}; proxy workers: ${o.proxyWorkers} (same-job nginx worker processes: ${o.proxyWorkers})`);
   if (rate.length) {
     out(`small keep-alive GETs (wrk -t1 -c${o.connections} -d${o.seconds}s --latency), ${o.rounds} rounds, arms interleaved; medians over rounds`);
     out(`  ${'arm'.padEnd(19)} ${'req/s'.padStart(8)} ${'p50 us'.padStart(7)} ${'p99 us'.padStart(7)}   ${'vs'.padEnd(13)} ${'req/s'.padStart(5)} ${'p50'.padStart(5)} ${'p99'.padStart(5)}   req/s per round`);
