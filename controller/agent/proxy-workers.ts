@@ -12,8 +12,10 @@
  *   is told to ask again for any that changed (rotation) or went away.
  * - A worker that dies is logged and started again on fresh sockets; its
  *   open connections are lost, the other workers serve meanwhile.
- * - Limits are per worker: each has 1/N of --max-handshakes,
- *   --max-connections-per-workload and --sigv4-body-memory (rounded up).
+ * - --max-handshakes and --max-connections-per-workload bound all workers
+ *   together: handshakes with a counter they share, connections per
+ *   workload here, when a worker asks who a connection is. Each worker has
+ *   1/N of --sigv4-body-memory (rounded up).
  */
 import { Worker } from 'node:worker_threads';
 import { closeSync } from 'node:fs';
@@ -24,7 +26,10 @@ import type { Logger } from '../log.js';
 import type { Plan } from '../policy/types.js';
 import type { H2Limits } from '../proxy/h2.js';
 import type { IdentifiedConnection, ProxyLimits, ProxyObserver, ProxyStats } from '../proxy/proxy-server.js';
-import type { AskAnswer, FromWorker, ToWorker, WireCredential, WireError, WorkerInit } from '../proxy/worker-protocol.js';
+import {
+  SHARED_AUDIT_WRITABLE, SHARED_HANDSHAKES, SHARED_WORKER_HANDSHAKES,
+  type AskAnswer, type FromWorker, type ToWorker, type WireCredential, type WireError, type WorkerInit,
+} from '../proxy/worker-protocol.js';
 
 export interface ProxyWorkersOptions {
   workers: number;
@@ -60,6 +65,12 @@ interface Slot {
   /** Who waits for this worker's answer to a routes or flush message, by sequence number. */
   waiting: Map<number, () => void>;
   exited: Promise<void>;
+  /** Its open connections counted in ProxyWorkers#open, by workload: taken back if it dies. */
+  open: Map<string, number>;
+  /** The plan it was started with or last sent. */
+  plan: Plan;
+  /** Until its thread has exited. */
+  alive: boolean;
 }
 
 const CREDENTIAL_CHECK_MS = 1000;
@@ -75,7 +86,9 @@ function wireError(err: unknown): WireError {
 export class ProxyWorkers {
   readonly #o: ProxyWorkersOptions;
   readonly #slots: Slot[] = [];
-  readonly #auditWritable = new Int32Array(new SharedArrayBuffer(4));
+  readonly #shared: Int32Array;
+  /** Open connections per workload, all workers together. */
+  readonly #open = new Map<string, number>();
   #plan: Plan;
   #port = 0;
   #seq = 0;
@@ -91,6 +104,7 @@ export class ProxyWorkers {
   constructor(opts: ProxyWorkersOptions) {
     this.#o = opts;
     this.#plan = opts.plan;
+    this.#shared = new Int32Array(new SharedArrayBuffer(4 * (SHARED_WORKER_HANDSHAKES + opts.workers)));
   }
 
   get port(): number {
@@ -128,8 +142,8 @@ export class ProxyWorkers {
       port: this.#port,
       fds: { '127.0.0.1': fds[0] as number, '::1': fds[1] as number },
       plan: this.#plan,
-      auditWritable: this.#auditWritable.buffer as SharedArrayBuffer,
-      limits: { ...this.#o.limits, maxHandshakes: share(this.#o.limits.maxHandshakes), maxConnectionsPerWorkload: share(this.#o.limits.maxConnectionsPerWorkload) },
+      shared: this.#shared.buffer as SharedArrayBuffer,
+      limits: this.#o.limits,
       http2: this.#o.http2,
       ...(this.#o.h2Limits ? { h2Limits: this.#o.h2Limits } : {}),
       ...(this.#o.upstreamCaFile ? { upstreamCaFile: this.#o.upstreamCaFile } : {}),
@@ -144,7 +158,7 @@ export class ProxyWorkers {
     });
     let exit!: () => void;
     const slot: Slot = {
-      index, worker, acceptedBefore, waiting: new Map(),
+      index, worker, acceptedBefore, waiting: new Map(), open: new Map(), plan: init.plan, alive: true,
       stats: { refused: {}, handshakes: 0, connections: {}, accepted: 0 },
       exited: new Promise<void>((r) => (exit = r)),
     };
@@ -165,6 +179,7 @@ export class ProxyWorkers {
         if (!listening) reject(new WirekeyError('WK_PROXY_LISTEN', `proxy worker ${index} failed to start: ${err.message}`, { cause: err }));
       });
       worker.on('exit', (code) => {
+        slot.alive = false;
         exit();
         // Whoever waited on it: its replacement starts with the plan in force.
         for (const wake of slot.waiting.values()) wake();
@@ -181,6 +196,7 @@ export class ProxyWorkers {
           reject(new WirekeyError('WK_PROXY_LISTEN', `proxy worker ${index} exited (code ${code}) before listening`));
           return;
         }
+        this.#forget(slot);
         if (!this.#closing) this.#restart(slot, code);
       });
     });
@@ -204,9 +220,39 @@ export class ProxyWorkers {
       }
       if (at >= 0) this.#slots[at] = next;
       this.#o.log.info('proxy worker %d started again', slot.index);
+      // A reload while it started: it gets the plan in force now.
+      if (next.plan !== this.#plan) {
+        next.plan = this.#plan;
+        this.#post(next, { t: 'routes', seq: ++this.#seq, plan: this.#plan });
+      }
     }, (err: unknown) => {
       this.#o.log.error('proxy worker %d cannot be started again: %s; the port is served by the other workers', slot.index, (err as Error).message);
     });
+  }
+
+  /** What a worker that died held: its handshakes and its open connections. */
+  #forget(slot: Slot): void {
+    const held = Atomics.exchange(this.#shared, SHARED_WORKER_HANDSHAKES + slot.index, 0);
+    Atomics.sub(this.#shared, SHARED_HANDSHAKES, held);
+    for (const [workload, n] of slot.open) this.#count(this.#open, workload, -n);
+    slot.open.clear();
+  }
+
+  #count(map: Map<string, number>, workload: string, by: number): void {
+    const n = (map.get(workload) ?? 0) + by;
+    if (n > 0) map.set(workload, n);
+    else map.delete(workload);
+  }
+
+  /** The kernel's record of a connection a worker accepted, counted against its workload's connection limit. */
+  #identify(slot: Slot, address: string, port: number): IdentifiedConnection | null {
+    const orig = this.#o.identify(address, port);
+    if (!orig) return null;
+    const workload = orig.workloadName ?? `#${orig.workloadId}`;
+    if ((this.#open.get(workload) ?? 0) >= this.#o.limits.maxConnectionsPerWorkload) return { ...orig, workloadName: workload, admission: 'too-many-connections' };
+    this.#count(this.#open, workload, 1);
+    this.#count(slot.open, workload, 1);
+    return { ...orig, workloadName: workload, admission: 'counted' };
   }
 
   #onMessage(slot: Slot, m: FromWorker): void {
@@ -216,6 +262,11 @@ export class ProxyWorkers {
         return;
       case 'batch': {
         for (const event of m.audit) this.#o.audit.recordDone(event);
+        for (const workload of m.closed) {
+          if (!slot.open.has(workload)) continue;
+          this.#count(slot.open, workload, -1);
+          this.#count(this.#open, workload, -1);
+        }
         for (const [method, ...args] of m.observed) (this.#o.observer[method] as (...a: unknown[]) => void)(...args);
         for (const [level, line] of m.logs) this.#o.log[level]('%s', line);
         slot.stats = m.stats;
@@ -238,7 +289,7 @@ export class ProxyWorkers {
     let value: AskAnswer | undefined;
     let error: WireError | undefined;
     try {
-      if (m.op === 'identify') value = this.#o.identify(m.address, m.port);
+      if (m.op === 'identify') value = this.#identify(slot, m.address, m.port);
       else if (m.op === 'leaf') value = await this.#o.leaf(m.host);
       else value = this.#wire(m.name, await this.#o.credential(m.name));
     } catch (err) {
@@ -274,7 +325,7 @@ export class ProxyWorkers {
   }
 
   #publishAuditHealth(): void {
-    Atomics.store(this.#auditWritable, 0, this.#o.audit.writable ? 1 : 0);
+    Atomics.store(this.#shared, SHARED_AUDIT_WRITABLE, this.#o.audit.writable ? 1 : 0);
   }
 
   #tick(): void {
@@ -303,7 +354,7 @@ export class ProxyWorkers {
   /** Sends `m` (with a fresh sequence number) to every worker and waits for each to answer it, or to exit. */
   async #everyWorker(make: (seq: number) => ToWorker): Promise<void> {
     const seq = ++this.#seq;
-    await Promise.all(this.#slots.map((slot) => new Promise<void>((resolve) => {
+    await Promise.all(this.#slots.filter((slot) => slot.alive).map((slot) => new Promise<void>((resolve) => {
       slot.waiting.set(seq, resolve);
       this.#post(slot, make(seq));
     })));
@@ -317,6 +368,7 @@ export class ProxyWorkers {
   async applyPlan(plan: Plan): Promise<void> {
     this.#plan = plan;
     this.#sent.clear();
+    for (const slot of this.#slots) slot.plan = plan;
     await this.#everyWorker((seq) => ({ t: 'routes', seq, plan }));
   }
 
@@ -326,12 +378,12 @@ export class ProxyWorkers {
   }
 
   stats(): WorkersStats {
-    const total: WorkersStats = { refused: {}, handshakes: 0, connections: {}, accepted: 0, acceptedByWorker: [] };
+    const total: WorkersStats = {
+      refused: {}, handshakes: Atomics.load(this.#shared, SHARED_HANDSHAKES), connections: Object.fromEntries(this.#open), accepted: 0, acceptedByWorker: [],
+    };
     for (const slot of this.#slots) {
       const s = slot.stats;
       for (const [code, n] of Object.entries(s.refused)) total.refused[code as keyof ProxyStats['refused']] = (total.refused[code as keyof ProxyStats['refused']] ?? 0) + (n ?? 0);
-      total.handshakes += s.handshakes;
-      for (const [w, n] of Object.entries(s.connections)) total.connections[w] = (total.connections[w] ?? 0) + n;
       const accepted = slot.acceptedBefore + s.accepted;
       total.accepted += accepted;
       total.acceptedByWorker[slot.index] = accepted;

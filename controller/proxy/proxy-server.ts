@@ -87,7 +87,28 @@ export interface ProxyObserver {
  * worker is told it by the agent's thread, whose table may be newer than
  * the worker's for a moment), else the proxy's own table names it.
  */
-export type IdentifiedConnection = OrigDst & { workloadName?: string };
+export type IdentifiedConnection = OrigDst & {
+  workloadName?: string;
+  /**
+   * Whoever identified it also bounds connections per workload (the
+   * agent's thread, for all proxy workers): counted against the limit (the
+   * proxy then tells ProxyShared.connectionClosed), or over it.
+   */
+  admission?: 'counted' | 'too-many-connections';
+};
+
+/**
+ * What proxy worker threads bound together rather than each on its own:
+ * handshakes in progress (a counter all threads share), and connections per
+ * workload (counted where connections are identified: see IdentifiedConnection).
+ */
+export interface ProxyShared {
+  /** Takes one of `max` handshake slots of all threads together; false when none is free. */
+  beginHandshake(max: number): boolean;
+  endHandshake(): void;
+  /** A connection identified with admission 'counted' closed (or was refused after all). */
+  connectionClosed(workload: string): void;
+}
 
 export interface ProxyDeps {
   /**
@@ -118,6 +139,8 @@ export interface ProxyDeps {
   audit: AuditLog;
   log: Logger;
   observer?: ProxyObserver;
+  /** Bounds shared with other proxy threads (default: this proxy's own). */
+  shared?: ProxyShared;
   /**
    * Resolves a name an egress rule allowed (an SNI relayed untouched, a
    * plaintext request's Host) to the addresses the proxy may connect to.
@@ -349,7 +372,11 @@ export class ProxyServer {
   }
 
   #identified(socket: net.Socket, orig: IdentifiedConnection | null): void {
-    if (socket.destroyed) return;
+    if (socket.destroyed) {
+      // Gone while it was identified elsewhere: whoever counted it is told.
+      if (orig?.admission === 'counted' && orig.workloadName !== undefined) this.#deps.shared?.connectionClosed(orig.workloadName);
+      return;
+    }
     if (!orig) {
       // Not redirected by the kernel: nobody we can vouch for. No credential, no relay.
       this.#deps.log.warn('refused a connection from %s:%d that the kernel did not redirect', socket.remoteAddress, socket.remotePort);
@@ -358,13 +385,16 @@ export class ProxyServer {
       return;
     }
     const workload = orig.workloadName ?? this.#deps.routes().workload(orig.workloadId)?.name ?? `#${orig.workloadId}`;
+    const shared = this.#deps.shared;
+    // Counted by whoever identified it (the agent's thread, for every worker together), or here.
+    const counted = orig.admission === 'counted';
     const open = this.#perWorkload.get(workload) ?? 0;
-    if (open >= this.#limits.maxConnectionsPerWorkload) {
-      this.#refuseConnection(socket, orig, workload, 'too-many-connections');
-      return;
-    }
-    if (this.#handshakes >= this.#limits.maxHandshakes) {
-      this.#refuseConnection(socket, orig, workload, 'too-many-handshakes');
+    const refusal = orig.admission === 'too-many-connections' || (!counted && open >= this.#limits.maxConnectionsPerWorkload)
+      ? 'too-many-connections'
+      : !(shared ? shared.beginHandshake(this.#limits.maxHandshakes) : this.#handshakes < this.#limits.maxHandshakes) ? 'too-many-handshakes' : undefined;
+    if (refusal) {
+      if (counted) shared?.connectionClosed(workload);
+      this.#refuseConnection(socket, orig, workload, refusal);
       return;
     }
     this.#perWorkload.set(workload, open + 1);
@@ -372,6 +402,7 @@ export class ProxyServer {
       const n = (this.#perWorkload.get(workload) ?? 1) - 1;
       if (n > 0) this.#perWorkload.set(workload, n);
       else this.#perWorkload.delete(workload);
+      if (counted) shared?.connectionClosed(workload);
     });
     this.#handshake(socket, orig, workload);
   }
@@ -387,6 +418,7 @@ export class ProxyServer {
       if (done) return;
       done = true;
       this.#handshakes--;
+      this.#deps.shared?.endHandshake();
       clearTimeout(timer);
     };
     const timer = setTimeout(() => {

@@ -22,17 +22,21 @@ import { Secret } from '../credentials/secret.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Logger, LogLevel } from '../log.js';
 import { ByteBudget } from '../inject/byte-budget.js';
-import { ProxyServer, type IdentifiedConnection, type ProxyObserver } from './proxy-server.js';
+import { ProxyServer, type IdentifiedConnection, type ProxyObserver, type ProxyShared } from './proxy-server.js';
 import { RouteTable } from './routes.js';
 import { createUpstreamAgent, upstreamSecureContext } from './upstream.js';
 import { UpstreamH2Pool } from './upstream-h2.js';
-import type { AskAnswer, AskOp, FromWorker, ObserverCall, ToWorker, WireCredential, WireError, WorkerBatch, WorkerInit } from './worker-protocol.js';
+import {
+  SHARED_AUDIT_WRITABLE, SHARED_HANDSHAKES, SHARED_WORKER_HANDSHAKES,
+  type AskAnswer, type AskOp, type FromWorker, type ObserverCall, type ToWorker, type WireCredential, type WireError, type WorkerBatch, type WorkerInit,
+} from './worker-protocol.js';
 
 /** Runs the worker on its port; returns once it listens (or has said it cannot). */
 export async function runProxyWorker(init: WorkerInit, port: import('node:worker_threads').MessagePort): Promise<void> {
   const post = (m: FromWorker) => port.postMessage(m);
   let routes = new RouteTable(init.plan);
-  const auditWritable = new Int32Array(init.auditWritable);
+  const shared = new Int32Array(init.shared);
+  const mine = SHARED_WORKER_HANDSHAKES + init.index;
 
   // ---- asking the agent's thread ---------------------------------------------
   let nextAsk = 1;
@@ -58,7 +62,7 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
   };
   const pending = (): WorkerBatch => {
     if (!batch) {
-      batch = { t: 'batch', audit: [], observed: [], logs: [], stats: { refused: {}, handshakes: 0, connections: {}, accepted: 0 } };
+      batch = { t: 'batch', audit: [], closed: [], observed: [], logs: [], stats: { refused: {}, handshakes: 0, connections: {}, accepted: 0 } };
       setImmediate(flush);
     }
     return batch;
@@ -76,12 +80,29 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
   };
   const audit = {
     get writable(): boolean {
-      return Atomics.load(auditWritable, 0) === 1;
+      return Atomics.load(shared, SHARED_AUDIT_WRITABLE) === 1;
     },
     record: (event: AuditEvent) => void pending().audit.push(event),
     recordDone: (event: AuditEvent) => void pending().audit.push(event),
     recordSoon: (event: AuditEvent) => void pending().audit.push(event),
   } as unknown as import('../audit/audit-log.js').AuditLog;
+
+  const bounds: ProxyShared = {
+    beginHandshake: (max) => {
+      for (;;) {
+        const n = Atomics.load(shared, SHARED_HANDSHAKES);
+        if (n >= max) return false;
+        if (Atomics.compareExchange(shared, SHARED_HANDSHAKES, n, n + 1) === n) break;
+      }
+      Atomics.add(shared, mine, 1);
+      return true;
+    },
+    endHandshake: () => {
+      Atomics.sub(shared, mine, 1);
+      Atomics.sub(shared, SHARED_HANDSHAKES, 1);
+    },
+    connectionClosed: (workload) => void pending().closed.push(workload),
+  };
 
   // ---- credentials and certificates -----------------------------------------------
   type Held = { id: number; credential: Credential; expiresAt?: number };
@@ -180,6 +201,7 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
     audit,
     log,
     observer,
+    shared: bounds,
   });
   try {
     await proxy.listen(init.port, init.fds);

@@ -20,8 +20,8 @@ export interface WorkerInit {
   fds: { '127.0.0.1': number; '::1': number };
   /** The plan whose routes are in force now. */
   plan: Plan;
-  /** Int32[0]: 1 while the agent's audit log can be written (refused requests otherwise). */
-  auditWritable: SharedArrayBuffer;
+  /** Int32 words shared by the agent and every worker (SHARED_*). */
+  shared: SharedArrayBuffer;
   limits: ProxyLimits;
   http2: boolean;
   h2Limits?: Partial<H2Limits>;
@@ -30,6 +30,13 @@ export interface WorkerInit {
   /** This worker's share of the memory SigV4 bodies may hold. */
   sigv4BodyMemory: number;
 }
+
+/** Int32 word: 1 while the agent's audit log can be written (requests are refused otherwise). */
+export const SHARED_AUDIT_WRITABLE = 0;
+/** Int32 word: handshakes in progress in all workers together (bounded by --max-handshakes). */
+export const SHARED_HANDSHAKES = 1;
+/** Int32 word SHARED_WORKER_HANDSHAKES + index: those of one worker, taken back if it dies. */
+export const SHARED_WORKER_HANDSHAKES = 2;
 
 /** A credential as sent to a worker: `id` names the agent's object, so that one value stays one object in the worker. */
 export interface WireCredential {
@@ -64,6 +71,8 @@ export interface WorkerBatch {
   t: 'batch';
   /** Written by the agent with its own lines of the same turn (AuditLog.recordDone). */
   audit: AuditEvent[];
+  /** Workloads of connections counted by the agent (admission 'counted') that closed, one entry per connection. */
+  closed: string[];
   observed: ObserverCall[];
   logs: [LogLevel, string][];
   stats: ProxyStats;
