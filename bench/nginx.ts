@@ -142,7 +142,11 @@ export async function startNginx(dir: string, config: string, prefix: string[], 
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const conf = path.join(dir, 'nginx.conf');
   writeFileSync(conf, config);
-  const cmd = [...prefix, 'nginx', '-p', dir, '-c', conf, '-e', path.join(dir, 'error.log')];
+  return startServer(`nginx (${dir})`, [...prefix, 'nginx', '-p', dir, '-c', conf, '-e', path.join(dir, 'error.log')], listening);
+}
+
+/** Starts `cmd` and waits until it accepts connections on `listening`; fails with its stderr if it exits first. */
+export async function startServer(name: string, cmd: string[], listening: { host: string; port: number }): Promise<Nginx> {
   const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -155,11 +159,11 @@ export async function startNginx(dir: string, config: string, prefix: string[], 
   };
   const deadline = Date.now() + 10_000;
   for (;;) {
-    if (gone) throw new Error(`nginx (${dir}) exited before listening: ${stderr.trim()}`);
+    if (gone) throw new Error(`${name} exited before listening: ${stderr.trim()}`);
     if (await accepts(listening.host, listening.port)) break;
     if (Date.now() > deadline) {
       await stop();
-      throw new Error(`nginx (${dir}) not listening on ${listening.host}:${listening.port} after 10 s: ${stderr.trim()}`);
+      throw new Error(`${name} not listening on ${listening.host}:${listening.port} after 10 s: ${stderr.trim()}`);
     }
     await sleep(20);
   }

@@ -19,6 +19,7 @@
 #include <cstring>
 #include <vector>
 
+#include "addon_data.h"
 #include "errors.h"
 #include "link.h"
 #include "map.h"
@@ -201,6 +202,7 @@ Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InstallLibbpfLog();
+  env.SetInstanceData(new AddonData());
   Object::Init(env, exports);
   Map::Init(env, exports);
   Link::Init(env, exports);
