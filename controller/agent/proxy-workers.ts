@@ -261,7 +261,7 @@ export class ProxyWorkers {
         void this.#answer(slot, m.id, m);
         return;
       case 'batch': {
-        for (const event of m.audit) this.#o.audit.recordDone(event);
+        this.#o.audit.recordBatch(m.audit);
         for (const workload of m.closed) {
           if (!slot.open.has(workload)) continue;
           this.#count(slot.open, workload, -1);
