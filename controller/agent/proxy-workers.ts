@@ -185,14 +185,9 @@ export class ProxyWorkers {
         for (const wake of slot.waiting.values()) wake();
         slot.waiting.clear();
         if (!listening) {
-          // Never took its sockets: they are still ours to close.
-          for (const fd of fds) {
-            try {
-              closeSync(fd);
-            } catch {
-              // Taken after all.
-            }
-          }
+          // Its sockets are not closed here: the worker may have closed them
+          // already, and their numbers may be another file's by now. At most
+          // two per failed start stay open.
           reject(new WirekeyError('WK_PROXY_LISTEN', `proxy worker ${index} exited (code ${code}) before listening`));
           return;
         }
