@@ -19,6 +19,11 @@
  *                       with no HTTP parsing and no header
  *                       (bench/clients/tls-relay.mjs): the floor of any data
  *                       path on Node's TLS, for the proxy's figures.
+ *   node-head-relay     the relay plus the least an injecting HTTP/1.1 path
+ *                       must do (find each request head and set the header,
+ *                       find each response's end), for requests without a
+ *                       body only (bench/clients/h1-head-relay.mjs): what a
+ *                       lean HTTP/1.1 path on Node would cost.
  *   plain-direct        plain HTTP straight to the upstream: the kernel
  *                       datapath's baseline.
  *   kernel              plain HTTP from a cgroup bound to a plaintext
@@ -40,7 +45,7 @@
  * was not taken means nothing.
  *
  * usage: npm run bench [-- --seconds 5 --rounds 3 --connections 16 --bulk-mib 256
- *                          --arms https-direct,proxy,nginx-same-job,node-tls-relay,plain-direct,kernel,kernel-passthrough,bulk
+ *                          --arms https-direct,proxy,nginx-same-job,node-tls-relay,node-head-relay,plain-direct,kernel,kernel-passthrough,bulk
  *                          --kernel-audit request|connection --proxy-workers 1]
  *
  * --proxy-workers N runs the agent with N proxy worker threads and the
@@ -67,7 +72,7 @@ import { AccessLog, sameJobConfig, startNginx, startServer, upstreamConfig, type
 import { parseWrk, startClient } from './wrk.js';
 import { interruption } from './bound-bench.js';
 
-const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
+const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
 const BULK_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-node-tls-relay', 'bulk-plain-direct', 'bulk-kernel'] as const;
 type RateName = (typeof RATE_ARMS)[number];
 type BulkName = (typeof BULK_ARMS)[number];
@@ -75,7 +80,7 @@ type ArmName = RateName | BulkName;
 
 /** Each arm's baseline, for the table's ratio column. */
 const BASELINE: Partial<Record<ArmName, ArmName>> = {
-  proxy: 'https-direct', 'nginx-same-job': 'https-direct', 'node-tls-relay': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
+  proxy: 'https-direct', 'nginx-same-job': 'https-direct', 'node-tls-relay': 'https-direct', 'node-head-relay': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
   'bulk-proxy': 'bulk-https-direct', 'bulk-nginx-same-job': 'bulk-https-direct', 'bulk-node-tls-relay': 'bulk-https-direct', 'bulk-kernel': 'bulk-plain-direct',
 };
 
@@ -287,6 +292,7 @@ async function main(): Promise<void> {
   let upstream: Nginx | undefined;
   let sameJob: Nginx | undefined;
   let relay: Nginx | undefined;
+  let headRelay: Nginx | undefined;
   let agent: RunningAgent | undefined;
   let passthrough: Passthrough | undefined;
   let log: AccessLog | undefined;
@@ -309,7 +315,7 @@ async function main(): Promise<void> {
     log = new AccessLog(path.join(upDir, 'access.log'));
 
     // Every cgroup exists before the agent starts, so that its workloads select them from the start.
-    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'plain-direct', 'kernel', 'kernel-passthrough', 'nginx']
+    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough', 'nginx']
       .map((name) => [name, createCgroup(cgRoot, `${base}/${name}`)]));
     const cg = (name: string) => cgroups[name] as string;
     const sameJobPort = await freePort();
@@ -325,6 +331,13 @@ async function main(): Promise<void> {
       relay = await step(startServer('the Node TLS relay', ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin,
         process.execPath, path.join(repoRoot, 'bench/clients/tls-relay.mjs'), String(relayPort), pki.serverCert, pki.serverKey, ip, '443', HOST, pki.caCert],
       { host: '127.0.0.1', port: relayPort }));
+    }
+
+    const headRelayPort = await freePort();
+    if (wanted.includes('node-head-relay')) {
+      headRelay = await step(startServer('the Node head relay', ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin,
+        process.execPath, path.join(repoRoot, 'bench/clients/h1-head-relay.mjs'), String(headRelayPort), pki.serverCert, pki.serverKey, ip, '443', HOST,
+        pki.caCert, BEARER], { host: '127.0.0.1', port: headRelayPort }));
     }
 
     const token = path.join(work, 'token');
@@ -355,6 +368,8 @@ async function main(): Promise<void> {
       'node-tls-relay': { cgroup: cg('node-tls-relay'), listener: 443, bearer: false, ownSockets: false, passthrough: false,
         url: `https://${HOST}:${relayPort}/`, hosts: hostsFile('relay', '127.0.0.1'),
         curl: ['--resolve', `${HOST}:${relayPort}:127.0.0.1`, '--cacert', pki.caCert, `https://${HOST}:${relayPort}/big`] },
+      'node-head-relay': { cgroup: cg('node-head-relay'), listener: 443, bearer: true, ownSockets: false, passthrough: false,
+        url: `https://${HOST}:${headRelayPort}/`, hosts: hostsFile('head-relay', '127.0.0.1'), curl: [] },
       'plain-direct': { cgroup: cg('plain-direct'), listener: 80, bearer: false, ownSockets: true, passthrough: false,
         url: `http://${ip}/`, curl: [`http://${ip}/big`] },
       kernel: { cgroup: cg('kernel'), listener: 80, bearer: true, ownSockets: true, passthrough: false,
@@ -365,7 +380,7 @@ async function main(): Promise<void> {
     // The process doing the arm's work between client and upstream, for its CPU time per request.
     const serverOf = (arm: ArmName): number | undefined => {
       const a = arm.startsWith('bulk-') ? arm.slice(5) : arm;
-      return a === 'proxy' ? agent!.pid : a === 'nginx-same-job' ? sameJob?.pid : a === 'node-tls-relay' ? relay?.pid : undefined;
+      return a === 'proxy' ? agent!.pid : a === 'nginx-same-job' ? sameJob?.pid : a === 'node-tls-relay' ? relay?.pid : a === 'node-head-relay' ? headRelay?.pid : undefined;
     };
     const routeOf = (arm: ArmName): Route => routes[(arm.startsWith('bulk-') ? arm.slice(5) : arm) as RateName];
     if (wanted.includes('kernel-passthrough')) passthrough = new Passthrough(routes['kernel-passthrough'].cgroup);
@@ -442,6 +457,7 @@ async function main(): Promise<void> {
     await attempt('agent', () => agent?.stop());
     await attempt('same-job nginx', () => sameJob?.stop());
     await attempt('Node TLS relay', () => relay?.stop());
+    await attempt('Node head relay', () => headRelay?.stop());
     await attempt('upstream nginx', () => upstream?.stop());
     await attempt('network namespace', () => host?.destroy());
     await attempt('cgroups', () => removeCgroupTree(cgRoot, cgBench));
@@ -494,8 +510,9 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
     compare('proxy', 'nginx-same-job');
     compare('node-tls-relay', 'nginx-same-job');
     compare('proxy', 'node-tls-relay');
+    compare('node-head-relay', 'nginx-same-job');
     compare('kernel', 'kernel-passthrough');
-    const cpuArms = (['proxy', 'nginx-same-job', 'node-tls-relay'] as const).filter((a) => has(a));
+    const cpuArms = (['proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay'] as const).filter((a) => has(a));
     if (cpuArms.length) {
       const cpu = (a: ArmName) => med(a, (s) => s.cpuUsPerRequest ?? NaN);
       const vsNginx = (a: ArmName) => (a !== 'nginx-same-job' && has('nginx-same-job') ? ` (${f2(cpu(a) / cpu('nginx-same-job'))}x nginx-same-job)` : '');
@@ -525,7 +542,7 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
   }
   const checks = [
     'every request the client completed reached the expected upstream listener',
-    'with the bearer on proxy, nginx-same-job and kernel and no Authorization header on the others',
+    'with the bearer on proxy, nginx-same-job, node-head-relay and kernel and no Authorization header on the others',
   ];
   if ([...samples.keys()].some((a) => routeIsPlain(a))) checks.push('the plain arms\' connections were wrk\'s own sockets');
   if (has('kernel-passthrough')) checks.push('the pass-through program passed a message per request of its arm and none of the others');
