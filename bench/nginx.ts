@@ -1,7 +1,7 @@
 /**
  * nginx for bench/wire.ts: the upstream (in the test host's namespace) and
- * the same-job reverse proxy (on loopback), each one master and one worker
- * run in the foreground from a directory of its own, and the upstream's
+ * the same-job reverse proxy (on loopback; one worker, or as many as the
+ * proxy's worker threads), each one master and its workers, run in the foreground from a directory of its own, and the upstream's
  * access log read back as per-arm counts.
  *
  * The upstream logs one line per request: the listener's port, whether the
@@ -40,13 +40,13 @@ export interface TagCounts {
 
 const directives = (lines: string[]) => lines.map((l) => `  ${l}`).join('\n');
 
-/** What both nginx configurations share: one worker, a private prefix, no request-size surprises. */
-function mainContext(dir: string, http: string[], modules: string[] = []): string {
+/** What both nginx configurations share: `workers` worker processes (default one), dynamic `modules`, a private prefix, no request-size surprises. */
+function mainContext(dir: string, http: string[], workers = 1, modules: string[] = []): string {
   return [
     ...modules.map((m) => `load_module ${m};`),
     'daemon off;',
     'master_process on;',
-    'worker_processes 1;',
+    `worker_processes ${workers};`,
     // The bench runs as root and keeps its files in a directory only root can read.
     'user root;',
     `pid ${dir}/nginx.pid;`,
@@ -98,7 +98,7 @@ export function upstreamConfig(dir: string, o: { ip: string; cert: string; key: 
       'location / { default_type application/json; return 200 \'{"ok":true}\\n\'; }',
     ]),
     '}',
-  ], [ECHO_MODULE]);
+  ], 1, [ECHO_MODULE]);
 }
 
 /**
@@ -108,14 +108,16 @@ export function upstreamConfig(dir: string, o: { ip: string; cert: string; key: 
  * upstream's certificate verified against `upstreamCa` (SNI and name
  * check), over kept-alive upstream connections.
  */
-export function sameJobConfig(dir: string, o: { port: number; cert: string; key: string; authorization: string; upstream: string; serverName: string; upstreamCa: string }): string {
+export function sameJobConfig(dir: string, o: { port: number; cert: string; key: string; authorization: string; upstream: string; serverName: string; upstreamCa: string; workers?: number }): string {
+  const workers = o.workers ?? 1;
   return mainContext(dir, [
     'upstream wk_upstream {',
     directives([`server ${o.upstream};`, 'keepalive 64;', 'keepalive_requests 1000000;', 'keepalive_timeout 300s;']),
     '}',
     'server {',
     directives([
-      `listen 127.0.0.1:${o.port} ssl;`,
+      // Several workers: a listening socket each (SO_REUSEPORT), as the proxy's worker threads have.
+      `listen 127.0.0.1:${o.port} ssl${workers > 1 ? ' reuseport' : ''};`,
       `ssl_certificate ${o.cert};`,
       `ssl_certificate_key ${o.key};`,
       'location / {',
@@ -139,7 +141,7 @@ export function sameJobConfig(dir: string, o: { port: number; cert: string; key:
       '}',
     ]),
     '}',
-  ]);
+  ], workers);
 }
 
 /**

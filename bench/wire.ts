@@ -19,6 +19,11 @@
  *                       with no HTTP parsing and no header
  *                       (bench/clients/tls-relay.mjs): the floor of any data
  *                       path on Node's TLS, for the proxy's figures.
+ *   node-head-relay     the relay plus the least an injecting HTTP/1.1 path
+ *                       must do (find each request head and set the header,
+ *                       find each response's end), for requests without a
+ *                       body only (bench/clients/h1-head-relay.mjs): what a
+ *                       lean HTTP/1.1 path on Node would cost.
  *   plain-direct        plain HTTP straight to the upstream: the kernel
  *                       datapath's baseline.
  *   kernel              plain HTTP from a cgroup bound to a plaintext
@@ -44,8 +49,12 @@
  * was not taken means nothing.
  *
  * usage: npm run bench [-- --seconds 5 --rounds 3 --connections 16 --bulk-mib 256
- *                          --arms https-direct,proxy,nginx-same-job,node-tls-relay,plain-direct,kernel,kernel-passthrough,bulk
- *                          --kernel-audit request|connection]
+ *                          --arms https-direct,proxy,nginx-same-job,node-tls-relay,node-head-relay,plain-direct,kernel,kernel-passthrough,bulk
+ *                          --kernel-audit request|connection --proxy-workers 1]
+ *
+ * --proxy-workers N runs the agent with N proxy worker threads and the
+ * same-job nginx with N worker processes; with N > 1 both may run on the
+ * first N CPUs (and share them with the upstream and the clients).
  */
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
@@ -67,7 +76,7 @@ import { AccessLog, sameJobConfig, startNginx, startServer, upstreamConfig, type
 import { parseWrk, startClient } from './wrk.js';
 import { interruption } from './bound-bench.js';
 
-const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
+const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
 const DOWNLOAD_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-node-tls-relay', 'bulk-plain-direct', 'bulk-kernel'] as const;
 const UPLOAD_ARMS = ['bulk-upload-https-direct', 'bulk-upload-proxy', 'bulk-upload-nginx-same-job', 'bulk-upload-node-tls-relay'] as const;
 const BULK_ARMS = [...DOWNLOAD_ARMS, ...UPLOAD_ARMS] as const;
@@ -79,7 +88,7 @@ type ArmName = RateName | BulkName;
 
 /** Each arm's baseline, for the table's ratio column. */
 const BASELINE: Partial<Record<ArmName, ArmName>> = {
-  proxy: 'https-direct', 'nginx-same-job': 'https-direct', 'node-tls-relay': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
+  proxy: 'https-direct', 'nginx-same-job': 'https-direct', 'node-tls-relay': 'https-direct', 'node-head-relay': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
   'bulk-proxy': 'bulk-https-direct', 'bulk-nginx-same-job': 'bulk-https-direct', 'bulk-node-tls-relay': 'bulk-https-direct', 'bulk-kernel': 'bulk-plain-direct',
   'bulk-upload-proxy': 'bulk-upload-https-direct', 'bulk-upload-nginx-same-job': 'bulk-upload-https-direct', 'bulk-upload-node-tls-relay': 'bulk-upload-https-direct',
 };
@@ -254,6 +263,7 @@ async function main(): Promise<void> {
       'bulk-mib': { type: 'string', default: '256' },
       arms: { type: 'string', default: [...RATE_ARMS, 'bulk'].join(',') },
       'kernel-audit': { type: 'string' },
+      'proxy-workers': { type: 'string', default: '1' },
     },
   });
   const seconds = Number(values.seconds);
@@ -263,6 +273,8 @@ async function main(): Promise<void> {
   for (const [name, v] of [['seconds', seconds], ['rounds', rounds], ['connections', connections], ['bulk-mib', bulkBytes]] as const) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`--${name} must be a positive whole number`);
   }
+  const proxyWorkers = Number(values['proxy-workers']);
+  if (!Number.isInteger(proxyWorkers) || proxyWorkers < 1) throw new Error('--proxy-workers must be a positive whole number');
   const wanted = parseArms(values.arms!);
   const unmet = kernelSkipReason();
   if (unmet) throw new Error(`the benchmark ${unmet}`);
@@ -270,9 +282,13 @@ async function main(): Promise<void> {
   const cpus = await allowedCpus();
   const serverCpu = cpus.length >= 2 ? String(cpus[0]) : undefined;
   const clientCpu = cpus.length >= 2 ? String(cpus[cpus.length - 1]) : undefined;
+  // Several proxy workers (and as many same-job nginx workers) get as many CPUs.
+  const proxyCpus = proxyWorkers > 1 && cpus.length >= 2 ? cpus.slice(0, proxyWorkers).join(',') : serverCpu;
   const pinning = serverCpu === undefined
     ? `no pinning (${cpus.length} CPU allowed)`
-    : `wrk and curl on CPU ${clientCpu}; the upstream nginx, the same-job nginx and the agent on CPU ${serverCpu} (taskset)`;
+    : proxyCpus === serverCpu
+      ? `wrk and curl on CPU ${clientCpu}; the upstream nginx, the same-job nginx and the agent on CPU ${serverCpu} (taskset)`
+      : `wrk and curl on CPU ${clientCpu}; the upstream nginx on CPU ${serverCpu}; the same-job nginx and the agent on CPUs ${proxyCpus} (taskset)`;
 
   const tag = randomBytes(2).toString('hex');
   const base = `wirekey-bench-${tag}`;
@@ -292,6 +308,7 @@ async function main(): Promise<void> {
   let upstream: Nginx | undefined;
   let sameJob: Nginx | undefined;
   let relay: Nginx | undefined;
+  let headRelay: Nginx | undefined;
   let agent: RunningAgent | undefined;
   let passthrough: Passthrough | undefined;
   let log: AccessLog | undefined;
@@ -308,21 +325,22 @@ async function main(): Promise<void> {
     ftruncateSync(big, bulkBytes);
     closeSync(big);
     const serverPin = serverCpu === undefined ? [] : ['taskset', '-c', serverCpu];
+    const proxyPin = proxyCpus === undefined ? [] : ['taskset', '-c', proxyCpus];
     const upDir = path.join(work, 'upstream');
     upstream = await step(startNginx(upDir, upstreamConfig(upDir, { ip, cert: pki.serverCert, key: pki.serverKey, bearer: BEARER, wwwRoot: www }),
       ['ip', 'netns', 'exec', host.ns, ...serverPin], { host: ip, port: 80 }));
     log = new AccessLog(path.join(upDir, 'access.log'));
 
     // Every cgroup exists before the agent starts, so that its workloads select them from the start.
-    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'plain-direct', 'kernel', 'kernel-passthrough', 'nginx']
+    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough', 'nginx']
       .map((name) => [name, createCgroup(cgRoot, `${base}/${name}`)]));
     const cg = (name: string) => cgroups[name] as string;
     const sameJobPort = await freePort();
     const sameJobDir = path.join(work, 'same-job');
     if (wanted.some((a) => a.endsWith('nginx-same-job'))) {
       sameJob = await step(startNginx(sameJobDir, sameJobConfig(sameJobDir, { port: sameJobPort, cert: pki.serverCert, key: pki.serverKey,
-        authorization: BEARER, upstream: `${ip}:443`, serverName: HOST, upstreamCa: pki.caCert }),
-      ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin], { host: '127.0.0.1', port: sameJobPort }));
+        authorization: BEARER, upstream: `${ip}:443`, serverName: HOST, upstreamCa: pki.caCert, workers: proxyWorkers }),
+      ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...proxyPin], { host: '127.0.0.1', port: sameJobPort }));
     }
 
     const relayPort = await freePort();
@@ -332,14 +350,21 @@ async function main(): Promise<void> {
       { host: '127.0.0.1', port: relayPort }));
     }
 
+    const headRelayPort = await freePort();
+    if (wanted.includes('node-head-relay')) {
+      headRelay = await step(startServer('the Node head relay', ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin,
+        process.execPath, path.join(repoRoot, 'bench/clients/h1-head-relay.mjs'), String(headRelayPort), pki.serverCert, pki.serverKey, ip, '443', HOST,
+        pki.caCert, BEARER], { host: '127.0.0.1', port: headRelayPort }));
+    }
+
     const token = path.join(work, 'token');
     writeFileSync(token, `${TOKEN}\n`, { mode: 0o600 });
     const policy = path.join(work, 'policy.yaml');
     writeFileSync(policy, policyText(base, token, ip));
     const stateDir = path.join(work, 'state');
     const audit = values['kernel-audit'];
-    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: audit ? ['--kernel-audit', audit] : [],
-      audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info', wrapper: serverPin.length ? serverPin : undefined }));
+    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: [...(audit ? ['--kernel-audit', audit] : []), '--proxy-workers', String(proxyWorkers)],
+      audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info', wrapper: proxyPin.length ? proxyPin : undefined }));
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
     writeFileSync(wirekeyCa, await step(must(process.execPath, [wirekeyBin, 'ca', 'cert', '--create', '--state-dir', stateDir])));
 
@@ -360,6 +385,8 @@ async function main(): Promise<void> {
       'node-tls-relay': { cgroup: cg('node-tls-relay'), listener: 443, bearer: false, ownSockets: false, passthrough: false,
         url: `https://${HOST}:${relayPort}/`, hosts: hostsFile('relay', '127.0.0.1'),
         curl: ['--resolve', `${HOST}:${relayPort}:127.0.0.1`, '--cacert', pki.caCert, `https://${HOST}:${relayPort}/big`] },
+      'node-head-relay': { cgroup: cg('node-head-relay'), listener: 443, bearer: true, ownSockets: false, passthrough: false,
+        url: `https://${HOST}:${headRelayPort}/`, hosts: hostsFile('head-relay', '127.0.0.1'), curl: [] },
       'plain-direct': { cgroup: cg('plain-direct'), listener: 80, bearer: false, ownSockets: true, passthrough: false,
         url: `http://${ip}/`, curl: [`http://${ip}/big`] },
       kernel: { cgroup: cg('kernel'), listener: 80, bearer: true, ownSockets: true, passthrough: false,
@@ -370,7 +397,7 @@ async function main(): Promise<void> {
     // The process doing the arm's work between client and upstream, for its CPU time per request or per MiB.
     const serverOf = (arm: ArmName): number | undefined => {
       const a = arm.replace(/^bulk-(upload-)?/, '');
-      return a === 'proxy' ? agent!.pid : a === 'nginx-same-job' ? sameJob?.pid : a === 'node-tls-relay' ? relay?.pid : undefined;
+      return a === 'proxy' ? agent!.pid : a === 'nginx-same-job' ? sameJob?.pid : a === 'node-tls-relay' ? relay?.pid : a === 'node-head-relay' ? headRelay?.pid : undefined;
     };
     const routeOf = (arm: ArmName): Route => routes[arm.replace(/^bulk-(upload-)?/, '') as RateName];
     if (wanted.includes('kernel-passthrough')) passthrough = new Passthrough(routes['kernel-passthrough'].cgroup);
@@ -437,7 +464,7 @@ async function main(): Promise<void> {
     for (const [arm, s] of measuredArms) {
       check(arm, routeOf(arm), s, log.get(s.tag), { connections, bulkBytes, final: true, passthrough: !!passthrough });
     }
-    report(samples, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)' });
+    report(samples, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)', proxyWorkers });
   } finally {
     interrupted.dispose();
     const attempt = async (what: string, f: () => unknown) => {
@@ -453,6 +480,7 @@ async function main(): Promise<void> {
     await attempt('agent', () => agent?.stop());
     await attempt('same-job nginx', () => sameJob?.stop());
     await attempt('Node TLS relay', () => relay?.stop());
+    await attempt('Node head relay', () => headRelay?.stop());
     await attempt('upstream nginx', () => upstream?.stop());
     await attempt('network namespace', () => host?.destroy());
     await attempt('cgroups', () => removeCgroupTree(cgRoot, cgBench));
@@ -467,6 +495,7 @@ interface ReportOptions {
   connections: number;
   bulkMib: number;
   pinning: string;
+  proxyWorkers: number;
   audit: string;
 }
 
@@ -483,7 +512,7 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
   const perRound = (a: ArmName, b: ArmName, f: (s: Sample) => number) =>
     samples.get(a)!.map((s, i) => f2(f(s) / f(samples.get(b)![i] as Sample))).join(' ');
 
-  out(`pinning: ${o.pinning}; kernel audit: ${o.audit}`);
+  out(`pinning: ${o.pinning}; kernel audit: ${o.audit}; proxy workers: ${o.proxyWorkers} (same-job nginx worker processes: ${o.proxyWorkers})`);
   if (rate.length) {
     out(`small keep-alive GETs (wrk -t1 -c${o.connections} -d${o.seconds}s --latency), ${o.rounds} rounds, arms interleaved; medians over rounds`);
     out(`  ${'arm'.padEnd(19)} ${'req/s'.padStart(8)} ${'p50 us'.padStart(7)} ${'p99 us'.padStart(7)}   ${'vs'.padEnd(13)} ${'req/s'.padStart(5)} ${'p50'.padStart(5)} ${'p99'.padStart(5)}   req/s per round`);
@@ -505,8 +534,9 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
     compare('proxy', 'nginx-same-job');
     compare('node-tls-relay', 'nginx-same-job');
     compare('proxy', 'node-tls-relay');
+    compare('node-head-relay', 'nginx-same-job');
     compare('kernel', 'kernel-passthrough');
-    const cpuArms = (['proxy', 'nginx-same-job', 'node-tls-relay'] as const).filter((a) => has(a));
+    const cpuArms = (['proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay'] as const).filter((a) => has(a));
     if (cpuArms.length) {
       const cpu = (a: ArmName) => med(a, (s) => s.cpuUsPerRequest ?? NaN);
       const vsNginx = (a: ArmName) => (a !== 'nginx-same-job' && has('nginx-same-job') ? ` (${f2(cpu(a) / cpu('nginx-same-job'))}x nginx-same-job)` : '');
@@ -549,7 +579,7 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
   }
   const checks = [
     'every request the client completed reached the expected upstream listener',
-    'with the bearer on proxy, nginx-same-job and kernel and no Authorization header on the others',
+    'with the bearer on proxy, nginx-same-job, node-head-relay and kernel and no Authorization header on the others',
   ];
   if ([...samples.keys()].some((a) => routeIsPlain(a))) checks.push('the plain arms\' connections were wrk\'s own sockets');
   if (has('kernel-passthrough')) checks.push('the pass-through program passed a message per request of its arm and none of the others');
