@@ -815,7 +815,7 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 {
 	struct wk_http_scan *s = &st->scan;
 	struct scan_ctx ctx = {};
-	__u32 size = msg->size, n, hlen, off, total, cfg_flags = 0, dest_flags = 0, why;
+	__u32 size = msg->size, n, hlen, off, at, total, cfg_flags = 0, dest_flags = 0, why;
 	struct wk_http_usage_key uk = {};
 	__u64 room, ktime = 0;
 	__u8 *data, *end;
@@ -884,9 +884,30 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
 	/* From here the message holds uninitialised bytes: any failure
 	 * must drop it whole. */
-	if (bpf_msg_pull_data(msg, off, off + hlen, 0))
+	total = msg->size;
+	if (total > (__u64)s->head_end + hlen + s->clen)
+		total = s->head_end + hlen + s->clen;
+	if (total > room)
+		total = room;
+	/*
+	 * The push left the request in three pieces (up to the line, the line,
+	 * the rest), and the kernel sends each piece with a tcp_sendmsg of its
+	 * own: three segments where the workload wrote one, and an upstream
+	 * woken three times. One contiguous piece goes out as one segment, so
+	 * what this run passes (up to WK_HTTP_COALESCE_MAX bytes, the line
+	 * always among them: total >= off + hlen) is copied into one piece
+	 * first and the line written into that. Without memory for the copy,
+	 * the line goes into its own piece, and the request leaves in three.
+	 */
+	at = off;
+	if (bpf_msg_pull_data(msg, 0, total < WK_HTTP_COALESCE_MAX ? total : WK_HTTP_COALESCE_MAX, 0)) {
+		if (bpf_msg_pull_data(msg, off, off + hlen, 0))
+			return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+		at = 0;
+	}
+	if (at >= WK_HTTP_HEAD_MAX)
 		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
-	data = (__u8 *)(long)msg->data;
+	data = (__u8 *)(long)msg->data + at;
 	end = (__u8 *)(long)msg->data_end;
 	for (int i = 0; i < WK_HTTP_LINE_MAX; i++) {
 		if (i >= hlen)
@@ -934,19 +955,6 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		forget_line(st);
 		http_count(WK_HTTP_STAT_PASSTHROUGH);
 	}
-	total = msg->size;
-	if (total > st->left)
-		total = st->left;
-	if (total > room)
-		total = room;
-	/*
-	 * The push left the request in three pieces (up to the line, the line,
-	 * the rest), and the kernel sends each piece with a tcp_sendmsg of its
-	 * own: three segments where the workload wrote one, and an upstream
-	 * woken three times. One contiguous piece goes out as one segment. A
-	 * failure here (no memory for the copy) changes no byte, only that.
-	 */
-	bpf_msg_pull_data(msg, 0, total < WK_HTTP_COALESCE_MAX ? total : WK_HTTP_COALESCE_MAX, 0);
 	st->approved = total;
 	bpf_msg_apply_bytes(msg, total);
 	return SK_PASS;
