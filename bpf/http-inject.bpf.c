@@ -612,30 +612,42 @@ struct scan_ctx {
 	__u32 end;			/* head scan: bytes of the message in the window */
 };
 
+/* Steps (a byte, or a word head_word() takes) per scan_byte() call. */
+#define SCAN_STEPS	4
+
 /*
- * The head at scan.pos: 8 bytes at once where head_word() takes them,
- * else one byte; bpf_loop callback. Returns 1 to stop.
+ * The head from scan.pos on, SCAN_STEPS steps: 8 bytes at once where
+ * head_word() takes them, else one byte; bpf_loop callback. Returns 1 to
+ * stop.
  */
 static long scan_byte(__u32 i, struct scan_ctx *ctx)
 {
 	struct wk_http_sock *st = ctx->st;
 	struct wk_http_scan *s = &st->scan;
-	__u32 off = s->pos, k;
+	__u32 off, k;
 	__u8 *p;
 
-	if (off >= ctx->end || off >= WK_HTTP_HEAD_MAX)
-		return 1;
-	p = (__u8 *)ctx->data + off;
-	if ((void *)(p + 1) > ctx->data_end)
-		return 1;
-	if (off + 8 <= ctx->end && (void *)(p + 8) <= ctx->data_end) {
-		k = head_word(s, *(__u64 *)p);
-		if (k) {
-			s->pos = off + k;
-			return 0;
+	for (int j = 0; j < SCAN_STEPS; j++) {
+		off = s->pos;
+		if (off >= ctx->end || off >= WK_HTTP_HEAD_MAX)
+			return 1;
+		/* a no-op (off < WK_HTTP_HEAD_MAX, a power of 2) the verifier needs */
+		barrier_var(off);
+		off &= WK_HTTP_HEAD_MAX - 1;
+		p = (__u8 *)ctx->data + off;
+		if ((void *)(p + 1) > ctx->data_end)
+			return 1;
+		if (off + 8 <= ctx->end && (void *)(p + 8) <= ctx->data_end) {
+			k = head_word(s, *(__u64 *)p);
+			if (k) {
+				s->pos = off + k;
+				continue;
+			}
 		}
+		if (head_byte(s, st->line, st->name_len, *p))
+			return 1;
 	}
-	return head_byte(s, st->line, st->name_len, *p);
+	return 0;
 }
 
 /* ---- a chunked body (the scanner: http-chunked.bpf.h) ------------------ */
@@ -909,8 +921,18 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
 	data = (__u8 *)(long)msg->data + at;
 	end = (__u8 *)(long)msg->data_end;
-	for (int i = 0; i < WK_HTTP_LINE_MAX; i++) {
-		if (i >= hlen)
+	/* 8 bytes a store, then the rest a byte at a time */
+	for (int i = 0; i < WK_HTTP_LINE_MAX / 8; i++) {
+		if (i * 8 + 8 > hlen)
+			break;
+		if (data + i * 8 + 8 > end)
+			return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+		*(__u64 *)(data + i * 8) = *(__u64 *)(st->line + i * 8);
+	}
+	for (int j = 0; j < 8; j++) {
+		__u32 i = ((hlen & ~7) + j) & (WK_HTTP_LINE_MAX - 1);
+
+		if ((hlen & ~7) + j >= hlen)
 			break;
 		if (data + i + 1 > end)
 			return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
