@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * The request head scanner of http-inject.bpf.c: one byte at a time, over
- * a struct wk_http_scan, with no BPF helper, map or packet pointer in it,
- * so that the same code also compiles for the host (test/native/, where
- * the unit tests run it). The BPF side fetches each byte in a bpf_loop
+ * The request head scanner of http-inject.bpf.c: one byte at a time
+ * (head_byte()), or 8 where every one of them would take head_byte()'s
+ * plainest branch (head_word()), over a struct wk_http_scan, with no BPF
+ * helper, map or packet pointer in it, so that the same code also compiles
+ * for the host (test/native/, where the unit tests run it and check that
+ * both ways decide alike). The BPF side fetches the bytes in a bpf_loop
  * callback (scan_byte()) and decides what a finished scan means (inject,
  * cork, refuse). Needs __u8..__u64, bool and __always_inline from the
  * includer (vmlinux.h and bpf_helpers.h, or the host's headers).

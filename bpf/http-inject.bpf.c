@@ -36,9 +36,11 @@
  *     before anything is decided: an incomplete head is corked
  *     (bpf_msg_cork_bytes) and the program runs again on the whole head
  *     when more bytes are written, carrying on where its scan stopped.
- *     The head is checked byte by byte (bpf_loop), the line is inserted
- *     after the request line (bpf_msg_push_data, written into the page that
- *     helper allocated, never into the workload's pages), and `left`
+ *     The head is checked byte by byte (bpf_loop; plain runs 8 bytes at
+ *     once, see head_word()), the line is inserted after the request line
+ *     (bpf_msg_push_data; the request is then copied into one piece by
+ *     bpf_msg_pull_data and the line written into that copy, never into
+ *     the workload's pages), and `left`
  *     becomes head + line + Content-Length. A Content-Length body is never
  *     parsed, so text in a body that looks like a request is never taken
  *     for one.
@@ -63,10 +65,11 @@
  * then precede an injected line) and, after a cork, frees the message's
  * tail on the kernels this targets.
  *
- * Files. The head scanner (head_byte(), http-head.bpf.h) and the
- * framing scanner (chunk_step(), http-chunked.bpf.h) are plain C over
- * their state in socket storage and one byte, with no helper in them: this
- * file's bpf_loop callbacks (scan_byte(), chunk_byte()) fetch the byte, and
+ * Files. The head scanner (head_byte() and head_word(), http-head.bpf.h)
+ * and the framing scanner (chunk_step(), http-chunked.bpf.h) are plain C
+ * over their state in socket storage and one byte (or, for head_word(),
+ * one 8-byte word), with no helper in them: this file's bpf_loop callbacks
+ * (scan_byte(), chunk_byte()) fetch the bytes, and
  * the unit tests run the same headers compiled for the host
  * (test/native/http-parser-host.c). The counters and the event ring are in
  * http-events.bpf.h, the send-queue room an approval may take
