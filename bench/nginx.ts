@@ -1,7 +1,7 @@
 /**
  * nginx for bench/wire.ts: the upstream (in the test host's namespace) and
- * the same-job reverse proxy (on loopback), each one master and one worker
- * run in the foreground from a directory of its own, and the upstream's
+ * the same-job reverse proxy (on loopback; one worker, or as many as the
+ * proxy's worker threads), each one master and its workers, run in the foreground from a directory of its own, and the upstream's
  * access log read back as per-arm counts.
  *
  * The upstream logs one line per request: the listener's port, whether the
@@ -38,12 +38,12 @@ export interface TagCounts {
 
 const directives = (lines: string[]) => lines.map((l) => `  ${l}`).join('\n');
 
-/** What both nginx configurations share: one worker, a private prefix, no request-size surprises. */
-function mainContext(dir: string, http: string[]): string {
+/** What both nginx configurations share: `workers` worker processes (default one), a private prefix, no request-size surprises. */
+function mainContext(dir: string, http: string[], workers = 1): string {
   return [
     'daemon off;',
     'master_process on;',
-    'worker_processes 1;',
+    `worker_processes ${workers};`,
     // The bench runs as root and keeps its files in a directory only root can read.
     'user root;',
     `pid ${dir}/nginx.pid;`,
@@ -98,14 +98,16 @@ export function upstreamConfig(dir: string, o: { ip: string; cert: string; key: 
  * upstream's certificate verified against `upstreamCa` (SNI and name
  * check), over kept-alive upstream connections.
  */
-export function sameJobConfig(dir: string, o: { port: number; cert: string; key: string; authorization: string; upstream: string; serverName: string; upstreamCa: string }): string {
+export function sameJobConfig(dir: string, o: { port: number; cert: string; key: string; authorization: string; upstream: string; serverName: string; upstreamCa: string; workers?: number }): string {
+  const workers = o.workers ?? 1;
   return mainContext(dir, [
     'upstream wk_upstream {',
     directives([`server ${o.upstream};`, 'keepalive 64;', 'keepalive_requests 1000000;', 'keepalive_timeout 300s;']),
     '}',
     'server {',
     directives([
-      `listen 127.0.0.1:${o.port} ssl;`,
+      // Several workers: a listening socket each (SO_REUSEPORT), as the proxy's worker threads have.
+      `listen 127.0.0.1:${o.port} ssl${workers > 1 ? ' reuseport' : ''};`,
       `ssl_certificate ${o.cert};`,
       `ssl_certificate_key ${o.key};`,
       'location / {',
@@ -127,7 +129,7 @@ export function sameJobConfig(dir: string, o: { port: number; cert: string; key:
       '}',
     ]),
     '}',
-  ]);
+  ], workers);
 }
 
 /**
@@ -140,7 +142,11 @@ export async function startNginx(dir: string, config: string, prefix: string[], 
   mkdirSync(dir, { recursive: true, mode: 0o700 });
   const conf = path.join(dir, 'nginx.conf');
   writeFileSync(conf, config);
-  const cmd = [...prefix, 'nginx', '-p', dir, '-c', conf, '-e', path.join(dir, 'error.log')];
+  return startServer(`nginx (${dir})`, [...prefix, 'nginx', '-p', dir, '-c', conf, '-e', path.join(dir, 'error.log')], listening);
+}
+
+/** Starts `cmd` and waits until it accepts connections on `listening`; fails with its stderr if it exits first. */
+export async function startServer(name: string, cmd: string[], listening: { host: string; port: number }): Promise<Nginx> {
   const child = spawn(cmd[0] as string, cmd.slice(1), { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
@@ -153,11 +159,11 @@ export async function startNginx(dir: string, config: string, prefix: string[], 
   };
   const deadline = Date.now() + 10_000;
   for (;;) {
-    if (gone) throw new Error(`nginx (${dir}) exited before listening: ${stderr.trim()}`);
+    if (gone) throw new Error(`${name} exited before listening: ${stderr.trim()}`);
     if (await accepts(listening.host, listening.port)) break;
     if (Date.now() > deadline) {
       await stop();
-      throw new Error(`nginx (${dir}) not listening on ${listening.host}:${listening.port} after 10 s: ${stderr.trim()}`);
+      throw new Error(`${name} not listening on ${listening.host}:${listening.port} after 10 s: ${stderr.trim()}`);
     }
     await sleep(20);
   }

@@ -14,6 +14,16 @@
  *                       same Authorization header, re-originates TLS to the
  *                       upstream with its certificate verified, over
  *                       kept-alive upstream connections.
+ *   node-tls-relay      HTTPS to a Node process that terminates TLS and
+ *                       copies bytes to a verified upstream TLS connection,
+ *                       with no HTTP parsing and no header
+ *                       (bench/clients/tls-relay.mjs): the floor of any data
+ *                       path on Node's TLS, for the proxy's figures.
+ *   node-head-relay     the relay plus the least an injecting HTTP/1.1 path
+ *                       must do (find each request head and set the header,
+ *                       find each response's end), for requests without a
+ *                       body only (bench/clients/h1-head-relay.mjs): what a
+ *                       lean HTTP/1.1 path on Node would cost.
  *   plain-direct        plain HTTP straight to the upstream: the kernel
  *                       datapath's baseline.
  *   kernel              plain HTTP from a cgroup bound to a plaintext
@@ -23,8 +33,8 @@
  *                       that passes every message unchanged
  *                       (bench/passthrough.bpf.c): the floor of the design.
  * Throughput (curl, one large download per arm and round, MB/s):
- *   bulk-https-direct, bulk-proxy, bulk-nginx-same-job, bulk-plain-direct,
- *   bulk-kernel (`--arms bulk` names all five).
+ *   bulk-https-direct, bulk-proxy, bulk-nginx-same-job, bulk-node-tls-relay,
+ *   bulk-plain-direct, bulk-kernel (`--arms bulk` names all six).
  *
  * Every arm is checked against the upstream's access log: every request the
  * client completed reached the upstream's expected listener, with the
@@ -35,12 +45,16 @@
  * was not taken means nothing.
  *
  * usage: npm run bench [-- --seconds 5 --rounds 3 --connections 16 --bulk-mib 256
- *                          --arms https-direct,proxy,nginx-same-job,plain-direct,kernel,kernel-passthrough,bulk
- *                          --kernel-audit request|connection]
+ *                          --arms https-direct,proxy,nginx-same-job,node-tls-relay,node-head-relay,plain-direct,kernel,kernel-passthrough,bulk
+ *                          --kernel-audit request|connection --proxy-workers 1]
+ *
+ * --proxy-workers N runs the agent with N proxy worker threads and the
+ * same-job nginx with N worker processes; with N > 1 both may run on the
+ * first N CPUs (and share them with the upstream and the clients).
  */
-import { type ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { closeSync, mkdirSync, mkdtempSync, openSync, ftruncateSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, mkdirSync, mkdtempSync, openSync, ftruncateSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -54,20 +68,20 @@ import { must } from '../test/support/shell.js';
 import { sleep } from '../test/support/wait.js';
 import { findCgroup2Root } from '../controller/cgroup.js';
 import { bpfCall, native, type NativeLink, type NativeObject } from '../controller/datapath/native.js';
-import { AccessLog, sameJobConfig, startNginx, upstreamConfig, type Nginx, type TagCounts } from './nginx.js';
+import { AccessLog, sameJobConfig, startNginx, startServer, upstreamConfig, type Nginx, type TagCounts } from './nginx.js';
 import { parseWrk, startClient } from './wrk.js';
 import { interruption } from './bound-bench.js';
 
-const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
-const BULK_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-plain-direct', 'bulk-kernel'] as const;
+const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
+const BULK_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-node-tls-relay', 'bulk-plain-direct', 'bulk-kernel'] as const;
 type RateName = (typeof RATE_ARMS)[number];
 type BulkName = (typeof BULK_ARMS)[number];
 type ArmName = RateName | BulkName;
 
 /** Each arm's baseline, for the table's ratio column. */
 const BASELINE: Partial<Record<ArmName, ArmName>> = {
-  proxy: 'https-direct', 'nginx-same-job': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
-  'bulk-proxy': 'bulk-https-direct', 'bulk-nginx-same-job': 'bulk-https-direct', 'bulk-kernel': 'bulk-plain-direct',
+  proxy: 'https-direct', 'nginx-same-job': 'https-direct', 'node-tls-relay': 'https-direct', 'node-head-relay': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
+  'bulk-proxy': 'bulk-https-direct', 'bulk-nginx-same-job': 'bulk-https-direct', 'bulk-node-tls-relay': 'bulk-https-direct', 'bulk-kernel': 'bulk-plain-direct',
 };
 
 const HOST = 'api.wirekey.bench';
@@ -104,6 +118,8 @@ interface Sample {
   mbps: number;
   /** Messages the pass-through program saw during the run. */
   passMsgs: bigint;
+  /** Arms served by a process of their own (proxy, nginx-same-job, node-tls-relay): its CPU time per request, µs. */
+  cpuUsPerRequest?: number;
   /** Plain wrk arms: the local ports of the client's sockets, read while it ran. */
   localPorts?: number[];
 }
@@ -231,6 +247,7 @@ async function main(): Promise<void> {
       'bulk-mib': { type: 'string', default: '256' },
       arms: { type: 'string', default: [...RATE_ARMS, 'bulk'].join(',') },
       'kernel-audit': { type: 'string' },
+      'proxy-workers': { type: 'string', default: '1' },
     },
   });
   const seconds = Number(values.seconds);
@@ -240,6 +257,8 @@ async function main(): Promise<void> {
   for (const [name, v] of [['seconds', seconds], ['rounds', rounds], ['connections', connections], ['bulk-mib', bulkBytes]] as const) {
     if (!Number.isInteger(v) || v < 1) throw new Error(`--${name} must be a positive whole number`);
   }
+  const proxyWorkers = Number(values['proxy-workers']);
+  if (!Number.isInteger(proxyWorkers) || proxyWorkers < 1) throw new Error('--proxy-workers must be a positive whole number');
   const wanted = parseArms(values.arms!);
   const unmet = kernelSkipReason();
   if (unmet) throw new Error(`the benchmark ${unmet}`);
@@ -247,9 +266,13 @@ async function main(): Promise<void> {
   const cpus = await allowedCpus();
   const serverCpu = cpus.length >= 2 ? String(cpus[0]) : undefined;
   const clientCpu = cpus.length >= 2 ? String(cpus[cpus.length - 1]) : undefined;
+  // Several proxy workers (and as many same-job nginx workers) get as many CPUs.
+  const proxyCpus = proxyWorkers > 1 && cpus.length >= 2 ? cpus.slice(0, proxyWorkers).join(',') : serverCpu;
   const pinning = serverCpu === undefined
     ? `no pinning (${cpus.length} CPU allowed)`
-    : `wrk and curl on CPU ${clientCpu}; the upstream nginx, the same-job nginx and the agent on CPU ${serverCpu} (taskset)`;
+    : proxyCpus === serverCpu
+      ? `wrk and curl on CPU ${clientCpu}; the upstream nginx, the same-job nginx and the agent on CPU ${serverCpu} (taskset)`
+      : `wrk and curl on CPU ${clientCpu}; the upstream nginx on CPU ${serverCpu}; the same-job nginx and the agent on CPUs ${proxyCpus} (taskset)`;
 
   const tag = randomBytes(2).toString('hex');
   const base = `wirekey-bench-${tag}`;
@@ -268,6 +291,8 @@ async function main(): Promise<void> {
   let host: TestHost | undefined;
   let upstream: Nginx | undefined;
   let sameJob: Nginx | undefined;
+  let relay: Nginx | undefined;
+  let headRelay: Nginx | undefined;
   let agent: RunningAgent | undefined;
   let passthrough: Passthrough | undefined;
   let log: AccessLog | undefined;
@@ -283,21 +308,36 @@ async function main(): Promise<void> {
     ftruncateSync(big, bulkBytes);
     closeSync(big);
     const serverPin = serverCpu === undefined ? [] : ['taskset', '-c', serverCpu];
+    const proxyPin = proxyCpus === undefined ? [] : ['taskset', '-c', proxyCpus];
     const upDir = path.join(work, 'upstream');
     upstream = await step(startNginx(upDir, upstreamConfig(upDir, { ip, cert: pki.serverCert, key: pki.serverKey, bearer: BEARER, wwwRoot: www }),
       ['ip', 'netns', 'exec', host.ns, ...serverPin], { host: ip, port: 80 }));
     log = new AccessLog(path.join(upDir, 'access.log'));
 
     // Every cgroup exists before the agent starts, so that its workloads select them from the start.
-    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'plain-direct', 'kernel', 'kernel-passthrough', 'nginx']
+    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough', 'nginx']
       .map((name) => [name, createCgroup(cgRoot, `${base}/${name}`)]));
     const cg = (name: string) => cgroups[name] as string;
     const sameJobPort = await freePort();
     const sameJobDir = path.join(work, 'same-job');
     if (wanted.some((a) => a.endsWith('nginx-same-job'))) {
       sameJob = await step(startNginx(sameJobDir, sameJobConfig(sameJobDir, { port: sameJobPort, cert: pki.serverCert, key: pki.serverKey,
-        authorization: BEARER, upstream: `${ip}:443`, serverName: HOST, upstreamCa: pki.caCert }),
-      ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin], { host: '127.0.0.1', port: sameJobPort }));
+        authorization: BEARER, upstream: `${ip}:443`, serverName: HOST, upstreamCa: pki.caCert, workers: proxyWorkers }),
+      ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...proxyPin], { host: '127.0.0.1', port: sameJobPort }));
+    }
+
+    const relayPort = await freePort();
+    if (wanted.some((a) => a.endsWith('node-tls-relay'))) {
+      relay = await step(startServer('the Node TLS relay', ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin,
+        process.execPath, path.join(repoRoot, 'bench/clients/tls-relay.mjs'), String(relayPort), pki.serverCert, pki.serverKey, ip, '443', HOST, pki.caCert],
+      { host: '127.0.0.1', port: relayPort }));
+    }
+
+    const headRelayPort = await freePort();
+    if (wanted.includes('node-head-relay')) {
+      headRelay = await step(startServer('the Node head relay', ['sh', '-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg('nginx'), ...serverPin,
+        process.execPath, path.join(repoRoot, 'bench/clients/h1-head-relay.mjs'), String(headRelayPort), pki.serverCert, pki.serverKey, ip, '443', HOST,
+        pki.caCert, BEARER], { host: '127.0.0.1', port: headRelayPort }));
     }
 
     const token = path.join(work, 'token');
@@ -306,8 +346,8 @@ async function main(): Promise<void> {
     writeFileSync(policy, policyText(base, token, ip));
     const stateDir = path.join(work, 'state');
     const audit = values['kernel-audit'];
-    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: audit ? ['--kernel-audit', audit] : [],
-      audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info', wrapper: serverPin.length ? serverPin : undefined }));
+    agent = await step(startAgent({ policy, stateDir, pinDir, proxyPort: await freePort(), extraArgs: [...(audit ? ['--kernel-audit', audit] : []), '--proxy-workers', String(proxyWorkers)],
+      audit: path.join(work, 'audit.log'), upstreamCa: pki.caCert, logLevel: 'info', wrapper: proxyPin.length ? proxyPin : undefined }));
     const wirekeyCa = path.join(work, 'wirekey-ca.pem');
     writeFileSync(wirekeyCa, await step(must(process.execPath, [wirekeyBin, 'ca', 'cert', '--create', '--state-dir', stateDir])));
 
@@ -325,12 +365,22 @@ async function main(): Promise<void> {
       'nginx-same-job': { cgroup: cg('nginx-same-job'), listener: 443, bearer: true, ownSockets: false, passthrough: false,
         url: `https://${HOST}:${sameJobPort}/`, hosts: hostsFile('same-job', '127.0.0.1'),
         curl: ['--resolve', `${HOST}:${sameJobPort}:127.0.0.1`, '--cacert', pki.caCert, `https://${HOST}:${sameJobPort}/big`] },
+      'node-tls-relay': { cgroup: cg('node-tls-relay'), listener: 443, bearer: false, ownSockets: false, passthrough: false,
+        url: `https://${HOST}:${relayPort}/`, hosts: hostsFile('relay', '127.0.0.1'),
+        curl: ['--resolve', `${HOST}:${relayPort}:127.0.0.1`, '--cacert', pki.caCert, `https://${HOST}:${relayPort}/big`] },
+      'node-head-relay': { cgroup: cg('node-head-relay'), listener: 443, bearer: true, ownSockets: false, passthrough: false,
+        url: `https://${HOST}:${headRelayPort}/`, hosts: hostsFile('head-relay', '127.0.0.1'), curl: [] },
       'plain-direct': { cgroup: cg('plain-direct'), listener: 80, bearer: false, ownSockets: true, passthrough: false,
         url: `http://${ip}/`, curl: [`http://${ip}/big`] },
       kernel: { cgroup: cg('kernel'), listener: 80, bearer: true, ownSockets: true, passthrough: false,
         url: `http://${ip}/`, curl: [`http://${ip}/big`] },
       'kernel-passthrough': { cgroup: cg('kernel-passthrough'), listener: 80, bearer: false, ownSockets: true, passthrough: true,
         url: `http://${ip}/`, curl: [] },
+    };
+    // The process doing the arm's work between client and upstream, for its CPU time per request.
+    const serverOf = (arm: ArmName): number | undefined => {
+      const a = arm.startsWith('bulk-') ? arm.slice(5) : arm;
+      return a === 'proxy' ? agent!.pid : a === 'nginx-same-job' ? sameJob?.pid : a === 'node-tls-relay' ? relay?.pid : a === 'node-head-relay' ? headRelay?.pid : undefined;
     };
     const routeOf = (arm: ArmName): Route => routes[(arm.startsWith('bulk-') ? arm.slice(5) : arm) as RateName];
     if (wanted.includes('kernel-passthrough')) passthrough = new Passthrough(routes['kernel-passthrough'].cgroup);
@@ -339,6 +389,8 @@ async function main(): Promise<void> {
       const route = routeOf(arm);
       const t = `${arm}.${label}`;
       const before = passthrough?.messages() ?? 0n;
+      const server = serverOf(arm);
+      const cpuBefore = server === undefined ? 0 : cpuSeconds(server);
       const client = { cgroup: route.cgroup, cpu: clientCpu, timeoutMs: secs * 1000 + 120_000, onChild: track };
       let sample: Sample;
       if (arm.startsWith('bulk-')) {
@@ -362,6 +414,7 @@ async function main(): Promise<void> {
         sample = { tag: t, ...w, bytes: 0, mbps: 0, passMsgs: 0n, localPorts };
       }
       sample.passMsgs = (passthrough?.messages() ?? 0n) - before;
+      if (server !== undefined && !arm.startsWith('bulk-')) sample.cpuUsPerRequest = ((cpuSeconds(server) - cpuBefore) * 1e6) / sample.requests;
       check(arm, route, sample, log!.read(t), { connections, bulkBytes, final: false, passthrough: !!passthrough });
       return sample;
     };
@@ -388,7 +441,7 @@ async function main(): Promise<void> {
     for (const [arm, s] of measuredArms) {
       check(arm, routeOf(arm), s, log.get(s.tag), { connections, bulkBytes, final: true, passthrough: !!passthrough });
     }
-    report(samples, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)' });
+    report(samples, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)', proxyWorkers });
   } finally {
     interrupted.dispose();
     const attempt = async (what: string, f: () => unknown) => {
@@ -403,6 +456,8 @@ async function main(): Promise<void> {
     await attempt('pass-through program', () => passthrough?.close());
     await attempt('agent', () => agent?.stop());
     await attempt('same-job nginx', () => sameJob?.stop());
+    await attempt('Node TLS relay', () => relay?.stop());
+    await attempt('Node head relay', () => headRelay?.stop());
     await attempt('upstream nginx', () => upstream?.stop());
     await attempt('network namespace', () => host?.destroy());
     await attempt('cgroups', () => removeCgroupTree(cgRoot, cgBench));
@@ -417,6 +472,7 @@ interface ReportOptions {
   connections: number;
   bulkMib: number;
   pinning: string;
+  proxyWorkers: number;
   audit: string;
 }
 
@@ -432,7 +488,7 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
   const perRound = (a: ArmName, b: ArmName, f: (s: Sample) => number) =>
     samples.get(a)!.map((s, i) => f2(f(s) / f(samples.get(b)![i] as Sample))).join(' ');
 
-  out(`pinning: ${o.pinning}; kernel audit: ${o.audit}`);
+  out(`pinning: ${o.pinning}; kernel audit: ${o.audit}; proxy workers: ${o.proxyWorkers} (same-job nginx worker processes: ${o.proxyWorkers})`);
   if (rate.length) {
     out(`small keep-alive GETs (wrk -t1 -c${o.connections} -d${o.seconds}s --latency), ${o.rounds} rounds, arms interleaved; medians over rounds`);
     out(`  ${'arm'.padEnd(19)} ${'req/s'.padStart(8)} ${'p50 us'.padStart(7)} ${'p99 us'.padStart(7)}   ${'vs'.padEnd(13)} ${'req/s'.padStart(5)} ${'p50'.padStart(5)} ${'p99'.padStart(5)}   req/s per round`);
@@ -452,7 +508,17 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
         `p99 ${f2(med(a, (s) => s.p99Us) / med(b, (s) => s.p99Us))}   (req/s per round: ${perRound(a, b, (s) => s.rps)})`);
     };
     compare('proxy', 'nginx-same-job');
+    compare('node-tls-relay', 'nginx-same-job');
+    compare('proxy', 'node-tls-relay');
+    compare('node-head-relay', 'nginx-same-job');
     compare('kernel', 'kernel-passthrough');
+    const cpuArms = (['proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay'] as const).filter((a) => has(a));
+    if (cpuArms.length) {
+      const cpu = (a: ArmName) => med(a, (s) => s.cpuUsPerRequest ?? NaN);
+      const vsNginx = (a: ArmName) => (a !== 'nginx-same-job' && has('nginx-same-job') ? ` (${f2(cpu(a) / cpu('nginx-same-job'))}x nginx-same-job)` : '');
+      out(`  CPU per request of the process in the middle (user + system, all threads and child processes, /proc): ${
+        cpuArms.map((a) => `${a} ${f0(cpu(a))} us${vsNginx(a)}`).join(', ')}`);
+    }
     for (const a of ['kernel', 'kernel-passthrough'] as const) {
       if (!has(a) || !has('plain-direct')) continue;
       const added = (f: (s: Sample) => number) => f0(med(a, f) - med('plain-direct', f));
@@ -469,20 +535,43 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
       const range = `${f0(Math.min(...s.map((x) => x.mbps)))}..${f0(Math.max(...s.map((x) => x.mbps)))}`;
       out(`  ${arm.padEnd(19)} ${f0(m).padStart(8)}   ${range.padEnd(11)}   ${vs}`);
     }
-    if (has('bulk-proxy') && has('bulk-nginx-same-job')) {
-      out(`  ${'bulk-proxy vs bulk-nginx-same-job'.padEnd(40)} MB/s ${f2(med('bulk-proxy', (x) => x.mbps) / med('bulk-nginx-same-job', (x) => x.mbps))}` +
-        `   (per round: ${perRound('bulk-proxy', 'bulk-nginx-same-job', (x) => x.mbps)})`);
+    for (const [a, b] of [['bulk-proxy', 'bulk-nginx-same-job'], ['bulk-node-tls-relay', 'bulk-nginx-same-job']] as const) {
+      if (!has(a) || !has(b)) continue;
+      out(`  ${`${a} vs ${b}`.padEnd(40)} MB/s ${f2(med(a, (x) => x.mbps) / med(b, (x) => x.mbps))}   (per round: ${perRound(a, b, (x) => x.mbps)})`);
     }
   }
   const checks = [
     'every request the client completed reached the expected upstream listener',
-    'with the bearer on proxy, nginx-same-job and kernel and no Authorization header on the others',
+    'with the bearer on proxy, nginx-same-job, node-head-relay and kernel and no Authorization header on the others',
   ];
   if ([...samples.keys()].some((a) => routeIsPlain(a))) checks.push('the plain arms\' connections were wrk\'s own sockets');
   if (has('kernel-passthrough')) checks.push('the pass-through program passed a message per request of its arm and none of the others');
   if (bulk.length) checks.push(`every download was ${o.bulkMib} MiB at both ends`);
   out(`  checked on every run against the upstream's access log: ${checks.join('; ')}`);
   out('  wrk does not verify certificates; curl does (the upstream\'s CA, wirekey\'s CA for the proxy)');
+  if (has('node-tls-relay') || has('bulk-node-tls-relay')) out('  node-tls-relay verifies the upstream\'s certificate and resumes its TLS session, like the proxy and nginx-same-job');
+}
+
+const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+
+/** User + system CPU seconds of process `pid` (all its threads) and of its child processes (nginx's workers). */
+function cpuSeconds(pid: number): number {
+  const ticks = (p: number | string) => {
+    try {
+      // Fields after the command's closing parenthesis: state is the 3rd field, utime the 14th, stime the 15th.
+      const rest = readFileSync(`/proc/${p}/stat`, 'utf8').split(') ').at(-1)!.split(' ');
+      return Number(rest[11]) + Number(rest[12]);
+    } catch {
+      return 0;
+    }
+  };
+  let children: string[] = [];
+  try {
+    children = readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean);
+  } catch {
+    // gone: counts as none
+  }
+  return (ticks(pid) + children.reduce((sum, c) => sum + ticks(c), 0)) / CLOCK_TICKS;
 }
 
 const routeIsPlain = (a: ArmName) => ['plain-direct', 'kernel', 'kernel-passthrough'].includes(a);

@@ -22,7 +22,9 @@ import type { ServiceNotifications } from './service-notifier.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../datapath/identity-tables.js';
 import { runtimeStatePath, type RuntimeState } from '../host/runtime-state.js';
-import { ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
+import { DEFAULT_PROXY_LIMITS, ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
+import { ProxyWorkers } from './proxy-workers.js';
+import { reusePortListener } from '../datapath/reuse-port.js';
 import { createUpstreamAgent, upstreamSecureContext } from '../proxy/upstream.js';
 import { UpstreamH2Pool } from '../proxy/upstream-h2.js';
 import type { H2Limits } from '../proxy/h2.js';
@@ -53,6 +55,12 @@ export interface AgentOptions {
   sigv4BodyLimit?: number;
   /** Memory all SigV4 bodies being hashed may hold together (default 64 MiB). */
   sigv4BodyMemory?: number;
+  /**
+   * Proxy worker threads (default 1: the proxy runs in the agent's thread).
+   * More: each serves connections on its own SO_REUSEPORT sockets, with 1/N
+   * of the handshake, per-workload connection and SigV4 memory limits.
+   */
+  proxyWorkers?: number;
   /** Bounds on the proxy's per-connection and per-workload work (defaults: DEFAULT_PROXY_LIMITS). */
   proxyLimits?: Partial<ProxyLimits>;
   /** Offer HTTP/2 to workloads (default true), and its bounds (defaults: DEFAULT_H2_LIMITS). */
@@ -101,7 +109,7 @@ export class Agent {
   #credentials = CredentialSources.empty();
   #cgroupRoot!: string;
   #datapath: Datapath | undefined;
-  #proxy: ProxyServer | undefined;
+  #proxy: ProxyServer | ProxyWorkers | undefined;
   #audit: AuditLog | undefined;
   #upstreamAgent: https.Agent | undefined;
   #resync: NodeJS.Timeout | undefined;
@@ -220,14 +228,38 @@ export class Agent {
 
     this.#cgroupRoot = findCgroup2Root();
     this.#upstreamAgent = createUpstreamAgent({ caFile: this.#opts.upstreamCaFile });
-    this.#proxy = new ProxyServer({
+    const sigv4BodyLimit = this.#opts.sigv4BodyLimit ?? 16 * 1024 * 1024;
+    const sigv4BodyMemory = this.#opts.sigv4BodyMemory ?? 64 * 1024 * 1024;
+    const workers = this.#opts.proxyWorkers ?? 1;
+    this.#proxy = workers > 1 ? new ProxyWorkers({
+      workers,
+      plan: this.#plan,
+      identify: (address, port) => {
+        const orig = this.#identify(address, port);
+        // Named here, under the table in force with the kernel's numbering: a worker's may be older for a moment.
+        return orig && { ...orig, workloadName: this.#routes.workload(orig.workloadId)?.name ?? `#${orig.workloadId}` };
+      },
+      credential: (name) => this.#credential(name),
+      credentialExpiry: (name) => this.#credentials.get(name)?.state?.().expiresAt,
+      leaf: (host) => ca.leafFor(host),
+      listener: reusePortListener,
+      audit: this.#audit,
+      log: this.#log,
+      observer: this.#metrics,
+      limits: { ...DEFAULT_PROXY_LIMITS, ...this.#opts.proxyLimits },
+      http2: this.#opts.http2 ?? true,
+      ...(this.#opts.h2Limits ? { h2Limits: this.#opts.h2Limits } : {}),
+      ...(this.#opts.upstreamCaFile ? { upstreamCaFile: this.#opts.upstreamCaFile } : {}),
+      sigv4BodyLimit,
+      sigv4BodyMemory,
+    }) : new ProxyServer({
       identify: (address, port) => this.#identify(address, port),
       routes: () => this.#routes,
       secureContextFor: (host) => ca.secureContextFor(host),
       credential: (name) => this.#credential(name),
       upstreamAgent: this.#upstreamAgent,
-      sigv4BodyLimit: this.#opts.sigv4BodyLimit ?? 16 * 1024 * 1024,
-      sigv4BodyBudget: new ByteBudget(this.#opts.sigv4BodyMemory ?? 64 * 1024 * 1024),
+      sigv4BodyLimit,
+      sigv4BodyBudget: new ByteBudget(sigv4BodyMemory),
       limits: this.#opts.proxyLimits,
       http2: this.#opts.http2 ?? true,
       h2Limits: this.#opts.h2Limits,
@@ -347,6 +379,8 @@ export class Agent {
    */
   async #serveMetrics(control: ControlServer): Promise<void> {
     control.route('GET', '/metrics', async (_req, res) => {
+      // What the proxy workers counted so far is counted here first.
+      if (this.#proxy instanceof ProxyWorkers) await this.#proxy.settle();
       const { contentType, body } = await this.#metrics.render();
       res.writeHead(200, { 'content-type': contentType }).end(body);
     });
@@ -480,6 +514,8 @@ export class Agent {
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
+    // Every worker serves the new routes before the kernel's records are trusted again, and before this reload says applied.
+    if (this.#proxy instanceof ProxyWorkers) await this.#proxy.applyPlan(next.plan);
     if (renumbered) this.#endRenumbering(datapath);
     // Requests in flight hold their credential already; new ones use the new set.
     await retired.retire(next.credentials);

@@ -136,6 +136,16 @@ export class AuditLog {
   }
 
   /**
+   * Records `events` now, in one write after the lines of recordDone() still
+   * waiting (a proxy worker thread's lines of one turn, already done there).
+   */
+  recordBatch(events: AuditEvent[]): void {
+    if (!events.length) return;
+    if (this.#done.length) this.#flushDoneLines();
+    this.#write(`${events.map((e) => this.#line(e)).join('\n')}\n`);
+  }
+
+  /**
    * Records `event` with the others that arrive in the same turn of the
    * event loop, in one write when the turn ends (kernel events come in
    * batches of up to thousands). close() writes what is still pending.

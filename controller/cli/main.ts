@@ -4,6 +4,7 @@
  */
 import { Command, InvalidArgumentError } from 'commander';
 import path from 'node:path';
+import { availableParallelism } from 'node:os';
 import { existsSync, readFileSync } from 'node:fs';
 import { Agent, type ReloadResult } from '../agent/agent.js';
 import { ServiceNotifier } from '../agent/service-notifier.js';
@@ -56,6 +57,17 @@ function duration(value: string): number {
   return n;
 }
 
+/** Proxy worker threads for --proxy-workers "auto": one per CPU, at most this many. */
+const PROXY_WORKERS_AUTO_MAX = 8;
+
+/** "auto" (one per CPU, at most PROXY_WORKERS_AUTO_MAX) or a number from 1 to 64. */
+function proxyWorkers(value: string): number {
+  if (value === 'auto') return Math.min(availableParallelism(), PROXY_WORKERS_AUTO_MAX);
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new InvalidArgumentError('must be auto or a number from 1 to 64');
+  return n;
+}
+
 function grain(value: string): 'request' | 'connection' {
   if (value !== 'request' && value !== 'connection') throw new InvalidArgumentError('must be request or connection');
   return value;
@@ -103,6 +115,7 @@ program
   .option('--state-dir <dir>', 'where the local CA is kept (root-only)', DEFAULTS.stateDir)
   .option('--pin-dir <dir>', 'bpffs directory for the agent\'s pinned maps', DEFAULTS.pinDir)
   .option('--proxy-port <port>', 'port of the local proxy on 127.0.0.1 and ::1', port, DEFAULTS.proxyPort)
+  .option('--proxy-workers <n>', 'proxy threads serving connections on the proxy port (SO_REUSEPORT): a number, or auto (one per CPU, at most 8); 1 serves in the agent\'s thread', proxyWorkers, 1)
   .option('--audit <file>', "audit log: a file, or '-' for stdout", DEFAULTS.audit)
   .option('--upstream-ca <file>', 'PEM bundle trusted for upstream servers, besides the system store')
   .option('--sigv4-body-limit <bytes>', 'largest request body buffered to compute a SigV4 payload hash', bytes, 16 * 1024 * 1024)
@@ -121,7 +134,7 @@ program
   .option('--log-format <format>', 'text (one line per event) or json (one object per line)', logFormat, 'text' as LogFormat)
   .option('--metrics-listen <host:port>', 'also serve /metrics, /healthz and /readyz over TCP here (the control socket STATE_DIR/agent.sock always does)', listenAddress)
   .action(async (opts: {
-    policy: string; stateDir: string; pinDir: string; proxyPort: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
+    policy: string; stateDir: string; pinDir: string; proxyPort: number; proxyWorkers: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
     sigv4BodyMemory: number; handshakeTimeout: number; maxHandshakes: number; maxConnectionsPerWorkload: number; idleTimeout: number;
     http2: boolean; h2MaxStreams: number; h2MaxResets: number; kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel; logFormat: LogFormat;
     metricsListen?: { host: string; port: number };
@@ -180,6 +193,7 @@ program
         stateDir: opts.stateDir,
         pinDir: opts.pinDir,
         proxyPort: opts.proxyPort,
+        proxyWorkers: opts.proxyWorkers,
         auditPath: opts.audit,
         upstreamCaFile: opts.upstreamCa,
         sigv4BodyLimit: opts.sigv4BodyLimit,

@@ -165,6 +165,8 @@ interface Addon extends NativeProbes {
   /** open(O_CREAT, 0600) + flock(LOCK_NB), exclusive or shared; the fd. @throws errno EWOULDBLOCK when held. */
   lockFile(path: string, exclusive: boolean): number;
   libbpfVersion(): string;
+  /** A TCP socket bound to address:port with SO_REUSEPORT (IPv6: v6-only), listening, non-blocking; its fd. @throws errno (EADDRINUSE...). */
+  reusePortListener(address: string, port: number): number;
   /** One datagram to a Unix socket path, or an @abstract name, without blocking. @throws errno (EAGAIN, ENOENT, ECONNREFUSED...). */
   sdNotify(socketPath: string, message: string): void;
 }

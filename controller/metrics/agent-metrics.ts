@@ -30,7 +30,8 @@ export interface MapUsage {
 /** Where levels are read from at scrape time; each part may be absent (starting, stopping, no kernel datapath). */
 export interface MetricsSources {
   ready(): boolean;
-  proxy(): { handshakes: number; connections: Record<string, number> } | undefined;
+  /** accepted: connections since start; acceptedByWorker: the same per proxy worker thread (absent: one, the agent's). */
+  proxy(): { handshakes: number; connections: Record<string, number>; accepted?: number; acceptedByWorker?: number[] } | undefined;
   datapath(): { mapUsage(): MapUsage[]; stats(): { tasksFull: bigint; storageFailures: bigint } } | undefined;
   kernelHttp(): { mapUsage(): MapUsage[]; stats(): Record<HttpStatName, bigint> } | null | undefined;
   credentials(): { name: string; state?(): CredentialState }[];
@@ -143,6 +144,18 @@ export class AgentMetrics implements ProxyObserver {
       collect() {
         this.reset();
         for (const [workload, n] of Object.entries(sources.proxy()?.connections ?? {})) this.set({ workload }, n);
+      },
+    });
+    new Counter({
+      name: 'wirekey_proxy_connections_total',
+      help: 'Proxy datapath: connections accepted since start, by proxy worker (0 when the proxy runs in the agent\'s thread; see --proxy-workers)',
+      labelNames: ['worker'] as const,
+      registers,
+      collect() {
+        this.reset();
+        const proxy = sources.proxy();
+        const byWorker = proxy?.acceptedByWorker ?? (proxy?.accepted !== undefined ? [proxy.accepted] : []);
+        byWorker.forEach((n, worker) => this.inc({ worker: String(worker) }, n ?? 0));
       },
     });
     new Gauge({

@@ -81,9 +81,42 @@ export interface ProxyObserver {
   egress(workload: string, rule: string | undefined, decision: EgressDecision): void;
 }
 
+/**
+ * The kernel's record of a redirected connection; `workloadName` is the
+ * workload its id names under the table the record was read with (a proxy
+ * worker is told it by the agent's thread, whose table may be newer than
+ * the worker's for a moment), else the proxy's own table names it.
+ */
+export type IdentifiedConnection = OrigDst & {
+  workloadName?: string;
+  /**
+   * Whoever identified it also bounds connections per workload (the
+   * agent's thread, for all proxy workers): counted against the limit (the
+   * proxy then tells ProxyShared.connectionClosed), or over it.
+   */
+  admission?: 'counted' | 'too-many-connections';
+};
+
+/**
+ * What proxy worker threads bound together rather than each on its own:
+ * handshakes in progress (a counter all threads share), and connections per
+ * workload (counted where connections are identified: see IdentifiedConnection).
+ */
+export interface ProxyShared {
+  /** Takes one of `max` handshake slots of all threads together; false when none is free. */
+  beginHandshake(max: number): boolean;
+  endHandshake(): void;
+  /** A connection identified with admission 'counted' closed (or was refused after all). */
+  connectionClosed(workload: string): void;
+}
+
 export interface ProxyDeps {
-  /** The kernel's record of a redirected connection, consumed on first use. */
-  identify(address: string, port: number): OrigDst | null;
+  /**
+   * The kernel's record of a redirected connection, consumed on first use;
+   * a promise when it is asked of another thread. Throws (or rejects) when
+   * no record can vouch for it now: the connection is closed before TLS.
+   */
+  identify(address: string, port: number): IdentifiedConnection | null | Promise<IdentifiedConnection | null>;
   /** The routes of the plan in force. */
   routes(): RouteTable;
   /** A TLS context presenting a leaf certificate for `host`, minted by the local CA. */
@@ -106,6 +139,8 @@ export interface ProxyDeps {
   audit: AuditLog;
   log: Logger;
   observer?: ProxyObserver;
+  /** Bounds shared with other proxy threads (default: this proxy's own). */
+  shared?: ProxyShared;
   /**
    * Resolves a name an egress rule allowed (an SNI relayed untouched, a
    * plaintext request's Host) to the addresses the proxy may connect to.
@@ -117,6 +152,17 @@ export interface ProxyDeps {
   isLocalAddress?: (address: string) => boolean;
   /** The agent for plaintext egress requests; default: one made here (createPlainUpstreamAgent). */
   plainUpstreamAgent?: PartitionedHttpAgent;
+}
+
+export interface ProxyStats {
+  /** Refusals by code since start (requests and connections). */
+  refused: Partial<Record<RefusalCode, number>>;
+  /** Connections between accept and TLS established (or relay). */
+  handshakes: number;
+  /** Open connections per workload name. */
+  connections: Record<string, number>;
+  /** Connections accepted since start. */
+  accepted: number;
 }
 
 /** A terminated connection: who it is, and the route its SNI selected under the plan `table`. */
@@ -167,6 +213,8 @@ export class ProxyServer {
   /** Open connections per workload name. */
   readonly #perWorkload = new Map<string, number>();
   #handshakes = 0;
+  /** Connections accepted since start. */
+  #accepted = 0;
   /** Refusals by code since start (requests and connections). */
   readonly #refused = new Map<RefusalCode, number>();
   /** Credential objects -> a number: a new value (rotation) is a new upstream partition. */
@@ -246,16 +294,20 @@ export class ProxyServer {
 
   /**
    * Listens on 127.0.0.1:port and [::1]:port, where connect4/connect6 send
-   * redirected connections.
+   * redirected connections. `fds`: sockets already bound and listening
+   * there (a worker thread's own SO_REUSEPORT ones) to serve instead.
    * @throws the listen error (EADDRINUSE, ...) after closing what was opened.
    */
-  async listen(port: number): Promise<void> {
-    for (const host of ['127.0.0.1', '::1']) {
+  async listen(port: number, fds?: Partial<Record<'127.0.0.1' | '::1', number>>): Promise<void> {
+    for (const host of ['127.0.0.1', '::1'] as const) {
       const server = net.createServer({ pauseOnConnect: true }, (socket) => this.#onConnection(socket));
+      const fd = fds?.[host];
       try {
         await new Promise<void>((resolve, reject) => {
           server.once('error', reject);
-          server.listen({ host, port, ipv6Only: host === '::1' }, resolve);
+          // A socket made listening elsewhere (a worker's SO_REUSEPORT one), or one made here.
+          if (fd !== undefined) server.listen({ fd }, resolve);
+          else server.listen({ host, port, ipv6Only: host === '::1' }, resolve);
         });
       } catch (err) {
         await this.close();
@@ -283,9 +335,9 @@ export class ProxyServer {
     await Promise.all(closing);
   }
 
-  /** Refusals by code since start, and what is open now. */
-  stats(): { refused: Partial<Record<RefusalCode, number>>; handshakes: number; connections: Record<string, number> } {
-    return { refused: Object.fromEntries(this.#refused), handshakes: this.#handshakes, connections: Object.fromEntries(this.#perWorkload) };
+  /** Refusals by code since start, what is open now, and connections accepted since start. */
+  stats(): ProxyStats {
+    return { refused: Object.fromEntries(this.#refused), handshakes: this.#handshakes, connections: Object.fromEntries(this.#perWorkload), accepted: this.#accepted };
   }
 
   #onConnection(socket: net.Socket): void {
@@ -295,15 +347,34 @@ export class ProxyServer {
     socket.on('close', () => this.#sockets.delete(socket));
     socket.on('error', (err) => this.#deps.log.debug('client connection error: %s', err.message));
 
-    let orig: OrigDst | null;
+    this.#accepted++;
+    let identified: IdentifiedConnection | null | Promise<IdentifiedConnection | null>;
     try {
       // A peer that reset before accept has no address: the kernel has no record to match either.
-      orig = socket.remoteAddress ? this.#deps.identify(socket.remoteAddress, socket.remotePort ?? 0) : null;
+      identified = socket.remoteAddress ? this.#deps.identify(socket.remoteAddress, socket.remotePort ?? 0) : null;
     } catch (err) {
-      // No record to vouch for it (a map error, or a reload renumbering the workloads): closed before TLS.
-      this.#deps.log.warn('refused a connection from %s:%d: %s', socket.remoteAddress, socket.remotePort, (err as Error).message);
-      this.#deps.observer?.unidentified();
-      socket.destroy();
+      this.#unidentifiable(socket, err);
+      return;
+    }
+    if (identified instanceof Promise) {
+      // Asked of the agent's thread (a worker): the socket stays paused meanwhile.
+      identified.then((orig) => this.#identified(socket, orig), (err: unknown) => this.#unidentifiable(socket, err));
+      return;
+    }
+    this.#identified(socket, identified);
+  }
+
+  /** No record to vouch for it (a map error, or a reload renumbering the workloads): closed before TLS. */
+  #unidentifiable(socket: net.Socket, err: unknown): void {
+    this.#deps.log.warn('refused a connection from %s:%d: %s', socket.remoteAddress, socket.remotePort, (err as Error).message);
+    this.#deps.observer?.unidentified();
+    socket.destroy();
+  }
+
+  #identified(socket: net.Socket, orig: IdentifiedConnection | null): void {
+    if (socket.destroyed) {
+      // Gone while it was identified elsewhere: whoever counted it is told.
+      if (orig?.admission === 'counted' && orig.workloadName !== undefined) this.#deps.shared?.connectionClosed(orig.workloadName);
       return;
     }
     if (!orig) {
@@ -313,14 +384,17 @@ export class ProxyServer {
       socket.destroy();
       return;
     }
-    const workload = this.#deps.routes().workload(orig.workloadId)?.name ?? `#${orig.workloadId}`;
+    const workload = orig.workloadName ?? this.#deps.routes().workload(orig.workloadId)?.name ?? `#${orig.workloadId}`;
+    const shared = this.#deps.shared;
+    // Counted by whoever identified it (the agent's thread, for every worker together), or here.
+    const counted = orig.admission === 'counted';
     const open = this.#perWorkload.get(workload) ?? 0;
-    if (open >= this.#limits.maxConnectionsPerWorkload) {
-      this.#refuseConnection(socket, orig, workload, 'too-many-connections');
-      return;
-    }
-    if (this.#handshakes >= this.#limits.maxHandshakes) {
-      this.#refuseConnection(socket, orig, workload, 'too-many-handshakes');
+    const refusal = orig.admission === 'too-many-connections' || (!counted && open >= this.#limits.maxConnectionsPerWorkload)
+      ? 'too-many-connections'
+      : !(shared ? shared.beginHandshake(this.#limits.maxHandshakes) : this.#handshakes < this.#limits.maxHandshakes) ? 'too-many-handshakes' : undefined;
+    if (refusal) {
+      if (counted) shared?.connectionClosed(workload);
+      this.#refuseConnection(socket, orig, workload, refusal);
       return;
     }
     this.#perWorkload.set(workload, open + 1);
@@ -328,6 +402,7 @@ export class ProxyServer {
       const n = (this.#perWorkload.get(workload) ?? 1) - 1;
       if (n > 0) this.#perWorkload.set(workload, n);
       else this.#perWorkload.delete(workload);
+      if (counted) shared?.connectionClosed(workload);
     });
     this.#handshake(socket, orig, workload);
   }
@@ -343,6 +418,7 @@ export class ProxyServer {
       if (done) return;
       done = true;
       this.#handshakes--;
+      this.#deps.shared?.endHandshake();
       clearTimeout(timer);
     };
     const timer = setTimeout(() => {

@@ -225,11 +225,12 @@ export class LocalCa {
    *
    * @throws ProxyTlsError when `host` is not a valid DNS host name (IP
    *   literals and wildcards included), when the CA has expired, or when
-   *   minting fails.
+   *   minting fails. `renewAt`: when to stop using it (epoch ms), for a
+   *   proxy worker thread that keeps its own SecureContext of it.
    */
-  async leafFor(host: string): Promise<LeafCertificate> {
-    const { certPem, keyPem } = await this.entryFor(host);
-    return { certPem, keyPem };
+  async leafFor(host: string): Promise<LeafCertificate & { renewAt: number }> {
+    const { certPem, keyPem, renewAt } = await this.entryFor(host);
+    return { certPem, keyPem, renewAt };
   }
 
   /**

@@ -4,7 +4,9 @@
 #include <bpf/bpf.h>
 #include <bpf/libbpf.h>
 #include <napi.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
@@ -17,6 +19,7 @@
 #include <cstring>
 #include <vector>
 
+#include "addon_data.h"
 #include "errors.h"
 #include "link.h"
 #include "map.h"
@@ -141,6 +144,56 @@ Napi::Value SdNotify(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
+// reusePortListener(address, port): a TCP socket bound to address:port with
+// SO_REUSEPORT and listening, non-blocking, close-on-exec; its fd. Each
+// proxy worker thread listens on one of its own, so that the kernel spreads
+// connections across them (Node 20 has no reusePort listen option). An IPv6
+// address is bound IPv6-only. Throws with errno (EADDRINUSE, EINVAL...).
+Napi::Value ReusePortListener(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsString() || !info[1].IsNumber()) throw Napi::TypeError::New(env, "reusePortListener(address, port)");
+  std::string address = info[0].As<Napi::String>().Utf8Value();
+  int64_t port = info[1].As<Napi::Number>().Int64Value();
+  if (port < 0 || port > 65535) throw Napi::RangeError::New(env, "reusePortListener: port out of range");
+  sockaddr_storage ss = {};
+  socklen_t len;
+  int family;
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET, address.c_str(), &v4->sin_addr) == 1) {
+    family = v4->sin_family = AF_INET;
+    v4->sin_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(*v4);
+  } else if (inet_pton(AF_INET6, address.c_str(), &v6->sin6_addr) == 1) {
+    family = v6->sin6_family = AF_INET6;
+    v6->sin6_port = htons(static_cast<uint16_t>(port));
+    len = sizeof(*v6);
+  } else {
+    throw Napi::TypeError::New(env, "reusePortListener: not an IP address");
+  }
+  int fd = socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw MakeError(env, "socket", errno);
+  int one = 1;
+  const char* step = "setsockopt(SO_REUSEPORT)";
+  bool ok = setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+            setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) == 0 &&
+            (family != AF_INET6 || setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) == 0);
+  if (ok) {
+    step = "bind";
+    ok = bind(fd, reinterpret_cast<sockaddr*>(&ss), len) == 0;
+  }
+  if (ok) {
+    step = "listen";
+    ok = listen(fd, 511) == 0;
+  }
+  if (!ok) {
+    int err = errno;
+    close(fd);
+    throw MakeError(env, std::string(step) + " " + address + " port " + std::to_string(port), err);
+  }
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
   return Napi::String::New(info.Env(), libbpf_version_string());
 }
@@ -149,6 +202,7 @@ Napi::Value LibbpfVersion(const Napi::CallbackInfo& info) {
 
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   InstallLibbpfLog();
+  env.SetInstanceData(new AddonData());
   Object::Init(env, exports);
   Map::Init(env, exports);
   Link::Init(env, exports);
@@ -162,6 +216,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("dumpable", Napi::Function::New(env, Dumpable));
   exports.Set("netnsCookie", Napi::Function::New(env, NetnsCookie));
   exports.Set("sdNotify", Napi::Function::New(env, SdNotify));
+  exports.Set("reusePortListener", Napi::Function::New(env, ReusePortListener));
   exports.Set("libbpfVersion", Napi::Function::New(env, LibbpfVersion));
   return exports;
 }

@@ -10,8 +10,9 @@
 namespace wirekey {
 namespace {
 
-// libbpf calls happen on the JavaScript thread only, so one buffer will do.
-std::string g_log;
+// libbpf prints on the thread that made the call: each JavaScript thread
+// (the agent's, a worker's) captures its own calls' messages.
+thread_local std::string g_log;
 constexpr size_t kMaxLog = 1 << 20;
 
 int PrintCallback(enum libbpf_print_level level, const char* fmt, va_list args) {

@@ -5,11 +5,10 @@
 
 #include <string>
 
+#include "addon_data.h"
 #include "errors.h"
 
 namespace wirekey {
-
-Napi::FunctionReference Link::constructor_;
 
 void Link::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = DefineClass(env, "BpfLink",
@@ -19,12 +18,11 @@ void Link::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod("unpin", &Link::Unpin),
                                         InstanceMethod("destroy", &Link::Destroy),
                                     });
-  constructor_ = Napi::Persistent(ctor);
-  constructor_.SuppressDestruct();
+  AddonData::Of(env)->link = Napi::Persistent(ctor);
 }
 
 Napi::Object Link::NewInstance(Napi::Env env, bpf_link* link) {
-  Napi::Object obj = constructor_.New({});
+  Napi::Object obj = AddonData::Of(env)->link.New({});
   Link::Unwrap(obj)->link_ = link;
   return obj;
 }

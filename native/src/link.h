@@ -21,7 +21,6 @@ class Link : public Napi::ObjectWrap<Link> {
   Napi::Value Unpin(const Napi::CallbackInfo& info);
   Napi::Value Destroy(const Napi::CallbackInfo& info);
 
-  static Napi::FunctionReference constructor_;
   bpf_link* link_ = nullptr;
 };
 

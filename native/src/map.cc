@@ -8,12 +8,11 @@
 #include <string>
 #include <vector>
 
+#include "addon_data.h"
 #include "errors.h"
 #include "object.h"
 
 namespace wirekey {
-
-Napi::FunctionReference Map::constructor_;
 
 void Map::Init(Napi::Env env, Napi::Object exports) {
   Napi::Function ctor = DefineClass(env, "BpfMap",
@@ -27,12 +26,11 @@ void Map::Init(Napi::Env env, Napi::Object exports) {
                                         InstanceMethod("unpin", &Map::Unpin),
                                         InstanceMethod("attachedPrograms", &Map::AttachedPrograms),
                                     });
-  constructor_ = Napi::Persistent(ctor);
-  constructor_.SuppressDestruct();
+  AddonData::Of(env)->map = Napi::Persistent(ctor);
 }
 
 Napi::Object Map::NewInstance(Napi::Env env, bpf_map* map, Napi::Value owner) {
-  Napi::Object obj = constructor_.New({owner});
+  Napi::Object obj = AddonData::Of(env)->map.New({owner});
   Map* self = Map::Unwrap(obj);
   self->map_ = map;
   self->name_ = bpf_map__name(map);
@@ -74,7 +72,7 @@ Napi::Object Map::FromFd(Napi::Env env, int fd, const std::string& label) {
     close(fd);
     throw MakeError(env, "map info of " + label, err);
   }
-  Napi::Object obj = constructor_.New({Napi::Object::New(env)});
+  Napi::Object obj = AddonData::Of(env)->map.New({Napi::Object::New(env)});
   Map* self = Map::Unwrap(obj);
   self->pinned_fd_ = fd;
   self->name_ = minfo.name;

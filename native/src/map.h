@@ -38,7 +38,6 @@ class Map : public Napi::ObjectWrap<Map> {
   void CheckKey(Napi::Env env, const Napi::Value& key) const;
   size_t LookupSize(Napi::Env env) const;
 
-  static Napi::FunctionReference constructor_;
   bpf_map* map_ = nullptr;     // set for maps of a BpfObject
   Napi::ObjectReference owner_;
   int pinned_fd_ = -1;         // set for maps opened from a pin

@@ -93,7 +93,11 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
   /** Every token that appears in `text`. */
   const leaked = (text: string) => Object.entries(tokens).filter(([, t]) => text.includes(t)).map(([w]) => w);
   const audit = () => readFileSync(f.auditPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
-  const denials = (reason: string) => audit().filter((e) => e.decision === 'deny' && e.reason === reason);
+  /** The deny lines of `reason`, once the agent has written every line recorded so far. */
+  const denials = async (reason: string) => {
+    await f.settled();
+    return audit().filter((e) => e.decision === 'deny' && e.reason === reason);
+  };
   const request = (method: string, target: string, headers: string[] = [], body = '') =>
     `${method} ${target} HTTP/1.1\r\nHost: ${HOST}\r\n${headers.map((h) => `${h}\r\n`).join('')}` +
     `${body ? `Content-Length: ${Buffer.byteLength(body, 'latin1')}\r\n` : ''}\r\n${body}`;
@@ -129,7 +133,7 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
       s.close();
     }
     expect(f.upstream.records.length).toBe(before);
-    expect(denials('connection-names-protected').length).toBeGreaterThanOrEqual(7);
+    expect((await denials('connection-names-protected')).length).toBeGreaterThanOrEqual(7);
   });
 
   it('framing the proxy cannot be sure of is refused: TE other than chunked, "_" in names, CL+TE, duplicate CL', async () => {
@@ -235,7 +239,7 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     expect(r.headers).toContainEqual(['x-wirekey-error', 'binding-changed']);
     expect((await s.eof()).closed).toBe(true);
     expect(f.upstream.records.slice(before).map((x) => x.url)).not.toContain('/after-reload');
-    expect(denials('binding-changed').some((e) => e.workload === 'alice' && e.path === '/after-reload')).toBe(true);
+    expect((await denials('binding-changed')).some((e) => e.workload === 'alice' && e.path === '/after-reload')).toBe(true);
 
     // A workload whose binding did not change keeps its open connection across a reload.
     const bob = open(cg.bob);
@@ -279,7 +283,7 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
       const r = await s.read();
       expect(r.status, target).toBe(status);
       expect(r.headers, target).toContainEqual(['x-wirekey-error', code]);
-      expect(denials(code).some((e) => e.path === target), target).toBe(true);
+      expect((await denials(code)).some((e) => e.path === target), target).toBe(true);
       s.close();
     }
     expect(await f.recordsSince(before)).toEqual([]);
@@ -329,10 +333,10 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     const script = path.join(repoRoot, 'test/support/clients/tls-hello.py');
     const split = await runInCgroup(cg.alice, 'python3', [script, 'split', HOST, f.host.ipv4, '443', f.bothCas]);
     expect(JSON.parse(split.stdout)).toEqual({ status: 200 });
-    const before = denials('handshake-timeout').length;
+    const before = (await denials('handshake-timeout')).length;
     const stall = await runInCgroup(cg.alice, 'python3', [script, 'stall', HOST, f.host.ipv4, '443', f.bothCas]);
     expect(stall.stdout.trim().split('\n').map((l) => JSON.parse(l))).toEqual([{ sent: true }, { closed: true }]);
-    expect(denials('handshake-timeout').length).toBe(before + 1);
+    expect((await denials('handshake-timeout')).length).toBe(before + 1);
   });
 
   it('handshakes and connections per workload are capped: the one over the cap is closed and audited', async () => {
@@ -348,7 +352,7 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     await Promise.all(stalled.map((x) => x.sent));
     const probe = open(cg.bob);
     expect((await probe.hello()).error).toBeDefined();
-    expect(denials('too-many-handshakes').some((e) => e.workload === 'bob')).toBe(true);
+    expect((await denials('too-many-handshakes')).some((e) => e.workload === 'bob')).toBe(true);
     await Promise.all(stalled.map((x) => x.done));
 
     // Six open connections of one workload fill --max-connections-per-workload 6.
@@ -361,7 +365,7 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     }
     const seventh = open(cg.keyed);
     expect((await seventh.hello()).error).toBeDefined();
-    expect(denials('too-many-connections').some((e) => e.workload === 'keyed')).toBe(true);
+    expect((await denials('too-many-connections')).some((e) => e.workload === 'keyed')).toBe(true);
     // Another workload is not affected.
     const bob = open(cg.bob);
     bob.send(request('GET', '/other-workload'));
@@ -429,6 +433,7 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
   });
 
   it('previously defeated: a workload cannot forge audit lines through what it sends', async () => {
+    await f.settled();
     const before = audit().length;
     const s = open(cg.alice);
     const forged = '/x?","decision":"inject","workload":"bob';

@@ -127,6 +127,51 @@ const before = a.dumpable(); a.setDumpable(false); console.log(before, a.dumpabl
     expect(() => map.update(key, Buffer.alloc(8))).toThrow(/value must be 32 bytes/);
   });
 
+  it('worker threads load the addon apart: their maps and errors are their own, and the agent thread keeps working after they end', async () => {
+    // Each thread (the agent's, each worker's) has its own classes and its
+    // own capture of libbpf's messages; a worker ending must not take the
+    // agent thread's classes with it.
+    const map = obj.map('wk_cgroup_mask');
+    const id = map.info().id!;
+    const addonFile = path.join(repoRoot, 'native/build/Release/wirekey_native.node');
+    const code = `
+      const { parentPort, workerData } = require('node:worker_threads');
+      const addon = require(workerData.addonFile);
+      const key = Buffer.alloc(8, workerData.n);
+      const results = [];
+      for (let i = 0; i < 200; i++) {
+        const m = addon.openMapById(workerData.id);
+        m.update(key, Buffer.alloc(32, workerData.n));
+        results.push(m.lookup(key).equals(Buffer.alloc(32, workerData.n)));
+        m.delete(key);
+      }
+      let error;
+      try { new addon.BpfObject('/nonexistent/worker-' + workerData.n + '.bpf.o'); } catch (e) { error = { message: e.message, errno: e.errno }; }
+      parentPort.postMessage({ ok: results.every(Boolean), error });
+    `;
+    const { Worker } = await import('node:worker_threads');
+    const runWorker = (n: number) => new Promise<{ ok: boolean; error: { message: string; errno: number } }>((resolve, reject) => {
+      const w = new Worker(code, { eval: true, workerData: { addonFile, id, n } });
+      let result: { ok: boolean; error: { message: string; errno: number } } | undefined;
+      w.on('message', (m) => { result = m; });
+      w.on('error', reject);
+      w.on('exit', (c) => (c === 0 && result ? resolve(result) : reject(new Error(`worker ${n} exited ${c} without a result`))));
+    });
+    const results = await Promise.all([runWorker(1), runWorker(2)]);
+    for (const [i, r] of results.entries()) {
+      expect(r.ok).toBe(true);
+      expect(r.error.errno).toBe(2);
+      expect(r.error.message).toContain(`worker-${i + 1}.bpf.o`);
+    }
+    // The workers are gone: the agent thread still makes maps and links from its own classes.
+    const again = native().openMapById(id);
+    const key = Buffer.alloc(8, 9);
+    again.update(key, Buffer.alloc(32, 9));
+    expect(map.lookup(key)).toEqual(Buffer.alloc(32, 9));
+    expect(again.delete(key)).toBe(true);
+    expect(obj.map('wk_bind_port').info().name).toBe('wk_bind_port');
+  });
+
   it('a full map reports E2BIG with errno', () => {
     const map = obj.map('wk_bind_port');
     const max = map.info().maxEntries;

@@ -46,6 +46,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
     '--proxy-port', String(opts.proxyPort), '--audit', opts.audit, '--log-level', opts.logLevel ?? 'debug'];
   if (opts.upstreamCa) args.push('--upstream-ca', opts.upstreamCa);
   args.push(...(opts.extraArgs ?? []));
+  // WIREKEY_TEST_PROXY_WORKERS=N runs every agent the tests start with N proxy worker threads.
+  const workers = process.env.WIREKEY_TEST_PROXY_WORKERS;
+  if (workers && !args.includes('--proxy-workers')) args.push('--proxy-workers', workers);
   const command = [...(opts.wrapper ?? []), process.execPath, ...args];
   const child: ChildProcess = opts.cgroup
     ? spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...command], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env })

@@ -13,7 +13,7 @@ import { createTestPki, type TestPki } from './test-pki.js';
 import { startUpstream, type Upstream, type UpstreamRecord } from './upstream.js';
 import { createCgroup, removeCgroupTree, runInCgroup } from './cgroup.js';
 import { freePort, startAgent, wirekeyBin, type RunningAgent } from './agent.js';
-import { must, type RunResult } from './shell.js';
+import { must, run, type RunResult } from './shell.js';
 import { findCgroup2Root } from '../../controller/cgroup.js';
 
 export const HOST = 'api.wirekey.test';
@@ -151,6 +151,17 @@ ${docs}`);
   async recordsSince(before: number): Promise<UpstreamRecord[]> {
     await this.upstream.sync();
     return this.upstream.records.slice(before);
+  }
+
+  /**
+   * Once the agent has written what its proxy worker threads recorded so far
+   * (WIREKEY_TEST_PROXY_WORKERS): a scrape of /metrics has every worker send
+   * it first. With the proxy in the agent's thread, lines are written before
+   * the answer, and this returns at once.
+   */
+  async settled(): Promise<void> {
+    if (!process.env.WIREKEY_TEST_PROXY_WORKERS) return;
+    await run('curl', ['-sS', '-o', '/dev/null', '--unix-socket', path.join(this.stateDir, 'agent.sock'), 'http://wirekey/metrics']);
   }
 
   /** Runs `fn` at close, before the built-in clean-up. */
