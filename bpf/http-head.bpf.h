@@ -1,9 +1,11 @@
 /* SPDX-License-Identifier: GPL-2.0-only */
 /*
- * The request head scanner of http-inject.bpf.c: one byte at a time, over
- * a struct wk_http_scan, with no BPF helper, map or packet pointer in it,
- * so that the same code also compiles for the host (test/native/, where
- * the unit tests run it). The BPF side fetches each byte in a bpf_loop
+ * The request head scanner of http-inject.bpf.c: one byte at a time
+ * (head_byte()), or 8 where every one of them would take head_byte()'s
+ * plainest branch (head_word()), over a struct wk_http_scan, with no BPF
+ * helper, map or packet pointer in it, so that the same code also compiles
+ * for the host (test/native/, where the unit tests run it and check that
+ * both ways decide alike). The BPF side fetches the bytes in a bpf_loop
  * callback (scan_byte()) and decides what a finished scan means (inject,
  * cork, refuse). Needs __u8..__u64, bool and __always_inline from the
  * includer (vmlinux.h and bpf_helpers.h, or the host's headers).
@@ -525,6 +527,85 @@ static __always_inline long head_byte(struct wk_http_scan *s, const __u8 *line,
 		return 1;
 	default:
 		return 1;
+	}
+	return 0;
+}
+
+/*
+ * Word at a time: w is the 8 bytes at s->pos, loaded little-endian (the
+ * caller makes sure all 8 are in the head's scan window). Returns how many
+ * of them it took, having done exactly what head_byte() would have done
+ * with each (s->pos is the caller's to advance), or 0: the caller then
+ * takes the next byte with head_byte(). Only runs whose every byte takes
+ * head_byte()'s plainest branch are taken here, so the outcome never
+ * depends on which of the two read a byte, nor on where a write split the
+ * head:
+ *   - the method GET, PUT, POST or HEAD and its space, at the head's start;
+ *   - "HTTP/1.1" or "HTTP/1.0" at the version's start (the CRLF after it
+ *     goes byte by byte);
+ *   - 8 bytes of a target in origin form (or past an absolute form's
+ *     authority, or in one that is refused anyway) with no space, control,
+ *     DEL or byte above 0x7e among them;
+ *   - 8 bytes of a value of a header line the program does not read, with
+ *     no control (tab included: it goes byte by byte) or DEL among them.
+ */
+#if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
+#error "head_word() compares little-endian words"
+#endif
+
+#define WORD_ONES	0x0101010101010101ULL
+#define WORD_HIGHS	0x8080808080808080ULL
+/* Some byte of x is below n (n <= 128); exact (a borrow only starts at such a byte). */
+#define WORD_HAS_BELOW(x, n)	(((x) - WORD_ONES * (n)) & ~(x) & WORD_HIGHS)
+/* Some byte of x is b. */
+#define WORD_HAS(x, b)		WORD_HAS_BELOW((x) ^ (WORD_ONES * (b)), 1)
+
+#define WORD_MASK4	0x00000000ffffffffULL
+#define WORD_MASK5	0x000000ffffffffffULL
+#define METHOD_SP_GET	W8('G', 'E', 'T', ' ', 0, 0, 0, 0)
+#define METHOD_SP_PUT	W8('P', 'U', 'T', ' ', 0, 0, 0, 0)
+#define METHOD_SP_POST	W8('P', 'O', 'S', 'T', ' ', 0, 0, 0)
+#define METHOD_SP_HEAD	W8('H', 'E', 'A', 'D', ' ', 0, 0, 0)
+#define VERSION_1_1	W8('H', 'T', 'T', 'P', '/', '1', '.', '1')
+#define VERSION_1_0	W8('H', 'T', 'T', 'P', '/', '1', '.', '0')
+
+static __always_inline __u32 head_word(struct wk_http_scan *s, __u64 w)
+{
+	switch (s->state) {
+	case HS_METHOD:
+		if (s->tok)
+			return 0;
+		if ((w & WORD_MASK4) == METHOD_SP_GET || (w & WORD_MASK4) == METHOD_SP_PUT) {
+			s->method = w & 0xffffff;
+			s->state = HS_TARGET;
+			return 4;
+		}
+		if ((w & WORD_MASK5) == METHOD_SP_POST || (w & WORD_MASK5) == METHOD_SP_HEAD) {
+			s->method = w & WORD_MASK4;
+			s->state = HS_TARGET;
+			return 5;
+		}
+		return 0;
+	case HS_TARGET:
+		/* the first byte decides the form: byte by byte */
+		if (!s->tok || s->target_form == TF_SCHEME || s->target_form == TF_AUTHORITY)
+			return 0;
+		if (WORD_HAS_BELOW(w, 0x21) || (w & WORD_HIGHS) || WORD_HAS(w, 0x7f))
+			return 0;
+		s->tok += 8;
+		return 8;
+	case HS_VERSION:
+		if (s->tok || (w != VERSION_1_1 && w != VERSION_1_0))
+			return 0;
+		s->http10 = w == VERSION_1_0;
+		s->tok = 8;
+		return 8;
+	case HS_VALUE:
+		if (s->kind != HK_OTHER)
+			return 0;
+		if (WORD_HAS_BELOW(w, 0x20) || WORD_HAS(w, 0x7f))
+			return 0;
+		return 8;
 	}
 	return 0;
 }

@@ -36,9 +36,11 @@
  *     before anything is decided: an incomplete head is corked
  *     (bpf_msg_cork_bytes) and the program runs again on the whole head
  *     when more bytes are written, carrying on where its scan stopped.
- *     The head is checked byte by byte (bpf_loop), the line is inserted
- *     after the request line (bpf_msg_push_data, written into the page that
- *     helper allocated, never into the workload's pages), and `left`
+ *     The head is checked byte by byte (bpf_loop; plain runs 8 bytes at
+ *     once, see head_word()), the line is inserted after the request line
+ *     (bpf_msg_push_data; the request is then copied into one piece by
+ *     bpf_msg_pull_data and the line written into that copy, never into
+ *     the workload's pages), and `left`
  *     becomes head + line + Content-Length. A Content-Length body is never
  *     parsed, so text in a body that looks like a request is never taken
  *     for one.
@@ -63,10 +65,11 @@
  * then precede an injected line) and, after a cork, frees the message's
  * tail on the kernels this targets.
  *
- * Files. The head scanner (head_byte(), http-head.bpf.h) and the
- * framing scanner (chunk_step(), http-chunked.bpf.h) are plain C over
- * their state in socket storage and one byte, with no helper in them: this
- * file's bpf_loop callbacks (scan_byte(), chunk_byte()) fetch the byte, and
+ * Files. The head scanner (head_byte() and head_word(), http-head.bpf.h)
+ * and the framing scanner (chunk_step(), http-chunked.bpf.h) are plain C
+ * over their state in socket storage and one byte (or, for head_word(),
+ * one 8-byte word), with no helper in them: this file's bpf_loop callbacks
+ * (scan_byte(), chunk_byte()) fetch the bytes, and
  * the unit tests run the same headers compiled for the host
  * (test/native/http-parser-host.c). The counters and the event ring are in
  * http-events.bpf.h, the send-queue room an approval may take
@@ -609,22 +612,45 @@ struct scan_ctx {
 	void *data;			/* the head, linear after bpf_msg_pull_data */
 	void *data_end;
 	struct wk_http_sock *st;
+	__u32 end;			/* head scan: bytes of the message in the window */
 };
 
-/* One byte of the head, at scan.pos; bpf_loop callback. Returns 1 to stop. */
+/* Steps (a byte, or a word head_word() takes) per scan_byte() call. */
+#define SCAN_STEPS	4
+
+/*
+ * The head from scan.pos on, SCAN_STEPS steps: 8 bytes at once where
+ * head_word() takes them, else one byte; bpf_loop callback. Returns 1 to
+ * stop.
+ */
 static long scan_byte(__u32 i, struct scan_ctx *ctx)
 {
 	struct wk_http_sock *st = ctx->st;
 	struct wk_http_scan *s = &st->scan;
-	__u32 off = s->pos;
+	__u32 off, k;
 	__u8 *p;
 
-	if (off >= WK_HTTP_HEAD_MAX)
-		return 1;
-	p = (__u8 *)ctx->data + off;
-	if ((void *)(p + 1) > ctx->data_end)
-		return 1;
-	return head_byte(s, st->line, st->name_len, *p);
+	for (int j = 0; j < SCAN_STEPS; j++) {
+		off = s->pos;
+		if (off >= ctx->end || off >= WK_HTTP_HEAD_MAX)
+			return 1;
+		/* a no-op (off < WK_HTTP_HEAD_MAX, a power of 2) the verifier needs */
+		barrier_var(off);
+		off &= WK_HTTP_HEAD_MAX - 1;
+		p = (__u8 *)ctx->data + off;
+		if ((void *)(p + 1) > ctx->data_end)
+			return 1;
+		if (off + 8 <= ctx->end && (void *)(p + 8) <= ctx->data_end) {
+			k = head_word(s, *(__u64 *)p);
+			if (k) {
+				s->pos = off + k;
+				continue;
+			}
+		}
+		if (head_byte(s, st->line, st->name_len, *p))
+			return 1;
+	}
+	return 0;
 }
 
 /* ---- a chunked body (the scanner: http-chunked.bpf.h) ------------------ */
@@ -804,7 +830,7 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 {
 	struct wk_http_scan *s = &st->scan;
 	struct scan_ctx ctx = {};
-	__u32 size = msg->size, n, hlen, off, total, cfg_flags = 0, dest_flags = 0, why;
+	__u32 size = msg->size, n, hlen, off, at, total, cfg_flags = 0, dest_flags = 0, why;
 	struct wk_http_usage_key uk = {};
 	__u64 room, ktime = 0;
 	__u8 *data, *end;
@@ -831,6 +857,7 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	ctx.data = (void *)(long)msg->data;
 	ctx.data_end = (void *)(long)msg->data_end;
 	ctx.st = st;
+	ctx.end = n;
 	if (s->pos < n)
 		bpf_loop(n - s->pos, scan_byte, &ctx, 0);
 
@@ -872,12 +899,43 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
 	/* From here the message holds uninitialised bytes: any failure
 	 * must drop it whole. */
-	if (bpf_msg_pull_data(msg, off, off + hlen, 0))
+	total = msg->size;
+	if (total > (__u64)s->head_end + hlen + s->clen)
+		total = s->head_end + hlen + s->clen;
+	if (total > room)
+		total = room;
+	/*
+	 * The push left the request in three pieces (up to the line, the line,
+	 * the rest), and the kernel sends each piece with a tcp_sendmsg of its
+	 * own: three segments where the workload wrote one, and an upstream
+	 * woken three times. One contiguous piece goes out as one segment, so
+	 * what this run passes (up to WK_HTTP_COALESCE_MAX bytes, the line
+	 * always among them: total >= off + hlen) is copied into one piece
+	 * first and the line written into that. Without memory for the copy,
+	 * the line goes into its own piece, and the request leaves in three.
+	 */
+	at = off;
+	if (bpf_msg_pull_data(msg, 0, total < WK_HTTP_COALESCE_MAX ? total : WK_HTTP_COALESCE_MAX, 0)) {
+		if (bpf_msg_pull_data(msg, off, off + hlen, 0))
+			return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+		at = 0;
+	}
+	if (at >= WK_HTTP_HEAD_MAX)
 		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
-	data = (__u8 *)(long)msg->data;
+	data = (__u8 *)(long)msg->data + at;
 	end = (__u8 *)(long)msg->data_end;
-	for (int i = 0; i < WK_HTTP_LINE_MAX; i++) {
-		if (i >= hlen)
+	/* 8 bytes a store, then the rest a byte at a time */
+	for (int i = 0; i < WK_HTTP_LINE_MAX / 8; i++) {
+		if (i * 8 + 8 > hlen)
+			break;
+		if (data + i * 8 + 8 > end)
+			return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+		*(__u64 *)(data + i * 8) = *(__u64 *)(st->line + i * 8);
+	}
+	for (int j = 0; j < 8; j++) {
+		__u32 i = ((hlen & ~7) + j) & (WK_HTTP_LINE_MAX - 1);
+
+		if ((hlen & ~7) + j >= hlen)
 			break;
 		if (data + i + 1 > end)
 			return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
@@ -922,19 +980,6 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 		forget_line(st);
 		http_count(WK_HTTP_STAT_PASSTHROUGH);
 	}
-	total = msg->size;
-	if (total > st->left)
-		total = st->left;
-	if (total > room)
-		total = room;
-	/*
-	 * The push left the request in three pieces (up to the line, the line,
-	 * the rest), and the kernel sends each piece with a tcp_sendmsg of its
-	 * own: three segments where the workload wrote one, and an upstream
-	 * woken three times. One contiguous piece goes out as one segment. A
-	 * failure here (no memory for the copy) changes no byte, only that.
-	 */
-	bpf_msg_pull_data(msg, 0, total < WK_HTTP_COALESCE_MAX ? total : WK_HTTP_COALESCE_MAX, 0);
 	st->approved = total;
 	bpf_msg_apply_bytes(msg, total);
 	return SK_PASS;

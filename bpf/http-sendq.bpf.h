@@ -55,8 +55,8 @@ static __always_inline __u64 net_notsent_lowat(struct tcp_sock *tp)
 	__u32 lowat = tp->notsent_lowat;
 
 	if (!lowat)
-		lowat = BPF_CORE_READ(tp, inet_conn.icsk_inet.sk.__sk_common.skc_net.net,
-				      ipv4.sysctl_tcp_notsent_lowat);
+		/* a BTF load through the socket, not a bpf_probe_read_kernel call */
+		lowat = tp->inet_conn.icsk_inet.sk.__sk_common.skc_net.net->ipv4.sysctl_tcp_notsent_lowat;
 	return lowat;
 }
 

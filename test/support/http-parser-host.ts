@@ -78,11 +78,14 @@ export const DEFAULT_LINE = 'Authorization: Bearer host-test\r\n';
 
 const hex = (b: string | Buffer) => (typeof b === 'string' ? Buffer.from(b, 'latin1') : b).toString('hex');
 
-/** Runs every case through one process of the host parser. */
-export function hostParse(cases: HostCase[]): HostParse[] {
+/**
+ * Runs every case through one process of the host parser; with `bytes`,
+ * its head scan takes a byte at a time only (never 8 at once).
+ */
+export function hostParse(cases: HostCase[], o: { bytes?: boolean } = {}): HostParse[] {
   const input = cases.map((c) => [hex(c.line ?? DEFAULT_LINE),
     ...(c.hosts ? [`hosts=${hex(c.hosts.names.join(','))}`, `port=${c.hosts.port}`] : []), ...c.writes.filter((w) => w.length).map(hex)].join(' ')).join('\n') + '\n';
-  const r = spawnSync(buildHostParser(), [], { input, maxBuffer: 1 << 30, encoding: 'utf8' });
+  const r = spawnSync(buildHostParser(), o.bytes ? ['--bytes'] : [], { input, maxBuffer: 1 << 30, encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`http-parser-host exited with ${r.status ?? r.signal}: ${r.stderr}`);
   const out = r.stdout.trimEnd().split('\n').map((l) => {
     const { reason, ...rest } = JSON.parse(l) as Omit<HostParse, 'refused'> & { reason: number };

@@ -419,3 +419,43 @@ describe('host-compiled HTTP parser against the fuzz test\'s reference model', (
   });
 });
 
+
+describe('host-compiled HTTP parser: 8 bytes at a time', () => {
+  /** Heads whose targets and values run long enough for the word scan, with the bytes that must stop it. */
+  function wordyStream(rnd: () => number): Buffer {
+    const pick = <T>(xs: readonly T[]) => xs[Math.floor(rnd() * xs.length)]!;
+    const odd = [' ', '\t', '\r', '\n', '\x00', '\x1f', '\x7f', '\x80', '\xff', 'a', 'Z', '/', ':', '%'];
+    const oddness = pick([0, 0, 0, 0.005, 0.03]);
+    const run = (n: number) => Array.from({ length: n }, () => (rnd() < oddness ? pick(odd) : pick(['a', 'B', '9', '-', '.', '/', '?', '=', '&', '~', ';']))).join('');
+    const parts: string[] = [];
+    for (let i = 0, n = 1 + Math.floor(rnd() * 2); i < n; i++) {
+      const method = (rnd() < 0.1 ? pick(['GETX', 'get', 'PUTT', 'POS', 'GET\t']) : pick(['GET', 'PUT', 'POST', 'HEAD', 'DELETE']));
+      const target = pick(['/', '/', '/', 'http://upstream', 'http://Upstream:80', '*', 'HTTP://x']) + run(Math.floor(rnd() * 40));
+      const version = (rnd() < 0.1 ? pick(['HTTP/1.2', 'HTTP/1.11', 'http/1.1', 'HTTP/1.1 ']) : pick(['HTTP/1.1', 'HTTP/1.0']));
+      const lines = Array.from({ length: Math.floor(rnd() * 4) }, () =>
+        `${pick(['X-Long', 'User-Agent', 'Accept', 'Cookie', 'Connection'])}:${run(Math.floor(rnd() * 48))}\r\n`);
+      parts.push(`${method} ${target} ${version}\r\n${lines.join('')}\r\n`);
+    }
+    return Buffer.from(parts.join(''), 'latin1');
+  }
+
+  it('decides every head exactly as a byte at a time, whole and split', () => {
+    const cases: { writes: Buffer[] }[] = [];
+    for (let seed = 1; seed <= 1500; seed++) {
+      const rnd = prng(200_000 + seed);
+      let stream = wordyStream(rnd);
+      if (rnd() < 0.5) stream = mutate(stream, rnd);
+      cases.push({ writes: [stream] }, { writes: split(stream, rnd, 1 + Math.floor(rnd() * 20)) });
+    }
+    const words = hostParse(cases);
+    const bytes = hostParse(cases, { bytes: true });
+    const bad = cases.flatMap((c, i) => (JSON.stringify(words[i]) === JSON.stringify(bytes[i]) ? []
+      : [`case ${i}: ${JSON.stringify(Buffer.concat(c.writes).toString('latin1'))}: ${JSON.stringify(words[i])} vs ${JSON.stringify(bytes[i])}`]));
+    expect(bad.slice(0, 3)).toEqual([]);
+    // The cases reach acceptance and refusal, or the comparison proves little.
+    const refused = words.filter((r) => r.refused).length;
+
+    expect(refused).toBeGreaterThan(cases.length / 10);
+    expect(refused).toBeLessThan(cases.length * 0.9);
+  });
+});
