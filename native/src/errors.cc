@@ -6,6 +6,8 @@
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <string>
+#include <algorithm>
 
 namespace wirekey {
 namespace {
@@ -15,11 +17,25 @@ namespace {
 thread_local std::string g_log;
 constexpr size_t kMaxLog = 1 << 20;
 
+// A message is kept whole (libbpf prints a refused program's verifier log
+// as one message), up to kMaxLog for the whole call.
 int PrintCallback(enum libbpf_print_level level, const char* fmt, va_list args) {
   if (level == LIBBPF_DEBUG) return 0;
+  va_list again;
+  va_copy(again, args);
   char line[4096];
   int n = vsnprintf(line, sizeof(line), fmt, args);
-  if (n > 0 && g_log.size() < kMaxLog) g_log.append(line, std::min<size_t>(n, sizeof(line) - 1));
+  if (n > 0 && g_log.size() < kMaxLog) {
+    if (static_cast<size_t>(n) < sizeof(line)) {
+      g_log.append(line, n);
+    } else {
+      size_t keep = std::min<size_t>(n, kMaxLog - g_log.size());
+      std::string whole(static_cast<size_t>(n) + 1, '\0');
+      vsnprintf(whole.data(), whole.size(), fmt, again);
+      g_log.append(whole.data(), keep);
+    }
+  }
+  va_end(again);
   return n;
 }
 

@@ -246,6 +246,47 @@ char LICENSE[] SEC("license") = "GPL";
     }
   }, 660_000);
 
+  it("a refused program's verifier log reaches JavaScript whole, however long", async () => {
+    const src = path.join(dir, 'long.bpf.c');
+    const out = path.join(dir, 'long.bpf.o');
+    // Hundreds of instructions the verifier walks (and logs) before the refused read.
+    writeFileSync(
+      src,
+      `#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+SEC("cgroup/connect4")
+int long_bad(struct bpf_sock_addr *ctx)
+{
+	volatile char buf[8];
+	__u32 sum = ctx->user_ip4;
+#pragma clang loop unroll(full)
+	for (int i = 0; i < 100; i++)
+		sum = (sum ^ (__u32)i) * 31;
+	return buf[(ctx->user_port ^ sum) & 0xffff];
+}
+char LICENSE[] SEC("license") = "GPL";
+`,
+    );
+    const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', '-I', path.join(repoRoot, 'build/bpf'), '-c', src, '-o', out], { timeoutMs: 600_000 });
+    expect(cc.code, cc.stderr).toBe(0);
+    const bad = new (native().BpfObject)(out);
+    try {
+      let err: unknown;
+      try {
+        bpfCall(() => bad.load());
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(BpfError);
+      const e = err as BpfError;
+      expect(e.verifierLog!.length).toBeGreaterThan(4096);
+      // The verifier's last line: the log was not cut short.
+      expect(e.verifierLog).toMatch(/processed \d+ insns/);
+    } finally {
+      bad.close();
+    }
+  }, 660_000);
+
   it('operations on a closed object fail cleanly', () => {
     const o = new (native().BpfObject)(objectPath);
     const map = o.map('wk_conn');
