@@ -206,85 +206,56 @@ const before = a.dumpable(); a.setDumpable(false); console.log(before, a.dumpabl
     expect(after ? (JSON.parse(after) as { id: number }[]).map((p) => p.id) : []).not.toContain(info?.progId);
   });
 
-  it('a program the verifier refuses fails load with errno and the verifier log', async () => {
-    const src = path.join(dir, 'bad.bpf.c');
-    const out = path.join(dir, 'bad.bpf.o');
-    // Reads past the end of the stack: the verifier must refuse it.
-    writeFileSync(
-      src,
-      `#include "vmlinux.h"
+  /** Compiles `body` as a cgroup/connect4 program `name` and returns the error its load fails with. */
+  async function refusedLoad(name: string, body: string): Promise<BpfError> {
+    const src = path.join(dir, `${name}.bpf.c`);
+    const out = path.join(dir, `${name}.bpf.o`);
+    writeFileSync(src, `#include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
 SEC("cgroup/connect4")
-int bad(struct bpf_sock_addr *ctx)
+int ${name}(struct bpf_sock_addr *ctx)
 {
-	volatile char buf[8];
-	return buf[ctx->user_port];
+${body}
 }
 char LICENSE[] SEC("license") = "GPL";
-`,
-    );
+`);
     // clang is slow on an emulated CPU: the object exists only once it has finished.
     const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', '-I', path.join(repoRoot, 'build/bpf'), '-c', src, '-o', out], { timeoutMs: 600_000 });
     expect(cc.code, cc.stderr).toBe(0);
     expect(cc.stderr).not.toMatch(/error/);
-    const bad = new (native().BpfObject)(out);
+    const obj = new (native().BpfObject)(out);
     try {
-      let err: unknown;
-      try {
-        bpfCall(() => bad.load());
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toBeInstanceOf(BpfError);
-      const e = err as BpfError;
-      expect(e.errno).toBe(13); // EACCES: refused by the verifier
-      expect(e.message).toMatch(/load BPF object/);
-      expect(e.verifierLog).toMatch(/invalid|unbounded|min value|variable stack/i);
-      expect(e.libbpfLog).toContain("prog 'bad'");
+      bpfCall(() => obj.load());
+    } catch (e) {
+      expect(e).toBeInstanceOf(BpfError);
+      return e as BpfError;
     } finally {
-      bad.close();
+      obj.close();
     }
+    throw new Error(`the verifier accepted ${name}`);
+  }
+
+  it('a program the verifier refuses fails load with errno and the verifier log', async () => {
+    // Reads past the end of the stack: the verifier must refuse it.
+    const e = await refusedLoad('bad', `\tvolatile char buf[8];
+\treturn buf[ctx->user_port];`);
+    expect(e.errno).toBe(13); // EACCES: refused by the verifier
+    expect(e.message).toMatch(/load BPF object/);
+    expect(e.verifierLog).toMatch(/invalid|unbounded|min value|variable stack/i);
+    expect(e.libbpfLog).toContain("prog 'bad'");
   }, 660_000);
 
   it("a refused program's verifier log reaches JavaScript whole, however long", async () => {
-    const src = path.join(dir, 'long.bpf.c');
-    const out = path.join(dir, 'long.bpf.o');
     // Hundreds of instructions the verifier walks (and logs) before the refused read.
-    writeFileSync(
-      src,
-      `#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-SEC("cgroup/connect4")
-int long_bad(struct bpf_sock_addr *ctx)
-{
-	volatile char buf[8];
-	__u32 sum = ctx->user_ip4;
+    const e = await refusedLoad('long_bad', `\tvolatile char buf[8];
+\t__u32 sum = ctx->user_ip4;
 #pragma clang loop unroll(full)
-	for (int i = 0; i < 100; i++)
-		sum = (sum ^ (__u32)i) * 31;
-	return buf[(ctx->user_port ^ sum) & 0xffff];
-}
-char LICENSE[] SEC("license") = "GPL";
-`,
-    );
-    const cc = await run('clang', ['-g', '-O2', '-target', 'bpf', '-I', path.join(repoRoot, 'build/bpf'), '-c', src, '-o', out], { timeoutMs: 600_000 });
-    expect(cc.code, cc.stderr).toBe(0);
-    const bad = new (native().BpfObject)(out);
-    try {
-      let err: unknown;
-      try {
-        bpfCall(() => bad.load());
-      } catch (e) {
-        err = e;
-      }
-      expect(err).toBeInstanceOf(BpfError);
-      const e = err as BpfError;
-      expect(e.verifierLog!.length).toBeGreaterThan(4096);
-      // The verifier's last line: the log was not cut short.
-      expect(e.verifierLog).toMatch(/processed \d+ insns/);
-    } finally {
-      bad.close();
-    }
+\tfor (int i = 0; i < 100; i++)
+\t\tsum = (sum ^ (__u32)i) * 31;
+\treturn buf[(ctx->user_port ^ sum) & 0xffff];`);
+    expect(e.verifierLog!.length).toBeGreaterThan(4096);
+    // The verifier's last line: the log was not cut short.
+    expect(e.verifierLog).toMatch(/processed \d+ insns/);
   }, 660_000);
 
   it('operations on a closed object fail cleanly', () => {
