@@ -8,31 +8,10 @@
 // (the bearer on every request).
 //
 // usage: node h1-head-relay.mjs PORT CERT KEY UPSTREAM_HOST UPSTREAM_PORT SERVERNAME CA AUTHORIZATION
-import { readFileSync } from 'node:fs';
-import tls from 'node:tls';
+import { startRelay } from './relay-pair.mjs';
 
-const [port, cert, key, upstreamHost, upstreamPort, servername, ca, authorization] = process.argv.slice(2);
-if (!authorization) {
-  process.stderr.write('usage: node h1-head-relay.mjs PORT CERT KEY UPSTREAM_HOST UPSTREAM_PORT SERVERNAME CA AUTHORIZATION\n');
-  process.exit(2);
-}
-const upstreamCa = readFileSync(ca);
-const line = Buffer.from(`authorization: ${authorization}\r\n`);
 const END = Buffer.from('\r\n\r\n');
-let session;
-
-const server = tls.createServer({ cert: readFileSync(cert), key: readFileSync(key) }, (client) => {
-  client.setNoDelay(true);
-  const upstream = tls.connect({ host: upstreamHost, port: Number(upstreamPort), servername, ca: upstreamCa, session });
-  upstream.setNoDelay(true);
-  upstream.once('session', (s) => (session = s));
-  const close = () => {
-    client.destroy();
-    upstream.destroy();
-  };
-  client.on('error', close).on('close', close);
-  upstream.on('error', close).on('close', close);
-
+const [authorization] = startRelay('h1-head-relay.mjs', ['AUTHORIZATION'], (client, upstream, close) => {
   let req = Buffer.alloc(0);
   client.on('data', (chunk) => {
     req = req.length ? Buffer.concat([req, chunk]) : chunk;
@@ -85,5 +64,5 @@ const server = tls.createServer({ cert: readFileSync(cert), key: readFileSync(ke
     }
   });
 });
-server.listen(Number(port), '127.0.0.1');
-process.on('SIGTERM', () => process.exit(0));
+// Read by the connection handlers, which run only once the server listens.
+const line = Buffer.from(`authorization: ${authorization}\r\n`);
