@@ -24,14 +24,13 @@ import type { Credential } from '../credentials/credential.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Plan } from '../policy/types.js';
-import type { H2Limits } from '../proxy/h2.js';
-import type { IdentifiedConnection, ProxyLimits, ProxyObserver, ProxyStats } from '../proxy/proxy-server.js';
+import type { IdentifiedConnection, ProxyObserver, ProxyStats } from '../proxy/proxy-server.js';
 import {
   SHARED_AUDIT_WRITABLE, SHARED_HANDSHAKES, SHARED_WORKER_HANDSHAKES,
-  type AskAnswer, type FromWorker, type ToWorker, type WireCredential, type WireError, type WorkerInit,
+  type AskAnswer, type FromWorker, type ToWorker, type WireCredential, type WireError, type WorkerInit, type WorkerSettings,
 } from '../proxy/worker-protocol.js';
 
-export interface ProxyWorkersOptions {
+export interface ProxyWorkersOptions extends WorkerSettings {
   workers: number;
   plan: Plan;
   /** The kernel's record of a connection, with the workload name under the table in force here. @throws when none can vouch for it now. */
@@ -45,12 +44,6 @@ export interface ProxyWorkersOptions {
   audit: AuditLog;
   log: Logger;
   observer: ProxyObserver;
-  limits: ProxyLimits;
-  http2: boolean;
-  h2Limits?: Partial<H2Limits>;
-  upstreamCaFile?: string;
-  sigv4BodyLimit: number;
-  sigv4BodyMemory: number;
 }
 
 /** Stats of the workers together, and connections accepted by each. */

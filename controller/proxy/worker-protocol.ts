@@ -11,8 +11,19 @@ import type { Plan } from '../policy/types.js';
 import type { H2Limits } from './h2.js';
 import type { IdentifiedConnection, ProxyLimits, ProxyObserver, ProxyStats } from './proxy-server.js';
 
+/** How every worker's ProxyServer is set up (the agent's proxy options). */
+export interface WorkerSettings {
+  limits: ProxyLimits;
+  http2: boolean;
+  h2Limits?: Partial<H2Limits>;
+  upstreamCaFile?: string;
+  sigv4BodyLimit: number;
+  /** The memory SigV4 bodies may hold: all workers' together in the agent's options, one worker's share in WorkerInit. */
+  sigv4BodyMemory: number;
+}
+
 /** The worker's start: workerData. */
-export interface WorkerInit {
+export interface WorkerInit extends WorkerSettings {
   /** 0-based, for metrics and the log. */
   index: number;
   port: number;
@@ -22,13 +33,6 @@ export interface WorkerInit {
   plan: Plan;
   /** Int32 words shared by the agent and every worker (SHARED_*). */
   shared: SharedArrayBuffer;
-  limits: ProxyLimits;
-  http2: boolean;
-  h2Limits?: Partial<H2Limits>;
-  upstreamCaFile?: string;
-  sigv4BodyLimit: number;
-  /** This worker's share of the memory SigV4 bodies may hold. */
-  sigv4BodyMemory: number;
 }
 
 /** Int32 word: 1 while the agent's audit log can be written (requests are refused otherwise). */
