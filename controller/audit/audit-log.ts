@@ -89,7 +89,16 @@ export const AUDIT_BACKLOG_MAX = 16 * 1024 * 1024;
  * while the sink fails or (stdout) more than AUDIT_BACKLOG_MAX bytes wait,
  * and the proxy refuses requests it could not audit until it recovers.
  */
-export class AuditLog {
+/** What the proxy writes audit lines to: the agent's AuditLog, or (in a proxy worker thread) its batches to the agent's. */
+export interface AuditSink {
+  /** False while lines cannot be written: the proxy refuses what it could not audit. */
+  readonly writable: boolean;
+  record(event: AuditEvent): void;
+  /** A line for something already done, written with the others of the same turn of the event loop. */
+  recordDone(event: AuditEvent): void;
+}
+
+export class AuditLog implements AuditSink {
   readonly #target: string;
   #fd: number | null = null;
   #pending: string[] = [];

@@ -14,7 +14,7 @@
 import net from 'node:net';
 import http from 'node:http';
 import type { Logger } from '../log.js';
-import type { AuditEvent, AuditLog } from '../audit/audit-log.js';
+import type { AuditEvent, AuditSink } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { RouteTable } from './routes.js';
 import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
@@ -29,7 +29,7 @@ import type { EgressDecision } from './egress-decision.js';
 export interface PlainEgressDeps {
   /** The routes of the plan in force (asked on every request). */
   routes(): RouteTable;
-  audit: AuditLog;
+  audit: AuditSink;
   log: Logger;
   observer?: { egress(workload: string, rule: string | undefined, decision: EgressDecision): void };
   /** Where a request for an allowed `name` goes (pickAddress over the proxy's bounded resolver); undefined: nowhere. */

@@ -13,7 +13,7 @@ import tls from 'node:tls';
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from '../log.js';
-import type { AuditEvent, AuditLog } from '../audit/audit-log.js';
+import type { AuditEvent, AuditSink } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from './routes.js';
 import type { Credential } from '../credentials/credential.js';
@@ -136,7 +136,7 @@ export interface ProxyDeps {
   h2Limits?: Partial<H2Limits>;
   /** HTTP/2 sessions upstream (default: one with Node's trust store only). */
   upstreamH2?: UpstreamH2Pool;
-  audit: AuditLog;
+  audit: AuditSink;
   log: Logger;
   observer?: ProxyObserver;
   /** Bounds shared with other proxy threads (default: this proxy's own). */

@@ -16,7 +16,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import tls from 'node:tls';
 import { format } from 'node:util';
-import type { AuditEvent } from '../audit/audit-log.js';
+import type { AuditEvent, AuditSink } from '../audit/audit-log.js';
 import type { Credential } from '../credentials/credential.js';
 import { Secret } from '../credentials/secret.js';
 import { CredentialError, WirekeyError } from '../errors.js';
@@ -78,14 +78,13 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
     unidentified: () => observe('unidentified'),
     egress: (...a) => observe('egress', ...a),
   };
-  const audit = {
+  const audit: AuditSink = {
     get writable(): boolean {
       return Atomics.load(shared, SHARED_AUDIT_WRITABLE) === 1;
     },
     record: (event: AuditEvent) => void pending().audit.push(event),
     recordDone: (event: AuditEvent) => void pending().audit.push(event),
-    recordSoon: (event: AuditEvent) => void pending().audit.push(event),
-  } as unknown as import('../audit/audit-log.js').AuditLog;
+  };
 
   const bounds: ProxyShared = {
     beginHandshake: (max) => {
