@@ -57,8 +57,9 @@ export interface AgentOptions {
   sigv4BodyMemory?: number;
   /**
    * Proxy worker threads (default 1: the proxy runs in the agent's thread).
-   * More: each serves connections on its own SO_REUSEPORT sockets, with 1/N
-   * of the handshake, per-workload connection and SigV4 memory limits.
+   * More: each serves connections on its own SO_REUSEPORT sockets; the
+   * handshake and per-workload connection limits bound them together, and
+   * each has 1/N of the SigV4 body memory.
    */
   proxyWorkers?: number;
   /** Bounds on the proxy's per-connection and per-workload work (defaults: DEFAULT_PROXY_LIMITS). */
@@ -159,10 +160,11 @@ export class Agent {
       kernelHttp: () => this.#datapath?.kernelHttp,
       credentials: () => this.#credentials.values(),
       vaultConnections: () => this.#credentials.connections(),
-      settle: () => {
+      settle: async () => {
         this.#egressEvents?.drain();
         this.#kernelEvents?.drain();
         this.#collectKernelUsage();
+        if (this.#proxy instanceof ProxyWorkers) await this.#proxy.settle();
       },
     });
   }
@@ -379,8 +381,6 @@ export class Agent {
    */
   async #serveMetrics(control: ControlServer): Promise<void> {
     control.route('GET', '/metrics', async (_req, res) => {
-      // What the proxy workers counted so far is counted here first.
-      if (this.#proxy instanceof ProxyWorkers) await this.#proxy.settle();
       const { contentType, body } = await this.#metrics.render();
       res.writeHead(200, { 'content-type': contentType }).end(body);
     });

@@ -37,11 +37,11 @@ export interface MetricsSources {
   credentials(): { name: string; state?(): CredentialState }[];
   vaultConnections(): { name: string; status(): { tokenExpiresAt: number | undefined; degraded: boolean } }[];
   /**
-   * Delivers what the kernel has already reported but not yet handed over
-   * (its ring buffers' waiting events), so a scrape counts everything that
-   * happened before it.
+   * Delivers what was already reported but not yet handed over (the
+   * kernel's ring buffers' waiting events, what proxy worker threads
+   * counted), so a scrape counts everything that happened before it.
    */
-  settle?(): void;
+  settle?(): void | Promise<void>;
 }
 
 export interface AgentMetricsOptions {
@@ -341,7 +341,7 @@ export class AgentMetrics implements ProxyObserver {
   /** The exposition text and its content type. */
   async render(): Promise<{ contentType: string; body: string }> {
     this.#kernelStatsRead = undefined;
-    this.#sources.settle?.();
+    await this.#sources.settle?.();
     return { contentType: this.registry.contentType, body: await this.registry.metrics() };
   }
 
