@@ -38,8 +38,11 @@
  *     when more bytes are written, carrying on where its scan stopped.
  *     The head is checked byte by byte (bpf_loop; plain runs 8 bytes at
  *     once, see head_word()), the line is inserted after the request line
- *     (bpf_msg_push_data; the request is then copied into one piece by
- *     bpf_msg_pull_data and the line written into that copy, never into
+ *     (a request written whole in at most WK_HTTP_REBUILD_MAX bytes is
+ *     rebuilt with the line in one new piece pushed in front of it, and
+ *     its old bytes popped: see rebuild(); another gets the line pushed
+ *     after its request line, is then copied into one piece by
+ *     bpf_msg_pull_data and the line written into that copy; never into
  *     the workload's pages), and `left`
  *     becomes head + line + Content-Length. A Content-Length body is never
  *     parsed, so text in a body that looks like a request is never taken
@@ -195,7 +198,8 @@
  * header-option callback (5.10, to watch for urgent data), socket storage
  * and msg->sk in sk_msg (5.8), the BPF ring buffer (5.8),
  * bpf_skc_to_tcp_sock with BTF reads from networking programs (5.9), cgroup bpf_link (5.7), bpf_spin_lock and
- * BPF_F_LOCK (5.1), bpf_msg_push_data and bpf_msg_cork_bytes (4.17-4.20),
+ * BPF_F_LOCK (5.1), bpf_msg_push_data, bpf_msg_pop_data and
+ * bpf_msg_cork_bytes (4.17-5.0),
  * and, for wk_http_push_done, fexit (5.5) with socket storage from tracing
  * programs (5.11) on a kernel whose BTF has tcp_bpf_push as a function; a
  * kernel that refuses fexit (no ftrace direct calls, lockdown) runs the
@@ -289,6 +293,12 @@ const enum wk_http_hosts *const wk_http_hosts_btf = 0;
 const enum wk_http_cfg_flag *const wk_http_cfg_flag_btf = 0;
 
 
+/*
+ * A request of at most this many bytes (the line not counted) is rebuilt
+ * around the line in one new piece (rebuild()); a longer one is copied.
+ */
+#define WK_HTTP_REBUILD_MAX	512
+
 /* Kernel-only: never read by the controller. */
 struct wk_http_sock {
 	__u32 workload_id;
@@ -315,6 +325,8 @@ struct wk_http_sock {
 	__u32 pid;
 	__u32 uid;
 	__u8 line[WK_HTTP_LINE_MAX];
+	/* a small request's bytes while it is rebuilt around the line (rebuild()) */
+	__u8 buf[WK_HTTP_REBUILD_MAX];
 };
 
 struct {
@@ -825,6 +837,144 @@ static __always_inline void scan_reset(struct wk_http_scan *s, __u32 seq)
 	s->active = 1;
 }
 
+/* bpf_loop context of copy_words(): one run of bytes, copied 8 at a time */
+struct copy_ctx {
+	void *data;			/* the message, for COPY_SAVE its old first piece */
+	void *data_end;
+	struct wk_http_sock *st;
+	__u32 mode;			/* COPY_* */
+	__u32 src;			/* where the run starts in its source */
+	__u32 dst;			/* and in its destination */
+	__u32 len;			/* bytes: at least 8, or the run starts 8 bytes in */
+	__u32 failed;
+};
+
+#define COPY_SAVE	0	/* message -> st->buf */
+#define COPY_BUF	1	/* st->buf -> message */
+#define COPY_LINE	2	/* st->line -> message */
+#define COPY_WORDS	8	/* 8-byte words per copy_words() call */
+
+/*
+ * COPY_WORDS words of a run: whole words from its start; the last word is
+ * the one that ends where the run ends, so it may overlap the word before
+ * it or, in a run shorter than 8 bytes, the 8 - len bytes before the run
+ * (in the source and in the destination alike). bpf_loop callback: returns
+ * 1 when the run is done or failed (c->failed).
+ */
+static long copy_words(__u32 i, struct copy_ctx *c)
+{
+	for (int j = 0; j < COPY_WORDS; j++) {
+		__u32 o = (i * COPY_WORDS + j) * 8, s, d;
+		bool last = o + 8 >= c->len;
+		__u64 w;
+		__u8 *p;
+
+		if (o + 8 > c->len)
+			o = c->len - 8;		/* wraps below 0 for a short run: see above */
+		s = c->src + o;
+		d = c->dst + o;
+		if (c->mode == COPY_SAVE) {
+			d &= WK_HTTP_REBUILD_MAX - 1;
+			if (d > WK_HTTP_REBUILD_MAX - 8)
+				goto fail;
+			p = (__u8 *)c->data + (s & (WK_HTTP_REBUILD_MAX - 1));
+			if ((void *)(p + 8) > c->data_end)
+				goto fail;
+			*(__u64 *)(c->st->buf + d) = *(__u64 *)p;
+		} else {
+			if (c->mode == COPY_BUF) {
+				s &= WK_HTTP_REBUILD_MAX - 1;
+				if (s > WK_HTTP_REBUILD_MAX - 8)
+					goto fail;
+				w = *(__u64 *)(c->st->buf + s);
+			} else {
+				s &= WK_HTTP_LINE_MAX - 1;
+				if (s > WK_HTTP_LINE_MAX - 8)
+					goto fail;
+				w = *(__u64 *)(c->st->line + s);
+			}
+			p = (__u8 *)c->data + (d & (2 * WK_HTTP_REBUILD_MAX - 1));
+			if ((void *)(p + 8) > c->data_end)
+				goto fail;
+			*(__u64 *)p = w;
+		}
+		if (last)
+			return 1;
+	}
+	return 0;
+fail:
+	c->failed = 1;
+	return 1;
+}
+
+static __always_inline int copy_run(struct copy_ctx *c, __u32 mode, __u32 src, __u32 dst,
+				    __u32 len)
+{
+	c->mode = mode;
+	c->src = src;
+	c->dst = dst;
+	c->len = len;
+	c->failed = 0;
+	bpf_loop((len + 8 * COPY_WORDS - 1) / (8 * COPY_WORDS), copy_words, c, 0);
+	return c->failed ? -1 : 0;
+}
+
+#define REBUILD_SKIPPED	1	/* not a request rebuild() takes: nothing changed */
+#define REBUILD_DONE	0
+#define REBUILD_FAILED	-1	/* the message holds unwritten bytes: drop it whole */
+
+/*
+ * The line into a small request, with one page allocation: a new piece of
+ * `total` bytes is pushed in front of the message, the request is written
+ * into it with the line after the request line, and the old bytes, now
+ * behind it, are popped. bpf_msg_push_data in the middle of the request,
+ * the other way, leaves it in three pieces that need a second allocation
+ * and a copy to leave as one segment (see start_request()).
+ *
+ * Taken only when the message is this request and nothing more (`total`
+ * is size + hlen: every byte passes now), at most WK_HTTP_REBUILD_MAX
+ * bytes: then the old bytes are one piece (the head's bpf_msg_pull_data
+ * made them so) and the pop takes all of it. The bytes are read into
+ * socket storage first (the push leaves msg->data on the new piece only),
+ * under the socket lock like every run. A kernel that refuses a pop up to
+ * the end of the message (before the late-2024 fix, "pop the entire
+ * sk_msg") is left one byte short: the new piece's last byte stays in the
+ * old piece, the same bytes in two pieces.
+ */
+static __noinline int rebuild(struct sk_msg_md *msg, struct wk_http_sock *st,
+			      __u32 off, __u32 hlen, __u32 total)
+{
+	struct copy_ctx c = {};
+	__u32 size = msg->size;
+
+	if (total != size + hlen || size > WK_HTTP_REBUILD_MAX ||
+	    off < 8 || off >= size || hlen < 8 || hlen > WK_HTTP_LINE_MAX)
+		return REBUILD_SKIPPED;
+	c.st = st;
+	c.data = (void *)(long)msg->data;
+	c.data_end = (void *)(long)msg->data_end;
+	if (copy_run(&c, COPY_SAVE, 0, 0, size))
+		return REBUILD_SKIPPED;
+	if (bpf_msg_push_data(msg, 0, total, 0))
+		return REBUILD_SKIPPED;
+	c.data = (void *)(long)msg->data;
+	c.data_end = (void *)(long)msg->data_end;
+	/*
+	 * In this order, each run's last word may reach back into the run
+	 * written before it, never into one written after: the rest of the
+	 * head (at least its closing CRLF) after the line, then the line,
+	 * then the request line.
+	 */
+	if (copy_run(&c, COPY_BUF, off, off + hlen, size - off) ||
+	    copy_run(&c, COPY_LINE, 0, off, hlen) ||
+	    copy_run(&c, COPY_BUF, 0, 0, off))
+		return REBUILD_FAILED;
+	if (bpf_msg_pop_data(msg, total, size, 0) &&
+	    bpf_msg_pop_data(msg, total - 1, size, 0))
+		return REBUILD_FAILED;
+	return REBUILD_DONE;
+}
+
 static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_sock *st,
 					 struct tcp_sock *tp, __u32 now)
 {
@@ -834,6 +984,7 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	struct wk_http_usage_key uk = {};
 	__u64 room, ktime = 0;
 	__u8 *data, *end;
+	int rebuilt;
 
 	why = request_holds(st, &cfg_flags, &dest_flags, &ktime);
 	if (why)
@@ -895,17 +1046,24 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	room = queue_room(tp);
 	if (room < off + hlen)
 		return refuse(st, WK_HTTP_STAT_REFUSED_BUSY);
-	if (bpf_msg_push_data(msg, off, hlen, 0))
-		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
-	/* From here the message holds uninitialised bytes: any failure
-	 * must drop it whole. */
-	total = msg->size;
+	/* What this run passes: the line, and this request's bytes that fit. */
+	total = size + hlen;
 	if (total > (__u64)s->head_end + hlen + s->clen)
 		total = s->head_end + hlen + s->clen;
 	if (total > room)
 		total = room;
+	rebuilt = rebuild(msg, st, off, hlen, total);
+	if (rebuilt == REBUILD_DONE)
+		goto injected;
+	if (rebuilt != REBUILD_SKIPPED)
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+	if (bpf_msg_push_data(msg, off, hlen, 0))
+		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
+	/* From here the message holds uninitialised bytes: any failure
+	 * must drop it whole. */
 	/*
-	 * The push left the request in three pieces (up to the line, the line,
+	 * A request that rebuild() did not take: the line is pushed where it
+	 * goes. The push left the request in three pieces (up to the line, the line,
 	 * the rest), and the kernel sends each piece with a tcp_sendmsg of its
 	 * own: three segments where the workload wrote one, and an upstream
 	 * woken three times. One contiguous piece goes out as one segment, so
@@ -941,6 +1099,7 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 			return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
 		data[i] = st->line[i];
 	}
+injected:
 	http_count(WK_HTTP_STAT_INJECTED);
 	uk.workload_id = st->workload_id;
 	uk.service_id = st->service_id;

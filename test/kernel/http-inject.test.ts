@@ -493,6 +493,36 @@ console.log(JSON.stringify(out));
     expect(recs[3]?.bodyLength).toBe(0);
   });
 
+  it('single-write requests of every shape around the one-piece rebuild (sizes about 512 bytes, long request lines, no header lines) arrive byte for byte with the line after the request line', async () => {
+    const line = headerLine({ name: 'Authorization', value: AUTH }).line;
+    const withLine = (req: Buffer) => {
+      const rl = req.indexOf('\r\n') + 2;
+      return Buffer.concat([req.subarray(0, rl), line, req.subarray(rl)]);
+    };
+    // A POST padded to exactly `size` bytes, head and body in one write.
+    const sized = (size: number, target: string) => {
+      const bare = post(target, '').length;
+      let body = 'b'.repeat(Math.max(0, size - bare));
+      while (post(target, body).length > size) body = body.slice(1);
+      return post(target, body);
+    };
+    const reqs = [
+      Buffer.from(get('/s')),
+      ...[300, 504, 511, 512, 513, 520, 1500].map((n) => sized(n, `/size/${n}`)),
+      Buffer.from(get(`/long/${'t'.repeat(480)}`)),
+      Buffer.from(get(`/longer/${'t'.repeat(600)}`)),
+    ];
+    const r = await raw(bound, v4, 80, [...reqs.map((data) => ({ op: 'send' as const, data })), { op: 'recv', count: reqs.length }]);
+    expect(r.error).toBeNull();
+    const recs = await upstream.from(r.localPort, reqs.length);
+    expect(recs.map((x) => x.rawSha256)).toEqual(reqs.map((q) => sha256(withLine(q))));
+    // No header line at all: what follows the request line is its CRLF only.
+    const bare = Buffer.from('GET /bare HTTP/1.0\r\n\r\n');
+    const b = await raw(bound, v4, 80, [{ op: 'send', data: bare }, { op: 'recv', count: 1 }]);
+    expect(b.error).toBeNull();
+    expect((await upstream.from(b.localPort, 1))[0]?.rawSha256).toBe(sha256(withLine(bare)));
+  });
+
   it('a request written one byte at a time gets the header once', async () => {
     const before = kh.stats();
     const req = post('/bytewise', 'body sent byte by byte too', 'X-Slow: yes\r\n');
