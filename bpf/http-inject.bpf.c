@@ -237,6 +237,7 @@
 #define SOCK_OPAQUE	16	/* the last approval held body data only (see approve()) */
 #define SOCK_UPGRADED	32	/* a WebSocket upgrade was injected: pass-through once its bytes are passed */
 #define SOCK_TUNNEL	64	/* pass-through: every byte passes, unparsed; nothing is injected again */
+#define SOCK_NO_REBUILD	128	/* the kernel refused rebuild()'s pop: not tried again on this socket */
 
 /*
  * pinned (port, address prefix) -> service. A longest-prefix-match trie, so
@@ -938,8 +939,9 @@ static __always_inline int copy_run(struct copy_ctx *c, __u32 mode, __u32 src, _
  * socket storage first (the push leaves msg->data on the new piece only),
  * under the socket lock like every run. A kernel that refuses a pop up to
  * the end of the message (before the late-2024 fix, "pop the entire
- * sk_msg") is left one byte short: the new piece's last byte stays in the
- * old piece, the same bytes in two pieces.
+ * sk_msg") is left one byte short, the new piece's last byte in the old
+ * piece, and the two are copied into one as the other path does; the
+ * socket then takes the other path.
  */
 static __noinline int rebuild(struct sk_msg_md *msg, struct wk_http_sock *st,
 			      __u32 off, __u32 hlen, __u32 total)
@@ -947,7 +949,7 @@ static __noinline int rebuild(struct sk_msg_md *msg, struct wk_http_sock *st,
 	struct copy_ctx c = {};
 	__u32 size = msg->size;
 
-	if (total != size + hlen || size > WK_HTTP_REBUILD_MAX ||
+	if ((st->flags & SOCK_NO_REBUILD) || total != size + hlen || size > WK_HTTP_REBUILD_MAX ||
 	    off < 8 || off >= size || hlen < 8 || hlen > WK_HTTP_LINE_MAX)
 		return REBUILD_SKIPPED;
 	c.st = st;
@@ -969,9 +971,13 @@ static __noinline int rebuild(struct sk_msg_md *msg, struct wk_http_sock *st,
 	    copy_run(&c, COPY_LINE, 0, off, hlen) ||
 	    copy_run(&c, COPY_BUF, 0, 0, off))
 		return REBUILD_FAILED;
-	if (bpf_msg_pop_data(msg, total, size, 0) &&
-	    bpf_msg_pop_data(msg, total - 1, size, 0))
-		return REBUILD_FAILED;
+	if (bpf_msg_pop_data(msg, total, size, 0)) {
+		if (bpf_msg_pop_data(msg, total - 1, size, 0))
+			return REBUILD_FAILED;
+		st->flags |= SOCK_NO_REBUILD;
+		/* Without memory for the copy, the request leaves in two pieces. */
+		bpf_msg_pull_data(msg, 0, total, 0);
+	}
 	return REBUILD_DONE;
 }
 
