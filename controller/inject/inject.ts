@@ -66,8 +66,12 @@ export interface StreamedRequest {
   url: string;
   /** [name, value, ...], with one Host header (HTTP/2: `:authority`). */
   rawHeaders: string[];
-  /** The body. Also what a SigV4 body read holds in the budget under. */
-  body: Readable;
+  /**
+   * The body. Also what a SigV4 body read holds in the budget under.
+   * Undefined where the body streams past the injection (the HTTP/1.1 fast
+   * path, which takes no SigV4 binding): a body that must be read is then refused.
+   */
+  body: Readable | undefined;
   /** The body's length is not declared: it is framed chunked on an HTTP/1.1 upstream. */
   unknownLength: boolean;
 }
@@ -125,6 +129,7 @@ export async function prepareUpstreamRequest(
       } else if (!chunked && Number(length ?? 0) === 0) {
         payloadHash = EMPTY_SHA256;
       } else {
+        if (!req.body) throw new WirekeyError('WK_INJECT_NO_BODY', 'a SigV4 request body must be read to be signed, and this path cannot read it');
         opts.beforeBodyRead?.();
         body = await readBody(req.body, opts.sigv4BodyLimit, opts.sigv4BodyBudget);
         payloadHash = createHash('sha256').update(body).digest('hex');

@@ -29,6 +29,7 @@ import { UpstreamH2Pool } from './upstream-h2.js';
 import { STREAM_HIGH_WATER_MARK, UpstreamPools, type UpstreamPool } from './upstream-pool.js';
 import type { Dispatcher } from 'undici';
 import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits } from './h2.js';
+import { FastUpstreams, serveFast, type FastHost } from './h1-fast.js';
 import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
 import { PlainEgress } from './plain-egress.js';
@@ -133,6 +134,12 @@ export interface ProxyDeps {
   limits?: Partial<ProxyLimits>;
   /** Offer h2 in ALPN and serve HTTP/2 (default on); its bounds (h2.ts DEFAULT_H2_LIMITS). */
   http2?: boolean;
+  /**
+   * Serve HTTP/1.1 requests with a header injection on the fast path
+   * (h1-fast.ts) until one falls outside its subset (default on); off:
+   * every request goes through Node's HTTP server and undici.
+   */
+  h1FastPath?: boolean;
   h2Limits?: Partial<H2Limits>;
   /** HTTP/2 sessions upstream (default: one with Node's trust store only). */
   upstreamH2?: UpstreamH2Pool;
@@ -223,6 +230,8 @@ export class ProxyServer {
   readonly #h2: H2Front<Session & H2Connection> | undefined;
   readonly #upstreamH2: UpstreamH2Pool | undefined;
   readonly #pools: UpstreamPools;
+  /** The HTTP/1.1 fast path's host and upstream connections; undefined when it is off. */
+  readonly #fast: FastHost<Session> | undefined;
 
   constructor(deps: ProxyDeps) {
     this.#deps = deps;
@@ -249,6 +258,8 @@ export class ProxyServer {
         socket.destroy();
       });
     });
+
+    if (deps.h1FastPath !== false) this.#fast = this.#fastHost();
 
     this.#resolve = boundedResolver(deps.resolve ?? systemResolver);
     this.#plain = new PlainEgress({
@@ -292,6 +303,37 @@ export class ProxyServer {
     };
   }
 
+  /** What the HTTP/1.1 fast path borrows: the same admission, refusal accounting and audit as Node's server path. */
+  #fastHost(): FastHost<Session> {
+    return {
+      // SigV4 reads bodies to sign them: Node's server path does that.
+      eligible: (session) => this.#currentRoute(session)?.binding.inject.kind !== 'sigv4',
+      admit: (session, head) => this.#admit(session, head, { method: head.method, url: head.url, rawHeaders: head.rawHeaders, body: undefined, unknownLength: false }),
+      refused: (session, head, refusal) => {
+        this.#count(refusal.code, session);
+        this.#audit(session, head, { decision: 'deny', status: refusal.status, reason: refusal.code });
+      },
+      completed: (session, head, admission, status) => {
+        const a = admission as Admitted;
+        this.#audit(session, head, {
+          decision: 'inject', status, credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
+          leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId,
+        }, true);
+        this.#deps.observer?.injected(a.workload, a.service);
+      },
+      upstreamLatency: (session, seconds) => this.#deps.observer?.upstreamLatency(session.route.workload.name, session.route.service.name, seconds),
+      handOff: (socket) => {
+        this.#http.emit('connection', socket);
+        // Bytes unshifted before the hand-off reach the server's parser once the socket flows.
+        socket.resume();
+      },
+      upstreams: new FastUpstreams({ secureContext: this.#deps.upstreamAgent.options.secureContext }),
+      idleTimeoutMs: this.#limits.idleTimeoutMs,
+      headersTimeoutMs: this.#http.headersTimeout,
+      log: this.#deps.log,
+    };
+  }
+
   /**
    * Listens on 127.0.0.1:port and [::1]:port, where connect4/connect6 send
    * redirected connections. `fds`: sockets already bound and listening
@@ -331,6 +373,7 @@ export class ProxyServer {
     this.#h2?.close();
     this.#upstreamH2?.close();
     this.#pools.close();
+    this.#fast?.upstreams.close();
     this.#plain.close();
     await Promise.all(closing);
   }
@@ -611,7 +654,8 @@ export class ProxyServer {
     const tlsSocket = new tls.TLSSocket(socket, tlsOptions);
     tlsSocket.on('error', (err) => this.#deps.log.debug('TLS with workload %s failed: %s', session.route.workload.name, err.message));
     this.#sessions.set(tlsSocket, session);
-    if (!h2) {
+    const fast = this.#fast;
+    if (!h2 && !fast) {
       tlsSocket.once('secure', handshakeDone);
       this.#http.emit('connection', tlsSocket);
       return;
@@ -619,7 +663,8 @@ export class ProxyServer {
     // The protocol is known once the handshake is done (ALPN): HTTP/2 or HTTP/1.1 from there.
     tlsSocket.once('secure', () => {
       handshakeDone();
-      if (tlsSocket.alpnProtocol === 'h2') h2.serve(tlsSocket, Object.assign(session, { address: session.orig.address, port: session.orig.port }));
+      if (h2 && tlsSocket.alpnProtocol === 'h2') h2.serve(tlsSocket, Object.assign(session, { address: session.orig.address, port: session.orig.port }));
+      else if (fast) serveFast(tlsSocket, session, fast);
       else this.#http.emit('connection', tlsSocket);
     });
   }

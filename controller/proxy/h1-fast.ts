@@ -1,0 +1,559 @@
+/**
+ * The proxy's fast path for terminated HTTP/1.1 connections: each request
+ * head is read off the workload's TLS socket, checked and injected like any
+ * other (the same admission as Node's server path), written to an upstream
+ * connection of the request's partition, and its body and response move
+ * as bytes, the response framed by h1-wire.ts. No request or response
+ * objects, no streams between the sockets.
+ *
+ * Anything outside the subset parseRequestHead() accepts (and a head that
+ * is not complete within Node's headers timeout) hands the connection,
+ * with every byte not yet consumed, to Node's HTTP server at that request:
+ * a request boundary, with no exchange of the fast path still open. From
+ * there on that server has the connection, with all its checks and
+ * refusals.
+ *
+ * One exchange at a time per connection: a pipelined request waits, read
+ * but not parsed, until the response before it is forwarded whole.
+ */
+import tls from 'node:tls';
+import type { Logger } from '../log.js';
+import type { Refusal } from '../refusals.js';
+import { refuseRaw } from './refusal-response.js';
+import { findHeadEnd, MAX_HEAD_BYTES, parseRequestHead, ResponseFramer, ResponseFramingError, serializeRequestHead, type FastRequestHead } from './h1-wire.js';
+import type { Admission } from './h2.js';
+import { STREAM_HIGH_WATER_MARK } from './upstream-pool.js';
+
+/** A terminated connection as the fast path needs it. */
+export interface FastSession {
+  orig: { address: string; port: number };
+  sni: string;
+}
+
+/** What ProxyServer lends the fast path: the same admission, accounting and audit as Node's server path. */
+export interface FastHost<S extends FastSession> {
+  /** Whether the route in force for `session` may take its requests here (a header injection; SigV4 reads bodies). */
+  eligible(session: S): boolean;
+  admit(session: S, head: FastRequestHead): Promise<Admission | Refusal>;
+  /** Counts and audits a refused request. */
+  refused(session: S, head: FastRequestHead, refusal: Refusal): void;
+  /** Audits a request whose response was forwarded whole. */
+  completed(session: S, head: FastRequestHead, admission: Admission, status: number): void;
+  upstreamLatency(session: S, seconds: number): void;
+  /** Gives `socket` (paused, unconsumed bytes unshifted) to Node's HTTP server. */
+  handOff(socket: tls.TLSSocket): void;
+  upstreams: FastUpstreams;
+  /** No bytes either way for this long: the connection closes (ms). */
+  idleTimeoutMs: number;
+  /** A request head not complete this long after its first byte goes to Node's server, which times it out (ms). */
+  headersTimeoutMs: number;
+  log: Logger;
+}
+
+/**
+ * Serves `socket` (TLS established, HTTP/1.1) on the fast path until it
+ * closes or is handed to Node's HTTP server.
+ */
+export function serveFast<S extends FastSession>(socket: tls.TLSSocket, session: S, host: FastHost<S>): void {
+  new FastConnection(socket, session, host).start();
+}
+
+type State =
+  | 'head' // reading a request head
+  | 'admitting' // the head is being admitted (credential, checks)
+  | 'exchange' // a request is upstream: its body, then its response
+  | 'closed' // refused, ended, or gone
+  | 'handed'; // Node's HTTP server has the connection
+
+/**
+ * Bytes read ahead of the request being served (pipelined requests, a body
+ * sent before its admission) past which the workload's socket stops being
+ * read until they are consumed.
+ */
+const READ_AHEAD_MAX = 64 * 1024;
+
+/** Why the workload's socket is not being read: bits of FastConnection's holds. */
+const HOLD_READ_AHEAD = 1;
+const HOLD_UPSTREAM = 2;
+
+class FastConnection<S extends FastSession> {
+  readonly #socket: tls.TLSSocket;
+  readonly #session: S;
+  readonly #host: FastHost<S>;
+  #state: State = 'head';
+  /** Bytes read from the workload and not yet consumed. */
+  #buf: Buffer | undefined;
+  /** Bytes of #buf already searched for a head's end. */
+  #searched = 0;
+  #headTimer: NodeJS.Timeout | undefined;
+  #exchange: Exchange<S> | undefined;
+  /** HOLD_* bits: the socket is paused while any is set. */
+  #holds = 0;
+  readonly #onData = (chunk: Buffer) => this.#data(chunk);
+  readonly #onTimeout = () => this.#socket.destroy();
+  readonly #flow: Flow = {
+    hold: () => this.#hold(HOLD_UPSTREAM),
+    unhold: () => this.#unhold(HOLD_UPSTREAM),
+  };
+
+  constructor(socket: tls.TLSSocket, session: S, host: FastHost<S>) {
+    this.#socket = socket;
+    this.#session = session;
+    this.#host = host;
+  }
+
+  start(): void {
+    const socket = this.#socket;
+    socket.setTimeout(this.#host.idleTimeoutMs, this.#onTimeout);
+    socket.on('data', this.#onData);
+    socket.once('close', () => {
+      clearTimeout(this.#headTimer);
+      if (this.#state === 'handed') return;
+      this.#state = 'closed';
+      // A workload gone mid-exchange: the upstream connection holds half an exchange and is never reused.
+      this.#exchange?.abort();
+    });
+  }
+
+  #hold(bit: number): void {
+    if (!this.#holds) this.#socket.pause();
+    this.#holds |= bit;
+  }
+
+  #unhold(bit: number): void {
+    if (!(this.#holds & bit)) return;
+    this.#holds &= ~bit;
+    if (!this.#holds) this.#socket.resume();
+  }
+
+  #data(chunk: Buffer): void {
+    // Refused or ended: what else the workload sends is not read into memory.
+    if (this.#state === 'closed') return;
+    if (this.#state === 'exchange' && this.#exchange?.takesBody) {
+      const rest = this.#exchange.body(chunk);
+      if (!rest) return;
+      chunk = rest;
+    }
+    this.#buf = this.#buf?.length ? Buffer.concat([this.#buf, chunk]) : chunk;
+    if (this.#state === 'head') this.#nextHead();
+    // Read ahead of the request being served: kept until it is done, up to a bound.
+    else if (this.#buf.length > READ_AHEAD_MAX) this.#hold(HOLD_READ_AHEAD);
+  }
+
+  #nextHead(): void {
+    const buf = this.#buf;
+    if (!buf?.length) return;
+    const end = findHeadEnd(buf, this.#searched);
+    if (end < 0) {
+      this.#searched = buf.length;
+      if (buf.length > MAX_HEAD_BYTES) return this.#handOff();
+      this.#headTimer ??= setTimeout(() => this.#handOff(), this.#host.headersTimeoutMs);
+      return;
+    }
+    clearTimeout(this.#headTimer);
+    this.#headTimer = undefined;
+    const head = parseRequestHead(buf.subarray(0, end));
+    if (!head || !this.#host.eligible(this.#session)) return this.#handOff();
+    this.#buf = end < buf.length ? buf.subarray(end) : undefined;
+    this.#searched = 0;
+    this.#state = 'admitting';
+    this.#host.admit(this.#session, head).then(
+      (admitted) => this.#admitted(head, admitted),
+      (err: unknown) => {
+        this.#host.log.error('request to %s failed inside the proxy: %s', this.#session.sni, (err as Error)?.stack ?? String(err));
+        this.#socket.destroy();
+      },
+    );
+  }
+
+  #admitted(head: FastRequestHead, admitted: Admission | Refusal): void {
+    if (this.#state !== 'admitting') return;
+    if (!('upstream' in admitted)) {
+      this.#host.refused(this.#session, head, admitted);
+      // The body, if any, is never read.
+      this.#close(admitted);
+      return;
+    }
+    this.#state = 'exchange';
+    const exchange = new Exchange(this.#socket, this.#flow, this.#session, this.#host, head, admitted, (keepOpen, refusal) => this.#exchanged(keepOpen, refusal));
+    this.#exchange = exchange;
+    const buf = this.#buf;
+    this.#buf = undefined;
+    const rest = exchange.send(buf);
+    if (rest?.length) this.#buf = rest;
+    if (!this.#buf || this.#buf.length <= READ_AHEAD_MAX) this.#unhold(HOLD_READ_AHEAD);
+  }
+
+  /** The exchange is over: its response forwarded whole (`keepOpen`: the connection may carry another), or failed (answered with `refusal`, or cut). */
+  #exchanged(keepOpen: boolean, refusal?: Refusal): void {
+    this.#exchange = undefined;
+    this.#unhold(HOLD_UPSTREAM);
+    if (this.#state !== 'exchange') return;
+    if (!keepOpen) {
+      this.#close(refusal);
+      return;
+    }
+    this.#state = 'head';
+    this.#unhold(HOLD_READ_AHEAD);
+    this.#nextHead();
+  }
+
+  /** Ends the connection (answering `refusal` first), as Node's server does after a last response: closed once flushed, never left half-open. */
+  #close(refusal?: Refusal): void {
+    this.#state = 'closed';
+    this.#buf = undefined;
+    const socket = this.#socket;
+    if (socket.destroyed) return;
+    socket.once('finish', () => socket.destroy());
+    if (refusal) refuseRaw(socket, refusal);
+    else if (!socket.writableEnded) socket.end();
+    // Whatever else comes is dropped unread (#data), not held.
+    this.#holds = 0;
+    socket.resume();
+  }
+
+  /** Node's HTTP server takes the connection from this request on, with every byte not yet consumed. */
+  #handOff(): void {
+    if (this.#state !== 'head') return;
+    this.#state = 'handed';
+    clearTimeout(this.#headTimer);
+    const socket = this.#socket;
+    socket.off('data', this.#onData);
+    socket.setTimeout(0);
+    socket.off('timeout', this.#onTimeout);
+    socket.pause();
+    if (this.#buf?.length) socket.unshift(this.#buf);
+    this.#buf = undefined;
+    this.#host.handOff(socket);
+  }
+}
+
+/** How an exchange stops and restarts reading the workload's socket (the upstream cannot take more body yet). */
+interface Flow {
+  hold(): void;
+  unhold(): void;
+}
+
+/** One request upstream and its response back: the owner of its upstream connection meanwhile. */
+class Exchange<S extends FastSession> implements UpstreamOwner {
+  readonly #down: tls.TLSSocket;
+  readonly #flow: Flow;
+  readonly #session: S;
+  readonly #host: FastHost<S>;
+  readonly #head: FastRequestHead;
+  readonly #admission: Admission;
+  readonly #done: (keepOpen: boolean, refusal?: Refusal) => void;
+  readonly #framer: ResponseFramer;
+  readonly #up: UpstreamConnection;
+  /** Request body bytes still to come from the workload. */
+  #bodyLeft: number;
+  #status = 0;
+  #over = false;
+  /** The upstream socket is paused for the workload's (the response's backpressure). */
+  #upHeld = false;
+  readonly #sentAt = performance.now();
+  /** The workload's socket is paused for the upstream's (the request body's backpressure). */
+  #bodyHeld = false;
+  readonly #onBodyDrain = () => {
+    this.#bodyHeld = false;
+    if (!this.#over) this.#flow.unhold();
+  };
+  readonly #onResponseDrain = () => {
+    if (this.#over || !this.#upHeld) return;
+    this.#upHeld = false;
+    this.#up.socket.resume();
+  };
+
+  constructor(
+    down: tls.TLSSocket, flow: Flow, session: S, host: FastHost<S>, head: FastRequestHead, admission: Admission,
+    done: (keepOpen: boolean, refusal?: Refusal) => void,
+  ) {
+    this.#down = down;
+    this.#flow = flow;
+    this.#session = session;
+    this.#host = host;
+    this.#head = head;
+    this.#admission = admission;
+    this.#done = done;
+    this.#bodyLeft = head.bodyLength;
+    this.#framer = new ResponseFramer(head.method === 'HEAD');
+    this.#up = host.upstreams.lease(admission.partition, session.orig.address, session.orig.port, session.sni, this);
+  }
+
+  /** Whether bytes from the workload are still this request's body. */
+  get takesBody(): boolean {
+    return this.#bodyLeft > 0 && !this.#over;
+  }
+
+  /** Sends the head and what of `buffered` is body; returns the bytes after the body (the next request's). */
+  send(buffered: Buffer | undefined): Buffer | undefined {
+    const up = this.#up.socket;
+    const headBytes = serializeRequestHead(this.#head.method, this.#admission.upstream.path, this.#admission.upstream.headers);
+    if (!buffered?.length || this.#bodyLeft === 0) {
+      up.write(headBytes);
+      return buffered;
+    }
+    up.cork();
+    up.write(headBytes);
+    const rest = this.body(buffered);
+    up.uncork();
+    return rest;
+  }
+
+  /** Forwards what of `chunk` is body; returns the bytes after it. */
+  body(chunk: Buffer): Buffer | undefined {
+    const n = Math.min(this.#bodyLeft, chunk.length);
+    if (n === 0) return chunk;
+    this.#bodyLeft -= n;
+    const up = this.#up.socket;
+    if (!up.write(n === chunk.length ? chunk : chunk.subarray(0, n)) && !this.#over && !this.#bodyHeld) {
+      this.#bodyHeld = true;
+      this.#flow.hold();
+      up.once('drain', this.#onBodyDrain);
+    }
+    return n < chunk.length ? chunk.subarray(n) : undefined;
+  }
+
+  /** The workload went away: the upstream connection is closed, never reused. */
+  abort(): void {
+    if (this.#over) return;
+    this.#finish();
+    this.#up.socket.destroy();
+  }
+
+  data(chunk: Buffer): void {
+    if (this.#over) return;
+    let framed;
+    try {
+      framed = this.#framer.push(chunk);
+    } catch (err) {
+      this.#fail(err as Error);
+      return;
+    }
+    if (framed.status !== undefined) {
+      this.#status = framed.status;
+      this.#host.upstreamLatency(this.#session, (performance.now() - this.#sentAt) / 1000);
+    }
+    const down = this.#down;
+    const out = framed.out;
+    let flowing = true;
+    // One write, so one TLS record and one system call, for a head and a small body.
+    if (out.length === 1) flowing = down.write(out[0] as Buffer);
+    else if (out.length > 1) flowing = down.write(Buffer.concat(out));
+    if (framed.done) return this.#complete();
+    if (!flowing && !this.#upHeld) {
+      this.#upHeld = true;
+      this.#up.socket.pause();
+      down.once('drain', this.#onResponseDrain);
+    }
+  }
+
+  end(): void {
+    if (this.#over) return;
+    if (this.#framer.end()) this.#complete();
+    else this.#fail(new Error('the upstream closed the connection before the response ended'));
+  }
+
+  error(err: Error): void {
+    if (!this.#over) this.#fail(err);
+  }
+
+  closed(): void {
+    if (!this.#over) this.#fail(new Error('the upstream connection closed'));
+  }
+
+  /** The response was forwarded whole. */
+  #complete(): void {
+    this.#finish();
+    this.#host.completed(this.#session, this.#head, this.#admission, this.#status);
+    // A request whose body was not all sent (the upstream answered early) leaves the upstream mid-request, and the workload mid-body.
+    const whole = this.#bodyLeft === 0;
+    if (whole && this.#framer.reusable) this.#host.upstreams.release(this.#up);
+    else this.#up.socket.destroy();
+    this.#done(whole && !this.#framer.closeDelimited && !this.#head.close);
+  }
+
+  #fail(err: Error): void {
+    this.#finish();
+    this.#up.socket.destroy();
+    this.#host.log.debug('exchange with %s failed: %s', this.#session.sni, err.message);
+    if (!this.#framer.headSent && this.#down.writable) {
+      const refusal: Refusal = {
+        status: 502, code: 'upstream-failed',
+        message: err instanceof ResponseFramingError ? `upstream ${this.#session.sni} sent a malformed response` : `upstream ${this.#session.sni} failed: ${err.message}`,
+      };
+      this.#host.refused(this.#session, this.#head, refusal);
+      this.#done(false, refusal);
+    } else {
+      // Part of the response is out: it can only be cut.
+      this.#down.destroy();
+      this.#done(false);
+    }
+  }
+
+  #finish(): void {
+    this.#over = true;
+    this.#up.owner = undefined;
+    this.#up.socket.off('drain', this.#onBodyDrain);
+    this.#down.off('drain', this.#onResponseDrain);
+    if (this.#upHeld) {
+      this.#upHeld = false;
+      this.#up.socket.resume();
+    }
+  }
+}
+
+/** Who an upstream connection's events go to while it is lent. */
+export interface UpstreamOwner {
+  data(chunk: Buffer): void;
+  end(): void;
+  error(err: Error): void;
+  closed(): void;
+}
+
+/** An upstream connection: its events go to its owner (an exchange), or, idle, close it. */
+export interface UpstreamConnection {
+  readonly socket: tls.TLSSocket;
+  readonly key: string;
+  owner: UpstreamOwner | undefined;
+  /** When it became idle (performance.now()). */
+  idleSince: number;
+}
+
+export interface FastUpstreamOptions {
+  /** The trust store (upstreamSecureContext); undefined: Node's own. */
+  secureContext?: tls.SecureContext;
+  /** How long an idle connection is kept (ms). */
+  idleMs?: number;
+  /** Idle connections kept per partition and destination. */
+  maxIdle?: number;
+}
+
+/**
+ * Upstream TLS connections for the fast path, kept idle per partition
+ * (workload, binding, credential version) and destination (address, port,
+ * verified server name), as UpstreamPools keeps undici's: a connection, and
+ * the TLS session it resumes, never serves another partition.
+ */
+export class FastUpstreams {
+  readonly #idle = new Map<string, UpstreamConnection[]>();
+  readonly #sessions = new Map<string, Buffer>();
+  readonly #secureContext: tls.SecureContext | undefined;
+  readonly #idleMs: number;
+  readonly #maxIdle: number;
+  readonly #open = new Set<UpstreamConnection>();
+  readonly #sweep: NodeJS.Timeout;
+  #closed = false;
+
+  constructor(opts: FastUpstreamOptions = {}) {
+    this.#secureContext = opts.secureContext;
+    this.#idleMs = opts.idleMs ?? 60_000;
+    this.#maxIdle = opts.maxIdle ?? 64;
+    this.#sweep = setInterval(() => this.#closeIdle(), Math.max(1000, this.#idleMs / 2)).unref();
+  }
+
+  /**
+   * A connection for one exchange, its events going to `owner`: an idle
+   * one of the partition's, else a new one (certificate verified against
+   * `servername`). Give it back with release() or destroy its socket.
+   */
+  lease(partition: string, address: string, port: number, servername: string, owner: UpstreamOwner): UpstreamConnection {
+    const key = `${partition}\0${address}\0${port}\0${servername}`;
+    const conn = this.#takeIdle(key) ?? this.#connect(key, address, port, servername);
+    conn.owner = owner;
+    return conn;
+  }
+
+  /** An exchange ended cleanly on `conn`: it may serve the same partition and destination again. */
+  release(conn: UpstreamConnection): void {
+    conn.owner = undefined;
+    const socket = conn.socket;
+    if (this.#closed || socket.destroyed) return void socket.destroy();
+    let list = this.#idle.get(conn.key);
+    if (!list) {
+      list = [];
+      this.#idle.set(conn.key, list);
+    }
+    if (list.length >= this.#maxIdle) return void socket.destroy();
+    conn.idleSince = performance.now();
+    list.push(conn);
+  }
+
+  /** Connections open now (idle and lent). */
+  get size(): number {
+    return this.#open.size;
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearInterval(this.#sweep);
+    for (const c of this.#open) c.socket.destroy();
+    this.#idle.clear();
+    this.#sessions.clear();
+  }
+
+  #takeIdle(key: string): UpstreamConnection | undefined {
+    const list = this.#idle.get(key);
+    while (list?.length) {
+      const c = list.pop() as UpstreamConnection;
+      if (!list.length) this.#idle.delete(key);
+      if (!c.socket.destroyed && c.socket.readable && c.socket.writable) return c;
+      c.socket.destroy();
+    }
+    return undefined;
+  }
+
+  #connect(key: string, address: string, port: number, servername: string): UpstreamConnection {
+    const session = this.#sessions.get(key);
+    const options: tls.ConnectionOptions & { highWaterMark: number } = {
+      host: address, port, servername, rejectUnauthorized: true, ALPNProtocols: ['http/1.1'],
+      ...(this.#secureContext ? { secureContext: this.#secureContext } : {}),
+      ...(session ? { session } : {}),
+      highWaterMark: STREAM_HIGH_WATER_MARK,
+    };
+    const socket = tls.connect(options);
+    socket.setNoDelay(true);
+    const conn: UpstreamConnection = { socket, key, owner: undefined, idleSince: 0 };
+    this.#open.add(conn);
+    // Lent, its events are the exchange's; idle, anything the upstream sends belongs to no request, and ends it.
+    socket.on('data', (chunk: Buffer) => {
+      if (conn.owner) conn.owner.data(chunk);
+      else this.#drop(conn);
+    });
+    socket.on('end', () => {
+      if (conn.owner) conn.owner.end();
+      else this.#drop(conn);
+    });
+    socket.on('error', (err: Error) => conn.owner?.error(err));
+    socket.on('close', () => {
+      this.#open.delete(conn);
+      if (conn.owner) conn.owner.closed();
+      else this.#drop(conn);
+    });
+    socket.on('session', (s: Buffer) => {
+      // One per partition and destination; a long-running agent keeps a bounded few.
+      if (this.#sessions.size >= 4096) this.#sessions.clear();
+      this.#sessions.set(key, s);
+    });
+    if (this.#closed) socket.destroy();
+    return conn;
+  }
+
+  /** Closes an idle connection and forgets it. */
+  #drop(conn: UpstreamConnection): void {
+    const list = this.#idle.get(conn.key);
+    const i = list?.indexOf(conn) ?? -1;
+    if (list && i >= 0) {
+      list.splice(i, 1);
+      if (!list.length) this.#idle.delete(conn.key);
+    }
+    conn.socket.destroy();
+  }
+
+  #closeIdle(): void {
+    const before = performance.now() - this.#idleMs;
+    for (const list of [...this.#idle.values()]) {
+      for (const c of list.filter((x) => x.idleSince <= before)) this.#drop(c);
+    }
+  }
+}

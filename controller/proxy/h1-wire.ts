@@ -1,0 +1,394 @@
+/**
+ * HTTP/1.1 on the wire, for the proxy's fast path (h1-fast.ts): which
+ * request heads it may take itself, and where each upstream response ends.
+ *
+ * The request side never refuses anything. It accepts a conservative
+ * subset (an origin-form target, visible ASCII only, one Host, at most one
+ * plain Content-Length, no Transfer-Encoding, Expect, Upgrade or TE, a
+ * Connection header of keep-alive or close only) and answers undefined for
+ * everything else: that request, and the rest of its connection, then go
+ * to Node's HTTP server (llhttp, strict), whose checks and refusals stand
+ * as they are. A head accepted here still goes through checkRequest() and
+ * the injection like any other.
+ *
+ * The response side frames what the upstream (a peer verified as the
+ * bound service) sends: one response per request, by Content-Length,
+ * chunked coding or the connection's close, interim 1xx heads first. It is
+ * strict where framing is at stake (bare CR or LF, obs-fold, Content-Length
+ * with Transfer-Encoding, a coding other than chunked, more bytes than the
+ * response): the exchange then fails, and the upstream connection is never
+ * reused. The head the workload gets is rewritten (hop-by-hop headers
+ * dropped, framing stated by the proxy); the body's bytes pass untouched.
+ */
+import { METHODS } from 'node:http';
+import { connectionTokens } from './headers.js';
+
+/** Largest request or response head (request line or status line and headers), as Node's HTTP server and undici allow by default. */
+export const MAX_HEAD_BYTES = 16 * 1024;
+/** More request headers than this: Node's server takes the request. */
+const MAX_FAST_HEADERS = 100;
+/** Longest chunk-size line (size and extensions) and trailer section of a chunked response. */
+const MAX_CHUNK_LINE = 4096;
+const MAX_TRAILERS = MAX_HEAD_BYTES;
+
+const CRLF = Buffer.from('\r\n');
+const HEAD_END = Buffer.from('\r\n\r\n');
+
+/** A request head the fast path takes: HTTP/1.1, an origin-form target, the subset above. */
+export interface FastRequestHead {
+  method: string;
+  url: string;
+  /** [name, value, ...] as received, values without surrounding whitespace. */
+  rawHeaders: string[];
+  httpVersion: '1.1';
+  /** Body bytes that follow the head (its Content-Length; 0 without one). */
+  bodyLength: number;
+  /** The workload asked for the connection to close after this exchange. */
+  close: boolean;
+}
+
+/** Where the request head starting at `buf[0]` ends (the index past its empty line), or -1; `from`: bytes already searched. */
+export function findHeadEnd(buf: Buffer, from = 0): number {
+  const at = buf.indexOf(HEAD_END, Math.max(0, from - 3));
+  return at < 0 ? -1 : at + 4;
+}
+
+/** A target of RFC 3986 path and query characters only: '#', quotes, brackets, backslash and the like go to Node's server. */
+const REQUEST_LINE = /^([A-Z]{1,20}) (\/[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*) HTTP\/1\.1$/;
+/** RFC 9110 5.6.2 token characters without "_" (see request-checks.ts), a colon, the value between optional whitespace. */
+const REQUEST_HEADER = /^([!#$%&'*+\-.^`|~0-9A-Za-z]+):[\t ]*(.*?)[\t ]*$/;
+/** Anything but HTAB and visible ASCII: CTLs, DEL, obs-text, and a CR or LF not part of a line end. */
+const NOT_PLAIN = /[^\t\x20-\x7e]/;
+const LENGTH = /^(?:0|[1-9][0-9]{0,14})$/;
+/** The methods Node's parser knows: any other is its to refuse, as it always was. */
+const KNOWN_METHODS = new Set(METHODS);
+/** Headers that take a request off the fast path (framing, protocol switches, what the proxy answers itself). */
+const FAST_PATH_OFF = new Set(['transfer-encoding', 'expect', 'upgrade', 'te', 'trailer', 'http2-settings']);
+
+/**
+ * The head `head` (through its empty line, as findHeadEnd found it) if
+ * the fast path may take it, else undefined (Node's HTTP server takes it).
+ */
+export function parseRequestHead(head: Buffer): FastRequestHead | undefined {
+  if (head.length > MAX_HEAD_BYTES) return undefined;
+  const text = head.toString('latin1', 0, head.length - 4);
+  // Every CRLF is a line end; a bare CR or LF left in a line is outside the subset below.
+  const lines = text.split('\r\n');
+  const line = REQUEST_LINE.exec(lines[0] as string);
+  if (!line || !KNOWN_METHODS.has(line[1] as string) || lines.length - 1 > MAX_FAST_HEADERS) return undefined;
+  const url = line[2] as string;
+  const rawHeaders: string[] = [];
+  let hosts = 0;
+  let length: string | undefined;
+  let close = false;
+  for (let i = 1; i < lines.length; i++) {
+    const l = lines[i] as string;
+    if (NOT_PLAIN.test(l)) return undefined;
+    const m = REQUEST_HEADER.exec(l);
+    if (!m) return undefined;
+    const name = m[1] as string;
+    const value = m[2] as string;
+    const lower = name.toLowerCase();
+    if (FAST_PATH_OFF.has(lower)) return undefined;
+    if (lower === 'host') hosts++;
+    else if (lower === 'content-length') {
+      if (length !== undefined || !LENGTH.test(value)) return undefined;
+      length = value;
+    } else if (lower === 'connection') {
+      for (const token of value.split(',')) {
+        const t = token.trim().toLowerCase();
+        if (t === 'close') close = true;
+        else if (t !== 'keep-alive') return undefined;
+      }
+    }
+    rawHeaders.push(name, value);
+  }
+  if (hosts !== 1) return undefined;
+  return { method: line[1] as string, url, rawHeaders, httpVersion: '1.1', bodyLength: length === undefined ? 0 : Number(length), close };
+}
+
+/** The bytes of one request head for the upstream: request line, `headers` ([name, value, ...]) and the empty line. */
+export function serializeRequestHead(method: string, path: string, headers: string[]): Buffer {
+  let s = `${method} ${path} HTTP/1.1\r\n`;
+  for (let i = 0; i < headers.length; i += 2) s += `${headers[i]}: ${headers[i + 1]}\r\n`;
+  return Buffer.from(`${s}\r\n`, 'latin1');
+}
+
+/** The upstream's response broke HTTP/1.1 framing: the exchange fails and the connection is not reused. */
+export class ResponseFramingError extends Error {}
+
+/** What ResponseFramer.push found in one chunk from the upstream. */
+export interface FramedChunk {
+  /** Bytes for the workload, in order: rewritten heads (interim and final) and body bytes as received. */
+  out: Buffer[];
+  /** The final head's status, once it was in this chunk. */
+  status?: number;
+  /** The response ended in this chunk. */
+  done: boolean;
+}
+
+type Stage =
+  | 'head' // a status line and headers, interim or final
+  | 'length' // `left` body bytes of a Content-Length
+  | 'size' // a chunk-size line
+  | 'data' // `left` bytes of a chunk's data
+  | 'data-end' // the CRLF after a chunk's data (`left` bytes of it)
+  | 'trailers' // trailer fields after the last chunk, to the empty line
+  | 'close' // until the upstream closes
+  | 'done';
+
+const STATUS_LINE = /^HTTP\/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/;
+/** Response header names may hold "_": what the upstream says is passed on, not routed by. */
+const RESPONSE_HEADER = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*(.*?)[\t ]*$/;
+/** CTLs other than HTAB, and DEL: obs-text (0x80-0xff) is allowed in response values. */
+const RESPONSE_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+/** Not forwarded: they describe one connection's framing and options (RFC 9110 7.6.1). The proxy states framing itself. */
+const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length']);
+const CHUNK_SIZE = /^([0-9A-Fa-f]{1,12})(?:[\t ]*;[^\r\n]*)?$/;
+
+/**
+ * Finds where one upstream response ends, chunk by chunk as they arrive,
+ * and rewrites its heads for the workload. One instance per exchange.
+ */
+export class ResponseFramer {
+  readonly #headRequest: boolean;
+  #stage: Stage = 'head';
+  /** Bytes of an unfinished head, chunk-size line or trailer section. */
+  #pending: Buffer | undefined;
+  #left = 0;
+  /** The connection may carry another exchange once this one is done. */
+  #reusable = true;
+  /** The workload's connection must close after this response (it is delimited by the close). */
+  #closeDownstream = false;
+
+  /** `headRequest`: the request was HEAD (its response has no body whatever its headers say). */
+  constructor(headRequest: boolean) {
+    this.#headRequest = headRequest;
+  }
+
+  /** Whether the upstream connection may serve another exchange (checked once done). */
+  get reusable(): boolean {
+    return this.#reusable && this.#stage === 'done';
+  }
+
+  /** The response is delimited by the upstream's close: the workload's connection closes after it. */
+  get closeDelimited(): boolean {
+    return this.#closeDownstream;
+  }
+
+  /** Whether a final head was forwarded (a failure after that can only cut the response). */
+  get headSent(): boolean {
+    return this.#stage !== 'head';
+  }
+
+  /** @throws ResponseFramingError */
+  push(chunk: Buffer): FramedChunk {
+    const result: FramedChunk = { out: [], done: false };
+    let buf = this.#pending ? Buffer.concat([this.#pending, chunk]) : chunk;
+    this.#pending = undefined;
+    let pos = 0;
+    /** Body bytes from `bodyStart` to `pos` go out as one slice of the chunk. */
+    let bodyStart = -1;
+    const flushBody = () => {
+      if (bodyStart >= 0 && pos > bodyStart) result.out.push(buf.subarray(bodyStart, pos));
+      bodyStart = -1;
+    };
+    const keep = (limit: number, what: string) => {
+      if (buf.length - pos > limit) throw new ResponseFramingError(`${what} longer than ${limit} bytes`);
+      this.#pending = Buffer.from(buf.subarray(pos));
+    };
+    while (pos < buf.length) {
+      switch (this.#stage) {
+        case 'head': {
+          flushBody();
+          const end = buf.indexOf(HEAD_END, pos);
+          if (end < 0) {
+            keep(MAX_HEAD_BYTES, 'response head');
+            return result;
+          }
+          if (end + 4 - pos > MAX_HEAD_BYTES) throw new ResponseFramingError(`response head longer than ${MAX_HEAD_BYTES} bytes`);
+          const head = this.#head(buf.toString('latin1', pos, end));
+          pos = end + 4;
+          result.out.push(head.bytes);
+          if (head.interim) continue;
+          result.status = head.status;
+          if ((this.#stage as Stage) === 'done') {
+            result.done = true;
+            return this.#finish(result, buf, pos);
+          }
+          bodyStart = pos;
+          continue;
+        }
+        case 'length': {
+          if (bodyStart < 0) bodyStart = pos;
+          const n = Math.min(this.#left, buf.length - pos);
+          pos += n;
+          this.#left -= n;
+          if (this.#left === 0) {
+            this.#stage = 'done';
+            flushBody();
+            result.done = true;
+            return this.#finish(result, buf, pos);
+          }
+          continue;
+        }
+        case 'size': {
+          if (bodyStart < 0) bodyStart = pos;
+          const eol = buf.indexOf(CRLF, pos);
+          if (eol < 0) {
+            // The partial line is kept and sent with the rest of it.
+            flushBody();
+            keep(MAX_CHUNK_LINE, 'chunk-size line');
+            return result;
+          }
+          const m = CHUNK_SIZE.exec(buf.toString('latin1', pos, eol));
+          if (!m || eol - pos > MAX_CHUNK_LINE) throw new ResponseFramingError('malformed chunk-size line');
+          const size = parseInt(m[1] as string, 16);
+          pos = eol + 2;
+          if (size === 0) {
+            this.#stage = 'trailers';
+            this.#left = 0;
+          } else {
+            this.#stage = 'data';
+            this.#left = size;
+          }
+          continue;
+        }
+        case 'data': {
+          if (bodyStart < 0) bodyStart = pos;
+          const n = Math.min(this.#left, buf.length - pos);
+          pos += n;
+          this.#left -= n;
+          if (this.#left === 0) {
+            this.#stage = 'data-end';
+            this.#left = 2;
+          }
+          continue;
+        }
+        case 'data-end': {
+          if (bodyStart < 0) bodyStart = pos;
+          const want = this.#left === 2 ? 0x0d : 0x0a;
+          if (buf[pos] !== want) throw new ResponseFramingError('chunk data not followed by CRLF');
+          pos++;
+          if (--this.#left === 0) this.#stage = 'size';
+          continue;
+        }
+        case 'trailers': {
+          if (bodyStart < 0) bodyStart = pos;
+          // Trailer fields, then an empty line: `left` counts the section's bytes so far.
+          const eol = buf.indexOf(CRLF, pos);
+          if (eol < 0) {
+            flushBody();
+            keep(MAX_TRAILERS - this.#left, 'trailer section');
+            return result;
+          }
+          const line = buf.toString('latin1', pos, eol);
+          this.#left += eol + 2 - pos;
+          if (this.#left > MAX_TRAILERS) throw new ResponseFramingError(`trailer section longer than ${MAX_TRAILERS} bytes`);
+          if (line !== '' && (RESPONSE_CTL.test(line) || !RESPONSE_HEADER.test(line))) throw new ResponseFramingError('malformed trailer field');
+          pos = eol + 2;
+          if (line === '') {
+            this.#stage = 'done';
+            flushBody();
+            result.done = true;
+            return this.#finish(result, buf, pos);
+          }
+          continue;
+        }
+        case 'close':
+          if (bodyStart < 0) bodyStart = pos;
+          pos = buf.length;
+          continue;
+        case 'done':
+          throw new ResponseFramingError('bytes after the response');
+      }
+    }
+    flushBody();
+    return result;
+  }
+
+  /** The upstream closed its side: the end of a response delimited by the close, else a response cut short. */
+  end(): boolean {
+    if (this.#stage === 'close') {
+      this.#stage = 'done';
+      this.#reusable = false;
+      return true;
+    }
+    return this.#stage === 'done';
+  }
+
+  /** Once the response is done: anything after it in the chunk is a broken upstream, never the next response. */
+  #finish(result: FramedChunk, buf: Buffer, pos: number): FramedChunk {
+    if (pos < buf.length) this.#reusable = false;
+    return result;
+  }
+
+  /** One head: its bytes for the workload; sets the stage the body starts in. */
+  #head(text: string): { bytes: Buffer; status: number; interim: boolean } {
+    const lines = text.split('\r\n');
+    const statusLine = STATUS_LINE.exec(lines[0] as string);
+    if (!statusLine) throw new ResponseFramingError('malformed status line');
+    const minor = statusLine[1] as string;
+    const status = Number(statusLine[2]);
+    const reason = statusLine[3] ?? '';
+    if (status === 101) throw new ResponseFramingError('a protocol switch nobody asked for');
+    const raw: string[] = [];
+    let length: string | undefined;
+    let lengths = 0;
+    let codings = 0;
+    let chunked = false;
+    for (let i = 1; i < lines.length; i++) {
+      const l = lines[i] as string;
+      const m = RESPONSE_CTL.test(l) ? null : RESPONSE_HEADER.exec(l);
+      if (!m) throw new ResponseFramingError('malformed header line');
+      const name = m[1] as string;
+      const value = m[2] as string;
+      raw.push(name, value);
+      const lower = name.toLowerCase();
+      if (lower === 'content-length') {
+        lengths++;
+        length = value;
+      } else if (lower === 'transfer-encoding') {
+        codings++;
+        chunked = value.toLowerCase() === 'chunked';
+      }
+    }
+    if (status < 200) return { bytes: this.#rewrite(status, reason, raw, []), status, interim: true };
+
+    const tokens = connectionTokens(raw);
+    if (minor === '0' || tokens.includes('close')) this.#reusable = false;
+    const bodiless = this.#headRequest || status === 204 || status === 304;
+    let framing: string[];
+    if (codings > 0) {
+      if (codings > 1 || !chunked || lengths > 0 || minor === '0') throw new ResponseFramingError('Transfer-Encoding other than one chunked, or with Content-Length');
+      framing = ['Transfer-Encoding', 'chunked'];
+      this.#stage = bodiless ? 'done' : 'size';
+    } else if (lengths > 0) {
+      if (lengths > 1 || !LENGTH.test(length as string)) throw new ResponseFramingError('Content-Length not one decimal number');
+      framing = ['Content-Length', length as string];
+      this.#left = Number(length);
+      this.#stage = bodiless || this.#left === 0 ? 'done' : 'length';
+    } else if (bodiless) {
+      framing = [];
+      this.#stage = 'done';
+    } else {
+      framing = ['Connection', 'close'];
+      this.#closeDownstream = true;
+      this.#reusable = false;
+      this.#stage = 'close';
+    }
+    return { bytes: this.#rewrite(status, reason, raw, framing, tokens), status, interim: false };
+  }
+
+  /** A head for the workload: HTTP/1.1, the upstream's headers without hop-by-hop ones (and those its Connection lists), then `framing`. */
+  #rewrite(status: number, reason: string, raw: string[], framing: string[], tokens = connectionTokens(raw)): Buffer {
+    let s = `HTTP/1.1 ${status} ${reason}\r\n`;
+    for (let i = 0; i < raw.length; i += 2) {
+      const lower = (raw[i] as string).toLowerCase();
+      if (RESPONSE_HOP.has(lower) || tokens.includes(lower)) continue;
+      s += `${raw[i]}: ${raw[i + 1]}\r\n`;
+    }
+    for (let i = 0; i < framing.length; i += 2) s += `${framing[i]}: ${framing[i + 1]}\r\n`;
+    return Buffer.from(`${s}\r\n`, 'latin1');
+  }
+}
