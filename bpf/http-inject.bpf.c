@@ -1084,6 +1084,12 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 			return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
 		at = 0;
 	}
+	/*
+	 * A no-op (off was checked above) the verifier needs: without it the
+	 * compiler drops the check, and a verifier that does not track a
+	 * 32-bit spill (6.1) no longer knows the bound of `off` here.
+	 */
+	barrier_var(at);
 	if (at >= WK_HTTP_HEAD_MAX)
 		return refuse(st, WK_HTTP_STAT_REFUSED_INTERNAL);
 	data = (__u8 *)(long)msg->data + at;
