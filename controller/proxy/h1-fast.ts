@@ -174,8 +174,18 @@ class FastConnection<S extends FastSession> {
       this.#close(admitted);
       return;
     }
+    let exchange: Exchange<S>;
+    try {
+      exchange = new Exchange(this.#socket, this.#flow, this.#session, this.#host, head, admitted, (keepOpen, refusal) => this.#exchanged(keepOpen, refusal));
+    } catch (err) {
+      // The upstream connection could not even be started: refused, never fatal.
+      this.#host.log.error('cannot connect upstream to %s: %s', this.#session.sni, (err as Error).message);
+      const refusal: Refusal = { status: 502, code: 'upstream-failed', message: `upstream ${this.#session.sni}: the connection could not be made` };
+      this.#host.refused(this.#session, head, refusal);
+      this.#close(refusal);
+      return;
+    }
     this.#state = 'exchange';
-    const exchange = new Exchange(this.#socket, this.#flow, this.#session, this.#host, head, admitted, (keepOpen, refusal) => this.#exchanged(keepOpen, refusal));
     this.#exchange = exchange;
     const buf = this.#buf;
     this.#buf = undefined;
