@@ -41,7 +41,7 @@ export interface FastHost<S extends FastSession> {
   completed(session: S, head: FastRequestHead, admission: Admission, status: number): void;
   upstreamLatency(session: S, seconds: number): void;
   /** Gives `socket` (paused, unconsumed bytes unshifted) to Node's HTTP server. */
-  handOff(socket: tls.TLSSocket): void;
+  handOff(socket: tls.TLSSocket, session: S): void;
   upstreams: FastUpstreams;
   /** No bytes either way for this long: the connection closes (ms). */
   idleTimeoutMs: number;
@@ -234,7 +234,7 @@ class FastConnection<S extends FastSession> {
     socket.pause();
     if (this.#buf?.length) socket.unshift(this.#buf);
     this.#buf = undefined;
-    this.#host.handOff(socket);
+    this.#host.handOff(socket, this.#session);
   }
 }
 
