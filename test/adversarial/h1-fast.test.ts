@@ -26,6 +26,8 @@ import { eventually, waitFor } from '../support/wait.js';
 const skip = kernelSkipReason();
 const RAW_PORT = 8443;
 const RAW_UPSTREAM = path.join(repoRoot, 'test/support/raw-upstream.mjs');
+/** A name the upstream's certificate does not carry. */
+const MISNAMED = 'misnamed.wirekey.test';
 
 /** A raw-upstream.mjs record: a request (`conn`: its connection's number), or an event line. */
 type RawRecord = UpstreamRecord & { conn: number; unreadable?: boolean; event?: 'partial' | 'closed' };
@@ -62,6 +64,16 @@ apiVersion: wirekey.dev/v1alpha1
 kind: Binding
 metadata: {name: alice-raw}
 spec: {workload: alice, service: raw, inject: {bearer: {credential: api-token}}}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Service
+metadata: {name: misnamed}
+spec: {hosts: [${MISNAMED}], port: ${RAW_PORT}, tls: true}
+---
+apiVersion: wirekey.dev/v1alpha1
+kind: Binding
+metadata: {name: alice-misnamed}
+spec: {workload: alice, service: misnamed, inject: {bearer: {credential: api-token}}}
 ---
 apiVersion: wirekey.dev/v1alpha1
 kind: Binding
@@ -380,6 +392,50 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(recs.map((x) => x.url)).toEqual(['/raw/interim', '/raw/chunked', '/raw/head', '/raw/no-content', '/last']);
       // Each response ended where it should: the one upstream connection served them all.
       expect(new Set(recs.map((x) => x.conn)).size).toBe(1);
+    });
+
+    it('a body the upstream sends to HEAD is not the next response: the next request gets its own, on a new upstream connection', async () => {
+      const before = raw.records.length;
+      const s = openRaw();
+      s.send(rawRequest('HEAD', '/raw/head-body'));
+      expect(await s.read('HEAD')).toMatchObject({ status: 200, body: '' });
+      s.send(rawRequest('GET', '/after/head-body'));
+      const n = await s.read();
+      expect(n.status).toBe(200);
+      const recs = await rawRequests(before);
+      expect(recs.map((x) => x.url)).toEqual(['/raw/head-body', '/after/head-body']);
+      expect(recs[1]?.conn).not.toBe(recs[0]?.conn);
+      expect(JSON.parse(n.body as string)).toEqual({ path: '/after/head-body', conn: recs[1]?.conn });
+    });
+
+    it('an answer before the request body has all gone: forwarded, then both connections close (neither is mid-request again)', async () => {
+      const before = raw.records.length;
+      const s = openRaw();
+      s.send(rawRequest('POST', '/raw/early', ['Content-Length: 100000']) + 'a'.repeat(100));
+      expect(await s.read('POST')).toMatchObject({ status: 413, body: 'big!' });
+      // What the workload sends after that is not the next request, and the connection closes.
+      s.send('a'.repeat(100) + rawRequest('GET', '/after/early-same'));
+      expect((await s.eof()).closed).toBe(true);
+      const partial = (await rawRecords(before)).find((r) => r.event === 'partial' && r.url === '/raw/early') as RawRecord;
+      expect(partial).toBeDefined();
+      await waitFor(() => (raw.records.slice(before) as RawRecord[]).some((r) => r.event === 'closed' && r.conn === partial.conn), 'the upstream connection closed');
+      const next = openRaw();
+      next.send(rawRequest('GET', '/after/early'));
+      expect((await next.read()).status).toBe(200);
+      const recs = await rawRequests(before);
+      expect(recs.map((x) => x.url)).toEqual(['/after/early']);
+      expect(recs[0]?.conn).not.toBe(partial.conn);
+    });
+
+    it('an upstream whose certificate does not name the service: 502 upstream-failed, no request (and no credential) reaches it', async () => {
+      const before = raw.records.length;
+      const s = new TlsSession(cg.alice, MISNAMED, f.host.ipv4, RAW_PORT, f.bothCas);
+      sessions.push(s);
+      s.send(request('GET', '/misnamed', [], '', `${MISNAMED}:${RAW_PORT}`));
+      const r = await s.read();
+      expect(r.status).toBe(502);
+      expect(header(r, 'x-wirekey-error')).toBe('upstream-failed');
+      expect(await rawRequests(before)).toEqual([]);
     });
 
     it('hop-by-hop response headers, and those the upstream\'s Connection names, do not reach the workload', async () => {

@@ -13,7 +13,8 @@
 //
 // The response depends on the path: /raw/NAME sends RESPONSES[NAME] (a
 // function of the connection's socket), anything else a 200 whose body
-// names the path and the connection. A line `sync N` on stdin is answered
+// names the path and the connection; POST /raw/early is answered 413 as
+// soon as its head has come, before its body. A line `sync N` on stdin is answered
 // with {"sync":N} after every record so far.
 // usage: node raw-upstream.mjs --cert FILE --key FILE [--port 443] [--host ::]
 import tls from 'node:tls';
@@ -64,6 +65,8 @@ const RESPONSES = {
   interim: (s) => s.write(`HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n${ok('after interim')}`),
   // For HEAD: a length and no body; anything after would be a second response.
   head: (s) => s.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n'),
+  // For HEAD: a body all the same, in the same write: never a response of its own.
+  'head-body': (s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!'),
   'no-content': (s) => s.write('HTTP/1.1 204 No Content\r\nX-After: 1\r\n\r\n'),
   // Hop-by-hop headers, and one the upstream's Connection names: none reach the workload.
   hop: (s) => s.write('HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop\r\nX-Hop: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\nX-End: kept\r\nContent-Length: 2\r\n\r\nok'),
@@ -104,7 +107,11 @@ const server = tls.createServer({ cert: readFileSync(values.cert), key: readFile
       const length = lengths.length ? Number(lengths[0]) : 0;
       if (buf.length < end + 4 + length) {
         // A head whose body has not all come: said once, so a test knows the request is under way here.
-        if (partial !== end) process.stdout.write(`${JSON.stringify({ event: 'partial', conn, url })}\n`);
+        if (partial !== end) {
+          process.stdout.write(`${JSON.stringify({ event: 'partial', conn, url })}\n`);
+          // An answer before the request's body has all come (as a server refusing a large upload does).
+          if (url === '/raw/early') socket.write('HTTP/1.1 413 Content Too Large\r\nContent-Length: 4\r\n\r\nbig!');
+        }
         partial = end;
         return;
       }
