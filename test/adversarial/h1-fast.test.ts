@@ -172,7 +172,8 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
         expect(end.closed).toBe(true);
         expect(end.rest).toBe('');
       }
-      const recs = await f.recordsSince(before);
+      // A request Node's server forwarded for an earlier case may land now (see below): this case's only.
+      const recs = (await f.recordsSince(before)).filter((r) => r.url.startsWith(`/d/${tag}/`) || r.url === middlePath || r.url === '/planted');
       const urls = recs.map((r) => r.url);
       expect(urls[0]).toBe(`/d/${tag}/first`);
       // Node's server forwards pipelined requests side by side: the upstream may finish them in another order.
@@ -205,7 +206,9 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(r.status, code).toBe(status);
       expect(header(r, 'x-wirekey-error')).toBe(code);
       expect(await s.eof()).toEqual({ closed: true, rest: '' });
-      expect((await f.recordsSince(before)).map((x) => x.url), code).toEqual(['/refusal/first']);
+      // Only this case's (a request Node's server took in an earlier test may land late; see above).
+      const urls = (await f.recordsSince(before)).map((x) => x.url).filter((u) => u.startsWith('/refusal/') || u === bytes.split(' ')[1] || u === '/planted');
+      expect(urls, code).toEqual(['/refusal/first']);
       s.close();
     }
   });
@@ -279,6 +282,21 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(createHash('sha256').update(Buffer.from(bytes.body as string, 'latin1')).digest('hex')).toBe(header(bytes, 'x-body-sha256'));
       expect((await s.read()).status).toBe(200);
       expect((await f.recordsSince(before)).map((x) => [x.url, x.bodyLength])).toEqual([['/echo', body.length], ['/bytes/3000000', 0], ['/after-large', 0]]);
+    });
+
+    it('a workload that goes away while its response streams: that upstream connection is not given the next request', async () => {
+      const before = f.upstream.records.length;
+      const s = open(cg.alice);
+      s.send(request('GET', '/bytes/50000000'));
+      // The upstream has the request (its record comes before its response): the exchange is under way.
+      await waitFor(() => f.upstream.records.slice(before).some((r) => r.url === '/bytes/50000000'), 'the large response under way');
+      s.close();
+      const streaming = f.upstream.records.slice(before).find((r) => r.url === '/bytes/50000000') as UpstreamRecord;
+      const next = open(cg.alice);
+      next.send(request('GET', '/after-abort'));
+      expect((await next.read()).status).toBe(200);
+      const after = (await f.recordsSince(before)).find((r) => r.url === '/after-abort') as UpstreamRecord;
+      expect(after.remotePort).not.toBe(streaming.remotePort);
     });
 
     it('a workload that closes mid-body: that upstream connection is closed, never given the next request', async () => {
@@ -406,6 +424,21 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(recs.map((x) => x.url)).toEqual(['/raw/head-body', '/after/head-body']);
       expect(recs[1]?.conn).not.toBe(recs[0]?.conn);
       expect(JSON.parse(n.body as string)).toEqual({ path: '/after/head-body', conn: recs[1]?.conn });
+    });
+
+    it('an upstream that closes after a whole response without saying so: the workload\'s connection carries on, its next request on a new upstream connection', async () => {
+      const before = raw.records.length;
+      const s = openRaw();
+      s.send(rawRequest('GET', '/raw/fin'));
+      expect(await s.read()).toMatchObject({ status: 200, body: 'fin' });
+      const fin = (await rawRequests(before))[0] as RawRecord;
+      await waitFor(() => (raw.records.slice(before) as RawRecord[]).some((r) => r.event === 'closed' && r.conn === fin.conn), 'the upstream connection closed');
+      s.send(rawRequest('GET', '/after/fin'));
+      const n = await s.read();
+      expect(n.status).toBe(200);
+      const recs = await rawRequests(before);
+      expect(recs.map((x) => x.url)).toEqual(['/raw/fin', '/after/fin']);
+      expect(recs[1]?.conn).not.toBe(fin.conn);
     });
 
     it('an answer before the request body has all gone: forwarded, then both connections close (neither is mid-request again)', async () => {

@@ -65,6 +65,8 @@ const RESPONSES = {
   interim: (s) => s.write(`HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\n${ok('after interim')}`),
   // For HEAD: a length and no body; anything after would be a second response.
   head: (s) => s.write('HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\n'),
+  // A complete response, then the connection's end without a word about it.
+  fin: (s) => s.end(ok('fin')),
   // For HEAD: a body all the same, in the same write: never a response of its own.
   'head-body': (s) => s.write('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nevil!'),
   'no-content': (s) => s.write('HTTP/1.1 204 No Content\r\nX-After: 1\r\n\r\n'),
