@@ -441,6 +441,22 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(recs[1]?.conn).not.toBe(fin.conn);
     });
 
+    // KNOWN BUG (h1-fast.ts), this test fails until it is fixed: the response completes inside the upstream
+    // socket's 'data' handler, the connection goes back to the pool and the pipelined request is leased onto it
+    // at once, before the upstream's end (already received) is seen; that end then fails the second exchange:
+    // 502 upstream-failed "the upstream closed the connection before the response ended".
+    it('the same, with the next request pipelined behind the first: it is not written to the connection the upstream closed', async () => {
+      const before = raw.records.length;
+      const s = openRaw();
+      s.send(rawRequest('GET', '/raw/fin') + rawRequest('GET', '/after/fin-pipelined'));
+      expect(await s.read()).toMatchObject({ status: 200, body: 'fin' });
+      const n = await s.read();
+      expect(n.status, `${header(n, 'x-wirekey-error') ?? ''} ${n.body ?? n.error ?? ''}`).toBe(200);
+      const recs = await rawRequests(before);
+      expect(recs.map((x) => x.url)).toEqual(['/raw/fin', '/after/fin-pipelined']);
+      expect(recs[1]?.conn).not.toBe(recs[0]?.conn);
+    });
+
     it('an answer before the request body has all gone: forwarded, then both connections close (neither is mid-request again)', async () => {
       const before = raw.records.length;
       const s = openRaw();
@@ -511,6 +527,24 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
         expect((await f.recordsSince(before)).map((x) => x.url), value).toEqual(['/closing']);
       }
     });
+  });
+
+  it('upstream connections are per partition: two workloads with the same credential never share one', async () => {
+    const before = f.upstream.records.length;
+    const a = open(cg.alice);
+    const r = open(cg.rel);
+    for (let i = 0; i < 3; i++) {
+      a.send(request('GET', `/part/alice/${i}`));
+      expect((await a.read()).status).toBe(200);
+      r.send(request('GET', `/part/rel/${i}`));
+      expect((await r.read()).status).toBe(200);
+    }
+    const recs = await f.recordsSince(before);
+    const ports = (w: string) => new Set(recs.filter((x) => x.url.startsWith(`/part/${w}/`)).map((x) => x.remotePort));
+    expect(ports('alice').size).toBe(1);
+    expect(ports('rel').size).toBe(1);
+    for (const p of ports('alice')) expect(ports('rel').has(p)).toBe(false);
+    for (const x of recs) expect(x.authorization).toEqual([f.expectedAuth]);
   });
 
   describe('policy changes under an open fast-path connection', () => {
