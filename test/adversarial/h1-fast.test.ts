@@ -106,7 +106,11 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
   const chunked = (body: string) => `${body.length.toString(16)}\r\n${body}\r\n0\r\n\r\n`;
   const header = (r: SessionResponse, name: string) => r.headers?.find(([n]) => n.toLowerCase() === name)?.[1];
   const leaks = (text: string) => [f.token, keyedToken].filter((t) => text.includes(t));
-  const audit = () => readFileSync(f.auditPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  /** The audit log, once the agent has written every line recorded so far (proxy worker threads send theirs). */
+  const audit = async () => {
+    await f.settled();
+    return readFileSync(f.auditPath, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, unknown>);
+  };
   const rawRecords = async (before: number) => {
     await raw.sync();
     return (raw.records.slice(before) as RawRecord[]);
@@ -342,7 +346,7 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(recs[1]?.conn).not.toBe(recs[0]?.conn);
       expect(JSON.parse(n.body as string)).toEqual({ path: `/after/${name}`, conn: recs[1]?.conn });
       expect((await raw.sync(), (raw.records.slice(before) as RawRecord[]).some((x) => x.event === 'closed' && x.conn === recs[0]?.conn))).toBe(true);
-      expect(audit().some((e) => e.decision === 'deny' && e.reason === 'upstream-failed' && e.path === `/raw/${name}`)).toBe(true);
+      expect((await audit()).some((e) => e.decision === 'deny' && e.reason === 'upstream-failed' && e.path === `/raw/${name}`)).toBe(true);
     });
 
     /** The head went out, then the body broke or was cut: the workload's connection is cut. */
@@ -514,6 +518,10 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       for (const r of recs.slice(0, 2)) expect(r.authorization).toEqual([f.expectedAuth]);
       expect(recs[2]?.apiKey).toEqual([sha256(keyedToken)]);
       expect(recs[2]?.authorization).toEqual([]);
+      // Each is audited as an injection, as on Node's server path.
+      const lines = (await audit()).filter((e) => e.decision === 'inject' && typeof e.path === 'string' && e.path.startsWith('/own/'));
+      expect(lines.map((e) => [e.workload, e.path, e.status, e.credential])).toEqual([
+        ['alice', '/own/alice', 200, 'api-token'], ['alice', '/own/alice-body', 200, 'api-token'], ['keyed', '/own/keyed', 200, 'keyed-token']]);
     });
 
     it('Connection: close from the workload: the response, then the close; a request pipelined after it never goes upstream', async () => {
@@ -567,7 +575,7 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(header(r, 'x-wirekey-error')).toBe('binding-changed');
       expect(await s.eof()).toEqual({ closed: true, rest: '' });
       expect((await f.recordsSince(before)).map((x) => x.url)).toEqual([]);
-      expect(audit().some((e) => e.decision === 'deny' && e.reason === 'binding-changed' && e.workload === 'rel' && e.path === '/rel/after')).toBe(true);
+      expect((await audit()).some((e) => e.decision === 'deny' && e.reason === 'binding-changed' && e.workload === 'rel' && e.path === '/rel/after')).toBe(true);
     });
 
     it('a rotated credential goes on a new upstream connection, on the same workload connection', async () => {
@@ -598,7 +606,8 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
     });
   });
 
-  it('no credential in the agent\'s log or audit log, and nothing failed inside the proxy', () => {
+  it('no credential in the agent\'s log or audit log, and nothing failed inside the proxy', async () => {
+    await f.settled();
     const logs = agent.output() + readFileSync(f.auditPath, 'utf8');
     expect(leaks(logs)).toEqual([]);
     expect(agent.output()).not.toMatch(/inside the proxy/);
