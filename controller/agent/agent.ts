@@ -67,6 +67,8 @@ export interface AgentOptions {
   /** Offer HTTP/2 to workloads (default true), and its bounds (defaults: DEFAULT_H2_LIMITS). */
   http2?: boolean;
   h2Limits?: Partial<H2Limits>;
+  /** Serve HTTP/1.1 requests with a header injection on the proxy's fast path (default true): ProxyDeps.h1FastPath. */
+  h1FastPath?: boolean;
   /** Load the kernel HTTP datapath (default true); without it plaintext services are refused. */
   kernelDatapath?: boolean;
   /** Kernel datapath injections in the audit log: per connection and credential version (default), or per request. Usage lines count every request either way. */
@@ -250,6 +252,7 @@ export class Agent {
       observer: this.#metrics,
       limits: { ...DEFAULT_PROXY_LIMITS, ...this.#opts.proxyLimits },
       http2: this.#opts.http2 ?? true,
+      h1FastPath: this.#opts.h1FastPath ?? true,
       ...(this.#opts.h2Limits ? { h2Limits: this.#opts.h2Limits } : {}),
       ...(this.#opts.upstreamCaFile ? { upstreamCaFile: this.#opts.upstreamCaFile } : {}),
       sigv4BodyLimit,
@@ -264,6 +267,7 @@ export class Agent {
       sigv4BodyBudget: new ByteBudget(sigv4BodyMemory),
       limits: this.#opts.proxyLimits,
       http2: this.#opts.http2 ?? true,
+      h1FastPath: this.#opts.h1FastPath ?? true,
       h2Limits: this.#opts.h2Limits,
       upstreamH2: new UpstreamH2Pool({ secureContext: upstreamSecureContext({ caFile: this.#opts.upstreamCaFile }) }),
       audit: this.#audit,

@@ -138,6 +138,7 @@ export class ProxyWorkers {
       shared: this.#shared.buffer as SharedArrayBuffer,
       limits: this.#o.limits,
       http2: this.#o.http2,
+      h1FastPath: this.#o.h1FastPath,
       ...(this.#o.h2Limits ? { h2Limits: this.#o.h2Limits } : {}),
       ...(this.#o.upstreamCaFile ? { upstreamCaFile: this.#o.upstreamCaFile } : {}),
       sigv4BodyLimit: this.#o.sigv4BodyLimit,

@@ -125,6 +125,7 @@ program
   .option('--max-connections-per-workload <n>', 'open proxied connections per workload', count, DEFAULT_PROXY_LIMITS.maxConnectionsPerWorkload)
   .option('--idle-timeout <duration>', 'close a proxied or relayed connection idle this long', duration, DEFAULT_PROXY_LIMITS.idleTimeoutMs)
   .option('--no-http2', 'offer workloads HTTP/1.1 only (ALPN), not h2')
+  .option('--no-h1-fast-path', 'serve every HTTP/1.1 request through Node\'s HTTP server and undici, not the fast path (README: "The HTTP/1.1 fast path")')
   .option('--h2-max-streams <n>', 'HTTP/2 streams open at once on one workload connection', count, DEFAULT_H2_LIMITS.maxConcurrentStreams)
   .option('--h2-max-resets <n>', 'HTTP/2 streams a workload connection may reset within 10 s before it gets GOAWAY (rapid reset)', count, DEFAULT_H2_LIMITS.maxResets)
   .option('--no-kernel-datapath', 'do not load the kernel HTTP datapath (plaintext services are then refused)')
@@ -136,7 +137,7 @@ program
   .action(async (opts: {
     policy: string; stateDir: string; pinDir: string; proxyPort: number; proxyWorkers: number; audit: string; upstreamCa?: string; sigv4BodyLimit: number;
     sigv4BodyMemory: number; handshakeTimeout: number; maxHandshakes: number; maxConnectionsPerWorkload: number; idleTimeout: number;
-    http2: boolean; h2MaxStreams: number; h2MaxResets: number; kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel; logFormat: LogFormat;
+    http2: boolean; h1FastPath: boolean; h2MaxStreams: number; h2MaxResets: number; kernelDatapath: boolean; kernelAudit: 'request' | 'connection'; kernelAliveTimeout: number; logLevel: LogLevel; logFormat: LogFormat;
     metricsListen?: { host: string; port: number };
   }) => {
     const log = createLogger(opts.logLevel, undefined, opts.logFormat);
@@ -205,6 +206,7 @@ program
           idleTimeoutMs: opts.idleTimeout,
         },
         http2: opts.http2,
+        h1FastPath: opts.h1FastPath,
         h2Limits: { maxConcurrentStreams: opts.h2MaxStreams, maxResets: opts.h2MaxResets },
         kernelDatapath: opts.kernelDatapath,
         kernelAuditGrain: opts.kernelAudit,

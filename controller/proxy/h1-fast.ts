@@ -41,7 +41,7 @@ export interface FastHost<S extends FastSession> {
   completed(session: S, head: FastRequestHead, admission: Admission, status: number): void;
   upstreamLatency(session: S, seconds: number): void;
   /** Gives `socket` (paused, unconsumed bytes unshifted) to Node's HTTP server. */
-  handOff(socket: tls.TLSSocket): void;
+  handOff(socket: tls.TLSSocket, session: S): void;
   upstreams: FastUpstreams;
   /** No bytes either way for this long: the connection closes (ms). */
   idleTimeoutMs: number;
@@ -174,8 +174,18 @@ class FastConnection<S extends FastSession> {
       this.#close(admitted);
       return;
     }
+    let exchange: Exchange<S>;
+    try {
+      exchange = new Exchange(this.#socket, this.#flow, this.#session, this.#host, head, admitted, (keepOpen, refusal) => this.#exchanged(keepOpen, refusal));
+    } catch (err) {
+      // The upstream connection could not even be started: refused, never fatal.
+      this.#host.log.error('cannot connect upstream to %s: %s', this.#session.sni, (err as Error).message);
+      const refusal: Refusal = { status: 502, code: 'upstream-failed', message: `upstream ${this.#session.sni}: the connection could not be made` };
+      this.#host.refused(this.#session, head, refusal);
+      this.#close(refusal);
+      return;
+    }
     this.#state = 'exchange';
-    const exchange = new Exchange(this.#socket, this.#flow, this.#session, this.#host, head, admitted, (keepOpen, refusal) => this.#exchanged(keepOpen, refusal));
     this.#exchange = exchange;
     const buf = this.#buf;
     this.#buf = undefined;
@@ -224,7 +234,7 @@ class FastConnection<S extends FastSession> {
     socket.pause();
     if (this.#buf?.length) socket.unshift(this.#buf);
     this.#buf = undefined;
-    this.#host.handOff(socket);
+    this.#host.handOff(socket, this.#session);
   }
 }
 

@@ -55,10 +55,26 @@ export function findHeadEnd(buf: Buffer, from = 0): number {
 
 /** A target of RFC 3986 path and query characters only: '#', quotes, brackets, backslash and the like go to Node's server. */
 const REQUEST_LINE = /^([A-Z]{1,20}) (\/[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*) HTTP\/1\.1$/;
-/** RFC 9110 5.6.2 token characters without "_" (see request-checks.ts), a colon, the value between optional whitespace. */
-const REQUEST_HEADER = /^([!#$%&'*+\-.^`|~0-9A-Za-z]+):[\t ]*(.*?)[\t ]*$/;
-/** Anything but HTAB and visible ASCII: CTLs, DEL, obs-text, and a CR or LF not part of a line end. */
-const NOT_PLAIN = /[^\t\x20-\x7e]/;
+/** RFC 9110 5.6.2 token characters without "_" (see request-checks.ts). */
+const REQUEST_FIELD_NAME = /^[!#$%&'*+\-.^`|~0-9A-Za-z]+$/;
+/** Anything but HTAB, visible ASCII and line ends: CTLs, DEL, obs-text. */
+const NOT_PLAIN = /[^\t\x20-\x7e\r\n]/;
+/** A CR not followed by LF, or an LF not preceded by CR. */
+const BARE_CR_LF = /\r(?!\n)|(?<!\r)\n/;
+
+/**
+ * A field line's name and value (without the SP and HTAB around it: String#trim
+ * would also take NBSP, an obs-text byte here), or undefined without a colon.
+ */
+function splitField(line: string): [string, string] | undefined {
+  const colon = line.indexOf(':');
+  if (colon <= 0) return undefined;
+  let a = colon + 1;
+  let b = line.length;
+  while (a < b && (line.charCodeAt(a) === 0x20 || line.charCodeAt(a) === 0x09)) a++;
+  while (b > a && (line.charCodeAt(b - 1) === 0x20 || line.charCodeAt(b - 1) === 0x09)) b--;
+  return [line.slice(0, colon), line.slice(a, b)];
+}
 const LENGTH = /^(?:0|[1-9][0-9]{0,14})$/;
 /** The methods Node's parser knows: any other is its to refuse, as it always was. */
 const KNOWN_METHODS = new Set(METHODS);
@@ -72,7 +88,7 @@ const FAST_PATH_OFF = new Set(['transfer-encoding', 'expect', 'upgrade', 'te', '
 export function parseRequestHead(head: Buffer): FastRequestHead | undefined {
   if (head.length > MAX_HEAD_BYTES) return undefined;
   const text = head.toString('latin1', 0, head.length - 4);
-  // Every CRLF is a line end; a bare CR or LF left in a line is outside the subset below.
+  if (NOT_PLAIN.test(text) || BARE_CR_LF.test(text)) return undefined;
   const lines = text.split('\r\n');
   const line = REQUEST_LINE.exec(lines[0] as string);
   if (!line || !KNOWN_METHODS.has(line[1] as string) || lines.length - 1 > MAX_FAST_HEADERS) return undefined;
@@ -82,12 +98,9 @@ export function parseRequestHead(head: Buffer): FastRequestHead | undefined {
   let length: string | undefined;
   let close = false;
   for (let i = 1; i < lines.length; i++) {
-    const l = lines[i] as string;
-    if (NOT_PLAIN.test(l)) return undefined;
-    const m = REQUEST_HEADER.exec(l);
-    if (!m) return undefined;
-    const name = m[1] as string;
-    const value = m[2] as string;
+    const field = splitField(lines[i] as string);
+    if (!field || !REQUEST_FIELD_NAME.test(field[0])) return undefined;
+    const [name, value] = field;
     const lower = name.toLowerCase();
     if (FAST_PATH_OFF.has(lower)) return undefined;
     if (lower === 'host') hosts++;
@@ -139,11 +152,20 @@ type Stage =
 
 const STATUS_LINE = /^HTTP\/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/;
 /** Response header names may hold "_": what the upstream says is passed on, not routed by. */
-const RESPONSE_HEADER = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*(.*?)[\t ]*$/;
-/** CTLs other than HTAB, and DEL: obs-text (0x80-0xff) is allowed in response values. */
-const RESPONSE_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+const RESPONSE_FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** CTLs other than HTAB and line ends, and DEL: obs-text (0x80-0xff) is allowed in response values. */
+const RESPONSE_CTL = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]/;
 /** Not forwarded: they describe one connection's framing and options (RFC 9110 7.6.1). The proxy states framing itself. */
 const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length']);
+/** CTLs but HTAB, and DEL, within one line (where any CR or LF is a bare one). */
+const LINE_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+/** A trailer field line: a name, a colon, no control characters. */
+function responseField(line: string): boolean {
+  const field = LINE_CTL.test(line) ? undefined : splitField(line);
+  return field !== undefined && RESPONSE_FIELD_NAME.test(field[0]);
+}
+
 const CHUNK_SIZE = /^([0-9A-Fa-f]{1,12})(?:[\t ]*;[^\r\n]*)?$/;
 
 /**
@@ -285,7 +307,7 @@ export class ResponseFramer {
           const line = buf.toString('latin1', pos, eol);
           this.#left += eol + 2 - pos;
           if (this.#left > MAX_TRAILERS) throw new ResponseFramingError(`trailer section longer than ${MAX_TRAILERS} bytes`);
-          if (line !== '' && (RESPONSE_CTL.test(line) || !RESPONSE_HEADER.test(line))) throw new ResponseFramingError('malformed trailer field');
+          if (line !== '' && !responseField(line)) throw new ResponseFramingError('malformed trailer field');
           pos = eol + 2;
           if (line === '') {
             this.#stage = 'done';
@@ -325,6 +347,7 @@ export class ResponseFramer {
 
   /** One head: its bytes for the workload; sets the stage the body starts in. */
   #head(text: string): { bytes: Buffer; status: number; interim: boolean } {
+    if (RESPONSE_CTL.test(text) || BARE_CR_LF.test(text)) throw new ResponseFramingError('a control character, or a bare CR or LF, in the head');
     const lines = text.split('\r\n');
     const statusLine = STATUS_LINE.exec(lines[0] as string);
     if (!statusLine) throw new ResponseFramingError('malformed status line');
@@ -338,11 +361,9 @@ export class ResponseFramer {
     let codings = 0;
     let chunked = false;
     for (let i = 1; i < lines.length; i++) {
-      const l = lines[i] as string;
-      const m = RESPONSE_CTL.test(l) ? null : RESPONSE_HEADER.exec(l);
-      if (!m) throw new ResponseFramingError('malformed header line');
-      const name = m[1] as string;
-      const value = m[2] as string;
+      const field = splitField(lines[i] as string);
+      if (!field || !RESPONSE_FIELD_NAME.test(field[0])) throw new ResponseFramingError('malformed header line');
+      const [name, value] = field;
       raw.push(name, value);
       const lower = name.toLowerCase();
       if (lower === 'content-length') {

@@ -76,6 +76,7 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
     upstreamLatency: (...a) => observe('upstreamLatency', ...a),
     connectionRefused: (...a) => observe('connectionRefused', ...a),
     unidentified: () => observe('unidentified'),
+    h1HandedOff: (...a) => observe('h1HandedOff', ...a),
     egress: (...a) => observe('egress', ...a),
   };
   const audit: AuditSink = {
@@ -195,6 +196,7 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
     sigv4BodyBudget: new ByteBudget(init.sigv4BodyMemory),
     limits: init.limits,
     http2: init.http2,
+    h1FastPath: init.h1FastPath,
     h2Limits: init.h2Limits,
     upstreamH2: new UpstreamH2Pool({ secureContext: upstreamSecureContext({ caFile: init.upstreamCaFile }) }),
     audit,

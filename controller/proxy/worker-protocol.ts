@@ -15,6 +15,7 @@ import type { IdentifiedConnection, ProxyLimits, ProxyObserver, ProxyStats } fro
 export interface WorkerSettings {
   limits: ProxyLimits;
   http2: boolean;
+  h1FastPath: boolean;
   h2Limits?: Partial<H2Limits>;
   upstreamCaFile?: string;
   sigv4BodyLimit: number;

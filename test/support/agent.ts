@@ -49,6 +49,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   // WIREKEY_TEST_PROXY_WORKERS=N runs every agent the tests start with N proxy worker threads.
   const workers = process.env.WIREKEY_TEST_PROXY_WORKERS;
   if (workers && !args.includes('--proxy-workers')) args.push('--proxy-workers', workers);
+  // WIREKEY_TEST_H1_FAST_PATH=off serves every HTTP/1.1 request through Node's HTTP server and undici.
+  if (process.env.WIREKEY_TEST_H1_FAST_PATH === 'off' && !args.includes('--no-h1-fast-path')) args.push('--no-h1-fast-path');
   const command = [...(opts.wrapper ?? []), process.execPath, ...args];
   const child: ChildProcess = opts.cgroup
     ? spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...command], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env })
