@@ -171,6 +171,7 @@ const CHUNK_SIZE = /^([0-9A-Fa-f]{1,12})(?:[\t ]*;[^\r\n]*)?$/;
  */
 export class ResponseFramer {
   readonly #headRequest: boolean;
+  readonly #closeAfter: boolean;
   #stage: Stage = 'head';
   /** Bytes of an unfinished head, chunk-size line or trailer section. */
   #pending: Buffer | undefined;
@@ -180,9 +181,14 @@ export class ResponseFramer {
   /** The workload's connection must close after this response (it is delimited by the close). */
   #closeDownstream = false;
 
-  /** `headRequest`: the request was HEAD (its response has no body whatever its headers say). */
-  constructor(headRequest: boolean) {
+  /**
+   * `headRequest`: the request was HEAD (its response has no body whatever
+   * its headers say); `closeAfter`: the workload's connection closes after
+   * this response (it asked to), which its head then says.
+   */
+  constructor(headRequest: boolean, closeAfter = false) {
     this.#headRequest = headRequest;
+    this.#closeAfter = closeAfter;
   }
 
   /** Whether the upstream connection may serve another exchange (checked once done). */
@@ -403,6 +409,7 @@ export class ResponseFramer {
       this.#reusable = false;
       this.#stage = 'close';
     }
+    if (this.#closeAfter && !this.#closeDownstream) framing.push('Connection', 'close');
     return { bytes: rewriteHead(status, reason, fields, framing, tokens), status, interim: false };
   }
 
