@@ -107,6 +107,8 @@ export class AuditLog implements AuditSink {
   readonly #flushDone = () => this.#flushDoneLines();
   #failure: Error | null = null;
   readonly #onError: (err: Error) => void;
+  #timeMs = -1;
+  #time = '';
 
   /**
    * `target` is a file path (appended, created 0600) or '-' for stdout.
@@ -185,7 +187,17 @@ export class AuditLog implements AuditSink {
   }
 
   #line(event: AuditEvent): string {
-    return JSON.stringify({ time: new Date().toISOString(), ...event, path: stripQuery(event.path) });
+    return JSON.stringify({ time: this.#now(), ...event, path: stripQuery(event.path) });
+  }
+
+  /** The time now as ISO 8601, made once per millisecond: a busy proxy writes many lines in one. */
+  #now(): string {
+    const ms = Date.now();
+    if (ms !== this.#timeMs) {
+      this.#timeMs = ms;
+      this.#time = new Date(ms).toISOString();
+    }
+    return this.#time;
   }
 
   #flushDoneLines(): void {

@@ -81,6 +81,7 @@ export class AgentMetrics implements ProxyObserver {
   readonly #latency: Histogram<'workload' | 'service'>;
   readonly #connectionsRefused: Counter<'workload' | 'reason'>;
   readonly #unidentified: Counter;
+  readonly #h1HandedOff: Counter<'workload'>;
   readonly #egress: Counter<'datapath' | 'workload' | 'rule' | 'decision'>;
   /** `${datapath}\0${workload}\0${rule}\0${decision}` -> child. */
   readonly #egressChildren = new Map<string, Counter.Internal>();
@@ -128,6 +129,12 @@ export class AgentMetrics implements ProxyObserver {
     this.#unidentified = new Counter({
       name: 'wirekey_proxy_connections_unidentified_total',
       help: 'Connections to the proxy that the kernel did not redirect (no identity): closed, no credential',
+      registers,
+    });
+    this.#h1HandedOff = new Counter({
+      name: 'wirekey_proxy_h1_handoffs_total',
+      help: 'HTTP/1.1 connections the fast path handed to Node\'s HTTP server at a request outside its subset, by workload',
+      labelNames: ['workload'] as const,
       registers,
     });
     this.#egress = new Counter({
@@ -371,6 +378,10 @@ export class AgentMetrics implements ProxyObserver {
 
   unidentified(): void {
     this.#unidentified.inc();
+  }
+
+  h1HandedOff(workload: string): void {
+    this.#h1HandedOff.labels(workload).inc();
   }
 
   egress(workload: string, rule: string | undefined, decision: EgressDecision): void {

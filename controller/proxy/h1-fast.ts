@@ -41,7 +41,7 @@ export interface FastHost<S extends FastSession> {
   completed(session: S, head: FastRequestHead, admission: Admission, status: number): void;
   upstreamLatency(session: S, seconds: number): void;
   /** Gives `socket` (paused, unconsumed bytes unshifted) to Node's HTTP server. */
-  handOff(socket: tls.TLSSocket): void;
+  handOff(socket: tls.TLSSocket, session: S): void;
   upstreams: FastUpstreams;
   /** No bytes either way for this long: the connection closes (ms). */
   idleTimeoutMs: number;
@@ -174,8 +174,18 @@ class FastConnection<S extends FastSession> {
       this.#close(admitted);
       return;
     }
+    let exchange: Exchange<S>;
+    try {
+      exchange = new Exchange(this.#socket, this.#flow, this.#session, this.#host, head, admitted, (keepOpen, refusal) => this.#exchanged(keepOpen, refusal));
+    } catch (err) {
+      // The upstream connection could not even be started: refused, never fatal.
+      this.#host.log.error('cannot connect upstream to %s: %s', this.#session.sni, (err as Error).message);
+      const refusal: Refusal = { status: 502, code: 'upstream-failed', message: `upstream ${this.#session.sni}: the connection could not be made` };
+      this.#host.refused(this.#session, head, refusal);
+      this.#close(refusal);
+      return;
+    }
     this.#state = 'exchange';
-    const exchange = new Exchange(this.#socket, this.#flow, this.#session, this.#host, head, admitted, (keepOpen, refusal) => this.#exchanged(keepOpen, refusal));
     this.#exchange = exchange;
     const buf = this.#buf;
     this.#buf = undefined;
@@ -195,7 +205,14 @@ class FastConnection<S extends FastSession> {
     }
     this.#state = 'head';
     this.#unhold(HOLD_READ_AHEAD);
-    this.#nextHead();
+    // A request read ahead waits for the I/O already received to be seen:
+    // the upstream may have closed the connection just released along with
+    // its response, and the next request must not be written to it.
+    if (this.#buf?.length) {
+      setImmediate(() => {
+        if (this.#state === 'head') this.#nextHead();
+      });
+    }
   }
 
   /** Ends the connection (answering `refusal` first), as Node's server does after a last response: closed once flushed, never left half-open. */
@@ -224,9 +241,12 @@ class FastConnection<S extends FastSession> {
     socket.pause();
     if (this.#buf?.length) socket.unshift(this.#buf);
     this.#buf = undefined;
-    this.#host.handOff(socket);
+    this.#host.handOff(socket, this.#session);
   }
 }
+
+/** Methods sent again on a new connection when a kept-alive one failed before any answer (no body: nothing to replay). */
+const RETRIED_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 
 /** How an exchange stops and restarts reading the workload's socket (the upstream cannot take more body yet). */
 interface Flow {
@@ -244,7 +264,11 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   readonly #admission: Admission;
   readonly #done: (keepOpen: boolean, refusal?: Refusal) => void;
   readonly #framer: ResponseFramer;
-  readonly #up: UpstreamConnection;
+  #up: UpstreamConnection;
+  readonly #headBytes: Buffer;
+  /** Bytes came from the upstream for this exchange. */
+  #answered = false;
+  #retried = false;
   /** Request body bytes still to come from the workload. */
   #bodyLeft: number;
   #status = 0;
@@ -276,7 +300,8 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     this.#admission = admission;
     this.#done = done;
     this.#bodyLeft = head.bodyLength;
-    this.#framer = new ResponseFramer(head.method === 'HEAD');
+    this.#framer = new ResponseFramer(head.method === 'HEAD', head.close);
+    this.#headBytes = serializeRequestHead(head.method, admission.upstream.path, admission.upstream.headers);
     this.#up = host.upstreams.lease(admission.partition, session.orig.address, session.orig.port, session.sni, this);
   }
 
@@ -288,13 +313,12 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   /** Sends the head and what of `buffered` is body; returns the bytes after the body (the next request's). */
   send(buffered: Buffer | undefined): Buffer | undefined {
     const up = this.#up.socket;
-    const headBytes = serializeRequestHead(this.#head.method, this.#admission.upstream.path, this.#admission.upstream.headers);
     if (!buffered?.length || this.#bodyLeft === 0) {
-      up.write(headBytes);
+      up.write(this.#headBytes);
       return buffered;
     }
     up.cork();
-    up.write(headBytes);
+    up.write(this.#headBytes);
     const rest = this.body(buffered);
     up.uncork();
     return rest;
@@ -323,6 +347,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
 
   data(chunk: Buffer): void {
     if (this.#over) return;
+    this.#answered = true;
     let framed;
     try {
       framed = this.#framer.push(chunk);
@@ -374,6 +399,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   }
 
   #fail(err: Error): void {
+    if (this.#retry(err)) return;
     this.#finish();
     this.#up.socket.destroy();
     this.#host.log.debug('exchange with %s failed: %s', this.#session.sni, err.message);
@@ -389,6 +415,25 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
       this.#down.destroy();
       this.#done(false);
     }
+  }
+
+  /**
+   * A kept-alive connection the upstream closed (or that failed) before any
+   * byte of the answer: the upstream may close an idle connection just as a
+   * request is written to it. A request without a body whose method is
+   * idempotent (RFC 9110 9.2.2) is sent once more, on a new connection.
+   */
+  #retry(err: Error): boolean {
+    if (this.#answered || this.#retried || !this.#up.reused || this.#head.bodyLength !== 0 || !RETRIED_METHODS.has(this.#head.method)) return false;
+    this.#retried = true;
+    this.#host.log.debug('kept-alive connection to %s failed before an answer (%s): sending %s again on a new one', this.#session.sni, err.message, this.#head.method);
+    const old = this.#up;
+    old.owner = undefined;
+    old.socket.destroy();
+    const { orig, sni } = this.#session;
+    this.#up = this.#host.upstreams.lease(this.#admission.partition, orig.address, orig.port, sni, this, true);
+    this.#up.socket.write(this.#headBytes);
+    return true;
   }
 
   #finish(): void {
@@ -418,6 +463,8 @@ export interface UpstreamConnection {
   owner: UpstreamOwner | undefined;
   /** When it became idle (performance.now()). */
   idleSince: number;
+  /** It served an exchange before this one (taken from the idle connections). */
+  reused: boolean;
 }
 
 export interface FastUpstreamOptions {
@@ -454,12 +501,13 @@ export class FastUpstreams {
 
   /**
    * A connection for one exchange, its events going to `owner`: an idle
-   * one of the partition's, else a new one (certificate verified against
-   * `servername`). Give it back with release() or destroy its socket.
+   * one of the partition's (unless `fresh`), else a new one (certificate
+   * verified against `servername`). Give it back with release() or destroy
+   * its socket.
    */
-  lease(partition: string, address: string, port: number, servername: string, owner: UpstreamOwner): UpstreamConnection {
+  lease(partition: string, address: string, port: number, servername: string, owner: UpstreamOwner, fresh = false): UpstreamConnection {
     const key = `${partition}\0${address}\0${port}\0${servername}`;
-    const conn = this.#takeIdle(key) ?? this.#connect(key, address, port, servername);
+    const conn = (fresh ? undefined : this.#takeIdle(key)) ?? this.#connect(key, address, port, servername);
     conn.owner = owner;
     return conn;
   }
@@ -497,7 +545,10 @@ export class FastUpstreams {
     while (list?.length) {
       const c = list.pop() as UpstreamConnection;
       if (!list.length) this.#idle.delete(key);
-      if (!c.socket.destroyed && c.socket.readable && c.socket.writable) return c;
+      if (!c.socket.destroyed && c.socket.readable && c.socket.writable) {
+        c.reused = true;
+        return c;
+      }
       c.socket.destroy();
     }
     return undefined;
@@ -513,7 +564,7 @@ export class FastUpstreams {
     };
     const socket = tls.connect(options);
     socket.setNoDelay(true);
-    const conn: UpstreamConnection = { socket, key, owner: undefined, idleSince: 0 };
+    const conn: UpstreamConnection = { socket, key, owner: undefined, idleSince: 0, reused: false };
     this.#open.add(conn);
     // Lent, its events are the exchange's; idle, anything the upstream sends belongs to no request, and ends it.
     socket.on('data', (chunk: Buffer) => {

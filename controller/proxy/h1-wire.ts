@@ -21,7 +21,6 @@
  * dropped, framing stated by the proxy); the body's bytes pass untouched.
  */
 import { METHODS } from 'node:http';
-import { connectionTokens } from './headers.js';
 
 /** Largest request or response head (request line or status line and headers), as Node's HTTP server and undici allow by default. */
 export const MAX_HEAD_BYTES = 16 * 1024;
@@ -55,10 +54,24 @@ export function findHeadEnd(buf: Buffer, from = 0): number {
 
 /** A target of RFC 3986 path and query characters only: '#', quotes, brackets, backslash and the like go to Node's server. */
 const REQUEST_LINE = /^([A-Z]{1,20}) (\/[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*) HTTP\/1\.1$/;
-/** RFC 9110 5.6.2 token characters without "_" (see request-checks.ts), a colon, the value between optional whitespace. */
-const REQUEST_HEADER = /^([!#$%&'*+\-.^`|~0-9A-Za-z]+):[\t ]*(.*?)[\t ]*$/;
-/** Anything but HTAB and visible ASCII: CTLs, DEL, obs-text, and a CR or LF not part of a line end. */
-const NOT_PLAIN = /[^\t\x20-\x7e]/;
+/** RFC 9110 5.6.2 token characters without "_" (see request-checks.ts). */
+const REQUEST_FIELD_NAME = /^[!#$%&'*+\-.^`|~0-9A-Za-z]+$/;
+/** Anything but HTAB, visible ASCII and CRLF line ends: CTLs, DEL, obs-text, a CR not followed by LF, an LF not preceded by CR. */
+const NOT_PLAIN = /[^\t\x20-\x7e\r\n]|\r(?!\n)|(?<!\r)\n/;
+
+/**
+ * A field line's name and value (without the SP and HTAB around it: String#trim
+ * would also take NBSP, an obs-text byte here), or undefined without a colon.
+ */
+function splitField(line: string): [string, string] | undefined {
+  const colon = line.indexOf(':');
+  if (colon <= 0) return undefined;
+  let a = colon + 1;
+  let b = line.length;
+  while (a < b && (line.charCodeAt(a) === 0x20 || line.charCodeAt(a) === 0x09)) a++;
+  while (b > a && (line.charCodeAt(b - 1) === 0x20 || line.charCodeAt(b - 1) === 0x09)) b--;
+  return [line.slice(0, colon), line.slice(a, b)];
+}
 const LENGTH = /^(?:0|[1-9][0-9]{0,14})$/;
 /** The methods Node's parser knows: any other is its to refuse, as it always was. */
 const KNOWN_METHODS = new Set(METHODS);
@@ -72,7 +85,7 @@ const FAST_PATH_OFF = new Set(['transfer-encoding', 'expect', 'upgrade', 'te', '
 export function parseRequestHead(head: Buffer): FastRequestHead | undefined {
   if (head.length > MAX_HEAD_BYTES) return undefined;
   const text = head.toString('latin1', 0, head.length - 4);
-  // Every CRLF is a line end; a bare CR or LF left in a line is outside the subset below.
+  if (NOT_PLAIN.test(text)) return undefined;
   const lines = text.split('\r\n');
   const line = REQUEST_LINE.exec(lines[0] as string);
   if (!line || !KNOWN_METHODS.has(line[1] as string) || lines.length - 1 > MAX_FAST_HEADERS) return undefined;
@@ -82,12 +95,9 @@ export function parseRequestHead(head: Buffer): FastRequestHead | undefined {
   let length: string | undefined;
   let close = false;
   for (let i = 1; i < lines.length; i++) {
-    const l = lines[i] as string;
-    if (NOT_PLAIN.test(l)) return undefined;
-    const m = REQUEST_HEADER.exec(l);
-    if (!m) return undefined;
-    const name = m[1] as string;
-    const value = m[2] as string;
+    const field = splitField(lines[i] as string);
+    if (!field || !REQUEST_FIELD_NAME.test(field[0])) return undefined;
+    const [name, value] = field;
     const lower = name.toLowerCase();
     if (FAST_PATH_OFF.has(lower)) return undefined;
     if (lower === 'host') hosts++;
@@ -139,11 +149,20 @@ type Stage =
 
 const STATUS_LINE = /^HTTP\/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/;
 /** Response header names may hold "_": what the upstream says is passed on, not routed by. */
-const RESPONSE_HEADER = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[\t ]*(.*?)[\t ]*$/;
-/** CTLs other than HTAB, and DEL: obs-text (0x80-0xff) is allowed in response values. */
-const RESPONSE_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+const RESPONSE_FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+/** CTLs other than HTAB, DEL, and a CR or LF not part of a CRLF: obs-text (0x80-0xff) is allowed in response values. */
+const RESPONSE_BAD_BYTES = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n/;
 /** Not forwarded: they describe one connection's framing and options (RFC 9110 7.6.1). The proxy states framing itself. */
 const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length']);
+/** CTLs but HTAB, and DEL, within one line (where any CR or LF is a bare one). */
+const LINE_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+
+/** A trailer field line: a name, a colon, no control characters. */
+function responseField(line: string): boolean {
+  const field = LINE_CTL.test(line) ? undefined : splitField(line);
+  return field !== undefined && RESPONSE_FIELD_NAME.test(field[0]);
+}
+
 const CHUNK_SIZE = /^([0-9A-Fa-f]{1,12})(?:[\t ]*;[^\r\n]*)?$/;
 
 /**
@@ -152,6 +171,7 @@ const CHUNK_SIZE = /^([0-9A-Fa-f]{1,12})(?:[\t ]*;[^\r\n]*)?$/;
  */
 export class ResponseFramer {
   readonly #headRequest: boolean;
+  readonly #closeAfter: boolean;
   #stage: Stage = 'head';
   /** Bytes of an unfinished head, chunk-size line or trailer section. */
   #pending: Buffer | undefined;
@@ -161,9 +181,14 @@ export class ResponseFramer {
   /** The workload's connection must close after this response (it is delimited by the close). */
   #closeDownstream = false;
 
-  /** `headRequest`: the request was HEAD (its response has no body whatever its headers say). */
-  constructor(headRequest: boolean) {
+  /**
+   * `headRequest`: the request was HEAD (its response has no body whatever
+   * its headers say); `closeAfter`: the workload's connection closes after
+   * this response (it asked to), which its head then says.
+   */
+  constructor(headRequest: boolean, closeAfter = false) {
     this.#headRequest = headRequest;
+    this.#closeAfter = closeAfter;
   }
 
   /** Whether the upstream connection may serve another exchange (checked once done). */
@@ -285,7 +310,7 @@ export class ResponseFramer {
           const line = buf.toString('latin1', pos, eol);
           this.#left += eol + 2 - pos;
           if (this.#left > MAX_TRAILERS) throw new ResponseFramingError(`trailer section longer than ${MAX_TRAILERS} bytes`);
-          if (line !== '' && (RESPONSE_CTL.test(line) || !RESPONSE_HEADER.test(line))) throw new ResponseFramingError('malformed trailer field');
+          if (line !== '' && !responseField(line)) throw new ResponseFramingError('malformed trailer field');
           pos = eol + 2;
           if (line === '') {
             this.#stage = 'done';
@@ -325,38 +350,45 @@ export class ResponseFramer {
 
   /** One head: its bytes for the workload; sets the stage the body starts in. */
   #head(text: string): { bytes: Buffer; status: number; interim: boolean } {
-    const lines = text.split('\r\n');
-    const statusLine = STATUS_LINE.exec(lines[0] as string);
+    if (RESPONSE_BAD_BYTES.test(text)) throw new ResponseFramingError('a control character, or a bare CR or LF, in the head');
+    let eol = text.indexOf('\r\n');
+    const statusLine = STATUS_LINE.exec(eol < 0 ? text : text.slice(0, eol));
     if (!statusLine) throw new ResponseFramingError('malformed status line');
     const minor = statusLine[1] as string;
     const status = Number(statusLine[2]);
     const reason = statusLine[3] ?? '';
     if (status === 101) throw new ResponseFramingError('a protocol switch nobody asked for');
-    const raw: string[] = [];
+    /** [name, value, lower-case name, ...] */
+    const fields: string[] = [];
     let length: string | undefined;
     let lengths = 0;
     let codings = 0;
     let chunked = false;
-    for (let i = 1; i < lines.length; i++) {
-      const l = lines[i] as string;
-      const m = RESPONSE_CTL.test(l) ? null : RESPONSE_HEADER.exec(l);
-      if (!m) throw new ResponseFramingError('malformed header line');
-      const name = m[1] as string;
-      const value = m[2] as string;
-      raw.push(name, value);
+    let tokens: string[] | undefined;
+    while (eol >= 0) {
+      const from = eol + 2;
+      eol = text.indexOf('\r\n', from);
+      const field = splitField(eol < 0 ? text.slice(from) : text.slice(from, eol));
+      if (!field || !RESPONSE_FIELD_NAME.test(field[0])) throw new ResponseFramingError('malformed header line');
+      const [name, value] = field;
       const lower = name.toLowerCase();
+      fields.push(name, value, lower);
       if (lower === 'content-length') {
         lengths++;
         length = value;
       } else if (lower === 'transfer-encoding') {
         codings++;
         chunked = value.toLowerCase() === 'chunked';
+      } else if (lower === 'connection') {
+        for (const t of value.split(',')) {
+          const token = t.trim().toLowerCase();
+          if (token) (tokens ??= []).push(token);
+        }
       }
     }
-    if (status < 200) return { bytes: this.#rewrite(status, reason, raw, []), status, interim: true };
+    if (status < 200) return { bytes: rewriteHead(status, reason, fields, [], tokens), status, interim: true };
 
-    const tokens = connectionTokens(raw);
-    if (minor === '0' || tokens.includes('close')) this.#reusable = false;
+    if (minor === '0' || tokens?.includes('close')) this.#reusable = false;
     const bodiless = this.#headRequest || status === 204 || status === 304;
     let framing: string[];
     if (codings > 0) {
@@ -377,18 +409,24 @@ export class ResponseFramer {
       this.#reusable = false;
       this.#stage = 'close';
     }
-    return { bytes: this.#rewrite(status, reason, raw, framing, tokens), status, interim: false };
+    if (this.#closeAfter && !this.#closeDownstream) framing.push('Connection', 'close');
+    return { bytes: rewriteHead(status, reason, fields, framing, tokens), status, interim: false };
   }
 
-  /** A head for the workload: HTTP/1.1, the upstream's headers without hop-by-hop ones (and those its Connection lists), then `framing`. */
-  #rewrite(status: number, reason: string, raw: string[], framing: string[], tokens = connectionTokens(raw)): Buffer {
-    let s = `HTTP/1.1 ${status} ${reason}\r\n`;
-    for (let i = 0; i < raw.length; i += 2) {
-      const lower = (raw[i] as string).toLowerCase();
-      if (RESPONSE_HOP.has(lower) || tokens.includes(lower)) continue;
-      s += `${raw[i]}: ${raw[i + 1]}\r\n`;
-    }
-    for (let i = 0; i < framing.length; i += 2) s += `${framing[i]}: ${framing[i + 1]}\r\n`;
-    return Buffer.from(`${s}\r\n`, 'latin1');
+}
+
+/**
+ * A head for the workload: HTTP/1.1, the upstream's `fields` ([name, value,
+ * lower-case name, ...]) without hop-by-hop ones and those its Connection
+ * lists (`tokens`), then `framing`.
+ */
+function rewriteHead(status: number, reason: string, fields: string[], framing: string[], tokens: string[] | undefined): Buffer {
+  let s = `HTTP/1.1 ${status} ${reason}\r\n`;
+  for (let i = 0; i < fields.length; i += 3) {
+    const lower = fields[i + 2] as string;
+    if (RESPONSE_HOP.has(lower) || tokens?.includes(lower)) continue;
+    s += `${fields[i]}: ${fields[i + 1]}\r\n`;
   }
+  for (let i = 0; i < framing.length; i += 2) s += `${framing[i]}: ${framing[i + 1]}\r\n`;
+  return Buffer.from(`${s}\r\n`, 'latin1');
 }

@@ -74,6 +74,8 @@ export interface ProxyObserver {
   connectionRefused(workload: string, code: RefusalCode): void;
   /** A connection the kernel did not redirect: closed, no identity. */
   unidentified(): void;
+  /** An HTTP/1.1 connection of `workload` the fast path handed to Node's HTTP server (a request outside its subset). */
+  h1HandedOff(workload: string): void;
   /**
    * An egress decision for a restricted workload's connection (TLS, or an
    * address rule) or plaintext request: `rule` is the allowing rule's
@@ -322,7 +324,8 @@ export class ProxyServer {
         this.#deps.observer?.injected(a.workload, a.service);
       },
       upstreamLatency: (session, seconds) => this.#deps.observer?.upstreamLatency(session.route.workload.name, session.route.service.name, seconds),
-      handOff: (socket) => {
+      handOff: (socket, session) => {
+        this.#deps.observer?.h1HandedOff(session.route.workload.name);
         this.#http.emit('connection', socket);
         // Bytes unshifted before the hand-off reach the server's parser once the socket flows.
         socket.resume();

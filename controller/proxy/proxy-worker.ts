@@ -76,6 +76,7 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
     upstreamLatency: (...a) => observe('upstreamLatency', ...a),
     connectionRefused: (...a) => observe('connectionRefused', ...a),
     unidentified: () => observe('unidentified'),
+    h1HandedOff: (...a) => observe('h1HandedOff', ...a),
     egress: (...a) => observe('egress', ...a),
   };
   const audit: AuditSink = {

@@ -12,6 +12,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from '../support/agent.js';
 import { runInCgroup } from '../support/cgroup.js';
+import { must } from '../support/shell.js';
 import { kernelSkipReason } from '../support/requirements.js';
 import { E2eFixture, HOST } from '../support/e2e-fixture.js';
 import type { UpstreamRecord } from '../support/upstream.js';
@@ -35,6 +36,7 @@ interface Run {
   steps: Step[];
   upstream: UpstreamRecord[];
   audit: Record<string, unknown>[];
+  metrics: string;
 }
 
 describe.skipIf(skip)(`the HTTP/1.1 fast path and Node's server path answer alike${skip ? ` (skipped: ${skip})` : ''}`, () => {
@@ -51,12 +53,13 @@ describe.skipIf(skip)(`the HTTP/1.1 fast path and Node's server path answer alik
     expect(r.code).toBe(0);
     const upstream = await f.recordsSince(before);
     await f.settled();
+    const metrics = await must('curl', ['-sS', '--unix-socket', path.join(f.stateDir, 'agent.sock'), 'http://wirekey/metrics']);
     await f.agent?.stop();
     f.agentStopped = true;
     const audit = readFileSync(f.auditPath, 'utf8').slice(auditFrom).split('\n').filter(Boolean)
       .map((l) => JSON.parse(l) as Record<string, unknown>)
       .filter((e) => e.decision === 'inject' || e.decision === 'deny');
-    return { steps: r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Step), upstream, audit };
+    return { steps: r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Step), upstream, audit, metrics };
   };
 
   beforeAll(async () => {
@@ -127,5 +130,10 @@ describe.skipIf(skip)(`the HTTP/1.1 fast path and Node's server path answer alik
     expect(s[8]?.closed).toBe(true);
     expect(run('node').steps[8]?.closed).toBe(true);
     expect(port(9)).not.toBe(port(8));
+  });
+
+  it('the hand-off is counted for the workload', () => {
+    expect(run('fast').metrics).toMatch(/^wirekey_proxy_h1_handoffs_total\{workload="app"\} 1$/m);
+    expect(run('node').metrics).not.toMatch(/^wirekey_proxy_h1_handoffs_total\{/m);
   });
 });

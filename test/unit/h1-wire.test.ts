@@ -1,0 +1,235 @@
+/**
+ * HTTP/1.1 on the wire for the proxy's fast path (controller/proxy/h1-wire.ts),
+ * without sockets: which request heads parseRequestHead takes (everything
+ * else goes to Node's server), and where ResponseFramer says a response
+ * ends, whatever the chunks it arrives in.
+ */
+import { describe, expect, it } from 'vitest';
+import { findHeadEnd, parseRequestHead, ResponseFramer, ResponseFramingError } from '../../controller/proxy/h1-wire.js';
+
+const HOST = 'api.example.com';
+const head = (s: string) => Buffer.from(s, 'latin1');
+const req = (lines: string[], first = 'GET / HTTP/1.1') => head(`${first}\r\n${lines.map((l) => `${l}\r\n`).join('')}\r\n`);
+
+describe('parseRequestHead', () => {
+  it('takes a plain request: method, target, headers as sent, the body length, close', () => {
+    expect(parseRequestHead(req([`Host: ${HOST}`, 'Content-Length: 12', 'X-A:  padded \t', 'Connection: keep-alive, Close'], 'POST /v1/x?y=1&z=%20 HTTP/1.1'))).toEqual({
+      method: 'POST', url: '/v1/x?y=1&z=%20', httpVersion: '1.1', bodyLength: 12, close: true,
+      rawHeaders: ['Host', HOST, 'Content-Length', '12', 'X-A', 'padded', 'Connection', 'keep-alive, Close'],
+    });
+    expect(parseRequestHead(req([`host: ${HOST}`]))).toMatchObject({ bodyLength: 0, close: false });
+  });
+
+  /** Everything outside the subset: undefined, so Node's server takes it (and refuses what it refuses). */
+  it.each([
+    ['HTTP/1.0', req([`Host: ${HOST}`], 'GET / HTTP/1.0')],
+    ['HTTP/2.0 in the request line', req([`Host: ${HOST}`], 'GET / HTTP/2.0')],
+    ['a lower-case method', req([`Host: ${HOST}`], 'get / HTTP/1.1')],
+    ['an unknown method', req([`Host: ${HOST}`], 'TRACK / HTTP/1.1')],
+    ['an absolute target', req([`Host: ${HOST}`], `GET https://${HOST}/ HTTP/1.1`)],
+    ['an authority target', req([`Host: ${HOST}`], `CONNECT ${HOST}:443 HTTP/1.1`)],
+    ['OPTIONS *', req([`Host: ${HOST}`], 'OPTIONS * HTTP/1.1')],
+    ['a fragment', req([`Host: ${HOST}`], 'GET /a#b HTTP/1.1')],
+    ['a backslash', req([`Host: ${HOST}`], 'GET /a\\b HTTP/1.1')],
+    ['a quote', req([`Host: ${HOST}`], 'GET /a"b HTTP/1.1')],
+    ['obs-text in the target', req([`Host: ${HOST}`], 'GET /\xe9 HTTP/1.1')],
+    ['two spaces in the request line', req([`Host: ${HOST}`], 'GET  / HTTP/1.1')],
+    ['a tab in the request line', req([`Host: ${HOST}`], 'GET\t/ HTTP/1.1')],
+    ['a trailing space in the request line', req([`Host: ${HOST}`], 'GET / HTTP/1.1 ')],
+    ['a leading empty line', head(`\r\nGET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\n`)],
+    ['no Host', req([])],
+    ['two Hosts', req([`Host: ${HOST}`, `Host: ${HOST}`])],
+    ['Host twice in other spellings', req([`Host: ${HOST}`, `HOST: ${HOST}`])],
+    ['two Content-Lengths, equal', req([`Host: ${HOST}`, 'Content-Length: 1', 'Content-Length: 1'])],
+    ['a Content-Length list', req([`Host: ${HOST}`, 'Content-Length: 1, 1'])],
+    ['a signed Content-Length', req([`Host: ${HOST}`, 'Content-Length: +1'])],
+    ['a Content-Length with a leading zero', req([`Host: ${HOST}`, 'Content-Length: 01'])],
+    ['a Content-Length in hex', req([`Host: ${HOST}`, 'Content-Length: 0x10'])],
+    ['an empty Content-Length', req([`Host: ${HOST}`, 'Content-Length:'])],
+    ['a Content-Length past 2^53', req([`Host: ${HOST}`, 'Content-Length: 9999999999999999'])],
+    ['Transfer-Encoding', req([`Host: ${HOST}`, 'Transfer-Encoding: chunked'])],
+    ['Transfer-Encoding in capitals', req([`Host: ${HOST}`, 'TRANSFER-ENCODING: chunked'])],
+    ['Transfer-Encoding with Content-Length', req([`Host: ${HOST}`, 'Content-Length: 5', 'Transfer-Encoding: chunked'])],
+    ['Expect', req([`Host: ${HOST}`, 'Expect: 100-continue'])],
+    ['Upgrade', req([`Host: ${HOST}`, 'Upgrade: websocket'])],
+    ['TE', req([`Host: ${HOST}`, 'TE: trailers'])],
+    ['Trailer', req([`Host: ${HOST}`, 'Trailer: X-A'])],
+    ['HTTP2-Settings', req([`Host: ${HOST}`, 'HTTP2-Settings: AAMAAABkAAQAAP__'])],
+    ['Connection: upgrade', req([`Host: ${HOST}`, 'Connection: upgrade'])],
+    ['Connection naming a header', req([`Host: ${HOST}`, 'Connection: authorization'])],
+    ['an empty Connection', req([`Host: ${HOST}`, 'Connection:'])],
+    ['a Connection list with an empty member', req([`Host: ${HOST}`, 'Connection: keep-alive,,close'])],
+    ['obs-fold', req([`Host: ${HOST}`, 'X-A: b', ' c'])],
+    ['obs-fold holding a colon', req([`Host: ${HOST}`, 'X-A: b', ' Content-Length: 5'])],
+    ['obs-fold with a tab', req([`Host: ${HOST}`, 'X-A: b', '\tTransfer-Encoding: chunked'])],
+    ['a NBSP around a value', req([`Host: ${HOST}`, 'Content-Length: \xa05'])],
+    ['a vertical tab in a value', req([`Host: ${HOST}`, 'X-A: b\x0bc'])],
+    ['a form feed around a Content-Length', req([`Host: ${HOST}`, 'Content-Length:\x0c5'])],
+    ['a bare LF in a value', req([`Host: ${HOST}`, 'X-A: b\nX-B: c'])],
+    ['a bare LF ending the request line', head(`GET / HTTP/1.1\nHost: ${HOST}\r\n\r\n`)],
+    ['a bare CR in a value', req([`Host: ${HOST}`, 'X-A: b\rX-B: c'])],
+    ['a NUL in a value', req([`Host: ${HOST}`, 'X-A: b\x00c'])],
+    ['DEL in a value', req([`Host: ${HOST}`, 'X-A: b\x7fc'])],
+    ['obs-text in a value', req([`Host: ${HOST}`, 'X-A: caf\xe9'])],
+    ['a space before the colon', req([`Host: ${HOST}`, 'Content-Length : 5'])],
+    ['a tab before the colon', req([`Host: ${HOST}`, 'Content-Length\t: 5'])],
+    ['a line without a colon', req([`Host: ${HOST}`, 'X-A'])],
+    ['an empty name', req([`Host: ${HOST}`, ': x'])],
+    ['"_" in a name', req([`Host: ${HOST}`, 'Content_Length: 5'])],
+    ['a name with a space inside', req([`Host: ${HOST}`, 'X A: b'])],
+    ['a line starting with whitespace', req([` Host: ${HOST}`])],
+    ['101 headers', req([`Host: ${HOST}`, ...Array.from({ length: 100 }, (_, i) => `X-${i}: ${i}`)])],
+    ['a head over 16 KiB', req([`Host: ${HOST}`, `X-Big: ${'a'.repeat(16 * 1024)}`])],
+  ])('%s: not taken', (_what, bytes) => {
+    expect(parseRequestHead(bytes)).toBeUndefined();
+  });
+
+  it('100 headers and a head of just under 16 KiB are taken', () => {
+    expect(parseRequestHead(req([`Host: ${HOST}`, ...Array.from({ length: 99 }, (_, i) => `X-${i}: ${i}`)]))).toBeDefined();
+    const base = req([`Host: ${HOST}`, 'X-Big: ']).length;
+    expect(parseRequestHead(req([`Host: ${HOST}`, `X-Big: ${'a'.repeat(16 * 1024 - base)}`]))?.rawHeaders).toHaveLength(4);
+  });
+
+  it('findHeadEnd finds the first empty line, also when searched in steps', () => {
+    const bytes = head(`GET / HTTP/1.1\r\nHost: ${HOST}\r\n\r\nGET /next HTTP/1.1\r\n\r\n`);
+    const end = bytes.indexOf('\r\n\r\n') + 4;
+    expect(findHeadEnd(bytes)).toBe(end);
+    for (let seen = 0; seen <= end; seen++) {
+      // `seen` bytes already searched without success: the search resumes where a split CRLFCRLF may start.
+      expect(findHeadEnd(bytes.subarray(0, end), Math.min(seen, end - 1))).toBe(end);
+    }
+    expect(findHeadEnd(head('GET / HTTP/1.1\r\nHost: x\r\n'))).toBe(-1);
+  });
+});
+
+/** What a framer makes of `chunks`: the bytes for the workload, whether it ended, its status and reusability; or the framing error. */
+function frame(chunks: Buffer[], opts: { head?: boolean; close?: boolean } = {}) {
+  const framer = new ResponseFramer(opts.head ?? false);
+  const out: Buffer[] = [];
+  let done = false;
+  let status: number | undefined;
+  try {
+    for (const c of chunks) {
+      if (done) throw new ResponseFramingError('pushed after done');
+      const r = framer.push(c);
+      out.push(...r.out);
+      if (r.status !== undefined) status = r.status;
+      done = r.done;
+    }
+    if (!done && opts.close) done = framer.end();
+  } catch (err) {
+    if (err instanceof ResponseFramingError) return { error: err.message };
+    throw err;
+  }
+  return { out: Buffer.concat(out).toString('latin1'), done, status, reusable: framer.reusable, closeDelimited: framer.closeDelimited };
+}
+const bytewise = (s: string) => [...Buffer.from(s, 'latin1')].map((b) => Buffer.from([b]));
+const whole = (s: string) => [Buffer.from(s, 'latin1')];
+
+/** Responses ResponseFramer takes: [what, bytes, HEAD request, delimited by the close, the bytes the workload gets]. */
+const GOOD: [string, string, boolean, boolean, string][] = [
+  ['Content-Length', 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello', false, false,
+    'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello'],
+  ['an empty reason', 'HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n', false, false, 'HTTP/1.1 200 \r\nContent-Length: 0\r\n\r\n'],
+  ['no reason at all', 'HTTP/1.1 404\r\nContent-Length: 1\r\n\r\nx', false, false, 'HTTP/1.1 404 \r\nContent-Length: 1\r\n\r\nx'],
+  ['chunked, extensions and trailers', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;a=b\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n', false, false,
+    'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;a=b\r\nabc\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\nX-U: 2\r\n\r\n'],
+  ['interim heads', 'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok', false, false,
+    'HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok'],
+  ['HEAD with a length', 'HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n', true, false, 'HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n'],
+  ['HEAD with chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n', true, false, 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n'],
+  ['204', 'HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n', false, false, 'HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n'],
+  ['304 with a length', 'HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n', false, false, 'HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n'],
+  ['hop-by-hop dropped', 'HTTP/1.1 200 OK\r\nConnection: X-Hop, keep-alive\r\nX-Hop: 1\r\nKeep-Alive: timeout=5\r\nProxy-Connection: x\r\nUpgrade: h2c\r\nTrailer: X-T\r\nX-Kept: 1\r\nContent-Length: 1\r\n\r\nz', false, false,
+    'HTTP/1.1 200 OK\r\nX-Kept: 1\r\nContent-Length: 1\r\n\r\nz'],
+  ['close-delimited', 'HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nall of it until the close', false, true, 'HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: close\r\n\r\nall of it until the close'],
+  ['HTTP/1.0 with a length', 'HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nabc', false, false, 'HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc'],
+  ['a NBSP kept in a value (only SP and HTAB are trimmed)', 'HTTP/1.1 200 OK\r\nX-A: \t\xa0v\xa0 \r\nContent-Length: 0\r\n\r\n', false, false,
+    'HTTP/1.1 200 OK\r\nX-A: \xa0v\xa0\r\nContent-Length: 0\r\n\r\n'],
+  ['obs-text in a value and the reason', 'HTTP/1.1 200 \xe9t\xe9\r\nX-A: caf\xe9\r\nContent-Length: 0\r\n\r\n', false, false, 'HTTP/1.1 200 \xe9t\xe9\r\nX-A: caf\xe9\r\nContent-Length: 0\r\n\r\n'],
+];
+
+describe('ResponseFramer', () => {
+  it.each(GOOD)('%s: the same bytes out whether fed whole or byte by byte', (_what, bytes, headRequest, close, expected) => {
+    const a = frame(whole(bytes), { head: headRequest, close });
+    const b = frame(bytewise(bytes), { head: headRequest, close });
+    expect(a).toMatchObject({ out: expected, done: true });
+    expect(b).toEqual(a);
+  });
+
+  it('reusable only after a response that ended by its own framing and said nothing of closing', () => {
+    expect(frame(whole('HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx'))).toMatchObject({ reusable: true, closeDelimited: false, status: 200 });
+    expect(frame(whole('HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\nx'))).toMatchObject({ done: true, reusable: false, closeDelimited: false });
+    expect(frame(whole('HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx'))).toMatchObject({ done: true, reusable: false });
+    expect(frame(whole('HTTP/1.1 200 OK\r\n\r\nx'), { close: true })).toMatchObject({ done: true, reusable: false, closeDelimited: true });
+    // Bytes after the response in the same chunk: the response is forwarded, the connection never reused, the extra never forwarded.
+    const extra = frame(whole('HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nxHTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nevil'));
+    expect(extra).toMatchObject({ out: 'HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx', done: true, reusable: false });
+    // A body not ended by the close: not done.
+    expect(frame(whole('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc'), { close: true })).toMatchObject({ done: false });
+    expect(frame(whole('HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n'), { close: true })).toMatchObject({ done: false });
+    expect(frame(whole('HTTP/1.1 200 OK\r\nContent-Length: 5\r\n'), { close: true })).toMatchObject({ done: false });
+  });
+
+  it('a head is forwarded as soon as it is whole, before its body', () => {
+    const framer = new ResponseFramer(false);
+    const r = framer.push(Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n'));
+    expect(r).toMatchObject({ status: 200, done: false });
+    expect(Buffer.concat(r.out).toString()).toBe('HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n');
+    expect(framer.headSent).toBe(true);
+  });
+
+  /** Responses ResponseFramer refuses, whole or byte by byte. */
+  it.each([
+    ['Content-Length with Transfer-Encoding', 'HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n'],
+    ['Transfer-Encoding other than chunked', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nabc'],
+    ['chunked not last', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n'],
+    ['two Transfer-Encodings', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n'],
+    ['chunked in HTTP/1.0', 'HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n'],
+    ['two Content-Lengths', 'HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx'],
+    ['a Content-Length list', 'HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\nx'],
+    ['a negative Content-Length', 'HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n'],
+    ['a Content-Length in hex', 'HTTP/1.1 200 OK\r\nContent-Length: 0x1\r\n\r\nx'],
+    ['an unsolicited 101', 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'],
+    ['a status of two digits', 'HTTP/1.1 20 OK\r\nContent-Length: 0\r\n\r\n'],
+    ['a status of 600', 'HTTP/1.1 600 OK\r\nContent-Length: 0\r\n\r\n'],
+    ['HTTP/2 in the status line', 'HTTP/2 200 OK\r\nContent-Length: 0\r\n\r\n'],
+    ['HTTP/1.2', 'HTTP/1.2 200 OK\r\nContent-Length: 0\r\n\r\n'],
+    ['a lower-case protocol', 'http/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'],
+    ['no status line', 'Content-Length: 0\r\n\r\n'],
+    ['a bare LF in the head', 'HTTP/1.1 200 OK\r\nX-A: b\nContent-Length: 0\r\n\r\n'],
+    ['a bare LF after the status line', 'HTTP/1.1 200 OK\nContent-Length: 0\r\n\r\n'],
+    ['a bare CR in a value', 'HTTP/1.1 200 OK\r\nX-A: b\rc\r\nContent-Length: 0\r\n\r\n'],
+    ['a NUL in a value', 'HTTP/1.1 200 OK\r\nX-A: b\x00c\r\nContent-Length: 0\r\n\r\n'],
+    ['obs-fold', 'HTTP/1.1 200 OK\r\nX-A: b\r\n c\r\nContent-Length: 0\r\n\r\n'],
+    ['obs-fold holding a colon', 'HTTP/1.1 200 OK\r\nX-A: b\r\n Content-Length: 4\r\nContent-Length: 0\r\n\r\n'],
+    ['a continuation line after the status line', 'HTTP/1.1 200 OK\r\n\tContent-Length: 0\r\n\r\n'],
+    ['a vertical tab in a value', 'HTTP/1.1 200 OK\r\nX-A: b\x0bc\r\nContent-Length: 0\r\n\r\n'],
+    ['a form feed before a length', 'HTTP/1.1 200 OK\r\nContent-Length:\x0c2\r\n\r\nok'],
+    ['a bare CR in a trailer', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\rX-U: 2\r\n\r\n'],
+    ['a trailer line starting with whitespace', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n X-T: 1\r\n\r\n'],
+    ['a space before the colon', 'HTTP/1.1 200 OK\r\nContent-Length : 0\r\n\r\n'],
+    ['a line without a colon', 'HTTP/1.1 200 OK\r\nX-A\r\nContent-Length: 0\r\n\r\n'],
+    ['a head over 16 KiB', `HTTP/1.1 200 OK\r\nX-Big: ${'a'.repeat(16 * 1024)}\r\nContent-Length: 0\r\n\r\n`],
+    ['a bad chunk-size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n'],
+    ['a negative chunk-size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-1\r\n'],
+    ['a chunk-size with a leading space', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n 3\r\nabc\r\n0\r\n\r\n'],
+    ['a chunk-size of 13 digits', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0000000000003\r\nabc\r\n0\r\n\r\n'],
+    ['a chunk-size ending in a bare LF', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n'],
+    ['chunk data longer than its size', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n'],
+    ['chunk data ended by a bare LF', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\n0\r\n\r\n'],
+    ['a chunk-size line over 4 KiB', `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;${'a'.repeat(5000)}\r\nabc\r\n0\r\n\r\n`],
+    ['a malformed trailer', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T 1\r\n\r\n'],
+    ['a trailer with a bare LF', 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: 1\nX-U: 2\r\n\r\n'],
+    ['a trailer section over 16 KiB', `HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n${'X-T: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n'.repeat(400)}\r\n`],
+  ])('%s: a framing error, fed whole or byte by byte', (_what, bytes) => {
+    expect(frame(whole(bytes)).error).toBeDefined();
+    expect(frame(bytewise(bytes)).error).toBeDefined();
+  });
+
+  it('bytes pushed after the response ended are an error, never a response', () => {
+    const framer = new ResponseFramer(false);
+    expect(framer.push(Buffer.from('HTTP/1.1 204 No Content\r\n\r\n')).done).toBe(true);
+    expect(() => framer.push(Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'))).toThrow(ResponseFramingError);
+  });
+});
