@@ -245,6 +245,37 @@ class FastConnection<S extends FastSession> {
   }
 }
 
+/**
+ * Corks a socket until the event loop's check phase, so that what the reads
+ * of one turn bring (a bulk body arrives a TLS record per read) leaves in
+ * one write: one encryption call and one system call instead of one per
+ * record. flush() writes at once (the end of a response or a request body).
+ */
+class TurnBatch {
+  readonly #socket: tls.TLSSocket;
+  #immediate: NodeJS.Immediate | undefined;
+  readonly #onCheck = () => {
+    this.#immediate = undefined;
+    this.#socket.uncork();
+  };
+
+  constructor(socket: tls.TLSSocket) {
+    this.#socket = socket;
+  }
+
+  hold(): void {
+    if (this.#immediate) return;
+    this.#socket.cork();
+    this.#immediate = setImmediate(this.#onCheck);
+  }
+
+  flush(): void {
+    if (!this.#immediate) return;
+    clearImmediate(this.#immediate);
+    this.#onCheck();
+  }
+}
+
 /** Methods sent again on a new connection when a kept-alive one failed before any answer (no body: nothing to replay). */
 const RETRIED_METHODS = new Set(['GET', 'HEAD', 'OPTIONS', 'PUT', 'DELETE']);
 
@@ -278,6 +309,8 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   readonly #sentAt = performance.now();
   /** The workload's socket is paused for the upstream's (the request body's backpressure). */
   #bodyHeld = false;
+  readonly #downBatch: TurnBatch;
+  #upBatch: TurnBatch | undefined;
   readonly #onBodyDrain = () => {
     this.#bodyHeld = false;
     if (!this.#over) this.#flow.unhold();
@@ -303,6 +336,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     this.#framer = new ResponseFramer(head.method === 'HEAD', head.close);
     this.#headBytes = serializeRequestHead(head.method, admission.upstream.path, admission.upstream.headers);
     this.#up = host.upstreams.lease(admission.partition, session.orig.address, session.orig.port, session.sni, this);
+    this.#downBatch = new TurnBatch(down);
   }
 
   /** Whether bytes from the workload are still this request's body. */
@@ -330,7 +364,12 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     if (n === 0) return chunk;
     this.#bodyLeft -= n;
     const up = this.#up.socket;
-    if (!up.write(n === chunk.length ? chunk : chunk.subarray(0, n)) && !this.#over && !this.#bodyHeld) {
+    // A body's records of one turn go out in one write; its last bytes at once.
+    const batch = (this.#upBatch ??= new TurnBatch(up));
+    if (this.#bodyLeft > 0) batch.hold();
+    const flowing = up.write(n === chunk.length ? chunk : chunk.subarray(0, n));
+    if (this.#bodyLeft === 0) batch.flush();
+    if (!flowing && !this.#over && !this.#bodyHeld) {
       this.#bodyHeld = true;
       this.#flow.hold();
       up.once('drain', this.#onBodyDrain);
@@ -362,10 +401,14 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     const down = this.#down;
     const out = framed.out;
     let flowing = true;
-    // One write, so one TLS record and one system call, for a head and a small body.
+    // One write for a head and a small body; a long body's records of one turn together (TurnBatch).
+    if (!framed.done) this.#downBatch.hold();
     if (out.length === 1) flowing = down.write(out[0] as Buffer);
     else if (out.length > 1) flowing = down.write(Buffer.concat(out));
-    if (framed.done) return this.#complete();
+    if (framed.done) {
+      this.#downBatch.flush();
+      return this.#complete();
+    }
     if (!flowing && !this.#upHeld) {
       this.#upHeld = true;
       this.#up.socket.pause();
@@ -438,6 +481,8 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
 
   #finish(): void {
     this.#over = true;
+    this.#downBatch.flush();
+    this.#upBatch?.flush();
     this.#up.owner = undefined;
     this.#up.socket.off('drain', this.#onBodyDrain);
     this.#down.off('drain', this.#onResponseDrain);
