@@ -212,6 +212,8 @@ export class ProxyServer {
   readonly #servers: net.Server[] = [];
   readonly #http: http.Server;
   readonly #sessions = new WeakMap<net.Socket, Session>();
+  /** Connections a request was refused on (which closes them): what was pipelined behind it is not sent upstream. */
+  readonly #refusedOn = new WeakSet<net.Socket>();
   /** Per connection: settles once every request received so far has been answered. */
   readonly #inFlight = new WeakMap<net.Socket, InFlight>();
   /** Restricted workloads' plaintext connections on ports where names are allowed. */
@@ -706,6 +708,12 @@ export class ProxyServer {
     };
     const admitted = await this.#admit(session, req, req, { beforeBodyRead: sendContinue });
     if (!('route' in admitted)) return this.#refuse(req, res, session, admitted);
+    if (this.#refusedOn.has(req.socket as net.Socket)) {
+      // Pipelined behind a request refused on this connection, which closes it: never answered, so never sent.
+      this.#deps.sigv4BodyBudget.releaseAll(req);
+      res.destroy();
+      return;
+    }
     if (admitted.upstream.body) res.once('close', () => this.#deps.sigv4BodyBudget.releaseAll(req));
     // undici sends neither Expect (the 100 is the upstream's to give) nor a
     // chunked head before the first chunk, and drops a Content-Length: 0 a
@@ -1061,6 +1069,7 @@ export class ProxyServer {
 
   /** Answers `refusal` and closes the connection; the request body, if any, is never read. */
   #refuse(req: http.IncomingMessage, res: http.ServerResponse, session: Session, refusal: Refusal): void {
+    this.#refusedOn.add(req.socket as net.Socket);
     this.#count(refusal.code, session);
     this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code });
     answerRefusal(res, refusal);
