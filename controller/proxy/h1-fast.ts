@@ -572,11 +572,6 @@ export class FastUpstreams {
     list.push(conn);
   }
 
-  /** Connections open now (idle and lent). */
-  get size(): number {
-    return this.#open.size;
-  }
-
   close(): void {
     this.#closed = true;
     clearInterval(this.#sweep);

@@ -223,6 +223,8 @@ export class ResponseFramer {
       this.#pending = Buffer.from(buf.subarray(pos));
     };
     while (pos < buf.length) {
+      // Past a final head, what follows is body bytes (framing included) until the response ends.
+      if (bodyStart < 0 && this.#stage !== 'head') bodyStart = pos;
       switch (this.#stage) {
         case 'head': {
           flushBody();
@@ -241,11 +243,9 @@ export class ResponseFramer {
             result.done = true;
             return this.#finish(result, buf, pos);
           }
-          bodyStart = pos;
           continue;
         }
         case 'length': {
-          if (bodyStart < 0) bodyStart = pos;
           const n = Math.min(this.#left, buf.length - pos);
           pos += n;
           this.#left -= n;
@@ -258,7 +258,6 @@ export class ResponseFramer {
           continue;
         }
         case 'size': {
-          if (bodyStart < 0) bodyStart = pos;
           const eol = buf.indexOf(CRLF, pos);
           if (eol < 0) {
             // The partial line is kept and sent with the rest of it.
@@ -280,7 +279,6 @@ export class ResponseFramer {
           continue;
         }
         case 'data': {
-          if (bodyStart < 0) bodyStart = pos;
           const n = Math.min(this.#left, buf.length - pos);
           pos += n;
           this.#left -= n;
@@ -291,7 +289,6 @@ export class ResponseFramer {
           continue;
         }
         case 'data-end': {
-          if (bodyStart < 0) bodyStart = pos;
           const want = this.#left === 2 ? 0x0d : 0x0a;
           if (buf[pos] !== want) throw new ResponseFramingError('chunk data not followed by CRLF');
           pos++;
@@ -299,7 +296,6 @@ export class ResponseFramer {
           continue;
         }
         case 'trailers': {
-          if (bodyStart < 0) bodyStart = pos;
           // Trailer fields, then an empty line: `left` counts the section's bytes so far.
           const eol = buf.indexOf(CRLF, pos);
           if (eol < 0) {
@@ -321,7 +317,6 @@ export class ResponseFramer {
           continue;
         }
         case 'close':
-          if (bodyStart < 0) bodyStart = pos;
           pos = buf.length;
           continue;
         case 'done':

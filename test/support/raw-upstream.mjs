@@ -29,7 +29,6 @@ const { values } = parseArgs({
     key: { type: 'string' },
     port: { type: 'string', default: '443' },
     host: { type: 'string', default: '::' },
-    plain: { type: 'boolean', default: false },
   },
 });
 
