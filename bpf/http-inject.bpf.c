@@ -17,7 +17,8 @@
  *              follows request boundaries and inserts the header line
  *              right after the request line of every request, once.
  *   fexit      wk_http_push_done, after every tcp_bpf_push: a write the
- *              kernel failed to queue refuses the connection (approve()).
+ *              kernel failed to queue refuses the connection (approve()),
+ *              and so does urgent data (watch_urgent()).
  *
  * Framing. Per socket, `left` is the number of bytes known to be safe to
  * pass from the last accounted stream position: the rest of the current
@@ -518,17 +519,35 @@ int wk_http_connect6(struct bpf_sock_addr *ctx)
  * Urgent data (send() with MSG_OOB) stays in the byte stream this program
  * accounts for, but the receiver takes the urgent byte out of its stream
  * (unless it set SO_OOBINLINE): from then on the upstream's request
- * boundaries are no longer ours. The sender is in urgent mode, its urgent
- * pointer ahead of snd_una, from that send until the byte is acknowledged,
- * and the byte cannot be acknowledged before it is transmitted. So urgent
- * data is caught either here, when any segment goes out in urgent mode, or
- * by wk_http_msg, if the next write comes before that; either way before
- * another header is injected. (Outside urgent mode snd_up trails snd_una,
- * briefly, while an ACK is processed: only "ahead" counts.)
+ * boundaries are no longer ours. Only a push made with MSG_OOB puts the
+ * sender in urgent mode (tcp_mark_urg(): its urgent pointer ahead of
+ * snd_una), from then until the byte is acknowledged, and the byte
+ * cannot be acknowledged before it is transmitted. Urgent data is caught
+ * before another header is injected, by one of two watches:
+ *   - With the failed-push watch attached (WK_HTTP_CFG_PUSH_WATCH), by
+ *     wk_http_push_done: every push whose flags hold MSG_OOB refuses the
+ *     connection, whatever its verdict and however long the push waited
+ *     for memory. That costs nothing per segment.
+ *   - Without it (a kernel without BPF trampolines), here, when any
+ *     segment goes out in urgent mode (BPF_SOCK_OPS_HDR_OPT_LEN_CB, run
+ *     on every segment of a socket that asks for it).
+ * And by wk_http_msg, if the next write comes while the byte is still
+ * unacknowledged. (Outside urgent mode snd_up trails snd_una, briefly,
+ * while an ACK is processed: only "ahead" counts.)
  */
 static __always_inline bool urgent_pending(struct tcp_sock *tp)
 {
 	return (__s32)(tp->snd_up - tp->snd_una) > 0;
+}
+
+static __always_inline void refuse_urgent(struct wk_http_sock *st)
+{
+	if ((st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)
+		return;
+	st->flags |= SOCK_REFUSED;
+	forget_line(st);
+	http_count(WK_HTTP_STAT_REFUSED_STREAM);
+	http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_STREAM);
 }
 
 static __always_inline int watch_urgent(struct bpf_sock_ops *skops)
@@ -543,12 +562,8 @@ static __always_inline int watch_urgent(struct bpf_sock_ops *skops)
 	if (!st || (st->flags & (SOCK_ARMED | SOCK_REFUSED)) != SOCK_ARMED)
 		return 1;
 	tp = bpf_skc_to_tcp_sock(sk);
-	if (tp && urgent_pending(tp)) {
-		st->flags |= SOCK_REFUSED;
-		forget_line(st);
-		http_count(WK_HTTP_STAT_REFUSED_STREAM);
-		http_event(st, WK_HTTP_EVENT_REFUSED, WK_HTTP_STAT_REFUSED_STREAM);
-	}
+	if (tp && urgent_pending(tp))
+		refuse_urgent(st);
 	return 1;
 }
 
@@ -556,9 +571,11 @@ SEC("?sockops")
 int wk_http_sockops(struct bpf_sock_ops *skops)
 {
 	struct wk_http_dest_key remote = {};
+	struct wk_http_config *cfg;
 	struct wk_http_sock *st;
 	struct tcp_sock *tp;
 	struct bpf_sock *sk;
+	__u32 zero = 0;
 	__u64 cookie;
 
 	if (skops->op == BPF_SOCK_OPS_HDR_OPT_LEN_CB)
@@ -593,9 +610,11 @@ int wk_http_sockops(struct bpf_sock_ops *skops)
 	st->left = 0;
 	st->approved = 0;
 	st->flags |= SOCK_ARMED;
-	/* Run on every segment this socket transmits: see watch_urgent(). */
-	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
-				  BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
+	/* Without the push watch, run on every segment this socket transmits: see watch_urgent(). */
+	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
+	if (!cfg || !(cfg->flags & WK_HTTP_CFG_PUSH_WATCH))
+		bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags |
+					  BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG);
 	/*
 	 * Second line behind the connect() check: with TCP Fast Open, data
 	 * went out (or will, from a sendmsg that started before this point)
@@ -1283,16 +1302,29 @@ static __always_inline void push_failed(struct sock *sk)
 
 /*
  * After every tcp_bpf_push (the kernel queueing what wk_http_msg passed),
- * under the socket lock: a push that failed leaves the kernel's verdict and
- * approved length in place for the writer's next bytes, which would pass
- * without wk_http_msg (see approve()). The connection is refused from here:
- * no write after this one is ever looked at again, so none is injected.
- * Needs tcp_bpf_push in the kernel's BTF (a function, not inlined).
+ * under the socket lock:
+ *   - a push that failed leaves the kernel's verdict and approved length
+ *     in place for the writer's next bytes, which would pass without
+ *     wk_http_msg (see approve());
+ *   - a push with MSG_OOB (the writer's own flags, passed through) may
+ *     have sent urgent data (see watch_urgent()).
+ * Either way the connection is refused from here: no write after this one
+ * is ever looked at again, so none is injected. Needs tcp_bpf_push in the
+ * kernel's BTF (a function, not inlined).
  */
+#define WK_MSG_OOB	1	/* MSG_OOB in include/linux/socket.h */
+
 SEC("?fexit/tcp_bpf_push")
 int BPF_PROG(wk_http_push_done, struct sock *sk, struct sk_msg *msg, u32 apply_bytes,
 	     int flags, bool uncharge, int ret)
 {
+	struct wk_http_sock *st;
+
+	if (flags & WK_MSG_OOB) {
+		st = bpf_sk_storage_get(&wk_http_sock, sk, NULL, 0);
+		if (st)
+			refuse_urgent(st);
+	}
 	if (ret < 0)
 		push_failed(sk);
 	return 0;

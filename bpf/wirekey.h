@@ -276,6 +276,12 @@ struct wk_http_hdr {
 /* wk_http_config.flags */
 enum wk_http_cfg_flag {
 	WK_HTTP_CFG_AUDIT_REQUESTS = 1,	/* an injected event per request, not per connection and header version */
+	/*
+	 * The failed-push watch (fexit/tcp_bpf_push) is attached, and refuses
+	 * urgent data as it is pushed: new connections are not watched
+	 * segment by segment (see watch_urgent() in http-inject.bpf.c).
+	 */
+	WK_HTTP_CFG_PUSH_WATCH = 2,
 };
 
 /* Key 0 of wk_http_config. */

@@ -28,6 +28,7 @@ import { KernelHttpEvents, type KernelHttpEventHandler, type KernelHttpEventsOpt
 import {
   BPF_F_LOCK,
   WK_HTTP_CFG_AUDIT_REQUESTS,
+  WK_HTTP_CFG_PUSH_WATCH,
   WK_HTTP_DEST_CHECK_HOST,
   WK_HTTP_INJECT,
   WK_HTTP_LINE_MAX,
@@ -212,6 +213,9 @@ export class KernelHttp {
       if (loaded.has(PUSH_WATCH_PROGRAM)) {
         kh.#links.push(bpfCall(() => object.attach(PUSH_WATCH_PROGRAM)));
         kh.#pushWatch = true;
+        // It refuses urgent data as it is pushed: connections made from here
+        // are not watched segment by segment (watch_urgent() in the program).
+        kh.#setConfig({ flags: kh.#config().flags | WK_HTTP_CFG_PUSH_WATCH });
       }
       bpfCall(() => object.attachToMap(MSG_PROGRAM, 'wk_http_socks'));
       kh.#msgAttached = true;

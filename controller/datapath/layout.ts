@@ -424,6 +424,8 @@ export const WK_HTTP_EVENT_INJECTED = 1;
 export const WK_HTTP_EVENT_REFUSED = 2;
 /** wk_http_config.flags: an injected event per request, not per connection and header version (enum wk_http_cfg_flag). */
 export const WK_HTTP_CFG_AUDIT_REQUESTS = 1;
+/** wk_http_config.flags: the failed-push watch is attached and refuses urgent data as it is pushed (enum wk_http_cfg_flag). */
+export const WK_HTTP_CFG_PUSH_WATCH = 2;
 /** Entries of wk_http_usage (WK_HTTP_MAX_USAGE). */
 export const WK_HTTP_MAX_USAGE = 4 * WK_LIMITS.WK_MAX_BINDINGS;
 
@@ -634,7 +636,7 @@ export const CONSTANTS: Record<string, Record<string, number>> = {
     WK_HTTP_HOST_KEY_NAME: 256,
     WK_HTTP_MAX_HOSTS,
   },
-  wk_http_cfg_flag: { WK_HTTP_CFG_AUDIT_REQUESTS },
+  wk_http_cfg_flag: { WK_HTTP_CFG_AUDIT_REQUESTS, WK_HTTP_CFG_PUSH_WATCH },
   wk_egress_limits: {
     WK_EGRESS_MAX_PREFIXES,
     WK_EGRESS_MAP_ENTRIES: 2 * WK_EGRESS_MAX_PREFIXES,

@@ -1229,6 +1229,44 @@ print(port)
     expect(upstream.byPort(r.localPort).map((x) => x.target)).not.toContain('/after-oob');
   });
 
+  // Without the push watch (a kernel without BPF trampolines), urgent data is
+  // caught segment by segment instead: the same refusal, on every kernel.
+  it('urgent data is refused the same way without the push watch (segments watched)', async () => {
+    const tree = createCgroup(cgRoot, `${path.relative(cgRoot, top)}-urg`);
+    const treeBound = createCgroup(cgRoot, path.relative(cgRoot, path.join(tree, 'bound')));
+    const o3 = bpfCall(() => new (native().BpfObject)(objectPath));
+    let kh3: KernelHttp | undefined;
+    try {
+      KernelHttp.enable(o3, { pushWatch: false });
+      bpfCall(() => {
+        o3.setGlobal('agent_tgid', encodeU32(process.pid));
+        o3.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
+        o3.load();
+      });
+      o3.map('wk_cgroup_mask').update(encodeU64(cgroupId(treeBound) as bigint), encodeMask([WORKLOAD]));
+      o3.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
+      kh3 = KernelHttp.attach(o3, tree);
+      expect(kh3.pushWatch).toBe(false);
+      kh3.setDestinations([{ address: v4, port: 80, serviceId: SERVICE }]);
+      kh3.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
+      const before = kh3.stats();
+      const r = await raw(treeBound, v4, 80, [
+        { op: 'send', data: `POST /oob-seg HTTP/1.1\r\nHost: u\r\nContent-Length: 2\r\n\r\nx` },
+        { op: 'oob', data: 'y' },
+        { op: 'send', data: get('/after-oob-seg') },
+        { op: 'recv', count: 1 },
+      ]);
+      expect(r.error).toBe(EACCES);
+      expect(delta(before, kh3.stats())).toMatchObject({ injected: 1, refusedStream: 1 });
+      await upstream.closedFor(r.localPort);
+      expect(upstream.byPort(r.localPort).map((x) => x.target)).not.toContain('/after-oob-seg');
+    } finally {
+      kh3?.close();
+      o3.close();
+      removeCgroupTree(cgRoot, tree);
+    }
+  });
+
   it('bindings and stats never expose the header', () => {
     expect(kh.bindings()).toEqual([{ workloadId: WORKLOAD, serviceId: SERVICE, state: 'inject', version: expect.any(Number) }]);
     expect(JSON.stringify(kh.bindings())).not.toContain(CANARY);
