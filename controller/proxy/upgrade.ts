@@ -83,6 +83,8 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
     setHost: false,
   });
   let answered = false;
+  /** A non-101 answer, forwarded as an ordinary response. */
+  let ordinary: http.IncomingMessage | undefined;
   const abort = () => {
     upstreamReq.destroy();
     client.destroy();
@@ -110,6 +112,7 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
   upstreamReq.once('response', (res: http.IncomingMessage) => {
     // Not switching protocols: an ordinary response, then the connection closes.
     answered = true;
+    ordinary = res;
     client.off('close', onEarlyClose);
     const status = res.statusCode ?? 502;
     cb.answered(status);
@@ -125,7 +128,8 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
 
   upstreamReq.once('error', (err) => {
     if (answered) {
-      client.destroy();
+      // The upstream's close after a whole response is no failure: the piped end flushes it to the workload.
+      if (!ordinary?.complete) client.destroy();
       return;
     }
     client.off('close', onEarlyClose);
