@@ -21,7 +21,7 @@ import type { Logger } from '../log.js';
 import type { Refusal } from '../refusals.js';
 import { refuseRaw } from './refusal-response.js';
 import { findHeadEnd, MAX_HEAD_BYTES, parseRequestHead, ResponseFramer, ResponseFramingError, serializeRequestHead, type FastRequestHead } from './h1-wire.js';
-import type { Admission } from './h2.js';
+import type { Admission, InjectOutcome } from './h2.js';
 import { STREAM_HIGH_WATER_MARK } from './upstream-pool.js';
 
 /** A terminated connection as the fast path needs it. */
@@ -35,10 +35,18 @@ export interface FastHost<S extends FastSession> {
   /** Whether the route in force for `session` may take its requests here (a header injection; SigV4 reads bodies). */
   eligible(session: S): boolean;
   admit(session: S, head: FastRequestHead): Promise<Admission | Refusal>;
-  /** Counts and audits a refused request. */
-  refused(session: S, head: FastRequestHead, refusal: Refusal): void;
-  /** Audits a request whose response was forwarded whole. */
-  completed(session: S, head: FastRequestHead, admission: Admission, status: number): void;
+  /**
+   * Counts and audits a refused request. `sent`: its admission, when the
+   * request had already gone upstream with the credential (an upstream that
+   * failed before answering): the audit line is then an inject line.
+   */
+  refused(session: S, head: FastRequestHead, refusal: Refusal, sent?: Admission): void;
+  /**
+   * Audits a request that went upstream with the credential: its response
+   * forwarded whole, or (`reason`) not: cut after its head (`status`, the
+   * upstream's), or the workload gone first (`status` 0 when no head came).
+   */
+  completed(session: S, head: FastRequestHead, admission: Admission, status: number, reason?: InjectOutcome): void;
   upstreamLatency(session: S, seconds: number): void;
   /** Gives `socket` (paused, unconsumed bytes unshifted) to Node's HTTP server. */
   handOff(socket: tls.TLSSocket, session: S): void;
@@ -302,7 +310,6 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   #retried = false;
   /** Request body bytes still to come from the workload. */
   #bodyLeft: number;
-  #status = 0;
   #over = false;
   /** The upstream socket is paused for the workload's (the response's backpressure). */
   #upHeld = false;
@@ -381,7 +388,18 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   abort(): void {
     if (this.#over) return;
     this.#finish();
+    const sent = this.#sent();
     this.#up.socket.destroy();
+    if (sent) this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status, 'workload-closed');
+  }
+
+  /**
+   * Whether the request may have reached the upstream, credential and all:
+   * its connection's TLS was established and verified (a write made before
+   * that goes out once it is), or bytes of the answer came.
+   */
+  #sent(): boolean {
+    return this.#answered || this.#up.socket.authorized;
   }
 
   data(chunk: Buffer): void {
@@ -395,7 +413,6 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
       return;
     }
     if (framed.status !== undefined) {
-      this.#status = framed.status;
       this.#host.upstreamLatency(this.#session, (performance.now() - this.#sentAt) / 1000);
     }
     const down = this.#down;
@@ -433,7 +450,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   /** The response was forwarded whole. */
   #complete(): void {
     this.#finish();
-    this.#host.completed(this.#session, this.#head, this.#admission, this.#status);
+    this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status);
     // A request whose body was not all sent (the upstream answered early) leaves the upstream mid-request, and the workload mid-body.
     const whole = this.#bodyLeft === 0;
     if (whole && this.#framer.reusable) this.#host.upstreams.release(this.#up);
@@ -444,6 +461,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   #fail(err: Error): void {
     if (this.#retry(err)) return;
     this.#finish();
+    const sent = this.#sent();
     this.#up.socket.destroy();
     this.#host.log.debug('exchange with %s failed: %s', this.#session.sni, err.message);
     if (!this.#framer.headSent && this.#down.writable) {
@@ -451,11 +469,13 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
         status: 502, code: 'upstream-failed',
         message: err instanceof ResponseFramingError ? `upstream ${this.#session.sni} sent a malformed response` : `upstream ${this.#session.sni} failed: ${err.message}`,
       };
-      this.#host.refused(this.#session, this.#head, refusal);
+      this.#host.refused(this.#session, this.#head, refusal, sent ? this.#admission : undefined);
       this.#done(false, refusal);
     } else {
-      // Part of the response is out: it can only be cut.
+      // Part of the response is out: it can only be cut. (Or the workload is gone.)
       this.#down.destroy();
+      if (this.#framer.headSent) this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status, 'response-cut');
+      else if (sent) this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status, 'workload-closed');
       this.#done(false);
     }
   }

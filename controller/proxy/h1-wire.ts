@@ -175,6 +175,7 @@ export class ResponseFramer {
   #stage: Stage = 'head';
   /** Bytes of an unfinished head, chunk-size line or trailer section. */
   #pending: Buffer | undefined;
+  #status = 0;
   #left = 0;
   /** The connection may carry another exchange once this one is done. */
   #reusable = true;
@@ -199,6 +200,11 @@ export class ResponseFramer {
   /** The response is delimited by the upstream's close: the workload's connection closes after it. */
   get closeDelimited(): boolean {
     return this.#closeDownstream;
+  }
+
+  /** The final head's status once it was read (0 before). */
+  get status(): number {
+    return this.#status;
   }
 
   /** Whether a final head was forwarded (a failure after that can only cut the response). */
@@ -382,6 +388,7 @@ export class ResponseFramer {
       }
     }
     if (status < 200) return { bytes: rewriteHead(status, reason, fields, [], tokens), status, interim: true };
+    this.#status = status;
 
     if (minor === '0' || tokens?.includes('close')) this.#reusable = false;
     const bodiless = this.#headRequest || status === 204 || status === 304;

@@ -66,6 +66,13 @@ export interface Admission {
   partition: string;
 }
 
+/**
+ * Why a request that went upstream with its credential did not get its
+ * response whole: the upstream's response broke or ended early after its
+ * head, or the workload went away first. An inject line's `reason`.
+ */
+export type InjectOutcome = 'response-cut' | 'workload-closed';
+
 /** A terminated connection as this module needs it: where it was going and the SNI it named. */
 export interface H2Connection {
   address: string;
@@ -77,8 +84,8 @@ export interface H2Connection {
 export interface H2Host<S extends H2Connection> {
   /** The plan in force, checkRequest(), the audit's health, the credential and its injection; or why not. */
   admit(session: S, head: RequestHead, source: StreamedRequest): Promise<Admission | Refusal>;
-  /** Counts and audits a refused request. */
-  refused(session: S, head: { method?: string; url?: string }, refusal: Refusal): void;
+  /** Counts and audits a refused request; `sent`: it had gone upstream with its credential (an inject line, see FastHost.refused). */
+  refused(session: S, head: { method?: string; url?: string }, refusal: Refusal, sent?: Admission): void;
   /** Counts and audits a connection closed for what it did (too many resets). */
   connectionRefused(session: S, code: RefusalCode): void;
   /** Audits a request that went upstream: its response forwarded whole, or cut short (`reset`), or none yet (`status` 0). */
@@ -351,7 +358,7 @@ export class H2Front<S extends H2Connection> {
       if (code === NGHTTP2_NO_ERROR || stream.closed || stream.destroyed) return;
       if (!status && code !== NGHTTP2_REFUSED_STREAM) {
         // No response yet: the workload gets a refusal it can read.
-        this.#refuse(conn, stream, head, { status: 502, code: 'upstream-failed', message: `upstream ${conn.sni} reset the stream (HTTP/2 error ${code})` });
+        this.#refuse(conn, stream, head, { status: 502, code: 'upstream-failed', message: `upstream ${conn.sni} reset the stream (HTTP/2 error ${code})` }, admission);
         return;
       }
       // REFUSED_STREAM (a GOAWAY that left it out, or a refused stream):
@@ -426,7 +433,9 @@ export class H2Front<S extends H2Connection> {
     stream.on('wantTrailers', () => this.#sendTrailers(stream, res?.rawTrailers ?? []));
     up.on('error', (err) => {
       if (stream.closed || stream.destroyed) return;
-      if (!status) this.#refuse(conn, stream, head, { status: 502, code: 'upstream-failed', message: `upstream ${conn.sni} failed: ${err.message}` });
+      // Written on a verified TLS connection, the request went out with its credential.
+      const sent = (up.socket as tls.TLSSocket | null)?.authorized ? admission : undefined;
+      if (!status) this.#refuse(conn, stream, head, { status: 502, code: 'upstream-failed', message: `upstream ${conn.sni} failed: ${err.message}` }, sent);
       else this.#reset(stream, NGHTTP2_INTERNAL_ERROR);
     });
     const complete = this.#completion(conn, stream, head, admission, () => status);
@@ -464,8 +473,8 @@ export class H2Front<S extends H2Connection> {
   }
 
   /** Answers `refusal` on the stream (or resets it when a response is no longer possible); its body is never read. */
-  #refuse(conn: S, stream: http2.ServerHttp2Stream, head: { method?: string; url?: string }, refusal: Refusal): void {
-    this.#host.refused(conn, head, refusal);
+  #refuse(conn: S, stream: http2.ServerHttp2Stream, head: { method?: string; url?: string }, refusal: Refusal, sent?: Admission): void {
+    this.#host.refused(conn, head, refusal, sent);
     this.#refused.add(stream);
     if (stream.closed || stream.destroyed) return;
     if (stream.headersSent) return this.#reset(stream, NGHTTP2_INTERNAL_ERROR);

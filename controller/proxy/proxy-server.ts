@@ -28,7 +28,7 @@ import type { PartitionedAgent, PartitionedHttpAgent, PartitionedRequestOptions 
 import { UpstreamH2Pool } from './upstream-h2.js';
 import { STREAM_HIGH_WATER_MARK, UpstreamPools, type UpstreamPool } from './upstream-pool.js';
 import type { Dispatcher } from 'undici';
-import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits } from './h2.js';
+import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits, type InjectOutcome } from './h2.js';
 import { FastUpstreams, serveFast, type FastHost } from './h1-fast.js';
 import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
@@ -282,21 +282,14 @@ export class ProxyServer {
   #h2Host(upstreamH2: UpstreamH2Pool): H2Host<Session & H2Connection> {
     return {
       admit: (session, head, source) => this.#admit(session, head, source),
-      refused: (session, head, refusal) => {
-        this.#count(refusal.code, session);
-        this.#audit(session, head, { decision: 'deny', status: refusal.status, reason: refusal.code });
-      },
+      refused: (session, head, refusal, sent) => this.#recordRefusal(session, head, refusal, sent),
       connectionRefused: (session, code) => {
         this.#count(code, session);
         this.#audit(session, {}, { decision: 'deny', reason: code });
       },
       completed: (session, head, admission, status, reset) => {
-        const a = admission as Admitted;
-        this.#audit(session, head, {
-          decision: 'inject', ...(status ? { status } : {}), credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
-          leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, ...(reset ? { reason: `stream reset (HTTP/2 error ${reset})` } : {}),
-        }, true);
-        if (!reset) this.#deps.observer?.injected(a.workload, a.service);
+        this.#auditSent(session, head, admission, status ?? 0, reset ? `stream reset (HTTP/2 error ${reset})` : undefined);
+        if (!reset) this.#deps.observer?.injected(admission.workload, admission.service);
       },
       upstreamLatency: (session, seconds) => this.#deps.observer?.upstreamLatency(session.route.workload.name, session.route.service.name, seconds),
       releaseBody: (owner) => this.#deps.sigv4BodyBudget.releaseAll(owner),
@@ -313,17 +306,10 @@ export class ProxyServer {
       // SigV4 reads bodies to sign them: Node's server path does that.
       eligible: (session) => this.#currentRoute(session)?.binding.inject.kind !== 'sigv4',
       admit: (session, head) => this.#admit(session, head, { method: head.method, url: head.url, rawHeaders: head.rawHeaders, body: undefined, unknownLength: false }),
-      refused: (session, head, refusal) => {
-        this.#count(refusal.code, session);
-        this.#audit(session, head, { decision: 'deny', status: refusal.status, reason: refusal.code });
-      },
-      completed: (session, head, admission, status) => {
-        const a = admission as Admitted;
-        this.#audit(session, head, {
-          decision: 'inject', status, credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
-          leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId,
-        }, true);
-        this.#deps.observer?.injected(a.workload, a.service);
+      refused: (session, head, refusal, sent) => this.#recordRefusal(session, head, refusal, sent),
+      completed: (session, head, admission, status, reason) => {
+        this.#auditSent(session, head, admission, status, reason);
+        if (!reason) this.#deps.observer?.injected(admission.workload, admission.service);
       },
       upstreamLatency: (session, seconds) => this.#deps.observer?.upstreamLatency(session.route.workload.name, session.route.service.name, seconds),
       handOff: (socket, session) => {
@@ -747,6 +733,17 @@ export class ProxyServer {
     let settled = false;
     let gone = false;
     let corked = false;
+    /** The upstream's status, once its head came. */
+    let status = 0;
+    /** undici is writing the request on a verified connection: it goes out with its credential. */
+    let sent = false;
+    let audited = false;
+    const audit = (reason?: InjectOutcome) => {
+      if (audited) return;
+      audited = true;
+      this.#auditSent(session, req, admitted, status, reason);
+      if (!reason) this.#deps.observer?.injected(route.workload.name, route.service.name);
+    };
     const uncork = () => {
       corked = false;
       res.uncork();
@@ -759,16 +756,20 @@ export class ProxyServer {
     };
     const sentAt = performance.now();
     const handler: Dispatcher.DispatchHandler = {
+      // Called as the request head is about to be written to a connected, verified socket.
       onRequestStart: (c) => {
         controller = c;
         if (gone) c.abort(new Error('the workload closed its connection'));
+        else sent = true;
       },
-      onResponseStart: (c, status, headers, statusMessage) => {
+      onResponseStart: (c, upstreamStatus, headers, statusMessage) => {
         this.#deps.observer?.upstreamLatency(route.workload.name, route.service.name, (performance.now() - sentAt) / 1000);
+        status = upstreamStatus;
         try {
           res.writeHead(status, statusMessage, downstreamResponseHeaderList(headers));
         } catch (err) {
           this.#deps.log.debug('response from %s not forwardable: %s', sni, (err as Error).message);
+          audit('response-cut');
           c.abort(err as Error);
           res.destroy();
           return;
@@ -783,17 +784,7 @@ export class ProxyServer {
         // paused, and is cut past CLOSE_DELIMITED_BUFFER_MAX waiting for the
         // workload.
         remaining = typeof length === 'string' ? Number(length) : headers['transfer-encoding'] !== undefined ? Infinity : -1;
-        res.once('finish', () => {
-          this.#audit(session, req, {
-            decision: 'inject',
-            status,
-            credential: route.binding.inject.credential,
-            credentialVersion: upstream.credentialVersion,
-            leaseId: upstream.leaseId,
-            accessKeyId: upstream.accessKeyId,
-          }, true);
-          this.#deps.observer?.injected(route.workload.name, route.service.name);
-        });
+        res.once('finish', () => audit());
       },
       onResponseData: (c, chunk) => {
         if (remaining >= 0) remaining -= chunk.length;
@@ -820,16 +811,20 @@ export class ProxyServer {
         if (!settle() || gone) return;
         if (res.headersSent) {
           this.#deps.log.debug('response stream from %s ended early: %s', sni, err.message);
+          audit('response-cut');
           res.destroy(err);
           return;
         }
-        this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` });
+        audited = true;
+        this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` }, sent ? admitted : undefined);
       },
     };
     // A workload that goes away mid-request must not leave a half-sent
     // request upstream: aborting destroys the upstream connection, which is
     // then never reused.
     res.once('close', () => {
+      // Gone after the request went out with its credential, and before its response was whole.
+      if (sent && !res.writableFinished) audit('workload-closed');
       if (res.writableFinished || settled) return;
       gone = true;
       controller?.abort(new Error('the workload closed its connection'));
@@ -849,7 +844,6 @@ export class ProxyServer {
   #forwardByAgent(req: http.IncomingMessage, res: http.ServerResponse, session: Session, admitted: Admitted, sendContinue: () => void): void {
     const { route, upstream } = admitted;
     const { orig, sni } = session;
-    const inject = route.binding.inject;
 
     const options: PartitionedRequestOptions = {
       agent: this.#deps.upstreamAgent,
@@ -864,6 +858,17 @@ export class ProxyServer {
     };
     let upstreamReq: http.ClientRequest;
     const sentAt = performance.now();
+    /** The upstream's status, once its head came. */
+    let status = 0;
+    /** The request went out with its credential: written on a verified TLS connection (or answered). */
+    const sent = () => status > 0 || (upstreamReq?.socket as tls.TLSSocket | null | undefined)?.authorized === true;
+    let audited = false;
+    const audit = (reason?: InjectOutcome) => {
+      if (audited) return;
+      audited = true;
+      this.#auditSent(session, req, admitted, status, reason);
+      if (!reason) this.#deps.observer?.injected(route.workload.name, route.service.name);
+    };
     try {
       upstreamReq = https.request(options);
     } catch (err) {
@@ -873,11 +878,12 @@ export class ProxyServer {
     }
     upstreamReq.on('response', (upstreamRes) => {
       this.#deps.observer?.upstreamLatency(route.workload.name, route.service.name, (performance.now() - sentAt) / 1000);
-      const status = upstreamRes.statusCode ?? 502;
+      status = upstreamRes.statusCode ?? 502;
       try {
         res.writeHead(status, upstreamRes.statusMessage, downstreamResponseHeaders(upstreamRes.rawHeaders));
       } catch (err) {
         this.#deps.log.debug('response from %s not forwardable: %s', sni, (err as Error).message);
+        audit('response-cut');
         upstreamReq.destroy();
         res.destroy();
         return;
@@ -891,27 +897,20 @@ export class ProxyServer {
       upstreamRes.pipe(res);
       upstreamRes.once('error', (err) => {
         this.#deps.log.debug('response stream from %s ended early: %s', sni, err.message);
+        audit('response-cut');
         res.destroy(err);
       });
-      res.once('finish', () => {
-        this.#audit(session, req, {
-          decision: 'inject',
-          status,
-          credential: inject.credential,
-          credentialVersion: upstream.credentialVersion,
-          leaseId: upstream.leaseId,
-          accessKeyId: upstream.accessKeyId,
-        }, true);
-        this.#deps.observer?.injected(route.workload.name, route.service.name);
-      });
+      res.once('finish', () => audit());
     });
     upstreamReq.on('continue', sendContinue);
     upstreamReq.on('error', (err) => {
       if (res.headersSent) {
+        audit('response-cut');
         res.destroy(err);
         return;
       }
-      this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` });
+      audited = true;
+      this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` }, sent() ? admitted : undefined);
     });
     if (upstream.body) upstreamReq.end(upstream.body);
     else {
@@ -924,7 +923,9 @@ export class ProxyServer {
     // is then never reused.
     req.once('error', (err) => upstreamReq.destroy(err));
     res.once('close', () => {
-      if (!res.writableFinished) upstreamReq.destroy();
+      if (res.writableFinished) return;
+      if (sent()) audit('workload-closed');
+      upstreamReq.destroy();
     });
   }
 
@@ -1067,12 +1068,23 @@ export class ProxyServer {
     return n;
   }
 
-  /** Answers `refusal` and closes the connection; the request body, if any, is never read. */
-  #refuse(req: http.IncomingMessage, res: http.ServerResponse, session: Session, refusal: Refusal): void {
+  /**
+   * Answers `refusal` and closes the connection; the request body, if any,
+   * is never read. `sent`: the request had gone upstream with its
+   * credential (an upstream that failed before answering): its audit line
+   * is an inject line with the refusal's status and code.
+   */
+  #refuse(req: http.IncomingMessage, res: http.ServerResponse, session: Session, refusal: Refusal, sent?: Admission): void {
     this.#refusedOn.add(req.socket as net.Socket);
-    this.#count(refusal.code, session);
-    this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code });
+    this.#recordRefusal(session, req, refusal, sent);
     answerRefusal(res, refusal);
+  }
+
+  /** Counts and audits a refused request: a deny line, or with `sent` (it had gone upstream with its credential) an inject line. */
+  #recordRefusal(session: Session, req: { method?: string; url?: string }, refusal: Refusal, sent?: Admission): void {
+    this.#count(refusal.code, session);
+    if (sent) this.#auditSent(session, req, sent, refusal.status, refusal.code);
+    else this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code });
   }
 
   /** A connection refused before TLS: nothing can be said to the workload but the close; the audit log says why. */
@@ -1114,6 +1126,19 @@ export class ProxyServer {
   #count(code: RefusalCode, session?: Session): void {
     this.#refused.set(code, (this.#refused.get(code) ?? 0) + 1);
     if (session) this.#deps.observer?.refused(session.route.workload.name, session.route.service.name, code);
+  }
+
+  /**
+   * The inject line of a request that went upstream with its credential:
+   * its response forwarded whole (no `reason`), or not (`reason`: the
+   * refusal code answered instead, response-cut or workload-closed;
+   * `status` 0 when no head came back).
+   */
+  #auditSent(session: Session, req: { method?: string; url?: string }, a: Admission, status: number, reason?: string): void {
+    this.#audit(session, req, {
+      decision: 'inject', ...(status ? { status } : {}), credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
+      leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, ...(reason ? { reason } : {}),
+    }, !reason);
   }
 
   /** An audit line for a request on `session`; `done`: of a response already forwarded whole (AuditLog.recordDone). */

@@ -301,6 +301,9 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect((await next.read()).status).toBe(200);
       const after = (await f.recordsSince(before)).find((r) => r.url === '/after-abort') as UpstreamRecord;
       expect(after.remotePort).not.toBe(streaming.remotePort);
+      // The credential was used; the workload left before the response was whole (its head may not have come yet).
+      const line = await eventually(async () => (await audit()).find((e) => e.path === '/bytes/50000000'), 10_000, 'the inject line of the abandoned response');
+      expect(line).toMatchObject({ decision: 'inject', reason: 'workload-closed', workload: 'alice', credential: 'api-token' });
     });
 
     it('a workload that closes mid-body: that upstream connection is closed, never given the next request', async () => {
@@ -346,7 +349,10 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(recs[1]?.conn).not.toBe(recs[0]?.conn);
       expect(JSON.parse(n.body as string)).toEqual({ path: `/after/${name}`, conn: recs[1]?.conn });
       expect((await raw.sync(), (raw.records.slice(before) as RawRecord[]).some((x) => x.event === 'closed' && x.conn === recs[0]?.conn))).toBe(true);
-      expect((await audit()).some((e) => e.decision === 'deny' && e.reason === 'upstream-failed' && e.path === `/raw/${name}`)).toBe(true);
+      // The request had gone out on a verified connection, credential and all: an inject line, with what the workload got.
+      expect((await audit()).filter((e) => e.path === `/raw/${name}`)).toEqual([
+        expect.objectContaining({ decision: 'inject', status: 502, reason: 'upstream-failed', workload: 'alice', service: 'raw', credential: 'api-token' }),
+      ]);
     });
 
     /** The head went out, then the body broke or was cut: the workload's connection is cut. */
@@ -364,6 +370,10 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       const recs = await rawRequests(before);
       expect(recs.map((x) => x.url)).toEqual([`/raw/${name}`, `/after/${name}`]);
       expect(recs[1]?.conn).not.toBe(recs[0]?.conn);
+      // The credential was used: the line says so, and that the response was cut.
+      expect((await audit()).filter((e) => e.path === `/raw/${name}`)).toEqual([
+        expect.objectContaining({ decision: 'inject', status: 200, reason: 'response-cut', workload: 'alice', service: 'raw', credential: 'api-token' }),
+      ]);
     });
 
     it('extra bytes after a Content-Length body are not the next response: the next request gets its own, on a new upstream connection', async () => {
@@ -492,6 +502,10 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(r.status).toBe(502);
       expect(header(r, 'x-wirekey-error')).toBe('upstream-failed');
       expect(await rawRequests(before)).toEqual([]);
+      // Nothing was sent: a deny line.
+      expect((await audit()).filter((e) => e.path === '/misnamed')).toEqual([
+        expect.objectContaining({ decision: 'deny', status: 502, reason: 'upstream-failed', workload: 'alice', service: 'misnamed' }),
+      ]);
     });
 
     it('hop-by-hop response headers, and those the upstream\'s Connection names, do not reach the workload', async () => {
@@ -616,5 +630,50 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
     const logs = agent.output() + readFileSync(f.auditPath, 'utf8');
     expect(leaks(logs)).toEqual([]);
     expect(agent.output()).not.toMatch(/inside the proxy/);
+  });
+
+  // Last: the agent is restarted without the fast path.
+  describe('Node\'s server path (--no-h1-fast-path): a credential that went upstream is audited the same way', () => {
+    beforeAll(async () => {
+      await agent.stop();
+      agent = await f.startAgent({ extraArgs: ['--no-h1-fast-path'] });
+    });
+    /** Lines about `p` written since `from` lines were in the log (the fast path's tests used the same paths). */
+    const lines = async (p: string, from: number) => (await audit()).slice(from).filter((e) => e.path === p);
+
+    it('an upstream that answers with a broken head: 502 upstream-failed, and an inject line (the request had gone out)', async () => {
+      const from = (await audit()).length;
+      const s = openRaw();
+      s.send(rawRequest('GET', '/raw/bare-lf'));
+      expect((await s.read()).status).toBe(502);
+      expect(await lines('/raw/bare-lf', from)).toContainEqual(expect.objectContaining({ decision: 'inject', status: 502, reason: 'upstream-failed', credential: 'api-token' }));
+    });
+
+    it('a response cut after its head: an inject line with the upstream\'s status, response-cut', async () => {
+      const from = (await audit()).length;
+      const s = openRaw();
+      s.send(rawRequest('GET', '/raw/cut'));
+      expect((await s.read()).error).toBeDefined();
+      const line = await eventually(async () => (await lines('/raw/cut', from)).find((e) => e.reason === 'response-cut'), 10_000, 'the inject line of the cut response');
+      expect(line).toMatchObject({ decision: 'inject', status: 200, credential: 'api-token' });
+    });
+
+    it('an upstream whose certificate does not verify: a deny line (nothing was sent)', async () => {
+      const s = new TlsSession(cg.alice, MISNAMED, f.host.ipv4, RAW_PORT, f.bothCas);
+      sessions.push(s);
+      s.send(request('GET', '/misnamed-node', [], '', `${MISNAMED}:${RAW_PORT}`));
+      expect((await s.read()).status).toBe(502);
+      expect(await lines('/misnamed-node', 0)).toEqual([expect.objectContaining({ decision: 'deny', status: 502, reason: 'upstream-failed' })]);
+    });
+
+    it('a workload that goes away while its response streams: an inject line, workload-closed', async () => {
+      const before = f.upstream.records.length;
+      const s = open(cg.alice);
+      s.send(request('GET', '/bytes/50000001'));
+      await waitFor(() => f.upstream.records.slice(before).some((r) => r.url === '/bytes/50000001'), 'the large response under way');
+      s.close();
+      const line = await eventually(async () => (await lines('/bytes/50000001', 0)).find((e) => e.reason === 'workload-closed'), 10_000, 'the inject line of the abandoned response');
+      expect(line).toMatchObject({ decision: 'inject', credential: 'api-token' });
+    });
   });
 });

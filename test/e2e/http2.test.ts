@@ -232,6 +232,19 @@ spec: {workload: keyed, service: h2api, inject: {header: {credential: api-token,
     expect(h2.records.slice(before)).toEqual([]);
   });
 
+  it('an HTTP/2 upstream that resets a stream it received: 502 upstream-failed, and an inject line (the credential went out)', async () => {
+    const before = h2.records.length;
+    const r = await curl(bound, ['--http2', '--cacert', f.wirekeyCa, '-D', '-', `${H2_ORIGIN}/reset`]);
+    expect(r.stdout).toMatch(/^HTTP\/2 502/);
+    expect(r.stdout).toMatch(/x-wirekey-error: upstream-failed/);
+    await h2.sync();
+    expect(h2.records.slice(before).map((x) => [x.url, x.authorization])).toEqual([['/reset', [f.expectedAuth]]]);
+    await f.settled();
+    expect(audit().filter((l) => l.path === '/reset')).toEqual([
+      expect.objectContaining({ decision: 'inject', status: 502, reason: 'upstream-failed', credential: 'api-token' }),
+    ]);
+  });
+
   it('no credential in the agent\'s log or the audit log', () => {
     expect(f.agent?.output()).not.toContain(f.token);
     expect(readFileSync(f.auditPath, 'utf8')).not.toContain(f.token);

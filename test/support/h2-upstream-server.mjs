@@ -78,6 +78,12 @@ server.on('stream', (stream, headers, flags, rawHeaders) => {
     });
     return;
   }
+  if (path === '/reset') {
+    // The request arrived (credential and all); the stream is reset before any response.
+    record();
+    stream.close(http2.constants.NGHTTP2_INTERNAL_ERROR);
+    return;
+  }
   if (path === '/goaway') {
     record();
     // Streams up to the one before this stay; this one and later are refused.
