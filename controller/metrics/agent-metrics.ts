@@ -20,6 +20,7 @@ import { httpStatRefusal, type HttpStatName } from '../datapath/layout.js';
 import type { ProxyObserver } from '../proxy/proxy-server.js';
 import type { EgressDecision } from '../proxy/egress-decision.js';
 import type { RefusalCode } from '../refusals.js';
+import { SeriesHistogram, type HistogramSeries } from './series-histogram.js';
 
 export interface MapUsage {
   name: string;
@@ -53,8 +54,10 @@ export interface AgentMetricsOptions {
 
 interface Children {
   injected: Counter.Internal;
+  /** Proxy requests injected since the last scrape: added to `injected` when it is collected (a number is cheaper per request than prom-client's inc). */
+  pending: number;
   refused: Map<string, Counter.Internal>;
-  latency: Histogram.Internal<'workload' | 'service'> | undefined;
+  latency: HistogramSeries | undefined;
 }
 
 const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60];
@@ -78,7 +81,7 @@ export class AgentMetrics implements ProxyObserver {
 
   readonly #injected: Counter<'datapath' | 'workload' | 'service'>;
   readonly #refused: Counter<'datapath' | 'workload' | 'service' | 'reason'>;
-  readonly #latency: Histogram<'workload' | 'service'>;
+  readonly #latency: SeriesHistogram<'workload' | 'service'>;
   readonly #connectionsRefused: Counter<'workload' | 'reason'>;
   readonly #unidentified: Counter;
   readonly #h1HandedOff: Counter<'workload'>;
@@ -106,6 +109,9 @@ export class AgentMetrics implements ProxyObserver {
       help: 'Requests sent upstream with their credential injected, by datapath, workload and service',
       labelNames: ['datapath', 'workload', 'service'] as const,
       registers,
+      collect() {
+        self.#addPending();
+      },
     });
     this.#refused = new Counter({
       name: 'wirekey_requests_refused_total',
@@ -113,7 +119,7 @@ export class AgentMetrics implements ProxyObserver {
       labelNames: ['datapath', 'workload', 'service', 'reason'] as const,
       registers,
     });
-    this.#latency = new Histogram({
+    this.#latency = new SeriesHistogram({
       name: 'wirekey_proxy_upstream_latency_seconds',
       help: 'Proxy datapath: time from sending a request upstream to its response headers',
       labelNames: ['workload', 'service'] as const,
@@ -355,7 +361,7 @@ export class AgentMetrics implements ProxyObserver {
   // ---- the proxy (ProxyObserver) --------------------------------------------
 
   injected(workload: string, service: string): void {
-    this.#route('proxy', workload, service).injected.inc();
+    this.#route('proxy', workload, service).pending++;
   }
 
   refused(workload: string, service: string, code: RefusalCode): void {
@@ -364,7 +370,7 @@ export class AgentMetrics implements ProxyObserver {
 
   upstreamLatency(workload: string, service: string, seconds: number): void {
     const c = this.#route('proxy', workload, service);
-    c.latency ??= this.#latency.labels(workload, service);
+    c.latency ??= this.#latency.series({ workload, service });
     c.latency.observe(seconds);
   }
 
@@ -443,10 +449,23 @@ export class AgentMetrics implements ProxyObserver {
     if (!byService) byWorkload.set(workload, (byService = new Map()));
     let c = byService.get(service);
     if (!c) {
-      c = { injected: this.#injected.labels(datapath, workload, service), refused: new Map(), latency: undefined };
+      c = { injected: this.#injected.labels(datapath, workload, service), pending: 0, refused: new Map(), latency: undefined };
       byService.set(service, c);
     }
     return c;
+  }
+
+  /** Adds the proxy's injected requests counted since the last scrape to the counter. */
+  #addPending(): void {
+    for (const byWorkload of this.#children.values()) {
+      for (const byService of byWorkload.values()) {
+        for (const c of byService.values()) {
+          if (!c.pending) continue;
+          c.injected.inc(c.pending);
+          c.pending = 0;
+        }
+      }
+    }
   }
 
   #refusal(c: Children, datapath: string, workload: string, service: string, reason: string): Counter.Internal {

@@ -95,7 +95,8 @@ export function egressNamePorts(egress: PlanEgress): NamePort[] {
 
 /** Host names compare case-insensitively, and `example.com.` is `example.com`. */
 export function normalizeName(name: string): string {
-  return name.toLowerCase().replace(/\.$/, '');
+  const lower = name.toLowerCase();
+  return lower.endsWith('.') ? lower.slice(0, -1) : lower;
 }
 
 /**
