@@ -59,7 +59,7 @@ static __always_inline int sendmsg_judge(struct bpf_sock_addr *ctx, const __u32 
 
 	if (!egress_active())
 		return SYS_PROCEED;
-	if ((bpf_get_current_pid_tgid() >> 32) == agent_tgid)
+	if (is_agent())
 		return SYS_PROCEED;
 	if (bpf_get_netns_cookie(ctx) != host_netns_cookie)
 		return SYS_PROCEED;

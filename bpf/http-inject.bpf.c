@@ -433,7 +433,7 @@ static __always_inline int http_connect(struct bpf_sock_addr *ctx,
 	st = bpf_sk_storage_get(&wk_http_sock, ctx->sk, NULL, 0);
 	if (st)
 		st->flags = 0;
-	if ((bpf_get_current_pid_tgid() >> 32) == agent_tgid)
+	if (is_agent())
 		return SYS_PROCEED;
 	/* Pinned addresses are the host's view of the network. */
 	if (bpf_get_netns_cookie(ctx) != host_netns_cookie)

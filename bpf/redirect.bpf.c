@@ -28,6 +28,7 @@
 
 /* Set by the controller between open and load. */
 const volatile __u32 agent_tgid = 0;
+const volatile __u64 agent_start_ticks = 0;
 const volatile __u64 host_netns_cookie = 0;
 const volatile __u16 proxy_port = 0;	/* host byte order */
 
@@ -88,7 +89,7 @@ redirect_target(struct bpf_sock_addr *ctx, __u16 port_be, const __u32 *addr,
 	__u32 wid;
 
 	/* The agent's own upstream connections must reach the real server. */
-	if ((bpf_get_current_pid_tgid() >> 32) == agent_tgid)
+	if (is_agent())
 		return NULL;
 	/* Containers' network namespaces cannot reach the host's proxy. */
 	if (bpf_get_netns_cookie(ctx) != host_netns_cookie)

@@ -16,7 +16,32 @@
 
 /* Set by the controller between open and load (defined in redirect.bpf.c). */
 extern const volatile __u32 agent_tgid;
+/* The agent's start, as /proc/<pid>/stat's starttime: clock ticks since boot. */
+extern const volatile __u64 agent_start_ticks;
 extern const volatile __u64 host_netns_cookie;
+
+/* USER_HZ, the unit of /proc's starttime (100 on every architecture this runs on). */
+#define WK_USER_HZ	100
+
+/*
+ * The calling process is the agent that loaded these programs: its pid,
+ * and the start time of the process that has it. The start time matters
+ * once that agent is gone while its pinned programs stay attached (a
+ * crash): a process that is later given the same pid started later, so it
+ * is judged like any other, never exempt. (A pid is not given out again
+ * while its process lives, and the agent lives far longer than the one
+ * clock tick the comparison can tell apart.)
+ */
+static __always_inline bool is_agent(void)
+{
+	struct task_struct *task;
+
+	if ((bpf_get_current_pid_tgid() >> 32) != agent_tgid)
+		return false;
+	task = bpf_get_current_task_btf();
+	return task && task->group_leader &&
+	       task->group_leader->start_boottime / (1000000000ULL / WK_USER_HZ) == agent_start_ticks;
+}
 
 /* cgroup id -> workloads whose cgroup selector names it (or a descendant's ancestor). */
 struct {

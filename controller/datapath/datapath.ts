@@ -34,6 +34,7 @@ import { WK_EGRESS_MAX_PREFIXES } from './layout.js';
 import { describeMissing, notSupported, probeFeatures, type FeatureSet, type MissingFeature, type Prober } from './features.js';
 import { LINKS_DIR, PREVIOUS_LINKS_DIR } from './pinned-links.js';
 import { drainingDir, retireSockhash, sweepDraining, type DrainingSockhash, type RetireResult } from './draining.js';
+import { processStartTicks } from '../identity/process-start.js';
 
 export type { OrigDst, ExeKey } from './layout.js';
 export {
@@ -172,6 +173,7 @@ export class Datapath {
       throw new NotSupportedError('SO_NETNS_COOKIE', `cannot read the host network namespace cookie (${String(cause)})`, '5.14');
     }
 
+    const startTicks = processStartTicks();
     const load = (withKernelHttp: boolean, pushWatch = true): NativeObject => {
       const object = bpfCall(() => new addon.BpfObject(objectPath));
       try {
@@ -179,6 +181,7 @@ export class Datapath {
         if (withKernelHttp) KernelHttp.enable(object, { pushWatch });
         bpfCall(() => {
           object.setGlobal('agent_tgid', encodeU32(process.pid));
+          object.setGlobal('agent_start_ticks', encodeU64(startTicks));
           object.setGlobal('host_netns_cookie', encodeU64(netns));
           object.setGlobal('proxy_port', encodeU16(opts.proxyPort));
           object.load();

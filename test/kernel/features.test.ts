@@ -14,6 +14,7 @@ import { KernelHttp, PUSH_WATCH_PROGRAM } from '../../controller/datapath/kernel
 import { bpfCall, native, repoRoot } from '../../controller/datapath/native.js';
 import { findCgroup2Root } from '../../controller/cgroup.js';
 import { encodeU32, encodeU64, verifyContract } from '../../controller/datapath/layout.js';
+import { processStartTicks } from '../../controller/identity/process-start.js';
 import { BpfError, NotSupportedError } from '../../controller/errors.js';
 import { kernelSkipReason } from '../support/requirements.js';
 
@@ -69,6 +70,7 @@ describe.skipIf(skip)(`feature probes on the real kernel${skip ? ` (skipped: ${s
       verifyContract(o);
       KernelHttp.enable(o);
       o.setGlobal('agent_tgid', encodeU32(process.pid));
+      o.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
       o.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
       let loaded = true;
       try {

@@ -16,10 +16,12 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { native, bpfCall, repoRoot, type NativeObject } from '../../controller/datapath/native.js';
 import { encodeAny, encodeMask, encodeU32, encodeU64, verifyContract } from '../../controller/datapath/layout.js';
+import { processStartTicks } from '../../controller/identity/process-start.js';
 import { cgroupId, findCgroup2Root } from '../../controller/cgroup.js';
 import { KERNEL_HTTP_PROGRAMS, KernelHttp, headerLine, type KernelHttpStats } from '../../controller/datapath/kernel-http.js';
 import { kernelHttpSkipReason, pushWatchSkipReason } from '../support/requirements.js';
 import { createCgroup, removeCgroupTree, runInCgroup } from '../support/cgroup.js';
+import { startDriven } from '../support/driven.js';
 import { createTestHost, type TestHost } from '../support/netns.js';
 import { run } from '../support/shell.js';
 import { PlainUpstream } from '../support/plain-upstream.js';
@@ -306,6 +308,7 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
         KernelHttp.enable(o, { pushWatch });
         bpfCall(() => {
           o.setGlobal('agent_tgid', encodeU32(process.pid));
+          o.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
           o.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
           o.load();
         });
@@ -353,6 +356,7 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
     const o = new (native().BpfObject)(objectPath);
     try {
       o.setGlobal('agent_tgid', encodeU32(process.pid));
+      o.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
       o.load();
       const loaded = o.programs().filter((p) => p.id).map((p) => p.name);
       for (const p of KERNEL_HTTP_PROGRAMS) expect(loaded).not.toContain(p);
@@ -1240,6 +1244,7 @@ print(port)
       KernelHttp.enable(o3, { pushWatch: false });
       bpfCall(() => {
         o3.setGlobal('agent_tgid', encodeU32(process.pid));
+        o3.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
         o3.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
         o3.load();
       });
@@ -1265,6 +1270,58 @@ print(port)
       o3.close();
       removeCgroupTree(cgRoot, tree);
     }
+  });
+
+  // The agent is exempt by its pid and its start time together. A process
+  // with the pid alone is what a crash leaves behind once the pid is given
+  // out again, the dead agent's programs still attached: it is judged.
+  it('the agent\'s exemption needs its pid and its start time: the same pid with another start time is judged like any workload', async () => {
+    const client = String.raw`
+import socket, sys
+for line in sys.stdin:
+    host, target = line.split()
+    s = socket.create_connection((host, 80), timeout=10)
+    s.sendall(('GET %s HTTP/1.1\r\nHost: u\r\n\r\n' % target).encode())
+    status = s.makefile('rb').readline().split()[1].decode()
+    print('%s %d' % (status, s.getsockname()[1]), flush=True)
+    s.close()
+`;
+    const tree = createCgroup(cgRoot, `${path.relative(cgRoot, top)}-agent`);
+    const treeBound = createCgroup(cgRoot, path.relative(cgRoot, path.join(tree, 'bound')));
+    const proc = startDriven(treeBound, '/usr/bin/python3', ['-c', client]);
+    const started = processStartTicks(proc.pid);
+    const auth: Record<string, string[]> = {};
+    try {
+      for (const [name, ticks] of [['same-start', started], ['later-start', started + 1n]] as const) {
+        const o = bpfCall(() => new (native().BpfObject)(objectPath));
+        let k: KernelHttp | undefined;
+        try {
+          KernelHttp.enable(o, { pushWatch: pushWatchRefused === null });
+          bpfCall(() => {
+            o.setGlobal('agent_tgid', encodeU32(proc.pid));
+            o.setGlobal('agent_start_ticks', encodeU64(ticks));
+            o.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
+            o.load();
+          });
+          o.map('wk_cgroup_mask').update(encodeU64(cgroupId(treeBound) as bigint), encodeMask([WORKLOAD]));
+          o.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
+          k = KernelHttp.attach(o, tree);
+          k.setDestinations([{ address: v4, port: 80, serviceId: SERVICE }]);
+          k.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
+          const [status, port] = (await proc.send(`${v4} /agent/${name}`)).split(' ');
+          expect(status).toBe('200');
+          auth[name] = (await upstream.from(Number(port), 1))[0]?.authorization ?? [];
+        } finally {
+          k?.close();
+          o.close();
+        }
+      }
+    } finally {
+      proc.kill();
+      await proc.exited;
+      removeCgroupTree(cgRoot, tree);
+    }
+    expect(auth).toEqual({ 'same-start': [], 'later-start': [AUTH_HASH] });
   });
 
   it('bindings and stats never expose the header', () => {
@@ -1303,6 +1360,7 @@ print(port)
       KernelHttp.enable(o2, { pushWatch: pushWatchRefused === null });
       bpfCall(() => {
         o2.setGlobal('agent_tgid', encodeU32(process.pid));
+        o2.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
         o2.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
         o2.load();
       });
@@ -1904,6 +1962,7 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
         KernelHttp.enable(o2, { pushWatch: pushWatchRefused === null });
         bpfCall(() => {
           o2.setGlobal('agent_tgid', encodeU32(process.pid));
+          o2.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
           o2.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
           o2.load();
         });
