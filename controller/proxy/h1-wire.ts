@@ -150,12 +150,11 @@ type Stage =
 const STATUS_LINE = /^HTTP\/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/;
 /** Response header names may hold "_": what the upstream says is passed on, not routed by. */
 const RESPONSE_FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-/** CTLs other than HTAB, DEL, and a CR or LF not part of a CRLF: obs-text (0x80-0xff) is allowed in response values. */
-const RESPONSE_BAD_BYTES = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n/;
 /** Not forwarded: they describe one connection's framing and options (RFC 9110 7.6.1). The proxy states framing itself. */
 const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length']);
-/** CTLs but HTAB, and DEL, within one line (where any CR or LF is a bare one). */
+/** CTLs but HTAB, and DEL, within one line (where any CR or LF is a bare one); obs-text (0x80-0xff) is allowed in response values. */
 const LINE_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+const BAD_BYTES = 'a control character, or a bare CR or LF, in the head';
 
 /** A trailer field line: a name, a colon, no control characters. */
 function responseField(line: string): boolean {
@@ -351,9 +350,11 @@ export class ResponseFramer {
 
   /** One head: its bytes for the workload; sets the stage the body starts in. */
   #head(text: string): { bytes: Buffer; status: number; interim: boolean } {
-    if (RESPONSE_BAD_BYTES.test(text)) throw new ResponseFramingError('a control character, or a bare CR or LF, in the head');
+    // Each line is checked apart (LINE_CTL): lines are split at CRLF, so a CR or LF left in one is a bare one.
     let eol = text.indexOf('\r\n');
-    const statusLine = STATUS_LINE.exec(eol < 0 ? text : text.slice(0, eol));
+    const first = eol < 0 ? text : text.slice(0, eol);
+    if (LINE_CTL.test(first)) throw new ResponseFramingError(BAD_BYTES);
+    const statusLine = STATUS_LINE.exec(first);
     if (!statusLine) throw new ResponseFramingError('malformed status line');
     const minor = statusLine[1] as string;
     const status = Number(statusLine[2]);
@@ -369,7 +370,9 @@ export class ResponseFramer {
     while (eol >= 0) {
       const from = eol + 2;
       eol = text.indexOf('\r\n', from);
-      const field = splitField(eol < 0 ? text.slice(from) : text.slice(from, eol));
+      const line = eol < 0 ? text.slice(from) : text.slice(from, eol);
+      if (LINE_CTL.test(line)) throw new ResponseFramingError(BAD_BYTES);
+      const field = splitField(line);
       if (!field || !RESPONSE_FIELD_NAME.test(field[0])) throw new ResponseFramingError('malformed header line');
       const [name, value] = field;
       const lower = name.toLowerCase();
