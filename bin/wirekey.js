@@ -1,4 +1,3 @@
-#!/usr/bin/env -S node --max-semi-space-size=32
+#!/usr/bin/env node
 // Entry point for `npx wirekey` and the systemd unit: the compiled CLI.
-// Node's flags (the #! line, and the unit's): controller/cli/node-flags.ts.
 import '../dist/controller/cli/main.js';

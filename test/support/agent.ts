@@ -4,7 +4,6 @@ import net from 'node:net';
 import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { repoRoot } from './paths.js';
-import { AGENT_NODE_FLAGS } from '../../controller/cli/node-flags.js';
 
 export { repoRoot };
 export const wirekeyBin = path.join(repoRoot, 'bin/wirekey.js');
@@ -52,8 +51,7 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   if (workers && !args.includes('--proxy-workers')) args.push('--proxy-workers', workers);
   // WIREKEY_TEST_H1_FAST_PATH=off serves every HTTP/1.1 request through Node's HTTP server and undici.
   if (process.env.WIREKEY_TEST_H1_FAST_PATH === 'off' && !args.includes('--no-h1-fast-path')) args.push('--no-h1-fast-path');
-  // Node's flags as the unit and the package run the agent with.
-  const command = [...(opts.wrapper ?? []), process.execPath, ...AGENT_NODE_FLAGS, ...args];
+  const command = [...(opts.wrapper ?? []), process.execPath, ...args];
   const child: ChildProcess = opts.cgroup
     ? spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', opts.cgroup, ...command], { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env })
     : spawn(command[0] as string, command.slice(1), { stdio: ['ignore', 'pipe', 'pipe'], env: opts.env });
