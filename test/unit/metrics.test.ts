@@ -56,6 +56,11 @@ describe('agent metrics', () => {
     expect(sample(body, 'wirekey_proxy_upstream_latency_seconds_count{workload="billing",service="openai"}')).toBe(2);
     expect(sample(body, 'wirekey_proxy_connections_refused_total{workload="billing",reason="too-many-connections"}')).toBe(1);
     expect(sample(body, 'wirekey_proxy_connections_unidentified_total')).toBe(1);
+    // The proxy's injected count is added at a scrape: counted once, whatever the scrapes.
+    m.injected('billing', 'openai');
+    const again = (await m.render()).body;
+    expect(sample(again, 'wirekey_requests_injected_total{datapath="proxy",workload="billing",service="openai"}')).toBe(3);
+    expect(sample((await m.render()).body, 'wirekey_requests_injected_total{datapath="proxy",workload="billing",service="openai"}')).toBe(3);
     // Every name has the prefix, a HELP and a TYPE.
     for (const name of new Set(body.split('\n').filter((l) => l && !l.startsWith('#')).map((l) => /^[a-z_]+/.exec(l)?.[0]))) {
       expect(name).toMatch(/^wirekey_/);
