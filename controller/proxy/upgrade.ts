@@ -128,8 +128,10 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
 
   upstreamReq.once('error', (err) => {
     if (answered) {
-      // The upstream's close after a whole response is no failure: the piped end flushes it to the workload.
-      if (!ordinary?.complete) client.destroy();
+      // An ordinary response being relayed ends by its own events: whole (the
+      // piped end flushes it to the workload) or cut (its 'error' destroys the
+      // workload's socket). The upstream's close after it is no failure.
+      if (!ordinary) client.destroy();
       return;
     }
     client.off('close', onEarlyClose);
