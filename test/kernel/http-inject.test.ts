@@ -37,6 +37,34 @@ const EACCES = 13;
 const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
 const CANARY = `wk-canary-${randomBytes(16).toString('hex')}`;
 const AUTH = `Bearer ${CANARY}`;
+
+/**
+ * The BPF object with the kernel HTTP programs, loaded as the agent loads
+ * it (its contract checked first) for the agent `agent` (this process
+ * unless said). With `bound`, workload WORKLOAD is the processes of that
+ * cgroup. Closed again if anything fails.
+ */
+function loadObject(opts: { pushWatch: boolean; bound?: string; agent?: { pid: number; startTicks: bigint } }): NativeObject {
+  const o = bpfCall(() => new (native().BpfObject)(objectPath));
+  try {
+    verifyContract(o);
+    KernelHttp.enable(o, { pushWatch: opts.pushWatch });
+    bpfCall(() => {
+      o.setGlobal('agent_tgid', encodeU32(opts.agent?.pid ?? process.pid));
+      o.setGlobal('agent_start_ticks', encodeU64(opts.agent?.startTicks ?? processStartTicks()));
+      o.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
+      o.load();
+    });
+    if (opts.bound) {
+      o.map('wk_cgroup_mask').update(encodeU64(cgroupId(opts.bound) as bigint), encodeMask([WORKLOAD]));
+      o.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
+    }
+  } catch (err) {
+    o.close();
+    throw err;
+  }
+  return o;
+}
 const AUTH_HASH = sha256(AUTH);
 
 /* ---- clients ------------------------------------------------------------- */
@@ -300,28 +328,9 @@ describe.skipIf(skip)(`kernel HTTP datapath (sk_msg)${skip ? ` (skipped: ${skip}
     upstream = await PlainUpstream.start(host);
 
     // With the failed-push watch where the probe finds BPF trampolines, as the
-    // agent does; any load failure here fails the suite.
-    const open = (pushWatch: boolean) => {
-      const o = bpfCall(() => new (native().BpfObject)(objectPath));
-      try {
-        verifyContract(o);
-        KernelHttp.enable(o, { pushWatch });
-        bpfCall(() => {
-          o.setGlobal('agent_tgid', encodeU32(process.pid));
-          o.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
-          o.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
-          o.load();
-        });
-      } catch (err) {
-        o.close();
-        throw err;
-      }
-      return o;
-    };
-    obj = open(pushWatchRefused === null);
-    // Workload 1: processes in <top>/bound, any executable, any user.
-    obj.map('wk_cgroup_mask').update(encodeU64(cgroupId(bound) as bigint), encodeMask([WORKLOAD]));
-    obj.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
+    // agent does; any load failure here fails the suite. Workload 1:
+    // processes in <top>/bound, any executable, any user.
+    obj = loadObject({ pushWatch: pushWatchRefused === null, bound });
 
     kh = KernelHttp.attach(obj, top);
     kh.setDestinations([
@@ -1238,18 +1247,9 @@ print(port)
   it('urgent data is refused the same way without the push watch (segments watched)', async () => {
     const tree = createCgroup(cgRoot, `${path.relative(cgRoot, top)}-urg`);
     const treeBound = createCgroup(cgRoot, path.relative(cgRoot, path.join(tree, 'bound')));
-    const o3 = bpfCall(() => new (native().BpfObject)(objectPath));
+    const o3 = loadObject({ pushWatch: false, bound: treeBound });
     let kh3: KernelHttp | undefined;
     try {
-      KernelHttp.enable(o3, { pushWatch: false });
-      bpfCall(() => {
-        o3.setGlobal('agent_tgid', encodeU32(process.pid));
-        o3.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
-        o3.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
-        o3.load();
-      });
-      o3.map('wk_cgroup_mask').update(encodeU64(cgroupId(treeBound) as bigint), encodeMask([WORKLOAD]));
-      o3.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
       kh3 = KernelHttp.attach(o3, tree);
       expect(kh3.pushWatch).toBe(false);
       kh3.setDestinations([{ address: v4, port: 80, serviceId: SERVICE }]);
@@ -1293,18 +1293,9 @@ for line in sys.stdin:
     const auth: Record<string, string[]> = {};
     try {
       for (const [name, ticks] of [['same-start', started], ['later-start', started + 1n]] as const) {
-        const o = bpfCall(() => new (native().BpfObject)(objectPath));
+        const o = loadObject({ pushWatch: pushWatchRefused === null, bound: treeBound, agent: { pid: proc.pid, startTicks: ticks } });
         let k: KernelHttp | undefined;
         try {
-          KernelHttp.enable(o, { pushWatch: pushWatchRefused === null });
-          bpfCall(() => {
-            o.setGlobal('agent_tgid', encodeU32(proc.pid));
-            o.setGlobal('agent_start_ticks', encodeU64(ticks));
-            o.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
-            o.load();
-          });
-          o.map('wk_cgroup_mask').update(encodeU64(cgroupId(treeBound) as bigint), encodeMask([WORKLOAD]));
-          o.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
           k = KernelHttp.attach(o, tree);
           k.setDestinations([{ address: v4, port: 80, serviceId: SERVICE }]);
           k.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
@@ -1356,16 +1347,7 @@ for line in sys.stdin:
     beforeAll(() => {
       life = createCgroup(cgRoot, `${path.relative(cgRoot, top)}-life`);
       lifeBound = createCgroup(cgRoot, path.relative(cgRoot, path.join(life, 'bound')));
-      o2 = bpfCall(() => new (native().BpfObject)(objectPath));
-      KernelHttp.enable(o2, { pushWatch: pushWatchRefused === null });
-      bpfCall(() => {
-        o2.setGlobal('agent_tgid', encodeU32(process.pid));
-        o2.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
-        o2.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
-        o2.load();
-      });
-      o2.map('wk_cgroup_mask').update(encodeU64(cgroupId(lifeBound) as bigint), encodeMask([WORKLOAD]));
-      o2.map('wk_any').update(encodeU32(0), encodeAny({ cgroup: [], exe: [WORKLOAD], uid: [WORKLOAD] }));
+      o2 = loadObject({ pushWatch: pushWatchRefused === null, bound: lifeBound });
       kh2 = KernelHttp.attach(o2, life, { aliveTimeoutMs: 500 });
       kh2.setDestinations([{ address: v4, port: 80, serviceId: SERVICE }]);
       kh2.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
@@ -1957,15 +1939,8 @@ print(json.dumps({'pid': os.getpid(), 'port': c.sock.getsockname()[1], 'statuses
       reader?.close();
       const pollsClosed = eventPollFds();
       const idle = createCgroup(cgRoot, path.relative(cgRoot, path.join(top, 'events-idle')));
-      const o2 = bpfCall(() => new (native().BpfObject)(objectPath));
+      const o2 = loadObject({ pushWatch: pushWatchRefused === null });
       try {
-        KernelHttp.enable(o2, { pushWatch: pushWatchRefused === null });
-        bpfCall(() => {
-          o2.setGlobal('agent_tgid', encodeU32(process.pid));
-          o2.setGlobal('agent_start_ticks', encodeU64(processStartTicks()));
-          o2.setGlobal('host_netns_cookie', encodeU64(native().netnsCookie()));
-          o2.load();
-        });
         const kh2 = KernelHttp.attach(o2, idle);
         const r2 = kh2.events(() => {});
         expect(eventPollFds()).toBe(pollsClosed + 1);
