@@ -1135,25 +1135,11 @@ export class ProxyServer {
    * `status` 0 when no head came back).
    */
   #auditSent(session: Session, req: { method?: string; url?: string }, a: Admission, status: number, reason?: string): void {
-    // Built whole (no spreads): this is once per proxied request. Undefined fields are left out of the line.
-    const event: AuditEvent = {
-      workload: session.route.workload.name,
-      pid: session.orig.pid,
-      uid: session.orig.uid,
-      service: session.route.service.name,
-      host: session.sni,
-      method: req.method,
-      path: req.url,
-      decision: 'inject',
-      status: status || undefined,
-      credential: a.credentialName,
-      credentialVersion: a.upstream.credentialVersion,
-      leaseId: a.upstream.leaseId,
-      accessKeyId: a.upstream.accessKeyId,
-      reason,
-    };
-    if (reason) this.#deps.audit.record(event);
-    else this.#deps.audit.recordDone(event);
+    // Undefined fields are left out of the line.
+    this.#audit(session, req, {
+      decision: 'inject', status: status || undefined, credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
+      leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, reason,
+    }, !reason);
   }
 
   /** An audit line for a request on `session`; `done`: of a response already forwarded whole (AuditLog.recordDone). */

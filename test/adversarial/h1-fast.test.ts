@@ -116,6 +116,16 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
     return (raw.records.slice(before) as RawRecord[]);
   };
   const rawRequests = async (before: number) => (await rawRecords(before)).filter((r) => r.url !== undefined && r.event === undefined);
+  /** A workload asks for `target` (a large response) and goes away once the upstream has the request; the upstream's record of it. */
+  const abandonWhileStreaming = async (target: string): Promise<UpstreamRecord> => {
+    const before = f.upstream.records.length;
+    const s = open(cg.alice);
+    s.send(request('GET', target));
+    // The upstream has the request (its record comes before its response): the exchange is under way.
+    await waitFor(() => f.upstream.records.slice(before).some((r) => r.url === target), 'the large response under way');
+    s.close();
+    return f.upstream.records.slice(before).find((r) => r.url === target) as UpstreamRecord;
+  };
 
   beforeAll(async () => {
     await f.setUp();
@@ -290,12 +300,7 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
 
     it('a workload that goes away while its response streams: that upstream connection is not given the next request', async () => {
       const before = f.upstream.records.length;
-      const s = open(cg.alice);
-      s.send(request('GET', '/bytes/50000000'));
-      // The upstream has the request (its record comes before its response): the exchange is under way.
-      await waitFor(() => f.upstream.records.slice(before).some((r) => r.url === '/bytes/50000000'), 'the large response under way');
-      s.close();
-      const streaming = f.upstream.records.slice(before).find((r) => r.url === '/bytes/50000000') as UpstreamRecord;
+      const streaming = await abandonWhileStreaming('/bytes/50000000');
       const next = open(cg.alice);
       next.send(request('GET', '/after-abort'));
       expect((await next.read()).status).toBe(200);
@@ -667,11 +672,7 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
     });
 
     it('a workload that goes away while its response streams: an inject line, workload-closed', async () => {
-      const before = f.upstream.records.length;
-      const s = open(cg.alice);
-      s.send(request('GET', '/bytes/50000001'));
-      await waitFor(() => f.upstream.records.slice(before).some((r) => r.url === '/bytes/50000001'), 'the large response under way');
-      s.close();
+      await abandonWhileStreaming('/bytes/50000001');
       const line = await eventually(async () => (await lines('/bytes/50000001', 0)).find((e) => e.reason === 'workload-closed'), 10_000, 'the inject line of the abandoned response');
       expect(line).toMatchObject({ decision: 'inject', credential: 'api-token' });
     });
