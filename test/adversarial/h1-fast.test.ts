@@ -676,5 +676,10 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       const line = await eventually(async () => (await lines('/bytes/50000001', 0)).find((e) => e.reason === 'workload-closed'), 10_000, 'the inject line of the abandoned response');
       expect(line).toMatchObject({ decision: 'inject', credential: 'api-token' });
     });
+
+    it('no credential in the agent\'s log or the audit log, these inject lines included', async () => {
+      await f.settled();
+      expect(leaks(agent.output() + readFileSync(f.auditPath, 'utf8'))).toEqual([]);
+    });
   });
 });
