@@ -97,7 +97,10 @@ class FastConnection<S extends FastSession> {
   #exchange: Exchange<S> | undefined;
   /** HOLD_* bits: the socket is paused while any is set. */
   #holds = 0;
+  /** The workload closed its side ('end': every byte it sent has been read). */
+  #readEnded = false;
   readonly #onData = (chunk: Buffer) => this.#data(chunk);
+  readonly #onEnd = () => this.#ended();
   readonly #onTimeout = () => this.#socket.destroy();
   readonly #flow: Flow = {
     hold: () => this.#hold(HOLD_UPSTREAM),
@@ -113,7 +116,11 @@ class FastConnection<S extends FastSession> {
   start(): void {
     const socket = this.#socket;
     socket.setTimeout(this.#host.idleTimeoutMs, this.#onTimeout);
+    // A workload may close its side once its requests are written (TLS
+    // close_notify, then FIN) and read on: what it sent is still answered.
+    socket.allowHalfOpen = true;
     socket.on('data', this.#onData);
+    socket.on('end', this.#onEnd);
     socket.once('close', () => {
       clearTimeout(this.#headTimer);
       if (this.#state === 'handed') return;
@@ -153,6 +160,8 @@ class FastConnection<S extends FastSession> {
     if (!buf?.length) return;
     const end = findHeadEnd(buf, this.#searched);
     if (end < 0) {
+      // A head cut short by the workload's close never completes.
+      if (this.#readEnded) return this.#close();
       this.#searched = buf.length;
       if (buf.length > MAX_HEAD_BYTES) return this.#handOff();
       this.#headTimer ??= setTimeout(() => this.#handOff(), this.#host.headersTimeoutMs);
@@ -199,6 +208,10 @@ class FastConnection<S extends FastSession> {
     this.#buf = undefined;
     const rest = exchange.send(buf);
     if (rest?.length) this.#buf = rest;
+    if (this.#readEnded && exchange.takesBody) {
+      this.#bodyCut(exchange);
+      return;
+    }
     if (!this.#buf || this.#buf.length <= READ_AHEAD_MAX) this.#unhold(HOLD_READ_AHEAD);
   }
 
@@ -213,6 +226,10 @@ class FastConnection<S extends FastSession> {
     }
     this.#state = 'head';
     this.#unhold(HOLD_READ_AHEAD);
+    if (this.#readEnded && !this.#buf?.length) {
+      this.#close();
+      return;
+    }
     // A request read ahead waits for the I/O already received to be seen:
     // the upstream may have closed the connection just released along with
     // its response, and the next request must not be written to it.
@@ -221,6 +238,31 @@ class FastConnection<S extends FastSession> {
         if (this.#state === 'head') this.#nextHead();
       });
     }
+  }
+
+  /**
+   * The workload closed its side. Requests it sent whole are still
+   * answered, one by one, and the connection then closes; a request head
+   * or body it left incomplete never will be: the connection closes now
+   * (an exchange whose body stops short is aborted like a workload gone).
+   */
+  #ended(): void {
+    this.#readEnded = true;
+    if (this.#state === 'head') {
+      // A whole head read ahead is taken up once the exchange before it is
+      // over (#exchanged); anything else is a head that never completes.
+      if (!this.#buf?.length || findHeadEnd(this.#buf, 0) < 0) this.#close();
+    } else if (this.#state === 'exchange' && this.#exchange?.takesBody) {
+      this.#bodyCut(this.#exchange);
+    }
+    // 'admitting': #admitted sees #readEnded.
+  }
+
+  /** A request body the workload stopped sending: its upstream connection holds half a request and is closed. */
+  #bodyCut(exchange: Exchange<S>): void {
+    this.#exchange = undefined;
+    exchange.abort();
+    this.#close();
   }
 
   /** Ends the connection (answering `refusal` first), as Node's server does after a last response: closed once flushed, never left half-open. */
@@ -240,10 +282,17 @@ class FastConnection<S extends FastSession> {
   /** Node's HTTP server takes the connection from this request on, with every byte not yet consumed. */
   #handOff(): void {
     if (this.#state !== 'head') return;
+    // Node's server cannot take a stream that has ended: a request it would
+    // have served after the workload closed its side gets the close instead.
+    if (this.#readEnded) {
+      this.#close();
+      return;
+    }
     this.#state = 'handed';
     clearTimeout(this.#headTimer);
     const socket = this.#socket;
     socket.off('data', this.#onData);
+    socket.off('end', this.#onEnd);
     socket.setTimeout(0);
     socket.off('timeout', this.#onTimeout);
     socket.pause();

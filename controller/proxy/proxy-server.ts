@@ -250,6 +250,11 @@ export class ProxyServer {
       this.#forward(req, res).catch((err: unknown) => this.#internalError(req, res, err));
     };
     this.#http = http.createServer({ requireHostHeader: true, insecureHTTPParser: false }, onRequest);
+    // A workload that closes its side after its requests (TLS close_notify,
+    // then FIN) still gets their responses; the connection closes after the
+    // last. Its TLS sockets allow half-open once established (#terminate,
+    // the fast path); HTTP/2's do not.
+    (this.#http as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
     // Expect: 100-continue is the upstream's to answer (#forward relays its
     // 100); a request the proxy refuses is answered before the body is sent.
     this.#http.on('checkContinue', onRequest);
@@ -647,7 +652,10 @@ export class ProxyServer {
     this.#sessions.set(tlsSocket, session);
     const fast = this.#fast;
     if (!h2 && !fast) {
-      tlsSocket.once('secure', handshakeDone);
+      tlsSocket.once('secure', () => {
+        handshakeDone();
+        tlsSocket.allowHalfOpen = true;
+      });
       this.#http.emit('connection', tlsSocket);
       return;
     }
@@ -656,7 +664,10 @@ export class ProxyServer {
       handshakeDone();
       if (h2 && tlsSocket.alpnProtocol === 'h2') h2.serve(tlsSocket, Object.assign(session, { address: session.orig.address, port: session.orig.port }));
       else if (fast) serveFast(tlsSocket, session, fast);
-      else this.#http.emit('connection', tlsSocket);
+      else {
+        tlsSocket.allowHalfOpen = true;
+        this.#http.emit('connection', tlsSocket);
+      }
     });
   }
 

@@ -17,6 +17,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, HOST, OTHER, sha256 } from '../support/e2e-fixture.js';
 import { kernelSkipReason } from '../support/requirements.js';
+import { runInCgroup } from '../support/cgroup.js';
 import { TlsSession, type SessionResponse } from '../support/tls-session.js';
 import { startUpstream, type Upstream, type UpstreamRecord } from '../support/upstream.js';
 import { repoRoot } from '../support/paths.js';
@@ -26,6 +27,7 @@ import { eventually, waitFor } from '../support/wait.js';
 const skip = kernelSkipReason();
 const RAW_PORT = 8443;
 const RAW_UPSTREAM = path.join(repoRoot, 'test/support/raw-upstream.mjs');
+const RAW_TLS = path.join(repoRoot, 'test/support/clients/raw-tls.mjs');
 /** A name the upstream's certificate does not carry. */
 const MISNAMED = 'misnamed.wirekey.test';
 
@@ -125,6 +127,13 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
     await waitFor(() => f.upstream.records.slice(before).some((r) => r.url === target), 'the large response under way');
     s.close();
     return f.upstream.records.slice(before).find((r) => r.url === target) as UpstreamRecord;
+  };
+
+  /** Writes `raw` on a new connection and closes the workload's side at once; the status lines it got before the proxy closed, or 'closed'. */
+  const halfClosed = async (cgroup: string, raw: string, host = HOST, port = 443): Promise<string> => {
+    const r = await runInCgroup(cgroup, process.execPath, [RAW_TLS, host, f.host.ipv4, String(port), f.bothCas, 'half'], { input: JSON.stringify([raw]) });
+    expect(r.stderr).toBe('');
+    return r.stdout.trim();
   };
 
   beforeAll(async () => {
@@ -330,6 +339,29 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect(recs[1]?.conn).not.toBe(partial.conn);
       expect(recs[1]?.bodyLength).toBe(5);
       expect(recs.some((x) => x.unreadable)).toBe(false);
+    });
+
+    it('a workload that closes its side (TLS close_notify, then FIN) right after its requests gets every response, then the close', async () => {
+      const before = f.upstream.records.length;
+      const out = await halfClosed(cg.alice, request('GET', '/half/first') + request('POST', '/half/second', [], 'body'));
+      expect(out).toBe('HTTP/1.1 200 OK | HTTP/1.1 200 OK');
+      const recs = (await f.recordsSince(before)).filter((r) => r.url?.startsWith('/half/'));
+      expect(recs.map((r) => [r.url, r.authorization, r.bodyLength])).toEqual([['/half/first', [f.expectedAuth], 0], ['/half/second', [f.expectedAuth], 4]]);
+      const lines = (await audit()).filter((l) => typeof l.path === 'string' && l.path.startsWith('/half/'));
+      expect(lines.map((l) => [l.path, l.decision, l.status, l.reason])).toEqual([['/half/first', 'inject', 200, undefined], ['/half/second', 'inject', 200, undefined]]);
+    });
+
+    it('a workload that closes its side before its request body is whole: no response to it, and its upstream connection is closed', async () => {
+      const before = raw.records.length;
+      // The first request leaves a connected upstream connection for the second to go out on at once.
+      const out = await halfClosed(cg.alice, rawRequest('GET', '/half/whole') + rawRequest('POST', '/half/cut', ['Content-Length: 1000']) + 'a'.repeat(10), OTHER, RAW_PORT);
+      expect(out).toBe('HTTP/1.1 200 OK');
+      await waitFor(() => (raw.records.slice(before) as RawRecord[]).some((r) => r.event === 'partial' && r.url === '/half/cut'), 'the partial request upstream');
+      const partial = (raw.records.slice(before) as RawRecord[]).find((r) => r.event === 'partial') as RawRecord;
+      await waitFor(() => (raw.records.slice(before) as RawRecord[]).some((r) => r.event === 'closed' && r.conn === partial.conn), 'its upstream connection closed');
+      expect((await rawRequests(before)).map((r) => r.url)).toEqual(['/half/whole']);
+      const line = await eventually(async () => (await audit()).find((e) => e.path === '/half/cut'), 10_000, 'the inject line of the cut request');
+      expect(line).toMatchObject({ decision: 'inject', reason: 'workload-closed', workload: 'alice', credential: 'api-token' });
     });
   });
 
@@ -638,7 +670,7 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
   });
 
   // Last: the agent is restarted without the fast path.
-  describe('Node\'s server path (--no-h1-fast-path): a credential that went upstream is audited the same way', () => {
+  describe('Node\'s server path (--no-h1-fast-path): the same answers and audit lines', () => {
     beforeAll(async () => {
       await agent.stop();
       agent = await f.startAgent({ extraArgs: ['--no-h1-fast-path'] });
@@ -661,6 +693,14 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect((await s.read()).error).toBeDefined();
       const line = await eventually(async () => (await lines('/raw/cut', from)).find((e) => e.reason === 'response-cut'), 10_000, 'the inject line of the cut response');
       expect(line).toMatchObject({ decision: 'inject', status: 200, credential: 'api-token' });
+    });
+
+    it('a workload that closes its side right after its requests gets every response, then the close', async () => {
+      const before = f.upstream.records.length;
+      const out = await halfClosed(cg.alice, request('GET', '/half/node-first') + request('POST', '/half/node-second', [], 'body'));
+      expect(out).toBe('HTTP/1.1 200 OK | HTTP/1.1 200 OK');
+      const recs = (await f.recordsSince(before)).filter((r) => r.url?.startsWith('/half/'));
+      expect(recs.map((r) => [r.url, r.authorization, r.bodyLength])).toEqual([['/half/node-first', [f.expectedAuth], 0], ['/half/node-second', [f.expectedAuth], 4]]);
     });
 
     it('an upstream whose certificate does not verify: a deny line (nothing was sent)', async () => {
