@@ -135,6 +135,21 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
     expect(r.stderr).toBe('');
     return r.stdout.trim();
   };
+  /**
+   * A GET and a POST under `prefix`, then the workload's close: both are
+   * answered, each reaches the upstream once with the credential, and each
+   * is an inject line.
+   */
+  const bothAnsweredAfterClose = async (prefix: string) => {
+    const before = f.upstream.records.length;
+    const from = (await audit()).length;
+    const [first, second] = [`${prefix}-first`, `${prefix}-second`];
+    expect(await halfClosed(cg.alice, request('GET', first) + request('POST', second, [], 'body'))).toBe('HTTP/1.1 200 OK | HTTP/1.1 200 OK');
+    const recs = (await f.recordsSince(before)).filter((r) => r.url?.startsWith(prefix));
+    expect(recs.map((r) => [r.url, r.authorization, r.bodyLength])).toEqual([[first, [f.expectedAuth], 0], [second, [f.expectedAuth], 4]]);
+    const lines = (await audit()).slice(from).filter((l) => typeof l.path === 'string' && l.path.startsWith(prefix));
+    expect(lines.map((l) => [l.path, l.decision, l.status, l.reason])).toEqual([[first, 'inject', 200, undefined], [second, 'inject', 200, undefined]]);
+  };
 
   beforeAll(async () => {
     await f.setUp();
@@ -342,13 +357,7 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
     });
 
     it('a workload that closes its side (TLS close_notify, then FIN) right after its requests gets every response, then the close', async () => {
-      const before = f.upstream.records.length;
-      const out = await halfClosed(cg.alice, request('GET', '/half/first') + request('POST', '/half/second', [], 'body'));
-      expect(out).toBe('HTTP/1.1 200 OK | HTTP/1.1 200 OK');
-      const recs = (await f.recordsSince(before)).filter((r) => r.url?.startsWith('/half/'));
-      expect(recs.map((r) => [r.url, r.authorization, r.bodyLength])).toEqual([['/half/first', [f.expectedAuth], 0], ['/half/second', [f.expectedAuth], 4]]);
-      const lines = (await audit()).filter((l) => typeof l.path === 'string' && l.path.startsWith('/half/'));
-      expect(lines.map((l) => [l.path, l.decision, l.status, l.reason])).toEqual([['/half/first', 'inject', 200, undefined], ['/half/second', 'inject', 200, undefined]]);
+      await bothAnsweredAfterClose('/half/fast');
     });
 
     it('a workload that closes its side before its request body is whole: no response to it, and its upstream connection is closed', async () => {
@@ -696,11 +705,7 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
     });
 
     it('a workload that closes its side right after its requests gets every response, then the close', async () => {
-      const before = f.upstream.records.length;
-      const out = await halfClosed(cg.alice, request('GET', '/half/node-first') + request('POST', '/half/node-second', [], 'body'));
-      expect(out).toBe('HTTP/1.1 200 OK | HTTP/1.1 200 OK');
-      const recs = (await f.recordsSince(before)).filter((r) => r.url?.startsWith('/half/'));
-      expect(recs.map((r) => [r.url, r.authorization, r.bodyLength])).toEqual([['/half/node-first', [f.expectedAuth], 0], ['/half/node-second', [f.expectedAuth], 4]]);
+      await bothAnsweredAfterClose('/half/node');
     });
 
     it('an upstream whose certificate does not verify: a deny line (nothing was sent)', async () => {
