@@ -37,6 +37,7 @@ const EACCES = 13;
 const sha256 = (data: string | Buffer) => createHash('sha256').update(data).digest('hex');
 const CANARY = `wk-canary-${randomBytes(16).toString('hex')}`;
 const AUTH = `Bearer ${CANARY}`;
+const AUTH_HASH = sha256(AUTH);
 
 /**
  * The BPF object with the kernel HTTP programs, loaded as the agent loads
@@ -65,7 +66,6 @@ function loadObject(opts: { pushWatch: boolean; bound?: string; agent?: { pid: n
   }
   return o;
 }
-const AUTH_HASH = sha256(AUTH);
 
 /* ---- clients ------------------------------------------------------------- */
 
