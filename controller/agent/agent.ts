@@ -262,6 +262,7 @@ export class Agent {
       routes: () => this.#routes,
       secureContextFor: (host) => ca.secureContextFor(host),
       credential: (name) => this.#credential(name),
+      heldCredential: (name) => this.#credentials.get(name)?.peek(),
       upstreamAgent: this.#upstreamAgent,
       sigv4BodyLimit,
       sigv4BodyBudget: new ByteBudget(sigv4BodyMemory),

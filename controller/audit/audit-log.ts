@@ -240,7 +240,8 @@ function writeAll(fd: number, text: string): void {
   for (let off = 0; off < buf.length; ) off += writeSync(fd, buf, off);
 }
 
-function stripQuery(path: string | undefined): string | undefined {
+/** A request target as audit lines give it: without its query, which often carries a secret. */
+export function stripQuery(path: string | undefined): string | undefined {
   if (path === undefined) return undefined;
   const q = path.indexOf('?');
   return q < 0 ? path : path.slice(0, q);

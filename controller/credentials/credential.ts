@@ -49,6 +49,13 @@ export interface CredentialSource {
    * @throws CredentialError naming the credential (never its value) when it is unavailable.
    */
   get(): Promise<Credential>;
+  /**
+   * The credential get() would answer now, when answering it takes no read,
+   * starts none (no refresh due) and reports no failure; otherwise
+   * undefined, and get() is the way. No I/O, never throws: the proxy admits
+   * a request with it without waiting a turn.
+   */
+  peek(): Credential | undefined;
   /** Releases what the source holds (Vault leases are revoked). Idempotent. */
   close(): Promise<void>;
 }

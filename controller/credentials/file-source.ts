@@ -101,6 +101,12 @@ export class FileCredentialSource implements CredentialSource {
     return this.inFlight;
   }
 
+  peek(): Credential | undefined {
+    const check = this.lastCheck;
+    if (!check || check.error || this.now() - check.at >= this.recheckIntervalMs) return undefined;
+    return this.cached?.credential;
+  }
+
   private async refresh(): Promise<Credential> {
     try {
       const secret = await this.check();

@@ -90,28 +90,18 @@ export async function prepareUpstreamRequest(
   credential: Credential,
   opts: InjectOptions,
 ): Promise<UpstreamRequest> {
-  const req: StreamedRequest = 'body' in source
-    ? source
-    : { method: source.method ?? 'GET', url: source.url ?? '/', rawHeaders: source.rawHeaders, body: source,
-      unknownLength: headerValue(source.rawHeaders, 'transfer-encoding') !== undefined };
-  const drop = inject.kind === 'header' ? dropSet(inject.name) : CREDENTIAL_HEADERS;
-  // Host and framing are the proxy's: the checked host, and the length
-  // llhttp framed the body by (or chunked), never what the workload listed.
-  const host = opts.port === 443 ? opts.host : `${opts.host}:${opts.port}`;
-  const headers = ['Host', host, ...upstreamRequestHeaders(req.rawHeaders, drop)];
-  const chunked = req.unknownLength;
-  const length = chunked ? undefined : headerValue(req.rawHeaders, 'content-length');
-  const framing = (body?: Buffer): string[] =>
-    body ? ['Content-Length', String(body.length)] : chunked ? ['Transfer-Encoding', 'chunked'] : length !== undefined ? ['Content-Length', length] : [];
+  const req = asStreamedRequest(source);
   switch (inject.kind) {
     case 'bearer':
     case 'header':
-    case 'basic': {
-      const line = cachedCredentialHeader(inject, credential);
-      headers.push(line.name, line.value.reveal(), ...framing());
-      return { headers, path: req.url, ...provenance(credential) };
-    }
+    case 'basic':
+      return injectHeader(req, inject, credential, opts);
     case 'sigv4': {
+      const { headers, length } = upstreamBase(req, CREDENTIAL_HEADERS, opts);
+      const chunked = req.unknownLength;
+      const framing = (body?: Buffer): string[] =>
+        body ? ['Content-Length', String(body.length)] : framingOf(chunked, length);
+      const host = authorityOf(opts);
       const scope = inject.service && inject.region ? { service: inject.service, region: inject.region } : inferAwsScope(opts.host);
       // validate refuses such a binding; this guards a policy loaded some other way.
       if (!scope) throw new InjectionRefusal(502, 'sigv4-scope', `cannot tell the AWS service and region of ${opts.host}`);
@@ -137,9 +127,54 @@ export async function prepareUpstreamRequest(
         dropHeader(headers, 'expect');
       }
       const signed = await signSigV4({ method: req.method, host, path: req.url, rawHeaders: [...headers, ...framing(body)], payloadHash }, creds, scope, new Date());
-      return { headers: signed, path: stripQuerySignature(req.url), body, accessKeyId: creds.accessKeyId, ...provenance(credential) };
+      return provenance({ headers: signed, path: stripQuerySignature(req.url), body, accessKeyId: creds.accessKeyId }, credential);
     }
   }
+}
+
+/** `source` as a StreamedRequest: an HTTP/1.1 request's body is the request itself. */
+export function asStreamedRequest(source: IncomingMessage | StreamedRequest): StreamedRequest {
+  return 'body' in source
+    ? source
+    : { method: source.method ?? 'GET', url: source.url ?? '/', rawHeaders: source.rawHeaders, body: source,
+      unknownLength: headerValue(source.rawHeaders, 'transfer-encoding') !== undefined };
+}
+
+/** An injection that adds one header: nothing of the body is read or signed. */
+export type HeaderInjectionPlan = Extract<PlanInjection, { kind: 'bearer' | 'header' | 'basic' }>;
+
+/**
+ * The upstream request for `req` with a header injection applied: what
+ * prepareUpstreamRequest() answers for one, at once (the proxy admits a
+ * request whose credential is at hand without waiting a turn).
+ * @throws CredentialError when the credential lacks what the injection needs.
+ */
+export function injectHeader(req: StreamedRequest, inject: HeaderInjectionPlan, credential: Credential, opts: Pick<InjectOptions, 'host' | 'port'>): UpstreamRequest {
+  const { headers, length } = upstreamBase(req, inject.kind === 'header' ? dropSet(inject.name) : CREDENTIAL_HEADERS, opts);
+  const line = cachedCredentialHeader(inject, credential);
+  headers.push(line.name, line.value.reveal(), ...framingOf(req.unknownLength, length));
+  return provenance({ headers, path: req.url }, credential);
+}
+
+/**
+ * Host and the workload's headers that go upstream (without `drop`), and
+ * the Content-Length it framed its body by. Host and framing are the
+ * proxy's: the checked host, and the length llhttp (or the fast path)
+ * framed the body by, or chunked; never what the workload listed.
+ */
+function upstreamBase(req: StreamedRequest, drop: ReadonlySet<string>, opts: Pick<InjectOptions, 'host' | 'port'>): { headers: string[]; length: string | undefined } {
+  const headers = ['Host', authorityOf(opts)];
+  upstreamRequestHeaders(req.rawHeaders, drop, headers);
+  return { headers, length: req.unknownLength ? undefined : headerValue(req.rawHeaders, 'content-length') };
+}
+
+/** The Host the upstream gets: the checked server name, with the port when it is not 443. */
+function authorityOf(opts: Pick<InjectOptions, 'host' | 'port'>): string {
+  return opts.port === 443 ? opts.host : `${opts.host}:${opts.port}`;
+}
+
+function framingOf(chunked: boolean, length: string | undefined): string[] {
+  return chunked ? ['Transfer-Encoding', 'chunked'] : length !== undefined ? ['Content-Length', length] : [];
 }
 
 /** Per header name a `header` binding sets: the request headers dropped for it. */
@@ -164,7 +199,7 @@ function dropSet(name: string): ReadonlySet<string> {
  */
 const headerCache = new WeakMap<Credential, WeakMap<PlanInjection, CredentialHeader>>();
 
-function cachedCredentialHeader(inject: Extract<PlanInjection, { kind: 'bearer' | 'header' | 'basic' }>, credential: Credential): CredentialHeader {
+function cachedCredentialHeader(inject: HeaderInjectionPlan, credential: Credential): CredentialHeader {
   let byInjection = headerCache.get(credential);
   if (!byInjection) {
     byInjection = new WeakMap();
@@ -233,11 +268,11 @@ function buildHeader(inject: Extract<PlanInjection, { kind: 'bearer' | 'header' 
 }
 
 /** Which version of the credential was used: for audit, never the value. */
-function provenance(credential: Credential): Pick<UpstreamRequest, 'credentialVersion' | 'leaseId'> {
-  return {
-    ...(credential.version !== undefined ? { credentialVersion: credential.version } : {}),
-    ...(credential.leaseId !== undefined ? { leaseId: credential.leaseId } : {}),
-  };
+/** `req` with the credential's version and lease, for audit. */
+function provenance(req: UpstreamRequest, credential: Credential): UpstreamRequest {
+  if (credential.version !== undefined) req.credentialVersion = credential.version;
+  if (credential.leaseId !== undefined) req.leaseId = credential.leaseId;
+  return req;
 }
 
 function single(credential: Credential): Secret {

@@ -34,7 +34,8 @@ export interface FastSession {
 export interface FastHost<S extends FastSession> {
   /** Whether the route in force for `session` may take its requests here (a header injection; SigV4 reads bodies). */
   eligible(session: S): boolean;
-  admit(session: S, head: FastRequestHead): Promise<Admission | Refusal>;
+  /** At once when everything it needs is at hand (a header injection, its credential held), else a promise. */
+  admit(session: S, head: FastRequestHead): Admission | Refusal | Promise<Admission | Refusal>;
   /**
    * Counts and audits a refused request. `sent`: its admission, when the
    * request had already gone upstream with the credential (an upstream that
@@ -174,13 +175,19 @@ class FastConnection<S extends FastSession> {
     this.#buf = end < buf.length ? buf.subarray(end) : undefined;
     this.#searched = 0;
     this.#state = 'admitting';
-    this.#host.admit(this.#session, head).then(
-      (admitted) => this.#admitted(head, admitted),
-      (err: unknown) => {
-        this.#host.log.error('request to %s failed inside the proxy: %s', this.#session.sni, (err as Error)?.stack ?? String(err));
-        this.#socket.destroy();
-      },
-    );
+    let admitted;
+    try {
+      admitted = this.#host.admit(this.#session, head);
+    } catch (err) {
+      return this.#internalError(err);
+    }
+    if (admitted instanceof Promise) admitted.then((a) => this.#admitted(head, a), (err: unknown) => this.#internalError(err));
+    else this.#admitted(head, admitted);
+  }
+
+  #internalError(err: unknown): void {
+    this.#host.log.error('request to %s failed inside the proxy: %s', this.#session.sni, (err as Error)?.stack ?? String(err));
+    this.#socket.destroy();
   }
 
   #admitted(head: FastRequestHead, admitted: Admission | Refusal): void {

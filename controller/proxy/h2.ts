@@ -83,7 +83,7 @@ export interface H2Connection {
 /** What ProxyServer lends the HTTP/2 front: the same admission, accounting and audit as an HTTP/1.1 request gets. */
 export interface H2Host<S extends H2Connection> {
   /** The plan in force, checkRequest(), the audit's health, the credential and its injection; or why not. */
-  admit(session: S, head: RequestHead, source: StreamedRequest): Promise<Admission | Refusal>;
+  admit(session: S, head: RequestHead, source: StreamedRequest): Admission | Refusal | Promise<Admission | Refusal>;
   /** Counts and audits a refused request; `sent`: it had gone upstream with its credential (an inject line, see FastHost.refused). */
   refused(session: S, head: { method?: string; url?: string }, refusal: Refusal, sent?: Admission): void;
   /** Counts and audits a connection closed for what it did (too many resets). */

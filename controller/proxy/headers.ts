@@ -56,15 +56,15 @@ export function connectionTokens(raw: string[]): string[] {
  * The workload's request headers that go upstream: without hop-by-hop
  * headers, those its Connection header lists, routing hints, Host and
  * framing (the proxy sets those), and `drop` (lower-case names: the
- * credential headers the injection replaces).
+ * credential headers the injection replaces), appended to `out`.
  */
-export function upstreamRequestHeaders(raw: string[], drop: ReadonlySet<string>): string[] {
-  const listed = new Set(connectionTokens(raw));
-  const out: string[] = [];
+export function upstreamRequestHeaders(raw: string[], drop: ReadonlySet<string>, out: string[] = []): string[] {
+  const tokens = connectionTokens(raw);
+  const listed = tokens.length ? new Set(tokens) : undefined;
   for (let i = 0; i < raw.length; i += 2) {
     const name = raw[i] as string;
     const lower = name.toLowerCase();
-    if (HOP_BY_HOP.has(lower) || PROXY_SET.has(lower) || listed.has(lower) || drop.has(lower) || isRoutingHint(lower)) continue;
+    if (HOP_BY_HOP.has(lower) || PROXY_SET.has(lower) || listed?.has(lower) || drop.has(lower) || isRoutingHint(lower)) continue;
     out.push(name, raw[i + 1] as string);
   }
   return out;

@@ -13,12 +13,12 @@ import tls from 'node:tls';
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from '../log.js';
-import type { AuditEvent, AuditSink } from '../audit/audit-log.js';
+import { stripQuery, type AuditEvent, type AuditSink } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from './routes.js';
 import type { Credential } from '../credentials/credential.js';
 import { ClientHelloReader } from '../tls/client-hello-reader.js';
-import { InjectionRefusal, prepareUpstreamRequest, type StreamedRequest, type UpstreamRequest } from '../inject/inject.js';
+import { asStreamedRequest, injectHeader, InjectionRefusal, prepareUpstreamRequest, type StreamedRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
 import { downstreamResponseHeaderList, downstreamResponseHeaders } from './headers.js';
 import { checkRequest, type RequestHead } from './request-checks.js';
@@ -125,6 +125,8 @@ export interface ProxyDeps {
   /** A TLS context presenting a leaf certificate for `host`, minted by the local CA. */
   secureContextFor(host: string): Promise<tls.SecureContext>;
   credential(name: string): Promise<Credential>;
+  /** The credential `credential(name)` would answer now without waiting, if it is at hand (CredentialSource.peek). */
+  heldCredential?(name: string): Credential | undefined;
   /** HTTP/1.1 upstream requests that undici cannot send (Expect: 100-continue, chunked uploads), HTTP/2 streams to HTTP/1.1 upstreams. */
   upstreamAgent: PartitionedAgent;
   /** Every other HTTP/1.1 upstream request (default: pools made here with upstreamAgent's trust store). */
@@ -228,8 +230,8 @@ export class ProxyServer {
   #accepted = 0;
   /** Refusals by code since start (requests and connections). */
   readonly #refused = new Map<RefusalCode, number>();
-  /** Credential objects -> a number: a new value (rotation) is a new upstream partition. */
-  readonly #credentialSeq = new WeakMap<Credential, number>();
+  /** Credential objects -> a number, and the partitions named with it: a new value (rotation) is a new upstream partition. */
+  readonly #credentialSeq = new WeakMap<Credential, { seq: number; partitions: WeakMap<Route, string> }>();
   #nextCredentialSeq = 1;
   readonly #h2: H2Front<Session & H2Connection> | undefined;
   readonly #upstreamH2: UpstreamH2Pool | undefined;
@@ -1024,13 +1026,18 @@ export class ProxyServer {
    * injection. The same for HTTP/1.1 requests, WebSocket upgrades (`upgrade`)
    * and HTTP/2 streams. `beforeBodyRead` runs if the body must be read first
    * (SigV4 hashing it): #forward answers Expect: 100-continue there.
+   *
+   * Answers at once (no promise) when the injection is a header and the
+   * credential is at hand (CredentialSource.peek): most requests of a
+   * kept-alive connection; otherwise once the credential is fetched and,
+   * for SigV4, the body read and signed.
    */
-  async #admit(
+  #admit(
     session: Session,
     head: RequestHead,
     source: http.IncomingMessage | StreamedRequest,
     opts: { beforeBodyRead?: () => void; upgrade?: boolean } = {},
-  ): Promise<Admitted | Refusal> {
+  ): Admitted | Refusal | Promise<Admitted | Refusal> {
     const route = this.#currentRoute(session);
     if (!route) {
       return {
@@ -1048,35 +1055,69 @@ export class ProxyServer {
     if (!this.#deps.audit.writable) {
       return { status: 503, code: 'audit-unavailable', message: 'the audit log cannot be written now; retry later' };
     }
-    let credential: Credential;
-    let upstream: UpstreamRequest;
-    try {
-      credential = await this.#deps.credential(inject.credential);
-      upstream = await prepareUpstreamRequest(source, inject, credential, {
-        host: sni, port: orig.port, sigv4BodyLimit: this.#deps.sigv4BodyLimit, sigv4BodyBudget: this.#deps.sigv4BodyBudget,
-        beforeBodyRead: opts.beforeBodyRead,
-      });
-    } catch (err) {
-      if (err instanceof InjectionRefusal) return { status: err.status, code: err.reason, message: err.message };
-      // The log gets the whole reason (it may name a file); the workload only which credential.
-      this.#deps.log.error('%s', err instanceof WirekeyError ? err.message : `credential "${inject.credential}": ${String(err)}`);
-      const why = err instanceof CredentialError ? 'cannot be used now' : 'is unavailable';
-      return { status: 503, code: 'credential-unavailable', message: `credential "${inject.credential}" ${why}` };
+    if (inject.kind !== 'sigv4') {
+      const held = this.#deps.heldCredential?.(inject.credential);
+      if (held) {
+        try {
+          return this.#admission(route, held, injectHeader(asStreamedRequest(source), inject, held, { host: sni, port: orig.port }));
+        } catch (err) {
+          return this.#credentialRefusal(inject.credential, err);
+        }
+      }
     }
+    return this.#admitLater(session, route, source, opts.beforeBodyRead);
+  }
+
+  /** #admit's end when the credential must be fetched, or the body read and signed. */
+  async #admitLater(session: Session, route: Route, source: http.IncomingMessage | StreamedRequest, beforeBodyRead: (() => void) | undefined): Promise<Admitted | Refusal> {
+    const inject = route.binding.inject;
+    try {
+      const credential = await this.#deps.credential(inject.credential);
+      const upstream = await prepareUpstreamRequest(source, inject, credential, {
+        host: session.sni, port: session.orig.port, sigv4BodyLimit: this.#deps.sigv4BodyLimit, sigv4BodyBudget: this.#deps.sigv4BodyBudget,
+        beforeBodyRead,
+      });
+      return this.#admission(route, credential, upstream);
+    } catch (err) {
+      return this.#credentialRefusal(inject.credential, err);
+    }
+  }
+
+  #admission(route: Route, credential: Credential, upstream: UpstreamRequest): Admitted {
+    const inject = route.binding.inject;
     return {
       route, credential, upstream,
       workload: route.workload.name, service: route.service.name, injectKind: inject.kind, credentialName: inject.credential,
-      partition: `${route.workload.name}\0${route.binding.name}\0${this.#credentialVersion(credential)}`,
+      partition: this.#partition(route, credential),
     };
   }
 
-  #credentialVersion(credential: Credential): number {
-    let n = this.#credentialSeq.get(credential);
-    if (n === undefined) {
-      n = this.#nextCredentialSeq++;
-      this.#credentialSeq.set(credential, n);
+  /** A request the injection refused, or whose credential (`name`) could not be had. */
+  #credentialRefusal(name: string, err: unknown): Refusal {
+    if (err instanceof InjectionRefusal) return { status: err.status, code: err.reason, message: err.message };
+    // The log gets the whole reason (it may name a file); the workload only which credential.
+    this.#deps.log.error('%s', err instanceof WirekeyError ? err.message : `credential "${name}": ${String(err)}`);
+    const why = err instanceof CredentialError ? 'cannot be used now' : 'is unavailable';
+    return { status: 503, code: 'credential-unavailable', message: `credential "${name}" ${why}` };
+  }
+
+  /**
+   * The upstream partition of `route`'s requests with `credential`:
+   * workload, binding, credential version. Made once per route and
+   * credential, not per request.
+   */
+  #partition(route: Route, credential: Credential): string {
+    let c = this.#credentialSeq.get(credential);
+    if (!c) {
+      c = { seq: this.#nextCredentialSeq++, partitions: new WeakMap() };
+      this.#credentialSeq.set(credential, c);
     }
-    return n;
+    let name = c.partitions.get(route);
+    if (name === undefined) {
+      name = `${route.workload.name}\0${route.binding.name}\0${c.seq}`;
+      c.partitions.set(route, name);
+    }
+    return name;
   }
 
   /**
@@ -1146,11 +1187,20 @@ export class ProxyServer {
    * `status` 0 when no head came back).
    */
   #auditSent(session: Session, req: { method?: string; url?: string }, a: Admission, status: number, reason?: string): void {
-    // Undefined fields are left out of the line.
-    this.#audit(session, req, {
+    // One per request: built whole, in #audit's order; undefined fields are left out of the line.
+    const event: AuditEvent = {
+      workload: session.route.workload.name,
+      pid: session.orig.pid,
+      uid: session.orig.uid,
+      service: session.route.service.name,
+      host: session.sni,
+      method: req.method,
+      path: stripQuery(req.url),
       decision: 'inject', status: status || undefined, credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
       leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, reason,
-    }, !reason);
+    };
+    if (reason) this.#deps.audit.record(event);
+    else this.#deps.audit.recordDone(event);
   }
 
   /** An audit line for a request on `session`; `done`: of a response already forwarded whole (AuditLog.recordDone). */
@@ -1162,7 +1212,7 @@ export class ProxyServer {
       service: session.route.service.name,
       host: session.sni,
       method: req.method,
-      path: req.url,
+      path: stripQuery(req.url),
       ...extra,
     };
     if (done) this.#deps.audit.recordDone(event);

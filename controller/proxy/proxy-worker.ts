@@ -109,9 +109,13 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
   const credentials = new Map<string, Held>();
   /** Dropped by a reload: asked again, and kept as the same object if the agent's is. */
   let stale = new Map<string, Held>();
-  const credential = async (name: string): Promise<Credential> => {
+  const heldCredential = (name: string): Credential | undefined => {
     const held = credentials.get(name);
-    if (held && (held.expiresAt === undefined || Date.now() < held.expiresAt)) return held.credential;
+    return held && (held.expiresAt === undefined || Date.now() < held.expiresAt) ? held.credential : undefined;
+  };
+  const credential = async (name: string): Promise<Credential> => {
+    const now = heldCredential(name);
+    if (now) return now;
     const wire = await ask({ op: 'credential', name }) as WireCredential;
     const again = credentials.get(name) ?? stale.get(name);
     // The same object of the agent's (asked twice meanwhile, or expired and served again): the same object here.
@@ -191,6 +195,7 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
     routes: () => routes,
     secureContextFor,
     credential,
+    heldCredential,
     upstreamAgent: createUpstreamAgent({ caFile: init.upstreamCaFile }),
     sigv4BodyLimit: init.sigv4BodyLimit,
     sigv4BodyBudget: new ByteBudget(init.sigv4BodyMemory),

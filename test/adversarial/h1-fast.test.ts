@@ -13,7 +13,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createHash, randomBytes } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, HOST, OTHER, sha256 } from '../support/e2e-fixture.js';
 import { kernelSkipReason } from '../support/requirements.js';
@@ -668,6 +668,38 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       const firstNew = recs.findIndex((x) => x.apiKey[0] === sha256(rotated));
       expect(recs.slice(firstNew).every((x) => x.apiKey[0] === sha256(rotated))).toBe(true);
       writeFileSync(keyedFile(), `${keyedToken}\n`, { mode: 0o600 });
+    });
+
+    it('a credential file made unusable is refused from its next check on (503, nothing upstream), and served again once fixed', async () => {
+      const before = f.upstream.records.length;
+      const s = open(cg.keyed);
+      s.send(request('GET', '/unusable/0'));
+      expect((await s.read()).status).toBe(200);
+      s.close();
+      f.onClose(() => chmodSync(keyedFile(), 0o600));
+      chmodSync(keyedFile(), 0o644);
+      // The refusal closes the connection: each look is a request on a new one.
+      let i = 0;
+      const refused = await eventually(async () => {
+        const t = open(cg.keyed);
+        t.send(request('GET', `/unusable/${++i}`));
+        const r = await t.read();
+        t.close();
+        return r.status === 503 ? r : undefined;
+      }, 20_000, 'a refusal once the file source notices the mode');
+      expect(header(refused, 'x-wirekey-error')).toBe('credential-unavailable');
+      expect((await f.recordsSince(before)).map((x) => x.url)).not.toContain(`/unusable/${i}`);
+      chmodSync(keyedFile(), 0o600);
+      const served = await eventually(async () => {
+        const t = open(cg.keyed);
+        t.send(request('GET', `/unusable/fixed/${++i}`));
+        const r = await t.read();
+        t.close();
+        return r.status === 200 ? r : undefined;
+      }, 20_000, 'the credential served again once the mode is fixed');
+      expect(served.status).toBe(200);
+      const recs = await f.recordsSince(before);
+      expect(recs.at(-1)?.apiKey).toEqual([sha256(keyedToken)]);
     });
   });
 

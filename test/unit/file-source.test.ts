@@ -179,6 +179,37 @@ describe('FileCredentialSource', () => {
     expect(vi.mocked(fsp.open)).toHaveBeenCalledTimes(2);
   });
 
+  it('peek() answers only what get() would answer from memory, with nothing due', async () => {
+    const file = await secretFile('token', 'version-1');
+    let clock = 0;
+    const source = new FileCredentialSource({ name: 'peek', path: file, recheckIntervalMs: 200, now: () => clock });
+    // Nothing read yet: get() must read.
+    expect(source.peek()).toBeUndefined();
+    const first = await source.get();
+    expect(source.peek()).toBe(first);
+    clock = 199;
+    expect(source.peek()).toBe(first);
+    // A re-stat is due: peek() leaves it to get(), and touches nothing.
+    clock = 200;
+    await writeFile(file, 'version-2 longer');
+    expect(source.peek()).toBeUndefined();
+    expect(vi.mocked(fsp.stat)).toHaveBeenCalledTimes(1);
+    const second = await source.get();
+    expect(second.secret?.reveal()).toBe('version-2 longer');
+    expect(source.peek()).toBe(second);
+    // A failed check is get()'s to report: peek() has nothing until a check succeeds again.
+    clock = 400;
+    await chmod(file, 0o644);
+    await expectRefusal(source, /mode 0644/, 'version-2 longer');
+    expect(source.peek()).toBeUndefined();
+    clock = 500;
+    expect(source.peek()).toBeUndefined();
+    await chmod(file, 0o600);
+    clock = 600;
+    expect((await source.get()).secret?.reveal()).toBe('version-2 longer');
+    expect(source.peek()?.secret?.reveal()).toBe('version-2 longer');
+  });
+
   it('re-stats but does not re-read an unchanged file', async () => {
     const file = await secretFile('token', SECRET);
     const source = new FileCredentialSource({ name: 'same', path: file, recheckIntervalMs: 0 });

@@ -67,7 +67,10 @@ describe.skipIf(!baoBinary)(`Vault AWS dynamic credentials (moto)${skipReason}`,
 
   it('holds AWS keys with a lease, renews it (seen in Vault), and revokes it at close', async () => {
     const src = new VaultLeaseSource({ name: 'aws-billing', connection: conn, aws: 'aws/creds/billing', log: captured.log });
+    // Nothing held before the first read; the lease's credential while it lasts.
+    expect(src.peek()).toBeUndefined();
     const cred = await src.get();
+    expect(src.peek()).toBe(cred);
     expect(cred.name).toBe('aws-billing');
     expect(cred.leaseId).toMatch(/^aws\/creds\/billing\//);
     const accessKey = cred.fields.get('access_key')?.reveal() as string;
@@ -102,6 +105,7 @@ describe.skipIf(!baoBinary)(`Vault AWS dynamic credentials (moto)${skipReason}`,
     for (let i = 0; i < 100; i++) expect((await src.get()).leaseId).toBe(cred.leaseId);
 
     await src.close();
+    expect(src.peek()).toBeUndefined();
     const gone = await bao.raw('PUT', 'sys/leases/lookup', { lease_id: cred.leaseId });
     expect(gone.status).toBe(400);
     // Vault deleted the IAM user it had made at moto.

@@ -114,6 +114,30 @@ describe.skipIf(!baoBinary)(`Vault KV v2 credential source${skipReason}`, () => 
     await src.close();
   });
 
+  it('peek() gives the value held only while no read is due; get() then starts the read', async () => {
+    await bao.writeKv('peeked', { token: 'value-v1' });
+    const refreshMs = 400;
+    let clock = Date.now();
+    const src = new VaultKvSource({
+      name: 'peeked', connection: conn, kv: 'secret/peeked', field: 'token', refreshMs, firstFetchJitterMs: 0, log: captured.log, now: () => clock,
+    });
+    expect(src.peek()).toBeUndefined();
+    const first = await src.get();
+    expect(src.peek()).toBe(first);
+    await bao.writeKv('peeked', { token: 'value-v2' });
+    const readsBefore = await kvReads('secret/data/peeked');
+    // A refresh is due: peek() has nothing and starts nothing.
+    clock += refreshMs;
+    expect(src.peek()).toBeUndefined();
+    expect(await kvReads('secret/data/peeked')).toBe(readsBefore);
+    // get() serves the value held and starts the read; once it lands, peek() has the new version.
+    expect(await src.get()).toBe(first);
+    await eventually(async () => src.status().version === '2', 10_000, 'the refresh get() started');
+    expect(src.peek()?.secret?.reveal()).toBe('value-v2');
+    await src.close();
+    expect(src.peek()).toBeUndefined();
+  });
+
   it('one read for a burst of first get()s (single flight)', async () => {
     await bao.writeKv('burst', { token: 'burst-value' });
     const before = await kvReads('secret/data/burst');

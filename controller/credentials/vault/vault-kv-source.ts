@@ -143,6 +143,16 @@ export class VaultKvSource implements CredentialSource {
     return (await this.#read()).credential;
   }
 
+  peek(): Credential | undefined {
+    const cached = this.#cached;
+    if (this.#closed || !cached) return undefined;
+    const now = this.#now();
+    // A read is due (get() starts it), or the value is too stale to serve (get() says why).
+    if (now >= this.#nextReadAt) return undefined;
+    if (this.#maxStaleMs !== undefined && this.#outageSince !== undefined && now - cached.fetchedAt > this.#maxStaleMs) return undefined;
+    return cached.credential;
+  }
+
   status(): VaultKvSourceStatus {
     return {
       name: this.name,

@@ -143,6 +143,11 @@ export class VaultLeaseSource implements CredentialSource {
     return (await this.#fetch()).credential;
   }
 
+  peek(): Credential | undefined {
+    const cur = this.#current;
+    return !this.#closed && cur && Date.now() < cur.expiresAt ? cur.credential : undefined;
+  }
+
   status(): VaultLeaseSourceStatus {
     return {
       name: this.name,
