@@ -54,10 +54,22 @@ export function findHeadEnd(buf: Buffer, from = 0): number {
 
 /** A target of RFC 3986 path and query characters only: '#', quotes, brackets, backslash and the like go to Node's server. */
 const REQUEST_LINE = /^([A-Z]{1,20}) (\/[A-Za-z0-9\-._~%!$&'()*+,;=:@/?]*) HTTP\/1\.1$/;
-/** RFC 9110 5.6.2 token characters without "_" (see request-checks.ts). */
-const REQUEST_FIELD_NAME = /^[!#$%&'*+\-.^`|~0-9A-Za-z]+$/;
-/** Anything but HTAB, visible ASCII and CRLF line ends: CTLs, DEL, obs-text, a CR not followed by LF, an LF not preceded by CR. */
-const NOT_PLAIN = /[^\t\x20-\x7e\r\n]|\r(?!\n)|(?<!\r)\n/;
+/**
+ * Per character code: FIELD_VALUE where a request field line may hold it
+ * (HTAB and visible ASCII, SP included), FIELD_NAME where a field name may
+ * too (RFC 9110 5.6.2 token characters without "_", see request-checks.ts).
+ * Everything else (CTLs, DEL, obs-text, a CR or LF that does not end a
+ * line) takes the request to Node's server.
+ */
+const FIELD_VALUE = 1;
+const FIELD_NAME = 2;
+const REQUEST_CHARS = (() => {
+  const t = new Uint8Array(256);
+  t[0x09] = FIELD_VALUE;
+  for (let c = 0x20; c <= 0x7e; c++) t[c] = FIELD_VALUE;
+  for (const c of "!#$%&'*+-.^`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") t[c.charCodeAt(0)] = FIELD_VALUE | FIELD_NAME;
+  return t;
+})();
 
 /**
  * A field line's name and value (without the SP and HTAB around it: String#trim
@@ -85,19 +97,46 @@ const FAST_PATH_OFF = new Set(['transfer-encoding', 'expect', 'upgrade', 'te', '
 export function parseRequestHead(head: Buffer): FastRequestHead | undefined {
   if (head.length > MAX_HEAD_BYTES) return undefined;
   const text = head.toString('latin1', 0, head.length - 4);
-  if (NOT_PLAIN.test(text)) return undefined;
-  const lines = text.split('\r\n');
-  const line = REQUEST_LINE.exec(lines[0] as string);
-  if (!line || !KNOWN_METHODS.has(line[1] as string) || lines.length - 1 > MAX_FAST_HEADERS) return undefined;
+  const n = text.length;
+  // The request line: its pattern admits no CTL, CR or LF.
+  let eol = text.indexOf('\r\n');
+  if (eol < 0) eol = n;
+  const line = REQUEST_LINE.exec(eol === n ? text : text.slice(0, eol));
+  if (!line || !KNOWN_METHODS.has(line[1] as string)) return undefined;
   const url = line[2] as string;
   const rawHeaders: string[] = [];
   let hosts = 0;
   let length: string | undefined;
   let close = false;
-  for (let i = 1; i < lines.length; i++) {
-    const field = splitField(lines[i] as string);
-    if (!field || !REQUEST_FIELD_NAME.test(field[0])) return undefined;
-    const [name, value] = field;
+  // One pass over each field line: a name of token characters up to the
+  // first colon, then a value of HTAB and visible ASCII, the line ended by
+  // CRLF (or the head's end).
+  for (let at = eol + 2; at < n; ) {
+    if (rawHeaders.length === 2 * MAX_FAST_HEADERS) return undefined;
+    let colon = -1;
+    let i = at;
+    for (; i < n; i++) {
+      const c = text.charCodeAt(i);
+      if (c === 0x0d) break;
+      const kind = REQUEST_CHARS[c] ?? 0;
+      if (colon >= 0) {
+        if (!(kind & FIELD_VALUE)) return undefined;
+      } else if (c === 0x3a) {
+        colon = i;
+      } else if (!(kind & FIELD_NAME)) {
+        return undefined;
+      }
+    }
+    if (colon <= at) return undefined;
+    if (i < n && text.charCodeAt(i + 1) !== 0x0a) return undefined;
+    // The value without the SP and HTAB around it.
+    let a = colon + 1;
+    let b = i;
+    while (a < b && (text.charCodeAt(a) === 0x20 || text.charCodeAt(a) === 0x09)) a++;
+    while (b > a && (text.charCodeAt(b - 1) === 0x20 || text.charCodeAt(b - 1) === 0x09)) b--;
+    const name = text.slice(at, colon);
+    const value = text.slice(a, b);
+    at = i + 2;
     const lower = name.toLowerCase();
     if (FAST_PATH_OFF.has(lower)) return undefined;
     if (lower === 'host') hosts++;
