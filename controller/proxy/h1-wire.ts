@@ -195,6 +195,60 @@ const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 't
 const LINE_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
 const BAD_BYTES = 'a control character, or a bare CR or LF, in the head';
 
+/**
+ * Per character code: FIELD_VALUE where a response field line may hold it
+ * (HTAB, visible ASCII, SP, obs-text), FIELD_NAME where a name may too
+ * (token characters, "_" included).
+ */
+const RESPONSE_CHARS = (() => {
+  const t = new Uint8Array(256);
+  t[0x09] = FIELD_VALUE;
+  for (let c = 0x20; c <= 0xff; c++) if (c !== 0x7f) t[c] = FIELD_VALUE;
+  for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") t[c.charCodeAt(0)] = FIELD_VALUE | FIELD_NAME;
+  return t;
+})();
+
+/**
+ * The field lines of a response head `text` (without its empty line)
+ * after the status line, which ends at `eol` (-1: no field lines), as
+ * [name, value, lower-case name, ...], values without the SP and HTAB
+ * around them. One pass per line: a CTL, DEL or bare CR or LF anywhere in
+ * a line is BAD_BYTES; otherwise a line without a colon, or whose name is
+ * empty or not a token, is malformed. Exported for its test.
+ * @throws ResponseFramingError
+ */
+export function responseFields(text: string, eol: number): string[] {
+  const fields: string[] = [];
+  const n = text.length;
+  for (let at = eol + 2; eol >= 0; at = eol + 2) {
+    let colon = -1;
+    let badName = false;
+    let i = at;
+    eol = -1;
+    for (; i < n; i++) {
+      const c = text.charCodeAt(i);
+      if (c === 0x0d && text.charCodeAt(i + 1) === 0x0a) {
+        eol = i;
+        break;
+      }
+      const kind = RESPONSE_CHARS[c] ?? 0;
+      if (!(kind & FIELD_VALUE)) throw new ResponseFramingError(BAD_BYTES);
+      if (colon < 0) {
+        if (c === 0x3a) colon = i;
+        else if (!(kind & FIELD_NAME)) badName = true;
+      }
+    }
+    if (colon <= at || badName) throw new ResponseFramingError('malformed header line');
+    let a = colon + 1;
+    let b = i;
+    while (a < b && (text.charCodeAt(a) === 0x20 || text.charCodeAt(a) === 0x09)) a++;
+    while (b > a && (text.charCodeAt(b - 1) === 0x20 || text.charCodeAt(b - 1) === 0x09)) b--;
+    const name = text.slice(at, colon);
+    fields.push(name, text.slice(a, b), name.toLowerCase());
+  }
+  return fields;
+}
+
 /** A trailer field line: a name, a colon, no control characters. */
 function responseField(line: string): boolean {
   const field = LINE_CTL.test(line) ? undefined : splitField(line);
@@ -389,8 +443,8 @@ export class ResponseFramer {
 
   /** One head: its bytes for the workload; sets the stage the body starts in. */
   #head(text: string): { bytes: Buffer; status: number; interim: boolean } {
-    // Each line is checked apart (LINE_CTL): lines are split at CRLF, so a CR or LF left in one is a bare one.
-    let eol = text.indexOf('\r\n');
+    // Each line is checked apart: lines are split at CRLF, so a CR or LF left in one is a bare one.
+    const eol = text.indexOf('\r\n');
     const first = eol < 0 ? text : text.slice(0, eol);
     if (LINE_CTL.test(first)) throw new ResponseFramingError(BAD_BYTES);
     const statusLine = STATUS_LINE.exec(first);
@@ -400,22 +454,15 @@ export class ResponseFramer {
     const reason = statusLine[3] ?? '';
     if (status === 101) throw new ResponseFramingError('a protocol switch nobody asked for');
     /** [name, value, lower-case name, ...] */
-    const fields: string[] = [];
+    const fields = responseFields(text, eol);
     let length: string | undefined;
     let lengths = 0;
     let codings = 0;
     let chunked = false;
     let tokens: string[] | undefined;
-    while (eol >= 0) {
-      const from = eol + 2;
-      eol = text.indexOf('\r\n', from);
-      const line = eol < 0 ? text.slice(from) : text.slice(from, eol);
-      if (LINE_CTL.test(line)) throw new ResponseFramingError(BAD_BYTES);
-      const field = splitField(line);
-      if (!field || !RESPONSE_FIELD_NAME.test(field[0])) throw new ResponseFramingError('malformed header line');
-      const [name, value] = field;
-      const lower = name.toLowerCase();
-      fields.push(name, value, lower);
+    for (let f = 0; f < fields.length; f += 3) {
+      const value = fields[f + 1] as string;
+      const lower = fields[f + 2] as string;
       if (lower === 'content-length') {
         lengths++;
         length = value;

@@ -6,7 +6,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { METHODS } from 'node:http';
-import { findHeadEnd, parseRequestHead, ResponseFramer, ResponseFramingError, type FastRequestHead } from '../../controller/proxy/h1-wire.js';
+import { findHeadEnd, parseRequestHead, ResponseFramer, ResponseFramingError, responseFields, type FastRequestHead } from '../../controller/proxy/h1-wire.js';
 
 const HOST = 'api.example.com';
 const head = (s: string) => Buffer.from(s, 'latin1');
@@ -235,6 +235,60 @@ const GOOD: [string, string, boolean, boolean, string][] = [
 ];
 
 describe('ResponseFramer', () => {
+  /**
+   * The reference for a response head's field lines: split at CRLF, then
+   * a regular expression per rule. responseFields() makes one pass per line
+   * for speed; it must answer exactly what this answers, error included.
+   */
+  const REF_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
+  const REF_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+  function referenceFields(text: string, eol: number): string[] | string {
+    const fields: string[] = [];
+    if (eol < 0) return fields;
+    for (const line of text.slice(eol + 2).split('\r\n')) {
+      if (REF_CTL.test(line)) return 'a control character, or a bare CR or LF, in the head';
+      const colon = line.indexOf(':');
+      if (colon <= 0 || !REF_NAME.test(line.slice(0, colon))) return 'malformed header line';
+      const name = line.slice(0, colon);
+      fields.push(name, line.slice(colon + 1).replace(/^[ \t]+|[ \t]+$/g, ''), name.toLowerCase());
+    }
+    return fields;
+  }
+
+  it('reads field lines exactly as the reference does, over 20,000 generated heads with hostile bytes', () => {
+    let seed = 0x0badcafe;
+    const rand = (n: number) => {
+      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+      return (seed >>> 8) % n;
+    };
+    const pick = <T,>(xs: readonly T[]) => xs[rand(xs.length)] as T;
+    const nasty = ['\r', '\n', '\t', ' ', ':', '_', '\x00', '\x1f', '\x7f', '\x80', '\xa0', '\xff', ',', '"', '@'];
+    const chars = (len: number, safe: string) => Array.from({ length: len }, () => (rand(12) ? pick([...safe]) : pick(nasty))).join('');
+    const names = ['Content-Length', 'Transfer-Encoding', 'Connection', 'Server', 'X_Under', 'Set-Cookie', 'Date'];
+    let good = 0;
+    for (let k = 0; k < 20_000; k++) {
+      const lines = Array.from({ length: rand(6) }, () => {
+        const name = rand(3) ? pick(names) : chars(1 + rand(6), 'aZ0-._~');
+        const sep = rand(12) ? ':' : pick(['', ' :', '::']);
+        return `${name}${sep}${pick(['', ' ', '\t ', '  '])}${chars(rand(12), 'abc 1,;=/\xe9')}${pick(['', ' ', '\t'])}`;
+      });
+      const text = ['HTTP/1.1 200 OK', ...lines].join('\r\n');
+      const eol = text.indexOf('\r\n');
+      const want = referenceFields(text, eol);
+      let got: string[] | string;
+      try {
+        got = responseFields(text, eol);
+      } catch (err) {
+        expect(err, JSON.stringify(text)).toBeInstanceOf(ResponseFramingError);
+        got = (err as Error).message;
+      }
+      expect(got, JSON.stringify(text)).toEqual(want);
+      if (Array.isArray(want)) good++;
+    }
+    expect(good, String(good)).toBeGreaterThan(2000);
+    expect(good, String(good)).toBeLessThan(18_000);
+  });
+
   it.each(GOOD)('%s: the same bytes out whether fed whole or byte by byte', (_what, bytes, headRequest, close, expected) => {
     const a = frame(whole(bytes), { head: headRequest, close });
     const b = frame(bytewise(bytes), { head: headRequest, close });
