@@ -103,6 +103,9 @@ class FastConnection<S extends FastSession> {
   readonly #onData = (chunk: Buffer) => this.#data(chunk);
   readonly #onEnd = () => this.#ended();
   readonly #onTimeout = () => this.#socket.destroy();
+  readonly #onExchanged = (keepOpen: boolean, refusal?: Refusal) => this.#exchanged(keepOpen, refusal);
+  /** What the reads of one turn bring for the workload leaves in one write (TurnBatch); each exchange uses it in turn. */
+  readonly #batch: TurnBatch;
   readonly #flow: Flow = {
     hold: () => this.#hold(HOLD_UPSTREAM),
     unhold: () => this.#unhold(HOLD_UPSTREAM),
@@ -110,6 +113,7 @@ class FastConnection<S extends FastSession> {
 
   constructor(socket: tls.TLSSocket, session: S, host: FastHost<S>) {
     this.#socket = socket;
+    this.#batch = new TurnBatch(socket);
     this.#session = session;
     this.#host = host;
   }
@@ -200,7 +204,7 @@ class FastConnection<S extends FastSession> {
     }
     let exchange: Exchange<S>;
     try {
-      exchange = new Exchange(this.#socket, this.#flow, this.#session, this.#host, head, admitted, (keepOpen, refusal) => this.#exchanged(keepOpen, refusal));
+      exchange = new Exchange(this.#socket, this.#batch, this.#flow, this.#session, this.#host, head, admitted, this.#onExchanged);
     } catch (err) {
       // The upstream connection could not even be started: refused, never fatal.
       this.#host.log.error('cannot connect upstream to %s: %s', this.#session.sni, (err as Error).message);
@@ -372,20 +376,15 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   readonly #sentAt = performance.now();
   /** The workload's socket is paused for the upstream's (the request body's backpressure). */
   #bodyHeld = false;
+  /** The workload's socket's TurnBatch (its connection's). */
   readonly #downBatch: TurnBatch;
   #upBatch: TurnBatch | undefined;
-  readonly #onBodyDrain = () => {
-    this.#bodyHeld = false;
-    if (!this.#over) this.#flow.unhold();
-  };
-  readonly #onResponseDrain = () => {
-    if (this.#over || !this.#upHeld) return;
-    this.#upHeld = false;
-    this.#up.socket.resume();
-  };
+  /** Made the first time either side's backpressure is waited out (most exchanges never do). */
+  #onBodyDrain: (() => void) | undefined;
+  #onResponseDrain: (() => void) | undefined;
 
   constructor(
-    down: tls.TLSSocket, flow: Flow, session: S, host: FastHost<S>, head: FastRequestHead, admission: Admission,
+    down: tls.TLSSocket, downBatch: TurnBatch, flow: Flow, session: S, host: FastHost<S>, head: FastRequestHead, admission: Admission,
     done: (keepOpen: boolean, refusal?: Refusal) => void,
   ) {
     this.#down = down;
@@ -399,7 +398,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     this.#framer = new ResponseFramer(head.method === 'HEAD', head.close);
     this.#headBytes = serializeRequestHead(head.method, admission.upstream.path, admission.upstream.headers);
     this.#up = host.upstreams.lease(admission.partition, session.orig.address, session.orig.port, session.sni, this);
-    this.#downBatch = new TurnBatch(down);
+    this.#downBatch = downBatch;
   }
 
   /** Whether bytes from the workload are still this request's body. */
@@ -435,7 +434,10 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     if (!flowing && !this.#over && !this.#bodyHeld) {
       this.#bodyHeld = true;
       this.#flow.hold();
-      up.once('drain', this.#onBodyDrain);
+      up.once('drain', (this.#onBodyDrain ??= () => {
+        this.#bodyHeld = false;
+        if (!this.#over) this.#flow.unhold();
+      }));
     }
     return n < chunk.length ? chunk.subarray(n) : undefined;
   }
@@ -485,7 +487,11 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     if (!flowing && !this.#upHeld) {
       this.#upHeld = true;
       this.#up.socket.pause();
-      down.once('drain', this.#onResponseDrain);
+      down.once('drain', (this.#onResponseDrain ??= () => {
+        if (this.#over || !this.#upHeld) return;
+        this.#upHeld = false;
+        this.#up.socket.resume();
+      }));
     }
   }
 
@@ -560,8 +566,8 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     this.#downBatch.flush();
     this.#upBatch?.flush();
     this.#up.owner = undefined;
-    this.#up.socket.off('drain', this.#onBodyDrain);
-    this.#down.off('drain', this.#onResponseDrain);
+    if (this.#onBodyDrain) this.#up.socket.off('drain', this.#onBodyDrain);
+    if (this.#onResponseDrain) this.#down.off('drain', this.#onResponseDrain);
     if (this.#upHeld) {
       this.#upHeld = false;
       this.#up.socket.resume();
