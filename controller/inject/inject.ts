@@ -267,8 +267,7 @@ function buildHeader(inject: Extract<PlanInjection, { kind: 'bearer' | 'header' 
   }
 }
 
-/** Which version of the credential was used: for audit, never the value. */
-/** `req` with the credential's version and lease, for audit. */
+/** `req` with which version of the credential it uses (its version, its lease): for audit, never the value. */
 function provenance(req: UpstreamRequest, credential: Credential): UpstreamRequest {
   if (credential.version !== undefined) req.credentialVersion = credential.version;
   if (credential.leaseId !== undefined) req.leaseId = credential.leaseId;
