@@ -1187,25 +1187,28 @@ export class ProxyServer {
    * `status` 0 when no head came back).
    */
   #auditSent(session: Session, req: { method?: string; url?: string }, a: Admission, status: number, reason?: string): void {
-    // One per request: built whole, in #audit's order; undefined fields are left out of the line.
-    const event: AuditEvent = {
-      workload: session.route.workload.name,
-      pid: session.orig.pid,
-      uid: session.orig.uid,
-      service: session.route.service.name,
-      host: session.sni,
-      method: req.method,
-      path: stripQuery(req.url),
-      decision: 'inject', status: status || undefined, credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
-      leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, reason,
-    };
+    // One per request: set on the event in place, no copy; undefined fields are left out of the line.
+    const event = this.#requestEvent(session, req, 'inject');
+    event.status = status || undefined;
+    event.credential = a.credentialName;
+    event.credentialVersion = a.upstream.credentialVersion;
+    event.leaseId = a.upstream.leaseId;
+    event.accessKeyId = a.upstream.accessKeyId;
+    event.reason = reason;
     if (reason) this.#deps.audit.record(event);
     else this.#deps.audit.recordDone(event);
   }
 
   /** An audit line for a request on `session`; `done`: of a response already forwarded whole (AuditLog.recordDone). */
   #audit(session: Session, req: { method?: string; url?: string }, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId' | 'bytesUp' | 'bytesDown' | 'durationMs'>, done = false): void {
-    const event: AuditEvent = {
+    const event = Object.assign(this.#requestEvent(session, req, extra.decision), extra);
+    if (done) this.#deps.audit.recordDone(event);
+    else this.#deps.audit.record(event);
+  }
+
+  /** Who sent a request on `session`, where and what (its target without the query), and `decision`: the start of every request's audit line. */
+  #requestEvent(session: Session, req: { method?: string; url?: string }, decision: AuditEvent['decision']): AuditEvent {
+    return {
       workload: session.route.workload.name,
       pid: session.orig.pid,
       uid: session.orig.uid,
@@ -1213,9 +1216,7 @@ export class ProxyServer {
       host: session.sni,
       method: req.method,
       path: stripQuery(req.url),
-      ...extra,
+      decision,
     };
-    if (done) this.#deps.audit.recordDone(event);
-    else this.#deps.audit.record(event);
   }
 }
