@@ -72,17 +72,20 @@ const REQUEST_CHARS = (() => {
 })();
 
 /**
- * A field line's name and value (without the SP and HTAB around it: String#trim
- * would also take NBSP, an obs-text byte here), or undefined without a colon.
+ * A field value: `text` from `from` to `to` without the SP and HTAB around
+ * it (String#trim would also take NBSP, an obs-text byte here).
  */
+function fieldValue(text: string, from: number, to: number): string {
+  while (from < to && (text.charCodeAt(from) === 0x20 || text.charCodeAt(from) === 0x09)) from++;
+  while (to > from && (text.charCodeAt(to - 1) === 0x20 || text.charCodeAt(to - 1) === 0x09)) to--;
+  return text.slice(from, to);
+}
+
+/** A field line's name and value (fieldValue()), or undefined without a colon. */
 function splitField(line: string): [string, string] | undefined {
   const colon = line.indexOf(':');
   if (colon <= 0) return undefined;
-  let a = colon + 1;
-  let b = line.length;
-  while (a < b && (line.charCodeAt(a) === 0x20 || line.charCodeAt(a) === 0x09)) a++;
-  while (b > a && (line.charCodeAt(b - 1) === 0x20 || line.charCodeAt(b - 1) === 0x09)) b--;
-  return [line.slice(0, colon), line.slice(a, b)];
+  return [line.slice(0, colon), fieldValue(line, colon + 1, line.length)];
 }
 const LENGTH = /^(?:0|[1-9][0-9]{0,14})$/;
 /** The methods Node's parser knows: any other is its to refuse, as it always was. */
@@ -129,13 +132,8 @@ export function parseRequestHead(head: Buffer): FastRequestHead | undefined {
     }
     if (colon <= at) return undefined;
     if (i < n && text.charCodeAt(i + 1) !== 0x0a) return undefined;
-    // The value without the SP and HTAB around it.
-    let a = colon + 1;
-    let b = i;
-    while (a < b && (text.charCodeAt(a) === 0x20 || text.charCodeAt(a) === 0x09)) a++;
-    while (b > a && (text.charCodeAt(b - 1) === 0x20 || text.charCodeAt(b - 1) === 0x09)) b--;
     const name = text.slice(at, colon);
-    const value = text.slice(a, b);
+    const value = fieldValue(text, colon + 1, i);
     at = i + 2;
     const lower = name.toLowerCase();
     if (FAST_PATH_OFF.has(lower)) return undefined;
@@ -239,12 +237,8 @@ export function responseFields(text: string, eol: number): string[] {
       }
     }
     if (colon <= at || badName) throw new ResponseFramingError('malformed header line');
-    let a = colon + 1;
-    let b = i;
-    while (a < b && (text.charCodeAt(a) === 0x20 || text.charCodeAt(a) === 0x09)) a++;
-    while (b > a && (text.charCodeAt(b - 1) === 0x20 || text.charCodeAt(b - 1) === 0x09)) b--;
     const name = text.slice(at, colon);
-    fields.push(name, text.slice(a, b), name.toLowerCase());
+    fields.push(name, fieldValue(text, colon + 1, i), name.toLowerCase());
   }
   return fields;
 }
