@@ -12,6 +12,15 @@ const HOST = 'api.example.com';
 const head = (s: string) => Buffer.from(s, 'latin1');
 const req = (lines: string[], first = 'GET / HTTP/1.1') => head(`${first}\r\n${lines.map((l) => `${l}\r\n`).join('')}\r\n`);
 
+/** Numbers from a fixed seed (a linear congruential generator): a failing generated case names itself and reruns the same. */
+function seeded(seed: number): { rand: (n: number) => number; pick: <T>(xs: readonly T[]) => T } {
+  const rand = (n: number) => {
+    seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
+    return (seed >>> 8) % n;
+  };
+  return { rand, pick: <T,>(xs: readonly T[]) => xs[rand(xs.length)] as T };
+}
+
 describe('parseRequestHead', () => {
   it('takes a plain request: method, target, headers as sent, the body length, close', () => {
     expect(parseRequestHead(req([`Host: ${HOST}`, 'Content-Length: 12', 'X-A:  padded \t', 'Connection: keep-alive, Close'], 'POST /v1/x?y=1&z=%20 HTTP/1.1'))).toEqual({
@@ -136,13 +145,7 @@ describe('parseRequestHead', () => {
   }
 
   it('takes exactly what the reference takes, over 20,000 generated heads with hostile bytes', () => {
-    // A fixed seed: a failure names its case and reruns the same.
-    let seed = 0x5eed1234;
-    const rand = (n: number) => {
-      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
-      return (seed >>> 8) % n;
-    };
-    const pick = <T,>(xs: readonly T[]) => xs[rand(xs.length)] as T;
+    const { rand, pick } = seeded(0x5eed1234);
     const nasty = ['\r', '\n', '\r\n', '\t', ' ', ':', '_', '\x00', '\x01', '\x1f', '\x7f', '\x80', '\xa0', '\xff', ',', '"', '(', '/', '?', '#'];
     const plain = 'aZ0-.~!x';
     const token = () => Array.from({ length: 1 + rand(6) }, () => (rand(12) ? pick([...plain, 'A', 'k']) : pick(nasty))).join('');
@@ -256,12 +259,7 @@ describe('ResponseFramer', () => {
   }
 
   it('reads field lines exactly as the reference does, over 20,000 generated heads with hostile bytes', () => {
-    let seed = 0x0badcafe;
-    const rand = (n: number) => {
-      seed = (Math.imul(seed, 1103515245) + 12345) >>> 0;
-      return (seed >>> 8) % n;
-    };
-    const pick = <T,>(xs: readonly T[]) => xs[rand(xs.length)] as T;
+    const { rand, pick } = seeded(0x0badcafe);
     const nasty = ['\r', '\n', '\t', ' ', ':', '_', '\x00', '\x1f', '\x7f', '\x80', '\xa0', '\xff', ',', '"', '@'];
     const chars = (len: number, safe: string) => Array.from({ length: len }, () => (rand(12) ? pick([...safe]) : pick(nasty))).join('');
     const names = ['Content-Length', 'Transfer-Encoding', 'Connection', 'Server', 'X_Under', 'Set-Cookie', 'Date'];

@@ -134,6 +134,9 @@ describe.skipIf(!baoBinary)(`Vault KV v2 credential source${skipReason}`, () => 
     expect(await src.get()).toBe(first);
     await eventually(async () => src.status().version === '2', 10_000, 'the refresh get() started');
     expect(src.peek()?.secret?.reveal()).toBe('value-v2');
+    // That one read, and none by peek().
+    await eventually(async () => (await kvReads('secret/data/peeked')) > readsBefore, 10_000, 'the refresh in the audit log');
+    expect(await kvReads('secret/data/peeked')).toBe(readsBefore + 1);
     await src.close();
     expect(src.peek()).toBeUndefined();
   });
