@@ -13,19 +13,26 @@
  * or in audit mode goes on; either way one wk_egress_events record and a
  * per-workload count (egress.bpf.h).
  *
+ * Rules name TCP and UDP only, and only those sockets have every
+ * destination pass a hook: raw sockets, ICMP "ping" sockets and other
+ * protocols (SCTP, UDP-Lite) can send where no connect() or sendmsg() hook
+ * looks. So a restricted workload may not create them: socket() of any
+ * other IPv4 or IPv6 kind fails with EPERM (sock_create here, hook
+ * `socket`), or in audit mode goes on, with the same event and count.
+ *
  * What is not judged here:
  *  - A TCP connect() to a port that wk_bind_port sends to the proxy for the
  *    caller's workload: the proxy judges it by SNI or Host (name rules).
  *  - The agent's own process, and processes in any network namespace but
  *    the host's (as for the redirect).
  *  - Datagrams on a connected UDP socket: connect() was judged.
+ *  - Sockets of families other than IPv4 and IPv6 (AF_PACKET, which needs
+ *    CAP_NET_RAW): the kernel runs sock_create for inet sockets only.
+ *  - Sockets a process made before its workload was restricted.
  * IPv4 and IPv6 are one address space, IPv4 as ::ffff:a.b.c.d (as the
  * policy's matcher has it, controller/policy/egress.ts): an IPv4-mapped
  * destination on an IPv6 socket is the IPv4 address, and an IPv6 prefix
- * that contains ::ffff:0:0/96 (::/0) allows IPv4 too. Sockets of other
- * protocols (UDP-Lite, any other the kernel runs these hooks for) are
- * refused: no rule names them. What has no cgroup hook (raw sockets, other
- * protocols' sendmsg()) is not judged at all.
+ * that contains ::ffff:0:0/96 (::/0) allows IPv4 too.
  *
  * Longest-prefix match decides alone: the controller gives each prefix the
  * ports of every rule prefix that contains it. A reload writes the new set
@@ -68,6 +75,29 @@ static __always_inline int sendmsg_judge(struct bpf_sock_addr *ctx, const __u32 
 		return SYS_PROCEED;
 	return egress_allows(ctx, wid, addr, bpf_ntohs((__u16)ctx->user_port), WK_EGRESS_HOOK_SENDMSG) ?
 		SYS_PROCEED : SYS_REJECT;
+}
+
+/*
+ * socket(): runs once the kernel has set the socket up (its protocol is
+ * resolved, IPPROTO_IP is TCP or UDP by then), for IPv4 and IPv6 sockets.
+ */
+SEC("cgroup/sock_create")
+int wk_sock_create(struct bpf_sock *sk)
+{
+	__u32 wid;
+
+	if (!egress_active())
+		return SYS_PROCEED;
+	if (egress_protocol(sk->type, sk->protocol))
+		return SYS_PROCEED;
+	if (is_agent())
+		return SYS_PROCEED;
+	if (bpf_get_netns_cookie(sk) != host_netns_cookie)
+		return SYS_PROCEED;
+	wid = current_workload();
+	if (!wid)
+		return SYS_PROCEED;
+	return egress_socket_allows(wid, sk->family, sk->type, sk->protocol) ? SYS_PROCEED : SYS_REJECT;
 }
 
 SEC("cgroup/sendmsg4")

@@ -71,11 +71,9 @@ static __always_inline bool egress_active(void)
 	return bpf_map_lookup_elem(&wk_egress_policy, &zero) != NULL;
 }
 
-/* The socket's protocol as rules name it: TCP (MPTCP too), UDP, or 0 for anything else. */
-static __always_inline __u8 egress_protocol(struct bpf_sock_addr *ctx)
+/* A socket's protocol as rules name it: TCP (MPTCP too), UDP, or 0 for anything else. */
+static __always_inline __u8 egress_protocol(__u32 type, __u32 proto)
 {
-	__u32 type = ctx->type, proto = ctx->protocol;
-
 	if (type == WK_SOCK_STREAM && (proto == WK_EGRESS_TCP || proto == WK_IPPROTO_MPTCP))
 		return WK_EGRESS_TCP;
 	if (type == WK_SOCK_DGRAM && proto == WK_EGRESS_UDP)
@@ -97,8 +95,17 @@ static __always_inline bool egress_port_in(const struct wk_egress_val *val, __u1
 	return false;
 }
 
-static __always_inline void egress_event(struct bpf_sock_addr *ctx, __u32 wid, __u32 set_id,
-					 const __u32 *addr, __u16 port, __u8 hook, __u8 verdict)
+/* A call being judged, as its event records it. */
+struct egress_call {
+	const __u32 *addr;	/* destination (kernel form), or NULL for socket() */
+	__u16 port;		/* destination port, host byte order; 0 for socket() */
+	__u8 protocol;		/* IPPROTO_* of the socket */
+	__u8 sock_type;
+	__u8 family;
+	__u8 hook;		/* WK_EGRESS_HOOK_* */
+};
+
+static __always_inline void egress_event(__u32 wid, __u32 set_id, const struct egress_call *call, __u8 verdict)
 {
 	struct wk_egress_event *e;
 
@@ -109,17 +116,24 @@ static __always_inline void egress_event(struct bpf_sock_addr *ctx, __u32 wid, _
 	}
 	e->time_ns = bpf_ktime_get_ns();
 	e->cgroup_id = bpf_get_current_cgroup_id();
-	e->addr[0] = addr[0];
-	e->addr[1] = addr[1];
-	e->addr[2] = addr[2];
-	e->addr[3] = addr[3];
-	e->port = port;
-	e->protocol = (__u8)ctx->protocol;
+	if (call->addr) {
+		e->addr[0] = call->addr[0];
+		e->addr[1] = call->addr[1];
+		e->addr[2] = call->addr[2];
+		e->addr[3] = call->addr[3];
+	} else {
+		e->addr[0] = 0;
+		e->addr[1] = 0;
+		e->addr[2] = 0;
+		e->addr[3] = 0;
+	}
+	e->port = call->port;
+	e->protocol = call->protocol;
 	e->verdict = verdict;
-	e->hook = hook;
-	e->_pad[0] = 0;
-	e->_pad[1] = 0;
-	e->_pad[2] = 0;
+	e->hook = call->hook;
+	e->sock_type = call->sock_type;
+	e->family = call->family;
+	e->_pad = 0;
 	e->pid = bpf_get_current_pid_tgid() >> 32;
 	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->workload_id = wid;
@@ -128,12 +142,28 @@ static __always_inline void egress_event(struct bpf_sock_addr *ctx, __u32 wid, _
 }
 
 /*
+ * A call of restricted workload `wid` that no rule allows: refused (an
+ * event and a count), or in audit mode let through (an event and a count
+ * too). Returns whether it may go on.
+ */
+static __always_inline bool egress_unallowed(__u32 wid, __u32 flags, __u32 set_id, const struct egress_call *call)
+{
+	if (flags & WK_EGRESS_AUDIT) {
+		egress_count(wid, WK_EGRESS_STAT_WOULD_REFUSE);
+		egress_event(wid, set_id, call, WK_EGRESS_WOULD_REFUSE);
+		return true;
+	}
+	egress_count(wid, WK_EGRESS_STAT_REFUSED);
+	egress_event(wid, set_id, call, WK_EGRESS_REFUSED);
+	return false;
+}
+
+/*
  * Whether workload `wid` may send to addr:port (addr in the kernel's form,
  * IPv4 as ::ffff:a.b.c.d; port in host byte order). An unrestricted
  * workload may. A restricted one may when the longest prefix of its rule
  * set that holds the address, for the socket's protocol, lists the port;
- * when none does, the call is refused (an event and a count), or in audit
- * mode let through (an event and a count too).
+ * when none does, egress_unallowed() decides.
  */
 static __always_inline bool egress_allows(struct bpf_sock_addr *ctx, __u32 wid, const __u32 *addr,
 					  __u16 port, __u8 hook)
@@ -141,6 +171,7 @@ static __always_inline bool egress_allows(struct bpf_sock_addr *ctx, __u32 wid, 
 	struct wk_egress_key key = {};
 	struct wk_egress_policy *pol;
 	struct wk_egress_val *val;
+	struct egress_call call;
 	__u32 flags, set_id;
 
 	pol = bpf_map_lookup_elem(&wk_egress_policy, &wid);
@@ -151,7 +182,7 @@ static __always_inline bool egress_allows(struct bpf_sock_addr *ctx, __u32 wid, 
 	if (!(flags & WK_EGRESS_RESTRICTED))
 		return true;
 
-	key.protocol = egress_protocol(ctx);
+	key.protocol = egress_protocol(ctx->type, ctx->protocol);
 	if (key.protocol) {
 		key.prefixlen = WK_EGRESS_KEY_FIXED + 128;
 		key.set_id = set_id;
@@ -164,14 +195,40 @@ static __always_inline bool egress_allows(struct bpf_sock_addr *ctx, __u32 wid, 
 			return true;
 	}
 
-	if (flags & WK_EGRESS_AUDIT) {
-		egress_count(wid, WK_EGRESS_STAT_WOULD_REFUSE);
-		egress_event(ctx, wid, set_id, addr, port, hook, WK_EGRESS_WOULD_REFUSE);
+	call.addr = addr;
+	call.port = port;
+	call.protocol = (__u8)ctx->protocol;
+	call.sock_type = (__u8)ctx->type;
+	call.family = (__u8)ctx->family;
+	call.hook = hook;
+	return egress_unallowed(wid, flags, set_id, &call);
+}
+
+/*
+ * Whether workload `wid` may have a socket of this family, type and
+ * protocol. Unrestricted workloads may have any. A restricted one may have
+ * what its rules can name (egress_protocol(): TCP and UDP), whose every
+ * destination the connect() and sendmsg() hooks judge; any other (raw,
+ * ICMP "ping", SCTP, UDP-Lite) could reach addresses no hook sees, so
+ * egress_unallowed() decides, at socket().
+ */
+static __always_inline bool egress_socket_allows(__u32 wid, __u32 family, __u32 type, __u32 protocol)
+{
+	struct wk_egress_policy *pol;
+	struct egress_call call;
+
+	if (egress_protocol(type, protocol))
 		return true;
-	}
-	egress_count(wid, WK_EGRESS_STAT_REFUSED);
-	egress_event(ctx, wid, set_id, addr, port, hook, WK_EGRESS_REFUSED);
-	return false;
+	pol = bpf_map_lookup_elem(&wk_egress_policy, &wid);
+	if (!pol || !(pol->flags & WK_EGRESS_RESTRICTED))
+		return true;
+	call.addr = NULL;
+	call.port = 0;
+	call.protocol = (__u8)protocol;
+	call.sock_type = (__u8)type;
+	call.family = (__u8)family;
+	call.hook = WK_EGRESS_HOOK_SOCKET;
+	return egress_unallowed(wid, pol->flags, pol->set_id, &call);
 }
 
 #endif /* WIREKEY_EGRESS_BPF_H */

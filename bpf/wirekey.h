@@ -388,6 +388,7 @@ enum wk_egress_verdict {
 enum wk_egress_hook {
 	WK_EGRESS_HOOK_CONNECT = 1,
 	WK_EGRESS_HOOK_SENDMSG = 2,
+	WK_EGRESS_HOOK_SOCKET = 3,	/* socket(): a kind of socket no rule can name */
 };
 
 /*
@@ -441,7 +442,11 @@ struct wk_egress_val {
 	struct wk_egress_range ranges[WK_EGRESS_MAX_RANGES];
 };
 
-/* One record of the wk_egress_events ring buffer: a refused or would-refuse call. */
+/*
+ * One record of the wk_egress_events ring buffer: a refused or would-refuse
+ * call. A socket() event (WK_EGRESS_HOOK_SOCKET) has no destination: addr
+ * and port are 0.
+ */
 struct wk_egress_event {
 	__u64 time_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
 	__u64 cgroup_id;	/* the caller's cgroup */
@@ -450,7 +455,9 @@ struct wk_egress_event {
 	__u8 protocol;		/* IPPROTO_* of the socket */
 	__u8 verdict;		/* WK_EGRESS_REFUSED, WK_EGRESS_WOULD_REFUSE */
 	__u8 hook;		/* WK_EGRESS_HOOK_* */
-	__u8 _pad[3];
+	__u8 sock_type;		/* SOCK_STREAM, SOCK_DGRAM, SOCK_RAW, ... */
+	__u8 family;		/* AF_INET, AF_INET6 */
+	__u8 _pad;
 	__u32 pid;		/* tgid of the caller */
 	__u32 uid;
 	__u32 workload_id;

@@ -40,6 +40,10 @@ import type { Logger } from '../log.js';
 
 /** Rule sets whose workload names are kept for kernel egress events judged under them (a few reloads' worth). */
 const EGRESS_SETS_REMEMBERED = 4 * 256;
+/** IPPROTO_* numbers of kernel egress events, as audit lines name them. */
+const PROTOCOL_NAMES: Record<number, string> = { 1: 'icmp', 6: 'tcp', 17: 'udp', 58: 'icmpv6', 132: 'sctp', 136: 'udplite', 255: 'raw' };
+/** SOCK_* types of kernel egress socket() events, as audit lines name them. */
+const SOCKET_TYPE_NAMES: Record<number, string> = { 1: 'stream', 2: 'datagram', 3: 'raw', 5: 'seqpacket' };
 
 export interface AgentOptions {
   policyPath: string;
@@ -580,8 +584,9 @@ export class Agent {
       uid: e.uid,
       address: e.address,
       port: e.port,
-      protocol: e.protocol === 17 ? 'udp' : e.protocol === 6 ? 'tcp' : String(e.protocol),
+      protocol: PROTOCOL_NAMES[e.protocol] ?? String(e.protocol),
       hook: e.hook,
+      socket: e.hook === 'socket' ? `${SOCKET_TYPE_NAMES[e.socketType] ?? String(e.socketType)} ${e.family}` : undefined,
       reason: egressStatRefusal(e.verdict === 'refused' ? 'refused' : 'wouldRefuse') ?? undefined,
     };
   }

@@ -40,10 +40,12 @@ export interface AuditEvent {
    */
   address?: string;
   port?: number;
-  /** Kernel egress lines: the socket's protocol, tcp or udp. */
+  /** Kernel egress lines: the socket's protocol: tcp or udp; on socket lines another (icmp, icmpv6, sctp, udplite, raw, or its number). */
   protocol?: string;
-  /** Kernel egress lines: where the kernel judged it, connect() or sendmsg() (unconnected UDP). */
-  hook?: 'connect' | 'sendmsg';
+  /** Kernel egress lines: where the kernel judged it, connect(), sendmsg() (unconnected UDP) or socket() (a kind of socket no rule can name). */
+  hook?: 'connect' | 'sendmsg' | 'socket';
+  /** Kernel egress socket lines: the socket's type (raw, datagram, stream, seqpacket) and family (ipv4, ipv6). */
+  socket?: string;
   /** Proxy egress lines: the address the workload dialled, when the proxy went to another (`address`) instead. */
   dialled?: string;
   /** Egress: the label of the rule that allowed it ("allow[2]", "binding app-api"). */

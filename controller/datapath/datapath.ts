@@ -96,7 +96,7 @@ export interface PortBinding {
 const IDENTITY_PROGRAMS = ['wk_exit', 'wk_fork', 'wk_exec'] as const;
 /* Attach order matters: bookkeeping first, so that by the time connect()
  * redirects anything, sockops and getpeername are already in place. */
-const CGROUP_PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6', 'wk_sendmsg4', 'wk_sendmsg6'] as const;
+const CGROUP_PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6', 'wk_sendmsg4', 'wk_sendmsg6', 'wk_sock_create'] as const;
 export const MAPS = [
   'wk_cgroup_mask',
   'wk_exe_mask',
@@ -410,8 +410,9 @@ export class Datapath {
 
   /**
    * Makes the kernel enforce exactly these workloads' egress policies, at
-   * connect() and unconnected sendmsg() (bpf/egress.bpf.c); a workload
-   * without `egress`, or not listed, is unrestricted. Whole or nothing: a
+   * connect() and unconnected sendmsg(), and at socket() for kinds of
+   * socket no rule can name (bpf/egress.bpf.c); a workload without
+   * `egress`, or not listed, is unrestricted. Whole or nothing: a
    * policy that does not fit is refused before any map changes. Each
    * workload switches from its old rules to its new ones in one map update.
    * @throws EgressTooLargeError (code WK_EGRESS_TOO_LARGE) when a prefix

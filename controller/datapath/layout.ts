@@ -110,7 +110,9 @@ export const LAYOUTS = {
       protocol: { offset: 34, size: 1 },
       verdict: { offset: 35, size: 1 },
       hook: { offset: 36, size: 1 },
-      _pad: { offset: 37, size: 3 },
+      sock_type: { offset: 37, size: 1 },
+      family: { offset: 38, size: 1 },
+      _pad: { offset: 39, size: 1 },
       pid: { offset: 40, size: 4 },
       uid: { offset: 44, size: 4 },
       workload_id: { offset: 48, size: 4 },
@@ -449,6 +451,12 @@ export const WK_EGRESS_WOULD_REFUSE = 2;
 /** wk_egress_event.hook (enum wk_egress_hook) */
 export const WK_EGRESS_HOOK_CONNECT = 1;
 export const WK_EGRESS_HOOK_SENDMSG = 2;
+export const WK_EGRESS_HOOK_SOCKET = 3;
+const EGRESS_HOOKS: Record<number, EgressHook> = {
+  [WK_EGRESS_HOOK_CONNECT]: 'connect',
+  [WK_EGRESS_HOOK_SENDMSG]: 'sendmsg',
+  [WK_EGRESS_HOOK_SOCKET]: 'socket',
+};
 
 /**
  * A workload's wk_egress_stats counters, in enum wk_egress_stat's order:
@@ -554,21 +562,30 @@ export function decodeEgressVal(b: Buffer): EgressRange[] {
   });
 }
 
+/**
+ * Where the kernel judged a call: connect() (TCP, connected UDP), sendmsg()
+ * (unconnected UDP), or socket() (a kind of socket no rule can name).
+ */
+export type EgressHook = 'connect' | 'sendmsg' | 'socket';
+
 /** One wk_egress_events record: a call refused, or one audit mode let through. */
 export interface EgressEventRecord {
   verdict: 'refused' | 'would-refuse';
-  hook: 'connect' | 'sendmsg';
-  /** IPPROTO_* of the socket: 6 TCP, 17 UDP (others are refused as no rule names them). */
+  hook: EgressHook;
+  /** IPPROTO_* of the socket: 6 TCP, 17 UDP; on socket() events another (1 ICMP, 58 ICMPv6, 132 SCTP, 255 raw, ...). */
   protocol: number;
+  /** SOCK_* of the socket: 1 stream, 2 datagram, 3 raw, 5 seqpacket. */
+  socketType: number;
+  family: 'ipv4' | 'ipv6';
   /** tgid of the caller. */
   pid: number;
   uid: number;
   workloadId: number;
   /** The rule set it was judged against (changes on every reload of the workload's rules). */
   setId: number;
-  /** The destination; IPv4 (also IPv4-mapped on an IPv6 socket) as a.b.c.d. */
-  address: string;
-  port: number;
+  /** The destination; IPv4 (also IPv4-mapped on an IPv6 socket) as a.b.c.d. Absent on socket() events. */
+  address?: string;
+  port?: number;
   /** cgroup v2 id of the caller. */
   cgroupId: bigint;
   /** bpf_ktime_get_ns(): CLOCK_MONOTONIC, as process.hrtime.bigint() reads it. */
@@ -577,31 +594,37 @@ export interface EgressEventRecord {
 
 /**
  * Decodes the wk_egress_events record of `length` bytes at `offset` in `b`.
- * @throws BpfError when the record is not a wk_egress_event (size, verdict or hook unknown).
+ * @throws BpfError when the record is not a wk_egress_event (size, verdict, hook or family unknown).
  */
 export function decodeEgressEvent(b: Buffer, offset = 0, length = b.length - offset): EgressEventRecord {
   const f = LAYOUTS.wk_egress_event.fields;
   if (length !== LAYOUTS.wk_egress_event.size || offset + length > b.length) {
     throw new BpfError(`wk_egress_events record is ${length} bytes; struct wk_egress_event is ${LAYOUTS.wk_egress_event.size}`);
   }
-  const verdict = b[offset + f.verdict.offset];
-  const hook = b[offset + f.hook.offset];
-  if ((verdict !== WK_EGRESS_REFUSED && verdict !== WK_EGRESS_WOULD_REFUSE) || (hook !== WK_EGRESS_HOOK_CONNECT && hook !== WK_EGRESS_HOOK_SENDMSG)) {
-    throw new BpfError(`wk_egress_events record of unknown verdict ${verdict} or hook ${hook}`);
+  const verdict = b[offset + f.verdict.offset] as number;
+  const hook = EGRESS_HOOKS[b[offset + f.hook.offset] as number];
+  const family = b[offset + f.family.offset];
+  if ((verdict !== WK_EGRESS_REFUSED && verdict !== WK_EGRESS_WOULD_REFUSE) || !hook || (family !== AF_INET && family !== AF_INET6)) {
+    throw new BpfError(`wk_egress_events record of unknown verdict ${verdict}, hook ${b[offset + f.hook.offset]} or family ${family}`);
   }
-  return {
+  const record: EgressEventRecord = {
     verdict: verdict === WK_EGRESS_REFUSED ? 'refused' : 'would-refuse',
-    hook: hook === WK_EGRESS_HOOK_CONNECT ? 'connect' : 'sendmsg',
+    hook,
     protocol: b[offset + f.protocol.offset] as number,
+    socketType: b[offset + f.sock_type.offset] as number,
+    family: family === AF_INET ? 'ipv4' : 'ipv6',
     pid: b.readUInt32LE(offset + f.pid.offset),
     uid: b.readUInt32LE(offset + f.uid.offset),
     workloadId: b.readUInt32LE(offset + f.workload_id.offset),
     setId: b.readUInt32LE(offset + f.set_id.offset),
-    address: eventAddress(b, offset + f.addr.offset),
-    port: b.readUInt16LE(offset + f.port.offset),
     cgroupId: b.readBigUInt64LE(offset + f.cgroup_id.offset),
     monotonicNs: b.readBigUInt64LE(offset + f.time_ns.offset),
   };
+  if (hook !== 'socket') {
+    record.address = eventAddress(b, offset + f.addr.offset);
+    record.port = b.readUInt16LE(offset + f.port.offset);
+  }
+  return record;
 }
 
 /**
@@ -647,7 +670,7 @@ export const CONSTANTS: Record<string, Record<string, number>> = {
   wk_egress_flag: { WK_EGRESS_RESTRICTED, WK_EGRESS_AUDIT },
   wk_egress_proto: { WK_EGRESS_TCP, WK_EGRESS_UDP },
   wk_egress_verdict: { WK_EGRESS_REFUSED, WK_EGRESS_WOULD_REFUSE },
-  wk_egress_hook: { WK_EGRESS_HOOK_CONNECT, WK_EGRESS_HOOK_SENDMSG },
+  wk_egress_hook: { WK_EGRESS_HOOK_CONNECT, WK_EGRESS_HOOK_SENDMSG, WK_EGRESS_HOOK_SOCKET },
   wk_egress_stat: {
     ...Object.fromEntries(EGRESS_STATS.map(([, cName], i) => [cName, i])),
     WK_EGRESS_STAT_MAX: EGRESS_STATS.length,

@@ -84,8 +84,10 @@ export type EgressProtocol = 'tcp' | 'udp' | 'any';
 
 /**
  * A workload's egress policy. `enforce`: a destination no rule allows is
- * refused (EPERM at connect()/sendmsg(), or the proxy closes it); `audit`:
- * the same decisions are logged as `would-refuse` and nothing is refused.
+ * refused (EPERM at connect()/sendmsg(), or the proxy closes it), and so is
+ * a socket no rule can name (raw, ICMP, SCTP, UDP-Lite: EPERM at socket());
+ * `audit`: the same decisions are logged as `would-refuse` and nothing is
+ * refused.
  */
 export interface EgressSpec {
   mode: EgressMode;

@@ -2,7 +2,7 @@
  * Egress by process identity in the kernel, end to end: the real agent
  * applies a policy's egress rules, a long-lived Python process in a
  * restricted workload's cgroup connects and sends (TCP over IPv4 and IPv6,
- * unconnected UDP), and what the kernel refused reaches the audit log,
+ * unconnected UDP, ICMP on a raw socket), and what the kernel refused reaches the audit log,
  * `wirekey status` and the metrics. A reload changes the rules under the
  * same running process.
  */
@@ -18,16 +18,29 @@ import { eventually } from '../support/wait.js';
 
 const skip = kernelSkipReason();
 
-/** One command per line: "tcp ADDR PORT" connects, "udp ADDR PORT" sends one datagram; prints "ok" or the errno's name. */
+/**
+ * One command per line: "tcp ADDR PORT" connects, "udp ADDR PORT" sends one
+ * datagram, "icmp ADDR 0" sends an echo request on a raw socket; prints
+ * "ok" or the errno's name.
+ */
 const CLIENT = `
 import errno, socket, sys
 for line in sys.stdin:
     kind, addr, port = line.split()
     family = socket.AF_INET6 if ":" in addr else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    try:
+        if kind == "icmp":
+            s = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        else:
+            s = socket.socket(family, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
+    except OSError as e:
+        print(errno.errorcode.get(e.errno, str(e.errno)), flush=True)
+        continue
     s.settimeout(10)
     try:
-        if kind == "tcp":
+        if kind == "icmp":
+            s.sendto(b"\\x08\\x00\\xf7\\xff\\x00\\x00\\x00\\x00", (addr, 0))
+        elif kind == "tcp":
             s.connect((addr, int(port)))
         else:
             s.sendto(b"x", (addr, int(port)))
@@ -118,6 +131,25 @@ spec:
     const metrics = await run('curl', ['-sS', '--unix-socket', path.join(f.stateDir, 'agent.sock'), 'http://agent/metrics']);
     expect(metrics.stdout).toContain('wirekey_egress_decisions_total{datapath="kernel",workload="locked",rule="none",decision="deny"} 3');
     expect(metrics.stdout).toContain('wirekey_egress_decisions_total{datapath="kernel",workload="watched",rule="none",decision="would-refuse"} 2');
+  });
+
+  it('a raw socket is refused at socket() (hook socket, no destination); audit mode makes it and sends', async () => {
+    expect(await locked.send(`icmp ${f.host.ipv4} 0`)).toBe('EPERM');
+    expect(await watched.send(`icmp ${f.host.ipv4} 0`)).toBe('ok');
+    await eventually(async () => audit().filter((l) => l.hook === 'socket').length === 2, 10_000, 'two socket lines');
+    const lines = audit().filter((l) => l.hook === 'socket');
+    expect(lines.map((l) => [l.workload, l.decision, l.protocol, l.socket, l.reason])).toEqual([
+      ['locked', 'deny', 'icmp', 'raw ipv4', 'egress-not-allowed'],
+      ['watched', 'would-refuse', 'icmp', 'raw ipv4', 'egress-not-allowed'],
+    ]);
+    for (const l of lines) {
+      expect(l).toMatchObject({ datapath: 'kernel', uid: 0 });
+      expect(l).not.toHaveProperty('address');
+      expect(l).not.toHaveProperty('port');
+    }
+    const status = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+    expect(status.stdout).toContain('egress locked (enforce): 4 refused (egress-not-allowed), 0 would-refuse in the kernel\n');
+    expect(status.stdout).toContain('egress watched (audit): 0 refused (egress-not-allowed), 3 would-refuse in the kernel\n');
   });
 
   it('a reload changes the rules for the next connect() of a process already running; a refused reload changes nothing', async () => {

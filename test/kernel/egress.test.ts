@@ -16,6 +16,7 @@ import { createServer, type Server } from 'node:net';
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { randomBytes, randomInt } from 'node:crypto';
 import path from 'node:path';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { Datapath, type EgressEvent, type EgressEvents, type EgressWorkload } from '../../controller/datapath/datapath.js';
 import { cgroupId, findCgroup2Root } from '../../controller/cgroup.js';
 import { native } from '../../controller/datapath/native.js';
@@ -41,16 +42,23 @@ const PYTHON = '/usr/bin/python3';
  * One line in, one line out: "tcp HOST PORT", "tfo HOST PORT" (TCP Fast
  * Open: sendto() with MSG_FASTOPEN, no connect()), "udp HOST PORT"
  * (connect, then send), "sendto HOST PORT" (unconnected UDP). HOST may be "m:a.b.c.d":
- * an AF_INET6 socket to ::ffff:a.b.c.d. Answers "ok" or "errno N";
+ * an AF_INET6 socket to ::ffff:a.b.c.d. "socket 4|6 stream|dgram|raw PROTO"
+ * makes a socket and closes it. Answers "ok" or "errno N";
  * "id" answers "pid N uid N".
  */
 const CLIENT = String.raw`
 import os, socket, sys
+KINDS = {'stream': socket.SOCK_STREAM, 'dgram': socket.SOCK_DGRAM, 'raw': socket.SOCK_RAW}
 for raw in sys.stdin:
     parts = raw.split()
     try:
         if parts[0] == 'id':
             print('pid %d uid %d' % (os.getpid(), os.getuid()), flush=True)
+            continue
+        if parts[0] == 'socket':
+            fam = socket.AF_INET6 if parts[1] == '6' else socket.AF_INET
+            socket.socket(fam, KINDS[parts[2]], int(parts[3])).close()
+            print('ok', flush=True)
             continue
         op, host, port = parts[0], parts[1], int(parts[2])
         if host.startswith('m:'):
@@ -368,6 +376,57 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
     const after = dp?.egressStats().workloads.get(AUDIT);
     expect(after?.wouldRefuse).toBe(statsBefore.wouldRefuse + 5n);
     expect(after?.refused).toBe(statsBefore.refused);
+  });
+
+  it('sockets no rule can name (raw, ICMP "ping", UDP-Lite) fail with EPERM at socket() for a restricted workload; audit mode and others may make them', async () => {
+    // Ping sockets are open to the groups of net.ipv4.ping_group_range only
+    // (before any BPF program runs): let root's group in while this runs.
+    const range = '/proc/sys/net/ipv4/ping_group_range';
+    const before = readFileSync(range, 'utf8').trim();
+    writeFileSync(range, '0 0');
+    try {
+      const p = start(cg.enforce);
+      const pid = Number((await p.send('id')).split(' ')[1]);
+      // TCP and UDP however asked for (IPPROTO_IP resolves to them) are judged at connect() and sendmsg().
+      for (const kind of ['4 stream 0', '6 stream 0', '4 stream 6', '4 dgram 0', '6 dgram 17']) {
+        expect(await p.send(`socket ${kind}`), kind).toBe(ok);
+      }
+      const others = ['4 raw 1', '4 raw 6', '4 raw 255', '6 raw 58', '4 dgram 1', '6 dgram 58', '4 dgram 136'];
+      for (const kind of others) expect(await p.send(`socket ${kind}`), kind).toBe(refused);
+      await waitEvents(pid, others.length, 'a refusal per socket');
+      expect(eventsOf(pid).map((e) => `${e.verdict} ${e.hook} ${e.family} ${e.socketType} ${e.protocol} ${e.address} ${e.port}`)).toEqual([
+        'refused socket ipv4 3 1 undefined undefined',
+        'refused socket ipv4 3 6 undefined undefined',
+        'refused socket ipv4 3 255 undefined undefined',
+        'refused socket ipv6 3 58 undefined undefined',
+        'refused socket ipv4 2 1 undefined undefined',
+        'refused socket ipv6 2 58 undefined undefined',
+        'refused socket ipv4 2 136 undefined undefined',
+      ]);
+      expect(eventsOf(pid).every((e) => e.workloadId === ENFORCE && e.setId === dp?.egressOf(ENFORCE)?.setId)).toBe(true);
+
+      // Audit mode lets them be made, and reports each.
+      const a = start(cg.audit);
+      const apid = Number((await a.send('id')).split(' ')[1]);
+      for (const kind of ['4 raw 1', '4 dgram 1']) expect(await a.send(`socket ${kind}`), kind).toBe(ok);
+      await waitEvents(apid, 2, 'two would-refuse sockets');
+      expect(eventsOf(apid).map((e) => `${e.verdict} ${e.hook} ${e.socketType} ${e.protocol}`)).toEqual(['would-refuse socket 3 1', 'would-refuse socket 2 1']);
+
+      // An unrestricted workload and a process of no workload make them all, unreported.
+      const free = start(cg.free);
+      const none = start(cg.none);
+      const quiet: number[] = [];
+      for (const q of [free, none]) {
+        quiet.push(Number((await q.send('id')).split(' ')[1]));
+        for (const kind of others) expect(await q.send(`socket ${kind}`), kind).toBe(ok);
+      }
+      // An event the enforced process causes after theirs: had theirs been reported, they would be read by now.
+      expect(await p.send('socket 4 raw 1')).toBe(refused);
+      await waitEvents(pid, others.length + 1, 'the marker refusal');
+      for (const q of quiet) expect(eventsOf(q)).toEqual([]);
+    } finally {
+      writeFileSync(range, before.replace(/\s+/, ' '));
+    }
   });
 
   it('an unrestricted workload, a process of no workload and a process in another network namespace are left alone', async () => {

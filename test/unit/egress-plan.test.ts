@@ -123,14 +123,31 @@ describe('egress plan for the kernel', () => {
     ev[34] = 17;
     ev[35] = 1;
     ev[36] = 2;
+    ev[37] = 2;
+    ev[38] = 10;
     ev.writeUInt32LE(4242, 40);
     ev.writeUInt32LE(1000, 44);
     ev.writeUInt32LE(3, 48);
     ev.writeUInt32LE(9, 52);
     expect(decodeEgressEvent(ev)).toEqual({
-      verdict: 'refused', hook: 'sendmsg', protocol: 17, pid: 4242, uid: 1000, workloadId: 3, setId: 9,
+      verdict: 'refused', hook: 'sendmsg', protocol: 17, socketType: 2, family: 'ipv6', pid: 4242, uid: 1000, workloadId: 3, setId: 9,
       address: '192.0.2.1', port: 443, cgroupId: 77n, monotonicNs: 123n,
     });
+    // socket(): no destination, whatever the record's bytes there.
+    ev[34] = 1;
+    ev[36] = 3;
+    ev[37] = 3;
+    ev[38] = 2;
+    expect(decodeEgressEvent(ev)).toEqual({
+      verdict: 'refused', hook: 'socket', protocol: 1, socketType: 3, family: 'ipv4', pid: 4242, uid: 1000, workloadId: 3, setId: 9,
+      cgroupId: 77n, monotonicNs: 123n,
+    });
+    ev[38] = 1;
+    expect(() => decodeEgressEvent(ev)).toThrow(/family 1/);
+    ev[38] = 2;
+    ev[36] = 4;
+    expect(() => decodeEgressEvent(ev)).toThrow(/hook 4/);
+    ev[36] = 3;
     ev[35] = 9;
     expect(() => decodeEgressEvent(ev)).toThrow(/unknown verdict 9/);
     expect(() => decodeEgressEvent(ev.subarray(0, 40))).toThrow(/40 bytes/);
