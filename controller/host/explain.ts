@@ -135,8 +135,9 @@ export function formatExplanation(e: Explanation): string {
 }
 
 /**
- * `egress: enforce, 2 rule(s)` and one line per rule (label, what, ports,
- * protocol), or `egress: unrestricted`.
+ * `egress: enforce, 2 rule(s)`, one line per rule (label, what, ports,
+ * protocol), and what becomes of sockets no rule can name; or `egress:
+ * unrestricted`.
  */
 export function formatEgress(egress: PlanEgress | null): string[] {
   if (!egress) return ['egress: unrestricted'];
@@ -148,6 +149,7 @@ export function formatEgress(egress: PlanEgress | null): string[] {
     const how = names ? `tcp, ${r.tls ? 'TLS server name' : 'plaintext Host'}` : r.protocol;
     lines.push(`  ${r.label}: ${what || 'nothing'} ${formatPorts(r.ports)} ${how}`);
   }
+  lines.push(`  sockets other than TCP and UDP (raw, ICMP, SCTP, UDP-Lite): ${egress.mode === 'audit' ? 'would be refused' : 'refused'} at socket()`);
   return lines;
 }
 

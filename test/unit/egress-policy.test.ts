@@ -552,7 +552,10 @@ describe('egressNamePorts', () => {
 describe('explain: egress lines', () => {
   it('unrestricted, empty, and one line per rule', () => {
     expect(formatEgress(null)).toEqual(['egress: unrestricted']);
-    expect(formatEgress({ mode: 'enforce', rules: [] })).toEqual(['egress: enforce, 0 rule(s): nothing is allowed']);
+    expect(formatEgress({ mode: 'enforce', rules: [] })).toEqual([
+      'egress: enforce, 0 rule(s): nothing is allowed',
+      '  sockets other than TCP and UDP (raw, ICMP, SCTP, UDP-Lite): refused at socket()',
+    ]);
     const egress = compiled(withEgress(`egress:
   mode: audit
   allow:
@@ -569,6 +572,7 @@ describe('explain: egress lines', () => {
       '  allow[4]: plain.example.com port 80 tcp, plaintext Host',
       '  allow[5]: service inventory: 10.20.0.7/32, 10.20.1.0/24 port 8080 tcp',
       '  binding app-openai: service openai: api.openai.com port 443 tcp, TLS server name',
+      '  sockets other than TCP and UDP (raw, ICMP, SCTP, UDP-Lite): would be refused at socket()',
     ]);
   });
 });
