@@ -187,8 +187,9 @@
  * Header bytes live in wk_http_hdr, keyed by (workload, service). The
  * controller replaces a value in place under its bpf_spin_lock
  * (BPF_F_LOCK); the program copies it into socket storage under the same
- * lock once per request, so a request carries the whole old line or the
- * whole new one.
+ * lock as a request starts, and again each time a held-back head resumes,
+ * so a request carries the whole old line or the whole new one, as it was
+ * when the request's head was complete.
  *
  * The programs are not loaded unless asked for (SEC("?...")): an agent
  * without kernel-path bindings loads the object exactly as before, and a
@@ -778,8 +779,8 @@ static __always_inline __u32 request_holds(struct wk_http_sock *st, __u32 *flags
 
 /*
  * Copies the binding's header line into socket storage under the value's
- * lock, once per request: the request gets the old line or the new one,
- * never a mix, however the controller rotates it meanwhile.
+ * lock (see start_request() for when): the request gets the old line or
+ * the new one, never a mix, however the controller rotates it meanwhile.
  */
 static __always_inline bool snapshot_header(struct wk_http_sock *st)
 {
@@ -1005,10 +1006,11 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 {
 	struct wk_http_scan *s = &st->scan;
 	struct scan_ctx ctx = {};
-	__u32 size = msg->size, n, hlen, off, at, total, cfg_flags = 0, dest_flags = 0, why;
+	__u32 size = msg->size, n, hlen, off, at, total, cfg_flags = 0, dest_flags = 0, why, version;
 	struct wk_http_usage_key uk = {};
 	__u64 room, ktime = 0;
 	__u8 *data, *end;
+	bool resumed;
 	int rebuilt;
 
 	why = request_holds(st, &cfg_flags, &dest_flags, &ktime);
@@ -1018,14 +1020,19 @@ static __always_inline int start_request(struct sk_msg_md *msg, struct wk_http_s
 	 * A corked head comes back whole, from its first byte, with nothing
 	 * queued meanwhile (a cork the kernel cannot keep is a drop, and a
 	 * drop is final): carry on from where the scan stopped. Anything
-	 * else is a new head.
+	 * else is a new head. Either way the binding's line is read again:
+	 * a head held back across a rotation, a withholding or an unbinding
+	 * (for as long as the workload likes) is judged by the line as it is
+	 * when the head completes. A new version restarts the scan, which
+	 * looked for the old line's name among the head's.
 	 */
-	if (!s->active || s->seq != now || s->pos > size) {
+	resumed = s->active && s->seq == now && s->pos <= size;
+	version = st->version;
+	if (!snapshot_header(st))
+		return refuse(st, st->hdr_state == WK_HTTP_WITHHOLD ? WK_HTTP_STAT_REFUSED_CREDENTIAL
+								  : WK_HTTP_STAT_REFUSED_BINDING);
+	if (!resumed || st->version != version)
 		scan_reset(s, now);
-		if (!snapshot_header(st))
-			return refuse(st, st->hdr_state == WK_HTTP_WITHHOLD ? WK_HTTP_STAT_REFUSED_CREDENTIAL
-									  : WK_HTTP_STAT_REFUSED_BINDING);
-	}
 
 	n = size < WK_HTTP_HEAD_MAX ? size : WK_HTTP_HEAD_MAX;
 	if (bpf_msg_pull_data(msg, 0, n, 0))

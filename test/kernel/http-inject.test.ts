@@ -1165,6 +1165,44 @@ print(port)
     expect((await upstream.from(ok.localPort, 1))[0]?.authorization).toEqual([AUTH_HASH]);
   });
 
+  it('a head held back across a rotation, a withholding or an unbinding is judged by the line as it is when the head completes', async () => {
+    const ROTATED = `Bearer rotated-${CANARY}`;
+    for (const change of ['rotate', 'withhold', 'unbind'] as const) {
+      const flag = path.join(dir, `held-${change}`);
+      const head = get(`/held/${change}`);
+      const before = kh.stats();
+      // All of the head but its last CRLF: held back (corked) until the rest comes.
+      const client = raw(bound, v4, 80, [
+        { op: 'send', data: head.slice(0, -2) },
+        { op: 'waitFile', path: flag },
+        { op: 'send', data: '\r\n' },
+        { op: 'recv', count: 1 },
+      ]);
+      try {
+        await waitFor(() => (delta(before, kh.stats()).corked ?? 0) >= 1, `the /held/${change} head held back`);
+        if (change === 'rotate') kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: ROTATED });
+        else if (change === 'withhold') kh.withhold(WORKLOAD, SERVICE);
+        else kh.unbind(WORKLOAD, SERVICE);
+        writeFileSync(flag, '');
+        const r = await client;
+        if (change === 'rotate') {
+          expect(r.error).toBeNull();
+          expect((await upstream.from(r.localPort, 1))[0]?.authorization).toEqual([sha256(ROTATED)]);
+        } else {
+          expect(r.error).toBe(EACCES);
+          expect(delta(before, kh.stats())).toMatchObject(change === 'withhold' ? { refusedCredential: 1 } : { refusedBinding: 1 });
+          expect((await upstream.closedFor(r.localPort)).bytes).toBe(0);
+        }
+      } finally {
+        writeFileSync(flag, '');
+        kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: AUTH });
+      }
+    }
+    const ok = await raw(bound, v4, 80, [{ op: 'send', data: get('/held/after') }, { op: 'recv', count: 1 }]);
+    expect(ok.error).toBeNull();
+    expect((await upstream.from(ok.localPort, 1))[0]?.authorization).toEqual([AUTH_HASH]);
+  });
+
   it('an epoch bump or an unpinned destination refuses the next request on existing connections', async () => {
     for (const change of ['epoch', 'unpin'] as const) {
       const flag = path.join(dir, `go-${change}`);
