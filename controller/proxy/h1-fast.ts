@@ -20,7 +20,7 @@ import tls from 'node:tls';
 import type { Logger } from '../log.js';
 import type { Refusal } from '../refusals.js';
 import { refuseRaw } from './refusal-response.js';
-import { findHeadEnd, MAX_HEAD_BYTES, parseRequestHead, ResponseFramer, ResponseFramingError, serializeRequestHead, type FastRequestHead } from './h1-wire.js';
+import { findHeadEnd, MAX_HEAD_BYTES, parseRequestHead, ReadAhead, ResponseFramer, ResponseFramingError, serializeRequestHead, type FastRequestHead } from './h1-wire.js';
 import type { Admission, InjectOutcome } from './h2.js';
 import { STREAM_HIGH_WATER_MARK } from './upstream-pool.js';
 
@@ -92,6 +92,7 @@ class FastConnection<S extends FastSession> {
   #state: State = 'head';
   /** Bytes read from the workload and not yet consumed. */
   #buf: Buffer | undefined;
+  readonly #readAhead = new ReadAhead();
   /** Bytes of #buf already searched for a head's end. */
   #searched = 0;
   #headTimer: NodeJS.Timeout | undefined;
@@ -154,7 +155,7 @@ class FastConnection<S extends FastSession> {
       if (!rest) return;
       chunk = rest;
     }
-    this.#buf = this.#buf?.length ? Buffer.concat([this.#buf, chunk]) : chunk;
+    this.#buf = this.#readAhead.append(this.#buf, chunk);
     if (this.#state === 'head') this.#nextHead();
     // Read ahead of the request being served: kept until it is done, up to a bound.
     else if (this.#buf.length > READ_AHEAD_MAX) this.#hold(HOLD_READ_AHEAD);

@@ -46,6 +46,47 @@ export interface FastRequestHead {
   close: boolean;
 }
 
+/** The least a ReadAhead store holds. */
+const READ_AHEAD_STORE_MIN = 4096;
+
+/**
+ * Bytes a connection has read ahead of where it is, appended in amortised
+ * constant time per byte however small the chunks come (a workload may send
+ * one-byte TLS records): a chunk goes into the spare room after the bytes
+ * this last copied, or, with the bytes kept, into a new store twice their
+ * size. It never writes memory a view it handed out covers (those stay as
+ * they were), or a chunk the socket gave (kept as it came until another
+ * arrives).
+ */
+export class ReadAhead {
+  #store: Buffer | undefined;
+  /** Where the kept bytes end in #store. */
+  #end = 0;
+  /** Bytes copied so far, for its test. */
+  copied = 0;
+
+  /** `kept` (what the last call returned, a tail of it, or a chunk as it came) followed by `chunk`. */
+  append(kept: Buffer | undefined, chunk: Buffer): Buffer {
+    if (!kept?.length) return chunk;
+    const store = this.#store;
+    if (store && kept.buffer === store.buffer && kept.byteOffset + kept.length === store.byteOffset + this.#end && this.#end + chunk.length <= store.length) {
+      chunk.copy(store, this.#end);
+      this.copied += chunk.length;
+      this.#end += chunk.length;
+      return store.subarray(kept.byteOffset - store.byteOffset, this.#end);
+    }
+    const size = kept.length + chunk.length;
+    // Not from Node's shared pool: the room after the bytes must be this one's alone.
+    const next = Buffer.allocUnsafeSlow(Math.max(READ_AHEAD_STORE_MIN, 2 * size));
+    kept.copy(next, 0);
+    chunk.copy(next, kept.length);
+    this.copied += size;
+    this.#store = next;
+    this.#end = size;
+    return next.subarray(0, size);
+  }
+}
+
 /** Where the request head starting at `buf[0]` ends (the index past its empty line), or -1; `from`: bytes already searched. */
 export function findHeadEnd(buf: Buffer, from = 0): number {
   const at = buf.indexOf(HEAD_END, Math.max(0, from - 3));

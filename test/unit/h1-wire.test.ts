@@ -1,12 +1,13 @@
 /**
  * HTTP/1.1 on the wire for the proxy's fast path (controller/proxy/h1-wire.ts),
  * without sockets: which request heads parseRequestHead takes (everything
- * else goes to Node's server), and where ResponseFramer says a response
- * ends, whatever the chunks it arrives in.
+ * else goes to Node's server), where ResponseFramer says a response
+ * ends, whatever the chunks it arrives in, and how ReadAhead keeps what a
+ * connection read ahead.
  */
 import { describe, expect, it } from 'vitest';
 import { METHODS } from 'node:http';
-import { findHeadEnd, parseRequestHead, ResponseFramer, ResponseFramingError, responseFields, type FastRequestHead } from '../../controller/proxy/h1-wire.js';
+import { findHeadEnd, parseRequestHead, ReadAhead, ResponseFramer, ResponseFramingError, responseFields, type FastRequestHead } from '../../controller/proxy/h1-wire.js';
 
 const HOST = 'api.example.com';
 const head = (s: string) => Buffer.from(s, 'latin1');
@@ -368,5 +369,71 @@ describe('ResponseFramer', () => {
     const framer = new ResponseFramer(false);
     expect(framer.push(Buffer.from('HTTP/1.1 204 No Content\r\n\r\n')).done).toBe(true);
     expect(() => framer.push(Buffer.from('HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n'))).toThrow(ResponseFramingError);
+  });
+});
+
+describe('ReadAhead', () => {
+  it('keeps every byte in order, never changes a view it handed out or a chunk it was given, and copies each byte a bounded number of times', () => {
+    for (let seed = 1; seed <= 50; seed++) {
+      const { rand } = seeded(seed);
+      const ahead = new ReadAhead();
+      // Chunks are views of one shared buffer, as a socket's may be: the bytes around them are not the ReadAhead's to write.
+      const pool = Buffer.alloc(1 << 20, 0xee);
+      let poolAt = 0;
+      const expected: number[] = [];
+      const handedOut: Array<[Buffer, Buffer]> = [];
+      let kept: Buffer | undefined;
+      let appended = 0;
+      const guards: number[] = [];
+      for (let step = 0; step < 400; step++) {
+        // Mostly tiny chunks (one-byte records), sometimes large ones.
+        const n = rand(10) === 0 ? 1 + rand(5000) : 1 + rand(3);
+        if (poolAt + n > pool.length) break;
+        const chunk = pool.subarray(poolAt, poolAt + n);
+        for (let i = 0; i < n; i++) chunk[i] = rand(256);
+        guards.push(poolAt + n);
+        poolAt += n + 1; // a guard byte between chunks
+        expected.push(...chunk);
+        appended += n;
+        kept = ahead.append(kept, chunk);
+        expect(Buffer.compare(kept, Buffer.from(expected)), `seed ${seed} step ${step}`).toBe(0);
+        // Sometimes a head is taken up: a view of it goes elsewhere (written upstream), the rest is kept.
+        if (rand(4) === 0) {
+          const taken = rand(kept.length + 1);
+          const view = kept.subarray(0, taken);
+          handedOut.push([view, Buffer.from(view)]);
+          kept = taken < kept.length ? kept.subarray(taken) : undefined;
+          expected.splice(0, taken);
+        }
+      }
+      for (const [view, copy] of handedOut) expect(Buffer.compare(view, copy), `seed ${seed}: a handed-out view changed`).toBe(0);
+      // The guard bytes between the chunks were never written.
+      for (const g of guards) expect(pool[g], `seed ${seed}: the byte after a chunk was written`).toBe(0xee);
+      // Amortised: at most about three copies of each byte, not one per chunk that came after it.
+      expect(ahead.copied, `seed ${seed}`).toBeLessThanOrEqual(3 * appended + 4096);
+    }
+  });
+
+  it('leaves the bytes around a chunk it was given as they were', () => {
+    const pool = Buffer.alloc(64, 0xee);
+    const ahead = new ReadAhead();
+    const first = pool.subarray(10, 12).fill(1);
+    const second = pool.subarray(20, 22).fill(2);
+    const kept = ahead.append(ahead.append(undefined, first), second);
+    expect([...kept]).toEqual([1, 1, 2, 2]);
+    expect([...ahead.append(kept, pool.subarray(30, 31).fill(3))]).toEqual([1, 1, 2, 2, 3]);
+    expect(pool.filter((b) => b === 0xee).length).toBe(64 - 5);
+  });
+
+  it('a tail of what it returned is grown in place; anything else is copied', () => {
+    const ahead = new ReadAhead();
+    let kept = ahead.append(Buffer.from('ab'), Buffer.from('cd'));
+    const copied = ahead.copied;
+    kept = ahead.append(kept.subarray(1), Buffer.from('e'));
+    expect(kept.toString()).toBe('bcde');
+    expect(ahead.copied).toBe(copied + 1);
+    kept = ahead.append(Buffer.from('xy'), Buffer.from('z'));
+    expect(kept.toString()).toBe('xyz');
+    expect(ahead.copied).toBe(copied + 1 + 3);
   });
 });
