@@ -9,7 +9,7 @@ import { Secret } from '../credentials/secret.js';
 import type { PlanInjection } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { RefusalCode } from '../refusals.js';
-import { upstreamRequestHeaders } from '../proxy/headers.js';
+import { bodyEndsConnection, originForm, upstreamRequestHeaders } from '../proxy/headers.js';
 import type { ByteBudget } from './byte-budget.js';
 import { signSigV4, stripQuerySignature, type AwsCredentials } from './sigv4.js';
 import { inferAwsScope } from '../policy/aws-scope.js';
@@ -37,6 +37,12 @@ export interface UpstreamRequest {
   path: string;
   /** The whole body, when it had to be read to be signed; otherwise the body streams from the client. */
   body?: Buffer;
+  /**
+   * The upstream connection must carry no request after this one
+   * (bodyEndsConnection): sent with `Connection: close` over HTTP/1.1 and
+   * never reused.
+   */
+  closeAfter?: boolean;
   /** For audit: the AWS access key id that signed it. */
   accessKeyId?: string;
   /** For audit: the credential's version (KV) and lease. */
@@ -97,7 +103,8 @@ export async function prepareUpstreamRequest(
     case 'basic':
       return injectHeader(req, inject, credential, opts);
     case 'sigv4': {
-      const { headers, length } = upstreamBase(req, CREDENTIAL_HEADERS, opts);
+      const { headers, length, closeAfter } = upstreamBase(req, CREDENTIAL_HEADERS, opts);
+      const target = originForm(req.url);
       const chunked = req.unknownLength;
       const framing = (body?: Buffer): string[] =>
         body ? ['Content-Length', String(body.length)] : framingOf(chunked, length);
@@ -126,8 +133,8 @@ export async function prepareUpstreamRequest(
         // The body was asked for and read here; the upstream gets it whole at once, with nothing to wait for.
         dropHeader(headers, 'expect');
       }
-      const signed = await signSigV4({ method: req.method, host, path: req.url, rawHeaders: [...headers, ...framing(body)], payloadHash }, creds, scope, new Date());
-      return provenance({ headers: signed, path: stripQuerySignature(req.url), body, accessKeyId: creds.accessKeyId }, credential);
+      const signed = await signSigV4({ method: req.method, host, path: target, rawHeaders: [...headers, ...framing(body)], payloadHash }, creds, scope, new Date());
+      return provenance({ headers: signed, path: stripQuerySignature(target), body, accessKeyId: creds.accessKeyId, ...(closeAfter ? { closeAfter } : {}) }, credential);
     }
   }
 }
@@ -150,22 +157,28 @@ export type HeaderInjectionPlan = Extract<PlanInjection, { kind: 'bearer' | 'hea
  * @throws CredentialError when the credential lacks what the injection needs.
  */
 export function injectHeader(req: StreamedRequest, inject: HeaderInjectionPlan, credential: Credential, opts: Pick<InjectOptions, 'host' | 'port'>): UpstreamRequest {
-  const { headers, length } = upstreamBase(req, inject.kind === 'header' ? dropSet(inject.name) : CREDENTIAL_HEADERS, opts);
+  const { headers, length, closeAfter } = upstreamBase(req, inject.kind === 'header' ? dropSet(inject.name) : CREDENTIAL_HEADERS, opts);
   const line = cachedCredentialHeader(inject, credential);
   headers.push(line.name, line.value.reveal(), ...framingOf(req.unknownLength, length));
-  return provenance({ headers, path: req.url }, credential);
+  const out: UpstreamRequest = { headers, path: originForm(req.url) };
+  if (closeAfter) out.closeAfter = true;
+  return provenance(out, credential);
 }
 
 /**
- * Host and the workload's headers that go upstream (without `drop`), and
- * the Content-Length it framed its body by. Host and framing are the
- * proxy's: the checked host, and the length llhttp (or the fast path)
+ * Host and the workload's headers that go upstream (without `drop`), the
+ * Content-Length it framed its body by, and whether the upstream
+ * connection must end after it (bodyEndsConnection). Host and framing are
+ * the proxy's: the checked host, and the length llhttp (or the fast path)
  * framed the body by, or chunked; never what the workload listed.
  */
-function upstreamBase(req: StreamedRequest, drop: ReadonlySet<string>, opts: Pick<InjectOptions, 'host' | 'port'>): { headers: string[]; length: string | undefined } {
+function upstreamBase(
+  req: StreamedRequest, drop: ReadonlySet<string>, opts: Pick<InjectOptions, 'host' | 'port'>,
+): { headers: string[]; length: string | undefined; closeAfter: boolean } {
   const headers = ['Host', authorityOf(opts)];
   upstreamRequestHeaders(req.rawHeaders, drop, headers);
-  return { headers, length: req.unknownLength ? undefined : headerValue(req.rawHeaders, 'content-length') };
+  const length = req.unknownLength ? undefined : headerValue(req.rawHeaders, 'content-length');
+  return { headers, length, closeAfter: bodyEndsConnection(req.method, req.unknownLength || Number(length ?? 0) > 0) };
 }
 
 /** The Host the upstream gets: the checked server name, with the port when it is not 443. */

@@ -20,6 +20,7 @@ import tls from 'node:tls';
 import type { Logger } from '../log.js';
 import type { Refusal } from '../refusals.js';
 import { refuseRaw } from './refusal-response.js';
+import { closingHeaders } from './headers.js';
 import { findHeadEnd, MAX_HEAD_BYTES, parseRequestHead, ReadAhead, ResponseFramer, ResponseFramingError, serializeRequestHead, type FastRequestHead } from './h1-wire.js';
 import type { Admission, InjectOutcome } from './h2.js';
 import { STREAM_HIGH_WATER_MARK } from './upstream-pool.js';
@@ -397,7 +398,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     this.#done = done;
     this.#bodyLeft = head.bodyLength;
     this.#framer = new ResponseFramer(head.method === 'HEAD', head.close);
-    this.#headBytes = serializeRequestHead(head.method, admission.upstream.path, admission.upstream.headers);
+    this.#headBytes = serializeRequestHead(head.method, admission.upstream.path, closingHeaders(admission.upstream.headers, admission.upstream.closeAfter));
     this.#up = host.upstreams.lease(admission.partition, session.orig.address, session.orig.port, session.sni, this);
     this.#downBatch = downBatch;
   }
@@ -516,7 +517,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status);
     // A request whose body was not all sent (the upstream answered early) leaves the upstream mid-request, and the workload mid-body.
     const whole = this.#bodyLeft === 0;
-    if (whole && this.#framer.reusable) this.#host.upstreams.release(this.#up);
+    if (whole && this.#framer.reusable && !this.#admission.upstream.closeAfter) this.#host.upstreams.release(this.#up);
     else this.#up.socket.destroy();
     this.#done(whole && !this.#framer.closeDelimited && !this.#head.close);
   }

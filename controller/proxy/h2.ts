@@ -23,7 +23,7 @@ import type { Logger } from '../log.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
 import type { RequestHead } from './request-checks.js';
 import type { StreamedRequest, UpstreamRequest } from '../inject/inject.js';
-import { downstreamResponseHeaders } from './headers.js';
+import { closingHeaders, downstreamResponseHeaders } from './headers.js';
 import type { PartitionedAgent, PartitionedRequestOptions } from './upstream.js';
 import { H2_SESSION_WINDOW, H2_STREAM_WINDOW, type UpstreamH2Pool } from './upstream-h2.js';
 
@@ -394,7 +394,7 @@ export class H2Front<S extends H2Connection> {
 
   /** The request over the partition's HTTP/1.1 pool, for an upstream that does not offer h2 (or a SigV4 binding). */
   #viaH1(conn: S, stream: http2.ServerHttp2Stream, head: H2Head, admission: Admission, endStream: boolean): void {
-    const { headers, path, body } = admission.upstream;
+    const { headers, path, body, closeAfter } = admission.upstream;
     const options: PartitionedRequestOptions = {
       agent: this.#host.upstreamAgent,
       partition: admission.partition,
@@ -403,7 +403,7 @@ export class H2Front<S extends H2Connection> {
       servername: conn.sni,
       method: head.method,
       path,
-      headers: headers as unknown as http.OutgoingHttpHeaders,
+      headers: closingHeaders(headers, closeAfter) as unknown as http.OutgoingHttpHeaders,
       setHost: false,
     };
     let up: http.ClientRequest;

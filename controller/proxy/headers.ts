@@ -28,9 +28,12 @@ const PROXY_SET = new Set(['host', 'content-length', 'transfer-encoding']);
 const ROUTING_HINTS = new Set([
   'forwarded',
   'x-original-url',
+  'x-original-uri',
   'x-rewrite-url',
   'x-original-host',
   'x-host',
+  'x-http-host-override',
+  'x-envoy-original-path',
   'x-real-ip',
   'x-proxyuser-ip',
 ]);
@@ -117,4 +120,44 @@ export function downstreamResponseHeaderList(headers: Record<string, string | st
     else for (const v of value) out.push(name, v);
   }
   return out;
+}
+
+/**
+ * Methods whose content has no generally defined meaning (RFC 9110 9.3.1,
+ * 9.3.2, 9.3.5, 9.3.7). Some servers read no body on them whatever the
+ * framing says, and take the body for the next request on the connection.
+ */
+const BODY_WITHOUT_MEANING = new Set(['GET', 'HEAD', 'DELETE', 'OPTIONS']);
+
+/**
+ * Whether the upstream connection must carry nothing after this request: a
+ * body on a method some servers read no body on. Were the connection
+ * reused, such a server would read the body as a request of the workload's
+ * making, and the workload's next request, credential and all, as that
+ * one's body, which the workload may then read back.
+ */
+export function bodyEndsConnection(method: string, hasBody: boolean): boolean {
+  return hasBody && BODY_WITHOUT_MEANING.has(method);
+}
+
+/** `headers` with `Connection: close` added when `close` (a copy; `headers` is left as it is). */
+export function closingHeaders(headers: string[], close: boolean | undefined): string[] {
+  return close ? [...headers, 'Connection', 'close'] : headers;
+}
+
+/**
+ * A request target as the upstream gets it: origin-form. An absolute-form
+ * target (`https://host/path?query`, which the proxy accepts once its host
+ * is checked) loses its scheme and authority, byte for byte otherwise: a
+ * server routes by an absolute target's own authority, which the check
+ * read only after normalising it (percent-decoding, a trailing dot).
+ */
+export function originForm(target: string): string {
+  const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(target);
+  if (!scheme) return target;
+  const rest = target.slice(scheme[0].length);
+  const end = rest.search(/[/?#]/);
+  if (end < 0) return '/';
+  const tail = rest.slice(end);
+  return tail.startsWith('/') ? tail : `/${tail}`;
 }

@@ -20,7 +20,7 @@ import type { Credential } from '../credentials/credential.js';
 import { ClientHelloReader } from '../tls/client-hello-reader.js';
 import { asStreamedRequest, injectHeader, InjectionRefusal, prepareUpstreamRequest, type StreamedRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
-import { downstreamResponseHeaderList, downstreamResponseHeaders } from './headers.js';
+import { closingHeaders, downstreamResponseHeaderList, downstreamResponseHeaders } from './headers.js';
 import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
 import { openUpgrade, webSocketUpgradeProblem } from './upgrade.js';
@@ -844,7 +844,10 @@ export class ProxyServer {
     });
     pools.begin(entry);
     try {
-      entry.pool.dispatch({ path: upstream.path, method: (req.method ?? 'GET') as Dispatcher.HttpMethod, headers: upstream.headers, body }, handler);
+      entry.pool.dispatch({
+        path: upstream.path, method: (req.method ?? 'GET') as Dispatcher.HttpMethod, headers: upstream.headers, body,
+        ...(upstream.closeAfter ? { reset: true } : {}),
+      }, handler);
     } catch (err) {
       // Headers are checked before this; whatever still throws is refused, not fatal.
       settle();
@@ -866,7 +869,7 @@ export class ProxyServer {
       servername: sni,
       method: req.method,
       path: upstream.path,
-      headers: upstream.headers as unknown as http.OutgoingHttpHeaders,
+      headers: closingHeaders(upstream.headers, upstream.closeAfter) as unknown as http.OutgoingHttpHeaders,
       setHost: false,
     };
     let upstreamReq: http.ClientRequest;

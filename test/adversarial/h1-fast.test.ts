@@ -118,6 +118,36 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
     return (raw.records.slice(before) as RawRecord[]);
   };
   const rawRequests = async (before: number) => (await rawRecords(before)).filter((r) => r.url !== undefined && r.event === undefined);
+  /**
+   * A "CL.0" smuggling attempt: a GET whose body is the head of a request
+   * of the workload's making, sent to an upstream that reads no body on a
+   * GET (raw-upstream.mjs, /cl0/...). Had the upstream connection been
+   * reused, that request (an /echo whose Content-Length covers the next
+   * request's head, credential line included) would swallow the workload's
+   * next request and echo it back.
+   */
+  const cl0 = async (tag: string) => {
+    const before = raw.records.length;
+    const s = openRaw();
+    const nextTarget = `/cl0/${tag}/next`;
+    // The next request as the fast path would write it upstream: Host, then the credential.
+    const seen = `GET ${nextTarget} HTTP/1.1\r\nHost: ${OTHER}:${RAW_PORT}\r\nAuthorization: Bearer ${f.token}\r\n\r\n`;
+    const smuggled = `POST /echo HTTP/1.1\r\nHost: ${OTHER}:${RAW_PORT}\r\nContent-Length: ${seen.length}\r\n\r\n`;
+    s.send(rawRequest('GET', `/cl0/${tag}/first`, [], smuggled));
+    const first = await s.read();
+    expect(first.status).toBe(200);
+    s.send(rawRequest('GET', nextTarget));
+    const next = await s.read();
+    expect(leaks(`${next.body ?? ''}${next.error ?? ''}`)).toEqual([]);
+    expect(next.status).toBe(200);
+    expect(JSON.parse(next.body as string)).toMatchObject({ path: nextTarget });
+    const recs = await rawRequests(before);
+    expect(recs.map((r) => r.url)).toEqual([`/cl0/${tag}/first`, nextTarget]);
+    // Sent with Connection: close, and the next request went on another connection.
+    expect(recs[0]?.headerNames).toContain('connection');
+    expect(recs[1]?.conn).not.toBe(recs[0]?.conn);
+    s.close();
+  };
   /** A workload asks for `target` (a large response) and goes away once the upstream has the request; the upstream's record of it. */
   const abandonWhileStreaming = async (target: string): Promise<UpstreamRecord> => {
     const before = f.upstream.records.length;
@@ -420,6 +450,10 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect((await audit()).filter((e) => e.path === `/raw/${name}`)).toEqual([
         expect.objectContaining({ decision: 'inject', status: 200, reason: 'response-cut', workload: 'alice', service: 'raw', credential: 'api-token' }),
       ]);
+    });
+
+    it('a GET with a body ends its upstream connection: an upstream that reads no body on GET cannot take the body for a request that swallows the next', async () => {
+      await cl0('fast');
     });
 
     it('extra bytes after a Content-Length body are not the next response: the next request gets its own, on a new upstream connection', async () => {
@@ -734,6 +768,10 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       expect((await s.read()).error).toBeDefined();
       const line = await eventually(async () => (await lines('/raw/cut', from)).find((e) => e.reason === 'response-cut'), 10_000, 'the inject line of the cut response');
       expect(line).toMatchObject({ decision: 'inject', status: 200, credential: 'api-token' });
+    });
+
+    it('a GET with a body ends its upstream connection (undici): the body cannot swallow the next request', async () => {
+      await cl0('node');
     });
 
     it('a workload that closes its side right after its requests gets every response, then the close', async () => {

@@ -323,6 +323,16 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
       expect(r.status).toBe(421);
       expect(r.headers).toContainEqual(['x-wirekey-error', 'host-mismatch']);
     }
+    // An absolute target the check accepts (its host normalised: percent-decoded, a trailing dot dropped)
+    // goes upstream in origin-form, so no front there can route by a spelling the check did not read.
+    const before = f.upstream.records.length;
+    for (const target of [`https://${HOST.replaceAll('.', '%2E')}/abs/1?q=1`, `https://${HOST}.:443/abs/2`]) {
+      const s = open(cg.alice);
+      s.send(request('GET', target));
+      expect((await s.read()).status, target).toBe(200);
+    }
+    await waitFor(() => f.upstream.records.length >= before + 2, 'the two absolute-form requests upstream');
+    expect(f.upstream.records.slice(before).map((x) => x.url)).toEqual(['/abs/1?q=1', '/abs/2']);
     // Straight to the proxy port, from a bound workload: the kernel did not redirect it, so it gets nothing.
     const direct = await runInCgroup(cg.alice, 'curl', ['-sS', '-k', '--max-time', '5', '--resolve', `${HOST}:${f.proxyPort}:127.0.0.1`, `https://${HOST}:${f.proxyPort}/`]);
     expect(direct.code).not.toBe(0);

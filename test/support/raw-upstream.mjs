@@ -14,7 +14,10 @@
 // The response depends on the path: /raw/NAME sends RESPONSES[NAME] (a
 // function of the connection's socket), anything else a 200 whose body
 // names the path and the connection; POST /raw/early is answered 413 as
-// soon as its head has come, before its body. A line `sync N` on stdin is answered
+// soon as its head has come, before its body. A GET of /cl0/... is read as
+// a server with the "CL.0" bug reads it: without a body, whatever its
+// Content-Length (what follows is the next request). After a request with
+// Connection: close nothing more is read, and the connection ends. A line `sync N` on stdin is answered
 // with {"sync":N} after every record so far.
 // usage: node raw-upstream.mjs --cert FILE --key FILE [--port 443] [--host ::]
 import tls from 'node:tls';
@@ -105,7 +108,8 @@ const server = tls.createServer({ cert: readFileSync(values.cert), key: readFile
         socket.destroy();
         return;
       }
-      const length = lengths.length ? Number(lengths[0]) : 0;
+      // GET /cl0/...: a server with the "CL.0" bug, which reads no body on a GET whatever Content-Length says.
+      const length = lengths.length && !(method === 'GET' && url.startsWith('/cl0/')) ? Number(lengths[0]) : 0;
       if (buf.length < end + 4 + length) {
         // A head whose body has not all come: said once, so a test knows the request is under way here.
         if (partial !== end) {
@@ -125,6 +129,12 @@ const server = tls.createServer({ cert: readFileSync(values.cert), key: readFile
       if (respond) respond(socket);
       else if (url === '/echo') socket.write(Buffer.concat([Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: ${body.length}\r\n\r\n`), body]));
       else socket.write(ok(JSON.stringify({ path: url, conn })));
+      // Connection: close is the last request read on the connection.
+      if (value('connection').some((v) => /(^|,)\s*close\s*(,|$)/i.test(v))) {
+        buf = Buffer.alloc(0);
+        socket.end();
+        return;
+      }
     }
   });
 });

@@ -9,7 +9,7 @@ import http, { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { checkPlainRequest, checkRequest } from '../../controller/proxy/request-checks.js';
-import { upstreamRequestHeaders } from '../../controller/proxy/headers.js';
+import { bodyEndsConnection, closingHeaders, originForm, upstreamRequestHeaders } from '../../controller/proxy/headers.js';
 import { credentialHeader, prepareUpstreamRequest } from '../../controller/inject/inject.js';
 import { Secret } from '../../controller/credentials/secret.js';
 import { CredentialError } from '../../controller/errors.js';
@@ -108,6 +108,44 @@ describe('the upstream request', () => {
     const chunked = req('POST', '/x', ['Host', SNI, 'Transfer-Encoding', 'chunked']);
     const up2 = await prepareUpstreamRequest(chunked, { kind: 'header', credential: 'tok', name: 'X-Key', format: '{secret}' }, credential('k'), { host: SNI, port: 443, sigv4BodyLimit: 0 });
     expect(up2.headers).toEqual(['Host', SNI, 'X-Key', 'k', 'Transfer-Encoding', 'chunked']);
+  });
+
+  it('routing hints of every kind are dropped, X-HTTP-Host-Override and X-Original-URI among them', () => {
+    const hints = ['Forwarded', 'X-Forwarded-Prefix', 'X-Original-URL', 'X-Original-URI', 'X-Rewrite-URL', 'X-Original-Host', 'X-Host',
+      'X-HTTP-Host-Override', 'X-Envoy-Original-Path', 'X-Real-IP', 'X-ProxyUser-Ip'];
+    expect(upstreamRequestHeaders([...hints.flatMap((h) => [h, 'evil']), 'X-Keep', '1'], new Set())).toEqual(['X-Keep', '1']);
+  });
+
+  it('an absolute-form target goes upstream in origin-form, its path and query byte for byte', async () => {
+    expect(originForm('/a/../b?q=%2F')).toBe('/a/../b?q=%2F');
+    expect(originForm('*')).toBe('*');
+    expect(originForm('https://api%2Eexample%2Ecom/x')).toBe('/x');
+    expect(originForm('https://api.example.com.:443/x/%2e%2e/y?z=1')).toBe('/x/%2e%2e/y?z=1');
+    expect(originForm('HTTPS://user@api.example.com:0443')).toBe('/');
+    expect(originForm('https://api.example.com?q=1')).toBe('/?q=1');
+    const r = req('GET', `https://${SNI}./v1/models?limit=1`, ['Host', SNI]);
+    const up = await prepareUpstreamRequest(r, { kind: 'bearer', credential: 'tok' }, credential('s3cret'), { host: SNI, port: 443, sigv4BodyLimit: 0 });
+    expect(up.path).toBe('/v1/models?limit=1');
+  });
+
+  it('a body on GET, HEAD, DELETE or OPTIONS ends the upstream connection after the request; elsewhere it does not', async () => {
+    for (const m of ['GET', 'HEAD', 'DELETE', 'OPTIONS']) {
+      expect(bodyEndsConnection(m, true), m).toBe(true);
+      expect(bodyEndsConnection(m, false), m).toBe(false);
+    }
+    for (const m of ['POST', 'PUT', 'PATCH']) expect(bodyEndsConnection(m, true), m).toBe(false);
+    const bearer = { kind: 'bearer', credential: 'tok' } as const;
+    const opts = { host: SNI, port: 443, sigv4BodyLimit: 0 };
+    const withLength = await prepareUpstreamRequest(req('GET', '/q', ['Host', SNI, 'Content-Length', '5']), bearer, credential('s'), opts);
+    expect(withLength.closeAfter).toBe(true);
+    const chunked = await prepareUpstreamRequest(req('DELETE', '/q', ['Host', SNI, 'Transfer-Encoding', 'chunked']), bearer, credential('s'), opts);
+    expect(chunked.closeAfter).toBe(true);
+    for (const [m, raw] of [['GET', ['Host', SNI]], ['GET', ['Host', SNI, 'Content-Length', '0']], ['POST', ['Host', SNI, 'Content-Length', '5']]] as const) {
+      expect((await prepareUpstreamRequest(req(m, '/q', [...raw]), bearer, credential('s'), opts)).closeAfter, `${m} ${raw.join(' ')}`).toBeUndefined();
+    }
+    expect(closingHeaders(['Host', SNI], true)).toEqual(['Host', SNI, 'Connection', 'close']);
+    const kept = ['Host', SNI];
+    expect(closingHeaders(kept, undefined)).toBe(kept);
   });
 
   it('upstreamRequestHeaders drops hop-by-hop headers and what Connection lists', () => {
