@@ -182,6 +182,15 @@ try:
                 time.sleep(0.01)
         elif op == 'oob':
             s.send(base64.b64decode(step['data']), socket.MSG_OOB)
+        elif op == 'fastopen':
+            # MSG_FASTOPEN on a connected socket: the kernel may fail the
+            # write (EISCONN) after the program passed it. Its errno is
+            # recorded, and the steps go on.
+            try:
+                s.sendmsg([base64.b64decode(step['data'])], [], socket.MSG_FASTOPEN)
+                out['fastopen'] = 0
+            except OSError as e:
+                out['fastopen'] = e.errno
         elif op == 'shutWr':
             s.shutdown(socket.SHUT_WR)
 except OSError as e:
@@ -202,6 +211,7 @@ type Step =
   | { op: 'finish' }
   | { op: 'waitFile'; path: string }
   | { op: 'oob'; data: string }
+  | { op: 'fastopen'; data: string }
   | { op: 'shutWr' };
 
 interface RawResult {
@@ -212,6 +222,8 @@ interface RawResult {
   connectError: number | null;
   statuses: number[];
   bodies: string[];
+  /** The errno of the 'fastopen' step's write (0: it succeeded). */
+  fastopen?: number;
 }
 
 async function raw(
@@ -1278,6 +1290,47 @@ print(port)
     expect(delta(before, kh.stats())).toMatchObject({ injected: 1, refusedStream: 1 });
     await upstream.closedFor(r.localPort);
     expect(upstream.byPort(r.localPort).map((x) => x.target)).not.toContain('/after-oob');
+  });
+
+  /**
+   * A write the kernel fails after the program passed it leaves the
+   * kernel's verdict in place for the writer's next bytes, which then pass
+   * unseen in its place. MSG_FASTOPEN on a connected socket can make the
+   * push fail at will where tcp_bpf_push goes through tcp_sendmsg_locked
+   * with the writer's flags: B's head would then pass unseen in A's place,
+   * and a program that went on would take the next GET for a request and
+   * inject into what the upstream reads as B's body.
+   */
+  it('a write the workload makes fail (MSG_FASTOPEN on a connected socket) refuses the connection from its next write', async () => {
+    const before = kh.stats();
+    const line = `Authorization: ${AUTH}\r\n`;
+    const a = get('/tfo/a');
+    const next = get('/tfo/next');
+    const head = `PUT /tfo/paste HTTP/1.1\r\nHost: u\r\nContent-Length: ${next.length}\r\nX-Pad: `;
+    const b = `${head}${'p'.repeat(a.length + line.length - head.length - 4)}\r\n\r\n`;
+    expect(b.length).toBe(a.length + line.length);
+    const r = await raw(bound, v4, 80, [
+      { op: 'send', data: get('/tfo/first') },
+      { op: 'recv', count: 1 },
+      { op: 'fastopen', data: a },
+      { op: 'send', data: b + next },
+      { op: 'recv', count: 2 },
+    ], { timeoutSeconds: 10 });
+    await upstream.closedFor(r.localPort);
+    const seen = upstream.byPort(r.localPort);
+    if (r.fastopen === 0) {
+      // A kernel whose push does not fail on MSG_FASTOPEN: A went out injected, B with `next` as its body.
+      expect(r.error).toBeNull();
+      expect(r.statuses).toEqual([200, 200, 200]);
+      expect(seen.map((x) => [x.target, x.authorization.length])).toEqual([['/tfo/first', 1], ['/tfo/a', 1], ['/tfo/paste', 1]]);
+      return;
+    }
+    expect(r.fastopen).toBeGreaterThan(0);
+    expect(r.error).toBe(EACCES);
+    expect(r.errorStep).toBe(3);
+    expect(delta(before, kh.stats())).toMatchObject({ injected: 1, refusedPush: 1 });
+    // Nothing after the failed write carried the line: at most B's head, unseen and without it.
+    expect(seen.filter((x) => x.authorization.length).map((x) => x.target)).toEqual(['/tfo/first']);
   });
 
   // Without the push watch (a kernel without BPF trampolines), urgent data is
