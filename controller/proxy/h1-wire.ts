@@ -302,6 +302,8 @@ export class ResponseFramer {
   #stage: Stage = 'head';
   /** Bytes of an unfinished head, chunk-size line or trailer section. */
   #pending: Buffer | undefined;
+  /** Made the first time a partial head or line waits (most responses never do). */
+  #readAhead: ReadAhead | undefined;
   #status = 0;
   #left = 0;
   /** The connection may carry another exchange once this one is done. */
@@ -342,7 +344,8 @@ export class ResponseFramer {
   /** @throws ResponseFramingError */
   push(chunk: Buffer): FramedChunk {
     const result: FramedChunk = { out: [], done: false };
-    let buf = this.#pending ? Buffer.concat([this.#pending, chunk]) : chunk;
+    // An upstream may send a head or a chunk-size line a byte at a time: what waits grows in amortised constant time per byte.
+    let buf = this.#pending ? (this.#readAhead ??= new ReadAhead()).append(this.#pending, chunk) : chunk;
     this.#pending = undefined;
     let pos = 0;
     /** Body bytes from `bodyStart` to `pos` go out as one slice of the chunk. */
@@ -353,7 +356,7 @@ export class ResponseFramer {
     };
     const keep = (limit: number, what: string) => {
       if (buf.length - pos > limit) throw new ResponseFramingError(`${what} longer than ${limit} bytes`);
-      this.#pending = Buffer.from(buf.subarray(pos));
+      this.#pending = buf.subarray(pos);
     };
     while (pos < buf.length) {
       // Past a final head, what follows is body bytes (framing included) until the response ends.
