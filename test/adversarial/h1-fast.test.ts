@@ -615,8 +615,9 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       for (const r of recs.slice(0, 2)) expect(r.authorization).toEqual([f.expectedAuth]);
       expect(recs[2]?.apiKey).toEqual([sha256(keyedToken)]);
       expect(recs[2]?.authorization).toEqual([]);
-      // Each is audited as an injection, as on Node's server path.
-      const lines = (await audit()).filter((e) => e.decision === 'inject' && typeof e.path === 'string' && e.path.startsWith('/own/'));
+      // Each is audited as an injection, as on Node's server path (the audit log is written after the response).
+      const ownLines = async () => (await audit()).filter((e) => e.decision === 'inject' && typeof e.path === 'string' && e.path.startsWith('/own/'));
+      const lines = await eventually(async () => ((await ownLines()).length >= 3 ? ownLines() : undefined), 10_000, 'the three inject lines');
       expect(lines.map((e) => [e.workload, e.path, e.status, e.credential])).toEqual([
         ['alice', '/own/alice', 200, 'api-token'], ['alice', '/own/alice-body', 200, 'api-token'], ['keyed', '/own/keyed', 200, 'keyed-token']]);
     });

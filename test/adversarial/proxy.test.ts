@@ -330,6 +330,8 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
       const s = open(cg.alice);
       s.send(request('GET', target));
       expect((await s.read()).status, target).toBe(200);
+      // Closed: the workload's connections are capped (LIMITS), and later tests open their own.
+      s.close();
     }
     await waitFor(() => f.upstream.records.length >= before + 2, 'the two absolute-form requests upstream');
     expect(f.upstream.records.slice(before).map((x) => x.url)).toEqual(['/abs/1?q=1', '/abs/2']);
