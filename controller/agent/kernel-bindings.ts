@@ -63,6 +63,8 @@ export class KernelBindings {
   #nextServiceId = 1;
   /** Workload name -> id the kernel's entries were written under. */
   #workloadIds = new Map<string, number>();
+  /** Workload name -> its selectors (JSON) when its entries were written. */
+  #selectors = new Map<string, string>();
   /** `${workloadId}:${serviceId}` -> digest of what the kernel holds. */
   #pushed = new Map<string, string>();
   /** Bumped by apply(): a refresh that started under an earlier plan writes nothing. */
@@ -108,17 +110,26 @@ export class KernelBindings {
       const before = this.#workloadIds.get(name);
       return (before !== undefined && before !== id) || (oldNames.has(id) && oldNames.get(id) !== name);
     });
+    // A bound workload whose selectors changed may no longer be the
+    // processes whose connections the kernel bound to it (an executable
+    // taken out, another user): as the proxy refuses its open connections
+    // (binding-changed), so does the kernel, from their next request.
+    const selectors = new Map([...plan.workloads.values()].map((w) => [w.name, JSON.stringify(w.selector)]));
+    const boundBefore = new Set([...this.#current.keys()].map((k) => oldNames.get(Number(k.split(':')[0]))));
+    const reselected = [...selectors].filter(([name, sel]) => boundBefore.has(name) && this.#selectors.has(name) && this.#selectors.get(name) !== sel).map(([name]) => name);
     // Destinations (and hosts) first: it checks capacity before changing anything.
     this.#kh.setDestinations(dests, hosts);
-    if (renumbered) {
+    if (renumbered || reselected.length) {
       this.#earlier.set(this.#kh.idEpoch(), this.#described);
       for (const e of this.#earlier.keys()) if (this.#earlier.size > EPOCHS_KEPT) this.#earlier.delete(e);
       this.#kh.bumpEpoch();
-      this.#log.info('kernel datapath: workload ids changed; open plaintext connections of bound workloads take no further requests');
+      this.#log.info('kernel datapath: %s; open plaintext connections of bound workloads take no further requests',
+        renumbered ? 'workload ids changed' : `the selectors of ${reselected.join(', ')} changed`);
     }
     const versions = this.#kh.setBindings(wanted.map((w) => ({ workloadId: w.workloadId, serviceId: w.serviceId, header: w.header })));
     this.#epoch = this.#kh.idEpoch();
     this.#workloadIds = workloadIds;
+    this.#selectors = selectors;
     this.#pushed = new Map(wanted.map((w) => [`${w.workloadId}:${w.serviceId}`, w.digest]));
     this.#current = new Map(wanted.map((w, i) => [`${w.workloadId}:${w.serviceId}`, versions[i] as number]));
     const described = new Map<string, Described>();

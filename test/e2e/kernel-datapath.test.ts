@@ -28,7 +28,7 @@ describe.skipIf(skip)(`kernel datapath through the agent${skip ? ` (skipped: ${s
   let unbound: string;
   let token = f.token;
 
-  const bindings = (withBearer: boolean) => `apiVersion: wirekey.dev/v1alpha1
+  const bindings = (withBearer: boolean, appSelector = `{cgroup: ${f.cgBase}/bound}`) => `apiVersion: wirekey.dev/v1alpha1
 kind: CredentialSource
 metadata: {name: basic-creds}
 spec: {file: {path: ${basicFile}}}
@@ -46,7 +46,7 @@ spec: {addresses: [${f.host.ipv4.split('.').slice(0, 3).join('.')}.0/24], port: 
 apiVersion: wirekey.dev/v1alpha1
 kind: Workload
 metadata: {name: app}
-spec: {selector: {cgroup: ${f.cgBase}/bound}}
+spec: {selector: ${appSelector}}
 ---
 apiVersion: wirekey.dev/v1alpha1
 kind: Workload
@@ -219,6 +219,48 @@ spec: {hosts: [api.example], port: 443, tls: true}
     } finally {
       await agent.stop();
     }
+  });
+
+  it('a reload that changes a bound workload\'s selectors refuses its open connections from their next request; new ones are bound afresh', async () => {
+    const flag = path.join(f.dir, 'reselect-go');
+    // One request, then, once the flag exists, another on the same connection.
+    const script = String.raw`
+import os, socket, sys, time
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+def get(target):
+    s.sendall(('GET %s HTTP/1.1\r\nHost: plain\r\n\r\n' % target).encode())
+    data = b''
+    while b'\r\n\r\n' not in data:
+        chunk = s.recv(65536)
+        if not chunk:
+            raise EOFError('closed')
+        data += chunk
+    head, _, body = data.partition(b'\r\n\r\n')
+    length = [int(l.split(b':')[1]) for l in head.split(b'\r\n') if l.lower().startswith(b'content-length')]
+    while length and len(body) < length[0]:
+        body += s.recv(65536)
+    return head.split()[1].decode()
+print(get('/reselect/1'), flush=True)
+while not os.path.exists(sys.argv[2]):
+    time.sleep(0.01)
+try:
+    print(get('/reselect/2'), flush=True)
+except OSError as e:
+    print('errno %d' % e.errno, flush=True)
+`;
+    const held = runInCgroup(bound, 'python3', ['-c', script, f.host.ipv4, flag]);
+    await waitFor(() => plain.requests.some((r) => r.target === '/reselect/1'), 'the first request upstream');
+    // The same processes still match (the agent runs the tests as root): the change itself is what counts.
+    f.writePolicy(bindings(true, `{cgroup: ${f.cgBase}/bound, user: root}`));
+    expect(await f.agent?.reload()).toBe('reloaded');
+    writeFileSync(flag, '');
+    const r = await held;
+    expect(r.stdout.trim().split('\n')).toEqual(['200', 'errno 13']);
+    expect(plain.requests.filter((x) => x.target === '/reselect/2')).toEqual([]);
+    expect(f.agent?.output()).toContain('the selectors of app changed; open plaintext connections of bound workloads take no further requests');
+    // A new connection is identified under the new selectors, and injected.
+    const fresh = await curl(bound, [`http://${f.host.ipv4}/reselect/fresh`]);
+    expect((await one(fresh.lines[0]?.[0] as number)).authorization).toEqual([sha256(`Bearer ${token}`)]);
   });
 
   it('a reload that removes the binding leaves new connections untouched; the others keep theirs', async () => {
