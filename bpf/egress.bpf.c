@@ -60,17 +60,25 @@ const enum wk_egress_verdict *const wk_egress_verdict_btf = 0;
 const enum wk_egress_hook *const wk_egress_hook_btf = 0;
 const enum wk_egress_stat *const wk_egress_stat_btf = 0;
 
+/*
+ * The workload whose calls are judged: the caller's, unless the caller is
+ * the agent or the socket (`netns`: its namespace's cookie) is in another
+ * network namespace than the host's. 0: not judged.
+ */
+static __always_inline __u32 judged_workload(__u64 netns)
+{
+	if (is_agent() || netns != host_netns_cookie)
+		return 0;
+	return current_workload();
+}
+
 static __always_inline int sendmsg_judge(struct bpf_sock_addr *ctx, const __u32 *addr)
 {
 	__u32 wid;
 
 	if (!egress_active())
 		return SYS_PROCEED;
-	if (is_agent())
-		return SYS_PROCEED;
-	if (bpf_get_netns_cookie(ctx) != host_netns_cookie)
-		return SYS_PROCEED;
-	wid = current_workload();
+	wid = judged_workload(bpf_get_netns_cookie(ctx));
 	if (!wid)
 		return SYS_PROCEED;
 	return egress_allows(ctx, wid, addr, bpf_ntohs((__u16)ctx->user_port), WK_EGRESS_HOOK_SENDMSG) ?
@@ -80,21 +88,16 @@ static __always_inline int sendmsg_judge(struct bpf_sock_addr *ctx, const __u32 
 /*
  * socket(): runs once the kernel has set the socket up (its protocol is
  * resolved, IPPROTO_IP is TCP or UDP by then), for IPv4 and IPv6 sockets.
+ * A kind rules can name goes on before anything is looked up.
  */
 SEC("cgroup/sock_create")
 int wk_sock_create(struct bpf_sock *sk)
 {
 	__u32 wid;
 
-	if (!egress_active())
+	if (!egress_active() || egress_protocol(sk->type, sk->protocol))
 		return SYS_PROCEED;
-	if (egress_protocol(sk->type, sk->protocol))
-		return SYS_PROCEED;
-	if (is_agent())
-		return SYS_PROCEED;
-	if (bpf_get_netns_cookie(sk) != host_netns_cookie)
-		return SYS_PROCEED;
-	wid = current_workload();
+	wid = judged_workload(bpf_get_netns_cookie(sk));
 	if (!wid)
 		return SYS_PROCEED;
 	return egress_socket_allows(wid, sk->family, sk->type, sk->protocol) ? SYS_PROCEED : SYS_REJECT;

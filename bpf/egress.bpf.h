@@ -206,10 +206,9 @@ static __always_inline bool egress_allows(struct bpf_sock_addr *ctx, __u32 wid, 
 
 /*
  * Whether workload `wid` may have a socket of this family, type and
- * protocol. Unrestricted workloads may have any. A restricted one may have
- * what its rules can name (egress_protocol(): TCP and UDP), whose every
- * destination the connect() and sendmsg() hooks judge; any other (raw,
- * ICMP "ping", SCTP, UDP-Lite) could reach addresses no hook sees, so
+ * protocol, one that rules cannot name (egress_protocol() is 0: raw, ICMP
+ * "ping", SCTP, UDP-Lite), which could reach addresses no connect() or
+ * sendmsg() hook sees. Unrestricted workloads may; for a restricted one
  * egress_unallowed() decides, at socket().
  */
 static __always_inline bool egress_socket_allows(__u32 wid, __u32 family, __u32 type, __u32 protocol)
@@ -217,8 +216,6 @@ static __always_inline bool egress_socket_allows(__u32 wid, __u32 family, __u32 
 	struct wk_egress_policy *pol;
 	struct egress_call call;
 
-	if (egress_protocol(type, protocol))
-		return true;
 	pol = bpf_map_lookup_elem(&wk_egress_policy, &wid);
 	if (!pol || !(pol->flags & WK_EGRESS_RESTRICTED))
 		return true;
