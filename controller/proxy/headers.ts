@@ -153,6 +153,8 @@ export function closingHeaders(headers: string[], close: boolean | undefined): s
  * read only after normalising it (percent-decoding, a trailing dot).
  */
 export function originForm(target: string): string {
+  // Nearly every target is already origin-form: no pattern for those, on the per-request path.
+  if (target.charCodeAt(0) === 0x2f) return target;
   const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(target);
   if (!scheme) return target;
   const rest = target.slice(scheme[0].length);
