@@ -225,21 +225,13 @@ spec: {hosts: [api.example], port: 443, tls: true}
     const flag = path.join(f.dir, 'reselect-go');
     // One request, then, once the flag exists, another on the same connection.
     const script = String.raw`
-import os, socket, sys, time
-s = socket.create_connection((sys.argv[1], 80), timeout=10)
+import http.client, os, sys, time
+conn = http.client.HTTPConnection(sys.argv[1], 80, timeout=10)
 def get(target):
-    s.sendall(('GET %s HTTP/1.1\r\nHost: plain\r\n\r\n' % target).encode())
-    data = b''
-    while b'\r\n\r\n' not in data:
-        chunk = s.recv(65536)
-        if not chunk:
-            raise EOFError('closed')
-        data += chunk
-    head, _, body = data.partition(b'\r\n\r\n')
-    length = [int(l.split(b':')[1]) for l in head.split(b'\r\n') if l.lower().startswith(b'content-length')]
-    while length and len(body) < length[0]:
-        body += s.recv(65536)
-    return head.split()[1].decode()
+    conn.request('GET', target, headers={'Host': 'plain'})
+    r = conn.getresponse()
+    r.read()
+    return r.status
 print(get('/reselect/1'), flush=True)
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.01)
