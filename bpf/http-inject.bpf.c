@@ -125,7 +125,8 @@
  *     Authorization), in the head or as a trailer;
  *   - Content-Length duplicated, empty, not all digits or over 15 digits;
  *   - the binding gone, the destination no longer pinned to the same
- *     service, or the id epoch bumped; or the binding withheld (no
+ *     service, the id epoch bumped, or the workload's selectors changed
+ *     since connect() (wk_http_hdr.selection); or the binding withheld (no
  *     credential now: WK_HTTP_STAT_REFUSED_CREDENTIAL);
  *   - bytes that reached the stream without this program seeing them:
  *     urgent data (MSG_OOB: the receiver takes that byte out of the
@@ -308,6 +309,8 @@ struct wk_http_sock {
 	__u32 service_id;
 	__u32 epoch;
 	__u32 flags;			/* SOCK_* */
+	__u32 selection;		/* wk_http_hdr.selection at connect() */
+	__u32 _pad;
 	struct wk_http_dest_key dest;	/* where connect() was going */
 	__u32 mark_seq;			/* write_seq when `left` was last brought up to date */
 	__u32 approved;			/* bytes the last run let through (apply_bytes) */
@@ -426,7 +429,7 @@ static __always_inline int http_connect(struct bpf_sock_addr *ctx,
 	struct wk_http_sock *st;
 	struct wk_http_hdr *hdr;
 	struct tcp_sock *tp;
-	__u32 zero = 0, wid;
+	__u32 zero = 0, wid, epoch, selection;
 
 	if (ctx->type != SOCK_STREAM || ctx->protocol != IPPROTO_TCP)
 		return SYS_PROCEED;
@@ -464,6 +467,22 @@ static __always_inline int http_connect(struct bpf_sock_addr *ctx,
 		connect_event(ctx, key, &hk, hdr->version, WK_HTTP_STAT_REFUSED_FASTOPEN);
 		return SYS_REJECT;
 	}
+	/*
+	 * The id epoch and the workload's selection the connection is made
+	 * under, read between two judgements of the process. A reload writes
+	 * the workloads' selectors before it moves either, so a process
+	 * judged the same after reading them was judged by selectors at least
+	 * as new as what it read. One whose workload changed in between (a
+	 * reload under way) is refused, not bound under either.
+	 */
+	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
+	epoch = cfg ? cfg->epoch : 0;
+	selection = hdr->selection;
+	if (current_workload() != wid) {
+		http_count(WK_HTTP_STAT_REFUSED_BINDING);
+		connect_event(ctx, key, &hk, hdr->version, WK_HTTP_STAT_REFUSED_BINDING);
+		return SYS_REJECT;
+	}
 	st = bpf_sk_storage_get(&wk_http_sock, ctx->sk, NULL,
 				BPF_SK_STORAGE_GET_F_CREATE);
 	if (!st) {
@@ -472,10 +491,10 @@ static __always_inline int http_connect(struct bpf_sock_addr *ctx,
 		connect_event(ctx, key, &hk, hdr->version, WK_HTTP_STAT_STORAGE_FAIL);
 		return SYS_REJECT;
 	}
-	cfg = bpf_map_lookup_elem(&wk_http_config, &zero);
 	st->workload_id = wid;
 	st->service_id = hk.service_id;
-	st->epoch = cfg ? cfg->epoch : 0;
+	st->epoch = epoch;
+	st->selection = selection;
 	st->dest = *key;
 	st->left = 0;
 	st->version = 0;
@@ -797,6 +816,12 @@ static __always_inline bool snapshot_header(struct wk_http_sock *st)
 	dst = (__u64 *)st->line;
 	src = (__u64 *)hdr->line;
 	bpf_spin_lock(&hdr->lock);
+	/* Made under other selectors: never this binding's again, nor its line. */
+	if (hdr->selection != st->selection) {
+		bpf_spin_unlock(&hdr->lock);
+		st->hdr_state = WK_HTTP_UNBOUND;
+		return false;
+	}
 	st->hdr_state = hdr->state;
 	/*
 	 * The controller bumps the version with every write of the value (a

@@ -270,6 +270,13 @@ struct wk_http_hdr {
 	__u16 name_len;		/* bytes of the header name, before ':' */
 	__u16 _pad;
 	__u32 version;		/* the controller's counter, for audit and tests */
+	/*
+	 * Moved on when the workload's selectors change: a connection made
+	 * under another selection (its processes judged by other selectors)
+	 * has its next request refused.
+	 */
+	__u32 selection;
+	__u32 _pad2;
 	__u8 line[WK_HTTP_LINE_MAX];	/* "Name: value\r\n" */
 };
 
@@ -341,7 +348,7 @@ WK_ASSERT_SIZE(wk_http_dest_key, 24);
 WK_ASSERT_SIZE(wk_http_dest_val, 8);
 WK_ASSERT_SIZE(wk_http_host_key, 264);
 WK_ASSERT_SIZE(wk_http_hdr_key, 8);
-WK_ASSERT_SIZE(wk_http_hdr, 528);
+WK_ASSERT_SIZE(wk_http_hdr, 536);
 WK_ASSERT_SIZE(wk_http_config, 16);
 WK_ASSERT_SIZE(wk_http_event, 64);
 WK_ASSERT_SIZE(wk_http_usage_key, 16);

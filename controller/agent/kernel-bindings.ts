@@ -7,7 +7,9 @@
  * its id); workload ids are the plan's. When a reload gives a workload name
  * another id, the kernel's epoch is bumped, so a connection opened under the
  * old numbering has its next request refused instead of taking another
- * binding's header.
+ * binding's header. When a reload gives a bound workload other selectors,
+ * its selection moves on, and its connections opened under the old
+ * selectors have their next request refused; other workloads' go on.
  */
 import { createHash } from 'node:crypto';
 import type { KernelHttp, HttpBinding, PinnedDestination, ServiceHosts } from '../datapath/kernel-http.js';
@@ -63,8 +65,10 @@ export class KernelBindings {
   #nextServiceId = 1;
   /** Workload name -> id the kernel's entries were written under. */
   #workloadIds = new Map<string, number>();
-  /** Workload name -> its selectors (JSON) when its entries were written. */
-  #selectors = new Map<string, string>();
+  /** Workload name -> its selectors (JSON) in the last plan that had it (never forgotten: a workload may come back). */
+  readonly #selectors = new Map<string, string>();
+  /** Workload name -> its selection (HttpBinding.selection): moved on when its selectors change. */
+  readonly #selection = new Map<string, number>();
   /** `${workloadId}:${serviceId}` -> digest of what the kernel holds. */
   #pushed = new Map<string, string>();
   /** Bumped by apply(): a refresh that started under an earlier plan writes nothing. */
@@ -113,23 +117,33 @@ export class KernelBindings {
     // A bound workload whose selectors changed may no longer be the
     // processes whose connections the kernel bound to it (an executable
     // taken out, another user): as the proxy refuses its open connections
-    // (binding-changed), so does the kernel, from their next request.
+    // (binding-changed), so does the kernel, from their next request. The
+    // agent has written the new selectors already (the kernel's judgement
+    // of a connecting process relies on that order).
     const selectors = new Map([...plan.workloads.values()].map((w) => [w.name, JSON.stringify(w.selector)]));
     const boundBefore = new Set([...this.#current.keys()].map((k) => oldNames.get(Number(k.split(':')[0]))));
-    const reselected = [...selectors].filter(([name, sel]) => boundBefore.has(name) && this.#selectors.has(name) && this.#selectors.get(name) !== sel).map(([name]) => name);
+    const reselected = [...selectors].filter(([name, sel]) => this.#selectors.has(name) && this.#selectors.get(name) !== sel).map(([name]) => name);
     // Destinations (and hosts) first: it checks capacity before changing anything.
     this.#kh.setDestinations(dests, hosts);
-    if (renumbered || reselected.length) {
+    if (renumbered) {
       this.#earlier.set(this.#kh.idEpoch(), this.#described);
       for (const e of this.#earlier.keys()) if (this.#earlier.size > EPOCHS_KEPT) this.#earlier.delete(e);
       this.#kh.bumpEpoch();
-      this.#log.info('kernel datapath: %s; open plaintext connections of bound workloads take no further requests',
-        renumbered ? 'workload ids changed' : `the selectors of ${reselected.join(', ')} changed`);
+      this.#log.info('kernel datapath: workload ids changed; open plaintext connections of bound workloads take no further requests');
     }
-    const versions = this.#kh.setBindings(wanted.map((w) => ({ workloadId: w.workloadId, serviceId: w.serviceId, header: w.header })));
+    // Moved on for every workload whose selectors changed, bound now or
+    // not: a connection made while it was bound before stays refused if
+    // it is bound again.
+    for (const name of reselected) {
+      this.#selection.set(name, ((this.#selection.get(name) ?? 0) + 1) >>> 0);
+      if (boundBefore.has(name)) this.#log.info('kernel datapath: the selectors of %s changed; its open plaintext connections take no further requests', name);
+    }
+    const versions = this.#kh.setBindings(
+      wanted.map((w) => ({ workloadId: w.workloadId, serviceId: w.serviceId, header: w.header, selection: this.#selection.get(w.binding.workload) ?? 0 })),
+    );
     this.#epoch = this.#kh.idEpoch();
     this.#workloadIds = workloadIds;
-    this.#selectors = selectors;
+    for (const [name, sel] of selectors) this.#selectors.set(name, sel);
     this.#pushed = new Map(wanted.map((w) => [`${w.workloadId}:${w.serviceId}`, w.digest]));
     this.#current = new Map(wanted.map((w, i) => [`${w.workloadId}:${w.serviceId}`, versions[i] as number]));
     const described = new Map<string, Described>();

@@ -88,6 +88,12 @@ export interface HttpBinding {
   serviceId: number;
   /** null: bound, but no credential now (Vault down past expiry): requests are refused, not sent bare. */
   header: HeaderLine | null;
+  /**
+   * The workload's selection: moved on when its selectors change, and
+   * every connection made under another value has its next request
+   * refused (other workloads' are left alone). Default 0.
+   */
+  selection?: number;
 }
 
 /** What the kernel holds for a binding; never the header itself. */
@@ -97,6 +103,8 @@ export interface HttpBindingState {
   state: 'inject' | 'withhold' | 'unbound';
   /** Bumped on every change of this binding's header (starts at 1). */
   version: number;
+  /** The selection connections must have been made under (HttpBinding.selection). */
+  selection: number;
 }
 
 export type KernelHttpStats = Record<HttpStatName, bigint>;
@@ -155,6 +163,8 @@ export class KernelHttp {
   readonly #maps = new Map<MapName, NativeMap>();
   readonly #links: NativeLink[] = [];
   readonly #versions = new Map<string, number>();
+  /** Each binding's selection (HttpBinding.selection), kept by setHeader(), withhold() and unbind(). */
+  readonly #selections = new Map<string, number>();
   readonly #tombstones = new Map<string, number>();
   #events: KernelHttpEvents | null = null;
   #msgAttached = false;
@@ -312,7 +322,10 @@ export class KernelHttp {
     const want = new Set(bindings.map((b) => encodeHttpHdrKey(b.workloadId, b.serviceId).toString('hex')));
     const versions = bindings.map((b, i) => {
       const l = lines[i];
-      return l ? this.#write(b.workloadId, b.serviceId, WK_HTTP_INJECT, l.line, l.nameLength) : this.#write(b.workloadId, b.serviceId, WK_HTTP_WITHHOLD);
+      const selection = b.selection ?? 0;
+      return l
+        ? this.#write(b.workloadId, b.serviceId, WK_HTTP_INJECT, l.line, l.nameLength, selection)
+        : this.#write(b.workloadId, b.serviceId, WK_HTTP_WITHHOLD, undefined, 0, selection);
     });
     for (const key of this.#map('wk_http_hdr').keys()) {
       const hex = key.toString('hex');
@@ -436,7 +449,7 @@ export class KernelHttp {
       if (!v) continue;
       const meta = decodeHttpHdrMeta(v);
       const state = meta.state === WK_HTTP_INJECT ? 'inject' : meta.state === WK_HTTP_WITHHOLD ? 'withhold' : 'unbound';
-      out.push({ ...decodeHttpHdrKey(key), state, version: meta.version });
+      out.push({ ...decodeHttpHdrKey(key), state, version: meta.version, selection: meta.selection });
     }
     return out.sort((a, b) => a.workloadId - b.workloadId || a.serviceId - b.serviceId);
   }
@@ -533,16 +546,19 @@ export class KernelHttp {
     if (failure) throw failure;
   }
 
-  #write(workloadId: number, serviceId: number, state: number, line?: Buffer, nameLength?: number): number {
+  /** Writes a binding's value; `selection` undefined keeps the binding's. */
+  #write(workloadId: number, serviceId: number, state: number, line?: Buffer, nameLength?: number, selection?: number): number {
     checkId('workload', workloadId);
     checkId('service', serviceId);
     const key = encodeHttpHdrKey(workloadId, serviceId);
     const hex = key.toString('hex');
     const version = ((this.#versions.get(hex) ?? 0) + 1) >>> 0 || 1;
+    const sel = (selection ?? this.#selections.get(hex) ?? 0) >>> 0;
     const map = this.#map('wk_http_hdr');
     // BPF_F_LOCK: in place under the value's lock (or a new element), never a reused one.
-    bpfCall(() => map.update(key, encodeHttpHdr(state, version, line, nameLength), BPF_F_LOCK));
+    bpfCall(() => map.update(key, encodeHttpHdr(state, version, line, nameLength, sel), BPF_F_LOCK));
     this.#versions.set(hex, version);
+    this.#selections.set(hex, sel);
     if (state !== WK_HTTP_UNBOUND) this.#tombstones.delete(hex);
     return version;
   }
@@ -566,7 +582,7 @@ export function wipeHeaderLines(map: NativeMap): number {
     const value = map.lookup(key);
     if (!value) continue;
     const { version } = decodeHttpHdrMeta(value);
-    bpfCall(() => map.update(key, encodeHttpHdr(WK_HTTP_UNBOUND, version), BPF_F_LOCK));
+    bpfCall(() => map.update(key, encodeHttpHdr(WK_HTTP_UNBOUND, version, undefined, 0, 0, value.length), BPF_F_LOCK));
     bpfCall(() => map.delete(key));
     n++;
   }

@@ -53,7 +53,7 @@ export const LAYOUTS = {
   wk_http_host_key: { size: 264, fields: { service_id: { offset: 0, size: 4 }, len: { offset: 4, size: 4 }, name: { offset: 8, size: 256 } } },
   wk_http_hdr_key: { size: 8, fields: { workload_id: { offset: 0, size: 4 }, service_id: { offset: 4, size: 4 } } },
   wk_http_hdr: {
-    size: 528,
+    size: 536,
     fields: {
       lock: { offset: 0, size: 4 },
       state: { offset: 4, size: 2 },
@@ -61,7 +61,9 @@ export const LAYOUTS = {
       name_len: { offset: 8, size: 2 },
       _pad: { offset: 10, size: 2 },
       version: { offset: 12, size: 4 },
-      line: { offset: 16, size: 512 },
+      selection: { offset: 16, size: 4 },
+      _pad2: { offset: 20, size: 4 },
+      line: { offset: 24, size: 512 },
     },
   },
   wk_http_config: { size: 16, fields: { epoch: { offset: 0, size: 4 }, flags: { offset: 4, size: 4 }, alive_until: { offset: 8, size: 8 } } },
@@ -886,25 +888,42 @@ export function decodeHttpHdrKey(b: Buffer): { workloadId: number; serviceId: nu
 /**
  * A wk_http_hdr value. `line` is the whole header line, CRLF included, and
  * `nameLength` the bytes before its colon; both are checked by the caller
- * (KernelHttp). The lock word is left zero: the kernel ignores it on
- * BPF_F_LOCK updates.
+ * (KernelHttp). `selection` is the workload's selection counter
+ * (connections made under another are refused). The lock word is left
+ * zero: the kernel ignores it on BPF_F_LOCK updates. `size` is the map's
+ * value size when it is not this layout's (a previous agent's map, only
+ * ever wiped): state and version sit at the same offsets in both, and the
+ * rest is zero.
  */
-export function encodeHttpHdr(state: number, version: number, line: Buffer = Buffer.alloc(0), nameLength = 0): Buffer {
+export function encodeHttpHdr(
+  state: number,
+  version: number,
+  line: Buffer = Buffer.alloc(0),
+  nameLength = 0,
+  selection = 0,
+  size: number = LAYOUTS.wk_http_hdr.size,
+): Buffer {
   const f = LAYOUTS.wk_http_hdr.fields;
   if (line.length > f.line.size) throw new RangeError(`header line is ${line.length} bytes; at most ${f.line.size}`);
-  const b = Buffer.alloc(LAYOUTS.wk_http_hdr.size);
+  const b = Buffer.alloc(size);
   b.writeUInt16LE(state, f.state.offset);
+  b.writeUInt32LE(version >>> 0, f.version.offset);
   b.writeUInt16LE(line.length, f.len.offset);
   b.writeUInt16LE(nameLength, f.name_len.offset);
-  b.writeUInt32LE(version >>> 0, f.version.offset);
+  b.writeUInt32LE(selection >>> 0, f.selection.offset);
   line.copy(b, f.line.offset);
   return b;
 }
 
-/** State and version of a wk_http_hdr value; never the line (it holds a secret). */
-export function decodeHttpHdrMeta(b: Buffer): { state: number; version: number; length: number } {
+/** State, version and selection of a wk_http_hdr value; never the line (it holds a secret). */
+export function decodeHttpHdrMeta(b: Buffer): { state: number; version: number; length: number; selection: number } {
   const f = LAYOUTS.wk_http_hdr.fields;
-  return { state: b.readUInt16LE(f.state.offset), version: b.readUInt32LE(f.version.offset), length: b.readUInt16LE(f.len.offset) };
+  return {
+    state: b.readUInt16LE(f.state.offset),
+    version: b.readUInt32LE(f.version.offset),
+    length: b.readUInt16LE(f.len.offset),
+    selection: b.length === LAYOUTS.wk_http_hdr.size ? b.readUInt32LE(f.selection.offset) : 0,
+  };
 }
 
 export interface HttpConfig {

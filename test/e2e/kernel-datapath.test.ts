@@ -221,7 +221,7 @@ spec: {hosts: [api.example], port: 443, tls: true}
     }
   });
 
-  it('a reload that changes a bound workload\'s selectors refuses its open connections from their next request; new ones are bound afresh', async () => {
+  it('a reload that changes a bound workload\'s selectors refuses its open connections from their next request; new ones are bound afresh; other workloads\' go on', async () => {
     const flag = path.join(f.dir, 'reselect-go');
     // One request, then, once the flag exists, another on the same connection.
     const script = String.raw`
@@ -232,16 +232,19 @@ def get(target):
     r = conn.getresponse()
     r.read()
     return r.status
-print(get('/reselect/1'), flush=True)
+print(get('/%s/1' % sys.argv[3]), flush=True)
 while not os.path.exists(sys.argv[2]):
     time.sleep(0.01)
 try:
-    print(get('/reselect/2'), flush=True)
+    print(get('/%s/2' % sys.argv[3]), flush=True)
 except OSError as e:
     print('errno %d' % e.errno, flush=True)
 `;
-    const held = runInCgroup(bound, 'python3', ['-c', script, f.host.ipv4, flag]);
+    const held = runInCgroup(bound, 'python3', ['-c', script, f.host.ipv4, flag, 'reselect']);
+    // Another workload's connection to the same service, held open across the same reload.
+    const other = runInCgroup(basicCg, 'python3', ['-c', script, f.host.ipv4, flag, 'unchanged']);
     await waitFor(() => plain.requests.some((r) => r.target === '/reselect/1'), 'the first request upstream');
+    await waitFor(() => plain.requests.some((r) => r.target === '/unchanged/1'), 'the other workload\'s first request upstream');
     // The same processes still match (the agent runs the tests as root): the change itself is what counts.
     f.writePolicy(bindings(true, `{cgroup: ${f.cgBase}/bound, user: root}`));
     expect(await f.agent?.reload()).toBe('reloaded');
@@ -249,7 +252,11 @@ except OSError as e:
     const r = await held;
     expect(r.stdout.trim().split('\n')).toEqual(['200', 'errno 13']);
     expect(plain.requests.filter((x) => x.target === '/reselect/2')).toEqual([]);
-    expect(f.agent?.output()).toContain('the selectors of app changed; open plaintext connections of bound workloads take no further requests');
+    expect(f.agent?.output()).toContain('the selectors of app changed; its open plaintext connections take no further requests');
+    // The other workload's selectors did not change: its connection carries on, injected.
+    expect((await other).stdout.trim().split('\n')).toEqual(['200', '200']);
+    const second = plain.requests.filter((x) => x.target === '/unchanged/2');
+    expect(second.map((x) => x.authorization)).toEqual([[sha256(`Basic ${Buffer.from('legacy-user:legacy-pass').toString('base64')}`)]]);
     // A new connection is identified under the new selectors, and injected.
     const fresh = await curl(bound, [`http://${f.host.ipv4}/reselect/fresh`]);
     expect((await one(fresh.lines[0]?.[0] as number)).authorization).toEqual([sha256(`Bearer ${token}`)]);

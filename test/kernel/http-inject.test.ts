@@ -1248,6 +1248,43 @@ print(port)
     expect((await upstream.from(ok.localPort, 1))[0]?.authorization).toEqual([AUTH_HASH]);
   });
 
+  it('a binding whose selection moved on refuses the next request on connections made under the other; a rotation keeps the selection', async () => {
+    const header = { name: 'Authorization', value: AUTH };
+    const steps = (name: string, flag: string) => [
+      { op: 'send', data: get(`/${name}/1`) },
+      { op: 'recv', count: 1 },
+      { op: 'waitFile', path: flag },
+      { op: 'send', data: get(`/${name}/2`) },
+      { op: 'recv', count: 1 },
+    ] as const;
+    const [moved, rotated] = [path.join(dir, 'go-selection'), path.join(dir, 'go-selection-rotated')];
+    try {
+      const before = raw(bound, v4, 80, [...steps('selection-0', moved)]);
+      await waitFor(() => upstream.requests.some((x) => x.target === '/selection-0/1'), '/selection-0/1');
+      const stats = kh.stats();
+      kh.setBindings([{ workloadId: WORKLOAD, serviceId: SERVICE, header, selection: 1 }]);
+      expect(kh.bindings()).toEqual([{ workloadId: WORKLOAD, serviceId: SERVICE, state: 'inject', version: expect.any(Number), selection: 1 }]);
+      // A connection made under the new selection, held across a rotation.
+      const after = raw(bound, v4, 80, [...steps('selection-1', rotated)]);
+      writeFileSync(moved, '');
+      const r = await before;
+      expect(r.error).toBe(EACCES);
+      expect(delta(stats, kh.stats())).toMatchObject({ refusedBinding: 1 });
+      await upstream.closedFor(r.localPort);
+      expect(upstream.byPort(r.localPort).map((x) => x.target)).toEqual(['/selection-0/1']);
+      await waitFor(() => upstream.requests.some((x) => x.target === '/selection-1/1'), '/selection-1/1');
+      kh.setHeader(WORKLOAD, SERVICE, { name: 'Authorization', value: `${AUTH}-rotated` });
+      expect(kh.bindings()[0]?.selection).toBe(1);
+      writeFileSync(rotated, '');
+      const ok = await after;
+      expect(ok.error).toBeNull();
+      const recs = await upstream.from(ok.localPort, 2);
+      expect(recs.map((x) => x.authorization)).toEqual([[AUTH_HASH], [sha256(`${AUTH}-rotated`)]]);
+    } finally {
+      kh.setBindings([{ workloadId: WORKLOAD, serviceId: SERVICE, header }]);
+    }
+  });
+
   it('removing the binding: new connections are left alone, an existing one has its next request refused', async () => {
     const flag = path.join(dir, 'go-unbind');
     const client = raw(bound, v4, 80, [
@@ -1259,7 +1296,7 @@ print(port)
     ]);
     await waitFor(() => upstream.requests.some((x) => x.target === '/unbind/1'), '/unbind/1');
     kh.setBindings([]);
-    expect(kh.bindings()).toEqual([{ workloadId: WORKLOAD, serviceId: SERVICE, state: 'unbound', version: expect.any(Number) }]);
+    expect(kh.bindings()).toEqual([{ workloadId: WORKLOAD, serviceId: SERVICE, state: 'unbound', version: expect.any(Number), selection: 0 }]);
     writeFileSync(flag, '');
     try {
       const r = await client;
@@ -1407,7 +1444,7 @@ for line in sys.stdin:
   });
 
   it('bindings and stats never expose the header', () => {
-    expect(kh.bindings()).toEqual([{ workloadId: WORKLOAD, serviceId: SERVICE, state: 'inject', version: expect.any(Number) }]);
+    expect(kh.bindings()).toEqual([{ workloadId: WORKLOAD, serviceId: SERVICE, state: 'inject', version: expect.any(Number), selection: 0 }]);
     expect(JSON.stringify(kh.bindings())).not.toContain(CANARY);
     expect(kh.stats().injected).toBeGreaterThan(0n);
   });
