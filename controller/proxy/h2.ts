@@ -17,7 +17,7 @@
  */
 import http2 from 'node:http2';
 import https from 'node:https';
-import type http from 'node:http';
+import http from 'node:http';
 import type tls from 'node:tls';
 import type { Logger } from '../log.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
@@ -150,6 +150,13 @@ export function checkH2Head(raw: string[]): H2Head | Refusal {
   const method = pseudo.get(':method');
   const url = pseudo.get(':path');
   if (!method) return malformed(':method is missing');
+  // The methods HTTP/1.1 requests may carry here (Node's parser knows no
+  // others), spelt as they are: Node's client upper-cases a method on the
+  // way upstream, so "trace" or "get" would be checked as one method and
+  // sent as another.
+  if (!KNOWN_METHODS.has(method)) {
+    return { status: 405, code: 'method-not-allowed', message: `${JSON.stringify(method.slice(0, 32))} is not a method wirekey forwards (methods are upper-case)` };
+  }
   if (method === 'CONNECT') return { status: 405, code: 'method-not-allowed', message: 'CONNECT is not supported through wirekey' };
   if (pseudo.get(':scheme') !== 'https') return { status: 400, code: 'bad-target', message: ':scheme must be https' };
   if (!url) return malformed(':path is missing or empty');
@@ -167,6 +174,8 @@ export function checkH2Head(raw: string[]): H2Head | Refusal {
   if (cookies.length) rawHeaders.push('cookie', cookies.join('; '));
   return { method, url, rawHeaders, httpVersion: '2.0', teTrailers };
 }
+
+const KNOWN_METHODS = new Set(http.METHODS);
 
 function isRefusal(x: H2Head | Admission | Refusal): x is Refusal {
   return 'code' in x && 'status' in x && 'message' in x;

@@ -160,6 +160,9 @@ spec: {workload: bob, service: h2api, inject: {bearer: {credential: bob-token}}}
       ['pseudo after regular', [[':method', 'GET'], [':scheme', 'https'], ['x-a', 'b'], [':authority', HOST], [':path', '/c13']]],
       ['CONNECT', [[':method', 'CONNECT'], [':authority', `${HOST}:443`]]],
       ['TRACE', [[':method', 'TRACE'], [':scheme', 'https'], [':authority', HOST], [':path', '/c15']]],
+      // Checked as spelt, sent upper-cased by an HTTP/1.1 client: refused.
+      ['trace', [[':method', 'trace'], [':scheme', 'https'], [':authority', HOST], [':path', '/c16']]],
+      ['get', [[':method', 'get'], [':scheme', 'https'], [':authority', HOST], [':path', '/c17']]],
     ];
     for (const [what, headers] of cases) {
       const r = await attack('headers', JSON.stringify(headers));
