@@ -178,7 +178,10 @@ function upstreamBase(
   const headers = ['Host', authorityOf(opts)];
   upstreamRequestHeaders(req.rawHeaders, drop, headers);
   const length = req.unknownLength ? undefined : headerValue(req.rawHeaders, 'content-length');
-  return { headers, length, closeAfter: bodyEndsConnection(req.method, req.unknownLength || Number(length ?? 0) > 0) };
+  // Expect: the upstream may answer before the body and not read it (as it
+  // should, by closing), or read it late: either way, nothing follows it.
+  const closeAfter = bodyEndsConnection(req.method, req.unknownLength || Number(length ?? 0) > 0) || headerValue(req.rawHeaders, 'expect') !== undefined;
+  return { headers, length, closeAfter };
 }
 
 /** The Host the upstream gets: the checked server name, with the port when it is not 443. */

@@ -24,7 +24,7 @@ import type { Refusal, RefusalCode } from '../refusals.js';
 import type { RequestHead } from './request-checks.js';
 import type { StreamedRequest, UpstreamRequest } from '../inject/inject.js';
 import { closingHeaders, downstreamResponseHeaders } from './headers.js';
-import type { PartitionedAgent, PartitionedRequestOptions } from './upstream.js';
+import { neverReuseUnfinished, type PartitionedAgent, type PartitionedRequestOptions } from './upstream.js';
 import { H2_SESSION_WINDOW, H2_STREAM_WINDOW, type UpstreamH2Pool } from './upstream-h2.js';
 
 const {
@@ -426,6 +426,7 @@ export class H2Front<S extends H2Connection> {
     let res: http.IncomingMessage | undefined;
     up.once('response', (r) => {
       res = r;
+      neverReuseUnfinished(up, r, body || endStream ? undefined : stream);
       this.#host.upstreamLatency(conn, (performance.now() - sentAt) / 1000);
       status = r.statusCode ?? 502;
       const ended = head.method === 'HEAD' || status === 204 || status === 304;
@@ -449,8 +450,10 @@ export class H2Front<S extends H2Connection> {
     });
     const complete = this.#completion(conn, stream, head, admission, () => status);
     stream.once('close', () => {
-      // Cut short by the workload: the upstream connection goes too, never reused half-sent.
-      if (!res?.complete) up.destroy();
+      // Cut short by the workload (before the response, or before its
+      // request was all sent): the upstream connection goes too, never
+      // reused, nor held open, half-sent.
+      if (!res?.complete || !up.writableFinished) up.destroy();
       complete();
     });
     if (body) up.end(body);

@@ -24,7 +24,7 @@ import { closingHeaders, downstreamResponseHeaderList, downstreamResponseHeaders
 import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
 import { openUpgrade, webSocketUpgradeProblem } from './upgrade.js';
-import type { PartitionedAgent, PartitionedHttpAgent, PartitionedRequestOptions } from './upstream.js';
+import { neverReuseUnfinished, type PartitionedAgent, type PartitionedHttpAgent, type PartitionedRequestOptions } from './upstream.js';
 import { UpstreamH2Pool } from './upstream-h2.js';
 import { STREAM_HIGH_WATER_MARK, UpstreamPools, type UpstreamPool } from './upstream-pool.js';
 import type { Dispatcher } from 'undici';
@@ -895,6 +895,7 @@ export class ProxyServer {
     upstreamReq.on('response', (upstreamRes) => {
       this.#deps.observer?.upstreamLatency(route.workload.name, route.service.name, (performance.now() - sentAt) / 1000);
       status = upstreamRes.statusCode ?? 502;
+      neverReuseUnfinished(upstreamReq, upstreamRes, upstream.body ? undefined : req);
       try {
         res.writeHead(status, upstreamRes.statusMessage, downstreamResponseHeaders(upstreamRes.rawHeaders));
       } catch (err) {

@@ -38,6 +38,27 @@ export class PartitionedAgent extends https.Agent {
 }
 
 /**
+ * Keeps `req`'s connection out of its agent's pool when `res` ends before
+ * `req` has all been written: an upstream that answered early (refusing a
+ * large upload, or with a final status to an Expect) may never read the
+ * rest, and would take it for the start of the next request on the
+ * connection. Node would pool the connection once the rest is written; now
+ * it closes it at once, and the rest of `source` (the workload's body) is
+ * read and dropped. Call from the request's 'response' handler.
+ */
+export function neverReuseUnfinished(req: http.ClientRequest, res: http.IncomingMessage, source?: NodeJS.ReadableStream): void {
+  // Before Node's own 'end' listener, which decides whether to pool.
+  res.prependOnceListener('end', () => {
+    if (req.writableFinished) return;
+    req.shouldKeepAlive = false;
+    if (source) {
+      source.unpipe(req);
+      source.resume();
+    }
+  });
+}
+
+/**
  * The same for plaintext HTTP: the proxy's connections for a restricted
  * workload's requests to names its egress rules allow. No credential
  * travels on them, but the boundary is kept all the same (one workload,

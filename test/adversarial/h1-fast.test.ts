@@ -775,6 +775,29 @@ spec: {workload: rel, service: api, inject: {bearer: {credential: api-token}}}
       await cl0('node');
     });
 
+    it('an upstream that answers before the body has all come: its connection is never reused for the next request', async () => {
+      const before = raw.records.length;
+      const target = '/raw/early-chunked';
+      const head = `POST ${target} HTTP/1.1\r\nHost: ${OTHER}:${RAW_PORT}\r\nTransfer-Encoding: chunked\r\n\r\n`;
+      const s = openRaw();
+      // The head and a first chunk; the upstream answers at once.
+      s.send(`${head}5\r\nhello\r\n`);
+      const first = await s.read('POST');
+      expect(first.status).toBe(200);
+      const { conn } = JSON.parse(first.body as string) as { conn: number };
+      // The rest of the body: once the proxy has passed it on, or closed that connection, the next request.
+      s.send('5\r\nworld\r\n0\r\n\r\n');
+      await eventually(async () => (await rawRecords(before)).some((r) => r.conn === conn && (r.event === 'closed' || (r.url === target && r.event === undefined))),
+        10_000, 'the first upload passed on or its connection closed');
+      s.send(`${head}2\r\nok\r\n0\r\n\r\n`);
+      const second = await s.read('POST');
+      expect(second.status).toBe(200);
+      expect((JSON.parse(second.body as string) as { conn: number }).conn).not.toBe(conn);
+      // The first connection was closed, not left open half-used.
+      await eventually(async () => (await rawRecords(before)).some((r) => r.conn === conn && r.event === 'closed'), 10_000, 'the first connection closed');
+      s.close();
+    });
+
     it('a workload that closes its side right after its requests gets every response, then the close', async () => {
       await bothAnsweredAfterClose('/half/node');
     });

@@ -14,7 +14,8 @@
 // The response depends on the path: /raw/NAME sends RESPONSES[NAME] (a
 // function of the connection's socket), anything else a 200 whose body
 // names the path and the connection; POST /raw/early is answered 413 as
-// soon as its head has come, before its body. A GET of /cl0/... is read as
+// soon as its head has come, before its body, and POST /raw/early-chunked
+// (chunked) 200 the same way, its body then read and dropped. A GET of /cl0/... is read as
 // a server with the "CL.0" bug reads it: without a body, whatever its
 // Content-Length (what follows is the next request). After a request with
 // Connection: close nothing more is read, and the connection ends. A line `sync N` on stdin is answered
@@ -77,6 +78,21 @@ const RESPONSES = {
 };
 
 let n = 0;
+/** Where a chunked body starting at `at` ends (its trailer section included), or -1 until it has all come. */
+function chunkedLength(buf, at) {
+  for (;;) {
+    const eol = buf.indexOf('\r\n', at);
+    if (eol < 0) return -1;
+    const size = parseInt(buf.toString('latin1', at, eol).split(';')[0], 16);
+    if (size === 0) {
+      const end = buf.indexOf('\r\n\r\n', eol);
+      return end < 0 ? -1 : end + 4;
+    }
+    if (buf.length < eol + 2 + size + 2) return -1;
+    at = eol + 2 + size + 2;
+  }
+}
+
 let conns = 0;
 const server = tls.createServer({ cert: readFileSync(values.cert), key: readFileSync(values.key), ALPNProtocols: ['http/1.1'] }, (socket) => {
   const conn = ++conns;
@@ -102,6 +118,20 @@ const server = tls.createServer({ cert: readFileSync(values.cert), key: readFile
         authorization: value('authorization').map(sha256), apiKey: value('x-api-key').map(sha256),
         headerNames: headers.map(([h]) => h.toLowerCase()), remoteAddress: socket.remoteAddress, remotePort: socket.remotePort,
       };
+      // POST /raw/early-chunked: answered 200 as soon as its head has come; its chunked body is then read and dropped.
+      if (url === '/raw/early-chunked' && value('transfer-encoding').join(',').toLowerCase() === 'chunked' && !lengths.length) {
+        if (partial !== end) {
+          process.stdout.write(`${JSON.stringify({ event: 'partial', conn, url })}\n`);
+          socket.write(ok(JSON.stringify({ path: url, conn })));
+          partial = end;
+        }
+        const used = chunkedLength(buf, end + 4);
+        if (used < 0) return;
+        partial = -1;
+        buf = buf.subarray(used);
+        process.stdout.write(`${JSON.stringify({ n: ++n, ...record, chunked: true })}\n`);
+        continue;
+      }
       if (version !== 'HTTP/1.1' || value('transfer-encoding').length || lengths.length > 1 || headers.some(([h]) => !h || /\s/.test(h)) ||
         (lengths.length && !/^\d+$/.test(lengths[0]))) {
         process.stdout.write(`${JSON.stringify({ n: ++n, ...record, unreadable: true })}\n`);

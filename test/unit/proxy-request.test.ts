@@ -140,6 +140,9 @@ describe('the upstream request', () => {
     expect(withLength.closeAfter).toBe(true);
     const chunked = await prepareUpstreamRequest(req('DELETE', '/q', ['Host', SNI, 'Transfer-Encoding', 'chunked']), bearer, credential('s'), opts);
     expect(chunked.closeAfter).toBe(true);
+    // An Expect: the upstream may answer before the body and leave it unread.
+    const expecting = await prepareUpstreamRequest(req('POST', '/q', ['Host', SNI, 'Expect', '100-continue', 'Content-Length', '5']), bearer, credential('s'), opts);
+    expect(expecting.closeAfter).toBe(true);
     for (const [m, raw] of [['GET', ['Host', SNI]], ['GET', ['Host', SNI, 'Content-Length', '0']], ['POST', ['Host', SNI, 'Content-Length', '5']]] as const) {
       expect((await prepareUpstreamRequest(req(m, '/q', [...raw]), bearer, credential('s'), opts)).closeAfter, `${m} ${raw.join(' ')}`).toBeUndefined();
     }
