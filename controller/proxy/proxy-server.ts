@@ -214,8 +214,14 @@ export class ProxyServer {
   readonly #servers: net.Server[] = [];
   readonly #http: http.Server;
   readonly #sessions = new WeakMap<net.Socket, Session>();
-  /** Connections a request was refused on (which closes them): what was pipelined behind it is not sent upstream. */
-  readonly #refusedOn = new WeakSet<net.Socket>();
+  /**
+   * Per connection, its requests numbered as they arrive and the number of
+   * the first one refused (a refusal closes the connection): what was
+   * pipelined behind it is never sent upstream; what came before it is
+   * answered first.
+   */
+  readonly #order = new WeakMap<net.Socket, { next: number; refused: number }>();
+  readonly #arrival = new WeakMap<http.IncomingMessage, number>();
   /** Per connection: settles once every request received so far has been answered. */
   readonly #inFlight = new WeakMap<net.Socket, InFlight>();
   /** Restricted workloads' plaintext connections on ports where names are allowed. */
@@ -690,6 +696,7 @@ export class ProxyServer {
   }
 
   async #forward(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    this.#arrived(req);
     const session = this.#sessions.get(req.socket);
     if (!session) {
       // Unreachable: only terminated sessions are handed to the HTTP server.
@@ -707,7 +714,7 @@ export class ProxyServer {
     };
     const admitted = await this.#admit(session, req, req, { beforeBodyRead: sendContinue });
     if (!('route' in admitted)) return this.#refuse(req, res, session, admitted);
-    if (this.#refusedOn.has(req.socket as net.Socket)) {
+    if (this.#behindRefusal(req)) {
       // Pipelined behind a request refused on this connection, which closes it: never answered, so never sent.
       this.#deps.sigv4BodyBudget.releaseAll(req);
       res.destroy();
@@ -952,14 +959,19 @@ export class ProxyServer {
    * own and, on 101, relayed both ways (controller/proxy/upgrade.ts).
    */
   async #upgrade(req: http.IncomingMessage, socket: net.Socket, head: Buffer): Promise<void> {
+    this.#arrived(req);
     const session = this.#sessions.get(socket);
     if (!session) {
       socket.destroy();
       return;
     }
     // Pipelined after other requests: their responses go first, in order.
+    // Behind a refused one (whose refusal closes the connection), never sent.
     await this.#idle(socket);
-    if (socket.destroyed) return;
+    if (socket.destroyed || this.#behindRefusal(req)) {
+      socket.destroy();
+      return;
+    }
     const refuse = (refusal: Refusal) => {
       this.#count(refusal.code, session);
       this.#audit(session, req, { decision: 'deny', status: refusal.status, reason: refusal.code });
@@ -971,7 +983,10 @@ export class ProxyServer {
     if (problem) return refuse(problem);
     const admitted = await this.#admit(session, req, req, { upgrade: true });
     if (!('route' in admitted)) return refuse(admitted);
-    if (socket.destroyed) return;
+    if (socket.destroyed || this.#behindRefusal(req)) {
+      socket.destroy();
+      return;
+    }
     const { route, upstream } = admitted;
     const inject = route.binding.inject;
     const audited = {
@@ -1131,9 +1146,27 @@ export class ProxyServer {
    * is an inject line with the refusal's status and code.
    */
   #refuse(req: http.IncomingMessage, res: http.ServerResponse, session: Session, refusal: Refusal, sent?: Admission): void {
-    this.#refusedOn.add(req.socket as net.Socket);
+    const order = this.#order.get(req.socket as net.Socket);
+    if (order) order.refused = Math.min(order.refused, this.#arrival.get(req) ?? -1);
     this.#recordRefusal(session, req, refusal, sent);
     answerRefusal(res, refusal);
+  }
+
+  /** Numbers `req` on its connection, in the order requests arrive there. */
+  #arrived(req: http.IncomingMessage): void {
+    const socket = req.socket as net.Socket;
+    let order = this.#order.get(socket);
+    if (!order) {
+      order = { next: 0, refused: Infinity };
+      this.#order.set(socket, order);
+    }
+    this.#arrival.set(req, order.next++);
+  }
+
+  /** Whether a request refused on `req`'s connection came before it (`req` is never to be sent). */
+  #behindRefusal(req: http.IncomingMessage): boolean {
+    const order = this.#order.get(req.socket as net.Socket);
+    return order !== undefined && (this.#arrival.get(req) ?? Infinity) > order.refused;
   }
 
   /** Counts and audits a refused request: a deny line, or with `sent` (it had gone upstream with its credential) an inject line. */

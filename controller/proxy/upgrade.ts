@@ -103,8 +103,11 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
     }
     cb.answered(101);
     const status = `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}\r\n`;
-    let lines = '';
-    for (let i = 0; i < res.rawHeaders.length; i += 2) lines += `${res.rawHeaders[i]}: ${res.rawHeaders[i + 1]}\r\n`;
+    // Filtered as any response's are (hop-by-hop headers and those its
+    // Connection lists dropped), then the two this one hop needs.
+    const kept = downstreamResponseHeaders(res.rawHeaders);
+    let lines = `Connection: Upgrade\r\nUpgrade: ${res.headers.upgrade ?? 'websocket'}\r\n`;
+    for (let i = 0; i < kept.length; i += 2) lines += `${kept[i]}: ${kept[i + 1]}\r\n`;
     client.write(`${status}${lines}\r\n`);
     tunnel(client, head, upstream, upstreamHead, target.idleMs, cb);
   });

@@ -160,6 +160,20 @@ describe.skipIf(skip)(`WebSocket through the proxy${skip ? ` (skipped: ${skip})`
     for (const rec of recs) expect(rec.authorization).toEqual([f.expectedAuth]);
   });
 
+  it('an upgrade pipelined behind a refused request is never sent: the refusal closes the connection', async () => {
+    const before = f.upstream.records.length;
+    const h = `Host: ${HOST}\r\n`;
+    // A chunked upload first, so that Node's server (not the fast path) has the connection.
+    const raw = `POST /first-upload HTTP/1.1\r\n${h}Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n` +
+      `TRACE /traced HTTP/1.1\r\n${h}\r\n` +
+      `GET /ws/behind-refusal HTTP/1.1\r\n${h}Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`;
+    const r = await runInCgroup(bound, process.execPath, [rawTls, HOST, f.host.ipv4, '443', f.wirekeyCa, 'all'], { input: JSON.stringify([raw]) });
+    expect(r.stderr).toBe('');
+    expect(r.stdout.trim()).toMatch(/^HTTP\/1\.1 200 OK \| HTTP\/1\.1 405 [^|]*$/);
+    expect((await f.recordsSince(before)).map((x) => x.url)).toEqual(['/first-upload']);
+    expect(audit().filter((l) => l.path === '/ws/behind-refusal')).toEqual([]);
+  });
+
   it('a reload that removes the binding closes an open WebSocket at its next frame, which never reaches the upstream', async () => {
     const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', bound, process.execPath, nodeClient,
       HOST, f.host.ipv4, f.wirekeyCa, '/ws/reloaded', 'text:5', 'pause', 'text:7'], { stdio: ['pipe', 'pipe', 'inherit'] });
