@@ -13,6 +13,7 @@ import { bodyEndsConnection, originForm, upstreamRequestHeaders } from '../proxy
 import type { ByteBudget } from './byte-budget.js';
 import { signSigV4, stripQuerySignature, type AwsCredentials } from './sigv4.js';
 import { inferAwsScope } from '../policy/aws-scope.js';
+import { actionInBody, mintingAction } from './aws-minting.js';
 import { createHash } from 'node:crypto';
 
 /** Request headers a workload sends that never reach the upstream: it holds no credential, so any it sends is replaced. */
@@ -116,6 +117,15 @@ export async function prepareUpstreamRequest(
       const declared = headerValue(req.rawHeaders, 'x-amz-content-sha256');
       let payloadHash: string;
       let body: Buffer | undefined;
+      const hasBody = chunked || Number(length ?? 0) > 0;
+      const readWhole = async (): Promise<Buffer> => {
+        if (!req.body) throw new WirekeyError('WK_INJECT_NO_BODY', 'a SigV4 request body must be read to be signed, and this path cannot read it');
+        opts.beforeBodyRead?.();
+        const whole = await readBody(req.body, opts.sigv4BodyLimit, opts.sigv4BodyBudget);
+        // The body was asked for and read here; the upstream gets it whole at once, with nothing to wait for.
+        dropHeader(headers, 'expect');
+        return whole;
+      };
       if (declared !== undefined) {
         payloadHash = declared;
         if (declared.startsWith('STREAMING-') && !STREAMED_HASHES.has(declared)) {
@@ -123,17 +133,27 @@ export async function prepareUpstreamRequest(
             `payloads signed chunk by chunk (${declared}) cannot be re-signed; configure the client for unsigned payloads ` +
             '(AWS CLI and SDKs do this by default over HTTPS)');
         }
-      } else if (!chunked && Number(length ?? 0) === 0) {
+        // A form body may name the action: read it for services whose actions can mint credentials.
+        if (hasBody && actionInBody(scope.service)) body = await readWhole();
+      } else if (!hasBody) {
         payloadHash = EMPTY_SHA256;
       } else {
-        if (!req.body) throw new WirekeyError('WK_INJECT_NO_BODY', 'a SigV4 request body must be read to be signed, and this path cannot read it');
-        opts.beforeBodyRead?.();
-        body = await readBody(req.body, opts.sigv4BodyLimit, opts.sigv4BodyBudget);
+        body = await readWhole();
         payloadHash = createHash('sha256').update(body).digest('hex');
-        // The body was asked for and read here; the upstream gets it whole at once, with nothing to wait for.
-        dropHeader(headers, 'expect');
       }
-      const signed = await signSigV4({ method: req.method, host, path: target, rawHeaders: [...headers, ...framing(body)], payloadHash }, creds, scope, new Date());
+      const minted = mintingAction(scope.service, { path: target, rawHeaders: req.rawHeaders, ...(body ? { body } : {}) });
+      if (minted !== undefined) {
+        throw new InjectionRefusal(403, 'sigv4-mints-credentials',
+          `${minted} would have ${scope.service} hand out AWS credentials of their own, usable without wirekey; it is not signed`);
+      }
+      let signed: string[];
+      try {
+        signed = await signSigV4({ method: req.method, host, path: target, rawHeaders: [...headers, ...framing(body)], payloadHash }, creds, scope, new Date());
+      } catch (err) {
+        // The request cannot be signed as sent: the workload's to mend (400), not a credential failure.
+        if (err instanceof WirekeyError && err.code === 'WK_SIGV4_REQUEST') throw new InjectionRefusal(400, 'malformed-request', err.message);
+        throw err;
+      }
       return provenance({ headers: signed, path: stripQuerySignature(target), body, accessKeyId: creds.accessKeyId, ...(closeAfter ? { closeAfter } : {}) }, credential);
     }
   }

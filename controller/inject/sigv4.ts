@@ -87,6 +87,8 @@ const REGION_NAME = /^[a-z0-9-]+$/;
 const HEADER_SAFE = /^[\x21-\x7e]+$/;
 // A request target as it may appear on the wire: visible ASCII only.
 const TARGET_SAFE = /^[\x21-\x7e]*$/;
+/** A header value that is signed: visible ASCII, spaces and tabs. */
+const SIGNABLE_VALUE = /^[\t\x20-\x7e]*$/;
 
 /**
  * Signs `req` for `scope` with `creds` at time `now` and returns the raw
@@ -148,10 +150,10 @@ export async function signSigV4(
     const lower = name.toLowerCase();
     if (AWS_SIGNATURE_HEADERS.has(lower)) continue;
     if (lower === 'host') {
-      if (hostSeen) throw sigv4Error('the request has more than one Host header');
+      if (hostSeen) throw requestError('the request has more than one Host header');
       hostSeen = true;
       if (normalHost(value) !== normalHost(req.host)) {
-        throw sigv4Error(`the Host header does not name ${JSON.stringify(req.host)}`);
+        throw requestError(`the Host header does not name ${JSON.stringify(req.host)}`);
       }
     }
     if (lower === 'x-amz-content-sha256') {
@@ -162,7 +164,13 @@ export async function signSigV4(
     }
     out.push(name, value);
     if (NEVER_SIGNED.has(lower)) continue;
-    if (ALWAYS_SIGNED.has(lower) || lower.startsWith('x-amz-') || clientSigned.has(lower)) addSigned(lower, value);
+    if (ALWAYS_SIGNED.has(lower) || lower.startsWith('x-amz-') || clientSigned.has(lower)) {
+      // Signed as UTF-8, sent as the bytes received: a byte past ASCII
+      // would make the two differ, and the server's answer would quote
+      // what was signed (the session token line included).
+      if (!SIGNABLE_VALUE.test(value)) throw requestError(`the value of ${name.slice(0, 64)} has bytes outside visible ASCII, which cannot be signed as they are sent`);
+      addSigned(lower, value);
+    }
   }
   if (!hostSeen) {
     out.unshift('Host', req.host);
@@ -254,12 +262,12 @@ function checkInputs(
   scope: { service: string; region: string },
   now: Date,
 ): void {
-  if (!TOKEN.test(req.method)) throw sigv4Error('the request method is not an HTTP token');
+  if (!TOKEN.test(req.method)) throw requestError('the request method is not an HTTP token');
   if (!req.path.startsWith('/') || !TARGET_SAFE.test(req.path)) {
-    throw sigv4Error('the request target must be an origin-form path of visible ASCII characters');
+    throw requestError('the request target must be an origin-form path of visible ASCII characters');
   }
   if (!PAYLOAD_HASH.test(req.payloadHash)) {
-    throw sigv4Error('the payload hash must be a hex SHA-256, UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER');
+    throw requestError('the payload hash must be a hex SHA-256, UNSIGNED-PAYLOAD or STREAMING-UNSIGNED-PAYLOAD-TRAILER');
   }
   if (req.rawHeaders.length % 2 !== 0) throw sigv4Error('raw headers must come in name/value pairs');
   if (!SERVICE_NAME.test(scope.service) || !REGION_NAME.test(scope.region)) {
@@ -324,7 +332,7 @@ function decodeComponent(s: string, where: string): string {
   try {
     return decodeURIComponent(s);
   } catch {
-    throw sigv4Error(`the ${where} has malformed percent-encoding`);
+    throw requestError(`the ${where} has malformed percent-encoding`);
   }
 }
 
@@ -340,4 +348,9 @@ function redact(message: string, secrets: (string | undefined)[]): string {
 
 function sigv4Error(message: string): WirekeyError {
   return new WirekeyError('WK_SIGV4', `SigV4: ${message}`);
+}
+
+/** The request as the workload sent it cannot be signed: its to mend, not the credential's. */
+function requestError(message: string): WirekeyError {
+  return new WirekeyError('WK_SIGV4_REQUEST', `SigV4: ${message}`);
 }

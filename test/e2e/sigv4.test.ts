@@ -13,6 +13,7 @@ import { AWS_HOSTS, awsCli, pythonTools, startAwsUpstream, type AwsUpstream } fr
 import { kernelSkipReason } from '../support/requirements.js';
 import { runInCgroup } from '../support/cgroup.js';
 import type { RunResult } from '../support/shell.js';
+import { waitFor } from '../support/wait.js';
 
 const skip = kernelSkipReason();
 const BUCKET = 'wirekey-test-bucket';
@@ -145,6 +146,48 @@ spec: {workload: cli, service: aws, inject: {sigv4: {credential: aws-keys}}}
     const audit = readFileSync(f.auditPath, 'utf8');
     expect(audit).toContain('"reason":"sigv4-signed-chunks"');
     expect(audit).toContain('"reason":"sigv4-body-too-large"');
+  });
+
+  it('refuses to sign calls that would hand the workload AWS credentials of its own (STS GetSessionToken, AssumeRole), however they are spelt', async () => {
+    const before = readFileSync(f.auditPath, 'utf8').length;
+    // The AWS CLI's own calls.
+    const session = await cli(bound, f.wirekeyCa, ['sts', 'get-session-token', '--output', 'json']);
+    expect(session.code).not.toBe(0);
+    expect(session.stdout).not.toMatch(/AccessKeyId|SecretAccessKey/);
+    const assumed = await cli(bound, f.wirekeyCa, ['sts', 'assume-role', '--role-arn', 'arn:aws:iam::123456789012:role/r', '--role-session-name', 'session', '--output', 'json']);
+    expect(assumed.code).not.toBe(0);
+    expect(assumed.stdout).not.toMatch(/AccessKeyId|SecretAccessKey/);
+    // By hand: in the query, in a form body whose hash the workload declares, in other spellings.
+    const sts = 'sts.amazonaws.com';
+    const curl = (args: string[]) =>
+      runInCgroup(bound, 'curl', ['-sS', '--resolve', `${sts}:443:${f.host.ipv4}`, '--cacert', f.wirekeyCa, '-w', '\n%{http_code}', ...args]);
+    const attempts = [
+      [`https://${sts}/?Action=GetSessionToken&Version=2011-06-15`],
+      [`https://${sts}/?action=getsessiontoken&Version=2011-06-15`],
+      [`https://${sts}/?Act%69on=GetSessionToken&Version=2011-06-15`],
+      ['-X', 'POST', '-H', 'Content-Type: application/x-www-form-urlencoded', '--data', 'Version=2011-06-15&Action=GetSessionToken', `https://${sts}/`],
+      ['-X', 'POST', '-H', 'x-amz-content-sha256: UNSIGNED-PAYLOAD', '-H', 'Content-Type: text/plain', '--data', 'Action=Assume%52ole&RoleArn=arn:aws:iam::123456789012:role/r&RoleSessionName=s&Version=2011-06-15', `https://${sts}/`],
+      ['-X', 'POST', '-H', 'X-Amz-Target: AWSSecurityTokenServiceV20110615.GetSessionToken', '-H', 'Content-Type: application/x-amz-json-1.1', '--data', '{}', `https://${sts}/`],
+    ];
+    for (const args of attempts) {
+      const r = await curl(args);
+      const [body, code] = [r.stdout.slice(0, r.stdout.lastIndexOf('\n')), r.stdout.slice(r.stdout.lastIndexOf('\n') + 1)];
+      expect(code, args.join(' ')).toBe('403');
+      expect(body, args.join(' ')).not.toMatch(/AccessKeyId|SecretAccessKey/);
+    }
+    // Other STS calls are signed as before.
+    const who = await curl([`https://${sts}/?Action=GetCallerIdentity&Version=2011-06-15`]);
+    expect(who.stdout.endsWith('\n200')).toBe(true);
+    const refusals = () => readFileSync(f.auditPath, 'utf8').slice(before).trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>)
+      .filter((l) => l.reason === 'sigv4-mints-credentials');
+    await waitFor(() => refusals().length >= attempts.length + 2, 'a deny line per refused call');
+  });
+
+  it('a signed header with bytes outside ASCII is refused with 400 (it would be signed otherwise than sent); nothing reaches AWS', async () => {
+    const s3 = 's3.us-east-1.amazonaws.com';
+    const r = await runInCgroup(bound, 'curl', ['-sS', '--resolve', `${s3}:443:${f.host.ipv4}`, '--cacert', f.wirekeyCa, '-o', '/dev/null', '-w', '%{http_code}',
+      '-H', 'X-Amz-Meta-A: caf\u00e9', `https://${s3}/${BUCKET}/`]);
+    expect(r.stdout).toBe('400');
   });
 
   it('Expect: 100-continue: a body read to be signed is asked for by wirekey; a streamed one gets moto\'s 100', async () => {

@@ -213,8 +213,9 @@ describe('signSigV4 without a reference signer', () => {
   it('adds Host first when the client sent none, and refuses a Host for another name or two Hosts', async () => {
     const noHost = await signSigV4({ ...base, rawHeaders: ['Accept', '*/*'] }, credsWithout, scope, NOW);
     expect(noHost.slice(0, 2)).toEqual(['Host', base.host]);
+    // The request's fault (the proxy answers 400), not the credential's.
     await expect(signSigV4({ ...base, rawHeaders: ['Host', 'other.example'] }, credsWithout, scope, NOW)).rejects.toMatchObject({
-      code: 'WK_SIGV4',
+      code: 'WK_SIGV4_REQUEST',
     });
     await expect(
       signSigV4({ ...base, rawHeaders: ['Host', base.host, 'host', base.host] }, credsWithout, scope, NOW),
@@ -263,6 +264,16 @@ describe('signSigV4 without a reference signer', () => {
     await expect(signSigV4(base, credsWithout, scope, new Date('nope'))).rejects.toThrow(/valid date/);
   });
 
+  it('refuses a signed header value with bytes outside visible ASCII (signed as UTF-8, sent as received); unsigned ones pass', async () => {
+    for (const value of ['caf\u00e9', 'a\u0000b', '\u2028']) {
+      await expect(signSigV4({ ...base, rawHeaders: ['Host', base.host, 'X-Amz-Meta-A', value] }, credsWithout, scope, NOW)).rejects.toMatchObject({
+        code: 'WK_SIGV4_REQUEST', message: expect.stringMatching(/X-Amz-Meta-A has bytes outside visible ASCII/),
+      });
+    }
+    const out = await signSigV4({ ...base, rawHeaders: ['Host', base.host, 'X-Unsigned', 'caf\u00e9', 'X-Amz-Meta-Tab', 'a\tb c'] }, credsWithout, scope, NOW);
+    expect(header(out, 'x-unsigned')).toEqual(['caf\u00e9']);
+  });
+
   it('never puts the secret access key or session token in an error', async () => {
     const canarySecret = `secret-canary-${'9'.repeat(20)}`;
     const canaryToken = `token-canary-${'8'.repeat(20)}`;
@@ -284,7 +295,7 @@ describe('signSigV4 without a reference signer', () => {
       } catch (err) {
         thrown++;
         const e = err as Error & { code?: string };
-        expect(e.code).toBe('WK_SIGV4');
+        expect(e.code).toMatch(/^WK_SIGV4(_REQUEST)?$/);
         for (const text of [e.message, String(e), e.stack ?? '', util.inspect(e, { depth: Infinity, showHidden: true }), JSON.stringify(e)]) {
           expect(text).not.toContain(canarySecret);
           expect(text).not.toContain(canaryToken);
