@@ -281,6 +281,15 @@ function sigv4Scopes(bindings: BindingDoc[], services: ServiceDoc[]): PolicyDiag
   for (const b of bindings) {
     const sig = b.spec.inject.sigv4;
     if (!sig || (sig.service && sig.region)) continue;
+    if (sig.service || sig.region) {
+      // One without the other would be ignored, the host's inferred scope used instead.
+      const given = sig.service ? 'service' : 'region';
+      out.push({
+        ...positionOf(b, ['spec', 'inject', 'sigv4', given]),
+        message: `${label(b)}: spec.inject.sigv4: ${given} is set without ${sig.service ? 'region' : 'service'}: set both, or neither to infer them from the host`,
+      });
+      continue;
+    }
     const service = services.find((s) => s.metadata.name === b.spec.service);
     const unknown = (service?.spec.hosts ?? []).filter((h) => !inferAwsScope(normalizeHost(h)));
     if (unknown.length) {

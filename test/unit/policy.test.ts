@@ -394,6 +394,21 @@ describe('plaintext services (kernel datapath)', () => {
     expect(messages[0]).toContain('at most /8 for IPv4, /32 for IPv6');
   });
 
+  it('refuses a SigV4 scope that sets service without region, or region without service (it would be ignored)', async () => {
+    const text = policy(
+      doc('Service', 'aws', '{hosts: [s3.amazonaws.com], port: 443, tls: true}'),
+      doc('Binding', 'b1', '{workload: w, service: aws, inject: {sigv4: {credential: k, region: eu-west-1}}}'),
+      doc('Binding', 'b2', '{workload: w, service: aws, inject: {sigv4: {credential: k, service: s3}}}'),
+      doc('Binding', 'b3', '{workload: w, service: aws, inject: {sigv4: {credential: k, service: s3, region: eu-west-1}}}'),
+    );
+    const dir = await policyDir({ 'p.yaml': text });
+    const messages = render(dir, await validatePolicyPath(dir));
+    expect(messages.filter((m) => m.includes('spec.inject.sigv4'))).toEqual([
+      expect.stringMatching(/^p\.yaml:\d+:\d+: Binding "b1": spec\.inject\.sigv4: region is set without service: set both, or neither to infer them from the host$/),
+      expect.stringMatching(/^p\.yaml:\d+:\d+: Binding "b2": spec\.inject\.sigv4: service is set without region: set both, or neither to infer them from the host$/),
+    ]);
+  });
+
   it('refuses SigV4 on the kernel datapath, reserved header names, overlapping pins and a port the proxy takes', async () => {
     const text = policy(
       doc('Service', 'p1', '{addresses: [10.0.0.0/8], port: 80, tls: false}'),
