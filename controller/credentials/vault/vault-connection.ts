@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import util from 'node:util';
 import type { Logger } from '../../log.js';
 import { Secret } from '../secret.js';
+import { NODE_TIMERS, setLongTimeout, type CancelTimeout, type Timers } from '../long-timeout.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
 import { VaultData } from './vault-data.js';
 import { createNodeVaultClient, errnoOf, vaultErrorFrom, type NodeVaultClient } from './node-vault-client.js';
@@ -23,6 +24,8 @@ export interface VaultConnectionOptions {
   backoff?: Partial<BackoffOptions>;
   /** Told about every HTTP call to Vault once it has ended (metrics). */
   onRequest?: VaultRequestObserver;
+  /** The timers renewals and retries are scheduled on. Default Node's. */
+  timers?: Timers;
 }
 
 /** What an HTTP call to Vault was for: a small fixed set, never a path. */
@@ -125,6 +128,7 @@ export class VaultConnection {
   readonly #backoff: BackoffOptions;
   readonly #timeoutMs: number;
   readonly #onRequest: VaultRequestObserver | undefined;
+  readonly #timers: Timers;
   #client: NodeVaultClient | undefined;
 
   #token: Secret | undefined;
@@ -132,7 +136,7 @@ export class VaultConnection {
   #tokenExpiresAt: number | undefined;
   #tokenTtl = 0;
   #tokenRenewable = false;
-  #timer: NodeJS.Timeout | undefined;
+  #timer: CancelTimeout | undefined;
   #loginInFlight: Promise<void> | undefined;
   #retryAttempt = 0;
   #degraded = false;
@@ -153,6 +157,7 @@ export class VaultConnection {
     this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this.#timeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#onRequest = options.onRequest;
+    this.#timers = options.timers ?? NODE_TIMERS;
   }
 
   /** The auth method's name, for logs. */
@@ -465,7 +470,8 @@ export class VaultConnection {
   #scheduleMaintenance(ttl: number): void {
     this.#clearTimer();
     if (ttl <= 0 || this.#closed) return;
-    // TTLs are whole seconds, so this is never a tight loop.
+    // TTLs are whole seconds, so this is never a tight loop; weeks-long
+    // ones are chained by setLongTimeout.
     this.#setTimer(jittered(ttl * 1000 * this.#renewFraction, 0.1), () => this.#maintain());
   }
 
@@ -539,15 +545,14 @@ export class VaultConnection {
 
   #setTimer(ms: number, fn: () => Promise<void>): void {
     this.#clearTimer();
-    this.#timer = setTimeout(() => {
+    this.#timer = setLongTimeout(() => {
       this.#timer = undefined;
       fn().catch((err: unknown) => this.#log.error('vault %s: %s', this.name, String(err)));
-    }, ms);
-    this.#timer.unref();
+    }, ms, this.#timers);
   }
 
   #clearTimer(): void {
-    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer?.();
     this.#timer = undefined;
   }
 

@@ -3,6 +3,7 @@ import { CredentialError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { Credential, CredentialSource, CredentialState } from '../credential.js';
 import type { Secret } from '../secret.js';
+import { NODE_TIMERS, setLongTimeout, type CancelTimeout, type Timers } from '../long-timeout.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
 import type { VaultConnection, VaultReadResult } from './vault-connection.js';
 import { VaultError } from './vault-error.js';
@@ -31,6 +32,8 @@ export interface VaultLeaseSourceOptions {
   /** Retry delays for failed renewals and reads. Default 1 s doubling to 60 s, with jitter. */
   backoff?: Partial<BackoffOptions>;
   log: Logger;
+  /** The timers renewals, replacements and revocations are scheduled on. Default Node's. */
+  timers?: Timers;
 }
 
 export interface VaultLeaseSourceStatus {
@@ -92,12 +95,13 @@ export class VaultLeaseSource implements CredentialSource {
   readonly #renewFraction: number;
   readonly #retireGraceMs: number;
   readonly #backoff: BackoffOptions;
+  readonly #timers: Timers;
 
   #current: Held | undefined;
   #inFlight: Promise<Held> | undefined;
-  #timer: NodeJS.Timeout | undefined;
+  #timer: CancelTimeout | undefined;
   /** Replaced leases waiting to be revoked. */
-  readonly #retiring = new Map<string, NodeJS.Timeout>();
+  readonly #retiring = new Map<string, CancelTimeout>();
   #failure: CredentialError | undefined;
   #nextFetchAt = 0;
   #attempt = 0;
@@ -112,6 +116,7 @@ export class VaultLeaseSource implements CredentialSource {
     this.#renewFraction = options.renewFraction ?? 2 / 3;
     this.#retireGraceMs = options.retireGraceMs ?? 30_000;
     this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.#timers = options.timers ?? NODE_TIMERS;
     if ((options.aws === undefined) === (options.path === undefined)) {
       throw new CredentialError(this.name, 'exactly one of aws or path must be given');
     }
@@ -176,7 +181,7 @@ export class VaultLeaseSource implements CredentialSource {
     this.#clearTimer();
     await this.#inFlight?.catch(() => undefined);
     const leases = [...this.#retiring.keys()];
-    for (const t of this.#retiring.values()) clearTimeout(t);
+    for (const cancel of this.#retiring.values()) cancel();
     this.#retiring.clear();
     if (this.#current) leases.push(this.#current.leaseId);
     this.#current = undefined;
@@ -355,12 +360,11 @@ export class VaultLeaseSource implements CredentialSource {
   /** Revoke a replaced lease once requests already using it had time to finish. */
   #retire(old: Held): void {
     const delay = Math.max(0, Math.min(this.#retireGraceMs, old.expiresAt - Date.now()));
-    const t = setTimeout(() => {
+    const cancel = setLongTimeout(() => {
       this.#retiring.delete(old.leaseId);
       void this.#revoke(old.leaseId);
-    }, delay);
-    t.unref();
-    this.#retiring.set(old.leaseId, t);
+    }, delay, this.#timers);
+    this.#retiring.set(old.leaseId, cancel);
   }
 
   async #revoke(leaseId: string): Promise<void> {
@@ -383,15 +387,16 @@ export class VaultLeaseSource implements CredentialSource {
   #schedule(ms: number, fn: () => Promise<void>): void {
     if (this.#closed) return;
     this.#clearTimer();
-    this.#timer = setTimeout(() => {
+    // Leases of weeks are renewed at 2/3 of their duration: past what one
+    // Node timer holds, which setLongTimeout chains.
+    this.#timer = setLongTimeout(() => {
       this.#timer = undefined;
       fn().catch((err: unknown) => this.#log.error('credential %s: %s', this.name, messageOf(err)));
-    }, Math.max(0, ms));
-    this.#timer.unref();
+    }, ms, this.#timers);
   }
 
   #clearTimer(): void {
-    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer?.();
     this.#timer = undefined;
   }
 }
