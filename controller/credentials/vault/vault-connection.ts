@@ -1,11 +1,11 @@
-import { readFile } from 'node:fs/promises';
 import util from 'node:util';
 import type { Logger } from '../../log.js';
 import { Secret } from '../secret.js';
+import { readSecretFile, SecretFileProblem } from '../secret-file.js';
 import { NODE_TIMERS, setLongTimeout, type CancelTimeout, type Timers } from '../long-timeout.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
 import { VaultData } from './vault-data.js';
-import { createNodeVaultClient, errnoOf, vaultErrorFrom, type NodeVaultClient } from './node-vault-client.js';
+import { createNodeVaultClient, vaultErrorFrom, type NodeVaultClient } from './node-vault-client.js';
 import { VaultError } from './vault-error.js';
 import type { PlanVaultConnection, VaultAuthSpec } from '../../policy/types.js';
 
@@ -602,12 +602,18 @@ export class VaultConnection {
     return 'token' in this.#spec.auth ? 'auth/token/lookup-self' : `auth/${this.#mount()}/login`;
   }
 
+  /**
+   * A login file (token, role id, secret id, JWT) is held to the same rules
+   * as a file credential: a regular file, not accessible by group or
+   * others, owned by root or the agent's user. Otherwise there is no login.
+   */
   async #readSecretFile(file: string, method: string, path: string, what: string): Promise<Secret> {
     let text: string;
     try {
-      text = await readFile(file, 'utf8');
+      text = (await readSecretFile(file)).content.toString('utf8');
     } catch (err) {
-      throw this.#fail(this.#error(method, path, `cannot read the ${what} file ${file} (${errnoOf(err)})`));
+      const problem = err instanceof SecretFileProblem ? err.message : `cannot read ${file}`;
+      throw this.#fail(this.#error(method, path, `cannot use the ${what} file: ${problem}`));
     }
     const value = text.trim();
     if (value === '') throw this.#fail(this.#error(method, path, `the ${what} file ${file} is empty`));
