@@ -259,6 +259,25 @@ describe.skipIf(!baoBinary)(`Vault connection: auth${skipReason}`, () => {
     }
   });
 
+  it('refuses plaintext http:// to a host that is not loopback, before sending anything', async () => {
+    const { roleId, secretId } = await bao.appRole('plain', ['agent']);
+    const auth = { approle: { roleIdFile: await files.write('plain-role-id', roleId), secretIdFile: await files.write('plain-secret-id', secretId) } };
+    const before = await loginCount('auth/approle/login');
+    for (const address of ['http://vault.internal:8200', 'http://192.0.2.1:8200', 'http://127.0.0.1@vault.internal:8200']) {
+      const conn = new VaultConnection({ name: 'plain', address, auth }, captureLog());
+      const err = (await conn.start().catch((e: unknown) => e)) as VaultError;
+      expect(err, address).toBeInstanceOf(VaultError);
+      expect(err.message, address).toMatch(/^vault connection "plain": POST auth\/approle\/login failed: .*plaintext http:\/\/ is only allowed to a loopback address/);
+      expect(err.message, address).not.toContain(secretId);
+      await conn.close();
+    }
+    // Loopback stays allowed (this server).
+    const local = new VaultConnection({ name: 'plain', address: bao.addr, auth }, captureLog());
+    await local.start();
+    await local.close();
+    expect(await loginCount('auth/approle/login')).toBe(before + 1);
+  });
+
   it('an unreachable server is a clear start-up error', async () => {
     const conn = new VaultConnection(
       { name: 'down', address: 'http://127.0.0.1:1', auth: { token: { file: await files.write('t', 'x') } } },

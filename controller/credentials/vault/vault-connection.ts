@@ -1,5 +1,6 @@
 import util from 'node:util';
 import type { Logger } from '../../log.js';
+import { vaultAddressProblem } from '../../addresses.js';
 import { Secret } from '../secret.js';
 import { readSecretFile, SecretFileProblem } from '../secret-file.js';
 import { NODE_TIMERS, setLongTimeout, type CancelTimeout, type Timers } from '../long-timeout.js';
@@ -167,11 +168,16 @@ export class VaultConnection {
 
   /**
    * Logs in (or checks the token file). Must be awaited before sources use
-   * the connection. Throws VaultError; the agent should refuse to start.
+   * the connection. Throws VaultError (also for a plaintext http:// address
+   * that is not loopback, before anything is sent); the agent should refuse
+   * to start.
    */
   async start(): Promise<void> {
     if (this.#closed) throw this.#error('POST', this.#loginPath(), 'connection is closed');
     if (this.#started) return;
+    // Also checked with the policy; a connection built otherwise is held to it too.
+    const problem = vaultAddressProblem(this.address);
+    if (problem) throw this.#fail(this.#error('POST', this.#loginPath(), `address ${this.address}: ${problem}`));
     this.#client ??= await createNodeVaultClient({
       connection: this.name,
       address: this.address,
