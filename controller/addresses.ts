@@ -67,3 +67,36 @@ export function tooBroad(p: AddressPrefix): boolean {
   const mapped = p.bits >= 96 && p.bytes.slice(0, 10).every((b) => b === 0) && p.bytes[10] === 0xff && p.bytes[11] === 0xff;
   return mapped ? p.bits - 96 < MIN_PREFIX.ipv4 : p.bits < MIN_PREFIX.ipv6;
 }
+
+/**
+ * Whether a URL's host (as `new URL().hostname` gives it, IPv6 in brackets)
+ * is this host's loopback: 127.0.0.0/8, ::1 (also IPv4-mapped) or
+ * `localhost`. No name is resolved.
+ */
+export function isLoopbackHost(hostname: string): boolean {
+  const host = hostname.replace(/^\[|\]$/g, '').toLowerCase();
+  if (host === 'localhost') return true;
+  try {
+    return ipaddr.process(host).range() === 'loopback';
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Why a Vault address may not be used, or undefined when it may: plaintext
+ * http:// would carry the agent's token and every secret in clear, so it is
+ * only for a server on this host's loopback.
+ */
+export function vaultAddressProblem(address: string): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(address);
+  } catch {
+    return `${JSON.stringify(address)} is not a URL`;
+  }
+  if (url.protocol === 'https:') return undefined;
+  if (url.protocol !== 'http:') return `${url.protocol} is not a Vault protocol; use https://`;
+  if (isLoopbackHost(url.hostname)) return undefined;
+  return `plaintext http:// is only allowed to a loopback address (127.0.0.0/8, ::1, localhost), not ${url.hostname}; use https://`;
+}

@@ -1,8 +1,8 @@
-import { constants, type BigIntStats } from 'node:fs';
-import { open, stat } from 'node:fs/promises';
+import type { BigIntStats } from 'node:fs';
 import YAML from 'yaml';
 import { CredentialError } from '../errors.js';
 import { Secret } from './secret.js';
+import { errnoOf, readSecretFile, SecretFileProblem, statSecretFile } from './secret-file.js';
 import type { Credential, CredentialSource, CredentialState } from './credential.js';
 
 export interface FileCredentialSourceOptions {
@@ -21,8 +21,6 @@ export interface FileCredentialSourceOptions {
   now?: () => number;
 }
 
-/** Secrets are small; refusing big files keeps a wrong path from filling memory. */
-const MAX_FILE_BYTES = 1024 * 1024;
 const DEFAULT_RECHECK_INTERVAL_MS = 1000;
 
 interface FileIdentity {
@@ -39,12 +37,6 @@ function identityOf(st: BigIntStats): FileIdentity {
 
 function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
   return a.dev === b.dev && a.ino === b.ino && a.size === b.size && a.mtimeNs === b.mtimeNs && a.ctimeNs === b.ctimeNs;
-}
-
-/** Errno codes are safe to show; the rest of a system error is not needed. */
-function errnoOf(err: unknown): string {
-  const code = (err as { code?: unknown } | null)?.code;
-  return typeof code === 'string' ? code : 'unknown error';
 }
 
 /**
@@ -122,65 +114,21 @@ export class FileCredentialSource implements CredentialSource {
   }
 
   private async check(): Promise<Credential> {
-    let st: BigIntStats;
     try {
-      st = await stat(this.path, { bigint: true });
-    } catch (err) {
-      throw this.fail(`cannot stat ${this.path} (${errnoOf(err)})`);
-    }
-    if (this.cached && sameIdentity(this.cached.identity, identityOf(st))) {
-      return this.cached.credential;
-    }
-    // Checked before open(): opening a FIFO would block until a writer comes.
-    this.checkFile(st);
-    return this.read();
-  }
-
-  private checkFile(st: BigIntStats): void {
-    if (!st.isFile()) throw this.fail(`${this.path} is not a regular file`);
-    const mode = Number(st.mode & 0o777n);
-    if ((mode & 0o077) !== 0) {
-      throw this.fail(
-        `${this.path} has mode 0${mode.toString(8)}; it must not be accessible by group or others (chmod 600)`,
-      );
-    }
-    // Another unprivileged owner could read the file or swap its content.
-    const euid = process.geteuid?.();
-    if (euid !== undefined && st.uid !== 0n && st.uid !== BigInt(euid)) {
-      throw this.fail(`${this.path} is owned by uid ${st.uid}; it must be owned by root or uid ${euid}`);
-    }
-    if (st.size > BigInt(MAX_FILE_BYTES)) {
-      throw this.fail(`${this.path} is larger than ${MAX_FILE_BYTES} bytes`);
-    }
-  }
-
-  private async read(): Promise<Credential> {
-    let handle;
-    try {
-      // O_NONBLOCK: the path may have been swapped for a FIFO since stat().
-      handle = await open(this.path, constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY);
-    } catch (err) {
-      throw this.fail(`cannot open ${this.path} (${errnoOf(err)})`);
-    }
-    try {
-      // Re-check the file actually opened, and remember its identity rather
-      // than the earlier stat's, so a swap in between cannot be cached
-      // under the wrong identity.
-      const st = await handle.stat({ bigint: true });
-      this.checkFile(st);
-      const content = await handle.readFile();
-      if (BigInt(content.length) !== st.size) {
-        // Written to while we read: report nothing cached, retry next time.
-        throw this.fail(`${this.path} changed while being read`);
+      const st = await statSecretFile(this.path);
+      if (this.cached && sameIdentity(this.cached.identity, identityOf(st))) {
+        return this.cached.credential;
       }
+      // Remember the identity of the file actually read rather than the
+      // earlier stat's, so a swap in between cannot be cached under the
+      // wrong identity.
+      const { content, stat } = await readSecretFile(this.path, st);
       const credential = this.extract(content.toString('utf8'));
-      this.cached = { identity: identityOf(st), credential };
+      this.cached = { identity: identityOf(stat), credential };
       return credential;
     } catch (err) {
-      if (err instanceof CredentialError) throw err;
-      throw this.fail(`cannot read ${this.path} (${errnoOf(err)})`);
-    } finally {
-      await handle.close();
+      if (err instanceof SecretFileProblem) throw this.fail(err.message);
+      throw err;
     }
   }
 

@@ -9,7 +9,7 @@
  * lines and request target that will be sent upstream.
  */
 import { Hash } from '@smithy/hash-node';
-import { SignatureV4 } from '@smithy/signature-v4';
+import { clearCredentialCache, SignatureV4 } from '@smithy/signature-v4';
 import type { Secret } from '../credentials/secret.js';
 import { WirekeyError } from '../errors.js';
 import { SERVICE_NAME, normalHost } from '../policy/aws-scope.js';
@@ -214,6 +214,12 @@ export async function signSigV4(
     // The signer's messages are about its inputs; scrub them anyway, since
     // those inputs include the secret.
     throw sigv4Error(`signing failed: ${redact(String((err as Error)?.message ?? err), [secretAccessKey, sessionToken])}`);
+  } finally {
+    // The signer keeps derived signing keys in a module-wide cache keyed by
+    // the session token in clear, past any rotation or withdrawal of the
+    // credential. Deriving again costs a few HMACs per request; holding
+    // secret material nobody accounts for is not worth saving them.
+    clearCredentialCache();
   }
 
   const generated = (name: string): string => {

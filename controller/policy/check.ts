@@ -7,8 +7,8 @@ import { normalizeHost } from './compile.js';
 import { checkEgress, egressWarnings } from './egress-check.js';
 import { positionOf, type PolicyPath } from './parse.js';
 import { label, repeats, where } from './diagnostic-text.js';
-import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, PolicyDoc, ServiceDoc, WorkloadDoc } from './types.js';
-import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, type AddressPrefix } from '../addresses.js';
+import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, PolicyDoc, ServiceDoc, VaultConnectionDoc, WorkloadDoc } from './types.js';
+import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, vaultAddressProblem, type AddressPrefix } from '../addresses.js';
 import { inferAwsScope } from './aws-scope.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
 import { WK_HTTP_HOST_MAX, WK_HTTP_MAX_HOSTS } from '../kernel-limits.js';
@@ -31,6 +31,7 @@ export function checkPolicy(policy: Policy): PolicyDiagnostic[] {
     ...duplicateNames(policy.documents, duplicates),
     ...danglingReferences(docs),
     ...vaultSources(docs.filter((d): d is CredentialSourceDoc => d.kind === 'CredentialSource')),
+    ...vaultAddresses(docs.filter((d): d is VaultConnectionDoc => d.kind === 'VaultConnection')),
     ...ambiguousBindings(bindings),
     ...serviceShapes(services),
     ...plaintextHosts(services),
@@ -327,6 +328,14 @@ function danglingReferences(docs: PolicyDoc[]): PolicyDiagnostic[] {
  * A Vault source reads exactly one of kv, aws and path; kv and path need a
  * field (AWS keys come as a set); version and refresh apply to kv only.
  */
+/** The agent's token and every secret go over this address: in clear only on loopback. */
+function vaultAddresses(connections: VaultConnectionDoc[]): PolicyDiagnostic[] {
+  return connections.flatMap((doc) => {
+    const problem = vaultAddressProblem(doc.spec.address);
+    return problem ? [{ ...positionOf(doc, ['spec', 'address']), message: `${label(doc)}: spec.address: ${problem}` }] : [];
+  });
+}
+
 function vaultSources(sources: CredentialSourceDoc[]): PolicyDiagnostic[] {
   const out: PolicyDiagnostic[] = [];
   for (const doc of sources) {

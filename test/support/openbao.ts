@@ -106,7 +106,7 @@ process.once('exit', () => {
   }
 });
 
-export async function startOpenBao(options: { binary: string; storage?: 'file' | 'dev' }): Promise<OpenBaoServer> {
+export async function startOpenBao(options: { binary: string; storage?: 'file' | 'dev'; maxLeaseTtl?: string }): Promise<OpenBaoServer> {
   const storage = options.storage ?? 'file';
   const binary = options.binary;
   const port = await freePort();
@@ -141,6 +141,7 @@ export async function startOpenBao(options: { binary: string; storage?: 'file' |
         `api_addr = "${addr}"`,
         `disable_mlock = true`,
         `ui = false`,
+        ...(options.maxLeaseTtl ? [`max_lease_ttl = "${options.maxLeaseTtl}"`, `default_lease_ttl = "768h"`] : []),
         '',
       ].join('\n'),
     );

@@ -18,6 +18,8 @@ import {
   type SigningRequest,
 } from '../../controller/inject/sigv4.js';
 import { inferAwsScope } from '../../controller/policy/aws-scope.js';
+import { Hash } from '@smithy/hash-node';
+import { clearCredentialCache, getSigningKey } from '@smithy/signature-v4';
 import { repoRoot } from '../support/paths.js';
 import { run } from '../support/shell.js';
 import { toolSkipTitle } from '../support/tiers.js';
@@ -140,6 +142,28 @@ describe('signSigV4 without a reference signer', () => {
     payloadHash: EMPTY_SHA256,
   };
   const scope = { service: 'sqs', region: 'us-east-1' };
+
+  it("leaves no signing key derived from the credential in the signer's module-wide cache", async () => {
+    const now = new Date('2026-01-02T03:04:05Z');
+    await signSigV4(base, credsWith, scope, now);
+    // A cached key costs the probe one HMAC (of the credential, for the
+    // cache key); a key derived afresh costs five.
+    let hmacs = 0;
+    class CountingHash extends Hash {
+      constructor(secret?: ConstructorParameters<typeof Hash>[1]) {
+        super('sha256', secret);
+        hmacs++;
+      }
+    }
+    const probe = {
+      accessKeyId: credsWith.accessKeyId,
+      secretAccessKey: credsWith.secretAccessKey.reveal(),
+      sessionToken: credsWith.sessionToken?.reveal(),
+    };
+    await getSigningKey(CountingHash, probe, '20260102', scope.region, scope.service);
+    clearCredentialCache();
+    expect(hmacs).toBe(5);
+  });
 
   it("never lets the client's Authorization, X-Amz-Date or X-Amz-Security-Token through", async () => {
     for (const creds of [credsWithout, credsWith]) {

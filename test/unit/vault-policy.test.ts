@@ -72,6 +72,25 @@ spec: {address: vault.internal, auth: {approle: {roleIdFile: /r}, token: {file: 
     ]);
   });
 
+  it('allows plaintext http:// to loopback only', () => {
+    const conn = (name: string, address: string) => `---
+apiVersion: wirekey.dev/v1alpha1
+kind: VaultConnection
+metadata: {name: ${name}}
+spec:
+  address: ${address}
+  auth: {token: {file: /etc/wirekey/token}}
+`;
+    const text = conn('v4', 'http://127.0.0.1:8200') + conn('v6', 'http://[::1]:8200') + conn('name', 'http://localhost:8200') +
+      conn('tls', 'https://vault.internal:8200') + conn('remote', 'http://vault.internal:8200') + conn('lan', 'http://10.0.0.5:8200') +
+      conn('userinfo', 'http://127.0.0.1@vault.internal:8200');
+    expect(problems(text)).toEqual([
+      '34:12: VaultConnection "remote": spec.address: plaintext http:// is only allowed to a loopback address (127.0.0.0/8, ::1, localhost), not vault.internal; use https://',
+      '41:12: VaultConnection "lan": spec.address: plaintext http:// is only allowed to a loopback address (127.0.0.0/8, ::1, localhost), not 10.0.0.5; use https://',
+      '48:12: VaultConnection "userinfo": spec.address: plaintext http:// is only allowed to a loopback address (127.0.0.0/8, ::1, localhost), not vault.internal; use https://',
+    ]);
+  });
+
   it('parses durations', () => {
     expect(parseDuration('500ms')).toBe(500);
     expect(parseDuration('30s')).toBe(30_000);

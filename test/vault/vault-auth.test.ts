@@ -5,6 +5,7 @@
  * revoked, and revocation of the agent's own token at close.
  */
 import { generateKeyPairSync, sign } from 'node:crypto';
+import { chmod, chown } from 'node:fs/promises';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VaultConnection } from '../../controller/credentials/vault/vault-connection.js';
 import { VaultError } from '../../controller/credentials/vault/vault-error.js';
@@ -212,7 +213,69 @@ describe.skipIf(!baoBinary)(`Vault connection: auth${skipReason}`, () => {
       { name: 'nofile', address: bao.addr, auth: { approle: { roleIdFile: '/nonexistent/role-id', secretIdFile: '/nonexistent/secret-id' } } },
       captureLog(),
     );
-    await expect(conn.start()).rejects.toThrow(/vault connection "nofile": .*cannot read the role id file \/nonexistent\/role-id \(ENOENT\)/);
+    await expect(conn.start()).rejects.toThrow(/vault connection "nofile": .*cannot use the role id file: cannot stat \/nonexistent\/role-id \(ENOENT\)/);
+  });
+
+  it('refuses login files others can read or replace, naming the file and the problem, before any login', async () => {
+    const { roleId, secretId } = await bao.appRole('perm', ['agent']);
+    const roleIdFile = await files.write('perm-role-id', roleId);
+    const exposed = await files.write('perm-secret-id', secretId);
+    await chmod(exposed, 0o640);
+    const token = (await bao.api('POST', 'auth/token/create', { policies: ['agent'], ttl: '1h' })).auth.client_token as string;
+    const tokenFile = await files.write('perm-token', token);
+    await chmod(tokenFile, 0o604);
+    const jwtFile = await files.write('perm-jwt', 'header.payload.signature');
+    await chmod(jwtFile, 0o644);
+    const k8sFile = await files.write('perm-k8s', 'header.payload.signature');
+    await chmod(k8sFile, 0o660);
+    const cases: [string, ConstructorParameters<typeof VaultConnection>[0]['auth'], RegExp][] = [
+      ['approle', { approle: { roleIdFile, secretIdFile: exposed } }, /cannot use the secret id file: .*perm-secret-id has mode 0640; it must not be accessible by group or others/],
+      ['token', { token: { file: tokenFile } }, /cannot use the token file: .*perm-token has mode 0604/],
+      ['jwt', { jwt: { role: 'r', file: jwtFile } }, /cannot use the JWT file: .*perm-jwt has mode 0644/],
+      ['kubernetes', { kubernetes: { role: 'r', tokenFile: k8sFile } }, /cannot use the service account token file: .*perm-k8s has mode 0660/],
+      ['directory', { jwt: { role: 'r', file: files.dir } }, /cannot use the JWT file: .* is not a regular file/],
+    ];
+    const before = await loginCount('auth/approle/login');
+    for (const [name, auth, message] of cases) {
+      const conn = new VaultConnection({ name: `perm-${name}`, address: bao.addr, auth }, captureLog());
+      const err = (await conn.start().catch((e: unknown) => e)) as VaultError;
+      expect(err, name).toBeInstanceOf(VaultError);
+      expect(err.message, name).toMatch(new RegExp(`^vault connection "perm-${name}": `));
+      expect(err.message, name).toMatch(message);
+      expect(err.message, name).not.toContain(secretId);
+      expect(err.message, name).not.toContain(token);
+      await conn.close();
+    }
+    expect(await loginCount('auth/approle/login')).toBe(before);
+    if (process.geteuid?.() === 0) {
+      // Owned by another unprivileged user: refused even with mode 0600.
+      await chmod(exposed, 0o600);
+      await chown(exposed, 4242, 4242);
+      const conn = new VaultConnection({ name: 'perm-owner', address: bao.addr, auth: { approle: { roleIdFile, secretIdFile: exposed } } }, captureLog());
+      await expect(conn.start()).rejects.toThrow(/cannot use the secret id file: .*perm-secret-id is owned by uid 4242; it must be owned by root or uid 0/);
+      await chown(exposed, 0, 0);
+      await conn.start();
+      await conn.close();
+    }
+  });
+
+  it('refuses plaintext http:// to a host that is not loopback, before sending anything', async () => {
+    const { roleId, secretId } = await bao.appRole('plain', ['agent']);
+    const auth = { approle: { roleIdFile: await files.write('plain-role-id', roleId), secretIdFile: await files.write('plain-secret-id', secretId) } };
+    const before = await loginCount('auth/approle/login');
+    for (const address of ['http://vault.internal:8200', 'http://192.0.2.1:8200', 'http://127.0.0.1@vault.internal:8200']) {
+      const conn = new VaultConnection({ name: 'plain', address, auth }, captureLog());
+      const err = (await conn.start().catch((e: unknown) => e)) as VaultError;
+      expect(err, address).toBeInstanceOf(VaultError);
+      expect(err.message, address).toMatch(/^vault connection "plain": POST auth\/approle\/login failed: .*plaintext http:\/\/ is only allowed to a loopback address/);
+      expect(err.message, address).not.toContain(secretId);
+      await conn.close();
+    }
+    // Loopback stays allowed (this server).
+    const local = new VaultConnection({ name: 'plain', address: bao.addr, auth }, captureLog());
+    await local.start();
+    await local.close();
+    expect(await loginCount('auth/approle/login')).toBe(before + 1);
   });
 
   it('an unreachable server is a clear start-up error', async () => {

@@ -1,10 +1,12 @@
-import { readFile } from 'node:fs/promises';
 import util from 'node:util';
 import type { Logger } from '../../log.js';
+import { vaultAddressProblem } from '../../addresses.js';
 import { Secret } from '../secret.js';
+import { readSecretFile, SecretFileProblem } from '../secret-file.js';
+import { NODE_TIMERS, setLongTimeout, type CancelTimeout, type Timers } from '../long-timeout.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
 import { VaultData } from './vault-data.js';
-import { createNodeVaultClient, errnoOf, vaultErrorFrom, type NodeVaultClient } from './node-vault-client.js';
+import { createNodeVaultClient, vaultErrorFrom, type NodeVaultClient } from './node-vault-client.js';
 import { VaultError } from './vault-error.js';
 import type { PlanVaultConnection, VaultAuthSpec } from '../../policy/types.js';
 
@@ -23,6 +25,8 @@ export interface VaultConnectionOptions {
   backoff?: Partial<BackoffOptions>;
   /** Told about every HTTP call to Vault once it has ended (metrics). */
   onRequest?: VaultRequestObserver;
+  /** The timers renewals and retries are scheduled on. Default Node's. */
+  timers?: Timers;
 }
 
 /** What an HTTP call to Vault was for: a small fixed set, never a path. */
@@ -125,6 +129,7 @@ export class VaultConnection {
   readonly #backoff: BackoffOptions;
   readonly #timeoutMs: number;
   readonly #onRequest: VaultRequestObserver | undefined;
+  readonly #timers: Timers;
   #client: NodeVaultClient | undefined;
 
   #token: Secret | undefined;
@@ -132,7 +137,7 @@ export class VaultConnection {
   #tokenExpiresAt: number | undefined;
   #tokenTtl = 0;
   #tokenRenewable = false;
-  #timer: NodeJS.Timeout | undefined;
+  #timer: CancelTimeout | undefined;
   #loginInFlight: Promise<void> | undefined;
   #retryAttempt = 0;
   #degraded = false;
@@ -153,6 +158,7 @@ export class VaultConnection {
     this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
     this.#timeoutMs = options.requestTimeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.#onRequest = options.onRequest;
+    this.#timers = options.timers ?? NODE_TIMERS;
   }
 
   /** The auth method's name, for logs. */
@@ -162,11 +168,16 @@ export class VaultConnection {
 
   /**
    * Logs in (or checks the token file). Must be awaited before sources use
-   * the connection. Throws VaultError; the agent should refuse to start.
+   * the connection. Throws VaultError (also for a plaintext http:// address
+   * that is not loopback, before anything is sent); the agent should refuse
+   * to start.
    */
   async start(): Promise<void> {
     if (this.#closed) throw this.#error('POST', this.#loginPath(), 'connection is closed');
     if (this.#started) return;
+    // Also checked with the policy; a connection built otherwise is held to it too.
+    const problem = vaultAddressProblem(this.address);
+    if (problem) throw this.#fail(this.#error('POST', this.#loginPath(), `address ${this.address}: ${problem}`));
     this.#client ??= await createNodeVaultClient({
       connection: this.name,
       address: this.address,
@@ -465,7 +476,8 @@ export class VaultConnection {
   #scheduleMaintenance(ttl: number): void {
     this.#clearTimer();
     if (ttl <= 0 || this.#closed) return;
-    // TTLs are whole seconds, so this is never a tight loop.
+    // TTLs are whole seconds, so this is never a tight loop; weeks-long
+    // ones are chained by setLongTimeout.
     this.#setTimer(jittered(ttl * 1000 * this.#renewFraction, 0.1), () => this.#maintain());
   }
 
@@ -539,15 +551,14 @@ export class VaultConnection {
 
   #setTimer(ms: number, fn: () => Promise<void>): void {
     this.#clearTimer();
-    this.#timer = setTimeout(() => {
+    this.#timer = setLongTimeout(() => {
       this.#timer = undefined;
       fn().catch((err: unknown) => this.#log.error('vault %s: %s', this.name, String(err)));
-    }, ms);
-    this.#timer.unref();
+    }, ms, this.#timers);
   }
 
   #clearTimer(): void {
-    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer?.();
     this.#timer = undefined;
   }
 
@@ -597,12 +608,18 @@ export class VaultConnection {
     return 'token' in this.#spec.auth ? 'auth/token/lookup-self' : `auth/${this.#mount()}/login`;
   }
 
+  /**
+   * A login file (token, role id, secret id, JWT) is held to the same rules
+   * as a file credential: a regular file, not accessible by group or
+   * others, owned by root or the agent's user. Otherwise there is no login.
+   */
   async #readSecretFile(file: string, method: string, path: string, what: string): Promise<Secret> {
     let text: string;
     try {
-      text = await readFile(file, 'utf8');
+      text = (await readSecretFile(file)).content.toString('utf8');
     } catch (err) {
-      throw this.#fail(this.#error(method, path, `cannot read the ${what} file ${file} (${errnoOf(err)})`));
+      const problem = err instanceof SecretFileProblem ? err.message : `cannot read ${file}`;
+      throw this.#fail(this.#error(method, path, `cannot use the ${what} file: ${problem}`));
     }
     const value = text.trim();
     if (value === '') throw this.#fail(this.#error(method, path, `the ${what} file ${file} is empty`));

@@ -3,6 +3,7 @@ import { CredentialError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { Credential, CredentialSource, CredentialState } from '../credential.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
+import { setLongTimeout } from '../long-timeout.js';
 import type { VaultConnection } from './vault-connection.js';
 import { VaultError } from './vault-error.js';
 
@@ -200,7 +201,8 @@ export class VaultKvSource implements CredentialSource {
     if (this.#firstRead) {
       this.#firstRead = false;
       const delay = Math.random() * this.#firstJitterMs;
-      if (delay >= 1) await new Promise((r) => setTimeout(r, delay));
+      // A caller waits on this one: it keeps the process alive (not unref'd).
+      if (delay >= 1) await new Promise<void>((r) => setLongTimeout(r, delay, { setTimeout, clearTimeout }));
     }
     try {
       const res = await this.#connection.read(this.#apiPath);

@@ -3,6 +3,7 @@ import { CredentialError } from '../../errors.js';
 import type { Logger } from '../../log.js';
 import type { Credential, CredentialSource, CredentialState } from '../credential.js';
 import type { Secret } from '../secret.js';
+import { NODE_TIMERS, setLongTimeout, type CancelTimeout, type Timers } from '../long-timeout.js';
 import { backoffDelay, DEFAULT_BACKOFF, jittered, type BackoffOptions } from './backoff.js';
 import type { VaultConnection, VaultReadResult } from './vault-connection.js';
 import { VaultError } from './vault-error.js';
@@ -30,7 +31,15 @@ export interface VaultLeaseSourceOptions {
   retireGraceMs?: number;
   /** Retry delays for failed renewals and reads. Default 1 s doubling to 60 s, with jitter. */
   backoff?: Partial<BackoffOptions>;
+  /**
+   * How often Vault is asked whether the held lease still exists
+   * (`sys/leases/lookup`), ms, with 10% jitter; a lease revoked in Vault is
+   * noticed within this long rather than at its next renewal. Default 60 s.
+   */
+  leaseCheckMs?: number;
   log: Logger;
+  /** The timers renewals, replacements and revocations are scheduled on. Default Node's. */
+  timers?: Timers;
 }
 
 export interface VaultLeaseSourceStatus {
@@ -71,6 +80,10 @@ interface Held {
  * unknown) leads to a fresh read at once; a renewal that cannot reach Vault
  * is retried with backoff. One read is in flight at most.
  *
+ * Every `leaseCheckMs` (60 s) the lease is looked up in Vault; a lease
+ * Vault no longer knows (revoked by an operator) is withheld at once and a
+ * fresh credential read, rather than served until its next renewal.
+ *
  * Vault down: the credential is served until its lease expires; after that
  * get() throws a CredentialError naming the credential (never its value)
  * and the lease, without asking Vault more than once per backoff delay; a
@@ -92,12 +105,15 @@ export class VaultLeaseSource implements CredentialSource {
   readonly #renewFraction: number;
   readonly #retireGraceMs: number;
   readonly #backoff: BackoffOptions;
+  readonly #timers: Timers;
+  readonly #leaseCheckMs: number;
 
   #current: Held | undefined;
   #inFlight: Promise<Held> | undefined;
-  #timer: NodeJS.Timeout | undefined;
+  #timer: CancelTimeout | undefined;
+  #checkTimer: CancelTimeout | undefined;
   /** Replaced leases waiting to be revoked. */
-  readonly #retiring = new Map<string, NodeJS.Timeout>();
+  readonly #retiring = new Map<string, CancelTimeout>();
   #failure: CredentialError | undefined;
   #nextFetchAt = 0;
   #attempt = 0;
@@ -112,6 +128,8 @@ export class VaultLeaseSource implements CredentialSource {
     this.#renewFraction = options.renewFraction ?? 2 / 3;
     this.#retireGraceMs = options.retireGraceMs ?? 30_000;
     this.#backoff = { ...DEFAULT_BACKOFF, ...options.backoff };
+    this.#timers = options.timers ?? NODE_TIMERS;
+    this.#leaseCheckMs = options.leaseCheckMs ?? 60_000;
     if ((options.aws === undefined) === (options.path === undefined)) {
       throw new CredentialError(this.name, 'exactly one of aws or path must be given');
     }
@@ -174,9 +192,11 @@ export class VaultLeaseSource implements CredentialSource {
     this.#closed = true;
     this.#unsubscribe();
     this.#clearTimer();
+    this.#checkTimer?.();
+    this.#checkTimer = undefined;
     await this.#inFlight?.catch(() => undefined);
     const leases = [...this.#retiring.keys()];
-    for (const t of this.#retiring.values()) clearTimeout(t);
+    for (const cancel of this.#retiring.values()) cancel();
     this.#retiring.clear();
     if (this.#current) leases.push(this.#current.leaseId);
     this.#current = undefined;
@@ -246,6 +266,7 @@ export class VaultLeaseSource implements CredentialSource {
       held.renewable ? 'renewable' : 'not renewable',
     );
     this.#scheduleMaintenance(held, held.duration);
+    this.#scheduleCheck();
     if (previous) this.#retire(previous);
     return held;
   }
@@ -346,6 +367,47 @@ export class VaultLeaseSource implements CredentialSource {
     }
   }
 
+  // ---- revocation in Vault -------------------------------------------------------
+
+  /** Look the held lease up again in leaseCheckMs (one check pending at most). */
+  #scheduleCheck(): void {
+    this.#checkTimer?.();
+    this.#checkTimer = undefined;
+    if (this.#closed || !Number.isFinite(this.#leaseCheckMs) || this.#leaseCheckMs <= 0) return;
+    this.#checkTimer = setLongTimeout(() => {
+      this.#checkTimer = undefined;
+      this.#check().catch((err: unknown) => this.#log.error('credential %s: %s', this.name, messageOf(err)));
+    }, jittered(this.#leaseCheckMs, 0.1), this.#timers);
+  }
+
+  /**
+   * Asks Vault whether the held lease still exists. An operator revoking it
+   * (a leaked key, an offboarded role) has made the secret useless or
+   * unwanted: stop serving it at once and read a fresh one, as the KV
+   * source drops a value Vault says is gone. Vault answering 400 "invalid
+   * lease" (or 404) is that answer; anything else (unreachable, sealed, no
+   * permission to look up) says nothing about the lease, which is kept.
+   */
+  async #check(): Promise<void> {
+    const held = this.#current;
+    if (this.#closed || !held) return;
+    try {
+      await this.#connection.lookupLease(held.leaseId);
+    } catch (err) {
+      if (this.#closed || this.#current !== held) return;
+      const gone = err instanceof VaultError && (err.status === 400 || err.status === 404);
+      if (!gone) {
+        this.#log.debug('credential %s: cannot look lease %s up: %s', this.name, held.leaseId, messageOf(err));
+        return this.#scheduleCheck();
+      }
+      this.#log.warn('credential %s: Vault no longer knows lease %s (revoked); withholding it and reading a fresh one', this.name, held.leaseId);
+      this.#current = undefined;
+      this.#clearTimer();
+      return this.#replace();
+    }
+    if (this.#current === held) this.#scheduleCheck();
+  }
+
   /** Reads a fresh credential; on failure #read() schedules the retry. */
   async #replace(): Promise<void> {
     if (this.#closed) return;
@@ -355,12 +417,11 @@ export class VaultLeaseSource implements CredentialSource {
   /** Revoke a replaced lease once requests already using it had time to finish. */
   #retire(old: Held): void {
     const delay = Math.max(0, Math.min(this.#retireGraceMs, old.expiresAt - Date.now()));
-    const t = setTimeout(() => {
+    const cancel = setLongTimeout(() => {
       this.#retiring.delete(old.leaseId);
       void this.#revoke(old.leaseId);
-    }, delay);
-    t.unref();
-    this.#retiring.set(old.leaseId, t);
+    }, delay, this.#timers);
+    this.#retiring.set(old.leaseId, cancel);
   }
 
   async #revoke(leaseId: string): Promise<void> {
@@ -383,15 +444,16 @@ export class VaultLeaseSource implements CredentialSource {
   #schedule(ms: number, fn: () => Promise<void>): void {
     if (this.#closed) return;
     this.#clearTimer();
-    this.#timer = setTimeout(() => {
+    // Leases of weeks are renewed at 2/3 of their duration: past what one
+    // Node timer holds, which setLongTimeout chains.
+    this.#timer = setLongTimeout(() => {
       this.#timer = undefined;
       fn().catch((err: unknown) => this.#log.error('credential %s: %s', this.name, messageOf(err)));
-    }, Math.max(0, ms));
-    this.#timer.unref();
+    }, ms, this.#timers);
   }
 
   #clearTimer(): void {
-    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer?.();
     this.#timer = undefined;
   }
 }
