@@ -21,7 +21,7 @@ import { ControlServer, controlSocketPath } from './control-server.js';
 import type { ServiceNotifications } from './service-notifier.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../datapath/identity-tables.js';
-import { runtimeStatePath, type RuntimeState } from '../host/runtime-state.js';
+import { discardRuntimeState, runtimeStatePath, type RuntimeState } from '../host/runtime-state.js';
 import { DEFAULT_PROXY_LIMITS, ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { ProxyWorkers } from './proxy-workers.js';
 import { reusePortListener } from '../datapath/reuse-port.js';
@@ -199,6 +199,8 @@ export class Agent {
     // One agent per state dir and per pin dir, before anything is touched.
     mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     this.#lock = acquireInstanceLock(this.#opts.stateDir, this.#opts.pinDir);
+    // Until this agent writes its own, status says "starting", not what a dead agent applied.
+    discardRuntimeState(this.#opts.stateDir);
     if (this.#lock.previousPid && existsSync(this.#opts.pinDir)) {
       this.#log.warn('pins in %s were left by agent pid %d, which is not running: its programs stay attached until this agent\'s are, and its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
     }
@@ -638,6 +640,14 @@ export class Agent {
     this.#metricsServer = undefined;
     await this.#control?.close();
     this.#control = undefined;
+    if (this.#lock) {
+      // Only the lock holder's: an agent refused for want of the lock leaves the running one's state alone.
+      try {
+        discardRuntimeState(this.#opts.stateDir);
+      } catch (err) {
+        this.#log.warn('cannot remove the runtime state: %s', (err as Error).message);
+      }
+    }
     this.#lock?.release();
     this.#lock = undefined;
   }

@@ -30,7 +30,7 @@ export async function requestReload(stateDir: string, timeoutMs: number): Promis
     req.on('error', (err: NodeJS.ErrnoException) => {
       if (err instanceof WirekeyError) reject(err);
       else if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
-        reject(new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir} (nothing listens on ${socketPath})`));
+        reject(new WirekeyError('WK_NO_AGENT', `no agent is running with state dir ${stateDir} (nothing listens on ${socketPath})`));
       } else if (err.code === 'EACCES' || err.code === 'EPERM') {
         reject(new WirekeyError('WK_ACCESS', `cannot open ${socketPath}: permission denied (run as root)`));
       } else reject(new WirekeyError('WK_CONTROL', `cannot ask the agent on ${socketPath}: ${err.message}`, { cause: err }));

@@ -353,14 +353,14 @@ function fail(err: unknown): void {
 
 /**
  * 3: no agent runs (as LSB status and systemctl say it); 4: not permitted to
- * tell; 5: the agent did not answer on its control socket (or cannot reload
- * now); 1: anything else (a refused reload included).
+ * tell; 5: the agent did not answer on its control socket, or is starting
+ * (cannot reload now); 1: anything else (a refused reload included).
  */
 function exitCodeOf(err: unknown): number {
   const code = err instanceof WirekeyError ? err.code : undefined;
   if (code === 'WK_NO_AGENT') return 3;
   if (code === 'WK_ACCESS') return 4;
-  if (code === 'WK_CONTROL') return 5;
+  if (code === 'WK_CONTROL' || code === 'WK_STARTING') return 5;
   return 1;
 }
 

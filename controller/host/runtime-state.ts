@@ -4,7 +4,7 @@
  * which also read the kernel's own maps from their pins.
  */
 import path from 'node:path';
-import { readFileSync } from 'node:fs';
+import { readFileSync, rmSync } from 'node:fs';
 import type { PlanEgress, PlanWorkload } from '../policy/types.js';
 import { agentRunning } from '../datapath/instance-lock.js';
 import { WirekeyError } from '../errors.js';
@@ -57,11 +57,23 @@ export function runtimeStatePath(stateDir: string): string {
 }
 
 /**
+ * Removes the state an agent left: done by an agent as soon as it holds the
+ * lock (a dead predecessor's state no longer describes what runs) and when
+ * it stops cleanly (its pins are gone with it).
+ */
+export function discardRuntimeState(stateDir: string): void {
+  rmSync(runtimeStatePath(stateDir), { force: true });
+}
+
+/**
  * The state of the agent running with `stateDir`, once its lock shows it is
- * alive: what `status` and `explain` answer from. With `evenIfDead`, the
- * state a dead agent left (running: false) when there is one.
+ * alive and the state is the lock owner's: what `status`, `explain` and
+ * `reload` answer from. With `evenIfDead`, the state a dead agent left
+ * (running: false) when there is one.
  * @throws WirekeyError WK_NO_AGENT (no agent holds the state dir: never
- *   started, stopped, or died; or it is still starting), WK_ACCESS (not root).
+ *   started, stopped, or died), WK_STARTING (an agent holds it but has not
+ *   written its state yet: what is there, if anything, is a dead agent's),
+ *   WK_ACCESS (not root).
  */
 export function readRuntimeState(stateDir: string, opts: { evenIfDead?: boolean } = {}): RuntimeState & { running: boolean } {
   const owner = agentRunning(stateDir);
@@ -74,12 +86,17 @@ export function readRuntimeState(stateDir: string, opts: { evenIfDead?: boolean 
     }
   }
   if (!owner.running) {
-    throw new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir}${owner.pid ? ` (its last agent, pid ${owner.pid}, has exited)` : ''}`);
+    throw new WirekeyError('WK_NO_AGENT', `no agent is running with state dir ${stateDir}${owner.pid ? ` (its last agent, pid ${owner.pid}, has exited)` : ''}`);
   }
+  const starting = new WirekeyError('WK_STARTING', `the agent (pid ${owner.pid}) is starting with state dir ${stateDir}: it has not applied a policy yet`);
+  let state: RuntimeState;
   try {
-    return { ...(JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState), running: true };
+    state = JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'EACCES') throw new WirekeyError('WK_ACCESS', `cannot read ${stateDir}: permission denied (run as root)`);
-    throw new WirekeyError('WK_NO_AGENT', `wirekey (pid ${owner.pid}) is starting with state dir ${stateDir}: it has not applied a policy yet`);
+    throw starting;
   }
+  // A state of another pid is what a dead agent left before this one took the lock.
+  if (state.pid !== owner.pid) throw starting;
+  return { ...state, running: true };
 }

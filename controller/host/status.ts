@@ -34,7 +34,8 @@ export interface AgentStatus {
 /**
  * The running agent's status; for an agent that died with its pins still
  * in place, what they show (running: false).
- * @throws WirekeyError (WK_NO_AGENT: no agent, and none left pins; WK_ACCESS), BpfError
+ * @throws WirekeyError (WK_NO_AGENT: no agent, and none left pins; WK_STARTING: the
+ *   agent holding the lock has not written its state yet; WK_ACCESS), BpfError
  */
 export function agentStatus(stateDir: string): AgentStatus {
   const state = readRuntimeState(stateDir, { evenIfDead: true });
@@ -43,7 +44,7 @@ export function agentStatus(stateDir: string): AgentStatus {
     pinned = new PinnedMaps(state.pinDir);
   } catch (err) {
     if (state.running) throw err;
-    throw new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir} (its last agent, pid ${state.pid}, has exited)`);
+    throw new WirekeyError('WK_NO_AGENT', `no agent is running with state dir ${stateDir} (its last agent, pid ${state.pid}, has exited)`);
   }
   const egressStats = pinned.egressStats();
   const egress: AgentStatus['egress'] = [];

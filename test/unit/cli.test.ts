@@ -140,7 +140,7 @@ describe('wirekey ca cert and status, misdirected', () => {
     try {
       const r = await wirekey('status', '--state-dir', dir);
       expect(r.code).toBe(3);
-      expect(r.stderr).toBe(`wirekey: wirekey is not running with state dir ${dir}\n`);
+      expect(r.stderr).toBe(`wirekey: no agent is running with state dir ${dir}\n`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -152,7 +152,7 @@ describe('wirekey ca cert and status, misdirected', () => {
       const r = await wirekey('reload', '--state-dir', dir);
       expect(r.code).toBe(3);
       expect(r.stdout).toBe('');
-      expect(r.stderr).toBe(`wirekey: wirekey is not running with state dir ${dir}\n`);
+      expect(r.stderr).toBe(`wirekey: no agent is running with state dir ${dir}\n`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
