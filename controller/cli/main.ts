@@ -2,7 +2,7 @@
 /**
  * wirekey's command line: `run`, `reload`, `validate`, `status`, `explain`, `ca cert`.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import { existsSync, readFileSync } from 'node:fs';
@@ -30,21 +30,29 @@ const DEFAULTS = {
   audit: '-',
 };
 
+/**
+ * A whole number written in decimal digits, or NaN: Number() alone would
+ * also take 0x50, 1e3, 0b1, " 7" and "".
+ */
+function decimal(value: string): number {
+  return /^\d+$/.test(value) ? Number(value) : Number.NaN;
+}
+
 function port(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('must be a port number (1-65535)');
+  const n = decimal(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('must be a port number from 1 to 65535, in decimal digits');
   return n;
 }
 
 function bytes(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError('must be a number of bytes');
+  const n = decimal(value);
+  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError('must be a number of bytes, in decimal digits');
   return n;
 }
 
 function count(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('must be a whole number of at least 1');
+  const n = decimal(value);
+  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('must be a whole number of at least 1, in decimal digits');
   return n;
 }
 
@@ -57,14 +65,29 @@ function duration(value: string): number {
   return n;
 }
 
+/**
+ * An option whose value is parsed into another unit than it is written in (a
+ * duration into milliseconds): --help shows the default as it would be
+ * written (`shown`), not the parsed value.
+ */
+function parsedOption<T>(flags: string, description: string, parse: (value: string) => T, value: T, shown: string): Option {
+  return new Option(flags, description).argParser(parse).default(value, shown);
+}
+
+/** Milliseconds as `duration` takes them: "5m", "10s", "1500ms". */
+function shownDuration(ms: number): string {
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
+  return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+}
+
 /** Proxy worker threads for --proxy-workers "auto": one per CPU, at most this many. */
 const PROXY_WORKERS_AUTO_MAX = 8;
 
 /** "auto" (one per CPU, at most PROXY_WORKERS_AUTO_MAX) or a number from 1 to 64. */
 function proxyWorkers(value: string): number {
   if (value === 'auto') return Math.min(availableParallelism(), PROXY_WORKERS_AUTO_MAX);
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 64) throw new InvalidArgumentError('must be auto or a number from 1 to 64');
+  const n = decimal(value);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new InvalidArgumentError('must be auto or a number from 1 to 64, in decimal digits');
   return n;
 }
 
@@ -73,9 +96,9 @@ function grain(value: string): 'request' | 'connection' {
   return value;
 }
 
-/** Seconds, as milliseconds; at least half a second. */
+/** Seconds (decimal digits, a fraction allowed), as milliseconds; at least half a second. */
 function seconds(value: string): number {
-  const n = Number(value);
+  const n = /^\d+(\.\d+)?$/.test(value) ? Number(value) : Number.NaN;
   if (!Number.isFinite(n) || n < 0.5 || n > 3600) throw new InvalidArgumentError('must be a number of seconds from 0.5 to 3600');
   return Math.round(n * 1000);
 }
@@ -120,17 +143,19 @@ program
   .option('--upstream-ca <file>', 'PEM bundle trusted for upstream servers, besides the system store')
   .option('--sigv4-body-limit <bytes>', 'largest request body buffered to compute a SigV4 payload hash', bytes, 16 * 1024 * 1024)
   .option('--sigv4-body-memory <bytes>', 'memory all SigV4 bodies being hashed may hold together', bytes, 64 * 1024 * 1024)
-  .option('--handshake-timeout <duration>', 'time a redirected connection has to complete its TLS handshake', duration, DEFAULT_PROXY_LIMITS.handshakeTimeoutMs)
+  .addOption(parsedOption('--handshake-timeout <duration>', 'time a redirected connection has to complete its TLS handshake', duration,
+    DEFAULT_PROXY_LIMITS.handshakeTimeoutMs, shownDuration(DEFAULT_PROXY_LIMITS.handshakeTimeoutMs)))
   .option('--max-handshakes <n>', 'redirected connections still in their TLS handshake, all workloads together', count, DEFAULT_PROXY_LIMITS.maxHandshakes)
   .option('--max-connections-per-workload <n>', 'open proxied connections per workload', count, DEFAULT_PROXY_LIMITS.maxConnectionsPerWorkload)
-  .option('--idle-timeout <duration>', 'close a proxied or relayed connection idle this long', duration, DEFAULT_PROXY_LIMITS.idleTimeoutMs)
+  .addOption(parsedOption('--idle-timeout <duration>', 'close a proxied or relayed connection idle this long', duration,
+    DEFAULT_PROXY_LIMITS.idleTimeoutMs, shownDuration(DEFAULT_PROXY_LIMITS.idleTimeoutMs)))
   .option('--no-http2', 'offer workloads HTTP/1.1 only (ALPN), not h2')
   .option('--no-h1-fast-path', 'serve every HTTP/1.1 request through Node\'s HTTP server and undici, not the fast path (README: "The HTTP/1.1 fast path")')
   .option('--h2-max-streams <n>', 'HTTP/2 streams open at once on one workload connection', count, DEFAULT_H2_LIMITS.maxConcurrentStreams)
   .option('--h2-max-resets <n>', 'HTTP/2 streams a workload connection may reset within 10 s before it gets GOAWAY (rapid reset)', count, DEFAULT_H2_LIMITS.maxResets)
   .option('--no-kernel-datapath', 'do not load the kernel HTTP datapath (plaintext services are then refused)')
   .option('--kernel-audit <grain>', 'audit kernel datapath injections once per connection and credential version, or per request (usage lines count every request either way)', grain, 'connection' as const)
-  .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
+  .addOption(parsedOption('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000, '5'))
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
   .option('--log-format <format>', 'text (one line per event) or json (one object per line)', logFormat, 'text' as LogFormat)
   .option('--metrics-listen <host:port>', 'also serve /metrics, /healthz and /readyz over TCP here (the control socket STATE_DIR/agent.sock always does)', listenAddress)
@@ -254,7 +279,7 @@ program
     '1 when refused (the running policy stays in force; the reasons are printed), 3 when no agent runs, 4 without permission, ' +
     '5 when the agent did not answer or cannot reload now')
   .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
-  .option('--timeout <duration>', 'how long to wait for the agent\'s answer', duration, 60_000)
+  .addOption(parsedOption('--timeout <duration>', 'how long to wait for the agent\'s answer', duration, 60_000, '60s'))
   .action(async (opts: { stateDir: string; timeout: number }) => {
     try {
       // The policy as the agent reads it (its --policy): a file that does not
