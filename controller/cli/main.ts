@@ -22,6 +22,7 @@ import { createLogger, isLogFormat, isLogLevel, type LogFormat, type LogLevel } 
 import { libbpfVersion, repoRoot } from '../datapath/native.js';
 import { makeNotDumpable } from '../datapath/dumpable.js';
 import { WirekeyError, PolicyError, BpfError } from '../errors.js';
+import { EXIT, exitCodeOf, exitStatusHelp } from './exit-codes.js';
 
 const DEFAULTS = {
   stateDir: '/var/lib/wirekey',
@@ -133,7 +134,7 @@ const program = new Command()
 
 program
   .command('run')
-  .description('run the agent in the foreground until SIGINT or SIGTERM')
+  .description(`run the agent in the foreground until SIGINT or SIGTERM; ${exitStatusHelp('run')}`)
   .requiredOption('--policy <path>', 'policy file, or directory of *.yaml files')
   .option('--state-dir <dir>', 'where the local CA is kept (root-only)', DEFAULTS.stateDir)
   .option('--pin-dir <dir>', 'bpffs directory for the agent\'s pinned maps', DEFAULTS.pinDir)
@@ -258,7 +259,7 @@ program
   .command('validate')
   .description(
     'check a policy file or directory; prints file:line:column: message per problem (and per warning, marked so), ' +
-      'and for a directory the files read and ignored; exits 0 when valid (warnings included), 1 otherwise',
+      `and for a directory the files read and ignored; ${exitStatusHelp('validate')}`,
   )
   .argument('<path>', 'policy file, or directory of *.yaml files')
   .option(
@@ -275,9 +276,7 @@ program
 
 program
   .command('reload')
-  .description('check the running agent\'s policy, have the agent apply it and wait for the result; exits 0 when applied, ' +
-    '1 when refused (the running policy stays in force; the reasons are printed), 3 when no agent runs, 4 without permission, ' +
-    '5 when the agent did not answer or cannot reload now')
+  .description(`check the running agent's policy, have the agent apply it and wait for the result; ${exitStatusHelp('reload')}`)
   .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
   .addOption(parsedOption('--timeout <duration>', 'how long to wait for the agent\'s answer', duration, 60_000, '60s'))
   .action(async (opts: { stateDir: string; timeout: number }) => {
@@ -311,7 +310,7 @@ class ReloadRefused extends WirekeyError {
 
 program
   .command('explain')
-  .description('show the workload the kernel assigns to a process, selector by selector, and its bindings')
+  .description(`show the workload the kernel assigns to a process, selector by selector, and its bindings; ${exitStatusHelp('explain')}`)
   .argument('<pid>', 'process id', (v) => {
     if (!/^\d+$/.test(v)) throw new InvalidArgumentError('must be a process id');
     return Number(v);
@@ -329,7 +328,7 @@ program
 
 program
   .command('status')
-  .description('whether the agent runs, its map usage and its counters; exits 3 when no agent runs, 4 without permission')
+  .description(`whether the agent runs, its map usage and its counters; ${exitStatusHelp('status')}`)
   .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
   .option('--json', 'machine-readable output (counters as decimal strings)')
   .action((opts: { stateDir: string; json?: boolean }) => {
@@ -337,7 +336,7 @@ program
       const s = agentStatus(opts.stateDir);
       process.stdout.write(opts.json ? `${JSON.stringify(s, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n` : formatStatus(s));
       // A dead agent's pins are reported, but it is not running.
-      if (!s.running) process.exitCode = 3;
+      if (!s.running) process.exitCode = EXIT.noAgent;
     } catch (err) {
       fail(err);
     }
@@ -345,7 +344,7 @@ program
 
 const ca = program.command('ca').description('the local CA that workloads trust for intercepted hosts');
 ca.command('cert')
-  .description('print the local CA certificate (PEM), creating the CA in an existing state dir if it has none')
+  .description(`print the local CA certificate (PEM), creating the CA in an existing state dir if it has none; ${exitStatusHelp('ca cert')}`)
   .option('--state-dir <dir>', 'where the local CA is kept (root-only)', DEFAULTS.stateDir)
   .option('--create', 'create the state dir too when it does not exist')
   .action(async (opts: { stateDir: string; create?: boolean }) => {
@@ -374,19 +373,6 @@ function fail(err: unknown): void {
     process.stderr.write(`wirekey: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   }
   process.exitCode = exitCodeOf(err);
-}
-
-/**
- * 3: no agent runs (as LSB status and systemctl say it); 4: not permitted to
- * tell; 5: the agent did not answer on its control socket, or is starting
- * (cannot reload now); 1: anything else (a refused reload included).
- */
-function exitCodeOf(err: unknown): number {
-  const code = err instanceof WirekeyError ? err.code : undefined;
-  if (code === 'WK_NO_AGENT') return 3;
-  if (code === 'WK_ACCESS') return 4;
-  if (code === 'WK_CONTROL' || code === 'WK_STARTING') return 5;
-  return 1;
 }
 
 program.parseAsync().catch(fail);
