@@ -147,7 +147,7 @@ export class FileCredentialSource implements CredentialSource {
     // Another unprivileged owner could read the file or swap its content.
     const euid = process.geteuid?.();
     if (euid !== undefined && st.uid !== 0n && st.uid !== BigInt(euid)) {
-      throw this.fail(`${this.path} is owned by uid ${st.uid}; it must be owned by root or uid ${euid}`);
+      throw this.fail(`${this.path} is owned by uid ${st.uid}; it must be owned by ${euid === 0 ? 'root' : `root or uid ${euid}`}`);
     }
     if (st.size > BigInt(MAX_FILE_BYTES)) {
       throw this.fail(`${this.path} is larger than ${MAX_FILE_BYTES} bytes`);
