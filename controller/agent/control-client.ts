@@ -60,3 +60,36 @@ function socketUnanswered(stateDir: string, socketPath: string, code: string): W
   }
   return new WirekeyError('WK_NO_AGENT', `no agent is running with state dir ${stateDir} (nothing listens on ${socketPath})`);
 }
+
+/** Whether the agent answers ready on its control socket; `reason` says what it answered instead. */
+export type Readiness = { ready: true } | { ready: false; reason: string };
+
+/**
+ * Asks the agent running with `stateDir` for GET /readyz, for at most
+ * `timeoutMs`: an agent whose lock is held but whose event loop is stuck
+ * (a hang, SIGSTOP) answers nothing, which its lock alone cannot show.
+ * @throws WirekeyError WK_ACCESS (not permitted to open the socket).
+ */
+export async function probeReadiness(stateDir: string, timeoutMs: number): Promise<Readiness> {
+  const socketPath = controlSocketPath(stateDir);
+  return new Promise<Readiness>((resolve, reject) => {
+    const req = http.request({ socketPath, method: 'GET', path: '/readyz', headers: { host: 'wirekey' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve(res.statusCode === 200
+        ? { ready: true }
+        : { ready: false, reason: `it answers ${body.trim().split('\n')[0] || `HTTP ${res.statusCode}`} on its control socket ${socketPath}` }));
+      res.on('error', (err) => resolve({ ready: false, reason: `its answer on ${socketPath} broke off: ${err.message}` }));
+    });
+    req.setTimeout(timeoutMs, () => {
+      req.destroy();
+      resolve({ ready: false, reason: `it does not answer on its control socket ${socketPath} within ${timeoutMs / 1000}s (hung or stopped?)` });
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EACCES' || err.code === 'EPERM') reject(new WirekeyError('WK_ACCESS', `cannot open ${socketPath}: permission denied (run as root)`));
+      else resolve({ ready: false, reason: `its control socket ${socketPath} does not answer (${err.code ?? err.message})` });
+    });
+    req.end();
+  });
+}

@@ -29,11 +29,11 @@ export const EXIT_STATUS: Record<Command, [code: number, meaning: string][]> = {
     [EXIT.noAnswer, 'the agent is starting, did not answer, or cannot reload now'],
   ],
   status: [
-    [EXIT.ok, 'the agent runs'],
+    [EXIT.ok, 'the agent runs and answers ready'],
     [EXIT.failed, 'anything else'],
     [EXIT.noAgent, 'no agent runs (what a dead agent\'s pins still show is printed)'],
     [EXIT.denied, 'not permitted to tell'],
-    [EXIT.noAnswer, 'an agent holds the lock but is starting'],
+    [EXIT.noAnswer, 'an agent holds the lock but is starting, or does not answer ready on its control socket (hung, stopping)'],
   ],
   explain: [
     [EXIT.ok, 'explained'],

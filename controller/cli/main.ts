@@ -8,7 +8,7 @@ import { availableParallelism } from 'node:os';
 import { existsSync, readFileSync } from 'node:fs';
 import { Agent, type ReloadResult } from '../agent/agent.js';
 import { ServiceNotifier } from '../agent/service-notifier.js';
-import { requestReload } from '../agent/control-client.js';
+import { probeReadiness, requestReload } from '../agent/control-client.js';
 import { readRuntimeState } from '../host/runtime-state.js';
 import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
@@ -331,12 +331,16 @@ program
   .description(`whether the agent runs, its map usage and its counters; ${exitStatusHelp('status')}`)
   .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
   .option('--json', 'machine-readable output (counters as decimal strings)')
-  .action((opts: { stateDir: string; json?: boolean }) => {
+  .addOption(parsedOption('--timeout <duration>', 'how long to wait for a running agent to answer /readyz on its control socket', duration, 5000, '5s'))
+  .action(async (opts: { stateDir: string; json?: boolean; timeout: number }) => {
     try {
       const s = agentStatus(opts.stateDir);
+      // Its lock shows the agent alive, not that it answers: a hung one holds the lock too.
+      if (s.running) s.readiness = await probeReadiness(opts.stateDir, opts.timeout);
       process.stdout.write(opts.json ? `${JSON.stringify(s, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n` : formatStatus(s));
       // A dead agent's pins are reported, but it is not running.
       if (!s.running) process.exitCode = EXIT.noAgent;
+      else if (!s.readiness?.ready) process.exitCode = EXIT.noAnswer;
     } catch (err) {
       fail(err);
     }
