@@ -4,7 +4,7 @@
  * which also read the kernel's own maps from their pins.
  */
 import path from 'node:path';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, renameSync, rmSync } from 'node:fs';
 import type { PlanEgress, PlanWorkload } from '../policy/types.js';
 import { agentRunning } from '../datapath/instance-lock.js';
 import { WirekeyError } from '../errors.js';
@@ -56,13 +56,30 @@ export function runtimeStatePath(stateDir: string): string {
   return path.join(stateDir, 'runtime.json');
 }
 
+/** Where an agent moves the state it found on taking the lock: a dead predecessor's, kept for status until this agent writes its own. */
+export function previousRuntimeStatePath(stateDir: string): string {
+  return path.join(stateDir, 'runtime.previous.json');
+}
+
 /**
- * Removes the state an agent left: done by an agent as soon as it holds the
- * lock (a dead predecessor's state no longer describes what runs) and when
- * it stops cleanly (its pins are gone with it).
+ * Marks the state a dead agent left as not the running agent's: done by an
+ * agent as soon as it holds the lock, so that status, explain and reload
+ * never take it for its own (even when the new agent got the same pid, as
+ * in a container), while status can still show what its pins hold should
+ * this agent fail to start.
  */
-export function discardRuntimeState(stateDir: string): void {
-  rmSync(runtimeStatePath(stateDir), { force: true });
+export function retireRuntimeState(stateDir: string): void {
+  try {
+    renameSync(runtimeStatePath(stateDir), previousRuntimeStatePath(stateDir));
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+  }
+}
+
+/** Removes the state of a dead predecessor (`previousOnly`: once this agent wrote its own), or all state at a clean stop. */
+export function discardRuntimeState(stateDir: string, opts: { previousOnly?: boolean } = {}): void {
+  rmSync(previousRuntimeStatePath(stateDir), { force: true });
+  if (!opts.previousOnly) rmSync(runtimeStatePath(stateDir), { force: true });
 }
 
 /**
@@ -78,11 +95,14 @@ export function discardRuntimeState(stateDir: string): void {
 export function readRuntimeState(stateDir: string, opts: { evenIfDead?: boolean } = {}): RuntimeState & { running: boolean } {
   const owner = agentRunning(stateDir);
   if (!owner.running && opts.evenIfDead) {
-    // What an agent that died left behind (its pins outlive it): for status, marked as such.
-    try {
-      return { ...(JSON.parse(readFileSync(runtimeStatePath(stateDir), 'utf8')) as RuntimeState), running: false };
-    } catch {
-      /* nothing left: not running, as below */
+    // What an agent that died left behind (its pins outlive it): for status, marked as such;
+    // a state retired by an agent that then failed to start is still the last one applied.
+    for (const file of [runtimeStatePath(stateDir), previousRuntimeStatePath(stateDir)]) {
+      try {
+        return { ...(JSON.parse(readFileSync(file, 'utf8')) as RuntimeState), running: false };
+      } catch {
+        /* nothing left: not running, as below */
+      }
     }
   }
   if (!owner.running) {

@@ -4,7 +4,7 @@ import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { acquireInstanceLock } from '../../controller/datapath/instance-lock.js';
-import { discardRuntimeState, readRuntimeState, runtimeStatePath } from '../../controller/host/runtime-state.js';
+import { discardRuntimeState, previousRuntimeStatePath, readRuntimeState, retireRuntimeState, runtimeStatePath } from '../../controller/host/runtime-state.js';
 
 function state(pid: number): string {
   return JSON.stringify({ pid, policyPath: '/p', pinDir: '/sys/fs/bpf/x', cgroupRoot: '/sys/fs/cgroup', workloads: [], bindings: [] });
@@ -28,11 +28,14 @@ describe('readRuntimeState', () => {
       try {
         expect(() => readRuntimeState(dir)).toThrow(expect.objectContaining({ code: 'WK_STARTING', message: expect.stringContaining(`the agent (pid ${process.pid}) is starting`) }));
         expect(() => readRuntimeState(dir, { evenIfDead: true })).toThrow(expect.objectContaining({ code: 'WK_STARTING' }));
-        discardRuntimeState(dir);
+        retireRuntimeState(dir);
         expect(existsSync(runtimeStatePath(dir))).toBe(false);
         expect(() => readRuntimeState(dir)).toThrow(expect.objectContaining({ code: 'WK_STARTING' }));
         writeFileSync(runtimeStatePath(dir), state(process.pid));
         expect(readRuntimeState(dir)).toMatchObject({ pid: process.pid, running: true });
+        discardRuntimeState(dir, { previousOnly: true });
+        expect(existsSync(previousRuntimeStatePath(dir))).toBe(false);
+        expect(existsSync(runtimeStatePath(dir))).toBe(true);
       } finally {
         lock.release();
       }
@@ -44,6 +47,29 @@ describe('readRuntimeState', () => {
       writeFileSync(runtimeStatePath(dir), state(1));
       expect(readRuntimeState(dir, { evenIfDead: true })).toMatchObject({ pid: 1, running: false });
       expect(() => readRuntimeState(dir)).toThrow(expect.objectContaining({ code: 'WK_NO_AGENT', message: `no agent is running with state dir ${dir}` }));
+    });
+  });
+
+  it('a dead agent\'s state with the new agent\'s pid (a container\'s pid 1) is retired on taking the lock, so not taken for its own', () => {
+    withStateDir((dir) => {
+      writeFileSync(runtimeStatePath(dir), state(process.pid));
+      const lock = acquireInstanceLock(dir, path.join(dir, 'pins'), { runDir: path.join(dir, 'run') });
+      try {
+        retireRuntimeState(dir);
+        expect(() => readRuntimeState(dir)).toThrow(expect.objectContaining({ code: 'WK_STARTING' }));
+      } finally {
+        lock.release();
+      }
+    });
+  });
+
+  it('an agent that retired a dead one\'s state and then failed to start leaves it for status', () => {
+    withStateDir((dir) => {
+      writeFileSync(runtimeStatePath(dir), state(1));
+      retireRuntimeState(dir);
+      expect(readRuntimeState(dir, { evenIfDead: true })).toMatchObject({ pid: 1, running: false });
+      discardRuntimeState(dir);
+      expect(() => readRuntimeState(dir, { evenIfDead: true })).toThrow(expect.objectContaining({ code: 'WK_NO_AGENT' }));
     });
   });
 });
