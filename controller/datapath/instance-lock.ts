@@ -128,7 +128,7 @@ export function acquireInstanceLock(stateDir: string, pinDir: string, opts: { ru
  * @throws WirekeyError WK_ACCESS when the state dir cannot be read for want
  *   of permission (not root), rather than answering "not running".
  */
-export function agentRunning(stateDir: string): { running: boolean; pid: number | undefined } {
+export function agentRunning(stateDir: string, procLocks: () => string = () => readFileSync('/proc/locks', 'utf8')): { running: boolean; pid: number | undefined } {
   const file = path.join(stateDir, 'agent.lock');
   let st: BigIntStats;
   try {
@@ -138,8 +138,10 @@ export function agentRunning(stateDir: string): { running: boolean; pid: number 
     if (code === 'EACCES' || code === 'EPERM') throw new WirekeyError('WK_ACCESS', `cannot read ${stateDir}: permission denied (run as root)`);
     return { running: false, pid: undefined };
   }
-  const pid = flockOwner(readFileSync('/proc/locks', 'utf8'), st.dev, st.ino);
-  return pid === undefined ? { running: false, pid: ownerPid(file) } : { running: true, pid };
+  const pid = flockOwner(procLocks(), st.dev, st.ino);
+  if (pid === undefined) return { running: false, pid: ownerPid(file) };
+  // 0: the holder is outside this pid namespace; the pid it wrote is the best there is.
+  return { running: true, pid: pid > 0 ? pid : ownerPid(file) };
 }
 
 /**

@@ -119,4 +119,18 @@ describe('acquireInstanceLock', () => {
       rmSync(dir, { recursive: true, force: true });
     }
   });
+
+  it('agentRunning: a holder outside this pid namespace (pid 0 in /proc/locks) is running, with the pid it wrote', () => {
+    const dir = tempDir();
+    try {
+      const file = path.join(dir, 'agent.lock');
+      writeFileSync(file, '4242\n');
+      const st = statSync(file, { bigint: true });
+      const procLocks = () => `1: FLOCK  ADVISORY  WRITE 0 ${procLocksDevice(st.dev)}:${st.ino} 0 EOF\n`;
+      expect(agentRunning(dir, procLocks)).toEqual({ running: true, pid: 4242 });
+      expect(agentRunning(dir, () => '')).toEqual({ running: false, pid: 4242 });
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
 });
