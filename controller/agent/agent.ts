@@ -21,7 +21,7 @@ import { ControlServer, controlSocketPath } from './control-server.js';
 import type { ServiceNotifications } from './service-notifier.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
 import { identityTables } from '../datapath/identity-tables.js';
-import { runtimeStatePath, type RuntimeState } from '../host/runtime-state.js';
+import { discardRuntimeState, retireRuntimeState, runtimeStatePath, type RuntimeState } from '../host/runtime-state.js';
 import { DEFAULT_PROXY_LIMITS, ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { ProxyWorkers } from './proxy-workers.js';
 import { reusePortListener } from '../datapath/reuse-port.js';
@@ -141,6 +141,7 @@ export class Agent {
   #lifecycle: Promise<void> = Promise.resolve();
   #stopping = false;
   #lock: InstanceLock | undefined;
+  #wroteRuntimeState = false;
   #control: ControlServer | undefined;
   /** Programs attached, policy applied, credentials checked: what /readyz answers. */
   #ready = false;
@@ -199,6 +200,8 @@ export class Agent {
     // One agent per state dir and per pin dir, before anything is touched.
     mkdirSync(this.#opts.stateDir, { recursive: true, mode: 0o700 });
     this.#lock = acquireInstanceLock(this.#opts.stateDir, this.#opts.pinDir);
+    // Until this agent writes its own, status says "starting", not what a dead agent applied.
+    retireRuntimeState(this.#opts.stateDir);
     if (this.#lock.previousPid && existsSync(this.#opts.pinDir)) {
       this.#log.warn('pins in %s were left by agent pid %d, which is not running: its programs stay attached until this agent\'s are, and its open kernel-path connections stay refused', this.#opts.pinDir, this.#lock.previousPid);
     }
@@ -355,6 +358,7 @@ export class Agent {
       this.#log.info('took over from the previous agent: its %d program(s), attached while no agent ran (egress rules enforced, bound connections refused), are detached now that this agent\'s are attached', released);
     }
     this.#writeRuntimeState();
+    discardRuntimeState(this.#opts.stateDir, { previousOnly: true });
     this.#sweepDraining();
     this.#resync = setInterval(() => void this.#syncIdentity(), this.#opts.resyncIntervalMs ?? 2000);
     this.#resync.unref();
@@ -638,6 +642,15 @@ export class Agent {
     this.#metricsServer = undefined;
     await this.#control?.close();
     this.#control = undefined;
+    if (this.#lock && this.#wroteRuntimeState) {
+      // Only this agent's own: an agent refused for want of the lock leaves the running one's state
+      // alone, and one that failed to start leaves a dead predecessor's for status.
+      try {
+        discardRuntimeState(this.#opts.stateDir);
+      } catch (err) {
+        this.#log.warn('cannot remove the runtime state: %s', (err as Error).message);
+      }
+    }
     this.#lock?.release();
     this.#lock = undefined;
   }
@@ -816,6 +829,7 @@ export class Agent {
 
   /** What `wirekey explain` and `wirekey status` read: the plan as applied, with resolved selectors. Root-only. */
   #writeRuntimeState(): void {
+    this.#wroteRuntimeState = true;
     const state: RuntimeState = {
       pid: process.pid,
       policyPath: this.#opts.policyPath,

@@ -6,12 +6,14 @@ import http from 'node:http';
 import { controlSocketPath } from './control-server.js';
 import type { ReloadResult } from './agent.js';
 import { WirekeyError } from '../errors.js';
+import { agentRunning } from '../datapath/instance-lock.js';
 
 /**
  * Asks the agent running with `stateDir` to reload its policy and waits for
  * the result (applied, or refused with its problems).
- * @throws WirekeyError WK_NO_AGENT (nothing listens on the socket),
- *   WK_ACCESS (not permitted to open it), WK_CONTROL (the agent did not
+ * @throws WirekeyError WK_NO_AGENT (nothing listens on the socket, and no
+ *   agent holds the lock), WK_ACCESS (not permitted to open it), WK_CONTROL
+ *   (the agent holding the lock does not accept on its socket, did not
  *   answer within `timeoutMs`, or answered something else than a result:
  *   still starting, or failed while reloading).
  */
@@ -30,7 +32,7 @@ export async function requestReload(stateDir: string, timeoutMs: number): Promis
     req.on('error', (err: NodeJS.ErrnoException) => {
       if (err instanceof WirekeyError) reject(err);
       else if (err.code === 'ENOENT' || err.code === 'ECONNREFUSED') {
-        reject(new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir} (nothing listens on ${socketPath})`));
+        reject(socketUnanswered(stateDir, socketPath, err.code));
       } else if (err.code === 'EACCES' || err.code === 'EPERM') {
         reject(new WirekeyError('WK_ACCESS', `cannot open ${socketPath}: permission denied (run as root)`));
       } else reject(new WirekeyError('WK_CONTROL', `cannot ask the agent on ${socketPath}: ${err.message}`, { cause: err }));
@@ -43,4 +45,51 @@ export async function requestReload(stateDir: string, timeoutMs: number): Promis
   } catch {
     throw new WirekeyError('WK_CONTROL', `the agent's answer is not a reload result: ${body.slice(0, 200)}`);
   }
+}
+
+/** Nothing accepts on the control socket: no agent, or (its lock held) an agent whose socket is gone or not served. */
+function socketUnanswered(stateDir: string, socketPath: string, code: string): WirekeyError {
+  let owner: ReturnType<typeof agentRunning>;
+  try {
+    owner = agentRunning(stateDir);
+  } catch (err) {
+    return err as WirekeyError;
+  }
+  if (owner.running) {
+    return new WirekeyError('WK_CONTROL', `the agent (pid ${owner.pid}) is running with state dir ${stateDir}, but its control socket ${socketPath} does not answer (${code})`);
+  }
+  return new WirekeyError('WK_NO_AGENT', `no agent is running with state dir ${stateDir} (nothing listens on ${socketPath})`);
+}
+
+/** Whether the agent answers ready on its control socket; `reason` says what it answered instead. */
+export type Readiness = { ready: true } | { ready: false; reason: string };
+
+/**
+ * Asks the agent running with `stateDir` for GET /readyz, for at most
+ * `timeoutMs`: an agent whose lock is held but whose event loop is stuck
+ * (a hang, SIGSTOP) answers nothing, which its lock alone cannot show.
+ * @throws WirekeyError WK_ACCESS (not permitted to open the socket).
+ */
+export async function probeReadiness(stateDir: string, timeoutMs: number): Promise<Readiness> {
+  const socketPath = controlSocketPath(stateDir);
+  return new Promise<Readiness>((resolve, reject) => {
+    const req = http.request({ socketPath, method: 'GET', path: '/readyz', headers: { host: 'wirekey' } }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (body += d));
+      res.on('end', () => resolve(res.statusCode === 200
+        ? { ready: true }
+        : { ready: false, reason: `it answers ${body.trim().split('\n')[0] || `HTTP ${res.statusCode}`} on its control socket ${socketPath}` }));
+      res.on('error', (err) => resolve({ ready: false, reason: `its answer on ${socketPath} broke off: ${err.message}` }));
+    });
+    req.setTimeout(timeoutMs, () => {
+      req.destroy();
+      resolve({ ready: false, reason: `it does not answer on its control socket ${socketPath} within ${timeoutMs / 1000}s (hung or stopped?)` });
+    });
+    req.on('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EACCES' || err.code === 'EPERM') reject(new WirekeyError('WK_ACCESS', `cannot open ${socketPath}: permission denied (run as root)`));
+      else resolve({ ready: false, reason: `its control socket ${socketPath} does not answer (${err.code ?? err.message})` });
+    });
+    req.end();
+  });
 }

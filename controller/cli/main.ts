@@ -2,13 +2,13 @@
 /**
  * wirekey's command line: `run`, `reload`, `validate`, `status`, `explain`, `ca cert`.
  */
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import path from 'node:path';
 import { availableParallelism } from 'node:os';
 import { existsSync, readFileSync } from 'node:fs';
 import { Agent, type ReloadResult } from '../agent/agent.js';
 import { ServiceNotifier } from '../agent/service-notifier.js';
-import { requestReload } from '../agent/control-client.js';
+import { probeReadiness, requestReload } from '../agent/control-client.js';
 import { readRuntimeState } from '../host/runtime-state.js';
 import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
@@ -22,6 +22,7 @@ import { createLogger, isLogFormat, isLogLevel, type LogFormat, type LogLevel } 
 import { libbpfVersion, repoRoot } from '../datapath/native.js';
 import { makeNotDumpable } from '../datapath/dumpable.js';
 import { WirekeyError, PolicyError, BpfError } from '../errors.js';
+import { EXIT, exitCodeOf, exitStatusHelp } from './exit-codes.js';
 
 const DEFAULTS = {
   stateDir: '/var/lib/wirekey',
@@ -30,21 +31,29 @@ const DEFAULTS = {
   audit: '-',
 };
 
+/**
+ * A whole number written in decimal digits, or NaN: Number() alone would
+ * also take 0x50, 1e3, 0b1, " 7" and "".
+ */
+function decimal(value: string): number {
+  return /^\d+$/.test(value) ? Number(value) : Number.NaN;
+}
+
 function port(value: string): number {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('must be a port number (1-65535)');
+  const n = decimal(value);
+  if (!Number.isInteger(n) || n < 1 || n > 65535) throw new InvalidArgumentError('must be a port number from 1 to 65535, in decimal digits');
   return n;
 }
 
 function bytes(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 0) throw new InvalidArgumentError('must be a number of bytes');
+  const n = decimal(value);
+  if (!Number.isSafeInteger(n)) throw new InvalidArgumentError('must be a number of bytes, in decimal digits');
   return n;
 }
 
 function count(value: string): number {
-  const n = Number(value);
-  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('must be a whole number of at least 1');
+  const n = decimal(value);
+  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError('must be a whole number of at least 1, in decimal digits');
   return n;
 }
 
@@ -57,14 +66,29 @@ function duration(value: string): number {
   return n;
 }
 
+/**
+ * An option whose value is parsed into another unit than it is written in (a
+ * duration into milliseconds): --help shows the default as it would be
+ * written (`shown`), not the parsed value.
+ */
+function parsedOption<T>(flags: string, description: string, parse: (value: string) => T, value: T, shown: string): Option {
+  return new Option(flags, description).argParser(parse).default(value, shown);
+}
+
+/** Milliseconds as `duration` takes them: "5m", "10s", "1500ms". */
+function shownDuration(ms: number): string {
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
+  return ms % 1000 === 0 ? `${ms / 1000}s` : `${ms}ms`;
+}
+
 /** Proxy worker threads for --proxy-workers "auto": one per CPU, at most this many. */
 const PROXY_WORKERS_AUTO_MAX = 8;
 
 /** "auto" (one per CPU, at most PROXY_WORKERS_AUTO_MAX) or a number from 1 to 64. */
 function proxyWorkers(value: string): number {
   if (value === 'auto') return Math.min(availableParallelism(), PROXY_WORKERS_AUTO_MAX);
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1 || n > 64) throw new InvalidArgumentError('must be auto or a number from 1 to 64');
+  const n = decimal(value);
+  if (!Number.isInteger(n) || n < 1 || n > 64) throw new InvalidArgumentError('must be auto or a number from 1 to 64, in decimal digits');
   return n;
 }
 
@@ -73,9 +97,9 @@ function grain(value: string): 'request' | 'connection' {
   return value;
 }
 
-/** Seconds, as milliseconds; at least half a second. */
+/** Seconds (decimal digits, a fraction allowed), as milliseconds; at least half a second. */
 function seconds(value: string): number {
-  const n = Number(value);
+  const n = /^\d+(\.\d+)?$/.test(value) ? Number(value) : Number.NaN;
   if (!Number.isFinite(n) || n < 0.5 || n > 3600) throw new InvalidArgumentError('must be a number of seconds from 0.5 to 3600');
   return Math.round(n * 1000);
 }
@@ -110,7 +134,7 @@ const program = new Command()
 
 program
   .command('run')
-  .description('run the agent in the foreground until SIGINT or SIGTERM')
+  .description(`run the agent in the foreground until SIGINT or SIGTERM; ${exitStatusHelp('run')}`)
   .requiredOption('--policy <path>', 'policy file, or directory of *.yaml files')
   .option('--state-dir <dir>', 'where the local CA is kept (root-only)', DEFAULTS.stateDir)
   .option('--pin-dir <dir>', 'bpffs directory for the agent\'s pinned maps', DEFAULTS.pinDir)
@@ -120,17 +144,19 @@ program
   .option('--upstream-ca <file>', 'PEM bundle trusted for upstream servers, besides the system store')
   .option('--sigv4-body-limit <bytes>', 'largest request body buffered to compute a SigV4 payload hash', bytes, 16 * 1024 * 1024)
   .option('--sigv4-body-memory <bytes>', 'memory all SigV4 bodies being hashed may hold together', bytes, 64 * 1024 * 1024)
-  .option('--handshake-timeout <duration>', 'time a redirected connection has to complete its TLS handshake', duration, DEFAULT_PROXY_LIMITS.handshakeTimeoutMs)
+  .addOption(parsedOption('--handshake-timeout <duration>', 'time a redirected connection has to complete its TLS handshake', duration,
+    DEFAULT_PROXY_LIMITS.handshakeTimeoutMs, shownDuration(DEFAULT_PROXY_LIMITS.handshakeTimeoutMs)))
   .option('--max-handshakes <n>', 'redirected connections still in their TLS handshake, all workloads together', count, DEFAULT_PROXY_LIMITS.maxHandshakes)
   .option('--max-connections-per-workload <n>', 'open proxied connections per workload', count, DEFAULT_PROXY_LIMITS.maxConnectionsPerWorkload)
-  .option('--idle-timeout <duration>', 'close a proxied or relayed connection idle this long', duration, DEFAULT_PROXY_LIMITS.idleTimeoutMs)
+  .addOption(parsedOption('--idle-timeout <duration>', 'close a proxied or relayed connection idle this long', duration,
+    DEFAULT_PROXY_LIMITS.idleTimeoutMs, shownDuration(DEFAULT_PROXY_LIMITS.idleTimeoutMs)))
   .option('--no-http2', 'offer workloads HTTP/1.1 only (ALPN), not h2')
   .option('--no-h1-fast-path', 'serve every HTTP/1.1 request through Node\'s HTTP server and undici, not the fast path (README: "The HTTP/1.1 fast path")')
   .option('--h2-max-streams <n>', 'HTTP/2 streams open at once on one workload connection', count, DEFAULT_H2_LIMITS.maxConcurrentStreams)
   .option('--h2-max-resets <n>', 'HTTP/2 streams a workload connection may reset within 10 s before it gets GOAWAY (rapid reset)', count, DEFAULT_H2_LIMITS.maxResets)
   .option('--no-kernel-datapath', 'do not load the kernel HTTP datapath (plaintext services are then refused)')
   .option('--kernel-audit <grain>', 'audit kernel datapath injections once per connection and credential version, or per request (usage lines count every request either way)', grain, 'connection' as const)
-  .option('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000)
+  .addOption(parsedOption('--kernel-alive-timeout <seconds>', 'the kernel datapath refuses instead of injecting once the agent has not answered for this long', seconds, 5000, '5'))
   .option('--log-level <level>', 'debug, info, warn or error', level, 'info' as LogLevel)
   .option('--log-format <format>', 'text (one line per event) or json (one object per line)', logFormat, 'text' as LogFormat)
   .option('--metrics-listen <host:port>', 'also serve /metrics, /healthz and /readyz over TCP here (the control socket STATE_DIR/agent.sock always does)', listenAddress)
@@ -233,7 +259,7 @@ program
   .command('validate')
   .description(
     'check a policy file or directory; prints file:line:column: message per problem (and per warning, marked so), ' +
-      'and for a directory the files read and ignored; exits 0 when valid (warnings included), 1 otherwise',
+      `and for a directory the files read and ignored; ${exitStatusHelp('validate')}`,
   )
   .argument('<path>', 'policy file, or directory of *.yaml files')
   .option(
@@ -250,11 +276,9 @@ program
 
 program
   .command('reload')
-  .description('check the running agent\'s policy, have the agent apply it and wait for the result; exits 0 when applied, ' +
-    '1 when refused (the running policy stays in force; the reasons are printed), 3 when no agent runs, 4 without permission, ' +
-    '5 when the agent did not answer or cannot reload now')
+  .description(`check the running agent's policy, have the agent apply it and wait for the result; ${exitStatusHelp('reload')}`)
   .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
-  .option('--timeout <duration>', 'how long to wait for the agent\'s answer', duration, 60_000)
+  .addOption(parsedOption('--timeout <duration>', 'how long to wait for the agent\'s answer', duration, 60_000, '60s'))
   .action(async (opts: { stateDir: string; timeout: number }) => {
     try {
       // The policy as the agent reads it (its --policy): a file that does not
@@ -286,7 +310,7 @@ class ReloadRefused extends WirekeyError {
 
 program
   .command('explain')
-  .description('show the workload the kernel assigns to a process, selector by selector, and its bindings')
+  .description(`show the workload the kernel assigns to a process, selector by selector, and its bindings; ${exitStatusHelp('explain')}`)
   .argument('<pid>', 'process id', (v) => {
     if (!/^\d+$/.test(v)) throw new InvalidArgumentError('must be a process id');
     return Number(v);
@@ -304,15 +328,19 @@ program
 
 program
   .command('status')
-  .description('whether the agent runs, its map usage and its counters; exits 3 when no agent runs, 4 without permission')
+  .description(`whether the agent runs, its map usage and its counters; ${exitStatusHelp('status')}`)
   .option('--state-dir <dir>', 'the running agent\'s state directory', DEFAULTS.stateDir)
   .option('--json', 'machine-readable output (counters as decimal strings)')
-  .action((opts: { stateDir: string; json?: boolean }) => {
+  .addOption(parsedOption('--timeout <duration>', 'how long to wait for a running agent to answer /readyz on its control socket', duration, 5000, '5s'))
+  .action(async (opts: { stateDir: string; json?: boolean; timeout: number }) => {
     try {
       const s = agentStatus(opts.stateDir);
+      // Its lock shows the agent alive, not that it answers: a hung one holds the lock too.
+      if (s.running) s.readiness = await probeReadiness(opts.stateDir, opts.timeout);
       process.stdout.write(opts.json ? `${JSON.stringify(s, (_, v: unknown) => (typeof v === 'bigint' ? v.toString() : v), 2)}\n` : formatStatus(s));
       // A dead agent's pins are reported, but it is not running.
-      if (!s.running) process.exitCode = 3;
+      if (!s.running) process.exitCode = EXIT.noAgent;
+      else if (!s.readiness?.ready) process.exitCode = EXIT.noAnswer;
     } catch (err) {
       fail(err);
     }
@@ -320,7 +348,7 @@ program
 
 const ca = program.command('ca').description('the local CA that workloads trust for intercepted hosts');
 ca.command('cert')
-  .description('print the local CA certificate (PEM), creating the CA in an existing state dir if it has none')
+  .description(`print the local CA certificate (PEM), creating the CA in an existing state dir if it has none; ${exitStatusHelp('ca cert')}`)
   .option('--state-dir <dir>', 'where the local CA is kept (root-only)', DEFAULTS.stateDir)
   .option('--create', 'create the state dir too when it does not exist')
   .action(async (opts: { stateDir: string; create?: boolean }) => {
@@ -349,19 +377,6 @@ function fail(err: unknown): void {
     process.stderr.write(`wirekey: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
   }
   process.exitCode = exitCodeOf(err);
-}
-
-/**
- * 3: no agent runs (as LSB status and systemctl say it); 4: not permitted to
- * tell; 5: the agent did not answer on its control socket (or cannot reload
- * now); 1: anything else (a refused reload included).
- */
-function exitCodeOf(err: unknown): number {
-  const code = err instanceof WirekeyError ? err.code : undefined;
-  if (code === 'WK_NO_AGENT') return 3;
-  if (code === 'WK_ACCESS') return 4;
-  if (code === 'WK_CONTROL') return 5;
-  return 1;
 }
 
 program.parseAsync().catch(fail);

@@ -40,7 +40,7 @@ export function secretFileProblem(path: string, st: BigIntStats): string | undef
   // Another unprivileged owner could read the file or swap its content.
   const euid = process.geteuid?.();
   if (euid !== undefined && st.uid !== 0n && st.uid !== BigInt(euid)) {
-    return `${path} is owned by uid ${st.uid}; it must be owned by root or uid ${euid}`;
+    return `${path} is owned by uid ${st.uid}; it must be owned by ${euid === 0 ? 'root' : `root or uid ${euid}`}`;
   }
   if (st.size > BigInt(MAX_SECRET_FILE_BYTES)) return `${path} is larger than ${MAX_SECRET_FILE_BYTES} bytes`;
   return undefined;

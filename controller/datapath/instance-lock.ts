@@ -1,13 +1,18 @@
 /**
  * One agent per host: an agent holds an exclusive flock on its state dir
  * (STATE_DIR/agent.lock) and one on its pin dir (a lock file under
- * /run/wirekey named after the pin dir, since bpffs holds no regular files),
- * for as long as it runs; the kernel drops both when the process dies, so a
- * crashed agent never leaves a stale lock. Each file holds its owner's pid,
- * for messages. `wirekey status` and `explain` look the lock up in
- * /proc/locks to tell whether the agent that wrote the state is alive.
+ * /run/wirekey named after the pin dir's real path, since bpffs holds no
+ * regular files), for as long as it runs; the kernel drops both when the
+ * process dies, so a crashed agent never leaves a stale lock. /run/wirekey is
+ * the unit's RuntimeDirectory=, kept across stops (RuntimeDirectoryPreserve=yes)
+ * so that systemd never deletes the lock of an agent started by hand. Each
+ * file holds its owner's pid, for messages. `wirekey status` and `explain`
+ * look the lock up in /proc/locks to tell whether the agent that wrote the
+ * state is alive, and which pid it is: taking a shared lock to find out would
+ * make an agent that is starting at that instant fail its LOCK_NB as if
+ * another agent ran.
  */
-import { closeSync, ftruncateSync, mkdirSync, readFileSync, statSync, writeSync } from 'node:fs';
+import { type BigIntStats, closeSync, fstatSync, ftruncateSync, mkdirSync, readFileSync, realpathSync, statSync, writeSync } from 'node:fs';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { WirekeyError } from '../errors.js';
@@ -22,10 +27,52 @@ export interface InstanceLock {
   release(): void;
 }
 
-/** Where the locks for `stateDir` and `pinDir` live. */
-export function lockPaths(stateDir: string, pinDir: string): { state: string; pins: string } {
-  const id = createHash('sha256').update(path.resolve(pinDir)).digest('hex').slice(0, 16);
-  return { state: path.join(stateDir, 'agent.lock'), pins: path.join(RUN_DIR, `pins-${id}.lock`) };
+/** A lock file replaced this many times while being locked is given up on. */
+const LOCK_ATTEMPTS = 5;
+
+/**
+ * Where the locks for `stateDir` and `pinDir` live: the pin dir's lock is
+ * named after its real path (symbolic links and `..` resolved as far as the
+ * path exists), so two spellings of one directory share one lock.
+ */
+export function lockPaths(stateDir: string, pinDir: string, runDir = RUN_DIR): { state: string; pins: string } {
+  const id = createHash('sha256').update(realPath(pinDir)).digest('hex').slice(0, 16);
+  return { state: path.join(stateDir, 'agent.lock'), pins: path.join(runDir, `pins-${id}.lock`) };
+}
+
+/** `p` with its longest existing prefix resolved by realpath(3), the rest appended as written. */
+export function realPath(p: string): string {
+  const abs = path.resolve(p);
+  try {
+    return realpathSync(abs);
+  } catch {
+    const parent = path.dirname(abs);
+    return parent === abs ? abs : path.join(realPath(parent), path.basename(abs));
+  }
+}
+
+/**
+ * flock()s `file` (exclusive, LOCK_NB) and checks that the locked open file
+ * is still the one at the path (same device and inode): a lock file removed
+ * and created again between open() and flock() would leave this process
+ * holding a lock nobody else can see. Tries again with the new file.
+ * @throws the lock function's error (errno EWOULDBLOCK when held);
+ *   WirekeyError WK_LOCK when the file keeps changing.
+ */
+export function lockCurrentFile(file: string, lock: (file: string) => number = (f) => native().lockFile(f, true)): number {
+  for (let attempt = 0; attempt < LOCK_ATTEMPTS; attempt++) {
+    const fd = lock(file);
+    const held = fstatSync(fd, { bigint: true });
+    let now: BigIntStats | undefined;
+    try {
+      now = statSync(file, { bigint: true });
+    } catch {
+      now = undefined;
+    }
+    if (now && now.dev === held.dev && now.ino === held.ino) return fd;
+    closeSync(fd);
+  }
+  throw new WirekeyError('WK_LOCK', `cannot lock ${file}: it was removed or replaced each of ${LOCK_ATTEMPTS} times it was locked`);
 }
 
 /**
@@ -34,17 +81,19 @@ export function lockPaths(stateDir: string, pinDir: string): { state: string; pi
  *   shared directory; WK_LOCK when a lock file cannot be created (the path
  *   and errno in one line). Nothing stays locked after a throw.
  */
-export function acquireInstanceLock(stateDir: string, pinDir: string): InstanceLock {
-  const paths = lockPaths(stateDir, pinDir);
-  mkdirSync(RUN_DIR, { recursive: true, mode: 0o700 });
+export function acquireInstanceLock(stateDir: string, pinDir: string, opts: { runDir?: string; lock?: (file: string) => number } = {}): InstanceLock {
+  const runDir = opts.runDir ?? RUN_DIR;
+  const paths = lockPaths(stateDir, pinDir, runDir);
+  mkdirSync(runDir, { recursive: true, mode: 0o700 });
   const fds: number[] = [];
   let previousPid: number | undefined;
   try {
     for (const [file, what] of [[paths.state, `state dir ${stateDir}`], [paths.pins, `pin dir ${pinDir}`]] as const) {
       let fd: number;
       try {
-        fd = native().lockFile(file, true);
+        fd = lockCurrentFile(file, opts.lock);
       } catch (err) {
+        if (err instanceof WirekeyError) throw err;
         const errno = (err as { errno?: number }).errno;
         if (errno === EWOULDBLOCK) {
           const pid = ownerPid(file);
@@ -79,27 +128,42 @@ export function acquireInstanceLock(stateDir: string, pinDir: string): InstanceL
  * @throws WirekeyError WK_ACCESS when the state dir cannot be read for want
  *   of permission (not root), rather than answering "not running".
  */
-export function agentRunning(stateDir: string): { running: boolean; pid: number | undefined } {
+export function agentRunning(stateDir: string, procLocks: () => string = () => readFileSync('/proc/locks', 'utf8')): { running: boolean; pid: number | undefined } {
   const file = path.join(stateDir, 'agent.lock');
-  let st: ReturnType<typeof statSync>;
+  let st: BigIntStats;
   try {
-    st = statSync(file);
+    st = statSync(file, { bigint: true });
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     if (code === 'EACCES' || code === 'EPERM') throw new WirekeyError('WK_ACCESS', `cannot read ${stateDir}: permission denied (run as root)`);
     return { running: false, pid: undefined };
   }
-  const dev = `${hex2(Math.floor(st.dev / 256) & 0xfff)}:${hex2(st.dev & 0xff)}:${st.ino}`;
-  for (const line of readFileSync('/proc/locks', 'utf8').split('\n')) {
-    // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"
-    const f = line.trim().split(/\s+/);
-    if (f[1] === 'FLOCK' && f[3] === 'WRITE' && f[5] === dev) return { running: true, pid: Number(f[4]) };
-  }
-  return { running: false, pid: ownerPid(file) };
+  const pid = flockOwner(procLocks(), st.dev, st.ino);
+  if (pid === undefined) return { running: false, pid: ownerPid(file) };
+  // 0: the holder is outside this pid namespace; the pid it wrote is the best there is.
+  return { running: true, pid: pid > 0 ? pid : ownerPid(file) };
 }
 
-function hex2(n: number): string {
-  return n.toString(16).padStart(2, '0');
+/**
+ * The device as /proc/locks prints it, "MAJOR:MINOR" in hex (at least two
+ * digits each), from a stat() st_dev: glibc's encoding of dev_t, where the
+ * minor's low 8 bits come first and its upper 12 above the major's 12 low ones.
+ */
+export function procLocksDevice(dev: bigint): string {
+  const major = ((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn);
+  const minor = (dev & 0xffn) | ((dev >> 12n) & 0xfff00n);
+  return `${major.toString(16).padStart(2, '0')}:${minor.toString(16).padStart(2, '0')}`;
+}
+
+/** The pid holding an exclusive flock on the file (dev, ino) in a /proc/locks text, if any. */
+export function flockOwner(procLocks: string, dev: bigint, ino: bigint): number | undefined {
+  const id = `${procLocksDevice(dev)}:${ino}`;
+  for (const line of procLocks.split('\n')) {
+    // "1: FLOCK  ADVISORY  WRITE 1234 00:2a:5678 0 EOF"; a waiter's line has "->" after the number.
+    const f = line.trim().split(/\s+/);
+    if (f[1] === 'FLOCK' && f[3] === 'WRITE' && f[5] === id) return Number(f[4]);
+  }
+  return undefined;
 }
 
 function ownerPid(file: string): number | undefined {

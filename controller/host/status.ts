@@ -29,12 +29,15 @@ export interface AgentStatus {
   draining: { dir: string; connections: number; refusedAgent: bigint }[];
   /** Programs whose links are pinned: attached whether or not an agent runs (paths relative to the pin dir). */
   attached: string[];
+  /** What a running agent answered on its control socket (GET /readyz); absent when not asked (not running). */
+  readiness?: { ready: boolean; reason?: string };
 }
 
 /**
  * The running agent's status; for an agent that died with its pins still
  * in place, what they show (running: false).
- * @throws WirekeyError (WK_NO_AGENT: no agent, and none left pins; WK_ACCESS), BpfError
+ * @throws WirekeyError (WK_NO_AGENT: no agent, and none left pins; WK_STARTING: the
+ *   agent holding the lock has not written its state yet; WK_ACCESS), BpfError
  */
 export function agentStatus(stateDir: string): AgentStatus {
   const state = readRuntimeState(stateDir, { evenIfDead: true });
@@ -43,7 +46,7 @@ export function agentStatus(stateDir: string): AgentStatus {
     pinned = new PinnedMaps(state.pinDir);
   } catch (err) {
     if (state.running) throw err;
-    throw new WirekeyError('WK_NO_AGENT', `wirekey is not running with state dir ${stateDir} (its last agent, pid ${state.pid}, has exited)`);
+    throw new WirekeyError('WK_NO_AGENT', `no agent is running with state dir ${stateDir} (its last agent, pid ${state.pid}, has exited)`);
   }
   const egressStats = pinned.egressStats();
   const egress: AgentStatus['egress'] = [];
@@ -68,9 +71,11 @@ export function agentStatus(stateDir: string): AgentStatus {
 }
 
 export function formatStatus(s: AgentStatus): string {
-  const lines = s.running
-    ? [`agent pid ${s.pid}`, 'workloads:']
-    : [`wirekey is not running: agent pid ${s.pid} has exited; what its pins still show:`, 'workloads:'];
+  const lines = !s.running
+    ? [`wirekey is not running: agent pid ${s.pid} has exited; what its pins still show:`, 'workloads:']
+    : s.readiness && !s.readiness.ready
+      ? [`agent pid ${s.pid}: NOT READY: ${s.readiness.reason ?? 'not ready'}; what it last wrote and its pins show:`, 'workloads:']
+      : [`agent pid ${s.pid}`, 'workloads:'];
   for (const w of s.workloads) lines.push(`  ${w.name} (precedence ${w.id}): ${w.problems.length ? w.problems.join('; ') : 'resolved'}`);
   lines.push('maps:');
   for (const m of s.maps) lines.push(`  ${m.name.padEnd(15)} ${String(m.entries).padStart(7)} / ${m.capacity}${m.entries >= m.capacity ? '  FULL' : ''}`);

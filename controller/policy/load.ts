@@ -104,11 +104,20 @@ async function readPolicy(pathOrDir: string): Promise<PolicyReport> {
 }
 
 async function readPolicyFile(file: string): Promise<ParseResult> {
+  let bytes: Buffer;
   try {
-    return parsePolicyText(await readFile(file, 'utf8'), file);
+    bytes = await readFile(file);
   } catch (err) {
     return { documents: [], diagnostics: [atStart(file, `cannot read policy file: ${describeFsError(err)}`)] };
   }
+  let text: string;
+  try {
+    // Decoded strictly: a lenient decode turns a binary file into U+FFFD text that YAML then reads as one odd scalar.
+    text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
+  } catch {
+    return { documents: [], diagnostics: [atStart(file, `${file} is not UTF-8 text (a binary file?): a policy file is YAML in UTF-8`)] };
+  }
+  return parsePolicyText(text, file);
 }
 
 /** `path` itself, or the policy files directly inside it sorted by name, and the entries not read. */

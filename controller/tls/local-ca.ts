@@ -324,7 +324,7 @@ async function loadCa(keyPath: string, certPath: string): Promise<{ cert: x509.X
     }
     const euid = process.geteuid?.();
     if (euid !== undefined && st.uid !== 0 && st.uid !== euid) {
-      throw new ProxyTlsError(`${keyPath} is owned by uid ${st.uid}; it must be owned by root or uid ${euid}`);
+      throw new ProxyTlsError(`${keyPath} is owned by uid ${st.uid}; it must be owned by ${euid === 0 ? 'root' : `root or uid ${euid}`}`);
     }
   });
   const certPem = await readChecked(certPath, () => {});

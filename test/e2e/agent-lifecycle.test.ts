@@ -310,6 +310,10 @@ print(json.dumps(out))
     expect(await c.get('/stuck/0')).toEqual({ status: 200 });
     process.kill(agent.pid, 'SIGSTOP');
     try {
+      // Its lock is still held: status must not call it running and fine.
+      const hung = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir, '--timeout', '1s']);
+      expect(hung.code).toBe(5);
+      expect(hung.stdout).toMatch(/^agent pid \d+: NOT READY: it does not answer on its control socket \S+agent\.sock within 1s/);
       let i = 0;
       const refused = await eventually(async () => {
         const r = await c.get(`/stuck/${++i}`);

@@ -43,6 +43,8 @@ describe.skipIf(skip)(`agent signals and the audit sink${skip ? ` (skipped: ${sk
     expect(out.lastIndexOf('policy reloaded')).toBeLessThan(stopped);
     expect(out).not.toMatch(/policy reload failed|cannot|Error/);
     expect(existsSync(f.pinDir)).toBe(false);
+    // A clean stop leaves no runtime state that status or explain could take for a running agent's.
+    expect(existsSync(path.join(f.stateDir, 'runtime.json'))).toBe(false);
   });
 
   it('the log names the version at start and the policy hash; a reload says what changed, and a refused one lists each problem on its own line', async () => {
@@ -90,7 +92,7 @@ spec: {workload: other, service: api, inject: {bearer: {credential: api-token}}}
     }
     const running = await status('--json');
     expect(running.code).toBe(0);
-    expect(JSON.parse(running.stdout)).toMatchObject({ pid: expect.any(Number), maps: expect.any(Array) });
+    expect(JSON.parse(running.stdout)).toMatchObject({ pid: first.pid, maps: expect.any(Array), readiness: { ready: true } });
     // A second agent on the same state dir, and one on the same pin dir only, are refused before touching anything.
     for (const [stateDir, pinDir] of [[f.stateDir, `${f.pinDir}-other`], [path.join(f.dir, 'state-2'), f.pinDir]] as const) {
       const second = await run(process.execPath, [wirekeyBin, 'run', '--policy', f.policyDir, '--state-dir', stateDir, '--pin-dir', pinDir,

@@ -5,7 +5,7 @@
  */
 import { execFile, execFileSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -118,5 +118,71 @@ describe('the package', () => {
     expect(man).toMatch(/WIREKEY\(1\)/);
     for (const section of ['validate', 'run', '--host', '/etc/wirekey/policy.d', 'EXIT STATUS']) expect(man).toContain(section);
     expect(man).not.toMatch(/warning:/i);
+  });
+});
+
+/**
+ * The maintainer scripts as the package holds them, run with stand-ins for
+ * systemctl, the wirekey command and the directories they touch (no root, no
+ * systemd): what an upgrade does with a policy the new version refuses, and
+ * what a removal leaves.
+ */
+describe('the maintainer scripts', () => {
+  const scripts = () => {
+    const dir = path.join(mkdtempSync(path.join(work, 'control-')), 'DEBIAN');
+    execFileSync('dpkg-deb', ['-e', deb, dir]);
+    return dir;
+  };
+
+  /** `script` with the wirekey command, systemd's directory and bpffs replaced; returns its exit code, stderr and the systemctl calls. */
+  function runScript(name: string, arg: string, wirekey: { code: number; output: string }, bpf?: string) {
+    const dir = mkdtempSync(path.join(work, `${name}-`));
+    const calls = path.join(dir, 'systemctl.calls');
+    writeFileSync(path.join(dir, 'systemctl'), `#!/bin/sh\necho "$*" >> ${calls}\nexit 0\n`, { mode: 0o755 });
+    writeFileSync(path.join(dir, 'wirekey'), `#!/bin/sh\necho ${JSON.stringify(wirekey.output)}\nexit ${wirekey.code}\n`, { mode: 0o755 });
+    let text = readFileSync(path.join(scripts(), name), 'utf8')
+      .replaceAll('/usr/bin/node /opt/wirekey/bin/wirekey.js', path.join(dir, 'wirekey'))
+      .replaceAll('[ -d /run/systemd/system ]', 'true');
+    if (bpf) text = text.replaceAll('/sys/fs/bpf/', `${bpf}/`);
+    writeFileSync(path.join(dir, name), text, { mode: 0o755 });
+    try {
+      execFileSync('sh', [path.join(dir, name), arg], { encoding: 'utf8', stdio: 'pipe', env: { ...process.env, PATH: `${dir}:${process.env.PATH}` } });
+      return { code: 0, stderr: '', calls: existsSync(calls) ? readFileSync(calls, 'utf8') : '' };
+    } catch (err) {
+      const e = err as { status: number; stderr: string };
+      return { code: e.status, stderr: e.stderr, calls: existsSync(calls) ? readFileSync(calls, 'utf8') : '' };
+    }
+  }
+
+  it('an upgrade whose version refuses the policy on disk does not restart the agent, says why and fails', () => {
+    const r = runScript('postinst', 'configure', { code: 1, output: '/etc/wirekey/policy.d/a.yaml:3:1: unknown kind "Servise"' });
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toContain('/etc/wirekey/policy.d/a.yaml:3:1: unknown kind');
+    expect(r.stderr).toContain('not restarting wirekey.service');
+    expect(r.calls).not.toContain('restart');
+  });
+
+  it('an upgrade whose version accepts the policy restarts the agent', () => {
+    const r = runScript('postinst', 'configure', { code: 0, output: '' });
+    expect(r.code).toBe(0);
+    expect(r.calls).toContain('restart wirekey.service');
+  });
+
+  it('postinst validates what the unit validates before it starts an agent', () => {
+    const unit = readFileSync(path.join(repoRoot, 'packaging/wirekey.service'), 'utf8');
+    const pre = /^ExecStartPre=(.*)$/m.exec(unit)?.[1] as string;
+    expect(readFileSync(path.join(scripts(), 'postinst'), 'utf8')).toContain(pre);
+  });
+
+  it('removal with no agent running removes the pins and the draining pins; with an agent starting, neither', () => {
+    for (const [code, gone] of [[3, true], [5, false], [0, false]] as const) {
+      const bpf = mkdtempSync(path.join(work, 'bpf-'));
+      mkdirSync(path.join(bpf, 'wirekey/links'), { recursive: true });
+      mkdirSync(path.join(bpf, 'wirekey-draining/socks-42'), { recursive: true });
+      const r = runScript('prerm', 'remove', { code, output: '' }, bpf);
+      expect(r.code).toBe(0);
+      expect(existsSync(path.join(bpf, 'wirekey')), `status exit ${code}`).toBe(!gone);
+      expect(existsSync(path.join(bpf, 'wirekey-draining')), `status exit ${code}`).toBe(!gone);
+    }
   });
 });

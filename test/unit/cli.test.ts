@@ -102,6 +102,27 @@ describe('wirekey run', () => {
   });
 });
 
+describe('wirekey options', () => {
+  it('--help shows each default as the option takes it (seconds, durations), not in milliseconds', async () => {
+    const help = (await wirekey('run', '--help')).stdout.replace(/\s+/g, ' ');
+    expect(help).toMatch(/--kernel-alive-timeout <seconds> [^(]*\(default: 5\)/);
+    expect(help).toMatch(/--handshake-timeout <duration> [^(]*\(default: 10s\)/);
+    expect(help).toMatch(/--idle-timeout <duration> [^(]*\(default: 5m\)/);
+    expect(help).not.toMatch(/\(default: (5000|10000|300000)\)/);
+    const reload = (await wirekey('reload', '--help')).stdout.replace(/\s+/g, ' ');
+    expect(reload).toMatch(/--timeout <duration> [^(]*\(default: 60s\)/);
+  });
+
+  it('numbers are decimal digits: hex, exponents, signs and blanks are refused, naming the option and the value', async () => {
+    for (const [flag, bad] of [['--proxy-port <port>', '0x50'], ['--sigv4-body-limit <bytes>', '1e3'], ['--max-handshakes <n>', '+5'],
+      ['--proxy-workers <n>', '0b10'], ['--h2-max-streams <n>', ' 7'], ['--kernel-alive-timeout <seconds>', '5e0']] as const) {
+      const r = await wirekey('run', '--policy', '/nonexistent', flag.split(' ')[0] as string, bad);
+      expect(r.code, `${flag} ${bad}`).not.toBe(0);
+      expect(r.stderr).toContain(`option '${flag}' argument '${bad}' is invalid.`);
+    }
+  });
+});
+
 describe('wirekey ca cert', () => {
   it('prints the local CA certificate, the same on every call, with the key kept private', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-cli-'));
@@ -140,7 +161,7 @@ describe('wirekey ca cert and status, misdirected', () => {
     try {
       const r = await wirekey('status', '--state-dir', dir);
       expect(r.code).toBe(3);
-      expect(r.stderr).toBe(`wirekey: wirekey is not running with state dir ${dir}\n`);
+      expect(r.stderr).toBe(`wirekey: no agent is running with state dir ${dir}\n`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
@@ -152,7 +173,7 @@ describe('wirekey ca cert and status, misdirected', () => {
       const r = await wirekey('reload', '--state-dir', dir);
       expect(r.code).toBe(3);
       expect(r.stdout).toBe('');
-      expect(r.stderr).toBe(`wirekey: wirekey is not running with state dir ${dir}\n`);
+      expect(r.stderr).toBe(`wirekey: no agent is running with state dir ${dir}\n`);
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

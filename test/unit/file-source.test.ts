@@ -91,7 +91,10 @@ describe('FileCredentialSource', () => {
     if (process.geteuid?.() !== 0) return;
     const file = await secretFile('token', SECRET);
     execFileSync('chown', ['65534', file]);
-    await expectRefusal(new FileCredentialSource({ name: 'owner', path: file }), /owned by uid 65534/);
+    const err = await expectRefusal(new FileCredentialSource({ name: 'owner', path: file }), /owned by uid 65534/);
+    // As root, root is the only owner allowed: not "root or uid 0".
+    expect(err.message).toContain(`${file} is owned by uid 65534; it must be owned by root`);
+    expect(err.message).not.toContain('uid 0');
   });
 
   it('refuses a directory, a FIFO and a missing file', async () => {

@@ -60,6 +60,17 @@ metadata: {name: app-api}
 spec: {workload: app, service: api, inject: {bearer: {credential: key}}}
 `;
 
+describe('files that are not text', () => {
+  it('a binary .yaml is "not UTF-8 text", named, not "a policy document must be a mapping"', async () => {
+    const dir = tempDir();
+    const file = join(dir, 'blob.yaml');
+    writeFileSync(file, Buffer.from([0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0x00, 0xff, 0xfe, 0x80, 0x0a]));
+    const out = await validate(dir);
+    expect(out.code).toBe(1);
+    expect(out.stdout).toEqual([`${file}:1:1: ${file} is not UTF-8 text (a binary file?): a policy file is YAML in UTF-8`]);
+  });
+});
+
 describe('empty policies', () => {
   it('an empty file is valid but warned about, and not called valid', async () => {
     const dir = tempDir({ 'p.yaml': '' });
@@ -264,7 +275,7 @@ describe('validate --host', () => {
     writeFileSync(theirs, 'sk\n', { mode: 0o600 });
     chownSync(theirs, 65534, 65534);
     const { found } = await hostCheck(source('theirs', theirs));
-    expect(found).toEqual([`p.yaml:4:21: CredentialSource "theirs": spec.file.path: ${theirs} is owned by uid 65534; it must be owned by root or uid 0`]);
+    expect(found).toEqual([`p.yaml:4:21: CredentialSource "theirs": spec.file.path: ${theirs} is owned by uid 65534; it must be owned by root`]);
   });
 
   it('checks users (errors), uids (warnings), executables and their digests', async () => {
