@@ -20,6 +20,14 @@
  * other IPv4 or IPv6 kind fails with EPERM (sock_create here, hook
  * `socket`), or in audit mode goes on, with the same event and count.
  *
+ * A restricted workload's TCP and UDP sockets are marked at socket() with
+ * who made them (wk_egress_sock). A marked socket may not route its
+ * packets by hops of its own (IPv4 source routing options, an IPv6 routing
+ * header): the destination judged at connect() or sendmsg() would then not
+ * be where they go. setsockopt() of those options fails with EPERM, and a
+ * packet that carries them anyway (a sendmsg() control message) is dropped
+ * (hook `route`).
+ *
  * What is not judged here:
  *  - A TCP connect() to a port that wk_bind_port sends to the proxy for the
  *    caller's workload: the proxy judges it by SNI or Host (name rules).
@@ -93,14 +101,173 @@ static __always_inline int sendmsg_judge(struct bpf_sock_addr *ctx, const __u32 
 SEC("cgroup/sock_create")
 int wk_sock_create(struct bpf_sock *sk)
 {
+	struct wk_egress_policy *pol;
+	struct wk_egress_sock *mark;
 	__u32 wid;
 
-	if (!egress_active() || egress_protocol(sk->type, sk->protocol))
+	if (!egress_active())
 		return SYS_PROCEED;
 	wid = judged_workload(bpf_get_netns_cookie(sk));
 	if (!wid)
 		return SYS_PROCEED;
-	return egress_socket_allows(wid, sk->family, sk->type, sk->protocol) ? SYS_PROCEED : SYS_REJECT;
+	if (!egress_protocol(sk->type, sk->protocol))
+		return egress_socket_allows(wid, sk->family, sk->type, sk->protocol) ? SYS_PROCEED : SYS_REJECT;
+	/*
+	 * A TCP or UDP socket of a restricted workload is marked with who
+	 * made it, for the programs below that judge how its packets are
+	 * routed. One that cannot be marked is not made.
+	 */
+	pol = bpf_map_lookup_elem(&wk_egress_policy, &wid);
+	if (!pol || !(pol->flags & WK_EGRESS_RESTRICTED))
+		return SYS_PROCEED;
+	mark = bpf_sk_storage_get(&wk_egress_sock, sk, NULL, BPF_SK_STORAGE_GET_F_CREATE);
+	if (!mark)
+		return SYS_REJECT;
+	mark->cgroup_id = bpf_get_current_cgroup_id();
+	mark->workload_id = wid;
+	mark->pid = bpf_get_current_pid_tgid() >> 32;
+	mark->uid = (__u32)bpf_get_current_uid_gid();
+	mark->flags = 0;
+	return SYS_PROCEED;
+}
+
+/* Socket option levels and names (uapi in.h, in6.h) that make a socket route its packets by hops of its own. */
+#define WK_SOL_IP		0
+#define WK_SOL_IPV6		41
+#define WK_IP_OPTIONS		4
+#define WK_IPV6_2292RTHDR	5
+#define WK_IPV6_2292PKTOPTIONS	6
+#define WK_IPV6_RTHDR		57
+/* A program sees at most a page of an option's bytes. */
+#define WK_SOCKOPT_SEEN		4096
+
+/*
+ * setsockopt(): IPv4 options (IP_OPTIONS: loose or strict source routing
+ * among them) and an IPv6 routing header (IPV6_RTHDR, and the RFC 2292
+ * forms) make the kernel send a socket's packets to hops of the caller's
+ * choosing, whatever connect() or sendmsg() was judged against: refused
+ * (EPERM) on a restricted workload's socket. Clearing them (no bytes) is
+ * not. One event per socket, every call counted.
+ */
+SEC("cgroup/setsockopt")
+int wk_setsockopt(struct bpf_sockopt *ctx)
+{
+	int level = ctx->level, name = ctx->optname, len = ctx->optlen;
+	struct egress_call call = {};
+	struct wk_egress_sock *mark;
+	struct bpf_sock *sk;
+	bool report;
+
+	/* Any option's bytes are the kernel's to read as the caller gave them, however many. */
+	if (len > WK_SOCKOPT_SEEN)
+		ctx->optlen = 0;
+	if (len <= 0)
+		return SYS_PROCEED;
+	if (!(level == WK_SOL_IP && name == WK_IP_OPTIONS) &&
+	    !(level == WK_SOL_IPV6 && (name == WK_IPV6_RTHDR || name == WK_IPV6_2292RTHDR || name == WK_IPV6_2292PKTOPTIONS)))
+		return SYS_PROCEED;
+	sk = ctx->sk;
+	if (!sk)
+		return SYS_PROCEED;
+	mark = bpf_sk_storage_get(&wk_egress_sock, sk, NULL, 0);
+	if (!mark)
+		return SYS_PROCEED;
+	call.protocol = (__u8)sk->protocol;
+	call.sock_type = (__u8)sk->type;
+	call.family = (__u8)sk->family;
+	call.hook = WK_EGRESS_HOOK_ROUTE;
+	report = !(mark->flags & EGRESS_SOCK_REPORTED);
+	mark->flags |= EGRESS_SOCK_REPORTED;
+	return egress_route_allows(mark, &call, report) ? SYS_PROCEED : SYS_REJECT;
+}
+
+#define WK_ETH_P_IP		0x0800
+#define WK_ETH_P_IPV6		0x86DD
+#define WK_NEXTHDR_HOP		0
+#define WK_NEXTHDR_ROUTING	43
+#define WK_NEXTHDR_DEST		60
+
+/*
+ * Whether a packet carries IPv4 options or an IPv6 routing header (after
+ * at most two hop-by-hop or destination option headers, which are all that
+ * may come before one); `addr` gets its destination (IPv4 as ::ffff:a.b.c.d).
+ */
+static __always_inline bool routes_by_itself(struct __sk_buff *skb, __u32 *addr)
+{
+	__u8 ext[2];
+	__u32 off;
+	__u8 next;
+
+	if (skb->protocol == bpf_htons(WK_ETH_P_IP)) {
+		struct iphdr ip;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip, sizeof(ip)))
+			return false;
+		addr[0] = 0;
+		addr[1] = 0;
+		addr[2] = bpf_htonl(0xffff);
+		addr[3] = ip.daddr;
+		return ip.ihl > 5;
+	}
+	if (skb->protocol == bpf_htons(WK_ETH_P_IPV6)) {
+		struct ipv6hdr ip6;
+
+		if (bpf_skb_load_bytes(skb, 0, &ip6, sizeof(ip6)))
+			return false;
+		addr[0] = ip6.daddr.in6_u.u6_addr32[0];
+		addr[1] = ip6.daddr.in6_u.u6_addr32[1];
+		addr[2] = ip6.daddr.in6_u.u6_addr32[2];
+		addr[3] = ip6.daddr.in6_u.u6_addr32[3];
+		next = ip6.nexthdr;
+		off = sizeof(ip6);
+		for (int i = 0; i < 3; i++) {
+			if (next == WK_NEXTHDR_ROUTING)
+				return true;
+			if (next != WK_NEXTHDR_HOP && next != WK_NEXTHDR_DEST)
+				return false;
+			if (bpf_skb_load_bytes(skb, off, ext, sizeof(ext)))
+				return false;
+			next = ext[0];
+			off += ((__u32)ext[1] + 1) * 8;
+		}
+	}
+	return false;
+}
+
+/*
+ * Every packet a restricted workload's TCP or UDP socket sends: one with
+ * IPv4 options or an IPv6 routing header is dropped (the send fails with
+ * EPERM), however they were set: setsockopt() before the workload was
+ * restricted, or a control message of sendmsg() (IP_RETOPTS, IPV6_RTHDR),
+ * which no other hook sees. Audit mode lets it go. One event per socket
+ * (with setsockopt()'s), every packet counted.
+ */
+SEC("cgroup_skb/egress")
+int wk_egress_skb(struct __sk_buff *skb)
+{
+	struct egress_call call = {};
+	struct wk_egress_sock *mark;
+	struct bpf_sock *sk;
+	__u32 addr[4];
+	bool report;
+
+	sk = skb->sk;
+	if (!sk)
+		return SYS_PROCEED;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return SYS_PROCEED;
+	mark = bpf_sk_storage_get(&wk_egress_sock, sk, NULL, 0);
+	if (!mark || !routes_by_itself(skb, addr))
+		return SYS_PROCEED;
+	call.addr = addr;
+	call.protocol = (__u8)sk->protocol;
+	call.sock_type = (__u8)sk->type;
+	call.family = (__u8)sk->family;
+	call.hook = WK_EGRESS_HOOK_ROUTE;
+	report = !(mark->flags & EGRESS_SOCK_REPORTED);
+	mark->flags |= EGRESS_SOCK_REPORTED;
+	return egress_route_allows(mark, &call, report) ? SYS_PROCEED : SYS_REJECT;
 }
 
 SEC("cgroup/sendmsg4")

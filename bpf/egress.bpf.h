@@ -2,7 +2,8 @@
 /*
  * Egress policy: whether a restricted workload may reach a destination
  * (egress_allows()), for the connect() hooks of redirect.bpf.c and the
- * sendmsg() hooks of egress.bpf.c. See egress.bpf.c for what is judged
+ * sendmsg() hooks of egress.bpf.c, and whether one of its sockets may route
+ * its packets by hops of its own (egress_route_allows()). See egress.bpf.c for what is judged
  * where. The maps are weak so that `bpftool gen object` links them into one
  * map per name; the controller fills them (Datapath.setEgress).
  * Needs bpf_helpers.h, bpf_endian.h and workload.bpf.h.
@@ -47,6 +48,30 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } wk_egress_stats SEC(".maps") __weak;
+
+/*
+ * A TCP or UDP socket made by a process of a restricted workload, as
+ * socket() saw it: who made it, for the programs that judge what is done
+ * with it later without a caller to ask (setsockopt(), and its packets).
+ * Kernel-only: the controller never reads it.
+ */
+struct wk_egress_sock {
+	__u64 cgroup_id;
+	__u32 workload_id;
+	__u32 pid;
+	__u32 uid;
+	__u32 flags;		/* EGRESS_SOCK_* */
+};
+
+/* wk_egress_sock.flags: a route event was written for this socket (one per socket, not per packet). */
+#define EGRESS_SOCK_REPORTED	1
+
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct wk_egress_sock);
+} wk_egress_sock SEC(".maps") __weak;
 
 /* Refused and would-refuse calls (struct wk_egress_event). */
 struct {
@@ -105,17 +130,18 @@ struct egress_call {
 	__u8 hook;		/* WK_EGRESS_HOOK_* */
 };
 
-static __always_inline void egress_event(__u32 wid, __u32 set_id, const struct egress_call *call, __u8 verdict)
+/* An event record of `call`, but who made it (the caller's identity): NULL when the ring is full (counted). */
+static __always_inline struct wk_egress_event *egress_event_start(__u32 wid, __u32 set_id, const struct egress_call *call,
+								  __u8 verdict)
 {
 	struct wk_egress_event *e;
 
 	e = bpf_ringbuf_reserve(&wk_egress_events, sizeof(*e), 0);
 	if (!e) {
 		egress_count(wid, WK_EGRESS_STAT_EVENTS_LOST);
-		return;
+		return NULL;
 	}
 	e->time_ns = bpf_ktime_get_ns();
-	e->cgroup_id = bpf_get_current_cgroup_id();
 	if (call->addr) {
 		e->addr[0] = call->addr[0];
 		e->addr[1] = call->addr[1];
@@ -134,10 +160,21 @@ static __always_inline void egress_event(__u32 wid, __u32 set_id, const struct e
 	e->sock_type = call->sock_type;
 	e->family = call->family;
 	e->_pad = 0;
-	e->pid = bpf_get_current_pid_tgid() >> 32;
-	e->uid = (__u32)bpf_get_current_uid_gid();
 	e->workload_id = wid;
 	e->set_id = set_id;
+	return e;
+}
+
+/* The event of a call, made by the current task. */
+static __always_inline void egress_event(__u32 wid, __u32 set_id, const struct egress_call *call, __u8 verdict)
+{
+	struct wk_egress_event *e = egress_event_start(wid, set_id, call, verdict);
+
+	if (!e)
+		return;
+	e->cgroup_id = bpf_get_current_cgroup_id();
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->uid = (__u32)bpf_get_current_uid_gid();
 	bpf_ringbuf_submit(e, 0);
 }
 
@@ -226,6 +263,38 @@ static __always_inline bool egress_socket_allows(__u32 wid, __u32 family, __u32 
 	call.family = (__u8)family;
 	call.hook = WK_EGRESS_HOOK_SOCKET;
 	return egress_unallowed(wid, pol->flags, pol->set_id, &call);
+}
+
+/*
+ * Whether the socket that `mark` describes may carry IPv4 options or an
+ * IPv6 routing header (`call`: what was asked or seen), which route its
+ * packets through hops of their own choosing: never, for a restricted
+ * workload; audit mode lets it through. Judged by the policy in force for
+ * the workload that made the socket. Counted every time; the event is
+ * written once per socket (`report`: false for a packet already reported).
+ */
+static __always_inline bool egress_route_allows(struct wk_egress_sock *mark, struct egress_call *call, bool report)
+{
+	struct wk_egress_policy *pol;
+	struct wk_egress_event *e;
+	__u32 wid = mark->workload_id;
+	bool audit;
+
+	pol = bpf_map_lookup_elem(&wk_egress_policy, &wid);
+	if (!pol || !(pol->flags & WK_EGRESS_RESTRICTED))
+		return true;
+	audit = pol->flags & WK_EGRESS_AUDIT;
+	egress_count(wid, audit ? WK_EGRESS_STAT_WOULD_REFUSE : WK_EGRESS_STAT_REFUSED);
+	if (report) {
+		e = egress_event_start(wid, pol->set_id, call, audit ? WK_EGRESS_WOULD_REFUSE : WK_EGRESS_REFUSED);
+		if (e) {
+			e->cgroup_id = mark->cgroup_id;
+			e->pid = mark->pid;
+			e->uid = mark->uid;
+			bpf_ringbuf_submit(e, 0);
+		}
+	}
+	return audit;
 }
 
 #endif /* WIREKEY_EGRESS_BPF_H */

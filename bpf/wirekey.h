@@ -396,6 +396,13 @@ enum wk_egress_hook {
 	WK_EGRESS_HOOK_CONNECT = 1,
 	WK_EGRESS_HOOK_SENDMSG = 2,
 	WK_EGRESS_HOOK_SOCKET = 3,	/* socket(): a kind of socket no rule can name */
+	/*
+	 * IPv4 options or an IPv6 routing header, which send a packet by
+	 * hops of their own choosing whatever connect() or sendmsg() was
+	 * judged against: setsockopt() (IP_OPTIONS, IPV6_RTHDR, ...) or a
+	 * packet that carries them (set by a control message).
+	 */
+	WK_EGRESS_HOOK_ROUTE = 4,
 };
 
 /*
@@ -452,7 +459,9 @@ struct wk_egress_val {
 /*
  * One record of the wk_egress_events ring buffer: a refused or would-refuse
  * call. A socket() event (WK_EGRESS_HOOK_SOCKET) has no destination: addr
- * and port are 0.
+ * and port are 0. A route event (WK_EGRESS_HOOK_ROUTE) has the packet's
+ * destination, or none for setsockopt(); its pid, uid and cgroup are those
+ * of the process that made the socket.
  */
 struct wk_egress_event {
 	__u64 time_ns;		/* bpf_ktime_get_ns(): CLOCK_MONOTONIC */

@@ -590,7 +590,7 @@ export class Agent {
       port: e.port,
       protocol: PROTOCOL_NAMES[e.protocol] ?? String(e.protocol),
       hook: e.hook,
-      socket: e.hook === 'socket' ? `${SOCKET_TYPE_NAMES[e.socketType] ?? String(e.socketType)} ${e.family}` : undefined,
+      socket: e.hook === 'socket' || e.hook === 'route' ? `${SOCKET_TYPE_NAMES[e.socketType] ?? String(e.socketType)} ${e.family}` : undefined,
       reason: egressStatRefusal(e.verdict === 'refused' ? 'refused' : 'wouldRefuse') ?? undefined,
     };
   }

@@ -42,9 +42,12 @@ export interface AuditEvent {
   port?: number;
   /** Kernel egress lines: the socket's protocol: tcp or udp; on socket lines another (icmp, icmpv6, sctp, udplite, raw, or its number). */
   protocol?: string;
-  /** Kernel egress lines: where the kernel judged it, connect(), sendmsg() (unconnected UDP) or socket() (a kind of socket no rule can name). */
-  hook?: 'connect' | 'sendmsg' | 'socket';
-  /** Kernel egress socket lines: the socket's type (raw, datagram, stream, seqpacket) and family (ipv4, ipv6). */
+  /**
+   * Kernel egress lines: where the kernel judged it, connect(), sendmsg() (unconnected UDP), socket() (a kind of socket no
+   * rule can name) or route (IPv4 options or an IPv6 routing header, set by setsockopt() or carried by a packet).
+   */
+  hook?: 'connect' | 'sendmsg' | 'socket' | 'route';
+  /** Kernel egress socket and route lines: the socket's type (raw, datagram, stream, seqpacket) and family (ipv4, ipv6). */
   socket?: string;
   /** Proxy egress lines: the address the workload dialled, when the proxy went to another (`address`) instead. */
   dialled?: string;

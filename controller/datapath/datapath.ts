@@ -96,7 +96,10 @@ export interface PortBinding {
 const IDENTITY_PROGRAMS = ['wk_exit', 'wk_fork', 'wk_exec'] as const;
 /* Attach order matters: bookkeeping first, so that by the time connect()
  * redirects anything, sockops and getpeername are already in place. */
-const CGROUP_PROGRAMS = ['wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6', 'wk_sendmsg4', 'wk_sendmsg6', 'wk_sock_create'] as const;
+const CGROUP_PROGRAMS = [
+  'wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6', 'wk_sendmsg4', 'wk_sendmsg6', 'wk_sock_create',
+  'wk_setsockopt', 'wk_egress_skb',
+] as const;
 export const MAPS = [
   'wk_cgroup_mask',
   'wk_exe_mask',

@@ -34,8 +34,11 @@ import { BpfError, NotSupportedError } from '../errors.js';
 import { native, type NativeProbes } from './native.js';
 
 /* UAPI numbers (linux/bpf.h): part of the kernel's ABI, never renumbered. */
-const PROG = { SOCKET_FILTER: 1, CGROUP_SOCK: 9, SOCK_OPS: 13, SK_MSG: 16, CGROUP_SOCK_ADDR: 18, TRACING: 26 } as const;
-const ATTACH = { CGROUP_INET_SOCK_CREATE: 2, SK_MSG_VERDICT: 7, CGROUP_INET4_CONNECT: 10, CGROUP_UDP4_SENDMSG: 14, TRACE_RAW_TP: 23, TRACE_FEXIT: 25, CGROUP_INET4_GETPEERNAME: 29 } as const;
+const PROG = { SOCKET_FILTER: 1, CGROUP_SKB: 8, CGROUP_SOCK: 9, SOCK_OPS: 13, SK_MSG: 16, CGROUP_SOCK_ADDR: 18, CGROUP_SOCKOPT: 25, TRACING: 26 } as const;
+const ATTACH = {
+  CGROUP_INET_EGRESS: 1, CGROUP_INET_SOCK_CREATE: 2, SK_MSG_VERDICT: 7, CGROUP_INET4_CONNECT: 10, CGROUP_UDP4_SENDMSG: 14, CGROUP_SETSOCKOPT: 22,
+  TRACE_RAW_TP: 23, TRACE_FEXIT: 25, CGROUP_INET4_GETPEERNAME: 29,
+} as const;
 const MAP = { LRU_HASH: 9, LPM_TRIE: 11, SOCKHASH: 18, SK_STORAGE: 24, RINGBUF: 27 } as const;
 const HELPER = {
   ktime_get_ns: 5,
@@ -49,6 +52,7 @@ const HELPER = {
   msg_push_data: 90,
   msg_pop_data: 91,
   spin_lock: 93,
+  sk_fullsock: 95,
   sk_storage_get: 107,
   get_netns_cookie: 122,
   get_current_ancestor_cgroup_id: 123,
@@ -90,6 +94,8 @@ const KIND = {
   connect: { name: 'cgroup/connect programs', progType: PROG.CGROUP_SOCK_ADDR, expectedAttachType: ATTACH.CGROUP_INET4_CONNECT, returnValue: 1 },
   sendmsg: { name: 'cgroup/sendmsg programs', progType: PROG.CGROUP_SOCK_ADDR, expectedAttachType: ATTACH.CGROUP_UDP4_SENDMSG, returnValue: 1 },
   sockCreate: { name: 'cgroup/sock_create programs', progType: PROG.CGROUP_SOCK, expectedAttachType: ATTACH.CGROUP_INET_SOCK_CREATE, returnValue: 1 },
+  setsockopt: { name: 'cgroup/setsockopt programs', progType: PROG.CGROUP_SOCKOPT, expectedAttachType: ATTACH.CGROUP_SETSOCKOPT, returnValue: 1 },
+  skbEgress: { name: 'cgroup_skb/egress programs', progType: PROG.CGROUP_SKB, expectedAttachType: ATTACH.CGROUP_INET_EGRESS, returnValue: 1 },
   getpeername: { name: 'cgroup/getpeername programs', progType: PROG.CGROUP_SOCK_ADDR, expectedAttachType: ATTACH.CGROUP_INET4_GETPEERNAME, returnValue: 1 },
   sockops: { name: 'sockops programs', progType: PROG.SOCK_OPS, returnValue: 1 },
   skMsg: { name: 'sk_msg programs', progType: PROG.SK_MSG, expectedAttachType: ATTACH.SK_MSG_VERDICT, returnValue: 1 },
@@ -123,9 +129,11 @@ const SETS: Record<FeatureSet, { minimumKernel?: string; requires: Requirement[]
       { helper: 'get_netns_cookie', in: KIND.connect },
       { helper: 'get_current_ancestor_cgroup_id', in: KIND.connect },
       { helper: 'get_current_cgroup_id', in: KIND.connect },
-      // Egress policy (egress.bpf.c): judged at connect(), sendmsg() and socket().
+      // Egress policy (egress.bpf.c): judged at connect(), sendmsg() and socket(); and how a restricted socket routes.
       { program: KIND.sendmsg },
       { program: KIND.sockCreate },
+      { program: KIND.setsockopt },
+      { program: KIND.skbEgress },
       { map: 'LPM_TRIE', feature: 'LPM trie maps' },
       { map: 'RINGBUF', feature: 'BPF ring buffers' },
       { helper: 'ringbuf_reserve', in: KIND.connect },
@@ -134,6 +142,12 @@ const SETS: Record<FeatureSet, { minimumKernel?: string; requires: Requirement[]
       { helper: 'ringbuf_reserve', in: KIND.sockCreate },
       { helper: 'get_netns_cookie', in: KIND.sockCreate },
       { helper: 'get_current_ancestor_cgroup_id', in: KIND.sockCreate },
+      { helper: 'sk_storage_get', in: KIND.sockCreate },
+      { helper: 'sk_storage_get', in: KIND.setsockopt },
+      { helper: 'ringbuf_reserve', in: KIND.setsockopt },
+      { helper: 'sk_fullsock', in: KIND.skbEgress },
+      { helper: 'sk_storage_get', in: KIND.skbEgress },
+      { helper: 'ringbuf_reserve', in: KIND.skbEgress },
     ],
   },
   kernelHttp: {

@@ -454,10 +454,12 @@ export const WK_EGRESS_WOULD_REFUSE = 2;
 export const WK_EGRESS_HOOK_CONNECT = 1;
 export const WK_EGRESS_HOOK_SENDMSG = 2;
 export const WK_EGRESS_HOOK_SOCKET = 3;
+export const WK_EGRESS_HOOK_ROUTE = 4;
 const EGRESS_HOOKS: Record<number, EgressHook> = {
   [WK_EGRESS_HOOK_CONNECT]: 'connect',
   [WK_EGRESS_HOOK_SENDMSG]: 'sendmsg',
   [WK_EGRESS_HOOK_SOCKET]: 'socket',
+  [WK_EGRESS_HOOK_ROUTE]: 'route',
 };
 
 /**
@@ -566,9 +568,11 @@ export function decodeEgressVal(b: Buffer): EgressRange[] {
 
 /**
  * Where the kernel judged a call: connect() (TCP, connected UDP), sendmsg()
- * (unconnected UDP), or socket() (a kind of socket no rule can name).
+ * (unconnected UDP), socket() (a kind of socket no rule can name), or
+ * route (IPv4 options or an IPv6 routing header: setsockopt(), or a packet
+ * that carries them).
  */
-export type EgressHook = 'connect' | 'sendmsg' | 'socket';
+export type EgressHook = 'connect' | 'sendmsg' | 'socket' | 'route';
 
 /** One wk_egress_events record: a call refused, or one audit mode let through. */
 export interface EgressEventRecord {
@@ -579,16 +583,17 @@ export interface EgressEventRecord {
   /** SOCK_* of the socket: 1 stream, 2 datagram, 3 raw, 5 seqpacket. */
   socketType: number;
   family: 'ipv4' | 'ipv6';
-  /** tgid of the caller. */
+  /** tgid of the caller (on route events, of the process that made the socket). */
   pid: number;
   uid: number;
   workloadId: number;
   /** The rule set it was judged against (changes on every reload of the workload's rules). */
   setId: number;
-  /** The destination; IPv4 (also IPv4-mapped on an IPv6 socket) as a.b.c.d. Absent on socket() events. */
+  /** The destination; IPv4 (also IPv4-mapped on an IPv6 socket) as a.b.c.d. Absent on socket() and setsockopt() events. */
   address?: string;
+  /** Absent on socket() and route events. */
   port?: number;
-  /** cgroup v2 id of the caller. */
+  /** cgroup v2 id of the caller (on route events, of the process that made the socket). */
   cgroupId: bigint;
   /** bpf_ktime_get_ns(): CLOCK_MONOTONIC, as process.hrtime.bigint() reads it. */
   monotonicNs: bigint;
@@ -622,9 +627,12 @@ export function decodeEgressEvent(b: Buffer, offset = 0, length = b.length - off
     cgroupId: b.readBigUInt64LE(offset + f.cgroup_id.offset),
     monotonicNs: b.readBigUInt64LE(offset + f.time_ns.offset),
   };
-  if (hook !== 'socket') {
+  if (hook === 'connect' || hook === 'sendmsg') {
     record.address = eventAddress(b, offset + f.addr.offset);
     record.port = b.readUInt16LE(offset + f.port.offset);
+  } else if (hook === 'route' && !b.subarray(offset + f.addr.offset, offset + f.addr.offset + f.addr.size).every((x) => x === 0)) {
+    // A packet's: where it was addressed (its first hop). setsockopt() has none.
+    record.address = eventAddress(b, offset + f.addr.offset);
   }
   return record;
 }
@@ -672,7 +680,7 @@ export const CONSTANTS: Record<string, Record<string, number>> = {
   wk_egress_flag: { WK_EGRESS_RESTRICTED, WK_EGRESS_AUDIT },
   wk_egress_proto: { WK_EGRESS_TCP, WK_EGRESS_UDP },
   wk_egress_verdict: { WK_EGRESS_REFUSED, WK_EGRESS_WOULD_REFUSE },
-  wk_egress_hook: { WK_EGRESS_HOOK_CONNECT, WK_EGRESS_HOOK_SENDMSG, WK_EGRESS_HOOK_SOCKET },
+  wk_egress_hook: { WK_EGRESS_HOOK_CONNECT, WK_EGRESS_HOOK_SENDMSG, WK_EGRESS_HOOK_SOCKET, WK_EGRESS_HOOK_ROUTE },
   wk_egress_stat: {
     ...Object.fromEntries(EGRESS_STATS.map(([, cName], i) => [cName, i])),
     WK_EGRESS_STAT_MAX: EGRESS_STATS.length,

@@ -13,7 +13,8 @@ import { closest } from './suggest.js';
 import type { BindingDoc, EgressRuleSpec, PlanEgressRule, Policy, PolicyDoc, PortRange, ServiceDoc, WorkloadDoc } from './types.js';
 
 /**
- * Warnings: an allow rule that allows exactly what an earlier one of the same
+ * Warnings: a restricted workload selected by executable (running another
+ * program leaves it); an allow rule that allows exactly what an earlier one of the same
  * workload does, once both are in canonical form (`10.0.0.1` is
  * `10.0.0.1/32`, `[443, 80]` is `[80, 443]`): harmless, and probably a
  * copy meant to be edited. Expects a policy without errors. Never throws.
@@ -23,6 +24,14 @@ export function egressWarnings(policy: Policy): PolicyDiagnostic[] {
   const plan = compilePolicy(policy);
   for (const doc of policy.documents) {
     if (doc.kind !== 'Workload' || !doc.spec.egress) continue;
+    if (doc.spec.selector.executable !== undefined) {
+      out.push({
+        ...positionOf(doc, ['spec', 'selector', 'executable']),
+        message: `${label(doc)}: spec.egress: the workload is selected by executable, so a process of it that runs another program ` +
+          '(a shell, a copy of itself) is no longer the workload and its egress is not restricted; to restrict everything it runs, select it by cgroup or systemdUnit (and user) alone',
+        severity: 'warning',
+      });
+    }
     const rules = (plan.workloads.get(doc.metadata.name)?.egress?.rules ?? []).slice(0, doc.spec.egress.allow.length);
     const what = (r: PlanEgressRule) => JSON.stringify([r.cidrs, r.hosts, r.ports, r.protocol, r.tls]);
     for (const [later, earlier] of repeats(rules.map((r, i) => ({ r, i })), ({ r }) => what(r))) {

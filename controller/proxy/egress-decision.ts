@@ -79,8 +79,16 @@ export function isLocalAddress(address: string, interfaces: () => Set<string> = 
   const canonical = canonicalAddress(address);
   if (canonical === undefined) return false;
   const range = ipaddr.process(canonical).range();
-  return range === 'loopback' || range === 'unspecified' || range === 'linkLocal' || interfaces().has(canonical);
+  return range === 'loopback' || range === 'unspecified' || range === 'linkLocal' || METADATA_ADDRESSES.has(canonical) || interfaces().has(canonical);
 }
+
+/**
+ * Instance metadata services outside the link-local ranges (where AWS,
+ * Azure, GCP, Oracle and OpenStack serve theirs over IPv4): AWS's and
+ * GCP's over IPv6, Alibaba Cloud's. Each hands out the instance's
+ * credentials, so each is this host's as much as 169.254.169.254 is.
+ */
+const METADATA_ADDRESSES: ReadonlySet<string> = new Set(['fd00:ec2::254', 'fd20:ce::254', '100.100.100.200'].map((a) => canonicalAddress(a) as string));
 
 /** The host's interface addresses, canonical; read on each call (addresses come and go). */
 export function localInterfaceAddresses(): Set<string> {

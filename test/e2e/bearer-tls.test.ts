@@ -329,7 +329,7 @@ spec: {workload: basic, service: api, inject: {basic: {credential: api-token, us
     // datapath (4, the socket-memory watch, and the failed-push watch where
     // the kernel has BPF trampolines)
     const kernelHttp = kernelHttpSkipReason() ? 0 : 5 + (pushWatchSkipReason() ? 0 : 1);
-    expect(agent.programIds).toHaveLength(13 + kernelHttp);
+    expect(agent.programIds).toHaveLength(15 + kernelHttp);
     // Tracing programs are freed after an RCU grace period: wait for each to go.
     for (const id of agent.programIds) {
       await eventually(async () => (await run('bpftool', ['prog', 'show', 'id', String(id)])).code !== 0, 30_000, `program ${id} to be unloaded`);

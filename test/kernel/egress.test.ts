@@ -43,17 +43,42 @@ const PYTHON = '/usr/bin/python3';
  * Open: sendto() with MSG_FASTOPEN, no connect()), "udp HOST PORT"
  * (connect, then send), "sendto HOST PORT" (unconnected UDP). HOST may be "m:a.b.c.d":
  * an AF_INET6 socket to ::ffff:a.b.c.d. "socket 4|6 stream|dgram|raw PROTO"
- * makes a socket and closes it. Answers "ok" or "errno N";
- * "id" answers "pid N uid N".
+ * makes a socket and closes it. "route OP tcp|udp HOST PORT" routes by
+ * hops of its own: OP ipopt sets IP_OPTIONS (loose source route via
+ * 127.0.0.1), ipclear sets none, retopts sends the same option as a control
+ * message (IP_RETOPTS), rthdr sets an IPv6 routing header (type 4, one
+ * segment, ::1); then a udp socket sends a datagram (the send, not its
+ * delivery: a loopback receiver drops source-routed packets) and a tcp one
+ * stops there. Answers "ok" or "errno N"; "id" answers "pid N uid N".
  */
 const CLIENT = String.raw`
 import os, socket, sys
 KINDS = {'stream': socket.SOCK_STREAM, 'dgram': socket.SOCK_DGRAM, 'raw': socket.SOCK_RAW}
+LSRR = bytes([0x83, 7, 4]) + socket.inet_aton('127.0.0.1') + b'\x00'
+SRH = bytes([0, 2, 4, 0, 0, 0, 0, 0]) + socket.inet_pton(socket.AF_INET6, '::1')
+IP_OPTIONS, IP_RETOPTS, IPV6_RTHDR = 4, 7, 57
 for raw in sys.stdin:
     parts = raw.split()
     try:
         if parts[0] == 'id':
             print('pid %d uid %d' % (os.getpid(), os.getuid()), flush=True)
+            continue
+        if parts[0] == 'route':
+            op, kind, host, port = parts[1], parts[2], parts[3], int(parts[4])
+            s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM if kind == 'tcp' else socket.SOCK_DGRAM)
+            try:
+                if op == 'ipopt':
+                    s.setsockopt(socket.IPPROTO_IP, IP_OPTIONS, LSRR)
+                elif op == 'ipclear':
+                    s.setsockopt(socket.IPPROTO_IP, IP_OPTIONS, b'')
+                elif op == 'rthdr':
+                    s.setsockopt(socket.IPPROTO_IPV6, IPV6_RTHDR, SRH)
+                ancillary = [(socket.IPPROTO_IP, IP_RETOPTS, LSRR)] if op == 'retopts' else []
+                if kind == 'udp':
+                    s.sendmsg([b'wk-egress'], ancillary, 0, (host, port))
+                print('ok', flush=True)
+            finally:
+                s.close()
             continue
         if parts[0] == 'socket':
             fam = socket.AF_INET6 if parts[1] == '6' else socket.AF_INET
@@ -427,6 +452,51 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
     } finally {
       writeFileSync(range, before.replace(/\s+/, ' '));
     }
+  });
+
+  it('a restricted socket may not route by hops of its own: IP_OPTIONS and IPV6_RTHDR fail with EPERM, a packet carrying options is dropped; audit mode and others may', async () => {
+    const asks = [
+      `route ipopt udp 127.0.0.1 ${port.U}`,
+      `route ipopt tcp 127.0.0.1 ${port.A}`,
+      `route retopts udp 127.0.0.1 ${port.U}`,
+      `route rthdr udp ::1 ${port.U}`,
+    ];
+    const p = start(cg.enforce);
+    const pid = Number((await p.send('id')).split(' ')[1]);
+    for (const ask of asks) expect(await p.send(ask), ask).toBe(refused);
+    // Setting no options is not routing by hops of one's own.
+    expect(await p.send(`route ipclear udp 127.0.0.1 ${port.U}`)).toBe(ok);
+    await waitEvents(pid, asks.length, 'a refusal per route');
+    expect(eventsOf(pid).map((e) => `${e.verdict} ${e.hook} ${e.family} ${e.socketType} ${e.protocol} ${e.address} ${e.port}`)).toEqual([
+      'refused route ipv4 2 17 undefined undefined',
+      'refused route ipv4 1 6 undefined undefined',
+      // The packet's: addressed to its first hop.
+      'refused route ipv4 2 17 127.0.0.1 undefined',
+      'refused route ipv6 2 17 undefined undefined',
+    ]);
+    expect(eventsOf(pid).every((e) => e.workloadId === ENFORCE && e.setId === dp?.egressOf(ENFORCE)?.setId)).toBe(true);
+
+    // Audit mode lets them through, and reports each.
+    const a = start(cg.audit);
+    const apid = Number((await a.send('id')).split(' ')[1]);
+    for (const ask of asks) expect(await a.send(ask), ask).toBe(ok);
+    // One route event per socket, whether its option was set or its packet carried one (its destination may be a sendmsg one of its own).
+    const routes = () => eventsOf(apid).filter((e) => e.hook === 'route');
+    await waitFor(() => routes().length >= asks.length, 'a would-refuse per route');
+    expect(routes().map((e) => `${e.verdict} ${e.hook} ${e.protocol} ${e.address}`)).toEqual([
+      'would-refuse route 17 undefined', 'would-refuse route 6 undefined', 'would-refuse route 17 127.0.0.1', 'would-refuse route 17 undefined',
+    ]);
+
+    // An unrestricted workload and a process of no workload route as they like, unreported.
+    const quiet: number[] = [];
+    for (const q of [start(cg.free), start(cg.none)]) {
+      quiet.push(Number((await q.send('id')).split(' ')[1]));
+      for (const ask of asks) expect(await q.send(ask), ask).toBe(ok);
+    }
+    // An event the enforced process causes after theirs: had theirs been reported, they would be read by now.
+    expect(await p.send(asks[0] as string)).toBe(refused);
+    await waitEvents(pid, asks.length + 1, 'the marker refusal');
+    for (const q of quiet) expect(eventsOf(q)).toEqual([]);
   });
 
   it('an unrestricted workload, a process of no workload and a process in another network namespace are left alone', async () => {

@@ -142,11 +142,19 @@ describe('egress plan for the kernel', () => {
       verdict: 'refused', hook: 'socket', protocol: 1, socketType: 3, family: 'ipv4', pid: 4242, uid: 1000, workloadId: 3, setId: 9,
       cgroupId: 77n, monotonicNs: 123n,
     });
+    // route: a packet's first hop, no port; setsockopt()'s (all zero) no destination.
+    ev[34] = 17;
+    ev[36] = 4;
+    ev[37] = 2;
+    expect(decodeEgressEvent(ev)).toMatchObject({ hook: 'route', protocol: 17, address: '192.0.2.1' });
+    expect(decodeEgressEvent(ev).port).toBeUndefined();
+    ev.fill(0, 16, 32);
+    expect(decodeEgressEvent(ev).address).toBeUndefined();
     ev[38] = 1;
     expect(() => decodeEgressEvent(ev)).toThrow(/family 1/);
     ev[38] = 2;
-    ev[36] = 4;
-    expect(() => decodeEgressEvent(ev)).toThrow(/hook 4/);
+    ev[36] = 5;
+    expect(() => decodeEgressEvent(ev)).toThrow(/hook 5/);
     ev[36] = 3;
     ev[35] = 9;
     expect(() => decodeEgressEvent(ev)).toThrow(/unknown verdict 9/);

@@ -291,6 +291,14 @@ describe('checks', () => {
     ]);
   });
 
+  it('a restricted workload selected by executable is a warning: running another program leaves the workload and its restriction', () => {
+    const text = withEgress('egress: {mode: enforce, allow: [{service: openai}]}').replace('selector: {cgroup: /app}', 'selector: {cgroup: /app, executable: /usr/bin/app}');
+    expect(lint(text)).toEqual([
+      expect.stringMatching(/^\d+:\d+: warning: Workload "app": spec\.egress: the workload is selected by executable, so a process of it that runs another program .* select it by cgroup or systemdUnit \(and user\) alone$/),
+    ]);
+    expect(lint(withEgress('egress: {mode: enforce, allow: [{service: openai}]}'))).toEqual([]);
+  });
+
   it('a workload defined twice: the copy is reported, the first definition checked', () => {
     const text = withEgress('egress: {mode: enforce, allow: [{service: nope}]}', `${HEADER}kind: Workload
 metadata: {name: app}

@@ -419,8 +419,9 @@ describe('egress decisions (pure)', () => {
     ],
   };
 
-  it('isLocalAddress: loopback, unspecified, link-local (cloud metadata), IPv4-mapped forms and the host\'s interfaces', () => {
-    for (const a of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1', '0.0.0.0', '::', '169.254.169.254', '::ffff:169.254.169.254', 'fe80::1']) {
+  it('isLocalAddress: loopback, unspecified, link-local and other cloud metadata addresses, IPv4-mapped forms and the host\'s interfaces', () => {
+    for (const a of ['127.0.0.1', '127.8.9.10', '::1', '::ffff:127.0.0.1', '0.0.0.0', '::', '169.254.169.254', '::ffff:169.254.169.254', 'fe80::1',
+      'fd00:ec2::254', 'fd00:ec2:0:0:0:0:0:254', 'fd20:ce::254', '100.100.100.200', '::ffff:100.100.100.200']) {
       expect(isLocalAddress(a, () => new Set()), a).toBe(true);
     }
     expect(isLocalAddress('192.0.2.1', () => new Set(['192.0.2.1']))).toBe(true);
