@@ -142,6 +142,26 @@ int wk_sock_create(struct bpf_sock *sk)
 #define WK_SOCKOPT_SEEN		4096
 
 /*
+ * The verdict on socket `sk` (marked `mark`) routing by hops of its own:
+ * `addr` is a packet's destination, NULL for setsockopt(). The first time
+ * for the socket writes the event.
+ */
+static __always_inline int route_verdict(struct bpf_sock *sk, struct wk_egress_sock *mark, const __u32 *addr)
+{
+	struct egress_call call = {};
+	bool report;
+
+	call.addr = addr;
+	call.protocol = (__u8)sk->protocol;
+	call.sock_type = (__u8)sk->type;
+	call.family = (__u8)sk->family;
+	call.hook = WK_EGRESS_HOOK_ROUTE;
+	report = !(mark->flags & EGRESS_SOCK_REPORTED);
+	mark->flags |= EGRESS_SOCK_REPORTED;
+	return egress_route_allows(mark, &call, report) ? SYS_PROCEED : SYS_REJECT;
+}
+
+/*
  * setsockopt(): IPv4 options (IP_OPTIONS: loose or strict source routing
  * among them) and an IPv6 routing header (IPV6_RTHDR, and the RFC 2292
  * forms) make the kernel send a socket's packets to hops of the caller's
@@ -153,10 +173,8 @@ SEC("cgroup/setsockopt")
 int wk_setsockopt(struct bpf_sockopt *ctx)
 {
 	int level = ctx->level, name = ctx->optname, len = ctx->optlen;
-	struct egress_call call = {};
 	struct wk_egress_sock *mark;
 	struct bpf_sock *sk;
-	bool report;
 
 	/* Any option's bytes are the kernel's to read as the caller gave them, however many. */
 	if (len > WK_SOCKOPT_SEEN)
@@ -172,13 +190,7 @@ int wk_setsockopt(struct bpf_sockopt *ctx)
 	mark = bpf_sk_storage_get(&wk_egress_sock, sk, NULL, 0);
 	if (!mark)
 		return SYS_PROCEED;
-	call.protocol = (__u8)sk->protocol;
-	call.sock_type = (__u8)sk->type;
-	call.family = (__u8)sk->family;
-	call.hook = WK_EGRESS_HOOK_ROUTE;
-	report = !(mark->flags & EGRESS_SOCK_REPORTED);
-	mark->flags |= EGRESS_SOCK_REPORTED;
-	return egress_route_allows(mark, &call, report) ? SYS_PROCEED : SYS_REJECT;
+	return route_verdict(sk, mark, NULL);
 }
 
 #define WK_ETH_P_IP		0x0800
@@ -245,11 +257,9 @@ static __always_inline bool routes_by_itself(struct __sk_buff *skb, __u32 *addr)
 SEC("cgroup_skb/egress")
 int wk_egress_skb(struct __sk_buff *skb)
 {
-	struct egress_call call = {};
 	struct wk_egress_sock *mark;
 	struct bpf_sock *sk;
 	__u32 addr[4];
-	bool report;
 
 	sk = skb->sk;
 	if (!sk)
@@ -260,14 +270,7 @@ int wk_egress_skb(struct __sk_buff *skb)
 	mark = bpf_sk_storage_get(&wk_egress_sock, sk, NULL, 0);
 	if (!mark || !routes_by_itself(skb, addr))
 		return SYS_PROCEED;
-	call.addr = addr;
-	call.protocol = (__u8)sk->protocol;
-	call.sock_type = (__u8)sk->type;
-	call.family = (__u8)sk->family;
-	call.hook = WK_EGRESS_HOOK_ROUTE;
-	report = !(mark->flags & EGRESS_SOCK_REPORTED);
-	mark->flags |= EGRESS_SOCK_REPORTED;
-	return egress_route_allows(mark, &call, report) ? SYS_PROCEED : SYS_REJECT;
+	return route_verdict(sk, mark, addr);
 }
 
 SEC("cgroup/sendmsg4")
