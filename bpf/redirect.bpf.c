@@ -12,6 +12,10 @@
  *
  * A restricted workload's connect() is judged against its egress policy
  * here too, before any rewrite (egress.bpf.h; egress.bpf.c says how).
+ *
+ * cgroup/bind4 and bind6 keep the proxy port for the agent: the connect()
+ * programs are pinned and go on sending connections there while no agent
+ * runs, so a process that took the port would be handed them.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -261,6 +265,39 @@ int wk_sockops(struct bpf_sock_ops *skops)
 		bpf_map_delete_elem(&wk_conn, &key);
 	}
 	return 1;
+}
+
+/*
+ * bind(): in the host's network namespace, only uid 0 may bind the proxy
+ * port (any address, TCP or UDP). The agent runs as root; any other
+ * process that took the port while no agent runs would be handed the
+ * connections the pinned connect() programs redirect there (their server
+ * names, and restricted workloads' plaintext requests), and the next agent
+ * could not listen. The check runs before the kernel's own (the port in
+ * use), so such a bind() fails with EPERM whether or not an agent runs.
+ */
+static __always_inline int proxy_port_bind(struct bpf_sock_addr *ctx)
+{
+	if (bpf_ntohs((__u16)ctx->user_port) != proxy_port)
+		return SYS_PROCEED;
+	if (bpf_get_netns_cookie(ctx) != host_netns_cookie)
+		return SYS_PROCEED;
+	if ((__u32)bpf_get_current_uid_gid() == 0)
+		return SYS_PROCEED;
+	wk_count(WK_STAT_PORT_BIND);
+	return SYS_REJECT;
+}
+
+SEC("cgroup/bind4")
+int wk_bind4(struct bpf_sock_addr *ctx)
+{
+	return proxy_port_bind(ctx);
+}
+
+SEC("cgroup/bind6")
+int wk_bind6(struct bpf_sock_addr *ctx)
+{
+	return proxy_port_bind(ctx);
 }
 
 char LICENSE[] SEC("license") __weak = "GPL";

@@ -90,6 +90,7 @@ struct wk_any {
 enum wk_stat {
 	WK_STAT_TASKS_FULL = 0,		/* a process could not be recorded: wk_task_exe is full */
 	WK_STAT_STORAGE_FAIL = 1,	/* a redirect was refused: no socket storage */
+	WK_STAT_PORT_BIND = 2,		/* a bind() to the proxy port by a uid other than 0 was refused */
 	WK_STAT_MAX = 8,		/* entries of wk_stats (room to grow) */
 };
 

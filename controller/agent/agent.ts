@@ -135,7 +135,7 @@ export class Agent {
   #resolved: ResolvedWorkload[] = [];
   #reported = new Set<string>();
   #syncing = false;
-  #lastStats: DatapathStats = { tasksFull: 0n, storageFailures: 0n };
+  #lastStats: DatapathStats = { tasksFull: 0n, storageFailures: 0n, proxyPortBinds: 0n };
   #lastProxyStats: string | undefined;
   /** The last reload or stop asked for, ended or not: the next one runs after it. */
   #lifecycle: Promise<void> = Promise.resolve();
@@ -823,6 +823,9 @@ export class Agent {
     }
     if (stats.storageFailures > this.#lastStats.storageFailures) {
       this.#log.error('%d redirect(s) refused: socket storage could not be allocated', Number(stats.storageFailures - this.#lastStats.storageFailures));
+    }
+    if (stats.proxyPortBinds > this.#lastStats.proxyPortBinds) {
+      this.#log.warn('%d bind(s) to the proxy port %d refused: only uid 0 may take it', Number(stats.proxyPortBinds - this.#lastStats.proxyPortBinds), this.#opts.proxyPort);
     }
     this.#lastStats = stats;
   }

@@ -10,6 +10,7 @@ import { BpfError, NotSupportedError } from '../errors.js';
 import { bpfCall, native, repoRoot, type NativeLink, type NativeMap, type NativeObject } from './native.js';
 import {
   WK_ACTION_PROXY,
+  WK_STAT_PORT_BIND,
   WK_STAT_STORAGE_FAIL,
   WK_STAT_TASKS_FULL,
   decodeAgentFiles,
@@ -84,6 +85,8 @@ export interface DatapathStats {
   tasksFull: bigint;
   /** Redirects refused because socket storage could not be allocated. */
   storageFailures: bigint;
+  /** bind()s to the proxy port refused: a uid other than 0 tried to take it. */
+  proxyPortBinds: bigint;
 }
 
 export interface PortBinding {
@@ -95,9 +98,10 @@ export interface PortBinding {
  * backfill() covers the ones that started before. */
 const IDENTITY_PROGRAMS = ['wk_exit', 'wk_fork', 'wk_exec'] as const;
 /* Attach order matters: bookkeeping first, so that by the time connect()
- * redirects anything, sockops and getpeername are already in place. */
+ * redirects anything, sockops and getpeername are already in place (and
+ * the proxy port is kept for the agent, whose proxy already listens). */
 const CGROUP_PROGRAMS = [
-  'wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6', 'wk_sendmsg4', 'wk_sendmsg6', 'wk_sock_create',
+  'wk_bind4', 'wk_bind6', 'wk_sockops', 'wk_getpeername4', 'wk_getpeername6', 'wk_connect4', 'wk_connect6', 'wk_sendmsg4', 'wk_sendmsg6', 'wk_sock_create',
   'wk_setsockopt', 'wk_egress_skb',
 ] as const;
 export const MAPS = [
@@ -451,7 +455,7 @@ export class Datapath {
   stats(): DatapathStats {
     const map = this.#map('wk_stats');
     const read = (i: number) => map.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n;
-    return { tasksFull: read(WK_STAT_TASKS_FULL), storageFailures: read(WK_STAT_STORAGE_FAIL) };
+    return { tasksFull: read(WK_STAT_TASKS_FULL), storageFailures: read(WK_STAT_STORAGE_FAIL), proxyPortBinds: read(WK_STAT_PORT_BIND) };
   }
 
   /** Makes wk_bind_port hold exactly `entries`, and wk_ports their ports (added first, removed last). */

@@ -133,6 +133,7 @@ export const WK_ACTION_PROXY = 1;
 /** wk_stats indexes (enum wk_stat). */
 export const WK_STAT_TASKS_FULL = 0;
 export const WK_STAT_STORAGE_FAIL = 1;
+export const WK_STAT_PORT_BIND = 2;
 /** Entries of wk_stats. */
 export const WK_STAT_MAX = 8;
 /** Map capacities (enum wk_limits); the maps' own max_entries are what the controller checks fits. */
@@ -646,7 +647,7 @@ export function decodeEgressEvent(b: Buffer, offset = 0, length = b.length - off
 export const CONSTANTS: Record<string, Record<string, number>> = {
   wk_limits: WK_LIMITS,
   wk_action: { WK_ACTION_PROXY },
-  wk_stat: { WK_STAT_TASKS_FULL, WK_STAT_STORAGE_FAIL, WK_STAT_MAX },
+  wk_stat: { WK_STAT_TASKS_FULL, WK_STAT_STORAGE_FAIL, WK_STAT_PORT_BIND, WK_STAT_MAX },
   wk_http_limits: {
     WK_HTTP_MAX_DESTS: 4096,
     WK_HTTP_DEST_EXACT: DEST_PORT_BITS + 128,

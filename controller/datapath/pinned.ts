@@ -10,6 +10,7 @@ import type { MapName } from './datapath.js';
 import { listDraining, type DrainingSockhash } from './draining.js';
 import { readEgressStats, readInstalledEgress, type EgressStats, type InstalledEgress } from './egress.js';
 import {
+  WK_STAT_PORT_BIND,
   WK_STAT_STORAGE_FAIL,
   WK_STAT_TASKS_FULL,
   WK_EGRESS_MAX_PREFIXES,
@@ -85,7 +86,7 @@ export class PinnedMaps {
   }
 
   /** Entries and capacity of each map, and the kernel's drop counters. */
-  usage(): { maps: { name: string; entries: number; capacity: number }[]; tasksFull: bigint; storageFailures: bigint } {
+  usage(): { maps: { name: string; entries: number; capacity: number }[]; tasksFull: bigint; storageFailures: bigint; proxyPortBinds: bigint } {
     const counted: MapName[] = ['wk_task_exe', 'wk_cgroup_mask', 'wk_exe_mask', 'wk_uid_mask', 'wk_bind_port', 'wk_conn'];
     if (this.hasEgress()) counted.push('wk_egress_policy', 'wk_egress_rules');
     if (this.hasKernelHttp()) counted.push('wk_http_dest', 'wk_http_socks');
@@ -97,7 +98,7 @@ export class PinnedMaps {
     });
     const stats = this.#get('wk_stats');
     const read = (i: number) => stats.lookup(encodeU32(i))?.readBigUInt64LE(0) ?? 0n;
-    return { maps, tasksFull: read(WK_STAT_TASKS_FULL), storageFailures: read(WK_STAT_STORAGE_FAIL) };
+    return { maps, tasksFull: read(WK_STAT_TASKS_FULL), storageFailures: read(WK_STAT_STORAGE_FAIL), proxyPortBinds: read(WK_STAT_PORT_BIND) };
   }
 
   /** Whether the agent has the egress maps (one from before them does not). */

@@ -13,6 +13,8 @@ export interface AgentStatus {
   maps: { name: string; entries: number; capacity: number }[];
   tasksFull: bigint;
   storageFailures: bigint;
+  /** bind()s to the proxy port refused (a uid other than 0 tried to take it). */
+  proxyPortBinds: bigint;
   /** The kernel HTTP datapath's counters; null when the agent runs without it. */
   kernelHttp: Record<string, bigint> | null;
   /**
@@ -81,6 +83,7 @@ export function formatStatus(s: AgentStatus): string {
   for (const m of s.maps) lines.push(`  ${m.name.padEnd(15)} ${String(m.entries).padStart(7)} / ${m.capacity}${m.entries >= m.capacity ? '  FULL' : ''}`);
   lines.push(`processes not recorded (wk_task_exe full): ${s.tasksFull}`);
   lines.push(`redirects refused (no socket storage): ${s.storageFailures}`);
+  lines.push(`binds to the proxy port refused (uid other than 0): ${s.proxyPortBinds}`);
   if (s.kernelHttp) {
     // Refusals by their code (shared with the proxy); other counters by name.
     const { injected, ...rest } = s.kernelHttp;
@@ -100,7 +103,7 @@ export function formatStatus(s: AgentStatus): string {
     lines.push(`proxy: ${open} connection(s) open, ${s.proxy.handshakes} in handshake; refused: ${refused.length ? refused.join(', ') : 'none'}`);
   }
   if (!s.running && s.attached.length) {
-    lines.push(`programs still attached: ${s.attached.length} (restricted workloads' egress rules stay enforced, and bound connections are redirected to the proxy port, where nothing listens: refused) until an agent starts and takes over, or the pin directory is removed`);
+    lines.push(`programs still attached: ${s.attached.length} (restricted workloads' egress rules stay enforced, and bound connections are redirected to the proxy port, where nothing listens: refused; only uid 0 may bind that port) until an agent starts and takes over, or the pin directory is removed`);
   }
   for (const d of s.draining) {
     lines.push(`draining ${d.dir}: ${d.connections} connection(s) of a previous agent, each refused at its next request; agent-gone ${d.refusedAgent}`);

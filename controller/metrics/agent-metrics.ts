@@ -33,7 +33,7 @@ export interface MetricsSources {
   ready(): boolean;
   /** accepted: connections since start; acceptedByWorker: the same per proxy worker thread (absent: one, the agent's). */
   proxy(): { handshakes: number; connections: Record<string, number>; accepted?: number; acceptedByWorker?: number[] } | undefined;
-  datapath(): { mapUsage(): MapUsage[]; stats(): { tasksFull: bigint; storageFailures: bigint } } | undefined;
+  datapath(): { mapUsage(): MapUsage[]; stats(): { tasksFull: bigint; storageFailures: bigint; proxyPortBinds: bigint } } | undefined;
   kernelHttp(): { mapUsage(): MapUsage[]; stats(): Record<HttpStatName, bigint> } | null | undefined;
   credentials(): { name: string; state?(): CredentialState }[];
   vaultConnections(): { name: string; status(): { tokenExpiresAt: number | undefined; degraded: boolean } }[];
@@ -226,6 +226,16 @@ export class AgentMetrics implements ProxyObserver {
         this.reset();
         const stats = sources.datapath()?.stats();
         if (stats) this.inc({ reason: 'no-socket-storage' }, Number(stats.storageFailures));
+      },
+    });
+    new Counter({
+      name: 'wirekey_kernel_proxy_port_binds_refused_total',
+      help: 'bind() calls to the proxy port refused by the kernel because the caller was not uid 0',
+      registers,
+      collect() {
+        this.reset();
+        const stats = sources.datapath()?.stats();
+        if (stats) this.inc(Number(stats.proxyPortBinds));
       },
     });
     new Gauge({

@@ -287,7 +287,15 @@ print(json.dumps(out))
     const dead = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
     expect(dead.code).toBe(3);
     expect(dead.stdout).toMatch(/programs still attached: \d+ \(restricted workloads' egress rules stay enforced/);
-    expect(readdirSync(path.join(f.pinDir, 'links'))).toEqual(expect.arrayContaining(['wk_connect4', 'wk_connect6', 'wk_exec', 'wk_sendmsg4']));
+    expect(readdirSync(path.join(f.pinDir, 'links'))).toEqual(expect.arrayContaining(['wk_bind4', 'wk_bind6', 'wk_connect4', 'wk_connect6', 'wk_exec', 'wk_sendmsg4']));
+    // Nor may another user take the proxy port meanwhile (it would be handed
+    // the redirected connections, and the next agent could not listen).
+    const squat = await run('setpriv', ['--reuid=65534', '--regid=65534', '--clear-groups', '/usr/bin/python3', '-c',
+      `import socket\ns = socket.socket()\ns.bind(('127.0.0.1', ${f.proxyPort}))\ns.listen()`]);
+    expect(squat.code).not.toBe(0);
+    expect(squat.stderr).toContain('PermissionError: [Errno 1]');
+    const counted = await run(process.execPath, [wirekeyBin, 'status', '--state-dir', f.stateDir]);
+    expect(counted.stdout).toContain('binds to the proxy port refused (uid other than 0): 1\n');
     await t.close();
 
     // The next agent attaches its own, then releases the dead one's.

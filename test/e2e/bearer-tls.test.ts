@@ -324,12 +324,13 @@ spec: {workload: basic, service: api, inject: {basic: {credential: api-token, us
     f.agentStopped = true;
     expect(code).toBe(0);
     expect(existsSync(pinDir)).toBe(false);
-    // identity (3 tracepoints, 2 iterators), redirect (5), egress (sendmsg4/6,
-    // sock_create) and, where the probes find what it needs, the kernel HTTP
+    // identity (3 tracepoints, 2 iterators), redirect (connect4/6,
+    // getpeername4/6, sockops, bind4/6), egress (sendmsg4/6, sock_create,
+    // setsockopt, cgroup_skb egress) and, where the probes find what it needs, the kernel HTTP
     // datapath (4, the socket-memory watch, and the failed-push watch where
     // the kernel has BPF trampolines)
     const kernelHttp = kernelHttpSkipReason() ? 0 : 5 + (pushWatchSkipReason() ? 0 : 1);
-    expect(agent.programIds).toHaveLength(15 + kernelHttp);
+    expect(agent.programIds).toHaveLength(17 + kernelHttp);
     // Tracing programs are freed after an RCU grace period: wait for each to go.
     for (const id of agent.programIds) {
       await eventually(async () => (await run('bpftool', ['prog', 'show', 'id', String(id)])).code !== 0, 30_000, `program ${id} to be unloaded`);

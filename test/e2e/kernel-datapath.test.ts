@@ -197,7 +197,7 @@ spec: {workload: legacy, service: plain, inject: {basic: {credential: basic-cred
     expect(status).toMatch(/wk_http_dest +3 \/ 4096/);
   });
 
-  it('--no-kernel-datapath: plaintext services are refused at start with the reason; a TLS-only policy runs on 15 programs', async () => {
+  it('--no-kernel-datapath: plaintext services are refused at start with the reason; a TLS-only policy runs on 17 programs', async () => {
     const opts = (policy: string, name: string) => ({
       policy, stateDir: path.join(f.dir, `state-${name}`), pinDir: `${f.pinDir}-${name}`, proxyPort: 0, audit: path.join(f.dir, `audit-${name}`),
       extraArgs: ['--no-kernel-datapath'],
@@ -213,8 +213,8 @@ spec: {hosts: [api.example], port: 443, tls: true}
 `);
     const agent = await startAgent({ ...opts(tlsOnly, 'tls'), proxyPort: await freePort() });
     try {
-      // identity (3 tracepoints, 2 iterators), redirect (5) and egress (sendmsg4/6, sock_create, setsockopt, cgroup_skb egress)
-      expect(agent.programIds).toHaveLength(15);
+      // identity (3 tracepoints, 2 iterators), redirect (connect4/6, getpeername4/6, sockops, bind4/6) and egress (sendmsg4/6, sock_create, setsockopt, cgroup_skb egress)
+      expect(agent.programIds).toHaveLength(17);
       expect(agent.output()).toContain('kernel HTTP datapath not loaded');
     } finally {
       await agent.stop();

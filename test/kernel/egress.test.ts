@@ -49,7 +49,8 @@ const PYTHON = '/usr/bin/python3';
  * message (IP_RETOPTS), rthdr sets an IPv6 routing header (type 4, one
  * segment, ::1); then a udp socket sends a datagram (the send, not its
  * delivery: a loopback receiver drops source-routed packets) and a tcp one
- * stops there. Answers "ok" or "errno N"; "id" answers "pid N uid N".
+ * stops there. "bind tcp|udp HOST PORT" binds a socket there and closes
+ * it. Answers "ok" or "errno N"; "id" answers "pid N uid N".
  */
 const CLIENT = String.raw`
 import os, socket, sys
@@ -76,6 +77,15 @@ for raw in sys.stdin:
                 ancillary = [(socket.IPPROTO_IP, IP_RETOPTS, LSRR)] if op == 'retopts' else []
                 if kind == 'udp':
                     s.sendmsg([b'wk-egress'], ancillary, 0, (host, port))
+                print('ok', flush=True)
+            finally:
+                s.close()
+            continue
+        if parts[0] == 'bind':
+            kind, host, port = parts[1], parts[2], int(parts[3])
+            s = socket.socket(socket.AF_INET6 if ':' in host else socket.AF_INET, socket.SOCK_STREAM if kind == 'tcp' else socket.SOCK_DGRAM)
+            try:
+                s.bind((host, port))
                 print('ok', flush=True)
             finally:
                 s.close()
@@ -179,8 +189,9 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
   const start = (where: string, opts: { uid?: number; netns?: string } = {}) => {
     let cmd = PYTHON;
     let args = ['-u', '-c', CLIENT];
-    if (opts.netns) [cmd, args] = ['ip', ['netns', 'exec', opts.netns, cmd, ...args]];
     if (opts.uid !== undefined) [cmd, args] = ['setpriv', [`--reuid=${opts.uid}`, `--regid=${opts.uid}`, '--clear-groups', cmd, ...args]];
+    // Entering the namespace takes root: setpriv runs inside it.
+    if (opts.netns) [cmd, args] = ['ip', ['netns', 'exec', opts.netns, cmd, ...args]];
     const p = startDriven(where, cmd, args);
     procs.push(p);
     return p;
@@ -500,7 +511,7 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
   });
 
   it('an unrestricted workload, a process of no workload and a process in another network namespace are left alone', async () => {
-    host = await createTestHost('eg');
+    host ??= await createTestHost('eg');
     const free = start(cg.free);
     const none = start(cg.none);
     const elsewhere = start(cg.enforce, { netns: host.ns });
@@ -520,6 +531,23 @@ describe.skipIf(skip)(`egress policy on the real kernel${skip ? ` (skipped: ${sk
     expect(await marker.send(`tcp 127.0.0.1 ${port.B}`)).toBe(refused);
     await waitEvents(mpid, 1, 'the marker refusal');
     for (const pid of pids) expect(eventsOf(pid)).toEqual([]);
+  });
+
+  it('only uid 0 may bind the proxy port in the host namespace (any address, TCP or UDP): others get EPERM, counted; other ports and namespaces are left alone', async () => {
+    host ??= await createTestHost('eg');
+    const before = dp?.stats().proxyPortBinds ?? 0n;
+    const nobody = start(cg.none, { uid: NOBODY });
+    const asRoot = start(cg.none);
+    const elsewhere = start(cg.none, { uid: NOBODY, netns: host.ns });
+    for (const where of ['127.0.0.1', '0.0.0.0', '::1', '::']) expect(await nobody.send(`bind tcp ${where} ${port.proxy}`)).toBe(refused);
+    expect(await nobody.send(`bind udp 127.0.0.1 ${port.proxy}`)).toBe(refused);
+    // Another port: the kernel's own answer (the test's listener has it), not wirekey's.
+    expect(await nobody.send(`bind tcp 127.0.0.1 ${port.A}`)).toBe('errno 98');
+    // Root gets past the program to the same answer.
+    expect(await asRoot.send(`bind tcp 127.0.0.1 ${port.proxy}`)).toBe('errno 98');
+    // In another network namespace the port of that number is not the proxy's.
+    expect(await elsewhere.send(`bind tcp 127.0.0.1 ${port.proxy}`)).toBe(ok);
+    expect(dp?.stats().proxyPortBinds).toBe(before + 5n);
   });
 
   it('IPv4 and IPv6 are one address space: ::/0 allows IPv4 too, on IPv4 and IPv6 sockets; a narrower IPv6 prefix does not', async () => {

@@ -100,8 +100,8 @@ describe.skipIf(skip)(`feature probes on the real kernel${skip ? ` (skipped: ${s
     const dp = open(old);
     expect(dp.kernelHttpUnavailable).toBe('this kernel lacks bpf_loop in sk_msg programs (Linux 5.17 or newer is needed): invalid func unknown#181');
     expect(dp.kernelHttpError).toBeNull();
-    // identity (3 tracepoints, 2 iterators), redirect (5) and egress (sendmsg4/6, sock_create, setsockopt, cgroup_skb egress), no kernel HTTP program
-    expect(dp.programIds()).toHaveLength(15);
+    // identity (3 tracepoints, 2 iterators), redirect (connect4/6, getpeername4/6, sockops, bind4/6) and egress (sendmsg4/6, sock_create, setsockopt, cgroup_skb egress), no kernel HTTP program
+    expect(dp.programIds()).toHaveLength(17);
   });
 
   it('a negative probe for the redirect programs fails the open with NotSupportedError (feature, minimum kernel)', () => {
@@ -126,7 +126,7 @@ describe.skipIf(skip)(`feature probes on the real kernel${skip ? ` (skipped: ${s
     expect(dp.kernelHttpError?.libbpfLog).toContain(PUSH_WATCH_PROGRAM);
     expect(dp.kernelHttpUnavailable).toMatch(/^the kernel refused its programs although it has every feature they use \(a wirekey bug/);
     expect(dp.kernelHttpUnavailable).not.toMatch(/5\.17/);
-    // identity (3 tracepoints, 2 iterators), redirect (5) and egress (sendmsg4/6, sock_create, setsockopt, cgroup_skb egress), no kernel HTTP program
-    expect(dp.programIds()).toHaveLength(15);
+    // identity (3 tracepoints, 2 iterators), redirect (connect4/6, getpeername4/6, sockops, bind4/6) and egress (sendmsg4/6, sock_create, setsockopt, cgroup_skb egress), no kernel HTTP program
+    expect(dp.programIds()).toHaveLength(17);
   });
 });

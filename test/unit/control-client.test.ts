@@ -66,7 +66,7 @@ describe('probeReadiness', () => {
   });
 
   it('status says NOT READY and why on its first line', () => {
-    const out = formatStatus({ running: true, pid: 9, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, egress: [], egressEventsLost: 0n, kernelHttp: null, proxy: null,
+    const out = formatStatus({ running: true, pid: 9, workloads: [], maps: [], tasksFull: 0n, storageFailures: 0n, proxyPortBinds: 0n, egress: [], egressEventsLost: 0n, kernelHttp: null, proxy: null,
       draining: [], attached: [], readiness: { ready: false, reason: 'it does not answer on its control socket /s/agent.sock within 5s (hung or stopped?)' } });
     expect(out.split('\n')[0]).toBe('agent pid 9: NOT READY: it does not answer on its control socket /s/agent.sock within 5s (hung or stopped?); what it last wrote and its pins show:');
   });

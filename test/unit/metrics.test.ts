@@ -72,7 +72,7 @@ describe('agent metrics', () => {
     let reads = 0;
     const m = new AgentMetrics(fakeSources({
       kernelHttp: () => ({ stats: () => (reads++, stats), mapUsage: () => [] }),
-      datapath: () => ({ mapUsage: () => [], stats: () => ({ tasksFull: 4n, storageFailures: 6n }) }),
+      datapath: () => ({ mapUsage: () => [], stats: () => ({ tasksFull: 4n, storageFailures: 6n, proxyPortBinds: 2n }) }),
     }), { processMetrics: false });
     // Injections are counted from the kernel's usage counters, not from events (one stands for a connection).
     m.kernelEvent({ decision: 'inject', workload: 'app', service: 'plain' });
@@ -90,6 +90,7 @@ describe('agent metrics', () => {
     expect(sample(body, 'wirekey_kernel_connections_uninjected_total')).toBe(3);
     expect(sample(body, 'wirekey_kernel_tasks_unrecorded_total')).toBe(4);
     expect(sample(body, 'wirekey_kernel_redirects_refused_total{reason="no-socket-storage"}')).toBe(6);
+    expect(sample(body, 'wirekey_kernel_proxy_port_binds_refused_total')).toBe(2);
     // One read of the kernel's counters per scrape, however many metrics use them.
     expect(reads).toBe(1);
     stats = kernelStats({ injected: 9n });
@@ -106,7 +107,7 @@ describe('agent metrics', () => {
       return [{ name: 'wk_task_exe', entries: 120, capacity: 65536 }, { name: 'wk_http_socks', entries: socks, capacity: 65536 }];
     };
     const m = new AgentMetrics(fakeSources({
-      datapath: () => ({ mapUsage: usage, stats: () => ({ tasksFull: 0n, storageFailures: 0n }) }),
+      datapath: () => ({ mapUsage: usage, stats: () => ({ tasksFull: 0n, storageFailures: 0n, proxyPortBinds: 0n }) }),
       kernelHttp: () => ({ stats: () => kernelStats({}), mapUsage: () => [{ name: 'wk_http_hdr', entries: 1, capacity: 256 }] }),
       proxy: () => ({ handshakes: 3, connections: { billing: 4, '#9': 1 } }),
     }), { processMetrics: false, mapUsageIntervalMs: 60_000 });
