@@ -30,7 +30,7 @@ import { STREAM_HIGH_WATER_MARK, UpstreamPools, type UpstreamPool } from './upst
 import type { Dispatcher } from 'undici';
 import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits, type InjectOutcome } from './h2.js';
 import { FastUpstreams, serveFast, type FastHost } from './h1-fast.js';
-import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
+import { decideBound, decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
 import { PlainEgress } from './plain-egress.js';
 import { answerRefusal, refuseRaw } from './refusal-response.js';
@@ -154,7 +154,8 @@ export interface ProxyDeps {
   shared?: ProxyShared;
   /**
    * Resolves a name an egress rule allowed (an SNI relayed untouched, a
-   * plaintext request's Host) to the addresses the proxy may connect to.
+   * plaintext request's Host), or a bound name a restricted workload
+   * connected to, to the addresses the proxy may connect to.
    * Default: systemResolver. Either way the proxy bounds it
    * (boundedResolver: lookups in flight, one per name).
    */
@@ -498,7 +499,10 @@ export class ProxyServer {
       const route = serverName ? table.matchByName(workload, orig.port, serverName) : undefined;
       if (route && serverName) {
         const sni = route.service.hosts.find((h) => h === serverName) ?? serverName;
-        this.#terminate(socket, head, { orig, route, table, sni }, handshakeDone).catch((err: unknown) => {
+        const session: Session = { orig, route, table, sni };
+        const egress = route.workload.egress;
+        const terminating = egress ? this.#terminateRestricted(socket, head, session, egress, handshakeDone) : this.#terminate(socket, head, session, handshakeDone);
+        terminating.catch((err: unknown) => {
           this.#deps.log.error('cannot terminate TLS for %s: %s', sni, (err as Error).message);
           socket.destroy();
         });
@@ -583,19 +587,47 @@ export class ProxyServer {
   }
 
   /**
-   * Where a connection or request for `name` (allowed) goes: see
-   * pickAddress. Undefined when it resolves to nothing usable (the
-   * resolver's failure is logged, never shown to the workload).
+   * A restricted workload's connection that a binding's route claimed:
+   * terminated only if its requests may go upstream to the address it was
+   * dialled to (decideBound), judged once, before the TLS handshake and
+   * within its deadline. Else refused as egress refuses a connection
+   * (`audit`: terminated as before, logged would-refuse).
    */
-  async #addressFor(name: string, orig: OrigDst, egress: PlanEgress): Promise<string | undefined> {
-    let answers: { address: string }[];
+  async #terminateRestricted(socket: net.Socket, head: Buffer, session: Session, egress: PlanEgress, handshakeDone: () => void): Promise<void> {
+    const { orig, sni } = session;
+    const answers = await this.#answers(sni);
+    if (socket.destroyed) return;
+    const verdict = decideBound(answers, {
+      egress, dialled: orig.address, port: orig.port, proxyPort: this.#proxyPort, isLocal: this.#deps.isLocalAddress,
+    });
+    if (verdict.action === 'refuse') {
+      const workload = session.route.workload.name;
+      if (egress.mode === 'enforce') {
+        this.#egressRefusal(socket, head, orig, workload, egress, verdict.code, sni, handshakeDone);
+        return;
+      }
+      this.#count(verdict.code);
+      this.#egressRecord('would-refuse', workload, orig, { host: sni, address: orig.address, reason: verdict.code });
+    }
+    await this.#terminate(socket, head, session, handshakeDone);
+  }
+
+  /** What `name` resolves to; none when the lookup fails (logged, never shown to the workload). */
+  async #answers(name: string): Promise<string[]> {
     try {
-      answers = await this.#resolve(name);
+      return (await this.#resolve(name)).map((a) => a.address);
     } catch (err) {
       this.#deps.log.debug('cannot resolve %s: %s', name, (err as Error).message);
-      return undefined;
+      return [];
     }
-    return pickAddress(answers.map((a) => a.address), {
+  }
+
+  /**
+   * Where a connection or request for `name` (allowed) goes: see
+   * pickAddress. Undefined when it resolves to nothing usable.
+   */
+  async #addressFor(name: string, orig: OrigDst, egress: PlanEgress): Promise<string | undefined> {
+    return pickAddress(await this.#answers(name), {
       egress, dialled: orig.address, port: orig.port, proxyPort: this.#proxyPort, isLocal: this.#deps.isLocalAddress,
     });
   }

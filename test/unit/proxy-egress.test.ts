@@ -22,14 +22,15 @@ import path from 'node:path';
 import { ProxyServer } from '../../controller/proxy/proxy-server.js';
 import { RouteTable } from '../../controller/proxy/routes.js';
 import { createUpstreamAgent } from '../../controller/proxy/upstream.js';
-import { decideConnection, isLocalAddress, pickAddress } from '../../controller/proxy/egress-decision.js';
+import { decideBound, decideConnection, isLocalAddress, pickAddress } from '../../controller/proxy/egress-decision.js';
 import { boundedResolver } from '../../controller/proxy/name-resolver.js';
 import { AuditLog } from '../../controller/audit/audit-log.js';
 import { AgentMetrics } from '../../controller/metrics/agent-metrics.js';
 import { ByteBudget } from '../../controller/inject/byte-budget.js';
 import { createLogger } from '../../controller/log.js';
 import type { OrigDst } from '../../controller/datapath/datapath.js';
-import type { Plan, PlanEgress, PlanEgressRule, PlanWorkload } from '../../controller/policy/types.js';
+import type { Plan, PlanBinding, PlanEgress, PlanEgressRule, PlanProxyService, PlanWorkload } from '../../controller/policy/types.js';
+import { Secret } from '../../controller/credentials/secret.js';
 import { createTestPki, type TestPki } from '../support/test-pki.js';
 import { sniExtension, syntheticHello, toRecords } from '../support/client-hello.js';
 import { waitFor } from '../support/wait.js';
@@ -55,9 +56,9 @@ const rule = (id: number, r: Partial<PlanEgressRule>): PlanEgressRule => ({
   id, label: `allow[${id}]`, source: at, cidrs: [], hosts: [], ports: [[443, 443]], protocol: 'tcp', tls: true, ...r,
 });
 
-function plan(workloads: PlanWorkload[]): Plan {
+function plan(workloads: PlanWorkload[], services: PlanProxyService[] = [], bindings: PlanBinding[] = []): Plan {
   return {
-    vaultConnections: new Map(), credentials: new Map(), services: new Map(), bindings: [],
+    vaultConnections: new Map(), credentials: new Map(), services: new Map(services.map((sv) => [sv.name, sv])), bindings,
     workloads: new Map(workloads.map((w) => [w.name, w])),
   };
 }
@@ -105,7 +106,13 @@ describe('proxy: egress by process identity (loopback)', () => {
       s.on('close', () => {
         if (!data) return resolve({ error: 'closed' });
         const body = data.slice(data.indexOf('\r\n\r\n') + 4);
-        resolve({ status: Number(data.split(' ')[1]), body, server: (JSON.parse(body) as { server: string }).server });
+        let server: string | undefined;
+        try {
+          server = (JSON.parse(body) as { server: string }).server;
+        } catch {
+          // Not an upstream's answer: a refusal's text.
+        }
+        resolve({ status: Number(data.split(' ')[1]), body, server });
       });
     });
   }
@@ -127,7 +134,7 @@ describe('proxy: egress by process identity (loopback)', () => {
   }
 
   beforeAll(async () => {
-    pki = await createTestPki(dir, ['api.allowed.test', 'www.denied.test', 'x.wild.test', 'raw.wild.test', 'gone.wild.test']);
+    pki = await createTestPki(dir, ['api.allowed.test', 'www.denied.test', 'x.wild.test', 'raw.wild.test', 'gone.wild.test', 'bound.test']);
     const decoyDir = path.join(dir, 'decoy');
     mkdirSync(decoyDir);
     const decoyPki = await createTestPki(decoyDir, ['api.allowed.test']);
@@ -176,6 +183,7 @@ describe('proxy: egress by process identity (loopback)', () => {
       'gone.wild.test': [],
       'loop.wild.test': ['127.0.0.1', '::1'],
       'plain.allowed.test': [REAL],
+      'bound.test': [REAL],
     });
     egressOf = (mode) => ({
       mode,
@@ -183,12 +191,19 @@ describe('proxy: egress by process identity (loopback)', () => {
         rule(1, { hosts: ['api.allowed.test', '*.wild.test'], ports: [[P, P]] }),
         rule(2, { hosts: ['plain.allowed.test'], ports: [[Q, Q]], tls: false }),
         rule(3, { cidrs: [`${ADDRESSED}/32`], ports: [[P, P]] }),
+        // As compile() adds for a binding: its service's hosts, at its port.
+        rule(4, { label: 'binding bound', service: 'bound', hosts: ['bound.test'], ports: [[P, P]] }),
       ],
     });
+    const bound: PlanProxyService = { name: 'bound', datapath: 'proxy', hosts: ['bound.test'], port: P, tls: true };
+    const bearer = { kind: 'bearer', credential: 'tok' } as const;
     table = new RouteTable(plan([
       { name: 'agent', id: 1, selector: { cgroup: '/agent' }, egress: egressOf('enforce') },
       { name: 'rollout', id: 2, selector: { cgroup: '/rollout' }, egress: egressOf('audit') },
       { name: 'free', id: 3, selector: { cgroup: '/free' } },
+    ], [bound], [
+      { name: 'agent-bound', workload: 'agent', service: 'bound', inject: bearer },
+      { name: 'rollout-bound', workload: 'rollout', service: 'bound', inject: bearer },
     ]));
     metrics = new AgentMetrics({
       ready: () => true, proxy: () => undefined, datapath: () => undefined, kernelHttp: () => undefined,
@@ -197,9 +212,10 @@ describe('proxy: egress by process identity (loopback)', () => {
     proxy = new ProxyServer({
       identify: () => redirects.take(),
       routes: () => table,
-      secureContextFor: () => Promise.reject(new Error('no binding in this test')),
-      credential: () => Promise.reject(new Error('no binding in this test')),
-      upstreamAgent: createUpstreamAgent(),
+      // The test PKI's certificate (it names bound.test) stands in for one the local CA would mint.
+      secureContextFor: async () => tls.createSecureContext({ cert: readFileSync(pki.serverCert), key: readFileSync(pki.serverKey) }),
+      credential: async (name) => ({ name, secret: new Secret('bound-token'), fields: new Map() }),
+      upstreamAgent: createUpstreamAgent({ caFile: pki.caCert }),
       sigv4BodyLimit: 1024,
       sigv4BodyBudget: new ByteBudget(1024),
       audit: new AuditLog(auditPath),
@@ -407,6 +423,41 @@ describe('proxy: egress by process identity (loopback)', () => {
     expect(lastAudit()).toMatchObject({ decision: 'deny', reason: 'egress-name-not-allowed', port: Q, host: 'plain.allowed.test' });
     expect(accepted.recorder).toBe(recorderBefore);
   });
+
+  it('a bound name dialled to an address it resolves to, or one an address rule allows: terminated and injected', async () => {
+    const before = { ...accepted };
+    expect(await tlsGet(1, REAL, 'bound.test')).toMatchObject({ status: 200, server: 'real' });
+    expect(await tlsGet(1, ADDRESSED, 'bound.test')).toMatchObject({ status: 200, server: 'addressed' });
+    expect([accepted.real! - before.real!, accepted.addressed! - before.addressed!]).toEqual([1, 1]);
+    expect(audit().slice(-2)).toMatchObject([
+      { decision: 'inject', workload: 'agent', service: 'bound', host: 'bound.test', status: 200 },
+      { decision: 'inject', workload: 'agent', service: 'bound', host: 'bound.test', status: 200 },
+    ]);
+  });
+
+  it('a bound name dialled to any other address: closed before TLS, nothing reaches that address, a deny line', async () => {
+    const refusedBefore = proxy.stats().refused['egress-not-allowed'] ?? 0;
+    const before = { ...accepted };
+    expect(await tlsGet(1, DECOY, 'bound.test')).toHaveProperty('error');
+    expect(await tlsGet(1, RECORDER, 'bound.test')).toHaveProperty('error');
+    expect(accepted.decoy).toBe(before.decoy);
+    expect(accepted.recorder).toBe(before.recorder);
+    expect(audit().slice(-2)).toMatchObject([
+      { decision: 'deny', workload: 'agent', host: 'bound.test', address: DECOY, port: P, reason: 'egress-not-allowed' },
+      { decision: 'deny', workload: 'agent', host: 'bound.test', address: RECORDER, port: P, reason: 'egress-not-allowed' },
+    ]);
+    expect(proxy.stats().refused['egress-not-allowed']).toBe(refusedBefore + 2);
+  });
+
+  it('audit mode: a bound name dialled to another address is terminated as before, logged would-refuse', async () => {
+    const before = accepted.decoy!;
+    // The decoy's certificate is not the bound name's: the request fails upstream, after going there as before.
+    expect(await tlsGet(2, DECOY, 'bound.test')).toMatchObject({ status: 502 });
+    expect(accepted.decoy).toBe(before + 1);
+    expect(audit().find((l) => l.workload === 'rollout' && l.host === 'bound.test' && l.decision === 'would-refuse')).toMatchObject({
+      address: DECOY, port: P, reason: 'egress-not-allowed',
+    });
+  });
 });
 
 describe('egress decisions (pure)', () => {
@@ -441,6 +492,30 @@ describe('egress decisions (pure)', () => {
     expect(pickAddress(['127.0.0.7'], { ...o, dialled: '203.0.113.9' })).toBe('127.0.0.7');
     expect(pickAddress(['127.0.0.7'], { ...o, port: 15001, dialled: '203.0.113.9' })).toBeUndefined();
     expect(pickAddress([], { ...o, dialled: '203.0.113.9' })).toBeUndefined();
+  });
+
+  it('decideBound: a bound name goes upstream only to a dialled address it resolves to, or one an address rule allows; this host only by an address rule', () => {
+    // `answers` stands in for what the proxy's resolver answered for the bound name.
+    const o = { egress, port: 443, proxyPort: 15001 };
+    const terminate = { action: 'terminate' };
+    const refuse = { action: 'refuse', code: 'egress-not-allowed' };
+    expect(decideBound(['198.51.100.1', '198.51.100.2'], { ...o, dialled: '198.51.100.2' })).toEqual(terminate);
+    expect(decideBound(['198.51.100.1'], { ...o, dialled: '::ffff:198.51.100.1' })).toEqual(terminate);
+    expect(decideBound(['2001:db8::1'], { ...o, dialled: '2001:db8:0:0:0:0:0:1' })).toEqual(terminate);
+    // An internal address the bound name does not resolve to, and no address rule allows: refused.
+    expect(decideBound(['198.51.100.1'], { ...o, dialled: '10.1.2.3' })).toEqual(refuse);
+    expect(decideBound([], { ...o, dialled: '198.51.100.1' })).toEqual(refuse);
+    // An address rule allows it on this port, whatever the name resolves to (or when it resolves to nothing).
+    expect(decideBound(['198.51.100.1'], { ...o, dialled: '10.9.1.1' })).toEqual(terminate);
+    expect(decideBound([], { ...o, dialled: '10.9.1.1' })).toEqual(terminate);
+    expect(decideBound([], { ...o, port: 8443, dialled: '127.0.0.7' })).toEqual(refuse);
+    // This host: never by the name's answers alone; by an address rule, except on the proxy's port.
+    expect(decideBound(['127.0.0.1'], { ...o, dialled: '127.0.0.1' })).toEqual(refuse);
+    expect(decideBound(['169.254.169.254'], { ...o, dialled: '169.254.169.254' })).toEqual(refuse);
+    expect(decideBound([], { ...o, dialled: '127.0.0.7' })).toEqual(terminate);
+    expect(decideBound(['127.0.0.7'], { ...o, port: 15001, dialled: '127.0.0.7' })).toEqual(refuse);
+    // Not an address: refused, even among the answers.
+    expect(decideBound(['not an address'], { ...o, dialled: 'not an address' })).toEqual(refuse);
   });
 
   it('decideConnection: name, then address, then plaintext, else refuse with the right code', () => {
