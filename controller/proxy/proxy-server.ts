@@ -33,7 +33,7 @@ import { FastUpstreams, serveFast, type FastHost } from './h1-fast.js';
 import { decideBound, decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
 import { PlainEgress } from './plain-egress.js';
-import { answerRefusal, refuseRaw } from './refusal-response.js';
+import { answerRefusal, refuseRaw, upstreamFailed } from './refusal-response.js';
 import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
@@ -868,7 +868,8 @@ export class ProxyServer {
           return;
         }
         audited = true;
-        this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` }, sent ? admitted : undefined);
+        this.#deps.log.debug('upstream %s (%s:%d) failed: %s', sni, session.orig.address, session.orig.port, err.message);
+        this.#refuse(req, res, session, upstreamFailed(sni, err, sent), sent ? admitted : undefined);
       },
     };
     // A workload that goes away mid-request must not leave a half-sent
@@ -966,7 +967,8 @@ export class ProxyServer {
         return;
       }
       audited = true;
-      this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` }, sent() ? admitted : undefined);
+      this.#deps.log.debug('upstream %s (%s:%d) failed: %s', sni, orig.address, orig.port, err.message);
+      this.#refuse(req, res, session, upstreamFailed(sni, err, sent()), sent() ? admitted : undefined);
     });
     if (upstream.body) upstreamReq.end(upstream.body);
     else {
@@ -1040,7 +1042,10 @@ export class ProxyServer {
         this.#audit(session, req, { decision: 'inject', status, ...audited, ...(status === 101 ? { reason: 'websocket' } : {}) });
         this.#deps.observer?.injected(route.workload.name, route.service.name);
       },
-      failed: (err) => refuse({ status: 502, code: 'upstream-failed', message: `upstream ${session.sni} failed: ${err.message}` }),
+      failed: (err, connected) => {
+        this.#deps.log.debug('upstream %s (%s:%d) failed: %s', session.sni, session.orig.address, session.orig.port, err.message);
+        refuse(upstreamFailed(session.sni, err, connected));
+      },
       closed: (bytesUp, bytesDown, durationMs, why) => {
         this.#audit(session, req, { decision: 'close', status: 101, credential: inject.credential, reason: why, bytesUp, bytesDown, durationMs });
       },

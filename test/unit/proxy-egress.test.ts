@@ -452,7 +452,7 @@ describe('proxy: egress by process identity (loopback)', () => {
   it('audit mode: a bound name dialled to another address is terminated as before, logged would-refuse', async () => {
     const before = accepted.decoy!;
     // The decoy's certificate is not the bound name's: the request fails upstream, after going there as before.
-    expect(await tlsGet(2, DECOY, 'bound.test')).toMatchObject({ status: 502 });
+    expect(await tlsGet(2, DECOY, 'bound.test')).toMatchObject({ status: 502, body: 'wirekey: upstream bound.test\'s certificate did not verify for bound.test\n' });
     expect(accepted.decoy).toBe(before + 1);
     expect(audit().find((l) => l.workload === 'rollout' && l.host === 'bound.test' && l.decision === 'would-refuse')).toMatchObject({
       address: DECOY, port: P, reason: 'egress-not-allowed',
