@@ -595,11 +595,14 @@ export class ProxyServer {
    */
   async #terminateRestricted(socket: net.Socket, head: Buffer, session: Session, egress: PlanEgress, handshakeDone: () => void): Promise<void> {
     const { orig, sni } = session;
-    const answers = await this.#answers(sni);
-    if (socket.destroyed) return;
-    const verdict = decideBound(answers, {
-      egress, dialled: orig.address, port: orig.port, proxyPort: this.#proxyPort, isLocal: this.#deps.isLocalAddress,
-    });
+    const o = { egress, dialled: orig.address, port: orig.port, proxyPort: this.#proxyPort, isLocal: this.#deps.isLocalAddress };
+    // An address rule that allows the dialled address needs no lookup.
+    let verdict = decideBound([], o);
+    if (verdict.action === 'refuse') {
+      const answers = await this.#answers(sni);
+      if (socket.destroyed) return;
+      verdict = decideBound(answers, o);
+    }
     if (verdict.action === 'refuse') {
       const workload = session.route.workload.name;
       if (egress.mode === 'enforce') {
