@@ -7,8 +7,10 @@
  * The order, for a connection the kernel redirected (it is on a port where
  * some name rule of the workload allows names, or a bound service's port):
  *  1. TLS whose SNI a binding's route matches: terminated and injected,
- *     if the address it was dialled to may be the bound name's
- *     (decideBound); else refused `egress-not-allowed`.
+ *     its requests sent upstream to the dialled address if the bound name
+ *     resolves to it or an address rule allows it, else to an address the
+ *     name resolves to (pickAddress); refused `egress-not-allowed` when
+ *     there is none.
  *  2. TLS whose SNI a `tls: true` name rule allows on this port: relayed
  *     untouched, to an address the name resolves to (pickAddress).
  *  3. The original address allowed by an address rule (tcp, this port):
@@ -135,41 +137,17 @@ export interface PickOptions {
  * Returns undefined when no answer qualifies.
  */
 export function pickAddress(answers: readonly string[], o: PickOptions): string | undefined {
-  const usable = usableFor(o);
-  const candidates = answers.map(canonicalAddress).filter((a): a is string => a !== undefined);
-  return dialledIfAllowed(candidates, o, usable) ?? candidates.find(usable);
-}
-
-/**
- * Whether a restricted workload's TLS connection that a binding's route
- * claimed (terminated, its requests injected) may go upstream to the
- * address the workload dialled, the only address its requests go to: if
- * that address is among `answers` (what the bound name resolves to), or
- * an address rule allows it on that port; this host only by an address
- * rule, as for pickAddress. Otherwise the agent, whose own connections
- * no egress rule limits, would open a connection (and send a ClientHello)
- * wherever the workload pointed a bound name.
- */
-export function decideBound(answers: readonly string[], o: PickOptions): { action: 'terminate' } | { action: 'refuse'; code: 'egress-not-allowed' } {
-  const candidates = answers.map(canonicalAddress).filter((a): a is string => a !== undefined);
-  return dialledIfAllowed(candidates, o, usableFor(o)) !== undefined ? { action: 'terminate' } : { action: 'refuse', code: 'egress-not-allowed' };
-}
-
-/** Whether an address may be a destination: anywhere but this host, which only an address rule allows (never on the proxy's port). */
-function usableFor(o: PickOptions): (address: string) => boolean {
   const isLocal = o.isLocal ?? ((a: string) => isLocalAddress(a));
-  return (a) => {
+  const usable = (a: string): boolean => {
     if (!isLocal(a)) return true;
     if (o.proxyPort !== undefined && o.port === o.proxyPort) return false;
     return egressAllowsAddress(o.egress, { address: a, port: o.port, protocol: 'tcp' }) !== undefined;
   };
-}
-
-/** The dialled address, canonical, if it is usable and among `candidates` (canonical) or allowed by an address rule. */
-function dialledIfAllowed(candidates: readonly string[], o: PickOptions, usable: (address: string) => boolean): string | undefined {
   const dialled = canonicalAddress(o.dialled);
-  if (dialled === undefined || !usable(dialled)) return undefined;
-  if (candidates.includes(dialled)) return dialled;
-  if (egressAllowsAddress(o.egress, { address: dialled, port: o.port, protocol: 'tcp' })) return dialled;
-  return undefined;
+  const candidates = answers.map(canonicalAddress).filter((a): a is string => a !== undefined);
+  if (dialled !== undefined && usable(dialled)) {
+    if (candidates.includes(dialled)) return dialled;
+    if (egressAllowsAddress(o.egress, { address: dialled, port: o.port, protocol: 'tcp' })) return dialled;
+  }
+  return candidates.find(usable);
 }

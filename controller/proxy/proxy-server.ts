@@ -30,7 +30,7 @@ import { STREAM_HIGH_WATER_MARK, UpstreamPools, type UpstreamPool } from './upst
 import type { Dispatcher } from 'undici';
 import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits, type InjectOutcome } from './h2.js';
 import { FastUpstreams, serveFast, type FastHost } from './h1-fast.js';
-import { decideBound, decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
+import { canonicalAddress, decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
 import { PlainEgress } from './plain-egress.js';
 import { answerRefusal, refuseRaw, upstreamFailed } from './refusal-response.js';
@@ -587,30 +587,39 @@ export class ProxyServer {
   }
 
   /**
-   * A restricted workload's connection that a binding's route claimed:
-   * terminated only if its requests may go upstream to the address it was
-   * dialled to (decideBound), judged once, before the TLS handshake and
-   * within its deadline. Else refused as egress refuses a connection
-   * (`audit`: terminated as before, logged would-refuse).
+   * A restricted workload's connection that a binding's route claimed. Its
+   * requests go upstream to the address it was dialled to only if the bound
+   * name resolves to it or an address rule allows it; else to an address
+   * the name resolves to (pickAddress, as a relayed name), so that the
+   * agent, whose own connections no egress rule limits, never opens a
+   * connection (and sends a ClientHello) wherever the workload pointed a
+   * bound name. Judged once, before the TLS handshake and within its
+   * deadline. Refused as egress refuses a connection when the name
+   * resolves to nothing usable. `audit`: terminated to the dialled address
+   * as before, logged would-refuse when enforce would not go there.
    */
   async #terminateRestricted(socket: net.Socket, head: Buffer, session: Session, egress: PlanEgress, handshakeDone: () => void): Promise<void> {
     const { orig, sni } = session;
     const o = { egress, dialled: orig.address, port: orig.port, proxyPort: this.#proxyPort, isLocal: this.#deps.isLocalAddress };
     // An address rule that allows the dialled address needs no lookup.
-    let verdict = decideBound([], o);
-    if (verdict.action === 'refuse') {
-      const answers = await this.#answers(sni);
+    let address = pickAddress([], o);
+    if (address === undefined) {
+      address = pickAddress(await this.#answers(sni), o);
       if (socket.destroyed) return;
-      verdict = decideBound(answers, o);
     }
-    if (verdict.action === 'refuse') {
+    const dialled = canonicalAddress(orig.address);
+    if (address !== dialled) {
       const workload = session.route.workload.name;
-      if (egress.mode === 'enforce') {
-        this.#egressRefusal(socket, head, orig, workload, egress, verdict.code, sni, handshakeDone);
+      if (egress.mode === 'audit') {
+        this.#count('egress-not-allowed');
+        this.#egressRecord('would-refuse', workload, orig, { host: sni, address: orig.address, reason: 'egress-not-allowed' });
+      } else if (address === undefined) {
+        this.#egressRefusal(socket, head, orig, workload, egress, 'egress-not-allowed', sni, handshakeDone);
         return;
+      } else {
+        this.#deps.log.debug('%s connected to %s for %s, which does not resolve to it: its requests go to %s', workload, orig.address, sni, address);
+        session.orig = { ...orig, address };
       }
-      this.#count(verdict.code);
-      this.#egressRecord('would-refuse', workload, orig, { host: sni, address: orig.address, reason: verdict.code });
     }
     await this.#terminate(socket, head, session, handshakeDone);
   }

@@ -22,7 +22,7 @@ import path from 'node:path';
 import { ProxyServer } from '../../controller/proxy/proxy-server.js';
 import { RouteTable } from '../../controller/proxy/routes.js';
 import { createUpstreamAgent } from '../../controller/proxy/upstream.js';
-import { decideBound, decideConnection, isLocalAddress, pickAddress } from '../../controller/proxy/egress-decision.js';
+import { decideConnection, isLocalAddress, pickAddress } from '../../controller/proxy/egress-decision.js';
 import { boundedResolver } from '../../controller/proxy/name-resolver.js';
 import { AuditLog } from '../../controller/audit/audit-log.js';
 import { AgentMetrics } from '../../controller/metrics/agent-metrics.js';
@@ -184,6 +184,7 @@ describe('proxy: egress by process identity (loopback)', () => {
       'loop.wild.test': ['127.0.0.1', '::1'],
       'plain.allowed.test': [REAL],
       'bound.test': [REAL],
+      'nowhere.test': [],
     });
     egressOf = (mode) => ({
       mode,
@@ -193,16 +194,19 @@ describe('proxy: egress by process identity (loopback)', () => {
         rule(3, { cidrs: [`${ADDRESSED}/32`], ports: [[P, P]] }),
         // As compile() adds for a binding: its service's hosts, at its port.
         rule(4, { label: 'binding bound', service: 'bound', hosts: ['bound.test'], ports: [[P, P]] }),
+        rule(5, { label: 'binding nowhere', service: 'nowhere', hosts: ['nowhere.test'], ports: [[P, P]] }),
       ],
     });
     const bound: PlanProxyService = { name: 'bound', datapath: 'proxy', hosts: ['bound.test'], port: P, tls: true };
+    const nowhere: PlanProxyService = { name: 'nowhere', datapath: 'proxy', hosts: ['nowhere.test'], port: P, tls: true };
     const bearer = { kind: 'bearer', credential: 'tok' } as const;
     table = new RouteTable(plan([
       { name: 'agent', id: 1, selector: { cgroup: '/agent' }, egress: egressOf('enforce') },
       { name: 'rollout', id: 2, selector: { cgroup: '/rollout' }, egress: egressOf('audit') },
       { name: 'free', id: 3, selector: { cgroup: '/free' } },
-    ], [bound], [
+    ], [bound, nowhere], [
       { name: 'agent-bound', workload: 'agent', service: 'bound', inject: bearer },
+      { name: 'agent-nowhere', workload: 'agent', service: 'nowhere', inject: bearer },
       { name: 'rollout-bound', workload: 'rollout', service: 'bound', inject: bearer },
     ]));
     metrics = new AgentMetrics({
@@ -435,18 +439,26 @@ describe('proxy: egress by process identity (loopback)', () => {
     ]);
   });
 
-  it('a bound name dialled to any other address: closed before TLS, nothing reaches that address, a deny line', async () => {
-    const refusedBefore = proxy.stats().refused['egress-not-allowed'] ?? 0;
+  it('a bound name dialled to any other address: its requests go to an address the name resolves to, never to the dialled one', async () => {
     const before = { ...accepted };
-    expect(await tlsGet(1, DECOY, 'bound.test')).toHaveProperty('error');
-    expect(await tlsGet(1, RECORDER, 'bound.test')).toHaveProperty('error');
+    expect(await tlsGet(1, DECOY, 'bound.test')).toMatchObject({ status: 200, server: 'real' });
+    expect(await tlsGet(1, RECORDER, 'bound.test')).toMatchObject({ status: 200, server: 'real' });
     expect(accepted.decoy).toBe(before.decoy);
     expect(accepted.recorder).toBe(before.recorder);
+    expect(accepted.real).toBe(before.real! + 2);
     expect(audit().slice(-2)).toMatchObject([
-      { decision: 'deny', workload: 'agent', host: 'bound.test', address: DECOY, port: P, reason: 'egress-not-allowed' },
-      { decision: 'deny', workload: 'agent', host: 'bound.test', address: RECORDER, port: P, reason: 'egress-not-allowed' },
+      { decision: 'inject', workload: 'agent', service: 'bound', host: 'bound.test', status: 200 },
+      { decision: 'inject', workload: 'agent', service: 'bound', host: 'bound.test', status: 200 },
     ]);
-    expect(proxy.stats().refused['egress-not-allowed']).toBe(refusedBefore + 2);
+  });
+
+  it('a bound name that resolves to nothing usable, dialled to an address no rule allows: closed before TLS, nothing reaches that address, a deny line', async () => {
+    const refusedBefore = proxy.stats().refused['egress-not-allowed'] ?? 0;
+    const before = accepted.recorder;
+    expect(await tlsGet(1, RECORDER, 'nowhere.test')).toHaveProperty('error');
+    expect(accepted.recorder).toBe(before);
+    expect(lastAudit()).toMatchObject({ decision: 'deny', workload: 'agent', host: 'nowhere.test', address: RECORDER, port: P, reason: 'egress-not-allowed' });
+    expect(proxy.stats().refused['egress-not-allowed']).toBe(refusedBefore + 1);
   });
 
   it('audit mode: a bound name dialled to another address is terminated as before, logged would-refuse', async () => {
@@ -492,30 +504,6 @@ describe('egress decisions (pure)', () => {
     expect(pickAddress(['127.0.0.7'], { ...o, dialled: '203.0.113.9' })).toBe('127.0.0.7');
     expect(pickAddress(['127.0.0.7'], { ...o, port: 15001, dialled: '203.0.113.9' })).toBeUndefined();
     expect(pickAddress([], { ...o, dialled: '203.0.113.9' })).toBeUndefined();
-  });
-
-  it('decideBound: a bound name goes upstream only to a dialled address it resolves to, or one an address rule allows; this host only by an address rule', () => {
-    // `answers` stands in for what the proxy's resolver answered for the bound name.
-    const o = { egress, port: 443, proxyPort: 15001 };
-    const terminate = { action: 'terminate' };
-    const refuse = { action: 'refuse', code: 'egress-not-allowed' };
-    expect(decideBound(['198.51.100.1', '198.51.100.2'], { ...o, dialled: '198.51.100.2' })).toEqual(terminate);
-    expect(decideBound(['198.51.100.1'], { ...o, dialled: '::ffff:198.51.100.1' })).toEqual(terminate);
-    expect(decideBound(['2001:db8::1'], { ...o, dialled: '2001:db8:0:0:0:0:0:1' })).toEqual(terminate);
-    // An internal address the bound name does not resolve to, and no address rule allows: refused.
-    expect(decideBound(['198.51.100.1'], { ...o, dialled: '10.1.2.3' })).toEqual(refuse);
-    expect(decideBound([], { ...o, dialled: '198.51.100.1' })).toEqual(refuse);
-    // An address rule allows it on this port, whatever the name resolves to (or when it resolves to nothing).
-    expect(decideBound(['198.51.100.1'], { ...o, dialled: '10.9.1.1' })).toEqual(terminate);
-    expect(decideBound([], { ...o, dialled: '10.9.1.1' })).toEqual(terminate);
-    expect(decideBound([], { ...o, port: 8443, dialled: '127.0.0.7' })).toEqual(refuse);
-    // This host: never by the name's answers alone; by an address rule, except on the proxy's port.
-    expect(decideBound(['127.0.0.1'], { ...o, dialled: '127.0.0.1' })).toEqual(refuse);
-    expect(decideBound(['169.254.169.254'], { ...o, dialled: '169.254.169.254' })).toEqual(refuse);
-    expect(decideBound([], { ...o, dialled: '127.0.0.7' })).toEqual(terminate);
-    expect(decideBound(['127.0.0.7'], { ...o, port: 15001, dialled: '127.0.0.7' })).toEqual(refuse);
-    // Not an address: refused, even among the answers.
-    expect(decideBound(['not an address'], { ...o, dialled: 'not an address' })).toEqual(refuse);
   });
 
   it('decideConnection: name, then address, then plaintext, else refuse with the right code', () => {
