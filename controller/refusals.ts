@@ -25,7 +25,7 @@ export const REFUSAL_CODES = [
   'sigv4-body-too-large', // the body must be read to be signed and is over --sigv4-body-limit
   'sigv4-busy', // bodies held for signing already fill --sigv4-body-memory
   'sigv4-mints-credentials', // the call would have AWS hand out credentials of their own (STS AssumeRole, GetSessionToken; IAM CreateAccessKey; ECR GetAuthorizationToken; ...)
-  'upstream-failed', // the upstream could not be reached, or its TLS could not be verified
+  'upstream-failed', // the upstream could not be reached, its TLS could not be verified, or it failed before its response head
   'audit-unavailable', // the audit log cannot be written (or stdout's reader is that far behind): no audit, no injection
   // Kernel datapath only (the proxy reads the request whole, or drops the header instead).
   'head-too-large', // a request head over 8 KiB

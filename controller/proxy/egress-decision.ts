@@ -6,8 +6,11 @@
  *
  * The order, for a connection the kernel redirected (it is on a port where
  * some name rule of the workload allows names, or a bound service's port):
- *  1. TLS whose SNI a binding's route matches: terminated and injected
- *     (decided by the proxy before this module is asked).
+ *  1. TLS whose SNI a binding's route matches: terminated and injected,
+ *     its requests sent upstream to the dialled address if the bound name
+ *     resolves to it or an address rule allows it, else to an address the
+ *     name resolves to (pickAddress); refused `egress-not-allowed` when
+ *     there is none.
  *  2. TLS whose SNI a `tls: true` name rule allows on this port: relayed
  *     untouched, to an address the name resolves to (pickAddress).
  *  3. The original address allowed by an address rule (tcp, this port):

@@ -19,9 +19,9 @@
 import tls from 'node:tls';
 import type { Logger } from '../log.js';
 import type { Refusal } from '../refusals.js';
-import { refuseRaw } from './refusal-response.js';
+import { refuseRaw, upstreamFailed } from './refusal-response.js';
 import { closingHeaders } from './headers.js';
-import { findHeadEnd, MAX_HEAD_BYTES, parseRequestHead, ReadAhead, ResponseFramer, ResponseFramingError, serializeRequestHead, type FastRequestHead } from './h1-wire.js';
+import { findHeadEnd, MAX_HEAD_BYTES, parseRequestHead, ReadAhead, ResponseFramer, serializeRequestHead, type FastRequestHead } from './h1-wire.js';
 import type { Admission, InjectOutcome } from './h2.js';
 import { STREAM_HIGH_WATER_MARK } from './upstream-pool.js';
 
@@ -210,7 +210,7 @@ class FastConnection<S extends FastSession> {
     } catch (err) {
       // The upstream connection could not even be started: refused, never fatal.
       this.#host.log.error('cannot connect upstream to %s: %s', this.#session.sni, (err as Error).message);
-      const refusal: Refusal = { status: 502, code: 'upstream-failed', message: `upstream ${this.#session.sni}: the connection could not be made` };
+      const refusal = upstreamFailed(this.#session.sni, err, false);
       this.#host.refused(this.#session, head, refusal);
       this.#close(refusal);
       return;
@@ -529,10 +529,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     this.#up.socket.destroy();
     this.#host.log.debug('exchange with %s failed: %s', this.#session.sni, err.message);
     if (!this.#framer.headSent && this.#down.writable) {
-      const refusal: Refusal = {
-        status: 502, code: 'upstream-failed',
-        message: err instanceof ResponseFramingError ? `upstream ${this.#session.sni} sent a malformed response` : `upstream ${this.#session.sni} failed: ${err.message}`,
-      };
+      const refusal = upstreamFailed(this.#session.sni, err, sent);
       this.#host.refused(this.#session, this.#head, refusal, sent ? this.#admission : undefined);
       this.#done(false, refusal);
     } else {

@@ -24,6 +24,7 @@ import type { Refusal, RefusalCode } from '../refusals.js';
 import type { RequestHead } from './request-checks.js';
 import type { StreamedRequest, UpstreamRequest } from '../inject/inject.js';
 import { closingHeaders, downstreamResponseHeaders } from './headers.js';
+import { upstreamFailed } from './refusal-response.js';
 import { neverReuseUnfinished, type PartitionedAgent, type PartitionedRequestOptions } from './upstream.js';
 import { H2_SESSION_WINDOW, H2_STREAM_WINDOW, type UpstreamH2Pool } from './upstream-h2.js';
 
@@ -319,7 +320,8 @@ export class H2Front<S extends H2Connection> {
       try {
         upstream = await this.#host.upstreamH2.session({ partition: admission.partition, address: conn.address, port: conn.port, servername: conn.sni });
       } catch (err) {
-        return this.#refuse(conn, stream, head, { status: 502, code: 'upstream-failed', message: `upstream ${conn.sni} failed: ${(err as Error).message}` });
+        this.#host.log.debug('upstream %s (%s:%d) failed: %s', conn.sni, conn.address, conn.port, (err as Error).message);
+        return this.#refuse(conn, stream, head, upstreamFailed(conn.sni, err, false));
       }
     }
     if (stream.closed || stream.destroyed) return;
@@ -445,7 +447,8 @@ export class H2Front<S extends H2Connection> {
       if (stream.closed || stream.destroyed) return;
       // Written on a verified TLS connection, the request went out with its credential.
       const sent = (up.socket as tls.TLSSocket | null)?.authorized ? admission : undefined;
-      if (!status) this.#refuse(conn, stream, head, { status: 502, code: 'upstream-failed', message: `upstream ${conn.sni} failed: ${err.message}` }, sent);
+      this.#host.log.debug('upstream %s (%s:%d) failed: %s', conn.sni, conn.address, conn.port, err.message);
+      if (!status) this.#refuse(conn, stream, head, upstreamFailed(conn.sni, err, sent !== undefined), sent);
       else this.#reset(stream, NGHTTP2_INTERNAL_ERROR);
     });
     const complete = this.#completion(conn, stream, head, admission, () => status);

@@ -1,6 +1,7 @@
 /**
  * How the proxy resolves names its egress rules allowed (an SNI it relays,
- * a plaintext request's Host): the system resolver, bounded.
+ * a plaintext request's Host) and the bound names restricted workloads
+ * connect to: the system resolver, bounded.
  *
  * getaddrinfo runs on libuv's thread pool (4 threads by default), which
  * the agent's file reads (credentials, policy) share, and a lookup of a

@@ -18,7 +18,7 @@ import type { AuditEvent, AuditSink } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { RouteTable } from './routes.js';
 import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
-import { answerRefusal, refuseRaw } from './refusal-response.js';
+import { answerRefusal, refuseRaw, upstreamFailed } from './refusal-response.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
 import { egressAllowsName } from '../policy/egress.js';
 import { downstreamResponseHeaders, framingHeaders, upstreamRequestHeaders } from './headers.js';
@@ -206,12 +206,19 @@ export class PlainEgress {
         });
       }
     });
+    // Whether the upstream connection was made: a failure after it is no longer one of reaching it.
+    let connected = false;
+    upstreamReq.once('socket', (s) => {
+      if (s.connecting) s.once('connect', () => (connected = true));
+      else connected = true;
+    });
     upstreamReq.on('error', (err) => {
       if (res.headersSent) {
         res.destroy(err);
         return;
       }
-      this.#refuse(req, res, session, n, { status: 502, code: 'upstream-failed', message: `upstream ${checked.authority} failed: ${err.message}` });
+      this.#deps.log.debug('upstream %s (%s:%d) failed: %s', checked.authority, target, orig.port, err.message);
+      this.#refuse(req, res, session, n, upstreamFailed(checked.authority, err, connected));
     });
     req.pipe(upstreamReq);
     req.once('error', (err) => upstreamReq.destroy(err));

@@ -30,10 +30,10 @@ import { STREAM_HIGH_WATER_MARK, UpstreamPools, type UpstreamPool } from './upst
 import type { Dispatcher } from 'undici';
 import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits, type InjectOutcome } from './h2.js';
 import { FastUpstreams, serveFast, type FastHost } from './h1-fast.js';
-import { decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
+import { canonicalAddress, decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
 import { PlainEgress } from './plain-egress.js';
-import { answerRefusal, refuseRaw } from './refusal-response.js';
+import { answerRefusal, refuseRaw, upstreamFailed } from './refusal-response.js';
 import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
@@ -154,7 +154,8 @@ export interface ProxyDeps {
   shared?: ProxyShared;
   /**
    * Resolves a name an egress rule allowed (an SNI relayed untouched, a
-   * plaintext request's Host) to the addresses the proxy may connect to.
+   * plaintext request's Host), or a bound name a restricted workload
+   * connected to, to the addresses the proxy may connect to.
    * Default: systemResolver. Either way the proxy bounds it
    * (boundedResolver: lookups in flight, one per name).
    */
@@ -498,7 +499,10 @@ export class ProxyServer {
       const route = serverName ? table.matchByName(workload, orig.port, serverName) : undefined;
       if (route && serverName) {
         const sni = route.service.hosts.find((h) => h === serverName) ?? serverName;
-        this.#terminate(socket, head, { orig, route, table, sni }, handshakeDone).catch((err: unknown) => {
+        const session: Session = { orig, route, table, sni };
+        const egress = route.workload.egress;
+        const terminating = egress ? this.#terminateRestricted(socket, head, session, egress, handshakeDone) : this.#terminate(socket, head, session, handshakeDone);
+        terminating.catch((err: unknown) => {
           this.#deps.log.error('cannot terminate TLS for %s: %s', sni, (err as Error).message);
           socket.destroy();
         });
@@ -583,19 +587,59 @@ export class ProxyServer {
   }
 
   /**
-   * Where a connection or request for `name` (allowed) goes: see
-   * pickAddress. Undefined when it resolves to nothing usable (the
-   * resolver's failure is logged, never shown to the workload).
+   * A restricted workload's connection that a binding's route claimed. Its
+   * requests go upstream to the address it was dialled to only if the bound
+   * name resolves to it or an address rule allows it; else to an address
+   * the name resolves to (pickAddress, as a relayed name), so that the
+   * agent, whose own connections no egress rule limits, never opens a
+   * connection (and sends a ClientHello) wherever the workload pointed a
+   * bound name. Judged once, before the TLS handshake and within its
+   * deadline. Refused as egress refuses a connection when the name
+   * resolves to nothing usable. `audit`: terminated to the dialled address
+   * as before, logged would-refuse when enforce would not go there.
    */
-  async #addressFor(name: string, orig: OrigDst, egress: PlanEgress): Promise<string | undefined> {
-    let answers: { address: string }[];
+  async #terminateRestricted(socket: net.Socket, head: Buffer, session: Session, egress: PlanEgress, handshakeDone: () => void): Promise<void> {
+    const { orig, sni } = session;
+    const o = { egress, dialled: orig.address, port: orig.port, proxyPort: this.#proxyPort, isLocal: this.#deps.isLocalAddress };
+    // An address rule that allows the dialled address needs no lookup.
+    let address = pickAddress([], o);
+    if (address === undefined) {
+      address = pickAddress(await this.#answers(sni), o);
+      if (socket.destroyed) return;
+    }
+    const dialled = canonicalAddress(orig.address);
+    if (address !== dialled) {
+      const workload = session.route.workload.name;
+      if (egress.mode === 'audit') {
+        this.#count('egress-not-allowed');
+        this.#egressRecord('would-refuse', workload, orig, { host: sni, address: orig.address, reason: 'egress-not-allowed' });
+      } else if (address === undefined) {
+        this.#egressRefusal(socket, head, orig, workload, egress, 'egress-not-allowed', sni, handshakeDone);
+        return;
+      } else {
+        this.#deps.log.debug('%s connected to %s for %s, which does not resolve to it: its requests go to %s', workload, orig.address, sni, address);
+        session.orig = { ...orig, address };
+      }
+    }
+    await this.#terminate(socket, head, session, handshakeDone);
+  }
+
+  /** What `name` resolves to; none when the lookup fails (logged, never shown to the workload). */
+  async #answers(name: string): Promise<string[]> {
     try {
-      answers = await this.#resolve(name);
+      return (await this.#resolve(name)).map((a) => a.address);
     } catch (err) {
       this.#deps.log.debug('cannot resolve %s: %s', name, (err as Error).message);
-      return undefined;
+      return [];
     }
-    return pickAddress(answers.map((a) => a.address), {
+  }
+
+  /**
+   * Where a connection or request for `name` (allowed) goes: see
+   * pickAddress. Undefined when it resolves to nothing usable.
+   */
+  async #addressFor(name: string, orig: OrigDst, egress: PlanEgress): Promise<string | undefined> {
+    return pickAddress(await this.#answers(name), {
       egress, dialled: orig.address, port: orig.port, proxyPort: this.#proxyPort, isLocal: this.#deps.isLocalAddress,
     });
   }
@@ -836,7 +880,8 @@ export class ProxyServer {
           return;
         }
         audited = true;
-        this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` }, sent ? admitted : undefined);
+        this.#deps.log.debug('upstream %s (%s:%d) failed: %s', sni, session.orig.address, session.orig.port, err.message);
+        this.#refuse(req, res, session, upstreamFailed(sni, err, sent), sent ? admitted : undefined);
       },
     };
     // A workload that goes away mid-request must not leave a half-sent
@@ -934,7 +979,8 @@ export class ProxyServer {
         return;
       }
       audited = true;
-      this.#refuse(req, res, session, { status: 502, code: 'upstream-failed', message: `upstream ${sni} failed: ${err.message}` }, sent() ? admitted : undefined);
+      this.#deps.log.debug('upstream %s (%s:%d) failed: %s', sni, orig.address, orig.port, err.message);
+      this.#refuse(req, res, session, upstreamFailed(sni, err, sent()), sent() ? admitted : undefined);
     });
     if (upstream.body) upstreamReq.end(upstream.body);
     else {
@@ -1008,7 +1054,10 @@ export class ProxyServer {
         this.#audit(session, req, { decision: 'inject', status, ...audited, ...(status === 101 ? { reason: 'websocket' } : {}) });
         this.#deps.observer?.injected(route.workload.name, route.service.name);
       },
-      failed: (err) => refuse({ status: 502, code: 'upstream-failed', message: `upstream ${session.sni} failed: ${err.message}` }),
+      failed: (err, connected) => {
+        this.#deps.log.debug('upstream %s (%s:%d) failed: %s', session.sni, session.orig.address, session.orig.port, err.message);
+        refuse(upstreamFailed(session.sni, err, connected));
+      },
       closed: (bytesUp, bytesDown, durationMs, why) => {
         this.#audit(session, req, { decision: 'close', status: 101, credential: inject.credential, reason: why, bytesUp, bytesDown, durationMs });
       },

@@ -55,8 +55,8 @@ export interface UpgradeTarget {
 export interface UpgradeCallbacks {
   /** The upstream answered; `status` 101 means the tunnel is open. */
   answered(status: number): void;
-  /** The upstream could not be reached or verified, before any answer: the caller refuses (502). */
-  failed(err: Error): void;
+  /** The upstream failed before any answer (`connected`: after its TLS was established and verified): the caller refuses (502). */
+  failed(err: Error, connected: boolean): void;
   /** The tunnel closed: bytes each way after the 101, and how long it was open. */
   closed(bytesUp: number, bytesDown: number, durationMs: number, why: string): void;
   /** Called on every chunk after the 101: false closes the tunnel (the binding is gone). */
@@ -138,7 +138,7 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
       return;
     }
     client.off('close', onEarlyClose);
-    cb.failed(err);
+    cb.failed(err, (upstreamReq.socket as tls.TLSSocket | null)?.authorized === true);
   });
   upstreamReq.end();
   return { abort };

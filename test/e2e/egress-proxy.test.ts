@@ -100,7 +100,8 @@ spec:
   selector: {cgroup: ${f.cgBase}/rollout}${egress('audit')}
 `);
     const hosts = path.join(f.dir, 'hosts');
-    writeFileSync(hosts, `127.0.0.1 localhost\n::1 localhost\n${f.host.ipv4} ${ALLOWED} ${PLAIN}\n`, { mode: 0o644 });
+    // The bound service's name too: a restricted workload's bound connections go only to an address it resolves to.
+    writeFileSync(hosts, `127.0.0.1 localhost\n::1 localhost\n${f.host.ipv4} ${ALLOWED} ${PLAIN} ${HOST}\n`, { mode: 0o644 });
     // A mount namespace of the agent's own: its /etc/hosts is this file; cgroup and network stay the host's.
     metricsPort = await freePort();
     await f.startAgent({ extraArgs: ['--metrics-listen', `127.0.0.1:${metricsPort}`], wrapper: ['unshare', '--mount', 'sh', '-c', 'mount --bind "$0" /etc/hosts && exec "$@"', hosts] });

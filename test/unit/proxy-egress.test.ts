@@ -29,7 +29,8 @@ import { AgentMetrics } from '../../controller/metrics/agent-metrics.js';
 import { ByteBudget } from '../../controller/inject/byte-budget.js';
 import { createLogger } from '../../controller/log.js';
 import type { OrigDst } from '../../controller/datapath/datapath.js';
-import type { Plan, PlanEgress, PlanEgressRule, PlanWorkload } from '../../controller/policy/types.js';
+import type { Plan, PlanBinding, PlanEgress, PlanEgressRule, PlanProxyService, PlanWorkload } from '../../controller/policy/types.js';
+import { Secret } from '../../controller/credentials/secret.js';
 import { createTestPki, type TestPki } from '../support/test-pki.js';
 import { sniExtension, syntheticHello, toRecords } from '../support/client-hello.js';
 import { waitFor } from '../support/wait.js';
@@ -55,9 +56,9 @@ const rule = (id: number, r: Partial<PlanEgressRule>): PlanEgressRule => ({
   id, label: `allow[${id}]`, source: at, cidrs: [], hosts: [], ports: [[443, 443]], protocol: 'tcp', tls: true, ...r,
 });
 
-function plan(workloads: PlanWorkload[]): Plan {
+function plan(workloads: PlanWorkload[], services: PlanProxyService[] = [], bindings: PlanBinding[] = []): Plan {
   return {
-    vaultConnections: new Map(), credentials: new Map(), services: new Map(), bindings: [],
+    vaultConnections: new Map(), credentials: new Map(), services: new Map(services.map((sv) => [sv.name, sv])), bindings,
     workloads: new Map(workloads.map((w) => [w.name, w])),
   };
 }
@@ -105,7 +106,13 @@ describe('proxy: egress by process identity (loopback)', () => {
       s.on('close', () => {
         if (!data) return resolve({ error: 'closed' });
         const body = data.slice(data.indexOf('\r\n\r\n') + 4);
-        resolve({ status: Number(data.split(' ')[1]), body, server: (JSON.parse(body) as { server: string }).server });
+        let server: string | undefined;
+        try {
+          server = (JSON.parse(body) as { server: string }).server;
+        } catch {
+          // Not an upstream's answer: a refusal's text.
+        }
+        resolve({ status: Number(data.split(' ')[1]), body, server });
       });
     });
   }
@@ -127,7 +134,7 @@ describe('proxy: egress by process identity (loopback)', () => {
   }
 
   beforeAll(async () => {
-    pki = await createTestPki(dir, ['api.allowed.test', 'www.denied.test', 'x.wild.test', 'raw.wild.test', 'gone.wild.test']);
+    pki = await createTestPki(dir, ['api.allowed.test', 'www.denied.test', 'x.wild.test', 'raw.wild.test', 'gone.wild.test', 'bound.test']);
     const decoyDir = path.join(dir, 'decoy');
     mkdirSync(decoyDir);
     const decoyPki = await createTestPki(decoyDir, ['api.allowed.test']);
@@ -176,6 +183,8 @@ describe('proxy: egress by process identity (loopback)', () => {
       'gone.wild.test': [],
       'loop.wild.test': ['127.0.0.1', '::1'],
       'plain.allowed.test': [REAL],
+      'bound.test': [REAL],
+      'nowhere.test': [],
     });
     egressOf = (mode) => ({
       mode,
@@ -183,12 +192,22 @@ describe('proxy: egress by process identity (loopback)', () => {
         rule(1, { hosts: ['api.allowed.test', '*.wild.test'], ports: [[P, P]] }),
         rule(2, { hosts: ['plain.allowed.test'], ports: [[Q, Q]], tls: false }),
         rule(3, { cidrs: [`${ADDRESSED}/32`], ports: [[P, P]] }),
+        // As compile() adds for a binding: its service's hosts, at its port.
+        rule(4, { label: 'binding bound', service: 'bound', hosts: ['bound.test'], ports: [[P, P]] }),
+        rule(5, { label: 'binding nowhere', service: 'nowhere', hosts: ['nowhere.test'], ports: [[P, P]] }),
       ],
     });
+    const bound: PlanProxyService = { name: 'bound', datapath: 'proxy', hosts: ['bound.test'], port: P, tls: true };
+    const nowhere: PlanProxyService = { name: 'nowhere', datapath: 'proxy', hosts: ['nowhere.test'], port: P, tls: true };
+    const bearer = { kind: 'bearer', credential: 'tok' } as const;
     table = new RouteTable(plan([
       { name: 'agent', id: 1, selector: { cgroup: '/agent' }, egress: egressOf('enforce') },
       { name: 'rollout', id: 2, selector: { cgroup: '/rollout' }, egress: egressOf('audit') },
       { name: 'free', id: 3, selector: { cgroup: '/free' } },
+    ], [bound, nowhere], [
+      { name: 'agent-bound', workload: 'agent', service: 'bound', inject: bearer },
+      { name: 'agent-nowhere', workload: 'agent', service: 'nowhere', inject: bearer },
+      { name: 'rollout-bound', workload: 'rollout', service: 'bound', inject: bearer },
     ]));
     metrics = new AgentMetrics({
       ready: () => true, proxy: () => undefined, datapath: () => undefined, kernelHttp: () => undefined,
@@ -197,9 +216,10 @@ describe('proxy: egress by process identity (loopback)', () => {
     proxy = new ProxyServer({
       identify: () => redirects.take(),
       routes: () => table,
-      secureContextFor: () => Promise.reject(new Error('no binding in this test')),
-      credential: () => Promise.reject(new Error('no binding in this test')),
-      upstreamAgent: createUpstreamAgent(),
+      // The test PKI's certificate (it names bound.test) stands in for one the local CA would mint.
+      secureContextFor: async () => tls.createSecureContext({ cert: readFileSync(pki.serverCert), key: readFileSync(pki.serverKey) }),
+      credential: async (name) => ({ name, secret: new Secret('bound-token'), fields: new Map() }),
+      upstreamAgent: createUpstreamAgent({ caFile: pki.caCert }),
       sigv4BodyLimit: 1024,
       sigv4BodyBudget: new ByteBudget(1024),
       audit: new AuditLog(auditPath),
@@ -406,6 +426,49 @@ describe('proxy: egress by process identity (loopback)', () => {
     expect(await rawExchange(1, REAL, Q, [toRecords(syntheticHello([sniExtension('plain.allowed.test')]))])).toBe('');
     expect(lastAudit()).toMatchObject({ decision: 'deny', reason: 'egress-name-not-allowed', port: Q, host: 'plain.allowed.test' });
     expect(accepted.recorder).toBe(recorderBefore);
+  });
+
+  it('a bound name dialled to an address it resolves to, or one an address rule allows: terminated and injected', async () => {
+    const before = { ...accepted };
+    expect(await tlsGet(1, REAL, 'bound.test')).toMatchObject({ status: 200, server: 'real' });
+    expect(await tlsGet(1, ADDRESSED, 'bound.test')).toMatchObject({ status: 200, server: 'addressed' });
+    expect([accepted.real! - before.real!, accepted.addressed! - before.addressed!]).toEqual([1, 1]);
+    expect(audit().slice(-2)).toMatchObject([
+      { decision: 'inject', workload: 'agent', service: 'bound', host: 'bound.test', status: 200 },
+      { decision: 'inject', workload: 'agent', service: 'bound', host: 'bound.test', status: 200 },
+    ]);
+  });
+
+  it('a bound name dialled to any other address: its requests go to an address the name resolves to, never to the dialled one', async () => {
+    const before = { ...accepted };
+    expect(await tlsGet(1, DECOY, 'bound.test')).toMatchObject({ status: 200, server: 'real' });
+    expect(await tlsGet(1, RECORDER, 'bound.test')).toMatchObject({ status: 200, server: 'real' });
+    expect(accepted.decoy).toBe(before.decoy);
+    expect(accepted.recorder).toBe(before.recorder);
+    expect(accepted.real).toBe(before.real! + 2);
+    expect(audit().slice(-2)).toMatchObject([
+      { decision: 'inject', workload: 'agent', service: 'bound', host: 'bound.test', status: 200 },
+      { decision: 'inject', workload: 'agent', service: 'bound', host: 'bound.test', status: 200 },
+    ]);
+  });
+
+  it('a bound name that resolves to nothing usable, dialled to an address no rule allows: closed before TLS, nothing reaches that address, a deny line', async () => {
+    const refusedBefore = proxy.stats().refused['egress-not-allowed'] ?? 0;
+    const before = accepted.recorder;
+    expect(await tlsGet(1, RECORDER, 'nowhere.test')).toHaveProperty('error');
+    expect(accepted.recorder).toBe(before);
+    expect(lastAudit()).toMatchObject({ decision: 'deny', workload: 'agent', host: 'nowhere.test', address: RECORDER, port: P, reason: 'egress-not-allowed' });
+    expect(proxy.stats().refused['egress-not-allowed']).toBe(refusedBefore + 1);
+  });
+
+  it('audit mode: a bound name dialled to another address is terminated as before, logged would-refuse', async () => {
+    const before = accepted.decoy!;
+    // The decoy's certificate is not the bound name's: the request fails upstream, after going there as before.
+    expect(await tlsGet(2, DECOY, 'bound.test')).toMatchObject({ status: 502, body: 'wirekey: upstream bound.test\'s certificate did not verify for bound.test\n' });
+    expect(accepted.decoy).toBe(before + 1);
+    expect(audit().find((l) => l.workload === 'rollout' && l.host === 'bound.test' && l.decision === 'would-refuse')).toMatchObject({
+      address: DECOY, port: P, reason: 'egress-not-allowed',
+    });
   });
 });
 
