@@ -143,6 +143,17 @@ spec:
     expect(rec?.authorization).toEqual([f.expectedAuth]);
   });
 
+  it('the bound name dialled to another address: its requests go, injected, to the address the name resolves to, never to the dialled one', async () => {
+    const decoyBefore = decoy.records.length;
+    const before = f.upstream.records.length;
+    const r = await tlsCurl(restricted, HOST, decoyHost.ipv4, f.wirekeyCa, '/bound-elsewhere');
+    expect(r.stderr).toBe('');
+    const recs = await f.recordsSince(before);
+    expect(recs.map((x) => [x.url, x.authorization])).toEqual([['/bound-elsewhere', [f.expectedAuth]]]);
+    await decoy.sync();
+    expect(decoy.records.length).toBe(decoyBefore);
+  });
+
   it('an allowed SNI sent to another address goes to the address the name resolves to', async () => {
     const decoyBefore = decoy.records.length;
     const before = f.upstream.records.length;
