@@ -480,7 +480,7 @@ export class Agent {
       next = await this.#loadPlan();
     } catch (err) {
       // One line per problem: the first names the outcome, each next one a file:line:column.
-      const lines = err instanceof PolicyError ? err.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`) : [(err as Error).message];
+      const lines = err instanceof PolicyError ? err.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`) : (err as Error).message.split('\n');
       this.#log.error('policy reload failed, keeping the running policy: %d problem(s)', lines.length);
       for (const line of lines) this.#log.error('policy: %s', line);
       this.#metrics.reloaded(false);
@@ -743,14 +743,11 @@ export class Agent {
    * other binding carries on.
    */
   async #checkCredentials(): Promise<void> {
-    const unreadable = new Set<string>();
-    for (const source of this.#credentials.values()) {
-      try {
-        await source.get();
-      } catch (err) {
-        unreadable.add(source.name);
-        this.#log.warn('%s; requests that need it will fail until it can be read', (err as Error).message);
-      }
+    // Read together: one slow source does not hold up the others.
+    const unreadable = await this.#credentials.readAll();
+    for (const [name, err] of unreadable) {
+      const at = this.#plan.credentials.get(name)?.source;
+      this.#log.warn('%s%s; requests that need it will fail until it can be read', err.message, at ? ` (${at.file}:${at.line})` : '');
     }
     for (const binding of this.#plan.bindings) {
       const inject = binding.inject;
