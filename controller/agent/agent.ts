@@ -17,6 +17,7 @@ import { egressStatRefusal } from '../datapath/egress.js';
 import type { AuditEvent } from '../audit/audit-log.js';
 import { findCgroup2Root } from '../cgroup.js';
 import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
+import { libbpfVersion } from '../datapath/native.js';
 import { ControlServer, controlSocketPath } from './control-server.js';
 import type { ServiceNotifications } from './service-notifier.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
@@ -86,6 +87,8 @@ export interface AgentOptions {
   /** Also serve /metrics, /healthz and /readyz (only those) on this TCP address; the control socket always serves them. */
   metricsListen?: { host: string; port: number };
   log: Logger;
+  /** wirekey's version, for wirekey_build_info (default "unknown"). */
+  version?: string;
   /** Told when the agent is ready, reloads and what it runs (systemd's Type=notify); none outside systemd. */
   notifier?: ServiceNotifications;
 }
@@ -167,13 +170,14 @@ export class Agent {
       kernelHttp: () => this.#datapath?.kernelHttp,
       credentials: () => this.#credentials.values(),
       vaultConnections: () => this.#credentials.connections(),
+      auditWritable: () => this.#audit?.writable,
       settle: async () => {
         this.#egressEvents?.drain();
         this.#kernelEvents?.drain();
         this.#collectKernelUsage();
         if (this.#proxy instanceof ProxyWorkers) await this.#proxy.settle();
       },
-    });
+    }, { build: { version: opts.version ?? 'unknown', node: process.version, libbpf: libbpfVersion() } });
   }
 
   /**

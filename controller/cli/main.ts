@@ -239,6 +239,7 @@ program
         kernelAliveTimeoutMs: opts.kernelAliveTimeout,
         ...(opts.metricsListen ? { metricsListen: opts.metricsListen } : {}),
         log,
+        version: VERSION,
         notifier,
       });
     } catch (err) {
