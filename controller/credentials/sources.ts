@@ -49,9 +49,9 @@ export class CredentialSources {
   /**
    * Sources for `plan`, taking over those of `previous` whose definition is
    * unchanged (a source taken over keeps the options it was built with).
-   * New Vault connections log in here. Nothing of `previous` is closed:
-   * call retire() once the new set is in force.
-   * New connections log in together (APPLY_CONCURRENCY at a time).
+   * New Vault connections log in here, together (APPLY_CONCURRENCY at a
+   * time). Nothing of `previous` is closed: call retire() once the new set
+   * is in force.
    * @throws WirekeyError WK_VAULT when new connections cannot log in: one
    *   line per connection, "file:line:column: " and its VaultError's message
    *   (the VaultError itself for one connection the plan does not place);
