@@ -17,6 +17,7 @@ import { egressStatRefusal } from '../datapath/egress.js';
 import type { AuditEvent } from '../audit/audit-log.js';
 import { findCgroup2Root } from '../cgroup.js';
 import { acquireInstanceLock, type InstanceLock } from '../datapath/instance-lock.js';
+import { libbpfVersion } from '../datapath/native.js';
 import { ControlServer, controlSocketPath } from './control-server.js';
 import type { ServiceNotifications } from './service-notifier.js';
 import { IdentityResolver, type ResolvedWorkload } from '../identity/resolver.js';
@@ -24,6 +25,7 @@ import { identityTables } from '../datapath/identity-tables.js';
 import { discardRuntimeState, retireRuntimeState, runtimeStatePath, type RuntimeState } from '../host/runtime-state.js';
 import { DEFAULT_PROXY_LIMITS, ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { ProxyWorkers } from './proxy-workers.js';
+import { failedAfterSwitch, firstLine, kernelNotRestored, reloadThrew, type FailedStep } from './reload-outcome.js';
 import { reusePortListener } from '../datapath/reuse-port.js';
 import { createUpstreamAgent, upstreamSecureContext } from '../proxy/upstream.js';
 import { UpstreamH2Pool } from '../proxy/upstream-h2.js';
@@ -86,6 +88,8 @@ export interface AgentOptions {
   /** Also serve /metrics, /healthz and /readyz (only those) on this TCP address; the control socket always serves them. */
   metricsListen?: { host: string; port: number };
   log: Logger;
+  /** wirekey's version, for wirekey_build_info (default "unknown"). */
+  version?: string;
   /** Told when the agent is ready, reloads and what it runs (systemd's Type=notify); none outside systemd. */
   notifier?: ServiceNotifications;
 }
@@ -100,6 +104,12 @@ export interface ReloadResult {
   policy: string;
   /** What an applied reload changed: "policy a -> b; bindings added x; ...". */
   change?: string;
+  /**
+   * Set when the reload failed once the switch to the new policy had begun
+   * (not a refusal): what failed, and which policy is in force, whole or
+   * in part. `problems` then has one line per failure.
+   */
+  failed?: string;
 }
 
 interface LoadedPlan {
@@ -167,13 +177,14 @@ export class Agent {
       kernelHttp: () => this.#datapath?.kernelHttp,
       credentials: () => this.#credentials.values(),
       vaultConnections: () => this.#credentials.connections(),
+      auditWritable: () => this.#audit?.writable,
       settle: async () => {
         this.#egressEvents?.drain();
         this.#kernelEvents?.drain();
         this.#collectKernelUsage();
         if (this.#proxy instanceof ProxyWorkers) await this.#proxy.settle();
       },
-    });
+    }, { build: { version: opts.version ?? 'unknown', node: process.version, libbpf: libbpfVersion() } });
   }
 
   /**
@@ -424,16 +435,19 @@ export class Agent {
     return this.#serially(async () => {
       const notifier = this.#opts.notifier;
       notifier?.reloading('reloading the policy');
-      let result: ReloadResult | undefined;
+      let result: ReloadResult;
       try {
         result = await this.#reload();
-        return result;
-      } finally {
-        if (!result) notifier?.ready(`reload failed, previous policy ${this.#policyHash()} may be partly in force: see the log`);
-        else if (result.applied) notifier?.ready(this.#readyStatus());
-        else notifier?.ready(`policy refused, previous in force: ${this.#readyStatus().replace(/^ready: /, '')}; ${result.problems[0] ?? ''}` +
-          `${result.problems.length > 1 ? ` (and ${result.problems.length - 1} more problem(s))` : ''}`);
+      } catch (err) {
+        result = reloadThrew(this.#policyHash(), err);
+        this.#log.error('policy reload failed: %s', result.failed);
+        this.#metrics.reloaded(false);
       }
+      if (result.failed) notifier?.ready(`reload failed: ${result.failed}`);
+      else if (result.applied) notifier?.ready(this.#readyStatus());
+      else notifier?.ready(`policy refused, previous in force: ${this.#readyStatus().replace(/^ready: /, '')}; ${result.problems[0] ?? ''}` +
+        `${result.problems.length > 1 ? ` (and ${result.problems.length - 1} more problem(s))` : ''}`);
+      return result;
     });
   }
 
@@ -480,7 +494,7 @@ export class Agent {
       next = await this.#loadPlan();
     } catch (err) {
       // One line per problem: the first names the outcome, each next one a file:line:column.
-      const lines = err instanceof PolicyError ? err.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`) : [(err as Error).message];
+      const lines = err instanceof PolicyError ? err.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`) : (err as Error).message.split('\n');
       this.#log.error('policy reload failed, keeping the running policy: %d problem(s)', lines.length);
       for (const line of lines) this.#log.error('policy: %s', line);
       this.#metrics.reloaded(false);
@@ -491,9 +505,20 @@ export class Agent {
       await next.credentials.retire(this.#credentials);
       return refused(['the agent is not running']);
     }
-    const resolved = await this.#resolver.resolve(next.plan.workloads.values());
+    let resolved: ResolvedWorkload[];
+    try {
+      resolved = await this.#resolver.resolve(next.plan.workloads.values());
+    } catch (err) {
+      const problem = `cannot resolve the workloads' selectors: ${firstLine(err)}`;
+      this.#log.error('policy reload failed, keeping the running policy: %s', problem);
+      await next.credentials.retire(this.#credentials);
+      this.#metrics.reloaded(false);
+      return refused([problem]);
+    }
     const previous = { ports: this.#routes.portBindings(), identity: identityTables(this.#resolved) };
-    const renumbered = numberingChanged(this.#plan, next.plan);
+    // A renumbering a failed reload left unfinished ends with this one, if it is applied.
+    const unfinished = this.#renumbering;
+    const renumbered = unfinished || numberingChanged(this.#plan, next.plan);
     // From the kernel's switch to the proxy's: connections are refused
     // (closed before TLS), never judged under the other plan's numbering.
     if (renumbered) this.#renumbering = true;
@@ -507,19 +532,27 @@ export class Agent {
       await this.#kernelBindings?.apply(next.plan, next.credentials);
     } catch (err) {
       // Put the kernel back as it was; the proxy has not seen the new plan yet.
-      datapath.setPortBindings(previous.ports);
-      try {
-        this.#setEgress(datapath, this.#plan);
-      } catch (e) {
-        this.#log.error('cannot restore the egress rules: %s', (e as Error).message);
-      }
-      datapath.setIdentity(previous.identity);
-      await this.#kernelBindings?.apply(this.#plan, this.#credentials).catch((e: unknown) =>
-        this.#log.error('cannot restore the kernel datapath bindings: %s', (e as Error).message));
-      if (renumbered) this.#endRenumbering(datapath);
-      this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
+      const unrestored: string[] = [];
+      const restore = async (what: string, fn: () => unknown) => {
+        try {
+          await fn();
+        } catch (e) {
+          unrestored.push(`${what}: ${firstLine(e)}`);
+        }
+      };
+      await restore('port bindings', () => datapath.setPortBindings(previous.ports));
+      await restore('egress rules', () => this.#setEgress(datapath, this.#plan));
+      await restore('workload identity', () => datapath.setIdentity(previous.identity));
+      await restore('kernel datapath bindings', () => this.#kernelBindings?.apply(this.#plan, this.#credentials));
+      if (renumbered && !unfinished) await restore('connection records', () => this.#endRenumbering(datapath));
       await next.credentials.retire(this.#credentials);
       this.#metrics.reloaded(false);
+      if (unrestored.length) {
+        const result = kernelNotRestored(this.#policyHash(), planHash(next.plan), firstLine(err), unrestored);
+        this.#log.error('policy reload failed: %s', result.failed);
+        return result;
+      }
+      this.#log.error('policy reload failed, keeping the running policy: %s', (err as Error).message);
       return refused([(err as Error).message]);
     }
     const retired = this.#credentials;
@@ -527,22 +560,41 @@ export class Agent {
     this.#plan = next.plan;
     this.#routes = next.routes;
     this.#credentials = next.credentials;
+    // From here the new policy is in force: a step that fails is reported, and the others still run.
+    const failures: FailedStep[] = [];
+    const step = async (what: string, consequence: string, fn: () => unknown): Promise<boolean> => {
+      try {
+        await fn();
+        return true;
+      } catch (err) {
+        failures.push({ step: what, message: firstLine(err), consequence });
+        return false;
+      }
+    };
     // Every worker serves the new routes before the kernel's records are trusted again, and before this reload says applied.
-    if (this.#proxy instanceof ProxyWorkers) await this.#proxy.applyPlan(next.plan);
-    if (renumbered) this.#endRenumbering(datapath);
+    const refusing = 'proxied connections are refused until a reload succeeds';
+    const workersApplied = !(this.#proxy instanceof ProxyWorkers) ||
+      await step('giving the proxy workers the new routes', refusing, () => (this.#proxy as ProxyWorkers).applyPlan(next.plan));
+    if (!workersApplied) this.#renumbering = true;
+    else if (renumbered) await step('dropping the connection records of the previous numbering', refusing, () => this.#endRenumbering(datapath));
     // Requests in flight hold their credential already; new ones use the new set.
-    await retired.retire(next.credentials);
+    await step('closing the previous policy\'s credential sources', 'leases of credentials it no longer uses may not be revoked', () => retired.retire(next.credentials));
     this.#resolved = resolved;
     this.#reported.clear();
     this.#reportProblems();
-    this.#writeRuntimeState();
-    await this.#checkCredentials();
+    await step('writing the runtime state', 'wirekey status and explain show the previous policy', () => this.#writeRuntimeState());
+    await step('checking the credentials', 'bindings whose credential cannot be used are not reported', () => this.#checkCredentials());
     const before = this.#lastPlan;
     this.#lastPlan = next.plan;
     const change = describeChange(before, next.plan);
-    this.#log.info('policy reloaded: %s', change);
     this.#metrics.policyApplied(planHash(next.plan));
     this.#metrics.reloaded(true);
+    if (failures.length) {
+      const result = failedAfterSwitch(planHash(next.plan), change, failures);
+      this.#log.error('policy reloaded with failures: %s; %s', change, result.failed);
+      return result;
+    }
+    this.#log.info('policy reloaded: %s', change);
     return { applied: true, problems: [], policy: planHash(next.plan), change };
   }
 
@@ -743,14 +795,11 @@ export class Agent {
    * other binding carries on.
    */
   async #checkCredentials(): Promise<void> {
-    const unreadable = new Set<string>();
-    for (const source of this.#credentials.values()) {
-      try {
-        await source.get();
-      } catch (err) {
-        unreadable.add(source.name);
-        this.#log.warn('%s; requests that need it will fail until it can be read', (err as Error).message);
-      }
+    // Read together: one slow source does not hold up the others.
+    const unreadable = await this.#credentials.readAll();
+    for (const [name, err] of unreadable) {
+      const at = this.#plan.credentials.get(name)?.source;
+      this.#log.warn('%s%s; requests that need it will fail until it can be read', err.message, at ? ` (${at.file}:${at.line})` : '');
     }
     for (const binding of this.#plan.bindings) {
       const inject = binding.inject;

@@ -14,8 +14,9 @@ import { agentRunning } from '../datapath/instance-lock.js';
  * @throws WirekeyError WK_NO_AGENT (nothing listens on the socket, and no
  *   agent holds the lock), WK_ACCESS (not permitted to open it), WK_CONTROL
  *   (the agent holding the lock does not accept on its socket, did not
- *   answer within `timeoutMs`, or answered something else than a result:
- *   still starting, or failed while reloading).
+ *   answer within `timeoutMs`, is still starting, or answered something
+ *   else than a result), WK_RELOAD_FAILED (it failed while reloading, and
+ *   answered an error instead of a result).
  */
 export async function requestReload(stateDir: string, timeoutMs: number): Promise<ReloadResult> {
   const socketPath = controlSocketPath(stateDir);
@@ -39,7 +40,11 @@ export async function requestReload(stateDir: string, timeoutMs: number): Promis
     });
     req.end();
   });
-  if (status !== 200) throw new WirekeyError('WK_CONTROL', `the agent cannot reload now (HTTP ${status}): ${body.trim().split('\n')[0]}`);
+  const answer = body.trim().split('\n')[0];
+  if (status === 503) throw new WirekeyError('WK_CONTROL', `the agent cannot reload now (HTTP ${status}): ${answer}`);
+  if (status !== 200) {
+    throw new WirekeyError('WK_RELOAD_FAILED', `the agent's reload failed (HTTP ${status}): ${answer}; its log says which policy is in force`);
+  }
   try {
     return JSON.parse(body) as ReloadResult;
   } catch {

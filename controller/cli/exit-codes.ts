@@ -23,10 +23,10 @@ export const EXIT_STATUS: Record<Command, [code: number, meaning: string][]> = {
   validate: [[EXIT.ok, 'valid (warnings included)'], [EXIT.failed, 'problems']],
   reload: [
     [EXIT.ok, 'applied'],
-    [EXIT.failed, 'refused (the running policy stays in force; the reasons are printed)'],
+    [EXIT.failed, 'refused (the running policy stays in force; the reasons are printed), or failed once the switch had begun (what failed and which policy is in force are printed)'],
     [EXIT.noAgent, 'no agent runs'],
     [EXIT.denied, 'not permitted'],
-    [EXIT.noAnswer, 'the agent is starting, did not answer, or cannot reload now'],
+    [EXIT.noAnswer, 'the agent is starting or did not answer'],
   ],
   status: [
     [EXIT.ok, 'the agent runs and answers ready'],

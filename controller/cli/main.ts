@@ -239,6 +239,7 @@ program
         kernelAliveTimeoutMs: opts.kernelAliveTimeout,
         ...(opts.metricsListen ? { metricsListen: opts.metricsListen } : {}),
         log,
+        version: VERSION,
         notifier,
       });
     } catch (err) {
@@ -291,6 +292,10 @@ program
         if (problems.length) throw new ReloadRefused(`${problems.length} problem(s) in ${policyPath}; the agent was not asked, its running policy stays in force`);
       }
       const result: ReloadResult = await requestReload(opts.stateDir, opts.timeout);
+      if (result.failed) {
+        for (const p of result.problems) process.stdout.write(`${p}\n`);
+        throw new ReloadFailed(result.failed);
+      }
       if (!result.applied) {
         for (const p of result.problems) process.stdout.write(`${p}\n`);
         throw new ReloadRefused(`the agent refused the policy (${result.problems.length} problem(s)); policy ${result.policy} stays in force`);
@@ -305,6 +310,13 @@ program
 class ReloadRefused extends WirekeyError {
   constructor(message: string) {
     super('WK_RELOAD_REFUSED', `reload refused: ${message}`);
+  }
+}
+
+/** `wirekey reload` was answered: the reload failed once the switch had begun; `message` says which policy is in force (exit 1). */
+class ReloadFailed extends WirekeyError {
+  constructor(message: string) {
+    super('WK_RELOAD_FAILED', `reload failed: ${message}`);
   }
 }
 

@@ -36,6 +36,8 @@ export interface MetricsSources {
   datapath(): { mapUsage(): MapUsage[]; stats(): { tasksFull: bigint; storageFailures: bigint; proxyPortBinds: bigint } } | undefined;
   kernelHttp(): { mapUsage(): MapUsage[]; stats(): Record<HttpStatName, bigint> } | null | undefined;
   credentials(): { name: string; state?(): CredentialState }[];
+  /** Whether audit lines can be written now (false after a write failed, until one succeeds); undefined while there is no audit log yet. */
+  auditWritable?(): boolean | undefined;
   vaultConnections(): { name: string; status(): { tokenExpiresAt: number | undefined; degraded: boolean } }[];
   /**
    * Delivers what was already reported but not yet handed over (the
@@ -50,6 +52,10 @@ export interface AgentMetricsOptions {
   mapUsageIntervalMs?: number;
   /** prom-client's process and Node.js metrics (CPU, memory, event loop lag, ...), prefixed wirekey_; default true. */
   processMetrics?: boolean;
+  /** What runs, for wirekey_build_info; absent: no such series. */
+  build?: { version: string; node: string; libbpf: string };
+  /** The clock of the timestamp gauges, epoch ms; default Date.now. */
+  now?: () => number;
 }
 
 interface Children {
@@ -93,6 +99,8 @@ export class AgentMetrics implements ProxyObserver {
   readonly #reloads: Counter<'result'>;
   readonly #lastReload: Gauge;
   readonly #policy: Gauge<'hash'>;
+  readonly #policyAppliedAt: Gauge;
+  readonly #now: () => number;
   /** datapath -> workload -> service -> children. */
   readonly #children = new Map<string, Map<string, Map<string, Children>>>();
   readonly #connectionChildren = new Map<string, Map<string, Counter.Internal>>();
@@ -100,6 +108,7 @@ export class AgentMetrics implements ProxyObserver {
   constructor(sources: MetricsSources, options: AgentMetricsOptions = {}) {
     this.#sources = sources;
     this.#mapUsageIntervalMs = options.mapUsageIntervalMs ?? DEFAULT_MAP_USAGE_INTERVAL_MS;
+    this.#now = options.now ?? Date.now;
     const registers = [this.registry];
     // `self` for collect() callbacks, whose `this` is the metric.
     const self = this;
@@ -259,6 +268,14 @@ export class AgentMetrics implements ProxyObserver {
       },
     });
     new Gauge({
+      name: 'wirekey_kernel_datapath_loaded',
+      help: 'Whether the kernel (plaintext, sk_msg) datapath is loaded (1) or not (0: plaintext services cannot be bound)',
+      registers,
+      collect() {
+        this.set(sources.kernelHttp() ? 1 : 0);
+      },
+    });
+    new Gauge({
       name: 'wirekey_kernel_connections_open',
       help: 'Kernel datapath: connections in the sockhash (wk_http_socks entries)',
       registers,
@@ -350,6 +367,27 @@ export class AgentMetrics implements ProxyObserver {
       labelNames: ['hash'] as const,
       registers,
     });
+    this.#policyAppliedAt = new Gauge({
+      name: 'wirekey_policy_last_applied_timestamp_seconds',
+      help: 'When the policy in force was applied (at start, or by the last applied reload), in seconds since the epoch; 0 before one is',
+      registers,
+    });
+    new Gauge({
+      name: 'wirekey_audit_log_writable',
+      help: 'Whether audit lines can be written (1), or not (0: the last write failed, stdout is backed up, or the audit log is not open yet); the proxy refuses what it cannot audit',
+      registers,
+      collect() {
+        this.set(sources.auditWritable?.() ? 1 : 0);
+      },
+    });
+    if (options.build) {
+      new Gauge({
+        name: 'wirekey_build_info',
+        help: 'What runs: the wirekey version, the Node.js version and the libbpf the addon was built against, as labels; value 1',
+        labelNames: ['version', 'node', 'libbpf'] as const,
+        registers,
+      }).set(options.build, 1);
+    }
     new Gauge({
       name: 'wirekey_ready',
       help: 'Whether the agent is ready (programs attached, policy applied, credentials checked), as /readyz answers',
@@ -443,6 +481,7 @@ export class AgentMetrics implements ProxyObserver {
   policyApplied(hash: string): void {
     this.#policy.reset();
     this.#policy.set({ hash }, 1);
+    this.#policyAppliedAt.set(this.#now() / 1000);
   }
 
   reloaded(applied: boolean): void {

@@ -49,7 +49,7 @@ export function compilePolicy(policy: Policy): Plan {
   const services = new Map(byName<ServiceDoc>('Service').map((d) => [d.metadata.name, service(d)]));
   const bindings = byName<BindingDoc>('Binding');
   return {
-    vaultConnections: new Map(byName<VaultConnectionDoc>('VaultConnection').map((d) => [d.metadata.name, { name: d.metadata.name, ...d.spec }])),
+    vaultConnections: new Map(byName<VaultConnectionDoc>('VaultConnection').map((d) => [d.metadata.name, { name: d.metadata.name, ...d.spec, source: d.source }])),
     credentials: new Map(byName<CredentialSourceDoc>('CredentialSource').map((d) => [d.metadata.name, credential(d)])),
     services,
     workloads: new Map(workloads.map((d, i) => [d.metadata.name, workload(d, i + 1, services, bindings)])),

@@ -196,6 +196,8 @@ export interface PlanCredential {
 
 export interface PlanVaultConnection extends VaultConnectionSpec {
   name: string;
+  /** Where the policy defines it (for messages); absent in plans built otherwise. */
+  source?: SourcePosition;
 }
 
 /** A TLS service: the proxy terminates TLS for its hosts. */

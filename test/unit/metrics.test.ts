@@ -5,11 +5,12 @@
  * exposition.
  */
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AgentMetrics, type MapUsage, type MetricsSources } from '../../controller/metrics/agent-metrics.js';
 import { FileCredentialSource } from '../../controller/credentials/file-source.js';
+import { AuditLog } from '../../controller/audit/audit-log.js';
 import type { CredentialState } from '../../controller/credentials/credential.js';
 import { WK_HTTP_STATS, type HttpStatName } from '../../controller/datapath/layout.js';
 
@@ -189,6 +190,61 @@ describe('agent metrics', () => {
     expect(sample(body, 'wirekey_policy_info{hash="bbbbbbbbbbbb"}')).toBe(1);
     expect(body).not.toContain('aaaaaaaaaaaa');
     expect(sample(body, 'wirekey_ready')).toBe(1);
+  });
+
+  it('build info; the kernel datapath loaded or not; when the policy in force was applied, by the clock it is given', async () => {
+    let kernel: ReturnType<MetricsSources['kernelHttp']> = undefined;
+    let now = 1_700_000_000_000;
+    const m = new AgentMetrics(fakeSources({ kernelHttp: () => kernel }), {
+      processMetrics: false, build: { version: '0.1.0', node: 'v20.18.1', libbpf: '1.1.2' }, now: () => now,
+    });
+    let body = (await m.render()).body;
+    expect(sample(body, 'wirekey_build_info{version="0.1.0",node="v20.18.1",libbpf="1.1.2"}')).toBe(1);
+    // Starting (no datapath yet), then refused by the kernel (null), then loaded.
+    expect(sample(body, 'wirekey_kernel_datapath_loaded')).toBe(0);
+    kernel = null;
+    expect(sample((await m.render()).body, 'wirekey_kernel_datapath_loaded')).toBe(0);
+    kernel = { stats: () => kernelStats({}), mapUsage: () => [] };
+    expect(sample((await m.render()).body, 'wirekey_kernel_datapath_loaded')).toBe(1);
+    // No policy applied yet: no timestamp. Applied at start, then by a reload; a refused reload leaves it.
+    expect(sample(body, 'wirekey_policy_last_applied_timestamp_seconds')).toBe(0);
+    m.policyApplied('aaaaaaaaaaaa');
+    expect(sample((await m.render()).body, 'wirekey_policy_last_applied_timestamp_seconds')).toBe(1_700_000_000);
+    now += 90_500;
+    m.reloaded(false);
+    expect(sample((await m.render()).body, 'wirekey_policy_last_applied_timestamp_seconds')).toBe(1_700_000_000);
+    m.policyApplied('bbbbbbbbbbbb');
+    m.reloaded(true);
+    expect(sample((await m.render()).body, 'wirekey_policy_last_applied_timestamp_seconds')).toBe(1_700_000_090.5);
+  });
+
+  it('the audit log writable: 0 once a write failed, 1 again once one succeeds; 0 before there is one', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-metrics-'));
+    const target = path.join(dir, 'audit.log');
+    // Writes to /dev/full fail (ENOSPC), as on a full disk.
+    symlinkSync('/dev/full', target);
+    let audit: AuditLog | undefined;
+    const failures: string[] = [];
+    const m = new AgentMetrics(fakeSources({ auditWritable: () => audit?.writable }), { processMetrics: false });
+    try {
+      expect(sample((await m.render()).body, 'wirekey_audit_log_writable')).toBe(0);
+      audit = new AuditLog(target, (err) => failures.push((err as NodeJS.ErrnoException).code ?? err.message));
+      expect(sample((await m.render()).body, 'wirekey_audit_log_writable')).toBe(1);
+      audit.record({ decision: 'pass', workload: 'app' });
+      expect(failures).toEqual(['ENOSPC']);
+      expect(sample((await m.render()).body, 'wirekey_audit_log_writable')).toBe(0);
+      // Room again (a new file by the same path, reopened as after logrotate): the next write succeeds.
+      rmSync(target);
+      writeFileSync(target, '', { mode: 0o600 });
+      audit.reopen();
+      expect(sample((await m.render()).body, 'wirekey_audit_log_writable')).toBe(0);
+      audit.record({ decision: 'pass', workload: 'app' });
+      expect(sample((await m.render()).body, 'wirekey_audit_log_writable')).toBe(1);
+      expect(readFileSync(target, 'utf8')).toContain('"workload":"app"');
+    } finally {
+      audit?.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it('a file credential: its mtime is its age; its value and path never appear', async () => {
