@@ -7,7 +7,7 @@
  * applied, one that does not validate, and one the agent refuses.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { E2eFixture, HOST } from '../support/e2e-fixture.js';
 import { kernelSkipReason } from '../support/requirements.js';
@@ -115,6 +115,29 @@ spec: {workload: app, service: plain, inject: {bearer: {credential: api-token}}}
     expect(await get('/after-refused')).toMatchObject({ stdout: '200' });
     await f.upstream.sync();
     expect(f.upstream.records.at(-1)).toMatchObject({ url: '/after-refused', authorization: [f.expectedAuth] });
+  });
+
+  it('a reload that fails once the new policy is in force (its runtime state cannot be written): the log and STATUS say what failed and which policy is in force, and it injects', async () => {
+    const state = path.join(f.stateDir, 'runtime.json');
+    const saved = readFileSync(state);
+    // A directory in its place: the agent's write (a rename onto it) fails.
+    rmSync(state);
+    mkdirSync(path.join(state, 'in-the-way'), { recursive: true });
+    try {
+      rmSync(more(), { force: true });
+      const from = notify.received.length;
+      expect(await agent.reload()).toBe('reloaded');
+      expect(agent.output()).toMatch(/policy reloaded with failures: .*policy ([0-9a-f]{12}) is in force, but writing the runtime state failed \(.+\): wirekey status and explain show the previous policy/);
+      const hash = /policy reloaded with failures: .*policy ([0-9a-f]{12}) is in force/.exec(agent.output())?.[1];
+      const ready = await notify.next((n) => field(n, 'READY') === '1', 'READY=1', from);
+      expect(field(ready, 'STATUS')).toMatch(new RegExp(`^reload failed: policy ${hash} is in force, but writing the runtime state failed`));
+      expect(await get('/after-failed-step')).toMatchObject({ stdout: '200' });
+      await f.upstream.sync();
+      expect(f.upstream.records.at(-1)).toMatchObject({ url: '/after-failed-step', authorization: [f.expectedAuth] });
+    } finally {
+      rmSync(state, { recursive: true, force: true });
+      writeFileSync(state, saved, { mode: 0o600 });
+    }
   });
 
   it('SIGHUP still reloads, with the same notifications; SIGTERM sends STOPPING=1 last', async () => {
