@@ -193,7 +193,7 @@ export class AuditLog implements AuditSink {
 
   /** `event` as one JSON object, `time` first. Built without copying the event unless its path holds a query. */
   #line(event: AuditEvent): string {
-    const path = stripQuery(event.path);
+    const path = auditPath(event.path);
     const body = JSON.stringify(path === event.path ? event : { ...event, path });
     return body.length > 2 ? `{"time":"${this.#now()}",${body.slice(1)}` : `{"time":"${this.#now()}"}`;
   }
@@ -245,9 +245,23 @@ function writeAll(fd: number, text: string): void {
   for (let off = 0; off < buf.length; ) off += writeSync(fd, buf, off);
 }
 
-/** A request target as audit lines give it: without its query, which often carries a secret. */
-export function stripQuery(path: string | undefined): string | undefined {
-  if (path === undefined) return undefined;
-  const q = path.indexOf('?');
+/**
+ * A request target as audit lines give it: its path alone. Not its query,
+ * which often carries a secret; nor, for an absolute URL, its scheme and
+ * authority, which may carry user info (`https://user:password@host/`).
+ */
+export function auditPath(target: string | undefined): string | undefined {
+  if (target === undefined) return undefined;
+  let path = target;
+  const scheme = ABSOLUTE.exec(path);
+  if (scheme) {
+    // The authority ends at the first '/', '?' or '#' after the scheme.
+    const end = path.slice(scheme[0].length).search(/[/?#]/);
+    path = end < 0 ? '/' : path.slice(scheme[0].length + end);
+    if (!path.startsWith('/')) path = `/${path}`;
+  }
+  const q = path.search(/[?#]/);
   return q < 0 ? path : path.slice(0, q);
 }
+
+const ABSOLUTE = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//;
