@@ -111,6 +111,8 @@ export class AuditLog implements AuditSink {
   #done: string[] = [];
   readonly #flushDone = () => this.#flushDoneLines();
   #failure: Error | null = null;
+  /** A write failed part way (a full disk): the file ends in part of a line, which the next write ends first. */
+  #torn = false;
   readonly #onError: (err: Error) => void;
   #timeMs = -1;
   #time = '';
@@ -225,11 +227,13 @@ export class AuditLog implements AuditSink {
 
   #write(text: string): void {
     try {
-      if (this.#fd !== null) writeAll(this.#fd, text);
+      if (this.#fd !== null) writeAll(this.#fd, this.#torn ? `\n${text}` : text);
       else process.stdout.write(text);
       this.#failure = null;
+      this.#torn = false;
     } catch (err) {
-      this.#fail(err as Error);
+      if (err instanceof PartialWrite) this.#torn = true;
+      this.#fail(err instanceof PartialWrite ? err.cause : (err as Error));
     }
   }
 
@@ -239,10 +243,24 @@ export class AuditLog implements AuditSink {
   }
 }
 
-/** writeSync until every byte is written. */
+/** writeSync until every byte is written. @throws the write's error, as a PartialWrite once some bytes were written. */
 function writeAll(fd: number, text: string): void {
   const buf = Buffer.from(text, 'utf8');
-  for (let off = 0; off < buf.length; ) off += writeSync(fd, buf, off);
+  let off = 0;
+  try {
+    while (off < buf.length) off += writeSync(fd, buf, off);
+  } catch (err) {
+    throw off > 0 ? new PartialWrite(err as Error) : err;
+  }
+}
+
+/** A write that stopped after some of its bytes. */
+class PartialWrite extends Error {
+  override readonly cause: Error;
+  constructor(cause: Error) {
+    super(cause.message);
+    this.cause = cause;
+  }
 }
 
 /**
