@@ -111,6 +111,8 @@ export class AuditLog implements AuditSink {
   #done: string[] = [];
   readonly #flushDone = () => this.#flushDoneLines();
   #failure: Error | null = null;
+  /** A write failed part way (a full disk): the file ends in part of a line, which the next write ends first. */
+  #torn = false;
   readonly #onError: (err: Error) => void;
   #timeMs = -1;
   #time = '';
@@ -193,7 +195,7 @@ export class AuditLog implements AuditSink {
 
   /** `event` as one JSON object, `time` first. Built without copying the event unless its path holds a query. */
   #line(event: AuditEvent): string {
-    const path = stripQuery(event.path);
+    const path = auditPath(event.path);
     const body = JSON.stringify(path === event.path ? event : { ...event, path });
     return body.length > 2 ? `{"time":"${this.#now()}",${body.slice(1)}` : `{"time":"${this.#now()}"}`;
   }
@@ -225,11 +227,13 @@ export class AuditLog implements AuditSink {
 
   #write(text: string): void {
     try {
-      if (this.#fd !== null) writeAll(this.#fd, text);
+      if (this.#fd !== null) writeAll(this.#fd, this.#torn ? `\n${text}` : text);
       else process.stdout.write(text);
       this.#failure = null;
+      this.#torn = false;
     } catch (err) {
-      this.#fail(err as Error);
+      if (err instanceof PartialWrite) this.#torn = true;
+      this.#fail(err instanceof PartialWrite ? err.cause : (err as Error));
     }
   }
 
@@ -239,15 +243,43 @@ export class AuditLog implements AuditSink {
   }
 }
 
-/** writeSync until every byte is written. */
+/** writeSync until every byte is written. @throws the write's error, as a PartialWrite once some bytes were written. */
 function writeAll(fd: number, text: string): void {
   const buf = Buffer.from(text, 'utf8');
-  for (let off = 0; off < buf.length; ) off += writeSync(fd, buf, off);
+  let off = 0;
+  try {
+    while (off < buf.length) off += writeSync(fd, buf, off);
+  } catch (err) {
+    throw off > 0 ? new PartialWrite(err as Error) : err;
+  }
 }
 
-/** A request target as audit lines give it: without its query, which often carries a secret. */
-export function stripQuery(path: string | undefined): string | undefined {
-  if (path === undefined) return undefined;
-  const q = path.indexOf('?');
+/** A write that stopped after some of its bytes. */
+class PartialWrite extends Error {
+  override readonly cause: Error;
+  constructor(cause: Error) {
+    super(cause.message);
+    this.cause = cause;
+  }
+}
+
+/**
+ * A request target as audit lines give it: its path alone. Not its query,
+ * which often carries a secret; nor, for an absolute URL, its scheme and
+ * authority, which may carry user info (`https://user:password@host/`).
+ */
+export function auditPath(target: string | undefined): string | undefined {
+  if (target === undefined) return undefined;
+  let path = target;
+  const scheme = ABSOLUTE.exec(path);
+  if (scheme) {
+    // The authority ends at the first '/', '?' or '#' after the scheme.
+    const end = path.slice(scheme[0].length).search(/[/?#]/);
+    path = end < 0 ? '/' : path.slice(scheme[0].length + end);
+    if (!path.startsWith('/')) path = `/${path}`;
+  }
+  const q = path.search(/[?#]/);
   return q < 0 ? path : path.slice(0, q);
 }
+
+const ABSOLUTE = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//;

@@ -179,6 +179,12 @@ function serviceShapes(services: ServiceDoc[]): PolicyDiagnostic[] {
       if (datapath === 'kernel') {
         say(['spec', 'datapath'], 'spec.datapath: the kernel datapath injects into plaintext HTTP only; a TLS service needs datapath: proxy');
       }
+      (hosts ?? []).forEach((h, i) => {
+        // An IPv4 literal (a numeric last label) or an IPv6 one: TLS clients send no server name for an address.
+        if (/(^|\.)[0-9]+\.?$/.test(h) || h.includes(':')) {
+          say(['spec', 'hosts', i], `spec.hosts[${i}]: ${JSON.stringify(h)} is an IP address: clients send no TLS server name for an address, so no connection would ever match it; name the service's host names`);
+        }
+      });
       continue;
     }
     if (!addresses) say(['spec'], 'spec.addresses: a plaintext service (tls: false) needs the IP addresses or CIDRs it is pinned to');

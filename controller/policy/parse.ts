@@ -47,7 +47,8 @@ const locators = new WeakMap<PolicyDoc, Locator>();
  */
 export function parsePolicyText(text: string, file: string): ParseResult {
   const lineCounter = new LineCounter();
-  const stream = parseAllDocuments(text, { lineCounter, prettyErrors: false });
+  // YAML 1.2's core schema whatever a %YAML directive says: under 1.1, `port: 0673` is 443, `tls: yes` true, and `<<` merges.
+  const stream = parseAllDocuments(text, { lineCounter, prettyErrors: false, schema: 'core' });
   const position = (offset: number): SourcePosition => {
     const { line, col } = lineCounter.linePos(offset);
     return { file, line, column: col };

@@ -13,7 +13,7 @@ import tls from 'node:tls';
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from '../log.js';
-import { stripQuery, type AuditEvent, type AuditSink } from '../audit/audit-log.js';
+import { auditPath, type AuditEvent, type AuditSink } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from './routes.js';
 import type { Credential } from '../credentials/credential.js';
@@ -1301,7 +1301,7 @@ export class ProxyServer {
       service: session.route.service.name,
       host: session.sni,
       method: req.method,
-      path: stripQuery(req.url),
+      path: auditPath(req.url),
       decision,
     };
   }

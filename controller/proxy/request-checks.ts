@@ -67,8 +67,8 @@ export function checkRequest(req: RequestHead, sni: string, port: number, inject
   } catch {
     return { status: 400, code: 'bad-target', message: 'request target is not a path or an absolute https URL' };
   }
-  if (url.protocol !== 'https:') {
-    return { status: 400, code: 'bad-target', message: 'absolute request target must be https' };
+  if (url.protocol !== 'https:' || url.username || url.password) {
+    return { status: 400, code: 'bad-target', message: 'absolute request target must be https, without user info' };
   }
   const targetProblem = checkAuthority(url.host, sni, port);
   return targetProblem ? { status: 421, code: 'host-mismatch', message: `request target ${targetProblem}` } : null;

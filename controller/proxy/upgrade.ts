@@ -75,6 +75,8 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
     host: target.address,
     port: target.port,
     servername: target.servername,
+    // Said here, never left to NODE_TLS_REJECT_UNAUTHORIZED in the agent's environment.
+    rejectUnauthorized: true,
     ...(target.secureContext ? { secureContext: target.secureContext } : {}),
     method: 'GET',
     path: target.path,

@@ -105,6 +105,8 @@ export class UpstreamH2Pool {
         host: target.address,
         port: target.port,
         servername: target.servername,
+        // Said here, never left to NODE_TLS_REJECT_UNAUTHORIZED in the agent's environment.
+        rejectUnauthorized: true,
         ALPNProtocols: ['h2', 'http/1.1'],
         ...(this.#opts.secureContext ? { secureContext: this.#opts.secureContext } : {}),
       });

@@ -85,7 +85,8 @@ export function createPlainUpstreamAgent(opts: Pick<UpstreamOptions, 'idleMs'> =
  */
 export function createUpstreamAgent(opts: UpstreamOptions = {}): PartitionedAgent {
   // `timeout` closes kept-alive connections nobody reused for that long; highWaterMark reaches tls.connect (STREAM_HIGH_WATER_MARK).
-  const base = { keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo' as const, timeout: opts.idleMs ?? 60_000, highWaterMark: STREAM_HIGH_WATER_MARK };
+  // rejectUnauthorized said here (the agent's options win over a request's), never left to NODE_TLS_REJECT_UNAUTHORIZED.
+  const base = { keepAlive: true, keepAliveMsecs: 1000, scheduling: 'lifo' as const, timeout: opts.idleMs ?? 60_000, highWaterMark: STREAM_HIGH_WATER_MARK, rejectUnauthorized: true };
   const secureContext = upstreamSecureContext(opts);
   return new PartitionedAgent(secureContext ? { ...base, secureContext } : base);
 }

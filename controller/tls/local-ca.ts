@@ -13,7 +13,7 @@ x509.cryptoProvider.set(crypto.webcrypto as unknown as Crypto);
 const HOUR_MS = 60 * 60 * 1000;
 const DAY_MS = 24 * HOUR_MS;
 const CA_VALIDITY_YEARS = 10;
-/** Short-lived leaves limit the damage of a leaked leaf key; the CA re-mints freely. */
+/** Short-lived leaves, each with a key of its own, limit the damage of a leaked leaf key; the CA re-mints freely. */
 const LEAF_VALIDITY_MS = 7 * DAY_MS;
 /** Clients whose clock runs a little behind must still accept a fresh leaf. */
 const LEAF_BACKDATE_MS = HOUR_MS;
@@ -144,10 +144,7 @@ export class LocalCa {
   private constructor(
     private readonly caCert: x509.X509Certificate,
     private readonly caKey: CryptoKey,
-    private readonly leafKeys: CryptoKeyPair,
-    private readonly leafKeyPem: string,
     private readonly authorityKeyId: x509.AuthorityKeyIdentifierExtension,
-    private readonly leafKeyId: x509.SubjectKeyIdentifierExtension,
     private readonly maxCachedLeaves: number,
   ) {}
 
@@ -189,11 +186,6 @@ export class LocalCa {
       );
     }
 
-    const leafKeys = (await crypto.webcrypto.subtle.generateKey(EC_KEY_ALGORITHM, true, [
-      'sign',
-      'verify',
-    ])) as CryptoKeyPair;
-    const leafKeyPem = crypto.KeyObject.from(leafKeys.privateKey).export({ type: 'pkcs8', format: 'pem' }).toString();
     // Leaves must name the CA key the way the CA names itself, or path
     // building by key identifier fails for CAs made elsewhere.
     const caKeyId = cert.getExtension(x509.SubjectKeyIdentifierExtension)?.keyId;
@@ -201,16 +193,7 @@ export class LocalCa {
       caKeyId !== undefined
         ? new x509.AuthorityKeyIdentifierExtension(caKeyId)
         : await x509.AuthorityKeyIdentifierExtension.create(cert.publicKey);
-    const leafKeyId = await x509.SubjectKeyIdentifierExtension.create(leafKeys.publicKey);
-    return new LocalCa(
-      cert,
-      key,
-      leafKeys,
-      leafKeyPem,
-      authorityKeyId,
-      leafKeyId,
-      options.maxCachedLeaves ?? DEFAULT_MAX_CACHED_LEAVES,
-    );
+    return new LocalCa(cert, key, authorityKeyId, options.maxCachedLeaves ?? DEFAULT_MAX_CACHED_LEAVES);
   }
 
   /** The CA certificate, PEM; what workloads must trust. Never throws. */
@@ -288,6 +271,9 @@ export class LocalCa {
     // request; halfway through the remaining life is the fallback.
     const renewAt = Math.max(notAfter - LEAF_RENEW_BEFORE_MS, now + (notAfter - now) / 2);
     try {
+      // A key of its own for every leaf, a re-mint's included: one leaked key serves one host name until its leaf expires.
+      const leafKeys = (await crypto.webcrypto.subtle.generateKey(EC_KEY_ALGORITHM, true, ['sign', 'verify'])) as CryptoKeyPair;
+      const keyPem = crypto.KeyObject.from(leafKeys.privateKey).export({ type: 'pkcs8', format: 'pem' }).toString();
       const cert = await x509.X509CertificateGenerator.create({
         serialNumber: randomSerialHex(),
         subject: new x509.Name([{ CN: [name] }]),
@@ -295,7 +281,7 @@ export class LocalCa {
         notBefore: new Date(now - LEAF_BACKDATE_MS),
         notAfter: new Date(notAfter),
         signingAlgorithm: SIGNING_ALGORITHM,
-        publicKey: this.leafKeys.publicKey,
+        publicKey: leafKeys.publicKey,
         signingKey: this.caKey,
         extensions: [
           new x509.BasicConstraintsExtension(false, undefined, true),
@@ -303,12 +289,12 @@ export class LocalCa {
           new x509.ExtendedKeyUsageExtension([x509.ExtendedKeyUsage.serverAuth]),
           new x509.SubjectAlternativeNameExtension([{ type: 'dns', value: name }]),
           this.authorityKeyId,
-          this.leafKeyId,
+          await x509.SubjectKeyIdentifierExtension.create(leafKeys.publicKey),
         ],
       });
       const certPem = cert.toString('pem');
-      const context = tls.createSecureContext({ cert: certPem, key: this.leafKeyPem });
-      return { certPem, keyPem: this.leafKeyPem, context, renewAt };
+      const context = tls.createSecureContext({ cert: certPem, key: keyPem });
+      return { certPem, keyPem, context, renewAt };
     } catch (err) {
       throw new ProxyTlsError(`cannot mint a leaf certificate for ${name}`, { cause: err });
     }

@@ -242,6 +242,10 @@ describe('LocalCa leaves', () => {
     expect(new Set(contexts).size).toBe(1);
     const other = await ca.leafFor('other.example.test');
     expect(other.certPem).not.toBe(leaves[0]!.certPem);
+    // A key of its own: a leaked leaf key serves one host name.
+    const spki = (pem: string) => Buffer.from(new x509.X509Certificate(pem).publicKey.rawData).toString('hex');
+    expect(spki(other.certPem)).not.toBe(spki(leaves[0]!.certPem));
+    expect(other.keyPem).not.toBe(leaves[0]!.keyPem);
     expect((await ca.leafFor('api.example.test')).certPem).toBe(leaves[0]!.certPem);
   });
 
@@ -255,6 +259,10 @@ describe('LocalCa leaves', () => {
     vi.setSystemTime(start + 6 * DAY_MS + 60_000);
     const renewed = await ca.leafFor('api.example.test');
     expect(renewed.certPem).not.toBe(first.certPem);
+    // The re-mint has a new key too.
+    expect(renewed.keyPem).not.toBe(first.keyPem);
+    const spki = (pem: string) => Buffer.from(new x509.X509Certificate(pem).publicKey.rawData).toString('hex');
+    expect(spki(renewed.certPem)).not.toBe(spki(first.certPem));
     const notAfter = new x509.X509Certificate(renewed.certPem).notAfter.getTime();
     expect(notAfter).toBeGreaterThan(start + 13 * DAY_MS);
     expect((await ca.leafFor('api.example.test')).certPem).toBe(renewed.certPem);

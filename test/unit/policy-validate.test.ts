@@ -155,6 +155,22 @@ describe('YAML syntax errors, in plain words at the place to fix', () => {
 });
 
 describe('did you mean', () => {
+  it('a %YAML 1.1 directive does not make 1.1 values of 1.2 ones: 0673 is no port 443, yes is no boolean', async () => {
+    const text = `%YAML 1.1\n---\n${POLICY.replace('port: 443, tls: true', 'port: 0673, tls: yes')}`;
+    const out = await lint(text);
+    expect(out).toHaveLength(1);
+    expect(out[0]).toMatch(/^p\.yaml:\d+:\d+: Service "api": spec\.tls: must be true or false$/);
+    const valid = await lint(`%YAML 1.1\n---\n${POLICY}`);
+    expect(valid).toEqual([]);
+  });
+
+  it('a TLS service named by an IPv4 address is an error: no client sends a server name for it, so it would never match', async () => {
+    const out = await lint(POLICY.replace('hosts: [api.example.com]', 'hosts: [api.example.com, 10.0.0.5]'));
+    expect(out).toEqual([
+      'p.yaml:9:33: Service "api": spec.hosts[1]: "10.0.0.5" is an IP address: clients send no TLS server name for an address, so no connection would ever match it; name the service\'s host names',
+    ]);
+  });
+
   it('suggests the kind an unknown kind is closest to', async () => {
     expect(await lint(`${HEADER}kind: workload\nmetadata: {name: a}\nspec: {}\n`)).toEqual([
       'p.yaml:2:7: unknown kind "workload": did you mean Workload? (expected one of VaultConnection, CredentialSource, Service, Workload, Binding)',

@@ -15,6 +15,7 @@ import { Secret } from '../../controller/credentials/secret.js';
 import { CredentialError } from '../../controller/errors.js';
 import type { Credential } from '../../controller/credentials/credential.js';
 import { REFUSAL_CODES } from '../../controller/refusals.js';
+import { auditPath } from '../../controller/audit/audit-log.js';
 
 const SNI = 'api.example.com';
 
@@ -126,6 +127,20 @@ describe('the upstream request', () => {
     const r = req('GET', `https://${SNI}./v1/models?limit=1`, ['Host', SNI]);
     const up = await prepareUpstreamRequest(r, { kind: 'bearer', credential: 'tok' }, credential('s3cret'), { host: SNI, port: 443, sigv4BodyLimit: 0 });
     expect(up.path).toBe('/v1/models?limit=1');
+  });
+
+  it('an absolute-form target with user info is refused (bad-target); audit lines give a target\'s path alone', () => {
+    for (const url of [`https://alice:s3cret@${SNI}/v1/models?x=1`, `https://alice@${SNI}/`, `https://:s3cret@${SNI}/`]) {
+      expect(checkRequest({ method: 'GET', url, rawHeaders: ['Host', SNI], httpVersion: '1.1' }, SNI, 443)).toMatchObject({ status: 400, code: 'bad-target' });
+    }
+    expect(auditPath(`https://alice:s3cret@${SNI}/v1/models?x=1`)).toBe('/v1/models');
+    expect(auditPath(`HTTPS://alice:s3cret@${SNI}`)).toBe('/');
+    expect(auditPath(`https://alice:s3cret@${SNI}?token=1`)).toBe('/');
+    expect(auditPath(`https://alice:s3cret@${SNI}#frag`)).toBe('/');
+    expect(auditPath('/a/b?token=1')).toBe('/a/b');
+    expect(auditPath('/a/b#x')).toBe('/a/b');
+    expect(auditPath('*')).toBe('*');
+    expect(auditPath(undefined)).toBeUndefined();
   });
 
   it('a body on GET, HEAD, DELETE or OPTIONS ends the upstream connection after the request; elsewhere it does not', async () => {
