@@ -256,6 +256,29 @@ describe('validate --host', () => {
   const source = (name: string, path: string, field?: string) =>
     `${HEADER}kind: CredentialSource\nmetadata: {name: ${name}}\nspec: {file: {path: ${path}${field ? `, field: ${field}` : ''}}}\n---\n`;
 
+  it.skipIf(process.getuid?.() !== 0)(`policy files only root may write, and replace in their directory${machineSkipTitle(process.getuid?.() !== 0 ? 'requires root (files owned by another uid)' : undefined)}`, async () => {
+    const problems = async (dir: string) => render(dir, (await reportPolicyPath(dir)).diagnostics);
+    const why = 'a policy file says which workload gets which credential';
+    const writable = tempDir({ 'p.yaml': POLICY });
+    chmodSync(join(writable, 'p.yaml'), 0o664);
+    expect(await problems(writable)).toEqual([`p.yaml:1:1: ${join(writable, 'p.yaml')} has mode 0664: group or others can write it, and ${why} (chmod go-w)`]);
+    const owned = tempDir({ 'p.yaml': POLICY });
+    chownSync(join(owned, 'p.yaml'), 65534, 65534);
+    expect(await problems(owned)).toEqual([`p.yaml:1:1: ${join(owned, 'p.yaml')} is owned by uid 65534; ${why}: it must be owned by root`]);
+    const openDir = tempDir({ 'p.yaml': POLICY });
+    chmodSync(openDir, 0o777);
+    expect(await problems(openDir)).toEqual([`p.yaml:1:1: ${join(openDir, 'p.yaml')}: its directory ${openDir} has mode 0777: group or others can add or replace files in it, and ${why} (chmod go-w)`]);
+    // Sticky, as /tmp: nobody replaces a file they do not own.
+    chmodSync(openDir, 0o1777);
+    expect(await problems(openDir)).toEqual([]);
+    // A link to a file in a directory others may write.
+    const elsewhere = tempDir({ 'target.yaml': POLICY });
+    chmodSync(elsewhere, 0o777);
+    const linked = tempDir();
+    symlinkSync(join(elsewhere, 'target.yaml'), join(linked, 'p.yaml'));
+    expect(await problems(linked)).toEqual([`p.yaml:1:1: ${join(linked, 'p.yaml')}: its directory ${elsewhere} has mode 0777: group or others can add or replace files in it, and ${why} (chmod go-w)`]);
+  });
+
   it('checks credential files as the agent would read them: exists, regular, mode, content', async () => {
     const files = tempDir();
     const file = (name: string, text: string, mode = 0o600) => {
