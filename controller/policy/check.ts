@@ -81,6 +81,8 @@ function userAndUid(workloads: WorkloadDoc[]): PolicyDiagnostic[] {
  * belongs to would be arbitrary, so the policy must say.
  */
 function ambiguousWorkloads(workloads: WorkloadDoc[]): PolicyDiagnostic[] {
+  // Pairwise, so quadratic: a policy over the limit is refused for that alone (tooManyWorkloads), not checked for minutes.
+  if (workloads.length > MAX_WORKLOADS) return [];
   const out: PolicyDiagnostic[] = [];
   for (let i = 0; i < workloads.length; i++) {
     for (let j = 0; j < i; j++) {

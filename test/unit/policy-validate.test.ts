@@ -164,6 +164,13 @@ describe('did you mean', () => {
     expect(valid).toEqual([]);
   });
 
+  it('more workloads than the limit: that one problem, not every pair of them (the pairwise check is skipped)', async () => {
+    // 300 workloads with one selector: every pair would be ambiguous.
+    const text = Array.from({ length: 300 }, (_, i) => `${HEADER}kind: Workload\nmetadata: {name: w${i}}\nspec: {selector: {cgroup: /same}}\n`).join('---\n');
+    const out = await lint(text);
+    expect(out).toEqual([expect.stringMatching(/: at most 256 workloads are supported; this is number 257$/)]);
+  });
+
   it('a TLS service named by an IPv4 address is an error: no client sends a server name for it, so it would never match', async () => {
     const out = await lint(POLICY.replace('hosts: [api.example.com]', 'hosts: [api.example.com, 10.0.0.5]'));
     expect(out).toEqual([
