@@ -34,7 +34,8 @@ function selectorKinds(s: WorkloadSelector): number {
 }
 
 function cgroupSegments(path: string): string[] {
-  return path.split('/').filter(Boolean);
+  // `.` names the same cgroup, as the agent's path.join() reads it (`..` is refused by the schema).
+  return path.split('/').filter((s) => s !== '' && s !== '.');
 }
 
 /** The cgroups a selector names (both must hold when both are given). */

@@ -164,6 +164,11 @@ describe('did you mean', () => {
     expect(valid).toEqual([]);
   });
 
+  it('a cgroup spelt with `.` segments is the same cgroup: two workloads on it are ambiguous', async () => {
+    const out = await lint(`${HEADER}kind: Workload\nmetadata: {name: a}\nspec: {selector: {cgroup: /./x/.}}\n---\n${HEADER}kind: Workload\nmetadata: {name: b}\nspec: {selector: {cgroup: x}}\n`);
+    expect(out).toEqual([expect.stringMatching(/Workload "b" and Workload "a" \(.*p\.yaml:4\) could both match one process/)]);
+  });
+
   it('more workloads than the limit: that one problem, not every pair of them (the pairwise check is skipped)', async () => {
     // 300 workloads with one selector: every pair would be ambiguous.
     const text = Array.from({ length: 300 }, (_, i) => `${HEADER}kind: Workload\nmetadata: {name: w${i}}\nspec: {selector: {cgroup: /same}}\n`).join('---\n');
