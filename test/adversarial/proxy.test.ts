@@ -17,6 +17,7 @@ import { E2eFixture, HOST, OTHER, sha256 } from '../support/e2e-fixture.js';
 import { kernelSkipReason } from '../support/requirements.js';
 import { spawn } from 'node:child_process';
 import { TlsSession } from '../support/tls-session.js';
+import { createTestHost } from '../support/netns.js';
 import { runInCgroup } from '../support/cgroup.js';
 import { repoRoot, wirekeyBin, type RunningAgent } from '../support/agent.js';
 import { eventually, waitFor } from '../support/wait.js';
@@ -430,6 +431,32 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     bob.send(request('GET', '/after-fuzz'));
     expect((await bob.read()).status).toBe(200);
     expect(agent.output()).not.toMatch(/inside the proxy/);
+  });
+
+  it('an upstream that refuses or resets the connection is one answer: no errno, address or port to scan with', async () => {
+    const other = await createTestHost(`${f.tag.slice(0, 3)}x`);
+    f.onClose(() => other.destroy());
+    // On the namespace's IPv6 address only: a listener on 443 that resets every connection it accepts.
+    const resetter = spawn('ip', ['netns', 'exec', other.ns, 'python3', '-c', `
+import socket, struct, sys
+s = socket.socket(socket.AF_INET6)
+s.bind(('${other.ipv6}', 443))
+s.listen(16)
+print('ready', flush=True)
+while True:
+    c, _ = s.accept()
+    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+    c.close()
+`], { stdio: ['ignore', 'pipe', 'inherit'] });
+    f.onClose(() => void resetter.kill());
+    await new Promise<void>((resolve) => resetter.stdout.once('data', () => resolve()));
+    const get = (address: string) => runInCgroup(cg.alice, 'curl', ['-sS', '--max-time', '10', '--resolve', `${HOST}:443:${address}`, '--cacert', f.bothCas,
+      '-w', '\n%{http_code}', `https://${HOST}/oracle`]);
+    const refused = await get(other.ipv4);
+    const reset = await get(`[${other.ipv6}]`);
+    expect(refused.stdout).toBe(`wirekey: upstream ${HOST} could not be reached\n\n502`);
+    expect(reset.stdout).toBe(refused.stdout);
+    expect(await denials('upstream-failed')).toEqual(expect.arrayContaining([expect.objectContaining({ workload: 'alice', reason: 'upstream-failed' })]));
   });
 
   it('previously defeated: a redirect to another host is followed without the credential', async () => {
