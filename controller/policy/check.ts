@@ -7,7 +7,7 @@ import { normalizeHost } from './compile.js';
 import { checkEgress, egressWarnings } from './egress-check.js';
 import { positionOf, type PolicyPath } from './parse.js';
 import { label, repeats, where } from './diagnostic-text.js';
-import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, PolicyDoc, ServiceDoc, VaultConnectionDoc, WorkloadDoc } from './types.js';
+import type { BindingDoc, CredentialSourceDoc, InjectionKind, Kind, Policy, PolicyDoc, ServiceDoc, VaultConnectionDoc, WorkloadDoc, WorkloadSelector } from './types.js';
 import { MIN_PREFIX, parseAddressPrefix, prefixesOverlap, tooBroad, vaultAddressProblem, type AddressPrefix } from '../addresses.js';
 import { inferAwsScope } from './aws-scope.js';
 import { MAX_WORKLOADS, comparePrecedence, couldOverlap } from './precedence.js';
@@ -63,7 +63,32 @@ export function policyWarnings(policy: Policy): PolicyDiagnostic[] {
         'whichever backend that Host selects; list the host names the service answers to',
       severity: 'warning' as const,
     }));
-  return [...openServices, ...egressWarnings(policy)];
+  const broad = policy.documents
+    .filter((d): d is WorkloadDoc => d.kind === 'Workload')
+    .flatMap((w) => {
+      const why = broadSelector(w.spec.selector);
+      return why ? [{ ...positionOf(w, ['spec', 'selector']), message: `${label(w)}: spec.selector: ${why}`, severity: 'warning' as const }] : [];
+    });
+  return [...openServices, ...broad, ...egressWarnings(policy)];
+}
+
+/**
+ * Why a selector matches far more than a service, or undefined: the root
+ * cgroup (every process on the host) with nothing else, or root's uid with
+ * no cgroup, unit or executable (every process of root). Valid, and almost
+ * never meant: every such process gets the workload's bindings.
+ */
+function broadSelector(s: WorkloadSelector): string | undefined {
+  const rootCgroup = s.cgroup !== undefined && s.cgroup.split('/').every((seg) => seg === '' || seg === '.');
+  const narrowed = (s.cgroup !== undefined && !rootCgroup) || s.systemdUnit !== undefined || s.executable !== undefined;
+  const root = s.uid === 0 || s.user === 'root';
+  if (rootCgroup && !s.systemdUnit && !s.executable && s.uid === undefined && s.user === undefined) {
+    return 'the root cgroup alone matches every process on the host, and each gets this workload\'s bindings; select the service\'s own cgroup or unit';
+  }
+  if (root && !narrowed) {
+    return 'root alone matches every process of root, and each gets this workload\'s bindings; select the service\'s cgroup, unit or executable as well';
+  }
+  return undefined;
 }
 
 function userAndUid(workloads: WorkloadDoc[]): PolicyDiagnostic[] {

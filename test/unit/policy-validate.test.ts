@@ -169,6 +169,20 @@ describe('did you mean', () => {
     expect(out).toEqual([expect.stringMatching(/Workload "b" and Workload "a" \(.*p\.yaml:4\) could both match one process/)]);
   });
 
+  it('warns of a selector that matches every process (the root cgroup alone) or every root process (root alone)', async () => {
+    const w = (name: string, selector: string) => `${HEADER}kind: Workload\nmetadata: {name: ${name}}\nspec: {selector: ${selector}}\n`;
+    // One at a time: together they could match one process, an error that stops the warnings.
+    expect(await lint(w('all', '{cgroup: /}'))).toEqual([
+      'p.yaml:4:18: warning: Workload "all": spec.selector: the root cgroup alone matches every process on the host, and each gets this workload\'s bindings; select the service\'s own cgroup or unit',
+    ]);
+    expect(await lint(w('root', '{user: root}'))).toEqual([
+      'p.yaml:4:18: warning: Workload "root": spec.selector: root alone matches every process of root, and each gets this workload\'s bindings; select the service\'s cgroup, unit or executable as well',
+    ]);
+    expect(await lint(w('root', '{uid: 0}'))).toHaveLength(1);
+    expect(await lint(w('fine', '{uid: 0, systemdUnit: app.service}'))).toEqual([]);
+    expect(await lint(w('narrow', '{cgroup: /, uid: 1000}'))).toEqual([]);
+  });
+
   it('more workloads than the limit: that one problem, not every pair of them (the pairwise check is skipped)', async () => {
     // 300 workloads with one selector: every pair would be ambiguous.
     const text = Array.from({ length: 300 }, (_, i) => `${HEADER}kind: Workload\nmetadata: {name: w${i}}\nspec: {selector: {cgroup: /same}}\n`).join('---\n');
