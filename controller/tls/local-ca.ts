@@ -1,6 +1,7 @@
 import crypto from 'node:crypto';
 import { constants, type Stats } from 'node:fs';
-import { chmod, lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
+import { chmod, link, lstat, mkdir, open, rename, unlink } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import os from 'node:os';
 import path from 'node:path';
 import tls from 'node:tls';
@@ -30,6 +31,12 @@ export interface LocalCaOptions {
    * cache must not grow without bound. Default 1024.
    */
   maxCachedLeaves?: number;
+  /**
+   * How long a CA key found without its certificate waits for it (ms): a
+   * process creating the CA at that moment writes the certificate just
+   * after the key. Default 5000.
+   */
+  certificateWaitMs?: number;
 }
 
 /** A leaf certificate and its private key, both PEM. */
@@ -151,7 +158,9 @@ export class LocalCa {
   /**
    * Loads the CA from `dir/ca.key` and `dir/ca.crt`, creating both on first
    * use (and `dir` itself, mode 0700). The key is written 0600 and the
-   * certificate 0644, each via a temporary file and rename.
+   * certificate 0644, each complete in a temporary file first; the key is
+   * put in place with link(), so that of two creators at once (`wirekey ca
+   * cert --create` and a first `wirekey run`) one wins and both use its CA.
    *
    * @throws ProxyTlsError when only one of the two files exists; when
    *   `ca.key` is not a regular file, is accessible by group or others, or is
@@ -171,13 +180,21 @@ export class LocalCa {
       throw new ProxyTlsError(`cannot create CA directory ${dir}`, { cause: err });
     }
 
-    const [haveKey, haveCert] = await Promise.all([existsNoFollow(keyPath), existsNoFollow(certPath)]);
+    let [haveKey, haveCert] = await Promise.all([existsNoFollow(keyPath), existsNoFollow(certPath)]);
     let cert: x509.X509Certificate;
     let key: CryptoKey;
-    if (haveKey && haveCert) {
+    let created: { cert: x509.X509Certificate; key: CryptoKey } | undefined;
+    if (!haveKey && !haveCert) {
+      // Another process (or call) may be creating it too: the key goes in with link(), which only one can win.
+      created = await createCa(dir, keyPath, certPath);
+      if (!created) haveKey = true;
+    }
+    // A key without its certificate may be a creator's between its two steps.
+    if (haveKey && !haveCert) haveCert = await appears(certPath, options.certificateWaitMs ?? CERT_WAIT_MS);
+    if (created) {
+      ({ cert, key } = created);
+    } else if (haveKey && haveCert) {
       ({ cert, key } = await loadCa(keyPath, certPath));
-    } else if (!haveKey && !haveCert) {
-      ({ cert, key } = await createCa(dir, keyPath, certPath));
     } else {
       const [present, missing] = haveKey ? [keyPath, certPath] : [certPath, keyPath];
       throw new ProxyTlsError(
@@ -359,7 +376,7 @@ async function createCa(
   dir: string,
   keyPath: string,
   certPath: string,
-): Promise<{ cert: x509.X509Certificate; key: CryptoKey }> {
+): Promise<{ cert: x509.X509Certificate; key: CryptoKey } | undefined> {
   const keys = (await crypto.webcrypto.subtle.generateKey(EC_KEY_ALGORITHM, true, ['sign', 'verify'])) as CryptoKeyPair;
   const notBefore = new Date(Date.now() - LEAF_BACKDATE_MS);
   const notAfter = new Date(notBefore);
@@ -380,17 +397,37 @@ async function createCa(
   const keyPem = crypto.KeyObject.from(keys.privateKey).export({ type: 'pkcs8', format: 'pem' }).toString();
 
   // Both files are complete on disk before either appears under its final
-  // name, which keeps the window for a one-file-only state to two renames.
+  // name. The key goes first, with link(), which fails if a key is there:
+  // of two creators at once, one wins and the other uses its CA (undefined).
   const temps: string[] = [];
   try {
     temps.push(await writeTemp(keyPath, keyPem, 0o600));
     temps.push(await writeTemp(certPath, cert.toString('pem'), 0o644));
-    await rename(temps[0]!, keyPath);
+    try {
+      await link(temps[0]!, keyPath);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === 'EEXIST') return undefined;
+      throw err;
+    }
     await rename(temps[1]!, certPath);
     await syncDir(dir);
   } catch (err) {
-    await Promise.all(temps.map((t) => unlink(t).catch(() => {})));
     throw new ProxyTlsError(`cannot write the local CA to ${dir}`, { cause: err });
+  } finally {
+    await Promise.all(temps.map((t) => unlink(t).catch(() => {})));
   }
   return { cert, key: keys.privateKey };
+}
+
+/** How long a CA key may wait for its certificate by default: a creator takes milliseconds between the two. */
+const CERT_WAIT_MS = 5000;
+
+/** Whether `file` exists, or comes to within `waitMs` (polled: another process writes it). */
+async function appears(file: string, waitMs: number): Promise<boolean> {
+  const until = Date.now() + waitMs;
+  while (!(await existsNoFollow(file))) {
+    if (Date.now() >= until) return false;
+    await sleep(20);
+  }
+  return true;
 }

@@ -135,13 +135,24 @@ describe('LocalCa.loadOrCreate', () => {
     await LocalCa.loadOrCreate(dir);
     const certBytes = await readFile(path.join(dir, 'ca.crt'));
     await rm(path.join(dir, 'ca.crt'));
-    await expectRefusal(LocalCa.loadOrCreate(dir), /ca\.key exists but .*ca\.crt does not/);
+    // (A key alone waits a moment for a creator's certificate: none comes.)
+    await expectRefusal(LocalCa.loadOrCreate(dir, { certificateWaitMs: 0 }), /ca\.key exists but .*ca\.crt does not/);
     // Nothing was regenerated behind the operator's back.
     expect(await readdir(dir)).toEqual(['ca.key']);
 
     await writeFile(path.join(dir, 'ca.crt'), certBytes, { mode: 0o644 });
     await rm(path.join(dir, 'ca.key'));
     await expectRefusal(LocalCa.loadOrCreate(dir), /ca\.crt exists but .*ca\.key does not/);
+  });
+
+  it('two creators at once end with one CA that both use (the key goes in with link(), which one wins)', async () => {
+    for (let i = 0; i < 20; i++) {
+      const fresh = path.join(root, `race-${i}`);
+      const [a, b] = await Promise.all([LocalCa.loadOrCreate(fresh), LocalCa.loadOrCreate(fresh)]);
+      expect(a.certificatePem()).toBe(b.certificatePem());
+      expect((await LocalCa.loadOrCreate(fresh)).certificatePem()).toBe(a.certificatePem());
+      expect((await readdir(fresh)).sort()).toEqual(['ca.crt', 'ca.key']);
+    }
   });
 
   it('refuses a key that does not match the certificate', async () => {
