@@ -24,7 +24,7 @@ import type { Credential } from '../credentials/credential.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { Plan } from '../policy/types.js';
-import type { IdentifiedConnection, ProxyObserver, ProxyStats } from '../proxy/proxy-server.js';
+import { handshakesPerWorkload, type IdentifiedConnection, type ProxyObserver, type ProxyStats } from '../proxy/proxy-server.js';
 import {
   SHARED_AUDIT_WRITABLE, SHARED_HANDSHAKES, SHARED_WORKER_HANDSHAKES,
   type AskAnswer, type FromWorker, type ToWorker, type WireCredential, type WireError, type WorkerInit, type WorkerSettings,
@@ -136,7 +136,8 @@ export class ProxyWorkers {
       fds: { '127.0.0.1': fds[0] as number, '::1': fds[1] as number },
       plan: this.#plan,
       shared: this.#shared.buffer as SharedArrayBuffer,
-      limits: this.#o.limits,
+      // Each thread bounds a workload's share of the handshakes on its own: together, at most half of all.
+      limits: { ...this.#o.limits, maxHandshakesPerWorkload: handshakesPerWorkload(this.#o.limits.maxHandshakes, this.#o.workers) },
       http2: this.#o.http2,
       h1FastPath: this.#o.h1FastPath,
       ...(this.#o.h2Limits ? { h2Limits: this.#o.h2Limits } : {}),

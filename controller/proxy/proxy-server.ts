@@ -50,6 +50,18 @@ export interface ProxyLimits {
   maxConnectionsPerWorkload: number;
   /** A terminated or relayed connection with no bytes either way for this long is closed (ms). */
   idleTimeoutMs: number;
+  /**
+   * Of maxHandshakes, how many one workload may hold in this thread (not a
+   * flag: half of maxHandshakes when one thread serves, shared out among
+   * proxy workers by the agent), so that no workload can take every slot
+   * and stop every other workload's new connections.
+   */
+  maxHandshakesPerWorkload?: number;
+}
+
+/** What one workload may hold of `maxHandshakes` among `threads` proxy threads: at most half, together. */
+export function handshakesPerWorkload(maxHandshakes: number, threads = 1): number {
+  return Math.max(1, Math.floor(maxHandshakes / (2 * threads)));
 }
 
 export const DEFAULT_PROXY_LIMITS: ProxyLimits = {
@@ -233,6 +245,8 @@ export class ProxyServer {
   /** Open connections per workload name. */
   readonly #perWorkload = new Map<string, number>();
   #handshakes = 0;
+  /** Handshakes in progress in this thread, per workload. */
+  readonly #handshaking = new Map<string, number>();
   /** Connections accepted since start. */
   #accepted = 0;
   /** Refusals by code since start (requests and connections). */
@@ -437,8 +451,11 @@ export class ProxyServer {
     // Counted by whoever identified it (the agent's thread, for every worker together), or here.
     const counted = orig.admission === 'counted';
     const open = this.#perWorkload.get(workload) ?? 0;
+    const perWorkload = this.#limits.maxHandshakesPerWorkload ?? handshakesPerWorkload(this.#limits.maxHandshakes);
     const refusal = orig.admission === 'too-many-connections' || (!counted && open >= this.#limits.maxConnectionsPerWorkload)
       ? 'too-many-connections'
+      // The workload's own share first: a slot of all threads is taken only for a connection that goes on.
+      : (this.#handshaking.get(workload) ?? 0) >= perWorkload ? 'too-many-handshakes'
       : !(shared ? shared.beginHandshake(this.#limits.maxHandshakes) : this.#handshakes < this.#limits.maxHandshakes) ? 'too-many-handshakes' : undefined;
     if (refusal) {
       if (counted) shared?.connectionClosed(workload);
@@ -461,11 +478,15 @@ export class ProxyServer {
    */
   #handshake(socket: net.Socket, orig: OrigDst, workload: string): void {
     this.#handshakes++;
+    this.#handshaking.set(workload, (this.#handshaking.get(workload) ?? 0) + 1);
     let done = false;
     const finish = () => {
       if (done) return;
       done = true;
       this.#handshakes--;
+      const n = (this.#handshaking.get(workload) ?? 1) - 1;
+      if (n > 0) this.#handshaking.set(workload, n);
+      else this.#handshaking.delete(workload);
       this.#deps.shared?.endHandshake();
       clearTimeout(timer);
     };

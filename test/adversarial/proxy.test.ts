@@ -352,21 +352,27 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     expect((await denials('handshake-timeout')).length).toBe(before + 1);
   });
 
-  it('handshakes and connections per workload are capped: the one over the cap is closed and audited', async () => {
+  it('handshakes and connections per workload are capped: the one over the cap is closed and audited; no workload takes every handshake slot', async () => {
     const script = path.join(repoRoot, 'test/support/clients/tls-hello.py');
-    // Three stalled handshakes fill --max-handshakes 3; the next connection is closed at once.
-    const stalled = [0, 1, 2].map(() => {
-      const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', cg.alice, 'python3', script, 'stall', HOST, f.host.ipv4, '443', f.bothCas],
+    const stall = (where: string) => {
+      const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', where, 'python3', script, 'stall', HOST, f.host.ipv4, '443', f.bothCas],
         { stdio: ['ignore', 'pipe', 'inherit'] });
       const sent = new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
       const done = new Promise<void>((resolve) => child.once('exit', () => resolve()));
       return { child, sent, done };
-    });
-    await Promise.all(stalled.map((x) => x.sent));
+    };
+    // --max-handshakes 3: one workload may hold one of them (half, rounded
+    // down), so of two stalled handshakes of alice's, one is closed at once.
+    const alice = [stall(cg.alice), stall(cg.alice)];
+    await Promise.race(alice.map((x) => x.done));
+    expect((await denials('too-many-handshakes')).some((e) => e.workload === 'alice')).toBe(true);
+    // Stalled handshakes of three workloads fill all three: the next connection is closed at once.
+    const others = [stall(cg.keyed), stall(cg.crowd)];
+    await Promise.all([...alice, ...others].map((x) => x.sent));
     const probe = open(cg.bob);
     expect((await probe.hello()).error).toBeDefined();
     expect((await denials('too-many-handshakes')).some((e) => e.workload === 'bob')).toBe(true);
-    await Promise.all(stalled.map((x) => x.done));
+    await Promise.all([...alice, ...others].map((x) => x.done));
 
     // Six open connections of one workload fill --max-connections-per-workload 6.
     // One at a time: together they would be more handshakes than --max-handshakes 3.
