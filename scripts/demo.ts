@@ -9,7 +9,7 @@
  * it ends.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createTestHost, type TestHost } from '../test/support/netns.js';
@@ -54,11 +54,14 @@ async function main(): Promise<void> {
     say(`   api ${HOST} at ${host.ipv4}:443 and a plaintext API at ${host.ipv4}:80 (namespace ${host.ns})`);
     say('   keys in /run/wirekey-demo/api-token and /run/wirekey-demo/inventory-key (0600)');
 
-    say('\n== starting wirekey run --policy policies/demo.yaml');
+    // A copy the demo's root owns: the agent refuses a policy file another user could change, as a clone of this repository may be.
+    const policy = path.join(work, 'demo.yaml');
+    copyFileSync(path.join(repoRoot, 'policies/demo.yaml'), policy);
+    say(`\n== starting wirekey run --policy ${policy} (a copy of policies/demo.yaml)`);
     const stateDir = path.join(work, 'state');
     const audit = path.join(work, 'audit.log');
     agent = await startAgent({
-      policy: path.join(repoRoot, 'policies/demo.yaml'),
+      policy,
       stateDir,
       pinDir: '/sys/fs/bpf/wirekey-demo',
       proxyPort: await freePort(),
