@@ -6,15 +6,21 @@ import path from 'node:path';
 import { X509Certificate } from 'node:crypto';
 import { repoRoot, wirekeyBin } from '../support/agent.js';
 import { run } from '../support/shell.js';
+import { ownedCopy, removeCopy } from '../support/paths.js';
 
 const wirekey = (...args: string[]) => run(process.execPath, [wirekeyBin, ...args]);
 
 describe('wirekey validate', () => {
   it('exits 0 for the shipped policies', async () => {
     for (const file of ['policies/demo.yaml', 'policies/examples']) {
-      const r = await wirekey('validate', path.join(repoRoot, file));
-      expect(r.stdout).toBe('');
-      expect(r.code).toBe(0);
+      const copy = ownedCopy(file);
+      try {
+        const r = await wirekey('validate', copy);
+        expect(r.stdout).toBe('');
+        expect(r.code).toBe(0);
+      } finally {
+        removeCopy(copy);
+      }
     }
   });
 

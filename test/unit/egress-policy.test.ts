@@ -3,8 +3,7 @@
  * (each at the line and column to fix), what compilePolicy makes of the
  * rules, and what the matcher the kernel maps and the proxy share allows.
  */
-import { fileURLToPath } from 'node:url';
-import { describe, expect, it } from 'vitest';
+import { afterAll, describe, expect, it } from 'vitest';
 import { validate } from '../../controller/cli/validate.js';
 import { formatEgress } from '../../controller/host/explain.js';
 import { checkPolicy, policyWarnings } from '../../controller/policy/check.js';
@@ -22,8 +21,11 @@ import { loadPolicy } from '../../controller/policy/load.js';
 import { parsePolicyText } from '../../controller/policy/parse.js';
 import type { PlanEgress, PlanEgressRule } from '../../controller/policy/types.js';
 import { parseAddressPrefix } from '../../controller/addresses.js';
+import { ownedCopy, removeCopy } from '../support/paths.js';
 
-const EXAMPLE = fileURLToPath(new URL('../../policies/examples/egress.yaml', import.meta.url));
+// A copy this process owns: the repository may be another user's (see ownedCopy).
+const EXAMPLE = ownedCopy('policies/examples/egress.yaml');
+afterAll(() => removeCopy(EXAMPLE));
 const HEADER = 'apiVersion: wirekey.dev/v1alpha1\n';
 
 /** Two services and a credential; the workload under test follows. */

@@ -3,16 +3,20 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Ajv2020 } from 'ajv/dist/2020.js';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { parseAllDocuments } from 'yaml';
 import { PolicyError, type PolicyDiagnostic } from '../../controller/errors.js';
 import { compilePolicy } from '../../controller/policy/compile.js';
 import { lintPolicyPath, loadPolicy, validatePolicyPath } from '../../controller/policy/load.js';
 import { parsePolicyText } from '../../controller/policy/parse.js';
+import { ownedCopy, removeCopy } from '../support/paths.js';
 
-const EXAMPLE = fileURLToPath(new URL('../../policies/examples/openai-bearer.yaml', import.meta.url));
-const KERNEL_EXAMPLE = fileURLToPath(new URL('../../policies/examples/plaintext-kernel.yaml', import.meta.url));
-const EGRESS_EXAMPLE = fileURLToPath(new URL('../../policies/examples/egress.yaml', import.meta.url));
+// Copies this process owns: the repository may be another user's (see ownedCopy).
+const EXAMPLES = ownedCopy('policies/examples');
+afterAll(() => removeCopy(EXAMPLES));
+const EXAMPLE = join(EXAMPLES, 'openai-bearer.yaml');
+const KERNEL_EXAMPLE = join(EXAMPLES, 'plaintext-kernel.yaml');
+const EGRESS_EXAMPLE = join(EXAMPLES, 'egress.yaml');
 const SCHEMA = fileURLToPath(new URL('../../policies/wirekey.schema.json', import.meta.url));
 
 const HEADER = 'apiVersion: wirekey.dev/v1alpha1\n';
