@@ -13,6 +13,7 @@ import { readRuntimeState } from '../host/runtime-state.js';
 import { checkCapabilities } from '../agent/capabilities.js';
 import { DEFAULT_PROXY_LIMITS } from '../proxy/proxy-server.js';
 import { DEFAULT_H2_LIMITS } from '../proxy/h2.js';
+import { tuneHeapForRelay } from '../proxy/heap.js';
 import { formatDiagnostic, hostWarnings, validate } from './validate.js';
 import { lintPolicyPath } from '../policy/load.js';
 import { LocalCa } from '../tls/local-ca.js';
@@ -215,6 +216,7 @@ program
       // Before any secret is read: no core dump, and no /proc/PID/mem, environ,
       // fd or ptrace access for processes of this uid without CAP_SYS_PTRACE.
       makeNotDumpable();
+      tuneHeapForRelay();
       agent = await Agent.start({
         policyPath: path.resolve(opts.policy),
         stateDir: opts.stateDir,
