@@ -66,6 +66,8 @@ export interface AuditEvent {
   /** The AWS access key id a SigV4 signature used (an identifier, not a secret). */
   accessKeyId?: string;
   reason?: string;
+  /** inject lines: occurrences of the request's credential values the proxy masked in the response (an upstream echoing them). */
+  masked?: number;
   /** close lines: bytes from the workload to the upstream, and back, after the upgrade. */
   bytesUp?: number;
   bytesDown?: number;

@@ -14,6 +14,7 @@ import type { ByteBudget } from './byte-budget.js';
 import { signSigV4, stripQuerySignature, type AwsCredentials } from './sigv4.js';
 import { inferAwsScope } from '../policy/aws-scope.js';
 import { actionInBody, mintingAction } from './aws-minting.js';
+import { IDENTITY_CODING, maskedValues } from './reflection.js';
 import { createHash } from 'node:crypto';
 
 /** Request headers a workload sends that never reach the upstream: it holds no credential, so any it sends is replaced. */
@@ -44,6 +45,12 @@ export interface UpstreamRequest {
    * never reused.
    */
   closeAfter?: boolean;
+  /**
+   * The credential values this request carries upstream, which its
+   * response must not carry back to the workload (masked by the proxy,
+   * see reflection.ts); absent when none is long enough to look for.
+   */
+  masked?: readonly Buffer[];
   /** For audit: the AWS access key id that signed it. */
   accessKeyId?: string;
   /** For audit: the credential's version (KV) and lease. */
@@ -114,6 +121,8 @@ export async function prepareUpstreamRequest(
       // validate refuses such a binding; this guards a policy loaded some other way.
       if (!scope) throw new InjectionRefusal(502, 'sigv4-scope', `cannot tell the AWS service and region of ${opts.host}`);
       const creds = awsCredentials(credential);
+      const masked = creds.sessionToken ? maskedValues([creds.sessionToken.reveal()]) : [];
+      if (masked.length) askIdentity(headers);
       const declared = headerValue(req.rawHeaders, 'x-amz-content-sha256');
       let payloadHash: string;
       let body: Buffer | undefined;
@@ -154,7 +163,10 @@ export async function prepareUpstreamRequest(
         if (err instanceof WirekeyError && err.code === 'WK_SIGV4_REQUEST') throw new InjectionRefusal(400, 'malformed-request', err.message);
         throw err;
       }
-      return provenance({ headers: signed, path: stripQuerySignature(target), body, accessKeyId: creds.accessKeyId, ...(closeAfter ? { closeAfter } : {}) }, credential);
+      return provenance({
+        headers: signed, path: stripQuerySignature(target), body, accessKeyId: creds.accessKeyId,
+        ...(masked.length ? { masked } : {}), ...(closeAfter ? { closeAfter } : {}),
+      }, credential);
     }
   }
 }
@@ -179,8 +191,10 @@ export type HeaderInjectionPlan = Extract<PlanInjection, { kind: 'bearer' | 'hea
 export function injectHeader(req: StreamedRequest, inject: HeaderInjectionPlan, credential: Credential, opts: Pick<InjectOptions, 'host' | 'port'>): UpstreamRequest {
   const { headers, length, closeAfter } = upstreamBase(req, inject.kind === 'header' ? dropSet(inject.name) : CREDENTIAL_HEADERS, opts);
   const line = cachedCredentialHeader(inject, credential);
+  if (line.masked.length) askIdentity(headers);
   headers.push(line.name, line.value.reveal(), ...framingOf(req.unknownLength, length));
   const out: UpstreamRequest = { headers, path: originForm(req.url) };
+  if (line.masked.length) out.masked = line.masked;
   if (closeAfter) out.closeAfter = true;
   return provenance(out, credential);
 }
@@ -233,9 +247,9 @@ function dropSet(name: string): ReadonlySet<string> {
  * object), an injection one binding of one plan (a reload makes new ones).
  * Both keys are weak: nothing is kept for a credential or plan gone.
  */
-const headerCache = new WeakMap<Credential, WeakMap<PlanInjection, CredentialHeader>>();
+const headerCache = new WeakMap<Credential, WeakMap<PlanInjection, CredentialHeader & { masked: readonly Buffer[] }>>();
 
-function cachedCredentialHeader(inject: HeaderInjectionPlan, credential: Credential): CredentialHeader {
+function cachedCredentialHeader(inject: HeaderInjectionPlan, credential: Credential): CredentialHeader & { masked: readonly Buffer[] } {
   let byInjection = headerCache.get(credential);
   if (!byInjection) {
     byInjection = new WeakMap();
@@ -243,7 +257,8 @@ function cachedCredentialHeader(inject: HeaderInjectionPlan, credential: Credent
   }
   let line = byInjection.get(inject);
   if (!line) {
-    line = credentialHeader(inject, credential);
+    const header = credentialHeader(inject, credential);
+    line = { ...header, masked: maskedValues(reflectedValues(inject, credential, header)) };
     byInjection.set(inject, line);
   }
   return line;
@@ -301,6 +316,29 @@ function buildHeader(inject: Extract<PlanInjection, { kind: 'bearer' | 'header' 
       return { name: 'Authorization', value: new Secret(`Basic ${Buffer.from(`${username}:${password.reveal()}`, 'utf8').toString('base64')}`) };
     }
   }
+}
+
+/**
+ * What of a header injection's credential an echoing upstream could send
+ * back: the secret as injected, and for basic authentication the encoded
+ * pair and the password alone.
+ */
+function reflectedValues(inject: HeaderInjectionPlan, credential: Credential, header: CredentialHeader): string[] {
+  if (inject.kind !== 'basic') return [single(credential).reveal()];
+  const value = header.value.reveal();
+  const password = inject.username !== undefined ? single(credential) : field(credential, ['password']);
+  return [value.slice(value.indexOf(' ') + 1), ...(password ? [password.reveal()] : [])];
+}
+
+/**
+ * Replaces an Accept-Encoding the workload sent with `identity`: a
+ * response in a content coding could not be scanned for the credential it
+ * echoes. A request without one is left so (servers answer it uncoded).
+ */
+function askIdentity(headers: string[]): void {
+  if (headerValue(headers, 'accept-encoding') === undefined) return;
+  dropHeader(headers, 'accept-encoding');
+  headers.push('Accept-Encoding', IDENTITY_CODING);
 }
 
 /** `req` with which version of the credential it uses (its version, its lease): for audit, never the value. */

@@ -397,7 +397,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     this.#admission = admission;
     this.#done = done;
     this.#bodyLeft = head.bodyLength;
-    this.#framer = new ResponseFramer(head.method === 'HEAD', head.close);
+    this.#framer = new ResponseFramer(head.method === 'HEAD', head.close, admission.upstream.masked);
     this.#headBytes = serializeRequestHead(head.method, admission.upstream.path, closingHeaders(admission.upstream.headers, admission.upstream.closeAfter));
     this.#up = host.upstreams.lease(admission.partition, session.orig.address, session.orig.port, session.sni, this);
     this.#downBatch = downBatch;
@@ -499,8 +499,11 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
 
   end(): void {
     if (this.#over) return;
-    if (this.#framer.end()) this.#complete();
-    else this.#fail(new Error('the upstream closed the connection before the response ended'));
+    if (this.#framer.end()) {
+      const held = this.#framer.heldAtClose();
+      if (held?.length) this.#down.write(held);
+      this.#complete();
+    } else this.#fail(new Error('the upstream closed the connection before the response ended'));
   }
 
   error(err: Error): void {
@@ -514,6 +517,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   /** The response was forwarded whole. */
   #complete(): void {
     this.#finish();
+    if (this.#framer.masked) this.#admission.masked = this.#framer.masked;
     this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status);
     // A request whose body was not all sent (the upstream answered early) leaves the upstream mid-request, and the workload mid-body.
     const whole = this.#bodyLeft === 0;
@@ -535,6 +539,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     } else {
       // Part of the response is out: it can only be cut. (Or the workload is gone.)
       this.#down.destroy();
+      if (this.#framer.masked) this.#admission.masked = this.#framer.masked;
       if (this.#framer.headSent) this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status, 'response-cut');
       else if (sent) this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status, 'workload-closed');
       this.#done(false);

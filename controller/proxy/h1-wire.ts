@@ -21,6 +21,7 @@
  * dropped, framing stated by the proxy); the body's bytes pass untouched.
  */
 import { METHODS } from 'node:http';
+import { BodyMask, maskText } from '../inject/reflection.js';
 
 /** Largest request or response head (request line or status line and headers), as Node's HTTP server and undici allow by default. */
 export const MAX_HEAD_BYTES = 16 * 1024;
@@ -32,6 +33,8 @@ const MAX_TRAILERS = MAX_HEAD_BYTES;
 
 const CRLF = Buffer.from('\r\n');
 const HEAD_END = Buffer.from('\r\n\r\n');
+/** A chunked body's last-chunk line (trailers and the empty line follow). */
+const LAST_CHUNK = Buffer.from('0\r\n');
 
 /** A request head the fast path takes: HTTP/1.1, an origin-form target, the subset above. */
 export interface FastRequestHead {
@@ -310,15 +313,29 @@ export class ResponseFramer {
   #reusable = true;
   /** The workload's connection must close after this response (it is delimited by the close). */
   #closeDownstream = false;
+  /** The request's credential values, masked in the response (reflection.ts); undefined when none is looked for. */
+  readonly #masked: readonly Buffer[] | undefined;
+  /** The body's scanner, for a response with a body; a chunked one is then framed anew around what it releases. */
+  #mask: BodyMask | undefined;
+  /** Values masked in heads (the body's scanner counts its own). */
+  #maskedInHeads = 0;
+  /** The scanned body is chunked: its chunks are framed anew around what the scanner releases. */
+  #rechunk = false;
 
   /**
    * `headRequest`: the request was HEAD (its response has no body whatever
    * its headers say); `closeAfter`: the workload's connection closes after
    * this response (it asked to), which its head then says.
    */
-  constructor(headRequest: boolean, closeAfter = false) {
+  constructor(headRequest: boolean, closeAfter = false, masked?: readonly Buffer[]) {
     this.#headRequest = headRequest;
     this.#closeAfter = closeAfter;
+    if (masked?.length) this.#masked = masked;
+  }
+
+  /** Occurrences of the credential's values masked so far, heads and body. */
+  get masked(): number {
+    return this.#maskedInHeads + (this.#mask?.masked ?? 0);
   }
 
   /** Whether the upstream connection may serve another exchange (checked once done). */
@@ -359,8 +376,9 @@ export class ResponseFramer {
       this.#pending = buf.subarray(pos);
     };
     while (pos < buf.length) {
-      // Past a final head, what follows is body bytes (framing included) until the response ends.
-      if (bodyStart < 0 && this.#stage !== 'head') bodyStart = pos;
+      // Past a final head, what follows is body bytes (framing included) until the response ends;
+      // a scanned body's content goes through its scanner (#content), framed anew, and its trailer lines masked.
+      if (bodyStart < 0 && this.#stage !== 'head' && !this.#mask) bodyStart = pos;
       switch (this.#stage) {
         case 'head': {
           flushBody();
@@ -383,11 +401,13 @@ export class ResponseFramer {
         }
         case 'length': {
           const n = Math.min(this.#left, buf.length - pos);
+          if (this.#mask) this.#content(result, buf.subarray(pos, pos + n));
           pos += n;
           this.#left -= n;
           if (this.#left === 0) {
             this.#stage = 'done';
             flushBody();
+            this.#contentEnd(result);
             result.done = true;
             return this.#finish(result, buf, pos);
           }
@@ -408,6 +428,11 @@ export class ResponseFramer {
           if (size === 0) {
             this.#stage = 'trailers';
             this.#left = 0;
+            if (this.#mask) {
+              // What was held back goes as the last data chunk, then the last-chunk line, then the trailers.
+              this.#contentEnd(result);
+              result.out.push(LAST_CHUNK);
+            }
           } else {
             this.#stage = 'data';
             this.#left = size;
@@ -416,6 +441,7 @@ export class ResponseFramer {
         }
         case 'data': {
           const n = Math.min(this.#left, buf.length - pos);
+          if (this.#mask) this.#content(result, buf.subarray(pos, pos + n));
           pos += n;
           this.#left -= n;
           if (this.#left === 0) {
@@ -443,6 +469,11 @@ export class ResponseFramer {
           this.#left += eol + 2 - pos;
           if (this.#left > MAX_TRAILERS) throw new ResponseFramingError(`trailer section longer than ${MAX_TRAILERS} bytes`);
           if (line !== '' && !responseField(line)) throw new ResponseFramingError('malformed trailer field');
+          if (this.#mask) {
+            const masked = maskText(line, this.#masked as readonly Buffer[]);
+            if (masked !== line) this.#maskedInHeads++;
+            result.out.push(Buffer.from(`${masked}\r\n`, 'latin1'));
+          }
           pos = eol + 2;
           if (line === '') {
             this.#stage = 'done';
@@ -453,6 +484,7 @@ export class ResponseFramer {
           continue;
         }
         case 'close':
+          if (this.#mask) this.#content(result, buf.subarray(pos));
           pos = buf.length;
           continue;
         case 'done':
@@ -463,6 +495,14 @@ export class ResponseFramer {
     return result;
   }
 
+  /**
+   * A response delimited by the close: what its scanner held back, to send
+   * before the connection closes (once end() said the response is whole).
+   */
+  heldAtClose(): Buffer | undefined {
+    return this.#mask?.end();
+  }
+
   /** The upstream closed its side: the end of a response delimited by the close, else a response cut short. */
   end(): boolean {
     if (this.#stage === 'close') {
@@ -471,6 +511,23 @@ export class ResponseFramer {
       return true;
     }
     return this.#stage === 'done';
+  }
+
+  /** Content bytes of a scanned body: what the scanner releases, framed as a chunk when the response is chunked. */
+  #content(result: FramedChunk, bytes: Buffer): void {
+    const out = (this.#mask as BodyMask).push(bytes);
+    if (out.length) this.#emit(result, out);
+  }
+
+  /** The end of a scanned body's content: what its scanner held back. */
+  #contentEnd(result: FramedChunk): void {
+    const held = this.#mask?.end();
+    if (held?.length) this.#emit(result, held);
+  }
+
+  #emit(result: FramedChunk, bytes: Buffer): void {
+    if (this.#rechunk) result.out.push(Buffer.from(`${bytes.length.toString(16)}\r\n`, 'latin1'), bytes, CRLF);
+    else result.out.push(bytes);
   }
 
   /** Once the response is done: anything after it in the chunk is a broken upstream, never the next response. */
@@ -489,10 +546,20 @@ export class ResponseFramer {
     if (!statusLine) throw new ResponseFramingError('malformed status line');
     const minor = statusLine[1] as string;
     const status = Number(statusLine[2]);
-    const reason = statusLine[3] ?? '';
+    const reason = this.#masked ? maskText(statusLine[3] ?? '', this.#masked) : (statusLine[3] ?? '');
     if (status === 101) throw new ResponseFramingError('a protocol switch nobody asked for');
     /** [name, value, lower-case name, ...] */
     const fields = responseFields(text, eol);
+    if (this.#masked) {
+      for (let f = 1; f < fields.length; f += 3) {
+        const value = fields[f] as string;
+        const masked = maskText(value, this.#masked);
+        if (masked !== value) {
+          fields[f] = masked;
+          this.#maskedInHeads++;
+        }
+      }
+    }
     let length: string | undefined;
     let lengths = 0;
     let codings = 0;
@@ -539,6 +606,10 @@ export class ResponseFramer {
       this.#stage = 'close';
     }
     if (this.#closeAfter && !this.#closeDownstream) framing.push('Connection', 'close');
+    if (this.#masked && this.#stage !== 'done') {
+      this.#mask = new BodyMask(this.#masked);
+      this.#rechunk = this.#stage === 'size';
+    }
     return { bytes: rewriteHead(status, reason, fields, framing, tokens), status, interim: false };
   }
 

@@ -23,6 +23,8 @@ import type { Logger } from '../log.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
 import type { RequestHead } from './request-checks.js';
 import type { StreamedRequest, UpstreamRequest } from '../inject/inject.js';
+import { BodyMask, MaskingStream, maskHeaderPairs } from '../inject/reflection.js';
+import type { Readable, Writable } from 'node:stream';
 import { closingHeaders, downstreamResponseHeaders } from './headers.js';
 import { upstreamFailed } from './refusal-response.js';
 import { neverReuseUnfinished, type PartitionedAgent, type PartitionedRequestOptions } from './upstream.js';
@@ -65,6 +67,8 @@ export interface Admission {
   upstream: UpstreamRequest;
   /** The upstream partition: workload, binding, credential version. */
   partition: string;
+  /** Occurrences of the credential's values masked in the response (set by the path that forwarded it). */
+  masked?: number;
 }
 
 /**
@@ -354,15 +358,15 @@ export class H2Front<S extends H2Connection> {
       this.#host.upstreamLatency(conn, (performance.now() - sentAt) / 1000);
       status = Number(h[':status']);
       const ended = (flags & NGHTTP2_FLAG_END_STREAM) !== 0 || head.method === 'HEAD';
-      if (!this.#respond(stream, status, fromH2Object(h), ended)) {
+      if (!this.#respond(stream, status, maskedHead(admission, fromH2Object(h)), ended)) {
         up.close(NGHTTP2_CANCEL);
         return;
       }
       if (ended) up.resume();
-      else up.pipe(stream);
+      else maskedPipe(admission, up, stream);
     });
     up.on('trailers', (t) => (trailers = t));
-    stream.on('wantTrailers', () => this.#sendTrailers(stream, trailers ? fromH2Object(trailers) : []));
+    stream.on('wantTrailers', () => this.#sendTrailers(stream, trailers ? maskedHead(admission, fromH2Object(trailers)) : []));
     up.once('close', () => {
       const code = up.rstCode ?? NGHTTP2_NO_ERROR;
       // Closed because the workload's stream was (a cancel): nothing to tell it.
@@ -432,7 +436,7 @@ export class H2Front<S extends H2Connection> {
       this.#host.upstreamLatency(conn, (performance.now() - sentAt) / 1000);
       status = r.statusCode ?? 502;
       const ended = head.method === 'HEAD' || status === 204 || status === 304;
-      if (!this.#respond(stream, status, downstreamResponseHeaders(r.rawHeaders), ended)) {
+      if (!this.#respond(stream, status, maskedHead(admission, downstreamResponseHeaders(r.rawHeaders)), ended)) {
         up.destroy();
         return;
       }
@@ -440,9 +444,9 @@ export class H2Front<S extends H2Connection> {
       // A response cut short upstream must not look complete downstream.
       r.once('aborted', () => this.#reset(stream, NGHTTP2_INTERNAL_ERROR));
       if (ended) r.resume();
-      else r.pipe(stream);
+      else maskedPipe(admission, r, stream);
     });
-    stream.on('wantTrailers', () => this.#sendTrailers(stream, res?.rawTrailers ?? []));
+    stream.on('wantTrailers', () => this.#sendTrailers(stream, maskedHead(admission, [...(res?.rawTrailers ?? [])])));
     up.on('error', (err) => {
       if (stream.closed || stream.destroyed) return;
       // Written on a verified TLS connection, the request went out with its credential.
@@ -520,4 +524,27 @@ export class H2Front<S extends H2Connection> {
 function pseudoOf(raw: string[], name: string): string | undefined {
   for (let i = 0; i < raw.length; i += 2) if (raw[i] === name) return raw[i + 1] as string;
   return undefined;
+}
+
+/** A response head's (or trailers') raw pairs with the request's credential values masked (reflection.ts); counted on `admission`. */
+function maskedHead(admission: Admission, raw: string[]): string[] {
+  const values = admission.upstream.masked;
+  if (!values) return raw;
+  const n = maskHeaderPairs(raw, values);
+  if (n) admission.masked = (admission.masked ?? 0) + n;
+  return raw;
+}
+
+/** Pipes a response body to the workload's stream, through the credential mask when the request carried values to mask. */
+function maskedPipe(admission: Admission, from: Readable, to: Writable): void {
+  const values = admission.upstream.masked;
+  if (!values) {
+    from.pipe(to);
+    return;
+  }
+  const masking = new MaskingStream(new BodyMask(values));
+  masking.once('end', () => {
+    if (masking.mask.masked) admission.masked = (admission.masked ?? 0) + masking.mask.masked;
+  });
+  from.pipe(masking).pipe(to);
 }

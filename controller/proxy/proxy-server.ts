@@ -20,6 +20,7 @@ import type { Credential } from '../credentials/credential.js';
 import { ClientHelloReader } from '../tls/client-hello-reader.js';
 import { asStreamedRequest, injectHeader, InjectionRefusal, prepareUpstreamRequest, type StreamedRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
+import { BodyMask, MaskingStream, maskHeaderPairs, maskText } from '../inject/reflection.js';
 import { closingHeaders, downstreamResponseHeaderList, downstreamResponseHeaders } from './headers.js';
 import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
@@ -823,9 +824,14 @@ export class ProxyServer {
     /** undici is writing the request on a verified connection: it goes out with its credential. */
     let sent = false;
     let audited = false;
+    /** The response body's scanner for the credential's values (reflection.ts), once a head with a body came. */
+    let mask: BodyMask | undefined;
+    let maskedInHead = 0;
     const audit = (reason?: InjectOutcome) => {
       if (audited) return;
       audited = true;
+      const masked = maskedInHead + (mask?.masked ?? 0);
+      if (masked) admitted.masked = masked;
       this.#auditSent(session, req, admitted, status, reason);
       if (!reason) this.#deps.observer?.injected(route.workload.name, route.service.name);
     };
@@ -850,8 +856,14 @@ export class ProxyServer {
       onResponseStart: (c, upstreamStatus, headers, statusMessage) => {
         this.#deps.observer?.upstreamLatency(route.workload.name, route.service.name, (performance.now() - sentAt) / 1000);
         status = upstreamStatus;
+        const list = downstreamResponseHeaderList(headers);
+        if (upstream.masked) {
+          maskedInHead = maskHeaderPairs(list, upstream.masked);
+          if (statusMessage !== undefined) statusMessage = maskText(statusMessage, upstream.masked);
+          mask = new BodyMask(upstream.masked);
+        }
         try {
-          res.writeHead(status, statusMessage, downstreamResponseHeaderList(headers));
+          res.writeHead(status, statusMessage, list);
         } catch (err) {
           this.#deps.log.debug('response from %s not forwardable: %s', sni, (err as Error).message);
           audit('response-cut');
@@ -880,7 +892,8 @@ export class ProxyServer {
           res.cork();
           process.nextTick(uncork);
         }
-        if (res.write(chunk)) return;
+        const out = mask ? mask.push(chunk) : chunk;
+        if (!out.length || res.write(out)) return;
         if (remaining > 0) {
           c.pause();
           res.once('drain', () => c.resume());
@@ -890,6 +903,8 @@ export class ProxyServer {
       },
       onResponseEnd: () => {
         settle();
+        const held = mask?.end();
+        if (held?.length) res.write(held);
         res.end();
       },
       onResponseError: (_c, err) => {
@@ -952,9 +967,13 @@ export class ProxyServer {
     /** The request went out with its credential: written on a verified TLS connection (or answered). */
     const sent = () => status > 0 || (upstreamReq?.socket as tls.TLSSocket | null | undefined)?.authorized === true;
     let audited = false;
+    let masking: MaskingStream | undefined;
+    let maskedInHead = 0;
     const audit = (reason?: InjectOutcome) => {
       if (audited) return;
       audited = true;
+      const masked = maskedInHead + (masking?.mask.masked ?? 0);
+      if (masked) admitted.masked = masked;
       this.#auditSent(session, req, admitted, status, reason);
       if (!reason) this.#deps.observer?.injected(route.workload.name, route.service.name);
     };
@@ -969,8 +988,14 @@ export class ProxyServer {
       this.#deps.observer?.upstreamLatency(route.workload.name, route.service.name, (performance.now() - sentAt) / 1000);
       status = upstreamRes.statusCode ?? 502;
       neverReuseUnfinished(upstreamReq, upstreamRes, upstream.body ? undefined : req);
+      const list = downstreamResponseHeaders(upstreamRes.rawHeaders);
+      let statusMessage = upstreamRes.statusMessage;
+      if (upstream.masked) {
+        maskedInHead = maskHeaderPairs(list, upstream.masked);
+        if (statusMessage !== undefined) statusMessage = maskText(statusMessage, upstream.masked);
+      }
       try {
-        res.writeHead(status, upstreamRes.statusMessage, downstreamResponseHeaders(upstreamRes.rawHeaders));
+        res.writeHead(status, statusMessage, list);
       } catch (err) {
         this.#deps.log.debug('response from %s not forwardable: %s', sni, (err as Error).message);
         audit('response-cut');
@@ -984,7 +1009,12 @@ export class ProxyServer {
       if (upstreamRes.headers['content-length'] === undefined) res.flushHeaders();
       // pipe(), not pipeline(): this is the per-request hot path, and
       // pipeline's abort-signal plumbing costs more than the forwarding.
-      upstreamRes.pipe(res);
+      if (upstream.masked) {
+        masking = new MaskingStream(new BodyMask(upstream.masked));
+        upstreamRes.pipe(masking).pipe(res);
+      } else {
+        upstreamRes.pipe(res);
+      }
       upstreamRes.once('error', (err) => {
         this.#deps.log.debug('response stream from %s ended early: %s', sni, err.message);
         audit('response-cut');
@@ -1069,6 +1099,7 @@ export class ProxyServer {
       secureContext: this.#deps.upstreamAgent.options.secureContext,
       path: upstream.path,
       headers: upstream.headers,
+      ...(upstream.masked ? { masked: upstream.masked } : {}),
       idleMs: this.#limits.idleTimeoutMs,
     }, {
       answered: (status) => {
@@ -1302,6 +1333,7 @@ export class ProxyServer {
     event.leaseId = a.upstream.leaseId;
     event.accessKeyId = a.upstream.accessKeyId;
     event.reason = reason;
+    event.masked = a.masked || undefined;
     if (reason) this.#deps.audit.record(event);
     else this.#deps.audit.recordDone(event);
   }

@@ -14,6 +14,7 @@ import type http from 'node:http';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { countHeader, connectionTokens, downstreamResponseHeaders } from './headers.js';
+import { BodyMask, MaskingStream, maskHeaderPairs, maskText } from '../inject/reflection.js';
 import type { Refusal } from '../refusals.js';
 
 /**
@@ -49,6 +50,8 @@ export interface UpgradeTarget {
   path: string;
   /** The injected request's raw headers (hop-by-hop ones already removed). */
   headers: string[];
+  /** The credential values the answer's head (and a refusal's body) must not carry back: masked (reflection.ts). */
+  masked?: readonly Buffer[];
   idleMs: number;
 }
 
@@ -84,6 +87,11 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
     headers: [...target.headers, 'Connection', 'Upgrade', 'Upgrade', 'websocket'] as unknown as http.OutgoingHttpHeaders,
     setHost: false,
   });
+  const masked = (text: string) => (target.masked ? maskText(text, target.masked) : text);
+  const maskedPairs = (raw: string[]) => {
+    if (target.masked) maskHeaderPairs(raw, target.masked);
+    return raw;
+  };
   let answered = false;
   /** A non-101 answer, forwarded as an ordinary response. */
   let ordinary: http.IncomingMessage | undefined;
@@ -104,10 +112,10 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
       return;
     }
     cb.answered(101);
-    const status = `HTTP/1.1 101 ${res.statusMessage || 'Switching Protocols'}\r\n`;
+    const status = `HTTP/1.1 101 ${masked(res.statusMessage || 'Switching Protocols')}\r\n`;
     // Filtered as any response's are (hop-by-hop headers and those its
     // Connection lists dropped), then the two this one hop needs.
-    const kept = downstreamResponseHeaders(res.rawHeaders);
+    const kept = maskedPairs(downstreamResponseHeaders(res.rawHeaders));
     let lines = `Connection: Upgrade\r\nUpgrade: ${res.headers.upgrade ?? 'websocket'}\r\n`;
     for (let i = 0; i < kept.length; i += 2) lines += `${kept[i]}: ${kept[i + 1]}\r\n`;
     client.write(`${status}${lines}\r\n`);
@@ -121,12 +129,13 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
     client.off('close', onEarlyClose);
     const status = res.statusCode ?? 502;
     cb.answered(status);
-    let lines = `HTTP/1.1 ${status} ${res.statusMessage ?? ''}\r\n`;
-    const headers = downstreamResponseHeaders(res.rawHeaders);
+    let lines = `HTTP/1.1 ${status} ${masked(res.statusMessage ?? '')}\r\n`;
+    const headers = maskedPairs(downstreamResponseHeaders(res.rawHeaders));
     for (let i = 0; i < headers.length; i += 2) lines += `${headers[i]}: ${headers[i + 1]}\r\n`;
     // Without Content-Length the body is delimited by the close.
     client.write(`${lines}connection: close\r\n\r\n`);
-    res.pipe(client);
+    if (target.masked) res.pipe(new MaskingStream(new BodyMask(target.masked))).pipe(client);
+    else res.pipe(client);
     res.once('error', () => client.destroy());
     client.once('close', () => upstreamReq.destroy());
   });

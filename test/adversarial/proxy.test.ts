@@ -290,6 +290,40 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     expect(await f.recordsSince(before)).toEqual([]);
   });
 
+  it('reflection: an upstream that echoes the request gives the credential back masked, in its head, in a body cut inside it, chunked, and over HTTP/2', async () => {
+    const alice = open(cg.alice);
+    const keyed = open(cg.keyed);
+    const stars = (t: string) => '*'.repeat(t.length);
+    const cases: Array<[TlsSession, string, string, string]> = [
+      [alice, 'GET', request('GET', '/reflect'), tokens.alice],
+      [alice, 'GET', request('GET', '/reflect?split=mid'), tokens.alice],
+      // A coded body could not be scanned: the upstream is asked for identity.
+      [alice, 'GET', request('GET', '/reflect?split=mid', ['Accept-Encoding: gzip']), tokens.alice],
+      // A chunked upload takes Node's server path and undici.
+      [alice, 'POST', `${request('POST', '/reflect?split=mid', ['Transfer-Encoding: chunked'])}3\r\nabc\r\n0\r\n\r\n`, tokens.alice],
+      [keyed, 'GET', request('GET', '/reflect?split=mid'), tokens.keyed],
+    ];
+    for (const [session, method, bytes, token] of cases) {
+      session.send(bytes);
+      const r = await session.read(method);
+      expect(r.status, bytes).toBe(200);
+      expect(leaked(JSON.stringify(r)), bytes).toEqual([]);
+      expect(r.body, bytes).toContain(stars(token));
+      expect(r.headers?.find(([n]) => n.toLowerCase() === 'x-reflected')?.[1], bytes).toContain(stars(token));
+      expect(r.headers?.some(([n]) => n.toLowerCase() === 'content-encoding'), bytes).toBe(false);
+      if (bytes.includes('gzip')) expect(r.body, bytes).toContain('"Accept-Encoding","identity"');
+    }
+    const h2 = await runInCgroup(cg.alice, 'curl', ['-sS', '--http2', '-D', '-', '--cacert', f.bothCas, '--resolve', `${HOST}:443:${f.host.ipv4}`, `https://${HOST}/reflect?split=mid`]);
+    expect(h2.stdout).toContain('HTTP/2 200');
+    expect(leaked(h2.stdout + h2.stderr)).toEqual([]);
+    expect(h2.stdout).toContain(stars(tokens.alice));
+    // Each response says in its audit line that it was masked: the head's X-Reflected and the body.
+    await f.settled();
+    const lines = audit().filter((e) => e.decision === 'inject' && e.path === '/reflect');
+    expect(lines).toHaveLength(cases.length + 1);
+    for (const l of lines) expect(l.masked).toBeGreaterThanOrEqual(2);
+  });
+
   it('methods that echo and routing hints: TRACE, TRACK and overrides naming them refused; Forwarded and X-Forwarded-* never reach the upstream', async () => {
     const before = f.upstream.records.length;
     // TRACK is not a method Node's parser knows: refused as malformed before any check.

@@ -27,6 +27,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
+import { gzipSync } from 'node:zlib';
 import { WebSocketServer } from 'ws';
 
 const { values } = parseArgs({
@@ -91,6 +92,8 @@ const server = (values.plain ? http.createServer : https.createServer)(
       if (timed) return timedEvents(res, Number(timed[1]), Number(timed[2]));
       const bytes = /^\/bytes\/(\d+)(?:\?close=(length|eof))?$/.exec(req.url);
       if (bytes) return sendBytes(res, Number(bytes[1]), bytes[2]);
+      const reflect = /^\/reflect(?:\?split=mid)?$/.exec(req.url);
+      if (reflect) return reflectHeaders(req, res, req.url.endsWith('split=mid'));
       if (req.url === '/echo' || req.url === '/stored') {
         if (req.url === '/echo') stored.push(Buffer.concat(chunks));
         const echoed = req.url === '/echo' ? Buffer.concat(chunks) : Buffer.concat(stored);
@@ -103,6 +106,30 @@ const server = (values.plain ? http.createServer : https.createServer)(
     });
   },
 );
+// GET or POST /reflect answers with the request's headers as JSON, as debug
+// endpoints do (the credential among them), and the Authorization or
+// X-Api-Key value again in an X-Reflected header. With ?split=mid the body
+// goes chunked, in two writes cut inside the credential's value; a request
+// that accepts gzip gets the body gzip-coded.
+function reflectHeaders(req, res, mid) {
+  const body = Buffer.from(JSON.stringify({ headers: req.rawHeaders }));
+  const value = req.headers.authorization ?? req.headers['x-api-key'] ?? '';
+  const headers = { 'content-type': 'application/json', 'x-reflected': value };
+  if (/\bgzip\b/.test(req.headers['accept-encoding'] ?? '')) {
+    const coded = gzipSync(body);
+    res.writeHead(200, { ...headers, 'content-encoding': 'gzip', 'content-length': coded.length });
+    return res.end(coded);
+  }
+  if (!mid) {
+    res.writeHead(200, { ...headers, 'content-length': body.length });
+    return res.end(body);
+  }
+  const at = value ? body.indexOf(value.slice(-12)) + 5 : body.length >> 1;
+  res.writeHead(200, headers);
+  res.write(body.subarray(0, at));
+  setImmediate(() => res.end(body.subarray(at)));
+}
+
 // GET /sse-timed/COUNT/GAP_MS (for bench/): COUNT events GAP_MS apart, the
 // first at once, each stamped with the wall-clock time (ms, fractional) it
 // was written, so a reader on the same host can tell how long it took.

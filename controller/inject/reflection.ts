@@ -1,0 +1,167 @@
+/**
+ * Credential reflection guard: the credential a request carried upstream
+ * must not come back to the workload in the response. An upstream that
+ * echoes request headers (a debug endpoint, an error page quoting the
+ * request, a `/headers` route) would otherwise hand the workload the very
+ * value the proxy keeps from it.
+ *
+ * Every occurrence of an injected value in a response's head field values
+ * and in its body (as the workload reads it: the body's content, not its
+ * chunk framing) is overwritten with `*`, byte for byte, so that lengths
+ * and framing stay true. A body is scanned as a stream: the bytes at the
+ * end of what arrived that could begin a value are held back until the
+ * next bytes say whether they do (or the body ends), so a value split
+ * across reads, TLS records or chunks is found all the same, and nothing
+ * is held back when the last bytes cannot begin one.
+ *
+ * What it cannot see: a body in a content coding (the proxy asks the
+ * upstream for `identity` in place of any Accept-Encoding the workload
+ * sent; an upstream that compresses anyway is passed through), a value the upstream transformed
+ * (re-encoded, escaped, split by markup), and WebSocket messages after the
+ * upgrade. The kernel datapath never sees responses at all.
+ */
+
+import { Transform, type TransformCallback } from 'node:stream';
+
+/** Values shorter than this are not looked for: masking every occurrence of a few common bytes would corrupt bodies. */
+export const MIN_MASKED_BYTES = 8;
+
+/** The byte a reflected value's bytes are replaced with. */
+const MASK_BYTE = 0x2a; // '*'
+
+/** The Accept-Encoding the proxy sends upstream in place of the workload's, so that the response can be scanned. */
+export const IDENTITY_CODING = 'identity';
+
+/** The values worth looking for among `values`: long enough, once each. */
+export function maskedValues(values: readonly string[]): Buffer[] {
+  const seen = new Set<string>();
+  const out: Buffer[] = [];
+  for (const v of values) {
+    if (seen.has(v)) continue;
+    seen.add(v);
+    const b = Buffer.from(v, 'latin1');
+    if (b.length >= MIN_MASKED_BYTES) out.push(b);
+  }
+  return out;
+}
+
+/**
+ * `text` (a head field value, read as latin1) with every occurrence of
+ * `values` masked; `text` itself when none occurs (the common case).
+ */
+export function maskText(text: string, values: readonly Buffer[]): string {
+  let out = text;
+  for (const v of values) {
+    const needle = v.toString('latin1');
+    if (!out.includes(needle)) continue;
+    out = out.split(needle).join('*'.repeat(needle.length));
+  }
+  return out;
+}
+
+/** Masks raw `[name, value, ...]` header pairs in place; returns how many values it changed. */
+export function maskHeaderPairs(raw: string[], values: readonly Buffer[]): number {
+  let n = 0;
+  for (let i = 1; i < raw.length; i += 2) {
+    const v = raw[i] as string;
+    const m = maskText(v, values);
+    if (m !== v) {
+      raw[i] = m;
+      n++;
+    }
+  }
+  return n;
+}
+
+/**
+ * One response body's scanner. push() takes the body's content bytes in
+ * order and returns those that may go to the workload now (masked where a
+ * value occurs), holding back what could begin a value; end() returns what
+ * was held back once the body is over.
+ */
+export class BodyMask {
+  readonly #values: readonly Buffer[];
+  readonly #longest: number;
+  /** Bytes held back: a proper prefix of some value, not yet sent. */
+  #held: Buffer | undefined;
+  /** Occurrences masked so far. */
+  masked = 0;
+
+  constructor(values: readonly Buffer[]) {
+    this.#values = values;
+    this.#longest = values.reduce((m, v) => Math.max(m, v.length), 0);
+  }
+
+  push(chunk: Buffer): Buffer {
+    if (!chunk.length) return chunk;
+    // Only the held bytes are copied in front of the chunk; the chunk is
+    // copied again only if a value occurs in it (a body from the upstream
+    // is never written to: a chunk may be a slice of a buffer still in use).
+    let buf = this.#held ? Buffer.concat([this.#held, chunk]) : chunk;
+    const owned = buf !== chunk;
+    this.#held = undefined;
+    let copied = owned;
+    for (const v of this.#values) {
+      let at = buf.indexOf(v);
+      while (at >= 0) {
+        if (!copied) {
+          buf = Buffer.from(buf);
+          copied = true;
+        }
+        buf.fill(MASK_BYTE, at, at + v.length);
+        this.masked++;
+        at = buf.indexOf(v, at + v.length);
+      }
+    }
+    const keep = this.#heldBack(buf);
+    if (keep === 0) return buf;
+    // The held bytes are copied: `buf` may be the upstream's buffer.
+    this.#held = Buffer.from(buf.subarray(buf.length - keep));
+    return buf.subarray(0, buf.length - keep);
+  }
+
+  /** The bytes held back, once the body has ended (they began no value). */
+  end(): Buffer | undefined {
+    const held = this.#held;
+    this.#held = undefined;
+    return held;
+  }
+
+  /** The length of the longest suffix of `buf` that is a proper prefix of a value. */
+  #heldBack(buf: Buffer): number {
+    let best = 0;
+    const from = Math.max(0, buf.length - this.#longest + 1);
+    for (const v of this.#values) {
+      const first = v[0] as number;
+      // Candidates start where the value's first byte is, the longest first.
+      for (let p = Math.max(from, buf.length - v.length + 1); p < buf.length; p++) {
+        const n = buf.length - p;
+        if (n <= best) break;
+        if (buf[p] === first && buf.compare(v, 0, n, p, buf.length) === 0) {
+          best = n;
+          break;
+        }
+      }
+    }
+    return best;
+  }
+}
+
+/** A BodyMask as a stream, for bodies that are piped. */
+export class MaskingStream extends Transform {
+  readonly mask: BodyMask;
+
+  constructor(mask: BodyMask) {
+    super();
+    this.mask = mask;
+  }
+
+  override _transform(chunk: Buffer, _encoding: BufferEncoding, done: TransformCallback): void {
+    const out = this.mask.push(chunk);
+    done(null, out.length ? out : undefined);
+  }
+
+  override _flush(done: TransformCallback): void {
+    done(null, this.mask.end());
+  }
+}
