@@ -5,7 +5,7 @@
  * exposition.
  */
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AgentMetrics, type MapUsage, type MetricsSources } from '../../controller/metrics/agent-metrics.js';
@@ -220,9 +220,10 @@ describe('agent metrics', () => {
 
   it('the audit log writable: 0 once a write failed, 1 again once one succeeds; 0 before there is one', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-metrics-'));
-    const target = path.join(dir, 'audit.log');
-    // Writes to /dev/full fail (ENOSPC), as on a full disk.
-    symlinkSync('/dev/full', target);
+    // Writes to /dev/full fail (ENOSPC), as on a full disk. Reached through a linked directory: the audit file itself may not be a link.
+    const logs = path.join(dir, 'logs');
+    symlinkSync('/dev', logs);
+    const target = path.join(logs, 'full');
     let audit: AuditLog | undefined;
     const failures: string[] = [];
     const m = new AgentMetrics(fakeSources({ auditWritable: () => audit?.writable }), { processMetrics: false });
@@ -234,7 +235,8 @@ describe('agent metrics', () => {
       expect(failures).toEqual(['ENOSPC']);
       expect(sample((await m.render()).body, 'wirekey_audit_log_writable')).toBe(0);
       // Room again (a new file by the same path, reopened as after logrotate): the next write succeeds.
-      rmSync(target);
+      rmSync(logs);
+      mkdirSync(logs);
       writeFileSync(target, '', { mode: 0o600 });
       audit.reopen();
       expect(sample((await m.render()).body, 'wirekey_audit_log_writable')).toBe(0);
