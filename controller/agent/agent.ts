@@ -25,7 +25,7 @@ import { identityTables } from '../datapath/identity-tables.js';
 import { discardRuntimeState, retireRuntimeState, runtimeStatePath, type RuntimeState } from '../host/runtime-state.js';
 import { DEFAULT_PROXY_LIMITS, ProxyServer, type ProxyLimits } from '../proxy/proxy-server.js';
 import { ProxyWorkers } from './proxy-workers.js';
-import { failedAfterSwitch, firstLine, kernelNotRestored, reloadThrew, type FailedStep } from './reload-outcome.js';
+import { failedAfterSwitch, firstLine, kernelNotRestored, reloadMetricResult, reloadThrew, type FailedStep } from './reload-outcome.js';
 import { reusePortListener } from '../datapath/reuse-port.js';
 import { createUpstreamAgent, upstreamSecureContext } from '../proxy/upstream.js';
 import { UpstreamH2Pool } from '../proxy/upstream-h2.js';
@@ -441,8 +441,8 @@ export class Agent {
       } catch (err) {
         result = reloadThrew(this.#policyHash(), err);
         this.#log.error('policy reload failed: %s', result.failed);
-        this.#metrics.reloaded(false);
       }
+      this.#metrics.reloaded(reloadMetricResult(result));
       if (result.failed) notifier?.ready(`reload failed: ${result.failed}`);
       else if (result.applied) notifier?.ready(this.#readyStatus());
       else notifier?.ready(`policy refused, previous in force: ${this.#readyStatus().replace(/^ready: /, '')}; ${result.problems[0] ?? ''}` +
@@ -497,7 +497,6 @@ export class Agent {
       const lines = err instanceof PolicyError ? err.diagnostics.map((d) => `${d.file}:${d.line}:${d.column}: ${d.message}`) : (err as Error).message.split('\n');
       this.#log.error('policy reload failed, keeping the running policy: %d problem(s)', lines.length);
       for (const line of lines) this.#log.error('policy: %s', line);
-      this.#metrics.reloaded(false);
       return refused(lines);
     }
     const datapath = this.#datapath;
@@ -512,7 +511,6 @@ export class Agent {
       const problem = `cannot resolve the workloads' selectors: ${firstLine(err)}`;
       this.#log.error('policy reload failed, keeping the running policy: %s', problem);
       await next.credentials.retire(this.#credentials);
-      this.#metrics.reloaded(false);
       return refused([problem]);
     }
     const previous = { ports: this.#routes.portBindings(), identity: identityTables(this.#resolved) };
@@ -546,7 +544,6 @@ export class Agent {
       await restore('kernel datapath bindings', () => this.#kernelBindings?.apply(this.#plan, this.#credentials));
       if (renumbered && !unfinished) await restore('connection records', () => this.#endRenumbering(datapath));
       await next.credentials.retire(this.#credentials);
-      this.#metrics.reloaded(false);
       if (unrestored.length) {
         const result = kernelNotRestored(this.#policyHash(), planHash(next.plan), firstLine(err), unrestored);
         this.#log.error('policy reload failed: %s', result.failed);
@@ -588,7 +585,6 @@ export class Agent {
     this.#lastPlan = next.plan;
     const change = describeChange(before, next.plan);
     this.#metrics.policyApplied(planHash(next.plan));
-    this.#metrics.reloaded(true);
     if (failures.length) {
       const result = failedAfterSwitch(planHash(next.plan), change, failures);
       this.#log.error('policy reloaded with failures: %s; %s', change, result.failed);

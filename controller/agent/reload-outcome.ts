@@ -6,6 +6,7 @@
  * new policy into the kernel first, then into the proxy.
  */
 import type { ReloadResult } from './agent.js';
+import type { ReloadMetricResult } from '../metrics/agent-metrics.js';
 
 /** A step after the switch that failed, and what that leaves wrong while the new policy is in force. */
 export interface FailedStep {
@@ -51,6 +52,16 @@ export function reloadThrew(policy: string, err: unknown): ReloadResult {
     problems: [message],
     failed: `${message}; policy ${policy} is in force, perhaps only partly (see the log); reload again or restart the agent`,
   };
+}
+
+/**
+ * How wirekey_policy_reloads_total counts `result`: failed when the reload
+ * failed once the switch had begun (kernelNotRestored, failedAfterSwitch,
+ * reloadThrew), whichever policy is in force; applied; or refused.
+ */
+export function reloadMetricResult(result: ReloadResult): ReloadMetricResult {
+  if (result.failed !== undefined) return 'failed';
+  return result.applied ? 'applied' : 'refused';
 }
 
 /** The first line of an error's message. */

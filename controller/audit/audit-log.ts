@@ -3,7 +3,8 @@
  * kernel's identity of the caller. Never the secret; never the query string,
  * which often carries one.
  */
-import { openSync, writeSync, closeSync } from 'node:fs';
+import { openSync, writeSync, closeSync, fstatSync, fchmodSync, lstatSync, constants } from 'node:fs';
+import { WirekeyError } from '../errors.js';
 
 /**
  * inject: a request got its credential; deny: a request or connection was
@@ -122,12 +123,13 @@ export class AuditLog implements AuditSink {
   /**
    * `target` is a file path (appended, created 0600) or '-' for stdout.
    * `onError` hears of a write that failed, once per failure run.
-   * @throws the open error of the file.
+   * @throws WirekeyError WK_AUDIT_FILE when the path is a symbolic link or
+   * the file cannot be made 0600; otherwise the open error of the file.
    */
   constructor(target: string, onError: (err: Error) => void = () => {}) {
     this.#target = target;
     this.#onError = onError;
-    if (target !== '-') this.#fd = openSync(target, 'a', 0o600);
+    if (target !== '-') this.#fd = openAuditFile(target);
     // A reader that went away (EPIPE) is a failed sink, not a crash.
     else process.stdout.on('error', (err) => this.#fail(err));
   }
@@ -178,12 +180,12 @@ export class AuditLog implements AuditSink {
    * Opens the file again by its path (after logrotate moved it away): lines
    * from now on go to the new file. A file that cannot be opened leaves the
    * old one in use. No-op for stdout.
-   * @throws the open error.
+   * @throws as the constructor does.
    */
   reopen(): void {
     if (this.#fd === null) return;
     this.#flush();
-    const fd = openSync(this.#target, 'a', 0o600);
+    const fd = openAuditFile(this.#target);
     const old = this.#fd;
     this.#fd = fd;
     closeSync(old);
@@ -242,6 +244,54 @@ export class AuditLog implements AuditSink {
   #fail(err: Error): void {
     if (!this.#failure) this.#onError(err);
     this.#failure = err;
+  }
+}
+
+/**
+ * Opens `target` for appending, created 0600. Not through a symbolic link:
+ * whoever could put one at the path would choose where the audit trail goes.
+ * A regular file open to group or others is made 0600: its lines say which
+ * workload used which credential, and nobody else should add or change one.
+ * @throws WirekeyError WK_AUDIT_FILE when `target` is a symbolic link or its
+ * mode cannot be changed; otherwise the open error.
+ */
+function openAuditFile(target: string): number {
+  let fd: number;
+  try {
+    fd = openSync(target, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);
+  } catch (err) {
+    // O_NOFOLLOW fails with ELOOP when the last component is a link; ELOOP can also mean a loop further up.
+    if ((err as NodeJS.ErrnoException).code === 'ELOOP' && isSymlink(target)) {
+      throw new WirekeyError('WK_AUDIT_FILE',
+        `audit log ${target} is a symbolic link: it is not followed (whoever can replace it chooses where audit lines go); give the file's own path`,
+        { cause: err });
+    }
+    throw err;
+  }
+  try {
+    const st = fstatSync(fd);
+    // Only a regular file: a device (/dev/null) or a FIFO is not ours to change.
+    if (st.isFile() && (st.mode & 0o077) !== 0) {
+      try {
+        fchmodSync(fd, 0o600);
+      } catch (err) {
+        throw new WirekeyError('WK_AUDIT_FILE',
+          `audit log ${target} has mode ${(st.mode & 0o777).toString(8).padStart(4, '0')} and cannot be made 0600: ${(err as Error).message}`,
+          { cause: err });
+      }
+    }
+  } catch (err) {
+    closeSync(fd);
+    throw err;
+  }
+  return fd;
+}
+
+function isSymlink(file: string): boolean {
+  try {
+    return lstatSync(file).isSymbolicLink();
+  } catch {
+    return false;
   }
 }
 

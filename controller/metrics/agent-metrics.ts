@@ -70,6 +70,16 @@ const LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10
 const VAULT_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const DEFAULT_MAP_USAGE_INTERVAL_MS = 5000;
 
+/**
+ * How a reload ended, as wirekey_policy_reloads_total's `result`: applied;
+ * refused (before the switch to the new policy, or with the switch undone
+ * whole: the running policy stays in force); failed (once the switch had
+ * begun: the new policy is in force but a step after it failed, or the
+ * previous one is only partly in force, or the reload threw).
+ */
+export type ReloadMetricResult = 'applied' | 'refused' | 'failed';
+const RELOAD_RESULTS: readonly ReloadMetricResult[] = ['applied', 'refused', 'failed'];
+
 /** The kernel counters that are refusals, and the code each is counted under. */
 const KERNEL_REFUSALS = (
   ['refusedHeadSize', 'refusedMalformed', 'refusedTransferEncoding', 'refusedUpgrade', 'refusedHeaderPresent', 'refusedContentLength',
@@ -350,14 +360,15 @@ export class AgentMetrics implements ProxyObserver {
     // Policy and lifecycle.
     this.#reloads = new Counter({
       name: 'wirekey_policy_reloads_total',
-      help: 'Policy reloads, by result (applied, or refused: the running policy stays in force)',
+      help: 'Policy reloads, by result: applied; refused (the running policy stays in force); failed (once the switch to the new policy had begun: ' +
+        'it is in force but a later step failed, or the previous one is only partly in force)',
       labelNames: ['result'] as const,
       registers,
     });
-    for (const result of ['applied', 'refused']) this.#reloads.inc({ result }, 0);
+    for (const result of RELOAD_RESULTS) this.#reloads.inc({ result }, 0);
     this.#lastReload = new Gauge({
       name: 'wirekey_policy_last_reload_successful',
-      help: 'Whether the last reload was applied (1) or refused (0); 1 before any reload',
+      help: 'Whether the last reload was applied (1), or refused or failed (0); 1 before any reload',
       registers,
     });
     this.#lastReload.set(1);
@@ -369,7 +380,7 @@ export class AgentMetrics implements ProxyObserver {
     });
     this.#policyAppliedAt = new Gauge({
       name: 'wirekey_policy_last_applied_timestamp_seconds',
-      help: 'When the policy in force was applied (at start, or by the last applied reload), in seconds since the epoch; 0 before one is',
+      help: 'When the policy in force was applied (at start, or by the last reload that put it in force, failed steps after the switch included), in seconds since the epoch; 0 before one is',
       registers,
     });
     new Gauge({
@@ -484,9 +495,10 @@ export class AgentMetrics implements ProxyObserver {
     this.#policyAppliedAt.set(this.#now() / 1000);
   }
 
-  reloaded(applied: boolean): void {
-    this.#reloads.inc({ result: applied ? 'applied' : 'refused' });
-    this.#lastReload.set(applied ? 1 : 0);
+  /** A reload ended with `result` (see ReloadMetricResult). */
+  reloaded(result: ReloadMetricResult): void {
+    this.#reloads.inc({ result });
+    this.#lastReload.set(result === 'applied' ? 1 : 0);
   }
 
   // ---- internals -------------------------------------------------------------------

@@ -250,13 +250,84 @@ function validateDocument(
     );
   }
   const validate = validators.get(kind)!;
-  if (!validate(data)) {
+  const valid = validate(data);
+  const errors = valid ? [] : (validate.errors ?? []);
+  // A number where the schema refused its type, or inside an unknown field, is in no integer field: those errors say what to do.
+  const notFields = errors.flatMap((e) => e.keyword === 'type' ? [e.instancePath]
+    : e.keyword === 'additionalProperties' ? [`${e.instancePath}${pointerOf([String((e.params as { additionalProperty?: unknown }).additionalProperty)])}`]
+      : []);
+  const literals = numberLiterals(doc).filter((l) => {
+    const at = pointerOf(l.path);
+    return !notFields.some((p) => at === p || at.startsWith(`${p}/`));
+  });
+  if (!valid || literals.length > 0) {
     const label = documentLabel(kind, data);
-    return { diagnostics: schemaDiagnostics(validate.errors ?? [], data, locate, label) };
+    // Range errors on a number written as 0x1bb would judge a value that was probably not meant.
+    const literalAt = new Set(literals.map((l) => pointerOf(l.path)));
+    return {
+      diagnostics: [
+        ...schemaDiagnostics(errors.filter((e) => !literalAt.has(e.instancePath)), data, locate, label),
+        ...literals.map((l) => ({ ...locate(l.path), message: `${label}: ${formatPath(l.path)}: ${literalMessage(l)}` })),
+      ],
+    };
   }
   const document = { ...data, source } as unknown as PolicyDoc;
   locators.set(document, (path) => locate(path));
   return { document };
+}
+
+/** A number written otherwise than in decimal digits. */
+interface NumberLiteral {
+  path: PolicyPath;
+  source: string;
+  value: number;
+}
+
+/**
+ * Every whole number in the document written otherwise than as decimal
+ * digits (with an optional '-'): YAML 1.2 reads `0x1bb` and `443.0` as 443,
+ * `0o673` as 443, `1e3` as 1000 and `+443` as 443, none of which a policy
+ * author probably meant for a port or a uid. Every number field of the
+ * schema is an integer; the caller drops those where the schema wants no
+ * number.
+ */
+function numberLiterals(doc: Document.Parsed): NumberLiteral[] {
+  const out: NumberLiteral[] = [];
+  const seen = new Set<unknown>();
+  const visit = (node: unknown, path: PolicyPath): void => {
+    if (isAlias(node)) node = node.resolve(doc);
+    if (isScalar(node)) {
+      const source = node.source;
+      // A value with a fraction (1.5, .inf) is no integer: the schema's type error says so.
+      if (typeof node.value === 'number' && Number.isInteger(node.value) && typeof source === 'string' && !DECIMAL.test(source)) {
+        out.push({ path, source, value: node.value });
+      }
+      return;
+    }
+    // An alias may name a collection it is inside of.
+    if (seen.has(node)) return;
+    seen.add(node);
+    if (isMap(node)) {
+      for (const pair of node.items) if (isScalar(pair.key)) visit(pair.value, [...path, String(pair.key.value)]);
+    } else if (isSeq(node)) {
+      node.items.forEach((item, i) => visit(item, [...path, i]));
+    }
+    seen.delete(node);
+  };
+  visit(doc.contents, []);
+  return out;
+}
+
+const DECIMAL = /^-?[0-9]+$/;
+
+function literalMessage(l: NumberLiteral): string {
+  const reading = Number.isSafeInteger(l.value) ? `: YAML reads ${l.source} as ${l.value} (write ${l.value} if that is what is meant)` : '';
+  return `must be an integer written in decimal digits${reading}`;
+}
+
+/** The JSON pointer of `path`, as Ajv's instancePath gives it. */
+function pointerOf(path: PolicyPath): string {
+  return path.map((s) => `/${String(s).replaceAll('~', '~0').replaceAll('/', '~1')}`).join('');
 }
 
 function isKind(value: unknown): value is Kind {

@@ -1,5 +1,5 @@
-import { afterEach, describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -21,6 +21,62 @@ describe('AuditLog.recordBatch', () => {
     log.recordBatch([]);
     log.close();
     expect(readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(3);
+  });
+});
+
+describe('AuditLog file', () => {
+  let dir = '';
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'wirekey-audit-file-'));
+  });
+  afterEach(() => rmSync(dir, { recursive: true, force: true }));
+
+  it('refuses a symbolic link at the audit path, at start and on reopen, naming the path; the link\'s target is untouched', () => {
+    const elsewhere = path.join(dir, 'elsewhere');
+    writeFileSync(elsewhere, '');
+    const file = path.join(dir, 'audit.log');
+    symlinkSync(elsewhere, file);
+    expect(() => new AuditLog(file)).toThrow(expect.objectContaining({
+      code: 'WK_AUDIT_FILE',
+      message: expect.stringMatching(new RegExp(`^audit log ${file} is a symbolic link`)) as unknown,
+    }));
+
+    rmSync(file);
+    const log = new AuditLog(file);
+    log.record({ decision: 'inject', workload: 'before' });
+    // logrotate moved the file; someone put a link in its place.
+    rmSync(file);
+    symlinkSync(elsewhere, file);
+    expect(() => log.reopen()).toThrow(/is a symbolic link/);
+    // The old file stays in use.
+    log.record({ decision: 'inject', workload: 'after' });
+    log.close();
+    expect(readFileSync(elsewhere, 'utf8')).toBe('');
+  });
+
+  it('creates the file 0600, and makes an existing file open to group or others 0600, at start and on reopen', () => {
+    const file = path.join(dir, 'audit.log');
+    new AuditLog(file).close();
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+
+    writeFileSync(file, '{"earlier":true}\n', { mode: 0o644 });
+    chmodSync(file, 0o664);
+    const log = new AuditLog(file);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+
+    rmSync(file);
+    writeFileSync(file, '');
+    chmodSync(file, 0o604);
+    log.reopen();
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+    log.record({ decision: 'inject', workload: 'a' });
+    log.close();
+    expect(readFileSync(file, 'utf8')).toContain('"workload":"a"');
+
+    // A mode with no group or other bits is left as it is.
+    chmodSync(file, 0o700);
+    new AuditLog(file).close();
+    expect(statSync(file).mode & 0o777).toBe(0o700);
   });
 });
 

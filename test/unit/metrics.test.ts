@@ -5,7 +5,7 @@
  * exposition.
  */
 import { describe, expect, it } from 'vitest';
-import { mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync, utimesSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AgentMetrics, type MapUsage, type MetricsSources } from '../../controller/metrics/agent-metrics.js';
@@ -13,6 +13,8 @@ import { FileCredentialSource } from '../../controller/credentials/file-source.j
 import { AuditLog } from '../../controller/audit/audit-log.js';
 import type { CredentialState } from '../../controller/credentials/credential.js';
 import { WK_HTTP_STATS, type HttpStatName } from '../../controller/datapath/layout.js';
+import type { ReloadResult } from '../../controller/agent/agent.js';
+import { failedAfterSwitch, kernelNotRestored, reloadMetricResult, reloadThrew } from '../../controller/agent/reload-outcome.js';
 
 /** The value of the sample `name{labels}` (labels as written, in prom-client's order), or undefined. */
 function sample(text: string, series: string): number | undefined {
@@ -168,16 +170,18 @@ describe('agent metrics', () => {
     let body = (await m.render()).body;
     expect(sample(body, 'wirekey_policy_reloads_total{result="applied"}')).toBe(0);
     expect(sample(body, 'wirekey_policy_reloads_total{result="refused"}')).toBe(0);
+    expect(sample(body, 'wirekey_policy_reloads_total{result="failed"}')).toBe(0);
+    expect(sample(body, 'wirekey_policy_last_reload_successful')).toBe(1);
     expect(sample(body, 'wirekey_ready')).toBe(0);
     m.vaultRequest({ connection: 'main', operation: 'login', seconds: 0.02 });
     m.vaultRequest({ connection: 'main', operation: 'read', seconds: 0.004 });
     m.vaultRequest({ connection: 'main', operation: 'read', seconds: 10.5, error: 'unreachable' });
     m.vaultRequest({ connection: 'main', operation: 'read', seconds: 0.01, error: '403' });
     m.policyApplied('aaaaaaaaaaaa');
-    m.reloaded(false);
+    m.reloaded('refused');
     m.policyApplied('bbbbbbbbbbbb');
-    m.reloaded(true);
-    m.reloaded(false);
+    m.reloaded('applied');
+    m.reloaded('refused');
     ready = true;
     body = (await m.render()).body;
     expect(sample(body, 'wirekey_vault_request_duration_seconds_count{connection="main",operation="read"}')).toBe(3);
@@ -186,10 +190,35 @@ describe('agent metrics', () => {
     expect(sample(body, 'wirekey_vault_request_errors_total{connection="main",operation="read",status="403"}')).toBe(1);
     expect(sample(body, 'wirekey_policy_reloads_total{result="applied"}')).toBe(1);
     expect(sample(body, 'wirekey_policy_reloads_total{result="refused"}')).toBe(2);
+    expect(sample(body, 'wirekey_policy_reloads_total{result="failed"}')).toBe(0);
     expect(sample(body, 'wirekey_policy_last_reload_successful')).toBe(0);
     expect(sample(body, 'wirekey_policy_info{hash="bbbbbbbbbbbb"}')).toBe(1);
     expect(body).not.toContain('aaaaaaaaaaaa');
     expect(sample(body, 'wirekey_ready')).toBe(1);
+  });
+
+  it('a reload that failed once the switch had begun counts as failed, not applied, and makes the last reload unsuccessful', async () => {
+    const m = new AgentMetrics(fakeSources(), { processMetrics: false });
+    const outcomes: [string, ReloadResult][] = [
+      // The new policy is in force, but a step after the switch failed.
+      ['failedAfterSwitch', failedAfterSwitch('bbbbbbbbbbbb', 'policy aaaaaaaaaaaa -> bbbbbbbbbbbb', [
+        { step: 'writing the runtime state', message: 'ENOSPC', consequence: 'wirekey status and explain show the previous policy' },
+      ])],
+      ['kernelNotRestored', kernelNotRestored('aaaaaaaaaaaa', 'bbbbbbbbbbbb', 'E2BIG', ['egress rules: ENOMEM'])],
+      ['reloadThrew', reloadThrew('aaaaaaaaaaaa', new Error('ENOMEM'))],
+    ];
+    for (const [what, result] of outcomes) {
+      expect(reloadMetricResult(result), what).toBe('failed');
+      m.reloaded('applied');
+      m.reloaded(reloadMetricResult(result));
+      expect(sample((await m.render()).body, 'wirekey_policy_last_reload_successful'), what).toBe(0);
+    }
+    expect(reloadMetricResult({ applied: true, problems: [], policy: 'bbbbbbbbbbbb', change: 'policy aaaaaaaaaaaa -> bbbbbbbbbbbb' })).toBe('applied');
+    expect(reloadMetricResult({ applied: false, problems: ['p.yaml:1:1: bad'], policy: 'aaaaaaaaaaaa' })).toBe('refused');
+    const body = (await m.render()).body;
+    expect(sample(body, 'wirekey_policy_reloads_total{result="failed"}')).toBe(3);
+    expect(sample(body, 'wirekey_policy_reloads_total{result="applied"}')).toBe(3);
+    expect(sample(body, 'wirekey_policy_reloads_total{result="refused"}')).toBe(0);
   });
 
   it('build info; the kernel datapath loaded or not; when the policy in force was applied, by the clock it is given', async () => {
@@ -211,18 +240,19 @@ describe('agent metrics', () => {
     m.policyApplied('aaaaaaaaaaaa');
     expect(sample((await m.render()).body, 'wirekey_policy_last_applied_timestamp_seconds')).toBe(1_700_000_000);
     now += 90_500;
-    m.reloaded(false);
+    m.reloaded('refused');
     expect(sample((await m.render()).body, 'wirekey_policy_last_applied_timestamp_seconds')).toBe(1_700_000_000);
     m.policyApplied('bbbbbbbbbbbb');
-    m.reloaded(true);
+    m.reloaded('applied');
     expect(sample((await m.render()).body, 'wirekey_policy_last_applied_timestamp_seconds')).toBe(1_700_000_090.5);
   });
 
   it('the audit log writable: 0 once a write failed, 1 again once one succeeds; 0 before there is one', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-metrics-'));
-    const target = path.join(dir, 'audit.log');
-    // Writes to /dev/full fail (ENOSPC), as on a full disk.
-    symlinkSync('/dev/full', target);
+    // Writes to /dev/full fail (ENOSPC), as on a full disk. Reached through a linked directory: the audit file itself may not be a link.
+    const logs = path.join(dir, 'logs');
+    symlinkSync('/dev', logs);
+    const target = path.join(logs, 'full');
     let audit: AuditLog | undefined;
     const failures: string[] = [];
     const m = new AgentMetrics(fakeSources({ auditWritable: () => audit?.writable }), { processMetrics: false });
@@ -234,7 +264,8 @@ describe('agent metrics', () => {
       expect(failures).toEqual(['ENOSPC']);
       expect(sample((await m.render()).body, 'wirekey_audit_log_writable')).toBe(0);
       // Room again (a new file by the same path, reopened as after logrotate): the next write succeeds.
-      rmSync(target);
+      rmSync(logs);
+      mkdirSync(logs);
       writeFileSync(target, '', { mode: 0o600 });
       audit.reopen();
       expect(sample((await m.render()).body, 'wirekey_audit_log_writable')).toBe(0);

@@ -199,6 +199,47 @@ describe('document diagnostics', () => {
     expect(await problems({ 'p.yaml': text })).toEqual(['p.yaml:7:9: Service "openai": spec.port: must be <= 65535']);
   });
 
+  it('refuses an integer field written otherwise than in decimal digits, at the value, naming the field', async () => {
+    const service = (port: string) => `${HEADER}kind: Service\nmetadata: {name: openai}\nspec:\n  hosts: [api.openai.com]\n  port: ${port}\n  tls: true\n`;
+    const cases: [string, string][] = [
+      ['0x1bb', 'YAML reads 0x1bb as 443 (write 443 if that is what is meant)'],
+      ['0o673', 'YAML reads 0o673 as 443 (write 443 if that is what is meant)'],
+      ['1e3', 'YAML reads 1e3 as 1000 (write 1000 if that is what is meant)'],
+      ['443.0', 'YAML reads 443.0 as 443 (write 443 if that is what is meant)'],
+      ['+443', 'YAML reads +443 as 443 (write 443 if that is what is meant)'],
+      // Out of range too: the one message is about how it is written.
+      ['0x10000', 'YAML reads 0x10000 as 65536 (write 65536 if that is what is meant)'],
+    ];
+    for (const [port, reading] of cases) {
+      expect(await problems({ 'p.yaml': service(port) }), port).toEqual([
+        `p.yaml:6:9: Service "openai": spec.port: must be an integer written in decimal digits: ${reading}`,
+      ]);
+    }
+    expect(await problems({ 'p.yaml': service('443') })).toEqual([]);
+    // Not a number a port can be: the type error says so, once.
+    expect(await problems({ 'p.yaml': service('443.5') })).toEqual(['p.yaml:6:9: Service "openai": spec.port: must be an integer']);
+  });
+
+  it('refuses uids, KV versions and egress ports so written too, through aliases, alongside other problems', async () => {
+    const text = `${HEADER}kind: Workload\nmetadata: {name: app}\nspec:\n  selector: {cgroup: /app, uid: 1e3}\n` +
+      `  egress:\n    mode: enforce\n    allow:\n      - {cidr: 10.0.0.0/8, ports: [&p 0x50, 8000-8999, *p]}\n` +
+      `---\n${HEADER}kind: CredentialSource\nmetadata: {name: k}\nspec: {vault: {connection: v, kv: secret/k, version: 0o2}, unknown: 0x1}\n`;
+    expect(await problems({ 'p.yaml': text })).toEqual([
+      'p.yaml:5:33: Workload "app": spec.selector.uid: must be an integer written in decimal digits: YAML reads 1e3 as 1000 (write 1000 if that is what is meant)',
+      'p.yaml:9:39: Workload "app": spec.egress.allow[0].ports[0]: must be an integer written in decimal digits: YAML reads 0x50 as 80 (write 80 if that is what is meant)',
+      // The alias, where it is written.
+      'p.yaml:9:56: Workload "app": spec.egress.allow[0].ports[2]: must be an integer written in decimal digits: YAML reads 0x50 as 80 (write 80 if that is what is meant)',
+      // An unknown field is one problem, whatever its value.
+      expect.stringMatching(/^p\.yaml:14:\d+: CredentialSource "k": unknown field "spec\.unknown"/),
+      'p.yaml:14:54: CredentialSource "k": spec.vault.version: must be an integer written in decimal digits: YAML reads 0o2 as 2 (write 2 if that is what is meant)',
+    ]);
+  });
+
+  it('a number where the schema wants a string keeps its type error, not advice on digits', async () => {
+    const text = `${HEADER}kind: Service\nmetadata: {name: 0x1bb}\nspec: {hosts: [api.openai.com], port: 443, tls: true}\n`;
+    expect(await problems({ 'p.yaml': text })).toEqual(['p.yaml:3:18: Service: metadata.name: must be a string']);
+  });
+
   it('reports a missing required field at the mapping that lacks it', async () => {
     const text = `${HEADER}kind: Service\nmetadata: {name: openai}\nspec:\n  port: 443\n  tls: true\n`;
     expect(await problems({ 'p.yaml': text })).toEqual([
