@@ -32,15 +32,22 @@ const MASK_BYTE = 0x2a; // '*'
 /** The Accept-Encoding the proxy sends upstream in place of the workload's, so that the response can be scanned. */
 export const IDENTITY_CODING = 'identity';
 
-/** The values worth looking for among `values`: long enough, once each. */
+/**
+ * The spellings worth looking for of `values`: each as it is and as a JSON
+ * string holds it (an echo is most often JSON: `"` and `\` escaped, and `/`
+ * as `\/` by encoders that escape it), long enough, once each.
+ */
 export function maskedValues(values: readonly string[]): Buffer[] {
   const seen = new Set<string>();
   const out: Buffer[] = [];
-  for (const v of values) {
-    if (seen.has(v)) continue;
-    seen.add(v);
-    const b = Buffer.from(v, 'latin1');
-    if (b.length >= MIN_MASKED_BYTES) out.push(b);
+  for (const value of values) {
+    const json = JSON.stringify(value).slice(1, -1);
+    for (const v of [value, json, json.replaceAll('/', '\\/')]) {
+      if (seen.has(v)) continue;
+      seen.add(v);
+      const b = Buffer.from(v, 'latin1');
+      if (b.length >= MIN_MASKED_BYTES) out.push(b);
+    }
   }
   return out;
 }

@@ -91,6 +91,15 @@ describe('BodyMask', () => {
     }
   });
 
+  it('looks for a value as a JSON string spells it too (escaped slash, quote, backslash)', () => {
+    const pair = 'c3ZjOmh1bnRlcjI+/x==';
+    const vs = maskedValues([pair, 'tok"en\\value-1']);
+    expect(vs.map((b) => b.toString())).toEqual([pair, 'c3ZjOmh1bnRlcjI+\\/x==', 'tok"en\\value-1', 'tok\\"en\\\\value-1']);
+    // PHP's json_encode: the slash escaped.
+    const body = `{"authorization":"Basic ${pair.replace('/', '\\/')}","raw":"${pair}"}`;
+    expect(scan(body, [30], vs).out).toBe(`{"authorization":"Basic ${'*'.repeat(pair.length + 1)}","raw":"${'*'.repeat(pair.length)}"}`);
+  });
+
   it('looks for values of MIN_MASKED_BYTES or more only, once each', () => {
     expect(maskedValues(['short', 'x'.repeat(MIN_MASKED_BYTES - 1)])).toEqual([]);
     expect(maskedValues([TOKEN, TOKEN]).map((b) => b.toString())).toEqual([TOKEN]);
