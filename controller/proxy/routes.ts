@@ -4,7 +4,7 @@
  * for them; and where the proxy must see a restricted workload's
  * connections to check the names its egress rules allow.
  */
-import type { Plan, PlanBinding, PlanProxyService, PlanWorkload } from '../policy/types.js';
+import type { Plan, PlanBinding, PlanEgress, PlanProxyService, PlanWorkload } from '../policy/types.js';
 import { normalizeHost } from '../policy/compile.js';
 import { egressNamePorts } from '../policy/egress.js';
 
@@ -14,8 +14,9 @@ export interface Route {
   binding: PlanBinding;
   /**
    * Everything that decides what this route sends where: the workload's
-   * name and selectors, the service's hosts and port, the binding and its
-   * injection. Two routes with the same fingerprint are interchangeable;
+   * name, selectors and egress rules (a restricted workload's connection
+   * goes to an address they allow, judged at its ClientHello), the
+   * service's hosts and port, the binding and its injection. Two routes with the same fingerprint are interchangeable;
    * an open connection whose route's fingerprint changed must not carry on.
    */
   fingerprint: string;
@@ -40,7 +41,9 @@ export class RouteTable {
       if (!workload || !service) throw new Error(`binding ${binding.name} refers to a missing workload or service`);
       // Plaintext services are the kernel's (agent/kernel-bindings.ts): never redirected.
       if (service.datapath !== 'proxy') continue;
-      const fingerprint = JSON.stringify([workload.name, workload.selector, service.name, service.hosts, service.port, binding.name, binding.inject]);
+      const fingerprint = JSON.stringify([
+        workload.name, workload.selector, egressShape(workload.egress), service.name, service.hosts, service.port, binding.name, binding.inject,
+      ]);
       for (const host of service.hosts) {
         this.#routes.set(routeKey(workload.name, service.port, host), { workload, service, binding, fingerprint });
       }
@@ -88,4 +91,16 @@ export class RouteTable {
 
 function routeKey(workloadName: string, port: number, host: string): string {
   return `${workloadName}\0${port}\0${host}`;
+}
+
+/**
+ * What of a workload's egress rules decides where its connections may go:
+ * the mode and each rule's addresses, names, ports and protocol, in a
+ * stable order; not where the rules are written or how they are labelled,
+ * so that editing a policy file elsewhere does not end open connections.
+ */
+function egressShape(egress: PlanEgress | undefined): unknown {
+  if (!egress) return null;
+  const rules = egress.rules.map((r) => JSON.stringify([r.cidrs, r.hosts, r.ports, r.protocol, r.tls, r.service ?? null])).sort();
+  return [egress.mode, rules];
 }

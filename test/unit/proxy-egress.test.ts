@@ -439,6 +439,44 @@ describe('proxy: egress by process identity (loopback)', () => {
     ]);
   });
 
+  it('a reload that changes a restricted workload\'s egress rules refuses the next request on its open bound connection; one that only relabels them does not', async () => {
+    redirects.push({ address: ADDRESSED, port: P, workloadId: 1 });
+    const s = tls.connect({ host: '127.0.0.1', port: proxy.port as number, servername: 'bound.test', ca: readFileSync(pki.caCert) });
+    let out = '';
+    s.on('data', (d: Buffer) => (out += d.toString()));
+    s.on('error', () => {});
+    const closed = new Promise<void>((r) => s.on('close', () => r()));
+    const get = async (p: string, n: number) => {
+      s.write(`GET ${p} HTTP/1.1\r\nHost: bound.test\r\n\r\n`);
+      await waitFor(() => [...out.matchAll(/HTTP\/1\.1 \d+/g)].length >= n, `response ${n}`);
+    };
+    const previous = table;
+    const relabelled = (rules: PlanEgressRule[]) => rules.map((r) => ({ ...r, id: r.id + 10, label: `moved ${r.label}`, source: { ...at, line: at.line + 7 } }));
+    const withEgress = (egress: PlanEgress) => new RouteTable(plan([{ name: 'agent', id: 1, selector: { cgroup: '/agent' }, egress }],
+      [{ name: 'bound', datapath: 'proxy', hosts: ['bound.test'], port: P, tls: true }],
+      [{ name: 'agent-bound', workload: 'agent', service: 'bound', inject: { kind: 'bearer', credential: 'tok' } }]));
+    const addressedBefore = accepted.addressed!;
+    try {
+      await get('/bound-before', 1);
+      table = withEgress({ mode: 'enforce', rules: relabelled(egressOf('enforce').rules) });
+      await get('/bound-relabelled', 2);
+      // The address rule that let this connection go to ADDRESSED is gone.
+      table = withEgress({ mode: 'enforce', rules: egressOf('enforce').rules.filter((r) => r.cidrs.length === 0) });
+      await get('/bound-narrowed', 3);
+      expect([...out.matchAll(/HTTP\/1\.1 (\d+)/g)].map((m) => m[1])).toEqual(['200', '200', '403']);
+      await closed;
+    } finally {
+      table = previous;
+      s.destroy();
+    }
+    expect(out).toContain('x-wirekey-error: binding-changed');
+    expect(accepted.addressed!).toBeGreaterThan(addressedBefore);
+    const lines = audit().filter((l) => ['/bound-before', '/bound-relabelled', '/bound-narrowed'].includes(l.path as string));
+    expect(lines.map((l) => [l.path, l.decision, l.reason])).toEqual([
+      ['/bound-before', 'inject', undefined], ['/bound-relabelled', 'inject', undefined], ['/bound-narrowed', 'deny', 'binding-changed'],
+    ]);
+  });
+
   it('a bound name dialled to any other address: its requests go to an address the name resolves to, never to the dialled one', async () => {
     const before = { ...accepted };
     expect(await tlsGet(1, DECOY, 'bound.test')).toMatchObject({ status: 200, server: 'real' });
