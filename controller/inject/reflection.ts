@@ -66,10 +66,15 @@ export function maskText(text: string, values: readonly Buffer[]): string {
   return out;
 }
 
-/** Masks raw `[name, value, ...]` header pairs in place; returns how many values it changed. */
+/**
+ * Masks raw `[name, value, ...]` header pairs in place; returns how many
+ * values it changed. Content-Length is left alone: a number that happens
+ * to equal a numeric secret is the body's length, not an echo of it.
+ */
 export function maskHeaderPairs(raw: string[], values: readonly Buffer[]): number {
   let n = 0;
   for (let i = 1; i < raw.length; i += 2) {
+    if ((raw[i - 1] as string).toLowerCase() === 'content-length') continue;
     const v = raw[i] as string;
     const m = maskText(v, values);
     if (m !== v) {

@@ -101,6 +101,7 @@ export class AgentMetrics implements ProxyObserver {
   readonly #connectionsRefused: Counter<'workload' | 'reason'>;
   readonly #unidentified: Counter;
   readonly #h1HandedOff: Counter<'workload'>;
+  readonly #reflections: Counter<'workload' | 'service'>;
   readonly #egress: Counter<'datapath' | 'workload' | 'rule' | 'decision'>;
   /** `${datapath}\0${workload}\0${rule}\0${decision}` -> child. */
   readonly #egressChildren = new Map<string, Counter.Internal>();
@@ -160,6 +161,12 @@ export class AgentMetrics implements ProxyObserver {
       name: 'wirekey_proxy_h1_handoffs_total',
       help: 'HTTP/1.1 connections the fast path handed to Node\'s HTTP server at a request outside its subset, by workload',
       labelNames: ['workload'] as const,
+      registers,
+    });
+    this.#reflections = new Counter({
+      name: 'wirekey_proxy_credential_reflections_total',
+      help: 'Occurrences of a request\'s credential values the proxy masked in the upstream\'s response (an upstream echoing them), by workload and service',
+      labelNames: ['workload', 'service'] as const,
       registers,
     });
     this.#egress = new Counter({
@@ -447,6 +454,10 @@ export class AgentMetrics implements ProxyObserver {
 
   h1HandedOff(workload: string): void {
     this.#h1HandedOff.labels(workload).inc();
+  }
+
+  reflected(workload: string, service: string, occurrences: number): void {
+    this.#reflections.labels(workload, service).inc(occurrences);
   }
 
   egress(workload: string, rule: string | undefined, decision: EgressDecision): void {

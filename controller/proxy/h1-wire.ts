@@ -550,16 +550,6 @@ export class ResponseFramer {
     if (status === 101) throw new ResponseFramingError('a protocol switch nobody asked for');
     /** [name, value, lower-case name, ...] */
     const fields = responseFields(text, eol);
-    if (this.#masked) {
-      for (let f = 1; f < fields.length; f += 3) {
-        const value = fields[f] as string;
-        const masked = maskText(value, this.#masked);
-        if (masked !== value) {
-          fields[f] = masked;
-          this.#maskedInHeads++;
-        }
-      }
-    }
     let length: string | undefined;
     let lengths = 0;
     let codings = 0;
@@ -578,6 +568,17 @@ export class ResponseFramer {
         for (const t of value.split(',')) {
           const token = t.trim().toLowerCase();
           if (token) (tokens ??= []).push(token);
+        }
+      }
+    }
+    // Masked once framing is read from the values as sent (the framing headers go out as the proxy states them).
+    if (this.#masked) {
+      for (let f = 1; f < fields.length; f += 3) {
+        const value = fields[f] as string;
+        const masked = maskText(value, this.#masked);
+        if (masked !== value) {
+          fields[f] = masked;
+          this.#maskedInHeads++;
         }
       }
     }

@@ -83,6 +83,8 @@ export interface ProxyObserver {
   refused(workload: string, service: string, code: RefusalCode): void;
   /** From sending the request upstream to its response headers. */
   upstreamLatency(workload: string, service: string, seconds: number): void;
+  /** The response carried the request's credential values back: `occurrences` masked (see inject/reflection.ts). */
+  reflected(workload: string, service: string, occurrences: number): void;
   /** A connection closed before TLS (too-many-connections, too-many-handshakes, handshake-timeout). */
   connectionRefused(workload: string, code: RefusalCode): void;
   /** A connection the kernel did not redirect: closed, no identity. */
@@ -1334,6 +1336,7 @@ export class ProxyServer {
     event.accessKeyId = a.upstream.accessKeyId;
     event.reason = reason;
     event.masked = a.masked || undefined;
+    if (a.masked) this.#deps.observer?.reflected(a.workload, a.service, a.masked);
     if (reason) this.#deps.audit.record(event);
     else this.#deps.audit.recordDone(event);
   }

@@ -74,6 +74,7 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
     injected: (...a) => observe('injected', ...a),
     refused: (...a) => observe('refused', ...a),
     upstreamLatency: (...a) => observe('upstreamLatency', ...a),
+    reflected: (...a) => observe('reflected', ...a),
     connectionRefused: (...a) => observe('connectionRefused', ...a),
     unidentified: () => observe('unidentified'),
     h1HandedOff: (...a) => observe('h1HandedOff', ...a),

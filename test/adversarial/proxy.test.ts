@@ -322,6 +322,12 @@ spec: {workload: broken, service: api, inject: {bearer: {credential: broken-toke
     const lines = audit().filter((e) => e.decision === 'inject' && e.path === '/reflect');
     expect(lines).toHaveLength(cases.length + 1);
     for (const l of lines) expect(l.masked).toBeGreaterThanOrEqual(2);
+    const metrics = await run('curl', ['-sS', '--unix-socket', path.join(f.stateDir, 'agent.sock'), 'http://wirekey/metrics']);
+    const counted = (w: string) => Number(metrics.stdout.split('\n')
+      .find((l) => l.startsWith('wirekey_proxy_credential_reflections_total{') && l.includes(`workload="${w}"`))?.split(' ').at(-1) ?? 0);
+    const masked = (w: string) => lines.filter((l) => l.workload === w).reduce((n, l) => n + (l.masked as number), 0);
+    expect(counted('alice')).toBe(masked('alice'));
+    expect(counted('keyed')).toBe(masked('keyed'));
   });
 
   it('methods that echo and routing hints: TRACE, TRACK and overrides naming them refused; Forwarded and X-Forwarded-* never reach the upstream', async () => {

@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { BodyMask, maskedValues, maskText, MIN_MASKED_BYTES } from '../../controller/inject/reflection.js';
+import { BodyMask, maskedValues, maskHeaderPairs, maskText, MIN_MASKED_BYTES } from '../../controller/inject/reflection.js';
 import { ResponseFramer } from '../../controller/proxy/h1-wire.js';
 import { injectHeader, prepareUpstreamRequest, type StreamedRequest } from '../../controller/inject/inject.js';
 import type { Credential } from '../../controller/credentials/credential.js';
@@ -180,6 +180,16 @@ describe('ResponseFramer with the reflection guard', () => {
     const wire = 'HTTP/1.1 200 OK\r\n\r\nthe end: sk-li';
     const r = frame(wire, [wire.length - 3], { close: true });
     expect(r.out).toBe('HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nthe end: sk-li');
+  });
+
+  it('a numeric secret equal to the body\'s length: the length is framing, not an echo, and stays', () => {
+    const digits = maskedValues(['12345678']);
+    const framer = new ResponseFramer(false, false, digits);
+    const r = framer.push(Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: 12345678\r\nX-Echo: 12345678\r\n\r\nxxxxxxxxxx`, 'latin1'));
+    expect(r.out[0]?.toString('latin1')).toBe('HTTP/1.1 200 OK\r\nX-Echo: ********\r\nContent-Length: 12345678\r\n\r\n');
+    const pairs = ['Content-Length', '12345678', 'X-Echo', '12345678'];
+    expect(maskHeaderPairs(pairs, digits)).toBe(1);
+    expect(pairs).toEqual(['Content-Length', '12345678', 'X-Echo', '********']);
   });
 
   it('leaves a response without the value as it would without the guard', () => {
