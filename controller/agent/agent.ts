@@ -245,7 +245,12 @@ export class Agent {
 
     const ca = await LocalCa.loadOrCreate(path.join(this.#opts.stateDir, 'ca'));
     this.#audit = new AuditLog(this.#opts.auditPath, (err) =>
-      this.#log.error('audit log %s cannot be written (%s): proxied requests are refused until it can', this.#opts.auditPath, err.message));
+      this.#log.error('audit log %s cannot be written (%s): proxied requests are refused until it can', this.#opts.auditPath, err.message), {
+      onRecreated: (err) => {
+        if (err) this.#log.error('audit log %s was deleted while open and cannot be made anew (%s): lines go to the deleted file', this.#opts.auditPath, err.message);
+        else this.#log.warn('audit log %s was deleted while open: writing a new file at its path', this.#opts.auditPath);
+      },
+    });
     await this.#checkCredentials();
 
     this.#cgroupRoot = findCgroup2Root();

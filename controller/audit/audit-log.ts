@@ -82,6 +82,9 @@ export interface AuditEvent {
   lastSeen?: string;
 }
 
+/** How often (at most) a write checks that the audit file was not deleted under the agent (ms). */
+export const DELETION_CHECK_MS = 1000;
+
 /** Audit bytes waiting for stdout past which the sink counts as backed up (the proxy then refuses: see `writable`). */
 export const AUDIT_BACKLOG_MAX = 16 * 1024 * 1024;
 
@@ -117,18 +120,30 @@ export class AuditLog implements AuditSink {
   /** A write failed part way (a full disk): the file ends in part of a line, which the next write ends first. */
   #torn = false;
   readonly #onError: (err: Error) => void;
+  readonly #onRecreated: (err?: Error) => void;
+  readonly #clock: () => number;
   #timeMs = -1;
   #time = '';
+  /** When the file was last checked for a deletion (clock ms). */
+  #checkedMs = 0;
 
   /**
    * `target` is a file path (appended, created 0600) or '-' for stdout.
-   * `onError` hears of a write that failed, once per failure run.
+   * `onError` hears of a write that failed, once per failure run;
+   * `onRecreated` that the file was found deleted and made anew at its
+   * path (or, with the error, could not be); `clock` (ms) paces the check.
    * @throws WirekeyError WK_AUDIT_FILE when the path is a symbolic link or
    * the file cannot be made 0600; otherwise the open error of the file.
    */
-  constructor(target: string, onError: (err: Error) => void = () => {}) {
+  constructor(
+    target: string,
+    onError: (err: Error) => void = () => {},
+    opts: { onRecreated?: (err?: Error) => void; clock?: () => number } = {},
+  ) {
     this.#target = target;
     this.#onError = onError;
+    this.#onRecreated = opts.onRecreated ?? (() => {});
+    this.#clock = opts.clock ?? Date.now;
     if (target !== '-') this.#fd = openAuditFile(target);
     // A reader that went away (EPIPE) is a failed sink, not a crash.
     else process.stdout.on('error', (err) => this.#fail(err));
@@ -229,7 +244,30 @@ export class AuditLog implements AuditSink {
     this.#write(text);
   }
 
+  /**
+   * A file deleted while open (rm, a rotation without SIGUSR1) takes every
+   * later line to an inode nobody can read: checked at a write at most once
+   * every DELETION_CHECK_MS, and made anew at its path when found so.
+   */
+  #recreateIfDeleted(): void {
+    const now = this.#clock();
+    if (this.#fd === null || now - this.#checkedMs < DELETION_CHECK_MS) return;
+    this.#checkedMs = now;
+    try {
+      if (fstatSync(this.#fd).nlink > 0) return;
+      const fd = openAuditFile(this.#target);
+      closeSync(this.#fd);
+      this.#fd = fd;
+      this.#torn = false;
+      this.#onRecreated();
+    } catch (err) {
+      // Not made anew (the directory is gone, say): lines go on to the old file, and the next check tries again.
+      this.#onRecreated(err as Error);
+    }
+  }
+
   #write(text: string): void {
+    this.#recreateIfDeleted();
     try {
       if (this.#fd !== null) writeAll(this.#fd, this.#torn ? `\n${text}` : text);
       else process.stdout.write(text);

@@ -1,9 +1,9 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { AuditLog } from '../../controller/audit/audit-log.js';
+import { AuditLog, DELETION_CHECK_MS } from '../../controller/audit/audit-log.js';
 import { machineSkipTitle } from '../support/tiers.js';
 
 describe('AuditLog.recordBatch', () => {
@@ -52,6 +52,41 @@ describe('AuditLog file', () => {
     log.record({ decision: 'inject', workload: 'after' });
     log.close();
     expect(readFileSync(elsewhere, 'utf8')).toBe('');
+  });
+
+  it('a file deleted while open is made anew at its path at the next write once DELETION_CHECK_MS have passed, and said so', () => {
+    const file = path.join(dir, 'audit.log');
+    let now = 1_000_000;
+    const said: (string | undefined)[] = [];
+    const log = new AuditLog(file, () => {}, { clock: () => now, onRecreated: (err) => said.push(err?.message) });
+    log.record({ decision: 'inject', workload: 'first' });
+    rmSync(file);
+    // Within the interval nothing is checked: the line goes to the deleted file.
+    now += DELETION_CHECK_MS - 1;
+    log.record({ decision: 'inject', workload: 'unseen' });
+    expect(said).toEqual([]);
+    now += 1;
+    log.record({ decision: 'inject', workload: 'second' });
+    expect(said).toEqual([undefined]);
+    log.close();
+    expect(readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => (JSON.parse(l) as { workload: string }).workload)).toEqual(['second']);
+    expect(statSync(file).mode & 0o777).toBe(0o600);
+  });
+
+  it('a deleted file that cannot be made anew (its directory gone): said, and lines go on to the old file', () => {
+    const sub = path.join(dir, 'sub');
+    mkdirSync(sub);
+    const file = path.join(sub, 'audit.log');
+    let now = 0;
+    const said: (string | undefined)[] = [];
+    const log = new AuditLog(file, () => {}, { clock: () => now, onRecreated: (err) => said.push(err?.message) });
+    rmSync(sub, { recursive: true });
+    now += DELETION_CHECK_MS;
+    log.record({ decision: 'inject', workload: 'x' });
+    expect(said).toHaveLength(1);
+    expect(said[0]).toMatch(/ENOENT/);
+    expect(log.writable).toBe(true);
+    log.close();
   });
 
   it('creates the file 0600, and makes an existing file open to group or others 0600, at start and on reopen', () => {
