@@ -14,7 +14,7 @@ import type { ByteBudget } from './byte-budget.js';
 import { signSigV4, stripQuerySignature, type AwsCredentials } from './sigv4.js';
 import { inferAwsScope } from '../policy/aws-scope.js';
 import { actionInBody, mintingAction } from './aws-minting.js';
-import { IDENTITY_CODING, maskedValues } from './reflection.js';
+import { IDENTITY_CODING, maskedValues, type MaskSet } from './reflection.js';
 import { createHash } from 'node:crypto';
 
 /** Request headers a workload sends that never reach the upstream: it holds no credential, so any it sends is replaced. */
@@ -50,7 +50,7 @@ export interface UpstreamRequest {
    * response must not carry back to the workload (masked by the proxy,
    * see reflection.ts); absent when none is long enough to look for.
    */
-  masked?: readonly Buffer[];
+  masked?: MaskSet;
   /** For audit: the AWS access key id that signed it. */
   accessKeyId?: string;
   /** For audit: the credential's version (KV) and lease. */
@@ -121,8 +121,8 @@ export async function prepareUpstreamRequest(
       // validate refuses such a binding; this guards a policy loaded some other way.
       if (!scope) throw new InjectionRefusal(502, 'sigv4-scope', `cannot tell the AWS service and region of ${opts.host}`);
       const creds = awsCredentials(credential);
-      const masked = creds.sessionToken ? maskedValues([creds.sessionToken.reveal()]) : [];
-      if (masked.length) askIdentity(headers);
+      const masked = creds.sessionToken ? maskedValues([creds.sessionToken.reveal()]) : undefined;
+      if (masked) askIdentity(headers);
       const declared = headerValue(req.rawHeaders, 'x-amz-content-sha256');
       let payloadHash: string;
       let body: Buffer | undefined;
@@ -165,7 +165,7 @@ export async function prepareUpstreamRequest(
       }
       return provenance({
         headers: signed, path: stripQuerySignature(target), body, accessKeyId: creds.accessKeyId,
-        ...(masked.length ? { masked } : {}), ...(closeAfter ? { closeAfter } : {}),
+        ...(masked ? { masked } : {}), ...(closeAfter ? { closeAfter } : {}),
       }, credential);
     }
   }
@@ -191,10 +191,10 @@ export type HeaderInjectionPlan = Extract<PlanInjection, { kind: 'bearer' | 'hea
 export function injectHeader(req: StreamedRequest, inject: HeaderInjectionPlan, credential: Credential, opts: Pick<InjectOptions, 'host' | 'port'>): UpstreamRequest {
   const { headers, length, closeAfter } = upstreamBase(req, inject.kind === 'header' ? dropSet(inject.name) : CREDENTIAL_HEADERS, opts);
   const line = cachedCredentialHeader(inject, credential);
-  if (line.masked.length) askIdentity(headers);
+  if (line.masked) askIdentity(headers);
   headers.push(line.name, line.value.reveal(), ...framingOf(req.unknownLength, length));
   const out: UpstreamRequest = { headers, path: originForm(req.url) };
-  if (line.masked.length) out.masked = line.masked;
+  if (line.masked) out.masked = line.masked;
   if (closeAfter) out.closeAfter = true;
   return provenance(out, credential);
 }
@@ -247,9 +247,9 @@ function dropSet(name: string): ReadonlySet<string> {
  * object), an injection one binding of one plan (a reload makes new ones).
  * Both keys are weak: nothing is kept for a credential or plan gone.
  */
-const headerCache = new WeakMap<Credential, WeakMap<PlanInjection, CredentialHeader & { masked: readonly Buffer[] }>>();
+const headerCache = new WeakMap<Credential, WeakMap<PlanInjection, CredentialHeader & { masked: MaskSet | undefined }>>();
 
-function cachedCredentialHeader(inject: HeaderInjectionPlan, credential: Credential): CredentialHeader & { masked: readonly Buffer[] } {
+function cachedCredentialHeader(inject: HeaderInjectionPlan, credential: Credential): CredentialHeader & { masked: MaskSet | undefined } {
   let byInjection = headerCache.get(credential);
   if (!byInjection) {
     byInjection = new WeakMap();

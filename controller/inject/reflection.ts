@@ -16,9 +16,11 @@
  *
  * What it cannot see: a body in a content coding (the proxy asks the
  * upstream for `identity` in place of any Accept-Encoding the workload
- * sent; an upstream that compresses anyway is passed through), a value the upstream transformed
- * (re-encoded, escaped, split by markup), and WebSocket messages after the
- * upgrade. The kernel datapath never sees responses at all.
+ * sent; an upstream that compresses anyway is passed through), a value the
+ * upstream transformed (re-encoded, escaped other than as JSON escapes it,
+ * split by markup), part of a value (an echo cut short, a byte range), and
+ * WebSocket messages after the upgrade. The kernel datapath never sees
+ * responses at all.
  */
 
 import { Transform, type TransformCallback } from 'node:stream';
@@ -32,34 +34,38 @@ const MASK_BYTE = 0x2a; // '*'
 /** The Accept-Encoding the proxy sends upstream in place of the workload's, so that the response can be scanned. */
 export const IDENTITY_CODING = 'identity';
 
+/** The values a response must not carry back, as bytes (bodies) and as latin1 text (heads), made once per credential. */
+export interface MaskSet {
+  readonly bytes: readonly Buffer[];
+  readonly texts: readonly string[];
+  /** The longest value's length: what a body's scanner may hold back, at most, less one. */
+  readonly longest: number;
+}
+
 /**
  * The spellings worth looking for of `values`: each as it is and as a JSON
  * string holds it (an echo is most often JSON: `"` and `\` escaped, and `/`
- * as `\/` by encoders that escape it), long enough, once each.
+ * as `\/` by encoders that escape it), long enough, once each. Undefined
+ * when none is long enough.
  */
-export function maskedValues(values: readonly string[]): Buffer[] {
-  const seen = new Set<string>();
-  const out: Buffer[] = [];
+export function maskedValues(values: readonly string[]): MaskSet | undefined {
+  const texts = new Set<string>();
   for (const value of values) {
     const json = JSON.stringify(value).slice(1, -1);
-    for (const v of [value, json, json.replaceAll('/', '\\/')]) {
-      if (seen.has(v)) continue;
-      seen.add(v);
-      const b = Buffer.from(v, 'latin1');
-      if (b.length >= MIN_MASKED_BYTES) out.push(b);
-    }
+    for (const v of [value, json, json.replaceAll('/', '\\/')]) if (Buffer.byteLength(v, 'latin1') >= MIN_MASKED_BYTES) texts.add(v);
   }
-  return out;
+  if (!texts.size) return undefined;
+  const bytes = [...texts].map((t) => Buffer.from(t, 'latin1'));
+  return { bytes, texts: [...texts], longest: Math.max(...bytes.map((b) => b.length)) };
 }
 
 /**
  * `text` (a head field value, read as latin1) with every occurrence of
  * `values` masked; `text` itself when none occurs (the common case).
  */
-export function maskText(text: string, values: readonly Buffer[]): string {
+export function maskText(text: string, values: MaskSet): string {
   let out = text;
-  for (const v of values) {
-    const needle = v.toString('latin1');
+  for (const needle of values.texts) {
     if (!out.includes(needle)) continue;
     out = out.split(needle).join('*'.repeat(needle.length));
   }
@@ -71,7 +77,7 @@ export function maskText(text: string, values: readonly Buffer[]): string {
  * values it changed. Content-Length is left alone: a number that happens
  * to equal a numeric secret is the body's length, not an echo of it.
  */
-export function maskHeaderPairs(raw: string[], values: readonly Buffer[]): number {
+export function maskHeaderPairs(raw: string[], values: MaskSet): number {
   let n = 0;
   for (let i = 1; i < raw.length; i += 2) {
     if ((raw[i - 1] as string).toLowerCase() === 'content-length') continue;
@@ -99,9 +105,9 @@ export class BodyMask {
   /** Occurrences masked so far. */
   masked = 0;
 
-  constructor(values: readonly Buffer[]) {
-    this.#values = values;
-    this.#longest = values.reduce((m, v) => Math.max(m, v.length), 0);
+  constructor(values: MaskSet) {
+    this.#values = values.bytes;
+    this.#longest = values.longest;
   }
 
   push(chunk: Buffer): Buffer {
@@ -110,9 +116,8 @@ export class BodyMask {
     // copied again only if a value occurs in it (a body from the upstream
     // is never written to: a chunk may be a slice of a buffer still in use).
     let buf = this.#held ? Buffer.concat([this.#held, chunk]) : chunk;
-    const owned = buf !== chunk;
     this.#held = undefined;
-    let copied = owned;
+    let copied = buf !== chunk;
     for (const v of this.#values) {
       let at = buf.indexOf(v);
       while (at >= 0) {

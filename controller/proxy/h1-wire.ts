@@ -21,7 +21,7 @@
  * dropped, framing stated by the proxy); the body's bytes pass untouched.
  */
 import { METHODS } from 'node:http';
-import { BodyMask, maskText } from '../inject/reflection.js';
+import { BodyMask, maskText, type MaskSet } from '../inject/reflection.js';
 
 /** Largest request or response head (request line or status line and headers), as Node's HTTP server and undici allow by default. */
 export const MAX_HEAD_BYTES = 16 * 1024;
@@ -314,7 +314,7 @@ export class ResponseFramer {
   /** The workload's connection must close after this response (it is delimited by the close). */
   #closeDownstream = false;
   /** The request's credential values, masked in the response (reflection.ts); undefined when none is looked for. */
-  readonly #masked: readonly Buffer[] | undefined;
+  readonly #masked: MaskSet | undefined;
   /** The body's scanner, for a response with a body; a chunked one is then framed anew around what it releases. */
   #mask: BodyMask | undefined;
   /** Values masked in heads (the body's scanner counts its own). */
@@ -327,10 +327,10 @@ export class ResponseFramer {
    * its headers say); `closeAfter`: the workload's connection closes after
    * this response (it asked to), which its head then says.
    */
-  constructor(headRequest: boolean, closeAfter = false, masked?: readonly Buffer[]) {
+  constructor(headRequest: boolean, closeAfter = false, masked?: MaskSet) {
     this.#headRequest = headRequest;
     this.#closeAfter = closeAfter;
-    if (masked?.length) this.#masked = masked;
+    this.#masked = masked;
   }
 
   /** Occurrences of the credential's values masked so far, heads and body. */
@@ -470,7 +470,7 @@ export class ResponseFramer {
           if (this.#left > MAX_TRAILERS) throw new ResponseFramingError(`trailer section longer than ${MAX_TRAILERS} bytes`);
           if (line !== '' && !responseField(line)) throw new ResponseFramingError('malformed trailer field');
           if (this.#mask) {
-            const masked = maskText(line, this.#masked as readonly Buffer[]);
+            const masked = maskText(line, this.#masked as MaskSet);
             if (masked !== line) this.#maskedInHeads++;
             result.out.push(Buffer.from(`${masked}\r\n`, 'latin1'));
           }

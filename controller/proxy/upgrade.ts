@@ -14,7 +14,7 @@ import type http from 'node:http';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { countHeader, connectionTokens, downstreamResponseHeaders } from './headers.js';
-import { BodyMask, MaskingStream, maskHeaderPairs, maskText } from '../inject/reflection.js';
+import { BodyMask, MaskingStream, maskHeaderPairs, maskText, type MaskSet } from '../inject/reflection.js';
 import type { Refusal } from '../refusals.js';
 
 /**
@@ -51,7 +51,7 @@ export interface UpgradeTarget {
   /** The injected request's raw headers (hop-by-hop ones already removed). */
   headers: string[];
   /** The credential values the answer's head (and a refusal's body) must not carry back: masked (reflection.ts). */
-  masked?: readonly Buffer[];
+  masked?: MaskSet;
   idleMs: number;
 }
 
