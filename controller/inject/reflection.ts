@@ -92,22 +92,38 @@ export function maskHeaderPairs(raw: string[], values: MaskSet): number {
 }
 
 /**
- * One response body's scanner. push() takes the body's content bytes in
- * order and returns those that may go to the workload now (masked where a
- * value occurs), holding back what could begin a value; end() returns what
- * was held back once the body is over.
+ * One response's mask. text() and pairs() mask its head (status text,
+ * fields, trailers); push() takes the body's content bytes in order and
+ * returns those that may go to the workload now (masked where a value
+ * occurs), holding back what could begin a value; end() returns what was
+ * held back once the body is over. `masked` counts what it changed.
  */
-export class BodyMask {
+export class ResponseMask {
+  readonly #set: MaskSet;
   readonly #values: readonly Buffer[];
   readonly #longest: number;
   /** Bytes held back: a proper prefix of some value, not yet sent. */
   #held: Buffer | undefined;
-  /** Occurrences masked so far. */
+  /** Head values changed and body occurrences masked so far. */
   masked = 0;
 
   constructor(values: MaskSet) {
+    this.#set = values;
     this.#values = values.bytes;
     this.#longest = values.longest;
+  }
+
+  /** maskText(), counted. */
+  text(text: string): string {
+    const out = maskText(text, this.#set);
+    if (out !== text) this.masked++;
+    return out;
+  }
+
+  /** maskHeaderPairs(), counted; returns `raw`. */
+  pairs(raw: string[]): string[] {
+    this.masked += maskHeaderPairs(raw, this.#set);
+    return raw;
   }
 
   push(chunk: Buffer): Buffer {
@@ -164,11 +180,11 @@ export class BodyMask {
   }
 }
 
-/** A BodyMask as a stream, for bodies that are piped. */
+/** A ResponseMask's body scanner as a stream, for bodies that are piped. */
 export class MaskingStream extends Transform {
-  readonly mask: BodyMask;
+  readonly mask: ResponseMask;
 
-  constructor(mask: BodyMask) {
+  constructor(mask: ResponseMask) {
     super();
     this.mask = mask;
   }

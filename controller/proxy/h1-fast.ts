@@ -22,7 +22,7 @@ import type { Refusal } from '../refusals.js';
 import { refuseRaw, upstreamFailed } from './refusal-response.js';
 import { closingHeaders } from './headers.js';
 import { findHeadEnd, MAX_HEAD_BYTES, parseRequestHead, ReadAhead, ResponseFramer, serializeRequestHead, type FastRequestHead } from './h1-wire.js';
-import type { Admission, InjectOutcome } from './h2.js';
+import { responseMask, type Admission, type InjectOutcome } from './h2.js';
 import { STREAM_HIGH_WATER_MARK } from './upstream-pool.js';
 
 /** A terminated connection as the fast path needs it. */
@@ -397,7 +397,7 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     this.#admission = admission;
     this.#done = done;
     this.#bodyLeft = head.bodyLength;
-    this.#framer = new ResponseFramer(head.method === 'HEAD', head.close, admission.upstream.masked);
+    this.#framer = new ResponseFramer(head.method === 'HEAD', head.close, responseMask(admission));
     this.#headBytes = serializeRequestHead(head.method, admission.upstream.path, closingHeaders(admission.upstream.headers, admission.upstream.closeAfter));
     this.#up = host.upstreams.lease(admission.partition, session.orig.address, session.orig.port, session.sni, this);
     this.#downBatch = downBatch;
@@ -517,7 +517,6 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
   /** The response was forwarded whole. */
   #complete(): void {
     this.#finish();
-    if (this.#framer.masked) this.#admission.masked = this.#framer.masked;
     this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status);
     // A request whose body was not all sent (the upstream answered early) leaves the upstream mid-request, and the workload mid-body.
     const whole = this.#bodyLeft === 0;
@@ -539,7 +538,6 @@ class Exchange<S extends FastSession> implements UpstreamOwner {
     } else {
       // Part of the response is out: it can only be cut. (Or the workload is gone.)
       this.#down.destroy();
-      if (this.#framer.masked) this.#admission.masked = this.#framer.masked;
       if (this.#framer.headSent) this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status, 'response-cut');
       else if (sent) this.#host.completed(this.#session, this.#head, this.#admission, this.#framer.status, 'workload-closed');
       this.#done(false);

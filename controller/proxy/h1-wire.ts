@@ -21,7 +21,7 @@
  * dropped, framing stated by the proxy); the body's bytes pass untouched.
  */
 import { METHODS } from 'node:http';
-import { BodyMask, maskText, type MaskSet } from '../inject/reflection.js';
+import type { ResponseMask } from '../inject/reflection.js';
 
 /** Largest request or response head (request line or status line and headers), as Node's HTTP server and undici allow by default. */
 export const MAX_HEAD_BYTES = 16 * 1024;
@@ -313,13 +313,11 @@ export class ResponseFramer {
   #reusable = true;
   /** The workload's connection must close after this response (it is delimited by the close). */
   #closeDownstream = false;
-  /** The request's credential values, masked in the response (reflection.ts); undefined when none is looked for. */
-  readonly #masked: MaskSet | undefined;
-  /** The body's scanner, for a response with a body; a chunked one is then framed anew around what it releases. */
-  #mask: BodyMask | undefined;
-  /** Values masked in heads (the body's scanner counts its own). */
-  #maskedInHeads = 0;
-  /** The scanned body is chunked: its chunks are framed anew around what the scanner releases. */
+  /** The response's mask for the request's credential values (reflection.ts); undefined when none is looked for. */
+  readonly #mask: ResponseMask | undefined;
+  /** Past a final head with a body, while masking: the body's content goes through the mask. */
+  #scanning = false;
+  /** The scanned body is chunked: its chunks are framed anew around what the mask releases. */
   #rechunk = false;
 
   /**
@@ -327,15 +325,10 @@ export class ResponseFramer {
    * its headers say); `closeAfter`: the workload's connection closes after
    * this response (it asked to), which its head then says.
    */
-  constructor(headRequest: boolean, closeAfter = false, masked?: MaskSet) {
+  constructor(headRequest: boolean, closeAfter = false, mask?: ResponseMask) {
     this.#headRequest = headRequest;
     this.#closeAfter = closeAfter;
-    this.#masked = masked;
-  }
-
-  /** Occurrences of the credential's values masked so far, heads and body. */
-  get masked(): number {
-    return this.#maskedInHeads + (this.#mask?.masked ?? 0);
+    this.#mask = mask;
   }
 
   /** Whether the upstream connection may serve another exchange (checked once done). */
@@ -378,7 +371,7 @@ export class ResponseFramer {
     while (pos < buf.length) {
       // Past a final head, what follows is body bytes (framing included) until the response ends;
       // a scanned body's content goes through its scanner (#content), framed anew, and its trailer lines masked.
-      if (bodyStart < 0 && this.#stage !== 'head' && !this.#mask) bodyStart = pos;
+      if (bodyStart < 0 && this.#stage !== 'head' && !this.#scanning) bodyStart = pos;
       switch (this.#stage) {
         case 'head': {
           flushBody();
@@ -401,7 +394,7 @@ export class ResponseFramer {
         }
         case 'length': {
           const n = Math.min(this.#left, buf.length - pos);
-          if (this.#mask) this.#content(result, buf.subarray(pos, pos + n));
+          if (this.#scanning) this.#content(result, buf.subarray(pos, pos + n));
           pos += n;
           this.#left -= n;
           if (this.#left === 0) {
@@ -428,7 +421,7 @@ export class ResponseFramer {
           if (size === 0) {
             this.#stage = 'trailers';
             this.#left = 0;
-            if (this.#mask) {
+            if (this.#scanning) {
               // What was held back goes as the last data chunk, then the last-chunk line, then the trailers.
               this.#contentEnd(result);
               result.out.push(LAST_CHUNK);
@@ -441,7 +434,7 @@ export class ResponseFramer {
         }
         case 'data': {
           const n = Math.min(this.#left, buf.length - pos);
-          if (this.#mask) this.#content(result, buf.subarray(pos, pos + n));
+          if (this.#scanning) this.#content(result, buf.subarray(pos, pos + n));
           pos += n;
           this.#left -= n;
           if (this.#left === 0) {
@@ -469,11 +462,7 @@ export class ResponseFramer {
           this.#left += eol + 2 - pos;
           if (this.#left > MAX_TRAILERS) throw new ResponseFramingError(`trailer section longer than ${MAX_TRAILERS} bytes`);
           if (line !== '' && !responseField(line)) throw new ResponseFramingError('malformed trailer field');
-          if (this.#mask) {
-            const masked = maskText(line, this.#masked as MaskSet);
-            if (masked !== line) this.#maskedInHeads++;
-            result.out.push(Buffer.from(`${masked}\r\n`, 'latin1'));
-          }
+          if (this.#scanning) result.out.push(Buffer.from(`${(this.#mask as ResponseMask).text(line)}\r\n`, 'latin1'));
           pos = eol + 2;
           if (line === '') {
             this.#stage = 'done';
@@ -484,7 +473,7 @@ export class ResponseFramer {
           continue;
         }
         case 'close':
-          if (this.#mask) this.#content(result, buf.subarray(pos));
+          if (this.#scanning) this.#content(result, buf.subarray(pos));
           pos = buf.length;
           continue;
         case 'done':
@@ -500,7 +489,7 @@ export class ResponseFramer {
    * before the connection closes (once end() said the response is whole).
    */
   heldAtClose(): Buffer | undefined {
-    return this.#mask?.end();
+    return this.#scanning ? this.#mask?.end() : undefined;
   }
 
   /** The upstream closed its side: the end of a response delimited by the close, else a response cut short. */
@@ -515,13 +504,13 @@ export class ResponseFramer {
 
   /** Content bytes of a scanned body: what the scanner releases, framed as a chunk when the response is chunked. */
   #content(result: FramedChunk, bytes: Buffer): void {
-    const out = (this.#mask as BodyMask).push(bytes);
+    const out = (this.#mask as ResponseMask).push(bytes);
     if (out.length) this.#emit(result, out);
   }
 
   /** The end of a scanned body's content: what its scanner held back. */
   #contentEnd(result: FramedChunk): void {
-    const held = this.#mask?.end();
+    const held = this.#scanning ? this.#mask?.end() : undefined;
     if (held?.length) this.#emit(result, held);
   }
 
@@ -546,7 +535,7 @@ export class ResponseFramer {
     if (!statusLine) throw new ResponseFramingError('malformed status line');
     const minor = statusLine[1] as string;
     const status = Number(statusLine[2]);
-    const reason = this.#masked ? maskText(statusLine[3] ?? '', this.#masked) : (statusLine[3] ?? '');
+    const reason = this.#mask ? this.#mask.text(statusLine[3] ?? '') : (statusLine[3] ?? '');
     if (status === 101) throw new ResponseFramingError('a protocol switch nobody asked for');
     /** [name, value, lower-case name, ...] */
     const fields = responseFields(text, eol);
@@ -572,16 +561,8 @@ export class ResponseFramer {
       }
     }
     // Masked once framing is read from the values as sent (the framing headers go out as the proxy states them).
-    if (this.#masked) {
-      for (let f = 1; f < fields.length; f += 3) {
-        const value = fields[f] as string;
-        const masked = maskText(value, this.#masked);
-        if (masked !== value) {
-          fields[f] = masked;
-          this.#maskedInHeads++;
-        }
-      }
-    }
+    // (Content-Length goes out as the framing states it.)
+    if (this.#mask) for (let f = 1; f < fields.length; f += 3) if (fields[f + 1] !== 'content-length') fields[f] = this.#mask.text(fields[f] as string);
     if (status < 200) return { bytes: rewriteHead(status, reason, fields, [], tokens), status, interim: true };
     this.#status = status;
 
@@ -607,8 +588,8 @@ export class ResponseFramer {
       this.#stage = 'close';
     }
     if (this.#closeAfter && !this.#closeDownstream) framing.push('Connection', 'close');
-    if (this.#masked && this.#stage !== 'done') {
-      this.#mask = new BodyMask(this.#masked);
+    if (this.#mask && this.#stage !== 'done') {
+      this.#scanning = true;
       this.#rechunk = this.#stage === 'size';
     }
     return { bytes: rewriteHead(status, reason, fields, framing, tokens), status, interim: false };

@@ -23,7 +23,7 @@ import type { Logger } from '../log.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
 import type { RequestHead } from './request-checks.js';
 import type { StreamedRequest, UpstreamRequest } from '../inject/inject.js';
-import { BodyMask, MaskingStream, maskHeaderPairs } from '../inject/reflection.js';
+import { MaskingStream, ResponseMask } from '../inject/reflection.js';
 import type { Readable, Writable } from 'node:stream';
 import { closingHeaders, downstreamResponseHeaders } from './headers.js';
 import { upstreamFailed } from './refusal-response.js';
@@ -67,8 +67,8 @@ export interface Admission {
   upstream: UpstreamRequest;
   /** The upstream partition: workload, binding, credential version. */
   partition: string;
-  /** Occurrences of the credential's values masked in the response (set by the path that forwarded it). */
-  masked?: number;
+  /** The response's mask for the credential's values (responseMask()): its count goes in the audit line. */
+  mask?: ResponseMask;
 }
 
 /**
@@ -526,25 +526,23 @@ function pseudoOf(raw: string[], name: string): string | undefined {
   return undefined;
 }
 
-/** A response head's (or trailers') raw pairs with the request's credential values masked (reflection.ts); counted on `admission`. */
+/**
+ * The response's mask for the request's credential values (reflection.ts),
+ * made once and kept on `admission`, whose audit line counts what it
+ * changed; undefined when the request carried none to look for.
+ */
+export function responseMask(admission: Admission): ResponseMask | undefined {
+  return admission.upstream.masked && (admission.mask ??= new ResponseMask(admission.upstream.masked));
+}
+
+/** A response head's (or trailers') raw pairs with the request's credential values masked. */
 function maskedHead(admission: Admission, raw: string[]): string[] {
-  const values = admission.upstream.masked;
-  if (!values) return raw;
-  const n = maskHeaderPairs(raw, values);
-  if (n) admission.masked = (admission.masked ?? 0) + n;
-  return raw;
+  return responseMask(admission)?.pairs(raw) ?? raw;
 }
 
 /** Pipes a response body to the workload's stream, through the credential mask when the request carried values to mask. */
 function maskedPipe(admission: Admission, from: Readable, to: Writable): void {
-  const values = admission.upstream.masked;
-  if (!values) {
-    from.pipe(to);
-    return;
-  }
-  const masking = new MaskingStream(new BodyMask(values));
-  masking.once('end', () => {
-    if (masking.mask.masked) admission.masked = (admission.masked ?? 0) + masking.mask.masked;
-  });
-  from.pipe(masking).pipe(to);
+  const mask = responseMask(admission);
+  if (mask) from.pipe(new MaskingStream(mask)).pipe(to);
+  else from.pipe(to);
 }

@@ -20,7 +20,7 @@ import type { Credential } from '../credentials/credential.js';
 import { ClientHelloReader } from '../tls/client-hello-reader.js';
 import { asStreamedRequest, injectHeader, InjectionRefusal, prepareUpstreamRequest, type StreamedRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
-import { BodyMask, MaskingStream, maskHeaderPairs, maskText } from '../inject/reflection.js';
+import { MaskingStream } from '../inject/reflection.js';
 import { closingHeaders, downstreamResponseHeaderList, downstreamResponseHeaders } from './headers.js';
 import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
@@ -29,7 +29,7 @@ import { neverReuseUnfinished, type PartitionedAgent, type PartitionedHttpAgent,
 import { UpstreamH2Pool } from './upstream-h2.js';
 import { STREAM_HIGH_WATER_MARK, UpstreamPools, type UpstreamPool } from './upstream-pool.js';
 import type { Dispatcher } from 'undici';
-import { H2Front, type Admission, type H2Connection, type H2Host, type H2Limits, type InjectOutcome } from './h2.js';
+import { H2Front, responseMask, type Admission, type H2Connection, type H2Host, type H2Limits, type InjectOutcome } from './h2.js';
 import { FastUpstreams, serveFast, type FastHost } from './h1-fast.js';
 import { canonicalAddress, decideConnection, pickAddress, type EgressDecision } from './egress-decision.js';
 import { boundedResolver, systemResolver, type NameResolver } from './name-resolver.js';
@@ -826,14 +826,10 @@ export class ProxyServer {
     /** undici is writing the request on a verified connection: it goes out with its credential. */
     let sent = false;
     let audited = false;
-    /** The response body's scanner for the credential's values (reflection.ts), once a head with a body came. */
-    let mask: BodyMask | undefined;
-    let maskedInHead = 0;
+    const mask = responseMask(admitted);
     const audit = (reason?: InjectOutcome) => {
       if (audited) return;
       audited = true;
-      const masked = maskedInHead + (mask?.masked ?? 0);
-      if (masked) admitted.masked = masked;
       this.#auditSent(session, req, admitted, status, reason);
       if (!reason) this.#deps.observer?.injected(route.workload.name, route.service.name);
     };
@@ -859,10 +855,9 @@ export class ProxyServer {
         this.#deps.observer?.upstreamLatency(route.workload.name, route.service.name, (performance.now() - sentAt) / 1000);
         status = upstreamStatus;
         const list = downstreamResponseHeaderList(headers);
-        if (upstream.masked) {
-          maskedInHead = maskHeaderPairs(list, upstream.masked);
-          if (statusMessage !== undefined) statusMessage = maskText(statusMessage, upstream.masked);
-          mask = new BodyMask(upstream.masked);
+        if (mask) {
+          mask.pairs(list);
+          if (statusMessage !== undefined) statusMessage = mask.text(statusMessage);
         }
         try {
           res.writeHead(status, statusMessage, list);
@@ -969,13 +964,10 @@ export class ProxyServer {
     /** The request went out with its credential: written on a verified TLS connection (or answered). */
     const sent = () => status > 0 || (upstreamReq?.socket as tls.TLSSocket | null | undefined)?.authorized === true;
     let audited = false;
-    let masking: MaskingStream | undefined;
-    let maskedInHead = 0;
+    const mask = responseMask(admitted);
     const audit = (reason?: InjectOutcome) => {
       if (audited) return;
       audited = true;
-      const masked = maskedInHead + (masking?.mask.masked ?? 0);
-      if (masked) admitted.masked = masked;
       this.#auditSent(session, req, admitted, status, reason);
       if (!reason) this.#deps.observer?.injected(route.workload.name, route.service.name);
     };
@@ -992,9 +984,9 @@ export class ProxyServer {
       neverReuseUnfinished(upstreamReq, upstreamRes, upstream.body ? undefined : req);
       const list = downstreamResponseHeaders(upstreamRes.rawHeaders);
       let statusMessage = upstreamRes.statusMessage;
-      if (upstream.masked) {
-        maskedInHead = maskHeaderPairs(list, upstream.masked);
-        if (statusMessage !== undefined) statusMessage = maskText(statusMessage, upstream.masked);
+      if (mask) {
+        mask.pairs(list);
+        if (statusMessage !== undefined) statusMessage = mask.text(statusMessage);
       }
       try {
         res.writeHead(status, statusMessage, list);
@@ -1011,12 +1003,8 @@ export class ProxyServer {
       if (upstreamRes.headers['content-length'] === undefined) res.flushHeaders();
       // pipe(), not pipeline(): this is the per-request hot path, and
       // pipeline's abort-signal plumbing costs more than the forwarding.
-      if (upstream.masked) {
-        masking = new MaskingStream(new BodyMask(upstream.masked));
-        upstreamRes.pipe(masking).pipe(res);
-      } else {
-        upstreamRes.pipe(res);
-      }
+      if (mask) upstreamRes.pipe(new MaskingStream(mask)).pipe(res);
+      else upstreamRes.pipe(res);
       upstreamRes.once('error', (err) => {
         this.#deps.log.debug('response stream from %s ended early: %s', sni, err.message);
         audit('response-cut');
@@ -1335,8 +1323,8 @@ export class ProxyServer {
     event.leaseId = a.upstream.leaseId;
     event.accessKeyId = a.upstream.accessKeyId;
     event.reason = reason;
-    event.masked = a.masked || undefined;
-    if (a.masked) this.#deps.observer?.reflected(a.workload, a.service, a.masked);
+    event.masked = a.mask?.masked || undefined;
+    if (event.masked) this.#deps.observer?.reflected(a.workload, a.service, event.masked);
     if (reason) this.#deps.audit.record(event);
     else this.#deps.audit.recordDone(event);
   }

@@ -14,7 +14,7 @@ import type http from 'node:http';
 import type net from 'node:net';
 import type tls from 'node:tls';
 import { countHeader, connectionTokens, downstreamResponseHeaders } from './headers.js';
-import { BodyMask, MaskingStream, maskHeaderPairs, maskText, type MaskSet } from '../inject/reflection.js';
+import { MaskingStream, ResponseMask, type MaskSet } from '../inject/reflection.js';
 import type { Refusal } from '../refusals.js';
 
 /**
@@ -87,11 +87,9 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
     headers: [...target.headers, 'Connection', 'Upgrade', 'Upgrade', 'websocket'] as unknown as http.OutgoingHttpHeaders,
     setHost: false,
   });
-  const masked = (text: string) => (target.masked ? maskText(text, target.masked) : text);
-  const maskedPairs = (raw: string[]) => {
-    if (target.masked) maskHeaderPairs(raw, target.masked);
-    return raw;
-  };
+  const mask = target.masked && new ResponseMask(target.masked);
+  const masked = (text: string) => mask?.text(text) ?? text;
+  const maskedPairs = (raw: string[]) => mask?.pairs(raw) ?? raw;
   let answered = false;
   /** A non-101 answer, forwarded as an ordinary response. */
   let ordinary: http.IncomingMessage | undefined;
@@ -134,7 +132,7 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
     for (let i = 0; i < headers.length; i += 2) lines += `${headers[i]}: ${headers[i + 1]}\r\n`;
     // Without Content-Length the body is delimited by the close.
     client.write(`${lines}connection: close\r\n\r\n`);
-    if (target.masked) res.pipe(new MaskingStream(new BodyMask(target.masked))).pipe(client);
+    if (mask) res.pipe(new MaskingStream(mask)).pipe(client);
     else res.pipe(client);
     res.once('error', () => client.destroy());
     client.once('close', () => upstreamReq.destroy());

@@ -7,7 +7,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import { randomBytes } from 'node:crypto';
-import { BodyMask, maskedValues, maskHeaderPairs, maskText, MIN_MASKED_BYTES } from '../../controller/inject/reflection.js';
+import { ResponseMask, maskedValues, maskHeaderPairs, maskText, MIN_MASKED_BYTES } from '../../controller/inject/reflection.js';
 import { ResponseFramer } from '../../controller/proxy/h1-wire.js';
 import { injectHeader, prepareUpstreamRequest, type StreamedRequest } from '../../controller/inject/inject.js';
 import type { Credential } from '../../controller/credentials/credential.js';
@@ -18,9 +18,9 @@ const TOKEN = 'sk-live-7f3a9c2e1b';
 const values = maskedValues([TOKEN])!;
 const MASKED = '*'.repeat(TOKEN.length);
 
-/** `body` cut at `cuts` (offsets), pushed through one BodyMask: what the workload gets, and what was held after each push. */
+/** `body` cut at `cuts` (offsets), pushed through one ResponseMask: what the workload gets, and what was held after each push. */
 function scan(body: string, cuts: number[], vs = values): { out: string; held: number[]; masked: number } {
-  const mask = new BodyMask(vs);
+  const mask = new ResponseMask(vs);
   const bytes = Buffer.from(body, 'latin1');
   const parts: Buffer[] = [];
   const held: number[] = [];
@@ -38,7 +38,7 @@ function scan(body: string, cuts: number[], vs = values): { out: string; held: n
   return { out: Buffer.concat(parts).toString('latin1'), held, masked: mask.masked };
 }
 
-describe('BodyMask', () => {
+describe('ResponseMask', () => {
   it('masks a value split at every offset across two reads, and only it', () => {
     const body = `{"headers":{"Authorization":"Bearer ${TOKEN}","Accept":"*/*"}}`;
     const expected = body.replace(TOKEN, MASKED);
@@ -58,7 +58,7 @@ describe('BodyMask', () => {
 
   it('holds back only bytes that could begin a value, and passes a body without one untouched', () => {
     const body = Buffer.from('no credential in here at all, just bytes.', 'latin1');
-    const mask = new BodyMask(values);
+    const mask = new ResponseMask(values);
     // Nothing held, nothing copied: the same buffer comes back.
     expect(mask.push(body)).toBe(body);
     expect(mask.end()).toBeUndefined();
@@ -109,7 +109,8 @@ describe('BodyMask', () => {
 
 /** What the workload gets from the fast path's framer for `wire`, cut at `cuts`; and whether the response ended. */
 function frame(wire: string, cuts: number[], opts: { close?: boolean } = {}): { out: string; done: boolean; masked: number } {
-  const framer = new ResponseFramer(false, false, values);
+  const mask = new ResponseMask(values);
+  const framer = new ResponseFramer(false, false, mask);
   const bytes = Buffer.from(wire, 'latin1');
   const out: Buffer[] = [];
   let done = false;
@@ -127,7 +128,7 @@ function frame(wire: string, cuts: number[], opts: { close?: boolean } = {}): { 
     if (held) out.push(held);
     done = true;
   }
-  return { out: Buffer.concat(out).toString('latin1'), done, masked: framer.masked };
+  return { out: Buffer.concat(out).toString('latin1'), done, masked: mask.masked };
 }
 
 /** A chunked body's content, and its trailer section. */
@@ -184,7 +185,7 @@ describe('ResponseFramer with the reflection guard', () => {
 
   it('a numeric secret equal to the body\'s length: the length is framing, not an echo, and stays', () => {
     const digits = maskedValues(['12345678'])!;
-    const framer = new ResponseFramer(false, false, digits);
+    const framer = new ResponseFramer(false, false, new ResponseMask(digits));
     const r = framer.push(Buffer.from(`HTTP/1.1 200 OK\r\nContent-Length: 12345678\r\nX-Echo: 12345678\r\n\r\nxxxxxxxxxx`, 'latin1'));
     expect(r.out[0]?.toString('latin1')).toBe('HTTP/1.1 200 OK\r\nX-Echo: ********\r\nContent-Length: 12345678\r\n\r\n');
     const pairs = ['Content-Length', '12345678', 'X-Echo', '12345678'];
