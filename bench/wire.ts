@@ -32,6 +32,14 @@
  *   kernel-passthrough  the same connections through an sk_msg program
  *                       that passes every message unchanged
  *                       (bench/passthrough.bpf.c): the floor of the design.
+ *   kernel-naive-insert the same connections through an sk_msg program
+ *                       that only inserts the bearer's line after the
+ *                       request line (push, pull, write; no parsing, no
+ *                       lookups, no audit), which leaves each request in
+ *                       three pieces: the simplest inserting program, for
+ *                       scale.
+ * For the kernel arms it also prints each sk_msg program's run time per
+ * message (kernel.bpf_stats_enabled, turned on for the run).
  * Throughput (curl over HTTP/1.1, one large transfer per arm and round, MB/s):
  *   downloads: bulk-https-direct, bulk-proxy, bulk-nginx-same-job,
  *   bulk-node-tls-relay, bulk-plain-direct, bulk-kernel (`--arms
@@ -49,7 +57,7 @@
  * was not taken means nothing.
  *
  * usage: npm run bench [-- --seconds 5 --rounds 3 --connections 16 --bulk-mib 256
- *                          --arms https-direct,proxy,nginx-same-job,node-tls-relay,node-head-relay,plain-direct,kernel,kernel-passthrough,bulk
+ *                          --arms https-direct,proxy,nginx-same-job,node-tls-relay,node-head-relay,plain-direct,kernel,kernel-passthrough,kernel-naive-insert,bulk
  *                          --kernel-audit request|connection --proxy-workers 1]
  *
  * --proxy-workers N runs the agent with N proxy worker threads and the
@@ -76,19 +84,22 @@ import { AccessLog, sameJobConfig, startNginx, startServer, upstreamConfig, type
 import { parseWrk, startClient } from './wrk.js';
 import { interruption } from './bound-bench.js';
 
-const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough'] as const;
+const RATE_ARMS = ['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough', 'kernel-naive-insert'] as const;
 const DOWNLOAD_ARMS = ['bulk-https-direct', 'bulk-proxy', 'bulk-nginx-same-job', 'bulk-node-tls-relay', 'bulk-plain-direct', 'bulk-kernel'] as const;
 const UPLOAD_ARMS = ['bulk-upload-https-direct', 'bulk-upload-proxy', 'bulk-upload-nginx-same-job', 'bulk-upload-node-tls-relay'] as const;
 const BULK_ARMS = [...DOWNLOAD_ARMS, ...UPLOAD_ARMS] as const;
 /** Names that stand for several arms in --arms. */
 const ARM_GROUPS: Record<string, readonly string[]> = { bulk: BULK_ARMS, 'bulk-download': DOWNLOAD_ARMS, 'bulk-upload': UPLOAD_ARMS };
 type RateName = (typeof RATE_ARMS)[number];
+/** The arms whose requests pass an sk_msg program. */
+const KERNEL_ARMS: readonly ArmName[] = ['kernel', 'kernel-passthrough', 'kernel-naive-insert'];
 type BulkName = (typeof BULK_ARMS)[number];
 type ArmName = RateName | BulkName;
 
 /** Each arm's baseline, for the table's ratio column. */
 const BASELINE: Partial<Record<ArmName, ArmName>> = {
   proxy: 'https-direct', 'nginx-same-job': 'https-direct', 'node-tls-relay': 'https-direct', 'node-head-relay': 'https-direct', kernel: 'plain-direct', 'kernel-passthrough': 'plain-direct',
+  'kernel-naive-insert': 'plain-direct',
   'bulk-proxy': 'bulk-https-direct', 'bulk-nginx-same-job': 'bulk-https-direct', 'bulk-node-tls-relay': 'bulk-https-direct', 'bulk-kernel': 'bulk-plain-direct',
   'bulk-upload-proxy': 'bulk-upload-https-direct', 'bulk-upload-nginx-same-job': 'bulk-upload-https-direct', 'bulk-upload-node-tls-relay': 'bulk-upload-https-direct',
 };
@@ -97,6 +108,7 @@ const isUpload = (arm: ArmName) => arm.startsWith('bulk-upload-');
 
 const HOST = 'api.wirekey.bench';
 const TOKEN = 'bench-token';
+/** bench/passthrough.bpf.c's naive insertion program inserts this same line (IN_LINE): the access log's bearer check catches a difference. */
 const BEARER = `Bearer ${TOKEN}`;
 const PASSTHROUGH_OBJECT = path.join(repoRoot, 'build/bench/passthrough.bpf.o');
 
@@ -109,8 +121,8 @@ interface Route {
   bearer: boolean;
   /** Plain arms: the upstream's connections must be the client's own sockets. */
   ownSockets: boolean;
-  /** Runs through the pass-through sk_msg program. */
-  passthrough: boolean;
+  /** Runs through one of the reference sk_msg programs (bench/passthrough.bpf.c). */
+  reference?: ReferenceKind;
   /** For wrk: the URL (before the tag) and the hosts file; for curl: its options, the download's URL last. */
   url: string;
   hosts?: string;
@@ -127,14 +139,29 @@ interface Sample {
   /** Bulk: bytes received (downloads) or sent (uploads) and MB/s. */
   bytes: number;
   mbps: number;
-  /** Messages the pass-through program saw during the run. */
-  passMsgs: bigint;
+  /** Messages each loaded reference program handled during the run. */
+  referenceMsgs: Map<ReferenceKind, bigint>;
   /** Arms served by a process of their own (proxy, nginx-same-job, node-tls-relay): its CPU time per request, µs. */
   cpuUsPerRequest?: number;
   /** The same for bulk arms: its CPU time per MiB moved, ms. */
   cpuMsPerMib?: number;
   /** Plain wrk arms: the local ports of the client's sockets, read while it ran. */
   localPorts?: number[];
+  /** Kernel arms: the run time and runs of the arm's sk_msg program during the run (kernel.bpf_stats_enabled). */
+  program?: ProgramStats;
+}
+
+interface ProgramStats {
+  runTimeNs: number;
+  runs: number;
+}
+
+const BPF_STATS_SYSCTL = '/proc/sys/kernel/bpf_stats_enabled';
+
+/** A program's cumulative run time and run count (bpftool; counted while kernel.bpf_stats_enabled is 1). */
+async function programStats(id: number): Promise<ProgramStats & { name: string }> {
+  const p = JSON.parse(await must('bpftool', ['prog', 'show', 'id', String(id), '--json'])) as { name: string; run_time_ns?: number; run_cnt?: number };
+  return { name: p.name, runTimeNs: p.run_time_ns ?? 0, runs: p.run_cnt ?? 0 };
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
@@ -173,35 +200,48 @@ function policyText(base: string, token: string, upstreamIpv4: string): string {
   ].join('\n---\n')}\n`;
 }
 
-/** The pass-through sk_msg program, attached to one cgroup; detached and closed by close(). */
-class Passthrough {
+/** The reference programs of bench/passthrough.bpf.c: `pass` lets every message through, `insert` inserts the bearer's line the simplest way. */
+type ReferenceKind = 'pass' | 'insert';
+/** Each reference program's programs and maps in the object, by its prefix. */
+const REFERENCE_PREFIX: Record<ReferenceKind, string> = { pass: 'pt', insert: 'in' };
+const REFERENCE_WHAT: Record<ReferenceKind, string> = { pass: 'the pass-through program passed', insert: 'the naive insertion program inserted a line into' };
+
+/** One reference sk_msg program, attached to one cgroup; detached and closed by close(). */
+class ReferenceProgram {
+  readonly #prefix: string;
   #object: NativeObject;
   #link: NativeLink | undefined;
   #attachedToMap = false;
 
-  constructor(cgroup: string) {
+  constructor(kind: ReferenceKind, cgroup: string) {
+    this.#prefix = REFERENCE_PREFIX[kind];
     this.#object = bpfCall(() => new (native().BpfObject)(PASSTHROUGH_OBJECT));
     try {
       bpfCall(() => this.#object.load());
-      bpfCall(() => this.#object.attachToMap('pt_msg', 'pt_socks'));
+      bpfCall(() => this.#object.attachToMap(`${this.#prefix}_msg`, `${this.#prefix}_socks`));
       this.#attachedToMap = true;
-      this.#link = bpfCall(() => this.#object.attachCgroup('pt_sockops', cgroup));
+      this.#link = bpfCall(() => this.#object.attachCgroup(`${this.#prefix}_sockops`, cgroup));
     } catch (err) {
       this.close();
       throw err;
     }
   }
 
-  /** Messages the sk_msg program has passed so far. */
+  /** The sk_msg program's kernel id. */
+  get programId(): number | undefined {
+    return this.#object.programs().find((p) => p.name === `${this.#prefix}_msg`)?.id;
+  }
+
+  /** Messages the sk_msg program has handled so far. */
   messages(): bigint {
-    const v = bpfCall(() => this.#object.map('pt_msgs').lookup(Buffer.alloc(4)));
+    const v = bpfCall(() => this.#object.map(`${this.#prefix}_msgs`).lookup(Buffer.alloc(4)));
     return v ? v.readBigUInt64LE(0) : 0n;
   }
 
   close(): void {
     this.#link?.destroy();
     this.#link = undefined;
-    if (this.#attachedToMap) this.#object.detachFromMap('pt_msg', 'pt_socks');
+    if (this.#attachedToMap) this.#object.detachFromMap(`${this.#prefix}_msg`, `${this.#prefix}_socks`);
     this.#attachedToMap = false;
     this.#object.close();
   }
@@ -223,7 +263,7 @@ async function socketPorts(pid: number, ip: string): Promise<number[]> {
  * its path. `final`: every request of the run has been logged by now, so
  * the count must also be at most one in flight per connection.
  */
-function check(arm: ArmName, route: Route, s: Sample, c: TagCounts, o: { connections: number; bulkBytes: number; final: boolean; passthrough: boolean }): void {
+function check(arm: ArmName, route: Route, s: Sample, c: TagCounts, o: { connections: number; bulkBytes: number; final: boolean }): void {
   const fail = (why: string) => {
     throw new Error(`${arm} arm (${s.tag}): ${why}; the figure would not measure that path`);
   };
@@ -248,11 +288,11 @@ function check(arm: ArmName, route: Route, s: Sample, c: TagCounts, o: { connect
     const seen = [...c.remotePorts].sort((a, b) => a - b).join(',');
     if (ours !== seen) fail(`the upstream's connections (ports ${seen}) are not the client's sockets (ports ${ours}): something relayed them`);
   }
-  if (o.passthrough) {
+  for (const [kind, n] of s.referenceMsgs) {
     // Against the client's completed requests (each passed the program before its answer came):
     // the upstream's count can grow after the program's counter was read.
-    if (route.passthrough && s.passMsgs < BigInt(s.requests)) fail(`the pass-through program passed ${s.passMsgs} messages for the client's ${s.requests} completed requests`);
-    if (!route.passthrough && s.passMsgs !== 0n) fail(`the pass-through program passed ${s.passMsgs} messages of an arm it is not attached to`);
+    if (route.reference === kind && n < BigInt(s.requests)) fail(`${REFERENCE_WHAT[kind]} ${n} messages for the client's ${s.requests} completed requests`);
+    if (route.reference !== kind && n !== 0n) fail(`${REFERENCE_WHAT[kind]} ${n} messages of an arm it is not attached to`);
   }
 }
 
@@ -312,8 +352,10 @@ async function main(): Promise<void> {
   let relay: Nginx | undefined;
   let headRelay: Nginx | undefined;
   let agent: RunningAgent | undefined;
-  let passthrough: Passthrough | undefined;
+  const references = new Map<ReferenceKind, ReferenceProgram>();
   let log: AccessLog | undefined;
+  /** kernel.bpf_stats_enabled as it was, put back at the end; undefined when the bench did not change it. */
+  let bpfStatsBefore: string | undefined;
   const step = <T>(p: Promise<T>): Promise<T> => Promise.race([p, interrupted.promise]);
   try {
     host = await step(createTestHost('w'));
@@ -334,7 +376,7 @@ async function main(): Promise<void> {
     log = new AccessLog(path.join(upDir, 'access.log'));
 
     // Every cgroup exists before the agent starts, so that its workloads select them from the start.
-    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough', 'nginx']
+    const cgroups = Object.fromEntries(['https-direct', 'proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay', 'plain-direct', 'kernel', 'kernel-passthrough', 'kernel-naive-insert', 'nginx']
       .map((name) => [name, createCgroup(cgRoot, `${base}/${name}`)]));
     const cg = (name: string) => cgroups[name] as string;
     const sameJobPort = await freePort();
@@ -377,23 +419,25 @@ async function main(): Promise<void> {
     };
     const upstreamHosts = hostsFile('upstream', ip);
     const routes: Record<RateName, Route> = {
-      'https-direct': { cgroup: cg('https-direct'), listener: 443, bearer: false, ownSockets: false, passthrough: false,
+      'https-direct': { cgroup: cg('https-direct'), listener: 443, bearer: false, ownSockets: false,
         url: `https://${HOST}/`, hosts: upstreamHosts, curl: ['--resolve', `${HOST}:443:${ip}`, '--cacert', pki.caCert, `https://${HOST}/big`] },
-      proxy: { cgroup: cg('proxy'), listener: 443, bearer: true, ownSockets: false, passthrough: false,
+      proxy: { cgroup: cg('proxy'), listener: 443, bearer: true, ownSockets: false,
         url: `https://${HOST}/`, hosts: upstreamHosts, curl: ['--resolve', `${HOST}:443:${ip}`, '--cacert', wirekeyCa, `https://${HOST}/big`] },
-      'nginx-same-job': { cgroup: cg('nginx-same-job'), listener: 443, bearer: true, ownSockets: false, passthrough: false,
+      'nginx-same-job': { cgroup: cg('nginx-same-job'), listener: 443, bearer: true, ownSockets: false,
         url: `https://${HOST}:${sameJobPort}/`, hosts: hostsFile('same-job', '127.0.0.1'),
         curl: ['--resolve', `${HOST}:${sameJobPort}:127.0.0.1`, '--cacert', pki.caCert, `https://${HOST}:${sameJobPort}/big`] },
-      'node-tls-relay': { cgroup: cg('node-tls-relay'), listener: 443, bearer: false, ownSockets: false, passthrough: false,
+      'node-tls-relay': { cgroup: cg('node-tls-relay'), listener: 443, bearer: false, ownSockets: false,
         url: `https://${HOST}:${relayPort}/`, hosts: hostsFile('relay', '127.0.0.1'),
         curl: ['--resolve', `${HOST}:${relayPort}:127.0.0.1`, '--cacert', pki.caCert, `https://${HOST}:${relayPort}/big`] },
-      'node-head-relay': { cgroup: cg('node-head-relay'), listener: 443, bearer: true, ownSockets: false, passthrough: false,
+      'node-head-relay': { cgroup: cg('node-head-relay'), listener: 443, bearer: true, ownSockets: false,
         url: `https://${HOST}:${headRelayPort}/`, hosts: hostsFile('head-relay', '127.0.0.1'), curl: [] },
-      'plain-direct': { cgroup: cg('plain-direct'), listener: 80, bearer: false, ownSockets: true, passthrough: false,
+      'plain-direct': { cgroup: cg('plain-direct'), listener: 80, bearer: false, ownSockets: true,
         url: `http://${ip}/`, curl: [`http://${ip}/big`] },
-      kernel: { cgroup: cg('kernel'), listener: 80, bearer: true, ownSockets: true, passthrough: false,
+      kernel: { cgroup: cg('kernel'), listener: 80, bearer: true, ownSockets: true,
         url: `http://${ip}/`, curl: [`http://${ip}/big`] },
-      'kernel-passthrough': { cgroup: cg('kernel-passthrough'), listener: 80, bearer: false, ownSockets: true, passthrough: true,
+      'kernel-passthrough': { cgroup: cg('kernel-passthrough'), listener: 80, bearer: false, ownSockets: true, reference: 'pass',
+        url: `http://${ip}/`, curl: [] },
+      'kernel-naive-insert': { cgroup: cg('kernel-naive-insert'), listener: 80, bearer: true, ownSockets: true, reference: 'insert',
         url: `http://${ip}/`, curl: [] },
     };
     // The process doing the arm's work between client and upstream, for its CPU time per request or per MiB.
@@ -402,12 +446,29 @@ async function main(): Promise<void> {
       return a === 'proxy' ? agent!.pid : a === 'nginx-same-job' ? sameJob?.pid : a === 'node-tls-relay' ? relay?.pid : a === 'node-head-relay' ? headRelay?.pid : undefined;
     };
     const routeOf = (arm: ArmName): Route => routes[arm.replace(/^bulk-(upload-)?/, '') as RateName];
-    if (wanted.includes('kernel-passthrough')) passthrough = new Passthrough(routes['kernel-passthrough'].cgroup);
+    for (const arm of ['kernel-passthrough', 'kernel-naive-insert'] as const) {
+      const kind = routes[arm].reference!;
+      if (wanted.includes(arm)) references.set(kind, new ReferenceProgram(kind, routes[arm].cgroup));
+    }
+    const referenceCounts = () => new Map([...references].map(([kind, p]) => [kind, p.messages()]));
+    // Each kernel arm's sk_msg program, for its run time per message.
+    const programOf = new Map<RateName, number>();
+    if (wanted.some((a) => KERNEL_ARMS.includes(a))) {
+      for (const id of agent.programIds) if ((await step(programStats(id))).name === 'wk_http_msg') programOf.set('kernel', id);
+      for (const arm of ['kernel-passthrough', 'kernel-naive-insert'] as const) {
+        const id = references.get(routes[arm].reference!)?.programId;
+        if (id !== undefined) programOf.set(arm, id);
+      }
+      bpfStatsBefore = readFileSync(BPF_STATS_SYSCTL, 'utf8').trim();
+      writeFileSync(BPF_STATS_SYSCTL, '1');
+    }
 
     const measure = async (arm: ArmName, secs: number, label: string): Promise<Sample> => {
       const route = routeOf(arm);
       const t = `${arm}.${label}`;
-      const before = passthrough?.messages() ?? 0n;
+      const before = referenceCounts();
+      const programId = programOf.get(arm as RateName);
+      const programBefore = programId === undefined ? undefined : await step(programStats(programId));
       const server = serverOf(arm);
       const cpuBefore = server === undefined ? 0 : cpuSeconds(server);
       const client = { cgroup: route.cgroup, cpu: clientCpu, timeoutMs: secs * 1000 + 120_000, onChild: track };
@@ -423,7 +484,7 @@ async function main(): Promise<void> {
         const r = await step(run.done);
         if (r.code !== 0) throw new Error(`curl for ${arm} failed (${r.code ?? r.signal}): ${r.stderr.trim()}`);
         const [size, total] = r.stdout.trim().split(' ').map(Number) as [number, number];
-        sample = { tag: t, requests: 1, rps: 0, p50Us: 0, p99Us: 0, bytes: size, mbps: size / total / 1e6, passMsgs: 0n };
+        sample = { tag: t, requests: 1, rps: 0, p50Us: 0, p99Us: 0, bytes: size, mbps: size / total / 1e6, referenceMsgs: new Map() };
       } else {
         const run = startClient(['wrk', '-t1', `-c${connections}`, `-d${secs}s`, '--latency', `${route.url}?a=${t}`], { ...client, hosts: route.hosts });
         let localPorts: number[] | undefined;
@@ -435,12 +496,16 @@ async function main(): Promise<void> {
         const r = await step(run.done);
         if (r.code !== 0) throw new Error(`wrk for ${arm} failed (${r.code ?? r.signal}): ${r.stderr.trim()}\n${r.stdout}`);
         const w = parseWrk(r.stdout);
-        sample = { tag: t, ...w, bytes: 0, mbps: 0, passMsgs: 0n, localPorts };
+        sample = { tag: t, ...w, bytes: 0, mbps: 0, referenceMsgs: new Map(), localPorts };
       }
-      sample.passMsgs = (passthrough?.messages() ?? 0n) - before;
+      for (const [kind, n] of referenceCounts()) sample.referenceMsgs.set(kind, n - before.get(kind)!);
+      if (programId !== undefined && programBefore) {
+        const after = await step(programStats(programId));
+        sample.program = { runTimeNs: after.runTimeNs - programBefore.runTimeNs, runs: after.runs - programBefore.runs };
+      }
       if (server !== undefined && !arm.startsWith('bulk-')) sample.cpuUsPerRequest = ((cpuSeconds(server) - cpuBefore) * 1e6) / sample.requests;
       if (server !== undefined && arm.startsWith('bulk-')) sample.cpuMsPerMib = ((cpuSeconds(server) - cpuBefore) * 1e3) / (sample.bytes / 2 ** 20);
-      check(arm, route, sample, log!.read(t), { connections, bulkBytes, final: false, passthrough: !!passthrough });
+      check(arm, route, sample, log!.read(t), { connections, bulkBytes, final: false });
       return sample;
     };
 
@@ -464,7 +529,7 @@ async function main(): Promise<void> {
     await step(sleep(200));
     log.read();
     for (const [arm, s] of measuredArms) {
-      check(arm, routeOf(arm), s, log.get(s.tag), { connections, bulkBytes, final: true, passthrough: !!passthrough });
+      check(arm, routeOf(arm), s, log.get(s.tag), { connections, bulkBytes, final: true });
     }
     report(samples, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)', proxyWorkers });
   } finally {
@@ -478,7 +543,8 @@ async function main(): Promise<void> {
     };
     for (const c of children) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
     log?.close();
-    await attempt('pass-through program', () => passthrough?.close());
+    for (const [kind, p] of references) await attempt(`${kind} reference program`, () => p.close());
+    if (bpfStatsBefore !== undefined) await attempt('kernel.bpf_stats_enabled', () => writeFileSync(BPF_STATS_SYSCTL, bpfStatsBefore!));
     await attempt('agent', () => agent?.stop());
     await attempt('same-job nginx', () => sameJob?.stop());
     await attempt('Node TLS relay', () => relay?.stop());
@@ -538,6 +604,8 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
     compare('proxy', 'node-tls-relay');
     compare('node-head-relay', 'nginx-same-job');
     compare('kernel', 'kernel-passthrough');
+    compare('kernel', 'kernel-naive-insert');
+    compare('kernel-naive-insert', 'kernel-passthrough');
     const cpuArms = (['proxy', 'nginx-same-job', 'node-tls-relay', 'node-head-relay'] as const).filter((a) => has(a));
     if (cpuArms.length) {
       const cpu = (a: ArmName) => med(a, (s) => s.cpuUsPerRequest ?? NaN);
@@ -545,7 +613,17 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
       out(`  CPU per request of the process in the middle (user + system, all threads and child processes, /proc): ${
         cpuArms.map((a) => `${a} ${f0(cpu(a))} us${vsNginx(a)}`).join(', ')}`);
     }
-    for (const a of ['kernel', 'kernel-passthrough'] as const) {
+    const timed = KERNEL_ARMS.filter((a) => has(a) && samples.get(a)!.some((s) => s.program));
+    if (timed.length) {
+      // Over all of the arm's rounds: total run time over total runs.
+      const perRun = (a: ArmName) => {
+        const ps = samples.get(a)!.flatMap((s) => (s.program ? [s.program] : []));
+        return ps.reduce((t, p) => t + p.runTimeNs, 0) / Math.max(1, ps.reduce((t, p) => t + p.runs, 0));
+      };
+      out(`  sk_msg program run time per message (kernel.bpf_stats_enabled, run_time_ns / run_cnt over the arm's rounds): ${
+        timed.map((a) => `${a} ${f0(perRun(a))} ns`).join(', ')}`);
+    }
+    for (const a of KERNEL_ARMS) {
       if (!has(a) || !has('plain-direct')) continue;
       const added = (f: (s: Sample) => number) => f0(med(a, f) - med('plain-direct', f));
       out(`  ${`${a} adds to plain-direct`.padEnd(40)} p50 ${added((s) => s.p50Us)} us, p99 ${added((s) => s.p99Us)} us`);
@@ -581,10 +659,11 @@ function report(samples: Map<ArmName, Sample[]>, o: ReportOptions): void {
   }
   const checks = [
     'every request the client completed reached the expected upstream listener',
-    'with the bearer on proxy, nginx-same-job, node-head-relay and kernel and no Authorization header on the others',
+    'with the bearer on proxy, nginx-same-job, node-head-relay, kernel and kernel-naive-insert and no Authorization header on the others',
   ];
   if ([...samples.keys()].some((a) => routeIsPlain(a))) checks.push('the plain arms\' connections were wrk\'s own sockets');
   if (has('kernel-passthrough')) checks.push('the pass-through program passed a message per request of its arm and none of the others');
+  if (has('kernel-naive-insert')) checks.push('the naive insertion program inserted the bearer into a message per request of its arm and none of the others');
   if (bulk.length) checks.push(`every download was ${o.bulkMib} MiB at both ends`);
   if (uploads.length) checks.push(`every upload sent ${o.bulkMib} MiB and the upstream read it whole before answering`);
   out(`  checked on every run against the upstream's access log: ${checks.join('; ')}`);
@@ -614,7 +693,7 @@ function cpuSeconds(pid: number): number {
   return (ticks(pid) + children.reduce((sum, c) => sum + ticks(c), 0)) / CLOCK_TICKS;
 }
 
-const routeIsPlain = (a: ArmName) => ['plain-direct', 'kernel', 'kernel-passthrough'].includes(a);
+const routeIsPlain = (a: ArmName) => a === 'plain-direct' || KERNEL_ARMS.includes(a);
 
 main().then(
   () => process.exit(),
