@@ -285,9 +285,11 @@ interface NumberLiteral {
 
 /**
  * Every whole number in the document written otherwise than as decimal
- * digits (with an optional '-'): YAML 1.2 reads `0x1bb` and `443.0` as 443,
- * `0o673` as 443, `1e3` as 1000 and `+443` as 443, none of which a policy
- * author probably meant for a port or a uid. Every number field of the
+ * digits (with an optional '-', and no leading zero): YAML 1.2 reads
+ * `0x1bb` and `443.0` as 443, `0o673` as 443, `1e3` as 1000 and `+443` as
+ * 443, none of which a policy author probably meant for a port or a uid;
+ * and it reads `0673` as 673, which YAML 1.1 (and the tools and habits
+ * built on it) read as octal 443. Every number field of the
  * schema is an integer; the caller drops those where the schema wants no
  * number.
  */
@@ -318,11 +320,20 @@ function numberLiterals(doc: Document.Parsed): NumberLiteral[] {
   return out;
 }
 
-const DECIMAL = /^-?[0-9]+$/;
+const DECIMAL = /^-?(0|[1-9][0-9]*)$/;
+const LEADING_ZERO = /^-?0[0-9]+$/;
+const OCTAL_DIGITS = /^-?0[0-7]+$/;
 
 function literalMessage(l: NumberLiteral): string {
-  const reading = Number.isSafeInteger(l.value) ? `: YAML reads ${l.source} as ${l.value} (write ${l.value} if that is what is meant)` : '';
-  return `must be an integer written in decimal digits${reading}`;
+  const base = 'must be an integer written in decimal digits';
+  if (!Number.isSafeInteger(l.value)) return base;
+  if (LEADING_ZERO.test(l.source)) {
+    const reading = `${base}, without a leading zero: YAML reads ${l.source} as ${l.value}`;
+    if (!OCTAL_DIGITS.test(l.source)) return `${reading} (write ${l.value} if that is what is meant)`;
+    const octal = parseInt(l.source, 8);
+    return `${reading}, YAML 1.1 as octal ${octal} (write ${l.value} or ${octal}, whichever is meant)`;
+  }
+  return `${base}: YAML reads ${l.source} as ${l.value} (write ${l.value} if that is what is meant)`;
 }
 
 /** The JSON pointer of `path`, as Ajv's instancePath gives it. */

@@ -155,11 +155,12 @@ describe('YAML syntax errors, in plain words at the place to fix', () => {
 });
 
 describe('did you mean', () => {
-  it('a %YAML 1.1 directive does not make 1.1 values of 1.2 ones: 0673 is no port 443, yes is no boolean', async () => {
+  it('a %YAML 1.1 directive does not make 1.1 values of 1.2 ones: 0673 is no port 443 (nor 673), yes is no boolean', async () => {
     const text = `%YAML 1.1\n---\n${POLICY.replace('port: 443, tls: true', 'port: 0673, tls: yes')}`;
     const out = await lint(text);
-    expect(out).toHaveLength(1);
+    expect(out).toHaveLength(2);
     expect(out[0]).toMatch(/^p\.yaml:\d+:\d+: Service "api": spec\.tls: must be true or false$/);
+    expect(out[1]).toMatch(/^p\.yaml:\d+:\d+: Service "api": spec\.port: .*without a leading zero: YAML reads 0673 as 673, YAML 1.1 as octal 443/);
     const valid = await lint(`%YAML 1.1\n---\n${POLICY}`);
     expect(valid).toEqual([]);
   });

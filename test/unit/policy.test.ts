@@ -215,6 +215,17 @@ describe('document diagnostics', () => {
         `p.yaml:6:9: Service "openai": spec.port: must be an integer written in decimal digits: ${reading}`,
       ]);
     }
+    // A leading zero: YAML 1.2 reads decimal, YAML 1.1 (and the habits built on it) octal.
+    const leading: [string, string][] = [
+      ['0673', 'YAML reads 0673 as 673, YAML 1.1 as octal 443 (write 673 or 443, whichever is meant)'],
+      ['0443', 'YAML reads 0443 as 443, YAML 1.1 as octal 291 (write 443 or 291, whichever is meant)'],
+      ['0080', 'YAML reads 0080 as 80 (write 80 if that is what is meant)'],
+    ];
+    for (const [port, reading] of leading) {
+      expect(await problems({ 'p.yaml': service(port) }), port).toEqual([
+        `p.yaml:6:9: Service "openai": spec.port: must be an integer written in decimal digits, without a leading zero: ${reading}`,
+      ]);
+    }
     expect(await problems({ 'p.yaml': service('443') })).toEqual([]);
     // Not a number a port can be: the type error says so, once.
     expect(await problems({ 'p.yaml': service('443.5') })).toEqual(['p.yaml:6:9: Service "openai": spec.port: must be an integer']);
