@@ -1092,9 +1092,10 @@ export class ProxyServer {
       ...(upstream.masked ? { masked: upstream.masked } : {}),
       idleMs: this.#limits.idleTimeoutMs,
     }, {
-      answered: (status) => {
-        this.#audit(session, req, { decision: 'inject', status, ...audited, ...(status === 101 ? { reason: 'websocket' } : {}) });
+      answered: (status, masked) => {
+        this.#audit(session, req, { decision: 'inject', status, ...audited, ...(status === 101 ? { reason: 'websocket' } : {}), ...(masked ? { masked } : {}) });
         this.#deps.observer?.injected(route.workload.name, route.service.name);
+        if (masked) this.#deps.observer?.reflected(route.workload.name, route.service.name, masked);
       },
       failed: (err, connected) => {
         this.#deps.log.debug('upstream %s (%s:%d) failed: %s', session.sni, session.orig.address, session.orig.port, err.message);
@@ -1330,7 +1331,7 @@ export class ProxyServer {
   }
 
   /** An audit line for a request on `session`; `done`: of a response already forwarded whole (AuditLog.recordDone). */
-  #audit(session: Session, req: { method?: string; url?: string }, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId' | 'bytesUp' | 'bytesDown' | 'durationMs'>, done = false): void {
+  #audit(session: Session, req: { method?: string; url?: string }, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId' | 'bytesUp' | 'bytesDown' | 'durationMs' | 'masked'>, done = false): void {
     const event = Object.assign(this.#requestEvent(session, req, extra.decision), extra);
     if (done) this.#deps.audit.recordDone(event);
     else this.#deps.audit.record(event);

@@ -56,8 +56,13 @@ export interface UpgradeTarget {
 }
 
 export interface UpgradeCallbacks {
-  /** The upstream answered; `status` 101 means the tunnel is open. */
-  answered(status: number): void;
+  /**
+   * The upstream answered; `status` 101 means the tunnel is open (called
+   * once its head is written), any other an ordinary response (called once
+   * it was relayed, whole or cut). `masked`: occurrences of the credential's
+   * values masked in what was relayed of it (head and body).
+   */
+  answered(status: number, masked: number): void;
   /** The upstream failed before any answer (`connected`: after its TLS was established and verified): the caller refuses (502). */
   failed(err: Error, connected: boolean): void;
   /** The tunnel closed: bytes each way after the 101, and how long it was open. */
@@ -109,7 +114,6 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
       client.destroy();
       return;
     }
-    cb.answered(101);
     const status = `HTTP/1.1 101 ${masked(res.statusMessage || 'Switching Protocols')}\r\n`;
     // Filtered as any response's are (hop-by-hop headers and those its
     // Connection lists dropped), then the two this one hop needs.
@@ -117,6 +121,7 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
     let lines = `Connection: Upgrade\r\nUpgrade: ${res.headers.upgrade ?? 'websocket'}\r\n`;
     for (let i = 0; i < kept.length; i += 2) lines += `${kept[i]}: ${kept[i + 1]}\r\n`;
     client.write(`${status}${lines}\r\n`);
+    cb.answered(101, mask?.masked ?? 0);
     tunnel(client, head, upstream, upstreamHead, target.idleMs, cb);
   });
 
@@ -126,7 +131,15 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
     ordinary = res;
     client.off('close', onEarlyClose);
     const status = res.statusCode ?? 502;
-    cb.answered(status);
+    // Audited once relayed (every byte flushed, or the workload's connection gone): with what was masked of it.
+    let relayed = false;
+    const onRelayed = () => {
+      if (relayed) return;
+      relayed = true;
+      cb.answered(status, mask?.masked ?? 0);
+    };
+    client.once('finish', onRelayed);
+    client.once('close', onRelayed);
     let lines = `HTTP/1.1 ${status} ${masked(res.statusMessage ?? '')}\r\n`;
     const headers = maskedPairs(downstreamResponseHeaders(res.rawHeaders));
     for (let i = 0; i < headers.length; i += 2) lines += `${headers[i]}: ${headers[i + 1]}\r\n`;

@@ -109,7 +109,35 @@ describe.skipIf(skip)(`WebSocket through the proxy${skip ? ` (skipped: ${skip})`
     const recs = (await f.recordsSince(before)).filter((x) => x.url === '/ws/refuse');
     expect(recs).toHaveLength(2);
     for (const rec of recs) expect(rec.authorization).toEqual([f.expectedAuth]);
-    expect(audit().filter((l) => l.path === '/ws/refuse' && l.decision === 'inject').map((l) => l.status)).toEqual([403, 403]);
+    // Audited once relayed.
+    const lines = await eventually(async () => {
+      const found = audit().filter((l) => l.path === '/ws/refuse' && l.decision === 'inject');
+      return found.length === 2 && found;
+    }, 10_000, 'both inject lines');
+    expect(lines.map((l) => l.status)).toEqual([403, 403]);
+    expect(lines.map((l) => l.masked)).toEqual([undefined, undefined]);
+  });
+
+  it('a credential the upstream gives back in its answer to an upgrade is masked, 101 or not, and audited as masked', async () => {
+    const ws = 'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n';
+    const upgrade = (p: string) => `GET ${p} HTTP/1.1\r\nHost: ${HOST}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n${ws}\r\n`;
+    const r = await runInCgroup(bound, process.execPath, [rawTls, HOST, f.host.ipv4, '443', f.wirekeyCa, 'whole'],
+      { input: JSON.stringify([upgrade('/ws/refuse-reflect'), upgrade('/ws/reflect')]) });
+    expect(r.stderr).toBe('');
+    const [refused, switched] = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as string);
+    expect(refused).toMatch(/^HTTP\/1\.1 403 /);
+    expect(switched).toMatch(/^HTTP\/1\.1 101 /);
+    const stars = '*'.repeat(f.token.length);
+    // In the refusal's header and its body; in the 101's header.
+    expect(refused).toContain(`x-seen: Bearer ${stars}\r\n`);
+    expect(refused).toContain(`"error":"key not allowed: Bearer ${stars}"`);
+    expect(switched).toContain(`x-seen: Bearer ${stars}\r\n`);
+    for (const text of [refused, switched]) expect(text).not.toContain(f.token);
+    const masked = await eventually(async () => {
+      const found = audit().filter((l) => l.decision === 'inject' && (l.path === '/ws/refuse-reflect' || l.path === '/ws/reflect'));
+      return found.length === 2 && Object.fromEntries(found.map((l) => [l.path, l.masked]));
+    }, 10_000, 'both inject lines');
+    expect(masked).toEqual({ '/ws/refuse-reflect': 2, '/ws/reflect': 1 });
   });
 
   it('an unbound server name is relayed untouched: the upgrade reaches the upstream with no credential', async () => {

@@ -9,6 +9,10 @@
 // like a request (with `upgrade: "websocket"`), then every message is
 // recorded (`ws`: connection number, binary, length, SHA-256) and echoed
 // back as it came; GET /ws/refuse answers the upgrade 403 instead of 101.
+// Two upgrades give the Authorization they got back, as an upstream that
+// reflects the request would: GET /ws/refuse-reflect answers 403 with it in
+// a header and in its body, GET /ws/reflect answers 101 with it in a
+// header and then closes the connection at once.
 // GET /sse/ID streams server-sent events one at a time: the first at once,
 // each next one only when GET /sse-next/ID arrives (on any connection), the
 // last (`data: end`) after the /sse-next/ID request that passes ?n=N; so
@@ -197,6 +201,17 @@ server.on('upgrade', (req, socket, head) => {
   }
   if (req.url === '/ws/refuse') {
     socket.end('HTTP/1.1 403 Forbidden\r\ncontent-type: text/plain\r\ncontent-length: 10\r\n\r\nforbidden\n');
+    return;
+  }
+  const seen = req.headers.authorization ?? '';
+  if (req.url === '/ws/refuse-reflect') {
+    const body = `${JSON.stringify({ error: `key not allowed: ${seen}` })}\n`;
+    socket.end(`HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\nx-seen: ${seen}\r\ncontent-length: ${Buffer.byteLength(body)}\r\n\r\n${body}`);
+    return;
+  }
+  if (req.url === '/ws/reflect') {
+    wss.once('headers', (headers) => headers.push(`x-seen: ${seen}`));
+    wss.handleUpgrade(req, socket, head, (ws) => ws.terminate());
     return;
   }
   wss.handleUpgrade(req, socket, head, (ws) => {

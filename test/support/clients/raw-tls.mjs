@@ -3,16 +3,18 @@
 // prints the status line of each response (or the connection error); with
 // `all`, every status line the connection got, joined by " | " (pipelining);
 // `half`, the same, the client closing its side (TLS close_notify, then FIN)
-// right after writing its requests and reading on until the server closes.
-// usage: node raw-tls.mjs HOST IP PORT CA_FILE [all|half] < requests.json
+// right after writing its requests and reading on until the server closes;
+// `whole`, everything the connection got, as a JSON string.
+// usage: node raw-tls.mjs HOST IP PORT CA_FILE [all|half|whole] < requests.json
 import tls from 'node:tls';
 import { readFileSync } from 'node:fs';
 
 const [host, ip, port, caFile, mode] = process.argv.slice(2);
 const half = mode === 'half';
 const statusLines = (data) =>
+  mode === 'whole' ? JSON.stringify(data)
   // A body without a final CRLF runs into the next status line: match anywhere (test bodies never hold one).
-  mode === 'all' || half ? (data.match(/HTTP\/1\.1 \d{3} [^\r\n]*/g) ?? []).join(' | ') : data.split('\r\n')[0];
+    : mode === 'all' || half ? (data.match(/HTTP\/1\.1 \d{3} [^\r\n]*/g) ?? []).join(' | ') : data.split('\r\n')[0];
 const requests = JSON.parse(readFileSync(0, 'utf8'));
 const ca = readFileSync(caFile);
 
