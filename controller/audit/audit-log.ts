@@ -4,7 +4,9 @@
  * which often carries one.
  */
 import { openSync, writeSync, closeSync, fstatSync, fchmodSync, lstatSync, constants } from 'node:fs';
+import { dirname } from 'node:path';
 import { WirekeyError } from '../errors.js';
+import { replaceableThroughDirectory } from '../trusted-directory.js';
 
 /**
  * inject: a request got its credential; deny: a request or connection was
@@ -290,10 +292,21 @@ export class AuditLog implements AuditSink {
  * whoever could put one at the path would choose where the audit trail goes.
  * A regular file open to group or others is made 0600: its lines say which
  * workload used which credential, and nobody else should add or change one.
- * @throws WirekeyError WK_AUDIT_FILE when `target` is a symbolic link or its
- * mode cannot be changed; otherwise the open error.
+ * Nor may anyone else be able to rename it, or a directory above it, away
+ * and put another in its place (replaceableThroughDirectory()).
+ * @throws WirekeyError WK_AUDIT_FILE when `target` is a symbolic link, its
+ * mode cannot be changed or its directory lets others replace it;
+ * otherwise the open error.
  */
 function openAuditFile(target: string): number {
+  // Before the file is made (the file itself is no link); a directory that cannot be resolved is left to the open to report.
+  let problem: string | undefined;
+  try {
+    problem = replaceableThroughDirectory([dirname(target)], 'the audit log says which workload used which credential');
+  } catch {
+    problem = undefined;
+  }
+  if (problem) throw new WirekeyError('WK_AUDIT_FILE', `audit log ${target}: ${problem}`);
   let fd: number;
   try {
     fd = openSync(target, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW, 0o600);

@@ -2,10 +2,11 @@
  * Reads policy files from disk and turns them into one checked Policy, or
  * every problem found in all of them.
  */
-import type { Stats } from 'node:fs';
-import { open, readdir, realpath, stat } from 'node:fs/promises';
+import { realpathSync, type Stats } from 'node:fs';
+import { open, readdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { PolicyError, type PolicyDiagnostic } from '../errors.js';
+import { replaceableThroughDirectory, trustedOwner, trustedOwners } from '../trusted-directory.js';
 import { checkPolicy, policyWarnings } from './check.js';
 import { parsePolicyText, type ParseResult } from './parse.js';
 import type { Policy } from './types.js';
@@ -110,7 +111,7 @@ async function readPolicyFile(file: string): Promise<ParseResult> {
     const handle = await open(file, 'r');
     try {
       // Checked on the file opened: the path may be swapped meanwhile.
-      const problem = await policyFileProblem(file, await handle.stat());
+      const problem = policyFileProblem(file, await handle.stat());
       if (problem) return { documents: [], diagnostics: [atStart(file, problem)] };
       bytes = await handle.readFile();
     } finally {
@@ -132,30 +133,19 @@ async function readPolicyFile(file: string): Promise<ParseResult> {
 /**
  * Why a policy file may not be trusted, or undefined: a policy says which
  * workload gets which credential, so only root and the agent's own user
- * may write it, or replace it in its directory (the one it is listed in,
- * and the one it is in when it is a symbolic link's target). A directory
- * others may write is accepted only with the sticky bit (/tmp): there
- * nobody can replace a file they do not own. Files other than regular
- * ones (/dev/null, an empty policy) are not checked.
+ * may write it, or replace it through a directory it is in or below
+ * (replaceableThroughDirectory(): the one it is listed in, the one it is
+ * in when it is a symbolic link's target, and every one above them).
+ * Files other than regular ones (/dev/null, an empty policy) are not
+ * checked.
  */
-async function policyFileProblem(file: string, st: Stats): Promise<string | undefined> {
+function policyFileProblem(file: string, st: Stats): string | undefined {
   if (!st.isFile()) return undefined;
-  const euid = process.geteuid?.();
-  const owners = euid === undefined || euid === 0 ? 'root' : `root or uid ${euid}`;
-  const trusted = (uid: number) => euid === undefined || uid === 0 || uid === euid;
   const why = 'a policy file says which workload gets which credential';
-  if (!trusted(st.uid)) return `${file} is owned by uid ${st.uid}; ${why}: it must be owned by ${owners}`;
+  if (!trustedOwner(st.uid)) return `${file} is owned by uid ${st.uid}; ${why}: it must be owned by ${trustedOwners()}`;
   if (st.mode & 0o022) return `${file} has mode 0${(st.mode & 0o777).toString(8)}: group or others can write it, and ${why} (chmod go-w)`;
-  const dirs = new Set([dirname(file)]);
-  dirs.add(dirname(await realpath(file)));
-  for (const dir of dirs) {
-    const d = await stat(dir);
-    if (!trusted(d.uid)) return `${file}: its directory ${dir} is owned by uid ${d.uid}; ${why}: the directory must be owned by ${owners}`;
-    if (d.mode & 0o022 && !(d.mode & 0o1000)) {
-      return `${file}: its directory ${dir} has mode 0${(d.mode & 0o777).toString(8)}: group or others can add or replace files in it, and ${why} (chmod go-w)`;
-    }
-  }
-  return undefined;
+  const problem = replaceableThroughDirectory([dirname(file), dirname(realpathSync(file))], why);
+  return problem && `${file}: ${problem}`;
 }
 
 /** `path` itself, or the policy files directly inside it sorted by name, and the entries not read. */

@@ -1,5 +1,5 @@
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
-import { chmodSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -23,6 +23,8 @@ describe('AuditLog.recordBatch', () => {
     expect(readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(3);
   });
 });
+
+const isRoot = process.geteuid?.() === 0;
 
 describe('AuditLog file', () => {
   let dir = '';
@@ -52,6 +54,53 @@ describe('AuditLog file', () => {
     log.record({ decision: 'inject', workload: 'after' });
     log.close();
     expect(readFileSync(elsewhere, 'utf8')).toBe('');
+  });
+
+  it('refuses a directory others could replace the file in, at start and on reopen, without making the file; a sticky one (/tmp) is fine', () => {
+    const why = 'the audit log says which workload used which credential';
+    const open = path.join(dir, 'open');
+    mkdirSync(open);
+    chmodSync(open, 0o777);
+    const file = path.join(open, 'audit.log');
+    expect(() => new AuditLog(file)).toThrow(expect.objectContaining({
+      code: 'WK_AUDIT_FILE',
+      message: `audit log ${file}: its directory ${open} has mode 0777: group or others can add or replace files in it, and ${why} (chmod go-w)`,
+    }));
+    expect(existsSync(file)).toBe(false);
+
+    // Reached through a symbolic link higher up the path: the directory it is really in counts.
+    const linked = path.join(dir, 'linked');
+    symlinkSync(open, linked);
+    expect(() => new AuditLog(path.join(linked, 'audit.log'))).toThrow(`its directory ${open} has mode 0777`);
+    // Any directory above it that others may write: whoever may write there can rename the whole subtree away.
+    const sub = path.join(open, 'sub');
+    mkdirSync(sub, { mode: 0o755 });
+    expect(() => new AuditLog(path.join(sub, 'audit.log'))).toThrow(
+      `audit log ${path.join(sub, 'audit.log')}: the directory ${open} above it has mode 0777: others can rename what is in it, and ${why} (chmod o-w, or +t)`);
+    expect(existsSync(path.join(sub, 'audit.log'))).toBe(false);
+    // A group may write one above it (Ubuntu's /var/log is its syslog group's), not the file's own.
+    chmodSync(open, 0o775);
+    new AuditLog(path.join(sub, 'audit.log')).close();
+    expect(() => new AuditLog(file)).toThrow(`its directory ${open} has mode 0775: group or others can add or replace files in it`);
+    chmodSync(open, 0o777);
+
+    chmodSync(open, 0o1777);
+    const log = new AuditLog(file);
+    log.record({ decision: 'inject', workload: 'kept' });
+    // The directory opened up after start: the reopen refuses, and the old file stays in use.
+    chmodSync(open, 0o777);
+    expect(() => log.reopen()).toThrow(/has mode 0777/);
+    log.record({ decision: 'inject', workload: 'still' });
+    log.close();
+    expect(readFileSync(file, 'utf8')).toMatch(/"kept"[^]*"still"/);
+  });
+
+  it.skipIf(!isRoot)(`refuses a directory owned by another user${machineSkipTitle(isRoot ? undefined : 'needs root (chown)')}`, () => {
+    const theirs = path.join(dir, 'theirs');
+    mkdirSync(theirs);
+    chownSync(theirs, 65534, 65534);
+    expect(() => new AuditLog(path.join(theirs, 'audit.log'))).toThrow(`its directory ${theirs} is owned by uid 65534`);
+    expect(existsSync(path.join(theirs, 'audit.log'))).toBe(false);
   });
 
   it('a file deleted while open is made anew at its path at the next write once DELETION_CHECK_MS have passed, and said so', () => {

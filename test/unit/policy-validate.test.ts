@@ -304,6 +304,15 @@ describe('validate --host', () => {
     const linked = tempDir();
     symlinkSync(join(elsewhere, 'target.yaml'), join(linked, 'p.yaml'));
     expect(await problems(linked)).toEqual([`p.yaml:1:1: ${join(linked, 'p.yaml')}: its directory ${elsewhere} has mode 0777: group or others can add or replace files in it, and ${why} (chmod go-w)`]);
+    // Below a directory others may write: the subtree can be renamed away and replaced whole.
+    const above = tempDir();
+    const below = join(above, 'policy.d');
+    mkdirSync(below, { mode: 0o755 });
+    writeFileSync(join(below, 'p.yaml'), POLICY, { mode: 0o644 });
+    chmodSync(above, 0o777);
+    expect(await problems(below)).toEqual([`p.yaml:1:1: ${join(below, 'p.yaml')}: the directory ${above} above it has mode 0777: others can rename what is in it, and ${why} (chmod o-w, or +t)`]);
+    chmodSync(above, 0o1777);
+    expect(await problems(below)).toEqual([]);
   });
 
   it('checks credential files as the agent would read them: exists, regular, mode, content', async () => {
