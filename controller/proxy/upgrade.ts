@@ -138,6 +138,7 @@ export function openUpgrade(client: net.Socket, head: Buffer, target: UpgradeTar
       relayed = true;
       cb.answered(status, mask?.masked ?? 0);
     };
+    if (client.destroyed) onRelayed();
     client.once('finish', onRelayed);
     client.once('close', onRelayed);
     let lines = `HTTP/1.1 ${status} ${masked(res.statusMessage ?? '')}\r\n`;
