@@ -37,16 +37,22 @@ struct {
 	__type(value, __u64);
 } pt_msgs SEC(".maps");
 
-SEC("sockops")
-int pt_sockops(struct bpf_sock_ops *skops)
+/* Each socket the cgroup connects goes into `socks`, whose sk_msg program then sees its messages. */
+static __always_inline int add_connected(struct bpf_sock_ops *skops, void *socks)
 {
 	__u64 cookie;
 
 	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
 		return 1;
 	cookie = bpf_get_socket_cookie(skops);
-	bpf_sock_hash_update(skops, &pt_socks, &cookie, BPF_ANY);
+	bpf_sock_hash_update(skops, socks, &cookie, BPF_ANY);
 	return 1;
+}
+
+SEC("sockops")
+int pt_sockops(struct bpf_sock_ops *skops)
+{
+	return add_connected(skops, &pt_socks);
 }
 
 SEC("sk_msg")
@@ -83,13 +89,7 @@ struct {
 SEC("sockops")
 int in_sockops(struct bpf_sock_ops *skops)
 {
-	__u64 cookie;
-
-	if (skops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB)
-		return 1;
-	cookie = bpf_get_socket_cookie(skops);
-	bpf_sock_hash_update(skops, &in_socks, &cookie, BPF_ANY);
-	return 1;
+	return add_connected(skops, &in_socks);
 }
 
 SEC("sk_msg")
