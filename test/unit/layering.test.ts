@@ -12,7 +12,7 @@ const CONTROLLER = path.join(repoRoot, 'controller');
 
 /** Layer of each part: a top-level file of controller/ is named by its base name. */
 const LAYERS: Record<string, number> = {
-  errors: 0, refusals: 0, log: 0,
+  errors: 0, refusals: 0, log: 0, 'trusted-directory': 0,
   addresses: 0.5, cgroup: 0.5, 'kernel-limits': 0.5, audit: 0.5,
   policy: 1,
   identity: 2, credentials: 2, tls: 2,
