@@ -46,19 +46,17 @@ export function replaceableThroughDirectory(dirs: readonly string[], why: string
     if (!above && st.mode & 0o022) return `${what} has mode ${mode}: group or others can add or replace files in it, and ${why} (chmod go-w)`;
     return undefined;
   };
-  for (const dir of dirs) {
-    for (const start of [realpathSync(dir), resolve(dir)]) {
-      const problem = check(start, false);
-      if (problem) return problem;
-    }
+  // Each directory as it resolves and as it is written, the resolved one first (the one an error should name).
+  const starts = dirs.flatMap((dir) => [realpathSync(dir), resolve(dir)]);
+  for (const start of starts) {
+    const problem = check(start, false);
+    if (problem) return problem;
   }
-  for (const dir of dirs) {
-    for (const start of [realpathSync(dir), resolve(dir)]) {
-      for (let d = start; d !== dirname(d);) {
-        d = dirname(d);
-        const problem = check(d, true);
-        if (problem) return problem;
-      }
+  for (const start of starts) {
+    for (let d = start; d !== dirname(d);) {
+      d = dirname(d);
+      const problem = check(d, true);
+      if (problem) return problem;
     }
   }
   return undefined;
