@@ -43,7 +43,10 @@ export function replaceableThroughDirectory(dirs: readonly string[], why: string
     if (st.mode & 0o1000) return undefined;
     const mode = `0${(st.mode & 0o777).toString(8)}`;
     if (above && st.mode & 0o002) return `${what} has mode ${mode}: others can rename what is in it, and ${why} (chmod o-w, or +t)`;
-    if (!above && st.mode & 0o022) return `${what} has mode ${mode}: group or others can add or replace files in it, and ${why} (chmod go-w)`;
+    // A shared directory (Ubuntu's /var/log is syslog's group's) is not the operator's to chmod: a directory of the file's own is.
+    if (!above && st.mode & 0o022) {
+      return `${what} has mode ${mode}: group or others can add or replace files in it, and ${why} (put the file in a directory of its own that only ${trustedOwners()} can write, or chmod go-w ${d})`;
+    }
     return undefined;
   };
   // Each directory as it resolves and as it is written, the resolved one first (the one an error should name).

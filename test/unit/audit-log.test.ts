@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { AuditLog, DELETION_CHECK_MS } from '../../controller/audit/audit-log.js';
 import { machineSkipTitle } from '../support/tiers.js';
+import { trustedOwners } from '../../controller/trusted-directory.js';
 
 describe('AuditLog.recordBatch', () => {
   const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-audit-'));
@@ -64,7 +65,7 @@ describe('AuditLog file', () => {
     const file = path.join(open, 'audit.log');
     expect(() => new AuditLog(file)).toThrow(expect.objectContaining({
       code: 'WK_AUDIT_FILE',
-      message: `audit log ${file}: its directory ${open} has mode 0777: group or others can add or replace files in it, and ${why} (chmod go-w)`,
+      message: `audit log ${file}: its directory ${open} has mode 0777: group or others can add or replace files in it, and ${why} (put the file in a directory of its own that only ${trustedOwners()} can write, or chmod go-w ${open})`,
     }));
     expect(existsSync(file)).toBe(false);
 
@@ -81,7 +82,7 @@ describe('AuditLog file', () => {
     // A group may write one above it (Ubuntu's /var/log is its syslog group's), not the file's own.
     chmodSync(open, 0o775);
     new AuditLog(path.join(sub, 'audit.log')).close();
-    expect(() => new AuditLog(file)).toThrow(`its directory ${open} has mode 0775: group or others can add or replace files in it`);
+    expect(() => new AuditLog(file)).toThrow(`its directory ${open} has mode 0775: group or others can add or replace files in it, and ${why} (put the file in a directory of its own that only ${trustedOwners()} can write, or chmod go-w ${open})`);
     chmodSync(open, 0o777);
 
     chmodSync(open, 0o1777);

@@ -294,7 +294,7 @@ describe('validate --host', () => {
     expect(await problems(owned)).toEqual([`p.yaml:1:1: ${join(owned, 'p.yaml')} is owned by uid 65534; ${why}: it must be owned by root`]);
     const openDir = tempDir({ 'p.yaml': POLICY });
     chmodSync(openDir, 0o777);
-    expect(await problems(openDir)).toEqual([`p.yaml:1:1: ${join(openDir, 'p.yaml')}: its directory ${openDir} has mode 0777: group or others can add or replace files in it, and ${why} (chmod go-w)`]);
+    expect(await problems(openDir)).toEqual([`p.yaml:1:1: ${join(openDir, 'p.yaml')}: its directory ${openDir} has mode 0777: group or others can add or replace files in it, and ${why} (put the file in a directory of its own that only root can write, or chmod go-w ${openDir})`]);
     // Sticky, as /tmp: nobody replaces a file they do not own.
     chmodSync(openDir, 0o1777);
     expect(await problems(openDir)).toEqual([]);
@@ -303,7 +303,7 @@ describe('validate --host', () => {
     chmodSync(elsewhere, 0o777);
     const linked = tempDir();
     symlinkSync(join(elsewhere, 'target.yaml'), join(linked, 'p.yaml'));
-    expect(await problems(linked)).toEqual([`p.yaml:1:1: ${join(linked, 'p.yaml')}: its directory ${elsewhere} has mode 0777: group or others can add or replace files in it, and ${why} (chmod go-w)`]);
+    expect(await problems(linked)).toEqual([`p.yaml:1:1: ${join(linked, 'p.yaml')}: its directory ${elsewhere} has mode 0777: group or others can add or replace files in it, and ${why} (put the file in a directory of its own that only root can write, or chmod go-w ${elsewhere})`]);
     // Below a directory others may write: the subtree can be renamed away and replaced whole.
     const above = tempDir();
     const below = join(above, 'policy.d');
