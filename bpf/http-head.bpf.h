@@ -543,11 +543,19 @@ static __always_inline long head_byte(struct wk_http_scan *s, const __u8 *line,
  *   - the method GET, PUT, POST or HEAD and its space, at the head's start;
  *   - "HTTP/1.1" or "HTTP/1.0" at the version's start (the CRLF after it
  *     goes byte by byte);
- *   - 8 bytes of a target in origin form (or past an absolute form's
- *     authority, or in one that is refused anyway) with no space, control,
- *     DEL or byte above 0x7e among them;
- *   - 8 bytes of a value of a header line the program does not read, with
- *     no control (tab included: it goes byte by byte) or DEL among them.
+ *   - in a target in origin form (or past an absolute form's authority, or
+ *     in one that is refused anyway), the bytes up to the first space,
+ *     control, DEL or byte above 0x7e;
+ *   - in a header name after its first byte, once it no longer matches the
+ *     injected header's, the bytes up to the first that is not a letter, a
+ *     digit or '-' (the ':', and rarer token characters, go byte by byte);
+ *   - in a Host value's host name, the bytes up to the first that is not a
+ *     letter, a digit, '-' or '.', lower-cased into the key as host_byte()
+ *     does (well short of WK_HTTP_HOST_MAX; a port, spaces and rarer
+ *     characters go byte by byte);
+ *   - in a value of a header line the program does not read, the bytes up
+ *     to the first control (tab included: it goes byte by byte) or DEL.
+ * A run that stops at its first byte is not taken (0).
  */
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "head_word() compares little-endian words"
@@ -559,6 +567,101 @@ static __always_inline long head_byte(struct wk_http_scan *s, const __u8 *line,
 #define WORD_HAS_BELOW(x, n)	(((x) - WORD_ONES * (n)) & ~(x) & WORD_HIGHS)
 /* Some byte of x is b. */
 #define WORD_HAS(x, b)		WORD_HAS_BELOW((x) ^ (WORD_ONES * (b)), 1)
+/*
+ * Per byte of x, its high bit set where m < byte < n (m < 128, n <= 128),
+ * exactly: no borrow or carry crosses a byte, and a byte of 0x80 or more
+ * is never flagged.
+ */
+#define WORD_BETWEEN(x, m, n)						\
+	((WORD_ONES * (127 + (__u64)(n)) - ((x) & ~WORD_HIGHS)) & ~(x) &	\
+	 (((x) & ~WORD_HIGHS) + WORD_ONES * (127 - (__u64)(m))) & WORD_HIGHS)
+#define WORD_LOWER_BIT	(WORD_ONES * 0x20)
+
+/*
+ * How many bytes of a word come before the first one `stops` flags (high
+ * bits only), 8 if none. For WORD_HAS_BELOW and WORD_HAS the lowest flag
+ * is exact: a borrow only ever flags bytes above a byte truly flagged.
+ */
+static __always_inline __u32 word_run(__u64 stops)
+{
+	__u32 k = 0;
+
+	if (!stops)
+		return 8;
+	if (!(stops & 0xffffffffULL)) {
+		k += 4;
+		stops >>= 32;
+	}
+	if (!(stops & 0xffffULL)) {
+		k += 2;
+		stops >>= 16;
+	}
+	if (!(stops & 0xffULL))
+		k += 1;
+	return k;
+}
+
+/* The first k bytes of w (k <= 8), the others 0. */
+static __always_inline __u64 word_first(__u64 w, __u32 k)
+{
+	return k >= 8 ? w : w & ((1ULL << (8 * k)) - 1);
+}
+
+/* head_word() in a header name: k (1..8) bytes of letters, digits and '-'. */
+static __always_inline __u32 name_word(struct wk_http_scan *s, __u64 w)
+{
+	__u64 ok = WORD_BETWEEN(w, '-' - 1, '-' + 1) | WORD_BETWEEN(w, '0' - 1, '9' + 1) |
+		   WORD_BETWEEN(w, 'A' - 1, 'Z' + 1) | WORD_BETWEEN(w, 'a' - 1, 'z' + 1);
+	__u32 k = word_run(~ok & WORD_HIGHS), tok = s->tok, sh;
+	__u64 lw;
+
+	/* Still the injected header's name so far: byte by byte, as head_byte() compares it. */
+	if (!k || s->same_name)
+		return 0;
+	/* Each of these bytes has 0x20 set but the upper-case letters: lower() is an OR. */
+	lw = word_first(w | WORD_LOWER_BIT, k);
+	sh = 8 * (tok & 7);
+	/* head_byte() keeps the name's first 24 bytes. */
+	if (tok < 8) {
+		s->word[0] |= lw << sh;
+		if (sh)
+			s->word[1] |= lw >> (64 - sh);
+	} else if (tok < 16) {
+		s->word[1] |= lw << sh;
+		if (sh)
+			s->word[2] |= lw >> (64 - sh);
+	} else if (tok < 24) {
+		s->word[2] |= lw << sh;
+	}
+	s->tok = tok + k;
+	return k;
+}
+
+/* head_word() in a Host value's host name: k (1..8) bytes of letters, digits, '-' and '.'. */
+static __always_inline __u32 host_word(struct wk_http_authority *a, __u64 w)
+{
+	/* lower(): 0x20 more for 'A'..'Z' (their flag, 0x80, moved down two bits) */
+	__u64 lw = w | (WORD_BETWEEN(w, 'A' - 1, 'Z' + 1) >> 2);
+	__u64 ok = WORD_BETWEEN(lw, '-' - 1, '.' + 1) | WORD_BETWEEN(lw, '0' - 1, '9' + 1) |
+		   WORD_BETWEEN(lw, 'a' - 1, 'z' + 1);
+	__u32 k = word_run(~ok & WORD_HIGHS), n = a->key.len;
+
+	/*
+	 * host_byte() turns the authority bad at a byte that finds the name
+	 * longer than WK_HTTP_HOST_MAX: near there, byte by byte.
+	 */
+	if (!k || (a->state != AS_START && a->state != AS_NAME) || n > WK_HTTP_HOST_MAX + 1 - 8)
+		return 0;
+	lw = word_first(lw, k);
+	for (__u32 i = 0; i < 8; i++) {
+		if (i >= k)
+			break;
+		a->key.name[(n + i) & (WK_HTTP_HOST_KEY_NAME - 1)] = (__u8)(lw >> (8 * i));
+	}
+	a->key.len = n + k;
+	a->state = AS_NAME;
+	return k;
+}
 
 #define WORD_MASK4	0x00000000ffffffffULL
 #define WORD_MASK5	0x000000ffffffffffULL
@@ -571,6 +674,8 @@ static __always_inline long head_byte(struct wk_http_scan *s, const __u8 *line,
 
 static __always_inline __u32 head_word(struct wk_http_scan *s, __u64 w)
 {
+	__u32 k;
+
 	switch (s->state) {
 	case HS_METHOD:
 		if (s->tok)
@@ -590,22 +695,23 @@ static __always_inline __u32 head_word(struct wk_http_scan *s, __u64 w)
 		/* the first byte decides the form: byte by byte */
 		if (!s->tok || s->target_form == TF_SCHEME || s->target_form == TF_AUTHORITY)
 			return 0;
-		if (WORD_HAS_BELOW(w, 0x21) || (w & WORD_HIGHS) || WORD_HAS(w, 0x7f))
-			return 0;
-		s->tok += 8;
-		return 8;
+		k = word_run(WORD_HAS_BELOW(w, 0x21) | (w & WORD_HIGHS) | WORD_HAS(w, 0x7f));
+		s->tok += k;
+		return k;
 	case HS_VERSION:
 		if (s->tok || (w != VERSION_1_1 && w != VERSION_1_0))
 			return 0;
 		s->http10 = w == VERSION_1_0;
 		s->tok = 8;
 		return 8;
+	case HS_NAME:
+		return name_word(s, w);
 	case HS_VALUE:
+		if (s->kind == HK_HOST)
+			return host_word(&s->host, w);
 		if (s->kind != HK_OTHER)
 			return 0;
-		if (WORD_HAS_BELOW(w, 0x20) || WORD_HAS(w, 0x7f))
-			return 0;
-		return 8;
+		return word_run(WORD_HAS_BELOW(w, 0x20) | WORD_HAS(w, 0x7f));
 	}
 	return 0;
 }

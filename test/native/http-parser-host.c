@@ -28,7 +28,8 @@
  *    "held":N,                        bytes held back (an incomplete head)
  *    "chunked":B,                     in a chunked body at the end
  *    "passThrough":B,                 a WebSocket upgrade was injected: the rest passes
- *    "scan":{...}}                    the last head scan's state
+ *    "scan":{...}}                    the last head scan's state ("raw":
+ *                                     all of struct wk_http_scan, hex)
  * With the argument --bytes, the head is scanned a byte at a time only
  * (head_byte(), never head_word()), for the tests that check the two
  * agree.
@@ -283,7 +284,11 @@ static void report(const struct driver *d)
 	json_authority("host", &s->host);
 	putchar(',');
 	json_authority("target", &s->target);
-	printf("}}\n");
+	/* All of it, so that the word and byte scans are held to leaving it alike. */
+	printf(",\"raw\":\"");
+	for (size_t i = 0; i < sizeof(*s); i++)
+		printf("%02x", ((const __u8 *)s)[i]);
+	printf("\"}}\n");
 }
 
 int main(int argc, char **argv)

@@ -62,6 +62,8 @@ export interface HostParse {
     headEnd: number;
     host: HostAuthority;
     target: HostAuthority;
+    /** All of struct wk_http_scan, hex: a word and a byte scan of the same head must leave it alike. */
+    raw: string;
   };
 }
 

@@ -427,13 +427,22 @@ describe('host-compiled HTTP parser: 8 bytes at a time', () => {
     const odd = [' ', '\t', '\r', '\n', '\x00', '\x1f', '\x7f', '\x80', '\xff', 'a', 'Z', '/', ':', '%'];
     const oddness = pick([0, 0, 0, 0.005, 0.03]);
     const run = (n: number) => Array.from({ length: n }, () => (rnd() < oddness ? pick(odd) : pick(['a', 'B', '9', '-', '.', '/', '?', '=', '&', '~', ';']))).join('');
+    const hostName = (n: number) => Array.from({ length: n }, () => (rnd() < oddness ? pick(odd) : pick(['a', 'Q', 'z', '0', '9', '-', '.', '.', '_', '~']))).join('');
+    const name = () => pick(['', '', 'Authorization', 'authorizatioN', 'AUTHORIZATION', 'Authorizatio', 'Authorization-X', 'Au', 'X-Request-Id-', 'Accept-Encoding'])
+      + Array.from({ length: Math.floor(rnd() * 30) }, () => (rnd() < oddness ? pick(odd) : pick(['a', 'Z', 'm', '0', '9', '-', '-', '_', '.', '!', '~', '`']))).join('');
     const parts: string[] = [];
     for (let i = 0, n = 1 + Math.floor(rnd() * 2); i < n; i++) {
       const method = (rnd() < 0.1 ? pick(['GETX', 'get', 'PUTT', 'POS', 'GET\t']) : pick(['GET', 'PUT', 'POST', 'HEAD', 'DELETE']));
       const target = pick(['/', '/', '/', 'http://upstream', 'http://Upstream:80', '*', 'HTTP://x']) + run(Math.floor(rnd() * 40));
       const version = (rnd() < 0.1 ? pick(['HTTP/1.2', 'HTTP/1.11', 'http/1.1', 'HTTP/1.1 ']) : pick(['HTTP/1.1', 'HTTP/1.0']));
-      const lines = Array.from({ length: Math.floor(rnd() * 4) }, () =>
-        `${pick(['X-Long', 'User-Agent', 'Accept', 'Cookie', 'Connection'])}:${run(Math.floor(rnd() * 48))}\r\n`);
+      const lines = Array.from({ length: Math.floor(rnd() * 5) }, () => {
+        const kind = rnd();
+        // A Host value's name is taken a word at a time, up to near the longest a name may be.
+        if (kind < 0.2) return `${pick(['Host', 'host', 'HOST'])}:${pick(['', ' ', '  ', '\t'])}${hostName(Math.floor(rnd() * (rnd() < 0.1 ? 270 : 40)))}${pick(['', '', ':443', ':8080', ':', ':123456', ' ', '.'])}\r\n`;
+        // Names a word at a time: long ones, any case, and ones that start as the injected header's.
+        if (kind < 0.5) return `${name()}:${run(Math.floor(rnd() * 48))}\r\n`;
+        return `${pick(['X-Long', 'User-Agent', 'Accept', 'Cookie', 'Connection', 'Content-Length'])}:${run(Math.floor(rnd() * 48))}\r\n`;
+      });
       parts.push(`${method} ${target} ${version}\r\n${lines.join('')}\r\n`);
     }
     return Buffer.from(parts.join(''), 'latin1');
