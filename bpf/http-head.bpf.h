@@ -554,7 +554,9 @@ static __always_inline long head_byte(struct wk_http_scan *s, const __u8 *line,
  *     does (well short of WK_HTTP_HOST_MAX; a port, spaces and rarer
  *     characters go byte by byte);
  *   - in a value of a header line the program does not read, the bytes up
- *     to the first control (tab included: it goes byte by byte) or DEL.
+ *     to the first control (tab included: it goes byte by byte) or DEL; in
+ *     a Connection value outside a match of "upgrade", the same up to the
+ *     first 'u' or 'U' too.
  * A run that stops at its first byte is not taken (0).
  */
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
@@ -709,6 +711,13 @@ static __always_inline __u32 head_word(struct wk_http_scan *s, __u64 w)
 	case HS_VALUE:
 		if (s->kind == HK_HOST)
 			return host_word(&s->host, w);
+		/*
+		 * In Connection, outside a match of "upgrade", a byte other
+		 * than 'u' leaves the matcher where it is: a run of them too.
+		 */
+		if (s->kind == HK_CONNECTION && !s->upgrade)
+			return word_run(WORD_HAS_BELOW(w, 0x20) | WORD_HAS(w, 0x7f) |
+					WORD_HAS(w, 'u') | WORD_HAS(w, 'U'));
 		if (s->kind != HK_OTHER)
 			return 0;
 		return word_run(WORD_HAS_BELOW(w, 0x20) | WORD_HAS(w, 0x7f));

@@ -426,7 +426,7 @@ describe('host-compiled HTTP parser: 8 bytes at a time', () => {
     const pick = <T>(xs: readonly T[]) => xs[Math.floor(rnd() * xs.length)]!;
     const odd = [' ', '\t', '\r', '\n', '\x00', '\x1f', '\x7f', '\x80', '\xff', 'a', 'Z', '/', ':', '%'];
     const oddness = pick([0, 0, 0, 0.005, 0.03]);
-    const run = (n: number) => Array.from({ length: n }, () => (rnd() < oddness ? pick(odd) : pick(['a', 'B', '9', '-', '.', '/', '?', '=', '&', '~', ';']))).join('');
+    const run = (n: number) => Array.from({ length: n }, () => (rnd() < oddness ? pick(odd) : pick(['a', 'B', '9', '-', '.', '/', '?', '=', '&', '~', ';', 'u', 'P']))).join('');
     const hostName = (n: number) => Array.from({ length: n }, () => (rnd() < oddness ? pick(odd) : pick(['a', 'Q', 'z', '0', '9', '-', '.', '.', '_', '~']))).join('');
     const name = () => pick(['', '', 'Authorization', 'authorizatioN', 'AUTHORIZATION', 'Authorizatio', 'Authorization-X', 'Au', 'X-Request-Id-', 'Accept-Encoding'])
       + Array.from({ length: Math.floor(rnd() * 30) }, () => (rnd() < oddness ? pick(odd) : pick(['a', 'Z', 'm', '0', '9', '-', '-', '_', '.', '!', '~', '`']))).join('');
@@ -441,6 +441,8 @@ describe('host-compiled HTTP parser: 8 bytes at a time', () => {
         if (kind < 0.2) return `${pick(['Host', 'host', 'HOST'])}:${pick(['', ' ', '  ', '\t'])}${hostName(Math.floor(rnd() * (rnd() < 0.1 ? 270 : 40)))}${pick(['', '', ':443', ':8080', ':', ':123456', ' ', '.'])}\r\n`;
         // Names a word at a time: long ones, any case, and ones that start as the injected header's.
         if (kind < 0.5) return `${name()}:${run(Math.floor(rnd() * 48))}\r\n`;
+        // Connection values a word at a time between the bytes that may begin "upgrade".
+        if (kind < 0.6) return `${pick(['Connection', 'connection'])}:${pick([' keep-alive', ' Upgrade', ' close, upgrade', ' uuupgrade', ' x-UPGRADE-y', ' upgradeupgrade', ' keep-alive, Upgrad', ''])}${run(Math.floor(rnd() * 20))}\r\n`;
         return `${pick(['X-Long', 'User-Agent', 'Accept', 'Cookie', 'Connection', 'Content-Length'])}:${run(Math.floor(rnd() * 48))}\r\n`;
       });
       parts.push(`${method} ${target} ${version}\r\n${lines.join('')}\r\n`);
