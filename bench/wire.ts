@@ -530,12 +530,12 @@ async function main(): Promise<void> {
       }
     }
     // Each kernel arm's program timed in a run of its own, the only one with the stats on.
-    const programRuns = new Map<RateName, Sample>();
+    const programTimes = new Map<ArmName, ProgramStats>();
     for (const arm of rateArms.filter((a) => programOf.has(a))) {
       writeFileSync(BPF_STATS_SYSCTL, '1');
       try {
         const s = await measure(arm, PROGRAM_TIME_SECONDS, 'program-time', { timeProgram: true });
-        programRuns.set(arm, s);
+        if (s.program) programTimes.set(arm, s.program);
         measuredArms.push([arm, s]);
       } finally {
         writeFileSync(BPF_STATS_SYSCTL, bpfStatsBefore!);
@@ -547,7 +547,7 @@ async function main(): Promise<void> {
     for (const [arm, s] of measuredArms) {
       check(arm, routeOf(arm), s, log.get(s.tag), { connections, bulkBytes, final: true });
     }
-    report(samples, programRuns, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)', proxyWorkers });
+    report(samples, programTimes, { seconds, rounds, connections, bulkMib: Number(values['bulk-mib']), pinning, audit: audit ?? 'connection (the agent\'s default)', proxyWorkers });
   } finally {
     interrupted.dispose();
     const attempt = async (what: string, f: () => unknown) => {
@@ -583,7 +583,7 @@ interface ReportOptions {
   audit: string;
 }
 
-function report(samples: Map<ArmName, Sample[]>, programRuns: ReadonlyMap<ArmName, Sample>, o: ReportOptions): void {
+function report(samples: Map<ArmName, Sample[]>, programTimes: ReadonlyMap<ArmName, ProgramStats>, o: ReportOptions): void {
   const out = (line: string) => process.stdout.write(`${line}\n`);
   const f2 = (n: number) => n.toFixed(2);
   const f0 = (n: number) => n.toFixed(0);
@@ -629,14 +629,12 @@ function report(samples: Map<ArmName, Sample[]>, programRuns: ReadonlyMap<ArmNam
       out(`  CPU per request of the process in the middle (user + system, all threads and child processes, /proc): ${
         cpuArms.map((a) => `${a} ${f0(cpu(a))} us${vsNginx(a)}`).join(', ')}`);
     }
-    const timed = KERNEL_ARMS.filter((a) => programRuns.get(a)?.program);
-    if (timed.length) {
-      const perRun = (a: ArmName) => {
-        const p = programRuns.get(a)!.program!;
-        return p.runTimeNs / Math.max(1, p.runs);
-      };
+    if (programTimes.size) {
       out(`  sk_msg program run time per message (run_time_ns / run_cnt, in a ${PROGRAM_TIME_SECONDS} s run per arm after the rounds, the only one with kernel.bpf_stats_enabled on): ${
-        timed.map((a) => `${a} ${f0(perRun(a))} ns`).join(', ')}`);
+        KERNEL_ARMS.filter((a) => programTimes.has(a)).map((a) => {
+          const p = programTimes.get(a)!;
+          return `${a} ${f0(p.runTimeNs / Math.max(1, p.runs))} ns`;
+        }).join(', ')}`);
     }
     for (const a of KERNEL_ARMS) {
       if (!has(a) || !has('plain-direct')) continue;
