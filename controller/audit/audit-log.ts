@@ -374,15 +374,18 @@ class PartialWrite extends Error {
 export function auditPath(target: string | undefined): string | undefined {
   if (target === undefined) return undefined;
   let path = target;
-  const scheme = ABSOLUTE.exec(path);
+  // An origin-form target (most) begins with '/', which no scheme does.
+  const scheme = path.charCodeAt(0) === 0x2f ? null : ABSOLUTE.exec(path);
   if (scheme) {
     // The authority ends at the first '/', '?' or '#' after the scheme.
     const end = path.slice(scheme[0].length).search(/[/?#]/);
     path = end < 0 ? '/' : path.slice(scheme[0].length + end);
     if (!path.startsWith('/')) path = `/${path}`;
   }
-  const q = path.search(/[?#]/);
-  return q < 0 ? path : path.slice(0, q);
+  const q = path.indexOf('?');
+  const h = path.indexOf('#');
+  const cut = q < 0 ? h : h < 0 ? q : Math.min(q, h);
+  return cut < 0 ? path : path.slice(0, cut);
 }
 
 const ABSOLUTE = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//;

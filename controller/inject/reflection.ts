@@ -38,6 +38,8 @@ export const IDENTITY_CODING = 'identity';
 export interface MaskSet {
   readonly bytes: readonly Buffer[];
   readonly texts: readonly string[];
+  /** Those of `bytes` a head read as latin1 can hold: the values without a character past U+00FF. */
+  readonly headBytes: readonly Buffer[];
   /** The longest value's length: what a body's scanner may hold back, at most, less one. */
   readonly longest: number;
 }
@@ -55,8 +57,10 @@ export function maskedValues(values: readonly string[]): MaskSet | undefined {
     for (const v of [value, json, json.replaceAll('/', '\\/')]) if (Buffer.byteLength(v, 'latin1') >= MIN_MASKED_BYTES) texts.add(v);
   }
   if (!texts.size) return undefined;
-  const bytes = [...texts].map((t) => Buffer.from(t, 'latin1'));
-  return { bytes, texts: [...texts], longest: Math.max(...bytes.map((b) => b.length)) };
+  const list = [...texts];
+  const bytes = list.map((t) => Buffer.from(t, 'latin1'));
+  const headBytes = bytes.filter((_, i) => !/[^\x00-\xff]/.test(list[i] as string));
+  return { bytes, texts: list, headBytes, longest: Math.max(...bytes.map((b) => b.length)) };
 }
 
 /**
@@ -101,6 +105,8 @@ export function maskHeaderPairs(raw: string[], values: MaskSet): number {
 export class ResponseMask {
   readonly #set: MaskSet;
   readonly #values: readonly Buffer[];
+  /** The values a head can hold, read as latin1: those without a character past U+00FF. */
+  readonly #headValues: readonly Buffer[];
   readonly #longest: number;
   /** Bytes held back: a proper prefix of some value, not yet sent. */
   #held: Buffer | undefined;
@@ -110,6 +116,7 @@ export class ResponseMask {
   constructor(values: MaskSet) {
     this.#set = values;
     this.#values = values.bytes;
+    this.#headValues = values.headBytes;
     this.#longest = values.longest;
   }
 
@@ -118,6 +125,29 @@ export class ResponseMask {
     const out = maskText(text, this.#set);
     if (out !== text) this.masked++;
     return out;
+  }
+
+  /** Whether a value occurs anywhere in `head` (a head's bytes): if not, no part of it needs maskRange(). */
+  occursIn(head: Buffer): boolean {
+    for (const v of this.#headValues) if (head.indexOf(v) >= 0) return true;
+    return false;
+  }
+
+  /**
+   * text() on the latin1 bytes buf[from, to), in place: the same bytes
+   * masked, counted once if any was.
+   */
+  maskRange(buf: Buffer, from: number, to: number): void {
+    const view = buf.subarray(from, to);
+    let changed = false;
+    for (const v of this.#headValues) {
+      // Left to right, each occurrence after the last one masked, as String#split finds them.
+      for (let at = view.indexOf(v); at >= 0; at = view.indexOf(v, at + v.length)) {
+        view.fill(MASK_BYTE, at, at + v.length);
+        changed = true;
+      }
+    }
+    if (changed) this.masked++;
   }
 
   /** maskHeaderPairs(), counted; returns `raw`. */

@@ -228,11 +228,8 @@ type Stage =
   | 'close' // until the upstream closes
   | 'done';
 
-const STATUS_LINE = /^HTTP\/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/;
 /** Response header names may hold "_": what the upstream says is passed on, not routed by. */
 const RESPONSE_FIELD_NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-/** Not forwarded: they describe one connection's framing and options (RFC 9110 7.6.1). The proxy states framing itself. */
-const RESPONSE_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length']);
 /** CTLs but HTAB, and DEL, within one line (where any CR or LF is a bare one); obs-text (0x80-0xff) is allowed in response values. */
 const LINE_CTL = /[\x00-\x08\x0a-\x1f\x7f]/;
 const BAD_BYTES = 'a control character, or a bare CR or LF, in the head';
@@ -250,39 +247,142 @@ const RESPONSE_CHARS = (() => {
   return t;
 })();
 
+/** Per byte: A-Z as a-z, every other byte as itself (what String#toLowerCase does to the ASCII a name is made of). */
+const LOWER = (() => {
+  const t = new Uint8Array(256);
+  for (let c = 0; c < 256; c++) t[c] = c >= 0x41 && c <= 0x5a ? c + 0x20 : c;
+  return t;
+})();
+
+/** Whether buf[from, to) is `lower` (lower-case ASCII), ignoring ASCII case. */
+function isLower(buf: Buffer, from: number, to: number, lower: string): boolean {
+  if (to - from !== lower.length) return false;
+  for (let i = 0; i < lower.length; i++) if (LOWER[buf[from + i] as number] !== lower.charCodeAt(i)) return false;
+  return true;
+}
+
+/** What a response field's name makes of it: read for framing, or dropped as hop-by-hop, or (OTHER) passed on. */
+const OTHER = 0;
+const CONTENT_LENGTH = 1;
+const TRANSFER_ENCODING = 2;
+const CONNECTION = 3;
+const HOP = 4;
+/**
+ * Not forwarded: they describe one connection's framing and options (RFC
+ * 9110 7.6.1). The proxy states framing itself. By length, for
+ * responseFieldKind().
+ */
+const RESPONSE_HOP: ReadonlyArray<readonly [string, number]> = [
+  ['connection', CONNECTION], ['keep-alive', HOP], ['proxy-connection', HOP], ['te', HOP], ['trailer', HOP],
+  ['transfer-encoding', TRANSFER_ENCODING], ['upgrade', HOP], ['content-length', CONTENT_LENGTH],
+];
+const HOP_BY_LENGTH = (() => {
+  const t: (readonly [string, number])[][] = [];
+  for (const entry of RESPONSE_HOP) (t[entry[0].length] ??= []).push(entry);
+  return t;
+})();
+
+/** The kind of the response field named buf[from, to): one of RESPONSE_HOP's, or OTHER. */
+function responseFieldKind(buf: Buffer, from: number, to: number): number {
+  const candidates = HOP_BY_LENGTH[to - from];
+  if (!candidates) return OTHER;
+  for (let i = 0; i < candidates.length; i++) {
+    const entry = candidates[i] as readonly [string, number];
+    if (isLower(buf, from, to, entry[0])) return entry[1];
+  }
+  return OTHER;
+}
+
+/**
+ * The field lines of a response head, read by scanResponseFields() into
+ * FIELD_SLOTS numbers each: where the name starts and ends (its colon),
+ * where the value starts and ends (without the SP and HTAB around it),
+ * where the line ends (its CR, or the head's end), the name's kind, and
+ * whether the line goes to the workload. One array, grown as needed and
+ * reused: a head is read and rewritten in one call.
+ */
+const FIELD_SLOTS = 7;
+const F_NAME = 0;
+const F_COLON = 1;
+const F_VALUE = 2;
+const F_VALUE_END = 3;
+const F_END = 4;
+const F_KIND = 5;
+const F_KEEP = 6;
+let fieldSlots = new Int32Array(FIELD_SLOTS * 64);
+
+/** Per byte: a response field value may hold it (RESPONSE_CHARS' FIELD_VALUE), as 1 or 0. */
+const VALUE_BYTE = RESPONSE_CHARS.map((k) => k & FIELD_VALUE);
+/** Per byte: a response field name may hold it, as 1 or 0. */
+const NAME_BYTE = RESPONSE_CHARS.map((k) => (k & FIELD_NAME) >> 1);
+
+/**
+ * Reads the field lines of a response head, buf[from, to) (after the
+ * status line's CRLF, without the head's empty line), into fieldSlots;
+ * returns how many. One pass per line: a CTL, DEL or bare CR or LF
+ * anywhere in a line is BAD_BYTES; otherwise a line without a colon, or
+ * whose name is empty or not a token, is malformed.
+ * @throws ResponseFramingError
+ */
+function scanResponseFields(buf: Buffer, from: number, to: number): number {
+  let n = 0;
+  for (let at = from; ; ) {
+    let i = at;
+    // The name: token bytes up to the colon. Anything else makes the line malformed, once it is known to hold no bad byte.
+    while (i < to && NAME_BYTE[buf[i] as number]) i++;
+    const colon = i < to && buf[i] === 0x3a ? i : -1;
+    const malformed = colon <= at;
+    // The rest of the line (all of it when the name was cut short): any byte a value may hold, to the CRLF.
+    let eol = -1;
+    for (; i < to; i++) {
+      const c = buf[i] as number;
+      if (VALUE_BYTE[c]) continue;
+      if (c === 0x0d && i + 1 < to && buf[i + 1] === 0x0a) {
+        eol = i;
+        break;
+      }
+      throw new ResponseFramingError(BAD_BYTES);
+    }
+    if (malformed) throw new ResponseFramingError('malformed header line');
+    let vs = colon + 1;
+    let ve = i;
+    while (vs < ve && (buf[vs] === 0x20 || buf[vs] === 0x09)) vs++;
+    while (ve > vs && (buf[ve - 1] === 0x20 || buf[ve - 1] === 0x09)) ve--;
+    if ((n + 1) * FIELD_SLOTS > fieldSlots.length) {
+      const grown = new Int32Array(fieldSlots.length * 2);
+      grown.set(fieldSlots);
+      fieldSlots = grown;
+    }
+    const f = n * FIELD_SLOTS;
+    fieldSlots[f + F_NAME] = at;
+    fieldSlots[f + F_COLON] = colon;
+    fieldSlots[f + F_VALUE] = vs;
+    fieldSlots[f + F_VALUE_END] = ve;
+    fieldSlots[f + F_END] = i;
+    fieldSlots[f + F_KIND] = responseFieldKind(buf, at, colon);
+    fieldSlots[f + F_KEEP] = 1;
+    n++;
+    if (eol < 0) return n;
+    at = eol + 2;
+  }
+}
+
 /**
  * The field lines of a response head `text` (without its empty line)
  * after the status line, which ends at `eol` (-1: no field lines), as
  * [name, value, lower-case name, ...], values without the SP and HTAB
- * around them. One pass per line: a CTL, DEL or bare CR or LF anywhere in
- * a line is BAD_BYTES; otherwise a line without a colon, or whose name is
- * empty or not a token, is malformed. Exported for its test.
+ * around them, read as responseHead() reads them. For its test.
  * @throws ResponseFramingError
  */
 export function responseFields(text: string, eol: number): string[] {
+  if (eol < 0) return [];
+  const buf = Buffer.from(text, 'latin1');
+  const n = scanResponseFields(buf, eol + 2, buf.length);
   const fields: string[] = [];
-  const n = text.length;
-  for (let at = eol + 2; eol >= 0; at = eol + 2) {
-    let colon = -1;
-    let badName = false;
-    let i = at;
-    eol = -1;
-    for (; i < n; i++) {
-      const c = text.charCodeAt(i);
-      if (c === 0x0d && text.charCodeAt(i + 1) === 0x0a) {
-        eol = i;
-        break;
-      }
-      const kind = RESPONSE_CHARS[c] ?? 0;
-      if (!(kind & FIELD_VALUE)) throw new ResponseFramingError(BAD_BYTES);
-      if (colon < 0) {
-        if (c === 0x3a) colon = i;
-        else if (!(kind & FIELD_NAME)) badName = true;
-      }
-    }
-    if (colon <= at || badName) throw new ResponseFramingError('malformed header line');
-    const name = text.slice(at, colon);
-    fields.push(name, fieldValue(text, colon + 1, i), name.toLowerCase());
+  for (let k = 0; k < n; k++) {
+    const f = k * FIELD_SLOTS;
+    const name = buf.toString('latin1', fieldSlots[f + F_NAME], fieldSlots[f + F_COLON]);
+    fields.push(name, buf.toString('latin1', fieldSlots[f + F_VALUE], fieldSlots[f + F_VALUE_END]), name.toLowerCase());
   }
   return fields;
 }
@@ -381,7 +481,7 @@ export class ResponseFramer {
             return result;
           }
           if (end + 4 - pos > MAX_HEAD_BYTES) throw new ResponseFramingError(`response head longer than ${MAX_HEAD_BYTES} bytes`);
-          const head = this.#head(buf.toString('latin1', pos, end));
+          const head = this.#head(buf, pos, end);
           pos = end + 4;
           result.out.push(head.bytes);
           if (head.interim) continue;
@@ -525,90 +625,279 @@ export class ResponseFramer {
     return result;
   }
 
-  /** One head: its bytes for the workload; sets the stage the body starts in. */
-  #head(text: string): { bytes: Buffer; status: number; interim: boolean } {
-    // Each line is checked apart: lines are split at CRLF, so a CR or LF left in one is a bare one.
-    const eol = text.indexOf('\r\n');
-    const first = eol < 0 ? text : text.slice(0, eol);
-    if (LINE_CTL.test(first)) throw new ResponseFramingError(BAD_BYTES);
-    const statusLine = STATUS_LINE.exec(first);
-    if (!statusLine) throw new ResponseFramingError('malformed status line');
-    const minor = statusLine[1] as string;
-    const status = Number(statusLine[2]);
-    const reason = this.#mask ? this.#mask.text(statusLine[3] ?? '') : (statusLine[3] ?? '');
-    if (status === 101) throw new ResponseFramingError('a protocol switch nobody asked for');
-    /** [name, value, lower-case name, ...] */
-    const fields = responseFields(text, eol);
-    let length: string | undefined;
-    let lengths = 0;
-    let codings = 0;
-    let chunked = false;
-    let tokens: string[] | undefined;
-    for (let f = 0; f < fields.length; f += 3) {
-      const value = fields[f + 1] as string;
-      const lower = fields[f + 2] as string;
-      if (lower === 'content-length') {
-        lengths++;
-        length = value;
-      } else if (lower === 'transfer-encoding') {
-        codings++;
-        chunked = value.toLowerCase() === 'chunked';
-      } else if (lower === 'connection') {
-        for (const t of value.split(',')) {
-          const token = t.trim().toLowerCase();
-          if (token) (tokens ??= []).push(token);
-        }
-      }
-    }
-    // Masked once framing is read from the values as sent (the framing headers go out as the proxy states them).
-    // (Content-Length goes out as the framing states it.)
-    if (this.#mask) for (let f = 1; f < fields.length; f += 3) if (fields[f + 1] !== 'content-length') fields[f] = this.#mask.text(fields[f] as string);
-    if (status < 200) return { bytes: rewriteHead(status, reason, fields, [], tokens), status, interim: true };
-    this.#status = status;
-
-    if (minor === '0' || tokens?.includes('close')) this.#reusable = false;
-    const bodiless = this.#headRequest || status === 204 || status === 304;
-    let framing: string[];
-    if (codings > 0) {
-      if (codings > 1 || !chunked || lengths > 0 || minor === '0') throw new ResponseFramingError('Transfer-Encoding other than one chunked, or with Content-Length');
-      framing = ['Transfer-Encoding', 'chunked'];
-      this.#stage = bodiless ? 'done' : 'size';
-    } else if (lengths > 0) {
-      if (lengths > 1 || !LENGTH.test(length as string)) throw new ResponseFramingError('Content-Length not one decimal number');
-      framing = ['Content-Length', length as string];
-      this.#left = Number(length);
-      this.#stage = bodiless || this.#left === 0 ? 'done' : 'length';
-    } else if (bodiless) {
-      framing = [];
-      this.#stage = 'done';
-    } else {
-      framing = ['Connection', 'close'];
+  /** Applies one head (responseHead()) to the framer: the stage its body starts in. */
+  #head(buf: Buffer, from: number, to: number): ResponseHead {
+    const head = responseHead(buf, from, to, this.#headRequest, this.#closeAfter, this.#mask);
+    if (head.interim) return head;
+    this.#status = head.status;
+    if (!head.keepAlive) this.#reusable = false;
+    this.#stage = head.stage;
+    this.#left = head.left;
+    if (head.stage === 'close') {
       this.#closeDownstream = true;
       this.#reusable = false;
-      this.#stage = 'close';
     }
-    if (this.#closeAfter && !this.#closeDownstream) framing.push('Connection', 'close');
     if (this.#mask && this.#stage !== 'done') {
       this.#scanning = true;
       this.#rechunk = this.#stage === 'size';
     }
-    return { bytes: rewriteHead(status, reason, fields, framing, tokens), status, interim: false };
+    return head;
   }
+}
 
+/** One response head as responseHead() reads it. */
+export interface ResponseHead {
+  /** The head for the workload (see responseHead()). */
+  bytes: Buffer;
+  status: number;
+  /** A 1xx head: the final one is still to come (the fields below are then unset). */
+  interim: boolean;
+  /** Where the body starts: none at all, `left` bytes, chunks, or everything up to the upstream's close. */
+  stage: 'done' | 'length' | 'size' | 'close';
+  left: number;
+  /** The upstream may keep the connection for another exchange (HTTP/1.1, no Connection: close). */
+  keepAlive: boolean;
+}
+
+const HTTP11 = 'HTTP/1.1 ';
+
+/**
+ * Reads the response head buf[from, to) (without its empty line) and
+ * rewrites it for the workload: HTTP/1.1, the upstream's fields without
+ * hop-by-hop ones and those its Connection lists, then the framing the
+ * proxy states. `headRequest`: the request was HEAD (no body whatever the
+ * head says); `closeAfter`: the workload's connection closes after this
+ * response, which the head then says; `mask`: the credential values whose
+ * occurrences in the reason and field values (Content-Length's aside) are
+ * masked. Works on the bytes: no string per field, one buffer out.
+ * @throws ResponseFramingError
+ */
+export function responseHead(buf: Buffer, from: number, to: number, headRequest: boolean, closeAfter: boolean, mask?: ResponseMask): ResponseHead {
+  // Each line is checked apart: lines are split at CRLF, so a CR or LF left in one is a bare one.
+  let eol = buf.indexOf(CRLF, from);
+  if (eol < 0 || eol >= to) eol = -1;
+  const firstEnd = eol < 0 ? to : eol;
+  for (let i = from; i < firstEnd; i++) {
+    const c = buf[i] as number;
+    if ((c < 0x20 && c !== 0x09) || c === 0x7f) throw new ResponseFramingError(BAD_BYTES);
+  }
+  // HTTP/1.x SSS[ reason]
+  const len = firstEnd - from;
+  if (len < 12 || !isText(buf, from, 'HTTP/1.')
+    || (buf[from + 7] !== 0x30 && buf[from + 7] !== 0x31) || buf[from + 8] !== 0x20
+    || !((buf[from + 9] as number) >= 0x31 && (buf[from + 9] as number) <= 0x35) || !isDigit(buf[from + 10] as number) || !isDigit(buf[from + 11] as number)
+    || (len > 12 && buf[from + 12] !== 0x20)) {
+    throw new ResponseFramingError('malformed status line');
+  }
+  const http10 = buf[from + 7] === 0x30;
+  const status = ((buf[from + 9] as number) - 0x30) * 100 + ((buf[from + 10] as number) - 0x30) * 10 + ((buf[from + 11] as number) - 0x30);
+  const reasonAt = len > 12 ? from + 13 : firstEnd;
+  if (status === 101) throw new ResponseFramingError('a protocol switch nobody asked for');
+  const n = eol < 0 ? 0 : scanResponseFields(buf, eol + 2, to);
+
+  let lengths = 0;
+  let lengthField = -1;
+  let codings = 0;
+  let chunked = false;
+  let closing = false;
+  let tokens: number[] | undefined;
+  for (let k = 0; k < n; k++) {
+    const f = k * FIELD_SLOTS;
+    const kind = fieldSlots[f + F_KIND];
+    if (kind === OTHER) continue;
+    fieldSlots[f + F_KEEP] = 0;
+    const vs = fieldSlots[f + F_VALUE] as number;
+    const ve = fieldSlots[f + F_VALUE_END] as number;
+    if (kind === CONTENT_LENGTH) {
+      lengths++;
+      lengthField = f;
+    } else if (kind === TRANSFER_ENCODING) {
+      codings++;
+      chunked = isLower(buf, vs, ve, 'chunked');
+    } else if (kind === CONNECTION) {
+      // Its comma-separated tokens, without the whitespace String#trim takes around each (of what a value may hold: SP, HTAB, NBSP).
+      for (let a = vs; a < ve; ) {
+        let b = buf.indexOf(0x2c, a);
+        if (b < 0 || b > ve) b = ve;
+        let ts = a;
+        let te = b;
+        while (ts < te && isTrimmed(buf[ts] as number)) ts++;
+        while (te > ts && isTrimmed(buf[te - 1] as number)) te--;
+        if (te > ts) {
+          (tokens ??= []).push(ts, te);
+          if (isLower(buf, ts, te, 'close')) closing = true;
+        }
+        a = b + 1;
+      }
+    }
+  }
+  // Fields the Connection header lists are hop-by-hop too.
+  if (tokens) {
+    for (let k = 0; k < n; k++) {
+      const f = k * FIELD_SLOTS;
+      if (!fieldSlots[f + F_KEEP]) continue;
+      const ns = fieldSlots[f + F_NAME] as number;
+      const ne = fieldSlots[f + F_COLON] as number;
+      for (let t = 0; t < tokens.length; t += 2) {
+        if (sameLowerBytes(buf, ns, ne, tokens[t] as number, tokens[t + 1] as number)) {
+          fieldSlots[f + F_KEEP] = 0;
+          break;
+        }
+      }
+    }
+  }
+  // Masked once framing is read from the values as sent, in a copy (the head and its CRLF): a chunk from the upstream is never written to.
+  let src = buf;
+  let delta = 0;
+  if (mask?.occursIn(buf.subarray(from, to))) {
+    src = Buffer.from(buf.subarray(from, to + 2));
+    delta = from;
+    mask.maskRange(src, reasonAt - delta, firstEnd - delta);
+    // (Content-Length goes out as the framing states it.)
+    for (let k = 0; k < n; k++) {
+      const f = k * FIELD_SLOTS;
+      if (fieldSlots[f + F_KIND] !== CONTENT_LENGTH) mask.maskRange(src, (fieldSlots[f + F_VALUE] as number) - delta, (fieldSlots[f + F_VALUE_END] as number) - delta);
+    }
+  }
+  const emit = (framing: string) => writeHead(src, delta, from + 9, reasonAt, firstEnd, n, framing);
+  if (status < 200) return { bytes: emit(''), status, interim: true, stage: 'done', left: 0, keepAlive: true };
+
+  const keepAlive = !http10 && !closing;
+  const bodiless = headRequest || status === 204 || status === 304;
+  let framing: string;
+  let stage: ResponseHead['stage'];
+  let left = 0;
+  if (codings > 0) {
+    if (codings > 1 || !chunked || lengths > 0 || http10) throw new ResponseFramingError('Transfer-Encoding other than one chunked, or with Content-Length');
+    framing = 'Transfer-Encoding: chunked\r\n';
+    stage = bodiless ? 'done' : 'size';
+  } else if (lengths > 0) {
+    left = lengths > 1 ? -1 : decimal(buf, fieldSlots[lengthField + F_VALUE] as number, fieldSlots[lengthField + F_VALUE_END] as number);
+    if (left < 0) throw new ResponseFramingError('Content-Length not one decimal number');
+    framing = `Content-Length: ${left}\r\n`;
+    stage = bodiless || left === 0 ? 'done' : 'length';
+  } else if (bodiless) {
+    framing = '';
+    stage = 'done';
+  } else {
+    framing = 'Connection: close\r\n';
+    stage = 'close';
+  }
+  if (closeAfter && stage !== 'close') framing += 'Connection: close\r\n';
+  return { bytes: emit(framing), status, interim: false, stage, left, keepAlive };
+}
+
+/** Whether `text` (ASCII) is at buf[at]. */
+function isText(buf: Buffer, at: number, text: string): boolean {
+  for (let i = 0; i < text.length; i++) if (buf[at + i] !== text.charCodeAt(i)) return false;
+  return true;
 }
 
 /**
- * A head for the workload: HTTP/1.1, the upstream's `fields` ([name, value,
- * lower-case name, ...]) without hop-by-hop ones and those its Connection
- * lists (`tokens`), then `framing`.
+ * The number buf[from, to) spells as LENGTH allows it (no sign, no
+ * leading zero, at most 15 digits: exact as a double), or -1.
  */
-function rewriteHead(status: number, reason: string, fields: string[], framing: string[], tokens: string[] | undefined): Buffer {
-  let s = `HTTP/1.1 ${status} ${reason}\r\n`;
-  for (let i = 0; i < fields.length; i += 3) {
-    const lower = fields[i + 2] as string;
-    if (RESPONSE_HOP.has(lower) || tokens?.includes(lower)) continue;
-    s += `${fields[i]}: ${fields[i + 1]}\r\n`;
+function decimal(buf: Buffer, from: number, to: number): number {
+  if (to <= from || to - from > 15 || (buf[from] === 0x30 && to - from > 1)) return -1;
+  let n = 0;
+  for (let i = from; i < to; i++) {
+    const c = buf[i] as number;
+    if (!isDigit(c)) return -1;
+    n = n * 10 + (c - 0x30);
   }
-  for (let i = 0; i < framing.length; i += 2) s += `${framing[i]}: ${framing[i + 1]}\r\n`;
-  return Buffer.from(`${s}\r\n`, 'latin1');
+  return n;
+}
+
+function isDigit(c: number): boolean {
+  return c >= 0x30 && c <= 0x39;
+}
+
+/** What String#trim takes from a token's ends, of the bytes a field value may hold. */
+function isTrimmed(c: number): boolean {
+  return c === 0x20 || c === 0x09 || c === 0xa0;
+}
+
+/** Whether buf[a, ae) and buf[b, be) are the same bytes once A-Z are taken as a-z. */
+function sameLowerBytes(buf: Buffer, a: number, ae: number, b: number, be: number): boolean {
+  if (ae - a !== be - b) return false;
+  for (let i = 0; i < ae - a; i++) if (LOWER[buf[a + i] as number] !== LOWER[buf[b + i] as number]) return false;
+  return true;
+}
+
+/**
+ * The rewritten head: "HTTP/1.1 ", the status and reason, the fields kept
+ * (fieldSlots, `n` of them) as "name: value", `framing` (whole lines) and
+ * the empty line. Positions are buf's; `src` holds the bytes at position
+ * minus `delta` (a masked copy of the head and its CRLF, or buf itself).
+ * Lines that go out as they came (most of an ordinary head) are copied in
+ * runs.
+ */
+function writeHead(src: Buffer, delta: number, statusAt: number, reasonAt: number, reasonEnd: number, n: number, framing: string): Buffer {
+  let size = HTTP11.length + 4 + (reasonEnd - reasonAt) + 2 + framing.length + 2;
+  for (let k = 0; k < n; k++) {
+    const f = k * FIELD_SLOTS;
+    if (fieldSlots[f + F_KEEP]) size += (fieldSlots[f + F_COLON] as number) - (fieldSlots[f + F_NAME] as number) + 2 + (fieldSlots[f + F_VALUE_END] as number) - (fieldSlots[f + F_VALUE] as number) + 2;
+  }
+  const out = Buffer.allocUnsafe(size);
+  let o = 0;
+  /** A run of src (buf positions) still to copy, lines as they came. */
+  let runFrom = -1;
+  let runTo = -1;
+  const lineStart = statusAt - 9;
+  // "HTTP/1.1 SSS reason" comes out as it came.
+  if (src[lineStart + 7 - delta] === 0x31 && reasonAt === statusAt + 4) {
+    runFrom = lineStart;
+    runTo = reasonEnd + 2;
+  } else {
+    o = putText(out, o, HTTP11);
+    o = putBytes(out, o, src, statusAt - delta, statusAt - delta + 3);
+    out[o++] = 0x20;
+    o = putBytes(out, o, src, reasonAt - delta, reasonEnd - delta);
+    out[o++] = 0x0d;
+    out[o++] = 0x0a;
+  }
+  for (let k = 0; k < n; k++) {
+    const f = k * FIELD_SLOTS;
+    if (!fieldSlots[f + F_KEEP]) continue;
+    const name = fieldSlots[f + F_NAME] as number;
+    const colon = fieldSlots[f + F_COLON] as number;
+    const value = fieldSlots[f + F_VALUE] as number;
+    const valueEnd = fieldSlots[f + F_VALUE_END] as number;
+    const end = fieldSlots[f + F_END] as number;
+    // "name: value" with nothing after the value comes out as it came.
+    if (value === colon + 2 && src[colon + 1 - delta] === 0x20 && valueEnd === end) {
+      if (runTo !== name) {
+        if (runFrom >= 0) o = putBytes(out, o, src, runFrom - delta, runTo - delta);
+        runFrom = name;
+      }
+      runTo = end + 2;
+      continue;
+    }
+    if (runFrom >= 0) o = putBytes(out, o, src, runFrom - delta, runTo - delta);
+    runFrom = runTo = -1;
+    o = putBytes(out, o, src, name - delta, colon - delta);
+    out[o++] = 0x3a;
+    out[o++] = 0x20;
+    o = putBytes(out, o, src, value - delta, valueEnd - delta);
+    out[o++] = 0x0d;
+    out[o++] = 0x0a;
+  }
+  if (runFrom >= 0) o = putBytes(out, o, src, runFrom - delta, runTo - delta);
+  o = putText(out, o, framing);
+  out[o++] = 0x0d;
+  out[o++] = 0x0a;
+  return out;
+}
+
+/** Copies src[from, to) to out at `o`; returns where it ends. Short runs (most field names and values) by a loop, not a call into the runtime. */
+function putBytes(out: Buffer, o: number, src: Buffer, from: number, to: number): number {
+  if (to - from > 64) return o + src.copy(out, o, from, to);
+  for (let i = from; i < to; i++) out[o++] = src[i] as number;
+  return o;
+}
+
+/** Writes `text` (ASCII) to out at `o`; returns where it ends. */
+function putText(out: Buffer, o: number, text: string): number {
+  for (let i = 0; i < text.length; i++) out[o++] = text.charCodeAt(i);
+  return o;
 }

@@ -3,7 +3,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync,
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { AuditLog, DELETION_CHECK_MS } from '../../controller/audit/audit-log.js';
+import { AuditLog, auditPath, DELETION_CHECK_MS } from '../../controller/audit/audit-log.js';
 import { machineSkipTitle } from '../support/tiers.js';
 import { trustedOwners } from '../../controller/trusted-directory.js';
 
@@ -26,6 +26,43 @@ describe('AuditLog.recordBatch', () => {
 });
 
 const isRoot = process.geteuid?.() === 0;
+
+describe('auditPath', () => {
+  it('keeps the path alone: no query, fragment, scheme or authority', () => {
+    expect(auditPath('/v1/items')).toBe('/v1/items');
+    expect(auditPath('/v1/items?token=s3cret')).toBe('/v1/items');
+    expect(auditPath('/a#frag?x')).toBe('/a');
+    expect(auditPath('/a?x#y')).toBe('/a');
+    expect(auditPath('https://user:password@host/p?q')).toBe('/p');
+    expect(auditPath('http://host?q=1')).toBe('/');
+    expect(auditPath('http://host')).toBe('/');
+    expect(auditPath('//host/p')).toBe('//host/p');
+    expect(auditPath('*')).toBe('*');
+    expect(auditPath('')).toBe('');
+    expect(auditPath(undefined)).toBeUndefined();
+  });
+
+  it('answers as the plain regular-expression version does, over generated targets', () => {
+    const reference = (target: string) => {
+      let p = target;
+      const scheme = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//.exec(p);
+      if (scheme) {
+        const end = p.slice(scheme[0].length).search(/[/?#]/);
+        p = end < 0 ? '/' : p.slice(scheme[0].length + end);
+        if (!p.startsWith('/')) p = `/${p}`;
+      }
+      const q = p.search(/[?#]/);
+      return q < 0 ? p : p.slice(0, q);
+    };
+    let seed = 7;
+    const rand = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+    const parts = ['/', '?', '#', 'a', 'B', '1', ':', '//', 'http', 'x+y.z-', '@', '%2F', '*', ' '];
+    for (let k = 0; k < 20_000; k++) {
+      const target = Array.from({ length: rand(8) }, () => parts[rand(parts.length)]).join('');
+      expect(auditPath(target), JSON.stringify(target)).toBe(reference(target));
+    }
+  });
+});
 
 describe('AuditLog file', () => {
   let dir = '';

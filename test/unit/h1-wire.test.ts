@@ -7,7 +7,8 @@
  */
 import { describe, expect, it } from 'vitest';
 import { METHODS } from 'node:http';
-import { findHeadEnd, parseRequestHead, ReadAhead, ResponseFramer, ResponseFramingError, responseFields, type FastRequestHead } from '../../controller/proxy/h1-wire.js';
+import { findHeadEnd, parseRequestHead, ReadAhead, ResponseFramer, ResponseFramingError, responseFields, responseHead, type FastRequestHead } from '../../controller/proxy/h1-wire.js';
+import { maskedValues, maskText, ResponseMask, type MaskSet } from '../../controller/inject/reflection.js';
 
 const HOST = 'api.example.com';
 const head = (s: string) => Buffer.from(s, 'latin1');
@@ -286,6 +287,149 @@ describe('ResponseFramer', () => {
     }
     expect(good, String(good)).toBeGreaterThan(2000);
     expect(good, String(good)).toBeLessThan(18_000);
+  });
+
+  /**
+   * The reference for a whole response head: a string per line and per
+   * field, a regular expression per rule, maskText() per value, the head
+   * built as a string. responseHead() reads and writes bytes; it must
+   * answer exactly what this answers: the same bytes, status and framing,
+   * the same error, the same count of masked values.
+   */
+  const REF_STATUS = /^HTTP\/1\.([01]) ([1-5][0-9]{2})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?$/;
+  const REF_HOP = new Set(['connection', 'keep-alive', 'proxy-connection', 'te', 'trailer', 'transfer-encoding', 'upgrade', 'content-length']);
+  type RefHead = { bytes: string; status: number; interim: boolean; stage?: string; left?: number; keepAlive?: boolean; masked: number };
+  function referenceHead(text: string, headRequest: boolean, closeAfter: boolean, set: MaskSet | undefined): RefHead | string {
+    let masked = 0;
+    const mask = (v: string) => {
+      const m = set ? maskText(v, set) : v;
+      if (m !== v) masked++;
+      return m;
+    };
+    const eol = text.indexOf('\r\n');
+    const first = eol < 0 ? text : text.slice(0, eol);
+    if (REF_CTL.test(first)) return 'a control character, or a bare CR or LF, in the head';
+    const line = REF_STATUS.exec(first);
+    if (!line) return 'malformed status line';
+    const minor = line[1] as string;
+    const status = Number(line[2]);
+    const reason = mask(line[3] ?? '');
+    if (status === 101) return 'a protocol switch nobody asked for';
+    const fields = referenceFields(text, eol);
+    if (typeof fields === 'string') return fields;
+    let length: string | undefined;
+    let lengths = 0;
+    let codings = 0;
+    let chunked = false;
+    const tokens: string[] = [];
+    for (let f = 0; f < fields.length; f += 3) {
+      const value = fields[f + 1] as string;
+      const lower = fields[f + 2] as string;
+      if (lower === 'content-length') {
+        lengths++;
+        length = value;
+      } else if (lower === 'transfer-encoding') {
+        codings++;
+        chunked = value.toLowerCase() === 'chunked';
+      } else if (lower === 'connection') {
+        for (const t of value.split(',')) if (t.trim()) tokens.push(t.trim().toLowerCase());
+      }
+    }
+    for (let f = 1; f < fields.length; f += 3) if (fields[f + 1] !== 'content-length') fields[f] = mask(fields[f] as string);
+    const build = (framing: string[]) => {
+      let s = `HTTP/1.1 ${status} ${reason}\r\n`;
+      for (let i = 0; i < fields.length; i += 3) {
+        const lower = fields[i + 2] as string;
+        if (!REF_HOP.has(lower) && !tokens.includes(lower)) s += `${fields[i]}: ${fields[i + 1]}\r\n`;
+      }
+      for (let i = 0; i < framing.length; i += 2) s += `${framing[i]}: ${framing[i + 1]}\r\n`;
+      return `${s}\r\n`;
+    };
+    if (status < 200) return { bytes: build([]), status, interim: true, masked };
+    const keepAlive = minor !== '0' && !tokens.includes('close');
+    const bodiless = headRequest || status === 204 || status === 304;
+    let framing: string[];
+    let stage: string;
+    let left = 0;
+    if (codings > 0) {
+      if (codings > 1 || !chunked || lengths > 0 || minor === '0') return 'Transfer-Encoding other than one chunked, or with Content-Length';
+      framing = ['Transfer-Encoding', 'chunked'];
+      stage = bodiless ? 'done' : 'size';
+    } else if (lengths > 0) {
+      if (lengths > 1 || !/^(?:0|[1-9][0-9]{0,14})$/.test(length as string)) return 'Content-Length not one decimal number';
+      framing = ['Content-Length', length as string];
+      left = Number(length);
+      stage = bodiless || left === 0 ? 'done' : 'length';
+    } else if (bodiless) {
+      framing = [];
+      stage = 'done';
+    } else {
+      framing = ['Connection', 'close'];
+      stage = 'close';
+    }
+    if (closeAfter && stage !== 'close') framing.push('Connection', 'close');
+    return { bytes: build(framing), status, interim: false, stage, left, keepAlive, masked };
+  }
+
+  it('rewrites heads exactly as the reference does, masks included, over 30,000 generated heads with hostile bytes', () => {
+    const { rand, pick } = seeded(0x5eed1e55);
+    const secret = 'Bearer sk-live-\xe9/"ab\\cd';
+    // A numeric secret may equal a Content-Length: that is the body's length, never masked.
+    const sets = [undefined, maskedValues([secret]), maskedValues([secret, 'token-\u20ac-outside-latin1']), maskedValues(['123456789012'])];
+    const spellings = [secret, JSON.stringify(secret).slice(1, -1), JSON.stringify(secret).slice(1, -1).replaceAll('/', '\\/')];
+    const nasty = ['\r', '\n', '\t', ' ', ':', '_', '\x00', '\x1f', '\x7f', '\x80', '\xa0', '\xff', ',', '"', '\x0b'];
+    const chars = (len: number, safe: string) => Array.from({ length: len }, () => (rand(16) ? pick([...safe]) : pick(nasty))).join('');
+    const names = ['Content-Length', 'content-LENGTH', 'Transfer-Encoding', 'TRANSFER-encoding', 'Connection', 'CONNECTION', 'Keep-Alive', 'Proxy-Connection',
+      'TE', 'Trailer', 'Upgrade', 'Server', 'X-Hop', 'x-hop', 'Date', 'X_Under', 'Set-Cookie', 'Close'];
+    const value = (name: string) => {
+      const lower = name.toLowerCase();
+      if (lower === 'content-length') return pick(['0', '5', '12', '007', '-1', '1, 1', '+1', '999999999999999', '9999999999999999', 'x', '', '123456789012']);
+      if (lower === 'transfer-encoding') return pick(['chunked', 'CHUNKED', 'gzip', 'chunked, gzip', ' chunked', 'chunked\xa0']);
+      if (lower === 'connection') return Array.from({ length: 1 + rand(3) }, () => `${pick(['', ' ', '\t', '\xa0'])}${pick(['keep-alive', 'close', 'CLOSE', 'x-hop', 'X-HOP', 'server', 'te', '', 'cl\xf6se'])}${pick(['', ' ', '\xa0'])}`).join(pick([',', ', ', ' ,']));
+      return rand(4) ? chars(rand(14), 'abc 1,;=/\xe9') : `${chars(rand(4), 'ab ')}${pick([...spellings, '123456789012'])}${rand(2) ? pick(spellings) : ''}${chars(rand(4), 'ab ')}`;
+    };
+    const outcomes = new Map<string, number>();
+    let masked = 0;
+    for (let k = 0; k < 30_000; k++) {
+      const version = rand(10) ? 'HTTP/1.1' : pick(['HTTP/1.0', 'HTTP/1.2', 'http/1.1', 'HTTP/2']);
+      const code = pick(['200', '204', '304', '100', '103', '101', '404', '20', '600', '199', '500']);
+      const reason = pick(['', ' OK', ' ', ` ${chars(rand(10), 'Ok \xe9')}`, ` x${pick(spellings)}`, '\tOK']);
+      const lines = Array.from({ length: rand(8) }, () => {
+        const name = rand(5) ? pick(names) : chars(1 + rand(5), 'aZ0-._~');
+        const sep = rand(20) ? ':' : pick(['', ' :', '::']);
+        return `${name}${sep}${pick(['', ' ', '\t ', '  '])}${value(name)}${pick(['', '', ' ', '\t'])}`;
+      });
+      const text = [`${version} ${code}${reason}`, ...lines].join('\r\n');
+      const headRequest = rand(8) === 0;
+      const closeAfter = rand(8) === 0;
+      const set = pick(sets);
+      const want = referenceHead(text, headRequest, closeAfter, set);
+      // After bytes of another head, and before the empty line and a body: positions are the buffer's.
+      const before = rand(2) ? '' : 'HTTP/1.1 100 Continue\r\n\r\n';
+      const buf = Buffer.from(`${before}${text}\r\n\r\n${chars(rand(20), 'body')}`, 'latin1');
+      const mask = set ? new ResponseMask(set) : undefined;
+      let got: RefHead | string;
+      try {
+        const h = responseHead(buf, before.length, before.length + text.length, headRequest, closeAfter, mask);
+        got = { bytes: h.bytes.toString('latin1'), status: h.status, interim: h.interim, masked: mask?.masked ?? 0,
+          ...(h.interim ? {} : { stage: h.stage, left: h.left, keepAlive: h.keepAlive }) };
+      } catch (err) {
+        expect(err, JSON.stringify(text)).toBeInstanceOf(ResponseFramingError);
+        got = (err as Error).message;
+      }
+      expect(got, JSON.stringify(text)).toEqual(want);
+      // The buffer read is never written to.
+      expect(buf.toString('latin1')).toBe(`${before}${text}\r\n\r\n${buf.toString('latin1', before.length + text.length + 4)}`);
+      const outcome = typeof want === 'string' ? want : want.interim ? 'interim' : `final ${want.stage}`;
+      outcomes.set(outcome, (outcomes.get(outcome) ?? 0) + 1);
+      if (typeof want !== 'string' && want.masked) masked++;
+    }
+    // Every outcome well represented: each error, each framing, masking.
+    for (const o of ['a control character, or a bare CR or LF, in the head', 'malformed status line', 'a protocol switch nobody asked for', 'malformed header line',
+      'Transfer-Encoding other than one chunked, or with Content-Length', 'Content-Length not one decimal number', 'interim', 'final done', 'final length', 'final size', 'final close']) {
+      expect(outcomes.get(o) ?? 0, `${o}: ${JSON.stringify([...outcomes])}`).toBeGreaterThan(100);
+    }
+    expect(masked, String(masked)).toBeGreaterThan(500);
   });
 
   it.each(GOOD)('%s: the same bytes out whether fed whole or byte by byte', (_what, bytes, headRequest, close, expected) => {
