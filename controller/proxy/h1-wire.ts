@@ -650,7 +650,7 @@ export interface ResponseHead {
   /** The head for the workload (see responseHead()). */
   bytes: Buffer;
   status: number;
-  /** A 1xx head: the final one is still to come (the fields below are then unset). */
+  /** A 1xx head: the final one is still to come (the fields below then say nothing of the body). */
   interim: boolean;
   /** Where the body starts: none at all, `left` bytes, chunks, or everything up to the upstream's close. */
   stage: 'done' | 'length' | 'size' | 'close';
