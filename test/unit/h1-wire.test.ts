@@ -432,6 +432,23 @@ describe('ResponseFramer', () => {
     expect(masked, String(masked)).toBeGreaterThan(500);
   });
 
+  it('rewrites a head of over a thousand fields, and the small head after it, as the reference does', () => {
+    // Every seventh a Connection line naming the field after it, which is then dropped.
+    const many = ['HTTP/1.1 200 OK', ...Array.from({ length: 1300 }, (_, i) => (i % 7 === 0 ? `Connection:a${i + 1}` : `a${i}:1`))].join('\r\n');
+    expect(many.length).toBeLessThan(16 * 1024);
+    for (const text of [many, 'HTTP/1.1 204 No Content\r\nX-A: 1', many.replace('a1000:1', 'a1000:\x00')]) {
+      const want = referenceHead(text, false, false, undefined);
+      let got: unknown;
+      try {
+        const h = responseHead(Buffer.from(`${text}\r\n\r\n`, 'latin1'), 0, text.length, false, false);
+        got = { bytes: h.bytes.toString('latin1'), status: h.status, interim: h.interim, masked: 0, stage: h.stage, left: h.left, keepAlive: h.keepAlive };
+      } catch (err) {
+        got = (err as Error).message;
+      }
+      expect(got).toEqual(want);
+    }
+  });
+
   it.each(GOOD)('%s: the same bytes out whether fed whole or byte by byte', (_what, bytes, headRequest, close, expected) => {
     const a = frame(whole(bytes), { head: headRequest, close });
     const b = frame(bytewise(bytes), { head: headRequest, close });
