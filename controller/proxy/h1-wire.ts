@@ -311,11 +311,6 @@ const F_KIND = 5;
 const F_KEEP = 6;
 let fieldSlots = new Int32Array(FIELD_SLOTS * 64);
 
-/** Per byte: a response field value may hold it (RESPONSE_CHARS' FIELD_VALUE), as 1 or 0. */
-const VALUE_BYTE = RESPONSE_CHARS.map((k) => k & FIELD_VALUE);
-/** Per byte: a response field name may hold it, as 1 or 0. */
-const NAME_BYTE = RESPONSE_CHARS.map((k) => (k & FIELD_NAME) >> 1);
-
 /**
  * Reads the field lines of a response head, buf[from, to) (after the
  * status line's CRLF, without the head's empty line), into fieldSlots;
@@ -329,14 +324,14 @@ function scanResponseFields(buf: Buffer, from: number, to: number): number {
   for (let at = from; ; ) {
     let i = at;
     // The name: token bytes up to the colon. Anything else makes the line malformed, once it is known to hold no bad byte.
-    while (i < to && NAME_BYTE[buf[i] as number]) i++;
+    while (i < to && (RESPONSE_CHARS[buf[i] as number] as number) & FIELD_NAME) i++;
     const colon = i < to && buf[i] === 0x3a ? i : -1;
     const malformed = colon <= at;
     // The rest of the line (all of it when the name was cut short): any byte a value may hold, to the CRLF.
     let eol = -1;
     for (; i < to; i++) {
       const c = buf[i] as number;
-      if (VALUE_BYTE[c]) continue;
+      if ((RESPONSE_CHARS[c] as number) & FIELD_VALUE) continue;
       if (c === 0x0d && i + 1 < to && buf[i + 1] === 0x0a) {
         eol = i;
         break;
@@ -759,8 +754,7 @@ export function responseHead(buf: Buffer, from: number, to: number, headRequest:
       if (fieldSlots[f + F_KIND] !== CONTENT_LENGTH) mask.maskRange(src, (fieldSlots[f + F_VALUE] as number) - delta, (fieldSlots[f + F_VALUE_END] as number) - delta);
     }
   }
-  const emit = (framing: string) => writeHead(src, delta, from + 9, reasonAt, firstEnd, n, framing);
-  if (status < 200) return { bytes: emit(''), status, interim: true, stage: 'done', left: 0, keepAlive: true };
+  if (status < 200) return { bytes: writeHead(src, delta, from + 9, reasonAt, firstEnd, n, ''), status, interim: true, stage: 'done', left: 0, keepAlive: true };
 
   const keepAlive = !http10 && !closing;
   const bodiless = headRequest || status === 204 || status === 304;
@@ -784,7 +778,7 @@ export function responseHead(buf: Buffer, from: number, to: number, headRequest:
     stage = 'close';
   }
   if (closeAfter && stage !== 'close') framing += 'Connection: close\r\n';
-  return { bytes: emit(framing), status, interim: false, stage, left, keepAlive };
+  return { bytes: writeHead(src, delta, from + 9, reasonAt, firstEnd, n, framing), status, interim: false, stage, left, keepAlive };
 }
 
 /** Whether `text` (ASCII) is at buf[at]. */
