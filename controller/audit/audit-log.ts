@@ -24,6 +24,29 @@ import { replaceableThroughDirectory } from '../trusted-directory.js';
  */
 export type AuditDecision = 'inject' | 'deny' | 'pass' | 'withhold' | 'allow' | 'would-refuse' | 'close' | 'usage';
 
+/**
+ * Key of a request event's first fields already serialised
+ * (auditSubject()): who made a connection's requests and where they went,
+ * the same on each of their lines, so written once per connection. A
+ * symbol, which structured clones drop: a sink that sends events to
+ * another thread sends their auditFields() instead.
+ */
+export const AUDIT_SUBJECT: unique symbol = Symbol('wirekey.auditSubject');
+
+/** The fields of an AuditSubject: each line of a connection's requests begins with them. */
+export type AuditSubjectFields = Pick<AuditEvent, 'workload' | 'pid' | 'uid' | 'service' | 'host'>;
+
+/** What a sink records: an event that names its workload, or a proxied request's, whose subject does. */
+export type AuditRecord = AuditEvent | RequestAuditEvent;
+
+/**
+ * A proxied request's event: auditSubject() of its connection (who, to
+ * which service and host), then these fields, in this order.
+ */
+export type RequestAuditEvent = { [AUDIT_SUBJECT]: string } & Pick<AuditEvent, 'method' | 'path' | 'decision' | 'status' | 'credential'
+  | 'credentialVersion' | 'leaseId' | 'accessKeyId' | 'reason' | 'masked' | 'bytesUp' | 'bytesDown' | 'durationMs'>;
+
+/** What an audit line may say. */
 export interface AuditEvent {
   decision: AuditDecision;
   /** withhold: the binding whose credential is withheld. */
@@ -106,9 +129,9 @@ export const AUDIT_BACKLOG_MAX = 16 * 1024 * 1024;
 export interface AuditSink {
   /** False while lines cannot be written: the proxy refuses what it could not audit. */
   readonly writable: boolean;
-  record(event: AuditEvent): void;
+  record(event: AuditRecord): void;
   /** A line for something already done, written with the others of the same turn of the event loop. */
-  recordDone(event: AuditEvent): void;
+  recordDone(event: AuditRecord): void;
 }
 
 export class AuditLog implements AuditSink {
@@ -157,7 +180,7 @@ export class AuditLog implements AuditSink {
     return this.#fd !== null || process.stdout.writableLength <= AUDIT_BACKLOG_MAX;
   }
 
-  record(event: AuditEvent): void {
+  record(event: AuditRecord): void {
     if (this.#done.length) this.#flushDoneLines();
     this.#write(`${this.#line(event)}\n`);
   }
@@ -170,18 +193,19 @@ export class AuditLog implements AuditSink {
    * first, so the file keeps the order of the calls; close() writes what
    * waits. A failed write turns `writable` false as any other.
    */
-  recordDone(event: AuditEvent): void {
+  recordDone(event: AuditRecord): void {
     if (this.#done.push(this.#line(event)) === 1) setImmediate(this.#flushDone);
   }
 
   /**
-   * Records `events` now, in one write after the lines of recordDone() still
-   * waiting (a proxy worker thread's lines of one turn, already done there).
+   * Records events given as their auditFields() now, in one write after the
+   * lines of recordDone() still waiting (a proxy worker thread's lines of one
+   * turn, already done there).
    */
-  recordBatch(events: AuditEvent[]): void {
-    if (!events.length) return;
+  recordBatch(fields: string[]): void {
+    if (!fields.length) return;
     if (this.#done.length) this.#flushDoneLines();
-    this.#write(`${events.map((e) => this.#line(e)).join('\n')}\n`);
+    this.#write(`${fields.map((f) => this.#timed(f)).join('\n')}\n`);
   }
 
   /**
@@ -214,11 +238,14 @@ export class AuditLog implements AuditSink {
     this.#fd = null;
   }
 
-  /** `event` as one JSON object, `time` first. Built without copying the event unless its path holds a query. */
-  #line(event: AuditEvent): string {
-    const path = auditPath(event.path);
-    const body = JSON.stringify(path === event.path ? event : { ...event, path });
-    return body.length > 2 ? `{"time":"${this.#now()}",${body.slice(1)}` : `{"time":"${this.#now()}"}`;
+  /** `event` as one JSON object, `time` first. */
+  #line(event: AuditRecord): string {
+    return this.#timed(auditFields(event));
+  }
+
+  /** The line of an event's auditFields(): `time` first. */
+  #timed(fields: string): string {
+    return fields ? `{"time":"${this.#now()}",${fields}}` : `{"time":"${this.#now()}"}`;
   }
 
   /** The time now as ISO 8601, made once per millisecond: a busy proxy writes many lines in one. */
@@ -389,3 +416,62 @@ export function auditPath(target: string | undefined): string | undefined {
 }
 
 const ABSOLUTE = /^[A-Za-z][A-Za-z0-9+.-]*:\/\//;
+
+/**
+ * `who` as the first members of the lines of a connection's requests (the
+ * text between the braces of a JSON object, undefined fields left out), for
+ * their events' AUDIT_SUBJECT.
+ */
+export function auditSubject(who: AuditSubjectFields): string {
+  return JSON.stringify({ workload: who.workload, pid: who.pid, uid: who.uid, service: who.service, host: who.host }).slice(1, -1);
+}
+
+/**
+ * `event` as the members of a JSON object, without its braces, `path` cut
+ * at its query (auditPath()); undefined fields have none. An event with a
+ * subject (a proxied request's) is written field by field, its subject
+ * first and its own fields in the order of RequestAuditEvent: it is written
+ * once for every request the proxy forwards. Any other as JSON.stringify()
+ * writes it.
+ */
+export function auditFields(event: AuditRecord): string {
+  if (AUDIT_SUBJECT in event) return requestFields(event);
+  const path = auditPath(event.path);
+  return JSON.stringify(path === event.path ? event : { ...event, path }).slice(1, -1);
+}
+
+function requestFields(e: RequestAuditEvent): string {
+  let out = e[AUDIT_SUBJECT];
+  out = stringMember(out, 'method', e.method);
+  out = stringMember(out, 'path', auditPath(e.path));
+  out = stringMember(out, 'decision', e.decision);
+  out = numberMember(out, 'status', e.status);
+  out = stringMember(out, 'credential', e.credential);
+  out = stringMember(out, 'credentialVersion', e.credentialVersion);
+  out = stringMember(out, 'leaseId', e.leaseId);
+  out = stringMember(out, 'accessKeyId', e.accessKeyId);
+  out = stringMember(out, 'reason', e.reason);
+  out = numberMember(out, 'masked', e.masked);
+  out = numberMember(out, 'bytesUp', e.bytesUp);
+  out = numberMember(out, 'bytesDown', e.bytesDown);
+  return numberMember(out, 'durationMs', e.durationMs);
+}
+
+/** `members` and `"name":value` after them (a subject is never empty), unless `value` is undefined. */
+function stringMember(members: string, name: string, value: string | undefined): string {
+  return value === undefined ? members : `${members},"${name}":${jsonString(value)}`;
+}
+
+function numberMember(members: string, name: string, value: number | undefined): string {
+  return value === undefined ? members : `${members},"${name}":${Number.isFinite(value) ? String(value) : 'null'}`;
+}
+
+/** `s` as a JSON string: as it is between quotes unless a character needs escaping (then as JSON.stringify writes it). */
+function jsonString(s: string): string {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    // '"', '\\', control characters, and surrogates (a lone one is escaped; JSON.stringify tells them apart).
+    if (c < 0x20 || c === 0x22 || c === 0x5c || (c >= 0xd800 && c <= 0xdfff)) return JSON.stringify(s);
+  }
+  return `"${s}"`;
+}

@@ -13,7 +13,7 @@ import tls from 'node:tls';
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from '../log.js';
-import { auditPath, type AuditEvent, type AuditSink } from '../audit/audit-log.js';
+import { AUDIT_SUBJECT, auditPath, auditSubject, type AuditEvent, type AuditSink, type RequestAuditEvent } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from './routes.js';
 import type { Credential } from '../credentials/credential.js';
@@ -200,6 +200,8 @@ interface Session {
   sni: string;
   /** The upstream pool of the last request, for the route and credential object it was for. */
   upstream?: { route: Route; credential: Credential; pool: UpstreamPool };
+  /** auditSubject() of the connection under `route`. */
+  audit?: { route: Route; subject: string };
 }
 
 /** Per connection: requests received and not yet answered, and who waits for there to be none. */
@@ -1316,16 +1318,14 @@ export class ProxyServer {
    * `status` 0 when no head came back).
    */
   #auditSent(session: Session, req: { method?: string; url?: string }, a: Admission, status: number, reason?: string): void {
-    // One per request: set on the event in place, no copy; undefined fields are left out of the line.
-    const event = this.#requestEvent(session, req, 'inject');
-    event.status = status || undefined;
-    event.credential = a.credentialName;
-    event.credentialVersion = a.upstream.credentialVersion;
-    event.leaseId = a.upstream.leaseId;
-    event.accessKeyId = a.upstream.accessKeyId;
-    event.reason = reason;
-    event.masked = a.mask?.masked || undefined;
-    if (event.masked) this.#deps.observer?.reflected(a.workload, a.service, event.masked);
+    const masked = a.mask?.masked || undefined;
+    if (masked) this.#deps.observer?.reflected(a.workload, a.service, masked);
+    // One per request, in one literal; undefined fields are left out of the line.
+    const event: RequestAuditEvent = {
+      [AUDIT_SUBJECT]: this.#auditSubject(session), method: req.method, path: auditPath(req.url), decision: 'inject',
+      status: status || undefined, credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
+      leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, reason, masked,
+    };
     if (reason) this.#deps.audit.record(event);
     else this.#deps.audit.recordDone(event);
   }
@@ -1338,16 +1338,19 @@ export class ProxyServer {
   }
 
   /** Who sent a request on `session`, where and what (its target without the query), and `decision`: the start of every request's audit line. */
-  #requestEvent(session: Session, req: { method?: string; url?: string }, decision: AuditEvent['decision']): AuditEvent {
-    return {
-      workload: session.route.workload.name,
-      pid: session.orig.pid,
-      uid: session.orig.uid,
-      service: session.route.service.name,
-      host: session.sni,
-      method: req.method,
-      path: auditPath(req.url),
-      decision,
-    };
+  #requestEvent(session: Session, req: { method?: string; url?: string }, decision: AuditEvent['decision']): RequestAuditEvent {
+    return { [AUDIT_SUBJECT]: this.#auditSubject(session), method: req.method, path: auditPath(req.url), decision };
+  }
+
+  /** The first fields of the audit lines of `session`'s requests, serialised once per connection (and route: a reload may give it another). */
+  #auditSubject(session: Session): string {
+    const route = session.route;
+    if (session.audit?.route !== route) {
+      session.audit = {
+        route,
+        subject: auditSubject({ workload: route.workload.name, pid: session.orig.pid, uid: session.orig.uid, service: route.service.name, host: session.sni }),
+      };
+    }
+    return session.audit.subject;
   }
 }

@@ -16,7 +16,7 @@
 import { parentPort, workerData } from 'node:worker_threads';
 import tls from 'node:tls';
 import { format } from 'node:util';
-import type { AuditEvent, AuditSink } from '../audit/audit-log.js';
+import { auditFields, type AuditRecord, type AuditSink } from '../audit/audit-log.js';
 import type { Credential } from '../credentials/credential.js';
 import { Secret } from '../credentials/secret.js';
 import { CredentialError, WirekeyError } from '../errors.js';
@@ -84,8 +84,9 @@ export async function runProxyWorker(init: WorkerInit, port: import('node:worker
     get writable(): boolean {
       return Atomics.load(shared, SHARED_AUDIT_WRITABLE) === 1;
     },
-    record: (event: AuditEvent) => void pending().audit.push(event),
-    recordDone: (event: AuditEvent) => void pending().audit.push(event),
+    // Serialised here: the agent's thread only adds the time (and a structured clone would drop AUDIT_SUBJECT).
+    record: (event: AuditRecord) => void pending().audit.push(auditFields(event)),
+    recordDone: (event: AuditRecord) => void pending().audit.push(auditFields(event)),
   };
 
   const bounds: ProxyShared = {

@@ -5,7 +5,6 @@
  * metrics; a worker serves connections with a ProxyServer of its own and
  * asks for what it does not hold.
  */
-import type { AuditEvent } from '../audit/audit-log.js';
 import type { LogLevel } from '../log.js';
 import type { Plan } from '../policy/types.js';
 import type { H2Limits } from './h2.js';
@@ -74,8 +73,8 @@ export type ObserverCall = { [K in keyof ProxyObserver]: [K, ...Parameters<Proxy
 /** What a worker did in one turn of its event loop. */
 export interface WorkerBatch {
   t: 'batch';
-  /** Written by the agent with its own lines of the same turn (AuditLog.recordDone). */
-  audit: AuditEvent[];
+  /** Each event's auditFields(), written by the agent with its own lines of the same turn (AuditLog.recordBatch). */
+  audit: string[];
   /** Workloads of connections counted by the agent (admission 'counted') that closed, one entry per connection. */
   closed: string[];
   observed: ObserverCall[];

@@ -3,7 +3,7 @@ import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync,
 import { execFileSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { AuditLog, auditPath, DELETION_CHECK_MS } from '../../controller/audit/audit-log.js';
+import { AUDIT_SUBJECT, AuditLog, auditFields, auditPath, auditSubject, DELETION_CHECK_MS, type AuditEvent, type RequestAuditEvent } from '../../controller/audit/audit-log.js';
 import { machineSkipTitle } from '../support/tiers.js';
 import { trustedOwners } from '../../controller/trusted-directory.js';
 
@@ -15,7 +15,7 @@ describe('AuditLog.recordBatch', () => {
     const file = path.join(dir, 'audit.log');
     const log = new AuditLog(file);
     log.recordDone({ decision: 'inject', workload: 'a', path: '/first' });
-    log.recordBatch([{ decision: 'deny', workload: 'b', path: '/second?token=x' }, { decision: 'inject', workload: 'c', path: '/third' }]);
+    log.recordBatch([auditFields({ decision: 'deny', workload: 'b', path: '/second?token=x' }), auditFields({ decision: 'inject', workload: 'c', path: '/third' })]);
     // No turn of the event loop has ended: everything is on disk already.
     const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => JSON.parse(l) as { workload: string; path: string });
     expect(lines.map((l) => [l.workload, l.path])).toEqual([['a', '/first'], ['b', '/second'], ['c', '/third']]);
@@ -61,6 +61,57 @@ describe('auditPath', () => {
       const target = Array.from({ length: rand(8) }, () => parts[rand(parts.length)]).join('');
       expect(auditPath(target), JSON.stringify(target)).toBe(reference(target));
     }
+  });
+});
+
+describe('auditFields', () => {
+  /** The fields of a proxied request's line, in their order (RequestAuditEvent). */
+  const REQUEST_KEYS = ['method', 'path', 'decision', 'status', 'credential', 'credentialVersion', 'leaseId', 'accessKeyId', 'reason',
+    'masked', 'bytesUp', 'bytesDown', 'durationMs'];
+  /** The line's members as JSON.stringify writes them: the subject's fields first, then the event's (in `order`, if given), its path cut at the query. */
+  const reference = (who: Record<string, unknown> | undefined, event: Record<string, unknown>, order?: string[]) => {
+    const fields: Record<string, unknown> = { ...who };
+    for (const key of order ?? Object.keys(event)) if (key in event) fields[key] = key === 'path' && typeof event.path === 'string' ? auditPath(event.path) : event[key];
+    return JSON.stringify(fields).slice(1, -1);
+  };
+
+  it('writes what JSON.stringify writes, a request\'s subject first, over generated events with hostile strings and numbers', () => {
+    let seed = 11;
+    const rand = (n: number) => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) >>> 8) % n;
+    const pieces = ['a', 'Z', '/', '?q=s3cret', '#f', '"', '\\', '\n', '\r', '\t', '\u0000', '\u001f', '\u007f', 'é', '\u2028',
+      '\u{1F600}', '\ud800', '\udfff', '\ud83d', '</script>', ' ', '%22', ':', ','];
+    const text = () => Array.from({ length: rand(6) }, () => pieces[rand(pieces.length)]).join('');
+    const numbers = [0, -0, 1, 7, -3, 2 ** 31, 2 ** 53, 1.5, 1e21, 1e-7, NaN, Infinity, -Infinity];
+    const numeric = new Set(['status', 'masked', 'bytesUp', 'bytesDown', 'durationMs', 'port', 'requests']);
+    const otherKeys = ['binding', 'address', 'port', 'rule', 'connection', 'requests', 'firstSeen'];
+    const value = (key: string) => (rand(4) === 0 ? undefined : numeric.has(key) ? numbers[rand(numbers.length)] : text());
+    const shuffled = (keys: string[]) => keys.map((k) => [rand(1000), k] as const).sort((x, y) => x[0] - y[0]).map(([, k]) => k);
+    for (let n = 0; n < 20_000; n++) {
+      const who = { workload: text() || 'w', pid: rand(2) ? rand(100000) : undefined, uid: rand(2) ? 0 : undefined, service: text(), host: rand(2) ? text() : undefined };
+      // Set in any order: a request's line has its fields in RequestAuditEvent's.
+      const event: Record<string, unknown> = {};
+      for (const key of shuffled(REQUEST_KEYS)) if (key === 'decision') event.decision = ['inject', 'deny', 'close'][rand(3)]; else if (rand(2)) event[key] = value(key);
+      const request = { [AUDIT_SUBJECT]: auditSubject(who), ...event } as unknown as RequestAuditEvent;
+      const got = auditFields(request);
+      expect(got, JSON.stringify([who, event])).toBe(reference(who, event, REQUEST_KEYS));
+      expect(JSON.parse(`{${got}}`)).toEqual(JSON.parse(`{${reference(who, event)}}`));
+      // Any other event: as JSON.stringify writes it, in its own order.
+      for (const key of otherKeys) if (rand(3) === 0) event[key] = value(key);
+      const other = { ...who, ...event } as unknown as AuditEvent;
+      expect(auditFields(other), JSON.stringify(other)).toBe(reference(undefined, { ...who, ...event }));
+    }
+  });
+
+  it('writes a subject without its undefined fields, and a request\'s fields after it', () => {
+    const subject = auditSubject({ workload: 'w', pid: 7, uid: undefined, service: 's', host: 'h.test' });
+    expect(subject).toBe('"workload":"w","pid":7,"service":"s","host":"h.test"');
+    expect(auditFields({ [AUDIT_SUBJECT]: subject, decision: 'inject', method: undefined })).toBe(`${subject},"decision":"inject"`);
+  });
+
+  it('is what a proxy worker thread sends: the symbol does not survive a structured clone, the serialised fields do', () => {
+    const event: RequestAuditEvent = { [AUDIT_SUBJECT]: auditSubject({ workload: 'w', service: 's' }), decision: 'inject', path: '/p?token=x' };
+    expect(Object.getOwnPropertySymbols(structuredClone(event))).toEqual([]);
+    expect(structuredClone(auditFields(event))).toBe('"workload":"w","service":"s","path":"/p","decision":"inject"');
   });
 });
 
