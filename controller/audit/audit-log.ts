@@ -33,7 +33,7 @@ export type AuditDecision = 'inject' | 'deny' | 'pass' | 'withhold' | 'allow' | 
  */
 export const AUDIT_SUBJECT: unique symbol = Symbol('wirekey.auditSubject');
 
-/** The fields of an AuditSubject: each line of a connection's requests begins with them. */
+/** What auditSubject() serialises: each line of a connection's requests begins with it. */
 export type AuditSubjectFields = Pick<AuditEvent, 'workload' | 'pid' | 'uid' | 'service' | 'host'>;
 
 /** What a sink records: an event that names its workload, or a proxied request's, whose subject does. */
