@@ -41,7 +41,8 @@ export type AuditRecord = AuditEvent | RequestAuditEvent;
 
 /**
  * A proxied request's event: auditSubject() of its connection (who, to
- * which service and host), then these fields, in this order.
+ * which service and host), then these fields, in this order. `path` may be
+ * the request's whole target: auditFields() cuts it.
  */
 export type RequestAuditEvent = { [AUDIT_SUBJECT]: string } & Pick<AuditEvent, 'method' | 'path' | 'decision' | 'status' | 'credential'
   | 'credentialVersion' | 'leaseId' | 'accessKeyId' | 'reason' | 'masked' | 'bytesUp' | 'bytesDown' | 'durationMs'>;
@@ -243,9 +244,9 @@ export class AuditLog implements AuditSink {
     return this.#timed(auditFields(event));
   }
 
-  /** The line of an event's auditFields(): `time` first. */
+  /** The line of an event's auditFields() (never empty: every event has a decision): `time` first. */
   #timed(fields: string): string {
-    return fields ? `{"time":"${this.#now()}",${fields}}` : `{"time":"${this.#now()}"}`;
+    return `{"time":"${this.#now()}",${fields}}`;
   }
 
   /** The time now as ISO 8601, made once per millisecond: a busy proxy writes many lines in one. */

@@ -13,7 +13,7 @@ import tls from 'node:tls';
 import http from 'node:http';
 import https from 'node:https';
 import type { Logger } from '../log.js';
-import { AUDIT_SUBJECT, auditPath, auditSubject, type AuditEvent, type AuditSink, type RequestAuditEvent } from '../audit/audit-log.js';
+import { AUDIT_SUBJECT, auditSubject, type AuditSink, type RequestAuditEvent } from '../audit/audit-log.js';
 import type { OrigDst } from '../datapath/datapath.js';
 import type { Route, RouteTable } from './routes.js';
 import type { Credential } from '../credentials/credential.js';
@@ -1320,26 +1320,22 @@ export class ProxyServer {
   #auditSent(session: Session, req: { method?: string; url?: string }, a: Admission, status: number, reason?: string): void {
     const masked = a.mask?.masked || undefined;
     if (masked) this.#deps.observer?.reflected(a.workload, a.service, masked);
-    // One per request, in one literal; undefined fields are left out of the line.
-    const event: RequestAuditEvent = {
-      [AUDIT_SUBJECT]: this.#auditSubject(session), method: req.method, path: auditPath(req.url), decision: 'inject',
-      status: status || undefined, credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
+    this.#audit(session, req, {
+      decision: 'inject', status: status || undefined, credential: a.credentialName, credentialVersion: a.upstream.credentialVersion,
       leaseId: a.upstream.leaseId, accessKeyId: a.upstream.accessKeyId, reason, masked,
-    };
-    if (reason) this.#deps.audit.record(event);
-    else this.#deps.audit.recordDone(event);
+    }, !reason);
   }
 
-  /** An audit line for a request on `session`; `done`: of a response already forwarded whole (AuditLog.recordDone). */
-  #audit(session: Session, req: { method?: string; url?: string }, extra: Pick<AuditEvent, 'decision' | 'status' | 'credential' | 'credentialVersion' | 'leaseId' | 'reason' | 'accessKeyId' | 'bytesUp' | 'bytesDown' | 'durationMs' | 'masked'>, done = false): void {
-    const event = Object.assign(this.#requestEvent(session, req, extra.decision), extra);
+  /**
+   * The audit line of a request on `session`: who sent it and where (the
+   * connection's subject), its method and target (the writer leaves the
+   * query out), and `fields`; undefined fields are left out of the line.
+   * `done`: of a response already forwarded whole (AuditLog.recordDone).
+   */
+  #audit(session: Session, req: { method?: string; url?: string }, fields: Omit<RequestAuditEvent, typeof AUDIT_SUBJECT | 'method' | 'path'>, done = false): void {
+    const event: RequestAuditEvent = { [AUDIT_SUBJECT]: this.#auditSubject(session), method: req.method, path: req.url, ...fields };
     if (done) this.#deps.audit.recordDone(event);
     else this.#deps.audit.record(event);
-  }
-
-  /** Who sent a request on `session`, where and what (its target without the query), and `decision`: the start of every request's audit line. */
-  #requestEvent(session: Session, req: { method?: string; url?: string }, decision: AuditEvent['decision']): RequestAuditEvent {
-    return { [AUDIT_SUBJECT]: this.#auditSubject(session), method: req.method, path: auditPath(req.url), decision };
   }
 
   /** The first fields of the audit lines of `session`'s requests, serialised once per connection (and route: a reload may give it another). */
