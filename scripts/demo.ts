@@ -97,7 +97,13 @@ async function main(): Promise<void> {
     const plain = upstream.records.slice(before)[0];
     say(`   the API received an Authorization header: ${plain?.authorization.length ? 'yes' : 'no'}`);
 
-    say('\n== audit log:');
+    // The kernel datapath's lines are read from its ring every 100 ms and its
+    // usage counts at stop: stopping first puts every line in the log.
+    say('\n== stopping wirekey (SIGTERM); it writes the kernel\'s usage counts as it stops');
+    const code = await agent.stop();
+    if (code !== 0) throw new Error(`wirekey run exited ${code} on SIGTERM:\n${agent.output()}`);
+
+    say('\n== audit log: the proxy\'s line per request, the kernel\'s line per connection and its usage count:');
     for (const line of readFileSync(audit, 'utf8').trim().split('\n')) say(`   ${line}`);
     if (!injected || r.code !== 0) throw new Error('the token was not injected');
     if (!keyed || rec?.remotePort !== localPort) throw new Error('the kernel did not inject the key');

@@ -662,6 +662,8 @@ export class Agent {
     } catch (err) {
       this.#log.error('kernel datapath: stopping: %s', (err as Error).message);
     }
+    // The ring's waiting events first: a connection's inject line comes before the usage line that counts it.
+    this.#kernelEvents?.drain();
     this.#summarizeKernelUsage();
     this.#kernelUsage = undefined;
     this.#kernelBindings = undefined;

@@ -181,8 +181,9 @@ export class AuditLog implements AuditSink {
     return this.#fd !== null || process.stdout.writableLength <= AUDIT_BACKLOG_MAX;
   }
 
+  /** Records `event` now, after the lines of recordDone() and recordSoon() still waiting: the file keeps the order of the calls. */
   record(event: AuditRecord): void {
-    if (this.#done.length) this.#flushDoneLines();
+    this.#flush();
     this.#write(`${this.#line(event)}\n`);
   }
 
@@ -200,12 +201,12 @@ export class AuditLog implements AuditSink {
 
   /**
    * Records events given as their auditFields() now, in one write after the
-   * lines of recordDone() still waiting (a proxy worker thread's lines of one
-   * turn, already done there).
+   * lines of recordDone() and recordSoon() still waiting (a proxy worker
+   * thread's lines of one turn, already done there).
    */
   recordBatch(fields: string[]): void {
     if (!fields.length) return;
-    if (this.#done.length) this.#flushDoneLines();
+    this.#flush();
     this.#write(`${fields.map((f) => this.#timed(f)).join('\n')}\n`);
   }
 

@@ -8,7 +8,10 @@ import { machineSkipTitle } from '../support/tiers.js';
 import { trustedOwners } from '../../controller/trusted-directory.js';
 
 describe('AuditLog.recordBatch', () => {
-  const dir = mkdtempSync(path.join(tmpdir(), 'wirekey-audit-'));
+  let dir = '';
+  beforeEach(() => {
+    dir = mkdtempSync(path.join(tmpdir(), 'wirekey-audit-'));
+  });
   afterEach(() => rmSync(dir, { recursive: true, force: true }));
 
   it('writes a proxy worker\'s lines at once, after the done lines still waiting, in order, without query strings', () => {
@@ -22,6 +25,21 @@ describe('AuditLog.recordBatch', () => {
     log.recordBatch([]);
     log.close();
     expect(readFileSync(file, 'utf8').trim().split('\n')).toHaveLength(3);
+  });
+
+  it('keeps the order of the calls across recordSoon, recordDone, record and recordBatch', () => {
+    const file = path.join(dir, 'order.log');
+    const log = new AuditLog(file);
+    // A kernel event read at stop, then the usage line that counts its request.
+    log.recordSoon({ decision: 'inject', datapath: 'kernel', workload: '1' });
+    log.record({ decision: 'usage', datapath: 'kernel', workload: '2' });
+    log.recordDone({ decision: 'inject', workload: '3' });
+    log.recordSoon({ decision: 'inject', datapath: 'kernel', workload: '4' });
+    log.recordBatch([auditFields({ decision: 'inject', workload: '5' })]);
+    log.recordSoon({ decision: 'deny', datapath: 'kernel', workload: '6' });
+    log.close();
+    const lines = readFileSync(file, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { workload: string }).workload);
+    expect(lines).toEqual(['1', '2', '3', '4', '5', '6']);
   });
 });
 
