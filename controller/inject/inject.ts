@@ -9,7 +9,7 @@ import { Secret } from '../credentials/secret.js';
 import type { PlanInjection } from '../policy/types.js';
 import { CredentialError, WirekeyError } from '../errors.js';
 import type { RefusalCode } from '../refusals.js';
-import { bodyEndsConnection, originForm, upstreamRequestHeaders } from '../proxy/headers.js';
+import { bodyEndsConnection, originForm, upstreamRequestHeaders } from '../http/headers.js';
 import type { ByteBudget } from './byte-budget.js';
 import { signSigV4, stripQuerySignature, type AwsCredentials } from './sigv4.js';
 import { inferAwsScope } from '../policy/aws-scope.js';

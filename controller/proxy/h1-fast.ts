@@ -20,7 +20,7 @@ import tls from 'node:tls';
 import type { Logger } from '../log.js';
 import type { Refusal } from '../refusals.js';
 import { refuseRaw, upstreamFailed } from './refusal-response.js';
-import { closingHeaders } from './headers.js';
+import { closingHeaders } from '../http/headers.js';
 import { findHeadEnd, MAX_HEAD_BYTES, parseRequestHead, ReadAhead, ResponseFramer, serializeRequestHead, type FastRequestHead } from './h1-wire.js';
 import { responseMask, type Admission, type InjectOutcome } from './h2.js';
 import { STREAM_HIGH_WATER_MARK } from './upstream-pool.js';

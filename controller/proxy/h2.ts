@@ -25,7 +25,7 @@ import type { RequestHead } from './request-checks.js';
 import type { StreamedRequest, UpstreamRequest } from '../inject/inject.js';
 import { MaskingStream, ResponseMask } from '../inject/reflection.js';
 import type { Readable, Writable } from 'node:stream';
-import { closingHeaders, downstreamResponseHeaders } from './headers.js';
+import { closingHeaders, downstreamResponseHeaders } from '../http/headers.js';
 import { upstreamFailed } from './refusal-response.js';
 import { neverReuseUnfinished, type PartitionedAgent, type PartitionedRequestOptions } from './upstream.js';
 import { H2_SESSION_WINDOW, H2_STREAM_WINDOW, type UpstreamH2Pool } from './upstream-h2.js';

@@ -21,7 +21,7 @@ import type { PlanEgress, PlanEgressRule } from '../policy/types.js';
 import { answerRefusal, refuseRaw, upstreamFailed } from './refusal-response.js';
 import type { Refusal, RefusalCode } from '../refusals.js';
 import { egressAllowsName } from '../policy/egress.js';
-import { downstreamResponseHeaders, framingHeaders, upstreamRequestHeaders } from './headers.js';
+import { downstreamResponseHeaders, framingHeaders, upstreamRequestHeaders } from '../http/headers.js';
 import { checkPlainRequest } from './request-checks.js';
 import { createPlainUpstreamAgent, type PartitionedHttpAgent, type PartitionedRequestOptions } from './upstream.js';
 import type { EgressDecision } from './egress-decision.js';

@@ -21,7 +21,7 @@ import { ClientHelloReader } from '../tls/client-hello-reader.js';
 import { asStreamedRequest, injectHeader, InjectionRefusal, prepareUpstreamRequest, type StreamedRequest, type UpstreamRequest } from '../inject/inject.js';
 import type { ByteBudget } from '../inject/byte-budget.js';
 import { MaskingStream } from '../inject/reflection.js';
-import { closingHeaders, downstreamResponseHeaderList, downstreamResponseHeaders } from './headers.js';
+import { closingHeaders, downstreamResponseHeaderList, downstreamResponseHeaders } from '../http/headers.js';
 import { checkRequest, type RequestHead } from './request-checks.js';
 import { relay } from './relay.js';
 import { openUpgrade, webSocketUpgradeProblem } from './upgrade.js';

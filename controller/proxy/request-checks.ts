@@ -6,7 +6,7 @@
  * accepts but an injector must not.
  */
 import type { IncomingMessage } from 'node:http';
-import { connectionTokens, countHeader } from './headers.js';
+import { connectionTokens, countHeader } from '../http/headers.js';
 import { normalizeHost } from '../policy/compile.js';
 import { normalizeHostName } from '../tls/client-hello.js';
 import type { Refusal } from '../refusals.js';

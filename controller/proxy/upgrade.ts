@@ -13,7 +13,7 @@ import https from 'node:https';
 import type http from 'node:http';
 import type net from 'node:net';
 import type tls from 'node:tls';
-import { countHeader, connectionTokens, downstreamResponseHeaders } from './headers.js';
+import { countHeader, connectionTokens, downstreamResponseHeaders } from '../http/headers.js';
 import { MaskingStream, ResponseMask, type MaskSet } from '../inject/reflection.js';
 import type { Refusal } from '../refusals.js';
 

@@ -9,7 +9,7 @@ import http, { IncomingMessage } from 'node:http';
 import { Socket } from 'node:net';
 import { randomBytes } from 'node:crypto';
 import { checkPlainRequest, checkRequest } from '../../controller/proxy/request-checks.js';
-import { bodyEndsConnection, closingHeaders, originForm, upstreamRequestHeaders } from '../../controller/proxy/headers.js';
+import { bodyEndsConnection, closingHeaders, originForm, upstreamRequestHeaders } from '../../controller/http/headers.js';
 import { credentialHeader, prepareUpstreamRequest } from '../../controller/inject/inject.js';
 import { Secret } from '../../controller/credentials/secret.js';
 import { CredentialError } from '../../controller/errors.js';
