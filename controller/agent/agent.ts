@@ -645,6 +645,7 @@ export class Agent {
       hook: e.hook,
       socket: e.hook === 'socket' || e.hook === 'route' ? `${SOCKET_TYPE_NAMES[e.socketType] ?? String(e.socketType)} ${e.family}` : undefined,
       reason: egressStatRefusal(e.verdict === 'refused' ? 'refused' : 'wouldRefuse') ?? undefined,
+      seen: e.time.toISOString(),
     };
   }
 

@@ -203,6 +203,7 @@ export class KernelBindings {
       ...(credentialVersion !== undefined ? { credentialVersion } : {}),
       ...(e.kind === 'refused' ? { reason: httpStatRefusal(e.reason) ?? e.reason } : {}),
       connection: e.cookie.toString(),
+      seen: e.time.toISOString(),
     };
   }
 

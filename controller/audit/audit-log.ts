@@ -106,6 +106,13 @@ export interface AuditEvent {
   firstSeen?: string;
   /** usage lines: the latest of them (ISO 8601). */
   lastSeen?: string;
+  /**
+   * Lines of the kernel's events (its inject and deny lines, egress
+   * included): when the kernel saw the request or connection (ISO 8601).
+   * `time` is when the agent wrote the line, after reading the event:
+   * up to the ring's read interval later, more when the agent was busy.
+   */
+  seen?: string;
 }
 
 /** How often (at most) a write checks that the audit file was not deleted under the agent (ms). */

@@ -109,7 +109,10 @@ spec:
     ]);
     for (const l of denied) {
       expect(l).toMatchObject({ datapath: 'kernel', pid: locked.pid, uid: 0, reason: 'egress-not-allowed' });
+      // When the kernel refused it, by its clock; the line was written after.
+      expect(Date.parse(l.seen as string)).toBeLessThanOrEqual(Date.parse(l.time as string));
     }
+    expect(Date.parse(denied[0]?.seen as string)).toBeLessThanOrEqual(Date.parse(denied[2]?.seen as string));
   });
 
   it('audit mode lets everything through and logs what enforce would refuse', async () => {

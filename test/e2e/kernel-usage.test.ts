@@ -96,6 +96,7 @@ print(json.dumps({'pid': os.getpid(), 'ports': ports}))
   it('by default, one inject line per connection; the request metric counts every request at the next scrape', async () => {
     const before = lines().length;
     const metricBefore = await metric(injectedMetric);
+    const started = Date.now();
     const c = await keepAlive([5, 7, 11]);
     // Every request, at once: the scrape reads the kernel's counters first.
     expect(await metric(injectedMetric)).toBe(metricBefore + 23);
@@ -104,6 +105,16 @@ print(json.dumps({'pid': os.getpid(), 'ports': ports}))
     const injected = lines().slice(before).filter((l) => l.decision === 'inject' && l.pid === c.pid);
     expect(new Set(injected.map((l) => l.connection)).size).toBe(3);
     expect(injected[0]).toMatchObject({ workload: 'app', service: 'plain', credential: 'api-token', address: f.host.ipv4, port: 80 });
+    // Each line says when the kernel saw the connection's first request, by the kernel's clock: not before the client
+    // started (give or take the millisecond the wall clock is read in) and not after the line was written.
+    for (const l of injected) {
+      expect(new Date(l.seen as string).toISOString()).toBe(l.seen);
+      expect(Date.parse(l.seen as string)).toBeGreaterThanOrEqual(started - 1);
+      expect(Date.parse(l.seen as string)).toBeLessThanOrEqual(Date.parse(l.time as string));
+    }
+    // The connections were opened one after the other, and their lines come in the kernel's order.
+    const seen = injected.map((l) => Date.parse(l.seen as string));
+    expect(seen).toEqual([...seen].sort((x, y) => x - y));
   });
 
   it('every refusal is its own deny line', async () => {
