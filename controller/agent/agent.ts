@@ -663,8 +663,6 @@ export class Agent {
     } catch (err) {
       this.#log.error('kernel datapath: stopping: %s', (err as Error).message);
     }
-    // The ring's waiting events first: a connection's inject line comes before the usage line that counts it.
-    this.#kernelEvents?.drain();
     this.#summarizeKernelUsage();
     this.#kernelUsage = undefined;
     this.#kernelBindings = undefined;
@@ -751,8 +749,14 @@ export class Agent {
     }
   }
 
-  /** Writes a usage audit line per binding and credential version that injected requests since its last one. */
+  /**
+   * Writes a usage audit line per binding and credential version that
+   * injected requests since its last one; the ring's waiting events first,
+   * so that a connection's inject line comes before the usage line that
+   * counts its request (on the timer, at a reload and at stop alike).
+   */
   #summarizeKernelUsage(): void {
+    this.#kernelEvents?.drain();
     try {
       for (const line of this.#kernelUsage?.summarize() ?? []) this.#audit?.record(line);
     } catch (err) {
